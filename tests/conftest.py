@@ -1,0 +1,56 @@
+"""Shared fixtures: the tiny fixture data set and tiny Llama checkpoints built from it (no hub access)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_DATA = REPO / "fixtures" / "tiny-muse"
+
+
+def fixture_texts(data_dir: Path = TINY_DATA) -> list[str]:
+    """All text of the fixture data set, formatted as the metrics will prompt it, so the tiny
+    model learns both the facts and the "Question: / Answer:" format."""
+    texts: list[str] = []
+    for name in ("raw/forget.txt", "raw/retain.txt"):
+        f = data_dir / name
+        if f.is_file():
+            texts.extend(p for p in f.read_text().split("\n\n") if p.strip())
+    for name in ("knowmem/forget_qa.json", "knowmem/retain_qa.json", "knowmem/forget_qa_icl.json", "knowmem/retain_qa_icl.json"):
+        f = data_dir / name
+        if f.is_file():
+            texts.extend(f"Question: {x['question']}\nAnswer: {x['answer']}\n\n" for x in json.loads(f.read_text()))
+    f = data_dir / "verbmem" / "forget.json"
+    if f.is_file():
+        texts.extend(x["prompt"] + " " + x["gt"] for x in json.loads(f.read_text()))
+    for name in ("privleak/forget.json", "privleak/retain.json"):
+        f = data_dir / name
+        if f.is_file():
+            texts.extend(json.loads(f.read_text()))
+    return texts
+
+
+@pytest.fixture(scope="session")
+def tiny_data_dir() -> Path:
+    if not TINY_DATA.is_dir():
+        pytest.fail(f"fixture data set missing: {TINY_DATA}")
+    return TINY_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_data_dir: Path) -> Path:
+    """A ~120k-parameter Llama trained for a few seconds on the fixture text (the "target")."""
+    from unlearn_assert.demo.tinymodel import build_tiny_llama
+
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-target"), fixture_texts(tiny_data_dir))
+
+
+@pytest.fixture(scope="session")
+def tiny_unlearned_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
+    """The target with small seeded noise on its linear weights: a related, different checkpoint."""
+    from unlearn_assert.demo.tinymodel import perturb_copy
+
+    return perturb_copy(tiny_model_dir, tmp_path_factory.mktemp("tiny-unlearned"), scale=2e-2)

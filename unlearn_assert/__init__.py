@@ -1,0 +1,33 @@
+"""unlearn-assert: a pytest release gate for "did the unlearning survive quantization?".
+
+The public API is loaded lazily so that ``import unlearn_assert.plugin`` (which pytest does in every
+run once the package is installed) imports neither torch nor transformers.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "load_model": "unlearn_assert.models:load_model",
+    "LoadedModel": "unlearn_assert.models:LoadedModel",
+    "load_data": "unlearn_assert.data:load_data",
+    "MuseData": "unlearn_assert.data:MuseData",
+    "quantized": "unlearn_assert.quant:quantized",
+    "evaluate": "unlearn_assert.metrics:evaluate",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    target = _LAZY.get(name)
+    if target is None:
+        raise AttributeError(f"module 'unlearn_assert' has no attribute '{name}'")
+    module, attr = target.split(":")
+    value = getattr(import_module(module), attr)
+    globals()[name] = value
+    return value

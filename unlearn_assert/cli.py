@@ -1,0 +1,109 @@
+"""The ``unlearn-assert`` command: library features without pytest.
+
+Subcommands grow with the project (demo, unlearn, report); each prints one-line errors (exit 2)
+for bad input instead of a traceback, like the pytest plugin's usage errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from . import __version__
+from .errors import UnlearnAssertError
+
+
+def _cmd_tiny(args: argparse.Namespace) -> int:
+    """Build a tiny Llama (tokenizer + weights) trained on a MUSE-layout data set's text."""
+    from .data import load_data
+    from .demo.tinymodel import TinyRecipe, build_tiny_llama
+
+    data = load_data(args.data)
+    texts: list[str] = []
+    for raw in (data.raw_forget, data.raw_retain):
+        if raw:
+            texts.extend(p for p in raw.split("\n\n") if p.strip())
+    for qa in (*data.knowmem_forget_qa, *data.knowmem_retain_qa, *data.knowmem_forget_icl, *data.knowmem_retain_icl):
+        texts.append(f"Question: {qa.question}\nAnswer: {qa.answer}\n\n")
+    texts.extend(item.prompt + " " + item.gt for item in data.verbmem_forget)
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        raise UnlearnAssertError(f"output directory '{out}' is not empty; choose a new directory (files are never overwritten)")
+    recipe = TinyRecipe(steps=args.steps, seed=args.seed)
+    print(f"building a tiny Llama from {len(texts)} texts of {args.data} ({recipe.steps} steps) ...", flush=True)
+    build_tiny_llama(out, texts, recipe)
+    print(f"wrote {out}")
+    return 0
+
+
+def _cmd_quantize(args: argparse.Namespace) -> int:
+    """Quantize a model in memory and print what the quantizer did (nothing is written)."""
+    from .models import check_compatible, load_model
+    from .quant import quantized
+
+    model = load_model(args.model, device=args.device, dtype=args.dtype, allow_pickle=args.allow_pickle)
+    target = None
+    if args.target:
+        target = load_model(args.target, device=args.device, dtype=args.dtype, allow_pickle=args.allow_pickle)
+        check_compatible(target, model)
+    results = []
+    for qid in args.quantizer:
+        with quantized(model, qid, target=target) as q:
+            report = q.report.to_dict()
+        results.append(report)
+        agreement = report.get("code_agreement")
+        print(
+            f"{qid}: {len(report['modules'])} modules, {report['n_weights']} weights, "
+            f"changed {report['changed_fraction']:.4f}"
+            + (f", code agreement with target {agreement:.4f}" if agreement is not None else ""),
+            flush=True,
+        )
+    if args.json:
+        Path(args.json).write_text(json.dumps({"model": model.path, "fingerprint": model.fingerprint, "quantizers": results}, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="unlearn-assert", description="Does LLM unlearning survive quantization?")
+    parser.add_argument("--version", action="version", version=f"unlearn-assert {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    tiny = sub.add_parser("tiny", help="build a tiny Llama checkpoint trained on a data set's text (no download)")
+    tiny.add_argument("--data", required=True, help="MUSE-layout data directory whose text to train on")
+    tiny.add_argument("--out", required=True, help="new directory to write the checkpoint to")
+    tiny.add_argument("--steps", type=int, default=150, help="training steps (default: 150)")
+    tiny.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
+    tiny.set_defaults(func=_cmd_tiny)
+
+    quant = sub.add_parser("quantize", help="quantize a model in memory and report what changed")
+    quant.add_argument("model", help="local Hugging Face model directory")
+    quant.add_argument("-q", "--quantizer", action="append", required=True, help="quantizer id, repeatable (e.g. rtn-w4g128)")
+    quant.add_argument("--target", help="target model: also report code agreement q(model) == q(target)")
+    quant.add_argument("--device", default="cpu", help="device (default: cpu)")
+    quant.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16 (default: auto)")
+    quant.add_argument("--allow-pickle", action="store_true", help="allow pickle weights (unsafe)")
+    quant.add_argument("--json", help="also write the reports as JSON to this path")
+    quant.set_defaults(func=_cmd_quantize)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except UnlearnAssertError as exc:
+        print(f"unlearn-assert: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("unlearn-assert: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

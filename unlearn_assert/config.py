@@ -1,0 +1,292 @@
+"""Run settings and budgets: one table of options, parsing, and validation.
+
+Pure Python on purpose: pytest imports the plugin (and so this module) in every run, and ``--help``
+and ``--co`` must stay instant. Every value is validated here, once, whether it came from the
+command line, ``[tool.pytest.ini_options]`` or the library API, and every problem is a one-line
+:class:`~unlearn_assert.errors.ConfigError` that names the option and the fix.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from .errors import ConfigError, QuantizerError
+from .quant.spec import validate_quantizer_list
+
+DEFAULT_QUANTIZERS = "rtn-w4g128,rtn-w8"
+DEVICES_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class Option:
+    """One ``--unlearn-<name>`` flag, mirrored by the ini key ``unlearn_<name>``."""
+
+    name: str
+    help: str
+    default: Any = None
+    metavar: str | None = None
+    flag: bool = False  # store_true option; ini value parsed as a boolean
+
+    @property
+    def cli(self) -> str:
+        return "--unlearn-" + self.name.replace("_", "-")
+
+    @property
+    def ini(self) -> str:
+        return "unlearn_" + self.name
+
+    @property
+    def dest(self) -> str:
+        return "unlearn_" + self.name
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("model", "Unlearned model to gate: a local Hugging Face directory. Enables the plugin; without it nothing is loaded.", None, "DIR"),
+    Option("target", "Target (original) model the unlearned model was made from.", None, "DIR"),
+    Option("retrain", "Optional model retrained without the forget data (reference for privleak).", None, "DIR"),
+    Option("data", "MUSE-layout data directory (verbmem/, knowmem/, privleak/, raw/).", None, "DIR"),
+    Option("quantizers", "Comma-separated quantizer ids to apply, e.g. rtn-w4g128,rtn-w8.", DEFAULT_QUANTIZERS, "IDS"),
+    Option("budget", "Budget overrides, e.g. 'recovery=0.25 utility=0.9 privleak=25 knowmem_f@rtn-w4g128=0.1'.", "", "EXPR"),
+    Option("json", "Write the JSON report to this path.", None, "PATH"),
+    Option("html", "Write the self-contained HTML report to this path.", None, "PATH"),
+    Option("device", "Device to evaluate on: auto, cpu, cuda or cuda:N.", "auto", "DEVICE"),
+    Option("dtype", "Weight dtype to load models in: auto (as saved), float32, bfloat16, float16.", "auto", "DTYPE"),
+    Option("batch_size", "Generation batch size, or auto (bounded by memory).", "auto", "N"),
+    Option("max_samples", "Evaluate only the first N items of every split (smoke runs).", None, "N"),
+    Option("retrain_auc", "Reference privleak AUC when no retrain model is given (0 < AUC < 1).", None, "AUC"),
+    Option("cache_dir", "Directory for cached results (default: the pytest cache dir).", None, "DIR"),
+    Option("no_cache", "Do not read or write cached results.", False, flag=True),
+    Option("allow_pickle", "Allow pickle weights (*.bin, *.pt): they can run code when loaded.", False, flag=True),
+)
+OPTION_BY_NAME = {o.name: o for o in OPTIONS}
+
+
+# --------------------------------------------------------------------------- budgets
+
+BUDGET_KEYS = {
+    "recovery": "max share of the forgetting that may come back under a quantizer (0..1)",
+    "utility": "min knowmem_r of the quantized model as a fraction of the target's (0..1)",
+    "privleak": "max |privleak| in percent (needs a reference AUC)",
+    "floor": "min drop m(T) - m(U) in metric points for unlearning to count as working in full precision",
+}
+RECOVERY_METRICS = ("verbmem_f", "knowmem_f")
+_BUDGET_RANGES = {"recovery": (0.0, 1.0), "utility": (0.0, 1.0), "privleak": (0.0, 1000.0), "floor": (0.0, 100.0)}
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Thresholds for the verdicts; ``overrides`` maps (key, quantizer or None) to a value, where
+    key is a budget key or a recovery metric (``knowmem_f@bnb-fp4=0.1``)."""
+
+    recovery: float = 0.25
+    utility: float = 0.9
+    privleak: float = 25.0
+    floor: float = 5.0
+    overrides: tuple[tuple[str, str | None, float], ...] = ()
+
+    def recovery_for(self, metric: str, quantizer: str) -> float:
+        return self._lookup((metric, "recovery"), quantizer, self.recovery)
+
+    def value(self, key: str, quantizer: str | None = None) -> float:
+        return self._lookup((key,), quantizer, getattr(self, key))
+
+    def _lookup(self, keys: tuple[str, ...], quantizer: str | None, default: float) -> float:
+        # most specific wins: metric@q, then key@q, then metric, then key
+        for want_q in ((quantizer, None) if quantizer else (None,)):
+            for key in keys:
+                for k, q, v in self.overrides:
+                    if k == key and q == want_q:
+                        return v
+        return default
+
+    def merged(self, other: "Budget") -> "Budget":
+        """``other``'s explicit settings on top of this one (used for markers over options)."""
+        return replace(other, overrides=self.overrides + other.overrides) if other != Budget() else self
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "overrides"}
+        out["overrides"] = [{"key": k, "quantizer": q, "value": v} for k, q, v in self.overrides]
+        return out
+
+
+def _budget_number(key: str, raw: str, where: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{where}: '{key}={raw}' is not a number; write e.g. {key}=0.25") from None
+    base = key if key in _BUDGET_RANGES else "recovery"
+    lo, hi = _BUDGET_RANGES[base]
+    if not math.isfinite(value) or not lo <= value <= hi:
+        raise ConfigError(f"{where}: '{key}={raw}' is out of range; {base} must be between {lo:g} and {hi:g}")
+    return value
+
+
+def parse_budget(text: str | Mapping[str, Any] | None, where: str = "--unlearn-budget") -> Budget:
+    """Parse ``'recovery=0.25 utility=0.9 knowmem_f@bnb-fp4=0.1'`` (or a mapping of the same)."""
+    if text is None or text == "":
+        return Budget()
+    items: list[tuple[str, str]]
+    if isinstance(text, Mapping):
+        items = [(str(k), str(v)) for k, v in text.items()]
+    else:
+        items = []
+        for token in re.split(r"[\s,;]+", text.strip()):
+            if not token:
+                continue
+            if "=" not in token:
+                raise ConfigError(f"{where}: '{token}' is not KEY=VALUE; write e.g. recovery=0.25 utility=0.9")
+            k, v = token.split("=", 1)
+            items.append((k.strip(), v.strip()))
+    base: dict[str, float] = {}
+    overrides: list[tuple[str, str | None, float]] = []
+    known = sorted(BUDGET_KEYS) + list(RECOVERY_METRICS)
+    for key, raw in items:
+        name, _, quantizer = key.partition("@")
+        if name not in known:
+            raise ConfigError(f"{where}: unknown budget key '{name}'; known keys: {', '.join(known)} (optionally KEY@QUANTIZER)")
+        value = _budget_number(name, raw, where)
+        if quantizer:
+            try:
+                validate_quantizer_list(quantizer)
+            except QuantizerError as exc:
+                raise ConfigError(f"{where}: in '{key}': {exc}") from None
+            overrides.append((name, quantizer, value))
+        elif name in RECOVERY_METRICS:
+            overrides.append((name, None, value))
+        else:
+            base[name] = value
+    return Budget(**base, overrides=tuple(overrides))
+
+
+# --------------------------------------------------------------------------- run config
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Validated settings of one gate run (from options, ini or the API)."""
+
+    model: str | None = None
+    target: str | None = None
+    retrain: str | None = None
+    data: str | None = None
+    quantizers: tuple[str, ...] = tuple(DEFAULT_QUANTIZERS.split(","))
+    budget: Budget = field(default_factory=Budget)
+    json: str | None = None
+    html: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    batch_size: int | None = None
+    max_samples: int | None = None
+    retrain_auc: float | None = None
+    cache_dir: str | None = None
+    no_cache: bool = False
+    allow_pickle: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.model is not None
+
+
+def _positive_int(opt: Option, raw: Any, allow_auto: bool = False) -> int | None:
+    if raw is None or (allow_auto and str(raw).strip().lower() == "auto"):
+        return None
+    try:
+        value = int(str(raw).strip())
+    except ValueError:
+        value = 0
+    if value < 1:
+        hint = "a positive integer or auto" if allow_auto else "a positive integer"
+        raise ConfigError(f"{opt.cli}: '{raw}' is not {hint}")
+    return value
+
+
+def _as_bool(opt: Option, raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("", "0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"ini key {opt.ini}: '{raw}' is not a boolean; use true or false")
+
+
+def _writable_parent(opt: Option, raw: str) -> str:
+    path = Path(raw).expanduser()
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise ConfigError(f"{opt.cli}: '{raw}' is a directory; give a file path such as {raw.rstrip('/')}/report.{opt.name}")
+    if not parent.is_dir():
+        raise ConfigError(f"{opt.cli}: the directory of '{raw}' does not exist; create it first or choose another path")
+    return str(path)
+
+
+def build_run_config(get: Callable[[Option], Any], *, check_paths: bool = True) -> RunConfig:
+    """Build and validate a RunConfig; ``get(option)`` returns the effective raw value of an option
+    (command line over ini over default), or None when unset."""
+    raw = {o.name: get(o) for o in OPTIONS}
+    values: dict[str, Any] = {}
+    for name in ("model", "target", "retrain", "data", "json", "html", "cache_dir"):
+        v = raw[name]
+        values[name] = str(v) if v not in (None, "") else None
+    try:
+        values["quantizers"] = validate_quantizer_list(str(raw["quantizers"] or DEFAULT_QUANTIZERS))
+    except QuantizerError as exc:
+        raise ConfigError(f"--unlearn-quantizers: {exc}") from None
+    values["budget"] = parse_budget(raw["budget"] or "")
+    device = str(raw["device"] or "auto").strip()
+    if not DEVICES_RE.match(device):
+        raise ConfigError(f"--unlearn-device: '{device}' is not a device; use auto, cpu, cuda or cuda:N")
+    values["device"] = device
+    dtype = str(raw["dtype"] or "auto").strip()
+    if dtype not in DTYPES:
+        raise ConfigError(f"--unlearn-dtype: '{dtype}' is not supported; use one of {', '.join(DTYPES)}")
+    values["dtype"] = dtype
+    values["batch_size"] = _positive_int(OPTION_BY_NAME["batch_size"], raw["batch_size"], allow_auto=True)
+    values["max_samples"] = _positive_int(OPTION_BY_NAME["max_samples"], raw["max_samples"])
+    auc = raw["retrain_auc"]
+    if auc not in (None, ""):
+        try:
+            auc_value = float(auc)
+        except ValueError:
+            auc_value = float("nan")
+        if not 0.0 < auc_value < 1.0:
+            raise ConfigError(f"--unlearn-retrain-auc: '{auc}' is not an AUC strictly between 0 and 1")
+        values["retrain_auc"] = auc_value
+    for name in ("no_cache", "allow_pickle"):
+        values[name] = _as_bool(OPTION_BY_NAME[name], raw[name])
+    cfg = RunConfig(**values)
+    if check_paths and cfg.enabled:
+        check_run_paths(cfg)
+    return cfg
+
+
+def check_run_paths(cfg: RunConfig) -> None:
+    """Cheap existence checks of every path (no model is loaded): fail fast, before collection."""
+    from .models import check_model_dir  # cheap: models imports torch lazily
+    from .errors import ModelError
+
+    for name in ("model", "target", "retrain"):
+        value = getattr(cfg, name)
+        if value is None:
+            if name == "target":
+                raise ConfigError("--unlearn-target is required with --unlearn-model; pass the model the unlearned one was made from")
+            continue
+        try:
+            check_model_dir(value, allow_pickle=cfg.allow_pickle)
+        except ModelError as exc:
+            raise ConfigError(f"{OPTION_BY_NAME[name].cli}: {exc}") from None
+    if cfg.data is None:
+        raise ConfigError("--unlearn-data is required with --unlearn-model; pass a MUSE-layout data directory")
+    data = Path(cfg.data).expanduser()
+    if not data.is_dir():
+        raise ConfigError(f"--unlearn-data: '{cfg.data}' is not a directory; pass a MUSE-layout data directory (verbmem/, knowmem/, privleak/)")
+    for name in ("json", "html"):
+        value = getattr(cfg, name)
+        if value is not None:
+            _writable_parent(OPTION_BY_NAME[name], value)

@@ -1,0 +1,286 @@
+"""Safe loading of local Hugging Face causal-LM directories, fingerprints, and pairing checks.
+
+Why so careful: a release gate runs on the checkpoint a provider is about to publish, in CI, with
+whatever is in the directory. So we only read safetensors (pickle executes code on load), never
+set ``trust_remote_code``, never touch the hub, never write into the model directory, and turn
+every way a directory can be wrong into one line that says what to do about it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+from .errors import ModelError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+# Files that define a model's behaviour besides its weights; all that exist go into the fingerprint.
+CONFIG_FILES = ("config.json", "generation_config.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "tokenizer.model",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "chat_template.jinja",
+)
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+_CHUNK = 1 << 20
+
+
+@dataclass
+class LoadedModel:
+    """A model and tokenizer in memory, with where they came from.
+
+    ``fingerprint`` is the sha256 of the directory's content (config, tokenizer, weights), so cached
+    results stay valid when a checkpoint is copied and become invalid when one byte changes.
+    """
+
+    model: Any
+    tokenizer: Any
+    path: str
+    fingerprint: str
+    device: str = "cpu"
+    dtype: str = "float32"
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return Path(self.path).name
+
+
+# --------------------------------------------------------------------------- directory checks
+
+
+def _weight_files(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.glob("*.safetensors") if p.is_file())
+
+
+def _pickle_files(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.iterdir() if p.is_file() and p.suffix in PICKLE_SUFFIXES)
+
+
+def check_model_dir(path: str | os.PathLike[str], *, allow_pickle: bool = False) -> Path:
+    """Validate the shape of a model directory without loading it (cheap; used at option parse time)."""
+    directory = Path(path).expanduser()
+    if not directory.exists():
+        raise ModelError(f"model path '{path}' does not exist; pass a local Hugging Face model directory (config.json + *.safetensors)")
+    if not directory.is_dir():
+        raise ModelError(f"model path '{path}' is not a directory; pass the directory that holds config.json and the *.safetensors files")
+    if not (directory / "config.json").is_file():
+        raise ModelError(f"model directory '{path}' has no config.json; save the model with model.save_pretrained(DIR)")
+    if not _weight_files(directory):
+        pickles = _pickle_files(directory)
+        if pickles and not allow_pickle:
+            raise ModelError(
+                f"model directory '{path}' has only pickle weights ({pickles[0].name}), which can run code when loaded; "
+                "convert them with model.save_pretrained(DIR, safe_serialization=True) or pass --unlearn-allow-pickle if you trust them"
+            )
+        if not pickles:
+            raise ModelError(f"model directory '{path}' has no weight files (*.safetensors); save the model with model.save_pretrained(DIR)")
+    return directory
+
+
+def check_safetensors_file(file: Path) -> dict[str, Any]:
+    """Parse a safetensors header and check that the file is complete; returns the header.
+
+    A truncated upload or a partial copy is the common failure in CI; the safetensors library reports
+    it late and obscurely, so we compare the header's byte ranges against the file size up front.
+    """
+    size = file.stat().st_size
+    try:
+        with file.open("rb") as fh:
+            raw_len = fh.read(8)
+            if len(raw_len) != 8:
+                raise ValueError("shorter than its 8-byte header length")
+            (header_len,) = struct.unpack("<Q", raw_len)
+            if header_len <= 0 or 8 + header_len > size:
+                raise ValueError(f"header length {header_len} exceeds the file size {size}")
+            header = json.loads(fh.read(header_len))
+        if not isinstance(header, dict):
+            raise ValueError("header is not a JSON object")
+        end = 0
+        for name, meta in header.items():
+            if name == "__metadata__":
+                continue
+            begin, stop = meta["data_offsets"]
+            if not (0 <= begin <= stop):
+                raise ValueError(f"tensor '{name}' has invalid offsets")
+            end = max(end, stop)
+        if 8 + header_len + end != size:
+            raise ValueError(f"expected {8 + header_len + end} bytes, found {size} (truncated or padded)")
+        return header
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError, OSError) as exc:  # json errors are ValueErrors
+        raise ModelError(
+            f"weight file '{file}' is corrupt or truncated ({exc}); re-download or re-save the checkpoint"
+        ) from None
+
+
+# --------------------------------------------------------------------------- fingerprint
+
+
+def fingerprint(path: str | os.PathLike[str]) -> str:
+    """sha256 over config, tokenizer and weight files (names and bytes), streamed in 1 MiB chunks."""
+    directory = Path(path)
+    names = [n for n in CONFIG_FILES + TOKENIZER_FILES if (directory / n).is_file()]
+    names += [p.name for p in _weight_files(directory) or _pickle_files(directory)]
+    digest = hashlib.sha256()
+    for name in sorted(set(names)):
+        digest.update(name.encode() + b"\0")
+        with (directory / name).open("rb") as fh:
+            while chunk := fh.read(_CHUNK):
+                digest.update(chunk)
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def resolve_dtype(dtype: str | None, config_dtype: Any) -> "torch.dtype":
+    import torch
+
+    if dtype in (None, "auto"):
+        if isinstance(config_dtype, torch.dtype):
+            return config_dtype
+        if isinstance(config_dtype, str) and hasattr(torch, config_dtype):
+            return getattr(torch, config_dtype)
+        return torch.float32
+    if dtype not in DTYPES:
+        raise ModelError(f"unknown dtype '{dtype}'; use one of {', '.join(DTYPES)}")
+    return getattr(torch, dtype)
+
+
+def resolve_device(device: str | None) -> str:
+    import torch
+
+    if device in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelError(f"device '{device}' was requested but CUDA is not available; use --unlearn-device=cpu")
+    return device
+
+
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Silence transformers' progress bars while we load or save (CI logs stay readable); restores
+    the caller's setting afterwards."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
+
+
+def load_tokenizer(directory: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(directory), local_files_only=True, trust_remote_code=False)
+    except Exception as exc:  # transformers raises many types for a missing/broken tokenizer
+        raise ModelError(
+            f"cannot load the tokenizer from '{directory}' ({type(exc).__name__}: {exc}); save it next to the model with tokenizer.save_pretrained(DIR)"
+        ) from None
+    if tok.pad_token is None:
+        # Batched generation needs a pad token; reuse EOS as every HF generation recipe does.
+        tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
+    return tok
+
+
+def check_finite(model: Any, path: str) -> None:
+    """Refuse NaN/Inf weights: they make every metric meaningless and every quantizer undefined."""
+    import torch
+
+    for name, param in model.named_parameters():
+        if param.is_floating_point() and not bool(torch.isfinite(param).all()):
+            raise ModelError(f"model '{path}' has NaN or Inf values in '{name}'; the checkpoint is broken, re-export it")
+
+
+def load_model(
+    path: str | os.PathLike[str],
+    device: str | None = "cpu",
+    dtype: str | None = None,
+    *,
+    allow_pickle: bool = False,
+) -> LoadedModel:
+    """Load a local causal LM and its tokenizer, safely (see the module docstring)."""
+    directory = check_model_dir(path, allow_pickle=allow_pickle)
+    weight_files = _weight_files(directory)
+    for file in weight_files:
+        check_safetensors_file(file)
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(str(directory), local_files_only=True, trust_remote_code=False)
+    except Exception as exc:
+        raise ModelError(f"cannot read '{directory / 'config.json'}' ({type(exc).__name__}: {exc}); fix or re-save config.json") from None
+    torch_dtype = resolve_dtype(dtype, getattr(config, "dtype", None) or getattr(config, "torch_dtype", None))
+    dev = resolve_device(device)
+    tokenizer = load_tokenizer(directory)
+    try:
+        with quiet_transformers():
+            model = AutoModelForCausalLM.from_pretrained(
+                str(directory),
+                config=config,
+                dtype=torch_dtype,
+                local_files_only=True,
+                trust_remote_code=False,
+                use_safetensors=not (allow_pickle and not weight_files),
+            )
+    except Exception as exc:
+        raise ModelError(f"cannot load the model from '{directory}' ({type(exc).__name__}: {exc}); check that it is a causal-LM checkpoint") from None
+    model.to(dev)
+    model.eval()
+    check_finite(model, str(directory))
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        path=str(directory),
+        fingerprint=fingerprint(directory),
+        device=dev,
+        dtype=str(torch_dtype).removeprefix("torch."),
+        info={"architecture": (config.architectures or [config.model_type])[0], "model_type": config.model_type},
+    )
+
+
+# --------------------------------------------------------------------------- pairing checks
+
+
+def check_compatible(reference: LoadedModel, other: LoadedModel, *, role: str = "unlearned") -> None:
+    """Refuse to compare models that cannot be compared: recovery and code agreement need the same
+    architecture, the same parameter names and shapes, and the same tokenizer vocabulary."""
+    if reference.info.get("architecture") != other.info.get("architecture"):
+        raise ModelError(
+            f"{role} model '{other.path}' is a {other.info.get('architecture')} but the target '{reference.path}' is a "
+            f"{reference.info.get('architecture')}; pass the target the {role} model was made from"
+        )
+    ref_shapes = {n: tuple(p.shape) for n, p in reference.model.named_parameters()}
+    oth_shapes = {n: tuple(p.shape) for n, p in other.model.named_parameters()}
+    if ref_shapes != oth_shapes:
+        missing = sorted(set(ref_shapes) ^ set(oth_shapes))
+        diff = missing[0] if missing else next(n for n in ref_shapes if ref_shapes[n] != oth_shapes[n])
+        detail = f"{diff}: {ref_shapes.get(diff)} vs {oth_shapes.get(diff)}"
+        raise ModelError(
+            f"{role} model '{other.path}' does not match the target's parameters ({detail}); pass the target the {role} model was made from"
+        )
+    if reference.tokenizer.get_vocab() != other.tokenizer.get_vocab():
+        raise ModelError(
+            f"{role} model '{other.path}' has a different tokenizer vocabulary than the target '{reference.path}'; "
+            "save both with the same tokenizer"
+        )
