@@ -1,0 +1,187 @@
+"""Quantize a loaded model for the duration of a ``with`` block, and prove that it took effect.
+
+``quantized(u, "rtn-w4g128", target=t)`` yields a :class:`QuantizedModel` that the metrics use
+like a :class:`~unlearn_assert.models.LoadedModel`, plus a :class:`QuantReport` with the numbers
+that show the quantizer really ran (changed fraction) and, given the target, the paper's mechanism
+(code agreement: how many weights of U land on the same code as T's).
+
+No torch import at module level: the plugin imports this package while parsing options, and
+backends are imported only when one of their quantizers is used (see :data:`BACKENDS`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from importlib import import_module
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
+
+from ..errors import BackendUnavailable, QuantizerError
+from .spec import BACKENDS, BackendEntry, QuantSpec, known_ids, parse_quantizer_id, validate_quantizer_list
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..models import LoadedModel
+
+__all__ = [
+    "BACKENDS",
+    "BackendEntry",
+    "QuantReport",
+    "QuantSpec",
+    "QuantizedModel",
+    "get_backend",
+    "known_ids",
+    "parse_quantizer_id",
+    "quantized",
+    "validate_quantizer_list",
+]
+
+DEFAULT_SKIP = ("lm_head",)
+
+
+@dataclass
+class QuantReport:
+    """What a quantizer did, as plain data (``to_dict`` is JSON-ready).
+
+    * ``changed_fraction``: share of the quantized weights whose value changed; 0 means the
+      quantizer did not take effect, which :func:`quantized` turns into an error.
+    * ``code_agreement``: share of weights whose integer code in q(U) equals the code of the
+      same weight in q(T), each quantized on its own grid (None without a target). Codes, not
+      dequantized values: U's group scales differ from T's by float noise, so values almost never
+      match exactly even when unlearning's change was rounded away.
+    * ``small_delta_fraction``: share of weights with ``|U - T| < s_T / 2``, ``s_T`` the step of
+      T's group for that weight: the paper's "moved by less than half a step" (None without a target).
+    * ``same_cell_fraction``: share of weights of U that, quantized on T's grid (T's scale and zero),
+      get T's code: the lemma's setting with the scale held fixed (None without a target).
+    """
+
+    quantizer: str
+    backend: str
+    bits: int | None
+    group_size: int | None
+    symmetric: bool
+    modules: list[str] = field(default_factory=list)
+    n_weights: int = 0
+    changed_fraction: float = 0.0
+    code_agreement: float | None = None
+    small_delta_fraction: float | None = None
+    same_cell_fraction: float | None = None
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> QuantReport:
+        """Rebuild a report from :meth:`to_dict` output (e.g. a cache entry); unknown keys are ignored."""
+        names = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass
+class QuantizedModel:
+    """A quantized view of a :class:`LoadedModel`, usable wherever one is (``.model``, ``.tokenizer``...).
+
+    With in-place backends (rtn) ``model`` is the source's own module, quantized until the ``with``
+    block ends: do not use the source model concurrently inside the block.
+    """
+
+    model: Any
+    tokenizer: Any
+    path: str
+    fingerprint: str
+    source: LoadedModel
+    spec: QuantSpec
+    report: QuantReport
+    backend: Any = None
+
+    @property
+    def device(self) -> str:
+        return self.source.device
+
+    @property
+    def dtype(self) -> str:
+        return self.source.dtype
+
+    @property
+    def info(self) -> dict[str, Any]:
+        return {**self.source.info, "quantizer": self.spec.id}
+
+    @property
+    def name(self) -> str:
+        return f"{self.source.name}@{self.spec.id}"
+
+
+def _as_spec(qid_or_spec: str | QuantSpec) -> QuantSpec:
+    return qid_or_spec if isinstance(qid_or_spec, QuantSpec) else parse_quantizer_id(qid_or_spec)
+
+
+def get_backend(spec: str | QuantSpec) -> Any:
+    """Import the spec's backend module now and build its backend object.
+
+    A missing third-party library becomes :class:`BackendUnavailable` carrying the pip command;
+    an ImportError inside unlearn_assert itself is a bug and propagates unchanged.
+    """
+    spec = _as_spec(spec)
+    entry = BACKENDS.get(spec.backend)
+    if entry is None:  # a hand-built QuantSpec; parse_quantizer_id already refuses these
+        raise QuantizerError(f"quantizer '{spec.id}' needs backend '{spec.backend}', which is not registered; known: {', '.join(known_ids())}")
+    module_name, _, factory = entry.factory.partition(":")
+    try:
+        module = import_module(module_name)
+    except ImportError as exc:
+        missing = getattr(exc, "name", None) or ""
+        if missing == "unlearn_assert" or missing.startswith("unlearn_assert."):
+            raise
+        raise BackendUnavailable(
+            f"quantizer '{spec.id}' needs {missing or module_name}, which is not installed ({exc}); install it with: {entry.install}",
+            install=entry.install,
+        ) from None
+    return getattr(module, factory)(spec)
+
+
+def quant_fingerprint(source_fingerprint: str, spec: QuantSpec, skip_modules: Sequence[str] = DEFAULT_SKIP) -> str:
+    """sha256 of source fingerprint + ":" + quantizer: a cache key for results on the quantized model.
+
+    The canonical id is used (``rtn-w8-sym`` is ``rtn-w8``); non-default ``skip_modules`` change
+    the weights, so they are part of the key. The target only changes the report, not the model.
+    """
+    text = f"{source_fingerprint}:{spec.canonical_id}"
+    if tuple(skip_modules) != DEFAULT_SKIP:
+        text += f":skip={','.join(skip_modules)}"
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@contextmanager
+def quantized(
+    loaded: LoadedModel,
+    qid_or_spec: str | QuantSpec,
+    target: LoadedModel | None = None,
+    *,
+    skip_modules: Sequence[str] = DEFAULT_SKIP,
+) -> Iterator[QuantizedModel]:
+    """Quantize ``loaded`` with a quantizer id for the ``with`` block; yield a :class:`QuantizedModel`.
+
+    With ``target`` (the model U was unlearned from), the report also carries code agreement and
+    the small-delta fraction. A quantizer that changed no weight raises :class:`QuantizerError`:
+    "nothing recovered" from a model that was never quantized must not read as a pass.
+    """
+    spec = _as_spec(qid_or_spec)
+    skip = (skip_modules,) if isinstance(skip_modules, str) else tuple(skip_modules)
+    backend = get_backend(spec)
+    with backend.apply(loaded, target=target, skip_modules=skip) as (model, report):
+        if report.n_weights == 0 or report.changed_fraction == 0:
+            raise QuantizerError(
+                f"quantizer '{spec.id}' took no effect on '{loaded.path}': {report.n_weights} weights in "
+                f"{len(report.modules)} layers, none changed (skip_modules={list(skip)}); check the model and skip_modules"
+            )
+        yield QuantizedModel(
+            model=model,
+            tokenizer=getattr(loaded, "tokenizer", None),
+            path=loaded.path,
+            fingerprint=quant_fingerprint(loaded.fingerprint, spec, skip),
+            source=loaded,
+            spec=spec,
+            report=report,
+            backend=backend,
+        )
