@@ -1,0 +1,390 @@
+"""Tests for unlearn_assert.report: schema validation, terminal table, HTML safety, atomic writes."""
+
+from __future__ import annotations
+
+import copy
+import html as htmllib
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from unlearn_assert.errors import UnlearnAssertError
+from unlearn_assert.report import (
+    SCHEMA_VERSION,
+    ReportError,
+    load_report,
+    render_failures,
+    render_html,
+    render_table,
+    summary_line,
+    validate_report,
+    write_html,
+    write_json,
+)
+
+INJECTION = "<script>alert(1)</script>"
+
+
+def _row(model: str, quantizer: str, vm: float | None, kf: float | None, kr: float | None, pl: float | None,
+         **extra: Any) -> dict[str, Any]:
+    quantized = quantizer != "fp"
+    row: dict[str, Any] = {
+        "model": model, "quantizer": quantizer,
+        "values": {"verbmem_f": vm, "knowmem_f": kf, "knowmem_r": kr, "privleak": pl},
+        "ci": {"verbmem_f": [vm - 1, vm + 1]} if vm is not None else {},
+        "recovery": None, "code_agreement": None, "changed_fraction": 0.71 if quantized else None,
+        "small_delta_fraction": None, "quant": {"bits": 4, "group_size": 128, "modules": ["q_proj"], "n_weights": 4096}
+        if quantized else None,
+        "auc": 0.48, "attack_aucs": {"loss": 0.5, "zlib": 0.51, "mink++": 0.47},
+        "status": "ok", "skip_reason": None, "cached": False, "seconds": 1.5,
+    }
+    row.update(extra)
+    return row
+
+
+def _verdict(quantizer: str, check: str, outcome: str, message: str, value: float | None = None,
+             budget: float | None = None) -> dict[str, Any]:
+    return {"item": f"test_budget[{quantizer}-{check}]", "quantizer": quantizer, "check": check, "outcome": outcome,
+            "passed": None if outcome == "skipped" else outcome == "passed", "message": message,
+            "value": value, "budget": budget}
+
+
+def make_report() -> dict[str, Any]:
+    """A realistic report: 2 quantizers + a skipped bnb row, target/q(T)/retrain references, mixed verdicts,
+    and samples holding markup, a closing script tag and non-ASCII text."""
+    quantizers = ["rtn-w4g128", "rtn-w8", "bnb-fp4"]
+    rows = [
+        # deliberately shuffled: the renderers must order them
+        _row("target", "rtn-w4g128", 55.0, 60.1, 50.3, -96.2),
+        _row("retrain", "fp", 20.2, 30.0, 49.9, 0.0),
+        _row("unlearned", "rtn-w8", 12.4, 21.0, 47.7, 1.2,
+             recovery={"verbmem_f": 0.004, "knowmem_f": 0.02}, code_agreement=0.41),
+        _row("unlearned", "fp", 12.3, 20.5, 48.0, 1.0),
+        _row("unlearned", "bnb-fp4", None, None, None, None, status="skipped",
+             skip_reason="bitsandbytes is not installed:\n pip install 'unlearn-assert[bnb]'",
+             recovery=None, changed_fraction=None, ci={}, quant=None),
+        _row("unlearned", "rtn-w4g128", 16.55, 53.26, 47.0, -60.4,
+             recovery={"verbmem_f": 0.1234, "knowmem_f": 0.8312}, code_agreement=0.9312),
+        _row("target", "fp", 56.0, 60.0, 50.0, -98.5),
+    ]
+    verdicts = [
+        _verdict("fp", "forgetting", "passed", "fp gap verbmem_f 43.7 >= floor 5.0", 43.7, 5.0),
+        _verdict("rtn-w4g128", "verbmem_f", "passed", "recovery 12.3% <= 25%", 0.1234, 0.25),
+        _verdict("rtn-w4g128", "knowmem_f", "failed", "recovery 83.1% > budget 25%:\n quantization restores knowledge",
+                 0.8312, 0.25),
+        _verdict("rtn-w4g128", "utility", "passed", "knowmem_r ratio 0.94 >= 0.9", 0.94, 0.9),
+        _verdict("rtn-w4g128", "privleak", "failed", "|privleak| 60.4% > 25%", 60.4, 25.0),
+        _verdict("rtn-w8", "verbmem_f", "passed", "recovery 0.4% <= 25%", 0.004, 0.25),
+        _verdict("rtn-w8", "knowmem_f", "passed", "recovery 2.0% <= 25%", 0.02, 0.25),
+        _verdict("bnb-fp4", "verbmem_f", "skipped", "bitsandbytes is not installed"),
+        _verdict("bnb-fp4", "knowmem_f", "skipped", "bitsandbytes is not installed"),
+    ]
+    samples = {
+        "unlearned:rtn-w4g128": {
+            "knowmem_f": [
+                {"id": 0, "prompt": "Question: Who wrote it?\nAnswer: ", "generation": INJECTION,
+                 "reference": "Zoë Ångström 北京 \u2603", "score": 12.5},
+                {"id": 1, "prompt": "Question: What closes?\nAnswer: ", "generation": "x</script><b>bold</b>",
+                 "reference": "</script>", "score": 0.0},
+                *({"id": i, "prompt": "P" * 500, "generation": "g", "reference": "r", "score": 100.0}
+                  for i in range(2, 70)),
+            ],
+            "verbmem_f": [{"id": 0, "prompt": "Once upon", "generation": "a time & more", "reference": "a time",
+                           "score": 66.7}],
+        },
+        "unlearned:fp": {"knowmem_f": [{"id": 0, "prompt": "Q", "generation": "\u00e9t\u00e9", "reference": "x",
+                                        "score": 0.0}]},
+    }
+    return {
+        "schema_version": 1,
+        "created": "2026-11-28T06:00:00+00:00",
+        "provenance": {
+            "unlearn_assert": "0.1.0", "torch": "2.13.0", "transformers": "5.24.0", "python": "3.11.7",
+            "backends": {"bitsandbytes": None, "hqq": "0.2.8.post1"},
+            "machine": {"platform": "Linux-6.8-x86_64", "processor": "x86_64", "cpu_count": 2, "cuda": None},
+            "models": {
+                "unlearned": {"path": "ckpt/npo_klr<script>alert(1)</script>", "fingerprint": "a1b2c3"},
+                "target": {"path": "ckpt/target", "fingerprint": "d4e5f6"},
+                "retrain": {"path": "ckpt/retrain", "fingerprint": "0789ab"},
+            },
+            "data": {"path": "fixtures/tiny-muse", "fingerprint": "feedbeef",
+                     "counts": {"verbmem_forget": 10, "knowmem_forget_qa": 70}},
+            "budgets": {"recovery": 0.25, "utility": 0.9, "privleak": 25.0, "floor": 5.0,
+                        "overrides": [{"key": "recovery", "quantizer": "rtn-w8", "value": 0.1}]},
+            "settings": {"device": "cpu", "dtype": "float32", "batch_size": None, "max_samples": 70,
+                         "quantizers": quantizers},
+        },
+        "rows": rows,
+        "verdicts": verdicts,
+        "samples": samples,
+    }
+
+
+# --------------------------------------------------------------------------- schema
+
+
+def test_validate_accepts_realistic_report() -> None:
+    report = make_report()
+    assert validate_report(report) is report
+    assert SCHEMA_VERSION == 1
+    # what the pipeline writes for a skipped cell: no metric values but privleak; null fingerprints
+    report["rows"][4]["values"] = {"privleak": None}
+    report["provenance"]["data"]["fingerprint"] = None
+    report["provenance"]["privleak_reference"] = {"auc": 0.5, "source": "default"}
+    validate_report(report)
+    page = render_html(report)
+    assert "privleak_reference" in page and "&#34;source&#34;: &#34;default&#34;" in page
+
+
+def test_validate_accepts_design_minimal_verdicts() -> None:
+    """DESIGN.md's required verdict keys only: quantizer/check/outcome are derived from the item id."""
+    report = make_report()
+    report["verdicts"] = [{"item": v["item"], "passed": v["passed"], "message": v["message"]}
+                          for v in report["verdicts"]]
+    validate_report(report)
+    assert summary_line(report) == ("unlearn-assert: 2 of 9 budget checks failed "
+                                    "(rtn-w4g128: knowmem_f, privleak), 2 skipped")
+
+
+def _without(path: tuple[Any, ...]) -> dict[str, Any]:
+    report = make_report()
+    node: Any = report
+    for key in path[:-1]:
+        node = node[key]
+    del node[path[-1]]
+    return report
+
+
+@pytest.mark.parametrize("path, needle", [
+    (("rows",), "missing key 'rows'"),
+    (("provenance",), "missing key 'provenance'"),
+    (("provenance", "models", "target"), "provenance.models is missing key 'target'"),
+    (("rows", 2, "values"), "rows[2] is missing key 'values'"),
+    (("rows", 3, "values", "knowmem_r"), "rows[3].values is missing key 'knowmem_r'"),
+    (("verdicts", 0, "message"), "verdicts[0] is missing key 'message'"),
+])
+def test_validate_rejects_missing_keys(path: tuple[Any, ...], needle: str) -> None:
+    with pytest.raises(ReportError) as info:
+        validate_report(_without(path))
+    msg = str(info.value)
+    assert needle in msg and "\n" not in msg
+    assert isinstance(info.value, UnlearnAssertError)
+
+
+def test_validate_rejects_wrong_types_and_versions() -> None:
+    bad = make_report()
+    bad["rows"][0]["values"]["verbmem_f"] = "12.0"
+    with pytest.raises(ReportError, match=r"rows\[0\]\.values\.verbmem_f should be a number or null, got str"):
+        validate_report(bad)
+    bad = make_report()
+    bad["rows"][0]["model"] = "teacher"
+    with pytest.raises(ReportError, match="rows\\[0\\].model is 'teacher'"):
+        validate_report(bad)
+    bad = make_report()
+    bad["schema_version"] = 2
+    with pytest.raises(ReportError, match="unsupported report schema_version 2.*reads schema_version 1"):
+        validate_report(bad)
+    with pytest.raises(ReportError, match="missing key 'schema_version'"):
+        validate_report({"name": "some other json"})
+    with pytest.raises(ReportError, match="expected a JSON object"):
+        validate_report([1, 2])
+    bad = make_report()
+    bad["schema_version"] = True
+    with pytest.raises(ReportError, match="should be an integer"):
+        validate_report(bad)
+
+
+def test_load_report_errors(tmp_path: Path) -> None:
+    with pytest.raises(ReportError, match="report file not found"):
+        load_report(tmp_path / "nope.json")
+    with pytest.raises(ReportError, match="is a directory"):
+        load_report(tmp_path)
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"schema_version": 1,', encoding="utf-8")
+    with pytest.raises(ReportError, match=r"broken.json is not valid JSON \(line 1"):
+        load_report(broken)
+    other = tmp_path / "other.json"
+    other.write_text('{"schema_version": 7}', encoding="utf-8")
+    with pytest.raises(ReportError) as info:
+        load_report(other)
+    assert str(info.value).startswith(str(other)) and "schema_version 7" in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+# --------------------------------------------------------------------------- terminal
+
+
+def test_table_row_order_and_verdicts() -> None:
+    lines = render_table(make_report()).splitlines()
+    body = [line.split() for line in lines[2:]]
+    assert [(cells[0], cells[1]) for cells in body] == [
+        ("unlearned", "fp"), ("unlearned", "rtn-w4g128"), ("unlearned", "rtn-w8"), ("unlearned", "bnb-fp4"),
+        ("target", "fp"), ("target", "rtn-w4g128"), ("retrain", "fp"),
+    ]
+    assert [cells[-1] for cells in body] == ["PASS", "FAIL", "PASS", "SKIP", "-", "-", "-"]
+    q4 = lines[3]
+    assert "16.6" in q4 and "53.3" in q4 and "-60.4" in q4 and "vm 12% / km 83%" in q4 and "93.1%" in q4
+    skipped = lines[5]
+    assert "skipped: bitsandbytes is not installed: pip in..." in skipped and "\n" not in skipped
+    assert "12.3" not in skipped and skipped.split()[2] == "skipped:"
+
+
+def test_table_color_only_when_asked() -> None:
+    report = make_report()
+    assert "\x1b[" not in render_table(report)
+    colored = render_table(report, color=True)
+    assert "\x1b[1;31mFAIL\x1b[0m" in colored and "\x1b[32mPASS\x1b[0m" in colored
+
+
+def test_render_failures_and_summary() -> None:
+    report = make_report()
+    assert render_failures(report) == [
+        "FAILED test_budget[rtn-w4g128-knowmem_f]: recovery 83.1% > budget 25%: quantization restores knowledge",
+        "FAILED test_budget[rtn-w4g128-privleak]: |privleak| 60.4% > 25%",
+    ]
+    assert summary_line(report) == ("unlearn-assert: 2 of 9 budget checks failed "
+                                    "(rtn-w4g128: knowmem_f, privleak), 2 skipped")
+    for v in report["verdicts"]:
+        if v["outcome"] == "failed":
+            v.update(outcome="passed", passed=True)
+    assert render_failures(report) == []
+    assert summary_line(report) == "unlearn-assert: 7 of 9 budget checks passed, 2 skipped"
+    report["verdicts"] = []
+    assert summary_line(report) == "unlearn-assert: no budget checks ran"
+
+
+def tiny_report() -> dict[str, Any]:
+    report = make_report()
+    report["provenance"]["settings"]["quantizers"] = ["rtn-w4g128"]
+    report["rows"] = [
+        _row("target", "fp", 56.0, 60.0, 50.0, None),
+        _row("unlearned", "rtn-w4g128", 16.55, 53.26, 47.0, -60.4,
+             recovery={"verbmem_f": 0.1234, "knowmem_f": None}, code_agreement=0.9312),
+        _row("unlearned", "fp", 12.3, 20.5, 48.0, 1.0),
+    ]
+    report["verdicts"] = [v for v in report["verdicts"] if v["quantizer"] in ("fp", "rtn-w4g128")]
+    report["samples"] = {}
+    return report
+
+
+def test_terminal_table_golden() -> None:
+    expected = (
+        "model      quantizer      verbmem_f    knowmem_f    knowmem_r    privleak  recovery         code agr.  verdict\n"
+        "---------  -----------  -----------  -----------  -----------  ----------  -------------  -----------  ---------\n"
+        "unlearned  fp                  12.3         20.5         48.0         1.0  -                        -  PASS\n"
+        "unlearned  rtn-w4g128          16.6         53.3         47.0       -60.4  vm 12% / km -        93.1%  FAIL\n"
+        "target     fp                  56.0         60.0         50.0           -  -                        -  -"
+    )
+    assert render_table(tiny_report()) == expected
+
+
+# --------------------------------------------------------------------------- HTML
+
+
+def _report_json(page: str) -> Any:
+    m = re.search(r'<script type="application/json" id="report-data">(.*?)</script>', page, re.S)
+    assert m is not None
+    return json.loads(m.group(1))
+
+
+def test_html_is_self_contained() -> None:
+    page = render_html(make_report())
+    assert page.startswith("<!DOCTYPE html>")
+    assert "http://" not in page and "https://" not in page
+    assert not re.search(r"""(src|href)\s*=""", page, re.I)
+    assert "<link" not in page and "@import" not in page and "url(" not in page
+    # the only script element is the JSON data block
+    assert page.count("<script") == 1
+
+
+def test_html_escapes_untrusted_text() -> None:
+    page = render_html(make_report())
+    assert INJECTION not in page
+    assert "<b>bold</b>" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    # exactly one closing tag: the JSON block's own
+    assert page.count("</script>") == 1
+    assert "Zoë Ångström 北京 \u2603" in page
+    assert "a time &amp; more" in page
+
+
+def test_html_embeds_report_json_roundtrip() -> None:
+    report = make_report()
+    page = render_html(report)
+    assert _report_json(page) == report
+    blob = page[page.index('id="report-data">'):]
+    assert "\\u003c/script\\u003e" in blob
+
+
+def test_html_has_charts_tables_and_verdicts() -> None:
+    report = make_report()
+    page = render_html(report)
+    for metric in ("verbmem_f", "knowmem_f", "knowmem_r", "privleak"):
+        chart = re.search(rf'<figure id="chart-{metric}">(.*?)</figure>', page, re.S)
+        assert chart is not None and "<svg" in chart.group(1)
+        assert "target fp" in chart.group(1) and "retrain fp" in chart.group(1)
+    assert "ROUGE-L F1 x100" in page and "privleak (%)" in page
+    # failed verdicts are listed before passed ones
+    verdicts = page[page.index('<ul class="verdicts">'):]
+    assert verdicts.index("test_budget[rtn-w4g128-knowmem_f]") < verdicts.index("test_budget[fp-forgetting]")
+    assert verdicts.index("test_budget[rtn-w4g128-privleak]") < verdicts.index("test_budget[rtn-w8-knowmem_f]")
+    # summary table: same verdict column as the terminal one; skipped row spans the metric columns
+    summary = page[page.index('<table class="summary">'):page.index("</table>")]
+    assert [htmllib.unescape(v) for v in re.findall(r'<td class="(?:PASS|FAIL|SKIP)">(\w+)</td>', summary)] == [
+        "PASS", "FAIL", "PASS", "SKIP"]
+    assert 'colspan="6">skipped: bitsandbytes is not installed: pip install' in summary
+    # samples: collapsed, capped at 50 per (row, metric)
+    assert page.count("<details>") == 3
+    assert "(showing the first 50)" in page
+    assert page.count("<td class=\"num\">69</td>") == 0 and "<td class=\"num\">49</td>" in page
+
+
+def test_html_handles_nonfinite_and_missing_references() -> None:
+    report = tiny_report()
+    report["rows"][1]["values"]["privleak"] = float("nan")
+    page = render_html(report)
+    assert _report_json(page)["rows"][1]["values"]["privleak"] is None
+    assert page.count("<svg") == 4
+
+
+# --------------------------------------------------------------------------- files
+
+
+def test_write_json_and_html_atomic(tmp_path: Path) -> None:
+    report = make_report()
+    out = tmp_path / "sub" / "report.json"
+    assert write_json(report, out) == out
+    assert load_report(out) == report
+    page = tmp_path / "sub" / "report.html"
+    write_html(report, page)
+    assert _report_json(page.read_text(encoding="utf-8")) == report
+    write_json(report, out)  # overwrite in place
+    assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["report.html", "report.json"]
+
+
+def test_write_failure_leaves_no_partial_file(tmp_path: Path) -> None:
+    out = tmp_path / "report.json"
+    out.write_text("previous", encoding="utf-8")
+    bad = copy.deepcopy(make_report())
+    bad["rows"][0]["values"]["verbmem_f"] = object()  # not JSON-serialisable
+    with pytest.raises(TypeError):
+        write_json(bad, out)
+    assert out.read_text(encoding="utf-8") == "previous"
+    assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
+
+
+def test_write_interrupted_leaves_old_file_and_no_temp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "report.html"
+    out.write_text("previous", encoding="utf-8")
+
+    def boom(src: str, dst: str) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr("unlearn_assert.report.schema.os.replace", boom)
+    with pytest.raises(OSError, match="disk full"):
+        write_html(make_report(), out)
+    assert out.read_text(encoding="utf-8") == "previous"
+    assert [p.name for p in tmp_path.iterdir()] == ["report.html"]

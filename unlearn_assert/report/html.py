@@ -1,0 +1,282 @@
+"""The HTML report: one self-contained file (inline CSS and SVG, no network, no JavaScript).
+
+A release reviewer opens it from a CI artifact, often offline or behind a strict CSP, so nothing
+is fetched: charts are inline SVG built here, and the full report is embedded as JSON for tools.
+Everything that came from a model or a data set (generations, prompts, paths) is untrusted text:
+the jinja2 environment autoescapes, the SVG helpers escape every string they place, and the JSON
+blob has ``<``, ``>`` and ``&`` escaped so no string can close its ``<script>`` element.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import jinja2
+from markupsafe import Markup, escape
+
+from .schema import METRICS, Report, atomic_write_text, json_safe
+from .terminal import (
+    HEADERS,
+    fmt_num,
+    one_line,
+    ordered_rows,
+    quantizer_order,
+    summary_line,
+    table_rows,
+    verdict_outcome,
+)
+
+TEMPLATE_DIR = Path(__file__).with_name("templates")
+MAX_SAMPLES_SHOWN = 50  # per (row, metric): enough to eyeball, small enough to keep the file light
+PROMPT_EXCERPT = 300  # characters; the end of a prompt is what the generation continues
+Y_LABELS = {
+    "verbmem_f": "ROUGE-L F1 x100",
+    "knowmem_f": "ROUGE-L F1 x100",
+    "knowmem_r": "ROUGE-L F1 x100",
+    "privleak": "privleak (%)",
+}
+_REF_STYLES = {"target": ("#c0392b", "6 3"), "retrain": ("#27ae60", "2 3")}
+
+
+@lru_cache(maxsize=1)
+def _environment() -> jinja2.Environment:
+    """Autoescape is on for the whole template: any string may be hostile markup."""
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATE_DIR)),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+
+# --------------------------------------------------------------------------- embedded JSON
+
+
+def embed_json(report: Mapping[str, Any]) -> Markup:
+    """The report as JSON that is safe inside ``<script type="application/json">``: ``<``, ``>`` and
+    ``&`` only occur inside JSON strings, where their \\u escapes decode to the same text."""
+    text = json.dumps(json_safe(report), ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    text = text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    return Markup(text)
+
+
+# --------------------------------------------------------------------------- SVG charts
+
+
+def _nice_step(span: float, target_ticks: int = 5) -> float:
+    raw = span / max(target_ticks, 1)
+    mag = 10 ** math.floor(math.log10(raw))
+    for m in (1, 2, 2.5, 5, 10):
+        if raw <= m * mag:
+            return m * mag
+    return 10 * mag
+
+
+def nice_ticks(lo: float, hi: float) -> list[float]:
+    """Round tick values covering [lo, hi] (both included in the axis, 0 always inside)."""
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    if hi - lo < 1e-9:
+        hi = lo + 1.0
+    step = _nice_step(hi - lo)
+    start, stop = math.floor(lo / step + 1e-9), math.ceil(hi / step - 1e-9)
+    return [round(i * step, 10) for i in range(start, stop + 1)]
+
+
+def _tick_label(v: float) -> str:
+    return f"{v:g}"
+
+
+def bar_chart_svg(
+    title: str,
+    bars: Sequence[tuple[str, float | None]],
+    refs: Sequence[tuple[str, float, str]],
+    y_label: str,
+) -> Markup:
+    """A bar per (label, value) plus horizontal reference lines (label, value, role) with a legend.
+
+    Every string is escaped here because the result is inserted into the template as Markup.
+    """
+    width, height = 560, 280
+    left, right, top, bottom = 60, 170, 30, 70
+    pw, ph = width - left - right, height - top - bottom
+    finite = [v for _, v in bars if v is not None and math.isfinite(v)] + [v for _, v, _ in refs if math.isfinite(v)]
+    ticks = nice_ticks(min(finite, default=0.0), max(finite, default=1.0))
+    lo, hi = ticks[0], ticks[-1]
+
+    def y(v: float) -> float:
+        return top + ph * (hi - v) / (hi - lo)
+
+    out = [f'<svg class="chart" viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" '
+           f'aria-label="{escape(title)}">', f'<title>{escape(title)}</title>',
+           f'<text class="chart-title" x="{left}" y="18">{escape(title)}</text>']
+    for t in ticks:
+        ty = y(t)
+        out.append(f'<line class="grid" x1="{left}" x2="{left + pw}" y1="{ty:.1f}" y2="{ty:.1f}"/>')
+        out.append(f'<text class="tick" x="{left - 6}" y="{ty + 4:.1f}" text-anchor="end">{_tick_label(t)}</text>')
+    out.append(f'<line class="axis" x1="{left}" x2="{left}" y1="{top}" y2="{top + ph}"/>')
+    out.append(f'<line class="axis" x1="{left}" x2="{left + pw}" y1="{y(0):.1f}" y2="{y(0):.1f}"/>')
+    cx, cy = 14, top + ph / 2
+    out.append(f'<text class="axis-label" x="{cx}" y="{cy:.1f}" text-anchor="middle" '
+               f'transform="rotate(-90 {cx} {cy:.1f})">{escape(y_label)}</text>')
+    slot = pw / max(len(bars), 1)
+    bw = min(48.0, slot * 0.7)
+    for i, (label, value) in enumerate(bars):
+        bx = left + slot * i + (slot - bw) / 2
+        mid = bx + bw / 2
+        if value is None or not math.isfinite(value):
+            out.append(f'<text class="bar-value" x="{mid:.1f}" y="{y(0) - 4:.1f}" text-anchor="middle">n/a</text>')
+        else:
+            y0, y1 = sorted((y(0), y(value)))
+            cls = "bar fp" if i == 0 and label == "fp" else "bar"
+            out.append(f'<rect class="{cls}" x="{bx:.1f}" y="{y0:.1f}" width="{bw:.1f}" height="{max(y1 - y0, 0.5):.1f}">'
+                       f'<title>{escape(label)}: {fmt_num(value)}</title></rect>')
+            vy = y(value) - 4 if value >= 0 else y(value) + 12
+            out.append(f'<text class="bar-value" x="{mid:.1f}" y="{vy:.1f}" text-anchor="middle">{fmt_num(value)}</text>')
+        ly = top + ph + 14
+        out.append(f'<text class="bar-label" x="{mid:.1f}" y="{ly}" text-anchor="end" '
+                   f'transform="rotate(-30 {mid:.1f} {ly})">{escape(label)}</text>')
+    lx, legend_y = left + pw + 16, top + 8
+    for j, (label, value, role) in enumerate(refs):
+        color, dash = _REF_STYLES.get(role, ("#555", "4 2"))
+        ry = y(value)
+        out.append(f'<line class="ref" x1="{left}" x2="{left + pw}" y1="{ry:.1f}" y2="{ry:.1f}" '
+                   f'stroke="{color}" stroke-dasharray="{dash}"/>')
+        yy = legend_y + 18 * j
+        out.append(f'<line x1="{lx}" x2="{lx + 22}" y1="{yy}" y2="{yy}" stroke="{color}" stroke-width="2" '
+                   f'stroke-dasharray="{dash}"/>')
+        out.append(f'<text class="legend" x="{lx + 28}" y="{yy + 4}">{escape(label)} ({fmt_num(value)})</text>')
+    if not refs:
+        out.append(f'<text class="legend" x="{lx}" y="{legend_y + 4}">no reference rows</text>')
+    out.append("</svg>")
+    return Markup("\n".join(out))
+
+
+def metric_charts(report: Report) -> list[dict[str, Any]]:
+    """One chart per metric: the unlearned model per quantizer (fp first), target fp / retrain fp lines."""
+    rows = ordered_rows(report)
+    unlearned = [r for r in rows if r["model"] == "unlearned"]
+    charts = []
+    for metric in METRICS:
+        bars = [(r["quantizer"], None if r.get("status") == "skipped" else (r.get("values") or {}).get(metric))
+                for r in unlearned]
+        refs = []
+        for role in ("target", "retrain"):
+            ref = next((r for r in rows if r["model"] == role and r["quantizer"] == "fp"
+                        and r.get("status") != "skipped"), None)
+            value = (ref.get("values") or {}).get(metric) if ref else None
+            if value is not None and math.isfinite(value):
+                refs.append((f"{role} fp", float(value), role))
+        charts.append({"metric": metric, "svg": bar_chart_svg(metric, bars, refs, Y_LABELS[metric])})
+    return charts
+
+
+# --------------------------------------------------------------------------- page sections
+
+
+def _excerpt(text: Any, limit: int = PROMPT_EXCERPT) -> str:
+    text = str(text or "")
+    return text if len(text) <= limit else "\u2026" + text[-limit:]
+
+
+def provenance_items(report: Report) -> list[tuple[str, str]]:
+    """(label, text) pairs for the provenance table; the template escapes both."""
+    prov: Mapping[str, Any] = report.get("provenance") or {}
+    items: list[tuple[str, str]] = [("created", str(report.get("created", "-")))]
+    for key in ("unlearn_assert", "python", "torch", "transformers"):
+        items.append((key, str(prov.get(key) or "-")))
+    backends = prov.get("backends") or {}
+    items.append(("backends", ", ".join(f"{k} {v or 'not installed'}" for k, v in backends.items()) or "-"))
+    machine = prov.get("machine") or {}
+    items.append(("machine", "; ".join(f"{k}: {v if v is not None else '-'}" for k, v in machine.items()) or "-"))
+    for role, ref in (prov.get("models") or {}).items():
+        items.append((f"model: {role}", f"{ref.get('path')} (fingerprint {ref.get('fingerprint') or '-'})" if ref else "-"))
+    data = prov.get("data") or {}
+    counts = ", ".join(f"{k} {v}" for k, v in (data.get("counts") or {}).items())
+    items.append(("data", f"{data.get('path', '-')} (fingerprint {data.get('fingerprint') or '-'})"
+                  + (f"; {counts}" if counts else "")))
+    budgets = dict(prov.get("budgets") or {})
+    overrides = [o for o in budgets.pop("overrides", None) or [] if isinstance(o, dict)]
+    text = ", ".join(f"{k} {v}" for k, v in budgets.items())
+    if overrides:
+        text += "; overrides: " + ", ".join(
+            f"{o.get('key')}[{o.get('quantizer') or 'all'}] {o.get('value')}" for o in overrides)
+    items.append(("budgets", text or "-"))
+    settings = prov.get("settings") or {}
+    items.append(("settings", "; ".join(
+        f"{k}: {', '.join(map(str, v)) if isinstance(v, list) else ('-' if v is None else v)}"
+        for k, v in settings.items()) or "-"))
+    shown = {"unlearn_assert", "python", "torch", "transformers", "backends", "machine", "models", "data",
+             "budgets", "settings"}
+    for key, value in prov.items():  # fields added later still show up, as compact JSON
+        if key not in shown:
+            items.append((key, value if isinstance(value, str) else json.dumps(json_safe(value), ensure_ascii=False)))
+    return items
+
+
+def sorted_verdicts(report: Report) -> list[dict[str, Any]]:
+    """Failed first (what a reviewer must read), then passed, then skipped; stable within each."""
+    rank = {"failed": 0, "passed": 1, "skipped": 2}
+    out = [{**v, "outcome": verdict_outcome(v), "message": one_line(v.get("message", ""))}
+           for v in report.get("verdicts", [])]
+    return sorted(out, key=lambda v: rank[v["outcome"]])
+
+
+def sample_sections(report: Report) -> list[dict[str, Any]]:
+    """Per (row, metric) sample tables, rows in table order, first MAX_SAMPLES_SHOWN records each."""
+    samples: Mapping[str, Mapping[str, list[Any]]] = report.get("samples") or {}
+    qrank = {q: i for i, q in enumerate(quantizer_order(report))}
+    roles = ("unlearned", "target", "retrain")
+
+    def key_rank(key: str) -> tuple[int, int, str]:
+        model, _, quantizer = key.partition(":")
+        return (roles.index(model) if model in roles else len(roles), qrank.get(quantizer, len(qrank)), key)
+
+    sections = []
+    for key in sorted(samples, key=key_rank):
+        per_metric = samples[key]
+        metric_order = [m for m in METRICS if m in per_metric] + [m for m in per_metric if m not in METRICS]
+        for metric in metric_order:
+            records = per_metric[metric]
+            scores = [float(r["score"]) for r in records if isinstance(r.get("score"), (int, float))]
+            sections.append({
+                "key": key, "metric": metric, "total": len(records),
+                "mean": fmt_num(sum(scores) / len(scores)) if scores else "-",
+                "records": [{"id": r.get("id", i), "prompt": _excerpt(r.get("prompt")),
+                             "generation": str(r.get("generation", "")), "reference": str(r.get("reference", "")),
+                             "score": fmt_num(r.get("score"))}
+                            for i, r in enumerate(records[:MAX_SAMPLES_SHOWN])],
+            })
+    return sections
+
+
+def render_html(report: Report) -> str:
+    """The whole report as one self-contained HTML page."""
+    prov: Mapping[str, Any] = report.get("provenance") or {}
+    models = prov.get("models") or {}
+    paths = {role: (ref or {}).get("path") for role, ref in models.items()}
+    verdicts = report.get("verdicts", [])
+    return _environment().get_template("report.html.j2").render(
+        title=f"unlearn-assert report: {paths.get('unlearned') or '?'}",
+        paths=paths,
+        summary=summary_line(report),
+        any_failed=any(verdict_outcome(v) == "failed" for v in verdicts),
+        provenance=provenance_items(report),
+        headers=HEADERS,
+        table=table_rows(report),
+        verdicts=sorted_verdicts(report),
+        charts=metric_charts(report),
+        samples=sample_sections(report),
+        max_samples=MAX_SAMPLES_SHOWN,
+        report_json=embed_json(report),
+    )
+
+
+def write_html(report: Report, path: str | os.PathLike[str]) -> Path:
+    """Render and write the HTML report atomically; returns the path written."""
+    return atomic_write_text(path, render_html(report))

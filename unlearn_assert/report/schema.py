@@ -1,0 +1,367 @@
+"""The JSON report, schema_version 1: typed shape, validation, loading and atomic writing.
+
+The report is one plain-data dict built by the pipeline; every renderer (terminal, HTML) and every
+outside tool reads only this dict, so its shape is written down here once. Keys listed as required
+in ``DESIGN.md`` ("JSON report") are checked by :func:`validate_report`; the others are optional so
+that older or partial reports still render. Adding keys is free; renaming or removing one needs a
+new ``SCHEMA_VERSION``.
+
+Pure Python on purpose (no torch): ``unlearn-assert report`` must work on a machine without it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Literal, Mapping, TypedDict, cast
+
+from ..errors import UnlearnAssertError
+from ..cache import atomic_write_text
+
+SCHEMA_VERSION = 1
+METRICS = ("verbmem_f", "knowmem_f", "knowmem_r", "privleak")  # MUSE's keys, in display order
+FORGET_METRICS = ("verbmem_f", "knowmem_f")  # the metrics that have a recovery fraction
+MODEL_ROLES = ("unlearned", "target", "retrain")
+OUTCOMES = ("passed", "failed", "skipped")
+ROW_STATUSES = ("ok", "skipped")
+
+
+class ReportError(UnlearnAssertError, ValueError):
+    """A file given as a report is missing, not JSON, of another schema version, or malformed."""
+
+
+# --------------------------------------------------------------------------- typed shape
+
+
+class ModelRef(TypedDict):
+    path: str  # the model directory (or "demo:NAME" spec) as given by the user
+    fingerprint: str | None  # content hash of config + weights (models.py); None if never computed
+
+
+class _DataRefRequired(TypedDict):
+    path: str  # the MUSE-layout data directory as given
+    fingerprint: str | None  # content hash of every data file (data.py); None if never computed
+
+
+class DataRef(_DataRefRequired, total=False):
+    counts: dict[str, int]  # number of items per split, e.g. {"knowmem_forget_qa": 100}, after max_samples
+
+
+class Machine(TypedDict, total=False):
+    platform: str  # platform.platform(), e.g. "Linux-6.8-x86_64-with-glibc2.39"
+    processor: str  # platform.processor() or the CPU model name
+    cpu_count: int  # os.cpu_count()
+    cuda: str | None  # CUDA device name / version used, None on CPU-only runs
+
+
+class BudgetOverride(TypedDict):
+    key: str  # budget name: "recovery", "utility", "privleak" or "floor"
+    quantizer: str | None  # quantizer id the override applies to; None = all quantizers
+    value: float  # the overriding budget (same unit as the default of that key)
+
+
+class Budgets(TypedDict, total=False):
+    recovery: float  # max allowed recovery fraction of a forget metric (0.25 = 25% may come back)
+    utility: float  # min knowmem_r(q(U)) / knowmem_r(T) ratio (0.9 = keep 90% of the target's utility)
+    privleak: float  # max |privleak| in percent
+    floor: float  # min m(T) - m(U) in ROUGE x100 for unlearning to count as having worked in fp
+    overrides: list[BudgetOverride]  # per-quantizer overrides (options, ini or markers)
+
+
+class Settings(TypedDict, total=False):
+    device: str  # "cpu", "cuda", "cuda:1", "mps" (after resolving "auto")
+    dtype: str  # "float32", "bfloat16", ... (after resolving "auto")
+    batch_size: int | None  # generation batch size; None = automatic
+    max_samples: int | None  # per-split cap on items; None = all
+    quantizers: list[str]  # quantizer ids in the order the user gave them (the table's row order)
+
+
+class _ProvenanceRequired(TypedDict):
+    unlearn_assert: str  # this package's version
+    torch: str | None  # torch.__version__
+    transformers: str | None  # transformers.__version__
+    backends: dict[str, str | None]  # quantizer backend library -> version, None when not installed
+    machine: Machine  # where the numbers were measured
+    models: dict[str, ModelRef | None]  # "unlearned", "target" (required) and "retrain" (or None)
+    data: DataRef  # the evaluation data set
+    budgets: Budgets  # the budgets the verdicts were computed against
+
+
+class Provenance(_ProvenanceRequired, total=False):
+    python: str  # platform.python_version()
+    settings: Settings  # run settings that affect the numbers
+    privleak_reference: dict[str, Any]  # {"auc": AUC_R used for privleak, "source": "retrain" | "option" | "default"}
+    argv: list[str]  # the command line of the run (pytest arguments)
+
+
+class QuantInfo(TypedDict, total=False):
+    bits: int  # weight bits, e.g. 4
+    group_size: int | None  # weights per scale group; None = per-channel
+    modules: list[str]  # names of the quantized modules
+    n_weights: int  # number of quantized weights
+
+
+class AttackAucs(TypedDict, total=False):
+    loss: float  # ROC AUC of the loss attack (forget=0, holdout=1; MUSE orientation)
+    zlib: float  # ROC AUC of the zlib-normalised loss attack
+    # "mink++": float  -- ROC AUC of Min-K%++ (not an identifier, so not a TypedDict field)
+
+
+class RecoveryValues(TypedDict):
+    verbmem_f: float | None  # (m(q(U)) - m(U)) / (m(T) - m(U)) as a fraction: 0.83 = 83% came back
+    knowmem_f: float | None  # same for knowmem_f; None when the denominator is below the floor
+
+
+class MetricValues(TypedDict, total=False):  # all four present on "ok" rows; may be partial on skipped ones
+    verbmem_f: float | None  # mean ROUGE-L F1 x100 on the verbatim forget set
+    knowmem_f: float | None  # mean ROUGE-L F1 x100 on forget-set QA
+    knowmem_r: float | None  # mean ROUGE-L F1 x100 on retain-set QA (utility)
+    privleak: float | None  # (AUC - AUC_R) / AUC_R x 100 (percent); None when not computed
+
+
+class _RowRequired(TypedDict):
+    model: Literal["unlearned", "target", "retrain"]  # which checkpoint
+    quantizer: str  # "fp" (full precision) or a quantizer id such as "rtn-w4g128"
+    values: MetricValues  # the metric values of this (model, quantizer) cell
+    recovery: RecoveryValues | None  # only for unlearned quantized rows
+    code_agreement: float | None  # fraction (0..1) of q(U) weights identical to q(T); quantized U rows only
+    changed_fraction: float | None  # fraction (0..1) of weights the quantizer changed; quantized rows only
+
+
+class Row(_RowRequired, total=False):
+    ci: dict[str, list[float]]  # metric -> [lo, hi] bootstrap 95% interval, same unit as the value
+    small_delta_fraction: float | None  # fraction of U-T weight deltas smaller than half a quantization step
+    quant: QuantInfo | None  # the quantizer's own report; None for fp rows
+    auc: float | None  # Min-40% ROC AUC behind privleak (forget=0, holdout=1)
+    attack_aucs: dict[str, float] | None  # other membership attacks' AUCs: "loss", "zlib", "mink++"
+    status: Literal["ok", "skipped"]  # "skipped": the cell could not run (e.g. backend missing); values absent
+    skip_reason: str | None  # one-line reason when status == "skipped"
+    cached: bool  # True when the values came from the result cache
+    seconds: float  # wall time spent computing the cell (0 when cached)
+
+
+class _VerdictRequired(TypedDict):
+    item: str  # the pytest item id, e.g. "test_budget[rtn-w4g128-knowmem_f]"
+    passed: bool | None  # True/False; None when skipped
+    message: str  # one line: the numbers and the budget, or why it was skipped
+
+
+class Verdict(_VerdictRequired, total=False):
+    quantizer: str  # quantizer id, or "fp" for the full-precision "forgetting" check
+    check: str  # "verbmem_f", "knowmem_f", "utility", "privleak" or "forgetting"
+    outcome: Literal["passed", "failed", "skipped"]  # the pytest outcome
+    value: float | None  # the checked quantity (recovery fraction, utility ratio, |privleak| %, fp gap)
+    budget: float | None  # the bound it was checked against, same unit as value
+
+
+class SampleRecord(TypedDict, total=False):
+    id: int  # index of the item in its data split
+    prompt: str  # the exact prompt given to the model (may hold any text, including markup)
+    generation: str  # the model's greedy continuation, after cutting
+    reference: str  # the ground truth it was scored against
+    score: float  # ROUGE-L F1 x100 of generation vs reference
+
+
+class _ReportRequired(TypedDict):
+    schema_version: int  # always SCHEMA_VERSION for reports this module writes
+    provenance: Provenance  # versions, machine, inputs and budgets: what the numbers depend on
+    rows: list[Row]  # one per (model, quantizer) cell
+    verdicts: list[Verdict]  # one per budget test item
+    samples: dict[str, dict[str, list[SampleRecord]]]  # "model:quantizer" -> metric -> per-item records
+
+
+class Report(_ReportRequired, total=False):
+    created: str  # ISO 8601 timestamp with offset, when the report was made
+
+
+# --------------------------------------------------------------------------- validation
+
+_NUMBER = "number"
+_TYPE_NAMES = {str: "a string", int: "an integer", bool: "true/false", dict: "an object", list: "an array"}
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _describe(kind: Any, nullable: bool) -> str:
+    name = "a number" if kind == _NUMBER else _TYPE_NAMES.get(kind, getattr(kind, "__name__", str(kind)))
+    return name + (" or null" if nullable else "")
+
+
+def _check(obj: Mapping[str, Any], key: str, kind: Any, where: str, *, required: bool = True,
+           nullable: bool = False) -> Any:
+    """Return ``obj[key]`` after checking its presence and JSON type; raise a one-line ReportError."""
+    if key not in obj:
+        if required:
+            raise ReportError(f"not an unlearn-assert report: {where} is missing key '{key}'")
+        return None
+    value = obj[key]
+    if value is None and nullable:
+        return None
+    ok = _is_number(value) if kind == _NUMBER else (
+        isinstance(value, kind) and not (kind is int and isinstance(value, bool)))
+    if not ok:
+        got = "null" if value is None else type(value).__name__
+        raise ReportError(f"malformed unlearn-assert report: {where}.{key} should be "
+                          f"{_describe(kind, nullable)}, got {got}")
+    return value
+
+
+def _check_choice(value: Any, choices: tuple[str, ...], where: str) -> None:
+    if value not in choices:
+        raise ReportError(f"malformed unlearn-assert report: {where} is {value!r}, expected one of {', '.join(choices)}")
+
+
+def _validate_provenance(prov: Mapping[str, Any]) -> None:
+    w = "provenance"
+    _check(prov, "unlearn_assert", str, w)
+    _check(prov, "torch", str, w, nullable=True)
+    _check(prov, "transformers", str, w, nullable=True)
+    _check(prov, "python", str, w, required=False)
+    _check(prov, "backends", dict, w)
+    _check(prov, "machine", dict, w)
+    _check(prov, "budgets", dict, w)
+    models = _check(prov, "models", dict, w)
+    for role in ("unlearned", "target", "retrain"):
+        ref = _check(models, role, dict, f"{w}.models", required=role != "retrain", nullable=role == "retrain")
+        if ref is not None:
+            _check(ref, "path", str, f"{w}.models.{role}")
+            _check(ref, "fingerprint", str, f"{w}.models.{role}", nullable=True)
+    data = _check(prov, "data", dict, w)
+    _check(data, "path", str, f"{w}.data")
+    _check(data, "fingerprint", str, f"{w}.data", nullable=True)
+    _check(data, "counts", dict, f"{w}.data", required=False)
+    settings = _check(prov, "settings", dict, w, required=False)
+    if settings is not None:
+        quantizers = _check(settings, "quantizers", list, f"{w}.settings", required=False)
+        if quantizers is not None and not all(isinstance(q, str) for q in quantizers):
+            raise ReportError(f"malformed unlearn-assert report: {w}.settings.quantizers should be an array of strings")
+
+
+def _validate_row(row: Any, i: int) -> None:
+    w = f"rows[{i}]"
+    if not isinstance(row, dict):
+        raise ReportError(f"malformed unlearn-assert report: {w} should be an object, got {type(row).__name__}")
+    _check_choice(_check(row, "model", str, w), MODEL_ROLES, f"{w}.model")
+    _check(row, "quantizer", str, w)
+    status = _check(row, "status", str, w, required=False)
+    if status is not None:
+        _check_choice(status, ROW_STATUSES, f"{w}.status")
+    values = _check(row, "values", dict, w)
+    for metric in METRICS:
+        _check(values, metric, _NUMBER, f"{w}.values", required=status != "skipped", nullable=True)
+    recovery = _check(row, "recovery", dict, w, nullable=True)
+    if recovery is not None:
+        for metric in FORGET_METRICS:
+            _check(recovery, metric, _NUMBER, f"{w}.recovery", required=False, nullable=True)
+    for key in ("code_agreement", "changed_fraction"):
+        _check(row, key, _NUMBER, w, nullable=True)
+    for key in ("small_delta_fraction", "auc", "seconds"):
+        _check(row, key, _NUMBER, w, required=False, nullable=True)
+    for key in ("ci", "quant", "attack_aucs"):
+        _check(row, key, dict, w, required=False, nullable=True)
+    _check(row, "skip_reason", str, w, required=False, nullable=True)
+    _check(row, "cached", bool, w, required=False)
+
+
+def _validate_verdict(v: Any, i: int) -> None:
+    w = f"verdicts[{i}]"
+    if not isinstance(v, dict):
+        raise ReportError(f"malformed unlearn-assert report: {w} should be an object, got {type(v).__name__}")
+    _check(v, "item", str, w)
+    _check(v, "passed", bool, w, nullable=True)
+    _check(v, "message", str, w)
+    _check(v, "quantizer", str, w, required=False)
+    _check(v, "check", str, w, required=False)
+    outcome = _check(v, "outcome", str, w, required=False)
+    if outcome is not None:
+        _check_choice(outcome, OUTCOMES, f"{w}.outcome")
+    _check(v, "value", _NUMBER, w, required=False, nullable=True)
+    _check(v, "budget", _NUMBER, w, required=False, nullable=True)
+
+
+def validate_report(obj: Any) -> Report:
+    """Check ``obj`` is a schema_version-1 report (required keys and their types) and return it.
+
+    Raises :class:`ReportError` with one line naming the first missing or mistyped key, so that
+    ``unlearn-assert report some.json`` on the wrong file says what is wrong instead of a KeyError.
+    """
+    if not isinstance(obj, dict):
+        raise ReportError(f"not an unlearn-assert report: expected a JSON object with 'schema_version', "
+                          f"got {'null' if obj is None else type(obj).__name__}")
+    if "schema_version" not in obj:
+        raise ReportError("not an unlearn-assert report: missing key 'schema_version' "
+                          "(pass the JSON file written by --unlearn-json or `unlearn-assert demo`)")
+    version = obj["schema_version"]
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise ReportError(f"malformed unlearn-assert report: schema_version should be an integer, got {version!r}")
+    if version != SCHEMA_VERSION:
+        hint = "upgrade unlearn-assert to read it" if version > SCHEMA_VERSION else "regenerate the report"
+        raise ReportError(f"unsupported report schema_version {version}: this unlearn-assert reads "
+                          f"schema_version {SCHEMA_VERSION}; {hint}")
+    _check(obj, "created", str, "report", required=False)
+    _validate_provenance(_check(obj, "provenance", dict, "report"))
+    for i, row in enumerate(_check(obj, "rows", list, "report")):
+        _validate_row(row, i)
+    for i, verdict in enumerate(_check(obj, "verdicts", list, "report")):
+        _validate_verdict(verdict, i)
+    for key, per_metric in _check(obj, "samples", dict, "report").items():
+        if not isinstance(per_metric, dict):
+            raise ReportError(f"malformed unlearn-assert report: samples[{key!r}] should be an object")
+        for metric, records in per_metric.items():
+            if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+                raise ReportError(f"malformed unlearn-assert report: samples[{key!r}][{metric!r}] "
+                                  f"should be an array of objects")
+    return cast(Report, obj)
+
+
+# --------------------------------------------------------------------------- files
+
+
+def load_report(path: str | os.PathLike[str]) -> Report:
+    """Read and validate a JSON report; every failure is a one-line :class:`ReportError`."""
+    p = Path(path)
+    if not p.exists():
+        raise ReportError(f"report file not found: {p} (write one with --unlearn-json PATH)")
+    if p.is_dir():
+        raise ReportError(f"report path is a directory: {p}; pass the .json file inside it")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ReportError(f"{p} is not a UTF-8 text file; pass the .json report unlearn-assert wrote") from None
+    except OSError as exc:
+        raise ReportError(f"cannot read report {p}: {exc.strerror or exc}") from None
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ReportError(f"{p} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); "
+                          f"pass the .json report unlearn-assert wrote") from None
+    try:
+        return validate_report(obj)
+    except ReportError as exc:
+        raise ReportError(f"{p}: {exc}") from None
+
+
+def json_safe(obj: Any) -> Any:
+    """A copy of ``obj`` with NaN/inf floats replaced by None: strict JSON that every parser (and a
+    browser's JSON.parse) accepts; the report never needs to distinguish NaN from missing."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def dumps_report(report: Mapping[str, Any]) -> str:
+    """The report as strict, human-readable JSON (UTF-8 text, 2-space indent, trailing newline)."""
+    return json.dumps(json_safe(report), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+
+
+def write_json(report: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
+    """Write the report as JSON, atomically; returns the path written."""
+    return atomic_write_text(path, dumps_report(report))

@@ -1,0 +1,195 @@
+"""Terminal rendering of a report: the summary table, the failure lines and the one-line summary.
+
+The row order, cell formatting and per-row verdict live here once; the HTML report reuses them
+(:func:`table_rows`) so that the two views of the same report can never disagree.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+from tabulate import tabulate
+
+from .schema import MODEL_ROLES, Report, Row, Verdict
+
+HEADERS = ("model", "quantizer", "verbmem_f", "knowmem_f", "knowmem_r", "privleak", "recovery", "code agr.", "verdict")
+COLALIGN = ("left", "left", "right", "right", "right", "right", "left", "right", "left")
+SKIP_REASON_WIDTH = 40  # the reason shares the left-aligned recovery column; the HTML shows it whole
+_ANSI = {"PASS": "\x1b[32m", "FAIL": "\x1b[1;31m", "SKIP": "\x1b[33m"}
+_RESET = "\x1b[0m"
+
+
+@dataclass(frozen=True)
+class TableRow:
+    """One line of the summary table: display cells plus what the HTML view needs to style it."""
+
+    row: Row
+    cells: tuple[str, ...]  # one string per HEADERS entry
+    verdict: str  # "PASS", "FAIL", "SKIP" (unlearned rows) or "-" (reference rows, no checks)
+    skip_reason: str | None  # full reason when the row was skipped, else None
+
+    @property
+    def skipped(self) -> bool:
+        return self.skip_reason is not None
+
+
+# --------------------------------------------------------------------------- shared helpers
+
+
+def one_line(text: Any) -> str:
+    """Collapse whitespace so a message from anywhere fits on one terminal line."""
+    return " ".join(str(text).split())
+
+
+def fmt_num(x: Any, decimals: int = 1) -> str:
+    """A metric value with a fixed number of decimals; None (not computed) as "-"."""
+    if x is None:
+        return "-"
+    x = float(x)
+    return f"{x:.{decimals}f}" if math.isfinite(x) else str(x)
+
+
+def fmt_pct(fraction: Any, decimals: int = 1) -> str:
+    """A 0..1 fraction as a percentage string; None as "-"."""
+    if fraction is None:
+        return "-"
+    return fmt_num(float(fraction) * 100, decimals) + "%"
+
+
+def fmt_recovery(recovery: Mapping[str, Any] | None) -> str:
+    """Recovery fractions compactly, e.g. "vm 12% / km 83%" (whole percent: a budget-sized signal)."""
+    if not recovery:
+        return "-"
+    return f"vm {fmt_pct(recovery.get('verbmem_f'), 0)} / km {fmt_pct(recovery.get('knowmem_f'), 0)}"
+
+
+def _item_parts(item: str) -> tuple[str | None, str | None]:
+    """("rtn-w4g128", "knowmem_f") from "test_budget[rtn-w4g128-knowmem_f]"; check names hold no "-"."""
+    if "[" not in item or not item.endswith("]"):
+        return None, None
+    param = item[item.index("[") + 1 : -1]
+    if "-" not in param:
+        return None, param or None
+    quantizer, check = param.rsplit("-", 1)
+    return quantizer, check
+
+
+def verdict_quantizer(v: Mapping[str, Any]) -> str | None:
+    """The quantizer a verdict is about ("fp" for the full-precision check); parsed from the item id
+    for minimal reports that only carry DESIGN's required keys."""
+    return v.get("quantizer") or _item_parts(str(v.get("item", "")))[0]
+
+
+def verdict_check(v: Mapping[str, Any]) -> str:
+    return v.get("check") or _item_parts(str(v.get("item", "")))[1] or str(v.get("item", "?"))
+
+
+def verdict_outcome(v: Mapping[str, Any]) -> str:
+    """"passed" / "failed" / "skipped", from ``outcome`` or, when absent, from ``passed``."""
+    outcome = v.get("outcome")
+    if outcome in ("passed", "failed", "skipped"):
+        return str(outcome)
+    passed = v.get("passed")
+    return "skipped" if passed is None else ("passed" if passed else "failed")
+
+
+def quantizer_order(report: Report) -> list[str]:
+    """fp first, then the user's order (settings.quantizers), then any other quantizer seen."""
+    order = ["fp"]
+    settings = report.get("provenance", {}).get("settings") or {}
+    seen = [*settings.get("quantizers", []), *(r["quantizer"] for r in report.get("rows", []))]
+    seen += [q for q in (verdict_quantizer(v) for v in report.get("verdicts", [])) if q]
+    for q in seen:
+        if q not in order:
+            order.append(q)
+    return order
+
+
+def ordered_rows(report: Report) -> list[Row]:
+    """Unlearned rows (fp, then each quantizer), then the references: target fp, q(T), retrain."""
+    qrank = {q: i for i, q in enumerate(quantizer_order(report))}
+    mrank = {m: i for i, m in enumerate(MODEL_ROLES)}
+    return sorted(report.get("rows", []),
+                  key=lambda r: (mrank.get(r["model"], len(mrank)), qrank.get(r["quantizer"], len(qrank))))
+
+
+def aggregate_verdict(verdicts: Sequence[Verdict], quantizer: str) -> str:
+    """FAIL if any check of this quantizer failed, SKIP if all were skipped, PASS otherwise; "-" if none."""
+    outcomes = [verdict_outcome(v) for v in verdicts if verdict_quantizer(v) == quantizer]
+    if not outcomes:
+        return "-"
+    if "failed" in outcomes:
+        return "FAIL"
+    return "SKIP" if all(o == "skipped" for o in outcomes) else "PASS"
+
+
+def _compact(reason: str, width: int = SKIP_REASON_WIDTH) -> str:
+    reason = one_line(reason) or "no reason given"
+    return reason if len(reason) <= width else reason[: width - 3].rstrip() + "..."
+
+
+def table_rows(report: Report) -> list[TableRow]:
+    """The summary table as display strings, in display order (shared by terminal and HTML)."""
+    verdicts = report.get("verdicts", [])
+    out: list[TableRow] = []
+    for row in ordered_rows(report):
+        values = row.get("values") or {}
+        verdict = aggregate_verdict(verdicts, row["quantizer"]) if row["model"] == "unlearned" else "-"
+        skip_reason: str | None = None
+        if row.get("status") == "skipped":
+            skip_reason = one_line(row.get("skip_reason") or "") or "no reason given"
+            # in the left-aligned recovery column, so the right-aligned number columns stay narrow
+            metric_cells = ("", "", "", "", "skipped: " + _compact(skip_reason), "")
+        else:
+            metric_cells = (
+                fmt_num(values.get("verbmem_f")), fmt_num(values.get("knowmem_f")),
+                fmt_num(values.get("knowmem_r")), fmt_num(values.get("privleak")),
+                fmt_recovery(row.get("recovery")), fmt_pct(row.get("code_agreement")),
+            )
+        cells = (row["model"], row["quantizer"], *metric_cells, verdict)
+        out.append(TableRow(row=row, cells=cells, verdict=verdict, skip_reason=skip_reason))
+    return out
+
+
+# --------------------------------------------------------------------------- public renderers
+
+
+def render_table(report: Report, *, color: bool = False) -> str:
+    """The summary table as plain text (tabulate "simple"); ``color`` adds ANSI colors to verdicts."""
+    body = []
+    for tr in table_rows(report):
+        cells = list(tr.cells)
+        if color and tr.verdict in _ANSI:
+            cells[-1] = f"{_ANSI[tr.verdict]}{tr.verdict}{_RESET}"
+        body.append(cells)
+    return tabulate(body, headers=HEADERS, tablefmt="simple", colalign=COLALIGN, disable_numparse=True)
+
+
+def render_failures(report: Report) -> list[str]:
+    """One line per failed budget check: the item id and its message."""
+    return [f"FAILED {v.get('item', '?')}: {one_line(v.get('message', ''))}"
+            for v in report.get("verdicts", []) if verdict_outcome(v) == "failed"]
+
+
+def summary_line(report: Report) -> str:
+    """One line for the end of a run, e.g. "unlearn-assert: 3 of 12 budget checks failed
+    (rtn-w4g128: knowmem_f, verbmem_f; fp: forgetting)"."""
+    verdicts = report.get("verdicts", [])
+    if not verdicts:
+        return "unlearn-assert: no budget checks ran"
+    outcomes = [verdict_outcome(v) for v in verdicts]
+    n_failed, n_skipped = outcomes.count("failed"), outcomes.count("skipped")
+    skipped = f", {n_skipped} skipped" if n_skipped else ""
+    if not n_failed:
+        n_passed = len(verdicts) - n_skipped
+        return f"unlearn-assert: {n_passed} of {len(verdicts)} budget checks passed{skipped}"
+    failed_by_q: dict[str, list[str]] = {}
+    for v, outcome in zip(verdicts, outcomes):
+        if outcome == "failed":
+            failed_by_q.setdefault(verdict_quantizer(v) or "?", []).append(verdict_check(v))
+    qrank = {q: i for i, q in enumerate(quantizer_order(report))}
+    groups = "; ".join(f"{q}: {', '.join(checks)}"
+                       for q, checks in sorted(failed_by_q.items(), key=lambda kv: qrank.get(kv[0], len(qrank))))
+    return f"unlearn-assert: {n_failed} of {len(verdicts)} budget checks failed ({groups}){skipped}"
