@@ -1,10 +1,13 @@
-"""Test-only setup for this repository (not shipped): pytester, Hypothesis profiles, tiny models."""
+"""Test-only setup for this repository (not shipped): Hypothesis profiles.
+
+pytester is enabled with ``-p pytester`` in addopts rather than ``pytest_plugins`` here: in a
+development checkout the plugin collects ``suites/`` from this tree, and pytest refuses
+``pytest_plugins`` in a conftest that is not at the rootdir of the run doing the collecting.
+"""
 
 from __future__ import annotations
 
 import os
-
-pytest_plugins = ["pytester"]
 
 try:
     from hypothesis import HealthCheck, settings

@@ -7,14 +7,33 @@ from pathlib import Path
 
 import pytest
 
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread() -> None:
+    """Two shared cores (and two xdist workers): one intra-op thread per process avoids the
+    oversubscription stalls measured here (tiny-model steps 10 ms instead of ~1 s)."""
+    try:
+        import torch
+    except ImportError:  # pragma: no cover
+        return
+    torch.set_num_threads(1)
+
 REPO = Path(__file__).resolve().parents[1]
 TINY_DATA = REPO / "fixtures" / "tiny-muse"
 
 
-def fixture_texts(data_dir: Path = TINY_DATA) -> list[str]:
+def fixture_texts(data_dir: Path = TINY_DATA, *, forget: bool = True) -> list[str]:
     """All text of the fixture data set, formatted as the metrics will prompt it, so the tiny
-    model learns both the facts and the "Question: / Answer:" format."""
+    model learns both the facts and the "Question: / Answer:" format. ``forget=False`` leaves
+    out everything about the forget set (for a "retrain" model)."""
     texts: list[str] = []
+    if not forget:
+        for name in ("raw/retain.txt",):
+            texts.extend(p for p in (data_dir / name).read_text().split("\n\n") if p.strip())
+        for name in ("knowmem/retain_qa.json", "knowmem/retain_qa_icl.json", "knowmem/forget_qa_icl.json"):
+            texts.extend(f"Question: {x['question']}\nAnswer: {x['answer']}\n\n" for x in json.loads((data_dir / name).read_text()))
+        texts.extend(json.loads((data_dir / "privleak" / "retain.json").read_text()))
+        return texts
     for name in ("raw/forget.txt", "raw/retain.txt"):
         f = data_dir / name
         if f.is_file():
@@ -54,3 +73,13 @@ def tiny_unlearned_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir:
     from unlearn_assert.demo.tinymodel import perturb_copy
 
     return perturb_copy(tiny_model_dir, tmp_path_factory.mktemp("tiny-unlearned"), scale=2e-2)
+
+
+@pytest.fixture(scope="session")
+def tiny_retrain_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, tiny_data_dir: Path) -> Path:
+    """A model with the target's tokenizer trained without the forget text: it never knew the
+    forget facts, so it serves as a "retrain" model and as an unlearned model that truly forgot."""
+    from unlearn_assert.demo.tinymodel import build_tiny_llama
+
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-retrain"), fixture_texts(tiny_data_dir, forget=False),
+                            tokenizer_from=tiny_model_dir)

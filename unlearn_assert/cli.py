@@ -67,6 +67,22 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    """Render a JSON report (from --unlearn-json) as the self-contained HTML page, offline."""
+    from .report import load_report, write_html
+    from .report.terminal import render_table, summary_line
+
+    report = load_report(args.report)
+    out = args.output or str(Path(args.report).with_suffix(".html"))
+    if Path(out).resolve() == Path(args.report).resolve():
+        raise UnlearnAssertError(f"output '{out}' is the input report; choose another path with -o")
+    write_html(report, out)
+    print(render_table(report))
+    print(summary_line(report))
+    print(f"wrote {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="unlearn-assert", description="Does LLM unlearning survive quantization?")
     parser.add_argument("--version", action="version", version=f"unlearn-assert {__version__}")
@@ -88,6 +104,15 @@ def build_parser() -> argparse.ArgumentParser:
     quant.add_argument("--allow-pickle", action="store_true", help="allow pickle weights (unsafe)")
     quant.add_argument("--json", help="also write the reports as JSON to this path")
     quant.set_defaults(func=_cmd_quantize)
+
+    rep = sub.add_parser("report", help="render a JSON report as a self-contained HTML page (offline)")
+    rep.add_argument("report", help="JSON report written by --unlearn-json")
+    rep.add_argument("-o", "--output", help="HTML path (default: the report path with .html)")
+    rep.set_defaults(func=_cmd_report)
+
+    from .unlearning.cli import add_unlearn_parser
+
+    add_unlearn_parser(sub)
     return parser
 
 

@@ -66,17 +66,22 @@ def _batches(ids: list[int], recipe: TinyRecipe, rng: random.Random) -> Any:
     return torch.tensor([ids[s : s + span] for s in starts], dtype=torch.long)
 
 
-def build_tiny_llama(out_dir: str | Path, texts: Sequence[str], recipe: TinyRecipe = TinyRecipe()) -> Path:
-    """Train a tokenizer and a tiny Llama on ``texts`` and save both to ``out_dir``.
-
-    Deterministic for a given recipe and text (seeded, single-threaded-safe ops only).
+def build_tiny_llama(
+    out_dir: str | Path, texts: Sequence[str], recipe: TinyRecipe = TinyRecipe(), *, tokenizer_from: str | Path | None = None
+) -> Path:
+    """Train a tokenizer (or reuse the one in ``tokenizer_from``) and a tiny Llama on ``texts``;
+    save both to ``out_dir``. Reusing a tokenizer gives a model comparable with another one (e.g.
+    a "retrain" model trained without the forget text). Deterministic for a recipe and text.
     """
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = train_tokenizer(texts, recipe.vocab_size)
+    if tokenizer_from is not None:
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_from), local_files_only=True)
+    else:
+        tokenizer = train_tokenizer(texts, recipe.vocab_size)
     torch.manual_seed(recipe.seed)
     config = LlamaConfig(
         vocab_size=len(tokenizer),

@@ -1,0 +1,125 @@
+"""``unlearn-assert unlearn``: produce an unlearned checkpoint (optionally with SURE) from the CLI.
+
+Why a CLI at all: a provider whose release gate failed wants to try the remediation with one
+command, and then gate the result with the same tool. The command writes a normal safetensors
+Hugging Face directory plus ``unlearn_run.json`` (settings, SURE selection, loss curve), refuses
+to write into a non-empty directory, and never writes into the target directory.
+
+Kept free of torch at import time: ``add_unlearn_parser`` runs for every ``unlearn-assert --help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from . import METHODS
+
+__all__ = ["add_unlearn_parser", "run_unlearn"]
+
+
+def _method(value: str) -> str:
+    key = value.strip().lower().replace("-", "_")
+    if key not in METHODS:
+        raise argparse.ArgumentTypeError(f"unknown method '{value}' (choose from {', '.join(METHODS)})")
+    return key
+
+
+def add_unlearn_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``unlearn`` subcommand to an ``add_subparsers()`` object; its ``func`` is run_unlearn."""
+    p = subparsers.add_parser(
+        "unlearn",
+        help="unlearn a data set's raw forget text from a model (GA / NPO, + GDR / KLR, optional SURE)",
+        description="Train an unlearned checkpoint from --target on --data's raw/forget.txt (and raw/retain.txt "
+        "for the _gdr / _klr regularizers); writes a safetensors checkpoint and unlearn_run.json to --out.",
+    )
+    p.add_argument("--method", type=_method, default="npo_klr", help=f"one of {', '.join(METHODS)} (default: npo_klr)")
+    p.add_argument("--target", required=True, help="local Hugging Face model directory to unlearn from (never modified)")
+    p.add_argument("--data", required=True, help="MUSE-layout data directory with raw/forget.txt (and raw/retain.txt)")
+    p.add_argument("--out", required=True, help="new (or empty) directory for the unlearned checkpoint")
+    length = p.add_mutually_exclusive_group(required=True)
+    length.add_argument("--steps", type=int, help="number of optimizer steps")
+    length.add_argument("--epochs", type=int, help="epochs over the forget chunks (steps = epochs * ceil(chunks / batch size))")
+    p.add_argument("--lr", type=float, default=1e-5, help="constant AdamW learning rate (default: 1e-5; SURE wants a large one)")
+    p.add_argument("--batch-size", type=int, default=4, help="sequences per batch, forget and retain each (default: 4)")
+    p.add_argument("--max-length", type=int, default=128, help="tokens per training chunk, BOS included (default: 128)")
+    p.add_argument("--alpha", type=float, default=1.0, help="weight of the retain regularizer (default: 1.0)")
+    p.add_argument("--beta", type=float, default=0.1, help="NPO's beta (default: 0.1, as in the paper)")
+    p.add_argument("--seed", type=int, default=0, help="seed for data order and torch (default: 0)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                   help="weights' dtype during training; bfloat16 = pure-bf16 weights and updates (default: float32)")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (default: 0.0)")
+    p.add_argument("--device", default="cpu", help="device (default: cpu)")
+    p.add_argument("--log-every", type=int, default=10, help="print one progress line every N steps (default: 10)")
+    p.add_argument("--sure", action="store_true", help="SURE: update only the most salient linear modules (default rule: --sure-top 0.1)")
+    rule = p.add_mutually_exclusive_group()
+    rule.add_argument("--sure-top", type=float, help="fraction of linear modules to update, by saliency (e.g. 0.1)")
+    rule.add_argument("--sure-threshold", type=float, help="update the linear modules whose saliency exceeds this value")
+    p.add_argument("--sure-batches", type=int, default=4, help="forget batches for the saliency gradients (default: 4)")
+    p.add_argument("--sure-lm-head", action="store_true", help="let SURE select lm_head too (never when tied to the embedding)")
+    p.set_defaults(func=run_unlearn)
+    return p
+
+
+def run_unlearn(args: argparse.Namespace) -> int:
+    """Validate everything cheap first (out dir, target dir, data files, settings), then train and save."""
+    from ..data import RAW_FORGET, RAW_RETAIN
+    from ..errors import DataError
+    from ..models import check_model_dir
+    from .trainer import UnlearnSettings, check_out_dir, save_unlearned, unlearn
+
+    target = check_model_dir(args.target)
+    out = check_out_dir(args.out, [str(target)])
+    settings = UnlearnSettings(
+        method=args.method,
+        lr=args.lr,
+        steps=args.steps,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        alpha=args.alpha,
+        beta=args.beta,
+        seed=args.seed,
+        dtype=args.dtype,
+        weight_decay=args.weight_decay,
+        device=args.device,
+        sure=args.sure,
+        sure_top=args.sure_top,
+        sure_threshold=args.sure_threshold,
+        sure_batches=args.sure_batches,
+        sure_lm_head=args.sure_lm_head,
+        log_every=args.log_every,
+    ).validated()
+    data_dir = Path(args.data)
+    if data_dir.is_dir():
+        needed = [RAW_FORGET] + ([RAW_RETAIN] if METHODS[settings.method][1] is not None else [])
+        for rel in needed:
+            if not (data_dir / rel).is_file():
+                why = "unlearning trains on the forget set's raw text" if rel == RAW_FORGET else \
+                    f"method '{settings.method}' regularizes on the retain set's raw text"
+                raise DataError(f"data file '{rel}' in data dir '{data_dir}' is missing; {why}")
+
+    def progress(line: str) -> None:
+        print(line, flush=True)
+
+    result = unlearn(str(target), str(data_dir), settings, progress=progress)
+    save_unlearned(result, out)
+    if result.sure is not None:
+        print(f"SURE updated {len(result.sure.selected)} of {len(result.sure.saliency)} linear modules", flush=True)
+    print(f"wrote {out} ({result.steps} steps in {result.seconds:.1f}s; settings and curve in {out / 'unlearn_run.json'})", flush=True)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover - for running the subcommand alone
+    from ..errors import UnlearnAssertError
+
+    _parser = argparse.ArgumentParser(prog="unlearn-assert")
+    add_unlearn_parser(_parser.add_subparsers(dest="command", required=True))
+    _args = _parser.parse_args()
+    try:
+        sys.exit(run_unlearn(_args))
+    except UnlearnAssertError as _exc:
+        print(f"unlearn-assert: error: {_exc}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,391 @@
+"""The unlearning loop: settings, data chunking, deterministic batches, AdamW, optional SURE mask.
+
+Why it is written out by hand instead of using ``transformers.Trainer``: the quantity the gate
+tests (do near-zero weight changes survive 4-bit rounding?) depends on details a Trainer hides:
+the weights' dtype during the update, which parameters the optimizer sees, the exact data order.
+Here each is explicit and recorded in ``unlearn_run.json``.
+
+Decisions (each documented because results depend on it):
+
+* Data: ``raw/forget.txt`` (and ``raw/retain.txt`` for GDR / KLR) is tokenized as one continuous
+  text without special tokens, cut into fixed, non-overlapping chunks of ``max_length - 1`` tokens,
+  and each chunk gets the tokenizer's BOS in front (``max_length`` tokens in all; without a BOS
+  token the chunks are ``max_length`` long). The last, shorter chunk is right-padded and masked.
+* Batches: each epoch is a permutation of the chunks drawn from a ``torch.Generator`` seeded with
+  ``seed`` (forget) and ``seed + 1`` (retain); the last batch of an epoch may be smaller. Retain
+  batches are cycled independently of the forget epochs. ``epochs=E`` means
+  ``E * ceil(n_forget_chunks / batch_size)`` steps.
+* Precision: ``dtype="bfloat16"`` is *pure* bf16: the parameters themselves are bf16
+  (``model.to(torch.bfloat16)``) and AdamW updates them in bf16, so a small learning rate only
+  moves near-zero weights (the regime in which quantization recovers knowledge). ``"float32"``
+  trains fp32 weights. The losses are computed from float32 up-cast logits either way.
+* Optimizer: AdamW, constant learning rate, ``weight_decay`` 0.0 by default (as HF's Trainer).
+* Reference model (NPO, KLR): a frozen deep copy of the starting weights in the same dtype,
+  eval mode, ``requires_grad=False``, run under ``torch.no_grad``.
+* A target given as a LoadedModel is deep-copied, never modified; a target given as a path is
+  loaded and trained in place (saves one copy of the weights).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from ..data import RAW_FORGET, RAW_RETAIN, MuseData, load_data
+from ..errors import ConfigError, DataError, UnlearnAssertError
+from ..models import LoadedModel, load_model, quiet_transformers
+from .losses import LossInputs, Method, forget_loss, method_loss, parse_method, shift_for_lm
+from .sure import SureSelection, apply_mask, candidate_modules, compute_saliency, select_modules
+
+__all__ = ["Chunks", "UnlearnResult", "UnlearnSettings", "chunk_text", "save_unlearned", "unlearn"]
+
+RUN_FILE = "unlearn_run.json"
+DTYPES = ("float32", "bfloat16")
+
+
+@dataclass(frozen=True)
+class UnlearnSettings:
+    """Every knob of an unlearning run (all recorded in unlearn_run.json).
+
+    Exactly one of ``steps`` / ``epochs``. ``sure=True`` without a rule means ``sure_top=0.1``.
+    """
+
+    method: str = "npo_klr"
+    lr: float = 1e-5
+    steps: int | None = None
+    epochs: int | None = None
+    batch_size: int = 4
+    max_length: int = 128
+    alpha: float = 1.0
+    beta: float = 0.1
+    seed: int = 0
+    dtype: str = "float32"
+    weight_decay: float = 0.0
+    device: str = "cpu"
+    sure: bool = False
+    sure_top: float | None = None
+    sure_threshold: float | None = None
+    sure_batches: int = 4
+    sure_lm_head: bool = False
+    log_every: int = 10
+
+    def validated(self) -> UnlearnSettings:
+        """A normalized copy (method lower-case, SURE default rule); bad values are one-line ConfigErrors."""
+        method = parse_method(self.method).name
+        if (self.steps is None) == (self.epochs is None):
+            raise ConfigError("give exactly one of steps or epochs (e.g. --steps 100 or --epochs 5)")
+        for name in ("steps", "epochs", "batch_size", "sure_batches", "log_every"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.max_length, int) or self.max_length < 2:
+            raise ConfigError(f"max_length must be an integer >= 2, got {self.max_length!r}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ConfigError(f"lr must be a positive number, got {self.lr!r}")
+        if not (self.beta > 0 and math.isfinite(self.beta)):
+            raise ConfigError(f"beta must be a positive number, got {self.beta!r}; NPO's paper uses 0.1")
+        if not (self.alpha >= 0 and math.isfinite(self.alpha)) or self.weight_decay < 0:
+            raise ConfigError("alpha and weight_decay must be non-negative numbers")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got '{self.dtype}'")
+        top, threshold = self.sure_top, self.sure_threshold
+        if not self.sure and (top is not None or threshold is not None):
+            raise ConfigError("sure_top / sure_threshold were given without sure; pass --sure to use SURE")
+        if self.sure and top is not None and threshold is not None:
+            raise ConfigError("give one of sure_top or sure_threshold, not both")
+        if self.sure and top is None and threshold is None:
+            top = 0.1
+        if top is not None and not 0.0 < top <= 1.0:
+            raise ConfigError(f"sure_top must be in (0, 1], got {top}; e.g. 0.1 selects the top 10% of linear modules")
+        return replace(self, method=method, sure_top=top)
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass
+class Chunks:
+    """Fixed-length token chunks of one text: ``input_ids`` / ``attention_mask`` of shape [N, L]."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    def batch(self, index: torch.Tensor, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.input_ids[index].to(device), self.attention_mask[index].to(device)
+
+
+def chunk_text(tokenizer: Any, text: str, max_length: int) -> Chunks:
+    """Tokenize ``text`` continuously and cut it into BOS-prefixed chunks of ``max_length`` tokens."""
+    ids: list[int] = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+    bos = tokenizer.bos_token_id
+    prefix = [] if bos is None else [int(bos)]
+    span = max_length - len(prefix)
+    pad = next((t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if t is not None))
+    rows: list[list[int]] = []
+    masks: list[list[int]] = []
+    for start in range(0, len(ids), span):
+        row = prefix + ids[start : start + span]
+        if len(row) < 2:  # no token to predict
+            continue
+        masks.append([1] * len(row) + [0] * (max_length - len(row)))
+        rows.append(row + [int(pad)] * (max_length - len(row)))
+    return Chunks(torch.tensor(rows, dtype=torch.long).reshape(-1, max_length),
+                  torch.tensor(masks, dtype=torch.long).reshape(-1, max_length))
+
+
+class BatchCycler:
+    """Endless, seeded batches of chunk indices: one permutation per epoch, consecutive slices."""
+
+    def __init__(self, n: int, batch_size: int, seed: int) -> None:
+        self.n, self.batch_size = n, batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+        self._pending: list[torch.Tensor] = []
+
+    def next(self) -> torch.Tensor:
+        if not self._pending:
+            self._pending = list(torch.randperm(self.n, generator=self.generator).split(self.batch_size))
+        return self._pending.pop(0)
+
+
+def _raw_text(data: MuseData, rel: str, why: str) -> str:
+    text = data.raw_forget if rel == RAW_FORGET else data.raw_retain
+    if text is None:
+        raise DataError(f"data file '{rel}' in data dir '{data.path}' is missing; {why}")
+    return text
+
+
+# --------------------------------------------------------------------------- result
+
+
+@dataclass
+class UnlearnResult:
+    """The unlearned model in memory, with what happened: loss curve, SURE selection, provenance."""
+
+    model: Any
+    tokenizer: Any
+    settings: UnlearnSettings
+    curve: list[dict[str, Any]]
+    sure: SureSelection | None
+    steps: int
+    n_forget_chunks: int
+    n_retain_chunks: int
+    target: dict[str, Any]
+    data: dict[str, Any]
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def selected_modules(self) -> list[dict[str, Any]]:
+        """SURE's selected modules with their saliency (empty without SURE)."""
+        return [] if self.sure is None else self.sure.selected_with_scores()
+
+    def to_json(self) -> dict[str, Any]:
+        import transformers
+
+        from .. import __version__
+
+        return {
+            "schema_version": 1,
+            "unlearn_assert": __version__,
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "settings": asdict(self.settings),
+            "target": self.target,
+            "data": self.data,
+            "chunks": {"forget": self.n_forget_chunks, "retain": self.n_retain_chunks, "max_length": self.settings.max_length},
+            "steps": self.steps,
+            "seconds": self.seconds,
+            "sure": None if self.sure is None else self.sure.to_dict(),
+            "selected_modules": self.selected_modules,
+            "curve": self.curve,
+            "notes": self.notes,
+        }
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def _forward(model: Any, ref: Any, batch: tuple[torch.Tensor, torch.Tensor], with_ref: bool) -> LossInputs:
+    ids, mask = batch
+    logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+    ref_logits = None
+    if with_ref:
+        with torch.no_grad():
+            ref_logits = ref(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1, :]
+    aligned, targets, target_mask = shift_for_lm(logits, ids, mask)
+    return LossInputs(aligned, targets, target_mask, ref_logits)
+
+
+def _prepare_model(target: LoadedModel | str | os.PathLike[str], s: UnlearnSettings) -> tuple[Any, Any, dict[str, Any]]:
+    if isinstance(target, LoadedModel):
+        model = copy.deepcopy(target.model)
+        loaded = target
+    else:
+        loaded = load_model(target, device=s.device, dtype=s.dtype)
+        model = loaded.model
+    model.to(device=s.device, dtype=getattr(torch, s.dtype))
+    return model, loaded.tokenizer, {"path": loaded.path, "fingerprint": loaded.fingerprint}
+
+
+def unlearn(
+    target: LoadedModel | str | os.PathLike[str],
+    data: MuseData | str | os.PathLike[str],
+    settings: UnlearnSettings | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> UnlearnResult:
+    """Unlearn ``data``'s raw forget text from ``target`` with ``settings``; returns the model in memory.
+
+    ``progress`` receives one line per ``settings.log_every`` steps (and a few setup lines).
+    """
+    s = (settings or UnlearnSettings()).validated()
+    method: Method = parse_method(s.method)
+    say = progress or (lambda line: None)
+    muse = data if isinstance(data, MuseData) else load_data(data)
+    forget_text = _raw_text(muse, RAW_FORGET, "unlearning trains on the forget set's raw text")
+    retain_text = None
+    if method.retain is not None:
+        retain_text = _raw_text(muse, RAW_RETAIN, f"method '{method.name}' regularizes on the retain set's raw text (or use --method {method.forget})")
+
+    model, tokenizer, target_info = _prepare_model(target, s)
+    forget = chunk_text(tokenizer, forget_text, s.max_length)
+    retain = chunk_text(tokenizer, retain_text, s.max_length) if retain_text is not None else None
+    if len(forget) == 0:
+        raise DataError(f"data file '{RAW_FORGET}' in data dir '{muse.path}' has no tokens to train on")
+    if retain is not None and len(retain) == 0:
+        raise DataError(f"data file '{RAW_RETAIN}' in data dir '{muse.path}' has no tokens to train on")
+    steps = s.steps if s.steps is not None else s.epochs * math.ceil(len(forget) / s.batch_size)  # type: ignore[operator]
+
+    torch.manual_seed(s.seed)
+    ref = None
+    if method.needs_reference:
+        ref = copy.deepcopy(model).eval()
+        ref.requires_grad_(False)
+    model.train()
+    say(f"unlearning {target_info['path']} with {method.name}: {len(forget)} forget"
+        + (f" / {len(retain)} retain" if retain is not None else "")
+        + f" chunks of {s.max_length} tokens, {steps} steps, batch {s.batch_size}, lr {s.lr:g}, {s.dtype} weights")
+
+    sure: SureSelection | None = None
+    notes: list[str] = []
+    if s.sure:
+        sal_cycler = BatchCycler(len(forget), s.batch_size, s.seed)  # same seed: the first training batches
+        sal_batches = [forget.batch(sal_cycler.next(), s.device) for _ in range(s.sure_batches)]
+        saliency, n = compute_saliency(
+            model,
+            lambda b: forget_loss(method.forget, _forward(model, ref, b, method.forget == "npo"), s.beta),
+            sal_batches,
+            include_lm_head=s.sure_lm_head,
+        )
+        if s.sure_lm_head and "lm_head" not in candidate_modules(model, True):
+            notes.append("lm_head shares its weight with the input embedding, so SURE never selects it")
+        selected, rule = select_modules(saliency, top=s.sure_top, threshold=s.sure_threshold)
+        sure = SureSelection(saliency, selected, rule, n, s.sure_lm_head, notes=list(notes))
+        params = apply_mask(model, selected)
+        say(f"SURE: {rule}: " + ", ".join(f"{m} ({saliency[m]:.3g})" for m in selected))
+    else:
+        params = [p for p in model.parameters()]
+        for p in params:
+            p.requires_grad_(True)
+
+    optimizer = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
+    forget_cycler = BatchCycler(len(forget), s.batch_size, s.seed)
+    retain_cycler = BatchCycler(len(retain), s.batch_size, s.seed + 1) if retain is not None else None
+    curve: list[dict[str, Any]] = []
+    start = time.perf_counter()
+    for step in range(1, steps + 1):
+        f_in = _forward(model, ref, forget.batch(forget_cycler.next(), s.device), method.forget == "npo")
+        r_in = None
+        if retain is not None and retain_cycler is not None:
+            r_in = _forward(model, ref, retain.batch(retain_cycler.next(), s.device), method.retain == "klr")
+        parts = method_loss(method, f_in, r_in, alpha=s.alpha, beta=s.beta)
+        total = float(parts.total.detach())
+        if not math.isfinite(total):
+            raise UnlearnAssertError(f"the {method.name} loss became {total} at step {step}; lower the learning rate (--lr)")
+        parts.total.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        record = {
+            "step": step,
+            "forget_loss": float(parts.forget.detach()),
+            "retain_loss": None if parts.retain is None else float(parts.retain.detach()),
+            "total": total,
+            "seconds": round(time.perf_counter() - start, 4),
+        }
+        curve.append(record)
+        if step % s.log_every == 0 or step == steps:
+            retain_txt = "" if record["retain_loss"] is None else f"  retain {record['retain_loss']:.4f}"
+            say(f"step {step}/{steps}  forget {record['forget_loss']:.4f}{retain_txt}  total {total:.4f}  ({record['seconds']:.1f}s)")
+
+    model.eval()
+    for p in model.parameters():  # hand back an ordinary model (the mask was for training only)
+        p.requires_grad_(True)
+    del ref, optimizer
+    return UnlearnResult(
+        model=model,
+        tokenizer=tokenizer,
+        settings=s,
+        curve=curve,
+        sure=sure,
+        steps=steps,
+        n_forget_chunks=len(forget),
+        n_retain_chunks=0 if retain is None else len(retain),
+        target=target_info,
+        data={"path": muse.path, "fingerprint": muse.fingerprint},
+        seconds=round(time.perf_counter() - start, 3),
+        notes=notes,
+    )
+
+
+# --------------------------------------------------------------------------- saving
+
+
+def check_out_dir(out_dir: str | os.PathLike[str], protect: list[str] | None = None) -> Path:
+    """Refuse an output path that is a file, a non-empty directory, or inside a protected (target) dir."""
+    out = Path(out_dir).expanduser()
+    if out.exists() and not out.is_dir():
+        raise UnlearnAssertError(f"output path '{out}' is a file; choose a new directory for the unlearned checkpoint")
+    if out.is_dir() and any(out.iterdir()):
+        raise UnlearnAssertError(f"output directory '{out}' is not empty; choose a new directory (files are never overwritten)")
+    resolved = out.resolve()
+    for guarded in protect or []:
+        g = Path(guarded).resolve()
+        if resolved == g or g in resolved.parents:
+            raise UnlearnAssertError(f"output directory '{out}' is inside the target model directory '{guarded}'; choose a directory outside it")
+    return out
+
+
+def save_unlearned(result: UnlearnResult, out_dir: str | os.PathLike[str]) -> Path:
+    """Write the checkpoint (safetensors + tokenizer) and unlearn_run.json to a new directory.
+
+    Written to a hidden sibling directory first and renamed into place, so an interrupted save never
+    leaves something that looks like a checkpoint.
+    """
+    import json
+
+    out = check_out_dir(out_dir, [result.target["path"]] if result.target.get("path") else None)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    tmp.mkdir()
+    try:
+        with quiet_transformers():
+            result.model.save_pretrained(str(tmp), safe_serialization=True)
+        result.tokenizer.save_pretrained(str(tmp))
+        (tmp / RUN_FILE).write_text(json.dumps(result.to_json(), indent=2) + "\n")
+        if out.is_dir():
+            out.rmdir()  # checked empty above
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
