@@ -144,7 +144,7 @@ def test_canonical_ids() -> None:
 @pytest.mark.parametrize(
     "qid",
     ["nope", "", "rtn", "rtn-w", "rtn-w1", "rtn-w9g128", "rtn-w4g1", "rtn-w4g0", "rtn-w04g128", "rtn-w4g128-foo",
-     "RTN-w4", "rtn-w4 g128", "rtn_w4", "rtn-w4g128asym", "gptq-w4g128", "bnb-fp4", "hqq-w4g64"],
+     "RTN-w4", "rtn-w4 g128", "rtn_w4", "rtn-w4g128asym", "gptq-w4g128", "bnb-fp8", "hqq-w4"],
 )
 def test_bad_ids_are_rejected_listing_known_ids(qid: str) -> None:
     with pytest.raises(QuantizerError) as info:
@@ -162,8 +162,10 @@ def test_non_string_id_is_rejected() -> None:
 
 def test_registering_a_backend_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     """The grammar of the future backends is already known; registering one makes its ids parse."""
-    monkeypatch.setitem(BACKENDS, "bnb", BackendEntry("unlearn_assert.quant.bnb:BnbBackend", install="pip install 'unlearn-assert[bnb]'"))
-    for name in ("gptq", "awq", "hqq"):
+    monkeypatch.delitem(BACKENDS, "gptq", raising=False)
+    with pytest.raises(QuantizerError):
+        parse_quantizer_id("gptq-w4g128")
+    for name in ("gptq", "awq"):
         monkeypatch.setitem(BACKENDS, name, BackendEntry(f"unlearn_assert.quant.{name}:Backend"))
     assert parse_quantizer_id("bnb-fp4") == QuantSpec("bnb-fp4", "bnb", 4, BNB_4BIT_BLOCKSIZE, True, "fp4")
     assert parse_quantizer_id("bnb-nf4").scheme == "nf4"

@@ -68,10 +68,13 @@ class BackendEntry:
     install: str = DEFAULT_INSTALL
 
 
-#: Backends this installation provides. Later work adds e.g.
-#: ``"bnb": BackendEntry("unlearn_assert.quant.bnb:BnbBackend", install="pip install 'unlearn-assert[bnb]'")``.
+#: Backends, by name: "module:factory" imported only when an id of that backend is used, and the
+#: pip command that installs its library (the reason shown when it is missing). gptq/awq ids parse
+#: but stay unregistered until their backends exist.
 BACKENDS: dict[str, BackendEntry] = {
     "rtn": BackendEntry("unlearn_assert.quant.rtn:RTNBackend"),
+    "bnb": BackendEntry("unlearn_assert.quant.bnb:BnbBackend", install="pip install 'unlearn-assert[bnb]'"),
+    "hqq": BackendEntry("unlearn_assert.quant.hqq:HqqBackend", install="pip install 'unlearn-assert[hqq]'"),
 }
 
 

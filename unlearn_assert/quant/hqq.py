@@ -1,0 +1,177 @@
+"""HQQ (half-quadratic quantization) through hqq's own ``HQQLinear``: ids ``hqq-w<bits>g<group>``.
+
+transformers' ``HqqConfig`` is not implemented in transformers 5 (``NotImplementedError``), so there
+is no loader path to copy; this backend swaps modules **in place**: every ``nn.Linear`` not matched by
+``skip_modules`` is replaced in its parent by an ``HQQLinear`` built from a clone of its weight, and
+the original module objects are put back on exit (also when the body raises). Why in place and not a
+copy: a copy would need a full-precision model first (hqq quantizes from fp weights), while the
+swap needs no extra fp weights at all (one layer's clone at a time) and restoring is exact by
+construction: the original modules and tensors are never written to. As with rtn, do not use the
+source model concurrently inside the block.
+
+Settings: hqq's ``BaseQuantizeConfig(nbits, group_size)`` defaults (``axis=1``: groups of
+``group_size`` consecutive weights of the row-major weight; the proximal zero-point optimizer on;
+zero rounded for 4-bit), ``compute_dtype`` = the model's dtype, HQQ's default PyTorch backend
+(forward = ``x @ dequantize().T``). HQQ is affine (zero point) only, so ``-sym`` ids are refused;
+hqq supports 2, 3, 4, 5, 6 and 8 bits.
+
+Report (T quantized by the same ``Quantizer.quantize`` call, without bit packing):
+
+* ``changed_fraction``: ``HQQLinear.dequantize()`` (compute dtype) differs from the source weight.
+* ``code_agreement``: U's integer code (``HQQLinear.unpack()``) equals T's code.
+* ``small_delta_fraction``: ``|U - T| < s_T / 2``, ``s_T`` the (dequantization) scale of T's
+  group: the grid is uniform, so this is rtn's "less than half a step".
+* ``same_cell_fraction``: ``clamp(round(U * (1 / s_T) + z_T), 0, 2^b - 1)`` equals T's code, in
+  float32 as hqq rounds (hqq uses its pre-inversion scale; ``1 / s_T`` recovers it up to one float32
+  rounding, which reproduced T's own codes exactly on the test models, where float64 ``U / s_T``
+  missed one weight in 81920).
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
+
+import torch
+from torch import nn
+
+from hqq.core.quantize import BaseQuantizeConfig, HQQLinear, Quantizer
+
+from ..errors import ModelError, QuantizerError
+from .rtn import skipped
+from .spec import QuantSpec
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..models import LoadedModel
+    from . import QuantReport
+
+#: Bit widths hqq 0.2.8 packs (1.58 and 1 are outside the id grammar).
+HQQ_BITS = (2, 3, 4, 5, 6, 8)
+#: Packing splits the (numel / group) rows of codes into 2 (4-bit) or 4 (2-bit) parts.
+ROW_MULTIPLE = {4: 2, 2: 4}
+
+
+def hqq_codes(layer: HQQLinear) -> torch.Tensor:
+    """Integer codes of an ``HQQLinear`` (float32, flat, row-major weight order)."""
+    n = layer.in_features * layer.out_features
+    rows = n // layer.meta["group_size"]
+    return layer.unpack(dtype=torch.float32)[:rows].reshape(-1)
+
+
+def _counts(layer: HQQLinear, w: torch.Tensor, t: torch.Tensor | None, params: dict[str, Any], device: str) -> list[int]:
+    """(n, changed, agree, small, same) for one layer; T is quantized here and dropped."""
+    n = w.numel()
+    changed = int((layer.dequantize() != w).sum())
+    if t is None:
+        return [n, changed, 0, 0, 0]
+    group, top = params["group_size"], 2 ** params["nbits"] - 1
+    t_q, meta = Quantizer.quantize(t.clone(), **params, bitpack=False, compute_dtype=layer.compute_dtype, device=device)
+    t_codes = t_q.float().reshape(-1, group)
+    s_t, z_t = meta["scale"].float().reshape(-1, 1), meta["zero"].float().reshape(-1, 1)
+    u64, t64 = w.double().reshape(-1, group), t.double().reshape(-1, group)
+    agree = int((hqq_codes(layer).reshape(-1, group) == t_codes).sum())
+    small = int(((u64 - t64).abs() < s_t.double() / 2).sum())
+    same = int((torch.round(w.float().reshape(-1, group) * (1.0 / s_t) + z_t).clamp(0, top) == t_codes).sum())
+    return [n, changed, agree, small, same]
+
+
+class HqqBackend:
+    """``hqq-w<bits>g<group>`` by swapping ``HQQLinear`` modules in (see the module docstring)."""
+
+    name = "hqq"
+
+    def __init__(self, spec: QuantSpec) -> None:
+        if spec.backend != self.name or spec.bits is None or spec.group_size is None:
+            raise QuantizerError(f"HqqBackend cannot run quantizer '{spec.id}'; use hqq-w<bits>g<group>")
+        if spec.symmetric:
+            raise QuantizerError(f"quantizer '{spec.id}': hqq quantizes with a zero point only; drop '-sym' (e.g. hqq-w4g64)")
+        if spec.bits not in HQQ_BITS:
+            raise QuantizerError(f"quantizer '{spec.id}': hqq supports {', '.join(map(str, HQQ_BITS))} bits, not {spec.bits}")
+        if spec.group_size % 8:
+            raise QuantizerError(f"quantizer '{spec.id}': hqq needs a group size that is a multiple of 8, got {spec.group_size}")
+        self.spec = spec
+        self.quant_config = BaseQuantizeConfig(nbits=spec.bits, group_size=spec.group_size)
+        self.swapped: dict[str, nn.Module] = {}
+
+    @property
+    def weight_params(self) -> dict[str, Any]:
+        return dict(self.quant_config["weight_quant_params"])
+
+    def _check_shape(self, name: str, weight: torch.Tensor) -> None:
+        group = self.spec.group_size
+        assert group is not None and self.spec.bits is not None
+        rows, rest = divmod(weight.numel(), group)
+        if rest or rows % ROW_MULTIPLE.get(self.spec.bits, 1):
+            raise QuantizerError(
+                f"quantizer '{self.spec.id}' cannot pack '{name}' ({tuple(weight.shape)}): its size must be a multiple of "
+                f"{group * ROW_MULTIPLE.get(self.spec.bits, 1)}; pick another group size or skip the module"
+            )
+
+    @staticmethod
+    def _target_weight(target: LoadedModel, modules: dict[str, nn.Module], name: str, shape: torch.Size) -> torch.Tensor:
+        weight = getattr(modules.get(name), "weight", None)
+        if not isinstance(weight, torch.Tensor) or weight.shape != shape:
+            found = "missing" if weight is None else tuple(weight.shape)
+            raise ModelError(f"target '{target.path}' has no weight '{name}.weight' of shape {tuple(shape)} ({found}); pass the target the model was unlearned from")
+        return weight.detach()
+
+    @contextmanager
+    def apply(
+        self, loaded: LoadedModel, *, target: LoadedModel | None = None, skip_modules: Sequence[str] = ("lm_head",)
+    ) -> Iterator[tuple[Any, QuantReport]]:
+        """Swap ``HQQLinear`` modules into ``loaded.model`` for the block; yield (model, report)."""
+        from . import QuantReport
+
+        start = time.perf_counter()
+        model = loaded.model
+        dtype = getattr(torch, loaded.dtype)
+        device = str(loaded.device)
+        modules = dict(model.named_modules())  # captured before any swap (target may be the same model)
+        target_modules = None if target is None else dict(target.model.named_modules())
+        todo = {n: m for n, m in modules.items() if isinstance(m, nn.Linear) and m.weight.ndim == 2 and not skipped(n, skip_modules)}
+        for name, module in todo.items():
+            self._check_shape(name, module.weight)
+        params = self.weight_params
+        totals = [0, 0, 0, 0, 0]  # n, changed, agree, small, same
+        try:
+            with torch.no_grad():
+                for name, module in todo.items():
+                    w = module.weight.detach()
+                    t = None if target_modules is None else self._target_weight(target, target_modules, name, w.shape)  # type: ignore[arg-type]
+                    bias = None if module.bias is None else module.bias.detach().clone()
+                    layer = HQQLinear.from_weights(
+                        w.clone(), bias, quant_config=self.quant_config, compute_dtype=dtype, device=device, del_orig=True
+                    )
+                    counts = _counts(layer, w, None if t is None else t.to(w.device), params, device)
+                    totals = [a + b for a, b in zip(totals, counts)]
+                    parent, _, child = name.rpartition(".")
+                    setattr(model.get_submodule(parent) if parent else model, child, layer)
+                    self.swapped[name] = module
+            n = totals[0]
+
+            def frac(k: int) -> float | None:
+                return totals[k] / n if n and target is not None else None
+
+            report = QuantReport(
+                quantizer=self.spec.id,
+                backend=self.name,
+                bits=self.spec.bits,
+                group_size=self.spec.group_size,
+                symmetric=self.spec.symmetric,
+                modules=list(self.swapped),
+                n_weights=n,
+                changed_fraction=totals[1] / n if n else 0.0,
+                code_agreement=frac(2),
+                small_delta_fraction=frac(3),
+                same_cell_fraction=frac(4),
+                seconds=time.perf_counter() - start,
+            )
+            yield model, report
+        finally:
+            for name, original in self.swapped.items():
+                parent, _, child = name.rpartition(".")
+                setattr(model.get_submodule(parent) if parent else model, child, original)
+            self.swapped.clear()
+            gc.collect()
