@@ -83,3 +83,41 @@ def tiny_retrain_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: P
 
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-retrain"), fixture_texts(tiny_data_dir, forget=False),
                             tokenizer_from=tiny_model_dir)
+
+
+def in_cell_copy(src: Path, out: Path, bits: int = 4, group_size: int = 128, offset: float = 0.49) -> Path:
+    """The paper's failure mode, built on purpose: every quantized weight of ``src`` is moved to
+    ``offset`` of a step away from its RTN grid point, inside the same cell (the group's absmax
+    weight stays put, so the scale is unchanged). In full precision the model is badly damaged
+    ("forgot"); under ``rtn-w{bits}g{group_size}`` it rounds back to exactly the target's codes."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from unlearn_assert.models import quiet_transformers
+    from unlearn_assert.quant.rtn import rtn_codes, rtn_params, rtn_step
+
+    with quiet_transformers():
+        model = AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.float32)
+    gen = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if isinstance(module, torch.nn.Linear) and not name.endswith("lm_head"):
+                w = module.weight
+                params = rtn_params(w, bits, group_size, True)
+                codes = rtn_codes(w, bits, group_size, True, params=params).to(torch.float64)
+                step = rtn_step(w, bits, group_size, True).to(torch.float64)
+                sign = torch.where(torch.rand(w.shape, generator=gen) < 0.5, -1.0, 1.0).to(torch.float64)
+                moved = (codes + offset * sign) * step
+                # weights on the extreme codes hold their group's absmax: keep them, so the scale stays
+                keep = codes.abs() == (2 ** (bits - 1) - 1)
+                w.copy_(torch.where(keep, w.to(torch.float64), moved).to(w.dtype))
+    with quiet_transformers():
+        model.save_pretrained(str(out), safe_serialization=True)
+    AutoTokenizer.from_pretrained(str(src)).save_pretrained(str(out))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_in_cell_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
+    """An "unlearned" model whose forgetting rtn-w4g128 undoes completely (see in_cell_copy)."""
+    return in_cell_copy(tiny_model_dir, tmp_path_factory.mktemp("tiny-in-cell"))

@@ -13,13 +13,14 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from . import __version__
+from .demo.tinymodel import TinyRecipe
 from .errors import UnlearnAssertError
 
 
 def _cmd_tiny(args: argparse.Namespace) -> int:
     """Build a tiny Llama (tokenizer + weights) trained on a MUSE-layout data set's text."""
     from .data import load_data
-    from .demo.tinymodel import TinyRecipe, build_tiny_llama
+    from .demo.tinymodel import build_tiny_llama
 
     data = load_data(args.data)
     texts: list[str] = []
@@ -91,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     tiny = sub.add_parser("tiny", help="build a tiny Llama checkpoint trained on a data set's text (no download)")
     tiny.add_argument("--data", required=True, help="MUSE-layout data directory whose text to train on")
     tiny.add_argument("--out", required=True, help="new directory to write the checkpoint to")
-    tiny.add_argument("--steps", type=int, default=150, help="training steps (default: 150)")
+    tiny.add_argument("--steps", type=int, default=TinyRecipe.steps, help=f"training steps (default: {TinyRecipe.steps})")
     tiny.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     tiny.set_defaults(func=_cmd_tiny)
 

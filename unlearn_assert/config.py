@@ -104,14 +104,23 @@ class Budget:
                         return v
         return default
 
-    def merged(self, other: "Budget") -> "Budget":
-        """``other``'s explicit settings on top of this one (used for markers over options)."""
-        return replace(other, overrides=self.overrides + other.overrides) if other != Budget() else self
+    def with_overrides(self, extra: "str | Mapping[str, Any]", where: str = "unlearn_budget marker") -> "Budget":
+        """This budget with ``extra`` (a budget expression or mapping) taking precedence."""
+        parsed = parse_budget(extra, where)
+        explicit = _explicit_keys(extra)
+        base = {k: getattr(parsed, k) for k in BUDGET_KEYS if k in explicit}
+        return replace(self, **base, overrides=parsed.overrides + self.overrides)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "overrides"}
         out["overrides"] = [{"key": k, "quantizer": q, "value": v} for k, q, v in self.overrides]
         return out
+
+
+def _explicit_keys(extra: "str | Mapping[str, Any]") -> set[str]:
+    if isinstance(extra, Mapping):
+        return {str(k) for k in extra}
+    return {tok.split("=", 1)[0].strip() for tok in re.split(r"[\s,;]+", extra.strip()) if "=" in tok}
 
 
 def _budget_number(key: str, raw: str, where: str) -> float:

@@ -7,14 +7,19 @@ the ini key ``unlearn_model``) is set. State lives in an ``UnlearnSession`` in `
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable, Generator, Iterator
 
 import pytest
 
 from .config import OPTIONS, Option, RunConfig, build_run_config
-from .errors import UnlearnAssertError
+from .errors import ConfigError, UnlearnAssertError
+from .session import PAYLOAD_ATTR, UnlearnSession, is_xdist_worker
 
 run_config_key = pytest.StashKey[RunConfig]()
+session_key = pytest.StashKey[UnlearnSession]()
+verdict_key = pytest.StashKey[Any]()
+SUITE_MODULE = "test_budget.py"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -49,6 +54,166 @@ def pytest_configure(config: pytest.Config) -> None:
     except UnlearnAssertError as exc:
         raise pytest.UsageError(str(exc)) from None
     config.stash[run_config_key] = run
+    if not run.enabled:
+        return
+    session = UnlearnSession(config, run)
+    config.stash[session_key] = session
+    if not is_xdist_worker(config):
+        config.pluginmanager.register(_Receiver(session), "unlearn-assert-receiver")
+    suite = str(suite_path())
+    if not any(Path(a.split("::")[0]).resolve() == Path(suite).resolve() for a in config.args if a):
+        config.args.append(suite)
+
+
+def suite_path() -> Path:
+    """The built-in suite, shipped inside the package (``unlearn_assert/suites``)."""
+    from importlib.util import find_spec
+
+    spec = find_spec("unlearn_assert.suites")
+    if spec is None or not spec.submodule_search_locations:  # pragma: no cover - broken install
+        raise pytest.UsageError("unlearn-assert's built-in suite is missing; reinstall unlearn-assert")
+    return Path(list(spec.submodule_search_locations)[0]) / SUITE_MODULE
+
+
+def _session(config: pytest.Config) -> UnlearnSession | None:
+    return config.stash.get(session_key, None)
+
+
+def _is_suite_item(node: Any) -> bool:
+    path = getattr(node, "path", None)
+    return path is not None and path.name == SUITE_MODULE and path.parent.name == "suites"
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "budget_check" not in metafunc.fixturenames or not _is_suite_item(metafunc.definition):
+        return
+    session = _session(metafunc.config)
+    if session is None:
+        metafunc.parametrize("budget_check", [])
+        return
+    from .verdict import item_id, plan_checks
+
+    has_ref = session.run.retrain is not None or session.run.retrain_auc is not None
+    checks = plan_checks(session.run.quantizers, has_ref)
+    metafunc.parametrize("budget_check", checks, ids=[item_id(q, c) for q, c in checks])
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Validate every ``unlearn_budget`` marker up front: a typo in a budget is a usage error."""
+    session = _session(config)
+    for item in items:
+        for mark in item.iter_markers("unlearn_budget"):
+            if mark.args:
+                raise pytest.UsageError(f"{item.nodeid}: unlearn_budget takes keyword arguments only, e.g. @pytest.mark.unlearn_budget(recovery=0.1)")
+            try:
+                (session.run.budget if session else build_run_config(lambda o: o.default, check_paths=False).budget).with_overrides(
+                    dict(mark.kwargs), where=f"{item.nodeid}: unlearn_budget marker")
+            except ConfigError as exc:
+                raise pytest.UsageError(str(exc)) from None
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    session = _session(item.config)
+    if session is not None:
+        verdict = item.stash.get(verdict_key, None) if call.when == "call" else None
+        payload = session.payload(verdict)
+        if payload is not None:
+            setattr(report, PAYLOAD_ATTR, payload)
+    return report
+
+
+class _Receiver:
+    """Merges the rows and verdicts that test reports carry (from this process or from xdist
+    workers); registered on the controller only, so worker-side logreport calls do not count."""
+
+    def __init__(self, session: UnlearnSession) -> None:
+        self.session = session
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        self.session.receive(report)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    unlearn = _session(session.config)
+    if unlearn is not None:
+        unlearn.close()
+        unlearn.write_reports()
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    unlearn = _session(config)
+    if unlearn is not None and not is_xdist_worker(config):
+        unlearn.terminal_summary(terminalreporter)
+
+
+# ---------------------------------------------------------------------- fixtures
+
+
+def _require(request: pytest.FixtureRequest) -> UnlearnSession:
+    session = _session(request.config)
+    if session is None:
+        pytest.skip("needs --unlearn-model (and --unlearn-target, --unlearn-data)")
+    return session
+
+
+@pytest.fixture(scope="session")
+def unlearn_session(request: pytest.FixtureRequest) -> UnlearnSession:
+    """The run's UnlearnSession (``.engine`` computes rows; ``.check(q, check)`` gives a Verdict)."""
+    return _require(request)
+
+
+@pytest.fixture
+def unlearn_budget(request: pytest.FixtureRequest, unlearn_session: UnlearnSession) -> Any:
+    """The run's Budget with this test's ``@pytest.mark.unlearn_budget(...)`` applied."""
+    budget = unlearn_session.run.budget
+    for mark in reversed(list(request.node.iter_markers("unlearn_budget"))):
+        budget = budget.with_overrides(dict(mark.kwargs))
+    return budget
+
+
+@pytest.fixture(scope="session")
+def unlearn_data(unlearn_session: UnlearnSession) -> Any:
+    """The validated MUSE data (limited by --unlearn-max-samples)."""
+    return unlearn_session.engine.data
+
+
+@pytest.fixture(scope="session")
+def target_model(unlearn_session: UnlearnSession) -> Any:
+    """The target model (LoadedModel), loaded once per session."""
+    return unlearn_session.engine.model("target")
+
+
+@pytest.fixture(scope="session")
+def unlearned_model(unlearn_session: UnlearnSession) -> Any:
+    """The unlearned model (LoadedModel), checked against the target, loaded once per session."""
+    return unlearn_session.engine.model("unlearned")
+
+
+@pytest.fixture(scope="session")
+def retrain_model(unlearn_session: UnlearnSession) -> Any:
+    """The retrain model, or a skip when --unlearn-retrain is not given."""
+    if unlearn_session.run.retrain is None:
+        pytest.skip("needs --unlearn-retrain")
+    return unlearn_session.engine.model("retrain")
+
+
+@pytest.fixture(scope="session")
+def quantized(unlearn_session: UnlearnSession) -> Iterator[Callable[..., Any]]:
+    """Factory: ``quantized("rtn-w4g128")`` gives the unlearned model under that quantizer (or
+    ``quantized(qid, model="target")``). One variant at a time: asking for another one restores the
+    previous variant's weights first; the same id is returned from the session cache."""
+    engine = unlearn_session.engine
+    yield engine.quantized_view
+    engine.deactivate()
+
+
+@pytest.fixture(scope="session")
+def muse(unlearn_session: UnlearnSession) -> Callable[..., Any]:
+    """``muse(model_or_view)`` evaluates the MUSE metrics on the run's data, cached by content hash."""
+    return unlearn_session.engine.evaluate
 
 
 def pytest_report_header(config: pytest.Config) -> list[str] | None:

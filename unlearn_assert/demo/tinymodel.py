@@ -22,12 +22,12 @@ class TinyRecipe:
     """Everything that determines a tiny checkpoint; equal recipes give bit-identical weights."""
 
     vocab_size: int = 384
-    hidden_size: int = 64
-    intermediate_size: int = 128
+    hidden_size: int = 96
+    intermediate_size: int = 192
     num_layers: int = 2
     num_heads: int = 4
     max_positions: int = 512
-    steps: int = 150
+    steps: int = 300
     batch_size: int = 8
     seq_len: int = 96
     lr: float = 3e-3

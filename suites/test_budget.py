@@ -1,0 +1,23 @@
+"""One test item per (quantizer, check): ``test_budget[rtn-w4g128-knowmem_f]``.
+
+The plugin parametrizes ``budget_check`` from the run config at collection (nothing is loaded
+then); running an item computes only the rows it needs, through the cache.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from unlearn_assert.plugin import verdict_key
+
+
+def test_budget(request: pytest.FixtureRequest, unlearn_session: Any, budget_check: tuple[str, str]) -> None:
+    quantizer, check = budget_check
+    verdict = unlearn_session.check(quantizer, check)
+    request.node.stash[verdict_key] = verdict
+    if verdict.outcome == "skipped":
+        pytest.skip(verdict.message)
+    if verdict.outcome == "failed":
+        pytest.fail(verdict.message, pytrace=False)

@@ -1,0 +1,116 @@
+"""Budgets, verdicts and the result cache: hand-computed cases."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from unlearn_assert.cache import ResultCache, atomic_write_text, cache_key
+from unlearn_assert.config import Budget, parse_budget
+from unlearn_assert.errors import ConfigError
+from unlearn_assert.verdict import FP, evaluate_check, item_name, plan_checks, recovery
+
+
+def test_parse_budget_defaults_and_overrides() -> None:
+    b = parse_budget("recovery=0.3 utility=0.8 privleak=10 knowmem_f@rtn-w4g128=0.1 verbmem_f=0.2 floor=2")
+    assert (b.recovery, b.utility, b.privleak, b.floor) == (0.3, 0.8, 10.0, 2.0)
+    assert b.recovery_for("knowmem_f", "rtn-w4g128") == 0.1  # metric@quantizer
+    assert b.recovery_for("knowmem_f", "rtn-w8") == 0.3  # falls back to the global recovery
+    assert b.recovery_for("verbmem_f", "rtn-w8") == 0.2  # metric without quantizer
+    assert parse_budget("") == Budget()
+    assert parse_budget({"recovery": 0.5}).recovery == 0.5
+
+
+def test_quantizer_specific_key_beats_metric_key() -> None:
+    b = parse_budget("verbmem_f=0.2 recovery@rtn-w8=0.05")
+    assert b.recovery_for("verbmem_f", "rtn-w8") == 0.05
+    assert b.recovery_for("verbmem_f", "rtn-w4g128") == 0.2
+
+
+@pytest.mark.parametrize(
+    "text", ["recovery=-0.1", "recovery=1.5", "utility=2", "privleak=-1", "floor=101", "recovery=nan", "recovery=inf",
+             "bogus=1", "recovery", "knowmem_r=0.5", "knowmem_f@bad-id=0.1", "=0.2"],
+)
+def test_nonsense_budgets_are_rejected(text: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_budget(text)
+    assert "\n" not in str(info.value)
+
+
+def test_plan_checks_is_stable_and_privleak_needs_reference() -> None:
+    without = plan_checks(("rtn-w4g128", "rtn-w8"), has_reference_auc=False)
+    assert ("fp", "privleak") not in without and ("rtn-w8", "privleak") not in without
+    assert without[:3] == [("fp", "verbmem_f"), ("fp", "knowmem_f"), ("fp", "utility")]
+    with_ref = plan_checks(("rtn-w4g128",), has_reference_auc=True)
+    assert ("rtn-w4g128", "privleak") in with_ref
+    assert item_name("rtn-w4g128", "knowmem_f") == "test_budget[rtn-w4g128-knowmem_f]"
+
+
+def test_recovery_hand_computed() -> None:
+    # target 50, unlearned 10: 40 points removed; quantized 30 brings back 20 of them = 50%
+    assert recovery(30.0, 10.0, 50.0) == pytest.approx(0.5)
+    assert recovery(10.0, 10.0, 50.0) == 0.0
+    assert recovery(5.0, 10.0, 50.0) == pytest.approx(-0.125)
+    assert recovery(30.0, 50.0, 50.0) is None
+
+
+VALUES = {
+    ("target", FP): {"verbmem_f": 60.0, "knowmem_f": 50.0, "knowmem_r": 40.0, "privleak": None},
+    ("unlearned", FP): {"verbmem_f": 20.0, "knowmem_f": 48.0, "knowmem_r": 38.0, "privleak": -3.0},
+    ("unlearned", "rtn-w4g128"): {"verbmem_f": 44.0, "knowmem_f": 49.0, "knowmem_r": 30.0, "privleak": -40.0},
+    ("target", "rtn-w4g128"): {"verbmem_f": 59.0, "knowmem_f": 50.0, "knowmem_r": 39.0, "privleak": None},
+}
+
+
+def test_recovery_verdict_fails_with_all_numbers() -> None:
+    v = evaluate_check("rtn-w4g128", "verbmem_f", VALUES, Budget())
+    # (44 - 20) / (60 - 20) = 0.6 > 0.25
+    assert v.outcome == "failed" and v.value == pytest.approx(0.6)
+    for needle in ("60%", "budget 25%", "quantized 44.0", "unlearned 20.0", "target 60.0", "quantized target 59.0"):
+        assert needle in v.message
+    assert evaluate_check("rtn-w4g128", "verbmem_f", VALUES, parse_budget("recovery=0.7")).outcome == "passed"
+
+
+def test_floor_failure_has_its_own_message() -> None:
+    # knowmem_f dropped only 2 points (< floor 5): unlearning did not work in full precision
+    v = evaluate_check("rtn-w4g128", "knowmem_f", VALUES, Budget())
+    assert v.outcome == "failed" and "did not work in full precision" in v.message
+    assert evaluate_check(FP, "knowmem_f", VALUES, Budget()).outcome == "failed"
+    assert evaluate_check(FP, "verbmem_f", VALUES, Budget()).outcome == "passed"
+
+
+def test_utility_and_privleak() -> None:
+    u = evaluate_check("rtn-w4g128", "utility", VALUES, Budget())  # 30 / 40 = 75% < 90%
+    assert u.outcome == "failed" and u.value == pytest.approx(0.75)
+    assert evaluate_check(FP, "utility", VALUES, Budget()).outcome == "passed"  # 38/40 = 95%
+    p = evaluate_check("rtn-w4g128", "privleak", VALUES, Budget())  # |-40| > 25
+    assert p.outcome == "failed" and "-40.0%" in p.message
+    assert evaluate_check(FP, "privleak", VALUES, Budget()).outcome == "passed"
+
+
+def test_cache_roundtrip_atomic_and_damaged(tmp_path: Path) -> None:
+    cache = ResultCache(tmp_path)
+    key = cache_key({"model": "abc", "quantizer": "rtn-w4g128"})
+    assert key != cache_key({"model": "abd", "quantizer": "rtn-w4g128"})
+    assert cache.get(key) is None
+    cache.put(key, {"values": {"knowmem_f": 1.5}})
+    assert cache.get(key) == {"values": {"knowmem_f": 1.5}}
+    leftovers = [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
+    assert leftovers == []
+    path = next(tmp_path.rglob(f"{key}.json"))
+    path.write_text("{ damaged")
+    assert cache.get(key) is None  # a damaged entry is a miss, not an error
+    assert ResultCache(tmp_path, enabled=False).get(key) is None
+
+
+def test_atomic_write_leaves_old_file_on_failure(tmp_path: Path) -> None:
+    target = tmp_path / "r.json"
+    atomic_write_text(target, json.dumps({"v": 1}))
+
+    with pytest.raises(TypeError):
+        atomic_write_text(target, 123)  # type: ignore[arg-type]
+    assert json.loads(target.read_text()) == {"v": 1}
+    assert [p for p in os.listdir(tmp_path) if p.endswith(".tmp")] == []
