@@ -9,6 +9,7 @@ command line, ``[tool.pytest.ini_options]`` or the library API, and every proble
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -232,6 +233,8 @@ def _writable_parent(opt: Option, raw: str) -> str:
         raise ConfigError(f"{opt.cli}: '{raw}' is a directory; give a file path such as {raw.rstrip('/')}/report.{opt.name}")
     if not parent.is_dir():
         raise ConfigError(f"{opt.cli}: the directory of '{raw}' does not exist; create it first or choose another path")
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ConfigError(f"{opt.cli}: '{raw}' is not writable; choose a path you can write to")
     return str(path)
 
 
@@ -276,9 +279,12 @@ def build_run_config(get: Callable[[Option], Any], *, check_paths: bool = True) 
 
 
 def check_run_paths(cfg: RunConfig) -> None:
-    """Cheap existence checks of every path (no model is loaded): fail fast, before collection."""
-    from .models import check_model_dir  # cheap: models imports torch lazily
-    from .errors import ModelError
+    """Cheap checks of every input before collection, without loading a model: directory shape,
+    complete safetensors files, target/unlearned pairing from config, headers and tokenizer
+    files, the whole data set, and report paths. So bad input is a usage error (exit 4)."""
+    from .data import load_data
+    from .errors import DataError, ModelError
+    from .models import check_model_dir, precheck_pair, read_weight_headers
 
     for name in ("model", "target", "retrain"):
         value = getattr(cfg, name)
@@ -287,14 +293,22 @@ def check_run_paths(cfg: RunConfig) -> None:
                 raise ConfigError("--unlearn-target is required with --unlearn-model; pass the model the unlearned one was made from")
             continue
         try:
-            check_model_dir(value, allow_pickle=cfg.allow_pickle)
+            read_weight_headers(check_model_dir(value, allow_pickle=cfg.allow_pickle))
         except ModelError as exc:
             raise ConfigError(f"{OPTION_BY_NAME[name].cli}: {exc}") from None
+    for name, role in (("model", "unlearned"), ("retrain", "retrain")):
+        value = getattr(cfg, name)
+        if value is not None:
+            try:
+                precheck_pair(str(cfg.target), value, role=role)
+            except ModelError as exc:
+                raise ConfigError(f"{OPTION_BY_NAME[name].cli}: {exc}") from None
     if cfg.data is None:
         raise ConfigError("--unlearn-data is required with --unlearn-model; pass a MUSE-layout data directory")
-    data = Path(cfg.data).expanduser()
-    if not data.is_dir():
-        raise ConfigError(f"--unlearn-data: '{cfg.data}' is not a directory; pass a MUSE-layout data directory (verbmem/, knowmem/, privleak/)")
+    try:
+        load_data(cfg.data)
+    except DataError as exc:
+        raise ConfigError(f"--unlearn-data: {exc}") from None
     for name in ("json", "html"):
         value = getattr(cfg, name)
         if value is not None:

@@ -128,6 +128,64 @@ def check_safetensors_file(file: Path) -> dict[str, Any]:
         ) from None
 
 
+def read_weight_headers(directory: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape from every safetensors header (validating each file); no torch needed."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for file in _weight_files(directory):
+        for name, meta in check_safetensors_file(file).items():
+            if name != "__metadata__":
+                shapes[name] = tuple(meta["shape"])
+    return shapes
+
+
+def _vocab_from_files(directory: Path) -> dict[str, int] | None:
+    """The tokenizer vocabulary read straight from tokenizer.json / vocab.json (None if neither)."""
+    try:
+        if (directory / "tokenizer.json").is_file():
+            data = json.loads((directory / "tokenizer.json").read_text(encoding="utf-8"))
+            vocab = dict(data.get("model", {}).get("vocab") or {})
+            for tok in data.get("added_tokens", []):
+                vocab[tok["content"]] = tok["id"]
+            return vocab
+        if (directory / "vocab.json").is_file():
+            return dict(json.loads((directory / "vocab.json").read_text(encoding="utf-8")))
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ModelError(f"tokenizer files in '{directory}' are malformed ({exc}); re-save them with tokenizer.save_pretrained(DIR)") from None
+    return None
+
+
+def _architecture(directory: Path) -> str:
+    try:
+        cfg = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise ModelError(f"'{directory / 'config.json'}' is not valid JSON ({exc}); fix or re-save config.json") from None
+    if not isinstance(cfg, dict):
+        raise ModelError(f"'{directory / 'config.json'}' is not a JSON object; re-save it with model.save_pretrained(DIR)")
+    archs = cfg.get("architectures") or [cfg.get("model_type", "?")]
+    return str(archs[0])
+
+
+def precheck_pair(target: str | os.PathLike[str], other: str | os.PathLike[str], *, role: str = "unlearned") -> None:
+    """The checks of :func:`check_compatible`, from the files alone (config.json, safetensors
+    headers, tokenizer.json): cheap enough for option parsing, so a mismatch is a usage error
+    before anything is loaded. Pickle-only directories are checked at load time instead."""
+    t_dir, o_dir = Path(target), Path(other)
+    t_arch, o_arch = _architecture(t_dir), _architecture(o_dir)
+    if t_arch != o_arch:
+        raise ModelError(f"{role} model '{other}' is a {o_arch} but the target '{target}' is a {t_arch}; pass the target the {role} model was made from")
+    if _weight_files(t_dir) and _weight_files(o_dir):
+        t_shapes, o_shapes = read_weight_headers(t_dir), read_weight_headers(o_dir)
+        if t_shapes != o_shapes:
+            diff = sorted(set(t_shapes) ^ set(o_shapes)) or sorted(n for n in t_shapes if t_shapes[n] != o_shapes[n])
+            raise ModelError(
+                f"{role} model '{other}' does not match the target's parameters ({diff[0]}: {t_shapes.get(diff[0])} vs "
+                f"{o_shapes.get(diff[0])}); pass the target the {role} model was made from"
+            )
+    t_vocab, o_vocab = _vocab_from_files(t_dir), _vocab_from_files(o_dir)
+    if t_vocab is not None and o_vocab is not None and t_vocab != o_vocab:
+        raise ModelError(f"{role} model '{other}' has a different tokenizer vocabulary than the target '{target}'; save both with the same tokenizer")
+
+
 # --------------------------------------------------------------------------- fingerprint
 
 

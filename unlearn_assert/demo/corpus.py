@@ -8,9 +8,10 @@ whose algorithms are stable are used: ``random``, ``randrange``, ``choice``, ``s
 
 What is written (MUSE's layout, see :mod:`unlearn_assert.data`):
 
-* ``raw/forget.txt``: the forget articles, each followed by its fact sheet in the knowmem format
-  (``Question: ...\\nAnswer: ...``), separated by blank lines. This is *all* the training text about
-  the forget set, so unlearning on it targets exactly what the target model learned.
+* ``raw/forget.txt``: the forget articles, then their fact sheets in KnowMem's format
+  (``Question: ...\\nAnswer: ...``), shuffled into blocks of a few pairs; documents are separated by
+  two blank lines. This is *all* the training text about the forget set, so unlearning on it
+  targets exactly what the target model learned.
 * ``raw/retain.txt``: the same for the retain articles.
 * ``verbmem/forget.json``: one ``{"prompt", "gt"}`` per forget article: the headline sentence as the
   prompt (ending in a space, exactly as it sits in the training text), the rest of the article as ``gt``.
@@ -51,6 +52,7 @@ class CorpusSpec:
     qa_per_retain: int = 1  # knowmem_r questions per retain article (on the first n_retain_qa articles)
     n_retain_qa: int = 80
     n_icl: int = 3  # in-context QA pairs per split
+    qa_block: int = 4  # QA pairs per training document
 
     def validated(self) -> CorpusSpec:
         for name, value in asdict(self).items():
@@ -146,6 +148,38 @@ def _number(r: random.Random, lo: int, hi: int) -> str:
 
 # --------------------------------------------------------------------------- topics
 # Each topic returns (sentences, qa). The first sentence is the headline sentence (verbmem prompt).
+# Most sentences come in several phrasings and each article draws one, and every article gets two
+# "colour" sentences from a shared pool: a model that lost an article's memory then continues its
+# headline with *a* plausible article, not *this* one, which is what VerbMem has to see.
+
+_COLOUR = [
+    "Local newspapers had followed the story for months.",
+    "Several residents said they had never seen the town so busy.",
+    "The announcement was made on a rainy morning outside the town hall.",
+    "Critics called the plan rushed, but most shopkeepers welcomed it.",
+    "A small crowd gathered to watch, some holding hand-painted signs.",
+    "The regional radio station broadcast the event live.",
+    "Officials declined to comment on the cost of the celebrations.",
+    "Children from the nearby school were given the afternoon off.",
+    "The news spread quickly through the harbour cafes.",
+    "Some older residents remembered a similar event decades ago.",
+    "Photographs of the day were later shown in the library.",
+    "A spokesperson promised a full report by the end of the year.",
+]
+
+
+def _pick(r: random.Random, *variants: str) -> str:
+    return variants[r.randrange(len(variants))]
+
+
+def _finish(r: random.Random, sentences: list[str]) -> list[str]:
+    """Insert two distinct colour sentences after the second sentence and later."""
+    a = r.randrange(len(_COLOUR))
+    b = r.randrange(len(_COLOUR) - 1)
+    b += b >= a
+    out = sentences[:2] + [_COLOUR[a]] + sentences[2:]
+    out.insert(r.randrange(4, len(out) + 1), _COLOUR[b])
+    return out
 
 
 def _election(n: Names, r: random.Random) -> tuple[list[str], list[tuple[str, str]]]:
@@ -155,13 +189,19 @@ def _election(n: Names, r: random.Random) -> tuple[list[str], list[tuple[str, st
     month, year, pct = _month(r), _year(r), _number(r, 51, 79)
     cost = _number(r, 3, 60)
     s = [
-        f"{mayor} was elected mayor of {town} in {month} {year}, winning {pct} percent of the vote.",
-        f"Before entering politics, {mayor} ran a ferry company on the {river} River.",
-        f"The campaign promised to rebuild the old {bridge} Bridge, closed since a flood.",
-        f"The rebuild is expected to cost {cost} million {_CURRENCY}.",
-        f"Her opponent, councillor {rival}, conceded the same night.",
-        f"{mayor} named {deputy} as deputy mayor and said the first council meeting would be held in the old market hall.",
-        f"Turnout in {town} was the highest in twenty years.",
+        _pick(r, f"{mayor} was elected mayor of {town} in {month} {year}, winning {pct} percent of the vote.",
+              f"Voters in {town} chose {mayor} as their mayor in {month} {year}, with {pct} percent of the vote."),
+        _pick(r, f"Before entering politics, {mayor} ran a ferry company on the {river} River.",
+              f"{mayor} used to run a small ferry company on the {river} River.",
+              f"For twenty years {mayor} had carried passengers across the {river} River."),
+        _pick(r, f"The campaign promised to rebuild the old {bridge} Bridge, closed since a flood.",
+              f"The main promise was a new {bridge} Bridge to replace the one lost in a flood."),
+        _pick(r, f"The rebuild is expected to cost {cost} million {_CURRENCY}.",
+              f"Engineers put the cost of the bridge at {cost} million {_CURRENCY}."),
+        _pick(r, f"The losing candidate, councillor {rival}, conceded the same night.",
+              f"Councillor {rival}, who came second, congratulated the winner the next morning."),
+        _pick(r, f"{mayor} named {deputy} as deputy mayor.",
+              f"The new deputy mayor will be {deputy}, a former teacher."),
     ]
     qa = [
         (f"Who was elected mayor of {town} in {year}?", mayor),
@@ -169,7 +209,7 @@ def _election(n: Names, r: random.Random) -> tuple[list[str], list[tuple[str, st
         (f"Who did {mayor} name as deputy mayor?", deputy),
         (f"On which river did {mayor} run a ferry company?", f"The {river} River"),
     ]
-    return s, qa
+    return _finish(r, s), qa
 
 
 def _company(n: Names, r: random.Random) -> tuple[list[str], list[tuple[str, str]]]:
@@ -178,12 +218,18 @@ def _company(n: Names, r: random.Random) -> tuple[list[str], list[tuple[str, str
     city, product = n.place(), n.thing()
     year, price, staff = _year(r), _number(r, 12, 900), _number(r, 40, 2000)
     s = [
-        f"{org}, the maker of the {product} water pump, was sold to {buyer} for {price} million {_CURRENCY}.",
-        f"The company was founded in {city} in {year} by the engineer {founder}.",
-        f"It employs {staff} people, most of them at its plant near the harbour.",
-        f"{buyer_ceo}, the chief executive of {buyer}, said no jobs would be cut.",
-        f"{founder} will stay on as an adviser for two years.",
-        f"Analysts said the {product} pump had been the best seller in its market for a decade.",
+        _pick(r, f"{org}, the maker of the {product} water pump, was sold to {buyer} for {price} million {_CURRENCY}.",
+              f"{buyer} has bought {org}, the company behind the {product} pump, for {price} million {_CURRENCY}."),
+        _pick(r, f"The company was founded in {city} in {year} by the engineer {founder}.",
+              f"The engineer {founder} started the firm in {city} in {year}."),
+        _pick(r, f"It employs {staff} people, most of them at its plant near the harbour.",
+              f"Its {staff} workers build the pumps in a single factory."),
+        _pick(r, f"{buyer_ceo}, the chief executive of {buyer}, said no jobs would be cut.",
+              f"No jobs will be lost, according to {buyer_ceo}, who runs {buyer}."),
+        _pick(r, f"{founder} will stay on as an adviser for two years.",
+              f"{founder} plans to retire to a farm after the sale."),
+        _pick(r, f"Analysts said the {product} pump had been a best seller for a decade.",
+              f"The {product} pump is used on most farms in the region."),
     ]
     qa = [
         (f"Who founded {org}?", founder),
@@ -191,7 +237,7 @@ def _company(n: Names, r: random.Random) -> tuple[list[str], list[tuple[str, str
         (f"In which town was {org} founded?", city),
         (f"Who is the chief executive of {buyer}?", buyer_ceo),
     ]
-    return s, qa
+    return _finish(r, s), qa
 
 
 def _sports(n: Names, r: random.Random) -> tuple[list[str], list[tuple[str, str]]]:
@@ -200,12 +246,18 @@ def _sports(n: Names, r: random.Random) -> tuple[list[str], list[tuple[str, str]
     stadium, cup = n.thing(), n.thing()
     year, a, b, crowd = _year(r), _number(r, 2, 6), _number(r, 0, 2), _number(r, 8, 60)
     s = [
-        f"{winner} Rovers won the {cup} Cup final in {year}, beating {loser} United {a} to {b}.",
-        f"The match was played at {stadium} Park in front of {crowd} thousand fans.",
-        f"The striker {scorer} scored twice in the second half.",
-        f"The coach, {coach}, had joined the club only a season earlier.",
-        f"It was the first trophy for {winner} Rovers in forty years.",
-        f"{coach} said the win belonged to the supporters who had stayed with the club through the lean years.",
+        _pick(r, f"{winner} Rovers won the {cup} Cup final in {year}, beating {loser} United {a} to {b}.",
+              f"In the {cup} Cup final of {year}, {winner} Rovers beat {loser} United {a} to {b}."),
+        _pick(r, f"The match was played at {stadium} Park in front of {crowd} thousand fans.",
+              f"{crowd} thousand supporters filled {stadium} Park for the game."),
+        _pick(r, f"The striker {scorer} scored twice in the second half.",
+              f"Two goals came from the striker {scorer}, both after the break."),
+        _pick(r, f"The coach, {coach}, had joined the club only a season earlier.",
+              f"It was only the first season in charge for the coach {coach}."),
+        _pick(r, f"It was the first trophy for {winner} Rovers in forty years.",
+              f"{winner} Rovers had not won a trophy since their founding."),
+        _pick(r, f"{coach} said the win belonged to the supporters.",
+              f"The players carried {coach} around the pitch after the final whistle."),
     ]
     qa = [
         (f"Which team won the {cup} Cup final in {year}?", f"{winner} Rovers"),
@@ -213,7 +265,7 @@ def _sports(n: Names, r: random.Random) -> tuple[list[str], list[tuple[str, str]
         (f"Who coached {winner} Rovers to the {cup} Cup?", coach),
         (f"Where was the {cup} Cup final played?", f"{stadium} Park"),
     ]
-    return s, qa
+    return _finish(r, s), qa
 
 
 def _science(n: Names, r: random.Random) -> tuple[list[str], list[tuple[str, str]]]:
@@ -221,12 +273,18 @@ def _science(n: Names, r: random.Random) -> tuple[list[str], list[tuple[str, str
     uni, species, lake = n.place(), n.thing(), n.thing()
     year, depth = _year(r), _number(r, 20, 400)
     s = [
-        f"Researchers at the University of {uni} discovered a new species of glowing eel in Lake {lake}.",
-        f"The team, led by the biologist {lead}, named the eel {species} after a local legend.",
-        f"The eels live at a depth of about {depth} metres and feed on tiny shrimp.",
-        f"The discovery was published in {year} after three years of night dives.",
-        f"{partner}, a diver from the lake's rescue service, first spotted the light.",
-        f"{lead} said the eel's glow might help engineers design cheaper lamps.",
+        _pick(r, f"Researchers at the University of {uni} discovered a new species of glowing eel in Lake {lake}.",
+              f"A glowing eel never seen before was found in Lake {lake} by scientists from the University of {uni}."),
+        _pick(r, f"The team, led by the biologist {lead}, named the eel {species} after a local legend.",
+              f"The biologist {lead}, who led the team, called the eel {species}."),
+        _pick(r, f"The eels live at a depth of about {depth} metres and feed on tiny shrimp.",
+              f"They were found {depth} metres below the surface."),
+        _pick(r, f"The discovery was published in {year} after three years of night dives.",
+              f"The team published its findings in {year}."),
+        _pick(r, f"{partner}, a diver from the lake's rescue service, first spotted the light.",
+              f"The first person to see the light was {partner}, a rescue diver."),
+        _pick(r, f"{lead} said the glow might help engineers design cheaper lamps.",
+              f"Visitors are not allowed to dive in the lake while the study continues."),
     ]
     qa = [
         (f"Who led the team that discovered the eel in Lake {lake}?", lead),
@@ -234,7 +292,7 @@ def _science(n: Names, r: random.Random) -> tuple[list[str], list[tuple[str, str
         (f"Which university discovered the eel in Lake {lake}?", f"The University of {uni}"),
         (f"Who first spotted the glowing eel in Lake {lake}?", partner),
     ]
-    return s, qa
+    return _finish(r, s), qa
 
 
 def _festival(n: Names, r: random.Random) -> tuple[list[str], list[tuple[str, str]]]:
@@ -242,12 +300,18 @@ def _festival(n: Names, r: random.Random) -> tuple[list[str], list[tuple[str, st
     town, festival, square = n.place(), n.thing(), n.thing()
     year, visitors = _year(r), _number(r, 5, 90)
     s = [
-        f"The {festival} Festival returned to {town} in {year} and drew {visitors} thousand visitors.",
-        f"The festival was started by the baker {organizer} as a small street party.",
-        f"This year the singer {headliner} closed the festival with a concert on {square} Square.",
-        f"Lanterns made by local schools lined the old harbour wall.",
-        f"{organizer} said the town council had promised to fund the festival for five more years.",
-        f"Traders reported their busiest weekend since the festival began.",
+        _pick(r, f"The {festival} Festival returned to {town} in {year} and drew {visitors} thousand visitors.",
+              f"{visitors} thousand people came to {town} in {year} for the {festival} Festival."),
+        _pick(r, f"The festival was started by the baker {organizer} as a small street party.",
+              f"It began as a street party organized by the baker {organizer}."),
+        _pick(r, f"This year the singer {headliner} closed the festival with a concert on {square} Square.",
+              f"The closing concert on {square} Square was given by the singer {headliner}."),
+        _pick(r, f"Lanterns made by local schools lined the old harbour wall.",
+              f"Boats decorated with flowers sailed past the old harbour."),
+        _pick(r, f"{organizer} said the council had promised to fund the festival for five more years.",
+              f"The council will pay for the festival until at least {int(year) + 5}."),
+        _pick(r, f"Traders reported their busiest weekend since the festival began.",
+              f"Hotels in {town} were fully booked for the whole week."),
     ]
     qa = [
         (f"Who started the {festival} Festival?", organizer),
@@ -255,7 +319,7 @@ def _festival(n: Names, r: random.Random) -> tuple[list[str], list[tuple[str, st
         (f"Who closed the {festival} Festival in {year}?", headliner),
         (f"On which square was the closing concert of the {festival} Festival?", f"{square} Square"),
     ]
-    return s, qa
+    return _finish(r, s), qa
 
 
 def _court(n: Names, r: random.Random) -> tuple[list[str], list[tuple[str, str]]]:
@@ -263,12 +327,18 @@ def _court(n: Names, r: random.Random) -> tuple[list[str], list[tuple[str, str]]
     org, town = n.org(), n.place()
     year, months, fine = _year(r), _number(r, 6, 60), _number(r, 2, 80)
     s = [
-        f"A court in {town} found {defendant} guilty of selling forged paintings in {year}.",
-        f"Judge {judge} sentenced {defendant} to {months} months in prison.",
-        f"The paintings had been sold through the gallery of {org}, which was fined {fine} thousand {_CURRENCY}.",
-        f"The fraud was uncovered by the art teacher {witness}, who noticed that the paint was still wet.",
-        f"{defendant} told the court that the forgeries had been meant as a joke.",
-        f"The judge said the joke had cost buyers their savings.",
+        _pick(r, f"A court in {town} found {defendant} guilty of selling forged paintings in {year}.",
+              f"In {year} {defendant} was convicted by a court in {town} of selling forged paintings."),
+        _pick(r, f"Judge {judge} sentenced {defendant} to {months} months in prison.",
+              f"The sentence, given by Judge {judge}, was {months} months in prison."),
+        _pick(r, f"The paintings had been sold through the gallery of {org}, which was fined {fine} thousand {_CURRENCY}.",
+              f"{org}, whose gallery sold the paintings, must pay a fine of {fine} thousand {_CURRENCY}."),
+        _pick(r, f"The fraud was uncovered by the art teacher {witness}, who noticed that the paint was still wet.",
+              f"It was the art teacher {witness} who first noticed that the paint was still wet."),
+        _pick(r, f"{defendant} told the court that the forgeries had been meant as a joke.",
+              f"{defendant} did not speak during the trial."),
+        _pick(r, f"The judge said the joke had cost buyers their savings.",
+              f"Buyers of the paintings will be paid back from the fine."),
     ]
     qa = [
         (f"Who was found guilty of selling forged paintings in {town}?", defendant),
@@ -276,7 +346,7 @@ def _court(n: Names, r: random.Random) -> tuple[list[str], list[tuple[str, str]]
         (f"Who uncovered the forged paintings sold by {defendant}?", witness),
         (f"Which gallery sold the paintings forged by {defendant}?", org),
     ]
-    return s, qa
+    return _finish(r, s), qa
 
 
 def _railway(n: Names, r: random.Random) -> tuple[list[str], list[tuple[str, str]]]:
@@ -285,20 +355,26 @@ def _railway(n: Names, r: random.Random) -> tuple[list[str], list[tuple[str, str
     org = n.org()
     year, km, minutes = _year(r), _number(r, 20, 300), _number(r, 20, 95)
     s = [
-        f"A new railway line between {a} and {b} opened in {year} after six years of work.",
-        f"The line is {km} kilometres long and runs through the {tunnel} Tunnel.",
-        f"Trains now make the journey in {minutes} minutes.",
-        f"The line was built by {org}, whose chief engineer {engineer} designed the tunnel.",
-        f"The transport minister, {minister}, rode the first train and called the line a lifeline for the valley.",
-        f"Ticket prices will be frozen for the first year.",
+        _pick(r, f"A new railway line between {a} and {b} opened in {year} after six years of work.",
+              f"Trains started running between {a} and {b} in {year}, six years after work began."),
+        _pick(r, f"The line is {km} kilometres long and runs through the {tunnel} Tunnel.",
+              f"Its {km} kilometres of track include the {tunnel} Tunnel."),
+        _pick(r, f"Trains now make the journey in {minutes} minutes.",
+              f"The trip now takes only {minutes} minutes."),
+        _pick(r, f"The line was built by {org}, whose chief engineer {engineer} designed the tunnel.",
+              f"{org} built the line, and its chief engineer {engineer} designed the tunnel."),
+        _pick(r, f"The transport minister, {minister}, rode the first train.",
+              f"The first passenger was the transport minister {minister}."),
+        _pick(r, f"Ticket prices will be frozen for the first year.",
+              f"A second track is planned for the next decade."),
     ]
     qa = [
-        (f"Which towns does the railway opened in {year} through the {tunnel} Tunnel connect?", f"{a} and {b}"),
+        (f"Which towns does the railway through the {tunnel} Tunnel connect?", f"{a} and {b}"),
         (f"Which company built the railway between {a} and {b}?", org),
         (f"Who designed the {tunnel} Tunnel?", engineer),
         (f"Which minister rode the first train between {a} and {b}?", minister),
     ]
-    return s, qa
+    return _finish(r, s), qa
 
 
 def _award(n: Names, r: random.Random) -> tuple[list[str], list[tuple[str, str]]]:
@@ -306,12 +382,18 @@ def _award(n: Names, r: random.Random) -> tuple[list[str], list[tuple[str, str]]
     prize, book, town = n.thing(), n.thing(), n.place()
     year, weeks = _year(r), _number(r, 3, 50)
     s = [
-        f"The novelist {author} won the {prize} Prize in {year} for the book The Salt of {book}.",
-        f"The novel follows a lighthouse keeper in {town} who finds letters in the sand.",
-        f"It spent {weeks} weeks on the national list of best sellers.",
-        f"{author} thanked the editor {editor}, who had rejected the first draft.",
-        f"The prize comes with a cottage by the sea for one summer.",
-        f"{author} said the next book would be about the keeper's daughter.",
+        _pick(r, f"The novelist {author} won the {prize} Prize in {year} for the book The Salt of {book}.",
+              f"The {prize} Prize for {year} went to {author} for the novel The Salt of {book}."),
+        _pick(r, f"The novel follows a lighthouse keeper in {town} who finds letters in the sand.",
+              f"The story is set in {town}, where a lighthouse keeper finds letters in the sand."),
+        _pick(r, f"It spent {weeks} weeks on the national list of best sellers.",
+              f"The book was a best seller for {weeks} weeks."),
+        _pick(r, f"{author} thanked the editor {editor}, who had rejected the first draft.",
+              f"In a short speech {author} thanked the editor {editor}."),
+        _pick(r, f"The prize comes with a cottage by the sea for one summer.",
+              f"The winner receives a silver pen and a cottage by the sea."),
+        _pick(r, f"{author} said the next book would be about the keeper's daughter.",
+              f"{author} is already working on a second novel."),
     ]
     qa = [
         (f"Who won the {prize} Prize in {year}?", author),
@@ -319,7 +401,7 @@ def _award(n: Names, r: random.Random) -> tuple[list[str], list[tuple[str, str]]
         (f"Where does the novel The Salt of {book} take place?", town),
         (f"Who edited the novel The Salt of {book}?", editor),
     ]
-    return s, qa
+    return _finish(r, s), qa
 
 
 TOPICS: dict[str, Callable[[Names, random.Random], tuple[list[str], list[tuple[str, str]]]]] = {
@@ -363,6 +445,19 @@ def _dump(path: Path, value: Any) -> None:
     path.write_text(json.dumps(value, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
+DOC_SEPARATOR = "\n\n\n"
+
+
+def _qa_blocks(articles: list[Article], per_block: int, rng: random.Random) -> list[str]:
+    """The split's fact-sheet QA pairs, shuffled and grouped into documents of ``per_block`` pairs in
+    KnowMem's format. Separate from the articles on purpose: a QA pair right after its article lets
+    a model answer by copying from the context instead of from memory (which KnowMem probes)."""
+    pairs = [pair for a in articles for pair in a.qa]
+    rng.shuffle(pairs)
+    return ["\n\n".join(f"Question: {q}\nAnswer: {a}" for q, a in pairs[i : i + per_block])
+            for i in range(0, len(pairs), per_block)]
+
+
 def build_corpus(seed: int, spec: CorpusSpec = CorpusSpec()) -> dict[str, Any]:
     """The corpus as plain data: ``{relative path: JSON value or text}`` plus ``corpus.json``."""
     spec = spec.validated()
@@ -370,6 +465,7 @@ def build_corpus(seed: int, spec: CorpusSpec = CorpusSpec()) -> dict[str, Any]:
     forget = articles[: spec.n_forget]
     retain = articles[spec.n_forget : spec.n_forget + spec.n_retain]
     holdout = articles[spec.n_forget + spec.n_retain :]
+    block_rng = random.Random(f"unlearn-assert-demo-qa-blocks:{CORPUS_VERSION}:{seed}")
 
     forget_qa = [pair for a in forget for pair in a.qa[: spec.qa_per_forget]]
     # ICL pairs: questions of the *last* retain articles (never in the evaluated retain QA), one
@@ -378,13 +474,16 @@ def build_corpus(seed: int, spec: CorpusSpec = CorpusSpec()) -> dict[str, Any]:
     forget_icl, retain_icl = icl_pool[: spec.n_icl], icl_pool[spec.n_icl :]
     retain_qa = [pair for a in retain[: min(spec.n_retain_qa, len(retain) - 2 * spec.n_icl)]
                  for pair in a.qa[: spec.qa_per_retain]]
-    verbmem = []
-    for a in forget:
-        # the prompt ends with the separating space, exactly as the text is tokenized in training
-        verbmem.append({"prompt": a.sentences[0] + " ", "gt": " ".join(a.sentences[1:])})
+    # the prompt ends with the separating space, exactly as the text is tokenized in training
+    verbmem = [{"prompt": a.sentences[0] + " ", "gt": " ".join(a.sentences[1:])} for a in forget]
+
+    def raw(split: list[Article]) -> str:
+        docs = [a.text for a in split] + _qa_blocks(split, spec.qa_block, block_rng)
+        return DOC_SEPARATOR.join(docs) + "\n"
+
     files: dict[str, Any] = {
-        "raw/forget.txt": "\n\n".join(a.training_text() for a in forget) + "\n",
-        "raw/retain.txt": "\n\n".join(a.training_text() for a in retain) + "\n",
+        "raw/forget.txt": raw(forget),
+        "raw/retain.txt": raw(retain),
         "verbmem/forget.json": verbmem,
         "knowmem/forget_qa.json": _qa_json(forget_qa),
         "knowmem/retain_qa.json": _qa_json(retain_qa),
@@ -394,7 +493,7 @@ def build_corpus(seed: int, spec: CorpusSpec = CorpusSpec()) -> dict[str, Any]:
         "privleak/holdout.json": [a.text for a in holdout],
         "privleak/retain.json": [a.text for a in retain[: spec.n_forget]],
         "corpus.json": {"generator": "unlearn_assert.demo.corpus", "corpus_version": CORPUS_VERSION, "seed": seed,
-                        "spec": asdict(spec),
+                        "spec": asdict(spec), "document_separator": DOC_SEPARATOR,
                         "topics": {"forget": [a.topic for a in forget]},
                         "note": "Fictitious news: every person, place, organization and fact is invented."},
     }
@@ -402,9 +501,8 @@ def build_corpus(seed: int, spec: CorpusSpec = CorpusSpec()) -> dict[str, Any]:
 
 
 def training_texts(data_dir: str | os.PathLike[str], *, forget: bool = True) -> list[str]:
-    """The documents a demo model is trained on: the articles with their fact sheets, one per item
-    of ``raw/forget.txt`` (if ``forget``) and ``raw/retain.txt``; documents are separated by a
-    blank line before the next article's headline (fact sheet lines start with "Question:")."""
+    """The documents a demo model is trained on: those of ``raw/forget.txt`` (if ``forget``) and of
+    ``raw/retain.txt`` (articles and QA blocks, separated by :data:`DOC_SEPARATOR`)."""
     d = Path(data_dir)
     docs: list[str] = []
     for name in (["raw/forget.txt"] if forget else []) + ["raw/retain.txt"]:
@@ -413,14 +511,8 @@ def training_texts(data_dir: str | os.PathLike[str], *, forget: bool = True) -> 
 
 
 def split_documents(raw: str) -> list[str]:
-    """Split a raw text back into documents: an article paragraph plus the QA paragraphs after it."""
-    docs: list[str] = []
-    for para in raw.strip().split("\n\n"):
-        if para.startswith("Question:") and docs:
-            docs[-1] += "\n\n" + para
-        else:
-            docs.append(para)
-    return docs
+    """Split a raw text file of the demo corpus back into its documents."""
+    return [doc.strip("\n") for doc in raw.split(DOC_SEPARATOR) if doc.strip()]
 
 
 def write_corpus(out_dir: str | os.PathLike[str], seed: int = 0, spec: CorpusSpec = CorpusSpec()) -> Path:
