@@ -34,13 +34,21 @@ def pytest_addoption(parser: pytest.Parser) -> None:
             parser.addini(opt.ini, help=opt.help, type="string", default="")
 
 
+PATH_OPTIONS = frozenset({"model", "target", "retrain", "data", "json", "html", "cache_dir"})
+
+
 def _effective(config: pytest.Config, opt: Option) -> Any:
-    """Command line over ini over the option's default."""
+    """Command line over ini over the option's default. Relative paths from the command line are
+    relative to the working directory; from the ini file, to the ini file's directory (so a
+    pyproject's settings work from any directory)."""
     value = config.getoption(opt.dest)
     if value not in (None, ""):
         return value
     ini = config.getini(opt.ini)
     if ini not in (None, "") and not (opt.flag and ini is False):
+        if opt.name in PATH_OPTIONS and not str(ini).startswith("demo:"):
+            base = config.inipath.parent if config.inipath is not None else config.rootpath
+            return str((base / str(ini).strip()).expanduser()) if not Path(str(ini).strip()).expanduser().is_absolute() else str(ini).strip()
         return ini
     return opt.default
 
