@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
+
+# One intra-op thread in every process the tests start (pytester subprocesses inherit this): two
+# xdist workers, each running a pytest subprocess with 2 torch threads, oversubscribe 2 cores and
+# stall torch for about a second per step (measured here).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session", autouse=True)

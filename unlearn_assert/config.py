@@ -52,7 +52,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("retrain", "Optional model retrained without the forget data (reference for privleak).", None, "DIR"),
     Option("data", "MUSE-layout data directory (verbmem/, knowmem/, privleak/, raw/).", None, "DIR"),
     Option("quantizers", "Comma-separated quantizer ids to apply, e.g. rtn-w4g128,rtn-w8.", DEFAULT_QUANTIZERS, "IDS"),
-    Option("budget", "Budget overrides, e.g. 'recovery=0.25 utility=0.9 privleak=25 knowmem_f@rtn-w4g128=0.1'.", "", "EXPR"),
+    Option("budget", "Budget as KEY=VALUE pairs; keys recovery, utility, privleak, floor, verbmem_f, knowmem_f, "
+           "each optionally KEY@QUANTIZER, e.g. 'recovery=0.2 knowmem_f@bnb-fp4=0.1'. "
+           "Default: recovery=0.25 utility=0.9 privleak=25 floor=5.", "", "EXPR"),
     Option("json", "Write the JSON report to this path.", None, "PATH"),
     Option("html", "Write the self-contained HTML report to this path.", None, "PATH"),
     Option("device", "Device to evaluate on: auto, cpu, cuda or cuda:N.", "auto", "DEVICE"),
