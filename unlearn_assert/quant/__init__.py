@@ -72,6 +72,21 @@ class QuantReport:
         return asdict(self)
 
     @classmethod
+    def from_counts(cls, spec: QuantSpec, backend: str, modules: list[str], totals: Sequence[int], *,
+                    has_target: bool, seconds: float) -> QuantReport:
+        """Build a report from per-layer counts summed over layers, as every backend streams them:
+        ``totals = [weights, changed, same code as q(T), small delta, same cell on T's grid]``."""
+        n = totals[0]
+
+        def frac(k: int) -> float | None:
+            return totals[k] / n if n and has_target else None
+
+        return cls(quantizer=spec.id, backend=backend, bits=spec.bits, group_size=spec.group_size,
+                   symmetric=spec.symmetric, modules=modules, n_weights=n,
+                   changed_fraction=totals[1] / n if n else 0.0, code_agreement=frac(2),
+                   small_delta_fraction=frac(3), same_cell_fraction=frac(4), seconds=seconds)
+
+    @classmethod
     def from_dict(cls, data: dict[str, Any]) -> QuantReport:
         """Rebuild a report from :meth:`to_dict` output (e.g. a cache entry); unknown keys are ignored."""
         names = cls.__dataclass_fields__

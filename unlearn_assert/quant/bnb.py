@@ -356,25 +356,8 @@ class BnbBackend:
                         totals = [a + b for a, b in zip(totals, counts)]
                         names.append(name)
                         del w, t
-            n = totals[0]
-
-            def frac(k: int) -> float | None:
-                return totals[k] / n if n and target is not None else None
-
-            report = QuantReport(
-                quantizer=self.spec.id,
-                backend=self.name,
-                bits=self.spec.bits,
-                group_size=self.spec.group_size,
-                symmetric=self.spec.symmetric,
-                modules=names,
-                n_weights=n,
-                changed_fraction=totals[1] / n if n else 0.0,
-                code_agreement=frac(2),
-                small_delta_fraction=frac(3),
-                same_cell_fraction=frac(4),
-                seconds=time.perf_counter() - start,
-            )
+            report = QuantReport.from_counts(self.spec, self.name, names, totals,
+                                             has_target=target is not None, seconds=time.perf_counter() - start)
             yield (model if model is not None else loaded.model), report
         finally:
             _open_blocks -= 1

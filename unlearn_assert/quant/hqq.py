@@ -149,25 +149,8 @@ class HqqBackend:
                     parent, _, child = name.rpartition(".")
                     setattr(model.get_submodule(parent) if parent else model, child, layer)
                     self.swapped[name] = module
-            n = totals[0]
-
-            def frac(k: int) -> float | None:
-                return totals[k] / n if n and target is not None else None
-
-            report = QuantReport(
-                quantizer=self.spec.id,
-                backend=self.name,
-                bits=self.spec.bits,
-                group_size=self.spec.group_size,
-                symmetric=self.spec.symmetric,
-                modules=list(self.swapped),
-                n_weights=n,
-                changed_fraction=totals[1] / n if n else 0.0,
-                code_agreement=frac(2),
-                small_delta_fraction=frac(3),
-                same_cell_fraction=frac(4),
-                seconds=time.perf_counter() - start,
-            )
+            report = QuantReport.from_counts(self.spec, self.name, list(self.swapped), totals,
+                                             has_target=target is not None, seconds=time.perf_counter() - start)
             yield model, report
         finally:
             for name, original in self.swapped.items():
