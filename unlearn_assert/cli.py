@@ -32,7 +32,11 @@ def _cmd_tiny(args: argparse.Namespace) -> int:
     texts.extend(item.prompt + " " + item.gt for item in data.verbmem_forget)
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
-        raise UnlearnAssertError(f"output directory '{out}' is not empty; choose a new directory (files are never overwritten)")
+        if not (out / "tiny_recipe.json").is_file():
+            raise UnlearnAssertError(f"output directory '{out}' is not empty; choose a new directory (only an earlier 'tiny' build is replaced)")
+        import shutil
+
+        shutil.rmtree(out)  # our own earlier build (it has our marker file): rebuild it
     recipe = TinyRecipe(steps=args.steps, seed=args.seed)
     print(f"building a tiny Llama from {len(texts)} texts of {args.data} ({recipe.steps} steps) ...", flush=True)
     build_tiny_llama(out, texts, recipe)
