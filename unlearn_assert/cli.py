@@ -118,6 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .unlearning.cli import add_unlearn_parser
 
     add_unlearn_parser(sub)
+
+    from .demo.run import add_demo_parser
+
+    add_demo_parser(sub)
     return parser
 
 

@@ -274,6 +274,13 @@ def build_run_config(get: Callable[[Option], Any], *, check_paths: bool = True) 
         values["retrain_auc"] = auc_value
     for name in ("no_cache", "allow_pickle"):
         values[name] = _as_bool(OPTION_BY_NAME[name], raw[name])
+    if values["model"] is not None and values["model"].startswith("demo:"):
+        from .demo.family import resolve_demo  # builds the demo family once (minutes), then cached
+
+        demo = resolve_demo(values["model"])
+        values["model"] = demo["model"]
+        for name in ("target", "retrain", "data"):
+            values[name] = values[name] or demo[name]
     cfg = RunConfig(**values)
     if check_paths and cfg.enabled:
         check_run_paths(cfg)

@@ -1,0 +1,579 @@
+"""The demo family: a generated corpus, a tiny Llama target that knows it, a retrain model and
+unlearned models, built once and cached under the user cache dir, keyed by the recipe.
+
+Why it exists: the tool's main job ("does unlearning survive quantization?") needs real models to
+show anything, and nothing may be downloaded. So the family is trained here, on this machine's
+CPU, from a recipe whose every number is in :class:`DemoRecipe`; its sha256 (with
+:data:`RECIPE_VERSION`) names the cache directory, so a changed recipe never reuses stale weights.
+
+Layout of ``<cache>/unlearn-assert/demo/<recipe key>/``::
+
+    data/          the MUSE-layout corpus (unlearn_assert.demo.corpus)
+    target/        trained on raw/forget.txt + raw/retain.txt (articles and their QA fact sheets)
+    retrain/       the same recipe on raw/retain.txt only, same tokenizer
+    <name>/        one unlearned model per UnlearnRecipe (e.g. npo_klr, npo_klr_sure)
+    family.json    the recipe, timings and training summaries (written last)
+
+The whole directory is built in a hidden sibling and renamed into place, so an interrupted build
+never looks finished; a concurrent build of the same recipe loses the rename race and discards its
+copy. Models are saved in bfloat16, the dtype the unlearning runs in (pure bf16 weights with a small
+learning rate is the regime in which 4-bit quantization undoes unlearning, see docs/demo-regime.md).
+
+Nothing here imports torch at module level: config.py resolves ``demo:NAME`` lazily through
+:func:`resolve_demo`, and ``unlearn-assert --help`` imports :mod:`unlearn_assert.demo.run`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from ..errors import ConfigError, UnlearnAssertError
+from .corpus import CORPUS_VERSION, CorpusSpec, training_texts, write_corpus
+
+__all__ = [
+    "DEMO_MODELS",
+    "RECIPE_VERSION",
+    "DemoRecipe",
+    "LMRecipe",
+    "UnlearnRecipe",
+    "build_family",
+    "default_demo_cache",
+    "demo_names",
+    "family_dir",
+    "is_built",
+    "parse_demo_spec",
+    "resolve_demo",
+]
+
+#: Bump whenever the build code changes what a recipe produces (it is part of the cache key).
+RECIPE_VERSION = 1
+#: Environment variable that overrides the demo cache root (tests, CI images with a prebuilt family).
+CACHE_ENV = "UNLEARN_ASSERT_DEMO_CACHE"
+FAMILY_FILE = "family.json"
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class LMRecipe:
+    """Architecture and training of the target (and, on retain text only, of the retrain model)."""
+
+    vocab_size: int = 1024
+    hidden_size: int = 256
+    intermediate_size: int = 688
+    num_layers: int = 4
+    num_heads: int = 4
+    max_positions: int = 512
+    epochs: int = 25
+    lr: float = 1.5e-3
+    warmup: float = 0.05  # share of the steps with a linear warm-up
+    final_lr: float = 0.1  # cosine decay to this fraction of lr
+    batch_size: int = 16
+    seq_len: int = 128
+    weight_decay: float = 0.0
+    seed: int = 0
+    autocast: str | None = "bfloat16"  # compute dtype of the forward pass (weights stay float32)
+    save_dtype: str = "bfloat16"
+
+
+@dataclass(frozen=True)
+class UnlearnRecipe:
+    """One unlearned model of the family: the settings handed to :func:`unlearn_assert.unlearning.unlearn`."""
+
+    name: str
+    method: str = "npo_klr"
+    lr: float = 1e-5
+    steps: int = 400
+    batch_size: int = 4
+    max_length: int = 128
+    alpha: float = 1.0
+    beta: float = 0.1
+    dtype: str = "bfloat16"
+    sure: bool = False
+    sure_top: float | None = None
+    sure_batches: int = 4
+    seed: int = 0
+    description: str = ""
+
+    def settings(self, log_every: int = 50) -> Any:
+        from ..unlearning.trainer import UnlearnSettings
+
+        return UnlearnSettings(
+            method=self.method, lr=self.lr, steps=self.steps, batch_size=self.batch_size, max_length=self.max_length,
+            alpha=self.alpha, beta=self.beta, seed=self.seed, dtype=self.dtype, sure=self.sure,
+            sure_top=self.sure_top if self.sure else None, sure_batches=self.sure_batches, log_every=log_every,
+        ).validated()
+
+
+DEFAULT_UNLEARNED: tuple[UnlearnRecipe, ...] = (
+    UnlearnRecipe(
+        name="npo_klr",
+        method="npo_klr",
+        lr=2e-5,
+        steps=400,
+        description="NPO + KL retain regularizer, small constant learning rate (2e-5), pure-bf16 weights: the common recipe",
+    ),
+    UnlearnRecipe(
+        name="npo_klr_sure",
+        method="npo_klr",
+        lr=2e-4,
+        steps=100,
+        sure=True,
+        sure_top=0.1,
+        description="the same method with SURE: ten times the learning rate (2e-4) on the 10% most salient linear modules",
+    ),
+)
+
+
+@dataclass(frozen=True)
+class DemoRecipe:
+    """Everything that determines the demo family; its :meth:`key` names the cache directory."""
+
+    corpus_seed: int = 0
+    corpus: CorpusSpec = field(default_factory=CorpusSpec)
+    lm: LMRecipe = field(default_factory=LMRecipe)
+    unlearned: tuple[UnlearnRecipe, ...] = DEFAULT_UNLEARNED
+    version: int = RECIPE_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["corpus_version"] = CORPUS_VERSION
+        return out
+
+    def key(self) -> str:
+        """First 16 hex digits of the sha256 of the canonical JSON of the recipe (version included)."""
+        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(u.name for u in self.unlearned)
+
+    def unlearn_recipe(self, name: str) -> UnlearnRecipe:
+        for u in self.unlearned:
+            if u.name == name:
+                return u
+        raise ConfigError(f"unknown demo model '{name}'; the demo family has {', '.join(self.names)}")
+
+    def validated(self) -> DemoRecipe:
+        self.corpus.validated()
+        names = self.names
+        if not names or len(set(names)) != len(names):
+            raise ConfigError("a demo recipe needs unlearned models with distinct names")
+        for n in names:
+            if n in ("data", "target", "retrain") or not n.replace("_", "").isalnum():
+                raise ConfigError(f"demo model name '{n}' is reserved or not a plain identifier")
+        return self
+
+
+DEFAULT_RECIPE = DemoRecipe()
+#: The demo model names of the default recipe (what ``--unlearn-model=demo:NAME`` accepts).
+DEMO_MODELS: tuple[str, ...] = DEFAULT_RECIPE.names
+
+
+def demo_names(recipe: DemoRecipe | None = None) -> tuple[str, ...]:
+    return (recipe or DEFAULT_RECIPE).names
+
+
+# --------------------------------------------------------------------------- locations
+
+
+def default_demo_cache() -> Path:
+    """``$UNLEARN_ASSERT_DEMO_CACHE``, else ``$XDG_CACHE_HOME/unlearn-assert/demo`` (``~/.cache`` by default)."""
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "unlearn-assert" / "demo"
+
+
+def family_dir(recipe: DemoRecipe | None = None, cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    recipe = recipe or DEFAULT_RECIPE
+    root = Path(cache_dir).expanduser() if cache_dir is not None else default_demo_cache()
+    return root / recipe.key()
+
+
+def is_built(recipe: DemoRecipe | None = None, cache_dir: str | os.PathLike[str] | None = None) -> bool:
+    return (family_dir(recipe, cache_dir) / FAMILY_FILE).is_file()
+
+
+def parse_demo_spec(spec: str) -> str | None:
+    """``"demo:npo_klr"`` -> ``"npo_klr"``; anything not starting with ``demo:`` -> None."""
+    if not isinstance(spec, str) or not spec.startswith("demo:"):
+        return None
+    return spec[len("demo:"):].strip()
+
+
+# --------------------------------------------------------------------------- tokenizer
+
+
+def train_demo_tokenizer(texts: Sequence[str], vocab_size: int) -> Any:
+    """A byte-level BPE tokenizer whose pre-tokens carry their *trailing* whitespace.
+
+    Why not GPT-2's pre-tokenizer (leading space, ``" Mira"``): MUSE's KnowMem prompt ends in
+    ``"Answer: "``, so the space is the prompt's last character. With leading-space pre-tokens the
+    prompt ends in a lone space token that never precedes an answer in the training text, and a
+    tiny model answers nothing. Splitting after every whitespace character makes ``"Answer: "``
+    the same pre-token in the prompt and in training (likewise the VerbMem prompts, which end with
+    the space that separates them from their continuation).
+    """
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from .tinymodel import SPECIAL_TOKENS
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(r"\s"), behavior="merged_with_previous"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(list(texts), trainer=trainer)
+    bos = tok.token_to_id("<s>")
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>")
+
+
+# --------------------------------------------------------------------------- language-model training
+
+
+def _lr_at(step: int, total: int, lm: LMRecipe) -> float:
+    warm = max(1, int(lm.warmup * total))
+    if step < warm:
+        return lm.lr * (step + 1) / warm
+    progress = (step - warm) / max(1, total - warm)
+    return lm.lr * (lm.final_lr + (1 - lm.final_lr) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def train_lm(
+    out_dir: Path,
+    docs: Sequence[str],
+    tokenizer: Any,
+    lm: LMRecipe,
+    *,
+    label: str,
+    progress: Progress,
+    epochs: int | None = None,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """Train a Llama from scratch on ``docs`` (fp32 weights, AdamW, warm-up + cosine), save it in
+    ``lm.save_dtype`` with the tokenizer. Each epoch packs the shuffled documents (BOS + text + EOS)
+    into one stream and cuts it into ``seq_len`` windows from a random offset."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from ..models import quiet_transformers
+
+    epochs = lm.epochs if epochs is None else epochs
+    torch.manual_seed(lm.seed)
+    rng = random.Random(lm.seed)
+    encoded = [[tokenizer.bos_token_id] + tokenizer(d, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for d in docs]
+    n_tokens = sum(len(e) for e in encoded)
+    per_step = lm.batch_size * lm.seq_len
+    steps_per_epoch = max(1, n_tokens // per_step)
+    total = steps_per_epoch * epochs
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=lm.hidden_size,
+        intermediate_size=lm.intermediate_size,
+        num_hidden_layers=lm.num_layers,
+        num_attention_heads=lm.num_heads,
+        num_key_value_heads=lm.num_heads,
+        max_position_embeddings=lm.max_positions,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    model = LlamaForCausalLM(config).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=lm.lr, weight_decay=lm.weight_decay, betas=(0.9, 0.98))
+    model.train()
+    start = time.perf_counter()
+    step = 0
+    losses: list[float] = []
+    report_every = max(1, epochs // 6)
+    for epoch in range(1, epochs + 1):
+        order = list(range(len(encoded)))
+        rng.shuffle(order)
+        stream = [t for i in order for t in encoded[i]]
+        offset = rng.randrange(0, lm.seq_len)
+        stream = stream[offset:] + stream[:offset]
+        windows = torch.tensor(stream[: steps_per_epoch * per_step], dtype=torch.long).view(steps_per_epoch, lm.batch_size, lm.seq_len).to(device)
+        epoch_loss = 0.0
+        for batch in windows:
+            for group in opt.param_groups:
+                group["lr"] = _lr_at(step, total, lm)
+            with torch.autocast(torch.device(device).type, dtype=getattr(torch, lm.autocast or "float32"), enabled=lm.autocast is not None):
+                loss = model(input_ids=batch, labels=batch).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            epoch_loss += float(loss.detach())
+            step += 1
+        losses.append(epoch_loss / steps_per_epoch)
+        if epoch % report_every == 0 or epoch == epochs:
+            progress(f"  {label}: epoch {epoch}/{epochs}  loss {losses[-1]:.3f}  ({time.perf_counter() - start:.0f} s)")
+    model.eval()
+    model.to(device="cpu", dtype=getattr(torch, lm.save_dtype))
+    model.config.dtype = lm.save_dtype
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with quiet_transformers():
+        model.save_pretrained(str(out_dir), safe_serialization=True)
+    tokenizer.save_pretrained(str(out_dir))
+    return {"documents": len(docs), "tokens": n_tokens, "epochs": epochs, "steps": total, "final_loss": losses[-1],
+            "loss_per_epoch": [round(x, 4) for x in losses], "seconds": round(time.perf_counter() - start, 1),
+            "parameters": sum(p.numel() for p in model.parameters())}
+
+
+# --------------------------------------------------------------------------- the build
+
+
+def _say(progress: Progress | None) -> Progress:
+    if progress is not None:
+        return progress
+    return lambda line: print(line, flush=True)
+
+
+def _job_train(out_dir: str, data_dir: str, tokenizer_dir: str, lm: dict[str, Any], label: str, forget: bool,
+               threads: int | None, say: Progress | None) -> dict[str, Any]:
+    """Train the target (``forget=True``) or the retrain model; runs in a worker process or in-process."""
+    import torch
+    from transformers import AutoTokenizer
+
+    if threads:
+        torch.set_num_threads(threads)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
+    docs = training_texts(data_dir, forget=forget)
+    progress = say or (lambda line: print(line, flush=True))
+    return train_lm(Path(out_dir), docs, tokenizer, LMRecipe(**lm), label=label, progress=progress)
+
+
+def _job_unlearn(target_dir: str, data_dir: str, out_dir: str, u: dict[str, Any], threads: int | None,
+                 say: Progress | None) -> dict[str, Any]:
+    """Make one unlearned model of the family; runs in a worker process or in-process."""
+    import torch
+
+    from ..unlearning.trainer import save_unlearned, unlearn
+
+    if threads:
+        torch.set_num_threads(threads)
+    recipe = UnlearnRecipe(**u)
+    progress = say or (lambda line: print(line, flush=True))
+    settings = recipe.settings(log_every=max(1, recipe.steps // 4))
+    result = unlearn(target_dir, data_dir, settings, progress=lambda line: progress(f"  {recipe.name}: {line}"))
+    save_unlearned(result, out_dir)
+    return {"steps": result.steps, "seconds": result.seconds, "final": result.curve[-1] if result.curve else None,
+            "sure_selected": result.selected_modules}
+
+
+def default_workers() -> int:
+    """Two worker processes on a machine with two or more cores (target and retrain train side by
+    side, then the unlearned models), else one (everything in-process, one after the other)."""
+    return 2 if (os.cpu_count() or 1) >= 2 else 1
+
+
+def build_family(
+    recipe: DemoRecipe | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    *,
+    progress: Progress | None = None,
+    rebuild: bool = False,
+    workers: int | None = None,
+) -> Path:
+    """Build the family for ``recipe`` (if not already cached) and return its directory.
+
+    With ``workers`` >= 2 (default on a multi-core machine) the independent stages run side by side
+    in worker processes: target and retrain, then the unlearned models. Every training runs on one
+    CPU thread, in workers and in-process alike: single-threaded kernels make the build
+    bit-reproducible on a machine (the demo's numbers do not change between builds), and on a small
+    shared machine two one-thread processes finish far sooner than one process whose two threads
+    keep waiting for each other (measured here: 5x). ``workers=1`` runs everything in this process
+    (what the tests use; the caller's thread setting is restored). Worker processes print their own
+    progress lines to stdout; ``progress`` receives the stage lines.
+    """
+    recipe = (recipe or DEFAULT_RECIPE).validated()
+    say = _say(progress)
+    final = family_dir(recipe, cache_dir)
+    if (final / FAMILY_FILE).is_file() and not rebuild:
+        return final
+    workers = default_workers() if workers is None else max(1, int(workers))
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{int(time.time() * 1000) % 100000}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    n_stages = 4 + len(recipe.unlearned)
+    stage = 0
+    timings: dict[str, float] = {}
+    summaries: dict[str, Any] = {}
+    t_all = time.perf_counter()
+    pool: Any = None
+
+    def begin(text: str) -> float:
+        nonlocal stage
+        stage += 1
+        say(f"[demo {stage}/{n_stages}] {text}")
+        return time.perf_counter()
+
+    def run_jobs(jobs: list[tuple[str, Callable[..., dict[str, Any]], tuple[Any, ...], float]]) -> None:
+        """Run (name, function, args, start) jobs, in the pool if there is one; record summaries and times."""
+        if pool is None:
+            import torch
+
+            before = torch.get_num_threads()
+            try:
+                for name, fn, args, t in jobs:
+                    summaries[name] = fn(*args, say)
+                    timings[name] = time.perf_counter() - t
+                    say(f"  {name}: done in {timings[name]:.0f} s")
+            finally:
+                torch.set_num_threads(before)
+            return
+        futures = {pool.submit(fn, *args, None): (name, t) for name, fn, args, t in jobs}
+        from concurrent.futures import as_completed
+
+        for future in as_completed(futures):
+            name, t = futures[future]
+            summaries[name] = future.result()
+            timings[name] = time.perf_counter() - t
+            say(f"  {name}: done in {timings[name]:.0f} s")
+
+    try:
+        say(f"building the demo family (recipe {recipe.key()}) in {final}; this happens once "
+            f"({f'{workers} processes side by side' if workers > 1 else 'one process'})")
+        t = begin("corpus: generating fictitious news (forget / retain / holdout articles, QA, prompts)")
+        data = write_corpus(tmp / "data", recipe.corpus_seed, recipe.corpus)
+        timings["corpus"] = time.perf_counter() - t
+
+        t = begin(f"tokenizer: byte-level BPE, {recipe.lm.vocab_size} tokens")
+        tokenizer = train_demo_tokenizer(training_texts(data, forget=True), recipe.lm.vocab_size)
+        tokenizer.save_pretrained(str(tmp / "tokenizer"))
+        timings["tokenizer"] = time.perf_counter() - t
+
+        # One thread per training process, always: single-threaded CPU kernels give the same bits
+        # on every run of a machine (so the cached family is reproducible), and on a small shared
+        # machine two one-thread processes beat one two-thread process by far.
+        threads = 1
+        if workers > 1:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+        lm = recipe.lm
+        lm_args = asdict(lm)
+        jobs: list[tuple[str, Callable[..., dict[str, Any]], tuple[Any, ...], float]] = []
+        t = begin(f"target: Llama {lm.num_layers} layers x {lm.hidden_size} on forget + retain text, {lm.epochs} epochs")
+        jobs.append(("target", _job_train, (str(tmp / "target"), str(data), str(tmp / "tokenizer"), lm_args, "target", True, threads), t))
+        t = begin(f"retrain: the same recipe on the retain text only, {lm.epochs} epochs")
+        jobs.append(("retrain", _job_train, (str(tmp / "retrain"), str(data), str(tmp / "tokenizer"), lm_args, "retrain", False, threads), t))
+        run_jobs(jobs)
+
+        jobs = []
+        for u in recipe.unlearned:
+            t = begin(f"{u.name}: {u.method}{' + SURE' if u.sure else ''}, lr {u.lr:g}, {u.steps} steps, {u.dtype} weights")
+            jobs.append((u.name, _job_unlearn, (str(tmp / "target"), str(data), str(tmp / u.name), asdict(u), threads), t))
+        run_jobs(jobs)
+        shutil.rmtree(tmp / "tokenizer", ignore_errors=True)
+
+        from .. import __version__
+
+        meta = {
+            "recipe": recipe.to_dict(),
+            "key": recipe.key(),
+            "unlearn_assert": __version__,
+            "workers": workers,
+            "timings_s": {k: round(v, 1) for k, v in timings.items()},
+            "total_s": round(time.perf_counter() - t_all, 1),
+            "summaries": summaries,
+            "models": {u.name: u.description for u in recipe.unlearned},
+        }
+        (tmp / FAMILY_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        if final.exists():
+            if (final / FAMILY_FILE).is_file() and not rebuild:
+                shutil.rmtree(tmp, ignore_errors=True)  # another process finished first
+                return final
+            shutil.rmtree(final)
+        try:
+            os.replace(tmp, final)
+        except OSError:
+            if (final / FAMILY_FILE).is_file():
+                shutil.rmtree(tmp, ignore_errors=True)
+                return final
+            raise
+    except BaseException:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+            pool = None
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True)
+    say(f"demo family built in {time.perf_counter() - t_all:.0f} s: {final}")
+    return final
+
+
+def resolve_demo(
+    name: str,
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
+    recipe: DemoRecipe | None = None,
+    progress: Progress | None = None,
+    build: bool = True,
+    workers: int | None = None,
+) -> dict[str, str]:
+    """``resolve_demo("npo_klr")`` -> ``{"model", "target", "retrain", "data"}`` directories, building
+    the family first if it is not cached (unless ``build=False``, which raises instead).
+
+    ``name`` may also be given as ``"demo:npo_klr"``.
+    """
+    recipe = (recipe or DEFAULT_RECIPE).validated()
+    key = parse_demo_spec(name) if isinstance(name, str) and name.startswith("demo:") else name
+    if key not in recipe.names:
+        raise ConfigError(f"unknown demo model 'demo:{key}'; choose one of "
+                          + ", ".join(f"demo:{n}" for n in recipe.names))
+    directory = family_dir(recipe, cache_dir)
+    if not (directory / FAMILY_FILE).is_file():
+        if not build:
+            raise UnlearnAssertError(f"the demo family is not built yet ({directory}); run 'unlearn-assert demo' to build it")
+        directory = build_family(recipe, cache_dir, progress=progress, workers=workers)
+    return {
+        "model": str(directory / key),
+        "target": str(directory / "target"),
+        "retrain": str(directory / "retrain"),
+        "data": str(directory / "data"),
+    }
+
+
+def family_info(recipe: DemoRecipe | None = None, cache_dir: str | os.PathLike[str] | None = None) -> dict[str, Any] | None:
+    """The family.json of a built family, or None."""
+    path = family_dir(recipe, cache_dir) / FAMILY_FILE
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text())
+
+
+def small_recipe(**lm_overrides: Any) -> DemoRecipe:
+    """A seconds-fast recipe (tiny corpus and model) for tests; same structure as the default."""
+    lm = replace(LMRecipe(vocab_size=300, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2, epochs=1,
+                          batch_size=4, seq_len=64), **lm_overrides)
+    corpus = CorpusSpec(n_forget=4, n_retain=12, n_holdout=4, n_retain_qa=4, n_icl=2)
+    unlearned = (replace(DEFAULT_UNLEARNED[0], steps=2, max_length=32, batch_size=2),
+                 replace(DEFAULT_UNLEARNED[1], steps=2, max_length=32, batch_size=2, sure_batches=1))
+    return DemoRecipe(corpus=corpus, lm=lm, unlearned=unlearned)

@@ -1,0 +1,221 @@
+"""``unlearn-assert demo``: build the demo family if needed, gate its plain and its SURE model,
+print both tables, write ``DIR/<model>.json`` and ``DIR/<model>.html``, and end with one plain
+sentence per model.
+
+What the demo is meant to show (the paper's result, measured on this machine): the plain
+small-learning-rate model forgets in full precision, but 4-bit quantization brings a large part of
+the forgotten knowledge back, so the default budget fails its 4-bit items; the SURE model forgets
+and stays forgotten under the same quantizers, so its 4-bit recovery items pass. The exit code is 0
+exactly when both happened (see :func:`judge`); every quantizer's recovery is printed and written,
+including those that show none.
+
+The gate runs through :class:`unlearn_assert.pipeline.Engine`, the same engine as the pytest plugin,
+with the default budget, so a warm run (family built, rows in the result cache) loads no model.
+
+Importing this module is cheap (no torch): ``add_demo_parser`` runs for every ``unlearn-assert --help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+__all__ = ["DEMO_QUANTIZERS", "add_demo_parser", "judge", "run_demo"]
+
+#: The quantizers the demo gates with: the paper's 4-bit (bitsandbytes FP4), round-to-nearest 4-bit
+#: per channel and in groups of 64, NF4, and the two 8-bit ones. bnb-* rows are reported as skipped
+#: (with the pip command) when bitsandbytes is not installed.
+DEMO_QUANTIZERS: tuple[str, ...] = ("bnb-fp4", "rtn-w4", "rtn-w4g64", "bnb-nf4", "rtn-w8", "bnb-int8")
+DEFAULT_OUT = "demo-report"
+Progress = Callable[[str], None]
+
+
+def _bits(qid: str) -> int | None:
+    from ..quant.spec import parse_quantizer_id
+
+    return parse_quantizer_id(qid).bits
+
+
+def _verdicts(report: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(v.get("quantizer", ""), v.get("check", "")): v for v in report.get("verdicts", [])}
+
+
+def _row(report: dict[str, Any], model: str, quantizer: str) -> dict[str, Any] | None:
+    for row in report.get("rows", []):
+        if row.get("model") == model and row.get("quantizer") == quantizer:
+            return row
+    return None
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.0%}"
+
+
+def judge(report: dict[str, Any], *, sure: bool) -> tuple[bool, str]:
+    """Did this model show what the demo expects of it? Returns (ok, one plain sentence).
+
+    * plain model: some forget metric dropped in full precision by at least the budget's floor
+      (its ``fp`` item passed), and some 4-bit quantizer's recovery item for such a metric failed
+      on the recovery budget (not on the floor);
+    * SURE model: some forget metric dropped in full precision, and every recovery item
+      (verbmem_f, knowmem_f) of every 4-bit quantizer passed.
+    Skipped items (a backend not installed) count neither way. Utility and privleak items are
+    reported in the sentence, not judged: the demo is about recovery under quantization.
+    """
+    verdicts = _verdicts(report)
+    prov = report.get("provenance", {})
+    quantizers = list(prov.get("settings", {}).get("quantizers", []))
+    budgets = prov.get("budgets", {})
+    four = [q for q in quantizers if _bits(q) == 4]
+    t_fp = (_row(report, "target", "fp") or {}).get("values", {})
+    u_fp = (_row(report, "unlearned", "fp") or {}).get("values", {})
+    forgot = [m for m in ("knowmem_f", "verbmem_f") if (verdicts.get(("fp", m)) or {}).get("passed") is True]
+
+    def rec(q: str, metric: str) -> float | None:
+        return ((_row(report, "unlearned", q) or {}).get("recovery") or {}).get(metric)
+
+    def passed(q: str, check: str) -> bool | None:
+        return (verdicts.get((q, check)) or {}).get("passed")
+
+    table = ", ".join(f"{q} {_pct(rec(q, 'knowmem_f'))} / {_pct(rec(q, 'verbmem_f'))}" for q in quantizers)
+    recovered = f"recovery of knowmem_f / verbmem_f: {table}"
+
+    if not forgot:
+        drops = ", ".join(f"{m} {t_fp.get(m, float('nan')):.1f} -> {u_fp.get(m, float('nan')):.1f}" for m in ("knowmem_f", "verbmem_f"))
+        return False, f"unlearning did not measurably work in full precision ({drops}), so there is no recovery to measure."
+    main = max(forgot, key=lambda m: (t_fp.get(m, 0) - u_fp.get(m, 0)) / max(t_fp.get(m, 1e-9), 1e-9))
+    drop = (f"{main} fell from {t_fp[main]:.1f} to {u_fp[main]:.1f} in full precision ({u_fp[main] / t_fp[main]:.0%} of the target's)"
+            if t_fp.get(main) else f"{main} fell to {u_fp.get(main)}")
+    limit = f"{budgets['recovery']:.0%}" if isinstance(budgets.get("recovery"), (int, float)) else "the budget"
+    if not sure:
+        failing = [q for q in four if any(passed(q, m) is False and rec(q, m) is not None for m in forgot)]
+        if failing:
+            ranked = sorted(((q, m) for q in failing for m in forgot if rec(q, m) is not None),
+                            key=lambda t: (t[1] == main, rec(*t) or 0.0), reverse=True)
+            best = ranked[0]
+            return True, (f"{drop}, but 4-bit quantization brings it back ({_pct(rec(*best))} of the {best[1]} drop under {best[0]}; "
+                          f"{recovered}); the default budget (recovery <= {limit}) fails it under {', '.join(failing)}.")
+        return False, (f"{drop}, and no 4-bit quantizer brought more than {limit} back ({recovered}); "
+                       f"the demo expected this model to fail.")
+    bad = [f"{q} {m}" for q in four for m in ("knowmem_f", "verbmem_f") if passed(q, m) is False]
+    if bad:
+        return False, f"{drop}, but under 4-bit quantization it failed the budget ({', '.join(bad)}; {recovered}); the demo expected SURE to pass."
+    utility = ""
+    kr_t, kr_u = t_fp.get("knowmem_r"), u_fp.get("knowmem_r")
+    if kr_t and kr_u is not None:
+        failed_u = [q for q in ["fp", *quantizers] if passed(q, "utility") is False]
+        utility = (f" It keeps {kr_u / kr_t:.0%} of the target's knowmem_r"
+                   + (f" (under the default utility budget of {budgets.get('utility', 0.9):.0%} its utility items fail)." if failed_u
+                      else " (its utility items pass)."))
+    return True, f"{drop}, and it stays forgotten under quantization ({recovered}); every 4-bit recovery item passes.{utility}"
+
+
+def _gate(name: str, paths: dict[str, str], quantizers: Sequence[str], out: Path, device: str, cache: Any,
+          say: Progress) -> dict[str, Any]:
+    from ..config import Budget, RunConfig
+    from ..pipeline import Engine, assemble_report
+    from ..report import write_html, write_json
+
+    run = RunConfig(model=paths["model"], target=paths["target"], retrain=paths["retrain"], data=paths["data"],
+                    quantizers=tuple(quantizers), budget=Budget(), device=device, dtype="auto",
+                    json=str(out / f"{name}.json"), html=str(out / f"{name}.html"))
+    engine = Engine(run, cache, progress=lambda line: say(f"  {name}: {line}"))
+    try:
+        verdicts = [engine.verdict(q, check).to_dict() for q, check in engine.checks()]
+        for q in quantizers:  # the table shows q(T) beside q(U) even where no check needed it
+            engine.row("target", q)
+        rows = list(engine.rows.values())
+        fingerprints = {role: engine.fingerprint(role) for role in ("unlearned", "target", "retrain")}
+        report = assemble_report(run, rows, verdicts, fingerprints, engine.data)
+    finally:
+        engine.close()
+    report["provenance"]["models"]["unlearned"]["path"] = f"demo:{name}"  # type: ignore[index]
+    report["provenance"]["models"]["unlearned"]["directory"] = paths["model"]  # type: ignore[index]
+    write_json(report, out / f"{name}.json")
+    write_html(report, out / f"{name}.html")
+    return report
+
+
+def run_demo(
+    out_dir: str | os.PathLike[str] = DEFAULT_OUT,
+    models: Sequence[str] = ("npo_klr", "npo_klr_sure"),
+    rebuild: bool = False,
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
+    results_dir: str | os.PathLike[str] | None = None,
+    recipe: Any = None,
+    device: str = "cpu",
+    quantizers: Sequence[str] = DEMO_QUANTIZERS,
+    progress: Progress | None = None,
+) -> int:
+    """Build (if needed) and gate the demo models; returns the exit code (0 = the demo showed the
+    paper's result: the plain model fails the 4-bit budget and the SURE model passes it).
+
+    ``cache_dir``: root of the demo family cache (default :func:`.family.default_demo_cache`);
+    ``results_dir``: the result cache (default: the user cache dir's ``unlearn-assert/results``).
+    """
+    from ..cache import ResultCache
+    from ..report.terminal import render_table, summary_line
+    from .family import DEFAULT_RECIPE, build_family, resolve_demo
+
+    say = progress or (lambda line: print(line, flush=True))
+    recipe = recipe or DEFAULT_RECIPE
+    start = time.perf_counter()
+    unknown = [m for m in models if m not in recipe.names]
+    if unknown:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"unknown demo model(s) {', '.join(unknown)}; choose from {', '.join(recipe.names)}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    build_family(recipe, cache_dir, progress=say, rebuild=rebuild)
+    cache = ResultCache(results_dir)
+    reports: dict[str, dict[str, Any]] = {}
+    for name in models:
+        paths = resolve_demo(name, cache_dir=cache_dir, recipe=recipe, build=False)
+        say(f"gating demo:{name} under {', '.join(quantizers)} (default budget)")
+        reports[name] = _gate(name, paths, quantizers, out, device, cache, say)
+    results: list[tuple[str, bool, str]] = []
+    for name in models:
+        report = reports[name]
+        u = recipe.unlearn_recipe(name)
+        print(f"\n== demo:{name}: {u.description}", flush=True)
+        print(render_table(report), flush=True)
+        print(summary_line(report), flush=True)
+        ok, sentence = judge(report, sure=u.sure)
+        results.append((name, ok, sentence))
+    print(flush=True)
+    for name, _, sentence in results:
+        print(f"demo:{name}: {sentence}", flush=True)
+    written = ", ".join(str(out / f"{n}.{ext}") for n in models for ext in ("json", "html"))
+    print(f"wrote {written} ({time.perf_counter() - start:.0f} s)", flush=True)
+    expected = all(ok for _, ok, _ in results)
+    if not expected:
+        print("the demo did NOT show the expected contrast (see the sentences above)", flush=True)
+    return 0 if expected else 1
+
+
+def add_demo_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``demo`` subcommand to an ``add_subparsers()`` object; its ``func`` is :func:`cmd_demo`."""
+    p = subparsers.add_parser(
+        "demo",
+        help="build the demo family (once) and show the paper's result: the gate fails a plain unlearned model, passes its SURE variant",
+        description="Builds (once, cached) a fictitious-news corpus, a tiny Llama that knows it, a retrain model and "
+        "unlearned models, then gates the plain and the SURE model under 4- and 8-bit quantizers with the default budget. "
+        "Writes DIR/<model>.json and DIR/<model>.html. Exit code 0 when the plain model fails the 4-bit budget and the "
+        "SURE model passes it.",
+    )
+    p.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"report directory (default: ./{DEFAULT_OUT})")
+    p.add_argument("--rebuild", action="store_true", help="rebuild the demo family even if it is cached")
+    p.add_argument("--device", default="cpu", help="device to evaluate on (default: cpu, where the family is built)")
+    p.add_argument("--cache-dir", default=None, metavar="DIR",
+                   help="root of the demo family cache (default: $UNLEARN_ASSERT_DEMO_CACHE or ~/.cache/unlearn-assert/demo)")
+    p.set_defaults(func=cmd_demo)
+    return p
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    return run_demo(args.out, rebuild=args.rebuild, cache_dir=args.cache_dir, device=args.device)
