@@ -4,7 +4,11 @@ Run: ``python -m pytest benchmarks/test_bench_quant.py -o addopts="" -p no:cache
 Two sizes: the tests' tiny model, and a ~100M-parameter Llama made from a config with random
 weights (timing only; set ``UNLEARN_BENCH_LARGE=0`` to skip it). Each backend is timed entering
 and leaving ``ua.quantized(model, qid, target=model)``, i.e. including its report (code agreement
-against the target), because that is what the gate pays per quantizer.
+against the target), because that is what the gate pays per quantizer. GPTQ and AWQ (llm-compressor)
+calibrate on a small fixed text here (:data:`BENCH_CALIBRATION`: 16 windows of 256 tokens, not the
+gate's default 128 x 512), so their times are a lower bound; the tiny model's layers are 96 and 192
+wide, so it uses groups of 32 for them. ``UNLEARN_BENCH_AWQ=0`` skips AWQ on the 100M model (about a
+minute per decoder layer on 2 cores).
 """
 
 from __future__ import annotations
@@ -17,11 +21,22 @@ from typing import Any
 
 import pytest
 
-QUANTIZERS = ("rtn-w4g128", "rtn-w8", "bnb-fp4", "bnb-nf4", "bnb-int8", "hqq-w4g64")
+QUANTIZERS = ("rtn-w4g128", "rtn-w8", "bnb-fp4", "bnb-nf4", "bnb-int8", "hqq-w4g64", "gptq-w4g128", "awq-w4g128")
+TINY_GROUPS = {"gptq-w4g128": "gptq-w4g32", "awq-w4g128": "awq-w4g32"}
+
+
+def _calibration() -> Any:
+    from unlearn_assert.quant.calibration import Calibration
+
+    text = " ".join(f"Report {i}: the council of town {i % 17} met on day {i % 29} to discuss the harbour budget." for i in range(600))
+    return Calibration(texts=(text,), source="benchmark text", n_samples=16, seq_len=256)
+
+
+BENCH_CALIBRATION = _calibration()
 
 
 def _available(qid: str) -> bool:
-    module = {"bnb": "bitsandbytes", "hqq": "hqq"}.get(qid.split("-")[0])
+    module = {"bnb": "bitsandbytes", "hqq": "hqq", "gptq": "llmcompressor", "awq": "llmcompressor"}.get(qid.split("-")[0])
     return module is None or importlib.util.find_spec(module) is not None
 
 
@@ -31,7 +46,7 @@ def _time(loaded: Any, qid: str, rounds: int) -> float:
     best = float("inf")
     for _ in range(rounds):
         start = time.perf_counter()
-        with quantized(loaded, qid, target=loaded):
+        with quantized(loaded, qid, target=loaded, calibration=BENCH_CALIBRATION):
             pass
         best = min(best, time.perf_counter() - start)
     return best
@@ -56,7 +71,10 @@ def _large_model_dir(root: Path) -> Path:
 
 
 def _report(name: str, loaded: Any, rounds: int, benchmark: Any) -> dict[str, float]:
-    times = {q: _time(loaded, q, rounds) for q in QUANTIZERS if _available(q)}
+    ids = [TINY_GROUPS.get(q, q) if name == "tiny" else q for q in QUANTIZERS]
+    if name != "tiny" and os.environ.get("UNLEARN_BENCH_AWQ") == "0":
+        ids = [q for q in ids if not q.startswith("awq")]
+    times = {q: _time(loaded, q, rounds) for q in ids if _available(q)}
     base = times["rtn-w4g128"]
     ratios = {q: t / base for q, t in times.items()}
     n = sum(p.numel() for p in loaded.model.parameters())

@@ -144,7 +144,7 @@ def test_canonical_ids() -> None:
 @pytest.mark.parametrize(
     "qid",
     ["nope", "", "rtn", "rtn-w", "rtn-w1", "rtn-w9g128", "rtn-w4g1", "rtn-w4g0", "rtn-w04g128", "rtn-w4g128-foo",
-     "RTN-w4", "rtn-w4 g128", "rtn_w4", "rtn-w4g128asym", "gptq-w4g128", "bnb-fp8", "hqq-w4"],
+     "RTN-w4", "rtn-w4 g128", "rtn_w4", "rtn-w4g128asym", "gptq-w4", "awq-w4g128-int", "bnb-fp8", "hqq-w4"],
 )
 def test_bad_ids_are_rejected_listing_known_ids(qid: str) -> None:
     with pytest.raises(QuantizerError) as info:

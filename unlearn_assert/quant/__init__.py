@@ -22,6 +22,7 @@ from .spec import BACKENDS, BackendEntry, QuantSpec, known_ids, parse_quantizer_
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..models import LoadedModel
+    from .calibration import Calibration
 
 __all__ = [
     "BACKENDS",
@@ -155,15 +156,19 @@ def get_backend(spec: str | QuantSpec) -> Any:
     return getattr(module, factory)(spec)
 
 
-def quant_fingerprint(source_fingerprint: str, spec: QuantSpec, skip_modules: Sequence[str] = DEFAULT_SKIP) -> str:
+def quant_fingerprint(source_fingerprint: str, spec: QuantSpec, skip_modules: Sequence[str] = DEFAULT_SKIP,
+                      calibration: Calibration | None = None) -> str:
     """sha256 of source fingerprint + ":" + quantizer: a cache key for results on the quantized model.
 
     The canonical id is used (``rtn-w8-sym`` is ``rtn-w8``); non-default ``skip_modules`` change
-    the weights, so they are part of the key. The target only changes the report, not the model.
+    the weights, so they are part of the key, and so does the calibration text of a calibrated
+    backend (GPTQ, AWQ). The target only changes the report, not the model.
     """
     text = f"{source_fingerprint}:{spec.canonical_id}"
     if tuple(skip_modules) != DEFAULT_SKIP:
         text += f":skip={','.join(skip_modules)}"
+    if calibration is not None and BACKENDS[spec.backend].calibrated:
+        text += f":calibration={calibration.fingerprint}"
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -174,17 +179,21 @@ def quantized(
     target: LoadedModel | None = None,
     *,
     skip_modules: Sequence[str] = DEFAULT_SKIP,
+    calibration: Calibration | None = None,
 ) -> Iterator[QuantizedModel]:
     """Quantize ``loaded`` with a quantizer id for the ``with`` block; yield a :class:`QuantizedModel`.
 
     With ``target`` (the model U was unlearned from), the report also carries code agreement and
-    the small-delta fraction. A quantizer that changed no weight raises :class:`QuantizerError`:
-    "nothing recovered" from a model that was never quantized must not read as a pass.
+    the small-delta fraction. GPTQ and AWQ need ``calibration`` (see
+    :mod:`unlearn_assert.quant.calibration`); other backends ignore it. A quantizer that changed no
+    weight raises :class:`QuantizerError`: "nothing recovered" from a model that was never
+    quantized must not read as a pass.
     """
     spec = _as_spec(qid_or_spec)
     skip = (skip_modules,) if isinstance(skip_modules, str) else tuple(skip_modules)
     backend = get_backend(spec)
-    with backend.apply(loaded, target=target, skip_modules=skip) as (model, report):
+    extra = {"calibration": calibration} if getattr(backend, "needs_calibration", False) else {}
+    with backend.apply(loaded, target=target, skip_modules=skip, **extra) as (model, report):
         if report.n_weights == 0 or report.changed_fraction == 0:
             raise QuantizerError(
                 f"quantizer '{spec.id}' took no effect on '{loaded.path}': {report.n_weights} weights in "
@@ -194,7 +203,7 @@ def quantized(
             model=model,
             tokenizer=getattr(loaded, "tokenizer", None),
             path=loaded.path,
-            fingerprint=quant_fingerprint(loaded.fingerprint, spec, skip),
+            fingerprint=quant_fingerprint(loaded.fingerprint, spec, skip, calibration),
             source=loaded,
             spec=spec,
             report=report,

@@ -66,15 +66,19 @@ class BackendEntry:
 
     factory: str
     install: str = DEFAULT_INSTALL
+    #: True when the backend needs calibration text (GPTQ, AWQ): ``quantized`` passes it, and it is
+    #: part of the result's cache key.
+    calibrated: bool = False
 
 
 #: Backends, by name: "module:factory" imported only when an id of that backend is used, and the
-#: pip command that installs its library (the reason shown when it is missing). gptq/awq ids parse
-#: but stay unregistered until their backends exist.
+#: pip command that installs its library (the reason shown when it is missing).
 BACKENDS: dict[str, BackendEntry] = {
     "rtn": BackendEntry("unlearn_assert.quant.rtn:RTNBackend"),
     "bnb": BackendEntry("unlearn_assert.quant.bnb:BnbBackend", install="pip install 'unlearn-assert[bnb]'"),
     "hqq": BackendEntry("unlearn_assert.quant.hqq:HqqBackend", install="pip install 'unlearn-assert[hqq]'"),
+    "gptq": BackendEntry("unlearn_assert.quant.llmc:GptqBackend", install="pip install 'unlearn-assert[gptq]'", calibrated=True),
+    "awq": BackendEntry("unlearn_assert.quant.llmc:AwqBackend", install="pip install 'unlearn-assert[awq]'", calibrated=True),
 }
 
 
@@ -158,7 +162,7 @@ def _int_form(backend: str, examples: tuple[str, ...], *, group_required: bool, 
 ID_FORMS: Mapping[str, IdForm] = {
     "rtn": _int_form("rtn", ("rtn-w4g128", "rtn-w8", "rtn-w4g64-asym", "rtn-w3g64"), group_required=False, default_symmetric=True),
     "bnb": IdForm(re.compile(r"bnb-(?P<scheme>fp4|nf4|int8)"), _parse_bnb, "bnb-{fp4,nf4,int8}", ("bnb-fp4", "bnb-nf4", "bnb-int8")),
-    "gptq": _int_form("gptq", ("gptq-w4g128",), group_required=True, default_symmetric=True),
+    "gptq": _int_form("gptq", ("gptq-w4g128", "gptq-w8g128"), group_required=True, default_symmetric=True),
     "awq": _int_form("awq", ("awq-w4g128",), group_required=True, default_symmetric=False),
     "hqq": _int_form("hqq", ("hqq-w4g64",), group_required=True, default_symmetric=False),
 }

@@ -1,0 +1,196 @@
+"""GPTQ and AWQ through llm-compressor on the tiny checkpoints, and the cross-checks against rtn.
+
+The tiny model's layers are 96 and 192 columns wide, so the ids here use groups of 32 (128 does
+not divide 192: that case is the clear-error test).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("llmcompressor", reason="the gptq/awq backends need llm-compressor: pip install 'unlearn-assert[gptq]'")
+
+from torch import nn  # noqa: E402
+
+from unlearn_assert.data import load_data  # noqa: E402
+from unlearn_assert.errors import QuantizerError  # noqa: E402
+from unlearn_assert.models import LoadedModel, load_model  # noqa: E402
+from unlearn_assert.quant import get_backend, quant_fingerprint, quantized  # noqa: E402
+from unlearn_assert.quant.calibration import Calibration, calibration_from_data  # noqa: E402
+from unlearn_assert.quant.llmc import GptqBackend, LlmcBackend, _quiet  # noqa: E402
+from unlearn_assert.quant.rtn import rtn_codes, rtn_params  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def target(tiny_model_dir: Path) -> LoadedModel:
+    return load_model(tiny_model_dir, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def unlearned(tiny_unlearned_dir: Path) -> LoadedModel:
+    return load_model(tiny_unlearned_dir, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def calibration(tiny_data_dir: Path) -> Calibration:
+    cal = calibration_from_data(load_data(tiny_data_dir))
+    assert cal is not None
+    return cal
+
+
+def _linears(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: m.weight.detach().clone() for n, m in model.named_modules() if isinstance(m, nn.Linear) and n != "lm_head"}
+
+
+def _state(loaded: LoadedModel) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in loaded.model.state_dict().items()}
+
+
+@pytest.mark.parametrize("qid", ["gptq-w4g32", "gptq-w8g32", "awq-w4g32"])
+def test_backend_takes_effect_reports_and_leaves_the_source_alone(
+    qid: str, unlearned: LoadedModel, target: LoadedModel, calibration: Calibration
+) -> None:
+    before = _state(unlearned)
+    ids = unlearned.tokenizer("The river flows", return_tensors="pt")
+    with torch.no_grad():
+        base = unlearned.model(**ids).logits
+    with quantized(unlearned, qid, target=target, calibration=calibration) as q:
+        assert q.model is not unlearned.model  # a copy: the source is never written to
+        r = q.report
+        assert (r.backend, r.bits, r.group_size) == (q.spec.backend, q.spec.bits, 32)
+        assert r.bits == int(qid.split("-")[1][1])
+        assert r.symmetric is qid.startswith("gptq")
+        assert len(r.modules) == 14 and "lm_head" not in r.modules
+        assert r.n_weights == sum(w.numel() for w in _linears(unlearned.model).values())
+        assert r.changed_fraction > 0.5
+        assert r.code_agreement is not None and 0.0 < r.code_agreement <= 1.0
+        assert r.same_cell_fraction is None
+        assert (r.small_delta_fraction is None) is qid.startswith("awq")
+        with torch.no_grad():
+            moved = (q.model(**ids).logits - base).abs().max().item()
+        assert moved > 1e-4
+        assert not any(hasattr(m, "weight_scale") or "forward" in m.__dict__ for m in q.model.modules())
+    after = _state(unlearned)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_perturbed_model_agrees_less_than_the_target_with_itself(
+    unlearned: LoadedModel, target: LoadedModel, calibration: Calibration
+) -> None:
+    with quantized(target, "gptq-w4g32", target=target, calibration=calibration) as q:
+        self_agreement = q.report.code_agreement
+    with quantized(unlearned, "gptq-w4g32", target=target, calibration=calibration) as q:
+        other = q.report.code_agreement
+    assert self_agreement == 1.0  # deterministic: T quantized twice gives the same codes
+    assert other is not None and other < 0.99
+
+
+def test_calibrated_results_are_deterministic_and_keyed_by_calibration(target: LoadedModel, calibration: Calibration) -> None:
+    with quantized(target, "gptq-w4g32", calibration=calibration) as q:
+        first = _linears(q.model)
+        fp1 = q.fingerprint
+    with quantized(target, "gptq-w4g32", calibration=calibration) as q:
+        second = _linears(q.model)
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    other = Calibration(texts=("A different calibration text about rivers and towns. " * 40,), source="test")
+    with quantized(target, "gptq-w4g32", calibration=other) as q:
+        third = _linears(q.model)
+        fp3 = q.fingerprint
+    assert fp1 != fp3
+    assert any(not torch.equal(first[k], third[k]) for k in first)  # GPTQ really used the text
+    spec_fp = quant_fingerprint(target.fingerprint, q.spec, calibration=calibration)
+    assert spec_fp == fp1
+
+
+def test_materialized_weights_give_the_librarys_own_forward(target: LoadedModel, calibration: Calibration) -> None:
+    backend = get_backend("awq-w4g32")
+    ids = target.tokenizer("The council met on Tuesday", return_tensors="pt")
+    model, names = backend._quantize_copy(target, calibration, ("lm_head",))
+    with torch.no_grad(), _quiet():
+        library = model(**ids).logits  # compressed-tensors' fake-quantizing forward
+    LlmcBackend._finish(model, names, "cpu")
+    assert not any(hasattr(m, "weight_scale") or "forward" in m.__dict__ for m in model.modules())
+    with torch.no_grad():
+        plain = model(**ids).logits
+    assert torch.equal(library, plain)
+
+
+def test_rtn_equals_llmcompressor_rtn_once_scales_are_aligned(target: LoadedModel) -> None:
+    """llm-compressor's symmetric int grid: s = absmax / 7.5, codes in [-8, 7] (4 bits); ours:
+    s = absmax / 7, codes in [-7, 7]. On llm-compressor's scale our rounding gives its codes,
+    except that a group's most negative weight (-absmax / s = -7.5, a tie) can round to -8 there
+    and is clamped to -7 here (8 bits: 127.5, -128 vs -127); and a weight exactly between two
+    codes can round the other way because it divides in float32 where we use float64."""
+    import copy
+
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
+    from compressed_tensors.quantization.lifecycle.forward import quantize
+    from llmcompressor import oneshot
+    from llmcompressor.modifiers.quantization import QuantizationModifier
+
+    for bits, half in ((4, 7.5), (8, 127.5)):
+        model = copy.deepcopy(target.model)
+        weights = QuantizationArgs(num_bits=bits, type="int", symmetric=True, strategy="group", group_size=32)
+        with _quiet():
+            oneshot(model=model, recipe=QuantizationModifier(config_groups={"g": QuantizationScheme(targets=["Linear"], weights=weights)},
+                                                             ignore=["lm_head"]))
+        n_edge = n_tie = n_all = 0
+        for name, w in _linears(target.model).items():
+            mod = model.get_submodule(name)
+            lc_codes = quantize(w, mod.weight_scale, mod.weight_zero_point, weights).to(torch.int32)
+            ours_scale, zero = rtn_params(w, bits, 32)
+            top = 2 ** (bits - 1) - 1
+            torch.testing.assert_close(mod.weight_scale.double(), ours_scale * top / half, rtol=1e-6, atol=0)
+            ours = rtn_codes(w, bits, 32, params=(mod.weight_scale.double(), zero))
+            differ = ours != lc_codes
+            absmax = w.abs().reshape(w.shape[0], -1, 32).amax(-1).repeat_interleave(32, dim=1)
+            ratio = w.double() / mod.weight_scale.double().repeat_interleave(32, dim=1)
+            edge = differ & (lc_codes == -(top + 1)) & (ours == -top) & (w == -absmax)
+            # the only other differences are ties: w / s within float32 rounding of k + 0.5, which
+            # llm-compressor divides in float32 and we in float64, one code apart
+            tie = differ & ((ratio - ratio.floor() - 0.5).abs() < 1e-5) & ((ours - lc_codes).abs() == 1)
+            assert torch.equal(differ, edge | tie)
+            n_edge += int(edge.sum())
+            n_tie += int(tie.sum())
+            n_all += w.numel()
+        assert n_edge > 0  # the difference is real, not vacuous
+        assert n_tie < 0.05 * n_all  # bf16-saved weights hit exact ties often (1.4% at 4 bits here)
+
+
+def test_gptq_with_an_identity_hessian_is_rtn(target: LoadedModel, calibration: Calibration) -> None:
+    """With H dominated by its damping (H ~ c I) GPTQ has no error to compensate: its codes are
+    round-to-nearest's on the same scales, i.e. rtn's codes on llm-compressor's scale."""
+    backend = GptqBackend(get_backend("gptq-w4g32").spec)
+    backend.dampening_frac = 1e8
+    model, names = backend._quantize_copy(target, calibration, ("lm_head",))
+    ordinary = get_backend("gptq-w4g32")
+    model_h, _ = ordinary._quantize_copy(target, calibration, ("lm_head",))
+    identity = LlmcBackend._finish(model, names, "cpu")
+    hessian = LlmcBackend._finish(model_h, names, "cpu")
+    source = _linears(target.model)
+    differs = 0
+    for name in names:
+        codes, _, scale = identity[name]
+        h_codes = hessian[name][0]
+        scale = scale.double()
+        w = source[name]
+        ours = rtn_codes(w, 4, 32, params=(scale, torch.zeros_like(scale)))
+        edge = codes == -8
+        assert torch.equal(ours[~edge].to(torch.int8), codes[~edge])
+        differs += int((h_codes != codes).sum())
+    assert differs > 0  # with the real Hessian GPTQ does move codes: the check can fail
+
+
+def test_group_size_that_does_not_divide_is_one_clear_error(target: LoadedModel, calibration: Calibration) -> None:
+    with pytest.raises(QuantizerError, match=r"group size 128 does not divide .*down_proj \(192\).*pick a group size"):
+        with quantized(target, "gptq-w4g128", calibration=calibration):
+            pass
+
+
+def test_missing_calibration_is_an_error(target: LoadedModel) -> None:
+    with pytest.raises(QuantizerError, match="needs calibration text"):
+        with quantized(target, "awq-w4g32"):
+            pass
