@@ -54,9 +54,16 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     if args.target:
         target = load_model(args.target, device=args.device, dtype=args.dtype, allow_pickle=args.allow_pickle)
         check_compatible(target, model)
+    from .quant.calibration import load_calibration_file, needs_calibration
+
+    calibration = None
+    if args.calibration:
+        calibration = load_calibration_file(args.calibration)
+    elif needs_calibration(args.quantizer):
+        raise UnlearnAssertError(f"{', '.join(needs_calibration(args.quantizer))} calibrate on text; pass --calibration FILE (retain-like text)")
     results = []
     for qid in args.quantizer:
-        with quantized(model, qid, target=target) as q:
+        with quantized(model, qid, target=target, calibration=calibration) as q:
             report = q.report.to_dict()
         results.append(report)
         agreement = report.get("code_agreement")
@@ -107,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     quant.add_argument("--device", default="cpu", help="device (default: cpu)")
     quant.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16 (default: auto)")
     quant.add_argument("--allow-pickle", action="store_true", help="allow pickle weights (unsafe)")
+    quant.add_argument("--calibration", help="calibration text for gptq/awq ids (.txt, .json or .jsonl)")
     quant.add_argument("--json", help="also write the reports as JSON to this path")
     quant.set_defaults(func=_cmd_quantize)
 

@@ -32,6 +32,7 @@ class Option:
     default: Any = None
     metavar: str | None = None
     flag: bool = False  # store_true option; ini value parsed as a boolean
+    multi: bool = False  # repeatable option (a list); ini value split on whitespace
 
     @property
     def cli(self) -> str:
@@ -55,6 +56,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("budget", "Budget as KEY=VALUE pairs; keys recovery, utility, privleak, floor, verbmem_f, knowmem_f, "
            "each optionally KEY@QUANTIZER, e.g. 'recovery=0.2 knowmem_f@bnb-fp4=0.1'. "
            "Default: recovery=0.25 utility=0.9 privleak=25 floor=5.", "", "EXPR"),
+    Option("calibration", "Calibration text for GPTQ/AWQ: a .txt, .json or .jsonl file (default: the data dir's "
+           "raw/retain.txt, else privleak/retain.json).", None, "FILE"),
+    Option("quantized", "A checkpoint you already quantized, NAME=DIR (compressed-tensors or bitsandbytes; repeatable): "
+           "gated as one more quantizer row named NAME.", None, "NAME=DIR", multi=True),
     Option("json", "Write the JSON report to this path.", None, "PATH"),
     Option("html", "Write the self-contained HTML report to this path.", None, "PATH"),
     Option("device", "Device to evaluate on: auto, cpu, cuda or cuda:N.", "auto", "DEVICE"),
@@ -187,6 +192,8 @@ class RunConfig:
     retrain: str | None = None
     data: str | None = None
     quantizers: tuple[str, ...] = tuple(DEFAULT_QUANTIZERS.split(","))
+    calibration: str | None = None
+    prequantized: tuple[Any, ...] = ()  # CheckpointInfo of each --unlearn-quantized NAME=DIR
     budget: Budget = field(default_factory=Budget)
     json: str | None = None
     html: str | None = None
@@ -202,6 +209,15 @@ class RunConfig:
     @property
     def enabled(self) -> bool:
         return self.model is not None
+
+    @property
+    def all_quantizers(self) -> tuple[str, ...]:
+        """Quantizer ids, then the names of the user's own quantized checkpoints: the rows' order."""
+        return self.quantizers + tuple(c.name for c in self.prequantized)
+
+    def checkpoint(self, name: str) -> Any:
+        """The CheckpointInfo named ``name``, or None when ``name`` is a quantizer id."""
+        return next((c for c in self.prequantized if c.name == name), None)
 
 
 def _positive_int(opt: Option, raw: Any, allow_auto: bool = False) -> int | None:
@@ -245,7 +261,7 @@ def build_run_config(get: Callable[[Option], Any], *, check_paths: bool = True) 
     (command line over ini over default), or None when unset."""
     raw = {o.name: get(o) for o in OPTIONS}
     values: dict[str, Any] = {}
-    for name in ("model", "target", "retrain", "data", "json", "html", "cache_dir"):
+    for name in ("model", "target", "retrain", "data", "json", "html", "cache_dir", "calibration"):
         v = raw[name]
         values[name] = str(v) if v not in (None, "") else None
     try:
@@ -253,6 +269,10 @@ def build_run_config(get: Callable[[Option], Any], *, check_paths: bool = True) 
     except QuantizerError as exc:
         raise ConfigError(f"--unlearn-quantizers: {exc}") from None
     values["budget"] = parse_budget(raw["budget"] or "")
+    if values["calibration"] is not None:
+        from .quant.calibration import load_calibration_file
+
+        load_calibration_file(values["calibration"])  # a missing or malformed file is a usage error now
     device = str(raw["device"] or "auto").strip()
     if not DEVICES_RE.match(device):
         raise ConfigError(f"--unlearn-device: '{device}' is not a device; use auto, cpu, cuda or cuda:N")
@@ -281,6 +301,10 @@ def build_run_config(get: Callable[[Option], Any], *, check_paths: bool = True) 
         values["model"] = demo["model"]
         for name in ("target", "retrain", "data"):
             values[name] = values[name] or demo[name]
+    if raw["quantized"] not in (None, "", []):
+        from .quant.checkpoint import parse_quantized_option
+
+        values["prequantized"] = parse_quantized_option(raw["quantized"], values["target"] if check_paths else None)
     cfg = RunConfig(**values)
     if check_paths and cfg.enabled:
         check_run_paths(cfg)
@@ -315,9 +339,17 @@ def check_run_paths(cfg: RunConfig) -> None:
     if cfg.data is None:
         raise ConfigError("--unlearn-data is required with --unlearn-model; pass a MUSE-layout data directory")
     try:
-        load_data(cfg.data)
+        data = load_data(cfg.data)
     except DataError as exc:
         raise ConfigError(f"--unlearn-data: {exc}") from None
+    from .quant.calibration import calibration_from_data, needs_calibration
+
+    calibrated = needs_calibration(cfg.quantizers)
+    if calibrated and cfg.calibration is None and calibration_from_data(data) is None:
+        raise ConfigError(
+            f"--unlearn-quantizers: {', '.join(calibrated)} calibrate on text, and data dir '{cfg.data}' has no raw/retain.txt "
+            "or privleak/retain.json; pass --unlearn-calibration=FILE"
+        )
     for name in ("json", "html"):
         value = getattr(cfg, name)
         if value is not None:

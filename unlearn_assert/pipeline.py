@@ -14,7 +14,8 @@ import sys
 import time
 from datetime import datetime, timezone
 from importlib import metadata
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 from . import __version__
 from .cache import FingerprintCache, ResultCache, cache_key
@@ -57,6 +58,7 @@ class Engine:
         self.rows: dict[tuple[str, str], dict[str, Any]] = {}
         self._active: tuple[tuple[str, str], Any, Any] | None = None
         self._evaluations: dict[str, Any] = {}
+        self._calibration: Any = None
 
     # ------------------------------------------------------------------ inputs
 
@@ -70,6 +72,18 @@ class Engine:
 
             self._data = load_data(str(self.run.data)).limited(self.run.max_samples)
         return self._data
+
+    def calibration(self, quantizer: str) -> Any:
+        """Calibration text for a calibrated quantizer (GPTQ, AWQ), else None; read once."""
+        from .quant.spec import BACKENDS, parse_quantizer_id
+
+        if quantizer == FP or self.run.checkpoint(quantizer) is not None or not BACKENDS[parse_quantizer_id(quantizer).backend].calibrated:
+            return None
+        if self._calibration is None:
+            from .quant.calibration import resolve_calibration
+
+            self._calibration = resolve_calibration(self.run.calibration, self.data)
+        return self._calibration
 
     def fingerprint(self, role: str) -> str:
         if role not in self._fps:
@@ -119,11 +133,22 @@ class Engine:
             "dtype": self.run.dtype,
             "batch_size": self.run.batch_size,
         }
-        if quantizer != FP:
+        checkpoint = self.run.checkpoint(quantizer)
+        if checkpoint is not None:
+            from .models import fingerprint
+
+            if role != "unlearned":
+                raise ValueError(f"checkpoint '{quantizer}' is a quantized unlearned model; it has no {role} row")
+            parts["quantizer"] = "checkpoint:" + self._fingerprints.fingerprint(checkpoint.path)
+            parts["model"] = self.fingerprint(role)  # changed_fraction is measured against it
+        elif quantizer != FP:
             from .quant.spec import parse_quantizer_id
 
             spec = parse_quantizer_id(quantizer)
             parts["quantizer"] = spec.canonical_id
+            calibration = self.calibration(quantizer)
+            if calibration is not None:
+                parts["calibration"] = calibration.fingerprint
             if role == "unlearned":  # code agreement depends on the target
                 parts["target"] = self.fingerprint("target")
         return cache_key(parts)
@@ -159,12 +184,9 @@ class Engine:
             ev = evaluate(loaded, self.data, batch_size=self.run.batch_size)
             quant = None
         else:
-            from .quant import quantized
-
-            target = self.model("target") if role == "unlearned" else None
             self.progress(f"quantize {role} {quantizer}")
             try:
-                with quantized(loaded, quantizer, target=target) as q:
+                with self._quantized(role, quantizer) as q:
                     self.progress(f"evaluate {role} {quantizer}")
                     ev = evaluate(q, self.data, batch_size=self.run.batch_size)
                     quant = q.report.to_dict()
@@ -192,6 +214,17 @@ class Engine:
                       + f" ({row['seconds']:.1f} s)")
         return row
 
+    def _quantized(self, role: str, quantizer: str) -> Any:
+        """Context manager: the quantized view of a model, from a backend or the user's own checkpoint."""
+        loaded = self.model(role)
+        checkpoint = self.run.checkpoint(quantizer)
+        if checkpoint is not None:
+            return _checkpoint_view(checkpoint, loaded, self.run)
+        from .quant import quantized
+
+        target = self.model("target") if role == "unlearned" else None
+        return quantized(loaded, quantizer, target=target, calibration=self.calibration(quantizer))
+
     # ------------------------------------------------------------------ views for user tests
 
     def quantized_view(self, quantizer: str, model: str = "unlearned") -> Any:
@@ -203,12 +236,8 @@ class Engine:
         if self._active is not None and self._active[0] == key:
             return self._active[2]
         self.deactivate()
-        from .quant import quantized
-
-        loaded = self.model(model)
-        target = self.model("target") if model == "unlearned" else None
         self.progress(f"quantize {model} {quantizer}")
-        ctx = quantized(loaded, quantizer, target=target)
+        ctx = self._quantized(model, quantizer)
         view = ctx.__enter__()
         self._active = (key, ctx, view)
         return view
@@ -268,11 +297,13 @@ class Engine:
         return out
 
     def checks(self) -> list[tuple[str, str]]:
-        return plan_checks(self.run.quantizers, self.has_reference_auc)
+        return plan_checks(self.run.all_quantizers, self.has_reference_auc)
 
     def verdict(self, quantizer: str, check: str, budget: Any = None) -> Verdict:
         """Compute the rows one check needs, then its verdict (skipped when a backend is missing)."""
         needed = needed_rows(quantizer, check)
+        if self.run.checkpoint(quantizer) is not None:  # the user's artifact: there is no quantized target
+            needed = [(role, q) for role, q in needed if not (role == "target" and q == quantizer)]
         for role, q in needed:
             row = self.row(role, q)
             if row["status"] == "skipped":
@@ -283,6 +314,29 @@ class Engine:
 
 
 # ---------------------------------------------------------------------- report assembly
+
+
+@contextmanager
+def _checkpoint_view(checkpoint: Any, source: Any, run: RunConfig) -> Iterator[Any]:
+    """The user's quantized checkpoint as a view with a ``report``, like ``quantized`` yields."""
+    from .quant.checkpoint import open_checkpoint
+
+    with open_checkpoint(checkpoint, source, device=run.device, dtype=None if run.dtype == "auto" else run.dtype) as (loaded, report):
+        loaded.report = report  # type: ignore[attr-defined]
+        yield loaded
+
+
+def _calibration_info(run: RunConfig, data: Any) -> dict[str, Any] | None:
+    """Where GPTQ/AWQ's calibration text came from and how it was sampled (None without them)."""
+    from .quant.calibration import needs_calibration, resolve_calibration
+
+    if data is None or not needs_calibration(run.quantizers):
+        return None
+    cal = resolve_calibration(run.calibration, data)
+    if cal is None:
+        return None
+    return {"source": cal.source, "documents": len(cal.texts), "n_samples": cal.n_samples, "seq_len": cal.seq_len,
+            "fingerprint": cal.fingerprint}
 
 
 def provenance(run: RunConfig, fingerprints: dict[str, str], data: Any) -> dict[str, Any]:
@@ -310,7 +364,9 @@ def provenance(run: RunConfig, fingerprints: dict[str, str], data: Any) -> dict[
                  "counts": data.counts() if data is not None and hasattr(data, "counts") else {}},
         "budgets": run.budget.to_dict(),
         "settings": {"device": run.device, "dtype": run.dtype, "batch_size": run.batch_size,
-                     "max_samples": run.max_samples, "quantizers": list(run.quantizers)},
+                     "max_samples": run.max_samples, "quantizers": list(run.all_quantizers),
+                     "calibration": _calibration_info(run, data),
+                     "quantized_checkpoints": {c.name: {"path": c.path, "method": c.method} for c in run.prequantized}},
         "argv": sys.argv[1:],
     }
 
@@ -332,7 +388,7 @@ def assemble_report(
         elif run.retrain_auc is not None:
             reference = (run.retrain_auc, "option")
     ref_auc, ref_source = reference or (DEFAULT_REFERENCE_AUC, "default")
-    order = [("unlearned", FP)] + [("unlearned", q) for q in run.quantizers] + [("target", FP)] + \
+    order = [("unlearned", FP)] + [("unlearned", q) for q in run.all_quantizers] + [("target", FP)] + \
         [("target", q) for q in run.quantizers] + [("retrain", FP)]
     out_rows: list[dict[str, Any]] = []
     samples: dict[str, Any] = {}
@@ -377,6 +433,6 @@ def assemble_report(
 
 
 def _verdict_order(run: RunConfig, v: dict[str, Any]) -> tuple[int, str]:
-    qs = [FP, *run.quantizers]
+    qs = [FP, *run.all_quantizers]
     q = v.get("quantizer", FP)
     return (qs.index(q) if q in qs else len(qs), str(v.get("item")))

@@ -29,12 +29,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         if opt.flag:
             group.addoption(opt.cli, action="store_true", dest=opt.dest, default=None, help=opt.help + default_text)
             parser.addini(opt.ini, help=opt.help, type="bool", default=False)
+        elif opt.multi:
+            group.addoption(opt.cli, action="append", dest=opt.dest, default=None, metavar=opt.metavar, help=opt.help + default_text)
+            parser.addini(opt.ini, help=opt.help, type="args", default=[])
         else:
             group.addoption(opt.cli, action="store", dest=opt.dest, default=None, metavar=opt.metavar, help=opt.help + default_text)
             parser.addini(opt.ini, help=opt.help, type="string", default="")
 
 
-PATH_OPTIONS = frozenset({"model", "target", "retrain", "data", "json", "html", "cache_dir"})
+PATH_OPTIONS = frozenset({"model", "target", "retrain", "data", "json", "html", "cache_dir", "calibration"})
 
 
 def _effective(config: pytest.Config, opt: Option) -> Any:
@@ -45,6 +48,15 @@ def _effective(config: pytest.Config, opt: Option) -> Any:
     if value not in (None, ""):
         return value
     ini = config.getini(opt.ini)
+    if opt.multi:  # NAME=DIR entries: DIR relative to the ini file
+        base = config.inipath.parent if config.inipath is not None else config.rootpath
+        out = []
+        for entry in ini or []:
+            name, sep, path = str(entry).partition("=")
+            if sep and path and not Path(path).expanduser().is_absolute():
+                path = str((base / path).expanduser())
+            out.append(f"{name}{sep}{path}")
+        return out or opt.default
     if ini not in (None, "") and not (opt.flag and ini is False):
         if opt.name in PATH_OPTIONS and not str(ini).startswith("demo:"):
             base = config.inipath.parent if config.inipath is not None else config.rootpath
@@ -102,7 +114,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     from .verdict import item_id, plan_checks
 
     has_ref = session.run.retrain is not None or session.run.retrain_auc is not None
-    checks = plan_checks(session.run.quantizers, has_ref)
+    checks = plan_checks(session.run.all_quantizers, has_ref)
     metafunc.parametrize("budget_check", checks, ids=[item_id(q, c) for q, c in checks])
 
 
@@ -230,6 +242,6 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
         return None
     return [
         f"unlearn-assert: model={run.model} target={run.target} retrain={run.retrain or '-'} data={run.data}",
-        f"unlearn-assert: quantizers={','.join(run.quantizers)} budget=recovery<={run.budget.recovery:g} "
+        f"unlearn-assert: quantizers={','.join(run.all_quantizers)} budget=recovery<={run.budget.recovery:g} "
         f"utility>={run.budget.utility:g} |privleak|<={run.budget.privleak:g}",
     ]

@@ -76,6 +76,15 @@ class Settings(TypedDict, total=False):
     batch_size: int | None  # generation batch size; None = automatic
     max_samples: int | None  # per-split cap on items; None = all
     quantizers: list[str]  # quantizer ids in the order the user gave them (the table's row order)
+    calibration: Calibration | None  # GPTQ/AWQ calibration text; None when no quantizer calibrates
+
+
+class Calibration(TypedDict):
+    source: str  # "raw/retain.txt of DIR", "privleak/retain.json of DIR" or the --unlearn-calibration file
+    documents: int  # documents read from the source
+    n_samples: int  # at most this many windows, in order
+    seq_len: int  # tokens per window (capped by the model's context)
+    fingerprint: str  # sha256 of the documents and settings (part of GPTQ/AWQ cache keys)
 
 
 class _ProvenanceRequired(TypedDict):
