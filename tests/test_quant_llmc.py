@@ -194,3 +194,21 @@ def test_missing_calibration_is_an_error(target: LoadedModel) -> None:
     with pytest.raises(QuantizerError, match="needs calibration text"):
         with quantized(target, "awq-w4g32"):
             pass
+
+
+@pytest.mark.gpu
+def test_gptq_and_awq_on_cuda(tiny_model_dir: Path, tiny_unlearned_dir: Path, calibration: Calibration) -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    t = load_model(tiny_model_dir, device="cuda")
+    u = load_model(tiny_unlearned_dir, device="cuda")
+    before = _state(u)
+    ids = u.tokenizer("The river flows", return_tensors="pt").to("cuda")
+    for qid in ("gptq-w4g32", "awq-w4g32"):
+        with quantized(u, qid, target=t, calibration=calibration) as q:
+            assert all(p.device.type == "cuda" for p in q.model.parameters())
+            assert q.report.changed_fraction > 0.5 and 0 < q.report.code_agreement <= 1  # type: ignore[operator]
+            with torch.no_grad():
+                assert torch.isfinite(q.model(**ids).logits).all()
+    after = _state(u)
+    assert all(torch.equal(before[k], after[k]) for k in before)
