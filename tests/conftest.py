@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -79,6 +80,22 @@ def tiny_unlearned_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir:
     from unlearn_assert.demo.tinymodel import perturb_copy
 
     return perturb_copy(tiny_model_dir, tmp_path_factory.mktemp("tiny-unlearned"), scale=2e-2)
+
+
+@pytest.fixture(scope="module")
+def target(tiny_model_dir: Path) -> Any:
+    """The tiny target loaded on the CPU, once per test module (in-place quantizers restore it)."""
+    from unlearn_assert.models import load_model
+
+    return load_model(tiny_model_dir, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def unlearned(tiny_unlearned_dir: Path) -> Any:
+    """The tiny perturbed ("unlearned") model loaded on the CPU, once per test module."""
+    from unlearn_assert.models import load_model
+
+    return load_model(tiny_unlearned_dir, device="cpu")
 
 
 @pytest.fixture(scope="session")

@@ -37,16 +37,6 @@ NF4 = [-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.
        0.7229568362236023, 1.0]
 
 
-@pytest.fixture(scope="module")
-def target(tiny_model_dir: Path) -> LoadedModel:
-    return load_model(tiny_model_dir, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def unlearned(tiny_unlearned_dir: Path) -> LoadedModel:
-    return load_model(tiny_unlearned_dir, device="cpu")
-
-
 def _snapshot(loaded: LoadedModel) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in loaded.model.state_dict().items()}
 

@@ -22,16 +22,6 @@ from unlearn_assert.quant.hqq import hqq_codes  # noqa: E402
 IDS = ["hqq-w4g64", "hqq-w8g64", "hqq-w3g32"]
 
 
-@pytest.fixture(scope="module")
-def target(tiny_model_dir: Path) -> LoadedModel:
-    return load_model(tiny_model_dir, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def unlearned(tiny_unlearned_dir: Path) -> LoadedModel:
-    return load_model(tiny_unlearned_dir, device="cpu")
-
-
 def _snapshot(loaded: LoadedModel) -> tuple[dict[str, torch.Tensor], dict[str, nn.Module]]:
     return {k: v.detach().clone() for k, v in loaded.model.state_dict().items()}, dict(loaded.model.named_modules())
 

@@ -25,16 +25,6 @@ from unlearn_assert.quant.rtn import rtn_codes, rtn_params  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def target(tiny_model_dir: Path) -> LoadedModel:
-    return load_model(tiny_model_dir, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def unlearned(tiny_unlearned_dir: Path) -> LoadedModel:
-    return load_model(tiny_unlearned_dir, device="cpu")
-
-
-@pytest.fixture(scope="module")
 def calibration(tiny_data_dir: Path) -> Calibration:
     cal = calibration_from_data(load_data(tiny_data_dir))
     assert cal is not None

@@ -216,16 +216,6 @@ def test_spec_and_package_do_not_import_torch() -> None:
 # --------------------------------------------------------------------------- quantized() on the tiny checkpoints
 
 
-@pytest.fixture(scope="module")
-def target(tiny_model_dir: Path) -> LoadedModel:
-    return load_model(tiny_model_dir, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def unlearned(tiny_unlearned_dir: Path) -> LoadedModel:
-    return load_model(tiny_unlearned_dir, device="cpu")
-
-
 def _snapshot(loaded: LoadedModel) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in loaded.model.state_dict().items()}
 
