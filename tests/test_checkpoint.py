@@ -105,7 +105,8 @@ def _copy_with_config(src: Path, dst: Path, **changes: object) -> Path:
 
 
 def test_bad_entries_are_one_line_usage_errors(tmp_path: Path, tiny_model_dir: Path) -> None:
-    gptq = _copy_with_config(tiny_model_dir, tmp_path / "gptq", quantization_config={"quant_method": "gptq", "bits": 4})
+    gptq = _copy_with_config(tiny_model_dir, tmp_path / "gptq", quantization_config={"quant_method": "gptq", "bits": 3})
+    quanto = _copy_with_config(tiny_model_dir, tmp_path / "quanto", quantization_config={"quant_method": "quanto"})
     bnb_cfg = {"quant_method": "bitsandbytes", "load_in_4bit": True, "bnb_4bit_quant_type": "nf4"}
     wide = _copy_with_config(tiny_model_dir, tmp_path / "wide", hidden_size=128, quantization_config=bnb_cfg)
     ok = _copy_with_config(tiny_model_dir, tmp_path / "ok", quantization_config=bnb_cfg)
@@ -116,7 +117,8 @@ def test_bad_entries_are_one_line_usage_errors(tmp_path: Path, tiny_model_dir: P
         (f"fp={gptq}", "NAME must be letters"),
         (f"x={tmp_path / 'missing'}", "does not exist"),
         (f"x={tiny_model_dir}", "has no quantization_config"),
-        (f"x={gptq}", "'gptq' is not supported; re-export it with llm-compressor"),
+        (f"x={gptq}", "GPTQ 3-bit packing is not supported .* re-export it with llm-compressor"),
+        (f"x={quanto}", "'quanto' is not supported; use a compressed-tensors, bitsandbytes, GPTQ or AWQ"),
         (f"x={wide}", "its hidden_size is 128 but the target's is 96"),
         (f"x={ok} x={ok}", "given twice"),
     ]

@@ -58,8 +58,8 @@ OPTIONS: tuple[Option, ...] = (
            "Default: recovery=0.25 utility=0.9 privleak=25 floor=5.", "", "EXPR"),
     Option("calibration", "Calibration text for GPTQ/AWQ: a .txt, .json or .jsonl file (default: the data dir's "
            "raw/retain.txt, else privleak/retain.json).", None, "FILE"),
-    Option("quantized", "A checkpoint you already quantized, NAME=DIR (compressed-tensors or bitsandbytes; repeatable): "
-           "gated as one more quantizer row named NAME.", None, "NAME=DIR", multi=True),
+    Option("quantized", "A checkpoint you already quantized, NAME=DIR (compressed-tensors, bitsandbytes, GPTQ or AWQ; "
+           "repeatable): gated as one more quantizer row named NAME.", None, "NAME=DIR", multi=True),
     Option("json", "Write the JSON report to this path.", None, "PATH"),
     Option("html", "Write the self-contained HTML report to this path.", None, "PATH"),
     Option("device", "Device to evaluate on: auto, cpu, cuda or cuda:N.", "auto", "DEVICE"),

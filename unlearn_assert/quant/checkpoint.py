@@ -15,10 +15,10 @@ Formats (read from ``config.json``'s ``quantization_config``):
 * ``bitsandbytes`` (4-bit FP4/NF4 or LLM.int8 saved with ``save_pretrained``): loaded through
   transformers into the real bitsandbytes modules, with the CPU fixes of ``quant/bnb.py``. Needs
   ``unlearn-assert[bnb]``.
-* ``gptq`` / ``awq`` (auto-gptq, gptqmodel, AutoAWQ exports): transformers loads them only through
-  gptqmodel, which does not install next to this project's torch pin (see docs/quantizers.md), so
-  they are refused at option time with the fix: re-export the model with llm-compressor (the
-  compressed-tensors format), or gate it on a machine where gptqmodel is installed.
+* ``gptq`` (auto-gptq / gptqmodel / optimum exports, 2/4/8 bits, v1 or v2 zero points, act-order
+  ``g_idx``) and ``awq`` (AutoAWQ GEMM, 4 bits): transformers loads them only through gptqmodel,
+  which does not install next to this project's torch pin, so :mod:`unlearn_assert.quant.packed`
+  decodes their integer packing to dense weights (no extra library).
 
 A missing library is a skip with the install command, as for the backends; an unsupported or
 malformed artifact is a usage error at option time.
@@ -49,6 +49,8 @@ if TYPE_CHECKING:  # pragma: no cover
 SUPPORTED = {
     "compressed-tensors": ("compressed_tensors", "pip install 'unlearn-assert[gptq]'"),
     "bitsandbytes": ("bitsandbytes", "pip install 'unlearn-assert[bnb]'"),
+    "gptq": ("safetensors", "pip install unlearn-assert"),
+    "awq": ("safetensors", "pip install unlearn-assert"),
 }
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+]*")
 CONFIG_KEYS = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers")
@@ -74,6 +76,15 @@ def _describe(method: str, qc: dict[str, Any], where: str) -> tuple[int | None, 
         if qc.get("load_in_8bit"):
             return 8, None, True, "int8"
         raise ConfigError(f"{where}: bitsandbytes config has neither load_in_4bit nor load_in_8bit; re-save the quantized model")
+    if method in ("gptq", "awq"):
+        bits = int(qc.get("bits", qc.get("w_bit", 4)))
+        group = int(qc.get("group_size", qc.get("q_group_size", 128)))
+        sym = bool(qc.get("sym", True)) if method == "gptq" else not qc.get("zero_point", True)
+        if method == "gptq" and bits not in (2, 4, 8):
+            raise ConfigError(f"{where}: GPTQ {bits}-bit packing is not supported (2, 4, 8 are); re-export it with llm-compressor")
+        if method == "awq" and (bits != 4 or str(qc.get("version", "gemm")).lower() != "gemm"):
+            raise ConfigError(f"{where}: AWQ {qc.get('version')} {bits}-bit is not supported (GEMM 4-bit is); re-export it with llm-compressor")
+        return bits, None if group <= 0 else group, sym, method
     groups = qc.get("config_groups") or {}
     weights = next((g.get("weights") for g in groups.values() if isinstance(g, dict) and g.get("weights")), None)
     if not isinstance(weights, dict):
@@ -103,9 +114,8 @@ def read_checkpoint(name: str, path: str, target: str | None = None) -> Checkpoi
                           "gate a full-precision model with --unlearn-model and a quantizer id in --unlearn-quantizers")
     method = str(qc.get("quant_method", ""))
     if method not in SUPPORTED:
-        fix = ("re-export it with llm-compressor (compressed-tensors format), or gate it where gptqmodel is installed"
-               if method in ("gptq", "awq") else "use a compressed-tensors or bitsandbytes checkpoint")
-        raise ConfigError(f"{where}: quantization method '{method}' is not supported; {fix}")
+        raise ConfigError(f"{where}: quantization method '{method}' is not supported; "
+                          "use a compressed-tensors, bitsandbytes, GPTQ or AWQ (GEMM) checkpoint")
     if target is not None:
         try:
             t_config = json.loads((Path(target) / "config.json").read_text(encoding="utf-8"))
@@ -157,6 +167,18 @@ def _load(info: CheckpointInfo, device: str, dtype: str | None) -> Any:
     config = json.loads((Path(info.path) / "config.json").read_text(encoding="utf-8"))
     torch_dtype = resolve_dtype(dtype, config.get("dtype") or config.get("torch_dtype"))
     dev = resolve_device(device)
+    if info.method in ("gptq", "awq"):
+        from .packed import load_packed
+
+        try:
+            model = load_packed(info.path, info.method, config["quantization_config"], config, torch_dtype, dev)
+        except ModelError:
+            raise
+        except Exception as exc:
+            raise ModelError(f"cannot decode {info.method} checkpoint '{info.name}' from '{info.path}' ({type(exc).__name__}: {exc}); "
+                             "re-export it with llm-compressor") from None
+        model.eval()
+        return model, str(torch_dtype).removeprefix("torch."), dev
     if info.method == "compressed-tensors":
         from transformers import CompressedTensorsConfig
 

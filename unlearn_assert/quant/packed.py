@@ -1,0 +1,135 @@
+"""Decode GPTQ and AWQ packed checkpoints (auto-gptq / gptqmodel / AutoAWQ exports) to dense weights.
+
+Why our own decoder: transformers loads these formats only through gptqmodel, which does not
+install next to this project's torch pin (docs/quantizers.md), yet they are what most quantized
+models on the hub are. The formats are plain integer packing, so decoding them is a few tensor
+operations, written from the format descriptions below and tested against hand-packed words:
+
+* **GPTQ** (``quant_method: gptq``; bits 2, 4 or 8): per linear layer ``qweight`` int32
+  ``(in * bits / 32, out)`` packs ``32 / bits`` consecutive *input* rows per word, lowest bits
+  first; ``qzeros`` int32 ``(groups, out * bits / 32)`` packs consecutive *output* columns the same
+  way; ``scales`` ``(groups, out)``; ``g_idx`` int32 ``(in,)``, the group of each input row (absent:
+  ``row // group_size``). ``checkpoint_format: gptq`` (v1, the default) stores every zero point
+  minus one; ``gptq_v2`` stores it as is. ``W[o, i] = scales[g, o] * (q[i, o] - zero[g, o])`` with
+  ``g = g_idx[i]``.
+* **AWQ GEMM** (``quant_method: awq``, ``version: gemm``, 4 bits): ``qweight`` int32
+  ``(in, out / 8)`` and ``qzeros`` int32 ``(groups, out / 8)`` pack 8 output columns per word in
+  the interleaved order 0, 2, 4, 6, 1, 3, 5, 7 (nibble ``k`` holds column ``ORDER[k]``); ``scales``
+  ``(groups, out)``; groups are consecutive input rows. ``W[o, i] = scales[g, o] * (q[i, o] - zero[g, o])``.
+
+The result is a dense state dict; the model is built from its config (without the
+``quantization_config``) and loaded with it strictly, so a layer the decoder missed is an error.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..errors import ModelError
+
+#: AWQ's GEMM packing: nibble k of a word holds output column AWQ_ORDER[k] of its 8.
+AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
+
+
+def unpack_rows(packed: torch.Tensor, bits: int) -> torch.Tensor:
+    """int32 ``(n, m)`` with ``32 / bits`` values per word along dim 0 -> int32 ``(n * 32 / bits, m)``."""
+    per = 32 // bits
+    shifts = torch.arange(0, 32, bits, dtype=torch.int32, device=packed.device)
+    vals = (packed[:, None, :] >> shifts[None, :, None]) & (2**bits - 1)
+    return vals.reshape(packed.shape[0] * per, packed.shape[1])
+
+
+def unpack_cols(packed: torch.Tensor, bits: int) -> torch.Tensor:
+    """int32 ``(n, m)`` with ``32 / bits`` values per word along dim 1 -> int32 ``(n, m * 32 / bits)``."""
+    return unpack_rows(packed.T.contiguous(), bits).T
+
+
+def decode_gptq(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, g_idx: torch.Tensor | None,
+                bits: int, group_size: int, v1: bool = True) -> torch.Tensor:
+    """Dense ``(out, in)`` float32 weight of one GPTQ layer (see the module docstring)."""
+    if bits not in (2, 4, 8):
+        raise ModelError(f"GPTQ {bits}-bit packing is not supported (2, 4 and 8 are); re-export the model with llm-compressor")
+    q = unpack_rows(qweight.to(torch.int32), bits)  # (in, out)
+    zeros = unpack_cols(qzeros.to(torch.int32), bits) + (1 if v1 else 0)  # (groups, out)
+    n_in = q.shape[0]
+    if g_idx is None:
+        g_idx = torch.arange(n_in, device=q.device) // group_size
+    g = g_idx.long()
+    w = (q - zeros[g, : q.shape[1]]).float() * scales.float()[g, : q.shape[1]]
+    return w.T.contiguous()
+
+
+def decode_awq(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Dense ``(out, in)`` float32 weight of one AWQ GEMM 4-bit layer (see the module docstring)."""
+    order = torch.tensor(AWQ_ORDER, device=qweight.device)
+    inverse = torch.argsort(order)  # column c of a word is nibble inverse[c]
+
+    def unpack(packed: torch.Tensor) -> torch.Tensor:
+        nibbles = unpack_cols(packed.to(torch.int32), 4).reshape(packed.shape[0], -1, 8)  # (..., word, nibble)
+        return nibbles[:, :, inverse].reshape(packed.shape[0], -1)
+
+    q, zeros = unpack(qweight), unpack(qzeros)  # (in, out), (groups, out)
+    g = torch.arange(q.shape[0], device=q.device) // group_size
+    w = (q - zeros[g]).float() * scales.float()[g]
+    return w.T.contiguous()
+
+
+def dense_state_dict(tensors: dict[str, torch.Tensor], method: str, qc: dict[str, Any], where: str) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Replace every packed layer (``<name>.qweight`` ...) by ``<name>.weight``; return the dense
+    state dict and the decoded layer names."""
+    bits = int(qc.get("bits", qc.get("w_bit", 4)))
+    group = int(qc.get("group_size", qc.get("q_group_size", 128)))
+    out: dict[str, torch.Tensor] = {}
+    layers = sorted(k[: -len(".qweight")] for k in tensors if k.endswith(".qweight"))
+    packed_keys = {f"{n}.{s}" for n in layers for s in ("qweight", "qzeros", "scales", "g_idx")}
+    for name in layers:
+        try:
+            qweight, qzeros, scales = tensors[f"{name}.qweight"], tensors[f"{name}.qzeros"], tensors[f"{name}.scales"]
+        except KeyError as exc:
+            raise ModelError(f"{where}: layer {name} has a qweight but no {exc.args[0]}; the checkpoint is incomplete") from None
+        if group <= 0:  # -1: one group per row
+            group = qweight.shape[0] * (32 // bits) if method == "gptq" else qweight.shape[0]
+        if method == "gptq":
+            v1 = str(qc.get("checkpoint_format", "gptq")) != "gptq_v2"
+            out[f"{name}.weight"] = decode_gptq(qweight, qzeros, scales, tensors.get(f"{name}.g_idx"), bits, group, v1)
+        else:
+            if bits != 4 or str(qc.get("version", "gemm")).lower() != "gemm":
+                raise ModelError(f"{where}: AWQ {qc.get('version')} {bits}-bit packing is not supported (GEMM 4-bit is); "
+                                 "re-export the model with llm-compressor")
+            out[f"{name}.weight"] = decode_awq(qweight, qzeros, scales, group)
+    if not layers:
+        raise ModelError(f"{where}: no packed layer (<name>.qweight) in the weights; is this really a {method} checkpoint?")
+    for key, value in tensors.items():
+        if key not in packed_keys:
+            out[key] = value
+    return out, layers
+
+
+def load_packed(path: str, method: str, qc: dict[str, Any], config: dict[str, Any], dtype: torch.dtype, device: str) -> Any:
+    """Build the model from ``config`` (minus its quantization_config) and load the decoded weights."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from ..models import quiet_transformers
+
+    where = f"checkpoint '{path}'"
+    tensors: dict[str, torch.Tensor] = {}
+    for file in sorted(Path(path).glob("*.safetensors")):
+        tensors.update(load_file(str(file)))
+    dense, _ = dense_state_dict(tensors, method, qc, where)
+    del tensors
+    cfg = AutoConfig.for_model(**{k: v for k, v in config.items() if k not in ("quantization_config", "transformers_version")})
+    with quiet_transformers():
+        model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
+    if getattr(cfg, "tie_word_embeddings", False) and "lm_head.weight" not in dense and "model.embed_tokens.weight" in dense:
+        dense["lm_head.weight"] = dense["model.embed_tokens.weight"]
+    result = model.load_state_dict({k: v.to(dtype) if v.is_floating_point() else v for k, v in dense.items()}, strict=False)
+    missing = [k for k in result.missing_keys if not k.endswith("rotary_emb.inv_freq")]
+    if missing or result.unexpected_keys:
+        raise ModelError(f"{where}: decoded weights do not match the architecture (missing {missing[:3]}, unexpected "
+                         f"{result.unexpected_keys[:3]}); re-export the model with llm-compressor")
+    return model.to(device)
