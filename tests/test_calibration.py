@@ -109,3 +109,10 @@ def test_resolve_prefers_the_file(tmp_path: Path) -> None:
 
 def test_which_quantizers_calibrate() -> None:
     assert needs_calibration(("rtn-w4g128", "gptq-w4g128", "bnb-fp4", "awq-w4g128")) == ["gptq-w4g128", "awq-w4g128"]
+
+
+def test_public_names() -> None:
+    import unlearn_assert as ua
+
+    assert ua.Calibration is Calibration and ua.load_calibration is load_calibration_file
+    assert ua.calibration_from_data is calibration_from_data

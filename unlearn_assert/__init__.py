@@ -17,6 +17,9 @@ _LAZY = {
     "load_data": "unlearn_assert.data:load_data",
     "MuseData": "unlearn_assert.data:MuseData",
     "quantized": "unlearn_assert.quant:quantized",
+    "Calibration": "unlearn_assert.quant.calibration:Calibration",
+    "load_calibration": "unlearn_assert.quant.calibration:load_calibration_file",
+    "calibration_from_data": "unlearn_assert.quant.calibration:calibration_from_data",
     "evaluate": "unlearn_assert.metrics:evaluate",
 }
 
