@@ -202,3 +202,16 @@ def test_gptq_and_awq_on_cuda(tiny_model_dir: Path, tiny_unlearned_dir: Path, ca
                 assert torch.isfinite(q.model(**ids).logits).all()
     after = _state(u)
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_a_library_failure_is_one_clear_error(target: LoadedModel, calibration: Calibration, monkeypatch: pytest.MonkeyPatch) -> None:
+    import unlearn_assert.quant.llmc as llmc
+
+    def broken(**_: object) -> None:
+        raise RuntimeError("no mapping for this layer\nsecond line")
+
+    monkeypatch.setattr(llmc, "oneshot", broken)
+    with pytest.raises(QuantizerError, match=r"llm-compressor could not run gptq-w4g32 on this LlamaForCausalLM \(RuntimeError: no mapping") as info:
+        with quantized(target, "gptq-w4g32", calibration=calibration):
+            pass
+    assert "\n" not in str(info.value)

@@ -175,9 +175,16 @@ class LlmcBackend:
         max_pos = getattr(getattr(model, "config", None), "max_position_embeddings", None)
         windows = calibration.windows(tokenizer, max_pos)
         ds = Dataset.from_list([{"input_ids": w, "attention_mask": [1] * len(w)} for w in windows])
-        with _quiet():
-            oneshot(model=model, dataset=ds, recipe=self.recipe(names), num_calibration_samples=len(windows),
-                    max_seq_length=max(len(w) for w in windows), shuffle_calibration_samples=False, batch_size=1)
+        try:
+            with _quiet():
+                oneshot(model=model, dataset=ds, recipe=self.recipe(names), num_calibration_samples=len(windows),
+                        max_seq_length=max(len(w) for w in windows), shuffle_calibration_samples=False, batch_size=1)
+        except (KeyboardInterrupt, MemoryError):
+            raise
+        except Exception as exc:  # llm-compressor raises many types (tracing, mappings, shapes)
+            arch = type(model).__name__
+            raise QuantizerError(f"llm-compressor could not run {self.spec.id} on this {arch} ({type(exc).__name__}: {exc}); "
+                                 f"try another quantizer id, or report the architecture") from exc
 
     def _quantize_copy(self, loaded: LoadedModel, calibration: Calibration, skip: Sequence[str]) -> tuple[nn.Module, list[str]]:
         model = copy.deepcopy(loaded.model)
