@@ -120,11 +120,11 @@ def test_bad_entries_are_one_line_usage_errors(tmp_path: Path, tiny_model_dir: P
         (f"x={gptq}", "GPTQ 3-bit packing is not supported .* re-export it with llm-compressor"),
         (f"x={quanto}", "'quanto' is not supported; use a compressed-tensors, bitsandbytes, GPTQ or AWQ"),
         (f"x={wide}", "its hidden_size is 128 but the target's is 96"),
-        (f"x={ok} x={ok}", "given twice"),
+        ([f"x={ok}", f"x={ok}"], "given twice"),
     ]
     for entry, message in cases:
         with pytest.raises(ConfigError, match=message) as info:
-            parse_quantized_option([entry], str(tiny_model_dir))
+            parse_quantized_option(entry if isinstance(entry, list) else [entry], str(tiny_model_dir))
         assert "\n" not in str(info.value) and str(info.value).startswith("--unlearn-quantized")
 
 
@@ -133,3 +133,21 @@ def test_bad_entry_exits_4(pytester: pytest.Pytester, tiny_unlearned_dir: Path, 
                                                       f"--unlearn-quantized=plain={tiny_model_dir}"))
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--unlearn-quantized plain=*has no quantization_config*--unlearn-quantizers*"])
+
+
+def _config(**options: object):
+    from unlearn_assert.config import OPTIONS, build_run_config
+
+    return build_run_config(lambda opt: options.get(opt.name, opt.default), check_paths=False)
+
+
+def test_budgets_may_name_checkpoints_and_nothing_is_checked_without_a_model(tmp_path: Path, tiny_model_dir: Path) -> None:
+    ok = _copy_with_config(tiny_model_dir, tmp_path / "with space" / "ok",
+                           quantization_config={"quant_method": "bitsandbytes", "load_in_4bit": True})
+    cfg = _config(model=str(tiny_model_dir), quantized=[f"mine={ok}"], budget="recovery@mine=0.1 recovery@rtn-w8=0.2")
+    assert cfg.checkpoint("mine").path == str(ok) and cfg.budget.recovery_for("knowmem_f", "mine") == 0.1
+    assert cfg.all_quantizers == (*cfg.quantizers, "mine")
+    with pytest.raises(ConfigError, match="'recovery@other' names no quantizer id and no --unlearn-quantized checkpoint"):
+        _config(model=str(tiny_model_dir), quantized=[f"mine={ok}"], budget="recovery@other=0.1")
+    # the plugin is off without --unlearn-model: a stale ini entry must not break every pytest run
+    assert _config(quantized=[f"mine={tmp_path / 'missing'}"], calibration=str(tmp_path / "missing.txt")).prequantized == ()

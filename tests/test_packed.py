@@ -126,3 +126,21 @@ def test_a_gptq_export_of_the_tiny_model_loads_as_its_dense_weights(tmp_path: Pa
         ids = loaded.tokenizer("The river", return_tensors="pt")
         with torch.no_grad():
             assert torch.isfinite(loaded.model(**ids).logits).all()
+
+
+def test_group_size_minus_one_is_per_layer() -> None:
+    from unlearn_assert.quant.packed import dense_state_dict
+
+    gen = torch.Generator().manual_seed(1)
+    tensors: dict[str, torch.Tensor] = {}
+    expected = {}
+    for name, n_in in (("a", 32), ("b", 64)):  # one group per row, of each layer's own width
+        q = torch.randint(0, 16, (n_in, 8), generator=gen)
+        zeros = torch.randint(1, 16, (1, 8), generator=gen)
+        scales = torch.rand(1, 8, generator=gen).half() + 0.01
+        qweight, qzeros = pack_gptq(q, zeros, 4)
+        tensors.update({f"{name}.qweight": qweight, f"{name}.qzeros": qzeros, f"{name}.scales": scales})
+        expected[f"{name}.weight"] = ((q - zeros).float() * scales.float()).T
+    dense, layers = dense_state_dict(tensors, "gptq", {"bits": 4, "group_size": -1}, "test")
+    assert layers == ["a", "b"]
+    assert all(torch.equal(dense[k], v) for k, v in expected.items())

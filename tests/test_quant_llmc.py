@@ -175,7 +175,7 @@ def test_gptq_with_an_identity_hessian_is_rtn(target: LoadedModel, calibration: 
 
 
 def test_group_size_that_does_not_divide_is_one_clear_error(target: LoadedModel, calibration: Calibration) -> None:
-    with pytest.raises(QuantizerError, match=r"group size 128 does not divide .*down_proj \(192\).*pick a group size"):
+    with pytest.raises(QuantizerError, match=r"group size 128 does not divide .*\(96\).*pick a group size"):
         with quantized(target, "gptq-w4g128", calibration=calibration):
             pass
 
@@ -215,3 +215,23 @@ def test_a_library_failure_is_one_clear_error(target: LoadedModel, calibration: 
         with quantized(target, "gptq-w4g32", calibration=calibration):
             pass
     assert "\n" not in str(info.value)
+
+
+def test_quantized_copies_are_freed(unlearned: LoadedModel, target: LoadedModel, calibration: Calibration) -> None:
+    """llm-compressor's session and torch.fx's patch table would keep every copy alive."""
+    import gc
+    import weakref
+
+    refs = []
+    for qid in ("gptq-w4g32", "awq-w4g32"):
+        with quantized(unlearned, qid, target=target, calibration=calibration) as q:
+            refs.append(weakref.ref(q.model))
+        del q
+        gc.collect()
+    assert [r() for r in refs] == [None, None]
+
+
+def test_a_group_wider_than_a_layer_is_refused_up_front(target: LoadedModel, calibration: Calibration) -> None:
+    with pytest.raises(QuantizerError, match=r"group size 256 does not divide .*\(96\)"):
+        with quantized(target, "gptq-w4g256", calibration=calibration):
+            pass

@@ -19,6 +19,8 @@ from .errors import ConfigError, QuantizerError
 from .quant.spec import validate_quantizer_list
 
 DEFAULT_QUANTIZERS = "rtn-w4g128,rtn-w8"
+#: Names of --unlearn-quantized checkpoints (no '-', so they never read as quantizer ids).
+CHECKPOINT_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+]*")
 DEVICES_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -168,10 +170,13 @@ def parse_budget(text: str | Mapping[str, Any] | None, where: str = "--unlearn-b
             raise ConfigError(f"{where}: unknown budget key '{name}'; known keys: {', '.join(known)} (optionally KEY@QUANTIZER)")
         value = _budget_number(name, raw, where)
         if quantizer:
-            try:
-                validate_quantizer_list(quantizer)
-            except QuantizerError as exc:
-                raise ConfigError(f"{where}: in '{key}': {exc}") from None
+            # a quantizer id always has a '-'; a name without one is a --unlearn-quantized checkpoint
+            # (build_run_config checks that it exists)
+            if "-" in quantizer or not CHECKPOINT_NAME_RE.fullmatch(quantizer):
+                try:
+                    validate_quantizer_list(quantizer)
+                except QuantizerError as exc:
+                    raise ConfigError(f"{where}: in '{key}': {exc}") from None
             overrides.append((name, quantizer, value))
         elif name in RECOVERY_METRICS:
             overrides.append((name, None, value))
@@ -269,7 +274,7 @@ def build_run_config(get: Callable[[Option], Any], *, check_paths: bool = True) 
     except QuantizerError as exc:
         raise ConfigError(f"--unlearn-quantizers: {exc}") from None
     values["budget"] = parse_budget(raw["budget"] or "")
-    if values["calibration"] is not None:
+    if values["calibration"] is not None and values["model"] is not None:
         from .quant.calibration import load_calibration_file
 
         load_calibration_file(values["calibration"])  # a missing or malformed file is a usage error now
@@ -301,11 +306,16 @@ def build_run_config(get: Callable[[Option], Any], *, check_paths: bool = True) 
         values["model"] = demo["model"]
         for name in ("target", "retrain", "data"):
             values[name] = values[name] or demo[name]
-    if raw["quantized"] not in (None, "", []):
+    if raw["quantized"] not in (None, "", []) and values["model"] is not None:  # without --unlearn-model nothing is checked
         from .quant.checkpoint import parse_quantized_option
 
         values["prequantized"] = parse_quantized_option(raw["quantized"], values["target"] if check_paths else None)
     cfg = RunConfig(**values)
+    names = {c.name for c in cfg.prequantized}
+    for key, quantizer, _ in cfg.budget.overrides:
+        if quantizer is not None and "-" not in quantizer and quantizer not in names:
+            raise ConfigError(f"--unlearn-budget: '{key}@{quantizer}' names no quantizer id and no --unlearn-quantized checkpoint; "
+                              f"checkpoints: {', '.join(sorted(names)) or 'none'}")
     if check_paths and cfg.enabled:
         check_run_paths(cfg)
     return cfg

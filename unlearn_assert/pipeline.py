@@ -82,7 +82,11 @@ class Engine:
         if self._calibration is None:
             from .quant.calibration import resolve_calibration
 
-            self._calibration = resolve_calibration(self.run.calibration, self.data)
+            from .data import load_data
+
+            # the full data set: --unlearn-max-samples limits what is evaluated, not the calibration text
+            full = self.data if self.run.max_samples is None else load_data(str(self.run.data))
+            self._calibration = resolve_calibration(self.run.calibration, full)
         return self._calibration
 
     def fingerprint(self, role: str) -> str:
@@ -216,10 +220,12 @@ class Engine:
 
     def _quantized(self, role: str, quantizer: str) -> Any:
         """Context manager: the quantized view of a model, from a backend or the user's own checkpoint."""
-        loaded = self.model(role)
         checkpoint = self.run.checkpoint(quantizer)
         if checkpoint is not None:
-            return _checkpoint_view(checkpoint, loaded, self.run)
+            if role != "unlearned":
+                raise ValueError(f"'{quantizer}' is your quantized unlearned checkpoint; there is no {role} version of it")
+            return _checkpoint_view(checkpoint, self.model(role), self.run)
+        loaded = self.model(role)
         from .quant import quantized
 
         target = self.model("target") if role == "unlearned" else None

@@ -64,7 +64,9 @@ class Calibration:
         stream: list[int] = []
         budget = self.n_samples * length
         for text in self.texts:
-            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            # never tokenize more than the windows can use: a token is at least one character, and
+            # 16 characters per token is far above any tokenizer's average
+            ids = tokenizer(text[: (budget - len(stream)) * 16], add_special_tokens=False)["input_ids"]
             stream.extend(ids)
             if eos is not None:
                 stream.append(int(eos))

@@ -32,7 +32,6 @@ available, and they need it.
 from __future__ import annotations
 
 import json
-import re
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -52,7 +51,7 @@ SUPPORTED = {
     "gptq": ("safetensors", "pip install unlearn-assert"),
     "awq": ("safetensors", "pip install unlearn-assert"),
 }
-NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+]*")
+from ..config import CHECKPOINT_NAME_RE as NAME_RE  # noqa: E402  one grammar for names, budgets and items
 CONFIG_KEYS = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers")
 
 
@@ -130,15 +129,17 @@ def read_checkpoint(name: str, path: str, target: str | None = None) -> Checkpoi
 
 
 def parse_quantized_option(values: Any, target: str | None = None) -> tuple[CheckpointInfo, ...]:
-    """``NAME=DIR`` entries (a list from the command line, or whitespace/newline-separated text
-    from the ini) -> validated checkpoints; names must be unique."""
+    """``NAME=DIR`` entries (a list: one entry per item; or a whitespace-separated string) ->
+    validated checkpoints; names must be unique."""
     if values in (None, "", []):
         return ()
-    items = values if isinstance(values, (list, tuple)) else str(values).split()
+    # a list (command line, ini) holds one entry per item, paths possibly with spaces; a plain
+    # string (library use) is split on whitespace
+    items = [str(v) for v in values] if isinstance(values, (list, tuple)) else str(values).split()
     out: list[CheckpointInfo] = []
-    for item in items:
-        for entry in str(item).split():
-            name, sep, path = entry.partition("=")
+    for entry in items:
+        if entry.strip():
+            name, sep, path = entry.strip().partition("=")
             if not sep or not name or not path:
                 raise ConfigError(f"--unlearn-quantized: '{entry}' is not NAME=DIR; write e.g. --unlearn-quantized my_gptq=out/model-gptq")
             if any(c.name == name for c in out):

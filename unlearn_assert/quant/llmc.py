@@ -12,7 +12,8 @@ transformers to 5.17 (the rest of unlearn-assert is tested with it).
 What runs: ``oneshot`` on a **copy** of the model (one extra copy of the weights at a time; the
 source is never written to) with
 
-* GPTQ: ``GPTQModifier`` (library defaults: dampening 0.01, block size 128, no act-order), symmetric
+* GPTQ: ``GPTQModifier`` (library defaults: dampening 0.01, block size 128, ``actorder="static"``:
+  columns visited in order of activation magnitude, group scales fixed beforehand), symmetric
   int grid by default (``-asym`` for a zero point), groups of ``g`` input columns;
 * AWQ: ``AWQModifier()`` (the architecture's smoothing mappings, default grid search) followed by
   ``QuantizationModifier``, asymmetric by default as AutoAWQ checkpoints are (``-sym`` allowed);
@@ -122,6 +123,25 @@ def _quiet() -> Iterator[None]:
             lc_logging.logger.enable("llmcompressor")
 
 
+@contextmanager
+def _no_lingering_references() -> Iterator[None]:
+    """llm-compressor keeps the last model alive after ``oneshot``: its global session holds it, and
+    its layer tracing registers the generated code's globals (which hold the model) in torch.fx's
+    module-level patch table. Both are undone here, so a quantized copy is freed when dropped
+    (otherwise every GPTQ/AWQ row would leak two models; a test checks with weak references)."""
+    import torch.fx._symbolic_trace as fx_trace
+    from llmcompressor.core import active_session
+
+    table: dict[Any, Any] = getattr(fx_trace, "_wrapped_fns_to_patch", {})
+    before = set(table)
+    try:
+        yield
+    finally:
+        for key in [k for k in table if k not in before]:
+            del table[key]
+        active_session().reset()
+
+
 def _materialize(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Replace a calibrated layer's weight by its fake-quantized value and strip the library's
     state; return (codes as int8, dequantized weight, scale, zero point)."""
@@ -156,12 +176,13 @@ class LlmcBackend:
         raise NotImplementedError
 
     def targets(self, model: nn.Module, skip_modules: Sequence[str]) -> dict[str, nn.Linear]:
-        """Linear layers to quantize; a group size that does not divide a layer is one clear error
-        (the library would stop with it after calibrating earlier layers)."""
+        """Linear layers to quantize; a group size that does not divide a layer's input width (also
+        one larger than it) is one clear error: compressed-tensors would stop on it after
+        calibrating the earlier layers."""
         group = self.spec.group_size
         assert group is not None
         todo = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear) and not skipped(n, skip_modules)}
-        bad = [f"{n} ({m.in_features})" for n, m in todo.items() if m.in_features > group and m.in_features % group]
+        bad = [f"{n} ({m.in_features})" for n, m in todo.items() if m.in_features % group]
         if bad:
             raise QuantizerError(
                 f"quantizer '{self.spec.id}': group size {group} does not divide the input width of {len(bad)} layer(s), e.g. "
@@ -176,9 +197,10 @@ class LlmcBackend:
         windows = calibration.windows(tokenizer, max_pos)
         ds = Dataset.from_list([{"input_ids": w, "attention_mask": [1] * len(w)} for w in windows])
         try:
-            with _quiet():
+            with _quiet(), _no_lingering_references():
                 oneshot(model=model, dataset=ds, recipe=self.recipe(names), num_calibration_samples=len(windows),
-                        max_seq_length=max(len(w) for w in windows), shuffle_calibration_samples=False, batch_size=1)
+                        max_seq_length=max(len(w) for w in windows), shuffle_calibration_samples=False, batch_size=1,
+                        processor=tokenizer)
         except (KeyboardInterrupt, MemoryError):
             raise
         except Exception as exc:  # llm-compressor raises many types (tracing, mappings, shapes)
@@ -198,11 +220,11 @@ class LlmcBackend:
     @staticmethod
     def _finish(model: nn.Module, names: list[str], device: Any) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Turn a calibrated copy into a plain model: undo llm-compressor's offloading dispatch
-        (weights onloaded to the execution device), materialize every quantized layer, drop the
+        (weights stay on their own device, then move to ``device``), materialize every quantized layer, drop the
         leftover instance-level forwards; return {layer: (codes, weight, scale)}."""
         from compressed_tensors.offload import remove_dispatch
 
-        remove_dispatch(model, onload_tensors=True)
+        remove_dispatch(model, onload_tensors=False)  # tensors stay where they were offloaded (the source's device)
         out = {}
         for name in names:
             codes, w_hat, scale, _ = _materialize(model.get_submodule(name))

@@ -76,34 +76,38 @@ def decode_awq(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor
     return w.T.contiguous()
 
 
-def dense_state_dict(tensors: dict[str, torch.Tensor], method: str, qc: dict[str, Any], where: str) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Replace every packed layer (``<name>.qweight`` ...) by ``<name>.weight``; return the dense
-    state dict and the decoded layer names."""
+def dense_state_dict(tensors: dict[str, torch.Tensor], method: str, qc: dict[str, Any], where: str,
+                     dtype: torch.dtype = torch.float32) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Replace every packed layer (``<name>.qweight`` ...) by ``<name>.weight`` in ``dtype``; return
+    the dense state dict and the decoded layer names. ``tensors`` is consumed (packed tensors are
+    dropped as their layer is decoded, so peak memory stays near one copy of the model)."""
     bits = int(qc.get("bits", qc.get("w_bit", 4)))
     group = int(qc.get("group_size", qc.get("q_group_size", 128)))
     out: dict[str, torch.Tensor] = {}
     layers = sorted(k[: -len(".qweight")] for k in tensors if k.endswith(".qweight"))
-    packed_keys = {f"{n}.{s}" for n in layers for s in ("qweight", "qzeros", "scales", "g_idx")}
     for name in layers:
         try:
-            qweight, qzeros, scales = tensors[f"{name}.qweight"], tensors[f"{name}.qzeros"], tensors[f"{name}.scales"]
+            qweight, qzeros, scales = tensors.pop(f"{name}.qweight"), tensors.pop(f"{name}.qzeros"), tensors.pop(f"{name}.scales")
         except KeyError as exc:
             raise ModelError(f"{where}: layer {name} has a qweight but no {exc.args[0]}; the checkpoint is incomplete") from None
-        if group <= 0:  # -1: one group per row
-            group = qweight.shape[0] * (32 // bits) if method == "gptq" else qweight.shape[0]
+        g_idx = tensors.pop(f"{name}.g_idx", None)
+        layer_group = group
+        if layer_group <= 0:  # -1: one group per row, i.e. the layer's whole input width
+            layer_group = qweight.shape[0] * (32 // bits) if method == "gptq" else qweight.shape[0]
         if method == "gptq":
             v1 = str(qc.get("checkpoint_format", "gptq")) != "gptq_v2"
-            out[f"{name}.weight"] = decode_gptq(qweight, qzeros, scales, tensors.get(f"{name}.g_idx"), bits, group, v1)
+            w = decode_gptq(qweight, qzeros, scales, g_idx, bits, layer_group, v1)
         else:
             if bits != 4 or str(qc.get("version", "gemm")).lower() != "gemm":
                 raise ModelError(f"{where}: AWQ {qc.get('version')} {bits}-bit packing is not supported (GEMM 4-bit is); "
                                  "re-export the model with llm-compressor")
-            out[f"{name}.weight"] = decode_awq(qweight, qzeros, scales, group)
+            w = decode_awq(qweight, qzeros, scales, layer_group)
+        out[f"{name}.weight"] = w.to(dtype)  # one float32 layer at a time, then the model's dtype
     if not layers:
         raise ModelError(f"{where}: no packed layer (<name>.qweight) in the weights; is this really a {method} checkpoint?")
-    for key, value in tensors.items():
-        if key not in packed_keys:
-            out[key] = value
+    for key in list(tensors):
+        value = tensors.pop(key)
+        out[key] = value.to(dtype) if value.is_floating_point() else value
     return out, layers
 
 
@@ -117,18 +121,27 @@ def load_packed(path: str, method: str, qc: dict[str, Any], config: dict[str, An
     from ..models import quiet_transformers
 
     where = f"checkpoint '{path}'"
+    root = Path(path)
+    index = root / "model.safetensors.index.json"
+    if index.is_file():  # sharded: exactly the files the index names
+        import json
+
+        files = sorted({root / f for f in json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()})
+    else:
+        files = sorted(root.glob("*.safetensors"))
     tensors: dict[str, torch.Tensor] = {}
-    for file in sorted(Path(path).glob("*.safetensors")):
+    for file in files:
         tensors.update(load_file(str(file)))
-    dense, _ = dense_state_dict(tensors, method, qc, where)
-    del tensors
+    dense, _ = dense_state_dict(tensors, method, qc, where, dtype)
     cfg = AutoConfig.for_model(**{k: v for k, v in config.items() if k not in ("quantization_config", "transformers_version")})
     with quiet_transformers():
         model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
-    if getattr(cfg, "tie_word_embeddings", False) and "lm_head.weight" not in dense and "model.embed_tokens.weight" in dense:
-        dense["lm_head.weight"] = dense["model.embed_tokens.weight"]
-    result = model.load_state_dict({k: v.to(dtype) if v.is_floating_point() else v for k, v in dense.items()}, strict=False)
-    missing = [k for k in result.missing_keys if not k.endswith("rotary_emb.inv_freq")]
+    result = model.load_state_dict(dense, strict=False)
+    del dense
+    if getattr(cfg, "tie_word_embeddings", False):
+        model.tie_weights()
+    tied = set(getattr(model, "_tied_weights_keys", None) or ()) if getattr(cfg, "tie_word_embeddings", False) else set()
+    missing = [k for k in result.missing_keys if not k.endswith("rotary_emb.inv_freq") and k not in tied]
     if missing or result.unexpected_keys:
         raise ModelError(f"{where}: decoded weights do not match the architecture (missing {missing[:3]}, unexpected "
                          f"{result.unexpected_keys[:3]}); re-export the model with llm-compressor")
