@@ -48,6 +48,7 @@ import sys
 import time
 import warnings
 from contextlib import contextmanager, redirect_stderr
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import torch
@@ -210,6 +211,9 @@ class LlmcBackend:
 
     def _quantize_copy(self, loaded: LoadedModel, calibration: Calibration, skip: Sequence[str]) -> tuple[nn.Module, list[str]]:
         model = copy.deepcopy(loaded.model)
+        # oneshot re-reads the config from name_or_path: make it the absolute local directory, so
+        # a relative path (after a chdir) or an empty one never becomes a hub lookup
+        model.config._name_or_path = str(Path(loaded.path).resolve())
         names = list(self.targets(model, skip))
         if not names:
             raise QuantizerError(f"quantizer '{self.spec.id}' found no linear layer in '{loaded.path}' outside skip_modules={list(skip)}")
