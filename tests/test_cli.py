@@ -41,3 +41,13 @@ def test_tiny_refuses_foreign_dirs_and_rebuilds_its_own(tmp_path: Path, tiny_dat
     assert main(["tiny", "--data", str(tiny_data_dir), "--out", str(own), "--steps", "1"]) == 0
     assert main(["tiny", "--data", str(tiny_data_dir), "--out", str(own), "--steps", "1"]) == 0
     assert (own / "model.safetensors").is_file()
+
+
+def test_quantize_with_gptq_needs_calibration_text(tiny_model_dir: Path, tiny_unlearned_dir: Path, tiny_data_dir: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["quantize", str(tiny_unlearned_dir), "-q", "gptq-w4g32"]) == 2
+    assert "calibrate on text; pass --calibration FILE" in capsys.readouterr().err
+    pytest.importorskip("llmcompressor", reason="the gptq backend needs llm-compressor: pip install 'unlearn-assert[gptq]'")
+    assert main(["quantize", str(tiny_unlearned_dir), "-q", "gptq-w4g32", "--target", str(tiny_model_dir),
+                 "--calibration", str(tiny_data_dir / "raw" / "retain.txt")]) == 0
+    assert "gptq-w4g32: 14 modules" in capsys.readouterr().out
