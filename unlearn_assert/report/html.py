@@ -208,9 +208,14 @@ def provenance_items(report: Report) -> list[tuple[str, str]]:
             f"{o.get('key')}[{o.get('quantizer') or 'all'}] {o.get('value')}" for o in overrides)
     items.append(("budgets", text or "-"))
     settings = prov.get("settings") or {}
-    items.append(("settings", "; ".join(
-        f"{k}: {', '.join(map(str, v)) if isinstance(v, list) else ('-' if v is None else v)}"
-        for k, v in settings.items()) or "-"))
+    def setting(v: Any) -> str:
+        if isinstance(v, list):
+            return ", ".join(map(str, v))
+        if isinstance(v, dict):  # calibration, quantized checkpoints
+            return json.dumps(json_safe(v), ensure_ascii=False) if v else "-"
+        return "-" if v is None else str(v)
+
+    items.append(("settings", "; ".join(f"{k}: {setting(v)}" for k, v in settings.items()) or "-"))
     shown = {"unlearn_assert", "python", "torch", "transformers", "backends", "machine", "models", "data",
              "budgets", "settings"}
     for key, value in prov.items():  # fields added later still show up, as compact JSON
