@@ -123,9 +123,18 @@ def test_a_gptq_export_of_the_tiny_model_loads_as_its_dense_weights(tmp_path: Pa
         for key, w in dense.items():
             assert torch.equal(modules[key[: -len(".weight")]].weight.float(), w.to(modules[key[: -len(".weight")]].weight.dtype).float())
         assert report.backend == "checkpoint:gptq" and len(report.modules) == 14 and report.changed_fraction > 0.5
-        ids = loaded.tokenizer("The river", return_tensors="pt")
+        # everything else (embeddings, norms, rotary buffers) is the source model's: same logits as
+        # the source model carrying the same dense weights
+        import copy
+
+        reference = copy.deepcopy(unlearned.model)
+        ref_modules = dict(reference.named_modules())
         with torch.no_grad():
-            assert torch.isfinite(loaded.model(**ids).logits).all()
+            for key, w in dense.items():
+                weight = ref_modules[key[: -len(".weight")]].weight
+                weight.copy_(w.to(weight.dtype))
+            ids = loaded.tokenizer("The river flows past the old mill", return_tensors="pt")
+            torch.testing.assert_close(loaded.model(**ids).logits, reference(**ids).logits, rtol=1e-5, atol=1e-5)
 
 
 def test_group_size_minus_one_is_per_layer() -> None:

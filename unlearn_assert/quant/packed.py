@@ -23,7 +23,7 @@ The result is a dense state dict; the model is built from its config (without th
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -76,15 +76,19 @@ def decode_awq(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor
     return w.T.contiguous()
 
 
-def dense_state_dict(tensors: dict[str, torch.Tensor], method: str, qc: dict[str, Any], where: str,
-                     dtype: torch.dtype = torch.float32) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Replace every packed layer (``<name>.qweight`` ...) by ``<name>.weight`` in ``dtype``; return
-    the dense state dict and the decoded layer names. ``tensors`` is consumed (packed tensors are
-    dropped as their layer is decoded, so peak memory stays near one copy of the model)."""
+def iter_dense(tensors: dict[str, torch.Tensor], method: str, qc: dict[str, Any], where: str,
+               dtype: torch.dtype = torch.float32) -> Iterator[tuple[str, torch.Tensor, bool]]:
+    """Yield ``(key, tensor, decoded)`` for the dense state dict, one tensor at a time, consuming
+    ``tensors``: every packed layer (``<name>.qweight`` ...) becomes ``<name>.weight`` in ``dtype``
+    (decoded in float32 one layer at a time), every other tensor passes through."""
     bits = int(qc.get("bits", qc.get("w_bit", 4)))
     group = int(qc.get("group_size", qc.get("q_group_size", 128)))
-    out: dict[str, torch.Tensor] = {}
     layers = sorted(k[: -len(".qweight")] for k in tensors if k.endswith(".qweight"))
+    if not layers:
+        raise ModelError(f"{where}: no packed layer (<name>.qweight) in the weights; is this really a {method} checkpoint?")
+    if method == "awq" and (bits != 4 or str(qc.get("version", "gemm")).lower() != "gemm"):
+        raise ModelError(f"{where}: AWQ {qc.get('version')} {bits}-bit packing is not supported (GEMM 4-bit is); "
+                         "re-export the model with llm-compressor")
     for name in layers:
         try:
             qweight, qzeros, scales = tensors.pop(f"{name}.qweight"), tensors.pop(f"{name}.qzeros"), tensors.pop(f"{name}.scales")
@@ -98,51 +102,83 @@ def dense_state_dict(tensors: dict[str, torch.Tensor], method: str, qc: dict[str
             v1 = str(qc.get("checkpoint_format", "gptq")) != "gptq_v2"
             w = decode_gptq(qweight, qzeros, scales, g_idx, bits, layer_group, v1)
         else:
-            if bits != 4 or str(qc.get("version", "gemm")).lower() != "gemm":
-                raise ModelError(f"{where}: AWQ {qc.get('version')} {bits}-bit packing is not supported (GEMM 4-bit is); "
-                                 "re-export the model with llm-compressor")
             w = decode_awq(qweight, qzeros, scales, layer_group)
-        out[f"{name}.weight"] = w.to(dtype)  # one float32 layer at a time, then the model's dtype
-    if not layers:
-        raise ModelError(f"{where}: no packed layer (<name>.qweight) in the weights; is this really a {method} checkpoint?")
+        yield f"{name}.weight", w.to(dtype), True
     for key in list(tensors):
         value = tensors.pop(key)
-        out[key] = value.to(dtype) if value.is_floating_point() else value
+        yield key, value.to(dtype) if value.is_floating_point() else value, False
+
+
+def dense_state_dict(tensors: dict[str, torch.Tensor], method: str, qc: dict[str, Any], where: str,
+                     dtype: torch.dtype = torch.float32) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The whole dense state dict and the decoded layer names (see :func:`iter_dense`)."""
+    out: dict[str, torch.Tensor] = {}
+    layers: list[str] = []
+    for key, value, decoded in iter_dense(tensors, method, qc, where, dtype):
+        out[key] = value
+        if decoded:
+            layers.append(key[: -len(".weight")])
     return out, layers
 
 
+def _empty_model(cfg: Any, dtype: torch.dtype) -> Any:
+    """The architecture with allocated but uninitialized weights (they are all overwritten next):
+    random initialization of a 7B model takes minutes on a CPU."""
+    from contextlib import nullcontext
+
+    from transformers import AutoModelForCausalLM
+
+    from ..models import quiet_transformers
+
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # pragma: no cover - older transformers
+        no_init_weights = nullcontext
+    with quiet_transformers(), no_init_weights():
+        return AutoModelForCausalLM.from_config(cfg, dtype=dtype)
+
+
 def load_packed(path: str, method: str, qc: dict[str, Any], config: dict[str, Any], dtype: torch.dtype, device: str) -> Any:
-    """Build the model from ``config`` (minus its quantization_config) and load the decoded weights."""
+    """Build the model from ``config`` (minus its quantization_config) and copy the decoded weights
+    into it layer by layer: peak memory is the model plus the packed checkpoint plus one float32 layer."""
+    import json
     from pathlib import Path
 
     from safetensors.torch import load_file
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from ..models import quiet_transformers
+    from transformers import AutoConfig
 
     where = f"checkpoint '{path}'"
     root = Path(path)
     index = root / "model.safetensors.index.json"
     if index.is_file():  # sharded: exactly the files the index names
-        import json
-
         files = sorted({root / f for f in json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()})
     else:
         files = sorted(root.glob("*.safetensors"))
     tensors: dict[str, torch.Tensor] = {}
     for file in files:
         tensors.update(load_file(str(file)))
-    dense, _ = dense_state_dict(tensors, method, qc, where, dtype)
     cfg = AutoConfig.for_model(**{k: v for k, v in config.items() if k not in ("quantization_config", "transformers_version")})
-    with quiet_transformers():
-        model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
-    result = model.load_state_dict(dense, strict=False)
-    del dense
+    model = _empty_model(cfg, dtype)
+    state = model.state_dict(keep_vars=True)
+    filled: set[str] = set()
+    unexpected: list[str] = []
+    with torch.no_grad():
+        for key, value, _ in iter_dense(tensors, method, qc, where, dtype):
+            target = state.get(key)
+            if target is None:
+                unexpected.append(key)
+                continue
+            if tuple(target.shape) != tuple(value.shape):
+                raise ModelError(f"{where}: {key} decodes to {tuple(value.shape)} but the architecture expects {tuple(target.shape)}; "
+                                 "re-export the model with llm-compressor")
+            target.data.copy_(value)
+            filled.add(key)
     if getattr(cfg, "tie_word_embeddings", False):
         model.tie_weights()
     tied = set(getattr(model, "_tied_weights_keys", None) or ()) if getattr(cfg, "tie_word_embeddings", False) else set()
-    missing = [k for k in result.missing_keys if not k.endswith("rotary_emb.inv_freq") and k not in tied]
-    if missing or result.unexpected_keys:
+    persistent = set(model.state_dict())  # non-persistent buffers (rotary inv_freq) are computed by the model itself
+    missing = sorted(k for k in persistent if k not in filled and k not in tied)
+    if missing or unexpected:
         raise ModelError(f"{where}: decoded weights do not match the architecture (missing {missing[:3]}, unexpected "
-                         f"{result.unexpected_keys[:3]}); re-export the model with llm-compressor")
+                         f"{unexpected[:3]}); re-export the model with llm-compressor")
     return model.to(device)
