@@ -17,8 +17,9 @@ operations, written from the format descriptions below and tested against hand-p
   the interleaved order 0, 2, 4, 6, 1, 3, 5, 7 (nibble ``k`` holds column ``ORDER[k]``); ``scales``
   ``(groups, out)``; groups are consecutive input rows. ``W[o, i] = scales[g, o] * (q[i, o] - zero[g, o])``.
 
-The result is a dense state dict; the model is built from its config (without the
-``quantization_config``) and loaded with it strictly, so a layer the decoder missed is an error.
+The model is built from its config (without the ``quantization_config``) with uninitialized
+weights, and every tensor is decoded and copied into it one layer at a time; a weight the
+checkpoint lacks, or one the architecture does not have, is an error.
 """
 
 from __future__ import annotations
