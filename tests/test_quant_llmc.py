@@ -235,3 +235,23 @@ def test_a_group_wider_than_a_layer_is_refused_up_front(target: LoadedModel, cal
     with pytest.raises(QuantizerError, match=r"group size 256 does not divide .*\(96\)"):
         with quantized(target, "gptq-w4g256", calibration=calibration):
             pass
+
+
+def test_target_codes_are_reused_by_the_next_unlearned_row(unlearned: LoadedModel, target: LoadedModel, calibration: Calibration,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gate computes q(T) before q(U): U's code agreement must then not quantize T again,
+    and must equal the agreement computed from scratch."""
+    import unlearn_assert.quant.llmc as llmc
+
+    llmc._GRIDS.clear()
+    with quantized(unlearned, "gptq-w4g32", target=target, calibration=calibration) as q:
+        scratch = q.report.code_agreement
+    calls = []
+    real = llmc.oneshot
+    monkeypatch.setattr(llmc, "oneshot", lambda **kw: (calls.append(kw["model"]), real(**kw))[1])
+    with quantized(target, "gptq-w4g32", calibration=calibration):
+        pass
+    with quantized(unlearned, "gptq-w4g32", target=target, calibration=calibration) as q:
+        reused = q.report.code_agreement
+    assert len(calls) == 2 and reused == scratch
+    assert llmc._GRIDS == {}  # popped: held only between the two rows

@@ -67,9 +67,9 @@ def needed_rows(quantizer: str, check: str) -> list[tuple[str, str]]:
     """Which (model, quantizer) rows an item needs; q(T) is shown beside recovery as context."""
     rows = [("target", FP), ("unlearned", FP)]
     if quantizer != FP:
-        rows.append(("unlearned", quantizer))
-        if check in RECOVERY_METRICS:
+        if check in RECOVERY_METRICS:  # q(T) first: a calibrated backend reuses its codes for U's code agreement
             rows.append(("target", quantizer))
+        rows.append(("unlearned", quantizer))
     return rows
 
 

@@ -94,7 +94,7 @@ finally:
 
 from ..errors import ModelError, QuantizerError  # noqa: E402
 from ..models import quiet_transformers  # noqa: E402
-from .rtn import skipped  # noqa: E402
+from .rtn import layer_weight, skipped  # noqa: E402
 from .spec import BNB_4BIT_BLOCKSIZE, QuantSpec  # noqa: E402
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -310,14 +310,6 @@ class BnbBackend:
                 if other is None or other.shape != param.shape or not torch.equal(other.to(param.device), param):
                     raise ModelError(f"the bnb copy of '{path}' differs from the model in memory at '{full}'; reload the model from its directory")
 
-    @staticmethod
-    def _weight_of(owner: LoadedModel, modules: dict[str, nn.Module], name: str, shape: torch.Size, role: str) -> torch.Tensor:
-        weight = getattr(modules.get(name), "weight", None)
-        if not isinstance(weight, torch.Tensor) or weight.shape != shape:
-            found = "missing" if weight is None else tuple(weight.shape)
-            raise ModelError(f"{role} '{owner.path}' has no weight '{name}.weight' of shape {tuple(shape)} ({found}); pass the target the model was unlearned from")
-        return weight.detach()
-
     @contextmanager
     def apply(
         self, loaded: LoadedModel, *, target: LoadedModel | None = None, skip_modules: Sequence[str] = ("lm_head",)
@@ -347,8 +339,8 @@ class BnbBackend:
                         if not isinstance(module, (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)):
                             continue
                         shape = torch.Size((module.out_features, module.in_features))
-                        w = self._weight_of(loaded, source_modules, name, shape, "model").to(device)
-                        t = None if target is None else self._weight_of(target, target_modules, name, shape, "target").to(device)  # type: ignore[arg-type]
+                        w = layer_weight(loaded, source_modules, name, shape, "model").to(device)
+                        t = None if target is None else layer_weight(target, target_modules, name, shape).to(device)  # type: ignore[arg-type]
                         if levels is None:
                             counts = _counts_int8(module, name, w, t)
                         else:

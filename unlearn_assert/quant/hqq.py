@@ -40,7 +40,7 @@ from torch import nn
 from hqq.core.quantize import BaseQuantizeConfig, HQQLinear, Quantizer
 
 from ..errors import ModelError, QuantizerError
-from .rtn import skipped
+from .rtn import layer_weight, skipped
 from .spec import QuantSpec
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -109,14 +109,6 @@ class HqqBackend:
                 f"{group * ROW_MULTIPLE.get(self.spec.bits, 1)}; pick another group size or skip the module"
             )
 
-    @staticmethod
-    def _target_weight(target: LoadedModel, modules: dict[str, nn.Module], name: str, shape: torch.Size) -> torch.Tensor:
-        weight = getattr(modules.get(name), "weight", None)
-        if not isinstance(weight, torch.Tensor) or weight.shape != shape:
-            found = "missing" if weight is None else tuple(weight.shape)
-            raise ModelError(f"target '{target.path}' has no weight '{name}.weight' of shape {tuple(shape)} ({found}); pass the target the model was unlearned from")
-        return weight.detach()
-
     @contextmanager
     def apply(
         self, loaded: LoadedModel, *, target: LoadedModel | None = None, skip_modules: Sequence[str] = ("lm_head",)
@@ -139,7 +131,7 @@ class HqqBackend:
             with torch.no_grad():
                 for name, module in todo.items():
                     w = module.weight.detach()
-                    t = None if target_modules is None else self._target_weight(target, target_modules, name, w.shape)  # type: ignore[arg-type]
+                    t = None if target_modules is None else layer_weight(target, target_modules, name, w.shape)  # type: ignore[arg-type]
                     bias = None if module.bias is None else module.bias.detach().clone()
                     layer = HQQLinear.from_weights(
                         w.clone(), bias, quant_config=self.quant_config, compute_dtype=dtype, device=device, del_orig=True

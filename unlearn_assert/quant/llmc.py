@@ -82,8 +82,8 @@ _import_llmcompressor()
 from llmcompressor import oneshot  # noqa: E402
 from llmcompressor.modifiers.quantization import GPTQModifier, QuantizationModifier  # noqa: E402
 
-from ..errors import ModelError, QuantizerError
-from .rtn import skipped
+from ..errors import QuantizerError
+from .rtn import layer_weight, skipped
 from .spec import QuantSpec
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -160,6 +160,20 @@ def _materialize(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.T
     for name in _LC_ATTRS:
         module.__dict__.pop(name, None)
     return codes, module.weight.detach(), scale, zero
+
+
+#: T's codes and scales from the last calibrated quantization of a model without a target (the gate's
+#: q(T) row), keyed by content; the unlearned model's row pops them for its code agreement instead
+#: of quantizing T again. One entry at most (int8 codes: half a bf16 copy, held between two rows).
+_GRIDS: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
+
+
+def _grid_key(spec: QuantSpec, model: LoadedModel, calibration: Calibration, skip: Sequence[str]) -> str:
+    return f"{model.fingerprint}:{spec.canonical_id}:{calibration.fingerprint}:{','.join(skip)}"
+
+
+def _grid(layers: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    return {name: (codes.cpu(), scale.cpu()) for name, (codes, _, scale) in layers.items()}
 
 
 class LlmcBackend:
@@ -258,13 +272,20 @@ class LlmcBackend:
         source = dict(loaded.model.named_modules())
         t_grid: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         if target is not None:
-            t_model, t_names = self._quantize_copy(target, calibration, skip_modules)
-            t_grid = {name: (codes.cpu(), scale.cpu()) for name, (codes, _, scale) in self._finish(t_model, t_names, target.device).items()}
-            del t_model
-            gc.collect()
+            t_grid = _GRIDS.pop(_grid_key(self.spec, target, calibration, skip_modules), None) or {}
+            if not t_grid:
+                t_model, t_names = self._quantize_copy(target, calibration, skip_modules)
+                t_grid = _grid(self._finish(t_model, t_names, target.device))
+                del t_model
+                gc.collect()
         model, names = self._quantize_copy(loaded, calibration, skip_modules)
         try:
             layers = self._finish(model, names, loaded.device)
+            if target is None:
+                # this may be q(T) for the gate's target row; U's row comes next and needs T's codes
+                _GRIDS.clear()
+                _GRIDS[_grid_key(self.spec, loaded, calibration, skip_modules)] = _grid(layers)
+            target_modules = {} if target is None else dict(target.model.named_modules())
             totals = [0, 0, 0, 0, 0]  # n, changed, agree, small, same
             with torch.no_grad():
                 for name in names:
@@ -273,12 +294,10 @@ class LlmcBackend:
                     totals[0] += w.numel()
                     totals[1] += int((w_hat != w).sum())
                     if target is not None:
-                        if name not in t_grid or t_grid[name][0].shape != codes.shape:
-                            raise ModelError(f"target '{target.path}' has no layer '{name}' of shape {tuple(w.shape)}; pass the target the model was unlearned from")
+                        t_w = layer_weight(target, target_modules, name, w.shape)
                         t_codes, t_scale = t_grid.pop(name)
                         totals[2] += int((codes.cpu() == t_codes).sum())
                         if self.name == "gptq":
-                            t_w = dict(target.model.named_modules())[name].weight.detach()
                             step = t_scale.float().to(w.device).repeat_interleave(self.spec.group_size, dim=1)[:, : w.shape[1]]  # type: ignore[arg-type]
                             totals[3] += int(((w.float() - t_w.float()).abs() < step / 2).sum())
             report = QuantReport.from_counts(self.spec, self.name, names, totals, has_target=target is not None,

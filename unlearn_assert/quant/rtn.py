@@ -158,6 +158,17 @@ def rtn_step(w: torch.Tensor, bits: int, group_size: int | None = None, symmetri
 # --------------------------------------------------------------------------- the backend
 
 
+def layer_weight(owner: LoadedModel, modules: dict[str, nn.Module], name: str, shape: torch.Size, role: str = "target") -> torch.Tensor:
+    """``owner``'s weight of layer ``name`` (detached), which must have ``shape``: the one pairing
+    check every backend makes before comparing U's layer with T's."""
+    weight = getattr(modules.get(name), "weight", None)
+    if not isinstance(weight, torch.Tensor) or weight.shape != shape:
+        found = "missing" if weight is None else tuple(weight.shape)
+        raise ModelError(f"{role} '{owner.path}' has no weight '{name}.weight' of shape {tuple(shape)} ({found}); "
+                         "pass the target the model was unlearned from")
+    return weight.detach()
+
+
 def skipped(name: str, patterns: Sequence[str]) -> bool:
     """A module is skipped when a pattern matches its full name or a dotted suffix of it
     (``lm_head`` matches ``lm_head`` and ``model.lm_head``; globs like ``*.mlp.*`` work too)."""
@@ -218,18 +229,6 @@ class RTNBackend:
         """Bytes held by the saved originals (all of the extra weight memory this backend uses)."""
         return sum(t.numel() * t.element_size() for t in self.saved.values())
 
-    @staticmethod
-    def _target_weight(target: LoadedModel, modules: dict[str, nn.Module], name: str, shape: torch.Size) -> torch.Tensor:
-        module = modules.get(name)
-        weight = getattr(module, "weight", None)
-        if not isinstance(weight, torch.Tensor) or weight.shape != shape:
-            found = "missing" if weight is None else tuple(weight.shape)
-            raise ModelError(
-                f"target '{target.path}' has no weight '{name}.weight' of shape {tuple(shape)} ({found}); "
-                "pass the target the model was unlearned from"
-            )
-        return weight.detach()
-
     @contextmanager
     def apply(
         self, loaded: LoadedModel, *, target: LoadedModel | None = None, skip_modules: Sequence[str] = ("lm_head",)
@@ -253,7 +252,7 @@ class RTNBackend:
                         continue
                     seen.add(id(module.weight))
                     weight = module.weight.data
-                    t_weight = None if target_modules is None else self._target_weight(target, target_modules, name, weight.shape)  # type: ignore[arg-type]
+                    t_weight = None if target_modules is None else layer_weight(target, target_modules, name, weight.shape)  # type: ignore[arg-type]
                     self.saved[name] = weight.to("cpu", copy=True)
                     counts = _layer(weight, t_weight, self.spec)
                     totals = [a + (b or 0) for a, b in zip(totals, counts)]
