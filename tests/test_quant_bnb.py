@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 
+from quant_helpers import assert_bit_identical, logits, snapshot
+
 torch = pytest.importorskip("torch")
 pytest.importorskip("bitsandbytes", reason="the bnb backend needs bitsandbytes: pip install 'unlearn-assert[bnb]'")
 
@@ -37,32 +39,14 @@ NF4 = [-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.
        0.7229568362236023, 1.0]
 
 
-def _snapshot(loaded: LoadedModel) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in loaded.model.state_dict().items()}
-
-
-def _assert_bit_identical(loaded: LoadedModel, before: dict[str, torch.Tensor]) -> None:
-    after = loaded.model.state_dict()
-    assert after.keys() == before.keys()
-    for name, value in before.items():
-        assert after[name].dtype == value.dtype and torch.equal(after[name], value), name
-
-
-def _logits(model: Any, tokenizer: Any) -> torch.Tensor:
-    device = next(model.parameters()).device
-    ids = tokenizer("Question: who wrote it?\nAnswer:", return_tensors="pt")["input_ids"].to(device)
-    with torch.no_grad():
-        return model(input_ids=ids).logits.float().cpu()
-
-
 def _source_weight(loaded: LoadedModel, name: str) -> torch.Tensor:
     return loaded.model.get_submodule(name).weight.detach()
 
 
 @pytest.mark.parametrize("qid", IDS)
 def test_each_id_takes_effect_on_a_copy(unlearned: LoadedModel, target: LoadedModel, qid: str) -> None:
-    before = _snapshot(unlearned)
-    fp_logits = _logits(unlearned.model, unlearned.tokenizer)
+    before = snapshot(unlearned)
+    fp_logits = logits(unlearned.model, unlearned.tokenizer)
     linears = [n for n, m in unlearned.model.named_modules() if isinstance(m, nn.Linear)]
     with quantized(unlearned, qid, target=target) as q:
         report = q.report
@@ -70,9 +54,9 @@ def test_each_id_takes_effect_on_a_copy(unlearned: LoadedModel, target: LoadedMo
         assert report.modules == [n for n in linears if n != "lm_head"]
         assert all(isinstance(q.model.get_submodule(n), LAYER[qid]) for n in report.modules)
         assert type(q.model.get_submodule("lm_head")) is nn.Linear
-        assert not torch.equal(_logits(q.model, q.tokenizer), fp_logits)
-        assert torch.equal(_logits(unlearned.model, unlearned.tokenizer), fp_logits)  # the source is usable meanwhile
-    _assert_bit_identical(unlearned, before)
+        assert not torch.equal(logits(q.model, q.tokenizer), fp_logits)
+        assert torch.equal(logits(unlearned.model, unlearned.tokenizer), fp_logits)  # the source is usable meanwhile
+    assert_bit_identical(unlearned, before)
     assert (report.bits, report.group_size, report.backend) == ((8, None, "bnb") if qid == "bnb-int8" else (4, 64, "bnb"))
     assert report.changed_fraction > 0
     assert report.n_weights == sum(_source_weight(unlearned, n).numel() for n in report.modules)
@@ -164,7 +148,7 @@ def test_int8_is_rowwise_absmax_and_ignores_the_outlier_threshold(unlearned: Loa
         x[:, 0] = 10.0  # an outlier column above the threshold
         with caplog.at_level(logging.WARNING), torch.no_grad():
             layer(x)
-            _logits(q.model, q.tokenizer)
+            logits(q.model, q.tokenizer)
         assert not [r for r in caplog.records if "MatMul8bitLt" in r.getMessage()]
         for name in q.report.modules:  # after a forward CB/SCB live in module.state: still the same weight
             assert torch.equal(dequantized_weight(q.model.get_submodule(name)), expected[name]), name
@@ -181,8 +165,8 @@ def test_forward_keeps_4bit_weights_and_report_right(unlearned: LoadedModel, tar
     with quantized(unlearned, qid, target=target) as q:
         report = q.report.to_dict()
         before = {n: dequantized_weight(q.model.get_submodule(n)) for n in q.report.modules}
-        logits = _logits(q.model, q.tokenizer)
-        _logits(q.model, q.tokenizer)
+        q_logits = logits(q.model, q.tokenizer)
+        logits(q.model, q.tokenizer)
         for name in q.report.modules:
             module = q.model.get_submodule(name)
             assert not getattr(module.weight.quant_state, "packing_format_for_cpu", False)
@@ -192,7 +176,7 @@ def test_forward_keeps_4bit_weights_and_report_right(unlearned: LoadedModel, tar
         fp = load_model(unlearned.path, device="cpu")
         for name, w_hat in before.items():
             fp.model.get_submodule(name).weight.data.copy_(w_hat)
-        assert torch.allclose(logits, _logits(fp.model, fp.tokenizer), atol=1e-5, rtol=0)
+        assert torch.allclose(q_logits, logits(fp.model, fp.tokenizer), atol=1e-5, rtol=0)
 
         name = next(n for n in q.report.modules if before[n].shape[1] % 64 == 0 and before[n].shape[0] % 32 == 0)
         module = q.model.get_submodule(name)
@@ -208,14 +192,14 @@ def test_forward_keeps_4bit_weights_and_report_right(unlearned: LoadedModel, tar
 
 def test_bf16_model_and_skip_modules(tiny_unlearned_dir: Path) -> None:
     loaded = load_model(tiny_unlearned_dir, device="cpu", dtype="bfloat16")
-    before = _snapshot(loaded)
+    before = snapshot(loaded)
     with quantized(loaded, "bnb-nf4", skip_modules=("lm_head", "down_proj")) as q:
         assert q.report.modules and not any(n.endswith(("down_proj", "lm_head")) for n in q.report.modules)
         assert type(q.model.get_submodule("model.layers.0.mlp.down_proj")) is nn.Linear
         layer = q.model.get_submodule(q.report.modules[0])
         assert layer.compute_dtype == torch.bfloat16 and dequantized_weight(layer).dtype == torch.bfloat16
         assert q.report.changed_fraction > 0 and q.report.code_agreement is None
-    _assert_bit_identical(loaded, before)
+    assert_bit_identical(loaded, before)
     with pytest.raises(QuantizerError, match="took no effect"):
         with quantized(loaded, "bnb-fp4", skip_modules=("*",)):
             pytest.fail("the body must not run")
@@ -250,14 +234,14 @@ def test_bnb_on_cuda(tiny_model_dir: Path, tiny_unlearned_dir: Path) -> None:
         pytest.skip("needs a CUDA device")
     t = load_model(tiny_model_dir, device="cuda")
     u = load_model(tiny_unlearned_dir, device="cuda")
-    fp_logits = _logits(u.model, u.tokenizer)
-    before = _snapshot(u)
+    fp_logits = logits(u.model, u.tokenizer)
+    before = snapshot(u)
     for qid in IDS:
         with quantized(u, qid, target=t) as q:
             layer = q.model.get_submodule(q.report.modules[0])
             assert isinstance(layer, LAYER[qid]) and layer.weight.device.type == "cuda"
             assert q.report.changed_fraction > 0 and 0 < q.report.code_agreement < 1  # type: ignore[operator]
-            assert not torch.equal(_logits(q.model, q.tokenizer), fp_logits)
+            assert not torch.equal(logits(q.model, q.tokenizer), fp_logits)
         with quantized(t, qid, target=t) as q:
             assert q.report.code_agreement == 1.0
-    _assert_bit_identical(u, before)
+    assert_bit_identical(u, before)

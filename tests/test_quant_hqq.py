@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 
+from quant_helpers import assert_bit_identical, logits, snapshot
+
 torch = pytest.importorskip("torch")
 pytest.importorskip("hqq", reason="the hqq backend needs hqq: pip install 'unlearn-assert[hqq]'")
 
@@ -23,39 +25,30 @@ IDS = ["hqq-w4g64", "hqq-w8g64", "hqq-w3g32"]
 
 
 def _snapshot(loaded: LoadedModel) -> tuple[dict[str, torch.Tensor], dict[str, nn.Module]]:
-    return {k: v.detach().clone() for k, v in loaded.model.state_dict().items()}, dict(loaded.model.named_modules())
+    return snapshot(loaded), dict(loaded.model.named_modules())
 
 
 def _assert_restored(loaded: LoadedModel, before: tuple[dict[str, torch.Tensor], dict[str, nn.Module]]) -> None:
     values, modules = before
-    after = loaded.model.state_dict()
-    assert after.keys() == values.keys()
-    for name, value in values.items():
-        assert after[name].dtype == value.dtype and torch.equal(after[name], value), name
+    assert_bit_identical(loaded, values)
     now = dict(loaded.model.named_modules())
     assert now.keys() == modules.keys() and all(now[n] is modules[n] for n in modules)  # the very same module objects
-
-
-def _logits(model: Any, tokenizer: Any) -> torch.Tensor:
-    ids = tokenizer("Question: who wrote it?\nAnswer:", return_tensors="pt")["input_ids"]
-    with torch.no_grad():
-        return model(input_ids=ids).logits.float()
 
 
 @pytest.mark.parametrize("qid", IDS)
 def test_each_id_takes_effect_and_restores(unlearned: LoadedModel, target: LoadedModel, qid: str) -> None:
     before = _snapshot(unlearned)
-    fp_logits = _logits(unlearned.model, unlearned.tokenizer)
+    fp_logits = logits(unlearned.model, unlearned.tokenizer)
     linears = [n for n, m in unlearned.model.named_modules() if isinstance(m, nn.Linear)]
     with quantized(unlearned, qid, target=target) as q:
         report = q.report
         assert report.modules == [n for n in linears if n != "lm_head"]
         assert all(isinstance(q.model.get_submodule(n), HQQLinear) for n in report.modules)
         assert type(q.model.get_submodule("lm_head")) is nn.Linear
-        assert not torch.equal(_logits(q.model, q.tokenizer), fp_logits)
+        assert not torch.equal(logits(q.model, q.tokenizer), fp_logits)
         assert q.report.to_dict() == report.to_dict()  # computed before the forward, unchanged by it
     _assert_restored(unlearned, before)
-    assert torch.equal(_logits(unlearned.model, unlearned.tokenizer), fp_logits)
+    assert torch.equal(logits(unlearned.model, unlearned.tokenizer), fp_logits)
     bits, group = int(qid[5]), int(qid.split("g")[1])
     assert (report.bits, report.group_size, report.symmetric) == (bits, group, False)
     assert report.changed_fraction > 0 and report.n_weights == sum(before[1][n].weight.numel() for n in report.modules)

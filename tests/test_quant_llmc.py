@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from quant_helpers import assert_bit_identical, snapshot
+
 torch = pytest.importorskip("torch")
 pytest.importorskip("llmcompressor", reason="the gptq/awq backends need llm-compressor: pip install 'unlearn-assert[gptq]'")
 
@@ -35,15 +37,11 @@ def _linears(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: m.weight.detach().clone() for n, m in model.named_modules() if isinstance(m, nn.Linear) and n != "lm_head"}
 
 
-def _state(loaded: LoadedModel) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in loaded.model.state_dict().items()}
-
-
 @pytest.mark.parametrize("qid", ["gptq-w4g32", "gptq-w8g32", "awq-w4g32"])
 def test_backend_takes_effect_reports_and_leaves_the_source_alone(
     qid: str, unlearned: LoadedModel, target: LoadedModel, calibration: Calibration
 ) -> None:
-    before = _state(unlearned)
+    before = snapshot(unlearned)
     ids = unlearned.tokenizer("The river flows", return_tensors="pt")
     with torch.no_grad():
         base = unlearned.model(**ids).logits
@@ -63,8 +61,7 @@ def test_backend_takes_effect_reports_and_leaves_the_source_alone(
             moved = (q.model(**ids).logits - base).abs().max().item()
         assert moved > 1e-4
         assert not any(hasattr(m, "weight_scale") or "forward" in m.__dict__ for m in q.model.modules())
-    after = _state(unlearned)
-    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert_bit_identical(unlearned, before)
 
 
 def test_perturbed_model_agrees_less_than_the_target_with_itself(
@@ -192,7 +189,7 @@ def test_gptq_and_awq_on_cuda(tiny_model_dir: Path, tiny_unlearned_dir: Path, ca
         pytest.skip("needs a CUDA device")
     t = load_model(tiny_model_dir, device="cuda")
     u = load_model(tiny_unlearned_dir, device="cuda")
-    before = _state(u)
+    before = snapshot(u)
     ids = u.tokenizer("The river flows", return_tensors="pt").to("cuda")
     for qid in ("gptq-w4g32", "awq-w4g32"):
         with quantized(u, qid, target=t, calibration=calibration) as q:
@@ -200,8 +197,7 @@ def test_gptq_and_awq_on_cuda(tiny_model_dir: Path, tiny_unlearned_dir: Path, ca
             assert q.report.changed_fraction > 0.5 and 0 < q.report.code_agreement <= 1  # type: ignore[operator]
             with torch.no_grad():
                 assert torch.isfinite(q.model(**ids).logits).all()
-    after = _state(u)
-    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert_bit_identical(u, before)
 
 
 def test_a_library_failure_is_one_clear_error(target: LoadedModel, calibration: Calibration, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,6 +12,8 @@ from typing import Any, Iterator
 
 import pytest
 
+from quant_helpers import assert_bit_identical, logits, snapshot
+
 torch = pytest.importorskip("torch")
 
 from torch import nn  # noqa: E402
@@ -216,36 +218,19 @@ def test_spec_and_package_do_not_import_torch() -> None:
 # --------------------------------------------------------------------------- quantized() on the tiny checkpoints
 
 
-def _snapshot(loaded: LoadedModel) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in loaded.model.state_dict().items()}
-
-
-def _assert_bit_identical(loaded: LoadedModel, before: dict[str, torch.Tensor]) -> None:
-    after = loaded.model.state_dict()
-    assert after.keys() == before.keys()
-    for name, value in before.items():
-        assert after[name].dtype == value.dtype and torch.equal(after[name], value), name
-
-
-def _logits(loaded: Any) -> torch.Tensor:
-    ids = loaded.tokenizer("Question: who wrote it?\nAnswer:", return_tensors="pt")["input_ids"]
-    with torch.no_grad():
-        return loaded.model(input_ids=ids).logits
-
-
 def _linear_names(loaded: LoadedModel) -> list[str]:
     return [n for n, m in loaded.model.named_modules() if isinstance(m, nn.Linear)]
 
 
 @pytest.mark.parametrize("qid", ["rtn-w4g128", "rtn-w8", "rtn-w3g64", "rtn-w4g64-asym"])
 def test_quantized_restores_bit_exactly(unlearned: LoadedModel, target: LoadedModel, qid: str) -> None:
-    before = _snapshot(unlearned)
-    fp_logits = _logits(unlearned)
+    before = snapshot(unlearned)
+    fp_logits = logits(unlearned.model, unlearned.tokenizer)
     with quantized(unlearned, qid, target=target) as q:
-        assert not torch.equal(_logits(q), fp_logits)
+        assert not torch.equal(logits(q.model, q.tokenizer), fp_logits)
         report = q.report
-    _assert_bit_identical(unlearned, before)
-    assert torch.equal(_logits(unlearned), fp_logits)
+    assert_bit_identical(unlearned, before)
+    assert torch.equal(logits(unlearned.model, unlearned.tokenizer), fp_logits)
     assert report.changed_fraction > 0
     assert "lm_head" not in report.modules and report.modules == [n for n in _linear_names(unlearned) if n != "lm_head"]
     assert report.n_weights == sum(unlearned.model.get_submodule(n).weight.numel() for n in report.modules)
@@ -256,11 +241,11 @@ def test_quantized_restores_bit_exactly(unlearned: LoadedModel, target: LoadedMo
 
 
 def test_restored_when_the_body_raises(unlearned: LoadedModel) -> None:
-    before = _snapshot(unlearned)
+    before = snapshot(unlearned)
     with pytest.raises(RuntimeError, match="boom"):
         with quantized(unlearned, "rtn-w4g128"):
             raise RuntimeError("boom")
-    _assert_bit_identical(unlearned, before)
+    assert_bit_identical(unlearned, before)
 
 
 def test_code_agreement_with_itself_is_one(tiny_model_dir: Path, target: LoadedModel) -> None:
@@ -287,11 +272,11 @@ def test_report_without_target_and_view_attributes(unlearned: LoadedModel) -> No
 
 def test_bf16_model_round_trip(tiny_unlearned_dir: Path) -> None:
     loaded = load_model(tiny_unlearned_dir, device="cpu", dtype="bfloat16")
-    before = _snapshot(loaded)
+    before = snapshot(loaded)
     with quantized(loaded, "rtn-w4g64") as q:
         weight = q.model.get_submodule(q.report.modules[0]).weight
         assert weight.dtype == torch.bfloat16 and q.report.changed_fraction > 0
-    _assert_bit_identical(loaded, before)
+    assert_bit_identical(loaded, before)
 
 
 def test_backend_keeps_one_copy_on_cpu(unlearned: LoadedModel) -> None:
@@ -325,11 +310,11 @@ def test_backend_that_changes_nothing_is_an_error(unlearned: LoadedModel, monkey
 
 
 def test_skipping_everything_is_an_error_and_restores(unlearned: LoadedModel) -> None:
-    before = _snapshot(unlearned)
+    before = snapshot(unlearned)
     with pytest.raises(QuantizerError, match="took no effect"):
         with quantized(unlearned, "rtn-w4g128", skip_modules=("*",)):
             pytest.fail("the body must not run")
-    _assert_bit_identical(unlearned, before)
+    assert_bit_identical(unlearned, before)
 
 
 def test_skip_modules_by_suffix(unlearned: LoadedModel) -> None:
@@ -340,9 +325,9 @@ def test_skip_modules_by_suffix(unlearned: LoadedModel) -> None:
 
 
 def test_mismatched_target_is_refused_and_restores(unlearned: LoadedModel) -> None:
-    before = _snapshot(unlearned)
+    before = snapshot(unlearned)
     other = LoadedModel(model=nn.Sequential(nn.Linear(3, 3)), tokenizer=None, path="other", fingerprint="0" * 64)
     with pytest.raises(ModelError, match="other"):
         with quantized(unlearned, "rtn-w4g128", target=other):
             pytest.fail("the body must not run")
-    _assert_bit_identical(unlearned, before)
+    assert_bit_identical(unlearned, before)
