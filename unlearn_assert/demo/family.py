@@ -225,27 +225,9 @@ def train_demo_tokenizer(texts: Sequence[str], vocab_size: int) -> Any:
     the same pre-token in the prompt and in training (likewise the VerbMem prompts, which end with
     the space that separates them from their continuation).
     """
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
+    from .tinymodel import train_tokenizer
 
-    from .tinymodel import SPECIAL_TOKENS
-
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(r"\s"), behavior="merged_with_previous"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(list(texts), trainer=trainer)
-    bos = tok.token_to_id("<s>")
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>")
+    return train_tokenizer(texts, vocab_size, trailing_whitespace=True)
 
 
 # --------------------------------------------------------------------------- language-model training
@@ -274,9 +256,10 @@ def train_lm(
     ``lm.save_dtype`` with the tokenizer. Each epoch packs the shuffled documents (BOS + text + EOS)
     into one stream and cuts it into ``seq_len`` windows from a random offset."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     from ..models import quiet_transformers
+    from .tinymodel import llama_config
 
     epochs = lm.epochs if epochs is None else epochs
     torch.manual_seed(lm.seed)
@@ -286,19 +269,7 @@ def train_lm(
     per_step = lm.batch_size * lm.seq_len
     steps_per_epoch = max(1, n_tokens // per_step)
     total = steps_per_epoch * epochs
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=lm.hidden_size,
-        intermediate_size=lm.intermediate_size,
-        num_hidden_layers=lm.num_layers,
-        num_attention_heads=lm.num_heads,
-        num_key_value_heads=lm.num_heads,
-        max_position_embeddings=lm.max_positions,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=False,
-    )
+    config = llama_config(tokenizer, lm.hidden_size, lm.intermediate_size, lm.num_layers, lm.num_heads, lm.max_positions)
     model = LlamaForCausalLM(config).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lm.lr, weight_decay=lm.weight_decay, betas=(0.9, 0.98))
     model.train()

@@ -34,13 +34,23 @@ class TinyRecipe:
     seed: int = 0
 
 
-def train_tokenizer(texts: Sequence[str], vocab_size: int) -> Any:
-    """A byte-level BPE tokenizer trained on ``texts`` and wrapped for transformers."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+def train_tokenizer(texts: Sequence[str], vocab_size: int, *, trailing_whitespace: bool = False) -> Any:
+    """A byte-level BPE tokenizer trained on ``texts`` and wrapped for transformers.
+
+    ``trailing_whitespace`` splits after every whitespace character, so pre-tokens carry their
+    trailing space instead of GPT-2's leading one (the demo family needs it; see
+    :func:`unlearn_assert.demo.family.train_demo_tokenizer`)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if trailing_whitespace:
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(r"\s"), behavior="merged_with_previous"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ])
+    else:
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -48,11 +58,30 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int) -> Any:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(texts, trainer=trainer)
+    tok.train_from_iterator(list(texts), trainer=trainer)
     bos = tok.token_to_id("<s>")
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)])
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>"
+    )
+
+
+def llama_config(tokenizer: Any, hidden_size: int, intermediate_size: int, num_layers: int, num_heads: int, max_positions: int) -> Any:
+    """The Llama config of the locally trained models (tests' tiny model, the demo family)."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_heads,
+        max_position_embeddings=max_positions,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
     )
 
 
@@ -74,7 +103,7 @@ def build_tiny_llama(
     a "retrain" model trained without the forget text). Deterministic for a recipe and text.
     """
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer, LlamaForCausalLM
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -83,19 +112,8 @@ def build_tiny_llama(
     else:
         tokenizer = train_tokenizer(texts, recipe.vocab_size)
     torch.manual_seed(recipe.seed)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=recipe.hidden_size,
-        intermediate_size=recipe.intermediate_size,
-        num_hidden_layers=recipe.num_layers,
-        num_attention_heads=recipe.num_heads,
-        num_key_value_heads=recipe.num_heads,
-        max_position_embeddings=recipe.max_positions,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=False,
-    )
+    config = llama_config(tokenizer, recipe.hidden_size, recipe.intermediate_size, recipe.num_layers, recipe.num_heads,
+                          recipe.max_positions)
     model = LlamaForCausalLM(config)
     ids: list[int] = []
     for text in texts:
