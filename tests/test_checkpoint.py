@@ -74,9 +74,16 @@ def test_user_checkpoints_are_rows_and_items(pytester: pytest.Pytester, tiny_unl
     w4, nf4 = rows[("unlearned", "shipped_w4")], rows[("unlearned", "shipped_nf4")]
     assert w4["quant"]["backend"] == "checkpoint:compressed-tensors" and (w4["quant"]["bits"], w4["quant"]["group_size"]) == (4, 32)
     assert nf4["quant"]["backend"] == "checkpoint:bitsandbytes" and nf4["quant"]["bits"] == 4
-    for row in (w4, nf4):
+    from unlearn_assert.verdict import recovery
+
+    t, u = rows[("target", "fp")]["values"]["knowmem_f"], rows[("unlearned", "fp")]["values"]["knowmem_f"]
+    for name, row in (("shipped_w4", w4), ("shipped_nf4", nf4)):
         assert row["status"] == "ok" and row["quant"]["changed_fraction"] > 0.5 and len(row["quant"]["modules"]) == 14
-        assert row["recovery"]["knowmem_f"] is None or isinstance(row["recovery"]["knowmem_f"], float)
+        rec = recovery(row["values"]["knowmem_f"], u, t)
+        assert row["recovery"]["knowmem_f"] == rec
+        # the item's outcome follows the default budget: fails when unlearning did not work in fp (drop < 5) or rec > 25%
+        expected = "passed" if t - u >= 5 and rec is not None and rec <= 0.25 else "failed"
+        assert seen[f"{name}-knowmem_f"] == expected
     settings = report["provenance"]["settings"]
     assert settings["quantizers"][-2:] == ["shipped_w4", "shipped_nf4"]
     assert settings["quantized_checkpoints"]["shipped_w4"]["method"] == "compressed-tensors"

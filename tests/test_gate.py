@@ -167,13 +167,20 @@ def test_user_tests_use_the_fixtures(pytester: pytest.Pytester, tiny_in_cell_dir
             assert len(unlearn_data.knowmem_forget_qa) > 0
 
         def test_quantized_factory(quantized, unlearned_model):
+            import torch
+            from unlearn_assert.quant.rtn import rtn_quantize
+
+            linears = {n: m for n, m in unlearned_model.model.named_modules() if isinstance(m, torch.nn.Linear) and n != "lm_head"}
+            before = {n: m.weight.detach().clone() for n, m in linears.items()}
             q4 = quantized("rtn-w4g128")
             assert q4 is quantized("rtn-w4g128")  # cached for the session
             assert q4.report.code_agreement == 1.0
-            q8 = quantized("rtn-w8")  # restores the 4-bit variant first
+            q8 = quantized("rtn-w8")  # restores the 4-bit variant first: 8-bit RTN of the original weights
             assert q8.report.quantizer == "rtn-w8"
+            for n, w in before.items():
+                assert torch.equal(linears[n].weight, rtn_quantize(w, 8)), n
 
-        def test_muse(muse, target_model, quantized):
+        def test_muse(muse, target_model):
             ev = muse(target_model)
             assert ev is muse(target_model)
             assert 0 <= ev.values["verbmem_f"] <= 100

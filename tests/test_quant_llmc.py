@@ -235,19 +235,42 @@ def test_a_group_wider_than_a_layer_is_refused_up_front(target: LoadedModel, cal
 
 def test_target_codes_are_reused_by_the_next_unlearned_row(unlearned: LoadedModel, target: LoadedModel, calibration: Calibration,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    """The gate computes q(T) before q(U): U's code agreement must then not quantize T again,
-    and must equal the agreement computed from scratch."""
+    """The gate computes q(T) before q(U) and hands T's codes over: U's code agreement must then
+    not quantize T again, and must equal the agreement computed from scratch."""
     import unlearn_assert.quant.llmc as llmc
 
-    llmc._GRIDS.clear()
     with quantized(unlearned, "gptq-w4g32", target=target, calibration=calibration) as q:
         scratch = q.report.code_agreement
     calls = []
     real = llmc.oneshot
     monkeypatch.setattr(llmc, "oneshot", lambda **kw: (calls.append(kw["model"]), real(**kw))[1])
-    with quantized(target, "gptq-w4g32", calibration=calibration):
-        pass
-    with quantized(unlearned, "gptq-w4g32", target=target, calibration=calibration) as q:
+    with quantized(target, "gptq-w4g32", calibration=calibration) as qt:
+        grid = qt.backend.grid
+    assert grid is not None and set(grid) == set(qt.report.modules)
+    with quantized(unlearned, "gptq-w4g32", target=target, calibration=calibration, target_grid=grid) as q:
         reused = q.report.code_agreement
     assert len(calls) == 2 and reused == scratch
-    assert llmc._GRIDS == {}  # popped: held only between the two rows
+
+
+def test_the_engine_runs_gptq_once_per_model_for_a_recovery_item(tiny_model_dir: Path, tiny_unlearned_dir: Path, tiny_data_dir: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import unlearn_assert.quant.llmc as llmc
+    from unlearn_assert.config import build_run_config
+    from unlearn_assert.pipeline import Engine
+
+    options = {"model": str(tiny_unlearned_dir), "target": str(tiny_model_dir), "data": str(tiny_data_dir),
+               "quantizers": "gptq-w4g32", "no_cache": True, "max_samples": 2}
+    run = build_run_config(lambda opt: options.get(opt.name, opt.default))
+    calls = []
+    real = llmc.oneshot
+    monkeypatch.setattr(llmc, "oneshot", lambda **kw: (calls.append(kw["model"]), real(**kw))[1])
+    engine = Engine(run)
+    try:
+        verdict = engine.verdict("gptq-w4g32", "knowmem_f")
+        assert verdict.outcome in ("passed", "failed")  # computed, not skipped
+        assert len(calls) == 2  # q(T) for the target row, q(U) for the unlearned row; T's codes handed over
+        assert engine.rows[("unlearned", "gptq-w4g32")]["quant"]["code_agreement"] is not None
+        assert engine.rows[("unlearned", "gptq-w4g32")]["quant"]["calibration"]["source"].startswith("raw/retain.txt of ")
+        assert engine._target_grids == {}  # popped by the unlearned row
+    finally:
+        engine.close()

@@ -216,6 +216,11 @@ class RunConfig:
         return self.model is not None
 
     @property
+    def has_reference_auc(self) -> bool:
+        """A privleak reference exists (retrain model or --unlearn-retrain-auc): privleak items run."""
+        return self.retrain is not None or self.retrain_auc is not None
+
+    @property
     def all_quantizers(self) -> tuple[str, ...]:
         """Quantizer ids, then the names of the user's own quantized checkpoints: the rows' order."""
         return self.quantizers + tuple(c.name for c in self.prequantized)

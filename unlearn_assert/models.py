@@ -276,8 +276,12 @@ def load_model(
     dtype: str | None = None,
     *,
     allow_pickle: bool = False,
+    known_fingerprint: str | None = None,
 ) -> LoadedModel:
-    """Load a local causal LM and its tokenizer, safely (see the module docstring)."""
+    """Load a local causal LM and its tokenizer, safely (see the module docstring).
+
+    ``known_fingerprint``: the directory's content hash when the caller already has it (the
+    engine's fingerprint cache), so a large checkpoint is not hashed a second time."""
     directory = check_model_dir(path, allow_pickle=allow_pickle)
     weight_files = _weight_files(directory)
     for file in weight_files:
@@ -310,7 +314,7 @@ def load_model(
         model=model,
         tokenizer=tokenizer,
         path=str(directory),
-        fingerprint=fingerprint(directory),
+        fingerprint=known_fingerprint or fingerprint(directory),
         device=dev,
         dtype=str(torch_dtype).removeprefix("torch."),
         info={"architecture": (config.architectures or [config.model_type])[0], "model_type": config.model_type},

@@ -21,11 +21,11 @@ from . import __version__
 from .cache import FingerprintCache, ResultCache, cache_key
 from .config import RunConfig
 from .errors import BackendUnavailable
-from .verdict import FP, Verdict, evaluate_check, needed_rows, plan_checks
+from .metrics import DEFAULT_REFERENCE_AUC
+from .verdict import FP, Verdict, evaluate_check, needed_rows, plan_checks, privleak_pct, reference_auc
 
 ROLES = ("unlearned", "target", "retrain")
 METRICS = ("verbmem_f", "knowmem_f", "knowmem_r", "privleak")
-DEFAULT_REFERENCE_AUC = 0.5
 # Settings that change metric numbers; part of every cache key.
 METRIC_SETTINGS = {"verbmem_new_tokens": 128, "knowmem_new_tokens": 32, "privleak": "min-40%", "rouge": "rougeL-f1-nostem"}
 Progress = Callable[[str], None]
@@ -58,7 +58,9 @@ class Engine:
         self.rows: dict[tuple[str, str], dict[str, Any]] = {}
         self._active: tuple[tuple[str, str], Any, Any] | None = None
         self._evaluations: dict[str, Any] = {}
+        self._full_data: Any = None
         self._calibration: Any = None
+        self._target_grids: dict[str, Any] = {}  # quantizer -> T's codes from its q(T) row, for U's row (GPTQ/AWQ)
 
     # ------------------------------------------------------------------ inputs
 
@@ -66,27 +68,29 @@ class Engine:
         return {"unlearned": self.run.model, "target": self.run.target, "retrain": self.run.retrain}[role]
 
     @property
-    def data(self) -> Any:
-        if self._data is None:
+    def full_data(self) -> Any:
+        """The whole data set (calibration text is never cut by --unlearn-max-samples)."""
+        if self._full_data is None:
             from .data import load_data
 
-            self._data = load_data(str(self.run.data)).limited(self.run.max_samples)
+            self._full_data = load_data(str(self.run.data))
+        return self._full_data
+
+    @property
+    def data(self) -> Any:
+        """The evaluated data: the first --unlearn-max-samples items of every split."""
+        if self._data is None:
+            self._data = self.full_data.limited(self.run.max_samples)
         return self._data
 
     def calibration(self, quantizer: str) -> Any:
         """Calibration text for a calibrated quantizer (GPTQ, AWQ), else None; read once."""
-        from .quant.spec import BACKENDS, parse_quantizer_id
+        from .quant.calibration import needs_calibration, resolve_calibration
 
-        if quantizer == FP or self.run.checkpoint(quantizer) is not None or not BACKENDS[parse_quantizer_id(quantizer).backend].calibrated:
+        if quantizer == FP or self.run.checkpoint(quantizer) is not None or not needs_calibration([quantizer]):
             return None
         if self._calibration is None:
-            from .quant.calibration import resolve_calibration
-
-            from .data import load_data
-
-            # the full data set: --unlearn-max-samples limits what is evaluated, not the calibration text
-            full = self.data if self.run.max_samples is None else load_data(str(self.run.data))
-            self._calibration = resolve_calibration(self.run.calibration, full)
+            self._calibration = resolve_calibration(self.run.calibration, self.full_data)
         return self._calibration
 
     def fingerprint(self, role: str) -> str:
@@ -100,7 +104,8 @@ class Engine:
             from .models import check_compatible, load_model
 
             start = time.perf_counter()
-            loaded = load_model(str(self.path(role)), device=self.run.device, dtype=self.run.dtype, allow_pickle=self.run.allow_pickle)
+            loaded = load_model(str(self.path(role)), device=self.run.device, dtype=self.run.dtype, allow_pickle=self.run.allow_pickle,
+                                known_fingerprint=self.fingerprint(role))
             self._fps[role] = loaded.fingerprint
             if role != "target":
                 check_compatible(self.model("target"), loaded, role=role)
@@ -121,6 +126,7 @@ class Engine:
 
     def close(self) -> None:
         self.deactivate()
+        self._target_grids.clear()
         for role in list(self._models):
             self.release(role)
 
@@ -138,13 +144,10 @@ class Engine:
             "batch_size": self.run.batch_size,
         }
         checkpoint = self.run.checkpoint(quantizer)
-        if checkpoint is not None:
-            from .models import fingerprint
-
+        if checkpoint is not None:  # the artifact's content, and the model its changed_fraction is measured against
             if role != "unlearned":
                 raise ValueError(f"checkpoint '{quantizer}' is a quantized unlearned model; it has no {role} row")
             parts["quantizer"] = "checkpoint:" + self._fingerprints.fingerprint(checkpoint.path)
-            parts["model"] = self.fingerprint(role)  # changed_fraction is measured against it
         elif quantizer != FP:
             from .quant.spec import parse_quantizer_id
 
@@ -194,6 +197,12 @@ class Engine:
                     self.progress(f"evaluate {role} {quantizer}")
                     ev = evaluate(q, self.data, batch_size=self.run.batch_size)
                     quant = q.report.to_dict()
+                    grid = getattr(getattr(q, "backend", None), "grid", None)
+                    if role == "target" and grid is not None:  # U's row under this quantizer comes next
+                        self._target_grids = {quantizer: grid}
+                calibration = self.calibration(quantizer)
+                if calibration is not None:
+                    quant["calibration"] = calibration.summary()
             except BackendUnavailable as exc:
                 return {**base, "status": "skipped", "skip_reason": str(exc), "install": exc.install,
                         "values": {m: None for m in METRICS}, "seconds": time.perf_counter() - start}
@@ -224,12 +233,13 @@ class Engine:
         if checkpoint is not None:
             if role != "unlearned":
                 raise ValueError(f"'{quantizer}' is your quantized unlearned checkpoint; there is no {role} version of it")
-            return _checkpoint_view(checkpoint, self.model(role), self.run)
+            return _checkpoint_view(checkpoint, self.model(role), self.run, self._fingerprints.fingerprint(checkpoint.path))
         loaded = self.model(role)
         from .quant import quantized
 
         target = self.model("target") if role == "unlearned" else None
-        return quantized(loaded, quantizer, target=target, calibration=self.calibration(quantizer))
+        grid = self._target_grids.pop(quantizer, None) if role == "unlearned" else None
+        return quantized(loaded, quantizer, target=target, calibration=self.calibration(quantizer), target_grid=grid)
 
     # ------------------------------------------------------------------ views for user tests
 
@@ -277,17 +287,8 @@ class Engine:
 
     def reference_auc(self) -> tuple[float, str]:
         """MUSE's AUC_R: from the retrain model, else ``--unlearn-retrain-auc``, else 0.5."""
-        if self.run.retrain is not None:
-            auc = self.row("retrain", FP).get("auc")
-            if auc is not None:
-                return float(auc), "retrain"
-        if self.run.retrain_auc is not None:
-            return self.run.retrain_auc, "option"
-        return DEFAULT_REFERENCE_AUC, "default"
-
-    @property
-    def has_reference_auc(self) -> bool:
-        return self.run.retrain is not None or self.run.retrain_auc is not None
+        retrain_auc = self.row("retrain", FP).get("auc") if self.run.retrain is not None else None
+        return reference_auc(retrain_auc, self.run.retrain_auc, DEFAULT_REFERENCE_AUC)
 
     def values(self, rows: list[tuple[str, str]] | None = None) -> dict[tuple[str, str], dict[str, float | None]]:
         """Metric values of rows, with privleak = (AUC - AUC_R) / AUC_R * 100 against the reference."""
@@ -298,18 +299,16 @@ class Engine:
             row = self.row(*key)
             vals = dict(row["values"])
             auc = row.get("auc")
-            vals["privleak"] = None if auc is None else (float(auc) - ref) / ref * 100.0
+            vals["privleak"] = privleak_pct(auc, ref)
             out[key] = vals
         return out
 
     def checks(self) -> list[tuple[str, str]]:
-        return plan_checks(self.run.all_quantizers, self.has_reference_auc)
+        return plan_checks(self.run.all_quantizers, self.run.has_reference_auc)
 
     def verdict(self, quantizer: str, check: str, budget: Any = None) -> Verdict:
         """Compute the rows one check needs, then its verdict (skipped when a backend is missing)."""
-        needed = needed_rows(quantizer, check)
-        if self.run.checkpoint(quantizer) is not None:  # the user's artifact: there is no quantized target
-            needed = [(role, q) for role, q in needed if not (role == "target" and q == quantizer)]
+        needed = needed_rows(quantizer, check, quantized_target=self.run.checkpoint(quantizer) is None)
         for role, q in needed:
             row = self.row(role, q)
             if row["status"] == "skipped":
@@ -323,29 +322,22 @@ class Engine:
 
 
 @contextmanager
-def _checkpoint_view(checkpoint: Any, source: Any, run: RunConfig) -> Iterator[Any]:
+def _checkpoint_view(checkpoint: Any, source: Any, run: RunConfig, known_fingerprint: str) -> Iterator[Any]:
     """The user's quantized checkpoint as a view with a ``report``, like ``quantized`` yields."""
     from .quant.checkpoint import open_checkpoint
 
-    with open_checkpoint(checkpoint, source, device=run.device, dtype=None if run.dtype == "auto" else run.dtype) as (loaded, report):
+    with open_checkpoint(checkpoint, source, device=run.device, dtype=None if run.dtype == "auto" else run.dtype,
+                         known_fingerprint=known_fingerprint) as (loaded, report):
         loaded.report = report  # type: ignore[attr-defined]
         yield loaded
 
 
-def _calibration_info(run: RunConfig, data: Any) -> dict[str, Any] | None:
-    """Where GPTQ/AWQ's calibration text came from and how it was sampled (None without them)."""
-    from .quant.calibration import needs_calibration, resolve_calibration
-
-    if data is None or not needs_calibration(run.quantizers):
-        return None
-    cal = resolve_calibration(run.calibration, data)
-    if cal is None:
-        return None
-    return {"source": cal.source, "documents": len(cal.texts), "n_samples": cal.n_samples, "seq_len": cal.seq_len,
-            "fingerprint": cal.fingerprint}
+def _calibration_info(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The calibration GPTQ/AWQ rows were computed with, as recorded on the rows (None without them)."""
+    return next((r["quant"]["calibration"] for r in rows if (r.get("quant") or {}).get("calibration")), None)
 
 
-def provenance(run: RunConfig, fingerprints: dict[str, str], data: Any) -> dict[str, Any]:
+def provenance(run: RunConfig, fingerprints: dict[str, str], data: Any, calibration: dict[str, Any] | None = None) -> dict[str, Any]:
     cuda = None
     try:
         import torch
@@ -371,7 +363,7 @@ def provenance(run: RunConfig, fingerprints: dict[str, str], data: Any) -> dict[
         "budgets": run.budget.to_dict(),
         "settings": {"device": run.device, "dtype": run.dtype, "batch_size": run.batch_size,
                      "max_samples": run.max_samples, "quantizers": list(run.all_quantizers),
-                     "calibration": _calibration_info(run, data),
+                     "calibration": calibration,
                      "quantized_checkpoints": {c.name: {"path": c.path, "method": c.method} for c in run.prequantized}},
         "argv": sys.argv[1:],
     }
@@ -387,13 +379,7 @@ def assemble_report(
 ) -> dict[str, Any]:
     """The schema-1 JSON report (DESIGN.md, "JSON report") from plain rows and verdicts."""
     by_key = {(r["model"], r["quantizer"]): r for r in rows}
-    if reference is None:
-        retrain_auc = by_key.get(("retrain", FP), {}).get("auc")
-        if retrain_auc is not None:
-            reference = (float(retrain_auc), "retrain")
-        elif run.retrain_auc is not None:
-            reference = (run.retrain_auc, "option")
-    ref_auc, ref_source = reference or (DEFAULT_REFERENCE_AUC, "default")
+    ref_auc, ref_source = reference or reference_auc(by_key.get(("retrain", FP), {}).get("auc"), run.retrain_auc, DEFAULT_REFERENCE_AUC)
     order = [("unlearned", FP)] + [("unlearned", q) for q in run.all_quantizers] + [("target", FP)] + \
         [("target", q) for q in run.quantizers] + [("retrain", FP)]
     out_rows: list[dict[str, Any]] = []
@@ -406,7 +392,7 @@ def assemble_report(
             continue
         values = dict(row.get("values") or {})
         auc = row.get("auc")
-        values["privleak"] = None if auc is None else (float(auc) - ref_auc) / ref_auc * 100.0
+        values["privleak"] = privleak_pct(auc, ref_auc)
         rec = None
         if key[0] == "unlearned" and key[1] != FP and row.get("status") == "ok":
             from .verdict import recovery
@@ -426,7 +412,7 @@ def assemble_report(
         })
         if row.get("samples"):
             samples[f"{key[0]}:{key[1]}"] = row["samples"]
-    prov = provenance(run, fingerprints, data)
+    prov = provenance(run, fingerprints, data, _calibration_info(rows))
     prov["privleak_reference"] = {"auc": ref_auc, "source": ref_source}
     return {
         "schema_version": 1,

@@ -113,8 +113,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     from .verdict import item_id, plan_checks
 
-    has_ref = session.run.retrain is not None or session.run.retrain_auc is not None
-    checks = plan_checks(session.run.all_quantizers, has_ref)
+    checks = plan_checks(session.run.all_quantizers, session.run.has_reference_auc)
     metafunc.parametrize("budget_check", checks, ids=[item_id(q, c) for q, c in checks])
 
 

@@ -111,8 +111,8 @@ class UnlearnSession:
         from .data import load_data
         from .pipeline import assemble_report
 
-        try:
-            data = load_data(str(self.run.data)).limited(self.run.max_samples)
+        try:  # the engine's data when this process ran one (xdist controller: none, so read it)
+            data = self._engine.data if self._engine is not None else load_data(str(self.run.data)).limited(self.run.max_samples)
         except Exception:  # the data error was already reported by the items
             data = None
         fingerprints = {row["model"]: row["fingerprint"] for row in self.rows.values() if row.get("fingerprint")}

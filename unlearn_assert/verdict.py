@@ -16,8 +16,7 @@ from typing import Any, Mapping
 from .config import RECOVERY_METRICS, Budget
 
 FP = "fp"
-CHECKS_FP = ("verbmem_f", "knowmem_f", "utility", "privleak")
-CHECKS_Q = ("verbmem_f", "knowmem_f", "utility", "privleak")
+CHECKS = ("verbmem_f", "knowmem_f", "utility", "privleak")  # per quantizer, fp included
 # (model role, quantizer) -> metric values of that row
 Values = Mapping[tuple[str, str], Mapping[str, float | None]]
 
@@ -56,21 +55,36 @@ def plan_checks(quantizers: tuple[str, ...], has_reference_auc: bool) -> list[tu
     """The (quantizer, check) pairs that become test items, in a stable order (xdist needs it)."""
     pairs: list[tuple[str, str]] = []
     for q in (FP, *quantizers):
-        for check in CHECKS_FP if q == FP else CHECKS_Q:
+        for check in CHECKS:
             if check == "privleak" and not has_reference_auc:
                 continue
             pairs.append((q, check))
     return pairs
 
 
-def needed_rows(quantizer: str, check: str) -> list[tuple[str, str]]:
-    """Which (model, quantizer) rows an item needs; q(T) is shown beside recovery as context."""
+def needed_rows(quantizer: str, check: str, quantized_target: bool = True) -> list[tuple[str, str]]:
+    """Which (model, quantizer) rows an item needs; q(T) is shown beside recovery as context (not
+    for the user's own quantized checkpoints: ``quantized_target=False``, there is no q(T))."""
     rows = [("target", FP), ("unlearned", FP)]
     if quantizer != FP:
-        if check in RECOVERY_METRICS:  # q(T) first: a calibrated backend reuses its codes for U's code agreement
+        if check in RECOVERY_METRICS and quantized_target:  # q(T) first: the engine hands T's codes to U's row
             rows.append(("target", quantizer))
         rows.append(("unlearned", quantizer))
     return rows
+
+
+def reference_auc(retrain_row_auc: float | None, option_auc: float | None, default: float = 0.5) -> tuple[float, str]:
+    """MUSE's AUC_R and where it came from: the retrain model's AUC, else --unlearn-retrain-auc, else 0.5."""
+    if retrain_row_auc is not None:
+        return float(retrain_row_auc), "retrain"
+    if option_auc is not None:
+        return float(option_auc), "option"
+    return default, "default"
+
+
+def privleak_pct(auc: Any, reference: float) -> Any:
+    """``(AUC - AUC_R) / AUC_R * 100``: about 0 when the model leaks as much as a retrained one."""
+    return None if auc is None else (auc - reference) / reference * 100.0  # also elementwise (bootstrap arrays)
 
 
 def recovery(q_value: float, u_value: float, t_value: float) -> float | None:

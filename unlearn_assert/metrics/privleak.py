@@ -121,7 +121,9 @@ def roc_auc(forget_values: Sequence[float], holdout_values: Sequence[float]) -> 
 
 def privleak(auc: float, reference_auc: float) -> float:
     """``(AUC - AUC_R) / AUC_R * 100``: about 0 when the model leaks as much as a retrained one."""
-    return (auc - reference_auc) / reference_auc * 100.0
+    from ..verdict import privleak_pct
+
+    return privleak_pct(auc, reference_auc)  # type: ignore[return-value]
 
 
 def context_length(model: Any, max_length: int | None = None) -> int | None:

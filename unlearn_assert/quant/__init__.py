@@ -180,6 +180,7 @@ def quantized(
     *,
     skip_modules: Sequence[str] = DEFAULT_SKIP,
     calibration: Calibration | None = None,
+    target_grid: Any = None,
 ) -> Iterator[QuantizedModel]:
     """Quantize ``loaded`` with a quantizer id for the ``with`` block; yield a :class:`QuantizedModel`.
 
@@ -188,11 +189,15 @@ def quantized(
     :mod:`unlearn_assert.quant.calibration`); other backends ignore it. A quantizer that changed no
     weight raises :class:`QuantizerError`: "nothing recovered" from a model that was never
     quantized must not read as a pass.
+
+    ``target_grid``: T's codes from an earlier ``quantized(T, same id, calibration)`` block
+    (``q.backend.grid``), so a calibrated backend does not run GPTQ/AWQ on T a second time for
+    U's code agreement; the engine hands it from the q(T) row to the q(U) row.
     """
     spec = _as_spec(qid_or_spec)
     skip = (skip_modules,) if isinstance(skip_modules, str) else tuple(skip_modules)
     backend = get_backend(spec)
-    extra = {"calibration": calibration} if getattr(backend, "needs_calibration", False) else {}
+    extra = {"calibration": calibration, "target_grid": target_grid} if BACKENDS[spec.backend].calibrated else {}
     with backend.apply(loaded, target=target, skip_modules=skip, **extra) as (model, report):
         if report.n_weights == 0 or report.changed_fraction == 0:
             raise QuantizerError(

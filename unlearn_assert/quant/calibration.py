@@ -57,6 +57,11 @@ class Calibration:
             h.update(hashlib.sha256(text.encode()).digest())
         return h.hexdigest()
 
+    def summary(self) -> dict[str, Any]:
+        """What the report records: where the text came from, how it was sampled, its hash."""
+        return {"source": self.source, "documents": len(self.texts), "n_samples": self.n_samples, "seq_len": self.seq_len,
+                "fingerprint": self.fingerprint}
+
     def windows(self, tokenizer: Any, max_positions: int | None = None) -> list[list[int]]:
         """Token-id windows for this tokenizer (deterministic; see the module docstring)."""
         length = min(self.seq_len, max_positions) if max_positions else self.seq_len

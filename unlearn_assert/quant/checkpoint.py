@@ -172,7 +172,7 @@ def _load(info: CheckpointInfo, device: str, dtype: str | None) -> Any:
         from .packed import load_packed
 
         try:
-            model = load_packed(info.path, info.method, config["quantization_config"], config, torch_dtype, dev)
+            model = load_packed(info, config, torch_dtype, dev)
         except ModelError:
             raise
         except Exception as exc:
@@ -244,7 +244,7 @@ def _changed(model: Any, info: CheckpointInfo, source: LoadedModel) -> tuple[lis
 
 @contextmanager
 def open_checkpoint(info: CheckpointInfo, source: LoadedModel, *, device: str | None = None,
-                    dtype: str | None = None) -> Iterator[tuple[LoadedModel, QuantReport]]:
+                    dtype: str | None = None, known_fingerprint: str | None = None) -> Iterator[tuple[LoadedModel, QuantReport]]:
     """Load the artifact for the block; yield (model, report). Only this one extra model is held."""
     import gc
 
@@ -262,7 +262,7 @@ def open_checkpoint(info: CheckpointInfo, source: LoadedModel, *, device: str | 
             tokenizer = load_tokenizer(Path(info.path))
         except ModelError:
             tokenizer = source.tokenizer  # quantization tools often save no tokenizer
-        loaded = LoadedModel(model=model, tokenizer=tokenizer, path=info.path, fingerprint=fingerprint(info.path), device=dev, dtype=dt,
+        loaded = LoadedModel(model=model, tokenizer=tokenizer, path=info.path, fingerprint=known_fingerprint or fingerprint(info.path), device=dev, dtype=dt,
                              info={**source.info, "quantizer": info.name})
         report = QuantReport(quantizer=info.name, backend=f"checkpoint:{info.method}", bits=info.bits, group_size=info.group_size,
                              symmetric=info.symmetric, modules=names, n_weights=n, changed_fraction=changed / n,

@@ -143,9 +143,9 @@ def _no_lingering_references() -> Iterator[None]:
         active_session().reset()
 
 
-def _materialize(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+def _materialize(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Replace a calibrated layer's weight by its fake-quantized value and strip the library's
-    state; return (codes as int8, dequantized weight, scale, zero point)."""
+    state; return (codes as int8, dequantized weight, scale)."""
     args = module.quantization_scheme.weights
     scale, zero = module.weight_scale.detach(), getattr(module, "weight_zero_point", None)
     zero = None if zero is None else zero.detach()
@@ -159,20 +159,11 @@ def _materialize(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.T
             delattr(module, name)
     for name in _LC_ATTRS:
         module.__dict__.pop(name, None)
-    return codes, module.weight.detach(), scale, zero
-
-
-#: T's codes and scales from the last calibrated quantization of a model without a target (the gate's
-#: q(T) row), keyed by content; the unlearned model's row pops them for its code agreement instead
-#: of quantizing T again. One entry at most (int8 codes: half a bf16 copy, held between two rows).
-_GRIDS: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
-
-
-def _grid_key(spec: QuantSpec, model: LoadedModel, calibration: Calibration, skip: Sequence[str]) -> str:
-    return f"{model.fingerprint}:{spec.canonical_id}:{calibration.fingerprint}:{','.join(skip)}"
+    return codes, module.weight.detach(), scale
 
 
 def _grid(layers: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """A model's codes (int8) and scales per layer, on the CPU: what U's code agreement needs of T."""
     return {name: (codes.cpu(), scale.cpu()) for name, (codes, _, scale) in layers.items()}
 
 
@@ -180,7 +171,9 @@ class LlmcBackend:
     """Shared GPTQ/AWQ machinery (see the module docstring); subclasses give the recipe."""
 
     name = ""
-    needs_calibration = True
+    #: ``|U - T| < s_T / 2`` is meaningful only where U and T share coordinates (not after AWQ's smoothing)
+    reports_small_delta = False
+    grid: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def __init__(self, spec: QuantSpec) -> None:
         if spec.backend != self.name or spec.bits is None or spec.group_size is None:
@@ -245,7 +238,7 @@ class LlmcBackend:
         remove_dispatch(model, onload_tensors=False)  # tensors stay where they were offloaded (the source's device)
         out = {}
         for name in names:
-            codes, w_hat, scale, _ = _materialize(model.get_submodule(name))
+            codes, w_hat, scale = _materialize(model.get_submodule(name))
             out[name] = (codes, w_hat, scale)
         for module in model.modules():
             bound = module.__dict__.get("forward")
@@ -262,8 +255,10 @@ class LlmcBackend:
         target: LoadedModel | None = None,
         skip_modules: Sequence[str] = ("lm_head",),
         calibration: Calibration | None = None,
+        target_grid: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> Iterator[tuple[Any, QuantReport]]:
-        """Quantize a copy of ``loaded.model`` for the block; yield (copy, report)."""
+        """Quantize a copy of ``loaded.model`` for the block; yield (copy, report). Without a
+        target the model's own codes stay in ``self.grid`` (for a later U's ``target_grid``)."""
         from . import QuantReport
 
         if calibration is None:
@@ -272,7 +267,7 @@ class LlmcBackend:
         source = dict(loaded.model.named_modules())
         t_grid: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         if target is not None:
-            t_grid = _GRIDS.pop(_grid_key(self.spec, target, calibration, skip_modules), None) or {}
+            t_grid = dict(target_grid) if target_grid else {}
             if not t_grid:
                 t_model, t_names = self._quantize_copy(target, calibration, skip_modules)
                 t_grid = _grid(self._finish(t_model, t_names, target.device))
@@ -281,10 +276,8 @@ class LlmcBackend:
         model, names = self._quantize_copy(loaded, calibration, skip_modules)
         try:
             layers = self._finish(model, names, loaded.device)
-            if target is None:
-                # this may be q(T) for the gate's target row; U's row comes next and needs T's codes
-                _GRIDS.clear()
-                _GRIDS[_grid_key(self.spec, loaded, calibration, skip_modules)] = _grid(layers)
+            if target is None:  # this may be q(T): keep its codes for U's code agreement (see ``quantized``)
+                self.grid = _grid(layers)
             target_modules = {} if target is None else dict(target.model.named_modules())
             totals = [0, 0, 0, 0, 0]  # n, changed, agree, small, same
             with torch.no_grad():
@@ -297,13 +290,13 @@ class LlmcBackend:
                         t_w = layer_weight(target, target_modules, name, w.shape)
                         t_codes, t_scale = t_grid.pop(name)
                         totals[2] += int((codes.cpu() == t_codes).sum())
-                        if self.name == "gptq":
+                        if self.reports_small_delta:
                             step = t_scale.float().to(w.device).repeat_interleave(self.spec.group_size, dim=1)[:, : w.shape[1]]  # type: ignore[arg-type]
                             totals[3] += int(((w.float() - t_w.float()).abs() < step / 2).sum())
             report = QuantReport.from_counts(self.spec, self.name, names, totals, has_target=target is not None,
                                              seconds=time.perf_counter() - start)
             report.same_cell_fraction = None
-            if self.name != "gptq":
+            if not self.reports_small_delta:
                 report.small_delta_fraction = None
             yield model, report
         finally:
@@ -315,6 +308,7 @@ class GptqBackend(LlmcBackend):
     """``gptq-w<bits>g<group>``: llm-compressor's GPTQModifier."""
 
     name = "gptq"
+    reports_small_delta = True
     #: llm-compressor's default: ``H += dampening_frac * mean(diag(H)) * I`` before inverting. A huge
     #: value makes H a multiple of I, where GPTQ reduces to round-to-nearest (tested).
     dampening_frac = 0.01

@@ -77,49 +77,32 @@ def decode_awq(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor
     return w.T.contiguous()
 
 
-def iter_dense(tensors: dict[str, torch.Tensor], method: str, qc: dict[str, Any], where: str,
-               dtype: torch.dtype = torch.float32) -> Iterator[tuple[str, torch.Tensor, bool]]:
-    """Yield ``(key, tensor, decoded)`` for the dense state dict, one tensor at a time, consuming
-    ``tensors``: every packed layer (``<name>.qweight`` ...) becomes ``<name>.weight`` in ``dtype``
-    (decoded in float32 one layer at a time), every other tensor passes through."""
-    bits = int(qc.get("bits", qc.get("w_bit", 4)))
-    group = int(qc.get("group_size", qc.get("q_group_size", 128)))
+def iter_dense(tensors: dict[str, torch.Tensor], method: str, bits: int, group_size: int | None, where: str,
+               dtype: torch.dtype = torch.float32, v1: bool = True) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield ``(key, tensor)`` of the dense state dict, one tensor at a time, consuming ``tensors``:
+    every packed layer (``<name>.qweight`` ...) becomes ``<name>.weight`` in ``dtype`` (decoded in
+    float32 one layer at a time), every other tensor passes through. ``group_size`` None means one
+    group per row (a checkpoint's ``-1``); bits and format were validated with the checkpoint's
+    config (:func:`unlearn_assert.quant.checkpoint.read_checkpoint`)."""
     layers = sorted(k[: -len(".qweight")] for k in tensors if k.endswith(".qweight"))
     if not layers:
         raise ModelError(f"{where}: no packed layer (<name>.qweight) in the weights; is this really a {method} checkpoint?")
-    if method == "awq" and (bits != 4 or str(qc.get("version", "gemm")).lower() != "gemm"):
-        raise ModelError(f"{where}: AWQ {qc.get('version')} {bits}-bit packing is not supported (GEMM 4-bit is); "
-                         "re-export the model with llm-compressor")
     for name in layers:
         try:
             qweight, qzeros, scales = tensors.pop(f"{name}.qweight"), tensors.pop(f"{name}.qzeros"), tensors.pop(f"{name}.scales")
         except KeyError as exc:
             raise ModelError(f"{where}: layer {name} has a qweight but no {exc.args[0]}; the checkpoint is incomplete") from None
         g_idx = tensors.pop(f"{name}.g_idx", None)
-        layer_group = group
-        if layer_group <= 0:  # -1: one group per row, i.e. the layer's whole input width
-            layer_group = qweight.shape[0] * (32 // bits) if method == "gptq" else qweight.shape[0]
+        # None: one group per row, i.e. the layer's whole input width
+        group = group_size or (qweight.shape[0] * (32 // bits) if method == "gptq" else qweight.shape[0])
         if method == "gptq":
-            v1 = str(qc.get("checkpoint_format", "gptq")) != "gptq_v2"
-            w = decode_gptq(qweight, qzeros, scales, g_idx, bits, layer_group, v1)
+            w = decode_gptq(qweight, qzeros, scales, g_idx, bits, group, v1)
         else:
-            w = decode_awq(qweight, qzeros, scales, layer_group)
-        yield f"{name}.weight", w.to(dtype), True
+            w = decode_awq(qweight, qzeros, scales, group)
+        yield f"{name}.weight", w.to(dtype)
     for key in list(tensors):
         value = tensors.pop(key)
-        yield key, value.to(dtype) if value.is_floating_point() else value, False
-
-
-def dense_state_dict(tensors: dict[str, torch.Tensor], method: str, qc: dict[str, Any], where: str,
-                     dtype: torch.dtype = torch.float32) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """The whole dense state dict and the decoded layer names (see :func:`iter_dense`)."""
-    out: dict[str, torch.Tensor] = {}
-    layers: list[str] = []
-    for key, value, decoded in iter_dense(tensors, method, qc, where, dtype):
-        out[key] = value
-        if decoded:
-            layers.append(key[: -len(".weight")])
-    return out, layers
+        yield key, value.to(dtype) if value.is_floating_point() else value
 
 
 def _empty_model(cfg: Any, dtype: torch.dtype) -> Any:
@@ -139,7 +122,7 @@ def _empty_model(cfg: Any, dtype: torch.dtype) -> Any:
         return AutoModelForCausalLM.from_config(cfg, dtype=dtype)
 
 
-def load_packed(path: str, method: str, qc: dict[str, Any], config: dict[str, Any], dtype: torch.dtype, device: str) -> Any:
+def load_packed(info: Any, config: dict[str, Any], dtype: torch.dtype, device: str) -> Any:
     """Build the model from ``config`` (minus its quantization_config) and copy the decoded weights
     into it layer by layer: peak memory is the model plus the packed checkpoint plus one float32 layer."""
     import json
@@ -148,8 +131,9 @@ def load_packed(path: str, method: str, qc: dict[str, Any], config: dict[str, An
     from safetensors.torch import load_file
     from transformers import AutoConfig
 
-    where = f"checkpoint '{path}'"
-    root = Path(path)
+    where = f"checkpoint '{info.path}'"
+    root = Path(info.path)
+    v1 = str(config["quantization_config"].get("checkpoint_format", "gptq")) != "gptq_v2"
     index = root / "model.safetensors.index.json"
     if index.is_file():  # sharded: exactly the files the index names
         files = sorted({root / f for f in json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()})
@@ -164,7 +148,7 @@ def load_packed(path: str, method: str, qc: dict[str, Any], config: dict[str, An
     filled: set[str] = set()
     unexpected: list[str] = []
     with torch.no_grad():
-        for key, value, _ in iter_dense(tensors, method, qc, where, dtype):
+        for key, value in iter_dense(tensors, info.method, int(info.bits), info.group_size, where, dtype, v1):
             target = state.get(key)
             if target is None:
                 unexpected.append(key)
