@@ -63,7 +63,8 @@ def judge(report: dict[str, Any], *, sure: bool) -> tuple[bool, str]:
     * SURE model: some forget metric dropped in full precision, and every recovery item
       (verbmem_f, knowmem_f) of every 4-bit quantizer passed.
     Skipped items (a backend not installed) count neither way. Utility and privleak items are
-    reported in the sentence, not judged: the demo is about recovery under quantization.
+    reported in the sentence (:func:`_other_items`), not judged: the demo is about recovery under
+    quantization.
     """
     verdicts = _verdicts(report)
     prov = report.get("provenance", {})
@@ -97,20 +98,47 @@ def judge(report: dict[str, Any], *, sure: bool) -> tuple[bool, str]:
                             key=lambda t: (t[1] == main, rec(*t) or 0.0), reverse=True)
             best = ranked[0]
             return True, (f"{drop}, but 4-bit quantization brings it back ({_pct(rec(*best))} of the {best[1]} drop under {best[0]}; "
-                          f"{recovered}); the default budget (recovery <= {limit}) fails it under {', '.join(failing)}.")
+                          f"{recovered}); the default budget (recovery <= {limit}) fails it under {', '.join(failing)}."
+                          + _other_items(report, quantizers, t_fp, u_fp, budgets))
         return False, (f"{drop}, and no 4-bit quantizer brought more than {limit} back ({recovered}); "
                        f"the demo expected this model to fail.")
     bad = [f"{q} {m}" for q in four for m in ("knowmem_f", "verbmem_f") if passed(q, m) is False]
     if bad:
         return False, f"{drop}, but under 4-bit quantization it failed the budget ({', '.join(bad)}; {recovered}); the demo expected SURE to pass."
-    utility = ""
+    return True, (f"{drop}, and it stays forgotten under quantization ({recovered}); every 4-bit recovery item passes."
+                  + _other_items(report, quantizers, t_fp, u_fp, budgets))
+
+def _other_items(report: dict[str, Any], quantizers: list[str], t_fp: dict[str, Any], u_fp: dict[str, Any],
+                 budgets: dict[str, Any]) -> str:
+    """The utility and privleak items in one or two plain sentences: not judged by the demo, but
+    never hidden (a reader must not take "every recovery item passes" for "the model passes")."""
+    verdicts = _verdicts(report)
+    rows = ["fp", *quantizers]
+
+    def failing(check: str) -> list[str]:
+        return [q for q in rows if (verdicts.get((q, check)) or {}).get("passed") is False]
+
+    out = ""
     kr_t, kr_u = t_fp.get("knowmem_r"), u_fp.get("knowmem_r")
     if kr_t and kr_u is not None:
-        failed_u = [q for q in ["fp", *quantizers] if passed(q, "utility") is False]
-        utility = (f" It keeps {kr_u / kr_t:.0%} of the target's knowmem_r"
-                   + (f" (under the default utility budget of {budgets.get('utility', 0.9):.0%} its utility items fail)." if failed_u
-                      else " (its utility items pass)."))
-    return True, f"{drop}, and it stays forgotten under quantization ({recovered}); every 4-bit recovery item passes.{utility}"
+        bad = failing("utility")
+        ratio = budgets.get("utility", 0.9)
+        out += f" It keeps {kr_u / kr_t:.0%} of the target's knowmem_r in full precision; "
+        if not bad:
+            out += f"its utility items (>= {ratio:.0%} of the target's) pass."
+        elif len(bad) == len(rows):
+            out += f"its utility items (>= {ratio:.0%} of the target's) fail everywhere."
+        else:
+            out += f"its utility items (>= {ratio:.0%} of the target's) fail under {', '.join(bad)} and pass elsewhere."
+    checked = [q for q in rows if (q, "privleak") in verdicts]
+    if checked and u_fp.get("privleak") is not None:
+        bad = failing("privleak")
+        bound = budgets.get("privleak", 25.0)
+        state = ("pass" if not bad else "fail everywhere" if len(bad) == len(checked)
+                 else f"fail under {', '.join(bad)}")
+        out += (f" Its privleak is {u_fp['privleak']:+.0f}% in full precision (retrain-like is 0; budget +-{bound:g}%), "
+                f"so its privleak items {state}.")
+    return out
 
 
 def _gate(name: str, paths: dict[str, str], quantizers: Sequence[str], out: Path, device: str, cache: Any,
