@@ -130,6 +130,41 @@ def test_rerun_uses_the_cache_and_gives_identical_numbers(gate_run: pytest.RunRe
         assert row["values"] == firsts[key]["values"] and not row["cached"]
 
 
+def test_a_retrain_model_that_saw_the_forget_set_fails_privleak_with_the_fix(
+        pytester: pytest.Pytester, tiny_in_cell_dir: Path, tiny_model_dir: Path, tiny_data_dir: Path) -> None:
+    """AUC_R = 0 (the "retrain" model tells every forget text from every holdout text) leaves
+    privleak = (AUC - AUC_R) / AUC_R undefined: its items fail with one line naming the fix, the
+    other items run, and the report writes privleak as null (it used to raise ZeroDivisionError)."""
+    import random
+    import shutil
+
+    data = pytester.path / "data"
+    shutil.copytree(tiny_data_dir, data)
+    rng = random.Random(0)
+    forget = json.loads((data / "privleak" / "forget.json").read_text())
+    # holdout texts no model has seen or could predict, so the target (passed as "retrain") scores
+    # every forget text below every holdout text: AUC 0, as a model trained on the forget set would
+    noise = ["".join(rng.choice("qxzjvkw ") for _ in range(len(t))) for t in forget]
+    (data / "privleak" / "holdout.json").write_text(json.dumps(noise))
+    result = pytester.runpytest_subprocess(
+        f"--unlearn-model={tiny_in_cell_dir}", f"--unlearn-target={tiny_model_dir}", f"--unlearn-data={data}",
+        f"--unlearn-retrain={tiny_model_dir}", "--unlearn-quantizers=rtn-w8", f"--unlearn-cache-dir={pytester.path / 'cache'}",
+        "-p", "no:randomly", "-rA", "--unlearn-json=report.json", "--junitxml=junit.xml")
+    out = result.stdout.str()
+    assert "Traceback" not in out and "ZeroDivisionError" not in out, out[-3000:]
+    seen = outcomes(pytester.path / "junit.xml")
+    assert seen["fp-privleak"] == seen["rtn-w8-privleak"] == "failed"
+    assert seen["fp-verbmem_f"] == "passed"  # the other items are unaffected
+    result.stdout.fnmatch_lines(["*the retrain model's forget-vs-holdout AUC is 0.00*"
+                                 "check that --unlearn-retrain names a model trained without the forget data*"])
+    report = json.loads((pytester.path / "report.json").read_text())
+    assert report["provenance"]["privleak_reference"]["auc"] == 0.0
+    assert all(r["values"]["privleak"] is None for r in report["rows"])
+    # retrain is the target's directory: its row comes from the target's cached result, under its own role
+    roles = [(r["model"], r["quantizer"]) for r in report["rows"]]
+    assert roles.count(("retrain", "fp")) == 1 and roles.count(("target", "fp")) == 1
+
+
 def test_quiet_run_prints_no_progress(pytester: pytest.Pytester, tiny_in_cell_dir: Path, tiny_model_dir: Path, tiny_data_dir: Path) -> None:
     result = pytester.runpytest_subprocess(*gate_args(tiny_in_cell_dir, tiny_model_dir, tiny_data_dir, cache=pytester.path / "c"),
                                            "-q", "-k", "fp-verbmem_f")

@@ -114,3 +114,14 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path: Path) -> None:
         atomic_write_text(target, 123)  # type: ignore[arg-type]
     assert json.loads(target.read_text()) == {"v": 1}
     assert [p for p in os.listdir(tmp_path) if p.endswith(".tmp")] == []
+
+
+def test_privleak_is_undefined_against_a_zero_reference_auc() -> None:
+    """(AUC - AUC_R) / AUC_R has nothing to divide by at AUC_R = 0: None, and a reason naming the fix."""
+    from unlearn_assert.verdict import privleak_pct, privleak_reference_problem
+
+    assert privleak_pct(0.25, 0.5) == -50.0 and privleak_pct(None, 0.5) is None
+    assert privleak_pct(0.0, 0.0) is None and privleak_pct(0.3, 0.0) is None
+    assert privleak_reference_problem(0.5, "retrain") is None
+    assert "--unlearn-retrain names a model trained without the forget data" in str(privleak_reference_problem(0.0, "retrain"))
+    assert "--unlearn-retrain-auc" in str(privleak_reference_problem(0.0, "default"))

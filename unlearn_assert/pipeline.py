@@ -22,7 +22,8 @@ from .cache import FingerprintCache, ResultCache, cache_key
 from .config import RunConfig
 from .errors import BackendUnavailable
 from .metrics import DEFAULT_REFERENCE_AUC
-from .verdict import FP, Verdict, evaluate_check, needed_rows, plan_checks, privleak_pct, reference_auc
+from .verdict import (FP, Verdict, evaluate_check, needed_rows, plan_checks, privleak_pct, privleak_reference_problem,
+                      reference_auc)
 
 ROLES = ("unlearned", "target", "retrain")
 METRICS = ("verbmem_f", "knowmem_f", "knowmem_r", "privleak")
@@ -169,7 +170,9 @@ class Engine:
         key = self.row_key(role, quantizer)
         row = self.cache.get(key)
         if row is not None:
-            row["cached"] = True
+            # the key is content-addressed: the same weights under another role (retrain = target, a
+            # "unlearned" model that is the target) share it, so the role is this row's, not the cached one's
+            row.update(model=role, quantizer=quantizer, cached=True)
             self.progress(f"{role} {quantizer}: cached result")
         else:
             row = self._compute(role, quantizer)
@@ -315,6 +318,12 @@ class Engine:
                 from .verdict import item_name
 
                 return Verdict(item_name(quantizer, check), quantizer, check, "skipped", str(row["skip_reason"]))
+        if check == "privleak":
+            problem = privleak_reference_problem(*self.reference_auc())
+            if problem is not None:  # the user asked for the check; it cannot be made: fail, never pass or skip
+                from .verdict import item_name
+
+                return Verdict(item_name(quantizer, check), quantizer, check, "failed", problem)
         return evaluate_check(quantizer, check, self.values(needed), budget or self.run.budget)
 
 

@@ -83,8 +83,25 @@ def reference_auc(retrain_row_auc: float | None, option_auc: float | None, defau
 
 
 def privleak_pct(auc: Any, reference: float) -> Any:
-    """``(AUC - AUC_R) / AUC_R * 100``: about 0 when the model leaks as much as a retrained one."""
-    return None if auc is None else (auc - reference) / reference * 100.0  # also elementwise (bootstrap arrays)
+    """``(AUC - AUC_R) / AUC_R * 100``: about 0 when the model leaks as much as a retrained one.
+
+    None (undefined) when AUC_R is 0: a "retrain" model that separates every forget text from every
+    holdout text has seen the forget set, and there is nothing to divide by (see
+    :func:`privleak_reference_problem`)."""
+    if auc is None or not reference > 0:
+        return None
+    return (auc - reference) / reference * 100.0  # also elementwise (bootstrap arrays)
+
+
+def privleak_reference_problem(reference: float, source: str) -> str | None:
+    """Why privleak cannot be computed against this reference AUC, or None when it can."""
+    if reference > 0:
+        return None
+    if source == "retrain":
+        return (f"the retrain model's forget-vs-holdout AUC is {reference:.2f}: it tells every forget text from every "
+                "holdout text, as a model trained on the forget set does, so privleak ((AUC - AUC_R) / AUC_R) is "
+                "undefined; check that --unlearn-retrain names a model trained without the forget data")
+    return f"the reference AUC is {reference:g}, so privleak ((AUC - AUC_R) / AUC_R) is undefined; pass --unlearn-retrain-auc in (0, 1]"
 
 
 def recovery(q_value: float, u_value: float, t_value: float) -> float | None:
