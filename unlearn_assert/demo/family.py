@@ -124,11 +124,11 @@ DEFAULT_UNLEARNED: tuple[UnlearnRecipe, ...] = (
     UnlearnRecipe(
         name="npo_klr_sure",
         method="npo_klr",
-        lr=2e-4,
+        lr=5e-5,
         steps=100,
         sure=True,
         sure_top=0.1,
-        description="the same method with SURE: ten times the learning rate (2e-4) on the 10% most salient linear modules",
+        description="the same method with SURE: 2.5 times the learning rate (5e-5) on the 10% most salient linear modules only",
     ),
 )
 
