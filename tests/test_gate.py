@@ -91,6 +91,8 @@ def test_gate_catches_recovery_under_4bit(gate_run: pytest.RunResult, pytester: 
     verdicts = {v["item"]: v for v in report["verdicts"]}
     assert verdicts["test_budget[rtn-w4g128-verbmem_f]"]["passed"] is False
     assert len(verdicts) == 9
+    # q(T) was computed for the recovery items, so the utility item shows it as context
+    assert "(the quantized target: " in verdicts["test_budget[rtn-w4g128-utility]"]["message"]
     prov = report["provenance"]
     assert prov["models"]["unlearned"]["fingerprint"] and prov["data"]["fingerprint"]
     assert report["samples"]["unlearned:rtn-w4g128"]["knowmem_f"][0]["generation"] is not None

@@ -85,6 +85,11 @@ def test_floor_failure_has_its_own_message() -> None:
 def test_utility_and_privleak() -> None:
     u = evaluate_check("rtn-w4g128", "utility", VALUES, Budget())  # 30 / 40 = 75% < 90%
     assert u.outcome == "failed" and u.value == pytest.approx(0.75)
+    # the quantized target's knowmem_r is context (how much the quantizer itself costs), not the reference
+    assert u.message == ("knowmem_r under rtn-w4g128 is 75% of the target's (needs >= 90%): 30.0 vs target 40.0 "
+                         "(the quantized target: 39.0, 98%)")
+    without = {k: v for k, v in VALUES.items() if k != ("target", "rtn-w4g128")}
+    assert evaluate_check("rtn-w4g128", "utility", without, Budget()).message.endswith("30.0 vs target 40.0")
     assert evaluate_check(FP, "utility", VALUES, Budget()).outcome == "passed"  # 38/40 = 95%
     p = evaluate_check("rtn-w4g128", "privleak", VALUES, Budget())  # |-40| > 25
     assert p.outcome == "failed" and "-40.0%" in p.message

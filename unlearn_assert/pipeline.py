@@ -324,7 +324,9 @@ class Engine:
                 from .verdict import item_name
 
                 return Verdict(item_name(quantizer, check), quantizer, check, "failed", problem)
-        return evaluate_check(quantizer, check, self.values(needed), budget or self.run.budget)
+        # rows already computed for other items (q(T) beside a utility item) are shown as context, never computed for it
+        context = [k for k in [("target", quantizer)] if k in self.rows and k not in needed and self.rows[k]["status"] == "ok"]
+        return evaluate_check(quantizer, check, self.values(needed + context), budget or self.run.budget)
 
 
 # ---------------------------------------------------------------------- report assembly

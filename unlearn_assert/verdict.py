@@ -168,9 +168,11 @@ def evaluate_check(quantizer: str, check: str, values: Values, budget: Budget) -
                            f"target knowmem_r is {_fmt(t)}: there is no retained knowledge to lose", value=None, budget=ratio)
         share = m / t
         ok = share >= ratio
+        qt = _get(values, "target", quantizer, "knowmem_r") if quantizer != FP else None
+        context = f" (the quantized target: {_fmt(qt)}, {qt / t:.0%})" if qt is not None else ""
         return Verdict(name, quantizer, check, "passed" if ok else "failed",
                        f"knowmem_r {where} is {share:.0%} of the target's (needs >= {ratio:.0%}): "
-                       f"{_fmt(m)} vs target {_fmt(t)}", value=share, budget=ratio)
+                       f"{_fmt(m)} vs target {_fmt(t)}{context}", value=share, budget=ratio)
     if check == "privleak":
         p = _get(values, "unlearned", quantizer, "privleak")
         if p is None:
