@@ -151,7 +151,7 @@ def test_a_retrain_model_that_saw_the_forget_set_fails_privleak_with_the_fix(
     result = pytester.runpytest_subprocess(
         f"--unlearn-model={tiny_in_cell_dir}", f"--unlearn-target={tiny_model_dir}", f"--unlearn-data={data}",
         f"--unlearn-retrain={tiny_model_dir}", "--unlearn-quantizers=rtn-w8", f"--unlearn-cache-dir={pytester.path / 'cache'}",
-        "-p", "no:randomly", "-rA", "--unlearn-json=report.json", "--junitxml=junit.xml")
+        "-p", "no:randomly", "-rA", "--unlearn-json=report.json", "--unlearn-html=report.html", "--junitxml=junit.xml")
     out = result.stdout.str()
     assert "Traceback" not in out and "ZeroDivisionError" not in out, out[-3000:]
     seen = outcomes(pytester.path / "junit.xml")
@@ -165,6 +165,7 @@ def test_a_retrain_model_that_saw_the_forget_set_fails_privleak_with_the_fix(
     # retrain is the target's directory: its row comes from the target's cached result, under its own role
     roles = [(r["model"], r["quantizer"]) for r in report["rows"]]
     assert roles.count(("retrain", "fp")) == 1 and roles.count(("target", "fp")) == 1
+    assert "<svg" in (pytester.path / "report.html").read_text()  # an undefined privleak renders, too
 
 
 def test_quiet_run_prints_no_progress(pytester: pytest.Pytester, tiny_in_cell_dir: Path, tiny_model_dir: Path, tiny_data_dir: Path) -> None:

@@ -342,6 +342,15 @@ def test_html_has_charts_tables_and_verdicts() -> None:
     assert page.count("<td class=\"num\">69</td>") == 0 and "<td class=\"num\">49</td>" in page
 
 
+def test_html_sample_cells_without_text_show_a_dash() -> None:
+    """privleak's samples are scored texts with no generation or reference: "-", never "None"."""
+    report = tiny_report()
+    report["samples"] = {"unlearned:fp": {"privleak": [
+        {"id": 0, "prompt": "Orla Vantreck was elected mayor", "generation": None, "reference": None, "score": 0.31}]}}
+    page = render_html(report)
+    assert ">None<" not in page and "<td>-</td><td>-</td>" in page
+
+
 def test_html_handles_nonfinite_and_missing_references() -> None:
     report = tiny_report()
     report["rows"][1]["values"]["privleak"] = float("nan")

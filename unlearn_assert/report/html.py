@@ -253,11 +253,16 @@ def sample_sections(report: Report) -> list[dict[str, Any]]:
                 "key": key, "metric": metric, "total": len(records),
                 "mean": fmt_num(sum(scores) / len(scores)) if scores else "-",
                 "records": [{"id": r.get("id", i), "prompt": _excerpt(r.get("prompt")),
-                             "generation": str(r.get("generation", "")), "reference": str(r.get("reference", "")),
+                             "generation": _text(r.get("generation")), "reference": _text(r.get("reference")),
                              "score": fmt_num(r.get("score"))}
                             for i, r in enumerate(records[:MAX_SAMPLES_SHOWN])],
             })
     return sections
+
+
+def _text(value: Any) -> str:
+    """A sample's text cell; records without one (privleak's scored texts have no generation) show "-"."""
+    return "-" if value is None else str(value)
 
 
 def render_html(report: Report) -> str:
