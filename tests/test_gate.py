@@ -77,6 +77,7 @@ def test_gate_catches_recovery_under_4bit(gate_run: pytest.RunResult, pytester: 
     result.stdout.fnmatch_lines(["*verbmem_f RECOVERED *% of the forgetting under rtn-w4g128 (budget 25%): quantized *, unlearned *, target *"])
     result.stdout.fnmatch_lines(["*unlearning budget summary*", "model*quantizer*verbmem_f*knowmem_f*verdict*"])
     assert "Traceback" not in result.stdout.str()
+    assert "script_method" not in result.stdout.str()  # torch's own deprecation noise is not the user's to see
 
     report = json.loads((pytester.path / "report.json").read_text())
     assert report["schema_version"] == 1

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import struct
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -270,6 +271,18 @@ def check_finite(model: Any, path: str) -> None:
             raise ModelError(f"model '{path}' has NaN or Inf values in '{name}'; the checkpoint is broken, re-export it")
 
 
+def _import_torch_internals_quietly() -> None:
+    """Import ``torch.utils.mkldnn`` once with one warning ignored.
+
+    torch 2.13's own ``torch.utils.mkldnn`` decorates its classes with its deprecated
+    ``torch.jit.script_method``. transformers imports it on the first model load, so every gate run
+    listed 14 DeprecationWarnings that no user can act on. Importing it here, with only that message
+    ignored, leaves every other warning alone, including this one from anyone else's code."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.script_method` is deprecated", category=DeprecationWarning)
+        import torch.utils.mkldnn  # noqa: F401
+
+
 def load_model(
     path: str | os.PathLike[str],
     device: str | None = "cpu",
@@ -286,6 +299,7 @@ def load_model(
     weight_files = _weight_files(directory)
     for file in weight_files:
         check_safetensors_file(file)
+    _import_torch_internals_quietly()
     from transformers import AutoConfig, AutoModelForCausalLM
 
     try:
