@@ -118,6 +118,9 @@ def test_bad_entries_are_one_line_usage_errors(tmp_path: Path, tiny_model_dir: P
     wide = _copy_with_config(tiny_model_dir, tmp_path / "wide", hidden_size=128, quantization_config=bnb_cfg)
     ok = _copy_with_config(tiny_model_dir, tmp_path / "ok", quantization_config=bnb_cfg)
     assert parse_quantized_option([f"x={ok}"], str(tiny_model_dir))[0].scheme == "nf4"
+    cut = _copy_with_config(tiny_model_dir, tmp_path / "cut", quantization_config=bnb_cfg)
+    weights = next(cut.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:-100])  # a truncated upload
     cases = [
         ("noequals", "is not NAME=DIR"),
         (f"my-ckpt={gptq}", "NAME must be letters"),
@@ -128,6 +131,7 @@ def test_bad_entries_are_one_line_usage_errors(tmp_path: Path, tiny_model_dir: P
         (f"x={quanto}", "'quanto' is not supported; use a compressed-tensors, bitsandbytes, GPTQ or AWQ"),
         (f"x={wide}", "its hidden_size is 128 but the target's is 96"),
         ([f"x={ok}", f"x={ok}"], "given twice"),
+        (f"x={cut}", "is corrupt or truncated .* re-download or re-save the checkpoint"),
     ]
     for entry, message in cases:
         with pytest.raises(ConfigError, match=message) as info:
@@ -143,7 +147,7 @@ def test_bad_entry_exits_4(pytester: pytest.Pytester, tiny_unlearned_dir: Path, 
 
 
 def _config(**options: object):
-    from unlearn_assert.config import OPTIONS, build_run_config
+    from unlearn_assert.config import build_run_config
 
     return build_run_config(lambda opt: options.get(opt.name, opt.default), check_paths=False)
 
@@ -158,3 +162,27 @@ def test_budgets_may_name_checkpoints_and_nothing_is_checked_without_a_model(tmp
         _config(model=str(tiny_model_dir), quantized=[f"mine={ok}"], budget="recovery@other=0.1")
     # the plugin is off without --unlearn-model: a stale ini entry must not break every pytest run
     assert _config(quantized=[f"mine={tmp_path / 'missing'}"], calibration=str(tmp_path / "missing.txt")).prequantized == ()
+
+
+def test_a_checkpoint_is_hashed_once_per_engine_even_without_the_cache(
+        monkeypatch: pytest.MonkeyPatch, tiny_unlearned_dir: Path, tiny_model_dir: Path, tiny_data_dir: Path,
+        nf4_dir: Path) -> None:
+    """--unlearn-no-cache turns off the on-disk fingerprint cache: the row key and the view of a
+    (possibly multi-GB) checkpoint still share one hash."""
+    import unlearn_assert.models as models
+    from unlearn_assert.config import RunConfig
+    from unlearn_assert.pipeline import Engine
+
+    hashed: list[str] = []
+    real = models.fingerprint
+    monkeypatch.setattr(models, "fingerprint", lambda path: hashed.append(str(Path(path).resolve())) or real(path))
+    run = RunConfig(model=str(tiny_unlearned_dir), target=str(tiny_model_dir), data=str(tiny_data_dir), quantizers=(),
+                    prequantized=parse_quantized_option([f"shipped={nf4_dir}"], str(tiny_model_dir)), no_cache=True,
+                    device="cpu", max_samples=2)
+    engine = Engine(run)
+    try:
+        assert engine.verdict("shipped", "knowmem_f").outcome in ("passed", "failed")
+        assert engine.verdict("shipped", "utility").outcome in ("passed", "failed")
+    finally:
+        engine.close()
+    assert hashed.count(str(nf4_dir.resolve())) == 1

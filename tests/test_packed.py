@@ -1,5 +1,5 @@
-"""GPTQ / AWQ packed-checkpoint decoding: hand-packed words, independent packers, and a GPTQ export
-of the tiny model gated through ``--unlearn-quantized``."""
+"""GPTQ / AWQ packed-checkpoint decoding: hand-packed words, independent packers, GPTQ and AWQ
+exports of the tiny model decoded whole, and an AWQ export gated through ``--unlearn-quantized``."""
 
 from __future__ import annotations
 
@@ -81,9 +81,10 @@ def test_three_bit_gptq_is_refused() -> None:
         decode_gptq(torch.zeros(3, 8, dtype=torch.int32), torch.zeros(1, 3, dtype=torch.int32), torch.ones(1, 8), None, 3, 32)
 
 
-def _gptq_export(src: Path, out: Path, group: int = 32) -> dict[str, torch.Tensor]:
-    """Write src as a GPTQ v1 checkpoint of our symmetric RTN (codes -7..7 stored as 1..15, zero 8
-    stored as 7), the way auto-gptq lays it out; return the dense weights it stands for."""
+def _packed_export(src: Path, out: Path, method: str, group: int = 32) -> dict[str, torch.Tensor]:
+    """Write src as a packed 4-bit checkpoint of our symmetric RTN, the way auto-gptq (``gptq``, v1:
+    codes -7..7 stored as 1..15, zero 8 stored as 7) or AutoAWQ (``awq`` GEMM: zero 8, its nibble
+    order) lays it out; return the dense weights it stands for."""
     from safetensors.torch import load_file, save_file
 
     shutil.copytree(src, out)
@@ -100,29 +101,35 @@ def _gptq_export(src: Path, out: Path, group: int = 32) -> dict[str, torch.Tenso
         codes = rtn_codes(w, 4, group, params=(scale16.double(), torch.zeros_like(scale)))
         q = (codes + 8).T.contiguous()  # (in, out), unsigned
         zeros = torch.full((w.shape[1] // group, w.shape[0]), 8)
-        qweight, qzeros = pack_gptq(q, zeros, 4, v1=True)
-        packed.update({f"{name}.qweight": qweight, f"{name}.qzeros": qzeros, f"{name}.scales": scale16.T.contiguous(),
-                       f"{name}.g_idx": (torch.arange(w.shape[1]) // group).int()})
+        if method == "gptq":
+            qweight, qzeros = pack_gptq(q, zeros, 4, v1=True)
+            packed[f"{name}.g_idx"] = (torch.arange(w.shape[1]) // group).int()
+        else:
+            qweight, qzeros = pack_awq(q), pack_awq(zeros)
+        packed.update({f"{name}.qweight": qweight, f"{name}.qzeros": qzeros, f"{name}.scales": scale16.T.contiguous()})
         dense[key] = (codes.float() * scale16.float().repeat_interleave(group, 1))
     (out / "model.safetensors").unlink()
     save_file(packed, str(out / "model.safetensors"))
     config = json.loads((out / "config.json").read_text())
-    config["quantization_config"] = {"quant_method": "gptq", "bits": 4, "group_size": group, "sym": True, "desc_act": False,
-                                     "checkpoint_format": "gptq"}
+    config["quantization_config"] = (
+        {"quant_method": "gptq", "bits": 4, "group_size": group, "sym": True, "desc_act": False, "checkpoint_format": "gptq"}
+        if method == "gptq" else {"quant_method": "awq", "bits": 4, "group_size": group, "zero_point": True, "version": "gemm"})
     (out / "config.json").write_text(json.dumps(config))
     return dense
 
 
-def test_a_gptq_export_of_the_tiny_model_loads_as_its_dense_weights(tmp_path: Path, tiny_unlearned_dir: Path,
-                                                                    tiny_model_dir: Path, unlearned) -> None:
-    dense = _gptq_export(tiny_unlearned_dir, tmp_path / "gptq")
-    (info,) = parse_quantized_option([f"shipped={tmp_path / 'gptq'}"], str(tiny_model_dir))
-    assert (info.method, info.bits, info.group_size, info.symmetric) == ("gptq", 4, 32, True)
+@pytest.mark.parametrize("method", ["gptq", "awq"])
+def test_a_packed_export_of_the_tiny_model_loads_as_its_dense_weights(method: str, tmp_path: Path, tiny_unlearned_dir: Path,
+                                                                      tiny_model_dir: Path, unlearned) -> None:
+    dense = _packed_export(tiny_unlearned_dir, tmp_path / method, method)
+    (info,) = parse_quantized_option([f"shipped={tmp_path / method}"], str(tiny_model_dir))
+    assert (info.method, info.bits, info.group_size) == (method, 4, 32)
+    assert info.symmetric is (method == "gptq")  # AWQ stores a zero point (zero_point: true), even when it is 8
     with open_checkpoint(info, unlearned) as (loaded, report):
         modules = dict(loaded.model.named_modules())
         for key, w in dense.items():
             assert torch.equal(modules[key[: -len(".weight")]].weight.float(), w.to(modules[key[: -len(".weight")]].weight.dtype).float())
-        assert report.backend == "checkpoint:gptq" and len(report.modules) == 14 and report.changed_fraction > 0.5
+        assert report.backend == f"checkpoint:{method}" and len(report.modules) == 14 and report.changed_fraction > 0.5
         # everything else (embeddings, norms, rotary buffers) is the source model's: same logits as
         # the source model carrying the same dense weights
         import copy
@@ -135,6 +142,25 @@ def test_a_gptq_export_of_the_tiny_model_loads_as_its_dense_weights(tmp_path: Pa
                 weight.copy_(w.to(weight.dtype))
             ids = loaded.tokenizer("The river flows past the old mill", return_tensors="pt")
             torch.testing.assert_close(loaded.model(**ids).logits, reference(**ids).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_an_awq_export_is_gated_through_the_option(pytester: pytest.Pytester, tmp_path: Path, tiny_unlearned_dir: Path,
+                                                     tiny_model_dir: Path, tiny_data_dir: Path) -> None:
+    """The whole path a provider takes: their packed artifact named on the command line becomes a
+    row and its items, with the numbers of the dense weights it decodes to."""
+    from test_gate import gate_args, outcomes
+
+    _packed_export(tiny_unlearned_dir, tmp_path / "awq", "awq")
+    result = pytester.runpytest_subprocess(*gate_args(
+        tiny_unlearned_dir, tiny_model_dir, tiny_data_dir, f"--unlearn-quantized=shipped_awq={tmp_path / 'awq'}",
+        "--unlearn-json=r.json", "--junitxml=j.xml", "-k", "shipped_awq", cache=pytester.path / "c"))
+    assert result.ret in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED), result.stdout.str()[-2000:]
+    seen = outcomes(pytester.path / "j.xml")
+    assert {k for k in seen if k.startswith("shipped_awq-")} == {f"shipped_awq-{c}" for c in ("verbmem_f", "knowmem_f", "utility")}
+    assert all(v in ("passed", "failed") for k, v in seen.items() if k.startswith("shipped_awq-"))
+    rows = {(r["model"], r["quantizer"]): r for r in json.loads((pytester.path / "r.json").read_text())["rows"]}
+    row = rows[("unlearned", "shipped_awq")]
+    assert row["status"] == "ok" and row["quant"]["backend"] == "checkpoint:awq" and row["quant"]["changed_fraction"] > 0.5
 
 
 def test_group_size_minus_one_is_per_layer() -> None:

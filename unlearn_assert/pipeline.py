@@ -22,8 +22,8 @@ from .cache import FingerprintCache, ResultCache, cache_key
 from .config import RunConfig
 from .errors import BackendUnavailable
 from .metrics import DEFAULT_REFERENCE_AUC
-from .verdict import (FP, Verdict, evaluate_check, needed_rows, plan_checks, privleak_pct, privleak_reference_problem,
-                      reference_auc)
+from .verdict import (FP, Verdict, evaluate_check, item_name, needed_rows, plan_checks, privleak_pct,
+                      privleak_reference_problem, reference_auc)
 
 ROLES = ("unlearned", "target", "retrain")
 METRICS = ("verbmem_f", "knowmem_f", "knowmem_r", "privleak")
@@ -99,6 +99,14 @@ class Engine:
             self._fps[role] = self._fingerprints.fingerprint(str(self.path(role)))
         return self._fps[role]
 
+    def checkpoint_fingerprint(self, name: str, path: str) -> str:
+        """The content hash of the user's quantized checkpoint ``name``, computed once per engine
+        (the on-disk fingerprint cache is off under --unlearn-no-cache, and a checkpoint is large)."""
+        key = "checkpoint:" + name
+        if key not in self._fps:
+            self._fps[key] = self._fingerprints.fingerprint(str(path))
+        return self._fps[key]
+
     def model(self, role: str) -> Any:
         """Load a model once; the unlearned and retrain models are checked against the target."""
         if role not in self._models:
@@ -148,7 +156,7 @@ class Engine:
         if checkpoint is not None:  # the artifact's content, and the model its changed_fraction is measured against
             if role != "unlearned":
                 raise ValueError(f"checkpoint '{quantizer}' is a quantized unlearned model; it has no {role} row")
-            parts["quantizer"] = "checkpoint:" + self._fingerprints.fingerprint(checkpoint.path)
+            parts["quantizer"] = "checkpoint:" + self.checkpoint_fingerprint(quantizer, checkpoint.path)
         elif quantizer != FP:
             from .quant.spec import parse_quantizer_id
 
@@ -236,7 +244,7 @@ class Engine:
         if checkpoint is not None:
             if role != "unlearned":
                 raise ValueError(f"'{quantizer}' is your quantized unlearned checkpoint; there is no {role} version of it")
-            return _checkpoint_view(checkpoint, self.model(role), self.run, self._fingerprints.fingerprint(checkpoint.path))
+            return _checkpoint_view(checkpoint, self.model(role), self.run, self.checkpoint_fingerprint(quantizer, checkpoint.path))
         loaded = self.model(role)
         from .quant import quantized
 
@@ -315,17 +323,14 @@ class Engine:
         for role, q in needed:
             row = self.row(role, q)
             if row["status"] == "skipped":
-                from .verdict import item_name
-
                 return Verdict(item_name(quantizer, check), quantizer, check, "skipped", str(row["skip_reason"]))
         if check == "privleak":
             problem = privleak_reference_problem(*self.reference_auc())
             if problem is not None:  # the user asked for the check; it cannot be made: fail, never pass or skip
-                from .verdict import item_name
-
                 return Verdict(item_name(quantizer, check), quantizer, check, "failed", problem)
-        # rows already computed for other items (q(T) beside a utility item) are shown as context, never computed for it
-        context = [k for k in [("target", quantizer)] if k in self.rows and k not in needed and self.rows[k]["status"] == "ok"]
+        # q(T) beside a utility item is context when another item already computed it; never computed for it
+        qt = ("target", quantizer)
+        context = [qt] if qt not in needed and self.rows.get(qt, {}).get("status") == "ok" else []
         return evaluate_check(quantizer, check, self.values(needed + context), budget or self.run.budget)
 
 

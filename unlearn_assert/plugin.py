@@ -40,6 +40,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 PATH_OPTIONS = frozenset({"model", "target", "retrain", "data", "json", "html", "cache_dir", "calibration"})
 
 
+def _ini_path(config: pytest.Config, text: str) -> str:
+    """A path written in the ini file: absolute (or ~) as written, else relative to the ini file's directory."""
+    text = text.strip()
+    if Path(text).expanduser().is_absolute():
+        return text
+    base = config.inipath.parent if config.inipath is not None else config.rootpath
+    return str(base / text)
+
+
 def _effective(config: pytest.Config, opt: Option) -> Any:
     """Command line over ini over the option's default. Relative paths from the command line are
     relative to the working directory; from the ini file, to the ini file's directory (so a
@@ -49,18 +58,14 @@ def _effective(config: pytest.Config, opt: Option) -> Any:
         return value
     ini = config.getini(opt.ini)
     if opt.multi:  # NAME=DIR entries: DIR relative to the ini file
-        base = config.inipath.parent if config.inipath is not None else config.rootpath
         out = []
         for entry in ini or []:
             name, sep, path = str(entry).partition("=")
-            if sep and path and not Path(path).expanduser().is_absolute():
-                path = str((base / path).expanduser())
-            out.append(f"{name}{sep}{path}")
+            out.append(f"{name}{sep}{_ini_path(config, path)}" if sep and path else str(entry))
         return out or opt.default
     if ini not in (None, "") and not (opt.flag and ini is False):
         if opt.name in PATH_OPTIONS and not str(ini).startswith("demo:"):
-            base = config.inipath.parent if config.inipath is not None else config.rootpath
-            return str((base / str(ini).strip()).expanduser()) if not Path(str(ini).strip()).expanduser().is_absolute() else str(ini).strip()
+            return _ini_path(config, str(ini))
         return ini
     return opt.default
 

@@ -47,7 +47,6 @@ __all__ = [
     "UnlearnRecipe",
     "build_family",
     "default_demo_cache",
-    "demo_names",
     "family_dir",
     "is_built",
     "parse_demo_spec",
@@ -177,10 +176,6 @@ class DemoRecipe:
 DEFAULT_RECIPE = DemoRecipe()
 #: The demo model names of the default recipe (what ``--unlearn-model=demo:NAME`` accepts).
 DEMO_MODELS: tuple[str, ...] = DEFAULT_RECIPE.names
-
-
-def demo_names(recipe: DemoRecipe | None = None) -> tuple[str, ...]:
-    return (recipe or DEFAULT_RECIPE).names
 
 
 # --------------------------------------------------------------------------- locations
@@ -315,7 +310,8 @@ def train_lm(
 # --------------------------------------------------------------------------- the build
 
 
-def _say(progress: Progress | None) -> Progress:
+def progress_printer(progress: Progress | None) -> Progress:
+    """``progress``, or print each line at once (the demo's stages take minutes; nothing may buffer)."""
     if progress is not None:
         return progress
     return lambda line: print(line, flush=True)
@@ -331,7 +327,7 @@ def _job_train(out_dir: str, data_dir: str, tokenizer_dir: str, lm: dict[str, An
         torch.set_num_threads(threads)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
     docs = training_texts(data_dir, forget=forget)
-    progress = say or (lambda line: print(line, flush=True))
+    progress = progress_printer(say)
     return train_lm(Path(out_dir), docs, tokenizer, LMRecipe(**lm), label=label, progress=progress)
 
 
@@ -345,7 +341,7 @@ def _job_unlearn(target_dir: str, data_dir: str, out_dir: str, u: dict[str, Any]
     if threads:
         torch.set_num_threads(threads)
     recipe = UnlearnRecipe(**u)
-    progress = say or (lambda line: print(line, flush=True))
+    progress = progress_printer(say)
     settings = recipe.settings(log_every=max(1, recipe.steps // 4))
     result = unlearn(target_dir, data_dir, settings, progress=lambda line: progress(f"  {recipe.name}: {line}"))
     save_unlearned(result, out_dir)
@@ -379,7 +375,7 @@ def build_family(
     progress lines to stdout; ``progress`` receives the stage lines.
     """
     recipe = (recipe or DEFAULT_RECIPE).validated()
-    say = _say(progress)
+    say = progress_printer(progress)
     final = family_dir(recipe, cache_dir)
     if (final / FAMILY_FILE).is_file() and not rebuild:
         return final
@@ -530,14 +526,6 @@ def resolve_demo(
         "retrain": str(directory / "retrain"),
         "data": str(directory / "data"),
     }
-
-
-def family_info(recipe: DemoRecipe | None = None, cache_dir: str | os.PathLike[str] | None = None) -> dict[str, Any] | None:
-    """The family.json of a built family, or None."""
-    path = family_dir(recipe, cache_dir) / FAMILY_FILE
-    if not path.is_file():
-        return None
-    return json.loads(path.read_text())
 
 
 def small_recipe(**lm_overrides: Any) -> DemoRecipe:

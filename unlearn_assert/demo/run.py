@@ -99,20 +99,19 @@ def judge(report: dict[str, Any], *, sure: bool) -> tuple[bool, str]:
             best = ranked[0]
             return True, (f"{drop}, but 4-bit quantization brings it back ({_pct(rec(*best))} of the {best[1]} drop under {best[0]}; "
                           f"{recovered}); the default budget (recovery <= {limit}) fails it under {', '.join(failing)}."
-                          + _other_items(report, quantizers, t_fp, u_fp, budgets))
+                          + _other_items(verdicts, quantizers, t_fp, u_fp, budgets))
         return False, (f"{drop}, and no 4-bit quantizer brought more than {limit} back ({recovered}); "
                        f"the demo expected this model to fail.")
     bad = [f"{q} {m}" for q in four for m in ("knowmem_f", "verbmem_f") if passed(q, m) is False]
     if bad:
         return False, f"{drop}, but under 4-bit quantization it failed the budget ({', '.join(bad)}; {recovered}); the demo expected SURE to pass."
     return True, (f"{drop}, and it stays forgotten under quantization ({recovered}); every 4-bit recovery item passes."
-                  + _other_items(report, quantizers, t_fp, u_fp, budgets))
+                  + _other_items(verdicts, quantizers, t_fp, u_fp, budgets))
 
-def _other_items(report: dict[str, Any], quantizers: list[str], t_fp: dict[str, Any], u_fp: dict[str, Any],
-                 budgets: dict[str, Any]) -> str:
+def _other_items(verdicts: dict[tuple[str, str], dict[str, Any]], quantizers: list[str], t_fp: dict[str, Any],
+                 u_fp: dict[str, Any], budgets: dict[str, Any]) -> str:
     """The utility and privleak items in one or two plain sentences: not judged by the demo, but
     never hidden (a reader must not take "every recovery item passes" for "the model passes")."""
-    verdicts = _verdicts(report)
     rows = ["fp", *quantizers]
 
     def failing(check: str) -> list[str]:
@@ -187,9 +186,9 @@ def run_demo(
     """
     from ..cache import ResultCache
     from ..report.terminal import render_table, summary_line
-    from .family import DEFAULT_RECIPE, build_family, resolve_demo
+    from .family import DEFAULT_RECIPE, build_family, progress_printer, resolve_demo
 
-    say = progress or (lambda line: print(line, flush=True))
+    say = progress_printer(progress)
     recipe = recipe or DEFAULT_RECIPE
     start = time.perf_counter()
     unknown = [m for m in models if m not in recipe.names]

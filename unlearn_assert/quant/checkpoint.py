@@ -38,7 +38,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
+from ..config import CHECKPOINT_NAME_RE as NAME_RE  # one grammar for names, budgets and items
 from ..errors import ConfigError, ModelError
+from .spec import BNB_4BIT_BLOCKSIZE
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..models import LoadedModel
@@ -51,7 +53,6 @@ SUPPORTED = {
     "gptq": ("safetensors", "pip install unlearn-assert"),
     "awq": ("safetensors", "pip install unlearn-assert"),
 }
-from ..config import CHECKPOINT_NAME_RE as NAME_RE  # noqa: E402  one grammar for names, budgets and items
 CONFIG_KEYS = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers")
 
 
@@ -71,7 +72,7 @@ class CheckpointInfo:
 def _describe(method: str, qc: dict[str, Any], where: str) -> tuple[int | None, int | None, bool, str | None]:
     if method == "bitsandbytes":
         if qc.get("load_in_4bit"):
-            return 4, 64, True, str(qc.get("bnb_4bit_quant_type", "fp4"))
+            return 4, BNB_4BIT_BLOCKSIZE, True, str(qc.get("bnb_4bit_quant_type", "fp4"))
         if qc.get("load_in_8bit"):
             return 8, None, True, "int8"
         raise ConfigError(f"{where}: bitsandbytes config has neither load_in_4bit nor load_in_8bit; re-save the quantized model")
@@ -94,13 +95,14 @@ def _describe(method: str, qc: dict[str, Any], where: str) -> tuple[int | None, 
 def read_checkpoint(name: str, path: str, target: str | None = None) -> CheckpointInfo:
     """Validate ``NAME=DIR`` at option time (no torch): the name, the directory, safetensors
     weights, a supported ``quantization_config``, and the target's architecture when given."""
-    from ..models import check_model_dir
+    from ..models import check_model_dir, read_weight_headers
 
     where = f"--unlearn-quantized {name}={path}"
     if not NAME_RE.fullmatch(name) or name == "fp":
         raise ConfigError(f"{where}: NAME must be letters, digits, '.', '_' or '+' (not 'fp', no '-'), e.g. my-gptq is written my_gptq")
     try:
         directory = check_model_dir(path)
+        read_weight_headers(directory)  # a truncated upload fails here, as --unlearn-model's weights do
     except ModelError as exc:
         raise ConfigError(f"{where}: {exc}") from None
     try:

@@ -183,6 +183,11 @@ class LlmcBackend:
     def recipe(self, targets: list[str]) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    @contextmanager
+    def _library_fixes(self) -> Iterator[None]:
+        """Workarounds a backend needs around ``oneshot`` only (none by default); undone afterwards."""
+        yield
+
     def targets(self, model: nn.Module, skip_modules: Sequence[str]) -> dict[str, nn.Linear]:
         """Linear layers to quantize; a group size that does not divide a layer's input width (also
         one larger than it) is one clear error: compressed-tensors would stop on it after
@@ -205,7 +210,7 @@ class LlmcBackend:
         windows = calibration.windows(tokenizer, max_pos)
         ds = Dataset.from_list([{"input_ids": w, "attention_mask": [1] * len(w)} for w in windows])
         try:
-            with _quiet(), _no_lingering_references():
+            with _quiet(), _no_lingering_references(), self._library_fixes():
                 oneshot(model=model, dataset=ds, recipe=self.recipe(names), num_calibration_samples=len(windows),
                         max_seq_length=max(len(w) for w in windows), shuffle_calibration_samples=False, batch_size=1,
                         processor=tokenizer)
@@ -324,11 +329,23 @@ class AwqBackend(LlmcBackend):
 
     def recipe(self, targets: list[str]) -> Any:
         from llmcompressor.modifiers.transform.awq import AWQModifier
+
+        return [AWQModifier(), QuantizationModifier(config_groups={"group_0": _scheme(self.spec, targets)}, ignore=[])]
+
+    @contextmanager
+    def _library_fixes(self) -> Iterator[None]:
+        """llm-compressor 0.14's AWQ pins its activation cache to page-locked memory, which a
+        CPU-only torch refuses ("Cannot access accelerator device"); pinning only speeds up
+        host-to-GPU copies, so without a GPU it is skipped, for this call only (the user's own
+        llm-compressor use in the same process is left as it was)."""
         from llmcompressor.pipelines.cache import IntermediatesCache
 
-        if not torch.cuda.is_available():
-            # llm-compressor 0.14's AWQ pins its activation cache to page-locked memory, which a
-            # CPU-only torch refuses ("Cannot access accelerator device"); pinning only speeds
-            # up host-to-GPU copies, so without a GPU it is skipped.
-            IntermediatesCache.pin_memory = lambda self, *a, **k: None  # type: ignore[method-assign]
-        return [AWQModifier(), QuantizationModifier(config_groups={"group_0": _scheme(self.spec, targets)}, ignore=[])]
+        if torch.cuda.is_available():
+            yield
+            return
+        original = IntermediatesCache.__dict__["pin_memory"]
+        IntermediatesCache.pin_memory = lambda self, *a, **k: None  # type: ignore[method-assign]
+        try:
+            yield
+        finally:
+            IntermediatesCache.pin_memory = original  # type: ignore[method-assign]

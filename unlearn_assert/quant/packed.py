@@ -131,6 +131,8 @@ def load_packed(info: Any, config: dict[str, Any], dtype: torch.dtype, device: s
     from safetensors.torch import load_file
     from transformers import AutoConfig
 
+    from ..models import _weight_files
+
     where = f"checkpoint '{info.path}'"
     root = Path(info.path)
     v1 = str(config["quantization_config"].get("checkpoint_format", "gptq")) != "gptq_v2"
@@ -138,7 +140,7 @@ def load_packed(info: Any, config: dict[str, Any], dtype: torch.dtype, device: s
     if index.is_file():  # sharded: exactly the files the index names
         files = sorted({root / f for f in json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()})
     else:
-        files = sorted(root.glob("*.safetensors"))
+        files = _weight_files(root)
     tensors: dict[str, torch.Tensor] = {}
     for file in files:
         tensors.update(load_file(str(file)))
