@@ -29,7 +29,7 @@ def _tests_conftest() -> ModuleType:
 @pytest.fixture(scope="session")
 def bench_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tests' tiny target model (same text, same recipe)."""
-    from unlearn_assert.demo.tinymodel import build_tiny_llama
+    from unlearn_assert.testing import build_tiny_llama
 
     return build_tiny_llama(tmp_path_factory.mktemp("bench-target"), _tests_conftest().fixture_texts(TINY_DATA))
 

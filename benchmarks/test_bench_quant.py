@@ -56,8 +56,8 @@ def _large_model_dir(root: Path) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from unlearn_assert.demo.tinymodel import train_tokenizer
     from unlearn_assert.models import quiet_transformers
+    from unlearn_assert.testing import train_tokenizer
 
     torch.manual_seed(0)
     tok = train_tokenizer(["a tokenizer for a timing-only model. " * 50], 300)

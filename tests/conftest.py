@@ -69,7 +69,7 @@ def tiny_data_dir() -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_data_dir: Path) -> Path:
     """A ~120k-parameter Llama trained for a few seconds on the fixture text (the "target")."""
-    from unlearn_assert.demo.tinymodel import build_tiny_llama
+    from unlearn_assert.testing import build_tiny_llama
 
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-target"), fixture_texts(tiny_data_dir))
 
@@ -77,7 +77,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_data_dir: Path
 @pytest.fixture(scope="session")
 def tiny_unlearned_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
     """The target with small seeded noise on its linear weights: a related, different checkpoint."""
-    from unlearn_assert.demo.tinymodel import perturb_copy
+    from unlearn_assert.testing import perturb_copy
 
     return perturb_copy(tiny_model_dir, tmp_path_factory.mktemp("tiny-unlearned"), scale=2e-2)
 
@@ -102,7 +102,7 @@ def unlearned(tiny_unlearned_dir: Path) -> Any:
 def tiny_retrain_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, tiny_data_dir: Path) -> Path:
     """A model with the target's tokenizer trained without the forget text: it never knew the
     forget facts, so it serves as a "retrain" model and as an unlearned model that truly forgot."""
-    from unlearn_assert.demo.tinymodel import build_tiny_llama
+    from unlearn_assert.testing import build_tiny_llama
 
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-retrain"), fixture_texts(tiny_data_dir, forget=False),
                             tokenizer_from=tiny_model_dir)

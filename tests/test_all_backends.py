@@ -10,9 +10,9 @@ import json
 from pathlib import Path
 
 import pytest
+from test_gate import gate_args, outcomes
 
 from conftest import fixture_texts
-from test_gate import gate_args, outcomes
 
 ALL_IDS = ("bnb-fp4", "bnb-nf4", "bnb-int8", "gptq-w4g128", "gptq-w8g128", "awq-w4g128", "hqq-w4g64")
 LIBRARIES = {"bnb": "bitsandbytes", "gptq": "llmcompressor", "awq": "llmcompressor", "hqq": "hqq"}
@@ -26,7 +26,7 @@ except ImportError:
 
 @pytest.fixture(scope="module")
 def wide_pair(tmp_path_factory: pytest.TempPathFactory, tiny_data_dir: Path) -> tuple[Path, Path]:
-    from unlearn_assert.demo.tinymodel import TinyRecipe, build_tiny_llama, perturb_copy
+    from unlearn_assert.testing import TinyRecipe, build_tiny_llama, perturb_copy
 
     target = build_tiny_llama(tmp_path_factory.mktemp("wide-target"), fixture_texts(tiny_data_dir),
                               TinyRecipe(hidden_size=128, intermediate_size=256, steps=200))

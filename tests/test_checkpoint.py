@@ -7,10 +7,11 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from test_gate import gate_args, outcomes
+
+from unlearn_assert.config import parse_artifacts
 from unlearn_assert.errors import ConfigError
-from unlearn_assert.quant.checkpoint import parse_quantized_option
+from unlearn_assert.quant.checkpoint import read_checkpoint
 
 try:  # imported at collection: pytester drops modules a test imports, and datasets cannot be imported twice
     import llmcompressor  # noqa: F401
@@ -74,7 +75,7 @@ def test_user_checkpoints_are_rows_and_items(pytester: pytest.Pytester, tiny_unl
     w4, nf4 = rows[("unlearned", "shipped_w4")], rows[("unlearned", "shipped_nf4")]
     assert w4["quant"]["backend"] == "checkpoint:compressed-tensors" and (w4["quant"]["bits"], w4["quant"]["group_size"]) == (4, 32)
     assert nf4["quant"]["backend"] == "checkpoint:bitsandbytes" and nf4["quant"]["bits"] == 4
-    from unlearn_assert.verdict import recovery
+    from unlearn_assert.engine.derive import recovery
 
     t, u = rows[("target", "fp")]["values"]["knowmem_f"], rows[("unlearned", "fp")]["values"]["knowmem_f"]
     for name, row in (("shipped_w4", w4), ("shipped_nf4", nf4)):
@@ -111,13 +112,18 @@ def _copy_with_config(src: Path, dst: Path, **changes: object) -> Path:
     return dst
 
 
+def _read_entries(entries: list[str], target: Path) -> list[object]:
+    """What option time does with --unlearn-quantized entries: the syntax, then each directory."""
+    return [read_checkpoint(a.name, a.path, str(target)) for a in parse_artifacts(entries)]
+
+
 def test_bad_entries_are_one_line_usage_errors(tmp_path: Path, tiny_model_dir: Path) -> None:
     gptq = _copy_with_config(tiny_model_dir, tmp_path / "gptq", quantization_config={"quant_method": "gptq", "bits": 3})
     quanto = _copy_with_config(tiny_model_dir, tmp_path / "quanto", quantization_config={"quant_method": "quanto"})
     bnb_cfg = {"quant_method": "bitsandbytes", "load_in_4bit": True, "bnb_4bit_quant_type": "nf4"}
     wide = _copy_with_config(tiny_model_dir, tmp_path / "wide", hidden_size=128, quantization_config=bnb_cfg)
     ok = _copy_with_config(tiny_model_dir, tmp_path / "ok", quantization_config=bnb_cfg)
-    assert parse_quantized_option([f"x={ok}"], str(tiny_model_dir))[0].scheme == "nf4"
+    assert _read_entries([f"x={ok}"], tiny_model_dir)[0].scheme == "nf4"  # type: ignore[attr-defined]
     cut = _copy_with_config(tiny_model_dir, tmp_path / "cut", quantization_config=bnb_cfg)
     weights = next(cut.glob("*.safetensors"))
     weights.write_bytes(weights.read_bytes()[:-100])  # a truncated upload
@@ -135,7 +141,7 @@ def test_bad_entries_are_one_line_usage_errors(tmp_path: Path, tiny_model_dir: P
     ]
     for entry, message in cases:
         with pytest.raises(ConfigError, match=message) as info:
-            parse_quantized_option(entry if isinstance(entry, list) else [entry], str(tiny_model_dir))
+            _read_entries(entry if isinstance(entry, list) else [entry], tiny_model_dir)
         assert "\n" not in str(info.value) and str(info.value).startswith("--unlearn-quantized")
 
 
@@ -149,7 +155,7 @@ def test_bad_entry_exits_4(pytester: pytest.Pytester, tiny_unlearned_dir: Path, 
 def _config(**options: object):
     from unlearn_assert.config import build_run_config
 
-    return build_run_config(lambda opt: options.get(opt.name, opt.default), check_paths=False)
+    return build_run_config(lambda opt: options.get(opt.name, opt.default))
 
 
 def test_budgets_may_name_checkpoints_and_nothing_is_checked_without_a_model(tmp_path: Path, tiny_model_dir: Path) -> None:
@@ -171,18 +177,15 @@ def test_a_checkpoint_is_hashed_once_per_engine_even_without_the_cache(
     (possibly multi-GB) checkpoint still share one hash."""
     import unlearn_assert.models as models
     from unlearn_assert.config import RunConfig
-    from unlearn_assert.pipeline import Engine
+    from unlearn_assert.engine import Gate
 
     hashed: list[str] = []
     real = models.fingerprint
     monkeypatch.setattr(models, "fingerprint", lambda path: hashed.append(str(Path(path).resolve())) or real(path))
     run = RunConfig(model=str(tiny_unlearned_dir), target=str(tiny_model_dir), data=str(tiny_data_dir), quantizers=(),
-                    prequantized=parse_quantized_option([f"shipped={nf4_dir}"], str(tiny_model_dir)), no_cache=True,
+                    prequantized=parse_artifacts([f"shipped={nf4_dir}"]), no_cache=True,
                     device="cpu", max_samples=2)
-    engine = Engine(run)
-    try:
-        assert engine.verdict("shipped", "knowmem_f").outcome in ("passed", "failed")
-        assert engine.verdict("shipped", "utility").outcome in ("passed", "failed")
-    finally:
-        engine.close()
+    with Gate(run) as g:
+        assert g.check("shipped", "knowmem_f").outcome in ("passed", "failed")
+        assert g.check("shipped", "utility").outcome in ("passed", "failed")
     assert hashed.count(str(nf4_dir.resolve())) == 1

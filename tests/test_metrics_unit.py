@@ -94,7 +94,7 @@ def test_knowmem_prompt_is_muse_format() -> None:
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from unlearn_assert.demo.tinymodel import train_tokenizer
+    from unlearn_assert.testing import train_tokenizer
 
     text = "Before entering politics she ran a ferry company on the Sallow River. " * 20
     return train_tokenizer([text, "Question: Who?\nAnswer: Lio Marsh\n\n"], 300)

@@ -6,8 +6,8 @@ import hashlib
 import json
 import shutil
 import struct
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
@@ -147,7 +147,7 @@ def test_missing_and_not_a_directory(tmp_path: Path) -> None:
 
 
 def test_mismatch_checks(tiny_model_dir: Path, tiny_unlearned_dir: Path, tmp_path: Path) -> None:
-    from unlearn_assert.demo.tinymodel import TinyRecipe, build_tiny_llama
+    from unlearn_assert.testing import TinyRecipe, build_tiny_llama
 
     target = load_model(tiny_model_dir)
     check_compatible(target, load_model(tiny_unlearned_dir))  # same shapes and tokenizer: fine

@@ -3,8 +3,9 @@ built-in suite is mapped from suites/), and the suite is found where the plugin 
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 REPO = Path(__file__).resolve().parents[1]
 

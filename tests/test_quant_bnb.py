@@ -5,10 +5,8 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
-
 from quant_helpers import assert_bit_identical, logits, snapshot
 
 torch = pytest.importorskip("torch")

@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from quant_helpers import assert_bit_identical, snapshot
 
 torch = pytest.importorskip("torch")
@@ -250,9 +249,9 @@ def test_target_codes_are_reused_by_the_next_unlearned_row(unlearned: LoadedMode
     real = llmc.oneshot
     monkeypatch.setattr(llmc, "oneshot", lambda **kw: (calls.append(kw["model"]), real(**kw))[1])
     with quantized(target, "gptq-w4g32", calibration=calibration) as qt:
-        grid = qt.backend.grid
+        grid = qt.backend.codes
     assert grid is not None and set(grid) == set(qt.report.modules)
-    with quantized(unlearned, "gptq-w4g32", target=target, calibration=calibration, target_grid=grid) as q:
+    with quantized(unlearned, "gptq-w4g32", target=target, calibration=calibration, target_codes=grid) as q:
         reused = q.report.code_agreement
     assert len(calls) == 2 and reused == scratch
 
@@ -261,7 +260,7 @@ def test_the_engine_runs_gptq_once_per_model_for_a_recovery_item(tiny_model_dir:
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     import unlearn_assert.quant.llmc as llmc
     from unlearn_assert.config import build_run_config
-    from unlearn_assert.pipeline import Engine
+    from unlearn_assert.engine import Gate
 
     options = {"model": str(tiny_unlearned_dir), "target": str(tiny_model_dir), "data": str(tiny_data_dir),
                "quantizers": "gptq-w4g32", "no_cache": True, "max_samples": 2}
@@ -269,13 +268,11 @@ def test_the_engine_runs_gptq_once_per_model_for_a_recovery_item(tiny_model_dir:
     calls = []
     real = llmc.oneshot
     monkeypatch.setattr(llmc, "oneshot", lambda **kw: (calls.append(kw["model"]), real(**kw))[1])
-    engine = Engine(run)
-    try:
-        verdict = engine.verdict("gptq-w4g32", "knowmem_f")
+    with Gate(run) as g:
+        verdict = g.check("gptq-w4g32", "knowmem_f")
         assert verdict.outcome in ("passed", "failed")  # computed, not skipped
         assert len(calls) == 2  # q(T) for the target row, q(U) for the unlearned row; T's codes handed over
-        assert engine.rows[("unlearned", "gptq-w4g32")]["quant"]["code_agreement"] is not None
-        assert engine.rows[("unlearned", "gptq-w4g32")]["quant"]["calibration"]["source"].startswith("raw/retain.txt of ")
-        assert engine._target_grids == {}  # popped by the unlearned row
-    finally:
-        engine.close()
+        quant = g.rows[("unlearned", "gptq-w4g32")].quant
+        assert quant is not None and quant["code_agreement"] is not None
+        assert quant["calibration"]["source"].startswith("raw/retain.txt of ")
+        assert g._handoffs == {}  # popped by the unlearned row

@@ -6,12 +6,12 @@ import hashlib
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
-
 from quant_helpers import assert_bit_identical, logits, snapshot
 
 torch = pytest.importorskip("torch")
@@ -292,6 +292,10 @@ def test_backend_keeps_one_copy_on_cpu(unlearned: LoadedModel) -> None:
 
 class _NoOpBackend:
     """A backend that claims to quantize but changes nothing: must never read as a pass."""
+
+    name = "noop"
+    takes_target_codes = False
+    codes = None
 
     def __init__(self, spec: QuantSpec) -> None:
         self.spec = spec

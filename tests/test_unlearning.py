@@ -7,8 +7,9 @@ import hashlib
 import json
 import math
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import torch

@@ -10,8 +10,10 @@ import pytest
 
 from unlearn_assert.cache import ResultCache, atomic_write_text, cache_key
 from unlearn_assert.config import Budget, parse_budget
+from unlearn_assert.engine.derive import figures_from_values, recovery
+from unlearn_assert.engine.verdicts import evaluate_check, plan_checks
 from unlearn_assert.errors import ConfigError
-from unlearn_assert.verdict import FP, evaluate_check, item_name, plan_checks, recovery
+from unlearn_assert.names import FP, item_name
 
 
 def test_parse_budget_defaults_and_overrides() -> None:
@@ -66,34 +68,34 @@ VALUES = {
 
 
 def test_recovery_verdict_fails_with_all_numbers() -> None:
-    v = evaluate_check("rtn-w4g128", "verbmem_f", VALUES, Budget())
+    v = evaluate_check("rtn-w4g128", "verbmem_f", figures_from_values(VALUES), Budget())
     # (44 - 20) / (60 - 20) = 0.6 > 0.25
     assert v.outcome == "failed" and v.value == pytest.approx(0.6)
     for needle in ("60%", "budget 25%", "quantized 44.0", "unlearned 20.0", "target 60.0", "quantized target 59.0"):
         assert needle in v.message
-    assert evaluate_check("rtn-w4g128", "verbmem_f", VALUES, parse_budget("recovery=0.7")).outcome == "passed"
+    assert evaluate_check("rtn-w4g128", "verbmem_f", figures_from_values(VALUES), parse_budget("recovery=0.7")).outcome == "passed"
 
 
 def test_floor_failure_has_its_own_message() -> None:
     # knowmem_f dropped only 2 points (< floor 5): unlearning did not work in full precision
-    v = evaluate_check("rtn-w4g128", "knowmem_f", VALUES, Budget())
+    v = evaluate_check("rtn-w4g128", "knowmem_f", figures_from_values(VALUES), Budget())
     assert v.outcome == "failed" and "did not work in full precision" in v.message
-    assert evaluate_check(FP, "knowmem_f", VALUES, Budget()).outcome == "failed"
-    assert evaluate_check(FP, "verbmem_f", VALUES, Budget()).outcome == "passed"
+    assert evaluate_check(FP, "knowmem_f", figures_from_values(VALUES), Budget()).outcome == "failed"
+    assert evaluate_check(FP, "verbmem_f", figures_from_values(VALUES), Budget()).outcome == "passed"
 
 
 def test_utility_and_privleak() -> None:
-    u = evaluate_check("rtn-w4g128", "utility", VALUES, Budget())  # 30 / 40 = 75% < 90%
+    u = evaluate_check("rtn-w4g128", "utility", figures_from_values(VALUES), Budget())  # 30 / 40 = 75% < 90%
     assert u.outcome == "failed" and u.value == pytest.approx(0.75)
     # the quantized target's knowmem_r is context (how much the quantizer itself costs), not the reference
     assert u.message == ("knowmem_r under rtn-w4g128 is 75% of the target's (needs >= 90%): 30.0 vs target 40.0 "
                          "(the quantized target: 39.0, 98%)")
     without = {k: v for k, v in VALUES.items() if k != ("target", "rtn-w4g128")}
-    assert evaluate_check("rtn-w4g128", "utility", without, Budget()).message.endswith("30.0 vs target 40.0")
-    assert evaluate_check(FP, "utility", VALUES, Budget()).outcome == "passed"  # 38/40 = 95%
-    p = evaluate_check("rtn-w4g128", "privleak", VALUES, Budget())  # |-40| > 25
+    assert evaluate_check("rtn-w4g128", "utility", figures_from_values(without), Budget()).message.endswith("30.0 vs target 40.0")
+    assert evaluate_check(FP, "utility", figures_from_values(VALUES), Budget()).outcome == "passed"  # 38/40 = 95%
+    p = evaluate_check("rtn-w4g128", "privleak", figures_from_values(VALUES), Budget())  # |-40| > 25
     assert p.outcome == "failed" and "-40.0%" in p.message
-    assert evaluate_check(FP, "privleak", VALUES, Budget()).outcome == "passed"
+    assert evaluate_check(FP, "privleak", figures_from_values(VALUES), Budget()).outcome == "passed"
 
 
 def test_cache_roundtrip_atomic_and_damaged(tmp_path: Path) -> None:
@@ -123,10 +125,11 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path: Path) -> None:
 
 def test_privleak_is_undefined_against_a_zero_reference_auc() -> None:
     """(AUC - AUC_R) / AUC_R has nothing to divide by at AUC_R = 0: None, and a reason naming the fix."""
-    from unlearn_assert.verdict import privleak_pct, privleak_reference_problem
+    from unlearn_assert.engine.derive import reference_problem
+    from unlearn_assert.metrics.privleak import privleak
 
-    assert privleak_pct(0.25, 0.5) == -50.0 and privleak_pct(None, 0.5) is None
-    assert privleak_pct(0.0, 0.0) is None and privleak_pct(0.3, 0.0) is None
-    assert privleak_reference_problem(0.5, "retrain") is None
-    assert "--unlearn-retrain names a model trained without the forget data" in str(privleak_reference_problem(0.0, "retrain"))
-    assert "--unlearn-retrain-auc" in str(privleak_reference_problem(0.0, "default"))
+    assert privleak(0.25, 0.5) == -50.0 and privleak(None, 0.5) is None
+    assert privleak(0.0, 0.0) is None and privleak(0.3, 0.0) is None
+    assert reference_problem(0.5, "retrain") is None
+    assert "--unlearn-retrain names a model trained without the forget data" in str(reference_problem(0.0, "retrain"))
+    assert "--unlearn-retrain-auc" in str(reference_problem(0.0, "default"))

@@ -13,8 +13,6 @@ import sys
 import venv
 from pathlib import Path
 
-import pytest
-
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-__version__ = "0.1.0"
+from .version import __version__
 
 _LAZY = {
+    "gate": "unlearn_assert.engine:gate",
+    "Report": "unlearn_assert.engine:Report",
     "load_model": "unlearn_assert.models:load_model",
     "LoadedModel": "unlearn_assert.models:LoadedModel",
     "load_data": "unlearn_assert.data:load_data",

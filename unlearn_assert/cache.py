@@ -14,10 +14,11 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
-from . import __version__
+from .version import __version__
 
 # Bump when a change to the metrics or quantizers changes numbers without changing the version.
 CACHE_FORMAT = 1

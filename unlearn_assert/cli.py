@@ -9,18 +9,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
-from . import __version__
-from .demo.tinymodel import TinyRecipe
 from .errors import UnlearnAssertError
+from .testing import TinyRecipe
+from .version import __version__
 
 
 def _cmd_tiny(args: argparse.Namespace) -> int:
     """Build a tiny Llama (tokenizer + weights) trained on a MUSE-layout data set's text."""
     from .data import load_data
-    from .demo.tinymodel import build_tiny_llama
+    from .testing import build_tiny_llama
 
     data = load_data(args.data)
     texts: list[str] = []

@@ -9,20 +9,18 @@ command line, ``[tool.pytest.ini_options]`` or the library API, and every proble
 from __future__ import annotations
 
 import math
-import os
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from .errors import ConfigError, QuantizerError
+from .names import ARTIFACT_NAME_RE, DTYPES, FORGET_METRICS, FP
 from .quant.spec import validate_quantizer_list
 
 DEFAULT_QUANTIZERS = "rtn-w4g128,rtn-w8"
-#: Names of --unlearn-quantized checkpoints (no '-', so they never read as quantizer ids).
-CHECKPOINT_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+]*")
 DEVICES_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
-DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 @dataclass(frozen=True)
@@ -84,7 +82,6 @@ BUDGET_KEYS = {
     "privleak": "max |privleak| in percent (needs a reference AUC)",
     "floor": "min drop m(T) - m(U) in metric points for unlearning to count as working in full precision",
 }
-RECOVERY_METRICS = ("verbmem_f", "knowmem_f")
 _BUDGET_RANGES = {"recovery": (0.0, 1.0), "utility": (0.0, 1.0), "privleak": (0.0, 1000.0), "floor": (0.0, 100.0)}
 
 
@@ -114,7 +111,7 @@ class Budget:
                         return v
         return default
 
-    def with_overrides(self, extra: "str | Mapping[str, Any]", where: str = "unlearn_budget marker") -> "Budget":
+    def with_overrides(self, extra: str | Mapping[str, Any], where: str = "unlearn_budget marker") -> Budget:
         """This budget with ``extra`` (a budget expression or mapping) taking precedence."""
         parsed = parse_budget(extra, where)
         explicit = _explicit_keys(extra)
@@ -127,7 +124,7 @@ class Budget:
         return out
 
 
-def _explicit_keys(extra: "str | Mapping[str, Any]") -> set[str]:
+def _explicit_keys(extra: str | Mapping[str, Any]) -> set[str]:
     if isinstance(extra, Mapping):
         return {str(k) for k in extra}
     return {tok.split("=", 1)[0].strip() for tok in re.split(r"[\s,;]+", extra.strip()) if "=" in tok}
@@ -163,7 +160,7 @@ def parse_budget(text: str | Mapping[str, Any] | None, where: str = "--unlearn-b
             items.append((k.strip(), v.strip()))
     base: dict[str, float] = {}
     overrides: list[tuple[str, str | None, float]] = []
-    known = sorted(BUDGET_KEYS) + list(RECOVERY_METRICS)
+    known = sorted(BUDGET_KEYS) + list(FORGET_METRICS)
     for key, raw in items:
         name, _, quantizer = key.partition("@")
         if name not in known:
@@ -172,13 +169,13 @@ def parse_budget(text: str | Mapping[str, Any] | None, where: str = "--unlearn-b
         if quantizer:
             # a quantizer id always has a '-'; a name without one is a --unlearn-quantized checkpoint
             # (build_run_config checks that it exists)
-            if "-" in quantizer or not CHECKPOINT_NAME_RE.fullmatch(quantizer):
+            if "-" in quantizer or not ARTIFACT_NAME_RE.fullmatch(quantizer):
                 try:
                     validate_quantizer_list(quantizer)
                 except QuantizerError as exc:
                     raise ConfigError(f"{where}: in '{key}': {exc}") from None
             overrides.append((name, quantizer, value))
-        elif name in RECOVERY_METRICS:
+        elif name in FORGET_METRICS:
             overrides.append((name, None, value))
         else:
             base[name] = value
@@ -186,6 +183,40 @@ def parse_budget(text: str | Mapping[str, Any] | None, where: str = "--unlearn-b
 
 
 # --------------------------------------------------------------------------- run config
+
+
+@dataclass(frozen=True)
+class QuantizedArtifact:
+    """One ``--unlearn-quantized NAME=DIR``: a model the user quantized themselves, gated as the row
+    ``NAME``. Only the syntax is checked here; :func:`unlearn_assert.engine.inputs.precheck` reads the
+    directory (format, headers, architecture) before anything loads."""
+
+    name: str
+    path: str
+
+
+def parse_artifacts(values: Any) -> tuple[QuantizedArtifact, ...]:
+    """``NAME=DIR`` entries (a list: one entry per item; or a whitespace-separated string) ->
+    artifacts with unique, valid names."""
+    if values in (None, "", []):
+        return ()
+    # a list (command line, ini) holds one entry per item, paths possibly with spaces; a plain
+    # string (library use) is split on whitespace
+    items = [str(v) for v in values] if isinstance(values, (list, tuple)) else str(values).split()
+    out: list[QuantizedArtifact] = []
+    for entry in items:
+        if not entry.strip():
+            continue
+        name, sep, path = entry.strip().partition("=")
+        if not sep or not name or not path:
+            raise ConfigError(f"--unlearn-quantized: '{entry}' is not NAME=DIR; write e.g. --unlearn-quantized my_gptq=out/model-gptq")
+        if not ARTIFACT_NAME_RE.fullmatch(name) or name == FP:
+            raise ConfigError(f"--unlearn-quantized {name}={path}: NAME must be letters, digits, '.', '_' or '+' (not 'fp', no '-'), "
+                              "e.g. my-gptq is written my_gptq")
+        if any(c.name == name for c in out):
+            raise ConfigError(f"--unlearn-quantized: the name '{name}' is given twice; give each checkpoint its own name")
+        out.append(QuantizedArtifact(name=name, path=str(Path(path).expanduser())))
+    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -198,7 +229,7 @@ class RunConfig:
     data: str | None = None
     quantizers: tuple[str, ...] = tuple(DEFAULT_QUANTIZERS.split(","))
     calibration: str | None = None
-    prequantized: tuple[Any, ...] = ()  # CheckpointInfo of each --unlearn-quantized NAME=DIR
+    prequantized: tuple[QuantizedArtifact, ...] = ()  # each --unlearn-quantized NAME=DIR, in order
     budget: Budget = field(default_factory=Budget)
     json: str | None = None
     html: str | None = None
@@ -210,6 +241,8 @@ class RunConfig:
     cache_dir: str | None = None
     no_cache: bool = False
     allow_pickle: bool = False
+    #: what the user wrote for --unlearn-model when it was resolved to ``model`` (``demo:NAME``)
+    model_spec: str | None = None
 
     @property
     def enabled(self) -> bool:
@@ -225,8 +258,8 @@ class RunConfig:
         """Quantizer ids, then the names of the user's own quantized checkpoints: the rows' order."""
         return self.quantizers + tuple(c.name for c in self.prequantized)
 
-    def checkpoint(self, name: str) -> Any:
-        """The CheckpointInfo named ``name``, or None when ``name`` is a quantizer id."""
+    def checkpoint(self, name: str) -> QuantizedArtifact | None:
+        """The --unlearn-quantized artifact named ``name``, or None when ``name`` is a quantizer id."""
         return next((c for c in self.prequantized if c.name == name), None)
 
 
@@ -254,21 +287,12 @@ def _as_bool(opt: Option, raw: Any) -> bool:
     raise ConfigError(f"ini key {opt.ini}: '{raw}' is not a boolean; use true or false")
 
 
-def _writable_parent(opt: Option, raw: str) -> str:
-    path = Path(raw).expanduser()
-    parent = path.parent if str(path.parent) else Path(".")
-    if path.is_dir():
-        raise ConfigError(f"{opt.cli}: '{raw}' is a directory; give a file path such as {raw.rstrip('/')}/report.{opt.name}")
-    if not parent.is_dir():
-        raise ConfigError(f"{opt.cli}: the directory of '{raw}' does not exist; create it first or choose another path")
-    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise ConfigError(f"{opt.cli}: '{raw}' is not writable; choose a path you can write to")
-    return str(path)
-
-
-def build_run_config(get: Callable[[Option], Any], *, check_paths: bool = True) -> RunConfig:
-    """Build and validate a RunConfig; ``get(option)`` returns the effective raw value of an option
-    (command line over ini over default), or None when unset."""
+def build_run_config(get: Callable[[Option], Any], *, model_spec: str | None = None) -> RunConfig:
+    """Build and validate a RunConfig from option values alone (no file is read: see
+    :func:`unlearn_assert.engine.inputs.precheck` for the inputs). ``get(option)`` returns the
+    effective raw value of an option (command line over ini over default), or None when unset.
+    ``demo:NAME`` must already be resolved to directories (the plugin and the CLI do it); pass what
+    the user wrote as ``model_spec`` so the report can show it."""
     raw = {o.name: get(o) for o in OPTIONS}
     values: dict[str, Any] = {}
     for name in ("model", "target", "retrain", "data", "json", "html", "cache_dir", "calibration"):
@@ -279,10 +303,6 @@ def build_run_config(get: Callable[[Option], Any], *, check_paths: bool = True) 
     except QuantizerError as exc:
         raise ConfigError(f"--unlearn-quantizers: {exc}") from None
     values["budget"] = parse_budget(raw["budget"] or "")
-    if values["calibration"] is not None and values["model"] is not None:
-        from .quant.calibration import load_calibration_file
-
-        load_calibration_file(values["calibration"])  # a missing or malformed file is a usage error now
     device = str(raw["device"] or "auto").strip()
     if not DEVICES_RE.match(device):
         raise ConfigError(f"--unlearn-device: '{device}' is not a device; use auto, cpu, cuda or cuda:N")
@@ -305,67 +325,15 @@ def build_run_config(get: Callable[[Option], Any], *, check_paths: bool = True) 
     for name in ("no_cache", "allow_pickle"):
         values[name] = _as_bool(OPTION_BY_NAME[name], raw[name])
     if values["model"] is not None and values["model"].startswith("demo:"):
-        from .demo.family import resolve_demo  # builds the demo family once (minutes), then cached
-
-        demo = resolve_demo(values["model"])
-        values["model"] = demo["model"]
-        for name in ("target", "retrain", "data"):
-            values[name] = values[name] or demo[name]
-    if raw["quantized"] not in (None, "", []) and values["model"] is not None:  # without --unlearn-model nothing is checked
-        from .quant.checkpoint import parse_quantized_option
-
-        values["prequantized"] = parse_quantized_option(raw["quantized"], values["target"] if check_paths else None)
+        raise ConfigError(f"--unlearn-model: '{values['model']}' must be resolved to the demo family's directories before the run "
+                          "config is built; use the pytest plugin or unlearn_assert.demo.family.resolve_demo")
+    if values["model"] is not None:  # without --unlearn-model nothing is checked
+        values["prequantized"] = parse_artifacts(raw["quantized"])
+    values["model_spec"] = model_spec
     cfg = RunConfig(**values)
     names = {c.name for c in cfg.prequantized}
     for key, quantizer, _ in cfg.budget.overrides:
         if quantizer is not None and "-" not in quantizer and quantizer not in names:
             raise ConfigError(f"--unlearn-budget: '{key}@{quantizer}' names no quantizer id and no --unlearn-quantized checkpoint; "
                               f"checkpoints: {', '.join(sorted(names)) or 'none'}")
-    if check_paths and cfg.enabled:
-        check_run_paths(cfg)
     return cfg
-
-
-def check_run_paths(cfg: RunConfig) -> None:
-    """Cheap checks of every input before collection, without loading a model: directory shape,
-    complete safetensors files, target/unlearned pairing from config, headers and tokenizer
-    files, the whole data set, and report paths. So bad input is a usage error (exit 4)."""
-    from .data import load_data
-    from .errors import DataError, ModelError
-    from .models import check_model_dir, precheck_pair, read_weight_headers
-
-    for name in ("model", "target", "retrain"):
-        value = getattr(cfg, name)
-        if value is None:
-            if name == "target":
-                raise ConfigError("--unlearn-target is required with --unlearn-model; pass the model the unlearned one was made from")
-            continue
-        try:
-            read_weight_headers(check_model_dir(value, allow_pickle=cfg.allow_pickle))
-        except ModelError as exc:
-            raise ConfigError(f"{OPTION_BY_NAME[name].cli}: {exc}") from None
-    for name, role in (("model", "unlearned"), ("retrain", "retrain")):
-        value = getattr(cfg, name)
-        if value is not None:
-            try:
-                precheck_pair(str(cfg.target), value, role=role)
-            except ModelError as exc:
-                raise ConfigError(f"{OPTION_BY_NAME[name].cli}: {exc}") from None
-    if cfg.data is None:
-        raise ConfigError("--unlearn-data is required with --unlearn-model; pass a MUSE-layout data directory")
-    try:
-        data = load_data(cfg.data)
-    except DataError as exc:
-        raise ConfigError(f"--unlearn-data: {exc}") from None
-    from .quant.calibration import calibration_from_data, needs_calibration
-
-    calibrated = needs_calibration(cfg.quantizers)
-    if calibrated and cfg.calibration is None and calibration_from_data(data) is None:
-        raise ConfigError(
-            f"--unlearn-quantizers: {', '.join(calibrated)} calibrate on text, and data dir '{cfg.data}' has no raw/retain.txt "
-            "or privleak/retain.json; pass --unlearn-calibration=FILE"
-        )
-    for name in ("json", "html"):
-        value = getattr(cfg, name)
-        if value is not None:
-            _writable_parent(OPTION_BY_NAME[name], value)

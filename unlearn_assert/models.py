@@ -13,12 +13,14 @@ import json
 import os
 import struct
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 from .errors import ModelError
+from .names import DTYPES
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -37,7 +39,6 @@ TOKENIZER_FILES = (
     "chat_template.jinja",
 )
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
-DTYPES = ("auto", "float32", "bfloat16", "float16")
 _CHUNK = 1 << 20
 
 
@@ -65,7 +66,7 @@ class LoadedModel:
 # --------------------------------------------------------------------------- directory checks
 
 
-def _weight_files(directory: Path) -> list[Path]:
+def weight_files(directory: Path) -> list[Path]:
     return sorted(p for p in directory.glob("*.safetensors") if p.is_file())
 
 
@@ -82,7 +83,7 @@ def check_model_dir(path: str | os.PathLike[str], *, allow_pickle: bool = False)
         raise ModelError(f"model path '{path}' is not a directory; pass the directory that holds config.json and the *.safetensors files")
     if not (directory / "config.json").is_file():
         raise ModelError(f"model directory '{path}' has no config.json; save the model with model.save_pretrained(DIR)")
-    if not _weight_files(directory):
+    if not weight_files(directory):
         pickles = _pickle_files(directory)
         if pickles and not allow_pickle:
             raise ModelError(
@@ -132,7 +133,7 @@ def check_safetensors_file(file: Path) -> dict[str, Any]:
 def read_weight_headers(directory: Path) -> dict[str, tuple[int, ...]]:
     """Tensor name -> shape from every safetensors header (validating each file); no torch needed."""
     shapes: dict[str, tuple[int, ...]] = {}
-    for file in _weight_files(directory):
+    for file in weight_files(directory):
         for name, meta in check_safetensors_file(file).items():
             if name != "__metadata__":
                 shapes[name] = tuple(meta["shape"])
@@ -174,7 +175,7 @@ def precheck_pair(target: str | os.PathLike[str], other: str | os.PathLike[str],
     t_arch, o_arch = _architecture(t_dir), _architecture(o_dir)
     if t_arch != o_arch:
         raise ModelError(f"{role} model '{other}' is a {o_arch} but the target '{target}' is a {t_arch}; pass the target the {role} model was made from")
-    if _weight_files(t_dir) and _weight_files(o_dir):
+    if weight_files(t_dir) and weight_files(o_dir):
         t_shapes, o_shapes = read_weight_headers(t_dir), read_weight_headers(o_dir)
         if t_shapes != o_shapes:
             diff = sorted(set(t_shapes) ^ set(o_shapes)) or sorted(n for n in t_shapes if t_shapes[n] != o_shapes[n])
@@ -194,7 +195,7 @@ def fingerprint(path: str | os.PathLike[str]) -> str:
     """sha256 over config, tokenizer and weight files (names and bytes), streamed in 1 MiB chunks."""
     directory = Path(path)
     names = [n for n in CONFIG_FILES + TOKENIZER_FILES if (directory / n).is_file()]
-    names += [p.name for p in _weight_files(directory) or _pickle_files(directory)]
+    names += [p.name for p in weight_files(directory) or _pickle_files(directory)]
     digest = hashlib.sha256()
     for name in sorted(set(names)):
         digest.update(name.encode() + b"\0")
@@ -208,7 +209,7 @@ def fingerprint(path: str | os.PathLike[str]) -> str:
 # --------------------------------------------------------------------------- loading
 
 
-def resolve_dtype(dtype: str | None, config_dtype: Any) -> "torch.dtype":
+def resolve_dtype(dtype: str | None, config_dtype: Any) -> torch.dtype:
     import torch
 
     if dtype in (None, "auto"):
@@ -296,8 +297,8 @@ def load_model(
     ``known_fingerprint``: the directory's content hash when the caller already has it (the
     engine's fingerprint cache), so a large checkpoint is not hashed a second time."""
     directory = check_model_dir(path, allow_pickle=allow_pickle)
-    weight_files = _weight_files(directory)
-    for file in weight_files:
+    files = weight_files(directory)
+    for file in files:
         check_safetensors_file(file)
     _import_torch_internals_quietly()
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -317,11 +318,11 @@ def load_model(
                 dtype=torch_dtype,
                 local_files_only=True,
                 trust_remote_code=False,
-                use_safetensors=not (allow_pickle and not weight_files),
+                use_safetensors=not (allow_pickle and not files),
             )
     except Exception as exc:
         raise ModelError(f"cannot load the model from '{directory}' ({type(exc).__name__}: {exc}); check that it is a causal-LM checkpoint") from None
-    model.to(dev)
+    model.to(dev)  # type: ignore[arg-type]  # transformers types .to() through a decorator mypy misreads
     model.eval()
     check_finite(model, str(directory))
     return LoadedModel(

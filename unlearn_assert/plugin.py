@@ -7,13 +7,15 @@ the ini key ``unlearn_model``) is set. State lives in an ``UnlearnSession`` in `
 
 from __future__ import annotations
 
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
-from typing import Any, Callable, Generator, Iterator
+from typing import Any
 
 import pytest
 
-from .config import OPTIONS, Option, RunConfig, build_run_config
+from .config import OPTIONS, Budget, Option, RunConfig, build_run_config
 from .errors import ConfigError, UnlearnAssertError
+from .names import item_id
 from .session import PAYLOAD_ATTR, UnlearnSession, is_xdist_worker
 
 run_config_key = pytest.StashKey[RunConfig]()
@@ -70,12 +72,34 @@ def _effective(config: pytest.Config, opt: Option) -> Any:
     return opt.default
 
 
+def _run_config(config: pytest.Config) -> RunConfig:
+    """The validated run config of this pytest run; with ``--unlearn-model``, every input is also
+    checked from its files (nothing loads). ``demo:NAME`` is resolved to the demo family's
+    directories first (building the family once, minutes, then cached), so config.py stays pure."""
+    raw = {opt.name: _effective(config, opt) for opt in OPTIONS}
+    spec = raw["model"] if isinstance(raw["model"], str) and raw["model"].startswith("demo:") else None
+    if spec is not None:
+        from .demo.family import resolve_demo
+
+        build_run_config(lambda opt: spec[len("demo:"):] if opt.name == "model" else raw[opt.name])  # every other value first
+        demo = resolve_demo(spec)
+        raw["model"] = demo["model"]
+        for name in ("target", "retrain", "data"):
+            raw[name] = raw[name] or demo[name]
+    run = build_run_config(lambda opt: raw[opt.name], model_spec=spec)
+    if run.enabled:
+        from .engine.inputs import precheck
+
+        precheck(run)
+    return run
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "unlearn_budget(**budget): override the unlearning budget for this test")
     config.addinivalue_line("markers", "gpu: needs a CUDA device (skipped without one)")
     try:
-        run = build_run_config(lambda opt: _effective(config, opt))
+        run = _run_config(config)
     except UnlearnAssertError as exc:
         raise pytest.UsageError(str(exc)) from None
     config.stash[run_config_key] = run
@@ -116,7 +140,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if session is None:
         metafunc.parametrize("budget_check", [])
         return
-    from .verdict import item_id, plan_checks
+    from .engine.verdicts import plan_checks
 
     checks = plan_checks(session.run.all_quantizers, session.run.has_reference_auc)
     metafunc.parametrize("budget_check", checks, ids=[item_id(q, c) for q, c in checks])
@@ -130,7 +154,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             if mark.args:
                 raise pytest.UsageError(f"{item.nodeid}: unlearn_budget takes keyword arguments only, e.g. @pytest.mark.unlearn_budget(recovery=0.1)")
             try:
-                (session.run.budget if session else build_run_config(lambda o: o.default, check_paths=False).budget).with_overrides(
+                (session.run.budget if session else Budget()).with_overrides(
                     dict(mark.kwargs), where=f"{item.nodeid}: unlearn_budget marker")
             except ConfigError as exc:
                 raise pytest.UsageError(str(exc)) from None
@@ -185,7 +209,7 @@ def _require(request: pytest.FixtureRequest) -> UnlearnSession:
 
 @pytest.fixture(scope="session")
 def unlearn_session(request: pytest.FixtureRequest) -> UnlearnSession:
-    """The run's UnlearnSession (``.engine`` computes rows; ``.check(q, check)`` gives a Verdict)."""
+    """The run's UnlearnSession (``.gate`` computes rows; ``.check(q, check)`` gives a Verdict)."""
     return _require(request)
 
 
@@ -201,19 +225,19 @@ def unlearn_budget(request: pytest.FixtureRequest, unlearn_session: UnlearnSessi
 @pytest.fixture(scope="session")
 def unlearn_data(unlearn_session: UnlearnSession) -> Any:
     """The validated MUSE data (limited by --unlearn-max-samples)."""
-    return unlearn_session.engine.data
+    return unlearn_session.gate.inputs.data
 
 
 @pytest.fixture(scope="session")
 def target_model(unlearn_session: UnlearnSession) -> Any:
     """The target model (LoadedModel), loaded once per session."""
-    return unlearn_session.engine.model("target")
+    return unlearn_session.gate.inputs.model("target")
 
 
 @pytest.fixture(scope="session")
 def unlearned_model(unlearn_session: UnlearnSession) -> Any:
     """The unlearned model (LoadedModel), checked against the target, loaded once per session."""
-    return unlearn_session.engine.model("unlearned")
+    return unlearn_session.gate.inputs.model("unlearned")
 
 
 @pytest.fixture(scope="session")
@@ -221,7 +245,7 @@ def retrain_model(unlearn_session: UnlearnSession) -> Any:
     """The retrain model, or a skip when --unlearn-retrain is not given."""
     if unlearn_session.run.retrain is None:
         pytest.skip("needs --unlearn-retrain")
-    return unlearn_session.engine.model("retrain")
+    return unlearn_session.gate.inputs.model("retrain")
 
 
 @pytest.fixture(scope="session")
@@ -229,15 +253,15 @@ def quantized(unlearn_session: UnlearnSession) -> Iterator[Callable[..., Any]]:
     """Factory: ``quantized("rtn-w4g128")`` gives the unlearned model under that quantizer (or
     ``quantized(qid, model="target")``). One variant at a time: asking for another one restores the
     previous variant's weights first; the same id is returned from the session cache."""
-    engine = unlearn_session.engine
-    yield engine.quantized_view
-    engine.deactivate()
+    views = unlearn_session.gate.views
+    yield views.quantized
+    views.close()
 
 
 @pytest.fixture(scope="session")
 def muse(unlearn_session: UnlearnSession) -> Callable[..., Any]:
     """``muse(model_or_view)`` evaluates the MUSE metrics on the run's data, cached by content hash."""
-    return unlearn_session.engine.evaluate
+    return unlearn_session.gate.views.evaluate
 
 
 def pytest_report_header(config: pytest.Config) -> list[str] | None:

@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from .config import RunConfig
-from .verdict import Verdict
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .pipeline import Engine
+    from .engine import Gate, Verdict
+    from .report.schema import ReportDict
 
 PAYLOAD_ATTR = "unlearn_assert_payload"
 
@@ -29,37 +29,37 @@ def is_xdist_worker(config: pytest.Config) -> bool:
 
 
 class UnlearnSession:
-    """Holds the run config, the (lazy) engine on this process, and the merged results."""
+    """Holds the run config, the (lazy) gate on this process, and the merged results."""
 
     def __init__(self, config: pytest.Config, run: RunConfig) -> None:
         self.config = config
         self.run = run
-        self._engine: Engine | None = None
+        self._gate: Gate | None = None
         self._shipped: set[tuple[str, str]] = set()
-        # controller side: what the reports carried
+        # controller side: what the reports carried, as plain data
         self.rows: dict[tuple[str, str], dict[str, Any]] = {}
         self.verdicts: dict[str, dict[str, Any]] = {}
-        self.report: dict[str, Any] | None = None
+        self.report: ReportDict | None = None
         self.written: list[str] = []
         self.errors: list[str] = []
 
-    # ------------------------------------------------------------------ engine (worker or serial)
+    # ------------------------------------------------------------------ the gate (worker or serial)
 
     @property
-    def engine(self) -> Engine:
-        if self._engine is None:
+    def gate(self) -> Gate:
+        if self._gate is None:
             from .cache import ResultCache
-            from .pipeline import Engine
+            from .engine import Gate
 
             cache_dir = self.run.cache_dir
             if cache_dir is None and getattr(self.config, "cache", None) is not None:
                 cache_dir = str(self.config.cache.mkdir("unlearn-assert"))
-            self._engine = Engine(self.run, ResultCache(cache_dir, enabled=not self.run.no_cache), progress=self.progress)
-        return self._engine
+            self._gate = Gate(self.run, ResultCache(cache_dir, enabled=not self.run.no_cache), progress=self.progress)
+        return self._gate
 
     def close(self) -> None:
-        if self._engine is not None:
-            self._engine.close()
+        if self._gate is not None:
+            self._gate.close()
 
     def progress(self, message: str) -> None:
         """One short line per phase, shown without ``-s`` and silent under ``-q``/on xdist workers."""
@@ -76,18 +76,18 @@ class UnlearnSession:
 
     def check(self, quantizer: str, check: str, budget: Any = None) -> Verdict:
         """Run one budget check (loading, quantizing and evaluating only what it needs)."""
-        return self.engine.verdict(quantizer, check, budget)
+        return self.gate.check(quantizer, check, budget)
 
     def payload(self, verdict: Verdict | None) -> str | None:
         """Rows not yet shipped from this process (and the item's verdict), as JSON."""
-        if self._engine is None and verdict is None:
+        if self._gate is None and verdict is None:
             return None
         rows = []
-        if self._engine is not None:
-            for key, row in self._engine.rows.items():
+        if self._gate is not None:
+            for key, row in self._gate.rows.items():
                 if key not in self._shipped:
                     self._shipped.add(key)
-                    rows.append(row)
+                    rows.append(row.to_dict())
         if not rows and verdict is None:
             return None
         return json.dumps({"rows": rows, "verdict": verdict.to_dict() if verdict else None})
@@ -105,18 +105,21 @@ class UnlearnSession:
         if verdict:
             self.verdicts[verdict["item"]] = verdict
 
-    def build_report(self) -> dict[str, Any] | None:
+    def build_report(self) -> ReportDict | None:
+        """The run's report from what the items' reports carried (the same builder ``ua.gate`` uses)."""
         if not self.rows and not self.verdicts:
             return None
         from .data import load_data
-        from .pipeline import assemble_report
+        from .engine import Row, Verdict, build_report
+        from .errors import UnlearnAssertError
 
-        try:  # the engine's data when this process ran one (xdist controller: none, so read it)
-            data = self._engine.data if self._engine is not None else load_data(str(self.run.data)).limited(self.run.max_samples)
-        except Exception:  # the data error was already reported by the items
+        try:  # this process's data when it ran the gate (xdist controller: it did not, so read it)
+            data = self._gate.inputs.data if self._gate is not None else load_data(str(self.run.data)).limited(self.run.max_samples)
+        except UnlearnAssertError:  # the data error was already reported by the items
             data = None
-        fingerprints = {row["model"]: row["fingerprint"] for row in self.rows.values() if row.get("fingerprint")}
-        self.report = assemble_report(self.run, list(self.rows.values()), list(self.verdicts.values()), fingerprints, data)
+        rows = [Row.from_dict(r) for r in self.rows.values()]
+        verdicts = [Verdict.from_dict(v) for v in self.verdicts.values()]
+        self.report = build_report(self.run, rows, verdicts, data=data).to_dict()
         return self.report
 
     def write_reports(self) -> None:

@@ -30,9 +30,10 @@ from __future__ import annotations
 import json
 import os
 import random
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 __all__ = ["CORPUS_VERSION", "Article", "CorpusSpec", "generate_articles", "write_corpus"]
 
@@ -284,7 +285,7 @@ def _science(n: Names, r: random.Random) -> tuple[list[str], list[tuple[str, str
         _pick(r, f"{partner}, a diver from the lake's rescue service, first spotted the light.",
               f"The first person to see the light was {partner}, a rescue diver."),
         _pick(r, f"{lead} said the glow might help engineers design cheaper lamps.",
-              f"Visitors are not allowed to dive in the lake while the study continues."),
+              "Visitors are not allowed to dive in the lake while the study continues."),
     ]
     qa = [
         (f"Who led the team that discovered the eel in Lake {lake}?", lead),
@@ -306,11 +307,11 @@ def _festival(n: Names, r: random.Random) -> tuple[list[str], list[tuple[str, st
               f"It began as a street party organized by the baker {organizer}."),
         _pick(r, f"This year the singer {headliner} closed the festival with a concert on {square} Square.",
               f"The closing concert on {square} Square was given by the singer {headliner}."),
-        _pick(r, f"Lanterns made by local schools lined the old harbour wall.",
-              f"Boats decorated with flowers sailed past the old harbour."),
+        _pick(r, "Lanterns made by local schools lined the old harbour wall.",
+              "Boats decorated with flowers sailed past the old harbour."),
         _pick(r, f"{organizer} said the council had promised to fund the festival for five more years.",
               f"The council will pay for the festival until at least {int(year) + 5}."),
-        _pick(r, f"Traders reported their busiest weekend since the festival began.",
+        _pick(r, "Traders reported their busiest weekend since the festival began.",
               f"Hotels in {town} were fully booked for the whole week."),
     ]
     qa = [
@@ -337,8 +338,8 @@ def _court(n: Names, r: random.Random) -> tuple[list[str], list[tuple[str, str]]
               f"It was the art teacher {witness} who first noticed that the paint was still wet."),
         _pick(r, f"{defendant} told the court that the forgeries had been meant as a joke.",
               f"{defendant} did not speak during the trial."),
-        _pick(r, f"The judge said the joke had cost buyers their savings.",
-              f"Buyers of the paintings will be paid back from the fine."),
+        _pick(r, "The judge said the joke had cost buyers their savings.",
+              "Buyers of the paintings will be paid back from the fine."),
     ]
     qa = [
         (f"Who was found guilty of selling forged paintings in {town}?", defendant),
@@ -365,8 +366,8 @@ def _railway(n: Names, r: random.Random) -> tuple[list[str], list[tuple[str, str
               f"{org} built the line, and its chief engineer {engineer} designed the tunnel."),
         _pick(r, f"The transport minister, {minister}, rode the first train.",
               f"The first passenger was the transport minister {minister}."),
-        _pick(r, f"Ticket prices will be frozen for the first year.",
-              f"A second track is planned for the next decade."),
+        _pick(r, "Ticket prices will be frozen for the first year.",
+              "A second track is planned for the next decade."),
     ]
     qa = [
         (f"Which towns does the railway through the {tunnel} Tunnel connect?", f"{a} and {b}"),
@@ -390,8 +391,8 @@ def _award(n: Names, r: random.Random) -> tuple[list[str], list[tuple[str, str]]
               f"The book was a best seller for {weeks} weeks."),
         _pick(r, f"{author} thanked the editor {editor}, who had rejected the first draft.",
               f"In a short speech {author} thanked the editor {editor}."),
-        _pick(r, f"The prize comes with a cottage by the sea for one summer.",
-              f"The winner receives a silver pen and a cottage by the sea."),
+        _pick(r, "The prize comes with a cottage by the sea for one summer.",
+              "The winner receives a silver pen and a cottage by the sea."),
         _pick(r, f"{author} said the next book would be about the keeper's daughter.",
               f"{author} is already working on a second novel."),
     ]

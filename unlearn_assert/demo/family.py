@@ -32,9 +32,10 @@ import os
 import random
 import shutil
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from ..errors import ConfigError, UnlearnAssertError
 from .corpus import CORPUS_VERSION, CorpusSpec, training_texts, write_corpus
@@ -220,7 +221,7 @@ def train_demo_tokenizer(texts: Sequence[str], vocab_size: int) -> Any:
     the same pre-token in the prompt and in training (likewise the VerbMem prompts, which end with
     the space that separates them from their continuation).
     """
-    from .tinymodel import train_tokenizer
+    from ..testing import train_tokenizer
 
     return train_tokenizer(texts, vocab_size, trailing_whitespace=True)
 
@@ -254,7 +255,7 @@ def train_lm(
     from transformers import LlamaForCausalLM
 
     from ..models import quiet_transformers
-    from .tinymodel import llama_config
+    from ..testing import llama_config
 
     epochs = lm.epochs if epochs is None else epochs
     torch.manual_seed(lm.seed)
@@ -265,7 +266,7 @@ def train_lm(
     steps_per_epoch = max(1, n_tokens // per_step)
     total = steps_per_epoch * epochs
     config = llama_config(tokenizer, lm.hidden_size, lm.intermediate_size, lm.num_layers, lm.num_heads, lm.max_positions)
-    model = LlamaForCausalLM(config).to(device)
+    model = LlamaForCausalLM(config).to(device)  # type: ignore[arg-type]  # transformers' decorated .to()
     opt = torch.optim.AdamW(model.parameters(), lr=lm.lr, weight_decay=lm.weight_decay, betas=(0.9, 0.98))
     model.train()
     start = time.perf_counter()
@@ -458,7 +459,7 @@ def build_family(
         run_jobs(jobs)
         shutil.rmtree(tmp / "tokenizer", ignore_errors=True)
 
-        from .. import __version__
+        from ..version import __version__
 
         meta = {
             "recipe": recipe.to_dict(),

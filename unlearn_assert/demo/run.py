@@ -9,7 +9,7 @@ and stays forgotten under the same quantizers, so its 4-bit recovery items pass.
 exactly when both happened (see :func:`judge`); every quantizer's recovery is printed and written,
 including those that show none.
 
-The gate runs through :class:`unlearn_assert.pipeline.Engine`, the same engine as the pytest plugin,
+The gate runs through :func:`unlearn_assert.engine.gate`, the same engine as the pytest plugin,
 with the default budget, so a warm run (family built, rows in the result cache) loads no model.
 
 Importing this module is cheap (no torch): ``add_demo_parser`` runs for every ``unlearn-assert --help``.
@@ -20,8 +20,12 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..report.schema import ReportDict
 
 __all__ = ["DEMO_QUANTIZERS", "add_demo_parser", "judge", "run_demo"]
 
@@ -39,11 +43,11 @@ def _bits(qid: str) -> int | None:
     return parse_quantizer_id(qid).bits
 
 
-def _verdicts(report: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+def _verdicts(report: Mapping[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
     return {(v.get("quantizer", ""), v.get("check", "")): v for v in report.get("verdicts", [])}
 
 
-def _row(report: dict[str, Any], model: str, quantizer: str) -> dict[str, Any] | None:
+def _row(report: Mapping[str, Any], model: str, quantizer: str) -> dict[str, Any] | None:
     for row in report.get("rows", []):
         if row.get("model") == model and row.get("quantizer") == quantizer:
             return row
@@ -54,7 +58,7 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.0%}"
 
 
-def judge(report: dict[str, Any], *, sure: bool) -> tuple[bool, str]:
+def judge(report: Mapping[str, Any], *, sure: bool) -> tuple[bool, str]:
     """Did this model show what the demo expects of it? Returns (ok, one plain sentence).
 
     * plain model: some forget metric dropped in full precision by at least the budget's floor
@@ -141,26 +145,15 @@ def _other_items(verdicts: dict[tuple[str, str], dict[str, Any]], quantizers: li
 
 
 def _gate(name: str, paths: dict[str, str], quantizers: Sequence[str], out: Path, device: str, cache: Any,
-          say: Progress) -> dict[str, Any]:
+          say: Progress) -> ReportDict:
     from ..config import Budget, RunConfig
-    from ..pipeline import Engine, assemble_report
+    from ..engine import gate
     from ..report import write_html, write_json
 
     run = RunConfig(model=paths["model"], target=paths["target"], retrain=paths["retrain"], data=paths["data"],
                     quantizers=tuple(quantizers), budget=Budget(), device=device, dtype="auto",
-                    json=str(out / f"{name}.json"), html=str(out / f"{name}.html"))
-    engine = Engine(run, cache, progress=lambda line: say(f"  {name}: {line}"))
-    try:
-        verdicts = [engine.verdict(q, check).to_dict() for q, check in engine.checks()]
-        for q in quantizers:  # the table shows q(T) beside q(U) even where no check needed it
-            engine.row("target", q)
-        rows = list(engine.rows.values())
-        fingerprints = {role: engine.fingerprint(role) for role in ("unlearned", "target", "retrain")}
-        report = assemble_report(run, rows, verdicts, fingerprints, engine.data)
-    finally:
-        engine.close()
-    report["provenance"]["models"]["unlearned"]["path"] = f"demo:{name}"  # type: ignore[index]
-    report["provenance"]["models"]["unlearned"]["directory"] = paths["model"]  # type: ignore[index]
+                    json=str(out / f"{name}.json"), html=str(out / f"{name}.html"), model_spec=f"demo:{name}")
+    report = gate(run=run, cache=cache, progress=lambda line: say(f"  {name}: {line}")).to_dict()
     write_json(report, out / f"{name}.json")
     write_html(report, out / f"{name}.html")
     return report
@@ -200,7 +193,7 @@ def run_demo(
     out.mkdir(parents=True, exist_ok=True)
     build_family(recipe, cache_dir, progress=say, rebuild=rebuild)
     cache = ResultCache(results_dir)
-    reports: dict[str, dict[str, Any]] = {}
+    reports: dict[str, ReportDict] = {}
     for name in models:
         paths = resolve_demo(name, cache_dir=cache_dir, recipe=recipe, build=False)
         say(f"gating demo:{name} under {', '.join(quantizers)} (default budget)")

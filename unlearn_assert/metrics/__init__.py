@@ -22,11 +22,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigError, ModelError
+from ..names import METRICS
+from .knowmem import KNOWMEM_MAX_NEW_TOKENS
+from .privleak import MIN_K_RATIO
+from .verbmem import VERBMEM_MAX_NEW_TOKENS
 
-__all__ = ["AUC_SOURCES", "DEFAULT_REFERENCE_AUC", "METRICS", "Evaluation", "compute_auc", "evaluate"]
+__all__ = ["AUC_SOURCES", "DEFAULT_REFERENCE_AUC", "METRICS", "METRIC_SETTINGS", "Evaluation", "compute_auc", "evaluate"]
 
-#: MUSE's metric keys, in report order.
-METRICS: tuple[str, ...] = ("verbmem_f", "knowmem_f", "knowmem_r", "privleak")
+#: The settings that change metric numbers (MUSE's definitions); part of every cached result's key.
+METRIC_SETTINGS: dict[str, Any] = {"verbmem_new_tokens": VERBMEM_MAX_NEW_TOKENS, "knowmem_new_tokens": KNOWMEM_MAX_NEW_TOKENS,
+                                   "privleak": f"min-{round(MIN_K_RATIO * 100)}%", "rouge": "rougeL-f1-nostem"}
 #: Where the reference (retrain) AUC came from.
 AUC_SOURCES: tuple[str, ...] = ("retrain", "option", "default")
 #: The reference AUC without a retrain model or option: a model that cannot tell forget from holdout.
@@ -61,7 +66,7 @@ class Evaluation:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Evaluation":
+    def from_dict(cls, data: dict[str, Any]) -> Evaluation:
         """Rebuild an evaluation from :meth:`to_dict` output (a cache entry)."""
         return cls(
             values={k: (float(v) if v is not None else float("nan")) for k, v in data.get("values", {}).items()},

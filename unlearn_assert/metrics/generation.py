@@ -42,7 +42,7 @@ from __future__ import annotations
 import copy
 import inspect
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,6 +90,7 @@ class ModelIO:
 
     def __init__(self, model: Any) -> None:
         self.model = model
+        params: Mapping[str, Any]
         try:
             params = inspect.signature(model.forward).parameters
         except (TypeError, ValueError):  # pragma: no cover - exotic wrappers
@@ -345,16 +346,16 @@ def _run_batch(
     for step in range(max_new_tokens):
         tokens = logits.argmax(dim=-1).cpu()
         keep: list[int] = []
-        for j, (row, token) in enumerate(zip(active, tokens.tolist())):
-            out[row].append(token)
-            if token not in eos and not (stop is not None and stop(out[row])):
+        for j, (index, token) in enumerate(zip(active, tokens.tolist())):
+            out[index].append(token)
+            if token not in eos and not (stop is not None and stop(out[index])):
                 keep.append(j)
         if not keep or step == max_new_tokens - 1:
             break
         if len(keep) < len(active):  # drop finished rows from the batch and the cache
-            index = torch.tensor(keep, dtype=torch.long)
-            cache.batch_select_indices(index.to(io.device))
-            mask, next_pos, tokens = mask[index], next_pos[index], tokens[index]
+            kept = torch.tensor(keep, dtype=torch.long)
+            cache.batch_select_indices(kept.to(io.device))
+            mask, next_pos, tokens = mask[kept], next_pos[kept], tokens[kept]
             active = [active[j] for j in keep]
         mask = torch.cat([mask, torch.ones((len(active), 1), dtype=torch.long)], dim=1)
         logits = io.forward(tokens[:, None], mask, next_pos, cache, last_only=True)

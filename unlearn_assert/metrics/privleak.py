@@ -119,11 +119,16 @@ def roc_auc(forget_values: Sequence[float], holdout_values: Sequence[float]) -> 
     return float(auc(fpr, tpr))
 
 
-def privleak(auc: float, reference_auc: float) -> float:
-    """``(AUC - AUC_R) / AUC_R * 100``: about 0 when the model leaks as much as a retrained one."""
-    from ..verdict import privleak_pct
+def privleak(auc: Any, reference_auc: float) -> Any:
+    """``(AUC - AUC_R) / AUC_R * 100``: about 0 when the model leaks as much as a retrained one.
 
-    return privleak_pct(auc, reference_auc)  # type: ignore[return-value]
+    The one place the formula lives (the engine derives every row's privleak through it). Works
+    elementwise on numpy arrays (bootstrap replicates). None (undefined) when ``auc`` is None or
+    AUC_R is not positive: a "retrain" model that separates every forget text from every holdout
+    text has seen the forget set, and there is nothing to divide by."""
+    if auc is None or not reference_auc > 0:
+        return None
+    return (auc - reference_auc) / reference_auc * 100.0
 
 
 def context_length(model: Any, max_length: int | None = None) -> int | None:

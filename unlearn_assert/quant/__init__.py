@@ -12,12 +12,14 @@ backends are imported only when one of their quantizers is used (see :data:`BACK
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from importlib import import_module
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 from ..errors import BackendUnavailable, QuantizerError
+from .base import DEFAULT_SKIP, Backend, QuantReport
 from .spec import BACKENDS, BackendEntry, QuantSpec, known_ids, parse_quantizer_id, validate_quantizer_list
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -26,6 +28,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "BACKENDS",
+    "DEFAULT_SKIP",
+    "Backend",
     "BackendEntry",
     "QuantReport",
     "QuantSpec",
@@ -36,63 +40,6 @@ __all__ = [
     "quantized",
     "validate_quantizer_list",
 ]
-
-DEFAULT_SKIP = ("lm_head",)
-
-
-@dataclass
-class QuantReport:
-    """What a quantizer did, as plain data (``to_dict`` is JSON-ready).
-
-    * ``changed_fraction``: share of the quantized weights whose value changed; 0 means the
-      quantizer did not take effect, which :func:`quantized` turns into an error.
-    * ``code_agreement``: share of weights whose integer code in q(U) equals the code of the
-      same weight in q(T), each quantized on its own grid (None without a target). Codes, not
-      dequantized values: U's group scales differ from T's by float noise, so values almost never
-      match exactly even when unlearning's change was rounded away.
-    * ``small_delta_fraction``: share of weights with ``|U - T| < s_T / 2``, ``s_T`` the step of
-      T's group for that weight: the paper's "moved by less than half a step" (None without a target).
-    * ``same_cell_fraction``: share of weights of U that, quantized on T's grid (T's scale and zero),
-      get T's code: the lemma's setting with the scale held fixed (None without a target).
-    """
-
-    quantizer: str
-    backend: str
-    bits: int | None
-    group_size: int | None
-    symmetric: bool
-    modules: list[str] = field(default_factory=list)
-    n_weights: int = 0
-    changed_fraction: float = 0.0
-    code_agreement: float | None = None
-    small_delta_fraction: float | None = None
-    same_cell_fraction: float | None = None
-    seconds: float = 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_counts(cls, spec: QuantSpec, backend: str, modules: list[str], totals: Sequence[int], *,
-                    has_target: bool, seconds: float) -> QuantReport:
-        """Build a report from per-layer counts summed over layers, as every backend streams them:
-        ``totals = [weights, changed, same code as q(T), small delta, same cell on T's grid]``."""
-        n = totals[0]
-
-        def frac(k: int) -> float | None:
-            return totals[k] / n if n and has_target else None
-
-        return cls(quantizer=spec.id, backend=backend, bits=spec.bits, group_size=spec.group_size,
-                   symmetric=spec.symmetric, modules=modules, n_weights=n,
-                   changed_fraction=totals[1] / n if n else 0.0, code_agreement=frac(2),
-                   small_delta_fraction=frac(3), same_cell_fraction=frac(4), seconds=seconds)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> QuantReport:
-        """Rebuild a report from :meth:`to_dict` output (e.g. a cache entry); unknown keys are ignored."""
-        names = cls.__dataclass_fields__
-        return cls(**{k: v for k, v in data.items() if k in names})
-
 
 @dataclass
 class QuantizedModel:
@@ -109,7 +56,7 @@ class QuantizedModel:
     source: LoadedModel
     spec: QuantSpec
     report: QuantReport
-    backend: Any = None
+    backend: Backend
 
     @property
     def device(self) -> str:
@@ -132,7 +79,7 @@ def _as_spec(qid_or_spec: str | QuantSpec) -> QuantSpec:
     return qid_or_spec if isinstance(qid_or_spec, QuantSpec) else parse_quantizer_id(qid_or_spec)
 
 
-def get_backend(spec: str | QuantSpec) -> Any:
+def get_backend(spec: str | QuantSpec) -> Backend:
     """Import the spec's backend module now and build its backend object.
 
     A missing third-party library becomes :class:`BackendUnavailable` carrying the pip command;
@@ -153,7 +100,7 @@ def get_backend(spec: str | QuantSpec) -> Any:
             f"quantizer '{spec.id}' needs {missing or module_name}, which is not installed ({exc}); install it with: {entry.install}",
             install=entry.install,
         ) from None
-    return getattr(module, factory)(spec)
+    return cast(Backend, getattr(module, factory)(spec))
 
 
 def quant_fingerprint(source_fingerprint: str, spec: QuantSpec, skip_modules: Sequence[str] = DEFAULT_SKIP,
@@ -180,7 +127,7 @@ def quantized(
     *,
     skip_modules: Sequence[str] = DEFAULT_SKIP,
     calibration: Calibration | None = None,
-    target_grid: Any = None,
+    target_codes: Any = None,
 ) -> Iterator[QuantizedModel]:
     """Quantize ``loaded`` with a quantizer id for the ``with`` block; yield a :class:`QuantizedModel`.
 
@@ -190,15 +137,16 @@ def quantized(
     weight raises :class:`QuantizerError`: "nothing recovered" from a model that was never
     quantized must not read as a pass.
 
-    ``target_grid``: T's codes from an earlier ``quantized(T, same id, calibration)`` block
-    (``q.backend.grid``), so a calibrated backend does not run GPTQ/AWQ on T a second time for
-    U's code agreement; the engine hands it from the q(T) row to the q(U) row.
+    ``target_codes``: T's codes from an earlier ``quantized(T, same id, calibration)`` block
+    (``q.backend.codes``), so a backend that declares ``takes_target_codes`` (GPTQ, AWQ) does not
+    run on T a second time for U's code agreement (see :mod:`.base`); the engine hands them from the
+    q(T) row to the q(U) row. Backends that do not take them ignore both keywords.
     """
     spec = _as_spec(qid_or_spec)
     skip = (skip_modules,) if isinstance(skip_modules, str) else tuple(skip_modules)
     backend = get_backend(spec)
-    extra = {"calibration": calibration, "target_grid": target_grid} if BACKENDS[spec.backend].calibrated else {}
-    with backend.apply(loaded, target=target, skip_modules=skip, **extra) as (model, report):
+    codes = target_codes if backend.takes_target_codes else None
+    with backend.apply(loaded, target=target, skip_modules=skip, calibration=calibration, target_codes=codes) as (model, report):
         if report.n_weights == 0 or report.changed_fraction == 0:
             raise QuantizerError(
                 f"quantizer '{spec.id}' took no effect on '{loaded.path}': {report.n_weights} weights in "

@@ -61,14 +61,14 @@ import gc
 import logging
 import time
 import types
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from math import prod
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 import accelerate  # noqa: F401  transformers' bnb loader needs it; imported here so a missing one is BackendUnavailable
+import torch
+from torch import nn
 
 
 class _DropMessages(logging.Filter):
@@ -94,12 +94,12 @@ finally:
 
 from ..errors import ModelError, QuantizerError  # noqa: E402
 from ..models import quiet_transformers  # noqa: E402
-from .rtn import layer_weight, skipped  # noqa: E402
+from .base import DEFAULT_SKIP, QuantReport, layer_weight, skipped  # noqa: E402
 from .spec import BNB_4BIT_BLOCKSIZE, QuantSpec  # noqa: E402
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..models import LoadedModel
-    from . import QuantReport
+    from .calibration import Calibration
 
 INT8_THRESHOLD = 6.0
 #: Flat elements per chunk of the report's float64 temporaries (a multiple of the 4-bit blocksize).
@@ -119,7 +119,7 @@ def unpack_4bit(packed: torch.Tensor, n: int) -> torch.Tensor:
     return codes[:n]
 
 
-def misaligned_on_cpu(module: nn.Module) -> bool:
+def misaligned_on_cpu(module: Any) -> bool:
     """A Linear4bit on CPU whose rows are not whole blocks: bnb's native CPU dequantization is wrong there."""
     state = module.weight.quant_state
     return module.weight.device.type == "cpu" and state.shape[-1] % state.blocksize != 0
@@ -137,7 +137,7 @@ def dequantize_4bit_flat(data: torch.Tensor, state: Any) -> torch.Tensor:
     return (code[unpack_4bit(data, n)] * scales).reshape(state.shape).to(state.dtype)
 
 
-def dequantized_weight(module: nn.Module) -> torch.Tensor:
+def dequantized_weight(module: Any) -> torch.Tensor:
     """The weight a bnb layer stands for, shape ``(out, in)``.
 
     Linear4bit: ``dequantize_4bit`` in the model dtype (:func:`dequantize_4bit_flat` for a
@@ -145,8 +145,9 @@ def dequantized_weight(module: nn.Module) -> torch.Tensor:
     first (bnb's inverse leaves absmax transposed, so it is put back).
     Linear8bitLt: ``CB * SCB / 127`` in float32, with ``SCB`` wherever the forward moved it.
     """
+    weight: Any = module.weight  # a bnb Params4bit / Int8Params (torch types it as a plain Tensor)
     if isinstance(module, bnb.nn.Linear4bit):
-        data, state = module.weight.data, module.weight.quant_state
+        data, state = weight.data, weight.quant_state
         if getattr(state, "packing_format_for_cpu", False):
             data, state = bnbF._convert_weight_packed_for_cpu_inverse(data.clone(), copy.deepcopy(state))
             if not state.nested:
@@ -155,8 +156,8 @@ def dequantized_weight(module: nn.Module) -> torch.Tensor:
             return dequantize_4bit_flat(data, state)
         return bnbF.dequantize_4bit(data, state)
     if isinstance(module, bnb.nn.Linear8bitLt):
-        scb = module.weight.SCB if getattr(module.weight, "SCB", None) is not None else module.state.SCB
-        return module.weight.data.float() * scb.float()[:, None] / 127
+        scb: Any = weight.SCB if getattr(weight, "SCB", None) is not None else module.state.SCB
+        return weight.data.float() * scb.float()[:, None] / 127
     raise TypeError(f"not a bitsandbytes linear layer: {type(module).__name__}")
 
 
@@ -176,7 +177,7 @@ def prepare_4bit_layers(model: nn.Module) -> None:
         if isinstance(module, bnb.nn.Linear4bit):
             module.support_avx512bf16_for_cpu = False
             if misaligned_on_cpu(module):
-                module.forward = types.MethodType(_forward_flat, module)
+                module.forward = types.MethodType(_forward_flat, module)  # type: ignore[method-assign]
 
 
 class _Levels:
@@ -252,6 +253,8 @@ class BnbBackend:
     """``bnb-fp4`` / ``bnb-nf4`` / ``bnb-int8`` through a fresh bitsandbytes-quantized copy (see the module docstring)."""
 
     name = "bnb"
+    takes_target_codes = False
+    codes = None
 
     def __init__(self, spec: QuantSpec) -> None:
         if spec.backend != self.name or spec.scheme not in ("fp4", "nf4", "int8"):
@@ -312,11 +315,11 @@ class BnbBackend:
 
     @contextmanager
     def apply(
-        self, loaded: LoadedModel, *, target: LoadedModel | None = None, skip_modules: Sequence[str] = ("lm_head",)
+        self, loaded: LoadedModel, *, target: LoadedModel | None = None, skip_modules: Sequence[str] = DEFAULT_SKIP,
+        calibration: Calibration | None = None, target_codes: Any = None,
     ) -> Iterator[tuple[Any, QuantReport]]:
-        """Yield (quantized copy, report); the source model is never modified. The copy is freed on exit."""
-        from . import QuantReport
-
+        """Yield (quantized copy, report); the source model is never modified. The copy is freed on exit.
+        ``calibration`` and ``target_codes`` are ignored (see :class:`~.base.Backend`)."""
         global _open_blocks
         start = time.perf_counter()
         source_modules = dict(loaded.model.named_modules())

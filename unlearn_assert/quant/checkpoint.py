@@ -33,18 +33,18 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
-from ..config import CHECKPOINT_NAME_RE as NAME_RE  # one grammar for names, budgets and items
 from ..errors import ConfigError, ModelError
 from .spec import BNB_4BIT_BLOCKSIZE
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..models import LoadedModel
-    from . import QuantReport
+    from .base import QuantReport
 
 #: quant_method -> (module that must import, pip command)
 SUPPORTED = {
@@ -93,13 +93,12 @@ def _describe(method: str, qc: dict[str, Any], where: str) -> tuple[int | None, 
 
 
 def read_checkpoint(name: str, path: str, target: str | None = None) -> CheckpointInfo:
-    """Validate ``NAME=DIR`` at option time (no torch): the name, the directory, safetensors
-    weights, a supported ``quantization_config``, and the target's architecture when given."""
+    """Validate the artifact ``NAME=DIR`` (no torch; the name's syntax is checked by
+    :func:`unlearn_assert.config.parse_artifacts`): the directory, safetensors weights, a supported
+    ``quantization_config``, and the target's architecture when given."""
     from ..models import check_model_dir, read_weight_headers
 
     where = f"--unlearn-quantized {name}={path}"
-    if not NAME_RE.fullmatch(name) or name == "fp":
-        raise ConfigError(f"{where}: NAME must be letters, digits, '.', '_' or '+' (not 'fp', no '-'), e.g. my-gptq is written my_gptq")
     try:
         directory = check_model_dir(path)
         read_weight_headers(directory)  # a truncated upload fails here, as --unlearn-model's weights do
@@ -130,24 +129,14 @@ def read_checkpoint(name: str, path: str, target: str | None = None) -> Checkpoi
     return CheckpointInfo(name=name, path=str(directory), method=method, bits=bits, group_size=group, symmetric=sym, scheme=scheme)
 
 
-def parse_quantized_option(values: Any, target: str | None = None) -> tuple[CheckpointInfo, ...]:
-    """``NAME=DIR`` entries (a list: one entry per item; or a whitespace-separated string) ->
-    validated checkpoints; names must be unique."""
-    if values in (None, "", []):
-        return ()
-    # a list (command line, ini) holds one entry per item, paths possibly with spaces; a plain
-    # string (library use) is split on whitespace
-    items = [str(v) for v in values] if isinstance(values, (list, tuple)) else str(values).split()
-    out: list[CheckpointInfo] = []
-    for entry in items:
-        if entry.strip():
-            name, sep, path = entry.strip().partition("=")
-            if not sep or not name or not path:
-                raise ConfigError(f"--unlearn-quantized: '{entry}' is not NAME=DIR; write e.g. --unlearn-quantized my_gptq=out/model-gptq")
-            if any(c.name == name for c in out):
-                raise ConfigError(f"--unlearn-quantized: the name '{name}' is given twice; give each checkpoint its own name")
-            out.append(read_checkpoint(name, path, target))
-    return tuple(out)
+def quant_method(path: str) -> str | None:
+    """The ``quant_method`` a checkpoint's ``config.json`` names (None when it cannot be read): for
+    the report's provenance, after :func:`read_checkpoint` validated the directory."""
+    try:
+        qc = json.loads((Path(path) / "config.json").read_text(encoding="utf-8")).get("quantization_config")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return str(qc.get("quant_method")) if isinstance(qc, dict) and qc.get("quant_method") else None
 
 
 def _load(info: CheckpointInfo, device: str, dtype: str | None) -> Any:
@@ -202,7 +191,7 @@ def _load(info: CheckpointInfo, device: str, dtype: str | None) -> Any:
 
         prepare_4bit_layers(model)
     else:
-        model.to(dev)
+        model.to(dev)  # type: ignore[arg-type]  # transformers types .to() through a decorator mypy misreads
     model.eval()
     return model, str(torch_dtype).removeprefix("torch."), dev
 
@@ -251,7 +240,7 @@ def open_checkpoint(info: CheckpointInfo, source: LoadedModel, *, device: str | 
     import gc
 
     from ..models import LoadedModel, fingerprint, load_tokenizer
-    from . import QuantReport
+    from .base import QuantReport
 
     start = time.perf_counter()
     model, dt, dev = _load(info, device or source.device, dtype)

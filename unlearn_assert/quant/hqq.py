@@ -31,21 +31,21 @@ from __future__ import annotations
 
 import gc
 import time
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
+from hqq.core.quantize import BaseQuantizeConfig, HQQLinear, Quantizer
 from torch import nn
 
-from hqq.core.quantize import BaseQuantizeConfig, HQQLinear, Quantizer
-
-from ..errors import ModelError, QuantizerError
-from .rtn import layer_weight, skipped
+from ..errors import QuantizerError
+from .base import DEFAULT_SKIP, QuantReport, layer_weight, skipped
 from .spec import QuantSpec
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..models import LoadedModel
-    from . import QuantReport
+    from .calibration import Calibration
 
 #: Bit widths hqq 0.2.8 packs (1.58 and 1 are outside the id grammar).
 HQQ_BITS = (2, 3, 4, 5, 6, 8)
@@ -81,6 +81,8 @@ class HqqBackend:
     """``hqq-w<bits>g<group>`` by swapping ``HQQLinear`` modules in (see the module docstring)."""
 
     name = "hqq"
+    takes_target_codes = False
+    codes = None
 
     def __init__(self, spec: QuantSpec) -> None:
         if spec.backend != self.name or spec.bits is None or spec.group_size is None:
@@ -111,11 +113,11 @@ class HqqBackend:
 
     @contextmanager
     def apply(
-        self, loaded: LoadedModel, *, target: LoadedModel | None = None, skip_modules: Sequence[str] = ("lm_head",)
+        self, loaded: LoadedModel, *, target: LoadedModel | None = None, skip_modules: Sequence[str] = DEFAULT_SKIP,
+        calibration: Calibration | None = None, target_codes: Any = None,
     ) -> Iterator[tuple[Any, QuantReport]]:
-        """Swap ``HQQLinear`` modules into ``loaded.model`` for the block; yield (model, report)."""
-        from . import QuantReport
-
+        """Swap ``HQQLinear`` modules into ``loaded.model`` for the block; yield (model, report).
+        ``calibration`` and ``target_codes`` are ignored (see :class:`~.base.Backend`)."""
         start = time.perf_counter()
         model = loaded.model
         dtype = getattr(torch, loaded.dtype)

@@ -47,15 +47,15 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, redirect_stderr
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
-from torch import nn
-
 from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
 from compressed_tensors.quantization.lifecycle.forward import fake_quantize, quantize
+from torch import nn
 
 
 def _import_llmcompressor() -> Any:
@@ -82,13 +82,12 @@ _import_llmcompressor()
 from llmcompressor import oneshot  # noqa: E402
 from llmcompressor.modifiers.quantization import GPTQModifier, QuantizationModifier  # noqa: E402
 
-from ..errors import QuantizerError
-from .rtn import layer_weight, skipped
-from .spec import QuantSpec
+from ..errors import QuantizerError  # noqa: E402
+from .base import DEFAULT_SKIP, QuantReport, layer_weight, skipped  # noqa: E402
+from .spec import QuantSpec  # noqa: E402
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..models import LoadedModel
-    from . import QuantReport
     from .calibration import Calibration
 
 #: Attributes compressed-tensors attaches to a quantized module (removed after materializing).
@@ -143,7 +142,7 @@ def _no_lingering_references() -> Iterator[None]:
         active_session().reset()
 
 
-def _materialize(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _materialize(module: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Replace a calibrated layer's weight by its fake-quantized value and strip the library's
     state; return (codes as int8, dequantized weight, scale)."""
     args = module.quantization_scheme.weights
@@ -171,9 +170,12 @@ class LlmcBackend:
     """Shared GPTQ/AWQ machinery (see the module docstring); subclasses give the recipe."""
 
     name = ""
+    #: GPTQ/AWQ take minutes per model: T's codes from its q(T) row are reused for U's (see :mod:`.base`)
+    takes_target_codes = True
     #: ``|U - T| < s_T / 2`` is meaningful only where U and T share coordinates (not after AWQ's smoothing)
     reports_small_delta = False
-    grid: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
+    #: after ``apply`` without a target: {layer: (codes int8, scale)} of that model, on the CPU
+    codes: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def __init__(self, spec: QuantSpec) -> None:
         if spec.backend != self.name or spec.bits is None or spec.group_size is None:
@@ -211,7 +213,7 @@ class LlmcBackend:
         ds = Dataset.from_list([{"input_ids": w, "attention_mask": [1] * len(w)} for w in windows])
         try:
             with _quiet(), _no_lingering_references(), self._library_fixes():
-                oneshot(model=model, dataset=ds, recipe=self.recipe(names), num_calibration_samples=len(windows),
+                oneshot(model=cast(Any, model), dataset=ds, recipe=self.recipe(names), num_calibration_samples=len(windows),
                         max_seq_length=max(len(w) for w in windows), shuffle_calibration_samples=False, batch_size=1,
                         processor=tokenizer)
         except (KeyboardInterrupt, MemoryError):
@@ -258,21 +260,19 @@ class LlmcBackend:
         loaded: LoadedModel,
         *,
         target: LoadedModel | None = None,
-        skip_modules: Sequence[str] = ("lm_head",),
+        skip_modules: Sequence[str] = DEFAULT_SKIP,
         calibration: Calibration | None = None,
-        target_grid: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
+        target_codes: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> Iterator[tuple[Any, QuantReport]]:
         """Quantize a copy of ``loaded.model`` for the block; yield (copy, report). Without a
-        target the model's own codes stay in ``self.grid`` (for a later U's ``target_grid``)."""
-        from . import QuantReport
-
+        target the model's own codes stay in ``self.codes`` (for a later U's ``target_codes``)."""
         if calibration is None:
             raise QuantizerError(f"quantizer '{self.spec.id}' needs calibration text; pass --unlearn-calibration=FILE or a data dir with raw/retain.txt")
         start = time.perf_counter()
         source = dict(loaded.model.named_modules())
         t_grid: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         if target is not None:
-            t_grid = dict(target_grid) if target_grid else {}
+            t_grid = dict(target_codes) if target_codes else {}
             if not t_grid:
                 t_model, t_names = self._quantize_copy(target, calibration, skip_modules)
                 t_grid = _grid(self._finish(t_model, t_names, target.device))
@@ -281,8 +281,8 @@ class LlmcBackend:
         model, names = self._quantize_copy(loaded, calibration, skip_modules)
         try:
             layers = self._finish(model, names, loaded.device)
-            if target is None:  # this may be q(T): keep its codes for U's code agreement (see ``quantized``)
-                self.grid = _grid(layers)
+            if target is None:  # this may be q(T): keep its codes for U's code agreement (see :mod:`.base`)
+                self.codes = _grid(layers)
             target_modules = {} if target is None else dict(target.model.named_modules())
             totals = [0, 0, 0, 0, 0]  # n, changed, agree, small, same
             with torch.no_grad():

@@ -24,7 +24,8 @@ checkpoint lacks, or one the architecture does not have, is an error.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 
@@ -117,7 +118,7 @@ def _empty_model(cfg: Any, dtype: torch.dtype) -> Any:
     try:
         from transformers.initialization import no_init_weights
     except ImportError:  # pragma: no cover - older transformers
-        no_init_weights = nullcontext
+        no_init_weights = nullcontext  # type: ignore[assignment]
     with quiet_transformers(), no_init_weights():
         return AutoModelForCausalLM.from_config(cfg, dtype=dtype)
 
@@ -131,7 +132,7 @@ def load_packed(info: Any, config: dict[str, Any], dtype: torch.dtype, device: s
     from safetensors.torch import load_file
     from transformers import AutoConfig
 
-    from ..models import _weight_files
+    from ..models import weight_files
 
     where = f"checkpoint '{info.path}'"
     root = Path(info.path)
@@ -140,7 +141,7 @@ def load_packed(info: Any, config: dict[str, Any], dtype: torch.dtype, device: s
     if index.is_file():  # sharded: exactly the files the index names
         files = sorted({root / f for f in json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()})
     else:
-        files = _weight_files(root)
+        files = weight_files(root)
     tensors: dict[str, torch.Tensor] = {}
     for file in files:
         tensors.update(load_file(str(file)))

@@ -29,19 +29,19 @@ This is the math under test, so every convention is explicit:
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from fnmatch import fnmatchcase
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import nn
 
-from ..errors import ModelError, QuantizerError
+from ..errors import QuantizerError
+from .base import DEFAULT_SKIP, QuantReport, layer_weight, linear_layers
 from .spec import BITS_RANGE, QuantSpec
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..models import LoadedModel
-    from . import QuantReport
+    from .calibration import Calibration
 
 Params = tuple[torch.Tensor, torch.Tensor]
 
@@ -158,23 +158,6 @@ def rtn_step(w: torch.Tensor, bits: int, group_size: int | None = None, symmetri
 # --------------------------------------------------------------------------- the backend
 
 
-def layer_weight(owner: LoadedModel, modules: dict[str, nn.Module], name: str, shape: torch.Size, role: str = "target") -> torch.Tensor:
-    """``owner``'s weight of layer ``name`` (detached), which must have ``shape``: the one pairing
-    check every backend makes before comparing U's layer with T's."""
-    weight = getattr(modules.get(name), "weight", None)
-    if not isinstance(weight, torch.Tensor) or weight.shape != shape:
-        found = "missing" if weight is None else tuple(weight.shape)
-        raise ModelError(f"{role} '{owner.path}' has no weight '{name}.weight' of shape {tuple(shape)} ({found}); "
-                         "pass the target the model was unlearned from")
-    return weight.detach()
-
-
-def skipped(name: str, patterns: Sequence[str]) -> bool:
-    """A module is skipped when a pattern matches its full name or a dotted suffix of it
-    (``lm_head`` matches ``lm_head`` and ``model.lm_head``; globs like ``*.mlp.*`` work too)."""
-    return any(fnmatchcase(name, p) or fnmatchcase(name, f"*.{p}") for p in patterns)
-
-
 def _layer(
     weight: torch.Tensor, target: torch.Tensor | None, spec: QuantSpec
 ) -> tuple[int, int, int | None, int | None, int | None]:
@@ -217,6 +200,8 @@ class RTNBackend:
     """
 
     name = "rtn"
+    takes_target_codes = False
+    codes = None
 
     def __init__(self, spec: QuantSpec) -> None:
         if spec.backend != self.name or spec.bits is None:
@@ -231,28 +216,22 @@ class RTNBackend:
 
     @contextmanager
     def apply(
-        self, loaded: LoadedModel, *, target: LoadedModel | None = None, skip_modules: Sequence[str] = ("lm_head",)
+        self, loaded: LoadedModel, *, target: LoadedModel | None = None, skip_modules: Sequence[str] = DEFAULT_SKIP,
+        calibration: Calibration | None = None, target_codes: Any = None,
     ) -> Iterator[tuple[Any, QuantReport]]:
-        """Quantize ``loaded.model`` in place for the duration of the block; yield (model, report)."""
-        from . import QuantReport
-
+        """Quantize ``loaded.model`` in place for the duration of the block; yield (model, report).
+        ``calibration`` and ``target_codes`` are ignored: RTN needs neither (see :class:`~.base.Backend`)."""
         model = loaded.model
         modules = dict(model.named_modules())
         target_modules = None if target is None else dict(target.model.named_modules())
         names: list[str] = []
         totals = [0, 0, 0, 0, 0]  # n, changed, agree, small, same
-        seen: set[int] = set()
         start = time.perf_counter()
         try:
             with torch.no_grad():
-                for name, module in modules.items():
-                    if not isinstance(module, nn.Linear) or module.weight.ndim != 2 or skipped(name, skip_modules):
-                        continue
-                    if id(module.weight) in seen:
-                        continue
-                    seen.add(id(module.weight))
+                for name, module in linear_layers(model, skip_modules):
                     weight = module.weight.data
-                    t_weight = None if target_modules is None else layer_weight(target, target_modules, name, weight.shape)  # type: ignore[arg-type]
+                    t_weight = None if target is None or target_modules is None else layer_weight(target, target_modules, name, weight.shape)
                     self.saved[name] = weight.to("cpu", copy=True)
                     counts = _layer(weight, t_weight, self.spec)
                     totals = [a + (b or 0) for a, b in zip(totals, counts)]

@@ -16,8 +16,8 @@ Two tables, on purpose:
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Callable, Mapping
 
 from ..errors import QuantizerError
 

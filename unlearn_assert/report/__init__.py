@@ -10,11 +10,11 @@ from typing import Any
 
 from .schema import (
     SCHEMA_VERSION,
-    Report,
+    ReportDict,
     ReportError,
-    Row,
+    RowDict,
     SampleRecord,
-    Verdict,
+    VerdictDict,
     load_report,
     validate_report,
     write_json,
@@ -25,11 +25,11 @@ _LAZY_HTML = ("render_html", "write_html")  # jinja2 is imported only when HTML 
 
 __all__ = [
     "SCHEMA_VERSION",
-    "Report",
+    "ReportDict",
     "ReportError",
-    "Row",
+    "RowDict",
     "SampleRecord",
-    "Verdict",
+    "VerdictDict",
     "load_report",
     "render_failures",
     "render_html",

@@ -12,14 +12,17 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import jinja2
 from markupsafe import Markup, escape
 
-from .schema import METRICS, Report, atomic_write_text, json_safe
+from ..cache import atomic_write_text
+from ..names import METRICS
+from .schema import ReportDict, RowDict, json_safe
 from .terminal import (
     HEADERS,
     fmt_num,
@@ -157,19 +160,24 @@ def bar_chart_svg(
     return Markup("\n".join(out))
 
 
-def metric_charts(report: Report) -> list[dict[str, Any]]:
+def _metric(row: RowDict, metric: str) -> float | None:
+    value: Any = dict(row.get("values") or {}).get(metric)
+    return None if value is None else float(value)
+
+
+def metric_charts(report: ReportDict) -> list[dict[str, Any]]:
     """One chart per metric: the unlearned model per quantizer (fp first), target fp / retrain fp lines."""
     rows = ordered_rows(report)
     unlearned = [r for r in rows if r["model"] == "unlearned"]
     charts = []
     for metric in METRICS:
-        bars = [(r["quantizer"], None if r.get("status") == "skipped" else (r.get("values") or {}).get(metric))
-                for r in unlearned]
+        bars: list[tuple[str, float | None]] = [
+            (r["quantizer"], None if r.get("status") == "skipped" else _metric(r, metric)) for r in unlearned]
         refs = []
         for role in ("target", "retrain"):
             ref = next((r for r in rows if r["model"] == role and r["quantizer"] == "fp"
                         and r.get("status") != "skipped"), None)
-            value = (ref.get("values") or {}).get(metric) if ref else None
+            value = _metric(ref, metric) if ref else None
             if value is not None and math.isfinite(value):
                 refs.append((f"{role} fp", float(value), role))
         charts.append({"metric": metric, "svg": bar_chart_svg(metric, bars, refs, Y_LABELS[metric])})
@@ -184,7 +192,7 @@ def _excerpt(text: Any, limit: int = PROMPT_EXCERPT) -> str:
     return text if len(text) <= limit else "\u2026" + text[-limit:]
 
 
-def provenance_items(report: Report) -> list[tuple[str, str]]:
+def provenance_items(report: ReportDict) -> list[tuple[str, str]]:
     """(label, text) pairs for the provenance table; the template escapes both."""
     prov: Mapping[str, Any] = report.get("provenance") or {}
     items: list[tuple[str, str]] = [("created", str(report.get("created", "-")))]
@@ -224,7 +232,7 @@ def provenance_items(report: Report) -> list[tuple[str, str]]:
     return items
 
 
-def sorted_verdicts(report: Report) -> list[dict[str, Any]]:
+def sorted_verdicts(report: ReportDict) -> list[dict[str, Any]]:
     """Failed first (what a reviewer must read), then passed, then skipped; stable within each."""
     rank = {"failed": 0, "passed": 1, "skipped": 2}
     out = [{**v, "outcome": verdict_outcome(v), "message": one_line(v.get("message", ""))}
@@ -232,7 +240,7 @@ def sorted_verdicts(report: Report) -> list[dict[str, Any]]:
     return sorted(out, key=lambda v: rank[v["outcome"]])
 
 
-def sample_sections(report: Report) -> list[dict[str, Any]]:
+def sample_sections(report: ReportDict) -> list[dict[str, Any]]:
     """Per (row, metric) sample tables, rows in table order, first MAX_SAMPLES_SHOWN records each."""
     samples: Mapping[str, Mapping[str, list[Any]]] = report.get("samples") or {}
     qrank = {q: i for i, q in enumerate(quantizer_order(report))}
@@ -265,7 +273,7 @@ def _text(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
-def render_html(report: Report) -> str:
+def render_html(report: ReportDict) -> str:
     """The whole report as one self-contained HTML page."""
     prov: Mapping[str, Any] = report.get("provenance") or {}
     models = prov.get("models") or {}
@@ -287,6 +295,6 @@ def render_html(report: Report) -> str:
     )
 
 
-def write_html(report: Report, path: str | os.PathLike[str]) -> Path:
+def write_html(report: ReportDict, path: str | os.PathLike[str]) -> Path:
     """Render and write the HTML report atomically; returns the path written."""
     return atomic_write_text(path, render_html(report))

@@ -1,6 +1,6 @@
 """The JSON report, schema_version 1: typed shape, validation, loading and atomic writing.
 
-The report is one plain-data dict built by the pipeline; every renderer (terminal, HTML) and every
+The report is one plain-data dict (``unlearn_assert.gate.Report.to_dict()``); every renderer (terminal, HTML) and every
 outside tool reads only this dict, so its shape is written down here once. Keys listed as required
 in ``DESIGN.md`` ("JSON report") are checked by :func:`validate_report`; the others are optional so
 that older or partial reports still render. Adding keys is free; renaming or removing one needs a
@@ -14,18 +14,15 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, Mapping, TypedDict, cast
+from typing import Any, Literal, TypedDict, cast
 
-from ..errors import UnlearnAssertError
 from ..cache import atomic_write_text
+from ..errors import UnlearnAssertError
+from ..names import FORGET_METRICS, METRICS, OUTCOMES, ROLES, ROW_STATUSES
 
 SCHEMA_VERSION = 1
-METRICS = ("verbmem_f", "knowmem_f", "knowmem_r", "privleak")  # MUSE's keys, in display order
-FORGET_METRICS = ("verbmem_f", "knowmem_f")  # the metrics that have a recovery fraction
-MODEL_ROLES = ("unlearned", "target", "retrain")
-OUTCOMES = ("passed", "failed", "skipped")
-ROW_STATUSES = ("ok", "skipped")
 
 
 class ReportError(UnlearnAssertError, ValueError):
@@ -139,7 +136,7 @@ class _RowRequired(TypedDict):
     changed_fraction: float | None  # fraction (0..1) of weights the quantizer changed; quantized rows only
 
 
-class Row(_RowRequired, total=False):
+class RowDict(_RowRequired, total=False):
     ci: dict[str, list[float]]  # metric -> [lo, hi] bootstrap 95% interval, same unit as the value
     small_delta_fraction: float | None  # fraction of U-T weight deltas smaller than half a quantization step
     quant: QuantInfo | None  # the quantizer's own report; None for fp rows
@@ -157,7 +154,7 @@ class _VerdictRequired(TypedDict):
     message: str  # one line: the numbers and the budget, or why it was skipped
 
 
-class Verdict(_VerdictRequired, total=False):
+class VerdictDict(_VerdictRequired, total=False):
     quantizer: str  # quantizer id, or "fp" for the full-precision "forgetting" check
     check: str  # "verbmem_f", "knowmem_f", "utility", "privleak" or "forgetting"
     outcome: Literal["passed", "failed", "skipped"]  # the pytest outcome
@@ -176,12 +173,12 @@ class SampleRecord(TypedDict, total=False):
 class _ReportRequired(TypedDict):
     schema_version: int  # always SCHEMA_VERSION for reports this module writes
     provenance: Provenance  # versions, machine, inputs and budgets: what the numbers depend on
-    rows: list[Row]  # one per (model, quantizer) cell
-    verdicts: list[Verdict]  # one per budget test item
+    rows: list[RowDict]  # one per (model, quantizer) cell
+    verdicts: list[VerdictDict]  # one per budget test item
     samples: dict[str, dict[str, list[SampleRecord]]]  # "model:quantizer" -> metric -> per-item records
 
 
-class Report(_ReportRequired, total=False):
+class ReportDict(_ReportRequired, total=False):
     created: str  # ISO 8601 timestamp with offset, when the report was made
 
 
@@ -254,7 +251,7 @@ def _validate_row(row: Any, i: int) -> None:
     w = f"rows[{i}]"
     if not isinstance(row, dict):
         raise ReportError(f"malformed unlearn-assert report: {w} should be an object, got {type(row).__name__}")
-    _check_choice(_check(row, "model", str, w), MODEL_ROLES, f"{w}.model")
+    _check_choice(_check(row, "model", str, w), ROLES, f"{w}.model")
     _check(row, "quantizer", str, w)
     status = _check(row, "status", str, w, required=False)
     if status is not None:
@@ -292,7 +289,7 @@ def _validate_verdict(v: Any, i: int) -> None:
     _check(v, "budget", _NUMBER, w, required=False, nullable=True)
 
 
-def validate_report(obj: Any) -> Report:
+def validate_report(obj: Any) -> ReportDict:
     """Check ``obj`` is a schema_version-1 report (required keys and their types) and return it.
 
     Raises :class:`ReportError` with one line naming the first missing or mistyped key, so that
@@ -324,13 +321,13 @@ def validate_report(obj: Any) -> Report:
             if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
                 raise ReportError(f"malformed unlearn-assert report: samples[{key!r}][{metric!r}] "
                                   f"should be an array of objects")
-    return cast(Report, obj)
+    return cast(ReportDict, obj)
 
 
 # --------------------------------------------------------------------------- files
 
 
-def load_report(path: str | os.PathLike[str]) -> Report:
+def load_report(path: str | os.PathLike[str]) -> ReportDict:
     """Read and validate a JSON report; every failure is a one-line :class:`ReportError`."""
     p = Path(path)
     if not p.exists():

@@ -7,12 +7,14 @@ The row order, cell formatting and per-row verdict live here once; the HTML repo
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from tabulate import tabulate
 
-from .schema import MODEL_ROLES, Report, Row, Verdict
+from ..names import ROLES
+from .schema import ReportDict, RowDict, VerdictDict
 
 HEADERS = ("model", "quantizer", "verbmem_f", "knowmem_f", "knowmem_r", "privleak", "recovery", "code agr.", "verdict")
 COLALIGN = ("left", "left", "right", "right", "right", "right", "left", "right", "left")
@@ -25,7 +27,7 @@ _RESET = "\x1b[0m"
 class TableRow:
     """One line of the summary table: display cells plus what the HTML view needs to style it."""
 
-    row: Row
+    row: RowDict
     cells: tuple[str, ...]  # one string per HEADERS entry
     verdict: str  # "PASS", "FAIL", "SKIP" (unlearned rows) or "-" (reference rows, no checks)
     skip_reason: str | None  # full reason when the row was skipped, else None
@@ -95,7 +97,7 @@ def verdict_outcome(v: Mapping[str, Any]) -> str:
     return "skipped" if passed is None else ("passed" if passed else "failed")
 
 
-def quantizer_order(report: Report) -> list[str]:
+def quantizer_order(report: ReportDict) -> list[str]:
     """fp first, then the user's order (settings.quantizers), then any other quantizer seen."""
     order = ["fp"]
     settings = report.get("provenance", {}).get("settings") or {}
@@ -107,15 +109,15 @@ def quantizer_order(report: Report) -> list[str]:
     return order
 
 
-def ordered_rows(report: Report) -> list[Row]:
+def ordered_rows(report: ReportDict) -> list[RowDict]:
     """Unlearned rows (fp, then each quantizer), then the references: target fp, q(T), retrain."""
     qrank = {q: i for i, q in enumerate(quantizer_order(report))}
-    mrank = {m: i for i, m in enumerate(MODEL_ROLES)}
+    mrank = {m: i for i, m in enumerate(ROLES)}
     return sorted(report.get("rows", []),
                   key=lambda r: (mrank.get(r["model"], len(mrank)), qrank.get(r["quantizer"], len(qrank))))
 
 
-def aggregate_verdict(verdicts: Sequence[Verdict], quantizer: str) -> str:
+def aggregate_verdict(verdicts: Sequence[VerdictDict], quantizer: str) -> str:
     """FAIL if any check of this quantizer failed, SKIP if all were skipped, PASS otherwise; "-" if none."""
     outcomes = [verdict_outcome(v) for v in verdicts if verdict_quantizer(v) == quantizer]
     if not outcomes:
@@ -130,7 +132,7 @@ def _compact(reason: str, width: int = SKIP_REASON_WIDTH) -> str:
     return reason if len(reason) <= width else reason[: width - 3].rstrip() + "..."
 
 
-def table_rows(report: Report) -> list[TableRow]:
+def table_rows(report: ReportDict) -> list[TableRow]:
     """The summary table as display strings, in display order (shared by terminal and HTML)."""
     verdicts = report.get("verdicts", [])
     out: list[TableRow] = []
@@ -156,7 +158,7 @@ def table_rows(report: Report) -> list[TableRow]:
 # --------------------------------------------------------------------------- public renderers
 
 
-def render_table(report: Report, *, color: bool = False) -> str:
+def render_table(report: ReportDict, *, color: bool = False) -> str:
     """The summary table as plain text (tabulate "simple"); ``color`` adds ANSI colors to verdicts."""
     body = []
     for tr in table_rows(report):
@@ -167,13 +169,13 @@ def render_table(report: Report, *, color: bool = False) -> str:
     return tabulate(body, headers=HEADERS, tablefmt="simple", colalign=COLALIGN, disable_numparse=True)
 
 
-def render_failures(report: Report) -> list[str]:
+def render_failures(report: ReportDict) -> list[str]:
     """One line per failed budget check: the item id and its message."""
     return [f"FAILED {v.get('item', '?')}: {one_line(v.get('message', ''))}"
             for v in report.get("verdicts", []) if verdict_outcome(v) == "failed"]
 
 
-def summary_line(report: Report) -> str:
+def summary_line(report: ReportDict) -> str:
     """One line for the end of a run, e.g. "unlearn-assert: 3 of 12 budget checks failed
     (rtn-w4g128: knowmem_f, verbmem_f; fp: forgetting)"."""
     verdicts = report.get("verdicts", [])

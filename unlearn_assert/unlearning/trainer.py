@@ -33,22 +33,23 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from ..data import RAW_FORGET, RAW_RETAIN, MuseData, load_data
 from ..errors import ConfigError, DataError, UnlearnAssertError
 from ..models import LoadedModel, load_model, quiet_transformers
+from ..names import TRAIN_DTYPES
 from .losses import LossInputs, Method, forget_loss, method_loss, parse_method, shift_for_lm
 from .sure import SureSelection, apply_mask, candidate_modules, compute_saliency, select_modules
 
 __all__ = ["Chunks", "UnlearnResult", "UnlearnSettings", "chunk_text", "save_unlearned", "unlearn"]
 
 RUN_FILE = "unlearn_run.json"
-DTYPES = ("float32", "bfloat16")
 
 
 @dataclass(frozen=True)
@@ -94,8 +95,8 @@ class UnlearnSettings:
             raise ConfigError(f"beta must be a positive number, got {self.beta!r}; NPO's paper uses 0.1")
         if not (self.alpha >= 0 and math.isfinite(self.alpha)) or self.weight_decay < 0:
             raise ConfigError("alpha and weight_decay must be non-negative numbers")
-        if self.dtype not in DTYPES:
-            raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got '{self.dtype}'")
+        if self.dtype not in TRAIN_DTYPES:
+            raise ConfigError(f"dtype must be one of {', '.join(TRAIN_DTYPES)}, got '{self.dtype}'")
         top, threshold = self.sure_top, self.sure_threshold
         if not self.sure and (top is not None or threshold is not None):
             raise ConfigError("sure_top / sure_threshold were given without sure; pass --sure to use SURE")
@@ -131,7 +132,7 @@ def chunk_text(tokenizer: Any, text: str, max_length: int) -> Chunks:
     bos = tokenizer.bos_token_id
     prefix = [] if bos is None else [int(bos)]
     span = max_length - len(prefix)
-    pad = next((t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if t is not None))
+    pad = next(t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if t is not None)
     rows: list[list[int]] = []
     masks: list[list[int]] = []
     for start in range(0, len(ids), span):
@@ -193,7 +194,7 @@ class UnlearnResult:
     def to_json(self) -> dict[str, Any]:
         import transformers
 
-        from .. import __version__
+        from ..version import __version__
 
         return {
             "schema_version": 1,
@@ -283,7 +284,7 @@ def unlearn(
         sal_batches = [forget.batch(sal_cycler.next(), s.device) for _ in range(s.sure_batches)]
         saliency, n = compute_saliency(
             model,
-            lambda b: forget_loss(method.forget, _forward(model, ref, b, method.forget == "npo"), s.beta),
+            lambda b: forget_loss(method.forget, _forward(model, ref, b, method.forget == "npo"), s.beta),  # noqa: F821 (del'd later)
             sal_batches,
             include_lm_head=s.sure_lm_head,
         )

@@ -1,4 +1,5 @@
-"""Budget checks: recovery, utility and privleak, as plain data (no pytest, no torch).
+"""Budget checks: recovery, utility and privleak, as plain data (no pytest, no torch): which items a
+run has, which rows each needs, and the pure function that judges one item from the figures.
 
 Definitions (DESIGN.md, "Verdicts"): for a forget metric m and quantizer q,
 ``recovery = (m(q(U)) - m(U)) / (m(T) - m(U))``, the share of what unlearning removed that comes
@@ -10,15 +11,15 @@ checked only when a reference AUC exists (a retrain model or ``--unlearn-retrain
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any, Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any
 
-from .config import RECOVERY_METRICS, Budget
+from ..config import Budget
+from ..names import CHECKS, FORGET_METRICS, FP, item_name
+from .derive import Figures
+from .rows import RowKey
 
-FP = "fp"
-CHECKS = ("verbmem_f", "knowmem_f", "utility", "privleak")  # per quantizer, fp included
-# (model role, quantizer) -> metric values of that row
-Values = Mapping[tuple[str, str], Mapping[str, float | None]]
+__all__ = ["Verdict", "evaluate_check", "needed_rows", "plan_checks"]
 
 
 @dataclass(frozen=True)
@@ -42,13 +43,11 @@ class Verdict:
         out["passed"] = self.passed
         return out
 
-
-def item_id(quantizer: str, check: str) -> str:
-    return f"{quantizer}-{check}"
-
-
-def item_name(quantizer: str, check: str) -> str:
-    return f"test_budget[{item_id(quantizer, check)}]"
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Verdict:
+        """Rebuild a verdict from :meth:`to_dict` output (an xdist payload); unknown keys are ignored."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
 
 
 def plan_checks(quantizers: tuple[str, ...], has_reference_auc: bool) -> list[tuple[str, str]]:
@@ -62,72 +61,33 @@ def plan_checks(quantizers: tuple[str, ...], has_reference_auc: bool) -> list[tu
     return pairs
 
 
-def needed_rows(quantizer: str, check: str, quantized_target: bool = True) -> list[tuple[str, str]]:
-    """Which (model, quantizer) rows an item needs; q(T) is shown beside recovery as context (not
-    for the user's own quantized checkpoints: ``quantized_target=False``, there is no q(T))."""
-    rows = [("target", FP), ("unlearned", FP)]
+def needed_rows(quantizer: str, check: str, quantized_target: bool = True, retrain: bool = False) -> list[RowKey]:
+    """Which (model, variant) rows an item needs, in the order to compute them. q(T) is shown beside
+    recovery as context (not for a variant without a target version, such as the user's own quantized
+    checkpoint: ``quantized_target=False``), and comes first: T's variant may hand its codes to U's.
+    The privleak items need the retrain row (the reference AUC) when there is a retrain model."""
+    rows: list[RowKey] = [("target", FP), ("unlearned", FP)]
+    if check == "privleak" and retrain:
+        rows.append(("retrain", FP))
     if quantizer != FP:
-        if check in RECOVERY_METRICS and quantized_target:  # q(T) first: the engine hands T's codes to U's row
+        if check in FORGET_METRICS and quantized_target:
             rows.append(("target", quantizer))
         rows.append(("unlearned", quantizer))
     return rows
-
-
-def reference_auc(retrain_row_auc: float | None, option_auc: float | None, default: float = 0.5) -> tuple[float, str]:
-    """MUSE's AUC_R and where it came from: the retrain model's AUC, else --unlearn-retrain-auc, else 0.5."""
-    if retrain_row_auc is not None:
-        return float(retrain_row_auc), "retrain"
-    if option_auc is not None:
-        return float(option_auc), "option"
-    return default, "default"
-
-
-def privleak_pct(auc: Any, reference: float) -> Any:
-    """``(AUC - AUC_R) / AUC_R * 100``: about 0 when the model leaks as much as a retrained one.
-
-    None (undefined) when AUC_R is 0: a "retrain" model that separates every forget text from every
-    holdout text has seen the forget set, and there is nothing to divide by (see
-    :func:`privleak_reference_problem`)."""
-    if auc is None or not reference > 0:
-        return None
-    return (auc - reference) / reference * 100.0  # also elementwise (bootstrap arrays)
-
-
-def privleak_reference_problem(reference: float, source: str) -> str | None:
-    """Why privleak cannot be computed against this reference AUC, or None when it can."""
-    if reference > 0:
-        return None
-    if source == "retrain":
-        return (f"the retrain model's forget-vs-holdout AUC is {reference:.2f}: it tells every forget text from every "
-                "holdout text, as a model trained on the forget set does, so privleak ((AUC - AUC_R) / AUC_R) is "
-                "undefined; check that --unlearn-retrain names a model trained without the forget data")
-    return f"the reference AUC is {reference:g}, so privleak ((AUC - AUC_R) / AUC_R) is undefined; pass --unlearn-retrain-auc in (0, 1]"
-
-
-def recovery(q_value: float, u_value: float, t_value: float) -> float | None:
-    """Share of the forgetting that came back; None when there was no forgetting to come back."""
-    removed = t_value - u_value
-    if removed <= 0:
-        return None
-    return (q_value - u_value) / removed
 
 
 def _fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.1f}"
 
 
-def _get(values: Values, model: str, q: str, metric: str) -> float | None:
-    row = values.get((model, q))
-    return None if row is None else row.get(metric)
-
-
-def evaluate_check(quantizer: str, check: str, values: Values, budget: Budget) -> Verdict:
-    """Compute one verdict from the row values (which must hold the rows of :func:`needed_rows`)."""
+def evaluate_check(quantizer: str, check: str, figures: Figures, budget: Budget) -> Verdict:
+    """Judge one item from the figures (which must hold the rows of :func:`needed_rows`)."""
     name = item_name(quantizer, check)
     where = "in full precision" if quantizer == FP else f"under {quantizer}"
-    if check in RECOVERY_METRICS:
-        t = _get(values, "target", FP, check)
-        u = _get(values, "unlearned", FP, check)
+    _get = figures.value
+    if check in FORGET_METRICS:
+        t = _get("target", FP, check)
+        u = _get("unlearned", FP, check)
         if t is None or u is None:
             return Verdict(name, quantizer, check, "skipped", f"{check} was not measured")
         floor = budget.value("floor", None if quantizer == FP else quantizer)
@@ -143,13 +103,12 @@ def evaluate_check(quantizer: str, check: str, values: Values, budget: Budget) -
             return Verdict(name, quantizer, check, "passed",
                            f"{check} dropped {removed:.1f} points (target {_fmt(t)}, unlearned {_fmt(u)}; floor {floor:g})",
                            value=removed, budget=floor)
-        q = _get(values, "unlearned", quantizer, check)
-        if q is None:
+        q = _get("unlearned", quantizer, check)
+        rec = figures.recovery.get(quantizer, {}).get(check)
+        if q is None or rec is None:  # rec is defined whenever q is: removed > 0 here
             return Verdict(name, quantizer, check, "skipped", f"{check} was not measured {where}")
-        rec = recovery(q, u, t)
-        assert rec is not None  # removed > 0 here
         limit = budget.recovery_for(check, quantizer)
-        qt = _get(values, "target", quantizer, check)
+        qt = _get("target", quantizer, check)
         detail = (f"quantized {_fmt(q)}, unlearned {_fmt(u)}, target {_fmt(t)}"
                   + (f", quantized target {_fmt(qt)}" if qt is not None else ""))
         ok = rec <= limit
@@ -158,8 +117,8 @@ def evaluate_check(quantizer: str, check: str, values: Values, budget: Budget) -
                        f"{check} {verb} {rec:.0%} of the forgetting {where} (budget {limit:.0%}): {detail}",
                        value=rec, budget=limit)
     if check == "utility":
-        t = _get(values, "target", FP, "knowmem_r")
-        m = _get(values, "unlearned", quantizer, "knowmem_r")
+        t = _get("target", FP, "knowmem_r")
+        m = _get("unlearned", quantizer, "knowmem_r")
         if t is None or m is None:
             return Verdict(name, quantizer, check, "skipped", f"knowmem_r was not measured {where}")
         ratio = budget.value("utility", None if quantizer == FP else quantizer)
@@ -168,13 +127,13 @@ def evaluate_check(quantizer: str, check: str, values: Values, budget: Budget) -
                            f"target knowmem_r is {_fmt(t)}: there is no retained knowledge to lose", value=None, budget=ratio)
         share = m / t
         ok = share >= ratio
-        qt = _get(values, "target", quantizer, "knowmem_r") if quantizer != FP else None
+        qt = _get("target", quantizer, "knowmem_r") if quantizer != FP else None
         context = f" (the quantized target: {_fmt(qt)}, {qt / t:.0%})" if qt is not None else ""
         return Verdict(name, quantizer, check, "passed" if ok else "failed",
                        f"knowmem_r {where} is {share:.0%} of the target's (needs >= {ratio:.0%}): "
                        f"{_fmt(m)} vs target {_fmt(t)}{context}", value=share, budget=ratio)
     if check == "privleak":
-        p = _get(values, "unlearned", quantizer, "privleak")
+        p = _get("unlearned", quantizer, "privleak")
         if p is None:
             return Verdict(name, quantizer, check, "skipped", f"privleak was not measured {where}")
         bound = budget.value("privleak", None if quantizer == FP else quantizer)

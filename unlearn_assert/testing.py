@@ -8,11 +8,12 @@ Why: nothing can be downloaded here, yet every test, benchmark and the demo need
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from ..models import quiet_transformers
+from .models import quiet_transformers
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>"]
 

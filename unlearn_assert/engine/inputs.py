@@ -1,0 +1,195 @@
+"""The inputs of one gate run: the data, the calibration text, the models' fingerprints, and loading
+and releasing the models; and :func:`precheck`, every input checked from its files before anything loads.
+
+Memory rule: at most the unlearned and the target model are resident (plus, inside a source's
+``with`` block, one variant of one of them); the retrain model is loaded only for its own row and
+released right after (:meth:`Inputs.release`). Nothing is loaded while every needed row is cached.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..cache import FingerprintCache, ResultCache
+from ..config import OPTION_BY_NAME, RunConfig
+from ..errors import ConfigError, DataError, ModelError
+from ..names import Role
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..data import MuseData
+    from ..models import LoadedModel
+    from ..quant.calibration import Calibration
+
+__all__ = ["Inputs", "Progress", "precheck"]
+
+#: Receives one short line per phase of the run (loading, quantizing, evaluating).
+Progress = Callable[[str], None]
+
+
+def _silent(_: str) -> None:
+    return None
+
+
+class Inputs:
+    """What the rows of one run are computed from, each resolved once and only when first needed."""
+
+    def __init__(self, run: RunConfig, cache: ResultCache, progress: Progress | None = None) -> None:
+        if not run.enabled:
+            raise ConfigError("a gate needs a model; pass --unlearn-model (or model= to unlearn_assert.gate)")
+        self.run = run
+        self.progress = progress or _silent
+        self._fingerprints = FingerprintCache(cache)
+        self._fps: dict[str, str] = {}
+        self._models: dict[Role, LoadedModel] = {}
+        self._full_data: MuseData | None = None
+        self._data: MuseData | None = None
+        self._calibration: Calibration | None = None
+
+    def path(self, role: Role) -> str | None:
+        return {"unlearned": self.run.model, "target": self.run.target, "retrain": self.run.retrain}[role]
+
+    # ------------------------------------------------------------------ data
+
+    @property
+    def full_data(self) -> MuseData:
+        """The whole data set (calibration text is never cut by --unlearn-max-samples)."""
+        if self._full_data is None:
+            from ..data import load_data
+
+            self._full_data = load_data(str(self.run.data))
+        return self._full_data
+
+    @property
+    def data(self) -> MuseData:
+        """The evaluated data: the first --unlearn-max-samples items of every split."""
+        if self._data is None:
+            self._data = self.full_data.limited(self.run.max_samples)
+        return self._data
+
+    def calibration(self) -> Calibration | None:
+        """Calibration text for GPTQ/AWQ (the option's file, else the data's retain text; None when
+        neither exists, which :func:`precheck` refuses for a calibrated quantizer), read once."""
+        if self._calibration is None:
+            from ..quant.calibration import resolve_calibration
+
+            self._calibration = resolve_calibration(self.run.calibration, self.full_data)
+        return self._calibration
+
+    # ------------------------------------------------------------------ fingerprints
+
+    def fingerprint(self, role: Role) -> str:
+        """The content hash of a model directory, computed once per run (and cached by file stats)."""
+        if role not in self._fps:
+            self._fps[role] = self._fingerprints.fingerprint(str(self.path(role)))
+        return self._fps[role]
+
+    def artifact_fingerprint(self, name: str, path: str) -> str:
+        """The content hash of the user's quantized artifact ``name``, computed once per run (the
+        on-disk fingerprint cache is off under --unlearn-no-cache, and an artifact is large)."""
+        key = "artifact:" + name
+        if key not in self._fps:
+            self._fps[key] = self._fingerprints.fingerprint(path)
+        return self._fps[key]
+
+    def fingerprints(self) -> dict[str, str]:
+        """The models' fingerprints known so far, by role (for provenance)."""
+        return {role: fp for role, fp in self._fps.items() if not role.startswith("artifact:")}
+
+    # ------------------------------------------------------------------ models
+
+    def model(self, role: Role) -> LoadedModel:
+        """Load a model once; the unlearned and retrain models are checked against the target."""
+        if role not in self._models:
+            from ..models import check_compatible, load_model
+
+            start = time.perf_counter()
+            loaded = load_model(str(self.path(role)), device=self.run.device, dtype=self.run.dtype, allow_pickle=self.run.allow_pickle,
+                                known_fingerprint=self.fingerprint(role))
+            self._fps[role] = loaded.fingerprint
+            if role != "target":
+                check_compatible(self.model("target"), loaded, role=role)
+            self._models[role] = loaded
+            self.progress(f"loaded {role} model {loaded.path} ({time.perf_counter() - start:.1f} s)")
+        return self._models[role]
+
+    def release(self, role: Role) -> None:
+        """Drop a loaded model (and give its GPU memory back)."""
+        if self._models.pop(role, None) is not None:
+            gc.collect()
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+    def close(self) -> None:
+        for role in list(self._models):
+            self.release(role)
+
+
+# ---------------------------------------------------------------------- option-time checks
+
+
+def _writable_file(option: str, raw: str) -> None:
+    opt = OPTION_BY_NAME[option]
+    path = Path(raw).expanduser()
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise ConfigError(f"{opt.cli}: '{raw}' is a directory; give a file path such as {raw.rstrip('/')}/report.{opt.name}")
+    if not parent.is_dir():
+        raise ConfigError(f"{opt.cli}: the directory of '{raw}' does not exist; create it first or choose another path")
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ConfigError(f"{opt.cli}: '{raw}' is not writable; choose a path you can write to")
+
+
+def precheck(run: RunConfig) -> None:
+    """Cheap checks of every input of ``run`` before any model loads, from headers only: directory
+    shape, complete safetensors files, target/unlearned pairing from config, headers and tokenizer
+    files, the whole data set, the calibration file, the user's quantized artifacts and the report
+    paths. Every problem is one :class:`ConfigError` line (a pytest usage error, exit 4)."""
+    from ..data import load_data
+    from ..models import check_model_dir, precheck_pair, read_weight_headers
+    from ..quant.calibration import calibration_from_data, load_calibration_file, needs_calibration
+    from ..quant.checkpoint import read_checkpoint
+
+    if run.calibration is not None:
+        load_calibration_file(run.calibration)  # a missing or malformed file is a usage error now
+    for artifact in run.prequantized:
+        read_checkpoint(artifact.name, artifact.path, run.target)
+    for name in ("model", "target", "retrain"):
+        value = getattr(run, name)
+        if value is None:
+            if name == "target":
+                raise ConfigError("--unlearn-target is required with --unlearn-model; pass the model the unlearned one was made from")
+            continue
+        try:
+            read_weight_headers(check_model_dir(value, allow_pickle=run.allow_pickle))
+        except ModelError as exc:
+            raise ConfigError(f"{OPTION_BY_NAME[name].cli}: {exc}") from None
+    for name, role in (("model", "unlearned"), ("retrain", "retrain")):
+        value = getattr(run, name)
+        if value is not None:
+            try:
+                precheck_pair(str(run.target), value, role=role)
+            except ModelError as exc:
+                raise ConfigError(f"{OPTION_BY_NAME[name].cli}: {exc}") from None
+    if run.data is None:
+        raise ConfigError("--unlearn-data is required with --unlearn-model; pass a MUSE-layout data directory")
+    try:
+        data = load_data(run.data)
+    except DataError as exc:
+        raise ConfigError(f"--unlearn-data: {exc}") from None
+    calibrated = needs_calibration(run.quantizers)
+    if calibrated and run.calibration is None and calibration_from_data(data) is None:
+        raise ConfigError(
+            f"--unlearn-quantizers: {', '.join(calibrated)} calibrate on text, and data dir '{run.data}' has no raw/retain.txt "
+            "or privleak/retain.json; pass --unlearn-calibration=FILE"
+        )
+    for name in ("json", "html"):
+        value = getattr(run, name)
+        if value is not None:
+            _writable_file(name, value)

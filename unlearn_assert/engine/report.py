@@ -1,0 +1,176 @@
+"""Where the report is built: :func:`build_report` turns the rows and verdicts of a gate into a
+:class:`Report`, whose :meth:`Report.to_dict` is the schema-1 JSON (``report/schema.py``) that every
+renderer and outside tool reads.
+
+One builder for every caller: ``ua.gate(...)``, the pytest session (also on the xdist controller,
+from the rows and verdicts the workers sent) and the demo. Every number in it comes from the rows
+through :func:`.derive.figures`, the same figures the verdicts were judged on.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from typing import TYPE_CHECKING, Any, cast
+
+from ..config import RunConfig
+from ..names import FORGET_METRICS, FP
+from ..report.schema import SCHEMA_VERSION, ModelRef, Provenance, ReportDict, RowDict, VerdictDict
+from ..version import __version__
+from .derive import figures
+from .rows import Row, RowKey
+from .verdicts import Verdict
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..data import MuseData
+
+__all__ = ["Report", "build_report", "provenance"]
+
+#: Quantizer libraries whose versions go into the provenance.
+BACKEND_LIBRARIES = ("bitsandbytes", "llmcompressor", "gptqmodel", "hqq")
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+@dataclass
+class Report:
+    """The outcome of one gate: provenance, one row per (model, variant), one verdict per item, and
+    the per-sample records. ``to_dict()`` is the versioned JSON report."""
+
+    provenance: Provenance
+    rows: list[RowDict]
+    verdicts: list[Verdict]
+    samples: dict[str, dict[str, list[dict[str, Any]]]] = field(default_factory=dict)
+    created: str = ""
+
+    @property
+    def failed(self) -> list[Verdict]:
+        """The items that failed (a budget exceeded, or unlearning that did not work in full precision)."""
+        return [v for v in self.verdicts if v.outcome == "failed"]
+
+    @property
+    def passed(self) -> bool:
+        """True when no item failed (skipped items do not count either way), as the exit code says."""
+        return not self.failed
+
+    def verdict(self, variant: str, check: str) -> Verdict | None:
+        return next((v for v in self.verdicts if v.quantizer == variant and v.check == check), None)
+
+    def row(self, model: str, variant: str) -> RowDict | None:
+        return next((r for r in self.rows if r["model"] == model and r["quantizer"] == variant), None)
+
+    def to_dict(self) -> ReportDict:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "created": self.created,
+            "provenance": self.provenance,
+            "rows": self.rows,
+            "verdicts": [cast(VerdictDict, v.to_dict()) for v in self.verdicts],
+            "samples": cast(Any, self.samples),
+        }
+
+
+def _calibration_info(rows: Iterable[Row]) -> dict[str, Any] | None:
+    """The calibration GPTQ/AWQ rows were computed with, as recorded on the rows (None without them)."""
+    return next((r.quant["calibration"] for r in rows if r.quant is not None and r.quant.get("calibration")), None)
+
+
+def _artifact_methods(run: RunConfig) -> dict[str, dict[str, Any]]:
+    from ..quant.checkpoint import quant_method
+
+    return {a.name: {"path": a.path, "method": quant_method(a.path)} for a in run.prequantized}
+
+
+def provenance(run: RunConfig, fingerprints: dict[str, str], data: MuseData | None, calibration: dict[str, Any] | None = None) -> Provenance:
+    """What the numbers depend on: versions, machine, inputs (with content hashes), budgets, settings."""
+    import torch
+
+    cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    models: dict[str, ModelRef | None] = {}
+    for role, path in (("unlearned", run.model), ("target", run.target), ("retrain", run.retrain)):
+        if not path:
+            models[role] = None
+        elif role == "unlearned" and run.model_spec:  # demo:NAME: what the user wrote, and where it lives
+            models[role] = cast(ModelRef, {"path": run.model_spec, "fingerprint": fingerprints.get(role), "directory": path})
+        else:
+            models[role] = {"path": path, "fingerprint": fingerprints.get(role)}
+    return cast(Provenance, {
+        "unlearn_assert": __version__,
+        "torch": _version("torch"),
+        "transformers": _version("transformers"),
+        "python": platform.python_version(),
+        "backends": {name: _version(name) for name in BACKEND_LIBRARIES},
+        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                    "cpu_count": os.cpu_count(), "cuda": cuda},
+        "models": models,
+        "data": {"path": run.data, "fingerprint": data.fingerprint if data is not None else None,
+                 "counts": data.counts() if data is not None else {}},
+        "budgets": run.budget.to_dict(),
+        "settings": {"device": run.device, "dtype": run.dtype, "batch_size": run.batch_size,
+                     "max_samples": run.max_samples, "quantizers": list(run.all_quantizers),
+                     "calibration": calibration, "quantized_checkpoints": _artifact_methods(run)},
+        "argv": sys.argv[1:],
+    })
+
+
+def _order(run: RunConfig) -> list[RowKey]:
+    """The report's row order: U in full precision and under each variant, T and q(T), then R."""
+    order: list[RowKey] = [("unlearned", FP)]
+    order += [("unlearned", q) for q in run.all_quantizers]
+    order.append(("target", FP))
+    order += [("target", q) for q in run.quantizers]
+    order.append(("retrain", FP))
+    return order
+
+
+def _report_row(row: Row, values: dict[str, float | None], recovery: dict[str, float | None] | None) -> RowDict:
+    return cast(RowDict, {
+        "model": row.model, "quantizer": row.quantizer, "values": values, "ci": row.ci, "recovery": recovery,
+        "code_agreement": row.code_agreement, "changed_fraction": row.changed_fraction,
+        "small_delta_fraction": row.small_delta_fraction, "quant": row.quant,
+        "auc": row.auc, "attack_aucs": row.attack_aucs, "status": row.status,
+        "skip_reason": row.skip_reason, "cached": row.cached, "seconds": row.seconds,
+    })
+
+
+def build_report(run: RunConfig, rows: Iterable[Row], verdicts: Iterable[Verdict], *, data: MuseData | None,
+                 fingerprints: dict[str, str] | None = None) -> Report:
+    """The report of ``rows`` and ``verdicts`` (in any order; they are sorted here). ``fingerprints``
+    by role default to those the rows carry."""
+    by_key = {row.key: row for row in rows}
+    figs = figures(by_key.values(), run.retrain_auc)
+    order = _order(run)
+    out_rows: list[RowDict] = []
+    samples: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for key in order + [k for k in by_key if k not in order]:
+        row = by_key.get(key)
+        if row is None:
+            continue
+        recovery = None
+        if key[0] == "unlearned" and key[1] != FP and row.ok:
+            recovery = dict(figs.recovery.get(key[1]) or dict.fromkeys(FORGET_METRICS))
+        out_rows.append(_report_row(row, dict(figs.values[key]), recovery))
+        if row.samples:
+            samples[f"{key[0]}:{key[1]}"] = row.samples
+    if fingerprints is None:
+        fingerprints = {row.model: row.fingerprint for row in by_key.values() if row.fingerprint}
+    prov = provenance(run, fingerprints, data, _calibration_info(by_key.values()))
+    prov["privleak_reference"] = {"auc": figs.reference[0], "source": figs.reference[1]}
+    return Report(provenance=prov, rows=out_rows, verdicts=sorted(verdicts, key=lambda v: _verdict_order(run, v)),
+                  samples=samples, created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+
+def _verdict_order(run: RunConfig, v: Verdict) -> tuple[int, str]:
+    variants: Sequence[str] = [FP, *run.all_quantizers]
+    return (variants.index(v.quantizer) if v.quantizer in variants else len(variants), v.item)
+

@@ -1,0 +1,160 @@
+"""The gate: which rows a budget item needs, computed once each and in order, then its verdict; and
+:func:`gate`, the one call that runs a whole gate and returns its :class:`~.report.Report`.
+
+The pytest plugin runs the same :class:`Gate` one item at a time (each ``test_budget[...]`` item is
+one :meth:`Gate.check`) and builds the same report from the rows and verdicts its workers send
+(:func:`~.report.build_report`); ``ua.gate(...)`` and ``unlearn-assert demo`` run every item at once.
+Rows come from the result cache when their key is there (:mod:`.rows`), so a re-run on unchanged
+inputs loads no model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from ..cache import ResultCache
+from ..config import OPTIONS, Budget, RunConfig, build_run_config
+from ..names import FP, Role, item_name
+from .derive import figures, reference_problem
+from .inputs import Inputs, Progress, precheck
+from .report import Report, build_report
+from .rows import Row, RowKey, cached_row, compute_row, row_key
+from .sources import Source, source_for
+from .verdicts import Verdict, evaluate_check, needed_rows, plan_checks
+from .views import Views
+
+if TYPE_CHECKING:  # pragma: no cover
+    import os
+
+__all__ = ["Gate", "gate"]
+
+
+class Gate:
+    """Computes and remembers the rows of one run, and judges its items; safe to call in any order.
+
+    Use it as a context manager (or call :meth:`close`): it holds loaded models and a fixture's variant.
+    """
+
+    def __init__(self, run: RunConfig, cache: ResultCache | None = None, progress: Progress | None = None) -> None:
+        self.run = run
+        self.cache = cache if cache is not None else ResultCache(run.cache_dir, enabled=not run.no_cache)
+        self.inputs = Inputs(run, self.cache, progress)
+        self.rows: dict[RowKey, Row] = {}
+        self._sources: dict[str, Source] = {}
+        self._handoffs: dict[str, Any] = {}  # variant -> what q(T)'s source handed on to q(U)'s
+        self.views = Views(self.inputs, self.cache, self.source)
+
+    def __enter__(self) -> Gate:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.views.close()
+        self._handoffs.clear()
+        self.inputs.close()
+
+    def source(self, variant: str) -> Source:
+        if variant not in self._sources:
+            self._sources[variant] = source_for(variant, self.run)
+        return self._sources[variant]
+
+    # ------------------------------------------------------------------ rows
+
+    def row(self, role: Role, variant: str = FP) -> Row:
+        """The row of one model under one variant ("fp" = full precision), from the cache or computed."""
+        if (role, variant) in self.rows:
+            return self.rows[(role, variant)]
+        if self.inputs.path(role) is None:
+            raise ValueError(f"no {role} model configured")
+        source = None if variant == FP else self.source(variant)
+        if source is not None and role not in source.roles:
+            raise ValueError(f"'{variant}' has no {role} version (it exists for {', '.join(source.roles)})")
+        key = row_key(role, source, self.inputs)
+        hit = self.cache.get(key)
+        if hit is not None:
+            row = cached_row(hit, role, variant)
+            self.inputs.progress(f"{role} {variant}: cached result")
+        else:
+            self.views.close()  # a fixture's variant must not leak into this row
+            row, handoff = compute_row(role, source, self.inputs, self._handoffs.pop(variant, None))
+            if role == "target" and handoff is not None:  # U's row under this variant comes next
+                self._handoffs = {variant: handoff}
+            if row.ok:
+                self.cache.put(key, row.to_dict())
+        row.fingerprint = self.inputs.fingerprint(role)
+        self.rows[(role, variant)] = row
+        return row
+
+    # ------------------------------------------------------------------ items
+
+    def checks(self) -> list[tuple[str, str]]:
+        """The run's (variant, check) items, in order."""
+        return plan_checks(self.run.all_quantizers, self.run.has_reference_auc)
+
+    def check(self, variant: str, check: str, budget: Budget | None = None) -> Verdict:
+        """Compute the rows one item needs, then judge it (skipped when a backend is missing)."""
+        has_target = variant == FP or "target" in self.source(variant).roles
+        needed = needed_rows(variant, check, quantized_target=has_target, retrain=self.run.retrain is not None)
+        for role, q in needed:
+            row = self.row(role, q)
+            if not row.ok:
+                return Verdict(item_name(variant, check), variant, check, "skipped", str(row.skip_reason))
+        figs = figures(self.rows.values(), self.run.retrain_auc)
+        if check == "privleak":
+            problem = reference_problem(*figs.reference)
+            if problem is not None:  # the user asked for the check; it cannot be made: fail, never pass or skip
+                return Verdict(item_name(variant, check), variant, check, "failed", problem)
+        return evaluate_check(variant, check, figs, budget or self.run.budget)
+
+    def report(self, verdicts: Iterable[Verdict]) -> Report:
+        """The report of every row computed so far and ``verdicts``."""
+        return build_report(self.run, self.rows.values(), verdicts, data=self.inputs.data, fingerprints=self.inputs.fingerprints())
+
+
+def _run_config(settings: Mapping[str, Any]) -> RunConfig:
+    known = {o.name for o in OPTIONS}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"unknown gate setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    return build_run_config(lambda opt: settings.get(opt.name, opt.default))
+
+
+def gate(
+    model: str | os.PathLike[str] | None = None,
+    target: str | os.PathLike[str] | None = None,
+    data: str | os.PathLike[str] | None = None,
+    *,
+    run: RunConfig | None = None,
+    cache: ResultCache | None = None,
+    progress: Progress | None = None,
+    checks: Sequence[tuple[str, str]] | None = None,
+    **settings: Any,
+) -> Report:
+    """Run a whole gate and return its report: every (variant, check) item, with the q(T) row of
+    every quantizer beside its q(U) row.
+
+    ``ua.gate("ckpt/unlearned", "ckpt/target", "data/news", quantizers="bnb-fp4,rtn-w8", budget="recovery=0.2")``:
+    keyword settings are the options' names without ``--unlearn-`` (``retrain``, ``quantizers``,
+    ``budget``, ``device``, ``dtype``, ``batch_size``, ``max_samples``, ``quantized``, ``calibration``,
+    ``retrain_auc``, ``cache_dir``, ``no_cache``...), validated as the options are; or pass a
+    ready ``run``. Every input is checked before any model loads (:func:`~.inputs.precheck`).
+    ``checks`` limits the items run (default: all of the run's).
+    """
+    if run is None:
+        given = {"model": model, "target": target, "data": data, **settings}
+        run = _run_config({k: (str(v) if k in ("model", "target", "data") and v is not None else v) for k, v in given.items()})
+    elif model is not None or target is not None or data is not None or settings:
+        from ..errors import ConfigError
+
+        raise ConfigError("pass either a run config (run=) or the gate's settings, not both")
+    precheck(run)
+    with Gate(run, cache, progress) as g:
+        verdicts = [g.check(q, c) for q, c in (checks if checks is not None else g.checks())]
+        for q in run.quantizers:  # the table shows q(T) beside q(U) even where no check needed it
+            g.row("target", q)
+        return g.report(verdicts)
