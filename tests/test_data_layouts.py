@@ -330,6 +330,20 @@ def test_hf_cache_with_only_the_readme_says_how_to_download(tmp_path: Path, monk
     assert "holds no MUSE parquet files" in _one_line(info) and "hf download" in str(info.value)
 
 
+def test_a_partial_download_says_how_to_complete_it(forms: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """load_dataset(repo, "knowmem") alone caches only knowmem's files in the snapshot."""
+    cache = Path(shutil.copytree(forms["_cache"], tmp_path / "hub", symlinks=True))
+    snapshot = cache / "datasets--muse-bench--MUSE-News" / "snapshots" / COMMIT
+    for config in ("verbmem", "privleak"):
+        shutil.rmtree(snapshot / config)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    with pytest.raises(DataError) as info:
+        load_data(f"hf:{REPO_ID}")
+    message = _one_line(info)
+    assert "missing required split(s) verbmem/forget, privleak/forget, privleak/holdout" in message
+    assert f"from hf:{REPO_ID}" in message and "hf download muse-bench/MUSE-News --repo-type dataset" in message
+
+
 def _parquet_copy(forms: dict[str, str], tmp_path: Path) -> Path:
     return Path(shutil.copytree(forms["parquet"], tmp_path / "pq"))
 

@@ -436,10 +436,11 @@ def _read_json_layout(directory: Path) -> tuple[dict[str, Any], dict[str, str]]:
     return values, sources
 
 
-def _read_hf_form(directory: Path, form: str, label: str) -> tuple[dict[str, Any], dict[str, str]]:
+def _read_hf_form(directory: Path, form: str, label: str, spec: str | None = None) -> tuple[dict[str, Any], dict[str, str]]:
     """MUSE as Hugging Face writes it (parquet per config/split, or save_to_disk dirs): the same fields,
-    the same validation, messages that name the split and its file(s)."""
-    from .data_hf import read_split, split_hint
+    the same validation, messages that name the split and its file(s). ``spec``: the hf: spec it was
+    resolved from, so a partial download says how to complete it."""
+    from .data_hf import download_hint, read_split, split_hint
 
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
@@ -458,7 +459,8 @@ def _read_hf_form(directory: Path, form: str, label: str) -> tuple[dict[str, Any
         values[name] = _validated(kind, items, where)
         sources[name] = source
     if missing:
-        raise DataError(f"{label} is missing required split(s) {', '.join(missing)}; {split_hint(form)}")
+        raise DataError(f"{label} is missing required split(s) {', '.join(missing)}; "
+                        f"{download_hint(spec) if spec else split_hint(form)}")
     for name, config, splits in HF_RAW_SPLITS:
         docs: list[str] = []
         used: list[str] = []
@@ -489,10 +491,10 @@ def load_data(path: str | os.PathLike[str]) -> MuseData:
         from .data_hf import resolve_hf_spec
 
         directory = resolve_hf_spec(spec)
-        shown = spec
+        shown, hf_spec = spec, spec
     else:
         directory = _check_dir(path)
-        shown = str(directory)
+        shown, hf_spec = str(directory), None
     form = "files"
     if not any((directory / rel).exists() for rel in REQUIRED_FILES):
         from .data_hf import detect_form
@@ -502,7 +504,7 @@ def load_data(path: str | os.PathLike[str]) -> MuseData:
         values, sources = _read_json_layout(directory)
     else:
         label = f"data dir '{directory}' (MUSE in {form} form{'' if shown == str(directory) else ', from ' + shown})"
-        values, sources = _read_hf_form(directory, form, label)
+        values, sources = _read_hf_form(directory, form, label, hf_spec)
     forget_docs, retain_docs = values["raw_forget_docs"], values["raw_retain_docs"]
     return MuseData(
         path=shown,

@@ -21,7 +21,7 @@ from typing import Any
 
 from .errors import DataError
 
-__all__ = ["PARQUET", "SAVE_TO_DISK", "detect_form", "hub_cache_dir", "read_split", "resolve_hf_spec", "split_hint"]
+__all__ = ["PARQUET", "SAVE_TO_DISK", "detect_form", "download_hint", "hub_cache_dir", "read_split", "resolve_hf_spec", "split_hint"]
 
 PARQUET = "parquet"
 SAVE_TO_DISK = "save_to_disk"
@@ -146,6 +146,15 @@ def hub_cache_dir() -> Path:
     return Path(home).expanduser() / "hub"
 
 
+def download_hint(spec: str) -> str:
+    """How to put ``hf:OWNER/NAME[@REVISION]`` into the local cache, and where it goes (the tail of a message)."""
+    repo, _, revision = spec[3:].strip().partition("@")
+    repo_dir = hub_cache_dir() / ("datasets--" + repo.replace("/", "--"))
+    option = f" --revision {revision}" if revision and revision != "main" else ""
+    return (f"download it once with `hf download {repo} --repo-type dataset{option}` (pip install huggingface_hub; "
+            f"it goes to {repo_dir}, or under $HF_HUB_CACHE if set), then rerun: unlearn-assert never downloads")
+
+
 def resolve_hf_spec(spec: str) -> Path:
     """``hf:OWNER/NAME[@REVISION]`` -> the cached snapshot directory (parquet form); never touches the network."""
     repo, _, revision = spec[3:].strip().partition("@")
@@ -154,9 +163,7 @@ def resolve_hf_spec(spec: str) -> Path:
     revision = revision or "main"
     cache = hub_cache_dir()
     repo_dir = cache / ("datasets--" + repo.replace("/", "--"))
-    option = "" if revision == "main" else f" --revision {revision}"
-    download = (f"download it once with `hf download {repo} --repo-type dataset{option}` (pip install huggingface_hub; "
-                f"it goes to {repo_dir}, or under $HF_HUB_CACHE if set), then rerun: unlearn-assert never downloads")
+    download = download_hint(spec)
     if not repo_dir.is_dir():
         raise DataError(f"{spec} is not in the local Hugging Face cache {cache}; {download}")
     snapshot: Path | None = None
