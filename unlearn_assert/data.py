@@ -1,4 +1,10 @@
-"""MUSE-layout corpora: loading, validation and a location-independent content hash.
+"""MUSE data as users hold it: loading, validation and a content hash that is the same in every form.
+
+Forms (see :func:`load_data`): MUSE's own files, exactly as its ``load_data.py`` writes them (raw
+text as .json document lists with .txt twins, retain1 + retain2; this project's earlier
+``raw/retain.txt`` still works); the Hugging Face form (a hub-style parquet snapshot or
+``save_to_disk`` directories, read by :mod:`unlearn_assert.data_hf` with the ``[hf]`` extra); and
+``hf:OWNER/NAME`` from the local hub cache. Every form is validated by the same code below.
 
 Why this module is strict: the data directory is user input that reaches the gate in CI, and a
 malformed file (a numeric answer, a truncated JSON, a Latin-1 text) would otherwise surface much
