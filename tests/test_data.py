@@ -104,7 +104,7 @@ def test_extra_keys_ignored_and_optional_files_absent(copy: Path) -> None:
     items[0]["source"] = "extra key, as in real MUSE files"
     (copy / "knowmem/forget_qa.json").write_text(json.dumps(items), encoding="utf-8")
     for rel in OPTIONAL_FILES:
-        (copy / rel).unlink()
+        (copy / rel).unlink(missing_ok=True)
     loaded = load_data(copy)
     assert loaded.knowmem_forget_qa[0] == QAItem(items[0]["question"], items[0]["answer"])
     assert loaded.privleak_retain is None and loaded.raw_forget is None and loaded.raw_retain is None
@@ -137,9 +137,34 @@ def test_fingerprint_changes_with_one_byte(copy: Path, data: MuseData) -> None:
     assert load_data(copy).fingerprint != data.fingerprint
 
 
+def test_fingerprint_changes_with_any_text_of_any_split(copy: Path, data: MuseData) -> None:
+    seen = {data.fingerprint}
+    for rel, key in [("verbmem/forget.json", "gt"), ("knowmem/forget_qa_icl.json", "answer"), ("privleak/retain.json", None)]:
+        items = json.loads((copy / rel).read_text(encoding="utf-8"))
+        items[-1] = items[-1] + "!" if key is None else {**items[-1], key: items[-1][key] + "!"}
+        (copy / rel).write_text(json.dumps(items), encoding="utf-8")
+        fingerprint = load_data(copy).fingerprint
+        assert fingerprint not in seen, rel
+        seen.add(fingerprint)
+
+
+def test_fingerprint_is_content_not_bytes(copy: Path, data: MuseData) -> None:
+    """Re-formatted JSON and extra keys leave the content, so the fingerprint (a cache key), alone."""
+    rel = "knowmem/forget_qa.json"
+    items = json.loads((copy / rel).read_text(encoding="utf-8"))
+    (copy / rel).write_text(json.dumps([{**i, "id": n} for n, i in enumerate(items)], indent=4), encoding="utf-8")
+    assert load_data(copy).fingerprint == data.fingerprint
+    # moving text between two splits keeps the bytes overall but not the content per split
+    forget, holdout = (json.loads((copy / f"privleak/{n}.json").read_text(encoding="utf-8")) for n in ("forget", "holdout"))
+    (copy / "privleak/forget.json").write_text(json.dumps(forget[:-1]), encoding="utf-8")
+    (copy / "privleak/holdout.json").write_text(json.dumps([forget[-1], *holdout]), encoding="utf-8")
+    assert load_data(copy).fingerprint != data.fingerprint
+
+
 def test_fingerprint_ignores_unread_files_but_not_optional_ones(copy: Path, data: MuseData) -> None:
     (copy / "README.md").write_text("notes", encoding="utf-8")
     (copy / "knowmem" / "notes.json").write_text("[]", encoding="utf-8")
+    (copy / "raw" / "holdout.txt").write_text("MUSE's raw holdout text: recognised, never read", encoding="utf-8")
     assert data_fingerprint(copy) == data.fingerprint
     (copy / "privleak" / "retain.json").unlink()
     assert data_fingerprint(copy) != data.fingerprint

@@ -15,6 +15,7 @@ from unlearn_assert.errors import UnlearnAssertError
 from unlearn_assert.report import (
     SCHEMA_VERSION,
     ReportError,
+    counts_line,
     load_report,
     render_failures,
     render_html,
@@ -254,6 +255,36 @@ def test_render_failures_and_summary() -> None:
     assert summary_line(report) == "unlearn-assert: 7 of 9 budget checks passed, 2 skipped"
     report["verdicts"] = []
     assert summary_line(report) == "unlearn-assert: no budget checks ran"
+
+
+def test_counts_line_states_the_evaluated_items_per_split() -> None:
+    report = make_report()
+    report["provenance"]["settings"]["max_samples"] = None
+    report["provenance"]["data"]["counts"] = {
+        "verbmem_forget": 100, "knowmem_forget_qa": 100, "knowmem_retain_qa": 99, "knowmem_forget_icl": 10,
+        "knowmem_retain_icl": 10, "privleak_forget": 100, "privleak_holdout": 98, "privleak_retain": 100}
+    assert counts_line(report) == ("evaluated items: verbmem 100, knowmem_f 100, knowmem_r 99, "
+                                   "privleak 100/98 (forget/holdout)")
+    report["provenance"]["settings"]["max_samples"] = 70
+    assert counts_line(report) == ("evaluated items: verbmem 100, knowmem_f 100, knowmem_r 99, "
+                                   "privleak 100/98 (forget/holdout); at most 70 per split (--unlearn-max-samples)")
+    # make_report's partial counts: what is there is shown, the rest is left out or '-'
+    assert counts_line(make_report()) == ("evaluated items: verbmem 10, knowmem_f 70; at most 70 per split "
+                                          "(--unlearn-max-samples)")
+    report["provenance"]["data"]["counts"] = {"privleak_holdout": 5}
+    assert counts_line(report).startswith("evaluated items: privleak -/5 (forget/holdout)")  # type: ignore[union-attr]
+    report["provenance"]["data"] = {"path": "d", "fingerprint": None}
+    assert counts_line(report) is None
+
+
+def test_report_command_prints_the_counts_above_the_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from unlearn_assert.cli import main
+
+    path = tmp_path / "run.json"
+    write_json(make_report(), path)
+    assert main(["report", str(path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == counts_line(make_report()) and lines[1].startswith("model ")
 
 
 def tiny_report() -> dict[str, Any]:

@@ -51,13 +51,14 @@ OPTIONS: tuple[Option, ...] = (
     Option("model", "Unlearned model to gate: a local Hugging Face directory. Enables the plugin; without it nothing is loaded.", None, "DIR"),
     Option("target", "Target (original) model the unlearned model was made from.", None, "DIR"),
     Option("retrain", "Optional model retrained without the forget data (reference for privleak).", None, "DIR"),
-    Option("data", "MUSE-layout data directory (verbmem/, knowmem/, privleak/, raw/).", None, "DIR"),
+    Option("data", "MUSE data: a directory in MUSE's layout (verbmem/, knowmem/, privleak/, raw/) or its Hugging Face form "
+           "(parquet or save_to_disk), or hf:OWNER/NAME from the local Hugging Face cache.", None, "DIR"),
     Option("quantizers", "Comma-separated quantizer ids to apply, e.g. rtn-w4g128,rtn-w8.", DEFAULT_QUANTIZERS, "IDS"),
     Option("budget", "Budget as KEY=VALUE pairs; keys recovery, utility, privleak, floor, verbmem_f, knowmem_f, "
            "each optionally KEY@QUANTIZER, e.g. 'recovery=0.2 knowmem_f@bnb-fp4=0.1'. "
            "Default: recovery=0.25 utility=0.9 privleak=25 floor=5.", "", "EXPR"),
-    Option("calibration", "Calibration text for GPTQ/AWQ: a .txt, .json or .jsonl file (default: the data dir's "
-           "raw/retain.txt, else privleak/retain.json).", None, "FILE"),
+    Option("calibration", "Calibration text for GPTQ/AWQ: a .txt, .json or .jsonl file (default: the data's "
+           "raw retain text, MUSE's raw/retain1 + raw/retain2 or raw/retain.txt, else privleak/retain.json).", None, "FILE"),
     Option("quantized", "A checkpoint you already quantized, NAME=DIR (compressed-tensors, bitsandbytes, GPTQ or AWQ; "
            "repeatable): gated as one more quantizer row named NAME.", None, "NAME=DIR", multi=True),
     Option("json", "Write the JSON report to this path.", None, "PATH"),
@@ -66,7 +67,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("dtype", "Weight dtype to load models in: auto (as saved), float32, bfloat16, float16.", "auto", "DTYPE"),
     Option("batch_size", "Generation batch size, or auto (bounded by memory).", "auto", "N"),
     Option("max_samples", "Evaluate only the first N items of every split (smoke runs).", None, "N"),
-    Option("retrain_auc", "Reference privleak AUC when no retrain model is given (0 < AUC < 1).", None, "AUC"),
+    Option("retrain_auc", "Reference privleak AUC when no retrain model is given: a number (0 < AUC < 1), or muse-news / "
+           "muse-books for MUSE's published retrain AUCs.", None, "AUC"),
     Option("cache_dir", "Directory for cached results (default: the pytest cache dir).", None, "DIR"),
     Option("no_cache", "Do not read or write cached results.", False, flag=True),
     Option("allow_pickle", "Allow pickle weights (*.bin, *.pt): they can run code when loaded.", False, flag=True),
@@ -238,6 +240,7 @@ class RunConfig:
     batch_size: int | None = None
     max_samples: int | None = None
     retrain_auc: float | None = None
+    retrain_auc_source: str | None = None  # where a named --unlearn-retrain-auc came from (None for a plain number)
     cache_dir: str | None = None
     no_cache: bool = False
     allow_pickle: bool = False
@@ -287,6 +290,30 @@ def _as_bool(opt: Option, raw: Any) -> bool:
     raise ConfigError(f"ini key {opt.ini}: '{raw}' is not a boolean; use true or false")
 
 
+#: MUSE's published retrain-model AUCs (Min-40%, forget vs holdout: the key its eval.py normalises privleak
+#: with), from AUC_RETRAIN in constants.py of github.com/swj0419/muse_bench (commit 75d1762); see docs/metrics.md.
+PUBLISHED_RETRAIN_AUCS: dict[str, tuple[float, str]] = {
+    "muse-news": (0.4772, "MUSE AUC_RETRAIN[news][forget_holdout_Min-40%] (muse_bench constants.py)"),
+    "muse-books": (0.5393, "MUSE AUC_RETRAIN[books][forget_holdout_Min-40%] (muse_bench constants.py)"),
+}
+
+
+def parse_retrain_auc(raw: Any) -> tuple[float, str | None]:
+    """``--unlearn-retrain-auc``: a number strictly between 0 and 1, or the name of a published reference
+    (muse-news, muse-books); returns the AUC and, for a name, its human-readable source."""
+    text = str(raw).strip()
+    if text.lower() in PUBLISHED_RETRAIN_AUCS:
+        return PUBLISHED_RETRAIN_AUCS[text.lower()]
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 < value < 1.0:
+        raise ConfigError(f"--unlearn-retrain-auc: '{raw}' is not an AUC strictly between 0 and 1 or a published reference; "
+                          f"pass e.g. 0.48, or one of {', '.join(PUBLISHED_RETRAIN_AUCS)}")
+    return value, None
+
+
 def build_run_config(get: Callable[[Option], Any], *, model_spec: str | None = None) -> RunConfig:
     """Build and validate a RunConfig from option values alone (no file is read: see
     :func:`unlearn_assert.engine.inputs.precheck` for the inputs). ``get(option)`` returns the
@@ -315,13 +342,7 @@ def build_run_config(get: Callable[[Option], Any], *, model_spec: str | None = N
     values["max_samples"] = _positive_int(OPTION_BY_NAME["max_samples"], raw["max_samples"])
     auc = raw["retrain_auc"]
     if auc not in (None, ""):
-        try:
-            auc_value = float(auc)
-        except ValueError:
-            auc_value = float("nan")
-        if not 0.0 < auc_value < 1.0:
-            raise ConfigError(f"--unlearn-retrain-auc: '{auc}' is not an AUC strictly between 0 and 1")
-        values["retrain_auc"] = auc_value
+        values["retrain_auc"], values["retrain_auc_source"] = parse_retrain_auc(auc)
     for name in ("no_cache", "allow_pickle"):
         values[name] = _as_bool(OPTION_BY_NAME[name], raw[name])
     if values["model"] is not None and values["model"].startswith("demo:"):

@@ -146,9 +146,12 @@ class UnlearnSession:
             report = self.report or self.build_report()
             if report is None:
                 return
-            from .report.terminal import render_table, summary_line
+            from .report.terminal import counts_line, render_table, summary_line
 
             reporter.write_sep("-", "unlearning budget summary")
+            counts = counts_line(report)
+            if counts:
+                reporter.write_line(counts)
             for line in render_table(report).splitlines():
                 reporter.write_line(line)
             reporter.write_line(summary_line(report))

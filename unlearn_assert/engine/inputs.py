@@ -151,7 +151,7 @@ def precheck(run: RunConfig) -> None:
     shape, complete safetensors files, target/unlearned pairing from config, headers and tokenizer
     files, the whole data set, the calibration file, the user's quantized artifacts and the report
     paths. Every problem is one :class:`ConfigError` line (a pytest usage error, exit 4)."""
-    from ..data import load_data
+    from ..data import RAW_RETAIN_HINT, load_data
     from ..models import check_model_dir, precheck_pair, read_weight_headers
     from ..quant.calibration import calibration_from_data, load_calibration_file, needs_calibration
     from ..quant.checkpoint import read_checkpoint
@@ -178,7 +178,7 @@ def precheck(run: RunConfig) -> None:
             except ModelError as exc:
                 raise ConfigError(f"{OPTION_BY_NAME[name].cli}: {exc}") from None
     if run.data is None:
-        raise ConfigError("--unlearn-data is required with --unlearn-model; pass a MUSE-layout data directory")
+        raise ConfigError("--unlearn-data is required with --unlearn-model; pass a MUSE-layout data directory (or hf:OWNER/NAME)")
     try:
         data = load_data(run.data)
     except DataError as exc:
@@ -186,8 +186,8 @@ def precheck(run: RunConfig) -> None:
     calibrated = needs_calibration(run.quantizers)
     if calibrated and run.calibration is None and calibration_from_data(data) is None:
         raise ConfigError(
-            f"--unlearn-quantizers: {', '.join(calibrated)} calibrate on text, and data dir '{run.data}' has no raw/retain.txt "
-            "or privleak/retain.json; pass --unlearn-calibration=FILE"
+            f"--unlearn-quantizers: {', '.join(calibrated)} calibrate on text, and data dir '{run.data}' has no raw retain text "
+            f"({RAW_RETAIN_HINT}) or privleak retain texts; pass --unlearn-calibration=FILE"
         )
     for name in ("json", "html"):
         value = getattr(run, name)

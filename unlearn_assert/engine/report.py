@@ -165,7 +165,10 @@ def build_report(run: RunConfig, rows: Iterable[Row], verdicts: Iterable[Verdict
     if fingerprints is None:
         fingerprints = {row.model: row.fingerprint for row in by_key.values() if row.fingerprint}
     prov = provenance(run, fingerprints, data, _calibration_info(by_key.values()))
-    prov["privleak_reference"] = {"auc": figs.reference[0], "source": figs.reference[1]}
+    reference: dict[str, Any] = {"auc": figs.reference[0], "source": figs.reference[1]}
+    if figs.reference[1] == "option" and run.retrain_auc_source:  # --unlearn-retrain-auc=muse-news: say whose number it is
+        reference["published"] = run.retrain_auc_source
+    prov["privleak_reference"] = reference
     return Report(provenance=prov, rows=out_rows, verdicts=sorted(verdicts, key=lambda v: _verdict_order(run, v)),
                   samples=samples, created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
 

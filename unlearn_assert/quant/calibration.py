@@ -7,7 +7,9 @@ a missing or malformed file is a usage error before anything is loaded.
 Why these rules:
 
 * **Source.** ``--unlearn-calibration=FILE`` if given; otherwise the *retain* text of the data dir
-  (``raw/retain.txt``, else ``privleak/retain.json``). Retain text is what the provider is allowed
+  (its raw retain documents: MUSE's ``raw/retain1`` then ``raw/retain2``, as .json lists or .txt, or
+  ``raw/retain.txt``, or the same splits of its Hugging Face form; else the privleak retain texts).
+  A .json list keeps MUSE's document boundaries, so each document ends with EOS. Retain text is what the provider is allowed
   to keep, and calibrating on forget text would hand GPTQ/AWQ exactly the activations the gate is
   meant to probe. A data dir with neither and no ``--unlearn-calibration`` is a usage error.
 * **Samples.** The documents are tokenized, joined with the tokenizer's EOS token (when it has
@@ -137,13 +139,20 @@ def load_calibration_file(path: str | Path) -> Calibration:
 
 
 def calibration_from_data(data: Any) -> Calibration | None:
-    """The default calibration: the data dir's retain text, or None when it has none."""
+    """The default calibration: the data dir's retain text, or None when it has none.
+
+    The raw retain documents (``raw_retain_docs``) when the data has them, else its raw retain text
+    as one document, else the privleak retain texts; the source names the file(s) or split(s) read."""
+    sources = getattr(data, "sources", None) or {}
+    docs = tuple(t for t in (getattr(data, "raw_retain_docs", None) or ()) if t.strip())
     raw = getattr(data, "raw_retain", None)
-    if raw and raw.strip():
-        return Calibration(texts=(raw,), source=f"raw/retain.txt of {data.path}")
+    if not docs and raw and raw.strip():
+        docs = (raw,)
+    if docs:
+        return Calibration(texts=docs, source=f"{sources.get('raw_retain_docs', 'raw/retain.txt')} of {data.path}")
     docs = tuple(t for t in (getattr(data, "privleak_retain", None) or ()) if t.strip())
     if docs:
-        return Calibration(texts=docs, source=f"privleak/retain.json of {data.path}")
+        return Calibration(texts=docs, source=f"{sources.get('privleak_retain', 'privleak/retain.json')} of {data.path}")
     return None
 
 

@@ -98,7 +98,7 @@ class _ProvenanceRequired(TypedDict):
 class Provenance(_ProvenanceRequired, total=False):
     python: str  # platform.python_version()
     settings: Settings  # run settings that affect the numbers
-    privleak_reference: dict[str, Any]  # {"auc": AUC_R used for privleak, "source": "retrain" | "option" | "default"}
+    privleak_reference: dict[str, Any]  # {"auc": AUC_R used, "source": "retrain" | "option" | "default", "published": named reference (optional)}
     argv: list[str]  # the command line of the run (pytest arguments)
 
 

@@ -175,6 +175,37 @@ def render_failures(report: ReportDict) -> list[str]:
             for v in report.get("verdicts", []) if verdict_outcome(v) == "failed"]
 
 
+#: (label, count keys) of the evaluated splits, in the table's column order; privleak is forget/holdout(/retain).
+COUNT_LABELS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("verbmem", ("verbmem_forget",)),
+    ("knowmem_f", ("knowmem_forget_qa",)),
+    ("knowmem_r", ("knowmem_retain_qa",)),
+    ("privleak", ("privleak_forget", "privleak_holdout")),
+)
+
+
+def counts_line(report: ReportDict) -> str | None:
+    """The evaluated items per split, for the summary's header, e.g. "evaluated items: verbmem 100,
+    knowmem_f 100, knowmem_r 100, privleak 100/100 (forget/holdout)", so a number in the table can be
+    read against the size of the split it averages (and a --unlearn-max-samples cut is visible).
+    None when the report carries no counts."""
+    provenance = report.get("provenance") or {}
+    counts = (provenance.get("data") or {}).get("counts") or {}
+    parts = []
+    for label, keys in COUNT_LABELS:
+        values = [counts.get(k) for k in keys]
+        if any(v is not None for v in values):
+            suffix = " (forget/holdout)" if len(keys) > 1 else ""
+            parts.append(f"{label} {'/'.join('-' if v is None else str(v) for v in values)}{suffix}")
+    if not parts:
+        return None
+    line = "evaluated items: " + ", ".join(parts)
+    max_samples = (provenance.get("settings") or {}).get("max_samples")
+    if max_samples:
+        line += f"; at most {max_samples} per split (--unlearn-max-samples)"
+    return line
+
+
 def summary_line(report: ReportDict) -> str:
     """One line for the end of a run, e.g. "unlearn-assert: 3 of 12 budget checks failed
     (rtn-w4g128: knowmem_f, verbmem_f; fp: forgetting)"."""

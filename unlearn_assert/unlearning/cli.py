@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any
 
 from . import METHODS
@@ -32,12 +31,13 @@ def add_unlearn_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "unlearn",
         help="unlearn a data set's raw forget text from a model (GA / NPO, + GDR / KLR, optional SURE)",
-        description="Train an unlearned checkpoint from --target on --data's raw/forget.txt (and raw/retain.txt "
-        "for the _gdr / _klr regularizers); writes a safetensors checkpoint and unlearn_run.json to --out.",
+        description="Train an unlearned checkpoint from --target on --data's raw forget text (raw/forget.json or .txt; and the "
+        "raw retain text, MUSE's raw/retain1 + raw/retain2 or raw/retain.txt, for the _gdr / _klr regularizers); "
+        "writes a safetensors checkpoint and unlearn_run.json to --out.",
     )
     p.add_argument("--method", type=_method, default="npo_klr", help=f"one of {', '.join(METHODS)} (default: npo_klr)")
     p.add_argument("--target", required=True, help="local Hugging Face model directory to unlearn from (never modified)")
-    p.add_argument("--data", required=True, help="MUSE-layout data directory with raw/forget.txt (and raw/retain.txt)")
+    p.add_argument("--data", required=True, help="MUSE data with raw text: a directory in MUSE's layout or its Hugging Face form, or hf:OWNER/NAME from the local cache")
     p.add_argument("--out", required=True, help="new (or empty) directory for the unlearned checkpoint")
     length = p.add_mutually_exclusive_group(required=True)
     length.add_argument("--steps", type=int, help="number of optimizer steps")
@@ -65,7 +65,7 @@ def add_unlearn_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run_unlearn(args: argparse.Namespace) -> int:
     """Validate everything cheap first (out dir, target dir, data files, settings), then train and save."""
-    from ..data import RAW_FORGET, RAW_RETAIN
+    from ..data import RAW_FORGET_HINT, RAW_RETAIN_HINT, load_data
     from ..errors import DataError
     from ..models import check_model_dir
     from .trainer import UnlearnSettings, check_out_dir, save_unlearned, unlearn
@@ -92,19 +92,18 @@ def run_unlearn(args: argparse.Namespace) -> int:
         sure_lm_head=args.sure_lm_head,
         log_every=args.log_every,
     ).validated()
-    data_dir = Path(args.data)
-    if data_dir.is_dir():
-        needed = [RAW_FORGET] + ([RAW_RETAIN] if METHODS[settings.method][1] is not None else [])
-        for rel in needed:
-            if not (data_dir / rel).is_file():
-                why = "unlearning trains on the forget set's raw text" if rel == RAW_FORGET else \
-                    f"method '{settings.method}' regularizes on the retain set's raw text"
-                raise DataError(f"data file '{rel}' in data dir '{data_dir}' is missing; {why}")
+    data = load_data(args.data)  # the whole data set is validated before the model is loaded
+    if data.raw_forget is None:
+        raise DataError(f"data dir '{data.path}' has no raw forget text (looked for {RAW_FORGET_HINT}, or the raw/forget split "
+                        "of the Hugging Face form); unlearning trains on the forget set's raw text")
+    if METHODS[settings.method][1] is not None and data.raw_retain is None:
+        raise DataError(f"data dir '{data.path}' has no raw retain text (looked for {RAW_RETAIN_HINT}, or the raw/retain1 and "
+                        f"raw/retain2 splits of the Hugging Face form); method '{settings.method}' regularizes on the retain set's raw text")
 
     def progress(line: str) -> None:
         print(line, flush=True)
 
-    result = unlearn(str(target), str(data_dir), settings, progress=progress)
+    result = unlearn(str(target), data, settings, progress=progress)
     save_unlearned(result, out)
     if result.sure is not None:
         print(f"SURE updated {len(result.sure.selected)} of {len(result.sure.saliency)} linear modules", flush=True)

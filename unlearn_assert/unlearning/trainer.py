@@ -7,8 +7,11 @@ Here each is explicit and recorded in ``unlearn_run.json``.
 
 Decisions (each documented because results depend on it):
 
-* Data: ``raw/forget.txt`` (and ``raw/retain.txt`` for GDR / KLR) is tokenized as one continuous
-  text without special tokens, cut into fixed, non-overlapping chunks of ``max_length - 1`` tokens,
+* Data: the raw forget text (and the raw retain text for GDR / KLR; see :func:`unlearn_assert.data.raw_files`:
+  MUSE's ``raw/forget``, ``raw/retain1`` + ``raw/retain2`` as .json or .txt, or ``raw/retain.txt``, or the
+  same splits of the Hugging Face form), its documents joined with ``"\\n\\n"`` exactly as MUSE's .txt
+  twins (and MUSE's own trainer reads those), is tokenized as one continuous text without special
+  tokens, cut into fixed, non-overlapping chunks of ``max_length - 1`` tokens,
   and each chunk gets the tokenizer's BOS in front (``max_length`` tokens in all; without a BOS
   token the chunks are ``max_length`` long). The last, shorter chunk is right-padded and masked.
 * Batches: each epoch is a permutation of the chunks drawn from a ``torch.Generator`` seeded with
@@ -40,7 +43,7 @@ from typing import Any
 
 import torch
 
-from ..data import RAW_FORGET, RAW_RETAIN, MuseData, load_data
+from ..data import RAW_FORGET_HINT, RAW_RETAIN_HINT, MuseData, load_data
 from ..errors import ConfigError, DataError, UnlearnAssertError
 from ..models import LoadedModel, load_model, quiet_transformers
 from ..names import TRAIN_DTYPES
@@ -159,11 +162,18 @@ class BatchCycler:
         return self._pending.pop(0)
 
 
-def _raw_text(data: MuseData, rel: str, why: str) -> str:
-    text = data.raw_forget if rel == RAW_FORGET else data.raw_retain
+def _raw_text(data: MuseData, which: str, why: str) -> str:
+    """The raw forget or retain text, or a DataError that lists the files that would provide it."""
+    text = data.raw_forget if which == "forget" else data.raw_retain
     if text is None:
-        raise DataError(f"data file '{rel}' in data dir '{data.path}' is missing; {why}")
+        hint = RAW_FORGET_HINT if which == "forget" else RAW_RETAIN_HINT
+        raise DataError(f"data dir '{data.path}' has no raw {which} text (looked for {hint}, or raw/{which}* splits of the "
+                        f"Hugging Face form); {why}")
     return text
+
+
+def _raw_source(data: MuseData, which: str) -> str:
+    return data.sources.get(f"raw_{which}_docs", f"raw {which} text")
 
 
 # --------------------------------------------------------------------------- result
@@ -253,18 +263,18 @@ def unlearn(
     method: Method = parse_method(s.method)
     say = progress or (lambda line: None)
     muse = data if isinstance(data, MuseData) else load_data(data)
-    forget_text = _raw_text(muse, RAW_FORGET, "unlearning trains on the forget set's raw text")
+    forget_text = _raw_text(muse, "forget", "unlearning trains on the forget set's raw text")
     retain_text = None
     if method.retain is not None:
-        retain_text = _raw_text(muse, RAW_RETAIN, f"method '{method.name}' regularizes on the retain set's raw text (or use --method {method.forget})")
+        retain_text = _raw_text(muse, "retain", f"method '{method.name}' regularizes on the retain set's raw text (or use --method {method.forget})")
 
     model, tokenizer, target_info = _prepare_model(target, s)
     forget = chunk_text(tokenizer, forget_text, s.max_length)
     retain = chunk_text(tokenizer, retain_text, s.max_length) if retain_text is not None else None
     if len(forget) == 0:
-        raise DataError(f"data file '{RAW_FORGET}' in data dir '{muse.path}' has no tokens to train on")
+        raise DataError(f"{_raw_source(muse, 'forget')} in data dir '{muse.path}' has no tokens to train on; give it text")
     if retain is not None and len(retain) == 0:
-        raise DataError(f"data file '{RAW_RETAIN}' in data dir '{muse.path}' has no tokens to train on")
+        raise DataError(f"{_raw_source(muse, 'retain')} in data dir '{muse.path}' has no tokens to train on; give it text")
     steps = s.steps if s.steps is not None else s.epochs * math.ceil(len(forget) / s.batch_size)  # type: ignore[operator]
 
     torch.manual_seed(s.seed)
@@ -342,7 +352,8 @@ def unlearn(
         n_forget_chunks=len(forget),
         n_retain_chunks=0 if retain is None else len(retain),
         target=target_info,
-        data={"path": muse.path, "fingerprint": muse.fingerprint},
+        data={"path": muse.path, "fingerprint": muse.fingerprint, "form": muse.form,
+              "raw": {"forget": _raw_source(muse, "forget"), "retain": _raw_source(muse, "retain") if retain is not None else None}},
         seconds=round(time.perf_counter() - start, 3),
         notes=notes,
     )
