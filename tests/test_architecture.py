@@ -18,7 +18,7 @@ lowest first (a name stands for the module or for every module of the package it
 5     ``unlearning``
 6     ``engine`` (inputs < sources < rows < derive < verdicts < report < views < runner)
 7     ``demo``
-8     ``session`` (pytest-side state)
+8     ``session`` (pytest-side state), ``workers`` (threads and GPU of an xdist worker)
 9     ``plugin``, ``cli``
 10    ``unlearn_assert`` itself (the lazy public API)
 ====  ========================================================================================
@@ -47,7 +47,7 @@ LAYERS: dict[str, int] = {
     "engine": 6,
     "demo": 7,
     "session": 8,
-    "plugin": 9, "cli": 9,
+    "workers": 8, "plugin": 9, "cli": 9,
     "": 10,
 }
 

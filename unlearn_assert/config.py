@@ -21,6 +21,8 @@ from .quant.spec import validate_quantizer_list
 
 DEFAULT_QUANTIZERS = "rtn-w4g128,rtn-w8"
 DEVICES_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
+#: accelerate's named device maps (``from_pretrained(device_map=...)``)
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("json", "Write the JSON report to this path.", None, "PATH"),
     Option("html", "Write the self-contained HTML report to this path.", None, "PATH"),
     Option("device", "Device to evaluate on: auto, cpu, cuda or cuda:N.", "auto", "DEVICE"),
+    Option("devices", "GPU indices for pytest-xdist workers, e.g. 0,1: worker i uses cuda:<the i-th, cyclically> (default with "
+           "--unlearn-device=auto and several GPUs: worker i uses GPU i).", None, "IDS"),
+    Option("device_map", "Load the unlearned and target models across devices with accelerate's device map, for models larger "
+           "than one GPU: auto (shards on the GPUs, the rest on CPU), balanced or sequential. rtn-* quantizers run on such a model.",
+           None, "MAP"),
     Option("dtype", "Weight dtype to load models in: auto (as saved), float32, bfloat16, float16.", "auto", "DTYPE"),
     Option("batch_size", "Generation batch size, or auto (bounded by memory).", "auto", "N"),
     Option("max_samples", "Evaluate only the first N items of every split (smoke runs).", None, "N"),
@@ -236,6 +243,8 @@ class RunConfig:
     json: str | None = None
     html: str | None = None
     device: str = "auto"
+    devices: tuple[int, ...] = ()  # GPU indices for xdist workers (--unlearn-devices)
+    device_map: str | None = None  # accelerate's device map for U and T (--unlearn-device-map)
     dtype: str = "auto"
     batch_size: int | None = None
     max_samples: int | None = None
@@ -277,6 +286,22 @@ def _positive_int(opt: Option, raw: Any, allow_auto: bool = False) -> int | None
         hint = "a positive integer or auto" if allow_auto else "a positive integer"
         raise ConfigError(f"{opt.cli}: '{raw}' is not {hint}")
     return value
+
+
+def _devices(raw: Any, device: str) -> tuple[int, ...]:
+    """``--unlearn-devices 0,1`` -> (0, 1): GPU indices, each once, for a device of auto or cuda."""
+    opt = OPTION_BY_NAME["devices"]
+    if raw in (None, ""):
+        return ()
+    parts = [p.strip() for p in str(raw).split(",")]
+    if not all(p.isdigit() for p in parts):
+        raise ConfigError(f"{opt.cli}: '{raw}' is not a comma-separated list of GPU indices; write e.g. {opt.cli}=0,1")
+    indices = tuple(int(p) for p in parts)
+    if len(set(indices)) != len(indices):
+        raise ConfigError(f"{opt.cli}: '{raw}' names a GPU twice; list each GPU once")
+    if device not in ("auto", "cuda"):
+        raise ConfigError(f"{opt.cli} assigns GPUs to workers, but --unlearn-device is '{device}'; use --unlearn-device=auto or cuda with it")
+    return indices
 
 
 def _as_bool(opt: Option, raw: Any) -> bool:
@@ -334,6 +359,11 @@ def build_run_config(get: Callable[[Option], Any], *, model_spec: str | None = N
     if not DEVICES_RE.match(device):
         raise ConfigError(f"--unlearn-device: '{device}' is not a device; use auto, cpu, cuda or cuda:N")
     values["device"] = device
+    values["devices"] = _devices(raw["devices"], device)
+    device_map = str(raw["device_map"] or "").strip() or None
+    if device_map is not None and device_map not in DEVICE_MAPS:
+        raise ConfigError(f"--unlearn-device-map: '{device_map}' is not one of accelerate's device maps; use {', '.join(DEVICE_MAPS)}")
+    values["device_map"] = device_map
     dtype = str(raw["dtype"] or "auto").strip()
     if dtype not in DTYPES:
         raise ConfigError(f"--unlearn-dtype: '{dtype}' is not supported; use one of {', '.join(DTYPES)}")

@@ -268,6 +268,8 @@ def check_finite(model: Any, path: str) -> None:
     import torch
 
     for name, param in model.named_parameters():
+        if param.device.type == "meta":  # offloaded to disk by a device map: read when its layer runs
+            continue
         if param.is_floating_point() and not bool(torch.isfinite(param).all()):
             raise ModelError(f"model '{path}' has NaN or Inf values in '{name}'; the checkpoint is broken, re-export it")
 
@@ -291,11 +293,15 @@ def load_model(
     *,
     allow_pickle: bool = False,
     known_fingerprint: str | None = None,
+    device_map: str | dict[str, Any] | None = None,
+    max_memory: dict[Any, Any] | None = None,
 ) -> LoadedModel:
     """Load a local causal LM and its tokenizer, safely (see the module docstring).
 
     ``known_fingerprint``: the directory's content hash when the caller already has it (the
-    engine's fingerprint cache), so a large checkpoint is not hashed a second time."""
+    engine's fingerprint cache), so a large checkpoint is not hashed a second time.
+    ``device_map`` (and ``max_memory``): accelerate's dispatch, for a model larger than one device
+    (:func:`dispatch`); ``device`` is then where its inputs go."""
     directory = check_model_dir(path, allow_pickle=allow_pickle)
     files = weight_files(directory)
     for file in files:
@@ -310,6 +316,7 @@ def load_model(
     torch_dtype = resolve_dtype(dtype, getattr(config, "dtype", None) or getattr(config, "torch_dtype", None))
     dev = resolve_device(device)
     tokenizer = load_tokenizer(directory)
+    placement = dispatch(device_map, max_memory) if device_map is not None else {}
     try:
         with quiet_transformers():
             model = AutoModelForCausalLM.from_pretrained(
@@ -319,10 +326,18 @@ def load_model(
                 local_files_only=True,
                 trust_remote_code=False,
                 use_safetensors=not (allow_pickle and not files),
+                **placement,
             )
     except Exception as exc:
         raise ModelError(f"cannot load the model from '{directory}' ({type(exc).__name__}: {exc}); check that it is a causal-LM checkpoint") from None
-    model.to(dev)  # type: ignore[arg-type]  # transformers types .to() through a decorator mypy misreads
+    if placement:
+        import shutil
+        import weakref
+
+        weakref.finalize(model, shutil.rmtree, placement["offload_folder"], ignore_errors=True)
+        dev = str(input_device(model))
+    else:
+        model.to(dev)  # type: ignore[arg-type]  # transformers types .to() through a decorator mypy misreads
     model.eval()
     check_finite(model, str(directory))
     return LoadedModel(
@@ -332,8 +347,44 @@ def load_model(
         fingerprint=known_fingerprint or fingerprint(directory),
         device=dev,
         dtype=str(torch_dtype).removeprefix("torch."),
-        info={"architecture": (config.architectures or [config.model_type])[0], "model_type": config.model_type},
+        info={"architecture": (config.architectures or [config.model_type])[0], "model_type": config.model_type,
+              **({"device_map": dict(getattr(model, "hf_device_map", {}))} if placement else {})},
     )
+
+
+def dispatch(device_map: str | dict[str, Any], max_memory: dict[Any, Any] | None) -> dict[str, Any]:
+    """``from_pretrained`` arguments for accelerate's dispatch: shards on the GPUs, the rest on CPU,
+    and what still does not fit offloaded to a temporary folder (never the model's own directory,
+    which is only read), removed with the model."""
+    import tempfile
+
+    try:
+        import accelerate  # noqa: F401  transformers' device_map needs it
+    except ImportError:
+        raise ModelError("--unlearn-device-map needs accelerate, which is not installed; install it with: pip install accelerate") from None
+    out: dict[str, Any] = {"device_map": device_map, "offload_folder": tempfile.mkdtemp(prefix="unlearn-assert-offload-")}
+    if max_memory is not None:
+        out["max_memory"] = max_memory
+    return out
+
+
+def input_device(model: Any) -> torch.device:
+    """Where a model's inputs go: its first parameter's device, or for a model dispatched by
+    accelerate the device of its first placed module (offloaded modules compute on the CPU)."""
+    import torch
+
+    placed = getattr(model, "hf_device_map", None)
+    if placed:
+        first = next(iter(placed.values()))
+        return torch.device(f"cuda:{first}" if isinstance(first, int) else "cpu" if first in ("cpu", "disk") else str(first))
+    param = next(iter(model.parameters()), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def is_dispatched(model: Any) -> bool:
+    """True when accelerate spread the model over more than one device, or parts of it over disk."""
+    placed = set((getattr(model, "hf_device_map", None) or {}).values())
+    return len(placed) > 1 or "disk" in placed
 
 
 # --------------------------------------------------------------------------- pairing checks

@@ -208,9 +208,14 @@ def _require(request: pytest.FixtureRequest) -> UnlearnSession:
 
 
 @pytest.fixture(scope="session")
-def unlearn_session(request: pytest.FixtureRequest) -> UnlearnSession:
+def unlearn_session(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> UnlearnSession:
     """The run's UnlearnSession (``.gate`` computes rows; ``.check(q, check)`` gives a Verdict)."""
-    return _require(request)
+    session = _require(request)
+    if is_xdist_worker(request.config) and session.shared_dir is None:
+        # xdist gives each worker <run's basetemp>/popen-gwN: the parent is this run's, shared by its workers
+        # (pytest-xdist's documented way to share across workers); rows are claimed and stored there
+        session.shared_dir = tmp_path_factory.getbasetemp().parent / "unlearn-assert-run"
+    return session
 
 
 @pytest.fixture

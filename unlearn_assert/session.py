@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from contextlib import nullcontext
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -36,6 +37,12 @@ class UnlearnSession:
         self.run = run
         self._gate: Gate | None = None
         self._shipped: set[tuple[str, str]] = set()
+        #: a directory the workers of an xdist run share (set by the unlearn_session fixture on workers)
+        self.shared_dir: Path | None = None
+        #: how this process uses the machine (threads, device), shipped to the controller once
+        self.execution: dict[str, Any] | None = None
+        self._execution_shipped = False
+        self.workers: dict[str, dict[str, Any]] = {}  # controller: each process's execution info
         # controller side: what the reports carried, as plain data
         self.rows: dict[tuple[str, str], dict[str, Any]] = {}
         self.verdicts: dict[str, dict[str, Any]] = {}
@@ -54,8 +61,24 @@ class UnlearnSession:
             cache_dir = self.run.cache_dir
             if cache_dir is None and getattr(self.config, "cache", None) is not None:
                 cache_dir = str(self.config.cache.mkdir("unlearn-assert"))
-            self._gate = Gate(self.run, ResultCache(cache_dir, enabled=not self.run.no_cache), progress=self.progress)
+            device = self._divide_the_machine()
+            self._gate = Gate(self.run, ResultCache(cache_dir, enabled=not self.run.no_cache), progress=self.progress,
+                              shared=self.shared_dir, device=device)
         return self._gate
+
+    def _divide_the_machine(self) -> str:
+        """On an xdist worker: its share of the cores and its GPU (:mod:`.workers`); recorded for provenance."""
+        import torch
+
+        from .workers import apply_thread_budget, worker_device, worker_index
+
+        workerinput = getattr(self.config, "workerinput", None) or {}
+        worker_id = workerinput.get("workerid")
+        workers = int(workerinput.get("workercount", 1) or 1)
+        device = worker_device(self.run.device, self.run.devices, worker_index(worker_id),
+                               torch.cuda.device_count() if torch.cuda.is_available() else 0)
+        self.execution = {"worker": worker_id or "main", "workers": workers, "threads": apply_thread_budget(workers), "device": device}
+        return device
 
     def close(self) -> None:
         if self._gate is not None:
@@ -88,9 +111,12 @@ class UnlearnSession:
                 if key not in self._shipped:
                     self._shipped.add(key)
                     rows.append(row.to_dict())
-        if not rows and verdict is None:
+        execution = None
+        if self.execution is not None and not self._execution_shipped:
+            execution, self._execution_shipped = self.execution, True
+        if not rows and verdict is None and execution is None:
             return None
-        return json.dumps({"rows": rows, "verdict": verdict.to_dict() if verdict else None})
+        return json.dumps({"rows": rows, "verdict": verdict.to_dict() if verdict else None, "execution": execution})
 
     # ------------------------------------------------------------------ controller side
 
@@ -100,7 +126,13 @@ class UnlearnSession:
             return
         payload = json.loads(raw)
         for row in payload.get("rows", []):
-            self.rows[(row["model"], row["quantizer"])] = row
+            key = (row["model"], row["quantizer"])
+            known = self.rows.get(key)
+            if known is None or (known.get("cached") and not row.get("cached")):  # the worker that computed it tells it best
+                self.rows[key] = row
+        execution = payload.get("execution")
+        if execution:
+            self.workers[str(execution.get("worker"))] = execution
         verdict = payload.get("verdict")
         if verdict:
             self.verdicts[verdict["item"]] = verdict
@@ -119,7 +151,8 @@ class UnlearnSession:
             data = None
         rows = [Row.from_dict(r) for r in self.rows.values()]
         verdicts = [Verdict.from_dict(v) for v in self.verdicts.values()]
-        self.report = build_report(self.run, rows, verdicts, data=data).to_dict()
+        execution = [self.workers[w] for w in sorted(self.workers)] or None
+        self.report = build_report(self.run, rows, verdicts, data=data, execution=execution).to_dict()
         return self.report
 
     def write_reports(self) -> None:

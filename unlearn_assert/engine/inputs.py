@@ -38,10 +38,13 @@ def _silent(_: str) -> None:
 class Inputs:
     """What the rows of one run are computed from, each resolved once and only when first needed."""
 
-    def __init__(self, run: RunConfig, cache: ResultCache, progress: Progress | None = None) -> None:
+    def __init__(self, run: RunConfig, cache: ResultCache, progress: Progress | None = None, device: str | None = None) -> None:
         if not run.enabled:
             raise ConfigError("a gate needs a model; pass --unlearn-model (or model= to unlearn_assert.gate)")
         self.run = run
+        #: where models load: ``run.device``, or the device this process was given (one GPU per xdist worker);
+        #: results do not depend on which GPU, so cache keys keep ``run.device``
+        self.device = device or run.device
         self.progress = progress or _silent
         self._fingerprints = FingerprintCache(cache)
         self._fps: dict[str, str] = {}
@@ -108,8 +111,8 @@ class Inputs:
             from ..models import check_compatible, load_model
 
             start = time.perf_counter()
-            loaded = load_model(str(self.path(role)), device=self.run.device, dtype=self.run.dtype, allow_pickle=self.run.allow_pickle,
-                                known_fingerprint=self.fingerprint(role))
+            loaded = load_model(str(self.path(role)), device=self.device, dtype=self.run.dtype, allow_pickle=self.run.allow_pickle,
+                                known_fingerprint=self.fingerprint(role), device_map=self.run.device_map)
             self._fps[role] = loaded.fingerprint
             if role != "target":
                 check_compatible(self.model("target"), loaded, role=role)

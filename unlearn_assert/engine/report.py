@@ -144,9 +144,10 @@ def _report_row(row: Row, values: dict[str, float | None], recovery: dict[str, f
 
 
 def build_report(run: RunConfig, rows: Iterable[Row], verdicts: Iterable[Verdict], *, data: MuseData | None,
-                 fingerprints: dict[str, str] | None = None) -> Report:
+                 fingerprints: dict[str, str] | None = None, execution: list[dict[str, Any]] | None = None) -> Report:
     """The report of ``rows`` and ``verdicts`` (in any order; they are sorted here). ``fingerprints``
-    by role default to those the rows carry."""
+    by role default to those the rows carry; ``execution``: how each process of the run used the
+    machine (xdist workers: threads, device), recorded in the provenance."""
     by_key = {row.key: row for row in rows}
     figs = figures(by_key.values(), run.retrain_auc)
     order = _order(run)
@@ -169,6 +170,8 @@ def build_report(run: RunConfig, rows: Iterable[Row], verdicts: Iterable[Verdict
     if figs.reference[1] == "option" and run.retrain_auc_source:  # --unlearn-retrain-auc=muse-news: say whose number it is
         reference["published"] = run.retrain_auc_source
     prov["privleak_reference"] = reference
+    if execution:
+        prov["execution"] = execution
     return Report(provenance=prov, rows=out_rows, verdicts=sorted(verdicts, key=lambda v: _verdict_order(run, v)),
                   samples=samples, created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
 

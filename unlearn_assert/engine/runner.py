@@ -11,11 +11,14 @@ inputs loads no model.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..cache import ResultCache
 from ..config import OPTIONS, Budget, RunConfig, build_run_config
 from ..names import FP, Role, item_name
+from .claims import RowClaims
 from .derive import figures, reference_problem
 from .inputs import Inputs, Progress, precheck
 from .report import Report, build_report
@@ -33,13 +36,22 @@ __all__ = ["Gate", "gate"]
 class Gate:
     """Computes and remembers the rows of one run, and judges its items; safe to call in any order.
 
-    Use it as a context manager (or call :meth:`close`): it holds loaded models and a fixture's variant.
+    ``shared``: a directory shared with the other processes of this run (xdist workers), so that each
+    row is computed once per run (:mod:`.claims`): results go to the result cache, or under
+    ``--unlearn-no-cache`` to ``shared`` (this run only). ``device``: where this process loads its
+    models, when not ``run.device`` (one GPU per worker). Use a Gate as a context manager (or call
+    :meth:`close`): it holds loaded models and a fixture's variant.
     """
 
-    def __init__(self, run: RunConfig, cache: ResultCache | None = None, progress: Progress | None = None) -> None:
+    def __init__(self, run: RunConfig, cache: ResultCache | None = None, progress: Progress | None = None,
+                 shared: str | Path | None = None, device: str | None = None) -> None:
         self.run = run
         self.cache = cache if cache is not None else ResultCache(run.cache_dir, enabled=not run.no_cache)
-        self.inputs = Inputs(run, self.cache, progress)
+        # where computed rows go, and who claims them: the cache (also shared by concurrent runs), or this run's directory
+        self.store, self.claims = self.cache, RowClaims(self.cache.directory) if self.cache.enabled else None
+        if not self.cache.enabled and shared is not None:
+            self.store, self.claims = ResultCache(Path(shared) / "rows"), RowClaims(Path(shared) / "claims")
+        self.inputs = Inputs(run, self.cache, progress, device)
         self.rows: dict[RowKey, Row] = {}
         self._sources: dict[str, Source] = {}
         self._handoffs: dict[str, Any] = {}  # variant -> what q(T)'s source handed on to q(U)'s
@@ -73,19 +85,34 @@ class Gate:
         if source is not None and role not in source.roles:
             raise ValueError(f"'{variant}' has no {role} version (it exists for {', '.join(source.roles)})")
         key = row_key(role, source, self.inputs)
-        hit = self.cache.get(key)
-        if hit is not None:
-            row = cached_row(hit, role, variant)
-            self.inputs.progress(f"{role} {variant}: cached result")
-        else:
+        row = self._stored(key, role, variant)
+        while row is None:  # not stored: compute it, unless another process of the run already is
+            if self.claims is None or self.claims.try_claim(key):
+                row = self._compute(key, role, variant, source)
+            else:
+                self.inputs.progress(f"{role} {variant}: waiting for another worker")
+                self.claims.wait(key, lambda: self.store.get(key))
+                row = self._stored(key, role, variant)  # None: its holder stopped without a result; claim it
+        row.fingerprint = self.inputs.fingerprint(role)
+        self.rows[(role, variant)] = row
+        return row
+
+    def _stored(self, key: str, role: Role, variant: str) -> Row | None:
+        hit = self.store.get(key)
+        if hit is None:
+            return None
+        self.inputs.progress(f"{role} {variant}: cached result")
+        return cached_row(hit, role, variant)
+
+    def _compute(self, key: str, role: Role, variant: str, source: Source | None) -> Row:
+        held: AbstractContextManager[None] = self.claims.holding(key) if self.claims is not None else nullcontext()
+        with held:
             self.views.close()  # a fixture's variant must not leak into this row
             row, handoff = compute_row(role, source, self.inputs, self._handoffs.pop(variant, None))
             if role == "target" and handoff is not None:  # U's row under this variant comes next
                 self._handoffs = {variant: handoff}
-            if row.ok:
-                self.cache.put(key, row.to_dict())
-        row.fingerprint = self.inputs.fingerprint(role)
-        self.rows[(role, variant)] = row
+            if row.ok or self.store is not self.cache:  # a skipped row is not kept beyond this run
+                self.store.put(key, row.to_dict())
         return row
 
     # ------------------------------------------------------------------ items

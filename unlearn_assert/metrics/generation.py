@@ -99,8 +99,9 @@ class ModelIO:
         # models that derive positions themselves (e.g. ALiBi) may not take position_ids
         self.positions = "position_ids" in params or not params
         self.logits_kw = next((k for k in ("logits_to_keep", "num_logits_to_keep") if k in params), None)
-        first = next(iter(model.parameters()), None)
-        self.device = first.device if first is not None else "cpu"
+        from ..models import input_device
+
+        self.device = input_device(model)
 
     def new_cache(self) -> Any:
         from transformers import DynamicCache

@@ -103,6 +103,23 @@ def get_backend(spec: str | QuantSpec) -> Backend:
     return cast(Backend, getattr(module, factory)(spec))
 
 
+def _check_placement(loaded: LoadedModel, spec: QuantSpec) -> None:
+    """A model dispatched over several devices (``--unlearn-device-map``) only takes backends that
+    quantize each weight where it lies, and none of them can quantize a weight offloaded to disk."""
+    from ..models import is_dispatched
+
+    model = loaded.model
+    if not is_dispatched(model):
+        return
+    able = [name for name, entry in BACKENDS.items() if entry.dispatched]
+    if not BACKENDS[spec.backend].dispatched:
+        raise QuantizerError(f"quantizer '{spec.id}' cannot run on a model dispatched across devices (--unlearn-device-map): it builds "
+                             f"a quantized copy on one device; use {', '.join(f'{n}-*' for n in able)} there, or load the model on one device")
+    if any(p.device.type == "meta" for p in model.parameters()):
+        raise QuantizerError(f"quantizer '{spec.id}' needs every weight in memory, but the device map offloaded part of '{loaded.path}' "
+                             "to disk; give the GPUs and CPU enough memory for the whole model")
+
+
 def quant_fingerprint(source_fingerprint: str, spec: QuantSpec, skip_modules: Sequence[str] = DEFAULT_SKIP,
                       calibration: Calibration | None = None) -> str:
     """sha256 of source fingerprint + ":" + quantizer: a cache key for results on the quantized model.
@@ -144,6 +161,7 @@ def quantized(
     """
     spec = _as_spec(qid_or_spec)
     skip = (skip_modules,) if isinstance(skip_modules, str) else tuple(skip_modules)
+    _check_placement(loaded, spec)
     backend = get_backend(spec)
     codes = target_codes if backend.takes_target_codes else None
     with backend.apply(loaded, target=target, skip_modules=skip, calibration=calibration, target_codes=codes) as (model, report):

@@ -69,12 +69,15 @@ class BackendEntry:
     #: True when the backend needs calibration text (GPTQ, AWQ): ``quantized`` passes it, and it is
     #: part of the result's cache key.
     calibrated: bool = False
+    #: True when the backend runs on a model that accelerate spread over several devices
+    #: (``--unlearn-device-map``): rtn quantizes each weight where it lies; the others build a copy on one device.
+    dispatched: bool = False
 
 
 #: Backends, by name: "module:factory" imported only when an id of that backend is used, and the
 #: pip command that installs its library (the reason shown when it is missing).
 BACKENDS: dict[str, BackendEntry] = {
-    "rtn": BackendEntry("unlearn_assert.quant.rtn:RTNBackend"),
+    "rtn": BackendEntry("unlearn_assert.quant.rtn:RTNBackend", dispatched=True),
     "bnb": BackendEntry("unlearn_assert.quant.bnb:BnbBackend", install="pip install 'unlearn-assert[bnb]'"),
     "hqq": BackendEntry("unlearn_assert.quant.hqq:HqqBackend", install="pip install 'unlearn-assert[hqq]'"),
     "gptq": BackendEntry("unlearn_assert.quant.llmc:GptqBackend", install="pip install 'unlearn-assert[gptq]'", calibrated=True),

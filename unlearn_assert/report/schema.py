@@ -100,6 +100,9 @@ class Provenance(_ProvenanceRequired, total=False):
     settings: Settings  # run settings that affect the numbers
     privleak_reference: dict[str, Any]  # {"auc": AUC_R used, "source": "retrain" | "option" | "default", "published": named reference (optional)}
     argv: list[str]  # the command line of the run (pytest arguments)
+    # how each process of the run used the machine: [{"worker": "gw0" | "main", "workers": N, "device": "cuda:1",
+    # "threads": {"intra_op": 1, "inter_op": 1, "set_by": "unlearn-assert: 2 cores // 2 workers"}}]
+    execution: list[dict[str, Any]]
 
 
 class QuantInfo(TypedDict, total=False):

@@ -60,7 +60,7 @@ class ArtifactSource:
             raise ValueError(f"'{self.variant}' is your quantized unlearned checkpoint; there is no {role} version of it")
         info = read_checkpoint(self.variant, self.artifact.path)
         run = self.run
-        with open_checkpoint(info, inputs.model("unlearned"), device=run.device, dtype=None if run.dtype == "auto" else run.dtype,
+        with open_checkpoint(info, inputs.model("unlearned"), device=inputs.device, dtype=None if run.dtype == "auto" else run.dtype,
                              known_fingerprint=inputs.artifact_fingerprint(self.variant, self.artifact.path)) as (loaded, report):
             view = ArtifactModel(**vars(loaded), report=report)
             yield Applied(view=view, quant=report.to_dict())

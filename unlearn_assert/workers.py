@@ -1,0 +1,72 @@
+"""How one process of a parallel run uses the machine: its torch thread budget and its device.
+
+Why: ``pytest -n N`` (pytest-xdist) starts N worker processes, and each one would run torch with as
+many threads as the machine has cores; N x cores threads on the cores collapse (measured on 2 cores:
+``-n 2`` took 153 s against 17 s serially). And on a machine with N GPUs every worker would load
+its models on ``cuda:0``. So a worker takes ``max(1, cores // workers)`` intra-op threads and one
+inter-op thread, unless the user set ``OMP_NUM_THREADS`` (or ``MKL_NUM_THREADS``), and worker i
+takes GPU i. Serial runs are left as they are. pytest-xdist itself does the parallelism; this
+module only divides the machine.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+__all__ = ["apply_thread_budget", "thread_budget", "worker_device", "worker_index"]
+
+#: Environment variables with which a user fixes the thread count themselves.
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def cores() -> int:
+    """The cores this process may run on (its CPU affinity, else the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def thread_budget(workers: int, available: int | None = None) -> int:
+    """Intra-op threads per worker: the cores divided among the workers, at least one."""
+    return max(1, (available if available is not None else cores()) // max(1, workers))
+
+
+def worker_index(worker_id: str | None) -> int | None:
+    """``gw3`` -> 3 (xdist's worker ids); None outside a worker."""
+    match = re.fullmatch(r"gw(\d+)", worker_id or "")
+    return int(match[1]) if match else None
+
+
+def worker_device(device: str, devices: tuple[int, ...], index: int | None, device_count: int) -> str:
+    """The device a worker loads its models on: GPU ``devices[i % len]`` when ``--unlearn-devices``
+    names them, else with ``--unlearn-device=auto`` and several visible GPUs GPU ``i % count``;
+    otherwise ``device`` unchanged (an explicit device wins, and a serial run has no index)."""
+    if index is None:
+        return device
+    if devices:
+        return f"cuda:{devices[index % len(devices)]}"
+    if device == "auto" and device_count > 1:
+        return f"cuda:{index % device_count}"
+    return device
+
+
+def apply_thread_budget(workers: int) -> dict[str, Any]:
+    """Set this worker's torch threads to its share of the cores (see the module docstring) and
+    say what was chosen, for the report's provenance."""
+    import torch
+
+    user = next((var for var in THREAD_VARS if os.environ.get(var)), None)
+    if workers <= 1 or user is not None:
+        return {"intra_op": torch.get_num_threads(), "inter_op": torch.get_num_interop_threads(),
+                "set_by": f"{user}={os.environ[user]}" if user else "torch's default"}
+    budget = thread_budget(workers)
+    torch.set_num_threads(budget)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # inter-op work already started in this process: it can no longer change
+        pass
+    return {"intra_op": torch.get_num_threads(), "inter_op": torch.get_num_interop_threads(),
+            "set_by": f"unlearn-assert: {cores()} cores // {workers} workers"}
