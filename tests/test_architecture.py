@@ -15,10 +15,10 @@ lowest first (a name stands for the module or for every module of the package it
       ``quant.packed``, ``testing`` (tiny-model builders)
 4     ``quant.rtn|bnb|hqq|llmc|gguf|checkpoint`` (backends, artifacts), ``metrics``,
       ``report`` (renderers)
-5     ``unlearning``
+5     ``unlearning``, ``workers`` (the threads and GPU of one process of a parallel run)
 6     ``engine`` (inputs < sources < rows < derive < verdicts < report < views < runner)
 7     ``demo``
-8     ``session`` (pytest-side state), ``workers`` (threads and GPU of an xdist worker)
+8     ``session`` (pytest-side state)
 9     ``plugin``, ``cli``
 10    ``unlearn_assert`` itself (the lazy public API)
 ====  ========================================================================================
@@ -43,11 +43,11 @@ LAYERS: dict[str, int] = {
     "quant": 3, "quant.base": 3, "quant.calibration": 3, "quant.packed": 3, "testing": 3,
     "quant.rtn": 4, "quant.bnb": 4, "quant.hqq": 4, "quant.llmc": 4, "quant.gguf": 4, "quant.checkpoint": 4,
     "metrics": 4, "report": 4,
-    "unlearning": 5,
+    "unlearning": 5, "workers": 5,
     "engine": 6,
     "demo": 7,
     "session": 8,
-    "workers": 8, "plugin": 9, "cli": 9,
+    "plugin": 9, "cli": 9,
     "": 10,
 }
 

@@ -136,9 +136,10 @@ class Gate:
                 return Verdict(item_name(variant, check), variant, check, "failed", problem)
         return evaluate_check(variant, check, figs, budget or self.run.budget)
 
-    def report(self, verdicts: Iterable[Verdict]) -> Report:
+    def report(self, verdicts: Iterable[Verdict], execution: list[dict[str, Any]] | None = None) -> Report:
         """The report of every row computed so far and ``verdicts``."""
-        return build_report(self.run, self.rows.values(), verdicts, data=self.inputs.data, fingerprints=self.inputs.fingerprints())
+        return build_report(self.run, self.rows.values(), verdicts, data=self.inputs.data, fingerprints=self.inputs.fingerprints(),
+                            execution=execution)
 
 
 def _run_config(settings: Mapping[str, Any]) -> RunConfig:
@@ -180,8 +181,11 @@ def gate(
 
         raise ConfigError("pass either a run config (run=) or the gate's settings, not both")
     precheck(run)
+    from ..workers import apply_thread_budget
+
     with Gate(run, cache, progress) as g:
         verdicts = [g.check(q, c) for q, c in (checks if checks is not None else g.checks())]
         for q in run.quantizers:  # the table shows q(T) beside q(U) even where no check needed it
             g.row("target", q)
-        return g.report(verdicts)
+        execution = {"worker": "main", "workers": 1, "threads": apply_thread_budget(1), "device": g.inputs.device}
+        return g.report(verdicts, execution=[execution])
