@@ -30,6 +30,9 @@ __all__ = ["DEMO_QUANTIZERS", "add_demo_parser", "judge", "run_demo"]
 #: (with the pip command) when bitsandbytes is not installed.
 DEMO_QUANTIZERS: tuple[str, ...] = ("bnb-fp4", "rtn-w4", "rtn-w4g64", "bnb-nf4", "rtn-w8", "bnb-int8")
 DEFAULT_OUT = "demo-report"
+#: The demo gates in float32 on CPU, on every CPU: its bf16 weights upcast exactly, and its numbers
+#: then do not depend on whether this CPU has native bf16 (``auto`` would pick bf16 where it has).
+DEMO_DTYPE = "float32"
 Progress = Callable[[str], None]
 
 
@@ -147,7 +150,7 @@ def _gate(name: str, paths: dict[str, str], quantizers: Sequence[str], out: Path
     from ..report import write_html, write_json
 
     run = RunConfig(model=paths["model"], target=paths["target"], retrain=paths["retrain"], data=paths["data"],
-                    quantizers=tuple(quantizers), budget=Budget(), device=device, dtype="auto",
+                    quantizers=tuple(quantizers), budget=Budget(), device=device, dtype=DEMO_DTYPE if device == "cpu" else "auto",
                     json=str(out / f"{name}.json"), html=str(out / f"{name}.html"))
     engine = Engine(run, cache, progress=lambda line: say(f"  {name}: {line}"))
     try:
