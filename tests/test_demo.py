@@ -129,7 +129,8 @@ def test_recipe_key_is_stable_and_covers_every_field() -> None:
     assert DemoRecipe(version=RECIPE_VERSION + 1).key() != base.key()
     assert DemoRecipe(corpus_seed=1).key() != base.key()
     assert DemoRecipe(lm=replace(LMRecipe(), epochs=LMRecipe().epochs + 1)).key() != base.key()
-    changed = (replace(base.unlearned[0], lr=base.unlearned[0].lr * 2),) + base.unlearned[1:]
+    first = base.unlearned[0]
+    changed = (replace(first, settings=replace(first.settings, lr=first.settings.lr * 2)),) + base.unlearned[1:]
     assert DemoRecipe(unlearned=changed).key() != base.key()
     assert set(DEMO_MODELS) >= {"npo_klr", "npo_klr_sure"}
     assert [u.sure for u in base.unlearned] == [False, True]

@@ -336,7 +336,7 @@ def test_cli_end_to_end(tiny_model_dir: Path, tiny_data_dir: Path, tmp_path: Pat
     printed = capsys.readouterr().out
     assert sum(line.startswith("step ") for line in printed.splitlines()) == 2 and "SURE" in printed
     loaded = load_model(out)
-    assert loaded.dtype == "bfloat16" and (out / "model.safetensors").is_file()
+    assert loaded.info["checkpoint_dtype"] == "bfloat16" and (out / "model.safetensors").is_file()
     run = json.loads((out / "unlearn_run.json").read_text())
     assert run["settings"]["method"] == "npo_klr" and run["settings"]["sure_top"] == 0.1
     assert [c["step"] for c in run["curve"]] == [1, 2, 3, 4]

@@ -48,6 +48,8 @@ class LoadedModel:
 
     ``fingerprint`` is the sha256 of the directory's content (config, tokenizer, weights), so cached
     results stay valid when a checkpoint is copied and become invalid when one byte changes.
+    ``dtype`` is the compute dtype actually used (see :func:`resolve_dtype`); the checkpoint's own is
+    ``info["checkpoint_dtype"]``.
     """
 
     model: Any
@@ -209,14 +211,33 @@ def fingerprint(path: str | os.PathLike[str]) -> str:
 # --------------------------------------------------------------------------- loading
 
 
-def resolve_dtype(dtype: str | None, config_dtype: Any) -> torch.dtype:
+def checkpoint_dtype(config_dtype: Any) -> torch.dtype:
+    """The dtype a checkpoint's config names (``torch_dtype`` / ``dtype``), float32 if none."""
+    import torch
+
+    if isinstance(config_dtype, torch.dtype):
+        return config_dtype
+    if isinstance(config_dtype, str) and isinstance(getattr(torch, config_dtype, None), torch.dtype):
+        return getattr(torch, config_dtype)
+    return torch.float32
+
+
+def resolve_dtype(dtype: str | None, config_dtype: Any, device: str | None = "cpu") -> torch.dtype:
+    """The compute dtype: an explicit ``dtype`` always wins; ``auto`` (or None) keeps the
+    checkpoint's dtype on an accelerator, and on CPU computes in float32 unless the checkpoint is
+    bf16 and this CPU runs bf16 natively (see :mod:`unlearn_assert.hardware`). Why: without native
+    bf16, torch emulates every bf16 matmul (4x the gate's time measured on an AVX2-only CPU), and
+    upcasting bf16 or fp16 weights to float32 is exact."""
     import torch
 
     if dtype in (None, "auto"):
-        if isinstance(config_dtype, torch.dtype):
-            return config_dtype
-        if isinstance(config_dtype, str) and hasattr(torch, config_dtype):
-            return getattr(torch, config_dtype)
+        stored = checkpoint_dtype(config_dtype)
+        if device is None or not str(device).startswith("cpu"):
+            return stored
+        if stored == torch.bfloat16:
+            from .hardware import native_bf16
+
+            return torch.bfloat16 if native_bf16() else torch.float32
         return torch.float32
     if dtype not in DTYPES:
         raise ModelError(f"unknown dtype '{dtype}'; use one of {', '.join(DTYPES)}")
@@ -313,8 +334,9 @@ def load_model(
         config = AutoConfig.from_pretrained(str(directory), local_files_only=True, trust_remote_code=False)
     except Exception as exc:
         raise ModelError(f"cannot read '{directory / 'config.json'}' ({type(exc).__name__}: {exc}); fix or re-save config.json") from None
-    torch_dtype = resolve_dtype(dtype, getattr(config, "dtype", None) or getattr(config, "torch_dtype", None))
+    stored_dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
     dev = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, stored_dtype, dev)
     tokenizer = load_tokenizer(directory)
     placement = dispatch(device_map, max_memory) if device_map is not None else {}
     try:
@@ -348,6 +370,7 @@ def load_model(
         device=dev,
         dtype=str(torch_dtype).removeprefix("torch."),
         info={"architecture": (config.architectures or [config.model_type])[0], "model_type": config.model_type,
+              "checkpoint_dtype": str(checkpoint_dtype(stored_dtype)).removeprefix("torch."),
               **({"device_map": dict(getattr(model, "hf_device_map", {}))} if placement else {})},
     )
 

@@ -179,12 +179,12 @@ class UnlearnSession:
             report = self.report or self.build_report()
             if report is None:
                 return
-            from .report.terminal import counts_line, render_table, summary_line
+            from .report.terminal import compute_line, counts_line, render_table, summary_line
 
             reporter.write_sep("-", "unlearning budget summary")
-            counts = counts_line(report)
-            if counts:
-                reporter.write_line(counts)
+            for line in (counts_line(report), compute_line(report)):
+                if line:
+                    reporter.write_line(line)
             for line in render_table(report).splitlines():
                 reporter.write_line(line)
             reporter.write_line(summary_line(report))

@@ -16,8 +16,11 @@ Layout of ``<cache>/unlearn-assert/demo/<recipe key>/``::
 
 The whole directory is built in a hidden sibling and renamed into place, so an interrupted build
 never looks finished; a concurrent build of the same recipe loses the rename race and discards its
-copy. Models are saved in bfloat16, the dtype the unlearning runs in (pure bf16 weights with a small
-learning rate is the regime in which 4-bit quantization undoes unlearning, see docs/demo-regime.md).
+copy. Models are saved in bfloat16, the dtype of the weights during unlearning (bf16 weights with a
+small learning rate is the regime in which 4-bit quantization undoes unlearning, see
+docs/demo-regime.md). Every step computes in float32 on every CPU: the target and retrain model
+train in float32, and the unlearning emulates bf16 storage (float32 weights rounded to bf16 after
+each step), so no bf16 matmul runs and the build takes the same path on AVX2, AVX512 and ARM.
 
 Nothing here imports torch at module level: config.py resolves ``demo:NAME`` lazily through
 :func:`resolve_demo`, and ``unlearn-assert --help`` imports :mod:`unlearn_assert.demo.run`.
@@ -38,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, UnlearnAssertError
+from ..unlearning.settings import UnlearnSettings
 from .corpus import CORPUS_VERSION, CorpusSpec, training_texts, write_corpus
 
 __all__ = [
@@ -55,7 +59,7 @@ __all__ = [
 ]
 
 #: Bump whenever the build code changes what a recipe produces (it is part of the cache key).
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2  # 2: float32 training, bf16 weight storage emulated in float32 during unlearning
 #: Environment variable that overrides the demo cache root (tests, CI images with a prebuilt family).
 CACHE_ENV = "UNLEARN_ASSERT_DEMO_CACHE"
 FAMILY_FILE = "family.json"
@@ -80,54 +84,42 @@ class LMRecipe:
     seq_len: int = 128
     weight_decay: float = 0.0
     seed: int = 0
-    autocast: str | None = "bfloat16"  # compute dtype of the forward pass (weights stay float32)
+    autocast: str | None = None  # bf16 autocast would emulate every matmul on a CPU without native bf16 (28x slower)
     save_dtype: str = "bfloat16"
 
 
 @dataclass(frozen=True)
 class UnlearnRecipe:
-    """One unlearned model of the family: the settings handed to :func:`unlearn_assert.unlearning.unlearn`."""
+    """One unlearned model of the family: a name, the settings handed to
+    :func:`unlearn_assert.unlearning.unlearn` (logging aside), and what it stands for."""
 
     name: str
-    method: str = "npo_klr"
-    lr: float = 1e-5
-    steps: int = 400
-    batch_size: int = 4
-    max_length: int = 128
-    alpha: float = 1.0
-    beta: float = 0.1
-    dtype: str = "bfloat16"
-    sure: bool = False
-    sure_top: float | None = None
-    sure_batches: int = 4
-    seed: int = 0
+    settings: UnlearnSettings
     description: str = ""
 
-    def settings(self, log_every: int = 50) -> Any:
-        from ..unlearning.trainer import UnlearnSettings
+    @property
+    def sure(self) -> bool:
+        return self.settings.sure
 
-        return UnlearnSettings(
-            method=self.method, lr=self.lr, steps=self.steps, batch_size=self.batch_size, max_length=self.max_length,
-            alpha=self.alpha, beta=self.beta, seed=self.seed, dtype=self.dtype, sure=self.sure,
-            sure_top=self.sure_top if self.sure else None, sure_batches=self.sure_batches, log_every=log_every,
-        ).validated()
+    def run_settings(self, log_every: int = 50) -> UnlearnSettings:
+        """The validated settings of the run (how often it logs does not change the model)."""
+        return replace(self.settings, log_every=log_every).validated()
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> UnlearnRecipe:
+        """Rebuild from ``dataclasses.asdict`` output (what a worker process receives)."""
+        return cls(name=data["name"], settings=UnlearnSettings(**data["settings"]), description=data.get("description", ""))
 
 
 DEFAULT_UNLEARNED: tuple[UnlearnRecipe, ...] = (
     UnlearnRecipe(
         name="npo_klr",
-        method="npo_klr",
-        lr=2e-5,
-        steps=400,
+        settings=UnlearnSettings(method="npo_klr", lr=2e-5, steps=400, dtype="bfloat16"),
         description="NPO + KL retain regularizer, small constant learning rate (2e-5), pure-bf16 weights: the common recipe",
     ),
     UnlearnRecipe(
         name="npo_klr_sure",
-        method="npo_klr",
-        lr=5e-5,
-        steps=100,
-        sure=True,
-        sure_top=0.1,
+        settings=UnlearnSettings(method="npo_klr", lr=5e-5, steps=100, dtype="bfloat16", sure=True, sure_top=0.1),
         description="the same method with SURE: 2.5 times the learning rate (5e-5) on the 10% most salient linear modules only",
     ),
 )
@@ -272,7 +264,8 @@ def train_lm(
     start = time.perf_counter()
     step = 0
     losses: list[float] = []
-    report_every = max(1, epochs // 6)
+    report_every = max(1, epochs // 12)
+    last_report = start
     for epoch in range(1, epochs + 1):
         order = list(range(len(encoded)))
         rng.shuffle(order)
@@ -293,8 +286,10 @@ def train_lm(
             epoch_loss += float(loss.detach())
             step += 1
         losses.append(epoch_loss / steps_per_epoch)
-        if epoch % report_every == 0 or epoch == epochs:
-            progress(f"  {label}: epoch {epoch}/{epochs}  loss {losses[-1]:.3f}  ({time.perf_counter() - start:.0f} s)")
+        now = time.perf_counter()
+        if epoch % report_every == 0 or epoch == epochs or now - last_report > 20:
+            progress(f"  {label}: epoch {epoch}/{epochs}  loss {losses[-1]:.3f}  ({now - start:.0f} s)")
+            last_report = now
     model.eval()
     model.to(device="cpu", dtype=getattr(torch, lm.save_dtype))
     model.config.dtype = lm.save_dtype
@@ -341,9 +336,9 @@ def _job_unlearn(target_dir: str, data_dir: str, out_dir: str, u: dict[str, Any]
 
     if threads:
         torch.set_num_threads(threads)
-    recipe = UnlearnRecipe(**u)
+    recipe = UnlearnRecipe.from_dict(u)
     progress = progress_printer(say)
-    settings = recipe.settings(log_every=max(1, recipe.steps // 4))
+    settings = recipe.run_settings(log_every=max(1, (recipe.settings.steps or 1) // 10))
     result = unlearn(target_dir, data_dir, settings, progress=lambda line: progress(f"  {recipe.name}: {line}"))
     save_unlearned(result, out_dir)
     return {"steps": result.steps, "seconds": result.seconds, "final": result.curve[-1] if result.curve else None,
@@ -454,7 +449,8 @@ def build_family(
 
         jobs = []
         for u in recipe.unlearned:
-            t = begin(f"{u.name}: {u.method}{' + SURE' if u.sure else ''}, lr {u.lr:g}, {u.steps} steps, {u.dtype} weights")
+            s = u.settings
+            t = begin(f"{u.name}: {s.method}{' + SURE' if s.sure else ''}, lr {s.lr:g}, {s.steps} steps, {s.dtype} weights")
             jobs.append((u.name, _job_unlearn, (str(tmp / "target"), str(data), str(tmp / u.name), asdict(u), threads), t))
         run_jobs(jobs)
         shutil.rmtree(tmp / "tokenizer", ignore_errors=True)
@@ -534,6 +530,7 @@ def small_recipe(**lm_overrides: Any) -> DemoRecipe:
     lm = replace(LMRecipe(vocab_size=300, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2, epochs=1,
                           batch_size=4, seq_len=64), **lm_overrides)
     corpus = CorpusSpec(n_forget=4, n_retain=12, n_holdout=4, n_retain_qa=4, n_icl=2)
-    unlearned = (replace(DEFAULT_UNLEARNED[0], steps=2, max_length=32, batch_size=2),
-                 replace(DEFAULT_UNLEARNED[1], steps=2, max_length=32, batch_size=2, sure_batches=1))
+    plain, sure = DEFAULT_UNLEARNED
+    unlearned = (replace(plain, settings=replace(plain.settings, steps=2, max_length=32, batch_size=2)),
+                 replace(sure, settings=replace(sure.settings, steps=2, max_length=32, batch_size=2, sure_batches=1)))
     return DemoRecipe(corpus=corpus, lm=lm, unlearned=unlearned)

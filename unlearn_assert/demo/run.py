@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ..engine.rows import RowKey
     from ..report.schema import ReportDict
 
 __all__ = ["DEMO_QUANTIZERS", "add_demo_parser", "judge", "run_demo"]
@@ -34,6 +35,9 @@ __all__ = ["DEMO_QUANTIZERS", "add_demo_parser", "judge", "run_demo"]
 #: (with the pip command) when bitsandbytes is not installed.
 DEMO_QUANTIZERS: tuple[str, ...] = ("bnb-fp4", "rtn-w4", "rtn-w4g64", "bnb-nf4", "rtn-w8", "bnb-int8")
 DEFAULT_OUT = "demo-report"
+#: The demo gates in float32 on CPU, on every CPU: its bf16 weights upcast exactly, and its numbers
+#: then do not depend on whether this CPU has native bf16 (``auto`` would pick bf16 where it has).
+DEMO_DTYPE = "float32"
 Progress = Callable[[str], None]
 
 
@@ -145,18 +149,70 @@ def _other_items(verdicts: dict[tuple[str, str], dict[str, Any]], quantizers: li
 
 
 def _gate(name: str, paths: dict[str, str], quantizers: Sequence[str], out: Path, device: str, cache: Any,
-          say: Progress) -> ReportDict:
+          say: Progress, own_rows_first: bool = False) -> ReportDict:
     from ..config import Budget, RunConfig
     from ..engine import gate
     from ..report import write_html, write_json
 
     run = RunConfig(model=paths["model"], target=paths["target"], retrain=paths["retrain"], data=paths["data"],
-                    quantizers=tuple(quantizers), budget=Budget(), device=device, dtype="auto",
+                    quantizers=tuple(quantizers), budget=Budget(), device=device, dtype=DEMO_DTYPE if device == "cpu" else "auto",
                     json=str(out / f"{name}.json"), html=str(out / f"{name}.html"), model_spec=f"demo:{name}")
-    report = gate(run=run, cache=cache, progress=lambda line: say(f"  {name}: {line}")).to_dict()
+    # beside another gate of the same family (sharing the result cache, and so each row's claim): its own
+    # rows first, then the shared target rows from the far end, so the two processes rarely wait for each other
+    own: list[RowKey] = [("unlearned", q) for q in ("fp", *quantizers)]
+    shared: list[RowKey] = [("target", q) for q in reversed(quantizers)]
+    first = own + shared if own_rows_first else None
+    report = gate(run=run, cache=cache, progress=lambda line: say(f"  {name}: {line}"), first=first).to_dict()
     write_json(report, out / f"{name}.json")
     write_html(report, out / f"{name}.html")
     return report
+
+
+def _gate_worker(name: str, paths: dict[str, str], quantizers: Sequence[str], out: str, device: str,
+                 results_dir: str | None, own_rows_first: bool) -> ReportDict:
+    """One model's gate in a worker process, on one CPU thread (prints its own progress lines)."""
+    import torch
+
+    from ..cache import ResultCache
+    from .family import progress_printer
+
+    torch.set_num_threads(1)
+    return _gate(name, paths, quantizers, Path(out), device, ResultCache(results_dir), progress_printer(None), own_rows_first)
+
+
+def _gate_all(models: Sequence[str], quantizers: Sequence[str], out: Path, device: str, results_dir: Any, cache_dir: Any,
+              recipe: Any, say: Progress) -> dict[str, ReportDict]:
+    """Gate every demo model, on one CPU thread per process. Why one thread: on a 2-core machine
+    shared with other work, a 2-thread torch process stalls at every step (one evaluation of the
+    demo target took 136 s with 2 threads, 15 s with 1, measured here under load). On CPU with two
+    or more cores the two models are gated side by side in two processes sharing the result cache
+    (the second computes its own rows first, then the target's from the far end, so the shared rows
+    are mostly computed once)."""
+    import torch
+
+    from ..cache import ResultCache
+    from .family import default_workers, resolve_demo
+
+    paths = {name: resolve_demo(name, cache_dir=cache_dir, recipe=recipe, build=False) for name in models}
+    for name in models:
+        say(f"gating demo:{name} under {', '.join(quantizers)} (default budget)")
+    if device == "cpu" and len(models) > 1 and default_workers() > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {name: pool.submit(_gate_worker, name, paths[name], tuple(quantizers), str(out), device,
+                                         None if results_dir is None else str(results_dir), i % 2 == 1)
+                       for i, name in enumerate(models)}
+            return {name: f.result() for name, f in futures.items()}
+    before = torch.get_num_threads()
+    if device == "cpu":
+        torch.set_num_threads(1)
+    try:
+        cache = ResultCache(results_dir)
+        return {name: _gate(name, paths[name], quantizers, out, device, cache, say) for name in models}
+    finally:
+        torch.set_num_threads(before)
 
 
 def run_demo(
@@ -177,9 +233,8 @@ def run_demo(
     ``cache_dir``: root of the demo family cache (default :func:`.family.default_demo_cache`);
     ``results_dir``: the result cache (default: the user cache dir's ``unlearn-assert/results``).
     """
-    from ..cache import ResultCache
     from ..report.terminal import counts_line, render_table, summary_line
-    from .family import DEFAULT_RECIPE, build_family, progress_printer, resolve_demo
+    from .family import DEFAULT_RECIPE, build_family, progress_printer
 
     say = progress_printer(progress)
     recipe = recipe or DEFAULT_RECIPE
@@ -192,12 +247,7 @@ def run_demo(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     build_family(recipe, cache_dir, progress=say, rebuild=rebuild)
-    cache = ResultCache(results_dir)
-    reports: dict[str, ReportDict] = {}
-    for name in models:
-        paths = resolve_demo(name, cache_dir=cache_dir, recipe=recipe, build=False)
-        say(f"gating demo:{name} under {', '.join(quantizers)} (default budget)")
-        reports[name] = _gate(name, paths, quantizers, out, device, cache, say)
+    reports = _gate_all(models, quantizers, out, device, results_dir, cache_dir, recipe, say)
     results: list[tuple[str, bool, str]] = []
     for name in models:
         report = reports[name]

@@ -95,6 +95,8 @@ def provenance(run: RunConfig, fingerprints: dict[str, str], data: MuseData | No
     """What the numbers depend on: versions, machine, inputs (with content hashes), budgets, settings."""
     import torch
 
+    from ..hardware import compute_info
+
     cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     models: dict[str, ModelRef | None] = {}
     for role, path in (("unlearned", run.model), ("target", run.target), ("retrain", run.retrain)):
@@ -111,7 +113,7 @@ def provenance(run: RunConfig, fingerprints: dict[str, str], data: MuseData | No
         "python": platform.python_version(),
         "backends": {name: _version(name) for name in BACKEND_LIBRARIES},
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "cpu_count": os.cpu_count(), "cuda": cuda},
+                    "cpu_count": os.cpu_count(), "cuda": cuda, "cpu": compute_info()},
         "models": models,
         "data": {"path": run.data, "fingerprint": data.fingerprint if data is not None else None,
                  "counts": data.counts() if data is not None else {}},
@@ -138,7 +140,7 @@ def _report_row(row: Row, values: dict[str, float | None], recovery: dict[str, f
         "model": row.model, "quantizer": row.quantizer, "values": values, "ci": row.ci, "recovery": recovery,
         "code_agreement": row.code_agreement, "changed_fraction": row.changed_fraction,
         "small_delta_fraction": row.small_delta_fraction, "quant": row.quant,
-        "auc": row.auc, "attack_aucs": row.attack_aucs, "status": row.status,
+        "auc": row.auc, "attack_aucs": row.attack_aucs, "dtype": row.dtype, "status": row.status,
         "skip_reason": row.skip_reason, "cached": row.cached, "seconds": row.seconds,
     })
 

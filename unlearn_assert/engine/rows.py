@@ -60,6 +60,8 @@ class Row:
     small_delta_fraction: float | None = None
     seconds: float = 0.0
     fingerprint: str | None = None
+    #: the dtype the model was evaluated in (``--unlearn-dtype auto`` decides it per machine: hardware.py)
+    dtype: str | None = None
 
     @property
     def key(self) -> RowKey:
@@ -85,7 +87,8 @@ class Row:
                    values=dict.fromkeys(METRICS), seconds=seconds)
 
     @classmethod
-    def from_evaluation(cls, role: Role, variant: str, evaluation: dict[str, Any], quant: dict[str, Any] | None, seconds: float) -> Row:
+    def from_evaluation(cls, role: Role, variant: str, evaluation: dict[str, Any], quant: dict[str, Any] | None, seconds: float,
+                        dtype: str | None = None) -> Row:
         """A row from :meth:`unlearn_assert.metrics.Evaluation.to_dict` output and the source's report."""
         extras = evaluation.get("extras", {})
         quant = quant or None
@@ -97,7 +100,7 @@ class Row:
             code_agreement=quant.get("code_agreement") if quant else None,
             changed_fraction=quant.get("changed_fraction") if quant else None,
             small_delta_fraction=quant.get("small_delta_fraction") if quant else None,
-            seconds=seconds,
+            seconds=seconds, dtype=dtype,
         )
 
 
@@ -131,6 +134,7 @@ def compute_row(role: Role, source: Source | None, inputs: Inputs, handoff: Any 
     variant = FP if source is None else source.variant
     loaded = inputs.model(role)
     passed_on: Any = None
+    dtype = loaded.dtype
     if source is None:
         say(f"evaluate {role} fp")
         evaluation = evaluate(loaded, inputs.data, batch_size=inputs.run.batch_size).to_dict()
@@ -141,12 +145,12 @@ def compute_row(role: Role, source: Source | None, inputs: Inputs, handoff: Any 
             with source.apply(role, inputs, handoff) as applied:
                 say(f"evaluate {role} {variant}")
                 evaluation = evaluate(applied.view, inputs.data, batch_size=inputs.run.batch_size).to_dict()
-                quant, passed_on = applied.quant, applied.handoff
+                quant, passed_on, dtype = applied.quant, applied.handoff, applied.view.dtype
         except BackendUnavailable as exc:
             return Row.skipped(role, variant, exc, time.perf_counter() - start), None
     if role == "retrain":
         inputs.release("retrain")
-    row = Row.from_evaluation(role, variant, evaluation, quant, time.perf_counter() - start)
+    row = Row.from_evaluation(role, variant, evaluation, quant, time.perf_counter() - start, dtype)
     say(f"{role} {variant}: " + ", ".join(f"{m} {v:.1f}" for m, v in row.values.items() if v is not None) + f" ({row.seconds:.1f} s)")
     return row, passed_on
 

@@ -161,6 +161,7 @@ def gate(
     cache: ResultCache | None = None,
     progress: Progress | None = None,
     checks: Sequence[tuple[str, str]] | None = None,
+    first: Sequence[RowKey] | None = None,
     **settings: Any,
 ) -> Report:
     """Run a whole gate and return its report: every (variant, check) item, with the q(T) row of
@@ -171,7 +172,8 @@ def gate(
     ``budget``, ``device``, ``dtype``, ``batch_size``, ``max_samples``, ``quantized``, ``calibration``,
     ``retrain_auc``, ``cache_dir``, ``no_cache``...), validated as the options are; or pass a
     ready ``run``. Every input is checked before any model loads (:func:`~.inputs.precheck`).
-    ``checks`` limits the items run (default: all of the run's).
+    ``checks`` limits the items run (default: all of the run's). ``first``: rows to compute before
+    the items ask for them, a schedule hint for processes sharing a cache (the results are the same).
     """
     if run is None:
         given = {"model": model, "target": target, "data": data, **settings}
@@ -184,6 +186,8 @@ def gate(
     from ..workers import apply_thread_budget
 
     with Gate(run, cache, progress) as g:
+        for role, variant in first or ():
+            g.row(role, variant)
         verdicts = [g.check(q, c) for q, c in (checks if checks is not None else g.checks())]
         for q in run.quantizers:  # the table shows q(T) beside q(U) even where no check needed it
             g.row("target", q)

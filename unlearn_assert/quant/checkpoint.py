@@ -157,8 +157,8 @@ def _load(info: CheckpointInfo, device: str, dtype: str | None) -> Any:
                                  install=install) from None
     kwargs: dict[str, Any] = {}
     config = json.loads((Path(info.path) / "config.json").read_text(encoding="utf-8"))
-    torch_dtype = resolve_dtype(dtype, config.get("dtype") or config.get("torch_dtype"))
     dev = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, config.get("dtype") or config.get("torch_dtype"), dev)
     if info.method in ("gptq", "awq"):
         from .packed import load_packed
 

@@ -19,7 +19,7 @@ from .schema import (
     validate_report,
     write_json,
 )
-from .terminal import counts_line, render_failures, render_table, summary_line
+from .terminal import compute_line, counts_line, render_failures, render_table, summary_line
 
 _LAZY_HTML = ("render_html", "write_html")  # jinja2 is imported only when HTML is asked for
 
@@ -30,6 +30,7 @@ __all__ = [
     "RowDict",
     "SampleRecord",
     "VerdictDict",
+    "compute_line",
     "counts_line",
     "load_report",
     "render_failures",

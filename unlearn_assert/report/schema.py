@@ -51,6 +51,7 @@ class Machine(TypedDict, total=False):
     processor: str  # platform.processor() or the CPU model name
     cpu_count: int  # os.cpu_count()
     cuda: str | None  # CUDA device name / version used, None on CPU-only runs
+    cpu: dict[str, Any]  # what decides the CPU compute dtype (hardware.compute_info): cpu_capability, native_bf16, ...
 
 
 class BudgetOverride(TypedDict):
@@ -145,6 +146,7 @@ class RowDict(_RowRequired, total=False):
     quant: QuantInfo | None  # the quantizer's own report; None for fp rows
     auc: float | None  # Min-40% ROC AUC behind privleak (forget=0, holdout=1)
     attack_aucs: dict[str, float] | None  # other membership attacks' AUCs: "loss", "zlib", "mink++"
+    dtype: str | None  # the dtype the model was evaluated in ("float32", "bfloat16", ...)
     status: Literal["ok", "skipped"]  # "skipped": the cell could not run (e.g. backend missing); values absent
     skip_reason: str | None  # one-line reason when status == "skipped"
     cached: bool  # True when the values came from the result cache

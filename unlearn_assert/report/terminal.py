@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from tabulate import tabulate
 
@@ -204,6 +204,20 @@ def counts_line(report: ReportDict) -> str | None:
     if max_samples:
         line += f"; at most {max_samples} per split (--unlearn-max-samples)"
     return line
+
+
+def compute_line(report: ReportDict) -> str | None:
+    """How the numbers were computed, for the summary's header, e.g. "computed in float32 on CPU
+    (AVX2, no native bf16)": the dtype depends on the machine under ``--unlearn-dtype auto``."""
+    dtypes = sorted({str(r.get("dtype")) for r in report.get("rows", []) if r.get("dtype")})
+    machine: dict[str, Any] = dict(cast(Any, report.get("provenance", {})).get("machine") or {})
+    cpu: dict[str, Any] = dict(machine.get("cpu") or {})
+    if not dtypes:
+        return None
+    where = f"on {machine['cuda']}" if machine.get("cuda") else "on CPU"
+    if cpu and not machine.get("cuda"):
+        where += f" ({cpu.get('cpu_capability')}, {'native' if cpu.get('native_bf16') else 'no native'} bf16)"
+    return f"computed in {', '.join(dtypes)} {where}"
 
 
 def summary_line(report: ReportDict) -> str:

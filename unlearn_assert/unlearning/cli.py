@@ -49,7 +49,8 @@ def add_unlearn_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--beta", type=float, default=0.1, help="NPO's beta (default: 0.1, as in the paper)")
     p.add_argument("--seed", type=int, default=0, help="seed for data order and torch (default: 0)")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
-                   help="weights' dtype during training; bfloat16 = pure-bf16 weights and updates (default: float32)")
+                   help="weights' dtype during training; bfloat16 = bf16 weights and updates (on CPU emulated in float32 compute) "
+                        "(default: float32)")
     p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (default: 0.0)")
     p.add_argument("--device", default="cpu", help="device (default: cpu)")
     p.add_argument("--log-every", type=int, default=10, help="print one progress line every N steps (default: 10)")

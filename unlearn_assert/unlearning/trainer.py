@@ -18,13 +18,18 @@ Decisions (each documented because results depend on it):
   ``seed`` (forget) and ``seed + 1`` (retain); the last batch of an epoch may be smaller. Retain
   batches are cycled independently of the forget epochs. ``epochs=E`` means
   ``E * ceil(n_forget_chunks / batch_size)`` steps.
-* Precision: ``dtype="bfloat16"`` is *pure* bf16: the parameters themselves are bf16
-  (``model.to(torch.bfloat16)``) and AdamW updates them in bf16, so a small learning rate only
-  moves near-zero weights (the regime in which quantization recovers knowledge). ``"float32"``
-  trains fp32 weights. The losses are computed from float32 up-cast logits either way.
+* Precision: ``dtype="bfloat16"`` means bf16 *weights*: every weight holds a bf16 value after
+  every step, so an update smaller than half a bf16 step is lost and a small learning rate only
+  moves near-zero weights (the regime in which quantization recovers knowledge). On CUDA the
+  parameters themselves are bf16 (pure bf16). On CPU the storage is emulated on every CPU alike:
+  float32 parameters holding bf16 values, float32 compute and AdamW state, and after each
+  optimizer step every trained weight is rounded to the nearest bf16 (what a bf16 ``add`` does);
+  the model is handed back in bf16. Why: without native bf16 (AVX2-only CPUs) torch emulates bf16
+  matmuls, 28x slower per step, and one code path keeps the result independent of the CPU kind.
+  ``"float32"`` trains fp32 weights. The losses are computed from float32 up-cast logits either way.
 * Optimizer: AdamW, constant learning rate, ``weight_decay`` 0.0 by default (as HF's Trainer).
-* Reference model (NPO, KLR): a frozen deep copy of the starting weights in the same dtype,
-  eval mode, ``requires_grad=False``, run under ``torch.no_grad``.
+* Reference model (NPO, KLR): a frozen deep copy of the starting weights in the compute dtype
+  (bf16 values in float32 under the CPU emulation), eval mode, ``requires_grad=False``, run under ``torch.no_grad``.
 * A target given as a LoadedModel is deep-copied, never modified; a target given as a path is
   loaded and trained in place (saves one copy of the weights).
 """
@@ -36,80 +41,23 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..data import RAW_FORGET_HINT, RAW_RETAIN_HINT, MuseData, load_data
-from ..errors import ConfigError, DataError, UnlearnAssertError
-from ..models import LoadedModel, load_model, quiet_transformers
-from ..names import TRAIN_DTYPES
+from ..errors import DataError, UnlearnAssertError
+from ..models import LoadedModel, load_model, quiet_transformers, resolve_device
 from .losses import LossInputs, Method, forget_loss, method_loss, parse_method, shift_for_lm
+from .settings import UnlearnSettings
 from .sure import SureSelection, apply_mask, candidate_modules, compute_saliency, select_modules
 
-__all__ = ["Chunks", "UnlearnResult", "UnlearnSettings", "chunk_text", "save_unlearned", "unlearn"]
+__all__ = ["Chunks", "UnlearnResult", "UnlearnSettings", "chunk_text", "compute_dtype", "save_unlearned", "unlearn"]
 
 RUN_FILE = "unlearn_run.json"
-
-
-@dataclass(frozen=True)
-class UnlearnSettings:
-    """Every knob of an unlearning run (all recorded in unlearn_run.json).
-
-    Exactly one of ``steps`` / ``epochs``. ``sure=True`` without a rule means ``sure_top=0.1``.
-    """
-
-    method: str = "npo_klr"
-    lr: float = 1e-5
-    steps: int | None = None
-    epochs: int | None = None
-    batch_size: int = 4
-    max_length: int = 128
-    alpha: float = 1.0
-    beta: float = 0.1
-    seed: int = 0
-    dtype: str = "float32"
-    weight_decay: float = 0.0
-    device: str = "cpu"
-    sure: bool = False
-    sure_top: float | None = None
-    sure_threshold: float | None = None
-    sure_batches: int = 4
-    sure_lm_head: bool = False
-    log_every: int = 10
-
-    def validated(self) -> UnlearnSettings:
-        """A normalized copy (method lower-case, SURE default rule); bad values are one-line ConfigErrors."""
-        method = parse_method(self.method).name
-        if (self.steps is None) == (self.epochs is None):
-            raise ConfigError("give exactly one of steps or epochs (e.g. --steps 100 or --epochs 5)")
-        for name in ("steps", "epochs", "batch_size", "sure_batches", "log_every"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        if not isinstance(self.max_length, int) or self.max_length < 2:
-            raise ConfigError(f"max_length must be an integer >= 2, got {self.max_length!r}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ConfigError(f"lr must be a positive number, got {self.lr!r}")
-        if not (self.beta > 0 and math.isfinite(self.beta)):
-            raise ConfigError(f"beta must be a positive number, got {self.beta!r}; NPO's paper uses 0.1")
-        if not (self.alpha >= 0 and math.isfinite(self.alpha)) or self.weight_decay < 0:
-            raise ConfigError("alpha and weight_decay must be non-negative numbers")
-        if self.dtype not in TRAIN_DTYPES:
-            raise ConfigError(f"dtype must be one of {', '.join(TRAIN_DTYPES)}, got '{self.dtype}'")
-        top, threshold = self.sure_top, self.sure_threshold
-        if not self.sure and (top is not None or threshold is not None):
-            raise ConfigError("sure_top / sure_threshold were given without sure; pass --sure to use SURE")
-        if self.sure and top is not None and threshold is not None:
-            raise ConfigError("give one of sure_top or sure_threshold, not both")
-        if self.sure and top is None and threshold is None:
-            top = 0.1
-        if top is not None and not 0.0 < top <= 1.0:
-            raise ConfigError(f"sure_top must be in (0, 1], got {top}; e.g. 0.1 selects the top 10% of linear modules")
-        return replace(self, method=method, sure_top=top)
 
 
 # --------------------------------------------------------------------------- data
@@ -195,6 +143,7 @@ class UnlearnResult:
     data: dict[str, Any]
     seconds: float
     notes: list[str] = field(default_factory=list)
+    compute_dtype: str = ""
 
     @property
     def selected_modules(self) -> list[dict[str, Any]]:
@@ -212,6 +161,7 @@ class UnlearnResult:
             "torch": torch.__version__,
             "transformers": transformers.__version__,
             "settings": asdict(self.settings),
+            "compute_dtype": self.compute_dtype or self.settings.dtype,
             "target": self.target,
             "data": self.data,
             "chunks": {"forget": self.n_forget_chunks, "retain": self.n_retain_chunks, "max_length": self.settings.max_length},
@@ -238,14 +188,31 @@ def _forward(model: Any, ref: Any, batch: tuple[torch.Tensor, torch.Tensor], wit
     return LossInputs(aligned, targets, target_mask, ref_logits)
 
 
+def compute_dtype(s: UnlearnSettings) -> str:
+    """The dtype the training computes in: ``s.dtype``, except bf16 weights on CPU, which are
+    emulated in float32 (see the module docstring)."""
+    return "float32" if s.dtype == "bfloat16" and resolve_device(s.device).startswith("cpu") else s.dtype
+
+
+def round_to_bf16_(params: Sequence[torch.Tensor]) -> None:
+    """Round float32 parameters to the nearest bf16 value in place (round-half-to-even, as a bf16
+    tensor op rounds its float32 result): the bf16 storage of the CPU emulation."""
+    with torch.no_grad():
+        for p in params:
+            p.copy_(p.to(torch.bfloat16))
+
+
 def _prepare_model(target: LoadedModel | str | os.PathLike[str], s: UnlearnSettings) -> tuple[Any, Any, dict[str, Any]]:
+    compute = compute_dtype(s)
     if isinstance(target, LoadedModel):
         model = copy.deepcopy(target.model)
         loaded = target
     else:
-        loaded = load_model(target, device=s.device, dtype=s.dtype)
+        loaded = load_model(target, device=s.device, dtype=compute)
         model = loaded.model
-    model.to(device=s.device, dtype=getattr(torch, s.dtype))
+    if compute != s.dtype:  # bf16 storage emulated: start from the bf16 values of the weights
+        model.to(device=s.device, dtype=getattr(torch, s.dtype))
+    model.to(device=s.device, dtype=getattr(torch, compute))
     return model, loaded.tokenizer, {"path": loaded.path, "fingerprint": loaded.fingerprint}
 
 
@@ -269,6 +236,7 @@ def unlearn(
         retain_text = _raw_text(muse, "retain", f"method '{method.name}' regularizes on the retain set's raw text (or use --method {method.forget})")
 
     model, tokenizer, target_info = _prepare_model(target, s)
+    compute = compute_dtype(s)
     forget = chunk_text(tokenizer, forget_text, s.max_length)
     retain = chunk_text(tokenizer, retain_text, s.max_length) if retain_text is not None else None
     if len(forget) == 0:
@@ -285,7 +253,8 @@ def unlearn(
     model.train()
     say(f"unlearning {target_info['path']} with {method.name}: {len(forget)} forget"
         + (f" / {len(retain)} retain" if retain is not None else "")
-        + f" chunks of {s.max_length} tokens, {steps} steps, batch {s.batch_size}, lr {s.lr:g}, {s.dtype} weights")
+        + f" chunks of {s.max_length} tokens, {steps} steps, batch {s.batch_size}, lr {s.lr:g}, {s.dtype} weights"
+        + (f" ({compute} compute, bf16 storage emulated)" if compute != s.dtype else ""))
 
     sure: SureSelection | None = None
     notes: list[str] = []
@@ -326,6 +295,8 @@ def unlearn(
         parts.total.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if compute != s.dtype:
+            round_to_bf16_(params)
         record = {
             "step": step,
             "forget_loss": float(parts.forget.detach()),
@@ -339,6 +310,8 @@ def unlearn(
             say(f"step {step}/{steps}  forget {record['forget_loss']:.4f}{retain_txt}  total {total:.4f}  ({record['seconds']:.1f}s)")
 
     model.eval()
+    if compute != s.dtype:  # exact: every weight holds a bf16 value
+        model.to(dtype=getattr(torch, s.dtype))
     for p in model.parameters():  # hand back an ordinary model (the mask was for training only)
         p.requires_grad_(True)
     del ref, optimizer
@@ -356,6 +329,7 @@ def unlearn(
               "raw": {"forget": _raw_source(muse, "forget"), "retain": _raw_source(muse, "retain") if retain is not None else None}},
         seconds=round(time.perf_counter() - start, 3),
         notes=notes,
+        compute_dtype=compute,
     )
 
 
