@@ -110,6 +110,31 @@ class ModelIO:
         self.logits_kw = next((k for k in ("logits_to_keep", "num_logits_to_keep") if k in params), None)
         first = next(iter(model.parameters()), None)
         self.device = first.device if first is not None else "cpu"
+        dtype = getattr(model, "dtype", None)
+        floating = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+        self.dtype = dtype if getattr(dtype, "is_floating_point", False) else (floating or __import__("torch").float32)
+
+    def attention_mask(self, mask: Any, start: int, queries: int) -> Any:
+        """The mask for ``queries`` new tokens at absolute columns ``start``.. over the 2D padding
+        ``mask`` [B, kv]: a 4D additive float mask (causal and padding, built once per forward)
+        where the attention implementation takes one (sdpa, eager), else ``mask`` itself.
+
+        Why: for a chunk or a padded batch, transformers builds a boolean mask that SDPA converts
+        to float in every layer (measured: a fifth of a chunked privleak pass on CPU). Allowed
+        positions add 0 and masked ones ``finfo.min`` (exp gives exactly 0, like -inf, but a
+        fully masked pad row stays finite), so real rows compute what the boolean mask gives."""
+        import torch
+
+        impl = getattr(getattr(self.model, "config", None), "_attn_implementation", None)
+        if impl not in ("sdpa", "eager"):
+            return mask
+        kv = mask.shape[1]
+        cols = torch.arange(kv)
+        causal = cols[None, :] <= (start + torch.arange(queries))[:, None]
+        allowed = causal[None] & mask.bool()[:, None, :]
+        out = torch.zeros(allowed.shape, dtype=self.dtype)
+        out.masked_fill_(~allowed, torch.finfo(self.dtype).min)
+        return out[:, None]
 
     def new_cache(self) -> Any:
         from transformers import DynamicCache
@@ -559,7 +584,8 @@ def _run_batch(
         for c in range(0, sub, prefill_tokens):  # chunks only when one prompt exceeds the budget
             window.start = offset + c
             end = min(c + prefill_tokens, sub)
-            logits = io.forward(ids[:, c:end], mask[a:b, : offset + end], positions[a:b, offset + c: offset + end], cache, last_only=True)
+            attn = io.attention_mask(mask[a:b, : offset + end], offset + c, end - c)
+            logits = io.forward(ids[:, c:end], attn, positions[a:b, offset + c: offset + end], cache, last_only=True)
             passes += 1
         first.append(logits)
     logits = torch.cat(first) if len(first) > 1 else first[0]
@@ -567,6 +593,9 @@ def _run_batch(
     begin = time.perf_counter()
     length = prefix_len + width
     next_pos = positions[:, -1:] + 1
+    # decode masks: one 4D additive mask for the whole run, opened one column per step in place
+    # (instead of transformers rebuilding a boolean mask from the 2D one at every step)
+    step_mask = io.attention_mask(mask, total - 1, 1)
     out: list[list[int]] = [[] for _ in range(n)]
     active = list(range(n))
     for step in range(max_new_tokens):
@@ -581,11 +610,14 @@ def _run_batch(
         if len(keep) < len(active):  # drop finished rows from the batch and the cache
             kept = torch.tensor(keep, dtype=torch.long)
             cache.compact(kept.to(io.device), length)
-            mask, next_pos, tokens = mask[kept], next_pos[kept], tokens[kept]
+            mask, next_pos, tokens, step_mask = mask[kept], next_pos[kept], tokens[kept], step_mask[kept]
             active = [active[j] for j in keep]
         mask[:, length] = 1
+        if step_mask.ndim == 4:
+            step_mask[:, :, :, length] = 0
         window.rows, window.start = slice(0, len(active)), length
-        logits = io.forward(tokens[:, None], mask[:, : length + 1], next_pos, cache, last_only=True)
+        attn = step_mask[:, :, :, : length + 1] if step_mask.ndim == 4 else mask[:, : length + 1]
+        logits = io.forward(tokens[:, None], attn, next_pos, cache, last_only=True)
         passes += 1
         length += 1
         next_pos = next_pos + 1

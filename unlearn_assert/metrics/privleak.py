@@ -155,13 +155,13 @@ class ScoringPlan:
 
 def plan_scoring(model: Any) -> ScoringPlan:
     """Half the budget for body activations, a quarter for the fp32 logit chunk and its
-    log-softmax temporaries (about four [positions, vocab] fp32 tensors), the rest for the KV
+    log-softmax temporaries (three [positions, vocab] fp32 tensors), the rest for the KV
     cache of a chunked text. From the config and compute dtype only (deterministic)."""
     shape = ModelShape.of(model)
     budget = memory_budget(model)
     per_token = shape.activation_bytes_per_token(context_window(model) or 2048) + 2 * shape.hidden * shape.element_size
     tokens = max(budget // 2 // max(per_token, 1), 64)
-    head = max(budget // 4 // (shape.vocab * 4 * 4), 16)
+    head = max(budget // 4 // (shape.vocab * 4 * 3), 16)
     return ScoringPlan(tokens=int(tokens), head_positions=int(head), budget=budget)
 
 
@@ -222,18 +222,15 @@ def _row_groups(widths: Sequence[int], tokens: int, cap: int) -> list[tuple[int,
 
 def _token_stats(logits: Any, targets: Any) -> tuple[Any, Any]:
     """Log-probs of ``targets`` and their Min-K%++ z-scores under fp32 ``log_softmax(logits)``."""
-    logp = torch_log_softmax(logits.float())
-    token_lp = logp.gather(-1, targets[:, None])[:, 0]
-    probs = logp.exp()
-    mu = (probs * logp).sum(-1)
-    sigma = ((probs * logp * logp).sum(-1) - mu * mu).clamp(min=1e-12).sqrt()
-    return token_lp, (token_lp - mu) / sigma
-
-
-def torch_log_softmax(x: Any) -> Any:
     import torch
 
-    return torch.log_softmax(x, dim=-1)
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    token_lp = logp.gather(-1, targets[:, None])[:, 0]
+    weighted = logp.exp().mul_(logp)  # p * log p, then p * log p * log p, in place (one temporary)
+    mu = weighted.sum(-1)
+    second = weighted.mul_(logp).sum(-1)
+    sigma = (second - mu * mu).clamp(min=1e-12).sqrt()
+    return token_lp, (token_lp - mu) / sigma
 
 
 def score_texts(
@@ -296,8 +293,9 @@ def score_texts(
                 begin = time.perf_counter()
                 if cache is not None:
                     cache.window.start = s
+                attn = io.attention_mask(mask[:, :e], s, e - s) if cache is not None else mask[:, :e]
                 if split is not None:
-                    out = io.hidden(ids[:, s:e], mask[:, :e], positions[:, s:e], cache)
+                    out = io.hidden(ids[:, s:e], attn, positions[:, s:e], cache)
                 else:  # full logits of this batch (models whose head we cannot split off)
                     out = io.forward(ids[:, s:e], mask[:, :e], positions[:, s:e], None, last_only=False)
                 clock["forward"] += time.perf_counter() - begin
