@@ -50,7 +50,7 @@ VERBMEM_LEN = (860, 950)
 PRIVLEAK_LEN = (1805, 1887)
 GT_LEN = 150
 ICL_PAIRS = 10
-MODEL = {"hidden_size": 256, "intermediate_size": 768, "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 1,
+MODEL: dict[str, Any] = {"hidden_size": 256, "intermediate_size": 768, "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 1,
          "max_position_embeddings": 2048}
 VOCAB = 4096
 

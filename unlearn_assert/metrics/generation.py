@@ -112,7 +112,7 @@ class ModelIO:
         self.device = first.device if first is not None else "cpu"
         dtype = getattr(model, "dtype", None)
         floating = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
-        self.dtype = dtype if getattr(dtype, "is_floating_point", False) else (floating or __import__("torch").float32)
+        self.dtype: Any = dtype if getattr(dtype, "is_floating_point", False) else (floating or __import__("torch").float32)
 
     def attention_mask(self, mask: Any, start: int, queries: int) -> Any:
         """The mask for ``queries`` new tokens at absolute columns ``start``.. over the 2D padding
