@@ -53,6 +53,7 @@ ICL_PAIRS = 10
 MODEL: dict[str, Any] = {"hidden_size": 256, "intermediate_size": 768, "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 1,
          "max_position_embeddings": 2048}
 VOCAB = 4096
+MMAP_THRESHOLD = 256 << 10
 
 
 # --------------------------------------------------------------------------- corpus and model
@@ -378,7 +379,8 @@ def format_report(report: dict[str, Any]) -> str:
     mb = 1 << 20
     lines = [f"MUSE-shaped benchmark: {report['items']} items/split, {report['torch_threads']} torch threads, "
              f"CPU {report['cpu_capability']}, load average {report['load_average'][0]:.2f} -> {report['load_average_end'][0]:.2f}; "
-             f"weights {report['weight_bytes'] / mb:.1f} MB, runtime RSS before loading {report['rss_runtime'] / mb:.0f} MB; "
+             f"malloc mmap threshold {report.get('malloc_mmap_threshold')}; weights {report['weight_bytes'] / mb:.1f} MB, "
+             f"runtime RSS before loading {report['rss_runtime'] / mb:.0f} MB; "
              f"token lengths {report['lengths']}"]
     head = f"{'metric':10} {'impl':6} {'seconds':>8} {'prefill':>8} {'decode':>8} {'head':>7} {'other':>7} {'GFLOP':>8} " \
            f"{'GFLOP/s':>8} {'floor s':>8} {'x floor':>8} {'achieved':>8} {'peakRSS-rt':>10} {'x wts':>6} {'W+trans':>7}"
@@ -417,7 +419,17 @@ def main(argv: list[str] | None = None) -> int:
                              "measure the neighbours; 0 = torch's default)")
     parser.add_argument("--engine-path", help="import unlearn_assert from this directory (a 'before' run)")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--glibc-default", action="store_true",
+                        help="keep glibc's dynamic mmap threshold (by default the script re-runs itself with "
+                             f"MALLOC_MMAP_THRESHOLD_={MMAP_THRESHOLD}, see below)")
     args = parser.parse_args(argv)
+    if not args.glibc_default and "MALLOC_MMAP_THRESHOLD_" not in os.environ and argv is None:
+        # glibc raises its mmap threshold each time a large block is freed (up to 32 MB), after
+        # which freed activation buffers stay in the heap: RSS then measures the allocator's cache
+        # (measured: privleak's transient 75 MB with it, 27 MB without). A fixed threshold makes
+        # RSS measure what the evaluation holds; --glibc-default reports the other number.
+        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD)}
+        os.execve(sys.executable, [sys.executable, *sys.argv], env)
     if args.engine_path:
         sys.path.insert(0, str(Path(args.engine_path).resolve()))
     import torch
@@ -428,6 +440,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     report = run(4 if args.quick else args.items, args.repeats, skip_naive=args.skip_naive)
     report["engine"] = str(Path(unlearn_assert.__file__).parent)
+    report["malloc_mmap_threshold"] = os.environ.get("MALLOC_MMAP_THRESHOLD_", "glibc default (dynamic)")
     print(format_report(report))
     if args.json:
         args.json.write_text(json.dumps(report, indent=1, default=str))
