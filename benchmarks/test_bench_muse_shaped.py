@@ -16,7 +16,7 @@ HERE = Path(__file__).resolve().parent
 def test_muse_shaped_quick(tmp_path: Path) -> None:
     out = tmp_path / "report.json"
     env = {**os.environ, "UNLEARN_BENCH_QUICK": "1"}
-    done = subprocess.run([sys.executable, str(HERE / "muse_shaped.py"), "--repeats", "1", "--json", str(out)], env=env,
+    done = subprocess.run([sys.executable, str(HERE / "muse_shaped.py"), "--repeats", "1", "--fixed-mmap-threshold", "--json", str(out)], env=env,
                           capture_output=True, text=True, timeout=1800)
     print(done.stdout)
     assert done.returncode == 0, done.stderr[-3000:]
