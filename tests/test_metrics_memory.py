@@ -65,12 +65,16 @@ def test_chunked_privleak_scores_equal_full_logits(loaded: LoadedModel, data: Mu
     if plan is not None:
         monkeypatch.setattr(pl, "plan_scoring", lambda m: plan)
         assert max(len(tok(t)["input_ids"]) for t in texts) > plan.tokens  # the body really runs in chunks
+    chunks: list[int] = []
+    stats = pl._Workspace.stats
+    monkeypatch.setattr(pl._Workspace, "stats", lambda self, head, hidden, targets: (chunks.append(hidden.shape[0]), stats(self, head, hidden, targets))[1])
     try:
         scores, _ = pl.score_texts(model, tok, texts)
     finally:
         handle.remove()
     limit = (plan or pl.plan_scoring(model)).head_positions
-    assert max(head_rows[2:]) <= limit  # no logits beyond one chunk (the first two calls: the 8-token probe)
+    assert head_rows == [8, 8]  # the model's own logits only for the 8-token probe of split_head
+    assert 0 < max(chunks) <= limit and sum(chunks) == sum(len(tok(t)["input_ids"]) - 1 for t in texts)
     for text, score in zip(texts, scores):
         logprobs, zscores = _reference_stats(model, tok, text)
         assert score.logprobs == pytest.approx(logprobs, rel=1e-5, abs=2e-5)
