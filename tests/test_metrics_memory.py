@@ -67,7 +67,12 @@ def test_chunked_privleak_scores_equal_full_logits(loaded: LoadedModel, data: Mu
         assert max(len(tok(t)["input_ids"]) for t in texts) > plan.tokens  # the body really runs in chunks
     chunks: list[int] = []
     stats = pl._Workspace.stats
-    monkeypatch.setattr(pl._Workspace, "stats", lambda self, head, hidden, targets: (chunks.append(hidden.shape[0]), stats(self, head, hidden, targets))[1])
+
+    def counted(self: Any, head: Any, hidden: Any, targets: Any) -> Any:
+        chunks.append(hidden.shape[0])
+        return stats(self, head, hidden, targets)
+
+    monkeypatch.setattr(pl._Workspace, "stats", counted)
     try:
         scores, _ = pl.score_texts(model, tok, texts)
     finally:
