@@ -35,6 +35,14 @@ Exactness, and what it rests on:
   the config, compute dtype and machine (:func:`auto_batch_size`): U, T and q(U) of one
   architecture are evaluated with the same batches. Pass ``batch_size=1`` for numbers
   bit-comparable with MUSE's sequential code in half precision.
+
+Speed and memory (issue 19): prompts are grouped in length buckets (:func:`length_buckets`),
+prefilled a few rows at a time within a quarter of the memory budget (:func:`memory_budget`; a
+prompt longer than that in chunks over its own cache), then decoded together in a pre-sized KV
+cache written in place (:func:`presized_cache`) under one additive mask opened a column per step.
+Only the last position's logits are ever computed. On the tiny fixture model every greedy token
+is unchanged by this (tests); chunked prefill changes matrix shapes, so in half precision it can
+flip a near-tie like a different batch size does.
 """
 
 from __future__ import annotations
