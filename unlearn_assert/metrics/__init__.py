@@ -48,7 +48,9 @@ class Evaluation:
     ``auc_reference_source``, ``attack_aucs``), split sizes ``n``, ``batch_size`` and ``seconds``
     per metric, ``prefix_cache`` and ``prefix_fallbacks`` of the KnowMem prefix reuse,
     ``over_context`` (prompts + new tokens beyond the context window, per generation metric) and
-    ``privleak_truncated`` (texts cut to the window), and more.
+    ``privleak_truncated`` (texts cut to the window), ``time_split`` (per metric: seconds in
+    ``prefill`` and ``decode`` forwards, or privleak's body ``forward``, and ``scoring``: the rest),
+    and more.
     """
 
     values: dict[str, float]
@@ -212,7 +214,7 @@ def evaluate(
     ci: dict[str, tuple[float, float]] = {}
     samples: dict[str, list[dict[str, Any]]] = {}
     extras: dict[str, Any] = {
-        "n": {}, "batch_size": {}, "seconds": {}, "prefix_cache": {}, "prefix_fallbacks": 0, "over_context": {},
+        "n": {}, "batch_size": {}, "seconds": {}, "time_split": {}, "prefix_cache": {}, "prefix_fallbacks": 0, "over_context": {},
         "seed": seed, "max_samples": max_samples, "generation_config_ignored": ignored_generation_settings(hf),
         "model_fingerprint": getattr(model, "fingerprint", None), "data_fingerprint": getattr(data, "fingerprint", None),
     }
@@ -232,6 +234,7 @@ def evaluate(
                               privleak_context=scores.extras["context"])
                 extras["n"].update(privleak_forget=len(data.privleak_forget), privleak_holdout=len(data.privleak_holdout))
                 extras["batch_size"][metric] = scores.extras["batch_size"]
+                split_seconds = dict(scores.extras["seconds_split"])
             else:
                 if metric == "verbmem_f":
                     result = verbmem_f(hf, tokenizer, data.verbmem_forget, batch_size=bs)
@@ -252,5 +255,10 @@ def evaluate(
                 samples[metric] = result.samples
                 extras["batch_size"][metric] = result.extras["batch_size"]
                 extras["over_context"][metric] = result.extras["over_context"]
+                split_seconds = dict(result.extras["seconds_split"])
             extras["seconds"][metric] = time.perf_counter() - start
+            # where the time went: forwards (prefill/decode, or privleak's body forward) and the
+            # rest (lm_head + statistics for privleak, decoding text + ROUGE for generation)
+            split_seconds["scoring"] = extras["seconds"][metric] - sum(v for k, v in split_seconds.items() if k != "scoring")
+            extras["time_split"][metric] = split_seconds
     return Evaluation(values=values, ci=ci, samples=samples, extras=extras)

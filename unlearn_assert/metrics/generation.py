@@ -35,30 +35,45 @@ Exactness, and what it rests on:
   the config, compute dtype and machine (:func:`auto_batch_size`): U, T and q(U) of one
   architecture are evaluated with the same batches. Pass ``batch_size=1`` for numbers
   bit-comparable with MUSE's sequential code in half precision.
+
+Speed and memory (issue 19): prompts are grouped in length buckets (:func:`length_buckets`),
+prefilled a few rows at a time within a quarter of the memory budget (:func:`memory_budget`; a
+prompt longer than that in chunks over its own cache), then decoded together in a pre-sized KV
+cache written in place (:func:`presized_cache`) under one additive mask opened a column per step.
+Only the last position's logits are ever computed. On the tiny fixture model every greedy token
+is unchanged by this (tests); chunked prefill changes matrix shapes, so in half precision it can
+flip a near-tie like a different batch size does.
 """
 
 from __future__ import annotations
 
-import copy
 import inspect
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from ..errors import ConfigError
 
 __all__ = [
+    "CPU_BUDGET_FACTOR",
     "MAX_AUTO_BATCH",
+    "MIN_BUDGET",
     "PREFIX_SLACK",
     "Generated",
+    "GenerationPlan",
     "ModelIO",
+    "ModelShape",
     "auto_batch_size",
     "context_window",
     "eos_token_ids",
     "ignored_generation_settings",
     "greedy_generate",
+    "length_buckets",
+    "memory_budget",
+    "plan_generation",
     "plan_prefix",
+    "presized_cache",
     "resolve_batch_size",
 ]
 
@@ -79,6 +94,8 @@ class Generated:
     fallbacks: int = 0
     forward_passes: int = 0
     over_context: int = 0
+    prefill_seconds: float = 0.0
+    decode_seconds: float = 0.0
 
 
 class ModelIO:
@@ -102,6 +119,31 @@ class ModelIO:
         from ..models import input_device
 
         self.device = input_device(model)
+        dtype = getattr(model, "dtype", None)
+        floating = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+        self.dtype: Any = dtype if getattr(dtype, "is_floating_point", False) else (floating or __import__("torch").float32)
+
+    def attention_mask(self, mask: Any, start: int, queries: int) -> Any:
+        """The mask for ``queries`` new tokens at absolute columns ``start``.. over the 2D padding
+        ``mask`` [B, kv]: a 4D additive float mask (causal and padding, built once per forward)
+        where the attention implementation takes one (sdpa, eager), else ``mask`` itself.
+
+        Why: for a chunk or a padded batch, transformers builds a boolean mask that SDPA converts
+        to float in every layer (measured: a fifth of a chunked privleak pass on CPU). Allowed
+        positions add 0 and masked ones ``finfo.min`` (exp gives exactly 0, like -inf, but a
+        fully masked pad row stays finite), so real rows compute what the boolean mask gives."""
+        import torch
+
+        impl = getattr(getattr(self.model, "config", None), "_attn_implementation", None)
+        if impl not in ("sdpa", "eager"):
+            return mask
+        kv = mask.shape[1]
+        cols = torch.arange(kv)
+        causal = cols[None, :] <= (start + torch.arange(queries))[:, None]
+        allowed = causal[None] & mask.bool()[:, None, :]
+        out = torch.zeros(allowed.shape, dtype=self.dtype)
+        out.masked_fill_(~allowed, torch.finfo(self.dtype).min)
+        return out[:, None]
 
     def new_cache(self) -> Any:
         from transformers import DynamicCache
@@ -126,6 +168,15 @@ class ModelIO:
             kwargs[self.logits_kw] = 1
         logits = self.model(**kwargs).logits
         return logits[:, -1, :] if last_only else logits
+
+    def hidden(self, ids: Any, mask: Any, pos: Any, cache: Any) -> Any:
+        """The last hidden states ([B, T, H]) of a decoder body (a ``*Model``, not ``*ForCausalLM``)."""
+        kwargs: dict[str, Any] = {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device), "use_cache": cache is not None}
+        if self.positions:
+            kwargs["position_ids"] = pos.to(self.device)
+        if cache is not None:
+            kwargs[self.cache_kw] = cache
+        return self.model(**kwargs).last_hidden_state
 
 
 def eos_token_ids(model: Any, tokenizer: Any) -> frozenset[int]:
@@ -186,30 +237,111 @@ def pad_token_id(tokenizer: Any) -> int:
     return 0  # pragma: no cover
 
 
-# --------------------------------------------------------------------------- batch size
+# --------------------------------------------------------------------------- memory budget
+
+#: The smallest budget we plan with: below it the runtime's own overhead (allocator, Python,
+#: torch) dominates anyway, and a 1 MB test model still gets useful batches.
+MIN_BUDGET = 16 << 20
+#: CPU: KV caches, activations and logits may use this many times the weight bytes, so the whole
+#: evaluation stays within 1 + CPU_BUDGET_FACTOR = 2.5x the model's weights (issue 19).
+CPU_BUDGET_FACTOR = 1.5
 
 
-def _memory_budget(model: Any, weights: int) -> int:
-    """Bytes we allow activations and KV caches to use.
+@dataclass(frozen=True)
+class ModelShape:
+    """The sizes of a decoder-only transformer read from its config, for memory and FLOP estimates.
+
+    Derived from the config and the compute dtype only, never from the (possibly quantized)
+    weights, so U, T and q(U) of one architecture get the same plan (see the module docstring)."""
+
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    inter: int
+    vocab: int
+    tied: bool
+    element_size: int
+    eager_attention: bool = False
+
+    @classmethod
+    def of(cls, model: Any) -> ModelShape:
+        cfg = getattr(model, "config", None)
+
+        def get(*names: str, default: int) -> int:
+            for name in names:
+                value = getattr(cfg, name, None)
+                if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                    return value
+            return default
+
+        hidden = get("hidden_size", "n_embd", "d_model", default=4096)
+        heads = get("num_attention_heads", "n_head", default=32)
+        return cls(
+            hidden=hidden,
+            layers=get("num_hidden_layers", "n_layer", "num_layers", default=32),
+            heads=heads,
+            kv_heads=get("num_key_value_heads", default=heads),
+            head_dim=get("head_dim", default=max(hidden // heads, 1)),
+            inter=get("intermediate_size", "n_inner", "ffn_dim", default=4 * hidden),
+            vocab=get("vocab_size", default=32000),
+            tied=bool(getattr(cfg, "tie_word_embeddings", False)),
+            element_size=_compute_element_size(model),
+            eager_attention=getattr(cfg, "_attn_implementation", None) == "eager",
+        )
+
+    @property
+    def body_params(self) -> int:
+        """Parameters of the transformer blocks (attention and MLP matrices; norms are negligible)."""
+        attn = 2 * self.hidden * self.heads * self.head_dim + 2 * self.hidden * self.kv_heads * self.head_dim
+        return self.layers * (attn + 3 * self.hidden * self.inter)
+
+    @property
+    def head_params(self) -> int:
+        return self.vocab * self.hidden
+
+    @property
+    def weight_bytes(self) -> int:
+        """Unquantized weight bytes in the compute dtype (tied embeddings counted once)."""
+        return (self.body_params + self.head_params * (1 if self.tied else 2)) * self.element_size
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        return 2 * self.layers * self.kv_heads * self.head_dim * self.element_size
+
+    def activation_bytes_per_token(self, keys: int = 0) -> int:
+        """Live activations of one query token inside a block (MLP peak: three ``inter`` wide
+        tensors next to the residual stream), plus its attention-score row when the eager kernel
+        materializes scores over ``keys`` positions (SDPA's CPU and GPU kernels do not)."""
+        scores = self.heads * keys * 4 if self.eager_attention else 0
+        return (3 * self.inter + 4 * self.hidden) * self.element_size + scores
+
+
+def memory_budget(model: Any) -> int:
+    """Bytes we allow KV caches, activations and logits to use (on top of the weights).
 
     Deterministic, and the same for every model of one architecture and compute dtype on one
     machine: free memory changes from run to run, and the real weight footprint changes with
     quantization, while a batch size that changes can flip near-tied greedy tokens in half
     precision (see the module docstring) and so blur the very difference between U and q(U)
-    that is measured. So the budget is half of the GPU memory that ``weights`` (the
-    *unquantized* size, from the config) leave, or a quarter of physical RAM on CPU.
+    that is measured. CPU: 1.5x the (unquantized, from the config) weight bytes, so weights plus
+    evaluation stay within 2.5x, but at most a quarter of physical RAM. GPU: half of the memory
+    the weights leave (of 90% of the device), so peak allocated <= weights + this budget.
     """
     import torch
 
-    device = next(iter(model.parameters())).device
+    weights = ModelShape.of(model).weight_bytes
+    first = next(iter(model.parameters()), None)
+    device = first.device if first is not None else torch.device("cpu")
     if device.type == "cuda":
         total = torch.cuda.get_device_properties(device).total_memory
         return max(int((0.9 * total - weights) * 0.5), 1 << 28)
     try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
-        total = 8 << 30
-    return max(total // 4, 1 << 28)
+        ram = 8 << 30
+    return max(min(int(CPU_BUDGET_FACTOR * weights), ram // 4), MIN_BUDGET)
 
 
 def _compute_element_size(model: Any) -> int:
@@ -224,47 +356,36 @@ def _compute_element_size(model: Any) -> int:
     return floating.element_size() if floating is not None else 2
 
 
-def auto_batch_size(
-    model: Any,
-    n_items: int,
-    prompt_tokens: int,
-    new_tokens: int = 0,
-    *,
-    full_logits: bool = False,
-    cap: int = MAX_AUTO_BATCH,
-) -> int:
-    """The largest batch (<= ``cap``, <= ``n_items``) whose estimated peak memory fits the budget.
+@dataclass(frozen=True)
+class GenerationPlan:
+    """How a generation run uses its memory budget: rows decoded together and prompt tokens per
+    prefill forward (a longer prompt is prefilled in chunks of that many tokens)."""
 
-    Per row: the KV cache for ``prompt_tokens + new_tokens``, the prefill activations (MLP
-    intermediates and, in the worst case, the attention score matrix) and fp32 logits (all
-    positions with ``full_logits``, for scoring; the last one otherwise). Everything is derived
-    from the config and the compute dtype, never from the (possibly quantized) weights.
-    """
-    cfg = getattr(model, "config", None)
+    rows: int
+    prefill_tokens: int
+    budget: int
 
-    def get(*names: str, default: int) -> int:
-        for name in names:
-            value = getattr(cfg, name, None)
-            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-                return value
-        return default
 
-    hidden = get("hidden_size", "n_embd", "d_model", default=4096)
-    layers = get("num_hidden_layers", "n_layer", "num_layers", default=32)
-    heads = get("num_attention_heads", "n_head", default=32)
-    kv_heads = get("num_key_value_heads", default=heads)
-    head_dim = get("head_dim", default=max(hidden // heads, 1))
-    inter = get("intermediate_size", "n_inner", "ffn_dim", default=4 * hidden)
-    vocab = get("vocab_size", default=32000)
-    elt = _compute_element_size(model)
-    weights = (2 * vocab * hidden + layers * (2 * hidden * heads * head_dim + 2 * hidden * kv_heads * head_dim + 3 * hidden * inter)) * elt
-    seq = max(prompt_tokens, 1)
-    kv = 2 * layers * kv_heads * head_dim * (seq + new_tokens) * elt
-    activations = seq * (6 * hidden + 3 * inter) * 4 + heads * seq * seq * 4
-    logits = (seq if full_logits else 1) * vocab * 4 * (4 if full_logits else 2)
-    per_row = kv + activations + logits
-    fit = _memory_budget(model, weights) // max(per_row, 1)
-    return int(max(1, min(cap, max(n_items, 1), fit)))
+def plan_generation(
+    model: Any, n_items: int, prompt_tokens: int, new_tokens: int, *, prefix_tokens: int = 0, cap: int = MAX_AUTO_BATCH
+) -> GenerationPlan:
+    """Split the budget: a quarter for prefill activations (at least 64 tokens per forward), the rest for the pre-sized KV cache and last-position logits of
+    the decode rows. Prefill runs on few rows at a time (a 900-token prompt is already a large
+    matrix product), decode on many (one token per row per step: per-step overhead dominates)."""
+    shape = ModelShape.of(model)
+    budget = memory_budget(model)
+    seq = max(prompt_tokens, 1) + prefix_tokens
+    per_token = shape.activation_bytes_per_token(seq)
+    prefill = int(max(budget // 4 // max(per_token, 1), 64))
+    per_row = shape.kv_bytes_per_token * (seq + new_tokens) + shape.vocab * 4 * 2 + shape.activation_bytes_per_token(seq + new_tokens)
+    fit = (budget - prefill * per_token) // max(per_row, 1)
+    return GenerationPlan(rows=int(max(1, min(cap, max(n_items, 1), fit))), prefill_tokens=prefill, budget=budget)
+
+
+def auto_batch_size(model: Any, n_items: int, prompt_tokens: int, new_tokens: int = 0, *, cap: int = MAX_AUTO_BATCH) -> int:
+    """The largest number of rows (<= ``cap``, <= ``n_items``) decoded together within the budget
+    (:func:`plan_generation`). Derived from the config, compute dtype and machine only."""
+    return plan_generation(model, n_items, prompt_tokens, new_tokens, cap=cap).rows
 
 
 def resolve_batch_size(batch_size: int | str | None) -> int | None:
@@ -307,7 +428,123 @@ def plan_prefix(prefix_ids: Sequence[int], prompts: Sequence[Sequence[int]], sla
     return length, [i for i in range(len(prompts)) if i not in chosen]
 
 
+# --------------------------------------------------------------------------- pre-sized KV cache
+
+
+class _Window:
+    """Which rows of the pre-sized buffers the next forward writes, and from which position."""
+
+    def __init__(self, rows: int, max_len: int) -> None:
+        self.rows_total, self.max_len = rows, max_len
+        self.rows = slice(0, rows)
+        self.start = 0
+
+
+def presized_cache(rows: int, max_len: int) -> Any:
+    """A transformers ``Cache`` whose per-layer K/V buffers ([rows, heads, max_len, dim]) are
+    allocated once and written in place, instead of ``DynamicCache``'s ``torch.cat`` per step
+    (which copies the whole cache every token: for a 1,000-token prompt that is most of the decode
+    memory traffic, and transiently doubles the cache).
+
+    Why not ``StaticCache``: in transformers 5.x its layers ignore ``cache_position`` and always
+    return (and mask) all ``max_len`` positions, and it cannot write one sub-batch of rows or drop
+    finished rows. Here the caller sets ``cache.window`` (rows and start position) before each
+    forward; ``get_seq_length`` reports that start, so transformers builds the usual causal +
+    padding mask from our 2D attention mask, for every attention implementation.
+    """
+    from transformers.cache_utils import Cache, DynamicLayer
+
+    window = _Window(rows, max_len)
+
+    class PresizedLayer(DynamicLayer):  # type: ignore[misc]
+        def lazy_initialization(self, key_states: Any, value_states: Any) -> None:
+            self.dtype, self.device = key_states.dtype, key_states.device
+            heads = key_states.shape[1]
+            self.k_buf = key_states.new_zeros((window.rows_total, heads, window.max_len, key_states.shape[-1]))
+            self.v_buf = value_states.new_zeros((window.rows_total, heads, window.max_len, value_states.shape[-1]))
+            self.keys, self.values = self.k_buf[:, :, :0], self.v_buf[:, :, :0]
+            self.is_initialized = True
+
+        def update(self, key_states: Any, value_states: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            end = window.start + key_states.shape[-2]
+            self.k_buf[window.rows, :, window.start:end].copy_(key_states)
+            self.v_buf[window.rows, :, window.start:end].copy_(value_states)
+            self.keys, self.values = self.k_buf[window.rows, :, :end], self.v_buf[window.rows, :, :end]
+            if window.start == 0:  # nothing before: attend exactly as a fresh cache would
+                return key_states, value_states
+            return self.keys, self.values
+
+        def get_seq_length(self) -> int:
+            return window.start if self.is_initialized else 0
+
+        def fill(self, keys: Any, values: Any) -> None:
+            """Copy a batch-1 cache's K/V (a shared prefix) into every row, positions 0..n-1."""
+            self.lazy_initialization(keys, values)
+            self.k_buf[:, :, : keys.shape[-2]].copy_(keys.expand(window.rows_total, -1, -1, -1))
+            self.v_buf[:, :, : values.shape[-2]].copy_(values.expand(window.rows_total, -1, -1, -1))
+
+        def compact(self, indices: Any, length: int) -> None:
+            """Move the kept rows to the front, in place (no new buffers)."""
+            if self.is_initialized:
+                n = indices.shape[0]
+                self.k_buf[:n, :, :length] = self.k_buf[indices, :, :length]
+                self.v_buf[:n, :, :length] = self.v_buf[indices, :, :length]
+
+    class PresizedCache(Cache):  # type: ignore[misc]
+        window: _Window
+
+        def fill_prefix(self, prefix: Any) -> None:
+            for index, layer in enumerate(prefix.layers):
+                while len(self.layers) <= index:
+                    self.layers.append(PresizedLayer())
+                cast(Any, self.layers[index]).fill(layer.keys, layer.values)
+
+        def compact(self, indices: Any, length: int) -> None:
+            for layer in self.layers:
+                cast(Any, layer).compact(indices, length)
+
+    cache = PresizedCache(layer_class_to_replicate=PresizedLayer)
+    cache.window = window
+    return cache
+
+
 # --------------------------------------------------------------------------- decoding
+
+
+@dataclass
+class _Timer:
+    """Seconds spent in prefill and decode forwards (the rest of a metric is scoring)."""
+
+    prefill: float = 0.0
+    decode: float = 0.0
+
+
+def length_buckets(order: Sequence[int], lengths: Sequence[int], rows: int) -> list[list[int]]:
+    """Consecutive groups of ``order`` (longest first) of at most ``rows`` prompts, cut where a
+    prompt is more than an eighth (and 64 tokens) shorter than its group's longest, so no batch
+    pads (or attends over) a 400-token prompt's 550 missing positions next to a 950-token one."""
+    groups: list[list[int]] = []
+    for i in order:
+        if groups and len(groups[-1]) < rows and lengths[groups[-1][0]] - lengths[i] <= max(lengths[groups[-1][0]] // 8, 64):
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
+def _prefill_groups(lengths: Sequence[int], tokens: int) -> list[tuple[int, int]]:
+    """Row ranges [a, b) of a longest-first batch whose padded prefill fits ``tokens``."""
+    out: list[tuple[int, int]] = []
+    a = 0
+    while a < len(lengths):
+        b = a + 1
+        while b < len(lengths) and (b + 1 - a) * lengths[a] <= tokens:
+            b += 1
+        out.append((a, b))
+        a = b
+    return out
 
 
 def _run_batch(
@@ -317,31 +554,57 @@ def _run_batch(
     *,
     pad_id: int,
     eos: frozenset[int],
+    prefill_tokens: int,
+    timer: _Timer,
     prefix_cache: Any = None,
     prefix_len: int = 0,
     stop: Callable[[list[int]], bool] | None = None,
 ) -> tuple[list[list[int]], int]:
-    """Greedy-decode one batch. Layout per row: [cached prefix][left padding][own tokens]."""
+    """Greedy-decode one batch (rows longest first). Layout per row of the pre-sized cache:
+    [cached prefix][left padding][own tokens][new tokens]. Prompts are prefilled a few rows at a
+    time (at most ``prefill_tokens`` padded tokens per forward; a longer prompt alone, in chunks),
+    then all rows decode together, one in-place cache write per step."""
+    import time
+
     import torch
 
     n = len(rows)
     width = max(len(r) for r in rows)
-    ids = torch.full((n, width), pad_id, dtype=torch.long)
-    mask = torch.zeros((n, prefix_len + width), dtype=torch.long)
+    total = prefix_len + width + max_new_tokens
+    mask = torch.zeros((n, total), dtype=torch.long)
     mask[:, :prefix_len] = 1
     for i, row in enumerate(rows):
-        ids[i, width - len(row):] = torch.tensor(list(row), dtype=torch.long)
-        mask[i, prefix_len + width - len(row):] = 1
-    positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        mask[i, prefix_len + width - len(row):prefix_len + width] = 1
+    positions = (mask[:, :prefix_len + width].cumsum(dim=1) - 1).clamp(min=0)
+    cache = presized_cache(n, total)
     if prefix_cache is not None:
-        cache = copy.deepcopy(prefix_cache)
-        if n > 1:
-            cache.batch_repeat_interleave(n)
-    else:
-        cache = io.new_cache()
-    logits = io.forward(ids, mask, positions[:, prefix_len:], cache, last_only=True)
-    passes = 1
+        cache.fill_prefix(prefix_cache)
+    window = cache.window
+    passes = 0
+    begin = time.perf_counter()
+    first: list[Any] = []
+    for a, b in _prefill_groups([len(r) for r in rows], prefill_tokens):
+        sub = len(rows[a])  # this group's padded width (rows are longest first)
+        ids = torch.full((b - a, sub), pad_id, dtype=torch.long)
+        for j, row in enumerate(rows[a:b]):
+            ids[j, sub - len(row):] = torch.tensor(list(row), dtype=torch.long)
+        window.rows = slice(a, b)
+        offset = prefix_len + width - sub
+        for c in range(0, sub, prefill_tokens):  # chunks only when one prompt exceeds the budget
+            window.start = offset + c
+            end = min(c + prefill_tokens, sub)
+            attn = io.attention_mask(mask[a:b, : offset + end], offset + c, end - c)
+            logits = io.forward(ids[:, c:end], attn, positions[a:b, offset + c: offset + end], cache, last_only=True)
+            passes += 1
+        first.append(logits)
+    logits = torch.cat(first) if len(first) > 1 else first[0]
+    timer.prefill += time.perf_counter() - begin
+    begin = time.perf_counter()
+    length = prefix_len + width
     next_pos = positions[:, -1:] + 1
+    # decode masks: one 4D additive mask for the whole run, opened one column per step in place
+    # (instead of transformers rebuilding a boolean mask from the 2D one at every step)
+    step_mask = io.attention_mask(mask, total - 1, 1)
     out: list[list[int]] = [[] for _ in range(n)]
     active = list(range(n))
     for step in range(max_new_tokens):
@@ -355,13 +618,19 @@ def _run_batch(
             break
         if len(keep) < len(active):  # drop finished rows from the batch and the cache
             kept = torch.tensor(keep, dtype=torch.long)
-            cache.batch_select_indices(kept.to(io.device))
-            mask, next_pos, tokens = mask[kept], next_pos[kept], tokens[kept]
+            cache.compact(kept.to(io.device), length)
+            mask, next_pos, tokens, step_mask = mask[kept], next_pos[kept], tokens[kept], step_mask[kept]
             active = [active[j] for j in keep]
-        mask = torch.cat([mask, torch.ones((len(active), 1), dtype=torch.long)], dim=1)
-        logits = io.forward(tokens[:, None], mask, next_pos, cache, last_only=True)
+        mask[:, length] = 1
+        if step_mask.ndim == 4:
+            step_mask[:, :, :, length] = 0
+        window.rows, window.start = slice(0, len(active)), length
+        attn = step_mask[:, :, :, : length + 1] if step_mask.ndim == 4 else mask[:, : length + 1]
+        logits = io.forward(tokens[:, None], attn, next_pos, cache, last_only=True)
         passes += 1
+        length += 1
         next_pos = next_pos + 1
+    timer.decode += time.perf_counter() - begin
     return out, passes
 
 
@@ -379,10 +648,13 @@ def greedy_generate(
 
     ``prefix_ids``: the tokenization of a text that every prompt starts with; its KV cache is
     computed once and shared (see :func:`plan_prefix`). ``stop(ids)``: a per-row early stop after
-    each new token (EOS always stops). ``batch_size=None`` picks one from memory
-    (:func:`auto_batch_size`). Prompts are batched longest first (less padding, and the largest
-    batch runs first so an out-of-memory error comes early); results keep the input order.
+    each new token (EOS always stops). ``batch_size=None`` picks the rows per batch from the memory
+    budget (:func:`plan_generation`). Prompts are batched longest first in length buckets
+    (:func:`length_buckets`; the largest batch runs first so an out-of-memory error comes early);
+    results keep the input order.
     """
+    import time
+
     import torch
 
     n = len(prompts)
@@ -391,33 +663,40 @@ def greedy_generate(
     io = ModelIO(model)
     eos, pad = eos_token_ids(model, tokenizer), pad_token_id(tokenizer)
     prefix_len, fallbacks = (0, list(range(n))) if prefix_ids is None else plan_prefix(prefix_ids, prompts)
-    if batch_size is None:
-        batch_size = auto_batch_size(model, n, max(len(p) for p in prompts), max_new_tokens)
+    longest = max(len(p) for p in prompts)
+    plan = plan_generation(model, n, longest, max_new_tokens)
+    rows_per_batch = batch_size if batch_size is not None else plan.rows
+    timer = _Timer()
     results: list[list[int]] = [[] for _ in range(n)]
-    passes = 0
+    passes, used = 0, 0
     with torch.inference_mode():
         groups: list[tuple[list[int], int, Any]] = []
         shared = sorted(set(range(n)) - set(fallbacks))
         if shared:
+            begin = time.perf_counter()
             cache = io.new_cache()
             ids = torch.tensor([list(prefix_ids or [])[:prefix_len]], dtype=torch.long)
             io.forward(ids, torch.ones_like(ids), torch.arange(prefix_len)[None], cache, last_only=True)
+            timer.prefill += time.perf_counter() - begin
             passes += 1
             groups.append((shared, prefix_len, cache))
         if fallbacks:
             groups.append((fallbacks, 0, None))
         for members, offset, cache in groups:
             order = sorted(members, key=lambda i: -len(prompts[i]))
-            for start in range(0, len(order), batch_size):
-                chunk = order[start:start + batch_size]
+            own = [len(p) - offset for p in prompts]
+            for chunk in length_buckets(order, own, rows_per_batch):
                 rows = [list(prompts[i])[offset:] for i in chunk]
-                outs, used = _run_batch(io, rows, max_new_tokens, pad_id=pad, eos=eos, prefix_cache=cache, prefix_len=offset, stop=stop)
-                passes += used
+                outs, count = _run_batch(io, rows, max_new_tokens, pad_id=pad, eos=eos, prefill_tokens=plan.prefill_tokens,
+                                         timer=timer, prefix_cache=cache, prefix_len=offset, stop=stop)
+                passes += count
+                used = max(used, len(chunk))
                 for i, generated in zip(chunk, outs):
                     results[i] = generated
     n_fallbacks = len(fallbacks) if prefix_ids is not None else 0
     window = context_window(model)
     over = 0 if window is None else sum(len(p) + max_new_tokens > window for p in prompts)
     return Generated(
-        ids=results, batch_size=batch_size, prefix_tokens=prefix_len, fallbacks=n_fallbacks, forward_passes=passes, over_context=over
+        ids=results, batch_size=batch_size if batch_size is not None else used, prefix_tokens=prefix_len, fallbacks=n_fallbacks,
+        forward_passes=passes, over_context=over, prefill_seconds=timer.prefill, decode_seconds=timer.decode,
     )

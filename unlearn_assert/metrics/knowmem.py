@@ -111,5 +111,6 @@ def knowmem(
         "prefix_fallbacks": out.fallbacks,
         "forward_passes": out.forward_passes,
         "over_context": out.over_context,
+        "seconds_split": {"prefill": out.prefill_seconds, "decode": out.decode_seconds},
     }
     return MetricResult(value=value, scores=scores, samples=samples, extras=extras)

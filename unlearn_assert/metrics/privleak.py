@@ -25,7 +25,9 @@ tokens (BOS included) and those are scored; the count is reported. A sliding win
 late tokens with less context than MUSE and need several passes per text; MUSE's own texts fit
 Llama-2's 4096 tokens, so for them nothing changes. zlib uses the whole text, as MUSE.
 
-Texts are scored in batches (longest first, right padding, so no real token sees a pad).
+Texts are scored in batches by tokens (right padding to a width that depends on the text alone,
+see :func:`padded_width`, so no real token sees a pad and no score depends on the batch), without
+ever forming full-vocabulary logits for a whole batch (see :func:`score_texts`).
 """
 
 from __future__ import annotations
@@ -36,21 +38,25 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .generation import ModelIO, auto_batch_size, context_window, pad_token_id
+from .generation import MAX_AUTO_BATCH, ModelIO, ModelShape, context_window, memory_budget, pad_token_id, presized_cache
 from .rouge import excerpt
 
 __all__ = [
     "ATTACKS",
     "MIN_K_RATIO",
     "PrivleakScores",
+    "ScoringPlan",
     "TextScore",
     "attack_values",
     "context_length",
     "min_k",
+    "padded_width",
+    "plan_scoring",
     "privleak",
     "privleak_scores",
     "roc_auc",
     "score_texts",
+    "split_head",
 ]
 
 #: MUSE's k for Min-K% (``forget_holdout_Min-40%``); also used for Min-K%++.
@@ -136,6 +142,122 @@ def context_length(model: Any, max_length: int | None = None) -> int | None:
     return int(max_length) if max_length is not None else context_window(model)
 
 
+@dataclass(frozen=True)
+class ScoringPlan:
+    """How privleak scoring uses the memory budget: padded tokens per body forward (rows are
+    batched by tokens; a text longer than this runs alone, in chunks over a KV cache) and
+    positions per ``lm_head`` chunk (the only full-vocabulary tensors)."""
+
+    tokens: int
+    head_positions: int
+    budget: int
+
+
+def plan_scoring(model: Any) -> ScoringPlan:
+    """Half the budget for body activations, a quarter for the fp32 logit chunk and its
+    log-softmax temporaries (three [positions, vocab] fp32 tensors), the rest for the KV
+    cache of a chunked text. From the config and compute dtype only (deterministic)."""
+    shape = ModelShape.of(model)
+    budget = memory_budget(model)
+    per_token = shape.activation_bytes_per_token(context_window(model) or 2048) + 2 * shape.hidden * shape.element_size
+    tokens = max(budget // 2 // max(per_token, 1), 64)
+    head = max(budget // 4 // (shape.vocab * 4 * 3), 16)
+    return ScoringPlan(tokens=int(tokens), head_positions=int(head), budget=budget)
+
+
+def split_head(model: Any, probe: Sequence[int]) -> tuple[Any, Any] | None:
+    """``(body, lm_head)`` when the model's logits are exactly ``lm_head(body(x))`` (Llama,
+    Mistral, Qwen...), checked on ``probe`` (a few real tokens) against the model's own forward;
+    None for models that post-process logits (soft-capping, scaling) or hide their head."""
+    import torch
+
+    get_decoder, get_head = getattr(model, "get_decoder", None), getattr(model, "get_output_embeddings", None)
+    if not callable(get_decoder) or not callable(get_head):
+        return None
+    try:
+        body, head = get_decoder(), get_head()
+    except (AttributeError, NotImplementedError, ValueError):  # pragma: no cover - exotic wrappers
+        return None
+    if body is None or body is model or head is None or not probe:
+        return None
+    ids = torch.tensor([list(probe)], dtype=torch.long)
+    mask = torch.ones_like(ids)
+    pos = torch.arange(ids.shape[1])[None]
+    try:
+        full = ModelIO(model).forward(ids, mask, pos, None, last_only=False).float()
+        split = head(ModelIO(body).hidden(ids, mask, pos, None)).float()
+    except (TypeError, AttributeError, RuntimeError):  # pragma: no cover - a body that wants other inputs
+        return None
+    return (body, head) if split.shape == full.shape and torch.allclose(split, full, rtol=1e-4, atol=1e-5) else None
+
+
+def padded_width(n: int, window: int | None = None) -> int:
+    """The width a text of ``n`` tokens is padded to: ``n`` rounded up to a sixteenth of its
+    power of two (at least 16 tokens), at most ``window``.
+
+    Padding changes a row's floats in the last bits (the attention kernel reduces over the padded
+    width), so a width that depends on the text alone makes its score independent of which other
+    texts share its batch: duplicates score identically, and a subset scores as in the full set.
+    The cost is at most ~6% padding (MUSE's 1,805-1,887-token texts: widths 1,856 and 1,920)."""
+    if n <= 16:
+        return n
+    grain = max(16, 1 << (n.bit_length() - 5))
+    width = -(-n // grain) * grain
+    return max(n, min(width, window)) if window is not None else width
+
+
+def _row_groups(widths: Sequence[int], tokens: int, cap: int) -> list[tuple[int, int]]:
+    """Row ranges [a, b) of texts sorted by width (widest first) that share one padded width and
+    fit ``tokens`` padded tokens (and ``cap`` rows) per forward."""
+    out: list[tuple[int, int]] = []
+    a = 0
+    while a < len(widths):
+        b = a + 1
+        while b < len(widths) and widths[b] == widths[a] and b - a < cap and (b + 1 - a) * widths[a] <= tokens:
+            b += 1
+        out.append((a, b))
+        a = b
+    return out
+
+
+class _Workspace:
+    """Preallocated [positions, vocab] fp32 buffers for the per-chunk statistics, reused for every
+    chunk: a fresh multi-megabyte tensor per op costs a page fault per 4 KB (measured on a 2-core
+    VM: ``exp`` of a [124, 4096] tensor 8 ms into a new tensor, 0.15 ms into a reused one), and the
+    memory stays bounded at two buffers whatever the allocator keeps."""
+
+    def __init__(self, head: Any, positions: int, vocab: int, device: Any) -> None:
+        import torch
+
+        weight = getattr(head, "weight", None)
+        plain = (type(head) is torch.nn.Linear and getattr(head, "bias", None) is None and weight is not None
+                 and weight.dtype == torch.float32 and weight.shape[0] == vocab
+                 # a head that accelerate dispatched (--unlearn-device-map) holds a meta weight and loads
+                 # the real one in its forward hook: only head(hidden) computes it
+                 and weight.device.type != "meta" and not hasattr(head, "_hf_hook"))
+        self.weight = weight if plain else None  # logits straight into the buffer (same GEMM as nn.Linear)
+        self.logits = torch.empty((positions, vocab), dtype=torch.float32, device=device)
+        self.logp = torch.empty((positions, vocab), dtype=torch.float32, device=device)
+
+    def stats(self, head: Any, hidden: Any, targets: Any) -> tuple[Any, Any]:
+        """Log-probs of ``targets`` and their Min-K%++ z-scores under fp32 ``log_softmax(head(hidden))``."""
+        import torch
+
+        n = hidden.shape[0]
+        logits, logp = self.logits[:n], self.logp[:n]
+        if self.weight is not None and hidden.dtype == torch.float32:
+            torch.mm(hidden, self.weight.t(), out=logits)
+        else:
+            logits.copy_(head(hidden))
+        torch.log_softmax(logits, dim=-1, out=logp)
+        token_lp = logp.gather(-1, targets[:, None])[:, 0]
+        weighted = torch.exp(logp, out=logits).mul_(logp)  # p * log p, then p * log p * log p, in place
+        mu = weighted.sum(-1)
+        second = weighted.mul_(logp).sum(-1)
+        sigma = (second - mu * mu).clamp(min=1e-12).sqrt()
+        return token_lp, (token_lp - mu) / sigma
+
+
 def score_texts(
     model: Any,
     tokenizer: Any,
@@ -143,8 +265,21 @@ def score_texts(
     *,
     batch_size: int | None = None,
     max_length: int | None = None,
+    timings: dict[str, float] | None = None,
 ) -> tuple[list[TextScore], int]:
-    """Token statistics for ``texts`` (one forward pass each, batched), and the batch size used."""
+    """Token statistics for ``texts`` (one causal pass each, batched by tokens), and the largest
+    number of texts scored together.
+
+    No ``[B, T, V]`` tensor is formed: the decoder body runs once per batch (or per chunk of a
+    text too long for the budget, over a pre-sized KV cache), and ``lm_head`` plus the fp32
+    log-softmax run per chunk of :attr:`ScoringPlan.head_positions` positions. Per position the
+    arithmetic is the one of a full forward followed by ``log_softmax(logits.float())``.
+    ``batch_size`` caps the texts per forward (the token budget still applies). ``timings`` (if
+    given) receives seconds spent in the body (``forward``) and in ``lm_head`` + statistics
+    (``scoring``).
+    """
+    import time
+
     import torch
 
     if not texts:
@@ -154,38 +289,69 @@ def score_texts(
     truncated = [window is not None and len(ids) > window for ids in encoded]
     if window is not None:
         encoded = [ids[:window] for ids in encoded]
-    if batch_size is None:
-        batch_size = auto_batch_size(model, len(texts), max(len(ids) for ids in encoded), full_logits=True)
-    io, pad = ModelIO(model), pad_token_id(tokenizer)
-    order = sorted(range(len(texts)), key=lambda i: -len(encoded[i]))
+    cap = batch_size if batch_size is not None else MAX_AUTO_BATCH
+    pad = pad_token_id(tokenizer)
+    plan = plan_scoring(model)
+    # a text too long to share a forward runs alone, unpadded (still independent of the others)
+    widths = [w if 2 * w <= plan.tokens else len(ids) for ids, w in ((ids, padded_width(len(ids), window)) for ids in encoded)]
+    order = sorted(range(len(texts)), key=lambda i: (-widths[i], -len(encoded[i])))
     results: list[TextScore | None] = [None] * len(texts)
+    clock = {"forward": 0.0, "scoring": 0.0}
+    used = 0
     with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            chunk = order[start:start + batch_size]
-            width = max(len(encoded[i]) for i in chunk)
+        split = split_head(model, encoded[order[-1]][:8])
+        io = ModelIO(split[0] if split is not None else model)
+        vocab = ModelShape.of(model).vocab
+        work = _Workspace(split[1] if split is not None else None, plan.head_positions, vocab, io.device)
+        for a, b in _row_groups([widths[i] for i in order], plan.tokens, cap):
+            chunk = order[a:b]
+            used = max(used, len(chunk))
+            width = widths[chunk[0]]
             ids = torch.full((len(chunk), width), pad, dtype=torch.long)
             mask = torch.zeros((len(chunk), width), dtype=torch.long)
             for row, i in enumerate(chunk):
                 ids[row, : len(encoded[i])] = torch.tensor(encoded[i], dtype=torch.long)
                 mask[row, : len(encoded[i])] = 1
             positions = torch.arange(width)[None].expand(len(chunk), width)
-            logits = io.forward(ids, mask, positions, None, last_only=False)
-            for row, i in enumerate(chunk):  # row by row: fp32 temporaries of one text at a time
-                n = len(encoded[i]) - 1
-                logp = torch.log_softmax(logits[row, :n].float(), dim=-1)
-                target = ids[row, 1 : n + 1].to(logp.device)
-                token_lp = logp.gather(-1, target[:, None])[:, 0]
-                probs = logp.exp()
-                mu = (probs * logp).sum(-1)
-                sigma = ((probs * logp * logp).sum(-1) - mu * mu).clamp(min=1e-12).sqrt()
+            stats: list[list[tuple[Any, Any]]] = [[] for _ in chunk]
+            step = width if split is None or width <= plan.tokens else plan.tokens
+            cache = presized_cache(len(chunk), width) if step < width else None
+            for s in range(0, width, step):  # one pass, or chunks of a long text over the cache
+                e = min(s + step, width)
+                begin = time.perf_counter()
+                if cache is not None:
+                    cache.window.start = s
+                attn = io.attention_mask(mask[:, :e], s, e - s) if cache is not None else mask[:, :e]
+                if split is not None:
+                    out = io.hidden(ids[:, s:e], attn, positions[:, s:e], cache)
+                else:  # full logits of this batch (models whose head we cannot split off)
+                    out = io.forward(ids[:, s:e], mask[:, :e], positions[:, s:e], None, last_only=False)
+                clock["forward"] += time.perf_counter() - begin
+                begin = time.perf_counter()
+                for row, i in enumerate(chunk):
+                    n = min(len(encoded[i]) - 1, e) - s  # positions s.. that predict a real next token
+                    for q in range(0, max(n, 0), plan.head_positions):
+                        r = min(q + plan.head_positions, n)
+                        target = ids[row, s + q + 1 : s + r + 1].to(io.device)
+                        if split is not None:
+                            stats[row].append(work.stats(split[1], out[row, q:r], target))
+                        else:  # the rows of full logits: the "head" is the identity
+                            stats[row].append(work.stats(lambda x: x, out[row, q:r], target))
+                clock["scoring"] += time.perf_counter() - begin
+                del out
+            for row, i in enumerate(chunk):
+                lp = [x.cpu() for x, _ in stats[row]]
+                zs = [z.cpu() for _, z in stats[row]]
                 results[i] = TextScore(
-                    logprobs=token_lp.cpu().tolist(),
-                    zscores=((token_lp - mu) / sigma).cpu().tolist(),
+                    logprobs=torch.cat(lp).tolist() if lp else [],
+                    zscores=torch.cat(zs).tolist() if zs else [],
                     n_tokens=len(encoded[i]),
                     truncated=truncated[i],
                 )
-            del logits
-    return [r for r in results if r is not None], batch_size
+    if timings is not None:
+        for key, value in clock.items():
+            timings[key] = timings.get(key, 0.0) + value
+    return [r for r in results if r is not None], used
 
 
 def privleak_scores(
@@ -199,7 +365,8 @@ def privleak_scores(
 ) -> PrivleakScores:
     """Score forget and holdout texts and compute every attack's AUC (MUSE orientation)."""
     texts = list(forget) + list(holdout)
-    scores, used = score_texts(model, tokenizer, texts, batch_size=batch_size, max_length=max_length)
+    timings: dict[str, float] = {}
+    scores, used = score_texts(model, tokenizer, texts, batch_size=batch_size, max_length=max_length, timings=timings)
     values = [attack_values(s, t) for s, t in zip(scores, texts)]
     forget_values, holdout_values = values[: len(forget)], values[len(forget):]
     aucs = {a: roc_auc([v[a] for v in forget_values], [v[a] for v in holdout_values]) for a in ATTACKS}
@@ -225,5 +392,6 @@ def privleak_scores(
         "truncated": sum(s.truncated for s in scores),
         "n_forget": len(forget),
         "n_holdout": len(holdout),
+        "seconds_split": timings,
     }
     return PrivleakScores(forget=forget_values, holdout=holdout_values, aucs=aucs, samples=samples, extras=extras)

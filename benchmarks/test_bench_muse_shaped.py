@@ -1,0 +1,47 @@
+"""The MUSE-shaped benchmark (issue 19) at its --quick size: it runs, and ours and naive agree.
+Speed ratios are printed, not asserted: at 4 items per split on a shared machine they measure the
+neighbours (run ``python benchmarks/muse_shaped.py``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("muse-shaped") / "report.json"
+    env = {**os.environ, "UNLEARN_BENCH_QUICK": "1"}
+    done = subprocess.run([sys.executable, str(HERE / "muse_shaped.py"), "--repeats", "1", "--fixed-mmap-threshold", "--json", str(out)],
+                          env=env, capture_output=True, text=True, timeout=1800)
+    print(done.stdout)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return dict(json.loads(out.read_text()))
+
+
+def test_muse_shaped_quick_runs_and_agrees(report: dict[str, Any]) -> None:
+    assert report["items"] == 4 and report["malloc_mmap_threshold"].isdigit()
+    lo, hi = report["lengths"]["privleak_text"]
+    assert 1700 <= lo <= hi <= 1900 and 800 <= report["lengths"]["verbmem_prompt"][0]
+    for metric, row in report["metrics"].items():
+        agrees = row["naive"]["agrees"]
+        if metric == "privleak":
+            assert agrees["max_rel_min40_diff"] < 1e-4
+        else:
+            assert agrees["identical_generations"] == agrees["of"] == 4, metric
+        assert row["flops"] > 0 and 0 < row["ours"]["achieved_fraction"]
+
+
+@pytest.mark.xfail(strict=True, reason="issue 19 open: for this 16 MB model the activation estimate under-counts transformers' "
+                                       "temporaries; measured weights + transient 2.7-3.7x (benchmarks/results)")
+def test_muse_shaped_memory_within_two_and_a_half_weights(report: dict[str, Any]) -> None:
+    for metric, row in report["metrics"].items():
+        assert row["ours"]["weights_plus_transient_x_weights"] <= 2.5 * 1.05, (metric, row["ours"])
