@@ -93,10 +93,9 @@ class UnlearnSession:
         return self._gate
 
     def warn(self, message: str) -> None:
-        """A problem that does not change any outcome (a cache entry not written): one line now and in
-        the summary (from a worker, it travels to the controller with the next report)."""
+        """A problem that changes no outcome (a cache entry not written): one line in the summary (from
+        an xdist worker, it travels to the controller with the next test report)."""
         self.errors.append(message)
-        self.progress(f"warning: {message}")
 
     def internal_error(self, exc: BaseException, item: str) -> str:
         """The one line for an internal error raised while running ``item`` (see :func:`internal_error`),
