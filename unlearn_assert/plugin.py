@@ -62,7 +62,10 @@ def _effective(config: pytest.Config, opt: Option) -> Any:
     value = config.getoption(opt.dest)
     if value not in (None, "") or (value == "" and opt.name in EMPTY_IS_A_VALUE):
         return value
-    ini = config.getini(opt.ini)
+    try:
+        ini = config.getini(opt.ini)
+    except (pytest.UsageError, ValueError) as exc:  # pytest's own check of the ini type (a bool): name the key
+        raise ConfigError(f"ini key {opt.ini}: {exc}; {'use true or false' if opt.flag else 'fix its value'}") from None
     if ini == "" and opt.name in EMPTY_IS_A_VALUE:
         return ini
     if opt.multi:  # NAME=DIR entries: DIR relative to the ini file
@@ -108,6 +111,8 @@ def pytest_configure(config: pytest.Config) -> None:
         run = _run_config(config)
     except UnlearnAssertError as exc:
         raise pytest.UsageError(str(exc)) from None
+    except pytest.UsageError:  # pytest's own, already one line
+        raise
     except Exception as exc:  # none of ours: a bug, still one line (the traceback in a log file, or with -v)
         raise pytest.UsageError(internal_error(config, exc, "while checking the options and inputs")) from None
     config.stash[run_config_key] = run
