@@ -280,8 +280,8 @@ def _positive_int(opt: Option, raw: Any, allow_auto: bool = False) -> int | None
 
 
 def _as_bool(opt: Option, raw: Any) -> bool:
-    if isinstance(raw, bool):
-        return raw
+    if isinstance(raw, bool) or raw is None:  # None: unset
+        return bool(raw)
     text = str(raw).strip().lower()
     if text in ("1", "true", "yes", "on"):
         return True
