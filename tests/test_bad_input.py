@@ -90,6 +90,13 @@ def _other_architecture(w: Path) -> list[str]:
     return []
 
 
+def _architectures_not_a_list(w: Path) -> list[str]:
+    cfg = json.loads((_model(w) / "config.json").read_text())
+    cfg["architectures"] = True
+    _write_json(_model(w) / "config.json", cfg)
+    return []
+
+
 def _other_vocab(w: Path) -> list[str]:
     tok = json.loads((_model(w) / "tokenizer.json").read_text())
     vocab = tok["model"]["vocab"]
@@ -243,6 +250,7 @@ CASES = [
     Case("missing-shard", _missing_shard, "lacks the weight shard model-00002-of-00002.safetensors"),
     Case("cache-dir-under-a-file", _cache_dir_under_a_file, "(on the way to"),
     Case("report-under-a-file", _report_under_a_file, "plain.txt' in"),
+    Case("architectures-not-a-list", _architectures_not_a_list, "not a list of class names"),  # a retyped field, as the file fuzz makes them
     Case("report-to-a-device", lambda w: ["--unlearn-json=/dev/null"], "'/dev/null' is not a regular file"),
 ]
 

@@ -225,7 +225,10 @@ def _architecture(directory: Path) -> str:
     if not isinstance(cfg, dict):
         raise ModelError(f"'{directory / 'config.json'}' is not a JSON object; re-save it with model.save_pretrained(DIR)")
     archs = cfg.get("architectures") or [cfg.get("model_type", "?")]
-    return str(archs[0])
+    if not isinstance(archs, list) or not isinstance(archs[0], str):  # transformers reads a list of class names
+        raise ModelError(f"'{directory / 'config.json'}' has architectures {json.dumps(archs)[:80]}, not a list of class names such as "
+                         "[\"LlamaForCausalLM\"]; re-save it with model.save_pretrained(DIR)")
+    return archs[0]
 
 
 def precheck_pair(target: str | os.PathLike[str], other: str | os.PathLike[str], *, role: str = "unlearned") -> None:
