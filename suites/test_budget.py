@@ -19,7 +19,13 @@ def test_budget(request: pytest.FixtureRequest, unlearn_session: Any, budget_che
     try:
         verdict = unlearn_session.check(quantizer, check)
     except UnlearnAssertError as exc:  # bad input found only at load time (e.g. NaN weights): one line
-        pytest.fail(str(exc), pytrace=False)
+        failure = str(exc)
+    except Exception as exc:  # none of ours: a bug, one line naming the row (the traceback in a log, or with -v)
+        failure = unlearn_session.internal_error(exc, request.node.name)
+    else:
+        failure = None
+    if failure is not None:  # outside the handler, so pytest shows no chained exception
+        pytest.fail(failure, pytrace=False)
     request.node.stash[verdict_key] = verdict
     if verdict.outcome == "skipped":
         pytest.skip(verdict.message)

@@ -6,7 +6,7 @@ of its own layer or of a lower one; within a layer the imports must not form a c
 lowest first (a name stands for the module or for every module of the package it names):
 
 ====  ========================================================================================
-0     ``version``, ``errors``, ``names``: the vocabulary, importing nothing of ours
+0     ``version``, ``errors``, ``names``: the vocabulary, and ``fs`` (broken-link facts), importing nothing of ours
 1     ``data``, ``data_hf`` (MUSE's Hugging Face forms), ``hardware``, ``quant.spec`` (the quantizer-id grammar), ``models`` (safe loading,
       fingerprints; torch only inside functions)
 2     ``cache`` (results and model fingerprints by content), ``config`` (options, budgets,
@@ -37,7 +37,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "unlearn_assert"
 ROOT = "unlearn_assert"
 
 LAYERS: dict[str, int] = {
-    "version": 0, "errors": 0, "names": 0,
+    "version": 0, "errors": 0, "names": 0, "fs": 0,
     "data": 1, "data_hf": 1, "hardware": 1, "quant.spec": 1, "models": 1,
     "cache": 2, "config": 2, "report.schema": 2,
     "quant": 3, "quant.base": 3, "quant.calibration": 3, "quant.packed": 3, "testing": 3,

@@ -8,7 +8,7 @@ import json
 import shutil
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -23,6 +23,7 @@ class Case:
     breaker: Callable[[Path], list[str]]  # gets the work dir, returns extra CLI args
     needle: str
     code: int = USAGE
+    env: dict[str, str] = field(default_factory=dict)  # set for the run (e.g. no visible GPU)
 
 
 def _digest(root: Path) -> dict[str, str]:
@@ -85,6 +86,13 @@ def _missing_target(w: Path) -> list[str]:
 def _other_architecture(w: Path) -> list[str]:
     cfg = json.loads((_model(w) / "config.json").read_text())
     cfg["architectures"] = ["MistralForCausalLM"]
+    _write_json(_model(w) / "config.json", cfg)
+    return []
+
+
+def _architectures_not_a_list(w: Path) -> list[str]:
+    cfg = json.loads((_model(w) / "config.json").read_text())
+    cfg["architectures"] = True
     _write_json(_model(w) / "config.json", cfg)
     return []
 
@@ -158,6 +166,52 @@ def _data_privleak_not_strings(w: Path) -> list[str]:
     return []
 
 
+def _no_tokenizer(w: Path) -> list[str]:
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (_model(w) / name).unlink()
+    return []
+
+
+def _weights_link_loop(w: Path) -> list[str]:
+    f = _model(w) / "model.safetensors"
+    f.unlink()
+    f.symlink_to("model.safetensors")  # points to itself
+    return []
+
+
+def _weights_dangling_link(w: Path) -> list[str]:
+    f = _model(w) / "model.safetensors"
+    f.rename(w / "moved.safetensors")
+    f.symlink_to(w / "gone.safetensors")
+    return []
+
+
+def _missing_shard(w: Path) -> list[str]:
+    from unlearn_assert.models import read_weight_headers
+
+    names = read_weight_headers(_model(w))
+    (_model(w) / "model.safetensors").rename(_model(w) / "model-00001-of-00002.safetensors")
+    weight_map = {n: "model-00001-of-00002.safetensors" for n in names}
+    weight_map["lm_head.weight"] = "model-00002-of-00002.safetensors"  # the shard that was never copied
+    _write_json(_model(w) / "model.safetensors.index.json", {"metadata": {}, "weight_map": weight_map})
+    return []
+
+
+def _cache_dir_is_a_file(w: Path) -> list[str]:
+    (w / "plain.txt").write_text("x")
+    return [f"--unlearn-cache-dir={w / 'plain.txt'}"]
+
+
+def _cache_dir_under_a_file(w: Path) -> list[str]:
+    (w / "plain.txt").write_text("x")
+    return [f"--unlearn-cache-dir={w / 'plain.txt' / 'results'}"]
+
+
+def _report_under_a_file(w: Path) -> list[str]:
+    (w / "plain.txt").write_text("x")
+    return [f"--unlearn-json={w / 'plain.txt' / 'r.json'}"]
+
+
 CASES = [
     Case("truncated-safetensors", _truncate, "truncated"),
     Case("garbage-safetensors", _garbage_weights, "corrupt"),
@@ -185,6 +239,19 @@ CASES = [
     Case("report-dir-missing", lambda w: [f"--unlearn-json={w / 'nope' / 'r.json'}"], "does not exist"),
     Case("report-path-is-dir", lambda w: [f"--unlearn-html={w}"], "is a directory"),
     Case("bad-batch-size", lambda w: ["--unlearn-batch-size=many"], "--unlearn-batch-size"),
+    # issue 16: the five that got past the option-time checks, then the preconditions around them
+    Case("cuda-without-cuda", lambda w: ["--unlearn-device=cuda"], "--unlearn-device: 'cuda' was requested but CUDA is not available",
+         env={"CUDA_VISIBLE_DEVICES": ""}),
+    Case("cache-dir-is-a-file", _cache_dir_is_a_file, "plain.txt' is a file, not a directory"),
+    Case("no-tokenizer-files", _no_tokenizer, "it needs tokenizer.json, or tokenizer.model, or vocab.json + merges.txt"),
+    Case("empty-quantizers", lambda w: ["--unlearn-quantizers="], "--unlearn-quantizers is empty"),
+    Case("weights-link-loop", _weights_link_loop, "model.safetensors' is a symbolic link loop"),
+    Case("weights-dangling-link", _weights_dangling_link, "is a dangling symbolic link to"),
+    Case("missing-shard", _missing_shard, "lacks the weight shard model-00002-of-00002.safetensors"),
+    Case("cache-dir-under-a-file", _cache_dir_under_a_file, "(on the way to"),
+    Case("report-under-a-file", _report_under_a_file, "plain.txt' in"),
+    Case("architectures-not-a-list", _architectures_not_a_list, "not a list of class names"),  # a retyped field, as the file fuzz makes them
+    Case("report-to-a-device", lambda w: ["--unlearn-json=/dev/null"], "'/dev/null' is not a regular file"),
 ]
 
 
@@ -198,7 +265,9 @@ def pristine(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, tin
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_bad_input(pytester: pytest.Pytester, pristine: Path, case: Case) -> None:
+def test_bad_input(pytester: pytest.Pytester, pristine: Path, case: Case, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in case.env.items():
+        monkeypatch.setenv(name, value)
     work = pytester.path / "work"
     shutil.copytree(pristine, work)
     extra = case.breaker(work)

@@ -109,3 +109,49 @@ def test_valid_config_from_ini_and_header(pytester: pytest.Pytester, tiny_model_
     result = pytester.runpytest_subprocess(f"--unlearn-model={tiny_model_dir}", "--co")
     assert result.ret == 0, result.stderr.str()
     result.stdout.fnmatch_lines(["unlearn-assert: model=*", "*recovery<=0.3*"])
+
+
+TORCH_PROBE = """
+import sys
+
+def pytest_collection_finish(session):
+    (session.config.rootpath / "torch-imported").write_text(str("torch" in sys.modules))
+"""
+
+
+def test_a_device_option_without_a_model_imports_no_torch(pytester: pytest.Pytester) -> None:
+    """The device check imports torch only for a gate run (with --unlearn-model) on a device other
+    than cpu/auto: ``pytest --co`` and an ordinary run stay torch-free whatever the device option says."""
+    pytester.makeconftest(TORCH_PROBE)
+    pytester.makepyfile("def test_ok():\n    import sys\n    assert 'torch' not in sys.modules\n")
+    for extra in (["--co"], []):
+        result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--unlearn-device=cuda", *extra)
+        assert result.ret == 0, result.stdout.str()
+        assert (pytester.path / "torch-imported").read_text() == "False"
+
+
+def test_a_cpu_gate_checks_its_inputs_without_torch(pytester: pytest.Pytester, tiny_model_dir: Path, tiny_data_dir: Path) -> None:
+    pytester.makeconftest(TORCH_PROBE)
+    result = pytester.runpytest_subprocess("--co", "-p", "no:cacheprovider", f"--unlearn-model={tiny_model_dir}", f"--unlearn-target={tiny_model_dir}",
+                                           f"--unlearn-data={tiny_data_dir}", "--unlearn-device=cpu")
+    assert result.ret == 0, result.stderr.str()
+    assert (pytester.path / "torch-imported").read_text() == "False"
+
+
+def test_an_empty_quantizer_list_is_refused_and_an_unset_one_is_the_default(
+        pytester: pytest.Pytester, tiny_model_dir: Path, tiny_data_dir: Path) -> None:
+    from unlearn_assert.config import DEFAULT_QUANTIZERS, build_run_config
+    from unlearn_assert.errors import ConfigError
+
+    assert build_run_config(lambda o: None).quantizers == tuple(DEFAULT_QUANTIZERS.split(","))  # unset
+    for empty in ("", "  "):
+        with pytest.raises(ConfigError, match="--unlearn-quantizers is empty"):  # library use: set to nothing
+            build_run_config(lambda o, e=empty: e if o.name == "quantizers" else None)
+    args = ["--co", "-q", f"--unlearn-model={tiny_model_dir}", f"--unlearn-target={tiny_model_dir}", f"--unlearn-data={tiny_data_dir}"]
+    pytester.makeini("[pytest]\nunlearn_quantizers =\n")
+    assert "--unlearn-quantizers is empty" in _usage_error(pytester.runpytest_subprocess(*args))
+    pytester.makeini("[pytest]\nunlearn_quantizers = rtn-w8\n")
+    assert "--unlearn-quantizers is empty" in _usage_error(pytester.runpytest_subprocess(*args, "--unlearn-quantizers="))
+    pytester.makeini("[pytest]\n")
+    result = pytester.runpytest_subprocess(*args)
+    assert result.ret == 0 and "test_budget[rtn-w4g128-verbmem_f]" in result.stdout.str()

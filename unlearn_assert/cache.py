@@ -14,7 +14,8 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Mapping
+import warnings
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -64,13 +65,20 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
 
 
 class ResultCache:
-    """A directory of ``<key[:2]>/<key>.json`` files. ``enabled=False`` makes it a no-op."""
+    """A directory of ``<key[:2]>/<key>.json`` files. ``enabled=False`` makes it a no-op.
 
-    def __init__(self, directory: str | os.PathLike[str] | None, enabled: bool = True) -> None:
+    A write that fails (a full disk, a read-only cache) never fails the run, whose results are
+    valid: the first failure is kept in ``write_error`` (one line), given to ``on_write_error`` (or
+    warned), and no further entry is written; no partial entry is left (:func:`atomic_write_text`)."""
+
+    def __init__(self, directory: str | os.PathLike[str] | None, enabled: bool = True,
+                 on_write_error: Callable[[str], None] | None = None) -> None:
         self.directory = Path(directory) if directory is not None else default_cache_dir()
         self.enabled = enabled
         self.hits = 0
         self.misses = 0
+        self.on_write_error = on_write_error
+        self.write_error: str | None = None
 
     def _path(self, key: str) -> Path:
         return self.directory / key[:2] / f"{key}.json"
@@ -96,9 +104,18 @@ class ResultCache:
         return result if isinstance(result, dict) else None
 
     def put(self, key: str, value: Mapping[str, Any]) -> None:
-        if not self.enabled:
+        if not self.enabled or self.write_error is not None:
             return
-        atomic_write_text(self._path(key), json.dumps({"key": key, "value": value}, sort_keys=True))
+        text = json.dumps({"key": key, "value": value}, sort_keys=True)
+        try:
+            atomic_write_text(self._path(key), text)
+        except OSError as exc:
+            self.write_error = (f"could not write the result cache entry '{self._path(key)}' ({exc.strerror or exc}), so this run's "
+                                "results are not cached; free disk space, choose another --unlearn-cache-dir or pass --unlearn-no-cache")
+            if self.on_write_error is not None:
+                self.on_write_error(self.write_error)
+            else:
+                warnings.warn(self.write_error, RuntimeWarning, stacklevel=2)
 
 
 class FingerprintCache:

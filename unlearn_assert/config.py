@@ -305,8 +305,8 @@ def _devices(raw: Any, device: str) -> tuple[int, ...]:
 
 
 def _as_bool(opt: Option, raw: Any) -> bool:
-    if isinstance(raw, bool):
-        return raw
+    if isinstance(raw, bool) or raw is None:  # None: unset
+        return bool(raw)
     text = str(raw).strip().lower()
     if text in ("1", "true", "yes", "on"):
         return True
@@ -350,8 +350,12 @@ def build_run_config(get: Callable[[Option], Any], *, model_spec: str | None = N
     for name in ("model", "target", "retrain", "data", "json", "html", "cache_dir", "calibration"):
         v = raw[name]
         values[name] = str(v) if v not in (None, "") else None
+    quantizers = DEFAULT_QUANTIZERS if raw["quantizers"] is None else str(raw["quantizers"])  # unset: the default
+    if not quantizers.strip():  # set, but to nothing: a quantization gate with nothing to quantize
+        raise ConfigError(f"--unlearn-quantizers is empty, so the gate has no quantizer to test; pass ids such as {DEFAULT_QUANTIZERS}, "
+                          "or leave the option out for that default")
     try:
-        values["quantizers"] = validate_quantizer_list(str(raw["quantizers"] or DEFAULT_QUANTIZERS))
+        values["quantizers"] = validate_quantizer_list(quantizers)
     except QuantizerError as exc:
         raise ConfigError(f"--unlearn-quantizers: {exc}") from None
     values["budget"] = parse_budget(raw["budget"] or "")

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import ModelError
+from .fs import link_problem
 from .names import DTYPES
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -76,13 +77,37 @@ def _pickle_files(directory: Path) -> list[Path]:
     return sorted(p for p in directory.iterdir() if p.is_file() and p.suffix in PICKLE_SUFFIXES)
 
 
+def _check_links(directory: Path, path: str | os.PathLike[str]) -> None:
+    """Name a symbolic link among the model's files that leads nowhere (a loop, a deleted target):
+    otherwise it reads as a missing file, or a shard silently drops out of the weights."""
+    names = [*CONFIG_FILES, *TOKENIZER_FILES, "model.safetensors.index.json"]
+    for entry in [directory / n for n in names] + sorted(directory.glob("*.safetensors")):
+        problem = link_problem(entry)
+        if problem is not None:
+            raise ModelError(f"model directory '{path}': {problem}; replace the link with the file itself or fix its target")
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ModelError(f"'{index}' is not a valid safetensors index ({type(exc).__name__}); re-save the model with model.save_pretrained(DIR)") from None
+        missing = sorted(str(s) for s in shards if not (directory / str(s)).is_file())
+        if missing:
+            raise ModelError(f"model directory '{path}' lacks the weight shard {missing[0]} that model.safetensors.index.json lists; "
+                             "copy every shard, or re-save the model with model.save_pretrained(DIR)")
+
+
 def check_model_dir(path: str | os.PathLike[str], *, allow_pickle: bool = False) -> Path:
     """Validate the shape of a model directory without loading it (cheap; used at option parse time)."""
     directory = Path(path).expanduser()
+    problem = link_problem(directory)
+    if problem is not None:
+        raise ModelError(f"model path {problem}; pass a local Hugging Face model directory")
     if not directory.exists():
         raise ModelError(f"model path '{path}' does not exist; pass a local Hugging Face model directory (config.json + *.safetensors)")
     if not directory.is_dir():
         raise ModelError(f"model path '{path}' is not a directory; pass the directory that holds config.json and the *.safetensors files")
+    _check_links(directory, path)
     if not (directory / "config.json").is_file():
         raise ModelError(f"model directory '{path}' has no config.json; save the model with model.save_pretrained(DIR)")
     if not weight_files(directory):
@@ -120,16 +145,52 @@ def check_safetensors_file(file: Path) -> dict[str, Any]:
             if name == "__metadata__":
                 continue
             begin, stop = meta["data_offsets"]
-            if not (0 <= begin <= stop):
+            if not (isinstance(begin, int) and isinstance(stop, int) and 0 <= begin <= stop):
                 raise ValueError(f"tensor '{name}' has invalid offsets")
+            shape = meta["shape"]  # read_weight_headers and the pairing check rely on it
+            if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+                raise ValueError(f"tensor '{name}' has an invalid shape")
+            if not isinstance(meta.get("dtype"), str):
+                raise ValueError(f"tensor '{name}' has no dtype")
             end = max(end, stop)
         if 8 + header_len + end != size:
             raise ValueError(f"expected {8 + header_len + end} bytes, found {size} (truncated or padded)")
         return header
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError, OSError) as exc:  # json errors are ValueErrors
+    except OSError as exc:
+        raise ModelError(f"weight file '{file}' cannot be read ({exc.strerror or exc}); check that it is a readable file") from None
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError, RecursionError) as exc:  # json errors are ValueErrors
         raise ModelError(
             f"weight file '{file}' is corrupt or truncated ({exc}); re-download or re-save the checkpoint"
         ) from None
+
+
+#: The file sets from which ``AutoTokenizer`` can build a tokenizer without remote code: a fast
+#: tokenizer, a SentencePiece model, a byte-level BPE vocabulary, a WordPiece vocabulary.
+TOKENIZER_SETS: tuple[tuple[str, ...], ...] = (("tokenizer.json",), ("tokenizer.model",), ("vocab.json", "merges.txt"), ("vocab.txt",))
+
+
+def check_tokenizer_files(directory: Path) -> None:
+    """Refuse a model directory whose tokenizer ``AutoTokenizer`` cannot load, from the file names
+    (and tokenizer_config.json) alone: without it the run fails at test time with transformers'
+    message instead of a usage error that names the missing files."""
+    config = directory / "tokenizer_config.json"
+    if config.is_file():
+        try:
+            value = json.loads(config.read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError) as exc:
+            raise ModelError(f"'{config}' cannot be read as JSON ({type(exc).__name__}); re-save the tokenizer with tokenizer.save_pretrained(DIR)") from None
+        if not isinstance(value, dict):
+            raise ModelError(f"'{config}' is not a JSON object; re-save the tokenizer with tokenizer.save_pretrained(DIR)")
+    have = {n for n in TOKENIZER_FILES if (directory / n).is_file()}
+    if any(all(n in have for n in group) for group in TOKENIZER_SETS) or any(directory.glob("*.model")):
+        return
+    pair = [n for n in ("vocab.json", "merges.txt") if n in have]
+    found = (f"{pair[0]} is there without {({'vocab.json', 'merges.txt'} - set(pair)).pop()}" if len(pair) == 1
+             else f"only {', '.join(sorted(have))} is there" if have else "none of them is there")
+    raise ModelError(
+        f"model directory '{directory}' has no tokenizer that AutoTokenizer can load: it needs tokenizer.json, or tokenizer.model, "
+        f"or vocab.json + merges.txt ({found}); save them next to the model with tokenizer.save_pretrained(DIR)"
+    )
 
 
 def read_weight_headers(directory: Path) -> dict[str, tuple[int, ...]]:
@@ -166,7 +227,10 @@ def _architecture(directory: Path) -> str:
     if not isinstance(cfg, dict):
         raise ModelError(f"'{directory / 'config.json'}' is not a JSON object; re-save it with model.save_pretrained(DIR)")
     archs = cfg.get("architectures") or [cfg.get("model_type", "?")]
-    return str(archs[0])
+    if not isinstance(archs, list) or not isinstance(archs[0], str):  # transformers reads a list of class names
+        raise ModelError(f"'{directory / 'config.json'}' has architectures {json.dumps(archs)[:80]}, not a list of class names such as "
+                         "[\"LlamaForCausalLM\"]; re-save it with model.save_pretrained(DIR)")
+    return archs[0]
 
 
 def precheck_pair(target: str | os.PathLike[str], other: str | os.PathLike[str], *, role: str = "unlearned") -> None:
@@ -270,6 +334,7 @@ def quiet_transformers() -> Iterator[None]:
 
 
 def load_tokenizer(directory: Path) -> Any:
+    check_tokenizer_files(directory)
     from transformers import AutoTokenizer
 
     try:

@@ -16,7 +16,7 @@ import pytest
 from .config import OPTIONS, Budget, Option, RunConfig, build_run_config
 from .errors import ConfigError, UnlearnAssertError
 from .names import item_id
-from .session import PAYLOAD_ATTR, UnlearnSession, is_xdist_worker
+from .session import PAYLOAD_ATTR, UnlearnSession, internal_error, is_xdist_worker
 
 run_config_key = pytest.StashKey[RunConfig]()
 session_key = pytest.StashKey[UnlearnSession]()
@@ -36,10 +36,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
             parser.addini(opt.ini, help=opt.help, type="args", default=[])
         else:
             group.addoption(opt.cli, action="store", dest=opt.dest, default=None, metavar=opt.metavar, help=opt.help + default_text)
-            parser.addini(opt.ini, help=opt.help, type="string", default="")
+            # the option's own default when the key is absent, so an explicitly empty key ("") is told apart
+            parser.addini(opt.ini, help=opt.help, type="string", default=opt.default if isinstance(opt.default, str) else "")
 
 
 PATH_OPTIONS = frozenset({"model", "target", "retrain", "data", "json", "html", "cache_dir", "calibration"})
+#: options whose explicitly empty value (``--unlearn-quantizers=``, ``unlearn_quantizers = ""``) is passed on
+#: as empty, for build_run_config to refuse, instead of falling back to the default
+EMPTY_IS_A_VALUE = frozenset({"quantizers"})
 
 
 def _ini_path(config: pytest.Config, text: str) -> str:
@@ -56,9 +60,14 @@ def _effective(config: pytest.Config, opt: Option) -> Any:
     relative to the working directory; from the ini file, to the ini file's directory (so a
     pyproject's settings work from any directory)."""
     value = config.getoption(opt.dest)
-    if value not in (None, ""):
+    if value not in (None, "") or (value == "" and opt.name in EMPTY_IS_A_VALUE):
         return value
-    ini = config.getini(opt.ini)
+    try:
+        ini = config.getini(opt.ini)
+    except (pytest.UsageError, ValueError) as exc:  # pytest's own check of the ini type (a bool): name the key
+        raise ConfigError(f"ini key {opt.ini}: {exc}; {'use true or false' if opt.flag else 'fix its value'}") from None
+    if ini == "" and opt.name in EMPTY_IS_A_VALUE:
+        return ini
     if opt.multi:  # NAME=DIR entries: DIR relative to the ini file
         out = []
         for entry in ini or []:
@@ -102,6 +111,10 @@ def pytest_configure(config: pytest.Config) -> None:
         run = _run_config(config)
     except UnlearnAssertError as exc:
         raise pytest.UsageError(str(exc)) from None
+    except pytest.UsageError:  # pytest's own, already one line
+        raise
+    except Exception as exc:  # none of ours: a bug, still one line (the traceback in a log file, or with -v)
+        raise pytest.UsageError(internal_error(config, exc, "while checking the options and inputs")) from None
     config.stash[run_config_key] = run
     if not run.enabled:
         return
@@ -187,8 +200,12 @@ class _Receiver:
 def pytest_sessionfinish(session: pytest.Session) -> None:
     unlearn = _session(session.config)
     if unlearn is not None:
-        unlearn.close()
-        unlearn.write_reports()
+        try:
+            unlearn.close()
+            unlearn.write_reports()
+        except Exception as exc:  # noqa: BLE001 - a bug here must not turn the outcomes into an INTERNALERROR traceback
+            unlearn.errors.append(internal_error(session.config, exc, "while writing the reports"))
+            session.exitstatus = session.exitstatus or pytest.ExitCode.INTERNAL_ERROR
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:

@@ -10,6 +10,10 @@ Report files are written by the controller only.
 from __future__ import annotations
 
 import json
+import os
+import tempfile
+import time
+import traceback
 from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,10 +27,38 @@ if TYPE_CHECKING:  # pragma: no cover
     from .report.schema import ReportDict
 
 PAYLOAD_ATTR = "unlearn_assert_payload"
+BUG_REPORT = "this is a bug in unlearn-assert; please report it with the JSON report"
 
 
 def is_xdist_worker(config: pytest.Config) -> bool:
     return hasattr(config, "workerinput")
+
+
+def _log_traceback(config: pytest.Config, what: str, text: str) -> Path | None:
+    """Append a traceback to ``internal-errors.log`` in pytest's cache dir (else the temp dir); None if
+    that cannot be written either (the one-line message then points at -v)."""
+    try:
+        cache = getattr(config, "cache", None)
+        folder = Path(cache.mkdir("unlearn-assert")) if cache is not None else Path(tempfile.gettempdir())
+        log = folder / "internal-errors.log"
+        with log.open("a", encoding="utf-8") as fh:
+            fh.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} pid {os.getpid()}: internal error {what}\n{text}\n")
+        return log
+    except Exception:  # noqa: BLE001 - the log is a convenience; never let it hide the error itself
+        return None
+
+
+def internal_error(config: pytest.Config, exc: BaseException, what: str) -> str:
+    """One line for an exception that is not one of ours (an ``UnlearnAssertError`` names its own fix):
+    what failed and why, that it is a bug, and where the traceback is. The full traceback goes to a
+    log file, and into the message only with ``-v``."""
+    detail = " ".join(f"{type(exc).__name__}: {exc}".split())
+    detail = detail if len(detail) <= 300 else detail[:297] + "..."
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    log = _log_traceback(config, what, text)
+    where = f"full traceback in {log} (or rerun with -v)" if log is not None else "rerun with -v for the full traceback"
+    line = f"unlearn-assert: internal error {what} ({detail}); {BUG_REPORT}; {where}"
+    return line + "\n" + text if config.option.verbose > 0 else line
 
 
 class UnlearnSession:
@@ -49,6 +81,7 @@ class UnlearnSession:
         self.report: ReportDict | None = None
         self.written: list[str] = []
         self.errors: list[str] = []
+        self._errors_shipped = 0
 
     # ------------------------------------------------------------------ the gate (worker or serial)
 
@@ -62,8 +95,8 @@ class UnlearnSession:
             if cache_dir is None and getattr(self.config, "cache", None) is not None:
                 cache_dir = str(self.config.cache.mkdir("unlearn-assert"))
             device = self._divide_the_machine()
-            self._gate = Gate(self.run, ResultCache(cache_dir, enabled=not self.run.no_cache), progress=self.progress,
-                              shared=self.shared_dir, device=device)
+            cache = ResultCache(cache_dir, enabled=not self.run.no_cache, on_write_error=self.warn)
+            self._gate = Gate(self.run, cache, progress=self.progress, shared=self.shared_dir, device=device)
         return self._gate
 
     def _divide_the_machine(self) -> str:
@@ -79,6 +112,19 @@ class UnlearnSession:
                                torch.cuda.device_count() if torch.cuda.is_available() else 0)
         self.execution = {"worker": worker_id or "main", "workers": workers, "threads": apply_thread_budget(workers), "device": device}
         return device
+
+
+    def warn(self, message: str) -> None:
+        """A problem that changes no outcome (a cache entry not written): one line in the summary (from
+        an xdist worker, it travels to the controller with the next test report)."""
+        self.errors.append(message)
+
+    def internal_error(self, exc: BaseException, item: str) -> str:
+        """The one line for an internal error raised while running ``item`` (see :func:`internal_error`),
+        naming the row the gate was computing."""
+        computing = getattr(self._gate, "computing", None)
+        what = f"while computing the row {computing[0]} {computing[1]} for {item}" if computing else f"while judging {item}"
+        return internal_error(self.config, exc, what)
 
     def close(self) -> None:
         if self._gate is not None:
@@ -114,9 +160,11 @@ class UnlearnSession:
         execution = None
         if self.execution is not None and not self._execution_shipped:
             execution, self._execution_shipped = self.execution, True
-        if not rows and verdict is None and execution is None:
+        errors = self.errors[self._errors_shipped:] if is_xdist_worker(self.config) else []
+        self._errors_shipped = len(self.errors)
+        if not rows and verdict is None and execution is None and not errors:
             return None
-        return json.dumps({"rows": rows, "verdict": verdict.to_dict() if verdict else None, "execution": execution})
+        return json.dumps({"rows": rows, "verdict": verdict.to_dict() if verdict else None, "execution": execution, "errors": errors})
 
     # ------------------------------------------------------------------ controller side
 
@@ -136,6 +184,7 @@ class UnlearnSession:
         verdict = payload.get("verdict")
         if verdict:
             self.verdicts[verdict["item"]] = verdict
+        self.errors.extend(e for e in payload.get("errors", []) if e not in self.errors)
 
     def build_report(self) -> ReportDict | None:
         """The run's report from what the items' reports carried (the same builder ``ua.gate`` uses)."""
@@ -170,8 +219,8 @@ class UnlearnSession:
                 try:
                     writer(report, path)
                     self.written.append(path)
-                except OSError as exc:
-                    self.errors.append(f"could not write {path}: {exc}")
+                except OSError as exc:  # atomic: no partial file is left, and an earlier report stays
+                    self.errors.append(f"could not write {path} ({exc.strerror or exc}); free disk space or choose another path")
 
     def terminal_summary(self, reporter: Any) -> None:
         """The summary table; never raises (a broken summary must not hide test outcomes)."""
@@ -192,5 +241,6 @@ class UnlearnSession:
                 reporter.write_line(f"unlearn-assert: wrote {path}")
         except Exception as exc:  # noqa: BLE001 - report, never raise from the summary
             self.errors.append(f"could not render the summary: {type(exc).__name__}: {exc}")
-        for err in self.errors:
-            reporter.write_line(f"unlearn-assert: {err}", yellow=True)
+        finally:  # the warnings show even when there is no table
+            for err in self.errors:
+                reporter.write_line(f"unlearn-assert: {err}", yellow=True)

@@ -48,17 +48,20 @@ class RowClaims:
         return self.directory / key[:2] / f"{key}.lock"
 
     def try_claim(self, key: str) -> bool:
-        """Claim ``key``; False when another live holder has it."""
+        """Claim ``key``; False when another live holder has it. A directory where no lock can be
+        written (read-only, full) claims nothing and blocks nobody: the row is computed here."""
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(2):  # a second try after breaking an abandoned claim
             try:
+                path.parent.mkdir(parents=True, exist_ok=True)
                 fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 if not self._abandoned(path):
                     return False
                 self._break(path)
                 continue
+            except OSError:
+                return True
             with os.fdopen(fd, "w") as fh:
                 json.dump({"host": self.host, "pid": os.getpid(), "since": time.time()}, fh)
             return True

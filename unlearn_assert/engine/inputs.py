@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from ..cache import FingerprintCache, ResultCache
 from ..config import OPTION_BY_NAME, RunConfig
 from ..errors import ConfigError, DataError, ModelError
+from ..fs import link_problem
 from ..names import Role
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -143,22 +144,67 @@ def _writable_file(option: str, raw: str) -> None:
     parent = path.parent if str(path.parent) else Path(".")
     if path.is_dir():
         raise ConfigError(f"{opt.cli}: '{raw}' is a directory; give a file path such as {raw.rstrip('/')}/report.{opt.name}")
+    if path.exists() and not path.is_file():  # a report replaces its file: never a device (/dev/null), FIFO or socket
+        raise ConfigError(f"{opt.cli}: '{raw}' is not a regular file; give the path of a report file to write, or leave the option out")
+    if parent.exists() and not parent.is_dir():
+        raise ConfigError(f"{opt.cli}: '{parent}' in '{raw}' is a file, not a directory; choose another path")
     if not parent.is_dir():
         raise ConfigError(f"{opt.cli}: the directory of '{raw}' does not exist; create it first or choose another path")
     if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
         raise ConfigError(f"{opt.cli}: '{raw}' is not writable; choose a path you can write to")
 
 
+def _check_device(device: str) -> None:
+    """The requested device exists on this machine. torch is imported only for a device other than
+    auto and cpu, so ``pytest --co`` without a GPU request stays torch-free."""
+    if device in ("auto", "cpu"):
+        return
+    import torch
+
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            build = "a CPU-only torch build" if torch.version.cuda is None else "no CUDA device is visible"
+            raise ConfigError(f"--unlearn-device: '{device}' was requested but CUDA is not available ({build}); "
+                              "use --unlearn-device=cpu or auto, or run on a machine with a GPU")
+        index, count = int(device.partition(":")[2] or 0), torch.cuda.device_count()
+        if index >= count:
+            raise ConfigError(f"--unlearn-device: '{device}' does not exist; this machine has {count} CUDA device(s), "
+                              f"cuda:0 to cuda:{count - 1} (check CUDA_VISIBLE_DEVICES)")
+    elif device == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("--unlearn-device: 'mps' was requested but Apple's MPS backend is not available; use --unlearn-device=cpu or auto")
+
+
+def _check_cache_dir(raw: str) -> None:
+    """``--unlearn-cache-dir`` is a directory we can write, or one we can create (nothing is created here)."""
+    cli = OPTION_BY_NAME["cache_dir"].cli
+    path = Path(raw).expanduser()
+    probe = path
+    while not probe.exists() and probe != probe.parent:  # the nearest ancestor that exists
+        problem = link_problem(probe)
+        if problem is not None:
+            raise ConfigError(f"{cli}: {problem}; pass a directory for cached results, or --unlearn-no-cache")
+        probe = probe.parent
+    if not probe.is_dir():
+        where = f"'{raw}' is a file" if probe == path else f"'{probe}' (on the way to '{raw}') is a file"
+        raise ConfigError(f"{cli}: {where}, not a directory; pass a directory for cached results (it is created if missing), or --unlearn-no-cache")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        verb = "written" if probe == path else f"created in '{probe}'"
+        raise ConfigError(f"{cli}: '{raw}' cannot be {verb} (permission denied); choose a directory you can write to, or pass --unlearn-no-cache")
+
+
 def precheck(run: RunConfig) -> None:
-    """Cheap checks of every input of ``run`` before any model loads, from headers only: directory
-    shape, complete safetensors files, target/unlearned pairing from config, headers and tokenizer
-    files, the whole data set, the calibration file, the user's quantized artifacts and the report
-    paths. Every problem is one :class:`ConfigError` line (a pytest usage error, exit 4)."""
+    """Cheap checks of every input of ``run`` before any model loads, from headers only: the device,
+    the cache dir, directory shape (links resolved), complete safetensors files, the tokenizer files,
+    target/unlearned pairing from config, headers and tokenizer files, the whole data set, the
+    calibration file, the user's quantized artifacts and the report paths. Every problem is one :class:`ConfigError` line (a pytest usage error, exit 4)."""
     from ..data import RAW_RETAIN_HINT, load_data
-    from ..models import check_model_dir, precheck_pair, read_weight_headers
+    from ..models import check_model_dir, check_tokenizer_files, precheck_pair, read_weight_headers
     from ..quant.calibration import calibration_from_data, load_calibration_file, needs_calibration
     from ..quant.checkpoint import read_checkpoint
 
+    _check_device(run.device)
+    if run.cache_dir is not None and not run.no_cache:
+        _check_cache_dir(run.cache_dir)
     if run.calibration is not None:
         load_calibration_file(run.calibration)  # a missing or malformed file is a usage error now
     for artifact in run.prequantized:
@@ -170,7 +216,9 @@ def precheck(run: RunConfig) -> None:
                 raise ConfigError("--unlearn-target is required with --unlearn-model; pass the model the unlearned one was made from")
             continue
         try:
-            read_weight_headers(check_model_dir(value, allow_pickle=run.allow_pickle))
+            directory = check_model_dir(value, allow_pickle=run.allow_pickle)
+            read_weight_headers(directory)
+            check_tokenizer_files(directory)
         except ModelError as exc:
             raise ConfigError(f"{OPTION_BY_NAME[name].cli}: {exc}") from None
     for name, role in (("model", "unlearned"), ("retrain", "retrain")):

@@ -56,6 +56,8 @@ class Gate:
         self._sources: dict[str, Source] = {}
         self._handoffs: dict[str, Any] = {}  # variant -> what q(T)'s source handed on to q(U)'s
         self.views = Views(self.inputs, self.cache, self.source)
+        #: the row being computed right now, so that an internal error can say which (None between rows)
+        self.computing: RowKey | None = None
 
     def __enter__(self) -> Gate:
         return self
@@ -79,6 +81,7 @@ class Gate:
         """The row of one model under one variant ("fp" = full precision), from the cache or computed."""
         if (role, variant) in self.rows:
             return self.rows[(role, variant)]
+        self.computing = (role, variant)
         if self.inputs.path(role) is None:
             raise ValueError(f"no {role} model configured")
         source = None if variant == FP else self.source(variant)
@@ -95,6 +98,7 @@ class Gate:
                 row = self._stored(key, role, variant)  # None: its holder stopped without a result; claim it
         row.fingerprint = self.inputs.fingerprint(role)
         self.rows[(role, variant)] = row
+        self.computing = None
         return row
 
     def _stored(self, key: str, role: Role, variant: str) -> Row | None:
