@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from ..cache import ResultCache
 from ..config import OPTIONS, Budget, RunConfig, build_run_config
 from ..names import FP, Role, item_name
-from .derive import figures, reference_problem
+from .derive import Figures, bootstrap_of, figures, reference_problem
 from .inputs import Inputs, Progress, precheck
 from .report import Report, build_report
 from .rows import Row, RowKey, cached_row, compute_row, row_key
@@ -43,6 +43,7 @@ class Gate:
         self.rows: dict[RowKey, Row] = {}
         self._sources: dict[str, Source] = {}
         self._handoffs: dict[str, Any] = {}  # variant -> what q(T)'s source handed on to q(U)'s
+        self._figures: dict[frozenset[RowKey], Figures] = {}
         self.views = Views(self.inputs, self.cache, self.source)
 
     def __enter__(self) -> Gate:
@@ -102,12 +103,20 @@ class Gate:
             row = self.row(role, q)
             if not row.ok:
                 return Verdict(item_name(variant, check), variant, check, "skipped", str(row.skip_reason))
-        figs = figures(self.rows.values(), self.run.retrain_auc)
+        figs = self.figures(needed)
         if check == "privleak":
             problem = reference_problem(*figs.reference)
             if problem is not None:  # the user asked for the check; it cannot be made: fail, never pass or skip
                 return Verdict(item_name(variant, check), variant, check, "failed", problem)
-        return evaluate_check(variant, check, figs, budget or self.run.budget)
+        return evaluate_check(variant, check, figs, budget or self.run.budget, self.run.verdict)
+
+    def figures(self, keys: Sequence[RowKey]) -> Figures:
+        """The figures of these rows (an item's: so its intervals are the same on any worker), once
+        per set of rows: rows never change once computed, and the bootstrap is the costly part."""
+        memo = frozenset(keys)
+        if memo not in self._figures:
+            self._figures[memo] = figures([self.rows[k] for k in keys], self.run.retrain_auc, bootstrap_of(self.run))
+        return self._figures[memo]
 
     def report(self, verdicts: Iterable[Verdict]) -> Report:
         """The report of every row computed so far and ``verdicts``."""

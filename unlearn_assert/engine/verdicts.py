@@ -3,23 +3,35 @@ run has, which rows each needs, and the pure function that judges one item from 
 
 Definitions (DESIGN.md, "Verdicts"): for a forget metric m and quantizer q,
 ``recovery = (m(q(U)) - m(U)) / (m(T) - m(U))``, the share of what unlearning removed that comes
-back. If ``m(T) - m(U)`` is below the ``floor`` budget, unlearning did not measurably work in full
-precision: recovery is undefined and that check fails with its own message. Utility:
-``knowmem_r(q(U)) >= utility * knowmem_r(T)``. Privleak: ``|privleak(q(U))| <= privleak`` budget,
-checked only when a reference AUC exists (a retrain model or ``--unlearn-retrain-auc``).
+back. If ``m(T) - m(U)`` is below the ``floor`` budget, or its interval does not exclude 0,
+unlearning did not measurably work in full precision: recovery is not judged and that check fails
+with its own message. Utility: ``knowmem_r(q(U)) >= utility * knowmem_r(T)``. Privleak:
+``|privleak(q(U))| <= privleak`` budget, checked only when a reference AUC exists (a retrain model
+or ``--unlearn-retrain-auc``).
+
+Every judged figure has an estimate and a paired bootstrap interval (:mod:`.derive`); the budget
+accepts a set of values A (``recovery <= b``, ``utility >= b``, ``|privleak| <= b``, ``drop >=
+floor``). The policy (``--unlearn-verdict``) decides (:func:`judge`): ``point`` passes when the
+estimate is in A, ``strict`` when the whole interval is, ``lenient`` unless the whole interval is
+outside A. An item is *decided* when strict and lenient agree (the interval lies on one side of
+the budget), else *undecided*, and its message says so. So strict-pass implies point-pass implies
+lenient-pass (the interval always contains the estimate). Without an interval (no per-item
+scores) point and lenient judge the estimate, strict fails, and ``decided`` is None. The fp forget
+items also require, under every policy, that the drop's interval exclude 0.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from ..config import Budget
-from ..names import CHECKS, FORGET_METRICS, FP, item_name
-from .derive import Figures
+from ..names import CHECKS, FORGET_METRICS, FP, ITEM_UNITS, item_name
+from .derive import Figures, Interval
 from .rows import RowKey
 
-__all__ = ["Verdict", "evaluate_check", "needed_rows", "plan_checks"]
+__all__ = ["Judgement", "Verdict", "evaluate_check", "judge", "needed_rows", "plan_checks"]
 
 
 @dataclass(frozen=True)
@@ -31,23 +43,69 @@ class Verdict:
     check: str
     outcome: str  # "passed" | "failed" | "skipped"
     message: str
-    value: float | None = None
+    value: float | None = None  # the estimate of the judged figure
     budget: float | None = None
+    ci: tuple[float, float] | None = None  # its paired bootstrap interval (hi may be +inf)
+    decided: bool | None = None  # the interval lies on one side of the budget; None without one
+    n: int | None = None  # items resampled
+    degenerate: int | None = None  # replicates whose denominator was <= 0
+    policy: str | None = None  # the --unlearn-verdict it was judged under
 
     @property
     def passed(self) -> bool | None:
         return None if self.outcome == "skipped" else self.outcome == "passed"
 
+    @property
+    def estimate(self) -> float | None:
+        return self.value
+
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["passed"] = self.passed
+        out["estimate"] = self.value
+        out["ci"] = None if self.ci is None else list(self.ci)
         return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Verdict:
         """Rebuild a verdict from :meth:`to_dict` output (an xdist payload); unknown keys are ignored."""
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        kwargs = {k: v for k, v in data.items() if k in names}
+        if kwargs.get("ci") is not None:
+            lo, hi = kwargs["ci"]
+            kwargs["ci"] = (float(lo), math.inf if hi is None else float(hi))
+        return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """One figure against its budget under each policy; ``decided`` is None without an interval."""
+
+    point: bool
+    strict: bool
+    lenient: bool
+    decided: bool | None
+
+    def passed(self, policy: str) -> bool:
+        return {"point": self.point, "strict": self.strict, "lenient": self.lenient}[policy]
+
+    def also(self, ok: bool) -> Judgement:
+        """This judgement with one more condition that every policy requires."""
+        strict, lenient = self.strict and ok, self.lenient and ok
+        return Judgement(self.point and ok, strict, lenient, None if self.decided is None else strict == lenient)
+
+
+def judge(estimate: float, ci: tuple[float, float] | None, accept: tuple[float, float]) -> Judgement:
+    """Judge a figure whose budget accepts the values in ``accept = [a_lo, a_hi]`` (bounds included,
+    +-inf for none): point on the estimate, strict on the interval inside, lenient unless outside."""
+    a_lo, a_hi = accept
+    point = a_lo <= estimate <= a_hi
+    if ci is None:
+        return Judgement(point=point, strict=False, lenient=point, decided=None)
+    lo, hi = ci
+    strict = a_lo <= lo and hi <= a_hi
+    lenient = not (hi < a_lo or lo > a_hi)
+    return Judgement(point=point, strict=strict, lenient=lenient, decided=strict == lenient)
 
 
 def plan_checks(quantizers: tuple[str, ...], has_reference_auc: bool) -> list[tuple[str, str]]:
@@ -80,8 +138,61 @@ def _fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.1f}"
 
 
-def evaluate_check(quantizer: str, check: str, figures: Figures, budget: Budget) -> Verdict:
-    """Judge one item from the figures (which must hold the rows of :func:`needed_rows`)."""
+def _pct(x: float) -> str:
+    if math.isinf(x):
+        return "inf"
+    text = f"{x:.0%}"
+    return "0%" if text == "-0%" else text
+
+
+def _bounds(ci: Interval | None) -> tuple[float, float] | None:
+    return None if ci is None else (ci.lo, ci.hi)
+
+
+def _note(policy: str, passed: bool) -> str:
+    """How the policy resolved an undecided item, in words."""
+    if policy == "point":
+        return f"point: the estimate {'passes' if passed else 'fails'} it"
+    return f"{policy}: {'passed' if passed else 'failed'}"
+
+
+def _undecided(figure: str, ci_text: str, where: str, budget_text: str, ci: Interval, unit: str, add: str,
+               policy: str, passed: bool) -> str:
+    """The words of an undecided item: which interval straddles which budget, on how many items."""
+    return (f"undecided: {figure} {ci_text} {where} straddles the {budget_text} budget at n={ci.n} {unit}; "
+            f"add {add} or choose --unlearn-verdict ({_note(policy, passed)})")
+
+
+def _forgetting(check: str, t: float, u: float, floor: float, figures: Figures, policy: str) -> tuple[bool, Verdict]:
+    """The fp item of a forget metric (also the gate in front of every recovery item of it): the
+    drop ``m(T) - m(U)`` must reach the floor, and its interval must exclude 0."""
+    name = item_name(FP, check)
+    removed = t - u
+    ci = figures.drop_ci.get(check)
+    bounds = _bounds(ci)
+    excludes_zero = bounds is None or bounds[0] > 0
+    j = judge(removed, bounds, (floor, math.inf)).also(removed > 0 and excludes_zero)
+    ok = j.passed(policy)
+    ci_text = "" if bounds is None else f" [{bounds[0]:.1f}, {bounds[1]:.1f}]"
+    models = f"target {_fmt(t)}, unlearned {_fmt(u)}"
+    if j.decided is False and ci is not None:
+        message = (_undecided(f"{check} drop", f"{removed:.1f} points{ci_text}", "in full precision", f"floor of {floor:g} points",
+                              ci, ITEM_UNITS[check], "forget items", policy, ok) + f": {models}")
+    elif ok:
+        message = f"{check} dropped {removed:.1f} points{ci_text} ({models}; floor {floor:g})"
+    else:
+        why = ""
+        if removed >= floor and removed > 0:
+            why = "; its interval includes 0" if not excludes_zero else f"; {policy}: the interval is not wholly above the floor"
+        message = (f"unlearning did not work in full precision for {check}: {models}, drop {removed:.1f} points{ci_text} "
+                   f"(floor {floor:g}){why}")
+    return ok, Verdict(name, FP, check, "passed" if ok else "failed", message, value=removed, budget=floor, ci=bounds,
+                       decided=j.decided, n=ci.n if ci else None, degenerate=ci.degenerate if ci else None, policy=policy)
+
+
+def evaluate_check(quantizer: str, check: str, figures: Figures, budget: Budget, policy: str = "point") -> Verdict:
+    """Judge one item from the figures (which must hold the rows of :func:`needed_rows`) under the
+    verdict ``policy`` (point, strict or lenient)."""
     name = item_name(quantizer, check)
     where = "in full precision" if quantizer == FP else f"under {quantizer}"
     _get = figures.value
@@ -91,18 +202,14 @@ def evaluate_check(quantizer: str, check: str, figures: Figures, budget: Budget)
         if t is None or u is None:
             return Verdict(name, quantizer, check, "skipped", f"{check} was not measured")
         floor = budget.value("floor", None if quantizer == FP else quantizer)
-        removed = t - u
-        if removed < floor or removed <= 0:
-            return Verdict(
-                name, quantizer, check, "failed",
-                f"unlearning did not work in full precision for {check}: target {_fmt(t)}, unlearned {_fmt(u)}, "
-                f"drop {removed:.1f} points (floor {floor:g}); recovery {where} is undefined",
-                value=removed, budget=floor,
-            )
+        worked, fp = _forgetting(check, t, u, floor, figures, policy)
         if quantizer == FP:
-            return Verdict(name, quantizer, check, "passed",
-                           f"{check} dropped {removed:.1f} points (target {_fmt(t)}, unlearned {_fmt(u)}; floor {floor:g})",
-                           value=removed, budget=floor)
+            return fp
+        if not worked:
+            undefined = "undefined" if t - u < floor or t - u <= 0 else "not judged"
+            return Verdict(name, quantizer, check, "failed", f"{fp.message}; recovery {where} is {undefined}",
+                           value=fp.value, budget=fp.budget, ci=fp.ci, decided=fp.decided, n=fp.n,
+                           degenerate=fp.degenerate, policy=policy)
         q = _get("unlearned", quantizer, check)
         rec = figures.recovery.get(quantizer, {}).get(check)
         if q is None or rec is None:  # rec is defined whenever q is: removed > 0 here
@@ -111,11 +218,18 @@ def evaluate_check(quantizer: str, check: str, figures: Figures, budget: Budget)
         qt = _get("target", quantizer, check)
         detail = (f"quantized {_fmt(q)}, unlearned {_fmt(u)}, target {_fmt(t)}"
                   + (f", quantized target {_fmt(qt)}" if qt is not None else ""))
-        ok = rec <= limit
-        verb = "recovered" if ok else "RECOVERED"
-        return Verdict(name, quantizer, check, "passed" if ok else "failed",
-                       f"{check} {verb} {rec:.0%} of the forgetting {where} (budget {limit:.0%}): {detail}",
-                       value=rec, budget=limit)
+        ci = figures.recovery_ci.get(quantizer, {}).get(check)
+        j = judge(rec, _bounds(ci), (-math.inf, limit))
+        ok = j.passed(policy)
+        ci_text = "" if ci is None else f" [{_pct(ci.lo)}, {_pct(ci.hi)}]"
+        if j.decided is False and ci is not None:
+            message = _undecided(f"{check} recovery", f"{rec:.0%}{ci_text}", where, f"{limit:.0%}", ci, ITEM_UNITS[check],
+                                 "forget items", policy, ok) + f": {detail}"
+        else:
+            verb = "recovered" if ok else "RECOVERED"
+            message = f"{check} {verb} {rec:.0%}{ci_text} of the forgetting {where} (budget {limit:.0%}): {detail}"
+        return Verdict(name, quantizer, check, "passed" if ok else "failed", message, value=rec, budget=limit, ci=_bounds(ci),
+                       decided=j.decided, n=ci.n if ci else None, degenerate=ci.degenerate if ci else None, policy=policy)
     if check == "utility":
         t = _get("target", FP, "knowmem_r")
         m = _get("unlearned", quantizer, "knowmem_r")
@@ -124,20 +238,38 @@ def evaluate_check(quantizer: str, check: str, figures: Figures, budget: Budget)
         ratio = budget.value("utility", None if quantizer == FP else quantizer)
         if t <= 0:
             return Verdict(name, quantizer, check, "passed",
-                           f"target knowmem_r is {_fmt(t)}: there is no retained knowledge to lose", value=None, budget=ratio)
+                           f"target knowmem_r is {_fmt(t)}: there is no retained knowledge to lose", value=None, budget=ratio,
+                           policy=policy)
         share = m / t
-        ok = share >= ratio
+        ci = figures.utility_ci.get(quantizer)
+        j = judge(share, _bounds(ci), (ratio, math.inf))
+        ok = j.passed(policy)
         qt = _get("target", quantizer, "knowmem_r") if quantizer != FP else None
         context = f" (the quantized target: {_fmt(qt)}, {qt / t:.0%})" if qt is not None else ""
-        return Verdict(name, quantizer, check, "passed" if ok else "failed",
-                       f"knowmem_r {where} is {share:.0%} of the target's (needs >= {ratio:.0%}): "
-                       f"{_fmt(m)} vs target {_fmt(t)}{context}", value=share, budget=ratio)
+        ci_text = "" if ci is None else f" [{_pct(ci.lo)}, {_pct(ci.hi)}]"
+        numbers = f"{_fmt(m)} vs target {_fmt(t)}{context}"
+        if j.decided is False and ci is not None:
+            message = _undecided("knowmem_r", f"{share:.0%}{ci_text} of the target's", where, f"{ratio:.0%}", ci,
+                                 ITEM_UNITS["knowmem_r"], "retain items", policy, ok) + f": {numbers}"
+        else:
+            message = f"knowmem_r {where} is {share:.0%}{ci_text} of the target's (needs >= {ratio:.0%}): {numbers}"
+        return Verdict(name, quantizer, check, "passed" if ok else "failed", message, value=share, budget=ratio,
+                       ci=_bounds(ci), decided=j.decided, n=ci.n if ci else None, degenerate=ci.degenerate if ci else None,
+                       policy=policy)
     if check == "privleak":
         p = _get("unlearned", quantizer, "privleak")
         if p is None:
             return Verdict(name, quantizer, check, "skipped", f"privleak was not measured {where}")
         bound = budget.value("privleak", None if quantizer == FP else quantizer)
-        ok = abs(p) <= bound
-        return Verdict(name, quantizer, check, "passed" if ok else "failed",
-                       f"privleak {where} is {p:+.1f}% (budget |privleak| <= {bound:g}%)", value=p, budget=bound)
+        ci = figures.privleak_ci.get(("unlearned", quantizer))
+        j = judge(p, _bounds(ci), (-bound, bound))
+        ok = j.passed(policy)
+        ci_text = "" if ci is None else (f" [{ci.lo:+.1f}%, " + ("inf" if math.isinf(ci.hi) else f"{ci.hi:+.1f}%") + "]")
+        if j.decided is False and ci is not None:
+            message = _undecided("privleak", f"{p:+.1f}%{ci_text}", where, f"|privleak| <= {bound:g}%", ci,
+                                 ITEM_UNITS["privleak"], "forget and holdout texts", policy, ok)
+        else:
+            message = f"privleak {where} is {p:+.1f}%{ci_text} (budget |privleak| <= {bound:g}%)"
+        return Verdict(name, quantizer, check, "passed" if ok else "failed", message, value=p, budget=bound, ci=_bounds(ci),
+                       decided=j.decided, n=ci.n if ci else None, degenerate=ci.degenerate if ci else None, policy=policy)
     raise ValueError(f"unknown check '{check}'")
