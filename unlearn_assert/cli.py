@@ -82,13 +82,15 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     """Render a JSON report (from --unlearn-json) as the self-contained HTML page, offline."""
     from .report import load_report, write_html
-    from .report.terminal import render_table, summary_line
+    from .report.terminal import render_table, resolution_lines, summary_line
 
     report = load_report(args.report)
     out = args.output or str(Path(args.report).with_suffix(".html"))
     if Path(out).resolve() == Path(args.report).resolve():
         raise UnlearnAssertError(f"output '{out}' is the input report; choose another path with -o")
     write_html(report, out)
+    for line, _ in resolution_lines(report):
+        print(line)
     print(render_table(report))
     print(summary_line(report))
     print(f"wrote {out}")

@@ -146,9 +146,11 @@ class UnlearnSession:
             report = self.report or self.build_report()
             if report is None:
                 return
-            from .report.terminal import render_table, summary_line
+            from .report.terminal import render_table, resolution_lines, summary_line
 
             reporter.write_sep("-", "unlearning budget summary")
+            for line, warning in resolution_lines(report):  # up front: what the forget set can resolve at all
+                reporter.write_line(line, yellow=warning)
             for line in render_table(report).splitlines():
                 reporter.write_line(line)
             reporter.write_line(summary_line(report))

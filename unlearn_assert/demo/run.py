@@ -178,7 +178,7 @@ def run_demo(
     ``results_dir``: the result cache (default: the user cache dir's ``unlearn-assert/results``).
     """
     from ..cache import ResultCache
-    from ..report.terminal import render_table, summary_line
+    from ..report.terminal import render_table, resolution_lines, summary_line
     from .family import DEFAULT_RECIPE, build_family, progress_printer, resolve_demo
 
     say = progress_printer(progress)
@@ -203,6 +203,8 @@ def run_demo(
         report = reports[name]
         u = recipe.unlearn_recipe(name)
         print(f"\n== demo:{name}: {u.description}", flush=True)
+        for line, _ in resolution_lines(report):
+            print(line, flush=True)
         print(render_table(report), flush=True)
         print(summary_line(report), flush=True)
         ok, sentence = judge(report, sure=u.sure)

@@ -19,7 +19,7 @@ from .schema import (
     validate_report,
     write_json,
 )
-from .terminal import render_failures, render_table, summary_line
+from .terminal import render_failures, render_table, resolution_lines, summary_line
 
 _LAZY_HTML = ("render_html", "write_html")  # jinja2 is imported only when HTML is asked for
 
@@ -34,6 +34,7 @@ __all__ = [
     "render_failures",
     "render_html",
     "render_table",
+    "resolution_lines",
     "summary_line",
     "validate_report",
     "write_html",
