@@ -356,7 +356,7 @@ def test_html_handles_nonfinite_and_missing_references() -> None:
     report["rows"][1]["values"]["privleak"] = float("nan")
     page = render_html(report)
     assert _report_json(page)["rows"][1]["values"]["privleak"] is None
-    assert page.count("<svg") == 4
+    assert page.count("<svg") == 4 + 2  # the four metrics, and the recovery of each forget metric
 
 
 # --------------------------------------------------------------------------- files

@@ -50,6 +50,7 @@ class Verdict:
     n: int | None = None  # items resampled
     degenerate: int | None = None  # replicates whose denominator was <= 0
     policy: str | None = None  # the --unlearn-verdict it was judged under
+    figure: str | None = None  # what value/ci are: "drop" (points), "recovery", "utility" (fractions), "privleak" (%)
 
     @property
     def passed(self) -> bool | None:
@@ -156,38 +157,81 @@ def _note(policy: str, passed: bool) -> str:
     return f"{policy}: {'passed' if passed else 'failed'}"
 
 
-def _undecided(figure: str, ci_text: str, where: str, budget_text: str, ci: Interval, unit: str, add: str,
-               policy: str, passed: bool) -> str:
+def _undecided(straddles: str, n: int, unit: str, add: str, policy: str, passed: bool) -> str:
     """The words of an undecided item: which interval straddles which budget, on how many items."""
-    return (f"undecided: {figure} {ci_text} {where} straddles the {budget_text} budget at n={ci.n} {unit}; "
+    return (f"undecided: {straddles} at n={n} {unit}; "
             f"add {add} or choose --unlearn-verdict ({_note(policy, passed)})")
 
 
-def _forgetting(check: str, t: float, u: float, floor: float, figures: Figures, policy: str) -> tuple[bool, Verdict]:
-    """The fp item of a forget metric (also the gate in front of every recovery item of it): the
-    drop ``m(T) - m(U)`` must reach the floor, and its interval must exclude 0."""
-    name = item_name(FP, check)
+def _outcomes(*parts: Judgement) -> Judgement:
+    """An item judged on several figures in turn (the fp drop, then recovery): it passes under a
+    policy when every part does; decided when strict and lenient agree on the whole item."""
+    strict = all(j.strict for j in parts)
+    lenient = all(j.lenient for j in parts)
+    decided = None if any(j.decided is None for j in parts) else strict == lenient
+    return Judgement(point=all(j.point for j in parts), strict=strict, lenient=lenient, decided=decided)
+
+
+def _forgetting(quantizer: str, check: str, t: float, u: float, floor: float, figures: Figures,
+                budget: Budget, policy: str) -> Verdict:
+    """A forget metric's item: in full precision the drop ``m(T) - m(U)`` must reach the floor and
+    its interval exclude 0 (the fp item, and the gate in front of every recovery item); under a
+    variant, then, its recovery must be within budget."""
+    name = item_name(quantizer, check)
+    where = "in full precision" if quantizer == FP else f"under {quantizer}"
     removed = t - u
-    ci = figures.drop_ci.get(check)
-    bounds = _bounds(ci)
-    excludes_zero = bounds is None or bounds[0] > 0
-    j = judge(removed, bounds, (floor, math.inf)).also(removed > 0 and excludes_zero)
-    ok = j.passed(policy)
-    ci_text = "" if bounds is None else f" [{bounds[0]:.1f}, {bounds[1]:.1f}]"
+    drop_ci = figures.drop_ci.get(check)
+    drop_bounds = _bounds(drop_ci)
+    excludes_zero = drop_bounds is None or drop_bounds[0] > 0
+    fp_j = judge(removed, drop_bounds, (floor, math.inf)).also(removed > 0 and excludes_zero)
+    drop_text = f"{removed:.1f} points" + ("" if drop_bounds is None else f" [{drop_bounds[0]:.1f}, {drop_bounds[1]:.1f}]")
     models = f"target {_fmt(t)}, unlearned {_fmt(u)}"
-    if j.decided is False and ci is not None:
-        message = (_undecided(f"{check} drop", f"{removed:.1f} points{ci_text}", "in full precision", f"floor of {floor:g} points",
-                              ci, ITEM_UNITS[check], "forget items", policy, ok) + f": {models}")
-    elif ok:
-        message = f"{check} dropped {removed:.1f} points{ci_text} ({models}; floor {floor:g})"
-    else:
+    unit, n = ITEM_UNITS[check], drop_ci.n if drop_ci else 0
+    straddles = [f"{check} drop {drop_text} in full precision straddles the {floor:g}-point floor"] if fp_j.decided is False else []
+    rec_j: Judgement | None = None
+    rec_ci: Interval | None = None
+    rec: float | None = None
+    detail = models
+    if quantizer != FP:
+        q = figures.value("unlearned", quantizer, check)
+        rec = figures.recovery.get(quantizer, {}).get(check)
+        if q is None:
+            return Verdict(name, quantizer, check, "skipped", f"{check} was not measured {where}")
+        limit = budget.recovery_for(check, quantizer)
+        qt = figures.value("target", quantizer, check)
+        detail = (f"quantized {_fmt(q)}, unlearned {_fmt(u)}, target {_fmt(t)}"
+                  + (f", quantized target {_fmt(qt)}" if qt is not None else ""))
+        if rec is not None:  # None only when nothing was removed: the fp part fails under every policy
+            rec_ci = figures.recovery_ci.get(quantizer, {}).get(check)
+            rec_j = judge(rec, _bounds(rec_ci), (-math.inf, limit))
+            rec_text = f"{rec:.0%}" + ("" if rec_ci is None else f" [{_pct(rec_ci.lo)}, {_pct(rec_ci.hi)}]")
+            if rec_j.decided is False:
+                straddles.append(f"{check} recovery {rec_text} {where} straddles the {limit:.0%} budget")
+    item = fp_j if rec_j is None else _outcomes(fp_j, rec_j)
+    ok = item.passed(policy)
+    worked = fp_j.passed(policy)
+    if item.decided is False:
+        message = _undecided(" and ".join(straddles), n, unit, "forget items", policy, ok) + f": {detail}"
+    elif not worked:
         why = ""
         if removed >= floor and removed > 0:
             why = "; its interval includes 0" if not excludes_zero else f"; {policy}: the interval is not wholly above the floor"
-        message = (f"unlearning did not work in full precision for {check}: {models}, drop {removed:.1f} points{ci_text} "
-                   f"(floor {floor:g}){why}")
-    return ok, Verdict(name, FP, check, "passed" if ok else "failed", message, value=removed, budget=floor, ci=bounds,
-                       decided=j.decided, n=ci.n if ci else None, degenerate=ci.degenerate if ci else None, policy=policy)
+        message = f"unlearning did not work in full precision for {check}: {models}, drop {drop_text} (floor {floor:g}){why}"
+        if quantizer != FP:
+            message += f"; recovery {where} is {'undefined' if removed < floor or removed <= 0 else 'not judged'}"
+    elif quantizer == FP:
+        message = f"{check} dropped {drop_text} ({models}; floor {floor:g})"
+    else:
+        assert rec is not None
+        verb = "recovered" if ok else "RECOVERED"
+        message = f"{check} {verb} {rec_text} of the forgetting {where} (budget {limit:.0%}): {detail}"
+    if rec_j is None or not worked:  # the item was judged on the drop
+        return Verdict(name, quantizer, check, "passed" if ok else "failed", message, value=removed, budget=floor,
+                       ci=drop_bounds, decided=item.decided, n=drop_ci.n if drop_ci else None,
+                       degenerate=drop_ci.degenerate if drop_ci else None, policy=policy, figure="drop")
+    return Verdict(name, quantizer, check, "passed" if ok else "failed", message, value=rec, budget=limit,
+                   ci=_bounds(rec_ci), decided=item.decided, n=rec_ci.n if rec_ci else None,
+                   degenerate=rec_ci.degenerate if rec_ci else None, policy=policy, figure="recovery")
 
 
 def evaluate_check(quantizer: str, check: str, figures: Figures, budget: Budget, policy: str = "point") -> Verdict:
@@ -202,34 +246,7 @@ def evaluate_check(quantizer: str, check: str, figures: Figures, budget: Budget,
         if t is None or u is None:
             return Verdict(name, quantizer, check, "skipped", f"{check} was not measured")
         floor = budget.value("floor", None if quantizer == FP else quantizer)
-        worked, fp = _forgetting(check, t, u, floor, figures, policy)
-        if quantizer == FP:
-            return fp
-        if not worked:
-            undefined = "undefined" if t - u < floor or t - u <= 0 else "not judged"
-            return Verdict(name, quantizer, check, "failed", f"{fp.message}; recovery {where} is {undefined}",
-                           value=fp.value, budget=fp.budget, ci=fp.ci, decided=fp.decided, n=fp.n,
-                           degenerate=fp.degenerate, policy=policy)
-        q = _get("unlearned", quantizer, check)
-        rec = figures.recovery.get(quantizer, {}).get(check)
-        if q is None or rec is None:  # rec is defined whenever q is: removed > 0 here
-            return Verdict(name, quantizer, check, "skipped", f"{check} was not measured {where}")
-        limit = budget.recovery_for(check, quantizer)
-        qt = _get("target", quantizer, check)
-        detail = (f"quantized {_fmt(q)}, unlearned {_fmt(u)}, target {_fmt(t)}"
-                  + (f", quantized target {_fmt(qt)}" if qt is not None else ""))
-        ci = figures.recovery_ci.get(quantizer, {}).get(check)
-        j = judge(rec, _bounds(ci), (-math.inf, limit))
-        ok = j.passed(policy)
-        ci_text = "" if ci is None else f" [{_pct(ci.lo)}, {_pct(ci.hi)}]"
-        if j.decided is False and ci is not None:
-            message = _undecided(f"{check} recovery", f"{rec:.0%}{ci_text}", where, f"{limit:.0%}", ci, ITEM_UNITS[check],
-                                 "forget items", policy, ok) + f": {detail}"
-        else:
-            verb = "recovered" if ok else "RECOVERED"
-            message = f"{check} {verb} {rec:.0%}{ci_text} of the forgetting {where} (budget {limit:.0%}): {detail}"
-        return Verdict(name, quantizer, check, "passed" if ok else "failed", message, value=rec, budget=limit, ci=_bounds(ci),
-                       decided=j.decided, n=ci.n if ci else None, degenerate=ci.degenerate if ci else None, policy=policy)
+        return _forgetting(quantizer, check, t, u, floor, figures, budget, policy)
     if check == "utility":
         t = _get("target", FP, "knowmem_r")
         m = _get("unlearned", quantizer, "knowmem_r")
@@ -239,7 +256,7 @@ def evaluate_check(quantizer: str, check: str, figures: Figures, budget: Budget,
         if t <= 0:
             return Verdict(name, quantizer, check, "passed",
                            f"target knowmem_r is {_fmt(t)}: there is no retained knowledge to lose", value=None, budget=ratio,
-                           policy=policy)
+                           policy=policy, figure="utility")
         share = m / t
         ci = figures.utility_ci.get(quantizer)
         j = judge(share, _bounds(ci), (ratio, math.inf))
@@ -249,13 +266,13 @@ def evaluate_check(quantizer: str, check: str, figures: Figures, budget: Budget,
         ci_text = "" if ci is None else f" [{_pct(ci.lo)}, {_pct(ci.hi)}]"
         numbers = f"{_fmt(m)} vs target {_fmt(t)}{context}"
         if j.decided is False and ci is not None:
-            message = _undecided("knowmem_r", f"{share:.0%}{ci_text} of the target's", where, f"{ratio:.0%}", ci,
-                                 ITEM_UNITS["knowmem_r"], "retain items", policy, ok) + f": {numbers}"
+            message = _undecided(f"knowmem_r {share:.0%}{ci_text} of the target's {where} straddles the {ratio:.0%} budget",
+                                 ci.n, ITEM_UNITS["knowmem_r"], "retain items", policy, ok) + f": {numbers}"
         else:
             message = f"knowmem_r {where} is {share:.0%}{ci_text} of the target's (needs >= {ratio:.0%}): {numbers}"
         return Verdict(name, quantizer, check, "passed" if ok else "failed", message, value=share, budget=ratio,
                        ci=_bounds(ci), decided=j.decided, n=ci.n if ci else None, degenerate=ci.degenerate if ci else None,
-                       policy=policy)
+                       policy=policy, figure="utility")
     if check == "privleak":
         p = _get("unlearned", quantizer, "privleak")
         if p is None:
@@ -266,10 +283,11 @@ def evaluate_check(quantizer: str, check: str, figures: Figures, budget: Budget,
         ok = j.passed(policy)
         ci_text = "" if ci is None else (f" [{ci.lo:+.1f}%, " + ("inf" if math.isinf(ci.hi) else f"{ci.hi:+.1f}%") + "]")
         if j.decided is False and ci is not None:
-            message = _undecided("privleak", f"{p:+.1f}%{ci_text}", where, f"|privleak| <= {bound:g}%", ci,
-                                 ITEM_UNITS["privleak"], "forget and holdout texts", policy, ok)
+            message = _undecided(f"privleak {p:+.1f}%{ci_text} {where} straddles the |privleak| <= {bound:g}% budget",
+                                 ci.n, ITEM_UNITS["privleak"], "forget and holdout texts", policy, ok)
         else:
             message = f"privleak {where} is {p:+.1f}%{ci_text} (budget |privleak| <= {bound:g}%)"
         return Verdict(name, quantizer, check, "passed" if ok else "failed", message, value=p, budget=bound, ci=_bounds(ci),
-                       decided=j.decided, n=ci.n if ci else None, degenerate=ci.degenerate if ci else None, policy=policy)
+                       decided=j.decided, n=ci.n if ci else None, degenerate=ci.degenerate if ci else None, policy=policy,
+                       figure="privleak")
     raise ValueError(f"unknown check '{check}'")

@@ -225,6 +225,20 @@ def paired_counts(columns: Sequence[Sequence[float]], *, seed: int, key: str, n_
     return counts
 
 
+def _resampled(columns: Sequence[Sequence[float]], counts: Any, *, seed: int, key: str, n_resamples: int) -> tuple[Any, Any]:
+    """The columns (k x n array) and the multiplicities (B x n) to apply to them: the given
+    ``counts`` in the given order, else the seeded draw on the items in their canonical order
+    (ranked as :func:`paired_counts` ranks them), so that a permutation of the items gives the
+    same arrays, and so the same sums, bit for bit."""
+    import numpy as np
+
+    cols = np.asarray([list(c) for c in columns], dtype=np.float64)
+    if counts is not None:
+        return cols, np.asarray(counts, dtype=np.float64)
+    order = np.lexsort(cols[::-1])
+    return cols[:, order], resample_counts(cols.shape[1], seed=seed, key=key, n_resamples=n_resamples)
+
+
 def percentile_interval(replicates: Any, estimate: float | None, confidence: float = LEVEL, degenerate: Any = None) -> Interval:
     """The interval of a figure from its replicate values: outward order statistics at
     ``(1 - confidence) / 2`` and ``(1 + confidence) / 2``, degenerate replicates (``degenerate``
@@ -248,11 +262,8 @@ def percentile_interval(replicates: Any, estimate: float | None, confidence: flo
     return Interval(lo=lo, hi=hi, degenerate=int(bad.sum()), replicates=b, n=0)
 
 
-def _means(counts: Any, scores: Sequence[float]) -> Any:
-    import numpy as np
-
-    values = np.asarray(list(scores), dtype=np.float64)
-    return counts @ values / values.size
+def _means(counts: Any, scores: Any) -> Any:
+    return counts @ scores / scores.size
 
 
 def _with_n(interval: Interval, n: int) -> Interval:
@@ -266,11 +277,10 @@ def paired_difference_ci(a: Sequence[float], b: Sequence[float], *, seed: int = 
     per-item scores, b = U's), in the scores' unit. ``counts``: a fixed (B x n) resample."""
     import numpy as np
 
-    if counts is None:
-        counts = paired_counts([a, b], seed=seed, key=key, n_resamples=n_resamples)
-    reps = _means(counts, a) - _means(counts, b)
-    est = float(np.mean(a) - np.mean(b)) if estimate is None else estimate
-    return _with_n(percentile_interval(reps, est, confidence), len(a))
+    (ca, cb), c = _resampled([a, b], counts, seed=seed, key=key, n_resamples=n_resamples)
+    reps = _means(c, ca) - _means(c, cb)
+    est = float(np.mean(ca) - np.mean(cb)) if estimate is None else estimate
+    return _with_n(percentile_interval(reps, est, confidence), ca.size)
 
 
 def paired_recovery_ci(q: Sequence[float], u: Sequence[float], t: Sequence[float], *, seed: int = PAIRED_SEED, key: str,
@@ -280,16 +290,15 @@ def paired_recovery_ci(q: Sequence[float], u: Sequence[float], t: Sequence[float
     per-item scores of q(U), U and T); replicates with ``m(T) - m(U) <= 0`` are degenerate."""
     import numpy as np
 
-    if counts is None:
-        counts = paired_counts([q, u, t], seed=seed, key=key, n_resamples=n_resamples)
-    mq, mu, mt = _means(counts, q), _means(counts, u), _means(counts, t)
+    (cq, cu, ct), c = _resampled([q, u, t], counts, seed=seed, key=key, n_resamples=n_resamples)
+    mq, mu, mt = _means(c, cq), _means(c, cu), _means(c, ct)
     removed = mt - mu
     bad = removed <= 0
     reps = np.divide(mq - mu, removed, out=np.full_like(removed, np.inf), where=~bad)
     if estimate is None:
-        d = float(np.mean(t) - np.mean(u))
-        estimate = (float(np.mean(q) - np.mean(u)) / d) if d > 0 else None
-    return _with_n(percentile_interval(reps, estimate, confidence, bad), len(q))
+        d = float(np.mean(ct) - np.mean(cu))
+        estimate = (float(np.mean(cq) - np.mean(cu)) / d) if d > 0 else None
+    return _with_n(percentile_interval(reps, estimate, confidence, bad), cq.size)
 
 
 def paired_ratio_ci(num: Sequence[float], den: Sequence[float], *, seed: int = PAIRED_SEED, key: str,
@@ -299,15 +308,14 @@ def paired_ratio_ci(num: Sequence[float], den: Sequence[float], *, seed: int = P
     replicates with ``mean(den) <= 0`` are degenerate."""
     import numpy as np
 
-    if counts is None:
-        counts = paired_counts([num, den], seed=seed, key=key, n_resamples=n_resamples)
-    mn, md = _means(counts, num), _means(counts, den)
+    (cn, cd), c = _resampled([num, den], counts, seed=seed, key=key, n_resamples=n_resamples)
+    mn, md = _means(c, cn), _means(c, cd)
     bad = md <= 0
     reps = np.divide(mn, md, out=np.full_like(md, np.inf), where=~bad)
     if estimate is None:
-        d = float(np.mean(den))
-        estimate = float(np.mean(num)) / d if d > 0 else None
-    return _with_n(percentile_interval(reps, estimate, confidence, bad), len(num))
+        d = float(np.mean(cd))
+        estimate = float(np.mean(cn)) / d if d > 0 else None
+    return _with_n(percentile_interval(reps, estimate, confidence, bad), cn.size)
 
 
 def paired_privleak_ci(forget: Sequence[float], holdout: Sequence[float], *, reference: float | None = None,
@@ -326,30 +334,26 @@ def paired_privleak_ci(forget: Sequence[float], holdout: Sequence[float], *, ref
     paired = reference_forget is not None and reference_holdout is not None
     if not paired and (reference is None or not reference > 0):
         return None
-    neg, pos = [-float(v) for v in forget], [-float(v) for v in holdout]
-    n_f, n_h = len(neg), len(pos)
+    n_f, n_h = len(forget), len(holdout)
     if n_f == 0 or n_h == 0:
         return None
-    if counts is None:
-        cols_f: list[Sequence[float]] = [neg]
-        cols_h: list[Sequence[float]] = [pos]
-        if paired:
-            assert reference_forget is not None and reference_holdout is not None
-            cols_f.append(list(reference_forget))
-            cols_h.append(list(reference_holdout))
-        counts = (paired_counts(cols_f, seed=seed, key=key + ":forget", n_resamples=n_resamples),
-                  paired_counts(cols_h, seed=seed, key=key + ":holdout", n_resamples=n_resamples))
-    c_f, c_h = counts
+    cols_f: list[Sequence[float]] = [[-float(v) for v in forget]]
+    cols_h: list[Sequence[float]] = [[-float(v) for v in holdout]]
+    if paired:
+        assert reference_forget is not None and reference_holdout is not None
+        cols_f.append([-float(v) for v in reference_forget])
+        cols_h.append([-float(v) for v in reference_holdout])
+    fixed_f, fixed_h = counts if counts is not None else (None, None)
+    f, c_f = _resampled(cols_f, fixed_f, seed=seed, key=key + ":forget", n_resamples=n_resamples)
+    h, c_h = _resampled(cols_h, fixed_h, seed=seed, key=key + ":holdout", n_resamples=n_resamples)
 
     def aucs(w: Any) -> Any:
         return ((c_f @ w) * c_h).sum(axis=1) / (n_f * n_h)
 
-    auc = aucs(win_matrix(neg, pos))
+    auc = aucs(win_matrix(f[0], h[0]))
     if paired:
-        assert reference_forget is not None and reference_holdout is not None
-        ref_neg, ref_pos = [-float(v) for v in reference_forget], [-float(v) for v in reference_holdout]
-        auc_r = aucs(win_matrix(ref_neg, ref_pos))
-        point_r = mann_whitney_auc(ref_neg, ref_pos)
+        auc_r = aucs(win_matrix(f[1], h[1]))
+        point_r = mann_whitney_auc(f[1], h[1])
     else:
         assert reference is not None
         auc_r = np.full(auc.shape, float(reference))
@@ -357,5 +361,5 @@ def paired_privleak_ci(forget: Sequence[float], holdout: Sequence[float], *, ref
     bad = auc_r <= 0
     reps = np.divide(auc - auc_r, auc_r, out=np.full_like(auc, np.inf), where=~bad) * 100.0
     if estimate is None and point_r > 0:
-        estimate = (mann_whitney_auc(neg, pos) - point_r) / point_r * 100.0
+        estimate = (mann_whitney_auc(f[0], h[0]) - point_r) / point_r * 100.0
     return _with_n(percentile_interval(reps, estimate, confidence, bad), n_f + n_h)

@@ -23,6 +23,8 @@ from ..errors import UnlearnAssertError
 from ..names import FORGET_METRICS, METRICS, OUTCOMES, ROLES, ROW_STATUSES, VERDICT_POLICIES
 
 SCHEMA_VERSION = 1
+#: What a verdict's estimate, ci and budget are about (``VerdictDict.figure``).
+FIGURES = ("drop", "recovery", "utility", "privleak")
 
 
 class ReportError(UnlearnAssertError, ValueError):
@@ -188,6 +190,8 @@ class VerdictDict(_VerdictRequired, total=False):
     n: int | None  # items resampled for the interval
     degenerate: int | None  # replicates whose denominator was <= 0: counted, ranked at +inf, never dropped
     policy: Literal["point", "strict", "lenient"] | None  # the --unlearn-verdict the item was judged under
+    figure: Literal["drop", "recovery", "utility", "privleak"] | None  # what estimate/ci/budget are: the fp drop
+    #   m(T) - m(U) in points (budget: the floor), a recovery or utility fraction, privleak in percent (|.| <= budget)
 
 
 class ResolutionDict(TypedDict):
@@ -370,6 +374,9 @@ def _validate_verdict(v: Any, i: int) -> None:
     _check(v, "decided", bool, w, required=False, nullable=True)
     _check(v, "n", int, w, required=False, nullable=True)
     _check(v, "degenerate", int, w, required=False, nullable=True)
+    figure = _check(v, "figure", str, w, required=False, nullable=True)
+    if figure is not None:
+        _check_choice(figure, FIGURES, f"{w}.figure")
     policy = _check(v, "policy", str, w, required=False, nullable=True)
     if policy is not None:
         _check_choice(policy, VERDICT_POLICIES, f"{w}.policy")
