@@ -123,4 +123,4 @@ def test_valid_config_from_ini_and_header(pytester: pytest.Pytester, tiny_model_
     pytester.makepyfile("def test_ok():\n    import sys\n    assert 'torch' not in sys.modules\n")
     result = pytester.runpytest_subprocess(f"--unlearn-model={tiny_model_dir}", "--co")
     assert result.ret == 0, result.stderr.str()
-    result.stdout.fnmatch_lines(["unlearn-assert: model=*", "*recovery<=0.3*"])
+    result.stdout.fnmatch_lines(["unlearn-assert: model=*", "*recovery<=0.3*", "unlearn-assert: verdict=point on paired 95% intervals"])

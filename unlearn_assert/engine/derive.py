@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from ..config import RunConfig
@@ -45,7 +46,7 @@ from ..metrics.stats import (
 from ..names import FORGET_METRICS, FP, Role
 from .rows import Row, RowKey
 
-__all__ = ["DEFAULT_REFERENCE_AUC", "Bootstrap", "Figures", "bootstrap_of", "Interval", "Resolution", "figures", "figures_from_values",
+__all__ = ["DEFAULT_REFERENCE_AUC", "Bootstrap", "Figures", "bootstrap_of", "clear_memo", "Interval", "Resolution", "figures", "figures_from_values",
            "recovery", "reference_auc", "reference_problem", "resolution"]
 
 #: metric -> value (None: not measured or undefined)
@@ -89,7 +90,7 @@ class Figures:
     ``recovery[variant][forget metric]`` and ``utility[variant]`` for each variant of U (``utility``
     also for "fp"), the reference AUC with its source, and their intervals: ``drop_ci[metric]`` (of
     ``m(T) - m(U)``), ``recovery_ci[variant][metric]``, ``utility_ci[variant]``,
-    ``privleak_ci[(role, variant)]`` (absent where undefined or not computed), ``resolution[metric]``
+    ``privleak_ci[("unlearned", variant)]`` (absent where undefined or not computed), ``resolution[metric]``
     and ``n[metric]`` (items per split; privleak: forget + holdout texts)."""
 
     values: Mapping[RowKey, Values]
@@ -185,27 +186,37 @@ def resolution(metric: str, drop: float | None, drop_ci: Interval | None, n: int
 # --------------------------------------------------------------------------- per-item scores
 
 
-def _item_scores(row: Row, metric: str, split: str | None = None) -> tuple[list[Any], list[float]] | None:
+#: Per-item scores by the identity of a row's records list (kept alive by the entry): rows never
+#: change once computed, and every figure set of a gate reads the same rows again.
+_SCORES: dict[tuple[int, str | None], tuple[list[dict[str, Any]], tuple[Any, ...], tuple[float, ...]]] = {}
+
+
+def _item_scores(row: Row, metric: str, split: str | None = None) -> tuple[tuple[Any, ...], tuple[float, ...]] | None:
     """(ids, scores) of a row's per-item records for ``metric`` (privleak: of one ``split``), in the
     data's order; None when the row has none. A missing score (NaN in the cache) is NaN."""
     records = row.samples.get(metric) if row.ok else None
     if not records:
         return None
-    if split is not None:
-        records = [r for r in records if r.get("split") == split]
-    ids = [r.get("id", i) for i, r in enumerate(records)]
-    scores = [float("nan") if r.get("score") is None else float(r["score"]) for r in records]
+    hit = _SCORES.get((id(records), split))
+    if hit is not None and hit[0] is records:
+        return hit[1], hit[2]
+    chosen = records if split is None else [r for r in records if r.get("split") == split]
+    ids = tuple(r.get("id", i) for i, r in enumerate(chosen))
+    scores = tuple(float("nan") if r.get("score") is None else float(r["score"]) for r in chosen)
+    if len(_SCORES) > 4096:
+        _SCORES.clear()
+    _SCORES[(id(records), split)] = (records, ids, scores)
     return ids, scores
 
 
-def _paired(metric: str, rows: Sequence[Row], split: str | None = None) -> list[list[float]] | None:
+def _paired(metric: str, rows: Sequence[Row], split: str | None = None) -> list[tuple[float, ...]] | None:
     """The per-item scores of ``rows`` on ``metric``, item for item; None when a row has none.
     Rows that scored different items (or the same items in another order) cannot be paired: that
     would silently resample unrelated items together, so it is an error."""
     got = [_item_scores(row, metric, split) for row in rows]
     if any(g is None or not g[1] for g in got):
         return None
-    first_ids = got[0][0] if got[0] is not None else []
+    first_ids = got[0][0] if got[0] is not None else ()
     for row, g in zip(rows, got):
         if g is not None and g[0] != first_ids:
             what = metric + (f" {split}" if split else "")
@@ -216,11 +227,50 @@ def _paired(metric: str, rows: Sequence[Row], split: str | None = None) -> list[
     return [g[1] for g in got if g is not None]
 
 
+# Each interval is a pure function of its scores, estimate and bootstrap: computed once per process
+# (every item of a gate derives the figures of its own rows, and the report those of all rows).
+@lru_cache(maxsize=2048)
+def _difference(a: tuple[float, ...], b: tuple[float, ...], key: str, estimate: float | None, boot: Bootstrap) -> Interval:
+    return paired_difference_ci(a, b, key=key, estimate=estimate, **_opts(boot))
+
+
+@lru_cache(maxsize=2048)
+def _recovery(q: tuple[float, ...], u: tuple[float, ...], t: tuple[float, ...], key: str, estimate: float | None,
+              boot: Bootstrap) -> Interval:
+    return paired_recovery_ci(q, u, t, key=key, estimate=estimate, **_opts(boot))
+
+
+@lru_cache(maxsize=2048)
+def _ratio(num: tuple[float, ...], den: tuple[float, ...], key: str, estimate: float | None, boot: Bootstrap) -> Interval:
+    return paired_ratio_ci(num, den, key=key, estimate=estimate, **_opts(boot))
+
+
+@lru_cache(maxsize=1024)
+def _privleak(forget: tuple[float, ...], holdout: tuple[float, ...], reference: float | None,
+              ref_forget: tuple[float, ...] | None, ref_holdout: tuple[float, ...] | None, estimate: float | None,
+              boot: Bootstrap) -> Interval | None:
+    return paired_privleak_ci(forget, holdout, reference=reference, reference_forget=ref_forget, reference_holdout=ref_holdout,
+                              key="privleak", estimate=estimate, **_opts(boot))
+
+
+def clear_memo() -> None:
+    """Forget every memoized interval, draw and per-item score list: a fresh process, for benchmarks."""
+    from ..metrics.stats import _resample_counts
+
+    for memo in (_difference, _recovery, _ratio, _privleak, _resample_counts):
+        memo.cache_clear()
+    _SCORES.clear()
+
+
+def _opts(boot: Bootstrap) -> dict[str, Any]:
+    return {"seed": boot.seed, "n_resamples": boot.replicates, "confidence": boot.confidence}
+
+
 def _intervals(by_key: Mapping[RowKey, Row], values: Mapping[RowKey, Values], rec: Mapping[str, Mapping[str, float | None]],
                utility: Mapping[str, float | None], reference: tuple[float, str], variants: Sequence[str],
                boot: Bootstrap) -> dict[str, Any]:
-    """Every interval the rows allow (see :class:`Figures`), each from the rows it is made of only."""
-    opts: dict[str, Any] = {"seed": boot.seed, "n_resamples": boot.replicates, "confidence": boot.confidence}
+    """Every interval the rows allow (see :class:`Figures`), each from the rows it is made of only.
+    privleak's are computed for U's rows, the judged ones (a reference row's own interval is not)."""
     u_fp, t_fp = by_key.get(("unlearned", FP)), by_key.get(("target", FP))
     drop_ci: dict[str, Interval] = {}
     recovery_ci: dict[str, dict[str, Interval]] = {}
@@ -235,35 +285,31 @@ def _intervals(by_key: Mapping[RowKey, Row], values: Mapping[RowKey, Values], re
             t, u = pair
             n[m] = len(t)
             tv, uv = values[("target", FP)].get(m), values[("unlearned", FP)].get(m)
-            drop = None if tv is None or uv is None else tv - uv
-            drop_ci[m] = paired_difference_ci(t, u, key=m, estimate=drop, **opts)
+            drop_ci[m] = _difference(t, u, m, None if tv is None or uv is None else tv - uv, boot)
             for variant in variants:
                 q_row = by_key.get(("unlearned", variant))
                 scores = _paired(m, [q_row, u_fp, t_fp]) if q_row is not None else None
                 if scores is not None and rec.get(variant, {}).get(m) is not None:
-                    recovery_ci.setdefault(variant, {})[m] = paired_recovery_ci(
-                        *scores, key=m, estimate=rec[variant][m], **opts)
+                    recovery_ci.setdefault(variant, {})[m] = _recovery(*scores, m, rec[variant][m], boot)
         for variant in (FP, *variants):
             q_row = by_key.get(("unlearned", variant))
             scores = _paired("knowmem_r", [q_row, t_fp]) if q_row is not None else None
             if scores is not None:
                 n["knowmem_r"] = len(scores[0])
                 if utility.get(variant) is not None:
-                    utility_ci[variant] = paired_ratio_ci(*scores, key="knowmem_r", estimate=utility[variant], **opts)
+                    utility_ci[variant] = _ratio(scores[0], scores[1], "knowmem_r", utility[variant], boot)
     retrain = by_key.get(("retrain", FP)) if reference[1] == "retrain" else None
-    ref_scores = None
-    if retrain is not None:
-        ref_scores = (_paired("privleak", [retrain], "forget"), _paired("privleak", [retrain], "holdout"))
     for key, row in by_key.items():
+        if key[0] != "unlearned":
+            continue
         rows = [row] if retrain is None else [row, retrain]
         forget, holdout = _paired("privleak", rows, "forget"), _paired("privleak", rows, "holdout")
-        if forget is None or holdout is None or (retrain is not None and (ref_scores is None or None in ref_scores)):
+        if forget is None or holdout is None:
             continue
         n["privleak"] = len(forget[0]) + len(holdout[0])
-        ci = paired_privleak_ci(forget[0], holdout[0], key="privleak", estimate=values[key].get("privleak"),
-                                reference=None if retrain is not None else reference[0],
-                                reference_forget=forget[1] if retrain is not None else None,
-                                reference_holdout=holdout[1] if retrain is not None else None, **opts)
+        ci = _privleak(forget[0], holdout[0], None if retrain is not None else reference[0],
+                       forget[1] if retrain is not None else None, holdout[1] if retrain is not None else None,
+                       values[key].get("privleak"), boot)
         if ci is not None:
             privleak_ci[key] = ci
     return {"drop_ci": drop_ci, "recovery_ci": recovery_ci, "utility_ci": utility_ci, "privleak_ci": privleak_ci, "n": n}

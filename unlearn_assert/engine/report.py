@@ -31,7 +31,7 @@ from ..report.schema import (
     VerdictDict,
 )
 from ..version import __version__
-from .derive import Figures, bootstrap_of, figures
+from .derive import DEFAULT_REFERENCE_AUC, Figures, bootstrap_of, figures
 from .rows import Row, RowKey
 from .verdicts import Verdict
 
@@ -148,10 +148,10 @@ def _report_row(row: Row, figs: Figures) -> RowDict:
     key = row.key
     ci: dict[str, list[float | None]] = {k: list(v) for k, v in row.ci.items()}
     privleak_ci = figs.privleak_ci.get(key)
-    if privleak_ci is not None:  # against the run's reference (the row's own is against 0.5), paired with R
+    if privleak_ci is not None:  # U's rows: against the run's reference, paired with R
         ci["privleak"] = privleak_ci.as_list()
-    elif "privleak" in ci:
-        del ci["privleak"]
+    elif "privleak" in ci and figs.reference[0] != DEFAULT_REFERENCE_AUC:
+        del ci["privleak"]  # the row's own interval is against AUC 0.5, not the run's reference
     out: dict[str, Any] = {
         "model": row.model, "quantizer": row.quantizer, "values": dict(figs.values[key]), "ci": ci, "recovery": None,
         "code_agreement": row.code_agreement, "changed_fraction": row.changed_fraction,

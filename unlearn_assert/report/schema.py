@@ -155,8 +155,9 @@ Bounds = list[float | None]
 
 
 class RowDict(_RowRequired, total=False):
-    ci: dict[str, Bounds]  # metric -> [lo, hi]: ROUGE metrics the row's own bootstrap interval; privleak the paired
-    #                        interval against the run's reference AUC (R's AUC recomputed on the resampled texts)
+    ci: dict[str, Bounds]  # metric -> [lo, hi]: ROUGE metrics the row's own bootstrap interval; privleak on U's rows the
+    #   paired interval against the run's reference AUC (R's AUC recomputed on the resampled texts), on T's and R's
+    #   rows their own (unpaired) interval, present only when the reference is 0.5
     recovery_ci: dict[str, Bounds | None]  # quantized U rows: forget metric -> paired interval of its recovery (a fraction)
     recovery_degenerate: dict[str, int | None]  # replicates of each recovery with m(T) - m(U) <= 0 (ranked at +inf)
     utility: float | None  # U rows: knowmem_r(this row) / knowmem_r(T); None when T retains nothing
