@@ -208,8 +208,8 @@ def test_xdist_gives_the_same_verdicts_and_numbers(pytester: pytest.Pytester, ti
     assert rows_a == rows_b
     assert {v["item"]: v["outcome"] for v in a["verdicts"]} == {v["item"]: v["outcome"] for v in b["verdicts"]}
     # the bootstrap is seeded: the same intervals on the workers as in the serial run
-    assert [(v["item"], v["ci"], v["decided"], v["message"]) for v in a["verdicts"]] == [
-        (v["item"], v["ci"], v["decided"], v["message"]) for v in b["verdicts"]]
+    assert [(v["item"], v["ci"], v["decided"], v["estimate"]) for v in a["verdicts"]] == [
+        (v["item"], v["ci"], v["decided"], v["estimate"]) for v in b["verdicts"]]
     assert [r.get("recovery_ci") for r in a["rows"]] == [r.get("recovery_ci") for r in b["rows"]]
     assert a["resolution"] == b["resolution"]
     assert [v["item"] for v in a["verdicts"]] == [v["item"] for v in b["verdicts"]]

@@ -103,6 +103,9 @@ class Gate:
             row = self.row(role, q)
             if not row.ok:
                 return Verdict(item_name(variant, check), variant, check, "skipped", str(row.skip_reason))
+        qt: RowKey = ("target", variant)
+        if variant != FP and qt in self.rows and qt not in needed:  # q(T) computed already: shown beside, as context
+            needed.append(qt)
         figs = self.figures(needed)
         if check == "privleak":
             problem = reference_problem(*figs.reference)
