@@ -1,13 +1,12 @@
 """The figures a gate is judged and reported on, derived from the rows once: every row's privleak
-against the reference AUC, and every variant's recovery.
+against the reference AUC, every variant's recovery and utility, and their paired intervals.
 
 Definitions (DESIGN.md, "Metric definitions" and "Verdicts"):
 
 * ``privleak = (AUC - AUC_R) / AUC_R * 100`` (:func:`unlearn_assert.metrics.privleak.privleak`, the
   formula's one home), AUC_R from the retrain model's row, else ``--unlearn-retrain-auc``, else 0.5;
 * ``recovery = (m(q(U)) - m(U)) / (m(T) - m(U))`` for a forget metric m: the share of what
-  unlearning removed that comes back under the variant; None when nothing was removed.
-
+  unlearning removed that comes back under the variant; None when nothing was removed;
 * ``utility = knowmem_r(variant of U) / knowmem_r(T)``; None when T retains nothing;
 * a paired bootstrap interval of every judged figure (:mod:`unlearn_assert.metrics.stats`): the
   same resampled items for U, T and the variant (and R, whose AUC is recomputed on the resampled
@@ -38,6 +37,7 @@ from ..metrics.stats import (
     N_RESAMPLES,
     PAIRED_SEED,
     Interval,
+    clear_draws,
     paired_difference_ci,
     paired_privleak_ci,
     paired_ratio_ci,
@@ -46,8 +46,8 @@ from ..metrics.stats import (
 from ..names import FORGET_METRICS, FP, Role
 from .rows import Row, RowKey
 
-__all__ = ["DEFAULT_REFERENCE_AUC", "Bootstrap", "Figures", "bootstrap_of", "clear_memo", "Interval", "Resolution", "figures", "figures_from_values",
-           "recovery", "reference_auc", "reference_problem", "resolution"]
+__all__ = ["DEFAULT_REFERENCE_AUC", "Bootstrap", "Figures", "Interval", "Resolution", "bootstrap_of", "clear_memo", "figures",
+           "figures_from_values", "recovery", "reference_auc", "reference_problem", "resolution"]
 
 #: metric -> value (None: not measured or undefined)
 Values = Mapping[str, float | None]
@@ -255,10 +255,9 @@ def _privleak(forget: tuple[float, ...], holdout: tuple[float, ...], reference: 
 
 def clear_memo() -> None:
     """Forget every memoized interval, draw and per-item score list: a fresh process, for benchmarks."""
-    from ..metrics.stats import _resample_counts
-
-    for memo in (_difference, _recovery, _ratio, _privleak, _resample_counts):
+    for memo in (_difference, _recovery, _ratio, _privleak):
         memo.cache_clear()
+    clear_draws()
     _SCORES.clear()
 
 

@@ -50,6 +50,7 @@ __all__ = [
     "MetricResult",
     "bootstrap_auc_ci",
     "bootstrap_mean_ci",
+    "clear_draws",
     "mann_whitney_auc",
     "paired_counts",
     "paired_difference_ci",
@@ -200,6 +201,11 @@ def resample_counts(n: int, *, seed: int, key: str, n_resamples: int = N_RESAMPL
     ``(seed, key)`` only: the same on every run, process and xdist worker. Read-only and memoized
     (the draw is most of a figure's cost, and every variant's figure of a split reuses it)."""
     return _resample_counts(int(n), int(seed), str(key), int(n_resamples))
+
+
+def clear_draws() -> None:
+    """Forget the memoized draws (a fresh process, for benchmarks)."""
+    _resample_counts.cache_clear()
 
 
 @lru_cache(maxsize=32)
