@@ -167,6 +167,22 @@ def test_figures_from_rows_pair_the_items_and_match_the_point_values() -> None:
     assert resolution("knowmem_f", -1.0, drop, 3).recovery is None  # nothing forgotten, nothing to resolve
 
 
+def test_privleak_is_paired_with_the_retrain_model_and_has_no_interval_when_undefined() -> None:
+    t = make_row("target", FP, [60.0, 80.0], [50.0, 40.0], [40.0, 50.0], [1.0, 2.0, 3.0], [3.0, 4.0, 2.5])
+    u = make_row("unlearned", FP, [10.0, 30.0], [10.0, 20.0], [40.0, 45.0], [2.0, 3.0, 1.0], [3.0, 1.0, 2.0])
+    r = make_row("retrain", FP, [10.0, 20.0], [5.0, 5.0], [40.0, 40.0], [2.0, 2.5, 3.0], [2.0, 3.0, 2.6])
+    figs = figures([t, u, r], option_auc=None)
+    assert figs.reference == (r.auc, "retrain")
+    assert figs.privleak_ci[("unlearned", FP)] == paired_privleak_ci(
+        [2.0, 3.0, 1.0], [3.0, 1.0, 2.0], reference_forget=[2.0, 2.5, 3.0], reference_holdout=[2.0, 3.0, 2.6],
+        estimate=figs.values[("unlearned", FP)]["privleak"])
+    # a "retrain" model that tells every forget text from every holdout text: AUC_R = 0, privleak undefined
+    leaky = make_row("retrain", FP, [10.0, 20.0], [5.0, 5.0], [40.0, 40.0], [1.0, 1.0, 1.0], [5.0, 5.0, 5.0])
+    figs = figures([t, u, leaky], option_auc=None)
+    assert figs.reference == (0.0, "retrain") and figs.values[("unlearned", FP)]["privleak"] is None
+    assert figs.privleak_ci == {}
+
+
 def test_rows_that_scored_other_items_are_not_paired() -> None:
     t = make_row("target", FP, [60.0, 80.0], [50.0, 40.0], [40.0, 50.0])
     u = make_row("unlearned", FP, [10.0, 30.0], [10.0, 20.0], [40.0, 45.0])

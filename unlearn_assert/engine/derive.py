@@ -299,7 +299,7 @@ def _intervals(by_key: Mapping[RowKey, Row], values: Mapping[RowKey, Values], re
                     utility_ci[variant] = _ratio(scores[0], scores[1], "knowmem_r", utility[variant], boot)
     retrain = by_key.get(("retrain", FP)) if reference[1] == "retrain" else None
     for key, row in by_key.items():
-        if key[0] != "unlearned":
+        if key[0] != "unlearned" or values[key].get("privleak") is None:  # undefined (AUC_R <= 0): no interval either
             continue
         rows = [row] if retrain is None else [row, retrain]
         forget, holdout = _paired("privleak", rows, "forget"), _paired("privleak", rows, "holdout")
