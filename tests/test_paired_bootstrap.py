@@ -156,7 +156,7 @@ def test_figures_from_rows_pair_the_items_and_match_the_point_values() -> None:
     assert figs.drop_ci["knowmem_f"].lo <= 35.0 <= figs.drop_ci["knowmem_f"].hi
     assert figs.utility["rtn-w4g128"] == pytest.approx(30 / 40) and "rtn-w4g128" in figs.utility_ci
     assert figs.n == {"verbmem_f": 3, "knowmem_f": 3, "knowmem_r": 3, "privleak": 4}
-    assert set(figs.privleak_ci) == {("target", FP), ("unlearned", FP), ("unlearned", "rtn-w4g128")}
+    assert set(figs.privleak_ci) == {("unlearned", FP), ("unlearned", "rtn-w4g128")}  # U's rows: the judged ones
     # no intervals without replicates, and the same point figures
     bare = figures([t, u, q], option_auc=None, bootstrap=Bootstrap(replicates=0))
     assert not bare.recovery_ci and not bare.drop_ci and bare.recovery == figs.recovery
