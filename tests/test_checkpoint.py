@@ -78,12 +78,14 @@ def test_user_checkpoints_are_rows_and_items(pytester: pytest.Pytester, tiny_unl
     from unlearn_assert.engine.derive import recovery
 
     t, u = rows[("target", "fp")]["values"]["knowmem_f"], rows[("unlearned", "fp")]["values"]["knowmem_f"]
+    drop_ci = next(v["ci"] for v in report["verdicts"] if v["item"] == "test_budget[fp-knowmem_f]")
     for name, row in (("shipped_w4", w4), ("shipped_nf4", nf4)):
         assert row["status"] == "ok" and row["quant"]["changed_fraction"] > 0.5 and len(row["quant"]["modules"]) == 14
         rec = recovery(row["values"]["knowmem_f"], u, t)
         assert row["recovery"]["knowmem_f"] == rec
-        # the item's outcome follows the default budget: fails when unlearning did not work in fp (drop < 5) or rec > 25%
-        expected = "passed" if t - u >= 5 and rec is not None and rec <= 0.25 else "failed"
+        # the item's outcome follows the default budget (point verdict): fails when unlearning did not work in fp
+        # (drop < 5, or the drop's interval includes 0) or rec > 25%
+        expected = "passed" if t - u >= 5 and drop_ci[0] > 0 and rec is not None and rec <= 0.25 else "failed"
         assert seen[f"{name}-knowmem_f"] == expected
     settings = report["provenance"]["settings"]
     assert settings["quantizers"][-2:] == ["shipped_w4", "shipped_nf4"]

@@ -22,6 +22,7 @@ from unlearn_assert.errors import ConfigError
 from unlearn_assert.metrics import METRIC_SETTINGS
 from unlearn_assert.names import CHECKS, FP
 from unlearn_assert.report import render_html, render_table, validate_report
+from unlearn_assert.report.schema import dumps_report
 
 VOLATILE = {"created", "seconds", "argv", "cached"}
 
@@ -68,13 +69,21 @@ def test_gate_runs_every_item_and_its_report_is_the_plugins_json(
         f"--unlearn-cache-dir={cache}", f"--unlearn-json={out}", "-p", "no:randomly")
     assert result.ret == (pytest.ExitCode.OK if report.passed else pytest.ExitCode.TESTS_FAILED), result.stdout.str()
     plugin = json.loads(out.read_text())
-    ours = json.loads(json.dumps(data))
+    ours = json.loads(dumps_report(data))  # as the file is written: an unbounded interval end is null there
     assert _strip(plugin) == _strip(ours)
 
 
 def test_gate_settings_are_validated_like_options(tiny_unlearned_dir: Path, tiny_model_dir: Path, tiny_data_dir: Path) -> None:
     with pytest.raises(ConfigError, match="--unlearn-quantizers: malformed quantizer 'rtn-x'"):
         gate(tiny_unlearned_dir, tiny_model_dir, tiny_data_dir, quantizers="rtn-x")
+    with pytest.raises(ConfigError, match="--unlearn-verdict: 'maybe' is not a verdict policy"):
+        gate(tiny_unlearned_dir, tiny_model_dir, tiny_data_dir, verdict="maybe")
+    with pytest.raises(ConfigError, match="--unlearn-confidence: '0.5' is not a supported level"):
+        gate(tiny_unlearned_dir, tiny_model_dir, tiny_data_dir, confidence=0.5)
+    from unlearn_assert.engine.runner import _run_config
+
+    assert (_run_config({"verdict": "lenient", "confidence": 0.9}).verdict, _run_config({"confidence": 0.9}).confidence) == (
+        "lenient", 0.9)
     with pytest.raises(ConfigError, match="unknown gate setting.*quantiser"):
         gate(tiny_unlearned_dir, tiny_model_dir, tiny_data_dir, quantiser="rtn-w8")
     with pytest.raises(ConfigError, match="--unlearn-data: data path .* does not exist"):  # checked before any model loads

@@ -31,7 +31,9 @@ def test_release_ci_example_end_to_end(pytester: pytest.Pytester, tiny_model_dir
     result = pytester.runpytest_subprocess("--unlearn-model=checkpoints/unlearned", "-p", "no:randomly", "-rf", "--junitxml=j.xml")
     # this "unlearned" model's forgetting is undone by 4-bit RTN: the gate must fail the build
     assert result.ret == pytest.ExitCode.TESTS_FAILED, result.stdout.str()[-3000:]
-    result.stdout.fnmatch_lines(["*test_budget?rtn-w4g128-verbmem_f? - Failed: verbmem_f RECOVERED*"])
+    # on the fixture's 8 passages the recovery's interval may straddle the budget: then the failure says so (the
+    # summary line is cut at the terminal's width)
+    result.stdout.re_match_lines([r".*test_budget\[rtn-w4g128-verbmem_f\] - Failed: (verbmem_f RECOVERED|undecided: verbmem_f rec)"])
     report = json.loads((pytester.path / "unlearn-report.json").read_text())
     quantizers = {r["quantizer"] for r in report["rows"] if r["model"] == "unlearned"}
     assert quantizers == {"fp", "bnb-fp4", "bnb-nf4", "bnb-int8", "rtn-w4g128", "rtn-w8"}

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from unlearn_assert.report import validate_report
+
 QUANTIZERS = "rtn-w4g128,rtn-w8"
 
 
@@ -73,9 +75,15 @@ def test_gate_catches_recovery_under_4bit(gate_run: pytest.RunResult, pytester: 
     assert seen["fp-verbmem_f"] == "passed"  # unlearning visibly worked in full precision
     assert seen["rtn-w4g128-verbmem_f"] == "failed"  # ... and 4-bit RTN brought it back
     assert seen["rtn-w8-verbmem_f"] == "passed"  # ... while 8-bit did not
-    # the failure message carries the numbers, and the summary table is printed
-    result.stdout.fnmatch_lines(["*verbmem_f RECOVERED *% of the forgetting under rtn-w4g128 (budget 25%): quantized *, unlearned *, target *"])
-    result.stdout.fnmatch_lines(["*unlearning budget summary*", "model*quantizer*verbmem_f*knowmem_f*verdict*"])
+    # the failure message carries the numbers with their interval (on 8 passages it may straddle the budget: then it
+    # says so), and the summary states the resolution before the table
+    ci = r"\[-?\d+%, (?:-?\d+%|inf)\]"
+    result.stdout.re_match_lines([
+        rf".*verbmem_f (?:RECOVERED \d+% {ci} of the forgetting under rtn-w4g128 \(budget 25%\)|recovery \d+% {ci} under "
+        r"rtn-w4g128 straddles the 25% budget at n=8 forget passages; add forget items or choose --unlearn-verdict "
+        r"\(point: the estimate fails it\)): quantized .*, unlearned .*, target .*"])
+    result.stdout.fnmatch_lines(["*unlearning budget summary*", "unlearn-assert: resolution at 95% *verbmem_f *% (n=8 forget passages)*",
+                                 "*model*quantizer*verbmem_f*knowmem_f*verdict*"])
     assert "Traceback" not in result.stdout.str()
     assert "script_method" not in result.stdout.str()  # torch's own deprecation noise is not the user's to see
 
@@ -88,6 +96,15 @@ def test_gate_catches_recovery_under_4bit(gate_run: pytest.RunResult, pytester: 
     assert w4["code_agreement"] == 1.0 and w4["changed_fraction"] > 0
     assert w4["values"] == {**rows[("target", "rtn-w4g128")]["values"]}  # same codes, same model, same numbers
     assert w4["recovery"]["verbmem_f"] > 0.25 >= rows[("unlearned", "rtn-w8")]["recovery"]["verbmem_f"]
+    # every quantized row has its paired recovery intervals, every judged verdict its estimate, interval and budget
+    for q in ("rtn-w4g128", "rtn-w8"):
+        rec_ci = rows[("unlearned", q)]["recovery_ci"]["verbmem_f"]
+        assert rec_ci[0] <= rows[("unlearned", q)]["recovery"]["verbmem_f"] <= rec_ci[1]
+        assert len(rows[("unlearned", q)]["utility_ci"]) == 2
+    assert report["provenance"]["bootstrap"] == {"replicates": 1000, "seed": 0, "confidence": 0.95}
+    assert all(v["ci"] is not None and isinstance(v["decided"], bool) and v["estimate"] == v["value"] and "budget" in v
+               for v in report["verdicts"] if v["outcome"] != "skipped" and v["estimate"] is not None)
+    assert report["resolution"]["verbmem_f"]["n"] == 8
     assert rows[("unlearned", "rtn-w8")]["code_agreement"] < 0.5
     verdicts = {v["item"]: v for v in report["verdicts"]}
     assert verdicts["test_budget[rtn-w4g128-verbmem_f]"]["passed"] is False
@@ -162,7 +179,8 @@ def test_a_retrain_model_that_saw_the_forget_set_fails_privleak_with_the_fix(
                                  "check that --unlearn-retrain names a model trained without the forget data*"])
     report = json.loads((pytester.path / "report.json").read_text())
     assert report["provenance"]["privleak_reference"]["auc"] == 0.0
-    assert all(r["values"]["privleak"] is None for r in report["rows"])
+    assert all(r["values"]["privleak"] is None and "privleak" not in r["ci"] for r in report["rows"])
+    validate_report(report)  # no interval of an undefined figure
     # retrain is the target's directory: its row comes from the target's cached result, under its own role
     roles = [(r["model"], r["quantizer"]) for r in report["rows"]]
     assert roles.count(("retrain", "fp")) == 1 and roles.count(("target", "fp")) == 1
@@ -192,6 +210,11 @@ def test_xdist_gives_the_same_verdicts_and_numbers(pytester: pytest.Pytester, ti
     rows_b = {(r["model"], r["quantizer"]): r["values"] for r in b["rows"]}
     assert rows_a == rows_b
     assert {v["item"]: v["outcome"] for v in a["verdicts"]} == {v["item"]: v["outcome"] for v in b["verdicts"]}
+    # the bootstrap is seeded: the same intervals on the workers as in the serial run
+    assert [(v["item"], v["ci"], v["decided"], v["estimate"]) for v in a["verdicts"]] == [
+        (v["item"], v["ci"], v["decided"], v["estimate"]) for v in b["verdicts"]]
+    assert [r.get("recovery_ci") for r in a["rows"]] == [r.get("recovery_ci") for r in b["rows"]]
+    assert a["resolution"] == b["resolution"]
     assert [v["item"] for v in a["verdicts"]] == [v["item"] for v in b["verdicts"]]
     dist.stdout.fnmatch_lines(["*unlearning budget summary*"])
 

@@ -76,6 +76,9 @@ def _usage_error(result: pytest.RunResult) -> str:
         (["--unlearn-retrain-auc=1.5"], "--unlearn-retrain-auc"),
         (["--unlearn-device=tpu"], "--unlearn-device"),
         (["--unlearn-dtype=int3"], "--unlearn-dtype"),
+        (["--unlearn-verdict=maybe"], "--unlearn-verdict: 'maybe' is not a verdict policy; use one of point, strict, lenient"),
+        (["--unlearn-confidence=0.8"], "--unlearn-confidence: '0.8' is not a supported level; use one of 0.9, 0.95, 0.99"),
+        (["--unlearn-confidence=high"], "--unlearn-confidence"),
         (["--unlearn-model=missing-dir"], "does not exist"),
     ],
     ids=lambda v: v if isinstance(v, str) else None,
@@ -93,6 +96,18 @@ def test_ini_values_are_validated(pytester: pytest.Pytester) -> None:
     assert "bogus" in _usage_error(pytester.runpytest_subprocess())
 
 
+def test_verdict_and_confidence_from_ini_are_validated_and_parsed(pytester: pytest.Pytester) -> None:
+    from unlearn_assert.config import build_run_config
+
+    pytester.makeini("[pytest]\nunlearn_verdict = strictest\n")
+    pytester.makepyfile("def test_ok():\n    pass\n")
+    assert "--unlearn-verdict: 'strictest'" in _usage_error(pytester.runpytest_subprocess())
+    run = build_run_config(lambda opt: {"verdict": " Strict", "confidence": "99%"}.get(opt.name, opt.default))
+    assert (run.verdict, run.confidence) == ("strict", 0.99)
+    run = build_run_config(lambda opt: opt.default)
+    assert (run.verdict, run.confidence) == ("point", 0.95)
+
+
 def test_model_options_need_target_and_data(pytester: pytest.Pytester, tiny_model_dir: Path) -> None:
     pytester.makepyfile("def test_ok():\n    pass\n")
     line = _usage_error(pytester.runpytest_subprocess(f"--unlearn-model={tiny_model_dir}"))
@@ -108,7 +123,7 @@ def test_valid_config_from_ini_and_header(pytester: pytest.Pytester, tiny_model_
     pytester.makepyfile("def test_ok():\n    import sys\n    assert 'torch' not in sys.modules\n")
     result = pytester.runpytest_subprocess(f"--unlearn-model={tiny_model_dir}", "--co")
     assert result.ret == 0, result.stderr.str()
-    result.stdout.fnmatch_lines(["unlearn-assert: model=*", "*recovery<=0.3*"])
+    result.stdout.fnmatch_lines(["unlearn-assert: model=*", "*recovery<=0.3*", "unlearn-assert: verdict=point on paired 95% intervals"])
 
 
 TORCH_PROBE = """

@@ -387,7 +387,7 @@ def test_html_handles_nonfinite_and_missing_references() -> None:
     report["rows"][1]["values"]["privleak"] = float("nan")
     page = render_html(report)
     assert _report_json(page)["rows"][1]["values"]["privleak"] is None
-    assert page.count("<svg") == 4
+    assert page.count("<svg") == 4 + 2  # the four metrics, and the recovery of each forget metric
 
 
 # --------------------------------------------------------------------------- files
@@ -428,3 +428,92 @@ def test_write_interrupted_leaves_old_file_and_no_temp(tmp_path: Path, monkeypat
         write_html(make_report(), out)
     assert out.read_text(encoding="utf-8") == "previous"
     assert [p.name for p in tmp_path.iterdir()] == ["report.html"]
+
+
+# --------------------------------------------------------------------------- intervals (issue 13)
+
+
+def interval_report() -> dict[str, Any]:
+    """tiny_report with what a gate writes since the paired bootstrap: intervals on the quantized row
+    and on the verdicts, the bootstrap's settings, and the resolution of each forget metric."""
+    report = tiny_report()
+    q = report["rows"][1]
+    q["recovery"] = {"verbmem_f": 0.1234, "knowmem_f": 0.61}
+    q["recovery_ci"] = {"verbmem_f": [0.02, 0.3], "knowmem_f": [0.22, None]}  # null: unbounded above
+    q["recovery_degenerate"] = {"verbmem_f": 0, "knowmem_f": 31}
+    q["utility"], q["utility_ci"], q["utility_degenerate"] = 0.979, [0.9, 1.05], 0
+    report["provenance"]["bootstrap"] = {"replicates": 1000, "seed": 0, "confidence": 0.95}
+    report["resolution"] = {
+        "verbmem_f": {"recovery": 0.2, "drop": 43.7, "drop_ci": [35.0, 52.5], "n": 100, "confidence": 0.95,
+                      "budget": 0.25, "exceeds_budget": False},
+        "knowmem_f": {"recovery": 0.53, "drop": 21.1, "drop_ci": [10.1, 32.5], "n": 48, "confidence": 0.95,
+                      "budget": 0.25, "exceeds_budget": True},
+    }
+    for v in report["verdicts"]:
+        if v["item"] == "test_budget[rtn-w4g128-knowmem_f]":
+            v.update(value=0.61, estimate=0.61, ci=[0.22, None], budget=0.25, decided=False, n=48, degenerate=31,
+                     policy="point", figure="recovery",
+                     message="undecided: knowmem_f recovery 61% [22%, inf] under rtn-w4g128 straddles the 25% budget at "
+                             "n=48 forget questions; add forget items or choose --unlearn-verdict (point: the estimate fails it)")
+        elif v["item"] == "test_budget[rtn-w4g128-verbmem_f]":
+            v.update(estimate=0.1234, ci=[0.02, 0.3], decided=False, n=100, degenerate=0, policy="point", figure="recovery")
+    return report
+
+
+def test_table_shows_recovery_intervals_golden() -> None:
+    expected = (
+        "model      quantizer      verbmem_f    knowmem_f    knowmem_r    privleak  recovery                           code agr.  verdict\n"
+        "---------  -----------  -----------  -----------  -----------  ----------  -------------------------------  -----------  ---------\n"
+        "unlearned  fp                  12.3         20.5         48.0         1.0  -                                          -  PASS\n"
+        "unlearned  rtn-w4g128          16.6         53.3         47.0       -60.4  vm 12% [2,30] / km 61% [22,inf]        93.1%  FAIL\n"
+        "target     fp                  56.0         60.0         50.0           -  -                                          -  -"
+    )
+    assert render_table(interval_report()) == expected
+
+
+def test_resolution_lines_state_it_and_warn_once_per_metric_over_budget() -> None:
+    from unlearn_assert.report import resolution_lines
+
+    lines = resolution_lines(interval_report())
+    assert lines == [
+        ("unlearn-assert: resolution at 95% (smallest recovery the forget set tells from zero): verbmem_f 20% "
+         "(n=100 forget passages), knowmem_f 53% (n=48 forget questions)", False),
+        ("unlearn-assert: warning: knowmem_f's resolution 53% exceeds its 25% recovery budget: n=48 forget questions "
+         "cannot tell a 25% recovery from none; add forget items", True),
+    ]
+    assert resolution_lines(tiny_report()) == []  # older reports have none
+
+
+def test_validate_accepts_interval_fields_and_rejects_malformed_ones() -> None:
+    report = interval_report()
+    validate_report(json.loads(json.dumps(report)))
+    for path, value, needle in [
+        (("rows", 1, "recovery_ci", "knowmem_f"), [0.2], r"rows\[1\]\.recovery_ci\.knowmem_f should be \[lo, hi\]"),
+        (("rows", 1, "utility_ci"), ["a", 1.0], r"rows\[1\]\.utility_ci should be \[lo, hi\]"),
+        (("verdicts", 2, "decided"), "yes", r"verdicts\[2\]\.decided should be true/false or null"),
+        (("verdicts", 2, "policy"), "maybe", r"verdicts\[2\]\.policy is 'maybe'"),
+        (("provenance", "bootstrap", "replicates"), 1.5, r"provenance\.bootstrap\.replicates should be an integer"),
+        (("resolution", "knowmem_f", "exceeds_budget"), None, r"resolution\.knowmem_f\.exceeds_budget should be true/false"),
+    ]:
+        bad = copy.deepcopy(report)
+        node: Any = bad
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value
+        with pytest.raises(ReportError, match=needle):
+            validate_report(bad)
+
+
+def test_html_draws_error_bars_and_lists_each_items_interval() -> None:
+    page = render_html(interval_report())
+    chart = re.search(r'<figure id="chart-recovery-knowmem_f">(.*?)</figure>', page, re.S)
+    assert chart is not None and '<g class="err">' in chart.group(1) and "interval [22.0, inf]" in chart.group(1)
+    assert "recovery budget (25.0)" in chart.group(1)
+    vm = re.search(r'<figure id="chart-recovery-verbmem_f">(.*?)</figure>', page, re.S)
+    assert vm is not None and "interval [2.0, 30.0]" in vm.group(1)
+    assert page.count('<g class="err">') >= 2 + 1  # both recoveries, and the rows' own metric intervals
+    verdicts = page[page.index('<ul class="verdicts">'):]
+    assert ("estimate 61%, interval [22%, inf], budget 25%, undecided (n=48, 31 degenerate replicates)"
+            in htmllib.unescape(verdicts))
+    assert "estimate 12%, interval [2%, 30%], budget 25%, undecided (n=100)" in htmllib.unescape(verdicts)
+    assert '<p class="resolution warn">unlearn-assert: warning: knowmem_f' in page

@@ -82,7 +82,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     """Render a JSON report (from --unlearn-json) as the self-contained HTML page, offline."""
     from .report import load_report, write_html
-    from .report.terminal import counts_line, render_table, summary_line
+    from .report.terminal import counts_line, render_table, resolution_lines, summary_line
 
     report = load_report(args.report)
     out = args.output or str(Path(args.report).with_suffix(".html"))
@@ -92,6 +92,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
     counts = counts_line(report)
     if counts:
         print(counts)
+    for line, _ in resolution_lines(report):
+        print(line)
     print(render_table(report))
     print(summary_line(report))
     print(f"wrote {out}")

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, QuantizerError
-from .names import ARTIFACT_NAME_RE, DTYPES, FORGET_METRICS, FP
+from .names import ARTIFACT_NAME_RE, CONFIDENCES, DTYPES, FORGET_METRICS, FP, VERDICT_POLICIES
 from .quant.spec import validate_quantizer_list
 
 DEFAULT_QUANTIZERS = "rtn-w4g128,rtn-w8"
@@ -59,6 +59,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("budget", "Budget as KEY=VALUE pairs; keys recovery, utility, privleak, floor, verbmem_f, knowmem_f, "
            "each optionally KEY@QUANTIZER, e.g. 'recovery=0.2 knowmem_f@bnb-fp4=0.1'. "
            "Default: recovery=0.25 utility=0.9 privleak=25 floor=5.", "", "EXPR"),
+    Option("verdict", "How an item is judged against its budget: point (the estimate), strict (the whole "
+           "interval within budget) or lenient (fails only when the whole interval is beyond it).", "point", "POLICY"),
+    Option("confidence", "Confidence level of the paired bootstrap intervals: 0.9, 0.95 or 0.99.", 0.95, "LEVEL"),
     Option("calibration", "Calibration text for GPTQ/AWQ: a .txt, .json or .jsonl file (default: the data's "
            "raw retain text, MUSE's raw/retain1 + raw/retain2 or raw/retain.txt, else privleak/retain.json).", None, "FILE"),
     Option("quantized", "A checkpoint you already quantized, NAME=DIR (compressed-tensors, bitsandbytes, GPTQ or AWQ; "
@@ -191,6 +194,29 @@ def parse_budget(text: str | Mapping[str, Any] | None, where: str = "--unlearn-b
     return Budget(**base, overrides=tuple(overrides))
 
 
+def parse_verdict(raw: Any) -> str:
+    """``--unlearn-verdict``: point (default), strict or lenient."""
+    policy = str(raw if raw not in (None, "") else "point").strip().lower()
+    if policy not in VERDICT_POLICIES:
+        raise ConfigError(f"--unlearn-verdict: '{raw}' is not a verdict policy; use one of {', '.join(VERDICT_POLICIES)}")
+    return policy
+
+
+def parse_confidence(raw: Any) -> float:
+    """``--unlearn-confidence``: 0.9, 0.95 (default) or 0.99 (also written 90, 95, 99 or 95%)."""
+    text = str(raw if raw not in (None, "") else "0.95").strip().rstrip("%")
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if value > 1:
+        value /= 100.0
+    level = next((c for c in CONFIDENCES if math.isclose(value, c)), None)
+    if level is None:
+        raise ConfigError(f"--unlearn-confidence: '{raw}' is not a supported level; use one of {', '.join(map(str, CONFIDENCES))}")
+    return level
+
+
 # --------------------------------------------------------------------------- run config
 
 
@@ -240,6 +266,8 @@ class RunConfig:
     calibration: str | None = None
     prequantized: tuple[QuantizedArtifact, ...] = ()  # each --unlearn-quantized NAME=DIR, in order
     budget: Budget = field(default_factory=Budget)
+    verdict: str = "point"  # --unlearn-verdict: one of names.VERDICT_POLICIES
+    confidence: float = 0.95  # --unlearn-confidence: one of names.CONFIDENCES
     json: str | None = None
     html: str | None = None
     device: str = "auto"
@@ -359,6 +387,7 @@ def build_run_config(get: Callable[[Option], Any], *, model_spec: str | None = N
     except QuantizerError as exc:
         raise ConfigError(f"--unlearn-quantizers: {exc}") from None
     values["budget"] = parse_budget(raw["budget"] or "")
+    values["verdict"], values["confidence"] = parse_verdict(raw["verdict"]), parse_confidence(raw["confidence"])
     device = str(raw["device"] or "auto").strip()
     if not DEVICES_RE.match(device):
         raise ConfigError(f"--unlearn-device: '{device}' is not a device; use auto, cpu, cuda or cuda:N")

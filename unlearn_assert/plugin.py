@@ -294,4 +294,5 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
         f"unlearn-assert: model={run.model} target={run.target} retrain={run.retrain or '-'} data={run.data}",
         f"unlearn-assert: quantizers={','.join(run.all_quantizers)} budget=recovery<={run.budget.recovery:g} "
         f"utility>={run.budget.utility:g} |privleak|<={run.budget.privleak:g}",
+        f"unlearn-assert: verdict={run.verdict} on paired {run.confidence:.0%} intervals",
     ]

@@ -228,12 +228,14 @@ class UnlearnSession:
             report = self.report or self.build_report()
             if report is None:
                 return
-            from .report.terminal import compute_line, counts_line, render_table, summary_line
+            from .report.terminal import compute_line, counts_line, render_table, resolution_lines, summary_line
 
             reporter.write_sep("-", "unlearning budget summary")
             for line in (counts_line(report), compute_line(report)):
                 if line:
                     reporter.write_line(line)
+            for line, warning in resolution_lines(report):  # up front: what the forget set can resolve at all
+                reporter.write_line(line, yellow=warning)
             for line in render_table(report).splitlines():
                 reporter.write_line(line)
             reporter.write_line(summary_line(report))

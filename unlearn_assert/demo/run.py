@@ -233,7 +233,7 @@ def run_demo(
     ``cache_dir``: root of the demo family cache (default :func:`.family.default_demo_cache`);
     ``results_dir``: the result cache (default: the user cache dir's ``unlearn-assert/results``).
     """
-    from ..report.terminal import counts_line, render_table, summary_line
+    from ..report.terminal import counts_line, render_table, resolution_lines, summary_line
     from .family import DEFAULT_RECIPE, build_family, progress_printer
 
     say = progress_printer(progress)
@@ -254,6 +254,8 @@ def run_demo(
         u = recipe.unlearn_recipe(name)
         print(f"\n== demo:{name}: {u.description}", flush=True)
         print(counts_line(report) or "", flush=True)
+        for line, _ in resolution_lines(report):
+            print(line, flush=True)
         print(render_table(report), flush=True)
         print(summary_line(report), flush=True)
         ok, sentence = judge(report, sure=u.sure)

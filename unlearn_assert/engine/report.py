@@ -20,9 +20,18 @@ from typing import TYPE_CHECKING, Any, cast
 
 from ..config import RunConfig
 from ..names import FORGET_METRICS, FP
-from ..report.schema import SCHEMA_VERSION, ModelRef, Provenance, ReportDict, RowDict, VerdictDict
+from ..report.schema import (
+    SCHEMA_VERSION,
+    BootstrapInfo,
+    ModelRef,
+    Provenance,
+    ReportDict,
+    ResolutionDict,
+    RowDict,
+    VerdictDict,
+)
 from ..version import __version__
-from .derive import figures
+from .derive import DEFAULT_REFERENCE_AUC, Figures, bootstrap_of, figures
 from .rows import Row, RowKey
 from .verdicts import Verdict
 
@@ -52,6 +61,7 @@ class Report:
     verdicts: list[Verdict]
     samples: dict[str, dict[str, list[dict[str, Any]]]] = field(default_factory=dict)
     created: str = ""
+    resolution: dict[str, ResolutionDict] = field(default_factory=dict)
 
     @property
     def failed(self) -> list[Verdict]:
@@ -77,6 +87,7 @@ class Report:
             "rows": self.rows,
             "verdicts": [cast(VerdictDict, v.to_dict()) for v in self.verdicts],
             "samples": cast(Any, self.samples),
+            "resolution": self.resolution,
         }
 
 
@@ -118,7 +129,7 @@ def provenance(run: RunConfig, fingerprints: dict[str, str], data: MuseData | No
         "data": {"path": run.data, "fingerprint": data.fingerprint if data is not None else None,
                  "counts": data.counts() if data is not None else {}},
         "budgets": run.budget.to_dict(),
-        "settings": {"device": run.device, "dtype": run.dtype, "batch_size": run.batch_size,
+        "settings": {"device": run.device, "dtype": run.dtype, "batch_size": run.batch_size, "verdict": run.verdict,
                      "max_samples": run.max_samples, "quantizers": list(run.all_quantizers),
                      "calibration": calibration, "quantized_checkpoints": _artifact_methods(run)},
         "argv": sys.argv[1:],
@@ -135,14 +146,44 @@ def _order(run: RunConfig) -> list[RowKey]:
     return order
 
 
-def _report_row(row: Row, values: dict[str, float | None], recovery: dict[str, float | None] | None) -> RowDict:
-    return cast(RowDict, {
-        "model": row.model, "quantizer": row.quantizer, "values": values, "ci": row.ci, "recovery": recovery,
+def _report_row(row: Row, figs: Figures) -> RowDict:
+    key = row.key
+    ci: dict[str, list[float | None]] = {k: list(v) for k, v in row.ci.items()}
+    privleak_ci = figs.privleak_ci.get(key)
+    if privleak_ci is not None:  # U's rows: against the run's reference, paired with R
+        ci["privleak"] = privleak_ci.as_list()
+    elif "privleak" in ci and figs.reference[0] != DEFAULT_REFERENCE_AUC:
+        del ci["privleak"]  # the row's own interval is against AUC 0.5, not the run's reference
+    out: dict[str, Any] = {
+        "model": row.model, "quantizer": row.quantizer, "values": dict(figs.values[key]), "ci": ci, "recovery": None,
         "code_agreement": row.code_agreement, "changed_fraction": row.changed_fraction,
         "small_delta_fraction": row.small_delta_fraction, "quant": row.quant,
         "auc": row.auc, "attack_aucs": row.attack_aucs, "dtype": row.dtype, "status": row.status,
         "skip_reason": row.skip_reason, "cached": row.cached, "seconds": row.seconds,
-    })
+    }
+    if key[0] == "unlearned" and key[1] != FP and row.ok:
+        out["recovery"] = dict(figs.recovery.get(key[1]) or dict.fromkeys(FORGET_METRICS))
+        rec_ci = figs.recovery_ci.get(key[1], {})
+        out["recovery_ci"] = {m: rec_ci[m].as_list() if m in rec_ci else None for m in FORGET_METRICS}
+        out["recovery_degenerate"] = {m: rec_ci[m].degenerate if m in rec_ci else None for m in FORGET_METRICS}
+    if key[0] == "unlearned" and row.ok:
+        util = figs.utility_ci.get(key[1])
+        out["utility"] = figs.utility.get(key[1])
+        out["utility_ci"] = util.as_list() if util is not None else None
+        out["utility_degenerate"] = util.degenerate if util is not None else None
+    return cast(RowDict, out)
+
+
+def _resolution(run: RunConfig, figs: Figures) -> dict[str, ResolutionDict]:
+    """Per forget metric: its resolution, the tightest recovery budget of the run's variants for it,
+    and whether the resolution exceeds that budget (the summary then warns)."""
+    out: dict[str, ResolutionDict] = {}
+    for m, res in figs.resolution.items():
+        budget = min((run.budget.recovery_for(m, q) for q in run.all_quantizers), default=run.budget.recovery_for(m, FP))
+        out[m] = {"recovery": res.recovery, "drop": res.drop, "drop_ci": res.drop_ci.as_list() if res.drop_ci else None,
+                  "n": res.n, "confidence": figs.bootstrap.confidence, "budget": budget,
+                  "exceeds_budget": res.recovery is None or res.recovery > budget}
+    return out
 
 
 def build_report(run: RunConfig, rows: Iterable[Row], verdicts: Iterable[Verdict], *, data: MuseData | None,
@@ -151,7 +192,7 @@ def build_report(run: RunConfig, rows: Iterable[Row], verdicts: Iterable[Verdict
     by role default to those the rows carry; ``execution``: how each process of the run used the
     machine (xdist workers: threads, device), recorded in the provenance."""
     by_key = {row.key: row for row in rows}
-    figs = figures(by_key.values(), run.retrain_auc)
+    figs = figures(by_key.values(), run.retrain_auc, bootstrap_of(run))
     order = _order(run)
     out_rows: list[RowDict] = []
     samples: dict[str, dict[str, list[dict[str, Any]]]] = {}
@@ -159,10 +200,7 @@ def build_report(run: RunConfig, rows: Iterable[Row], verdicts: Iterable[Verdict
         row = by_key.get(key)
         if row is None:
             continue
-        recovery = None
-        if key[0] == "unlearned" and key[1] != FP and row.ok:
-            recovery = dict(figs.recovery.get(key[1]) or dict.fromkeys(FORGET_METRICS))
-        out_rows.append(_report_row(row, dict(figs.values[key]), recovery))
+        out_rows.append(_report_row(row, figs))
         if row.samples:
             samples[f"{key[0]}:{key[1]}"] = row.samples
     if fingerprints is None:
@@ -174,8 +212,10 @@ def build_report(run: RunConfig, rows: Iterable[Row], verdicts: Iterable[Verdict
     prov["privleak_reference"] = reference
     if execution:
         prov["execution"] = execution
+    prov["bootstrap"] = cast(BootstrapInfo, figs.bootstrap.to_dict())
     return Report(provenance=prov, rows=out_rows, verdicts=sorted(verdicts, key=lambda v: _verdict_order(run, v)),
-                  samples=samples, created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+                  samples=samples, created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                  resolution=_resolution(run, figs))
 
 
 def _verdict_order(run: RunConfig, v: Verdict) -> tuple[int, str]:

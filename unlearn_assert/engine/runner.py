@@ -19,7 +19,7 @@ from ..cache import ResultCache
 from ..config import OPTIONS, Budget, RunConfig, build_run_config
 from ..names import FP, Role, item_name
 from .claims import RowClaims
-from .derive import figures, reference_problem
+from .derive import Figures, bootstrap_of, figures, reference_problem
 from .inputs import Inputs, Progress, precheck
 from .report import Report, build_report
 from .rows import Row, RowKey, cached_row, compute_row, row_key
@@ -55,6 +55,7 @@ class Gate:
         self.rows: dict[RowKey, Row] = {}
         self._sources: dict[str, Source] = {}
         self._handoffs: dict[str, Any] = {}  # variant -> what q(T)'s source handed on to q(U)'s
+        self._figures: dict[frozenset[RowKey], Figures] = {}
         self.views = Views(self.inputs, self.cache, self.source)
         #: the row being computed right now, so that an internal error can say which (None between rows)
         self.computing: RowKey | None = None
@@ -133,12 +134,23 @@ class Gate:
             row = self.row(role, q)
             if not row.ok:
                 return Verdict(item_name(variant, check), variant, check, "skipped", str(row.skip_reason))
-        figs = figures(self.rows.values(), self.run.retrain_auc)
+        qt: RowKey = ("target", variant)
+        if variant != FP and qt in self.rows and qt not in needed:  # q(T) computed already: shown beside, as context
+            needed.append(qt)
+        figs = self.figures(needed)
         if check == "privleak":
             problem = reference_problem(*figs.reference)
             if problem is not None:  # the user asked for the check; it cannot be made: fail, never pass or skip
                 return Verdict(item_name(variant, check), variant, check, "failed", problem)
-        return evaluate_check(variant, check, figs, budget or self.run.budget)
+        return evaluate_check(variant, check, figs, budget or self.run.budget, self.run.verdict)
+
+    def figures(self, keys: Sequence[RowKey]) -> Figures:
+        """The figures of these rows (an item's: so its intervals are the same on any worker), once
+        per set of rows: rows never change once computed, and the bootstrap is the costly part."""
+        memo = frozenset(keys)
+        if memo not in self._figures:
+            self._figures[memo] = figures([self.rows[k] for k in keys], self.run.retrain_auc, bootstrap_of(self.run))
+        return self._figures[memo]
 
     def report(self, verdicts: Iterable[Verdict], execution: list[dict[str, Any]] | None = None) -> Report:
         """The report of every row computed so far and ``verdicts``."""

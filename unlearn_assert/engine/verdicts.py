@@ -3,23 +3,35 @@ run has, which rows each needs, and the pure function that judges one item from 
 
 Definitions (DESIGN.md, "Verdicts"): for a forget metric m and quantizer q,
 ``recovery = (m(q(U)) - m(U)) / (m(T) - m(U))``, the share of what unlearning removed that comes
-back. If ``m(T) - m(U)`` is below the ``floor`` budget, unlearning did not measurably work in full
-precision: recovery is undefined and that check fails with its own message. Utility:
-``knowmem_r(q(U)) >= utility * knowmem_r(T)``. Privleak: ``|privleak(q(U))| <= privleak`` budget,
-checked only when a reference AUC exists (a retrain model or ``--unlearn-retrain-auc``).
+back. If ``m(T) - m(U)`` is below the ``floor`` budget, or its interval does not exclude 0,
+unlearning did not measurably work in full precision: recovery is not judged and that check fails
+with its own message. Utility: ``knowmem_r(q(U)) >= utility * knowmem_r(T)``. Privleak:
+``|privleak(q(U))| <= privleak`` budget, checked only when a reference AUC exists (a retrain model
+or ``--unlearn-retrain-auc``).
+
+Every judged figure has an estimate and a paired bootstrap interval (:mod:`.derive`); the budget
+accepts a set of values A (``recovery <= b``, ``utility >= b``, ``|privleak| <= b``, ``drop >=
+floor``). The policy (``--unlearn-verdict``) decides (:func:`judge`): ``point`` passes when the
+estimate is in A, ``strict`` when the whole interval is, ``lenient`` unless the whole interval is
+outside A. An item is *decided* when strict and lenient agree (the interval lies on one side of
+the budget), else *undecided*, and its message says so. So strict-pass implies point-pass implies
+lenient-pass (the interval always contains the estimate). Without an interval (no per-item
+scores) point and lenient judge the estimate, strict fails, and ``decided`` is None. The fp forget
+items also require, under every policy, that the drop's interval exclude 0.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from ..config import Budget
-from ..names import CHECKS, FORGET_METRICS, FP, item_name
-from .derive import Figures
+from ..names import CHECKS, FORGET_METRICS, FP, ITEM_UNITS, item_name
+from .derive import Figures, Interval
 from .rows import RowKey
 
-__all__ = ["Verdict", "evaluate_check", "needed_rows", "plan_checks"]
+__all__ = ["Judgement", "Verdict", "evaluate_check", "judge", "needed_rows", "plan_checks"]
 
 
 @dataclass(frozen=True)
@@ -31,23 +43,70 @@ class Verdict:
     check: str
     outcome: str  # "passed" | "failed" | "skipped"
     message: str
-    value: float | None = None
+    value: float | None = None  # the estimate of the judged figure
     budget: float | None = None
+    ci: tuple[float, float] | None = None  # its paired bootstrap interval (hi may be +inf)
+    decided: bool | None = None  # the interval lies on one side of the budget; None without one
+    n: int | None = None  # items resampled
+    degenerate: int | None = None  # replicates whose denominator was <= 0
+    policy: str | None = None  # the --unlearn-verdict it was judged under
+    figure: str | None = None  # what value/ci are: "drop" (points), "recovery", "utility" (fractions), "privleak" (%)
 
     @property
     def passed(self) -> bool | None:
         return None if self.outcome == "skipped" else self.outcome == "passed"
 
+    @property
+    def estimate(self) -> float | None:
+        return self.value
+
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["passed"] = self.passed
+        out["estimate"] = self.value
+        out["ci"] = None if self.ci is None else list(self.ci)
         return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Verdict:
         """Rebuild a verdict from :meth:`to_dict` output (an xdist payload); unknown keys are ignored."""
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        kwargs = {k: v for k, v in data.items() if k in names}
+        if kwargs.get("ci") is not None:
+            lo, hi = kwargs["ci"]
+            kwargs["ci"] = (float(lo), math.inf if hi is None else float(hi))
+        return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """One figure against its budget under each policy; ``decided`` is None without an interval."""
+
+    point: bool
+    strict: bool
+    lenient: bool
+    decided: bool | None
+
+    def passed(self, policy: str) -> bool:
+        return {"point": self.point, "strict": self.strict, "lenient": self.lenient}[policy]
+
+    def also(self, ok: bool) -> Judgement:
+        """This judgement with one more condition that every policy requires."""
+        strict, lenient = self.strict and ok, self.lenient and ok
+        return Judgement(self.point and ok, strict, lenient, None if self.decided is None else strict == lenient)
+
+
+def judge(estimate: float, ci: tuple[float, float] | None, accept: tuple[float, float]) -> Judgement:
+    """Judge a figure whose budget accepts the values in ``accept = [a_lo, a_hi]`` (bounds included,
+    +-inf for none): point on the estimate, strict on the interval inside, lenient unless outside."""
+    a_lo, a_hi = accept
+    point = a_lo <= estimate <= a_hi
+    if ci is None:
+        return Judgement(point=point, strict=False, lenient=point, decided=None)
+    lo, hi = ci
+    strict = a_lo <= lo and hi <= a_hi
+    lenient = not (hi < a_lo or lo > a_hi)
+    return Judgement(point=point, strict=strict, lenient=lenient, decided=strict == lenient)
 
 
 def plan_checks(quantizers: tuple[str, ...], has_reference_auc: bool) -> list[tuple[str, str]]:
@@ -80,8 +139,104 @@ def _fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.1f}"
 
 
-def evaluate_check(quantizer: str, check: str, figures: Figures, budget: Budget) -> Verdict:
-    """Judge one item from the figures (which must hold the rows of :func:`needed_rows`)."""
+def _pct(x: float) -> str:
+    if math.isinf(x):
+        return "inf"
+    text = f"{x:.0%}"
+    return "0%" if text == "-0%" else text
+
+
+def _bounds(ci: Interval | None) -> tuple[float, float] | None:
+    return None if ci is None else (ci.lo, ci.hi)
+
+
+def _note(policy: str, passed: bool) -> str:
+    """How the policy resolved an undecided item, in words."""
+    if policy == "point":
+        return f"point: the estimate {'passes' if passed else 'fails'} it"
+    return f"{policy}: {'passed' if passed else 'failed'}"
+
+
+def _undecided(straddles: str, n: int, unit: str, add: str, policy: str, passed: bool) -> str:
+    """The words of an undecided item: which interval straddles which budget, on how many items."""
+    return (f"undecided: {straddles} at n={n} {unit}; "
+            f"add {add} or choose --unlearn-verdict ({_note(policy, passed)})")
+
+
+def _outcomes(*parts: Judgement) -> Judgement:
+    """An item judged on several figures in turn (the fp drop, then recovery): it passes under a
+    policy when every part does; decided when strict and lenient agree on the whole item."""
+    strict = all(j.strict for j in parts)
+    lenient = all(j.lenient for j in parts)
+    decided = None if any(j.decided is None for j in parts) else strict == lenient
+    return Judgement(point=all(j.point for j in parts), strict=strict, lenient=lenient, decided=decided)
+
+
+def _forgetting(quantizer: str, check: str, t: float, u: float, floor: float, figures: Figures,
+                budget: Budget, policy: str) -> Verdict:
+    """A forget metric's item: in full precision the drop ``m(T) - m(U)`` must reach the floor and
+    its interval exclude 0 (the fp item, and the gate in front of every recovery item); under a
+    variant, then, its recovery must be within budget."""
+    name = item_name(quantizer, check)
+    where = "in full precision" if quantizer == FP else f"under {quantizer}"
+    removed = t - u
+    drop_ci = figures.drop_ci.get(check)
+    drop_bounds = _bounds(drop_ci)
+    excludes_zero = drop_bounds is None or drop_bounds[0] > 0
+    fp_j = judge(removed, drop_bounds, (floor, math.inf)).also(removed > 0 and excludes_zero)
+    drop_text = f"{removed:.1f} points" + ("" if drop_bounds is None else f" [{drop_bounds[0]:.1f}, {drop_bounds[1]:.1f}]")
+    models = f"target {_fmt(t)}, unlearned {_fmt(u)}"
+    unit, n = ITEM_UNITS[check], drop_ci.n if drop_ci else 0
+    straddles = [f"{check} drop {drop_text} in full precision straddles the {floor:g}-point floor"] if fp_j.decided is False else []
+    rec_j: Judgement | None = None
+    rec_ci: Interval | None = None
+    rec: float | None = None
+    detail = models
+    if quantizer != FP:
+        q = figures.value("unlearned", quantizer, check)
+        rec = figures.recovery.get(quantizer, {}).get(check)
+        if q is None:
+            return Verdict(name, quantizer, check, "skipped", f"{check} was not measured {where}")
+        limit = budget.recovery_for(check, quantizer)
+        qt = figures.value("target", quantizer, check)
+        detail = (f"quantized {_fmt(q)}, unlearned {_fmt(u)}, target {_fmt(t)}"
+                  + (f", quantized target {_fmt(qt)}" if qt is not None else ""))
+        if rec is not None:  # None only when nothing was removed: the fp part fails under every policy
+            rec_ci = figures.recovery_ci.get(quantizer, {}).get(check)
+            rec_j = judge(rec, _bounds(rec_ci), (-math.inf, limit))
+            rec_text = f"{rec:.0%}" + ("" if rec_ci is None else f" [{_pct(rec_ci.lo)}, {_pct(rec_ci.hi)}]")
+            if rec_j.decided is False:
+                straddles.append(f"{check} recovery {rec_text} {where} straddles the {limit:.0%} budget")
+    item = fp_j if rec_j is None else _outcomes(fp_j, rec_j)
+    ok = item.passed(policy)
+    worked = fp_j.passed(policy)
+    if item.decided is False:
+        message = _undecided(" and ".join(straddles), n, unit, "forget items", policy, ok) + f": {detail}"
+    elif not worked:
+        why = ""
+        if removed >= floor and removed > 0:
+            why = "; its interval includes 0" if not excludes_zero else f"; {policy}: the interval is not wholly above the floor"
+        message = f"unlearning did not work in full precision for {check}: {models}, drop {drop_text} (floor {floor:g}){why}"
+        if quantizer != FP:
+            message += f"; recovery {where} is {'undefined' if removed < floor or removed <= 0 else 'not judged'}"
+    elif quantizer == FP:
+        message = f"{check} dropped {drop_text} ({models}; floor {floor:g})"
+    else:
+        assert rec is not None
+        verb = "recovered" if ok else "RECOVERED"
+        message = f"{check} {verb} {rec_text} of the forgetting {where} (budget {limit:.0%}): {detail}"
+    if rec_j is None or not worked:  # the item was judged on the drop
+        return Verdict(name, quantizer, check, "passed" if ok else "failed", message, value=removed, budget=floor,
+                       ci=drop_bounds, decided=item.decided, n=drop_ci.n if drop_ci else None,
+                       degenerate=drop_ci.degenerate if drop_ci else None, policy=policy, figure="drop")
+    return Verdict(name, quantizer, check, "passed" if ok else "failed", message, value=rec, budget=limit,
+                   ci=_bounds(rec_ci), decided=item.decided, n=rec_ci.n if rec_ci else None,
+                   degenerate=rec_ci.degenerate if rec_ci else None, policy=policy, figure="recovery")
+
+
+def evaluate_check(quantizer: str, check: str, figures: Figures, budget: Budget, policy: str = "point") -> Verdict:
+    """Judge one item from the figures (which must hold the rows of :func:`needed_rows`) under the
+    verdict ``policy`` (point, strict or lenient)."""
     name = item_name(quantizer, check)
     where = "in full precision" if quantizer == FP else f"under {quantizer}"
     _get = figures.value
@@ -91,31 +246,7 @@ def evaluate_check(quantizer: str, check: str, figures: Figures, budget: Budget)
         if t is None or u is None:
             return Verdict(name, quantizer, check, "skipped", f"{check} was not measured")
         floor = budget.value("floor", None if quantizer == FP else quantizer)
-        removed = t - u
-        if removed < floor or removed <= 0:
-            return Verdict(
-                name, quantizer, check, "failed",
-                f"unlearning did not work in full precision for {check}: target {_fmt(t)}, unlearned {_fmt(u)}, "
-                f"drop {removed:.1f} points (floor {floor:g}); recovery {where} is undefined",
-                value=removed, budget=floor,
-            )
-        if quantizer == FP:
-            return Verdict(name, quantizer, check, "passed",
-                           f"{check} dropped {removed:.1f} points (target {_fmt(t)}, unlearned {_fmt(u)}; floor {floor:g})",
-                           value=removed, budget=floor)
-        q = _get("unlearned", quantizer, check)
-        rec = figures.recovery.get(quantizer, {}).get(check)
-        if q is None or rec is None:  # rec is defined whenever q is: removed > 0 here
-            return Verdict(name, quantizer, check, "skipped", f"{check} was not measured {where}")
-        limit = budget.recovery_for(check, quantizer)
-        qt = _get("target", quantizer, check)
-        detail = (f"quantized {_fmt(q)}, unlearned {_fmt(u)}, target {_fmt(t)}"
-                  + (f", quantized target {_fmt(qt)}" if qt is not None else ""))
-        ok = rec <= limit
-        verb = "recovered" if ok else "RECOVERED"
-        return Verdict(name, quantizer, check, "passed" if ok else "failed",
-                       f"{check} {verb} {rec:.0%} of the forgetting {where} (budget {limit:.0%}): {detail}",
-                       value=rec, budget=limit)
+        return _forgetting(quantizer, check, t, u, floor, figures, budget, policy)
     if check == "utility":
         t = _get("target", FP, "knowmem_r")
         m = _get("unlearned", quantizer, "knowmem_r")
@@ -124,20 +255,39 @@ def evaluate_check(quantizer: str, check: str, figures: Figures, budget: Budget)
         ratio = budget.value("utility", None if quantizer == FP else quantizer)
         if t <= 0:
             return Verdict(name, quantizer, check, "passed",
-                           f"target knowmem_r is {_fmt(t)}: there is no retained knowledge to lose", value=None, budget=ratio)
+                           f"target knowmem_r is {_fmt(t)}: there is no retained knowledge to lose", value=None, budget=ratio,
+                           policy=policy, figure="utility")
         share = m / t
-        ok = share >= ratio
+        ci = figures.utility_ci.get(quantizer)
+        j = judge(share, _bounds(ci), (ratio, math.inf))
+        ok = j.passed(policy)
         qt = _get("target", quantizer, "knowmem_r") if quantizer != FP else None
         context = f" (the quantized target: {_fmt(qt)}, {qt / t:.0%})" if qt is not None else ""
-        return Verdict(name, quantizer, check, "passed" if ok else "failed",
-                       f"knowmem_r {where} is {share:.0%} of the target's (needs >= {ratio:.0%}): "
-                       f"{_fmt(m)} vs target {_fmt(t)}{context}", value=share, budget=ratio)
+        ci_text = "" if ci is None else f" [{_pct(ci.lo)}, {_pct(ci.hi)}]"
+        numbers = f"{_fmt(m)} vs target {_fmt(t)}{context}"
+        if j.decided is False and ci is not None:
+            message = _undecided(f"knowmem_r {share:.0%}{ci_text} of the target's {where} straddles the {ratio:.0%} budget",
+                                 ci.n, ITEM_UNITS["knowmem_r"], "retain items", policy, ok) + f": {numbers}"
+        else:
+            message = f"knowmem_r {where} is {share:.0%}{ci_text} of the target's (needs >= {ratio:.0%}): {numbers}"
+        return Verdict(name, quantizer, check, "passed" if ok else "failed", message, value=share, budget=ratio,
+                       ci=_bounds(ci), decided=j.decided, n=ci.n if ci else None, degenerate=ci.degenerate if ci else None,
+                       policy=policy, figure="utility")
     if check == "privleak":
         p = _get("unlearned", quantizer, "privleak")
         if p is None:
             return Verdict(name, quantizer, check, "skipped", f"privleak was not measured {where}")
         bound = budget.value("privleak", None if quantizer == FP else quantizer)
-        ok = abs(p) <= bound
-        return Verdict(name, quantizer, check, "passed" if ok else "failed",
-                       f"privleak {where} is {p:+.1f}% (budget |privleak| <= {bound:g}%)", value=p, budget=bound)
+        ci = figures.privleak_ci.get(("unlearned", quantizer))
+        j = judge(p, _bounds(ci), (-bound, bound))
+        ok = j.passed(policy)
+        ci_text = "" if ci is None else (f" [{ci.lo:+.1f}%, " + ("inf" if math.isinf(ci.hi) else f"{ci.hi:+.1f}%") + "]")
+        if j.decided is False and ci is not None:
+            message = _undecided(f"privleak {p:+.1f}%{ci_text} {where} straddles the |privleak| <= {bound:g}% budget",
+                                 ci.n, ITEM_UNITS["privleak"], "forget and holdout texts", policy, ok)
+        else:
+            message = f"privleak {where} is {p:+.1f}%{ci_text} (budget |privleak| <= {bound:g}%)"
+        return Verdict(name, quantizer, check, "passed" if ok else "failed", message, value=p, budget=bound, ci=_bounds(ci),
+                       decided=j.decided, n=ci.n if ci else None, degenerate=ci.degenerate if ci else None, policy=policy,
+                       figure="privleak")
     raise ValueError(f"unknown check '{check}'")

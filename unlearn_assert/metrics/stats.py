@@ -12,6 +12,26 @@ For privleak the statistic is an AUC, resampled *stratified* (forget and holdout
 replacement, sizes kept) and computed as the Mann-Whitney U statistic, which equals scikit-learn's
 ROC AUC including its half credit for ties; vectorized over all resamples so 1000 resamples cost
 milliseconds.
+
+The *paired* bootstrap (:func:`paired_counts` and the figure functions after it) is what the
+verdicts are judged on: each replicate draws one multiset of item indices and applies it to every
+model's per-item scores, so the item-to-item variation that all models share cancels in a
+difference or a ratio (recovery, the full-precision drop, the utility ratio, privleak against a
+retrain model). Definitions:
+
+* a replicate's figure is the figure's formula on the replicate's per-model means (AUCs for
+  privleak, resampled stratified: forget and holdout texts each with replacement, sizes kept);
+* a replicate whose denominator is 0 or negative (``m(T) - m(U)`` for recovery, ``knowmem_r(T)``
+  for utility, ``AUC_R`` for privleak) is *degenerate*: it is counted and ranked at ``+inf``, never
+  dropped (for recovery that is beyond every budget: in that replicate nothing was forgotten; for
+  utility above every budget: there is no retained knowledge to lose, as the point verdict says);
+* the interval at confidence c is the pair of *outward* order statistics at ``(1 - c) / 2`` and
+  ``(1 + c) / 2`` of the B replicates (no interpolation, so a ``+inf`` replicate is never averaged
+  with a finite one), widened to contain the point estimate when a very skewed distribution
+  leaves it outside; ``hi`` is ``+inf`` when more than the upper tail is degenerate;
+* invariance to item order: the draw is made on the items ranked by their scores in every column
+  (lexicographically), so permuting the items permutes the multiplicities with them and the
+  interval is bitwise the same.
 """
 
 from __future__ import annotations
@@ -19,21 +39,36 @@ from __future__ import annotations
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 __all__ = [
+    "LEVEL",
     "N_RESAMPLES",
+    "PAIRED_SEED",
+    "Interval",
     "MetricResult",
     "bootstrap_auc_ci",
     "bootstrap_mean_ci",
+    "clear_draws",
     "mann_whitney_auc",
+    "paired_counts",
+    "paired_difference_ci",
+    "paired_privleak_ci",
+    "paired_ratio_ci",
+    "paired_recovery_ci",
+    "percentile_interval",
+    "resample_counts",
     "rng_for",
+    "win_matrix",
 ]
 
 #: Bootstrap resamples per metric.
 N_RESAMPLES = 1000
 #: Two-sided confidence level of the percentile interval.
 LEVEL = 0.95
+#: Seed of the paired bootstrap of the judged figures (recorded in the report's provenance).
+PAIRED_SEED = 0
 
 
 @dataclass
@@ -87,12 +122,19 @@ def bootstrap_mean_ci(
 
 def mann_whitney_auc(negatives: Sequence[float], positives: Sequence[float]) -> float:
     """P(positive score > negative score) + 0.5 P(equal): the ROC AUC, ties as scikit-learn."""
+
+    wins = win_matrix(negatives, positives)
+    return float(wins.sum() / wins.size)
+
+
+def win_matrix(negatives: Sequence[float], positives: Sequence[float]) -> Any:
+    """``W[i, j]`` = 1 if positive j scores above negative i, 0.5 on a tie, else 0 (n_neg x n_pos):
+    the AUC of any resample is ``c_neg W c_pos / (sum c_neg * sum c_pos)`` for its multiplicities."""
     import numpy as np
 
     neg = np.asarray(list(negatives), dtype=np.float64)
     pos = np.asarray(list(positives), dtype=np.float64)
-    wins = (pos[None, :] > neg[:, None]).sum() + 0.5 * (pos[None, :] == neg[:, None]).sum()
-    return float(wins / (neg.size * pos.size))
+    return (pos[None, :] > neg[:, None]).astype(np.float64) + 0.5 * (pos[None, :] == neg[:, None])
 
 
 def bootstrap_auc_ci(
@@ -117,9 +159,213 @@ def bootstrap_auc_ci(
     pos = np.asarray(list(positives), dtype=np.float64)
     if neg.size == 0 or pos.size == 0:
         return (float("nan"), float("nan"))
-    wins = (pos[None, :] > neg[:, None]).astype(np.float64) + 0.5 * (pos[None, :] == neg[:, None])
+    wins = win_matrix(negatives, positives)
     rng = rng_for(seed, key)
-    counts_neg = np.stack([np.bincount(r, minlength=neg.size) for r in rng.integers(0, neg.size, size=(n_resamples, neg.size))])
-    counts_pos = np.stack([np.bincount(r, minlength=pos.size) for r in rng.integers(0, pos.size, size=(n_resamples, pos.size))])
-    aucs = np.einsum("bi,ij,bj->b", counts_neg.astype(np.float64), wins, counts_pos.astype(np.float64)) / (neg.size * pos.size)
+    counts_neg = _multiplicities(rng.integers(0, neg.size, size=(n_resamples, neg.size)), neg.size)
+    counts_pos = _multiplicities(rng.integers(0, pos.size, size=(n_resamples, pos.size)), pos.size)
+    aucs = ((counts_neg @ wins) * counts_pos).sum(axis=1) / (neg.size * pos.size)
     return _interval(transform(aucs), level)
+
+
+# --------------------------------------------------------------------------- paired bootstrap
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A paired bootstrap interval of one figure: ``[lo, hi]`` (``hi`` may be ``+inf``: more
+    replicates were degenerate than the upper tail holds), how many of the ``replicates`` were
+    degenerate (denominator <= 0, ranked at ``+inf``), and the number of items ``n`` resampled."""
+
+    lo: float
+    hi: float
+    degenerate: int = 0
+    replicates: int = 0
+    n: int = 0
+
+    def as_list(self) -> list[float | None]:
+        """``[lo, hi]`` for the report (an infinite ``hi`` is written as null in the JSON file)."""
+        return [self.lo, self.hi]
+
+
+def _multiplicities(idx: Any, n: int) -> Any:
+    """(B, n) float counts of each item in each row of drawn indices ``idx`` (B, n): one bincount."""
+    import numpy as np
+
+    b = idx.shape[0]
+    flat = (idx + np.arange(b, dtype=np.int64)[:, None] * n).ravel()
+    return np.bincount(flat, minlength=b * n).reshape(b, n).astype(np.float64)
+
+
+def resample_counts(n: int, *, seed: int, key: str, n_resamples: int = N_RESAMPLES) -> Any:
+    """Multiplicities (``n_resamples`` x ``n``) of n items drawn with replacement, seeded by
+    ``(seed, key)`` only: the same on every run, process and xdist worker. Read-only and memoized
+    (the draw is most of a figure's cost, and every variant's figure of a split reuses it)."""
+    return _resample_counts(int(n), int(seed), str(key), int(n_resamples))
+
+
+def clear_draws() -> None:
+    """Forget the memoized draws (a fresh process, for benchmarks)."""
+    _resample_counts.cache_clear()
+
+
+@lru_cache(maxsize=32)
+def _resample_counts(n: int, seed: int, key: str, n_resamples: int) -> Any:
+    rng = rng_for(seed, key)
+    counts = _multiplicities(rng.integers(0, n, size=(n_resamples, n)), n)
+    counts.setflags(write=False)
+    return counts
+
+
+def paired_counts(columns: Sequence[Sequence[float]], *, seed: int, key: str, n_resamples: int = N_RESAMPLES) -> Any:
+    """Multiplicities (B x n) of the n items, one draw shared by every column (model) of the figure,
+    aligned with the given item order and independent of it: the draw is made on the items ranked
+    by their scores across ``columns`` (lexicographically, first column first), so permuting the
+    items permutes the result with them. Items that tie in every column are interchangeable."""
+    import numpy as np
+
+    cols = np.asarray([list(c) for c in columns], dtype=np.float64)
+    n = cols.shape[1]
+    order = np.lexsort(cols[::-1])
+    counts = np.empty((n_resamples, n), dtype=np.float64)
+    counts[:, order] = resample_counts(n, seed=seed, key=key, n_resamples=n_resamples)
+    return counts
+
+
+def _resampled(columns: Sequence[Sequence[float]], counts: Any, *, seed: int, key: str, n_resamples: int) -> tuple[Any, Any]:
+    """The columns (k x n array) and the multiplicities (B x n) to apply to them: the given
+    ``counts`` in the given order, else the seeded draw on the items in their canonical order
+    (ranked as :func:`paired_counts` ranks them), so that a permutation of the items gives the
+    same arrays, and so the same sums, bit for bit."""
+    import numpy as np
+
+    cols = np.asarray([list(c) for c in columns], dtype=np.float64)
+    if counts is not None:
+        return cols, np.asarray(counts, dtype=np.float64)
+    order = np.lexsort(cols[::-1])
+    return cols[:, order], resample_counts(cols.shape[1], seed=seed, key=key, n_resamples=n_resamples)
+
+
+def percentile_interval(replicates: Any, estimate: float | None, confidence: float = LEVEL, degenerate: Any = None) -> Interval:
+    """The interval of a figure from its replicate values: outward order statistics at
+    ``(1 - confidence) / 2`` and ``(1 + confidence) / 2``, degenerate replicates (``degenerate``
+    mask, and any non-finite value) ranked at +inf, widened to contain ``estimate``."""
+    import math
+
+    import numpy as np
+
+    values = np.asarray(replicates, dtype=np.float64).copy()
+    bad = ~np.isfinite(values)
+    if degenerate is not None:
+        bad |= np.asarray(degenerate, dtype=bool)
+    values[bad] = np.inf
+    b = values.size
+    ordered = np.sort(values)
+    tail = (1.0 - confidence) / 2.0
+    lo = float(ordered[math.floor(tail * (b - 1) + 1e-9)])
+    hi = float(ordered[math.ceil((1.0 - tail) * (b - 1) - 1e-9)])
+    if estimate is not None and math.isfinite(estimate):
+        lo, hi = min(lo, estimate), max(hi, estimate)
+    return Interval(lo=lo, hi=hi, degenerate=int(bad.sum()), replicates=b, n=0)
+
+
+def _means(counts: Any, scores: Any) -> Any:
+    return counts @ scores / scores.size
+
+
+def _with_n(interval: Interval, n: int) -> Interval:
+    return Interval(interval.lo, interval.hi, interval.degenerate, interval.replicates, n)
+
+
+def paired_difference_ci(a: Sequence[float], b: Sequence[float], *, seed: int = PAIRED_SEED, key: str,
+                         n_resamples: int = N_RESAMPLES, confidence: float = LEVEL, estimate: float | None = None,
+                         counts: Any = None) -> Interval:
+    """``mean(a) - mean(b)`` on paired items (the full-precision drop ``m(T) - m(U)``: a = T's
+    per-item scores, b = U's), in the scores' unit. ``counts``: a fixed (B x n) resample."""
+    import numpy as np
+
+    (ca, cb), c = _resampled([a, b], counts, seed=seed, key=key, n_resamples=n_resamples)
+    reps = _means(c, ca) - _means(c, cb)
+    est = float(np.mean(ca) - np.mean(cb)) if estimate is None else estimate
+    return _with_n(percentile_interval(reps, est, confidence), ca.size)
+
+
+def paired_recovery_ci(q: Sequence[float], u: Sequence[float], t: Sequence[float], *, seed: int = PAIRED_SEED, key: str,
+                       n_resamples: int = N_RESAMPLES, confidence: float = LEVEL, estimate: float | None = None,
+                       counts: Any = None) -> Interval:
+    """Recovery ``(m(q(U)) - m(U)) / (m(T) - m(U))`` per replicate on paired items (q, u, t: the
+    per-item scores of q(U), U and T); replicates with ``m(T) - m(U) <= 0`` are degenerate."""
+    import numpy as np
+
+    (cq, cu, ct), c = _resampled([q, u, t], counts, seed=seed, key=key, n_resamples=n_resamples)
+    mq, mu, mt = _means(c, cq), _means(c, cu), _means(c, ct)
+    removed = mt - mu
+    bad = removed <= 0
+    reps = np.divide(mq - mu, removed, out=np.full_like(removed, np.inf), where=~bad)
+    if estimate is None:
+        d = float(np.mean(ct) - np.mean(cu))
+        estimate = (float(np.mean(cq) - np.mean(cu)) / d) if d > 0 else None
+    return _with_n(percentile_interval(reps, estimate, confidence, bad), cq.size)
+
+
+def paired_ratio_ci(num: Sequence[float], den: Sequence[float], *, seed: int = PAIRED_SEED, key: str,
+                    n_resamples: int = N_RESAMPLES, confidence: float = LEVEL, estimate: float | None = None,
+                    counts: Any = None) -> Interval:
+    """``mean(num) / mean(den)`` on paired items (utility: ``knowmem_r(q(U)) / knowmem_r(T)``);
+    replicates with ``mean(den) <= 0`` are degenerate."""
+    import numpy as np
+
+    (cn, cd), c = _resampled([num, den], counts, seed=seed, key=key, n_resamples=n_resamples)
+    mn, md = _means(c, cn), _means(c, cd)
+    bad = md <= 0
+    reps = np.divide(mn, md, out=np.full_like(md, np.inf), where=~bad)
+    if estimate is None:
+        d = float(np.mean(cd))
+        estimate = float(np.mean(cn)) / d if d > 0 else None
+    return _with_n(percentile_interval(reps, estimate, confidence, bad), cn.size)
+
+
+def paired_privleak_ci(forget: Sequence[float], holdout: Sequence[float], *, reference: float | None = None,
+                       reference_forget: Sequence[float] | None = None, reference_holdout: Sequence[float] | None = None,
+                       seed: int = PAIRED_SEED, key: str = "privleak", n_resamples: int = N_RESAMPLES,
+                       confidence: float = LEVEL, estimate: float | None = None,
+                       counts: tuple[Any, Any] | None = None) -> Interval | None:
+    """``privleak = (AUC - AUC_R) / AUC_R * 100`` per replicate, forget and holdout texts resampled
+    stratified. ``forget``/``holdout``: the model's per-text Min-40% values (MUSE orientation: score
+    ``-Min-40%``, forget labelled 0). AUC_R is recomputed on the same resampled texts from the
+    retrain model's values (``reference_forget``/``reference_holdout``) when given, else the fixed
+    ``reference``; replicates with ``AUC_R <= 0`` are degenerate. None without any reference, or
+    with a fixed one that is not positive (privleak is undefined)."""
+    import numpy as np
+
+    paired = reference_forget is not None and reference_holdout is not None
+    if not paired and (reference is None or not reference > 0):
+        return None
+    n_f, n_h = len(forget), len(holdout)
+    if n_f == 0 or n_h == 0:
+        return None
+    cols_f: list[Sequence[float]] = [[-float(v) for v in forget]]
+    cols_h: list[Sequence[float]] = [[-float(v) for v in holdout]]
+    if paired:
+        assert reference_forget is not None and reference_holdout is not None
+        cols_f.append([-float(v) for v in reference_forget])
+        cols_h.append([-float(v) for v in reference_holdout])
+    fixed_f, fixed_h = counts if counts is not None else (None, None)
+    f, c_f = _resampled(cols_f, fixed_f, seed=seed, key=key + ":forget", n_resamples=n_resamples)
+    h, c_h = _resampled(cols_h, fixed_h, seed=seed, key=key + ":holdout", n_resamples=n_resamples)
+
+    def aucs(w: Any) -> Any:
+        return ((c_f @ w) * c_h).sum(axis=1) / (n_f * n_h)
+
+    auc = aucs(win_matrix(f[0], h[0]))
+    if paired:
+        auc_r = aucs(win_matrix(f[1], h[1]))
+        point_r = mann_whitney_auc(f[1], h[1])
+    else:
+        assert reference is not None
+        auc_r = np.full(auc.shape, float(reference))
+        point_r = float(reference)
+    bad = auc_r <= 0
+    reps = np.divide(auc - auc_r, auc_r, out=np.full_like(auc, np.inf), where=~bad) * 100.0
+    if estimate is None and point_r > 0:
+        estimate = (mann_whitney_auc(f[0], h[0]) - point_r) / point_r * 100.0
+    return _with_n(percentile_interval(reps, estimate, confidence, bad), n_f + n_h)

@@ -19,7 +19,7 @@ from .schema import (
     validate_report,
     write_json,
 )
-from .terminal import compute_line, counts_line, render_failures, render_table, summary_line
+from .terminal import compute_line, counts_line, render_failures, render_table, resolution_lines, summary_line
 
 _LAZY_HTML = ("render_html", "write_html")  # jinja2 is imported only when HTML is asked for
 
@@ -36,6 +36,7 @@ __all__ = [
     "render_failures",
     "render_html",
     "render_table",
+    "resolution_lines",
     "summary_line",
     "validate_report",
     "write_html",

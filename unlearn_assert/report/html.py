@@ -21,7 +21,7 @@ import jinja2
 from markupsafe import Markup, escape
 
 from ..cache import atomic_write_text
-from ..names import METRICS
+from ..names import FORGET_METRICS, METRICS
 from .schema import ReportDict, RowDict, json_safe
 from .terminal import (
     HEADERS,
@@ -29,6 +29,7 @@ from .terminal import (
     one_line,
     ordered_rows,
     quantizer_order,
+    resolution_lines,
     summary_line,
     table_rows,
     verdict_outcome,
@@ -43,7 +44,9 @@ Y_LABELS = {
     "knowmem_r": "ROUGE-L F1 x100",
     "privleak": "privleak (%)",
 }
-_REF_STYLES = {"target": ("#c0392b", "6 3"), "retrain": ("#27ae60", "2 3")}
+_REF_STYLES = {"target": ("#c0392b", "6 3"), "retrain": ("#27ae60", "2 3"), "budget": ("#8e44ad", "4 2")}
+#: An error bar: (lo, hi) on the chart's scale; hi None = unbounded above (drawn to the top, open).
+ErrorBar = tuple[float, float | None]
 
 
 @lru_cache(maxsize=1)
@@ -95,20 +98,29 @@ def _tick_label(v: float) -> str:
     return f"{v:g}"
 
 
+def _finite(x: Any) -> bool:
+    return x is not None and math.isfinite(float(x))
+
+
 def bar_chart_svg(
     title: str,
     bars: Sequence[tuple[str, float | None]],
     refs: Sequence[tuple[str, float, str]],
     y_label: str,
+    errors: Sequence[ErrorBar | None] | None = None,
 ) -> Markup:
-    """A bar per (label, value) plus horizontal reference lines (label, value, role) with a legend.
+    """A bar per (label, value) plus horizontal reference lines (label, value, role) with a legend,
+    and an error bar per bar where ``errors`` gives one (its interval; an unbounded end is drawn to
+    the top of the plot without a cap, marked "inf").
 
     Every string is escaped here because the result is inserted into the template as Markup.
     """
     width, height = 560, 280
     left, right, top, bottom = 60, 170, 30, 70
     pw, ph = width - left - right, height - top - bottom
+    errs: list[ErrorBar | None] = list(errors) if errors is not None else [None] * len(bars)
     finite = [v for _, v in bars if v is not None and math.isfinite(v)] + [v for _, v, _ in refs if math.isfinite(v)]
+    finite += [x for e in errs if e is not None for x in e if x is not None and math.isfinite(x)]
     ticks = nice_ticks(min(finite, default=0.0), max(finite, default=1.0))
     lo, hi = ticks[0], ticks[-1]
 
@@ -140,6 +152,21 @@ def bar_chart_svg(
             out.append(f'<rect class="{cls}" x="{bx:.1f}" y="{y0:.1f}" width="{bw:.1f}" height="{max(y1 - y0, 0.5):.1f}">'
                        f'<title>{escape(label)}: {fmt_num(value)}</title></rect>')
             vy = y(value) - 4 if value >= 0 else y(value) + 12
+            err = errs[i] if i < len(errs) else None
+            if err is not None and math.isfinite(err[0]):
+                err_hi = err[1]
+                open_top = err_hi is None or not math.isfinite(err_hi)
+                y_lo, y_hi = y(err[0]), (top if err_hi is None or open_top else y(err_hi))
+                cap = bw / 4
+                hi_text = "inf" if open_top else fmt_num(err[1])
+                out.append(f'<g class="err"><title>{escape(label)}: interval [{fmt_num(err[0])}, {hi_text}]</title>'
+                           f'<line x1="{mid:.1f}" x2="{mid:.1f}" y1="{y_lo:.1f}" y2="{y_hi:.1f}"/>'
+                           f'<line x1="{mid - cap:.1f}" x2="{mid + cap:.1f}" y1="{y_lo:.1f}" y2="{y_lo:.1f}"/>'
+                           + ("" if open_top else f'<line x1="{mid - cap:.1f}" x2="{mid + cap:.1f}" y1="{y_hi:.1f}" y2="{y_hi:.1f}"/>')
+                           + "</g>")
+                if open_top:
+                    out.append(f'<text class="err-open" x="{mid + 3:.1f}" y="{top + 9}">inf</text>')
+                vy = min(vy, y_hi - 4) if value >= 0 else vy
             out.append(f'<text class="bar-value" x="{mid:.1f}" y="{vy:.1f}" text-anchor="middle">{fmt_num(value)}</text>')
         ly = top + ph + 14
         out.append(f'<text class="bar-label" x="{mid:.1f}" y="{ly}" text-anchor="end" '
@@ -165,14 +192,46 @@ def _metric(row: RowDict, metric: str) -> float | None:
     return None if value is None else float(value)
 
 
+def _error(bounds: Any, scale: float = 1.0) -> ErrorBar | None:
+    """An interval from the report ([lo, hi], hi null or inf = unbounded) on a chart's scale."""
+    if not isinstance(bounds, (list, tuple)) or len(bounds) != 2 or not _finite(bounds[0]):
+        return None
+    hi = bounds[1]
+    return (float(bounds[0]) * scale, float(hi) * scale if hi is not None and math.isfinite(float(hi)) else None)
+
+
+def recovery_charts(report: ReportDict) -> list[dict[str, Any]]:
+    """One chart per forget metric: each variant's recovery (percent) with its paired interval as an
+    error bar, and the recovery budget as a line; none for a report without recoveries."""
+    rows = [r for r in ordered_rows(report) if r["model"] == "unlearned" and r["quantizer"] != "fp"
+            and r.get("status") != "skipped" and r.get("recovery")]
+    if not rows:
+        return []
+    budget: Any = (report.get("provenance", {}).get("budgets") or {}).get("recovery")
+    charts = []
+    for metric in FORGET_METRICS:
+        bars: list[tuple[str, float | None]] = []
+        errors: list[ErrorBar | None] = []
+        for r in rows:
+            value: Any = dict(r.get("recovery") or {}).get(metric)
+            bars.append((r["quantizer"], None if value is None else float(value) * 100))
+            errors.append(_error(dict(r.get("recovery_ci") or {}).get(metric), 100.0))
+        refs = [("recovery budget", float(budget) * 100, "budget")] if _finite(budget) else []
+        charts.append({"metric": f"recovery-{metric}",
+                       "svg": bar_chart_svg(f"{metric} recovery (paired interval)", bars, refs, "recovery (%)", errors)})
+    return charts
+
+
 def metric_charts(report: ReportDict) -> list[dict[str, Any]]:
-    """One chart per metric: the unlearned model per quantizer (fp first), target fp / retrain fp lines."""
+    """One chart per metric: the unlearned model per quantizer (fp first) with each row's interval as
+    an error bar, target fp / retrain fp lines."""
     rows = ordered_rows(report)
     unlearned = [r for r in rows if r["model"] == "unlearned"]
     charts = []
     for metric in METRICS:
         bars: list[tuple[str, float | None]] = [
             (r["quantizer"], None if r.get("status") == "skipped" else _metric(r, metric)) for r in unlearned]
+        errors = [None if r.get("status") == "skipped" else _error(dict(r.get("ci") or {}).get(metric)) for r in unlearned]
         refs = []
         for role in ("target", "retrain"):
             ref = next((r for r in rows if r["model"] == role and r["quantizer"] == "fp"
@@ -180,7 +239,7 @@ def metric_charts(report: ReportDict) -> list[dict[str, Any]]:
             value = _metric(ref, metric) if ref else None
             if value is not None and math.isfinite(value):
                 refs.append((f"{role} fp", float(value), role))
-        charts.append({"metric": metric, "svg": bar_chart_svg(metric, bars, refs, Y_LABELS[metric])})
+        charts.append({"metric": metric, "svg": bar_chart_svg(metric, bars, refs, Y_LABELS[metric], errors)})
     return charts
 
 
@@ -232,10 +291,45 @@ def provenance_items(report: ReportDict) -> list[tuple[str, str]]:
     return items
 
 
+def _figure_number(figure: Any, x: Any) -> str:
+    """A verdict's estimate, interval end or budget in its figure's unit ("inf" for an unbounded end)."""
+    if x is None or (isinstance(x, float) and math.isinf(x)):
+        return "inf"
+    if figure in ("recovery", "utility"):
+        return f"{float(x):.0%}"
+    if figure == "privleak":
+        return f"{float(x):+.1f}%"
+    return fmt_num(x)
+
+
+def interval_text(v: Mapping[str, Any]) -> str | None:
+    """"estimate 61%, interval [22%, 114%], budget 25%, undecided (n=48, 3 degenerate replicates)",
+    for the verdict list; None for verdicts without an estimate (skipped items, old reports)."""
+    figure = v.get("figure")
+    estimate = v.get("estimate", v.get("value"))
+    if estimate is None:
+        return None
+    parts = [f"estimate {_figure_number(figure, estimate)}"]
+    ci = v.get("ci")
+    if isinstance(ci, (list, tuple)) and len(ci) == 2:
+        parts.append(f"interval [{_figure_number(figure, ci[0])}, {_figure_number(figure, ci[1])}]")
+    if v.get("budget") is not None:
+        budget = _figure_number(figure, v["budget"])
+        parts.append(f"{'floor' if figure == 'drop' else 'budget'} {'|privleak| <= ' if figure == 'privleak' else ''}"
+                     f"{budget.lstrip('+')}")
+    decided = v.get("decided")
+    if decided is not None:
+        detail = [f"n={v['n']}"] if v.get("n") is not None else []
+        if v.get("degenerate"):
+            detail.append(f"{v['degenerate']} degenerate replicates")
+        parts.append(("decided" if decided else "undecided") + (f" ({', '.join(detail)})" if detail else ""))
+    return ", ".join(parts)
+
+
 def sorted_verdicts(report: ReportDict) -> list[dict[str, Any]]:
     """Failed first (what a reviewer must read), then passed, then skipped; stable within each."""
     rank = {"failed": 0, "passed": 1, "skipped": 2}
-    out = [{**v, "outcome": verdict_outcome(v), "message": one_line(v.get("message", ""))}
+    out = [{**v, "outcome": verdict_outcome(v), "message": one_line(v.get("message", "")), "interval": interval_text(v)}
            for v in report.get("verdicts", [])]
     return sorted(out, key=lambda v: rank[v["outcome"]])
 
@@ -288,7 +382,8 @@ def render_html(report: ReportDict) -> str:
         headers=HEADERS,
         table=table_rows(report),
         verdicts=sorted_verdicts(report),
-        charts=metric_charts(report),
+        resolution=[line for line, _ in resolution_lines(report)],
+        charts=metric_charts(report) + recovery_charts(report),
         samples=sample_sections(report),
         max_samples=MAX_SAMPLES_SHOWN,
         report_json=embed_json(report),

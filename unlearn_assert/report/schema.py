@@ -20,9 +20,11 @@ from typing import Any, Literal, TypedDict, cast
 
 from ..cache import atomic_write_text
 from ..errors import UnlearnAssertError
-from ..names import FORGET_METRICS, METRICS, OUTCOMES, ROLES, ROW_STATUSES
+from ..names import FORGET_METRICS, METRICS, OUTCOMES, ROLES, ROW_STATUSES, VERDICT_POLICIES
 
 SCHEMA_VERSION = 1
+#: What a verdict's estimate, ci and budget are about (``VerdictDict.figure``).
+FIGURES = ("drop", "recovery", "utility", "privleak")
 
 
 class ReportError(UnlearnAssertError, ValueError):
@@ -69,6 +71,7 @@ class Budgets(TypedDict, total=False):
 
 
 class Settings(TypedDict, total=False):
+    verdict: Literal["point", "strict", "lenient"]  # --unlearn-verdict: how items were judged against their intervals
     device: str  # "cpu", "cuda", "cuda:1", "mps" (after resolving "auto")
     dtype: str  # "float32", "bfloat16", ... (after resolving "auto")
     batch_size: int | None  # generation batch size; None = automatic
@@ -83,6 +86,15 @@ class Calibration(TypedDict):
     n_samples: int  # at most this many windows, in order
     seq_len: int  # tokens per window (capped by the model's context)
     fingerprint: str  # sha256 of the documents and settings (part of GPTQ/AWQ cache keys)
+
+
+class BootstrapInfo(TypedDict):
+    """How every interval of the report was drawn (``metrics/stats.py``, "paired bootstrap"): one
+    resample of item indices per replicate, shared by U, T, the variant (and R for privleak)."""
+
+    replicates: int  # B, the number of bootstrap replicates (1000)
+    seed: int  # the seed of the draw: the same intervals on every run and xdist worker
+    confidence: float  # two-sided level of every interval: 0.9, 0.95 or 0.99 (--unlearn-confidence)
 
 
 class _ProvenanceRequired(TypedDict):
@@ -100,6 +112,7 @@ class Provenance(_ProvenanceRequired, total=False):
     python: str  # platform.python_version()
     settings: Settings  # run settings that affect the numbers
     privleak_reference: dict[str, Any]  # {"auc": AUC_R used, "source": "retrain" | "option" | "default", "published": named reference (optional)}
+    bootstrap: BootstrapInfo  # how the intervals (rows' recovery_ci, utility_ci, ci; verdicts' ci) were drawn
     argv: list[str]  # the command line of the run (pytest arguments)
     # how each process of the run used the machine: [{"worker": "gw0" | "main", "workers": N, "device": "cuda:1",
     # "threads": {"intra_op": 1, "inter_op": 1, "set_by": "unlearn-assert: 2 cores // 2 workers"}}]
@@ -140,8 +153,20 @@ class _RowRequired(TypedDict):
     changed_fraction: float | None  # fraction (0..1) of weights the quantizer changed; quantized rows only
 
 
+#: An interval [lo, hi] in the unit of its estimate; hi null = unbounded above (more of the bootstrap
+#: replicates were degenerate, i.e. had a denominator <= 0, than the upper tail holds).
+Bounds = list[float | None]
+
+
 class RowDict(_RowRequired, total=False):
-    ci: dict[str, list[float]]  # metric -> [lo, hi] bootstrap 95% interval, same unit as the value
+    ci: dict[str, Bounds]  # metric -> [lo, hi]: ROUGE metrics the row's own bootstrap interval; privleak on U's rows the
+    #   paired interval against the run's reference AUC (R's AUC recomputed on the resampled texts), on T's and R's
+    #   rows their own (unpaired) interval, present only when the reference is 0.5
+    recovery_ci: dict[str, Bounds | None]  # quantized U rows: forget metric -> paired interval of its recovery (a fraction)
+    recovery_degenerate: dict[str, int | None]  # replicates of each recovery with m(T) - m(U) <= 0 (ranked at +inf)
+    utility: float | None  # U rows: knowmem_r(this row) / knowmem_r(T); None when T retains nothing
+    utility_ci: Bounds | None  # U rows: paired interval of that ratio
+    utility_degenerate: int | None  # replicates of the ratio with knowmem_r(T) <= 0 (ranked at +inf)
     small_delta_fraction: float | None  # fraction of U-T weight deltas smaller than half a quantization step
     quant: QuantInfo | None  # the quantizer's own report; None for fp rows
     auc: float | None  # Min-40% ROC AUC behind privleak (forget=0, holdout=1)
@@ -163,8 +188,29 @@ class VerdictDict(_VerdictRequired, total=False):
     quantizer: str  # quantizer id, or "fp" for the full-precision "forgetting" check
     check: str  # "verbmem_f", "knowmem_f", "utility", "privleak" or "forgetting"
     outcome: Literal["passed", "failed", "skipped"]  # the pytest outcome
-    value: float | None  # the checked quantity (recovery fraction, utility ratio, |privleak| %, fp gap)
-    budget: float | None  # the bound it was checked against, same unit as value
+    value: float | None  # the checked quantity (recovery fraction, utility ratio, privleak %, fp drop in points)
+    budget: float | None  # the bound it was checked against, same unit as value (for privleak: |value| <= budget)
+    estimate: float | None  # the same number as value, under the name the interval goes with
+    ci: Bounds | None  # paired bootstrap interval of the estimate (provenance.bootstrap); None without per-item scores
+    decided: bool | None  # the whole interval lies on one side of the budget (strict and lenient agree); None without ci
+    n: int | None  # items resampled for the interval
+    degenerate: int | None  # replicates whose denominator was <= 0: counted, ranked at +inf, never dropped
+    policy: Literal["point", "strict", "lenient"] | None  # the --unlearn-verdict the item was judged under
+    figure: Literal["drop", "recovery", "utility", "privleak"] | None  # what estimate/ci/budget are: the fp drop
+    #   m(T) - m(U) in points (budget: the floor), a recovery or utility fraction, privleak in percent (|.| <= budget)
+
+
+class ResolutionDict(TypedDict):
+    """The smallest recovery a forget set can tell from zero (``engine/derive.py``, ``Resolution``):
+    ``(hi - lo) / (2 * drop)`` for the paired interval [lo, hi] of the fp drop m(T) - m(U)."""
+
+    recovery: float | None  # as a fraction; None when the drop is not positive (nothing to resolve)
+    drop: float | None  # m(T) - m(U) in points
+    drop_ci: Bounds | None  # its paired interval
+    n: int  # forget items
+    confidence: float  # the level of drop_ci
+    budget: float  # the tightest recovery budget of the run's variants for this metric
+    exceeds_budget: bool  # recovery > budget (or undefined): no recovery item can tell that budget from zero
 
 
 class SampleRecord(TypedDict, total=False):
@@ -185,6 +231,7 @@ class _ReportRequired(TypedDict):
 
 class ReportDict(_ReportRequired, total=False):
     created: str  # ISO 8601 timestamp with offset, when the report was made
+    resolution: dict[str, ResolutionDict]  # forget metric -> its resolution (stated up front by the summary)
 
 
 # --------------------------------------------------------------------------- validation
@@ -226,6 +273,29 @@ def _check_choice(value: Any, choices: tuple[str, ...], where: str) -> None:
         raise ReportError(f"malformed unlearn-assert report: {where} is {value!r}, expected one of {', '.join(choices)}")
 
 
+def _check_bounds(obj: Mapping[str, Any], key: str, where: str) -> None:
+    """An optional interval: null, or [lo, hi] with lo a number and hi a number or null (unbounded)."""
+    value = _check(obj, key, list, where, required=False, nullable=True)
+    if value is None:
+        return
+    if len(value) != 2 or not _is_number(value[0]) or not (value[1] is None or _is_number(value[1])):
+        raise ReportError(f"malformed unlearn-assert report: {where}.{key} should be [lo, hi] (hi may be null), got {value!r}")
+
+
+def _validate_resolution(resolution: Mapping[str, Any]) -> None:
+    for metric, res in resolution.items():
+        w = f"resolution.{metric}"
+        if not isinstance(res, dict):
+            raise ReportError(f"malformed unlearn-assert report: {w} should be an object, got {type(res).__name__}")
+        for key in ("recovery", "drop"):
+            _check(res, key, _NUMBER, w, nullable=True)
+        _check_bounds(res, "drop_ci", w)
+        _check(res, "n", int, w)
+        _check(res, "confidence", _NUMBER, w)
+        _check(res, "budget", _NUMBER, w)
+        _check(res, "exceeds_budget", bool, w)
+
+
 def _validate_provenance(prov: Mapping[str, Any]) -> None:
     w = "provenance"
     _check(prov, "unlearn_assert", str, w)
@@ -245,6 +315,11 @@ def _validate_provenance(prov: Mapping[str, Any]) -> None:
     _check(data, "path", str, f"{w}.data")
     _check(data, "fingerprint", str, f"{w}.data", nullable=True)
     _check(data, "counts", dict, f"{w}.data", required=False)
+    boot = _check(prov, "bootstrap", dict, w, required=False)
+    if boot is not None:
+        _check(boot, "replicates", int, f"{w}.bootstrap")
+        _check(boot, "seed", int, f"{w}.bootstrap")
+        _check(boot, "confidence", _NUMBER, f"{w}.bootstrap")
     settings = _check(prov, "settings", dict, w, required=False)
     if settings is not None:
         quantizers = _check(settings, "quantizers", list, f"{w}.settings", required=False)
@@ -274,6 +349,14 @@ def _validate_row(row: Any, i: int) -> None:
         _check(row, key, _NUMBER, w, required=False, nullable=True)
     for key in ("ci", "quant", "attack_aucs"):
         _check(row, key, dict, w, required=False, nullable=True)
+    for key in ("recovery_ci", "ci"):
+        intervals = _check(row, key, dict, w, required=False, nullable=True)
+        for metric in intervals or {}:
+            _check_bounds(intervals, metric, f"{w}.{key}")
+    _check(row, "recovery_degenerate", dict, w, required=False, nullable=True)
+    _check(row, "utility", _NUMBER, w, required=False, nullable=True)
+    _check_bounds(row, "utility_ci", w)
+    _check(row, "utility_degenerate", int, w, required=False, nullable=True)
     _check(row, "skip_reason", str, w, required=False, nullable=True)
     _check(row, "cached", bool, w, required=False)
 
@@ -292,6 +375,17 @@ def _validate_verdict(v: Any, i: int) -> None:
         _check_choice(outcome, OUTCOMES, f"{w}.outcome")
     _check(v, "value", _NUMBER, w, required=False, nullable=True)
     _check(v, "budget", _NUMBER, w, required=False, nullable=True)
+    _check(v, "estimate", _NUMBER, w, required=False, nullable=True)
+    _check_bounds(v, "ci", w)
+    _check(v, "decided", bool, w, required=False, nullable=True)
+    _check(v, "n", int, w, required=False, nullable=True)
+    _check(v, "degenerate", int, w, required=False, nullable=True)
+    figure = _check(v, "figure", str, w, required=False, nullable=True)
+    if figure is not None:
+        _check_choice(figure, FIGURES, f"{w}.figure")
+    policy = _check(v, "policy", str, w, required=False, nullable=True)
+    if policy is not None:
+        _check_choice(policy, VERDICT_POLICIES, f"{w}.policy")
 
 
 def validate_report(obj: Any) -> ReportDict:
@@ -319,6 +413,7 @@ def validate_report(obj: Any) -> ReportDict:
         _validate_row(row, i)
     for i, verdict in enumerate(_check(obj, "verdicts", list, "report")):
         _validate_verdict(verdict, i)
+    _validate_resolution(_check(obj, "resolution", dict, "report", required=False) or {})
     for key, per_metric in _check(obj, "samples", dict, "report").items():
         if not isinstance(per_metric, dict):
             raise ReportError(f"malformed unlearn-assert report: samples[{key!r}] should be an object")

@@ -13,7 +13,7 @@ from typing import Any, cast
 
 from tabulate import tabulate
 
-from ..names import ROLES
+from ..names import ITEM_UNITS, ROLES
 from .schema import ReportDict, RowDict, VerdictDict
 
 HEADERS = ("model", "quantizer", "verbmem_f", "knowmem_f", "knowmem_r", "privleak", "recovery", "code agr.", "verdict")
@@ -60,11 +60,56 @@ def fmt_pct(fraction: Any, decimals: int = 1) -> str:
     return fmt_num(float(fraction) * 100, decimals) + "%"
 
 
-def fmt_recovery(recovery: Mapping[str, Any] | None) -> str:
-    """Recovery fractions compactly, e.g. "vm 12% / km 83%" (whole percent: a budget-sized signal)."""
+def fmt_bounds(bounds: Sequence[Any] | None, scale: float = 100.0) -> str:
+    """An interval compactly, in whole percent without the sign: "[22,114]"; an unbounded end "inf"."""
+    if not bounds or len(bounds) != 2 or bounds[0] is None:
+        return ""
+
+    def end(x: Any) -> str:
+        if x is None or math.isinf(float(x)):
+            return "inf"
+        text = f"{float(x) * scale:.0f}"
+        return "0" if text == "-0" else text
+
+    return f"[{end(bounds[0])},{end(bounds[1])}]"
+
+
+def fmt_recovery(recovery: Mapping[str, Any] | None, ci: Mapping[str, Any] | None = None) -> str:
+    """Recovery fractions compactly, e.g. "vm 12% / km 83%" (whole percent: a budget-sized signal),
+    each with its paired interval when the row has one: "vm 12% [3,20] / km 61% [22,114]"."""
     if not recovery:
         return "-"
-    return f"vm {fmt_pct(recovery.get('verbmem_f'), 0)} / km {fmt_pct(recovery.get('knowmem_f'), 0)}"
+    parts = []
+    for short, metric in (("vm", "verbmem_f"), ("km", "knowmem_f")):
+        bounds = fmt_bounds((ci or {}).get(metric)) if recovery.get(metric) is not None else ""
+        parts.append(f"{short} {fmt_pct(recovery.get(metric), 0)}" + (f" {bounds}" if bounds else ""))
+    return " / ".join(parts)
+
+
+def resolution_lines(report: ReportDict) -> list[tuple[str, bool]]:
+    """(line, is_warning) pairs stating each forget metric's resolution, the smallest recovery its
+    forget set can tell from zero, and one warning per metric whose resolution exceeds its recovery
+    budget; empty for reports without a resolution."""
+    resolution: Mapping[str, Any] = report.get("resolution") or {}
+    if not resolution:
+        return []
+    level = next((float(r["confidence"]) for r in resolution.values() if r.get("confidence")), 0.95)
+    parts, warnings = [], []
+    for metric, res in resolution.items():
+        unit = ITEM_UNITS.get(metric, "items")
+        n = res.get("n")
+        rec = res.get("recovery")
+        parts.append(f"{metric} {fmt_pct(rec, 0) if rec is not None else 'undefined (no drop)'} (n={n} {unit})")
+        if res.get("exceeds_budget"):
+            budget = fmt_pct(res.get("budget"), 0)
+            if rec is None:
+                warnings.append(f"unlearn-assert: warning: {metric} did not drop in full precision, so no recovery on "
+                                f"n={n} {unit} can be told from zero; its recovery items are not judged")
+            else:
+                warnings.append(f"unlearn-assert: warning: {metric}'s resolution {fmt_pct(rec, 0)} exceeds its {budget} recovery "
+                                f"budget: n={n} {unit} cannot tell a {budget} recovery from none; add forget items")
+    head = f"unlearn-assert: resolution at {level:.0%} (smallest recovery the forget set tells from zero): " + ", ".join(parts)
+    return [(head, False), *((w, True) for w in warnings)]
 
 
 def _item_parts(item: str) -> tuple[str | None, str | None]:
@@ -148,7 +193,7 @@ def table_rows(report: ReportDict) -> list[TableRow]:
             metric_cells = (
                 fmt_num(values.get("verbmem_f")), fmt_num(values.get("knowmem_f")),
                 fmt_num(values.get("knowmem_r")), fmt_num(values.get("privleak")),
-                fmt_recovery(row.get("recovery")), fmt_pct(row.get("code_agreement")),
+                fmt_recovery(row.get("recovery"), row.get("recovery_ci")), fmt_pct(row.get("code_agreement")),
             )
         cells = (row["model"], row["quantizer"], *metric_cells, verdict)
         out.append(TableRow(row=row, cells=cells, verdict=verdict, skip_reason=skip_reason))
