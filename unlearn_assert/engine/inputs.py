@@ -187,9 +187,9 @@ def precheck(run: RunConfig) -> None:
     except DataError as exc:
         raise ConfigError(f"--unlearn-data: {exc}") from None
     from ..attacks import is_attack_id
-    from .sources.relearn import precheck_attacks
+    from ..data_links import precheck_relearn
 
-    precheck_attacks(run, data)
+    precheck_relearn(run.quantizers, data, run.max_samples, run.device_map)
     calibrated = needs_calibration([q for q in run.quantizers if not is_attack_id(q)])
     if calibrated and run.calibration is None and calibration_from_data(data) is None:
         raise ConfigError(

@@ -40,47 +40,19 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from ...attacks import LORA_DEFAULTS, RelearnSpec, is_attack_id, parse_attack_id
-from ...errors import BackendUnavailable, ConfigError, DataError, UnlearnAssertError
+from ...errors import BackendUnavailable, UnlearnAssertError
 from ...models import LoadedModel
 from ...names import Role
 from .base import Applied
 
 if TYPE_CHECKING:  # pragma: no cover
     from ...config import RunConfig
-    from ...data import MuseData
     from ...data_links import RelearnSplit
     from ..inputs import Inputs
 
-__all__ = ["RelearnSource", "precheck_attacks"]
+__all__ = ["RelearnSource"]
 
 LORA_INSTALL = "pip install 'unlearn-assert[relearn]'"
-
-
-def _split_for(data: MuseData) -> tuple[RelearnSplit, tuple[str, ...]]:
-    from ...data_links import forget_documents, link_items, relearn_split
-
-    documents, source = forget_documents(data)
-    return relearn_split(data, link_items(data, documents, source)), documents
-
-
-def precheck_attacks(run: RunConfig, data: MuseData) -> None:
-    """Every attack of ``run`` can run on ``data``: the forget text splits, the retain text exists, one
-    device. One :class:`ConfigError` line otherwise (before any model loads)."""
-    attacks = [parse_attack_id(q) for q in run.quantizers if is_attack_id(q)]
-    if not attacks:
-        return
-    if run.device_map is not None:
-        raise ConfigError(f"--unlearn-quantizers: {attacks[0].id} fine-tunes a copy on one device; drop --unlearn-device-map for it")
-    for spec in attacks:
-        try:
-            if spec.corpus == "forget":
-                _split_for(data.limited(run.max_samples))
-            elif not data.raw_retain_docs or not any(d.strip() for d in data.raw_retain_docs):
-                from ...data import RAW_RETAIN_HINT
-
-                raise DataError(f"data dir '{data.path}' has no raw retain text ({RAW_RETAIN_HINT}) to relearn on")
-        except DataError as exc:
-            raise ConfigError(f"--unlearn-quantizers {spec.id}: {exc}") from None
 
 
 class RelearnSource:
@@ -102,7 +74,9 @@ class RelearnSource:
         if self.spec.corpus != "forget":
             return None
         if self._split is None:
-            self._split = _split_for(inputs.data)
+            from ...data_links import forget_split
+
+            self._split = forget_split(inputs.data)
         return self._split
 
     def _device(self, inputs: Inputs) -> str:
