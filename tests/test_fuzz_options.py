@@ -64,6 +64,8 @@ VALUES: dict[str, st.SearchStrategy[Any]] = {
     "dtype": st.sampled_from([*DTYPES, "fp16", "int8", ""]) | text,
     "devices": st.sampled_from(["0", "0,1", "1,1", "0,x", "-1", " 2 , 3 ", ""]) | numbers | text,
     "verdict": st.sampled_from(["point", "strict", "lenient", "STRICT", "loose", ""]) | text,
+    "attacks": _joined(st.sampled_from(["relearn-forget-50", "relearn-retain-5-lora", "relearn-forget-0", "relearn-forget-05",
+                                        "relearn-sideways-3", "rtn-w8"])) | text,
     "confidence": st.sampled_from(["0.9", "0.95", "0.99", "95", "95%", "0.5", "1", ""]) | numbers | text,
     "device_map": st.sampled_from(["auto", "balanced", "sequential", "balanced_low_0", "everywhere", "AUTO", ""]) | text,
     "batch_size": numbers | st.sampled_from(["auto", "AUTO", "many"]) | text,
@@ -88,6 +90,7 @@ VALID: dict[str, st.SearchStrategy[Any]] = {
     "device": st.sampled_from(["auto", "cpu"]), "dtype": st.sampled_from(DTYPES), "batch_size": st.sampled_from(["auto", "1", "16"]),
     "devices": st.sampled_from(["", "0", "0,1"]), "device_map": st.sampled_from(["", "auto"]),
     "verdict": st.sampled_from(["point", "strict", "lenient"]), "confidence": st.sampled_from(["0.9", "0.95", "0.99"]),
+    "attacks": st.just(""),
     "max_samples": st.sampled_from(["1", "3", "1000"]), "retrain_auc": st.sampled_from(["0.5", "muse-news", "muse-books"]),
     "quantized": st.just([]), "no_cache": st.booleans(), "allow_pickle": st.booleans(),
 }

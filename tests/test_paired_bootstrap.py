@@ -184,9 +184,14 @@ def test_privleak_is_paired_with_the_retrain_model_and_has_no_interval_when_unde
 
 
 def test_rows_that_scored_other_items_are_not_paired() -> None:
+    """Items are paired by their ids: another order pairs the same items (the same interval); a row
+    that lacks an item of the first cannot be paired with it, and that is an error, never a guess."""
     t = make_row("target", FP, [60.0, 80.0], [50.0, 40.0], [40.0, 50.0])
     u = make_row("unlearned", FP, [10.0, 30.0], [10.0, 20.0], [40.0, 45.0])
+    in_order = figures([t, u], option_auc=None).drop_ci["verbmem_f"]
     u.samples["verbmem_f"] = [{"id": 1, "score": 30.0}, {"id": 0, "score": 10.0}]  # another order
+    assert figures([t, u], option_auc=None).drop_ci["verbmem_f"] == in_order
+    u.samples["verbmem_f"] = [{"id": 1, "score": 30.0}, {"id": 5, "score": 10.0}]  # other items
     with pytest.raises(UnlearnAssertError, match="cannot pair the verbmem_f items of target:fp and unlearned:fp"):
         figures([t, u], option_auc=None)
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from .errors import ConfigError, QuantizerError
 from .names import ARTIFACT_NAME_RE, CONFIDENCES, DTYPES, FORGET_METRICS, FP, VERDICT_POLICIES
-from .quant.spec import validate_quantizer_list
+from .variants import validate_variant_list
 
 DEFAULT_QUANTIZERS = "rtn-w4g128,rtn-w8"
 DEVICES_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
@@ -55,7 +55,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("retrain", "Optional model retrained without the forget data (reference for privleak).", None, "DIR"),
     Option("data", "MUSE data: a directory in MUSE's layout (verbmem/, knowmem/, privleak/, raw/) or its Hugging Face form "
            "(parquet or save_to_disk), or hf:OWNER/NAME from the local Hugging Face cache.", None, "DIR"),
-    Option("quantizers", "Comma-separated quantizer ids to apply, e.g. rtn-w4g128,rtn-w8.", DEFAULT_QUANTIZERS, "IDS"),
+    Option("quantizers", "Comma-separated quantizer ids to apply, e.g. rtn-w4g128,rtn-w8 (attack ids such as relearn-forget-50 "
+           "are accepted too).", DEFAULT_QUANTIZERS, "IDS"),
+    Option("attacks", "Comma-separated attack ids, gated like quantizers after them: relearn-forget-<steps>, "
+           "relearn-retain-<steps>, optionally -lora (e.g. relearn-forget-50).", None, "IDS"),
     Option("budget", "Budget as KEY=VALUE pairs; keys recovery, utility, privleak, floor, verbmem_f, knowmem_f, "
            "each optionally KEY@QUANTIZER, e.g. 'recovery=0.2 knowmem_f@bnb-fp4=0.1'. "
            "Default: recovery=0.25 utility=0.9 privleak=25 floor=5.", "", "EXPR"),
@@ -183,7 +186,7 @@ def parse_budget(text: str | Mapping[str, Any] | None, where: str = "--unlearn-b
             # (build_run_config checks that it exists)
             if "-" in quantizer or not ARTIFACT_NAME_RE.fullmatch(quantizer):
                 try:
-                    validate_quantizer_list(quantizer)
+                    validate_variant_list(quantizer)
                 except QuantizerError as exc:
                     raise ConfigError(f"{where}: in '{key}': {exc}") from None
             overrides.append((name, quantizer, value))
@@ -367,6 +370,21 @@ def parse_retrain_auc(raw: Any) -> tuple[float, str | None]:
     return value, None
 
 
+def _with_attacks(quantizers: tuple[str, ...], raw: Any) -> tuple[str, ...]:
+    """``--unlearn-attacks``: attack ids only, appended to the quantizers (each variant once)."""
+    from .attacks import is_attack_id
+
+    try:
+        attacks = validate_variant_list(str(raw), "attack")
+        combined = validate_variant_list(",".join(quantizers + attacks))
+    except QuantizerError as exc:
+        raise ConfigError(f"--unlearn-attacks: {exc}") from None
+    wrong = [a for a in attacks if not is_attack_id(a)]
+    if wrong:
+        raise ConfigError(f"--unlearn-attacks: '{wrong[0]}' is a quantizer, not an attack; list it in --unlearn-quantizers")
+    return combined
+
+
 def build_run_config(get: Callable[[Option], Any], *, model_spec: str | None = None) -> RunConfig:
     """Build and validate a RunConfig from option values alone (no file is read: see
     :func:`unlearn_assert.engine.inputs.precheck` for the inputs). ``get(option)`` returns the
@@ -383,9 +401,11 @@ def build_run_config(get: Callable[[Option], Any], *, model_spec: str | None = N
         raise ConfigError(f"--unlearn-quantizers is empty, so the gate has no quantizer to test; pass ids such as {DEFAULT_QUANTIZERS}, "
                           "or leave the option out for that default")
     try:
-        values["quantizers"] = validate_quantizer_list(quantizers)
+        values["quantizers"] = validate_variant_list(quantizers)
     except QuantizerError as exc:
         raise ConfigError(f"--unlearn-quantizers: {exc}") from None
+    if raw["attacks"] not in (None, ""):
+        values["quantizers"] = _with_attacks(values["quantizers"], raw["attacks"])
     values["budget"] = parse_budget(raw["budget"] or "")
     values["verdict"], values["confidence"] = parse_verdict(raw["verdict"]), parse_confidence(raw["confidence"])
     device = str(raw["device"] or "auto").strip()

@@ -32,7 +32,8 @@ __all__ = ["DEMO_QUANTIZERS", "add_demo_parser", "judge", "run_demo"]
 
 #: The quantizers the demo gates with: the paper's 4-bit (bitsandbytes FP4), round-to-nearest 4-bit
 #: per channel and in groups of 64, NF4, and the two 8-bit ones. bnb-* rows are reported as skipped
-#: (with the pip command) when bitsandbytes is not installed.
+#: (with the pip command) when bitsandbytes is not installed. No relearning attack: the demo corpus
+#: cannot be split for relearn-forget (docs/demo-regime.md, "Relearning").
 DEMO_QUANTIZERS: tuple[str, ...] = ("bnb-fp4", "rtn-w4", "rtn-w4g64", "bnb-nf4", "rtn-w8", "bnb-int8")
 DEFAULT_OUT = "demo-report"
 #: The demo gates in float32 on CPU, on every CPU: its bf16 weights upcast exactly, and its numbers
@@ -42,7 +43,12 @@ Progress = Callable[[str], None]
 
 
 def _bits(qid: str) -> int | None:
+    """A quantizer's bit width; None for an attack (relearning has no bits)."""
+    from ..attacks import is_attack_id
     from ..quant.spec import parse_quantizer_id
+
+    if is_attack_id(qid):
+        return None
 
     return parse_quantizer_id(qid).bits
 

@@ -9,7 +9,7 @@ One job per module, dependencies pointing down the list:
 * :mod:`.derive`: privleak against the reference and recovery, computed once from the rows;
 * :mod:`.rows`: what is in a row (:class:`Row`), how its cache key is made, computing it;
 * :mod:`.sources`: what turns U or T into a row's variant (the :class:`Source` protocol; a
-  quantizer of the registry and a user's own quantized checkpoint are its two kinds);
+  quantizer of the registry, a user's own quantized checkpoint and a relearning attack are its kinds);
 * :mod:`.inputs`: data, calibration, fingerprints, loading and releasing models, and the
   option-time :func:`precheck`.
 

@@ -14,6 +14,9 @@ Definitions (DESIGN.md, "Metric definitions" and "Verdicts"):
   same in every row: checked); ``replicates=0`` computes no interval;
 * the *resolution* of each forget metric (:class:`Resolution`): the smallest recovery its forget
   set can tell from zero, from the interval of the full-precision drop.
+* like with like: a variant measured on part of the forget items (relearn-forget: the held-out
+  items, listed in its row's ``quant["split"]["evaluated"]``) is compared with m(U) and m(T) on the
+  same items, the means of the fp rows' per-item scores there (:attr:`Figures.baselines`).
 
 The verdicts (:mod:`.verdicts`) and the report (:mod:`.report`) both read a :class:`Figures`, so the
 two can never disagree on a number. A figure depends only on the rows it is made of, so a worker
@@ -104,6 +107,8 @@ class Figures:
     resolution: Mapping[str, Resolution] = field(default_factory=dict)
     n: Mapping[str, int] = field(default_factory=dict)
     bootstrap: Bootstrap = field(default_factory=Bootstrap)
+    #: variant -> forget metric -> (m(U), m(T)) in full precision on the items that variant was measured on
+    baselines: Mapping[str, Mapping[str, tuple[float | None, float | None]]] = field(default_factory=dict)
 
     def value(self, role: Role, variant: str, metric: str) -> float | None:
         row = self.values.get((role, variant))
@@ -118,6 +123,11 @@ class Figures:
         if check == "privleak":
             return self.privleak_ci.get(("unlearned", variant))
         return None
+
+    def baseline(self, variant: str, metric: str) -> tuple[float | None, float | None]:
+        """m(U) and m(T) in full precision that ``variant``'s recovery of ``metric`` is measured against."""
+        own = self.baselines.get(variant, {}).get(metric)
+        return own if own is not None else (self.value("unlearned", FP, metric), self.value("target", FP, metric))
 
 
 def bootstrap_of(run: RunConfig) -> Bootstrap:
@@ -153,14 +163,16 @@ def recovery(q_value: float, u_value: float, t_value: float) -> float | None:
     return (q_value - u_value) / removed
 
 
-def _recoveries(values: Mapping[RowKey, Values], variants: Iterable[str]) -> dict[str, dict[str, float | None]]:
+def _recoveries(values: Mapping[RowKey, Values], variants: Iterable[str],
+                baselines: Mapping[str, Mapping[str, tuple[float | None, float | None]]] | None = None) -> dict[str, dict[str, float | None]]:
     t_fp, u_fp = values.get(("target", FP), {}), values.get(("unlearned", FP), {})
     out: dict[str, dict[str, float | None]] = {}
     for variant in variants:
         q = values.get(("unlearned", variant), {})
         rec: dict[str, float | None] = {}
         for m in FORGET_METRICS:
-            qm, um, tm = q.get(m), u_fp.get(m), t_fp.get(m)
+            um, tm = (baselines or {}).get(variant, {}).get(m) or (u_fp.get(m), t_fp.get(m))
+            qm = q.get(m)
             rec[m] = None if qm is None or um is None or tm is None else recovery(qm, um, tm)
         out[variant] = rec
     return out
@@ -217,14 +229,24 @@ def _paired(metric: str, rows: Sequence[Row], split: str | None = None) -> list[
     if any(g is None or not g[1] for g in got):
         return None
     first_ids = got[0][0] if got[0] is not None else ()
+    out: list[tuple[float, ...]] = []
     for row, g in zip(rows, got):
-        if g is not None and g[0] != first_ids:
-            what = metric + (f" {split}" if split else "")
-            raise UnlearnAssertError(
-                f"cannot pair the {what} items of {rows[0].model}:{rows[0].quantizer} and {row.model}:{row.quantizer}: "
-                f"they scored different items ({len(first_ids)} vs {len(g[0])}, or in another order); "
-                "rerun with --unlearn-no-cache")
-    return [g[1] for g in got if g is not None]
+        if g is None:
+            continue
+        if g[0] == first_ids:
+            out.append(g[1])
+            continue
+        # a row measured on part of the items (relearn-forget: the held-out ones) pairs with the others there
+        by_id = dict(zip(g[0], g[1]))
+        if len(by_id) == len(g[0]) and all(i in by_id for i in first_ids):
+            out.append(tuple(by_id[i] for i in first_ids))
+            continue
+        what = metric + (f" {split}" if split else "")
+        raise UnlearnAssertError(
+            f"cannot pair the {what} items of {rows[0].model}:{rows[0].quantizer} and {row.model}:{row.quantizer}: "
+            f"they scored different items ({len(first_ids)} vs {len(g[0])}, or in another order); "
+            "rerun with --unlearn-no-cache")
+    return out
 
 
 # Each interval is a pure function of its scores, estimate and bootstrap: computed once per process
@@ -328,7 +350,8 @@ def figures(rows: Iterable[Row], option_auc: float | None, bootstrap: Bootstrap 
         vals["privleak"] = privleak(row.auc, reference[0])
         values[key] = vals
     variants = [variant for (role, variant), row in by_key.items() if role == "unlearned" and variant != FP and row.ok]
-    rec = _recoveries(values, variants)
+    baselines = _baselines(by_key)
+    rec = _recoveries(values, variants, baselines)
     utility = _utilities(values, [FP, *variants])
     extra: dict[str, Any] = {}
     if boot.replicates > 0:
@@ -339,7 +362,33 @@ def figures(rows: Iterable[Row], option_auc: float | None, bootstrap: Bootstrap 
             tv, uv = values[("target", FP)].get(m), values[("unlearned", FP)].get(m)
             drop = None if tv is None or uv is None else tv - uv
             res[m] = resolution(m, drop, extra.get("drop_ci", {}).get(m), extra.get("n", {}).get(m, 0))
-    return Figures(values=values, recovery=rec, reference=reference, utility=utility, resolution=res, bootstrap=boot, **extra)
+    return Figures(values=values, recovery=rec, reference=reference, utility=utility, resolution=res, bootstrap=boot,
+                   baselines=baselines, **extra)
+
+
+def _subset_mean(row: Row | None, metric: str, ids: Iterable[int]) -> float | None:
+    """The mean per-item score of ``row``'s ``metric`` over the items ``ids`` (None when a sample is missing)."""
+    if row is None or not row.ok:
+        return None
+    scores = {s.get("id"): s.get("score") for s in row.samples.get(metric, [])}
+    picked = [scores.get(i) for i in ids]
+    if not picked or any(s is None for s in picked):
+        return None
+    return sum(float(s) for s in picked if s is not None) / len(picked)
+
+
+def _baselines(by_key: Mapping[RowKey, Row]) -> dict[str, dict[str, tuple[float | None, float | None]]]:
+    """For each variant whose rows were measured on part of the forget items, m(U) and m(T) in full
+    precision on those items (see the module docstring)."""
+    out: dict[str, dict[str, tuple[float | None, float | None]]] = {}
+    u_fp, t_fp = by_key.get(("unlearned", FP)), by_key.get(("target", FP))
+    for (_role, variant), row in by_key.items():
+        split = (row.quant or {}).get("split") if variant != FP else None
+        if not split or variant in out:
+            continue
+        out[variant] = {m: (_subset_mean(u_fp, m, ids), _subset_mean(t_fp, m, ids))
+                        for m, ids in split.get("evaluated", {}).items() if m in FORGET_METRICS}
+    return out
 
 
 def figures_from_values(values: Mapping[RowKey, Values], reference: tuple[float, str] = (DEFAULT_REFERENCE_AUC, "default"),

@@ -234,7 +234,11 @@ def precheck(run: RunConfig) -> None:
         data = load_data(run.data)
     except DataError as exc:
         raise ConfigError(f"--unlearn-data: {exc}") from None
-    calibrated = needs_calibration(run.quantizers)
+    from ..attacks import is_attack_id
+    from ..data_links import precheck_relearn
+
+    precheck_relearn(run.quantizers, data, run.max_samples, run.device_map)
+    calibrated = needs_calibration([q for q in run.quantizers if not is_attack_id(q)])
     if calibrated and run.calibration is None and calibration_from_data(data) is None:
         raise ConfigError(
             f"--unlearn-quantizers: {', '.join(calibrated)} calibrate on text, and data dir '{run.data}' has no raw retain text "

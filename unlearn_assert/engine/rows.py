@@ -144,7 +144,9 @@ def compute_row(role: Role, source: Source | None, inputs: Inputs, handoff: Any 
         try:
             with source.apply(role, inputs, handoff) as applied:
                 say(f"evaluate {role} {variant}")
-                evaluation = evaluate(applied.view, inputs.data, batch_size=inputs.run.batch_size).to_dict()
+                data = inputs.data if applied.data is None else applied.data
+                evaluation = evaluate(applied.view, data, batch_size=inputs.run.batch_size).to_dict()
+                _renumber(evaluation, applied.sample_ids)
                 quant, passed_on, dtype = applied.quant, applied.handoff, applied.view.dtype
         except BackendUnavailable as exc:
             return Row.skipped(role, variant, exc, time.perf_counter() - start), None
@@ -153,6 +155,13 @@ def compute_row(role: Role, source: Source | None, inputs: Inputs, handoff: Any 
     row = Row.from_evaluation(role, variant, evaluation, quant, time.perf_counter() - start, dtype)
     say(f"{role} {variant}: " + ", ".join(f"{m} {v:.1f}" for m, v in row.values.items() if v is not None) + f" ({row.seconds:.1f} s)")
     return row, passed_on
+
+
+def _renumber(evaluation: dict[str, Any], sample_ids: dict[str, list[int]] | None) -> None:
+    """Samples of a restricted evaluation carry the run data's item indices, so they line up with the fp rows'."""
+    for metric, ids in (sample_ids or {}).items():
+        for sample in evaluation.get("samples", {}).get(metric, []):
+            sample["id"] = ids[sample["id"]]
 
 
 def cached_row(data: dict[str, Any], role: Role, variant: str) -> Row:

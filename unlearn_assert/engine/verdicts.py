@@ -241,8 +241,7 @@ def evaluate_check(quantizer: str, check: str, figures: Figures, budget: Budget,
     where = "in full precision" if quantizer == FP else f"under {quantizer}"
     _get = figures.value
     if check in FORGET_METRICS:
-        t = _get("target", FP, check)
-        u = _get("unlearned", FP, check)
+        u, t = figures.baseline(quantizer, check)  # fp values on the items this variant was measured on
         if t is None or u is None:
             return Verdict(name, quantizer, check, "skipped", f"{check} was not measured")
         floor = budget.value("floor", None if quantizer == FP else quantizer)

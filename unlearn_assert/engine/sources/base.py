@@ -10,6 +10,7 @@ from ...names import Role
 
 if TYPE_CHECKING:  # pragma: no cover
     from ...config import RunConfig
+    from ...data import MuseData
     from ...models import LoadedModel
     from ...quant import QuantizedModel
     from ..inputs import Inputs
@@ -27,6 +28,10 @@ class Applied:
     quant: dict[str, Any] = field(default_factory=dict)
     #: from ``apply(role="target")`` only: passed back as ``handoff`` to ``apply(role="unlearned")``
     handoff: Any = None
+    #: the data to evaluate the view on, when not the run's (relearn-forget: only the held-out items)
+    data: MuseData | None = None
+    #: with ``data``: metric -> the run data's index of each evaluated item (the samples are renumbered to it)
+    sample_ids: dict[str, list[int]] | None = None
 
 
 class Source(Protocol):

@@ -23,7 +23,7 @@ class QuantizerSource:
 
     @classmethod
     def accepts(cls, variant: str, run: RunConfig) -> bool:
-        return run.checkpoint(variant) is None  # every other variant was validated as a quantizer id
+        return run.checkpoint(variant) is None  # the kinds before it took theirs; the rest were validated as quantizer ids
 
     def __init__(self, variant: str, run: RunConfig) -> None:
         self.variant = variant

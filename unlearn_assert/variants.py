@@ -1,0 +1,51 @@
+"""A list of variant ids as users write it: quantizer ids and attack ids, in one option.
+
+Why one list: every variant (``rtn-w4g64``, ``relearn-forget-50``) becomes the same rows, items and
+budget keys, so ``--unlearn-quantizers`` accepts both (and ``--unlearn-attacks`` is its alias for
+attacks). Each id is parsed by its own grammar (:mod:`.quant.spec`, :mod:`.attacks`); this module
+only splits, dispatches and refuses duplicates. Pure Python.
+"""
+
+from __future__ import annotations
+
+from .attacks import ATTACK_GRAMMAR, is_attack_id, parse_attack_id
+from .errors import QuantizerError
+from .quant.spec import known_ids, parse_quantizer_id
+
+__all__ = ["canonical_variant", "validate_variant_list"]
+
+
+def canonical_variant(vid: str) -> str:
+    """The canonical spelling of a quantizer or attack id (raises :class:`QuantizerError` when invalid)."""
+    if is_attack_id(vid):
+        return parse_attack_id(vid).canonical_id
+    try:
+        return parse_quantizer_id(vid).canonical_id
+    except QuantizerError as exc:
+        if str(exc).startswith("unknown quantizer"):
+            raise QuantizerError(f"{exc}; attacks: {ATTACK_GRAMMAR}") from None
+        raise
+
+
+def validate_variant_list(text: str, what: str = "quantizer") -> tuple[str, ...]:
+    """Split ``"rtn-w4g64, relearn-forget-50"`` (commas and/or whitespace) into valid ids.
+
+    Empty entries and duplicates (also spelled differently: ``rtn-w8`` and ``rtn-w8-sym``) are
+    errors: each would silently change which items run.
+    """
+    parts = [part.strip() for part in str(text).split(",")]
+    if not any(parts):
+        raise QuantizerError(f"no {what}s given; pass a comma-separated list such as {', '.join(known_ids()[:2])}, relearn-forget-50")
+    if not all(parts):
+        raise QuantizerError(f"empty entry in {what} list '{text}'; remove the extra comma")
+    ids: list[str] = []
+    seen: dict[str, str] = {}
+    for part in parts:
+        for vid in part.split():
+            canonical = canonical_variant(vid)
+            if canonical in seen:
+                twice = f"'{vid}'" if seen[canonical] == vid else f"'{seen[canonical]}' and '{vid}'"
+                raise QuantizerError(f"{what} list '{text}' names {twice} twice; list each once")
+            seen[canonical] = vid
+            ids.append(vid)
+    return tuple(ids)
