@@ -173,22 +173,16 @@ def test_other_architectures_get_one_line_listing_what_is_supported(tmp_path: Pa
 #: |llama.cpp logit - torch logit| <= ATOL + RTOL * max|torch logits| (see docs/quantizers.md, "GGUF"): for an F32 file only float
 #: summation order differs; for quantized files llama.cpp's CPU kernels also quantize the *activations* to 8 bits (q8_0 / q8_K
 #: blocks) before each matmul with quantized weights, which torch does not.
-TOLERANCE = {"f32": (1e-4, 1e-4), "q8_0": (0.0, 0.03), "q4_k_m": (0.0, 0.03)}
+TOLERANCE = {"f32": (1e-4, 1e-5), "q8_0": (0.0, 0.03), "q4_k_m": (0.0, 0.03)}
 
 
 def _llama_cpp_logits(file: Path, ids: list[int]) -> np.ndarray:
-    llama = _llama_cpp().Llama(model_path=str(file), logits_all=True, n_ctx=256, n_batch=256, n_threads=1, verbose=False)
+    # F32 K/V cache (llama.cpp's default is F16), so an F32 file is compared on float rounding alone
+    llama = _llama_cpp().Llama(model_path=str(file), logits_all=True, n_ctx=256, n_batch=256, n_threads=1, verbose=False, type_k=0, type_v=0)
     llama.eval(ids)
     out = np.array(llama.scores[: len(ids)], dtype=np.float32)
     llama.close()
     return out
-
-
-def _greedy(step: Any, ids: list[int], n: int) -> list[int]:
-    out = list(ids)
-    for _ in range(n):
-        out.append(int(np.argmax(step(out))))
-    return out[len(ids):]
 
 
 @pytest.mark.parametrize("which", ["tiny", "wide"])
@@ -216,19 +210,24 @@ def test_rebuilt_torch_model_matches_llama_cpp(tmp_path: Path, tiny_model_dir: P
     assert float(np.abs(ours - theirs).max()) <= bound, (preset, types)
     assert (ours.argmax(-1) == theirs.argmax(-1)).all()
 
-    def torch_step(seq: list[int]) -> np.ndarray:
+    # greedy continuation: 16 tokens of the torch model's greedy path, and llama.cpp's argmax at every step of it. They must be
+    # the same token, except at a tie: a step where torch's margin between the two tokens is below the logit difference of the two
+    # implementations at that step (at most 2 of 16; the 96-wide model has a 0.002 margin once at Q8_0 against a 0.005 difference)
+    llama = _llama_cpp().Llama(model_path=str(file), logits_all=True, n_ctx=256, n_threads=1, verbose=False, type_k=0, type_v=0)
+    seq, ties = list(ids), 0
+    for _ in range(16):
         with torch.no_grad():
-            return loaded.model(input_ids=torch.tensor([seq])).logits[0, -1].float().numpy()
-
-    llama = _llama_cpp().Llama(model_path=str(file), logits_all=False, n_ctx=256, n_threads=1, verbose=False)
-
-    def llama_step(seq: list[int]) -> np.ndarray:
+            a = loaded.model(input_ids=torch.tensor([seq])).logits[0, -1].float().numpy()
         llama.reset()
         llama.eval(seq)
-        return np.array(llama.scores[len(seq) - 1])
-
-    assert _greedy(torch_step, ids, 16) == _greedy(llama_step, ids, 16)
+        b = np.array(llama.scores[len(seq) - 1], dtype=np.float32)
+        ta, tb = int(a.argmax()), int(b.argmax())
+        if ta != tb:
+            assert a[ta] - a[tb] < float(np.abs(a - b).max()), (preset, len(seq) - len(ids), a[ta] - a[tb])
+            ties += 1
+        seq.append(ta)
     llama.close()
+    assert ties <= (0 if preset == "f32" else 2), ties
 
 
 # --------------------------------------------------------------------------- the backend
