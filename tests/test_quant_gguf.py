@@ -107,6 +107,17 @@ def test_without_llama_cpp_the_backend_is_unavailable_with_the_pip_command(monke
     assert info.value.install == "pip install 'unlearn-assert[gguf]'" and "llama_cpp" in str(info.value)
 
 
+def test_the_demo_table_has_a_gguf_row_when_the_extra_is_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    from unlearn_assert.demo.run import DEMO_QUANTIZERS, demo_quantizers
+
+    _llama_cpp()
+    assert demo_quantizers() == (*DEMO_QUANTIZERS, "gguf-q4_k_m")
+    import importlib.util
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llama_cpp" else object())
+    assert demo_quantizers() == DEMO_QUANTIZERS
+
+
 def test_name_table_matches_gguf_tensor_name_map() -> None:
     for arch, n_layers in ((gguf.MODEL_ARCH.LLAMA, 2), (gguf.MODEL_ARCH.QWEN2, 2), (gguf.MODEL_ARCH.QWEN3, 2)):
         names = gguf.TensorNameMap(arch, n_layers)

@@ -35,7 +35,7 @@ __all__ = ["DEMO_GGUF", "DEMO_QUANTIZERS", "add_demo_parser", "demo_quantizers",
 DEMO_QUANTIZERS: tuple[str, ...] = ("bnb-fp4", "rtn-w4", "rtn-w4g64", "bnb-nf4", "rtn-w8", "bnb-int8")
 #: llama.cpp's usual default, added to the demo's table when the ``[gguf]`` extra is installed. It is
 #: reported, not judged: llama.cpp picks each tensor's type itself (q5_0 where a row is not a multiple
-#: of 256, as in the demo's small models), so its nominal 4 bits are not the paper's 4-bit setting.
+#: of 256, as the demo's 688-wide MLP down projections), so its nominal 4 bits are not the paper's 4-bit setting.
 DEMO_GGUF = "gguf-q4_k_m"
 
 
@@ -45,6 +45,8 @@ def demo_quantizers() -> tuple[str, ...]:
 
     has_gguf = find_spec("gguf") is not None and find_spec("llama_cpp") is not None
     return DEMO_QUANTIZERS + ((DEMO_GGUF,) if has_gguf else ())
+
+
 DEFAULT_OUT = "demo-report"
 Progress = Callable[[str], None]
 
