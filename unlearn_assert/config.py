@@ -61,7 +61,7 @@ OPTIONS: tuple[Option, ...] = (
            "Default: recovery=0.25 utility=0.9 privleak=25 floor=5.", "", "EXPR"),
     Option("calibration", "Calibration text for GPTQ/AWQ: a .txt, .json or .jsonl file (default: the data's "
            "raw retain text, MUSE's raw/retain1 + raw/retain2 or raw/retain.txt, else privleak/retain.json).", None, "FILE"),
-    Option("quantized", "A checkpoint you already quantized, NAME=DIR (compressed-tensors, bitsandbytes, GPTQ or AWQ) or NAME=FILE.gguf (llama.cpp; "
+    Option("quantized", "A checkpoint you already quantized, NAME=DIR (compressed-tensors, bitsandbytes, GPTQ or AWQ; "
            "repeatable): gated as one more quantizer row named NAME.", None, "NAME=DIR", multi=True),
     Option("json", "Write the JSON report to this path.", None, "PATH"),
     Option("html", "Write the self-contained HTML report to this path.", None, "PATH"),
