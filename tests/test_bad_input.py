@@ -232,7 +232,7 @@ CASES = [
     Case("data-missing-icl", _data_missing_icl, "forget_qa_icl.json"),
     Case("data-missing-key", _data_missing_key, "'gt'"),
     Case("data-privleak-objects", _data_privleak_not_strings, "holdout.json"),
-    Case("unknown-quantizer", lambda w: ["--unlearn-quantizers=rtn-w4g128,gguf-q4"], "unknown quantizer 'gguf-q4'"),
+    Case("unknown-quantizer", lambda w: ["--unlearn-quantizers=rtn-w4g128,exl2-w4"], "unknown quantizer 'exl2-w4'"),
     Case("malformed-quantizer", lambda w: ["--unlearn-quantizers=rtn-w1"], "rtn-w1"),
     Case("nonsense-budget", lambda w: ["--unlearn-budget=recovery=-0.5"], "out of range"),
     Case("unknown-budget-key", lambda w: ["--unlearn-budget=forgetfulness=0.1"], "unknown budget key"),

@@ -208,7 +208,12 @@ def precheck(run: RunConfig) -> None:
     if run.calibration is not None:
         load_calibration_file(run.calibration)  # a missing or malformed file is a usage error now
     for artifact in run.prequantized:
-        read_checkpoint(artifact.name, artifact.path, run.target)
+        if artifact.path.lower().endswith(".gguf"):
+            from ..quant.gguf_header import check_gguf_file
+
+            check_gguf_file(artifact.name, artifact.path, run.target)  # the header only, in milliseconds
+        else:
+            read_checkpoint(artifact.name, artifact.path, run.target)
     for name in ("model", "target", "retrain"):
         value = getattr(run, name)
         if value is None:

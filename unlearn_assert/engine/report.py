@@ -41,7 +41,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["Report", "build_report", "provenance"]
 
 #: Quantizer libraries whose versions go into the provenance.
-BACKEND_LIBRARIES = ("bitsandbytes", "llmcompressor", "gptqmodel", "hqq")
+BACKEND_LIBRARIES = ("bitsandbytes", "llmcompressor", "gptqmodel", "hqq", "gguf", "llama_cpp_python")
 
 
 def _version(dist: str) -> str | None:

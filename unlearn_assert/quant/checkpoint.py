@@ -131,7 +131,9 @@ def read_checkpoint(name: str, path: str, target: str | None = None) -> Checkpoi
 
 def quant_method(path: str) -> str | None:
     """The ``quant_method`` a checkpoint's ``config.json`` names (None when it cannot be read): for
-    the report's provenance, after :func:`read_checkpoint` validated the directory."""
+    the report's provenance, after :func:`read_checkpoint` validated the directory; a .gguf file is ``gguf``)."""
+    if path.lower().endswith(".gguf"):
+        return "gguf"
     try:
         qc = json.loads((Path(path) / "config.json").read_text(encoding="utf-8")).get("quantization_config")
     except (OSError, ValueError, AttributeError):

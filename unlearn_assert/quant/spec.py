@@ -7,7 +7,7 @@ and ``pytest --help`` must not pay for importing torch.
 Two tables, on purpose:
 
 * :data:`ID_FORMS` knows the id grammar of every backend family the design names (rtn, bnb, gptq,
-  awq, hqq), so the grammar lives in one place and stays consistent across backends.
+  awq, hqq, gguf), so the grammar lives in one place and stays consistent across backends.
 * :data:`BACKENDS` says which of them this installation actually provides ("module:factory",
   imported only when a quantizer of that backend is used). An id parses only if its backend is
   registered, so adding a backend is one line in :data:`BACKENDS`.
@@ -82,6 +82,7 @@ BACKENDS: dict[str, BackendEntry] = {
     "hqq": BackendEntry("unlearn_assert.quant.hqq:HqqBackend", install="pip install 'unlearn-assert[hqq]'"),
     "gptq": BackendEntry("unlearn_assert.quant.llmc:GptqBackend", install="pip install 'unlearn-assert[gptq]'", calibrated=True),
     "awq": BackendEntry("unlearn_assert.quant.llmc:AwqBackend", install="pip install 'unlearn-assert[awq]'", calibrated=True),
+    "gguf": BackendEntry("unlearn_assert.quant.gguf:GgufBackend", install="pip install 'unlearn-assert[gguf]'"),
 }
 
 
@@ -128,6 +129,16 @@ def _parse_int_grid(default_symmetric: bool) -> Callable[[re.Match[str], str, st
     return parse
 
 
+#: llama.cpp presets of the ``gguf-*`` ids -> nominal bits (what llama.cpp stores per tensor is in the report)
+GGUF_PRESETS = {"q4_k_m": 4, "q5_k_m": 5, "q6_k": 6, "q8_0": 8, "q4_0": 4, "q3_k_m": 3, "q2_k": 2}
+
+
+def _parse_gguf(match: re.Match[str], qid: str, backend: str) -> QuantSpec:
+    scheme = match["scheme"]
+    group = 32 if scheme.endswith("_0") else 256  # llama.cpp's block (q*_0) or super-block (k-quants)
+    return QuantSpec(qid, backend, GGUF_PRESETS[scheme], group, scheme in ("q8_0", "q4_0", "q6_k"), scheme)
+
+
 def _parse_bnb(match: re.Match[str], qid: str, backend: str) -> QuantSpec:
     scheme = match["scheme"]
     group = None if scheme == "int8" else BNB_4BIT_BLOCKSIZE
@@ -168,6 +179,8 @@ ID_FORMS: Mapping[str, IdForm] = {
     "gptq": _int_form("gptq", ("gptq-w4g128", "gptq-w8g128"), group_required=True, default_symmetric=True),
     "awq": _int_form("awq", ("awq-w4g128",), group_required=True, default_symmetric=False),
     "hqq": _int_form("hqq", ("hqq-w4g64",), group_required=True, default_symmetric=False),
+    "gguf": IdForm(re.compile(rf"gguf-(?P<scheme>{'|'.join(GGUF_PRESETS)})"), _parse_gguf, "gguf-{" + ",".join(GGUF_PRESETS) + "}",
+                   ("gguf-q4_k_m", "gguf-q8_0")),
 }
 
 

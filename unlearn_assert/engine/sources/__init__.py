@@ -2,7 +2,7 @@
 
 A row is (role, variant). The variant ``fp`` is the model as loaded; every other variant comes from a
 :class:`Source`, which applies it to a loaded model for the duration of a ``with`` block and reports
-what it did. Two kinds exist today, and the engine treats them alike (it has no branch on either):
+what it did. Three kinds exist today, and the engine treats them alike (it has no branch on any):
 
 * :class:`~.quantizer.QuantizerSource`: a quantizer id of the backend registry
   (``rtn-w4g128``, ``bnb-fp4``, ``gptq-w4g128``...), applied to U and to T (q(T) is the reference);
@@ -10,6 +10,8 @@ what it did. Two kinds exist today, and the engine treats them alike (it has no 
   (``--unlearn-quantized NAME=DIR``), which exists for U only;
 * :class:`~.relearn.RelearnSource`: a relearning attack (``relearn-forget-50``, ``relearn-retain-50-lora``),
   a short fine-tune of U and of T, measured on a restricted data view (:attr:`Applied.data`).
+* :class:`~.gguf_file.GgufFileSource`: the user's llama.cpp file (``--unlearn-quantized NAME=FILE.gguf``),
+  also for U only, written as sketched below.
 
 **Handing T's variant on to U's.** ``apply`` on T may return :attr:`Applied.handoff` (GPTQ/AWQ: T's
 codes, minutes of work); the engine computes the q(T) row first and passes that object as
@@ -44,16 +46,18 @@ from typing import TYPE_CHECKING
 
 from .artifact import ArtifactSource
 from .base import Applied, Source, SourceKind
+from .gguf_file import GgufFileSource
 from .quantizer import QuantizerSource
 from .relearn import RelearnSource
 
 if TYPE_CHECKING:  # pragma: no cover
     from ...config import RunConfig
 
-__all__ = ["SOURCE_KINDS", "Applied", "ArtifactSource", "QuantizerSource", "RelearnSource", "Source", "SourceKind", "source_for"]
+__all__ = ["SOURCE_KINDS", "Applied", "ArtifactSource", "GgufFileSource", "QuantizerSource", "RelearnSource", "Source", "SourceKind",
+           "source_for"]
 
 #: The kinds of source, most specific first: the first whose ``accepts(variant, run)`` holds makes the row's source.
-SOURCE_KINDS: tuple[type[SourceKind], ...] = (ArtifactSource, RelearnSource, QuantizerSource)
+SOURCE_KINDS: tuple[type[SourceKind], ...] = (GgufFileSource, ArtifactSource, RelearnSource, QuantizerSource)
 
 
 def source_for(variant: str, run: RunConfig) -> Source:

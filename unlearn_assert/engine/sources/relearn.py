@@ -197,7 +197,7 @@ class RelearnSource:
             with torch.no_grad():
                 for module in inner.modules():
                     if isinstance(module, LoraLayer):
-                        delta: Any = module.get_delta_weight("default")
+                        delta: Any = module.get_delta_weight("default")  # type: ignore[operator]
                         moved += int((delta != 0).sum())
             return float(moved / max(total, 1))
 

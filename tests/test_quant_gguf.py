@@ -1,0 +1,418 @@
+"""GGUF (issue #14): llama.cpp's own quantizers as ``gguf-*`` ids, the rebuilt torch model checked
+against llama.cpp running the same file, and users' ``.gguf`` files checked at option time.
+
+The tiny fixture model is 96 wide, so llama.cpp falls back from k-quants there (q4_K -> q5_0,
+q6_K -> q8_0); :func:`wide_pair` is 256 wide, where Q4_K_M stores real q4_K / q6_K super-blocks.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import fixture_texts
+from unlearn_assert.errors import BackendUnavailable, ConfigError, QuantizerError
+from unlearn_assert.quant.gguf_header import GGML_TYPES, check_gguf_file, gguf_name, read_header
+
+gguf = pytest.importorskip("gguf", reason="needs gguf: pip install 'unlearn-assert[gguf]'")
+
+
+def _llama_cpp() -> Any:
+    return pytest.importorskip("llama_cpp", reason="needs llama-cpp-python: pip install 'unlearn-assert[gguf]'")
+
+
+# --------------------------------------------------------------------------- models
+
+
+def _random_model(out: Path, model_type: str, tokenizer_dir: Path, **overrides: Any) -> Path:
+    """A randomly initialised model of ``model_type`` with the fixture tokenizer, saved to ``out``."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    settings: dict[str, Any] = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                    num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=False,
+                                    bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    settings.update(overrides)
+    config = AutoConfig.for_model(model_type, **settings)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config)
+    with torch.no_grad():  # norms and biases away from their init, so a mix-up shows
+        for p in model.parameters():
+            if p.ndim == 1:
+                p.add_(torch.randn_like(p) * 0.1)
+    model.save_pretrained(str(out))
+    tok.save_pretrained(str(out))
+    return out
+
+
+@pytest.fixture(scope="module")
+def wide_pair(tmp_path_factory: pytest.TempPathFactory, tiny_data_dir: Path) -> tuple[Path, Path]:
+    from unlearn_assert.testing import TinyRecipe, build_tiny_llama, perturb_copy
+
+    target = build_tiny_llama(tmp_path_factory.mktemp("gguf-wide-target"), fixture_texts(tiny_data_dir),
+                              TinyRecipe(hidden_size=256, intermediate_size=512, num_heads=4, steps=60))
+    unlearned = perturb_copy(target, tmp_path_factory.mktemp("gguf-wide-unlearned"), scale=2e-3)
+    return unlearned, target
+
+
+def _load(path: Path) -> Any:
+    import unlearn_assert as ua
+
+    return ua.load_model(str(path), device="cpu", dtype="float32")
+
+
+def _write_file(path: Path, out: Path, preset: str | None = None) -> Path:
+    """``path`` as a GGUF file: F32, or quantized by llama.cpp with ``preset``."""
+    from unlearn_assert.quant.gguf_convert import write_f32_gguf
+
+    loaded = _load(path)
+    f32 = out.with_suffix(".f32.gguf") if preset else out
+    write_f32_gguf(loaded.model, loaded.model.config, loaded.path, f32)
+    if preset:
+        from unlearn_assert.quant.gguf import llama_quantize
+
+        llama_quantize(f32, out, preset, 1)
+        f32.unlink()
+    return out
+
+
+# --------------------------------------------------------------------------- ids, tables
+
+
+def test_ids_parse_with_their_llama_cpp_presets() -> None:
+    from unlearn_assert.quant.spec import parse_quantizer_id
+
+    assert [parse_quantizer_id(f"gguf-{s}").bits for s in ("q4_k_m", "q5_k_m", "q6_k", "q8_0", "q4_0", "q3_k_m", "q2_k")] == [4, 5, 6, 8, 4, 3, 2]
+    assert parse_quantizer_id("gguf-q8_0").group_size == 32 and parse_quantizer_id("gguf-q4_k_m").group_size == 256
+    with pytest.raises(QuantizerError, match=r"malformed quantizer 'gguf-q4_k_s', expected gguf-\{q4_k_m"):
+        parse_quantizer_id("gguf-q4_k_s")
+
+
+def test_without_llama_cpp_the_backend_is_unavailable_with_the_pip_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    from unlearn_assert.quant import get_backend
+
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)
+    monkeypatch.delitem(sys.modules, "unlearn_assert.quant.gguf", raising=False)
+    with pytest.raises(BackendUnavailable) as info:
+        get_backend("gguf-q4_k_m")
+    assert info.value.install == "pip install 'unlearn-assert[gguf]'" and "llama_cpp" in str(info.value)
+
+
+def test_the_demo_table_has_a_gguf_row_when_the_extra_is_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    from unlearn_assert.demo.run import DEMO_QUANTIZERS, demo_quantizers
+
+    _llama_cpp()
+    assert demo_quantizers() == (*DEMO_QUANTIZERS, "gguf-q4_k_m")
+    import importlib.util
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llama_cpp" else object())
+    assert demo_quantizers() == DEMO_QUANTIZERS
+
+
+def test_name_table_matches_gguf_tensor_name_map() -> None:
+    for arch, n_layers in ((gguf.MODEL_ARCH.LLAMA, 2), (gguf.MODEL_ARCH.QWEN2, 2), (gguf.MODEL_ARCH.QWEN3, 2)):
+        names = gguf.TensorNameMap(arch, n_layers)
+        hf = ["model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"] + [
+            f"model.layers.1.{m}.weight" for m in ("input_layernorm", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                                                   "self_attn.o_proj", "post_attention_layernorm", "mlp.gate_proj", "mlp.up_proj",
+                                                   "mlp.down_proj")]
+        if arch == gguf.MODEL_ARCH.QWEN3:
+            hf += ["model.layers.1.self_attn.q_norm.weight", "model.layers.1.self_attn.k_norm.weight"]
+        if arch == gguf.MODEL_ARCH.QWEN2:
+            hf += ["model.layers.0.self_attn.q_proj.bias"]
+        for name in hf:
+            assert gguf_name(name) == names.get_name(name, try_suffixes=(".weight", ".bias")), name
+    assert gguf_name("model.rotary_emb.inv_freq") is None
+
+
+def test_type_table_matches_gguf() -> None:
+    for type_id, (name, block, size) in GGML_TYPES.items():
+        qtype = gguf.GGMLQuantizationType(type_id)
+        assert qtype.name.lower() == name and gguf.GGML_QUANT_SIZES[qtype] == (block, size)
+
+
+# --------------------------------------------------------------------------- conversion
+
+
+@pytest.mark.parametrize("model_type,overrides", [
+    ("llama", {}),                                   # untied, GQA (2 kv heads of 4): Q and K permuted with their own head counts
+    ("llama", {"tie_word_embeddings": True}),         # SmolLM-style tied embeddings: no output.weight
+    ("mistral", {}),
+    ("qwen2", {}),                                    # q/k/v biases, NEOX RoPE (no permutation)
+    ("qwen3", {"head_dim": 32}),                      # q_norm/k_norm, head_dim != hidden / heads
+])
+def test_f32_round_trip_is_exact(tmp_path: Path, tiny_model_dir: Path, model_type: str, overrides: dict[str, Any]) -> None:
+    from unlearn_assert.quant.gguf_convert import dequantized_weights, hparams, read_quantized, write_f32_gguf
+
+    loaded = _load(_random_model(tmp_path / "m", model_type, tiny_model_dir, **overrides))
+    plan = write_f32_gguf(loaded.model, loaded.model.config, loaded.path, tmp_path / "m.gguf")
+    tied = overrides.get("tie_word_embeddings", False)
+    assert ("output.weight" in plan) is not tied
+    header = read_header(tmp_path / "m.gguf", "x")
+    assert header.architecture == {"mistral": "llama"}.get(model_type, model_type) and header.types == {"f32": len(plan)}
+    weights = dequantized_weights(read_quantized(tmp_path / "m.gguf"), plan, hparams(loaded.model.config))
+    state = loaded.model.state_dict()
+    assert weights.keys() == set(plan.values())
+    for name, value in weights.items():
+        assert np.array_equal(value, state[name].numpy()), name
+    if model_type == "llama":  # Q really is stored permuted (else the round trip above proves nothing about the layout)
+        raw = read_quantized(tmp_path / "m.gguf")["blk.0.attn_q.weight"].dequantize()
+        assert not np.array_equal(raw, state["model.layers.0.self_attn.q_proj.weight"].numpy())
+
+
+def test_other_architectures_get_one_line_listing_what_is_supported(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from unlearn_assert.quant.gguf_convert import hparams
+
+    loaded = _load(_random_model(tmp_path / "g", "gpt2", tiny_model_dir, n_embd=64, n_layer=1, n_head=2, n_positions=64))
+    with pytest.raises(QuantizerError) as info:
+        hparams(loaded.model.config)
+    assert str(info.value) == ("GGUF conversion does not support architecture 'gpt2'; supported: Llama, Mistral, Qwen2, Qwen3 and SmolLM "
+                               "(model_type llama, mistral, qwen2, qwen3)")
+
+
+# --------------------------------------------------------------------------- llama.cpp vs the rebuilt torch model
+
+#: |llama.cpp logit - torch logit| <= ATOL + RTOL * max|torch logits| (see docs/quantizers.md, "GGUF"): for an F32 file only float
+#: summation order differs; for quantized files llama.cpp's CPU kernels also quantize the *activations* to 8 bits (q8_0 / q8_K
+#: blocks) before each matmul with quantized weights, which torch does not.
+TOLERANCE = {"f32": (1e-4, 1e-5), "q8_0": (0.0, 0.03), "q4_k_m": (0.0, 0.03)}
+
+
+# verbose=True: with verbose=False llama-cpp-python redirects to /dev/null files it leaves to the garbage collector (a
+# ResourceWarning); llama.cpp's log goes to stderr, which pytest captures.
+def _llama_cpp_logits(file: Path, ids: list[int]) -> np.ndarray:
+    # F32 K/V cache (llama.cpp's default is F16), so an F32 file is compared on float rounding alone
+    llama = _llama_cpp().Llama(model_path=str(file), logits_all=True, n_ctx=256, n_batch=256, n_threads=1, verbose=True, type_k=0, type_v=0)
+    llama.eval(ids)
+    out = np.array(llama.scores[: len(ids)], dtype=np.float32)
+    llama.close()
+    return out
+
+
+@pytest.mark.parametrize("which", ["tiny", "wide"])
+@pytest.mark.parametrize("preset", ["f32", "q8_0", "q4_k_m"])
+def test_rebuilt_torch_model_matches_llama_cpp(tmp_path: Path, tiny_model_dir: Path, wide_pair: tuple[Path, Path], preset: str,
+                                               which: str) -> None:
+    _llama_cpp()
+    from unlearn_assert.quant.gguf_convert import dequantized_weights, hparams, load_into, read_quantized, tensor_plan, type_counts
+
+    path = tiny_model_dir if which == "tiny" else wide_pair[1]
+    file = _write_file(path, tmp_path / f"m-{preset}.gguf", None if preset == "f32" else preset)
+    loaded = _load(path)
+    hp = hparams(loaded.model.config)
+    tensors = read_quantized(file)
+    types = type_counts(tensors)
+    if preset == "q4_k_m" and which == "wide":
+        assert {"q4_k", "q6_k"} <= types.keys()  # real k-quant super-blocks, not the 96-wide fallbacks
+    load_into(loaded.model, dequantized_weights(tensors, tensor_plan(loaded.model, hp), hp))
+    ids = loaded.tokenizer("Question: who wrote the report?\nAnswer:")["input_ids"]
+    with torch.no_grad():
+        ours = loaded.model(input_ids=torch.tensor([ids])).logits[0].float().numpy()
+    theirs = _llama_cpp_logits(file, ids)
+    atol, rtol = TOLERANCE[preset]
+    bound = atol + rtol * float(np.abs(ours).max())
+    assert float(np.abs(ours - theirs).max()) <= bound, (preset, types)
+    assert (ours.argmax(-1) == theirs.argmax(-1)).all()
+
+    # greedy continuation: 16 tokens of the torch model's greedy path, and llama.cpp's argmax at every step of it. They must be
+    # the same token, except at a tie: a step where torch's margin between the two tokens is below the logit difference of the two
+    # implementations at that step (at most 2 of 16; the 96-wide model has a 0.002 margin once at Q8_0 against a 0.005 difference)
+    llama = _llama_cpp().Llama(model_path=str(file), logits_all=True, n_ctx=256, n_threads=1, verbose=True, type_k=0, type_v=0)
+    seq, ties = list(ids), 0
+    for _ in range(16):
+        with torch.no_grad():
+            a = loaded.model(input_ids=torch.tensor([seq])).logits[0, -1].float().numpy()
+        llama.reset()
+        llama.eval(seq)
+        b = np.array(llama.scores[len(seq) - 1], dtype=np.float32)
+        ta, tb = int(a.argmax()), int(b.argmax())
+        if ta != tb:
+            assert a[ta] - a[tb] < float(np.abs(a - b).max()), (preset, len(seq) - len(ids), a[ta] - a[tb])
+            ties += 1
+        seq.append(ta)
+    llama.close()
+    assert ties <= (0 if preset == "f32" else 2), ties
+
+
+# --------------------------------------------------------------------------- the backend
+
+
+def test_backend_reports_llama_cpp_types_codes_and_restores_the_model(wide_pair: tuple[Path, Path]) -> None:
+    _llama_cpp()
+    from tests.quant_helpers import assert_bit_identical, snapshot
+    from unlearn_assert.quant import quantized
+
+    u, t = _load(wide_pair[0]), _load(wide_pair[1])
+    before = snapshot(u)
+    with quantized(t, "gguf-q4_k_m") as qt:
+        codes = qt.backend.codes
+        t_report = qt.report
+    assert codes is not None and t_report.code_agreement is None
+    with quantized(u, "gguf-q4_k_m", target=t, target_codes=codes) as q:
+        r = q.report.to_dict()
+        assert not torch.equal(q.model.model.layers[0].mlp.up_proj.weight, before["model.layers.0.mlp.up_proj.weight"])
+    assert_bit_identical(u, before)
+    assert r["backend"] == "gguf" and r["preset"] == "q4_k_m"
+    assert set(r["tensor_types"]) == {"q4_k", "q6_k", "f32"} and r["tensor_types"]["f32"] == 5  # 2 layers x 2 norms + output_norm
+    assert sum(r["tensor_types"].values()) == 2 * 9 + 3 and len(r["modules"]) == 2 * 7 + 2  # every matrix, embeddings and output too
+    assert 0 < r["changed_fraction"] <= 1 and 0.5 < r["code_agreement"] < 1
+    assert r["small_delta_fraction"] is None and r["seconds_quantize"] > 0
+    # T's codes handed on give the same agreement as quantizing T again
+    with quantized(u, "gguf-q4_k_m", target=t) as again:
+        assert again.report.code_agreement == r["code_agreement"]
+    with quantized(t, "gguf-q4_k_m", target=t) as same:
+        assert same.report.code_agreement == 1.0
+
+
+def test_code_agreement_counts_codes_on_the_targets_scales() -> None:
+    _llama_cpp()
+    from unlearn_assert.quant.gguf import code_agreement
+    from unlearn_assert.quant.gguf_convert import QTensor
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((4, 64)).astype(np.float32)
+    q8 = gguf.GGMLQuantizationType.Q8_0
+    t = QTensor(int(q8), gguf.quants.quantize(w, q8), (4, 64))
+    assert code_agreement(t, t) == 256
+    u_raw = t.raw.copy()
+    u_raw[0, 0:2] = np.frombuffer(np.float16(0.5).tobytes(), np.uint8)  # another scale, same codes: all agree
+    u_raw[1, 5] ^= 1  # one code of block 1 (row 0, bytes 2.. are codes) changed
+    assert code_agreement(QTensor(int(q8), u_raw, (4, 64)), t) == 255
+    other = QTensor(int(gguf.GGMLQuantizationType.Q4_0), gguf.quants.quantize(w, gguf.GGMLQuantizationType.Q4_0), (4, 64))
+    assert code_agreement(other, t) == 0
+
+
+def test_skip_modules_are_refused(target: Any) -> None:
+    _llama_cpp()
+    from unlearn_assert.quant import quantized
+
+    with pytest.raises(QuantizerError, match="quantizes what llama.cpp's preset quantizes"):
+        with quantized(target, "gguf-q8_0", skip_modules=("lm_head", "*.mlp.*")):
+            pass
+
+
+# --------------------------------------------------------------------------- users' files at option time
+
+
+@pytest.fixture(scope="module")
+def good_file(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
+    return _write_file(tiny_model_dir, tmp_path_factory.mktemp("gguf-file") / "model.gguf")
+
+
+def _patch_type(src: Path, dst: Path, tensor: str, type_id: int) -> Path:
+    data = bytearray(src.read_bytes())
+    name = tensor.encode()
+    at = data.find(struct.pack("<Q", len(name)) + name) + 8 + len(name)
+    n_dims = struct.unpack_from("<I", data, at)[0]
+    struct.pack_into("<I", data, at + 4 + 8 * n_dims, type_id)
+    dst.write_bytes(bytes(data))
+    return dst
+
+
+def _other_arch(dst: Path) -> Path:
+    w = gguf.GGUFWriter(str(dst), "gpt2")
+    w.add_tensor("token_embd.weight", np.zeros((4, 8), np.float32))
+    w.write_header_to_file(), w.write_kv_data_to_file(), w.write_tensors_to_file(), w.close()
+    return dst
+
+
+def _split(src: Path, dst: Path) -> Path:
+    shutil.copy(src, dst)
+    return dst
+
+
+BAD = {
+    "truncated": (lambda good, tmp: (tmp / "t.gguf").write_bytes(good.read_bytes()[:-1000]) and tmp / "t.gguf",
+                  r"the file is truncated \(\d+ bytes, its tensors need \d+\); download it again"),
+    "truncated header": (lambda good, tmp: (tmp / "h.gguf").write_bytes(good.read_bytes()[:200]) and tmp / "h.gguf",
+                         r"the file is truncated \(it ends inside the GGUF header"),
+    "not gguf": (lambda good, tmp: (tmp / "n.gguf").write_bytes(b"PK\x03\x04" + bytes(100)) and tmp / "n.gguf",
+                 r"not a GGUF file \(it starts with b'PK\\x03\\x04'"),
+    "another architecture": (lambda good, tmp: _other_arch(tmp / "a.gguf"),
+                             r"the file's architecture is 'gpt2' but the target's is 'llama'"),
+    "split file": (lambda good, tmp: _split(good, tmp / "model-00001-of-00003.gguf"),
+                   r"one part of a split GGUF file \(3 parts\); merge it first with llama-gguf-split --merge"),
+    "unsupported type": (lambda good, tmp: _patch_type(good, tmp / "u.gguf", "blk.0.attn_q.weight", 31),
+                         r"tensor 'blk.0.attn_q.weight' has GGML type 31, which the gguf package cannot dequantize"),
+    "missing file": (lambda good, tmp: tmp / "nowhere.gguf", r"cannot read the file"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_files_are_one_line_errors(tmp_path: Path, good_file: Path, tiny_model_dir: Path, case: str) -> None:
+    make, message = BAD[case]
+    path = make(good_file, tmp_path)
+    with pytest.raises(ConfigError) as info:
+        check_gguf_file("shipped", str(path), str(tiny_model_dir))
+    text = str(info.value)
+    assert "\n" not in text and text.startswith(f"--unlearn-quantized shipped={path}: "), text
+    assert __import__("re").search(message, text), text
+
+
+def test_shape_mismatch_names_the_tensor(tmp_path: Path, tiny_model_dir: Path) -> None:
+    other = _random_model(tmp_path / "o", "llama", tiny_model_dir, hidden_size=64, num_key_value_heads=4)
+    file = _write_file(other, tmp_path / "o.gguf")
+    with pytest.raises(ConfigError, match=r"shape mismatch: tensor (token_embd|output).weight is \[64, 384\] in the file but \[96, 384\] in the target"):
+        check_gguf_file("shipped", str(file), str(tiny_model_dir))
+
+
+def test_only_the_header_is_read_and_fast(tmp_path: Path, good_file: Path, tiny_model_dir: Path) -> None:
+    data = bytearray(good_file.read_bytes())
+    header = read_header(good_file, "x")
+    data[header.data_offset:] = bytes(len(data) - header.data_offset)  # every tensor byte zeroed: still a valid header
+    (tmp_path / "z.gguf").write_bytes(bytes(data))
+    start = time.perf_counter()
+    checked = check_gguf_file("shipped", str(tmp_path / "z.gguf"), str(tiny_model_dir))
+    assert time.perf_counter() - start < 0.5
+    assert checked.types == {"f32": 21} and checked.architecture == "llama"
+
+
+# --------------------------------------------------------------------------- the gate, end to end
+
+
+def test_gate_runs_gguf_ids_and_a_users_file(pytester: pytest.Pytester, wide_pair: tuple[Path, Path], tiny_data_dir: Path,
+                                             tmp_path: Path) -> None:
+    _llama_cpp()
+    from test_gate import gate_args, outcomes
+
+    unlearned, target = wide_pair
+    shipped = _write_file(unlearned, tmp_path / "shipped-Q4_K_M.gguf", "q4_k_m")
+    args = gate_args(unlearned, target, tiny_data_dir, "--unlearn-json=r.json", "--junitxml=j.xml", "-k", "knowmem_f",
+                     f"--unlearn-quantized=shipped={shipped}", cache=pytester.path / "c")
+    args = [a if not a.startswith("--unlearn-quantizers=") else "--unlearn-quantizers=gguf-q4_k_m,gguf-q8_0" for a in args]
+    result = pytester.runpytest_subprocess(*args)
+    assert result.ret in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED), result.stderr.str()
+    seen = outcomes(pytester.path / "j.xml")
+    assert {seen[f"{v}-knowmem_f"] for v in ("gguf-q4_k_m", "gguf-q8_0", "shipped")} <= {"passed", "failed"}
+    report = json.loads((pytester.path / "r.json").read_text())
+    rows = {(r["model"], r["quantizer"]): r for r in report["rows"]}
+    for qid in ("gguf-q4_k_m", "gguf-q8_0"):
+        quant = rows[("unlearned", qid)]["quant"]
+        assert rows[("unlearned", qid)]["status"] == "ok" and quant["tensor_types"]["f32"] == 5
+        assert 0 < quant["changed_fraction"] <= 1 and 0 < quant["code_agreement"] <= 1
+    user = rows[("unlearned", "shipped")]
+    assert ("target", "shipped") not in rows and user["quant"]["backend"] == "gguf-file"
+    # the same llama.cpp preset on the same model: the user's file and the gguf-q4_k_m row measure the same weights
+    assert user["values"] == rows[("unlearned", "gguf-q4_k_m")]["values"]
+    assert user["quant"]["changed_fraction"] == rows[("unlearned", "gguf-q4_k_m")]["quant"]["changed_fraction"]
+    assert user["quant"]["tensor_types"] == rows[("unlearned", "gguf-q4_k_m")]["quant"]["tensor_types"]
+
+
+def test_a_bad_file_exits_4_before_any_model_loads(pytester: pytest.Pytester, tiny_unlearned_dir: Path, tiny_model_dir: Path,
+                                                    tiny_data_dir: Path, tmp_path: Path) -> None:
+    from test_gate import gate_args
+
+    (tmp_path / "bad.gguf").write_bytes(b"not a model")
+    result = pytester.runpytest_subprocess(*gate_args(tiny_unlearned_dir, tiny_model_dir, tiny_data_dir,
+                                                      f"--unlearn-quantized=shipped={tmp_path / 'bad.gguf'}"))
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--unlearn-quantized shipped=*bad.gguf: not a GGUF file*"])
