@@ -171,7 +171,7 @@ def test_rows_round_trip_and_their_key_is_made_of_the_documented_parts(tiny_unle
         inputs = g.inputs
         expected = cache_key({"kind": "row", "model": inputs.fingerprint("unlearned"), "quantizer": "rtn-w8",
                               "data": inputs.data.fingerprint, "metrics": METRIC_SETTINGS, "device": "cpu", "dtype": "auto",
-                              "batch_size": None, "target": inputs.fingerprint("target")})
+                              "compute_dtype": "float32", "batch_size": None, "target": inputs.fingerprint("target")})
         assert row_key("unlearned", g.source("rtn-w8"), inputs) == expected
         assert row_key("unlearned", None, inputs) != row_key("target", None, inputs)  # the model's content is in the key
 

@@ -135,3 +135,24 @@ def test_bf16_weights_on_cpu_are_emulated_in_float32_and_keep_the_regime(target:
     changed32 = sum(int((p != q).sum()) for p, q in zip(fp32.model.parameters(), target.model.parameters()))  # type: ignore[attr-defined]
     assert changed32 > 0.9 * total  # in float32 an update of 1e-6 moves nearly every weight
     assert 0 < moved16 < 0.2 * total  # in bf16 storage only the near-zero weights can take it
+
+
+def test_the_row_cache_key_holds_the_compute_dtype(bf16_model_dir: Path, tiny_data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--unlearn-dtype auto`` computes a bf16 checkpoint in bf16 on one CPU and in float32 on
+    another: the two results must never share a cache entry (nothing is loaded to tell)."""
+    from unlearn_assert.cache import ResultCache
+    from unlearn_assert.config import RunConfig
+    from unlearn_assert.engine.inputs import Inputs
+    from unlearn_assert.engine.rows import row_key
+
+    run = RunConfig(model=str(bf16_model_dir), target=str(bf16_model_dir), data=str(tiny_data_dir), device="cpu")
+    keys = {}
+    for native in (True, False):
+        monkeypatch.setattr(hardware, "native_bf16", lambda native=native: native)
+        inputs = Inputs(run, ResultCache(None, enabled=False))
+        keys[native] = (inputs.compute_dtype("unlearned"), row_key("unlearned", None, inputs))
+    assert keys[True][0] == "bfloat16" and keys[False][0] == "float32"
+    assert keys[True][1] != keys[False][1]
+    explicit = Inputs(RunConfig(model=str(bf16_model_dir), target=str(bf16_model_dir), data=str(tiny_data_dir), device="cpu",
+                                dtype="float32"), ResultCache(None, enabled=False))
+    assert explicit.compute_dtype("target") == "float32"  # an explicit dtype always wins

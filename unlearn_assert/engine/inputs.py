@@ -49,6 +49,7 @@ class Inputs:
         self.progress = progress or _silent
         self._fingerprints = FingerprintCache(cache)
         self._fps: dict[str, str] = {}
+        self._dtypes: dict[str, str] = {}
         self._models: dict[Role, LoadedModel] = {}
         self._full_data: MuseData | None = None
         self._data: MuseData | None = None
@@ -99,6 +100,25 @@ class Inputs:
         if key not in self._fps:
             self._fps[key] = self._fingerprints.fingerprint(path)
         return self._fps[key]
+
+    def compute_dtype(self, role: Role) -> str:
+        """The dtype ``role`` will be evaluated in, from its config alone (no load): what
+        ``--unlearn-dtype auto`` resolves to on this machine (float32 on a CPU without native bf16).
+        Part of the row's cache key, so a result computed in bf16 on one CPU never stands for the
+        float32 result on another."""
+        import json
+
+        from ..models import resolve_device, resolve_dtype
+
+        if role not in self._dtypes:
+            try:
+                config = json.loads((Path(str(self.path(role))) / "config.json").read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                config = {}
+            stored = config.get("dtype") or config.get("torch_dtype") if isinstance(config, dict) else None
+            device = self.device if self.device.startswith("cuda") else resolve_device(self.device)
+            self._dtypes[role] = str(resolve_dtype(self.run.dtype, stored, device)).removeprefix("torch.")
+        return self._dtypes[role]
 
     def fingerprints(self) -> dict[str, str]:
         """The models' fingerprints known so far, by role (for provenance)."""

@@ -117,6 +117,7 @@ def row_key(role: Role, source: Source | None, inputs: Inputs) -> str:
         "metrics": METRIC_SETTINGS,
         "device": run.device,
         "dtype": run.dtype,
+        "compute_dtype": inputs.compute_dtype(role),
         "batch_size": run.batch_size,
     }
     if source is not None:
