@@ -12,10 +12,10 @@ import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
-from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, QuantizerError
+from .fs import user_path
 from .names import ARTIFACT_NAME_RE, CONFIDENCES, DTYPES, FORGET_METRICS, FP, VERDICT_POLICIES
 from .variants import validate_variant_list
 
@@ -253,7 +253,7 @@ def parse_artifacts(values: Any) -> tuple[QuantizedArtifact, ...]:
                               "e.g. my-gptq is written my_gptq")
         if any(c.name == name for c in out):
             raise ConfigError(f"--unlearn-quantized: the name '{name}' is given twice; give each checkpoint its own name")
-        out.append(QuantizedArtifact(name=name, path=str(Path(path).expanduser())))
+        out.append(QuantizedArtifact(name=name, path=str(user_path(path))))
     return tuple(out)
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, DataError
+from .fs import user_path
 
 __all__ = [
     "CONTENT_FIELDS",
@@ -240,7 +241,7 @@ def _where(rel: str, directory: Path) -> str:
 
 
 def _check_dir(path: str | os.PathLike[str]) -> Path:
-    directory = Path(path).expanduser()
+    directory = user_path(path)
     if not directory.exists():
         raise DataError(f"data path '{path}' does not exist; pass a directory in MUSE's layout ({_LAYOUT_HINT})")
     if not directory.is_dir():

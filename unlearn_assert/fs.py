@@ -11,7 +11,20 @@ import errno
 import os
 from pathlib import Path
 
-__all__ = ["link_problem"]
+from .errors import ConfigError
+
+__all__ = ["link_problem", "user_path"]
+
+
+def user_path(path: str | os.PathLike[str]) -> Path:
+    """``path`` with a leading ``~`` or ``~user`` expanded. Python raises RuntimeError for a
+    ``~user`` with no home directory here; for a path the user typed that is one line that names it."""
+    try:
+        return Path(path).expanduser()
+    except RuntimeError:
+        head = str(path).split(os.sep, 1)[0]
+        raise ConfigError(f"path '{path}' starts with '{head}', but there is no user '{head[1:]}' with a home directory here; "
+                          "write the path out") from None
 
 
 def link_problem(path: str | os.PathLike[str]) -> str | None:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import ModelError
-from .fs import link_problem
+from .fs import link_problem, user_path
 from .names import DTYPES
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -99,7 +99,7 @@ def _check_links(directory: Path, path: str | os.PathLike[str]) -> None:
 
 def check_model_dir(path: str | os.PathLike[str], *, allow_pickle: bool = False) -> Path:
     """Validate the shape of a model directory without loading it (cheap; used at option parse time)."""
-    directory = Path(path).expanduser()
+    directory = user_path(path)
     problem = link_problem(directory)
     if problem is not None:
         raise ModelError(f"model path {problem}; pass a local Hugging Face model directory")

@@ -15,6 +15,7 @@ import pytest
 
 from .config import OPTIONS, Budget, Option, RunConfig, build_run_config
 from .errors import ConfigError, UnlearnAssertError
+from .fs import user_path
 from .names import item_id
 from .session import PAYLOAD_ATTR, UnlearnSession, internal_error, is_xdist_worker
 
@@ -49,7 +50,7 @@ EMPTY_IS_A_VALUE = frozenset({"quantizers"})
 def _ini_path(config: pytest.Config, text: str) -> str:
     """A path written in the ini file: absolute (or ~) as written, else relative to the ini file's directory."""
     text = text.strip()
-    if Path(text).expanduser().is_absolute():
+    if user_path(text).is_absolute():
         return text
     base = config.inipath.parent if config.inipath is not None else config.rootpath
     return str(base / text)

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, UnlearnAssertError
+from ..fs import user_path
 from ..unlearning.settings import UnlearnSettings
 from .corpus import CORPUS_VERSION, CorpusSpec, training_texts, write_corpus
 
@@ -185,7 +186,7 @@ def default_demo_cache() -> Path:
 
 def family_dir(recipe: DemoRecipe | None = None, cache_dir: str | os.PathLike[str] | None = None) -> Path:
     recipe = recipe or DEFAULT_RECIPE
-    root = Path(cache_dir).expanduser() if cache_dir is not None else default_demo_cache()
+    root = user_path(cache_dir) if cache_dir is not None else default_demo_cache()
     return root / recipe.key()
 
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from ..cache import FingerprintCache, ResultCache
 from ..config import OPTION_BY_NAME, RunConfig
 from ..errors import ConfigError, DataError, ModelError
-from ..fs import link_problem
+from ..fs import link_problem, user_path
 from ..names import Role
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -160,7 +160,7 @@ class Inputs:
 
 def _writable_file(option: str, raw: str) -> None:
     opt = OPTION_BY_NAME[option]
-    path = Path(raw).expanduser()
+    path = user_path(raw)
     parent = path.parent if str(path.parent) else Path(".")
     if path.is_dir():
         raise ConfigError(f"{opt.cli}: '{raw}' is a directory; give a file path such as {raw.rstrip('/')}/report.{opt.name}")
@@ -197,7 +197,7 @@ def _check_device(device: str) -> None:
 def _check_cache_dir(raw: str) -> None:
     """``--unlearn-cache-dir`` is a directory we can write, or one we can create (nothing is created here)."""
     cli = OPTION_BY_NAME["cache_dir"].cli
-    path = Path(raw).expanduser()
+    path = user_path(raw)
     probe = path
     while not probe.exists() and probe != probe.parent:  # the nearest ancestor that exists
         problem = link_problem(probe)

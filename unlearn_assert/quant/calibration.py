@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..fs import user_path
 
 #: At most this many calibration windows (GPTQ's paper: 128).
 N_SAMPLES = 128
@@ -107,7 +108,7 @@ def load_calibration_file(path: str | Path) -> Calibration:
     """Read ``FILE`` as calibration text: ``.txt`` (one document), ``.json`` (a list) or
     ``.jsonl`` (one string or ``{"text": ...}`` per line). Any problem is one ConfigError line."""
     where = f"--unlearn-calibration: '{path}'"
-    p = Path(path).expanduser()
+    p = user_path(path)
     if not p.is_file():
         raise ConfigError(f"{where} is not a file; pass a .txt, .json or .jsonl file of calibration text")
     if p.stat().st_size > MAX_FILE_BYTES:

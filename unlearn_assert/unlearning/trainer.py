@@ -50,6 +50,7 @@ import torch
 
 from ..data import RAW_FORGET_HINT, RAW_RETAIN_HINT, MuseData, load_data
 from ..errors import DataError, UnlearnAssertError
+from ..fs import user_path
 from ..models import LoadedModel, load_model, quiet_transformers, resolve_device
 from .losses import LossInputs, Method, forget_loss, method_loss, parse_method, shift_for_lm
 from .settings import UnlearnSettings
@@ -338,7 +339,7 @@ def unlearn(
 
 def check_out_dir(out_dir: str | os.PathLike[str], protect: list[str] | None = None) -> Path:
     """Refuse an output path that is a file, a non-empty directory, or inside a protected (target) dir."""
-    out = Path(out_dir).expanduser()
+    out = user_path(out_dir)
     if out.exists() and not out.is_dir():
         raise UnlearnAssertError(f"output path '{out}' is a file; choose a new directory for the unlearned checkpoint")
     if out.is_dir() and any(out.iterdir()):
