@@ -4,7 +4,6 @@ the memory budget and batch-size rule are deterministic and respected."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -18,18 +17,6 @@ from unlearn_assert.metrics import privleak as pl
 from unlearn_assert.metrics.knowmem import knowmem_generations
 from unlearn_assert.metrics.verbmem import verbmem_generations
 from unlearn_assert.models import LoadedModel, load_model
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
