@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from .attacks import ATTACK_GRAMMAR, is_attack_id, parse_attack_id
 from .errors import QuantizerError
-from .quant.spec import known_ids, parse_quantizer_id
+from .quant.spec import known_ids, parse_quantizer_id, split_id_list
 
 __all__ = ["canonical_variant", "validate_variant_list"]
 
@@ -28,24 +28,6 @@ def canonical_variant(vid: str) -> str:
 
 
 def validate_variant_list(text: str, what: str = "quantizer") -> tuple[str, ...]:
-    """Split ``"rtn-w4g64, relearn-forget-50"`` (commas and/or whitespace) into valid ids.
-
-    Empty entries and duplicates (also spelled differently: ``rtn-w8`` and ``rtn-w8-sym``) are
-    errors: each would silently change which items run.
-    """
-    parts = [part.strip() for part in str(text).split(",")]
-    if not any(parts):
-        raise QuantizerError(f"no {what}s given; pass a comma-separated list such as {', '.join(known_ids()[:2])}, relearn-forget-50")
-    if not all(parts):
-        raise QuantizerError(f"empty entry in {what} list '{text}'; remove the extra comma")
-    ids: list[str] = []
-    seen: dict[str, str] = {}
-    for part in parts:
-        for vid in part.split():
-            canonical = canonical_variant(vid)
-            if canonical in seen:
-                twice = f"'{vid}'" if seen[canonical] == vid else f"'{seen[canonical]}' and '{vid}'"
-                raise QuantizerError(f"{what} list '{text}' names {twice} twice; list each once")
-            seen[canonical] = vid
-            ids.append(vid)
-    return tuple(ids)
+    """Split ``"rtn-w4g64, relearn-forget-50"`` (commas and/or whitespace) into valid ids; empty
+    entries and duplicates (also spelled differently: ``rtn-w8`` and ``rtn-w8-sym``) are errors."""
+    return split_id_list(text, canonical_variant, what, f"{', '.join(known_ids()[:2])}, relearn-forget-50")

@@ -215,25 +215,31 @@ def parse_quantizer_id(qid: str) -> QuantSpec:
     return form.parse(match, text, backend)
 
 
-def validate_quantizer_list(text: str) -> tuple[str, ...]:
-    """Split an option value like ``"rtn-w4g128, rtn-w8"`` (commas and/or whitespace) into valid ids.
+def split_id_list(text: str, canonical: Callable[[str], str], what: str, example: str) -> tuple[str, ...]:
+    """Split an option value like ``"rtn-w4g128, rtn-w8"`` (commas and/or whitespace) into ids,
+    each checked by ``canonical`` (which raises on a bad id and spells a good one one way).
 
     Empty entries (``"a,,b"``, a trailing comma) and duplicates (also spelled differently, e.g.
     ``rtn-w8`` and ``rtn-w8-sym``) are errors: each would silently change which items run.
     """
     parts = [part.strip() for part in str(text).split(",")]
     if not any(parts):
-        raise QuantizerError(f"no quantizers given; pass a comma-separated list such as {', '.join(known_ids()[:2])}")
+        raise QuantizerError(f"no {what}s given; pass a comma-separated list such as {example}")
     if not all(parts):
-        raise QuantizerError(f"empty entry in quantizer list '{text}'; remove the extra comma")
+        raise QuantizerError(f"empty entry in {what} list '{text}'; remove the extra comma")
     ids: list[str] = []
     seen: dict[str, str] = {}
     for part in parts:
-        for qid in part.split():
-            canonical = parse_quantizer_id(qid).canonical_id
-            if canonical in seen:
-                twice = f"'{qid}'" if seen[canonical] == qid else f"'{seen[canonical]}' and '{qid}'"
-                raise QuantizerError(f"quantizer list '{text}' names {twice} twice; list each quantizer once")
-            seen[canonical] = qid
-            ids.append(qid)
+        for vid in part.split():
+            key = canonical(vid)
+            if key in seen:
+                twice = f"'{vid}'" if seen[key] == vid else f"'{seen[key]}' and '{vid}'"
+                raise QuantizerError(f"{what} list '{text}' names {twice} twice; list each {what} once")
+            seen[key] = vid
+            ids.append(vid)
     return tuple(ids)
+
+
+def validate_quantizer_list(text: str) -> tuple[str, ...]:
+    """Quantizer ids from an option value (see :func:`split_id_list`)."""
+    return split_id_list(text, lambda qid: parse_quantizer_id(qid).canonical_id, "quantizer", ", ".join(known_ids()[:2]))
