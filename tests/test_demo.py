@@ -16,6 +16,7 @@ import pytest
 from unlearn_assert.data import load_data
 from unlearn_assert.demo.corpus import (
     DOC_SEPARATOR,
+    TRAIN_FORGET,
     CorpusSpec,
     build_corpus,
     generate_articles,
@@ -92,8 +93,50 @@ def test_names_are_unique_and_documents_round_trip(tmp_path: Path) -> None:
     n_blocks = lambda n: -(-n * SMALL.qa_per_article // SMALL.qa_block)  # noqa: E731
     assert len(retain_docs) == SMALL.n_retain + n_blocks(SMALL.n_retain)
     assert len(docs) == len(retain_docs) + SMALL.n_forget + n_blocks(SMALL.n_forget)
-    assert split_documents(files["raw/forget.txt"]) == docs[: len(docs) - len(retain_docs)]
+    assert split_documents(files[TRAIN_FORGET]) == docs[: len(docs) - len(retain_docs)]
     assert all(DOC_SEPARATOR not in d and d.strip() == d for d in docs)
+
+
+def test_raw_forget_holds_the_training_text_one_document_per_article(tmp_path: Path) -> None:
+    """raw/forget.json regroups the training layout (articles, then mixed QA blocks) per article:
+    the same articles and the same QA pairs, nothing more; its .txt twin is MUSE's join."""
+    files = build_corpus(0, SMALL)
+    per_article = files["raw/forget.json"]
+    assert len(per_article) == SMALL.n_forget and files["raw/forget.txt"] == "\n\n".join(per_article)
+    training = split_documents(files[TRAIN_FORGET])
+    articles, blocks = training[: SMALL.n_forget], training[SMALL.n_forget :]
+    pairs = sorted(p for b in blocks for p in b.split("\n\n"))
+    assert all(doc.startswith(article + "\n\nQuestion: ") for doc, article in zip(per_article, articles, strict=True))
+    assert sorted(p for doc in per_article for p in doc.split("\n\n")[1:]) == pairs
+    data = load_data(write_corpus(tmp_path, 0, SMALL))
+    assert data.raw_forget_docs == tuple(per_article) and data.sources["raw_forget_docs"] == "raw/forget.json"
+
+
+def test_demo_corpus_splits_for_relearn_forget(tmp_path: Path) -> None:
+    """relearn-forget holds in the first half of the articles: every verbmem prompt of the other
+    half is evaluated, and no evaluated question has its answer in a held-in article."""
+    from unlearn_assert.data_links import forget_split, link_items
+
+    data = load_data(write_corpus(tmp_path, 0, SMALL))
+    split, documents = forget_split(data)
+    half = SMALL.n_forget // 2
+    assert split.n_documents == SMALL.n_forget and split.trained_documents == tuple(range(half))
+    assert split.evaluated["verbmem_f"] == tuple(range(half, SMALL.n_forget))
+    own = {i: i // SMALL.qa_per_forget for i in range(len(data.knowmem_forget_qa))}  # questions in article order
+    assert split.evaluated["knowmem_f"] and all(own[i] >= half for i in split.evaluated["knowmem_f"])
+    for i in split.evaluated["knowmem_f"]:
+        assert not any(data.knowmem_forget_qa[i].answer in documents[d] for d in split.trained_documents)
+    split.check(link_items(data, documents))
+
+
+def test_the_family_unlearns_on_the_training_layout(tmp_path: Path) -> None:
+    from unlearn_assert.demo.family import unlearning_data
+
+    root = write_corpus(tmp_path, 0, SMALL)
+    data = unlearning_data(root)
+    text = (root / TRAIN_FORGET).read_text(encoding="utf-8")
+    assert data.raw_forget == text and data.raw_forget_docs == (text,)
+    assert data.raw_retain == load_data(root).raw_retain
 
 
 def test_corpus_spec_is_validated() -> None:

@@ -108,14 +108,14 @@ def test_without_llama_cpp_the_backend_is_unavailable_with_the_pip_command(monke
 
 
 def test_the_demo_table_has_a_gguf_row_when_the_extra_is_installed(monkeypatch: pytest.MonkeyPatch) -> None:
-    from unlearn_assert.demo.run import DEMO_QUANTIZERS, demo_quantizers
+    from unlearn_assert.demo.run import DEMO_ATTACKS, DEMO_QUANTIZERS, demo_quantizers
 
     _llama_cpp()
-    assert demo_quantizers() == (*DEMO_QUANTIZERS, "gguf-q4_k_m")
+    assert demo_quantizers() == (*DEMO_QUANTIZERS, "gguf-q4_k_m", *DEMO_ATTACKS)
     import importlib.util
 
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llama_cpp" else object())
-    assert demo_quantizers() == DEMO_QUANTIZERS
+    assert demo_quantizers() == DEMO_QUANTIZERS + DEMO_ATTACKS
 
 
 def test_name_table_matches_gguf_tensor_name_map() -> None:

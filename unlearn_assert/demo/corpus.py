@@ -8,11 +8,18 @@ whose algorithms are stable are used: ``random``, ``randrange``, ``choice``, ``s
 
 What is written (MUSE's layout, see :mod:`unlearn_assert.data`):
 
-* ``raw/forget.txt``: the forget articles, then their fact sheets in KnowMem's format
-  (``Question: ...\\nAnswer: ...``), shuffled into blocks of a few pairs; documents are separated by
-  two blank lines. This is *all* the training text about the forget set, so unlearning on it
-  targets exactly what the target model learned.
-* ``raw/retain.txt``: the same for the retain articles.
+* ``train/forget.txt``: the training layout of the forget text: the forget articles, then their fact
+  sheets in KnowMem's format (``Question: ...\\nAnswer: ...``), shuffled into blocks of a few pairs;
+  documents are separated by two blank lines. This is *all* the training text about the forget set:
+  the target learns it, and the demo family unlearns on exactly it.
+* ``raw/forget.json`` (and its ``.txt`` twin, joined with a blank line as MUSE writes them): the same
+  text as MUSE's raw forget documents, one per forget article: the article, then its own QA pairs.
+  Why a second layout: ``relearn-forget-<n>`` trains on the first half of the forget *documents* and
+  measures only the items of the other half (:mod:`unlearn_assert.data_links`); the training layout's
+  QA blocks mix every article's facts, so it cannot be split that way.
+* ``raw/retain.txt``: the training layout of the retain articles (articles, then QA blocks); the
+  target and the retrain model learn it, the unlearning's retain regularizer and ``relearn-retain``
+  read it.
 * ``verbmem/forget.json``: one ``{"prompt", "gt"}`` per forget article: the headline sentence as the
   prompt (ending in a space, exactly as it sits in the training text), the rest of the article as ``gt``.
 * ``knowmem/forget_qa.json`` / ``retain_qa.json``: questions about forget / retain articles (the
@@ -35,10 +42,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CORPUS_VERSION", "Article", "CorpusSpec", "generate_articles", "write_corpus"]
+__all__ = ["CORPUS_VERSION", "TRAIN_FORGET", "Article", "CorpusSpec", "generate_articles", "training_forget_text", "write_corpus"]
 
 #: Bump when the generator's output changes for a given seed (part of the demo recipe hash).
-CORPUS_VERSION = 1
+CORPUS_VERSION = 2  # 2: raw/forget.json per article (relearn-forget splits it); training text in train/forget.txt
+#: Seeds the generator's random streams. Layout changes bump CORPUS_VERSION only, so the same seed keeps
+#: giving the same articles, QA blocks and therefore the same trained models (version 2 moved files, no text).
+GENERATOR_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -419,7 +429,7 @@ TOPICS: dict[str, Callable[[Names, random.Random], tuple[list[str], list[tuple[s
 
 def generate_articles(seed: int, count: int) -> list[Article]:
     """``count`` articles, topics cycled in a seeded order; deterministic for a seed."""
-    rng = random.Random(f"unlearn-assert-demo-corpus:{CORPUS_VERSION}:{seed}")
+    rng = random.Random(f"unlearn-assert-demo-corpus:{GENERATOR_VERSION}:{seed}")
     names = Names(rng)
     topics = list(TOPICS)
     out: list[Article] = []
@@ -447,6 +457,10 @@ def _dump(path: Path, value: Any) -> None:
 
 
 DOC_SEPARATOR = "\n\n\n"
+#: The forget text in the layout the models are trained and unlearned on (not a MUSE file).
+TRAIN_FORGET = "train/forget.txt"
+#: MUSE's joiner of a raw .json document list into its .txt twin.
+DOC_JOINER = "\n\n"
 
 
 def _qa_blocks(articles: list[Article], per_block: int, rng: random.Random) -> list[str]:
@@ -466,7 +480,7 @@ def build_corpus(seed: int, spec: CorpusSpec = CorpusSpec()) -> dict[str, Any]:
     forget = articles[: spec.n_forget]
     retain = articles[spec.n_forget : spec.n_forget + spec.n_retain]
     holdout = articles[spec.n_forget + spec.n_retain :]
-    block_rng = random.Random(f"unlearn-assert-demo-qa-blocks:{CORPUS_VERSION}:{seed}")
+    block_rng = random.Random(f"unlearn-assert-demo-qa-blocks:{GENERATOR_VERSION}:{seed}")
 
     forget_qa = [pair for a in forget for pair in a.qa[: spec.qa_per_forget]]
     # ICL pairs: questions of the *last* retain articles (never in the evaluated retain QA), one
@@ -482,9 +496,13 @@ def build_corpus(seed: int, spec: CorpusSpec = CorpusSpec()) -> dict[str, Any]:
         docs = [a.text for a in split] + _qa_blocks(split, spec.qa_block, block_rng)
         return DOC_SEPARATOR.join(docs) + "\n"
 
+    # one raw document per forget article: the article, then its own QA pairs (what a relearn split holds in or out)
+    forget_docs = [a.training_text() for a in forget]
     files: dict[str, Any] = {
-        "raw/forget.txt": raw(forget),
+        TRAIN_FORGET: raw(forget),  # before retain: both draw from block_rng, in this order since corpus version 1
         "raw/retain.txt": raw(retain),
+        "raw/forget.json": forget_docs,
+        "raw/forget.txt": DOC_JOINER.join(forget_docs),
         "verbmem/forget.json": verbmem,
         "knowmem/forget_qa.json": _qa_json(forget_qa),
         "knowmem/retain_qa.json": _qa_json(retain_qa),
@@ -502,13 +520,18 @@ def build_corpus(seed: int, spec: CorpusSpec = CorpusSpec()) -> dict[str, Any]:
 
 
 def training_texts(data_dir: str | os.PathLike[str], *, forget: bool = True) -> list[str]:
-    """The documents a demo model is trained on: those of ``raw/forget.txt`` (if ``forget``) and of
+    """The documents a demo model is trained on: those of ``train/forget.txt`` (if ``forget``) and of
     ``raw/retain.txt`` (articles and QA blocks, separated by :data:`DOC_SEPARATOR`)."""
     d = Path(data_dir)
     docs: list[str] = []
-    for name in (["raw/forget.txt"] if forget else []) + ["raw/retain.txt"]:
+    for name in ([TRAIN_FORGET] if forget else []) + ["raw/retain.txt"]:
         docs.extend(split_documents((d / name).read_text(encoding="utf-8")))
     return docs
+
+
+def training_forget_text(data_dir: str | os.PathLike[str]) -> str:
+    """The forget text in its training layout (``train/forget.txt``, as read): what the demo family unlearns on."""
+    return (Path(data_dir) / TRAIN_FORGET).read_text(encoding="utf-8")
 
 
 def split_documents(raw: str) -> list[str]:

@@ -9,7 +9,7 @@ CPU, from a recipe whose every number is in :class:`DemoRecipe`; its sha256 (wit
 Layout of ``<cache>/unlearn-assert/demo/<recipe key>/``::
 
     data/          the MUSE-layout corpus (unlearn_assert.demo.corpus)
-    target/        trained on raw/forget.txt + raw/retain.txt (articles and their QA fact sheets)
+    target/        trained on train/forget.txt + raw/retain.txt (articles and their QA fact sheets)
     retrain/       the same recipe on raw/retain.txt only, same tokenizer
     <name>/        one unlearned model per UnlearnRecipe (e.g. npo_klr, npo_klr_sure)
     family.json    the recipe, timings and training summaries (written last)
@@ -43,7 +43,7 @@ from typing import Any
 from ..errors import ConfigError, UnlearnAssertError
 from ..fs import user_path
 from ..unlearning.settings import UnlearnSettings
-from .corpus import CORPUS_VERSION, CorpusSpec, training_texts, write_corpus
+from .corpus import CORPUS_VERSION, TRAIN_FORGET, CorpusSpec, training_forget_text, training_texts, write_corpus
 
 __all__ = [
     "DEMO_MODELS",
@@ -340,10 +340,21 @@ def _job_unlearn(target_dir: str, data_dir: str, out_dir: str, u: dict[str, Any]
     recipe = UnlearnRecipe.from_dict(u)
     progress = progress_printer(say)
     settings = recipe.run_settings(log_every=max(1, (recipe.settings.steps or 1) // 10))
-    result = unlearn(target_dir, data_dir, settings, progress=lambda line: progress(f"  {recipe.name}: {line}"))
+    result = unlearn(target_dir, unlearning_data(data_dir), settings, progress=lambda line: progress(f"  {recipe.name}: {line}"))
     save_unlearned(result, out_dir)
     return {"steps": result.steps, "seconds": result.seconds, "final": result.curve[-1] if result.curve else None,
             "sure_selected": result.selected_modules}
+
+
+def unlearning_data(data_dir: str | os.PathLike[str]) -> Any:
+    """The corpus as the family unlearns on it: MUSE's data, with the raw forget text in its training
+    layout (``train/forget.txt``, exactly what the target learned) instead of ``raw/forget.json``'s
+    per-article documents (the same text, grouped so that relearn-forget can split it)."""
+    from ..data import load_data
+
+    data = load_data(data_dir)
+    text = training_forget_text(data_dir)
+    return replace(data, raw_forget=text, raw_forget_docs=(text,), sources={**data.sources, "raw_forget_docs": TRAIN_FORGET})
 
 
 def default_workers() -> int:
