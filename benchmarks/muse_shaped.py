@@ -53,6 +53,15 @@ ICL_PAIRS = 10
 MODEL: dict[str, Any] = {"hidden_size": 256, "intermediate_size": 768, "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 1,
          "max_position_embeddings": 2048}
 VOCAB = 4096
+#: ``--model smollm-135m``: the shape of SmolLM-135M (the model issue 19 measured: 135M parameters,
+#: 0.54 GB in fp32, vocabulary 49,152, tied), randomly initialized; its tokenizer is this corpus's
+#: 4,096-token BPE padded with added tokens to the vocabulary. Slow (about 0.3 GFLOP per token): use
+#: it with few ``--items`` to measure memory against the weights where weights, not the runtime, dominate.
+MODELS: dict[str, tuple[dict[str, Any], int]] = {
+    "tiny": (MODEL, VOCAB),
+    "smollm-135m": ({"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
+                     "num_key_value_heads": 3, "max_position_embeddings": 2048}, 49152),
+}
 MMAP_THRESHOLD = 256 << 10
 
 
@@ -82,7 +91,7 @@ def _text_of_tokens(tokenizer: Any, rng: random.Random, words: list[str], n_toke
     return cut[: cut.rfind(" ")] if " " in cut else cut
 
 
-def build_corpus(out: Path, items: int, seed: int = 0) -> tuple[Path, Path]:
+def build_corpus(out: Path, items: int, seed: int = 0, model: str = "tiny") -> tuple[Path, Path]:
     """A MUSE-layout data dir and a random Llama (with a BPE tokenizer trained on the corpus)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -91,6 +100,7 @@ def build_corpus(out: Path, items: int, seed: int = 0) -> tuple[Path, Path]:
 
     rng = random.Random(seed)
     words = _lexicon(rng)
+    shape, vocab = MODELS[model]
     tokenizer = train_tokenizer([" ".join(_sentence(rng, words) for _ in range(40)) for _ in range(300)], VOCAB)
     data, model_dir = out / "data", out / "model"
 
@@ -114,8 +124,10 @@ def build_corpus(out: Path, items: int, seed: int = 0) -> tuple[Path, Path]:
     for split in ("forget", "retain"):
         (data / "raw" / f"{split}.txt").write_text("\n\n".join(files["privleak/forget.json"][:4]))
     torch.manual_seed(seed)
+    if vocab > len(tokenizer):
+        tokenizer.add_tokens([f"<extra_{i}>" for i in range(vocab - len(tokenizer))])
     config = LlamaConfig(vocab_size=len(tokenizer), tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **MODEL)
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **shape)
     model = LlamaForCausalLM(config).eval()
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(str(model_dir))
@@ -254,7 +266,7 @@ def floor_flops(shape: dict[str, int], tokenizer: Any, data: Any, generated: dic
 # --------------------------------------------------------------------------- the run
 
 
-def run(items: int, repeats: int, skip_naive: bool = False) -> dict[str, Any]:
+def run(items: int, repeats: int, skip_naive: bool = False, model_name: str = "tiny") -> dict[str, Any]:
     import torch
 
     from unlearn_assert.data import load_data
@@ -265,7 +277,7 @@ def run(items: int, repeats: int, skip_naive: bool = False) -> dict[str, Any]:
     from naive_muse import eval_knowmem, eval_privleak, eval_verbmem
 
     tmp = Path(tempfile.mkdtemp(prefix="muse-shaped-"))
-    data_dir, model_dir = build_corpus(tmp, items)
+    data_dir, model_dir = build_corpus(tmp, items, model=model_name)
     reset_peak()
     rss_runtime = rss_bytes()
     loaded = load_model(model_dir)
@@ -377,7 +389,7 @@ def _agreement(metric: str, ev: Any, naive_out: Any) -> dict[str, Any]:
 
 def format_report(report: dict[str, Any]) -> str:
     mb = 1 << 20
-    lines = [f"MUSE-shaped benchmark: {report['items']} items/split, {report['torch_threads']} torch threads, "
+    lines = [f"MUSE-shaped benchmark ({report.get('model_preset', 'tiny')} model): {report['items']} items/split, {report['torch_threads']} torch threads, "
              f"CPU {report['cpu_capability']}, load average {report['load_average'][0]:.2f} -> {report['load_average_end'][0]:.2f}; "
              f"malloc mmap threshold {report.get('malloc_mmap_threshold')}; weights {report['weight_bytes'] / mb:.1f} MB, "
              f"runtime RSS before loading {report['rss_runtime'] / mb:.0f} MB; "
@@ -414,6 +426,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="4 items per split (CI)")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--skip-naive", action="store_true")
+    parser.add_argument("--model", choices=sorted(MODELS), default="tiny",
+                        help="tiny: 4.1M parameters (default, minutes); smollm-135m: SmolLM-135M's shape (memory against real weights)")
     parser.add_argument("--threads", type=int, default=int(os.environ.get("UNLEARN_BENCH_THREADS", "1")),
                         help="torch threads for both sides (default 1: on a shared machine, spin-waiting OpenMP threads "
                              "measure the neighbours; 0 = torch's default)")
@@ -438,7 +452,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    report = run(4 if args.quick else args.items, args.repeats, skip_naive=args.skip_naive)
+    report = run(4 if args.quick else args.items, args.repeats, skip_naive=args.skip_naive, model_name=args.model)
+    report["model_preset"] = args.model
     report["engine"] = str(Path(unlearn_assert.__file__).parent)
     report["malloc_mmap_threshold"] = os.environ.get("MALLOC_MMAP_THRESHOLD_", "glibc default (dynamic)")
     print(format_report(report))

@@ -170,3 +170,33 @@ def test_evaluate_reports_where_the_time_goes(loaded: LoadedModel, data: MuseDat
     assert set(split["privleak"]) == {"forward", "scoring"}
     for metric, parts in split.items():
         assert sum(parts.values()) == pytest.approx(ev.extras["seconds"][metric])
+
+
+def test_gqa_attention_on_cpu_copies_no_kv_and_changes_no_bit(loaded: LoadedModel, data: MuseData, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a mask (padded batches, decode steps) transformers copies K and V per query group on
+    CPU (``repeat_kv``); ``sdpa_gqa_on_cpu`` lets torch group the heads instead. Same bits, no copy."""
+    import torch
+    from transformers import LlamaForCausalLM
+    from transformers.integrations import sdpa_attention
+
+    tok = loaded.tokenizer
+    config = loaded.model.config.to_dict()
+    config.update(num_key_value_heads=loaded.model.config.num_attention_heads // 2)  # the fixture's shape, with GQA
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(type(loaded.model.config).from_dict(config)).eval()
+    assert model.config._attn_implementation == "sdpa"
+    prompts = [tok(d.prompt)["input_ids"] for d in data.verbmem_forget[:4]]
+    width = max(map(len, prompts))
+    ids = torch.tensor([[tok.pad_token_id] * (width - len(p)) + p for p in prompts])
+    mask = (torch.arange(width)[None] >= torch.tensor([width - len(p) for p in prompts])[:, None]).long()
+    pos = (mask.cumsum(1) - 1).clamp(min=0)
+    copies: list[int] = []
+    repeat = sdpa_attention.repeat_kv
+    monkeypatch.setattr(sdpa_attention, "repeat_kv", lambda x, n: copies.append(n) or repeat(x, n))
+    with torch.inference_mode():
+        reference = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits  # transformers' own path
+        assert copies, "transformers no longer copies K/V here: sdpa_gqa_on_cpu may be unnecessary"
+        copies.clear()
+        ours = gen.ModelIO(model).forward(ids, mask, pos, None, last_only=False)
+    assert copies == [] and torch.equal(ours, reference)
+    assert sdpa_attention.use_gqa_in_sdpa is not gen._gqa_kernel  # restored after the forward
