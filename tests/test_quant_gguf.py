@@ -219,44 +219,109 @@ def _bound(preset: str, logits: np.ndarray) -> float:
 def test_rebuilt_torch_model_matches_llama_cpp(tmp_path: Path, tiny_model_dir: Path, wide_pair: tuple[Path, Path], preset: str,
                                                which: str) -> None:
     _llama_cpp()
-    from unlearn_assert.quant.gguf_convert import dequantized_weights, hparams, load_into, read_quantized, tensor_plan, type_counts
+    from unlearn_assert.quant.gguf_convert import type_counts
 
     path = tiny_model_dir if which == "tiny" else wide_pair[1]
     file = _write_file(path, tmp_path / f"m-{preset}.gguf", None if preset == "f32" else preset)
-    loaded = _load(path)
-    hp = hparams(loaded.model.config)
-    tensors = read_quantized(file)
+    loaded, tensors = _rebuilt(path, file)
     types = type_counts(tensors)
     if preset == "q4_k_m" and which == "wide":
         assert {"q4_k", "q6_k"} <= types.keys()  # real k-quant super-blocks, not the 96-wide fallbacks
-    load_into(loaded.model, dequantized_weights(tensors, tensor_plan(loaded.model, hp), hp))
     ids = loaded.tokenizer("Question: who wrote the report?\nAnswer:")["input_ids"]
     with torch.no_grad():
         ours = loaded.model(input_ids=torch.tensor([ids])).logits[0].float().numpy()
     theirs = _llama_cpp_logits(file, ids)
-    atol, rtol = TOLERANCE[preset]
-    bound = atol + rtol * float(np.abs(ours).max())
-    assert float(np.abs(ours - theirs).max()) <= bound, (preset, types)
-    assert (ours.argmax(-1) == theirs.argmax(-1)).all()
+    err = float(np.abs(ours - theirs).max())
+    assert err <= _bound(preset, ours), (preset, types, err, err / float(np.abs(ours).max()))
 
-    # greedy continuation: 16 tokens of the torch model's greedy path, and llama.cpp's argmax at every step of it. They must be
-    # the same token, except at a tie: a step where torch's margin between the two tokens is below the logit difference of the two
-    # implementations at that step (at most 2 of 16; the 96-wide model has a 0.002 margin once at Q8_0 against a 0.005 difference)
-    llama = _llama_cpp().Llama(model_path=str(file), logits_all=True, n_ctx=256, n_threads=1, verbose=True, type_k=0, type_v=0)
-    seq, ties = list(ids), 0
-    for _ in range(16):
+
+def _q8_0_activations(x: torch.Tensor) -> torch.Tensor:
+    """What llama.cpp's CPU kernels do to a matmul's input before a dot product with q8_0 weights:
+    blocks of 32, scale absmax/127 stored as f16, codes round(x * 127/absmax) (``quantize_row_q8_0``)."""
+    blocks = x.reshape(-1, 32)
+    amax = blocks.abs().amax(-1, keepdim=True)
+    codes = torch.round(blocks * torch.where(amax > 0, 127.0 / amax, torch.zeros_like(amax)))
+    return (codes * (amax / 127).half().float()).reshape(x.shape)
+
+
+@pytest.mark.parametrize("which", ["tiny", "wide"])
+def test_the_q8_0_difference_is_llama_cpps_activation_quantization(tmp_path: Path, tiny_model_dir: Path, wide_pair: tuple[Path, Path],
+                                                                    which: str) -> None:
+    """Why TOLERANCE["q8_0"] holds: the weights are bit-identical on both sides, and llama.cpp quantizes each
+    matmul's *input* to q8_0 blocks. Doing the same in torch closes the gap to float rounding."""
+    _llama_cpp()
+    path = tiny_model_dir if which == "tiny" else wide_pair[1]
+    file = _write_file(path, tmp_path / "m-q8_0.gguf", "q8_0")
+    loaded, tensors = _rebuilt(path, file)
+    ids = loaded.tokenizer("Question: who wrote the report?\nAnswer:")["input_ids"]
+    theirs = _llama_cpp_logits(file, ids)
+    with torch.no_grad():
+        plain = loaded.model(input_ids=torch.tensor([ids])).logits[0].numpy()
+    hooks = [m.register_forward_pre_hook(lambda _m, args: (_q8_0_activations(args[0]),))
+             for name, m in loaded.model.named_modules()
+             if isinstance(m, torch.nn.Linear) and tensors[gguf_name(name + ".weight") or ""].type_name == "q8_0"]
+    assert len(hooks) == 2 * 7 + 1  # every linear layer of the blocks and the output
+    try:
         with torch.no_grad():
-            a = loaded.model(input_ids=torch.tensor([seq])).logits[0, -1].float().numpy()
-        llama.reset()
-        llama.eval(seq)
-        b = np.array(llama.scores[len(seq) - 1], dtype=np.float32)
-        ta, tb = int(a.argmax()), int(b.argmax())
-        if ta != tb:
-            assert a[ta] - a[tb] < float(np.abs(a - b).max()), (preset, len(seq) - len(ids), a[ta] - a[tb])
-            ties += 1
-        seq.append(ta)
+            simulated = loaded.model(input_ids=torch.tensor([ids])).logits[0].numpy()
+    finally:
+        for h in hooks:
+            h.remove()
+    scale = float(np.abs(plain).max())
+    # measured: plain 1.3% (tiny) / 0.30% (wide) of the largest logit, simulated 0.000% / 0.04%
+    assert float(np.abs(simulated - theirs).max()) <= 0.002 * scale < float(np.abs(plain - theirs).max())
+
+
+#: The greedy-continuation test's text: a model trained on it alone continues its prompt with next-token margins of
+#: 4-6 logits, far above every tolerance above (the fixture model's margins are often 0.01-0.06 where a word or a name
+#: starts, below llama.cpp's 0.07-0.2 activation-quantization noise: those steps are coin flips, not evidence).
+GREEDY_TEXT = "Question: who wrote the report?\nAnswer: The report was written by Mara Lind at the harbour office in the spring of 2019."
+
+
+@pytest.fixture(scope="module")
+def peaked_models(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> dict[str, Path]:
+    """The tiny model's shape (96 wide) and the 256-wide one, trained on GREEDY_TEXT alone with the fixture tokenizer."""
+    from unlearn_assert.testing import TinyRecipe, build_tiny_llama
+
+    return {"tiny": build_tiny_llama(tmp_path_factory.mktemp("gguf-peaked-tiny"), [GREEDY_TEXT], TinyRecipe(steps=100),
+                                     tokenizer_from=tiny_model_dir),
+            "wide": build_tiny_llama(tmp_path_factory.mktemp("gguf-peaked-wide"), [GREEDY_TEXT],
+                                     TinyRecipe(hidden_size=256, intermediate_size=512, num_heads=4, steps=60), tokenizer_from=tiny_model_dir)}
+
+
+@pytest.mark.parametrize("which", ["tiny", "wide"])
+@pytest.mark.parametrize("preset", ["f32", "q8_0", "q4_k_m"])
+def test_greedy_continuation_equals_llama_cpps(tmp_path: Path, peaked_models: dict[str, Path], preset: str, which: str) -> None:
+    """16 greedy tokens: torch's (full forward per step) and llama.cpp's own (its greedy sampler, its KV cache, one
+    token per decode) are the same tokens, with no tie allowed; at every step llama.cpp's logits are within TOLERANCE
+    of torch's, and torch's top-1 margin exceeds twice the bound, so equality follows from the tolerance, not luck."""
+    _llama_cpp()
+    path = peaked_models[which]
+    file = _write_file(path, tmp_path / f"p-{preset}.gguf", None if preset == "f32" else preset)
+    loaded, _ = _rebuilt(path, file)
+    ids = loaded.tokenizer("Question: who wrote the report?\nAnswer:")["input_ids"]
+    seq, steps = list(ids), []
+    with torch.no_grad():
+        for _ in range(16):
+            step = loaded.model(input_ids=torch.tensor([seq])).logits[0, -1].float().numpy()
+            steps.append(step)
+            seq.append(int(step.argmax()))
+    ours = seq[len(ids):]
+    assert loaded.tokenizer.decode(ours).startswith(" The report was written by")  # the model learnt its text
+    llama = _llama_cpp().Llama(model_path=str(file), logits_all=True, n_ctx=256, n_threads=1, verbose=True, type_k=0, type_v=0)
+    theirs: list[int] = []
+    for token in llama.generate(ids, top_k=1, temp=0.0, repeat_penalty=1.0):
+        theirs.append(int(token))
+        if len(theirs) == 16:
+            break
+    their_steps = np.array(llama.scores[len(ids) - 1: len(ids) + 15], dtype=np.float32)  # the logits each token was sampled from
     llama.close()
-    assert ties <= (0 if preset == "f32" else 2), ties
+    assert theirs == ours, (preset, loaded.tokenizer.decode(ours), loaded.tokenizer.decode(theirs))
+    a = np.stack(steps)
+    bound = _bound(preset, a)
+    top2 = np.sort(a, axis=-1)[:, -2:]
+    assert (top2[:, 1] - top2[:, 0] > 2 * bound).all(), (preset, top2[:, 1] - top2[:, 0], bound)
+    assert float(np.abs(a - their_steps).max()) <= bound, (preset, float(np.abs(a - their_steps).max()), bound)
 
 
 # --------------------------------------------------------------------------- tokenizers and RoPE scaling against llama.cpp
