@@ -589,6 +589,19 @@ def test_bad_files_are_one_line_errors(tmp_path: Path, good_file: Path, tiny_mod
     assert __import__("re").search(message, text), text
 
 
+def test_a_bad_target_is_one_line_naming_the_target(tmp_path: Path, good_file: Path, tiny_model_dir: Path) -> None:
+    """The target's files are read by the reader of --unlearn-quantized NAME=DIR (models.read_model_files)."""
+    listed, cut = shutil.copytree(tiny_model_dir, tmp_path / "listed"), shutil.copytree(tiny_model_dir, tmp_path / "cut")
+    (listed / "config.json").write_text("[]")
+    weights = next(cut.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:-100])
+    for target, message in ((listed, "config.json is not a JSON object; re-save the target with model.save_pretrained"),
+                            (cut, "is corrupt or truncated"), (tmp_path / "nowhere", "does not exist")):
+        with pytest.raises(ConfigError, match=message) as info:
+            check_gguf_file("shipped", str(good_file), str(target))
+        assert "\n" not in str(info.value) and str(info.value).startswith(f"--unlearn-target {target}: ")
+
+
 def test_shape_mismatch_names_the_tensor(tmp_path: Path, tiny_model_dir: Path) -> None:
     other = _random_model(tmp_path / "o", "llama", tiny_model_dir, hidden_size=64, num_key_value_heads=4)
     file = _write_file(other, tmp_path / "o.gguf")
