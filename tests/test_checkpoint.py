@@ -129,8 +129,11 @@ def test_bad_entries_are_one_line_usage_errors(tmp_path: Path, tiny_model_dir: P
     cut = _copy_with_config(tiny_model_dir, tmp_path / "cut", quantization_config=bnb_cfg)
     weights = next(cut.glob("*.safetensors"))
     weights.write_bytes(weights.read_bytes()[:-100])  # a truncated upload
+    listed = _copy_with_config(tiny_model_dir, tmp_path / "listed")
+    (listed / "config.json").write_text("[]")
     cases = [
         ("noequals", "is not NAME=DIR"),
+        (f"x={listed}", "config.json is not a JSON object; re-save the checkpoint"),
         (f"my-ckpt={gptq}", "NAME must be letters"),
         (f"fp={gptq}", "NAME must be letters"),
         (f"x={tmp_path / 'missing'}", "does not exist"),

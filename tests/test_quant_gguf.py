@@ -198,49 +198,280 @@ def _llama_cpp_logits(file: Path, ids: list[int]) -> np.ndarray:
     return out
 
 
+def _rebuilt(path: Path, file: Path) -> tuple[Any, dict[str, Any]]:
+    """The model at ``path`` with the weights of the GGUF ``file`` dequantized into it; and the file's tensors."""
+    from unlearn_assert.quant.gguf_convert import dequantized_weights, hparams, load_into, read_quantized, tensor_plan
+
+    loaded = _load(path)
+    hp = hparams(loaded.model.config)
+    tensors = read_quantized(file)
+    load_into(loaded.model, dequantized_weights(tensors, tensor_plan(loaded.model, hp), hp))
+    return loaded, tensors
+
+
+def _bound(preset: str, logits: np.ndarray) -> float:
+    atol, rtol = TOLERANCE[preset]
+    return atol + rtol * float(np.abs(logits).max())
+
+
 @pytest.mark.parametrize("which", ["tiny", "wide"])
 @pytest.mark.parametrize("preset", ["f32", "q8_0", "q4_k_m"])
 def test_rebuilt_torch_model_matches_llama_cpp(tmp_path: Path, tiny_model_dir: Path, wide_pair: tuple[Path, Path], preset: str,
                                                which: str) -> None:
     _llama_cpp()
-    from unlearn_assert.quant.gguf_convert import dequantized_weights, hparams, load_into, read_quantized, tensor_plan, type_counts
+    from unlearn_assert.quant.gguf_convert import type_counts
 
     path = tiny_model_dir if which == "tiny" else wide_pair[1]
     file = _write_file(path, tmp_path / f"m-{preset}.gguf", None if preset == "f32" else preset)
-    loaded = _load(path)
-    hp = hparams(loaded.model.config)
-    tensors = read_quantized(file)
+    loaded, tensors = _rebuilt(path, file)
     types = type_counts(tensors)
     if preset == "q4_k_m" and which == "wide":
         assert {"q4_k", "q6_k"} <= types.keys()  # real k-quant super-blocks, not the 96-wide fallbacks
-    load_into(loaded.model, dequantized_weights(tensors, tensor_plan(loaded.model, hp), hp))
     ids = loaded.tokenizer("Question: who wrote the report?\nAnswer:")["input_ids"]
     with torch.no_grad():
         ours = loaded.model(input_ids=torch.tensor([ids])).logits[0].float().numpy()
     theirs = _llama_cpp_logits(file, ids)
-    atol, rtol = TOLERANCE[preset]
-    bound = atol + rtol * float(np.abs(ours).max())
-    assert float(np.abs(ours - theirs).max()) <= bound, (preset, types)
-    assert (ours.argmax(-1) == theirs.argmax(-1)).all()
+    err = float(np.abs(ours - theirs).max())
+    assert err <= _bound(preset, ours), (preset, types, err, err / float(np.abs(ours).max()))
 
-    # greedy continuation: 16 tokens of the torch model's greedy path, and llama.cpp's argmax at every step of it. They must be
-    # the same token, except at a tie: a step where torch's margin between the two tokens is below the logit difference of the two
-    # implementations at that step (at most 2 of 16; the 96-wide model has a 0.002 margin once at Q8_0 against a 0.005 difference)
-    llama = _llama_cpp().Llama(model_path=str(file), logits_all=True, n_ctx=256, n_threads=1, verbose=True, type_k=0, type_v=0)
-    seq, ties = list(ids), 0
-    for _ in range(16):
+
+def _q8_0_activations(x: torch.Tensor) -> torch.Tensor:
+    """What llama.cpp's CPU kernels do to a matmul's input before a dot product with q8_0 weights:
+    blocks of 32, scale absmax/127 stored as f16, codes round(x * 127/absmax) (``quantize_row_q8_0``)."""
+    blocks = x.reshape(-1, 32)
+    amax = blocks.abs().amax(-1, keepdim=True)
+    codes = torch.round(blocks * torch.where(amax > 0, 127.0 / amax, torch.zeros_like(amax)))
+    return (codes * (amax / 127).half().float()).reshape(x.shape)
+
+
+@pytest.mark.parametrize("which", ["tiny", "wide"])
+def test_the_q8_0_difference_is_llama_cpps_activation_quantization(tmp_path: Path, tiny_model_dir: Path, wide_pair: tuple[Path, Path],
+                                                                    which: str) -> None:
+    """Why TOLERANCE["q8_0"] holds: the weights are bit-identical on both sides, and llama.cpp quantizes each
+    matmul's *input* to q8_0 blocks. Doing the same in torch closes the gap to float rounding."""
+    _llama_cpp()
+    path = tiny_model_dir if which == "tiny" else wide_pair[1]
+    file = _write_file(path, tmp_path / "m-q8_0.gguf", "q8_0")
+    loaded, tensors = _rebuilt(path, file)
+    ids = loaded.tokenizer("Question: who wrote the report?\nAnswer:")["input_ids"]
+    theirs = _llama_cpp_logits(file, ids)
+    with torch.no_grad():
+        plain = loaded.model(input_ids=torch.tensor([ids])).logits[0].numpy()
+    hooks = [m.register_forward_pre_hook(lambda _m, args: (_q8_0_activations(args[0]),))
+             for name, m in loaded.model.named_modules()
+             if isinstance(m, torch.nn.Linear) and tensors[gguf_name(name + ".weight") or ""].type_name == "q8_0"]
+    assert len(hooks) == 2 * 7 + 1  # every linear layer of the blocks and the output
+    try:
         with torch.no_grad():
-            a = loaded.model(input_ids=torch.tensor([seq])).logits[0, -1].float().numpy()
-        llama.reset()
-        llama.eval(seq)
-        b = np.array(llama.scores[len(seq) - 1], dtype=np.float32)
-        ta, tb = int(a.argmax()), int(b.argmax())
-        if ta != tb:
-            assert a[ta] - a[tb] < float(np.abs(a - b).max()), (preset, len(seq) - len(ids), a[ta] - a[tb])
-            ties += 1
-        seq.append(ta)
+            simulated = loaded.model(input_ids=torch.tensor([ids])).logits[0].numpy()
+    finally:
+        for h in hooks:
+            h.remove()
+    scale = float(np.abs(plain).max())
+    # measured: plain 1.3% (tiny) / 0.30% (wide) of the largest logit, simulated 0.000% / 0.04%
+    assert float(np.abs(simulated - theirs).max()) <= 0.002 * scale < float(np.abs(plain - theirs).max())
+
+
+#: The greedy-continuation test's text: a model trained on it alone continues its prompt with next-token margins of
+#: 4-6 logits, far above every tolerance above (the fixture model's margins are often 0.01-0.06 where a word or a name
+#: starts, below llama.cpp's 0.07-0.2 activation-quantization noise: those steps are coin flips, not evidence).
+GREEDY_TEXT = "Question: who wrote the report?\nAnswer: The report was written by Mara Lind at the harbour office in the spring of 2019."
+
+
+@pytest.fixture(scope="module")
+def peaked_models(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> dict[str, Path]:
+    """The tiny model's shape (96 wide) and the 256-wide one, trained on GREEDY_TEXT alone with the fixture tokenizer."""
+    from unlearn_assert.testing import TinyRecipe, build_tiny_llama
+
+    return {"tiny": build_tiny_llama(tmp_path_factory.mktemp("gguf-peaked-tiny"), [GREEDY_TEXT], TinyRecipe(steps=100),
+                                     tokenizer_from=tiny_model_dir),
+            "wide": build_tiny_llama(tmp_path_factory.mktemp("gguf-peaked-wide"), [GREEDY_TEXT],
+                                     TinyRecipe(hidden_size=256, intermediate_size=512, num_heads=4, steps=60), tokenizer_from=tiny_model_dir)}
+
+
+@pytest.mark.parametrize("which", ["tiny", "wide"])
+@pytest.mark.parametrize("preset", ["f32", "q8_0", "q4_k_m"])
+def test_greedy_continuation_equals_llama_cpps(tmp_path: Path, peaked_models: dict[str, Path], preset: str, which: str) -> None:
+    """16 greedy tokens: torch's (full forward per step) and llama.cpp's own (its greedy sampler, its KV cache, one
+    token per decode) are the same tokens, with no tie allowed; at every step llama.cpp's logits are within TOLERANCE
+    of torch's, and torch's top-1 margin exceeds twice the bound, so equality follows from the tolerance, not luck."""
+    _llama_cpp()
+    path = peaked_models[which]
+    file = _write_file(path, tmp_path / f"p-{preset}.gguf", None if preset == "f32" else preset)
+    loaded, _ = _rebuilt(path, file)
+    ids = loaded.tokenizer("Question: who wrote the report?\nAnswer:")["input_ids"]
+    seq, steps = list(ids), []
+    with torch.no_grad():
+        for _ in range(16):
+            step = loaded.model(input_ids=torch.tensor([seq])).logits[0, -1].float().numpy()
+            steps.append(step)
+            seq.append(int(step.argmax()))
+    ours = seq[len(ids):]
+    assert loaded.tokenizer.decode(ours).startswith(" The report was written by")  # the model learnt its text
+    llama = _llama_cpp().Llama(model_path=str(file), logits_all=True, n_ctx=256, n_threads=1, verbose=True, type_k=0, type_v=0)
+    theirs: list[int] = []
+    for token in llama.generate(ids, top_k=1, temp=0.0, repeat_penalty=1.0):
+        theirs.append(int(token))
+        if len(theirs) == 16:
+            break
+    their_steps = np.array(llama.scores[len(ids) - 1: len(ids) + 15], dtype=np.float32)  # the logits each token was sampled from
     llama.close()
-    assert ties <= (0 if preset == "f32" else 2), ties
+    assert theirs == ours, (preset, loaded.tokenizer.decode(ours), loaded.tokenizer.decode(theirs))
+    a = np.stack(steps)
+    bound = _bound(preset, a)
+    top2 = np.sort(a, axis=-1)[:, -2:]
+    assert (top2[:, 1] - top2[:, 0] > 2 * bound).all(), (preset, top2[:, 1] - top2[:, 0], bound)
+    assert float(np.abs(a - their_steps).max()) <= bound, (preset, float(np.abs(a - their_steps).max()), bound)
+
+
+# --------------------------------------------------------------------------- tokenizers and RoPE scaling against llama.cpp
+
+#: Strings for the tokenizer comparisons (with every line of the fixture texts): spaces, tabs, newlines, digits, contractions,
+#: punctuation runs, characters outside the vocabulary (byte fallback / byte-level), special tokens written in the text.
+TOKENIZER_STRINGS = ["Question: who wrote the report?\nAnswer:", "Hello world", " leading space", "two  spaces and\ttab", "line\n\nbreaks\n",
+                     "numbers 12345 and 3.14", "don't won't it's", "punctuation!!! ... ???", "café naïve 日本 🙂", "UPPER lower MiXeD", "a", "",
+                     "   ", "<s> literal", "x</s>y"]
+
+
+def _tokenizer_strings(data_dir: Path) -> list[str]:
+    return [line for text in fixture_texts(data_dir) for line in text.split("\n")] + TOKENIZER_STRINGS
+
+
+def _spm_tokenizer(out: Path, texts: list[str], form: str) -> Path:
+    """A Llama 2 / Mistral-style ``tokenizer.json`` saved to ``out``: BPE with ``byte_fallback``, ``<unk> <s> </s>``, then the
+    256 ``<0xXX>`` byte tokens, then the pieces and merges of a BPE trained (on words, as SentencePiece trains) on ``texts``.
+    ``form`` is how the dummy prefix is written: ``legacy`` (Llama 2 / Mistral: a ``Prepend("▁")`` normalizer), ``none`` (no
+    prefix), ``first`` (a ``Metaspace`` pre-tokenizer with ``prepend_scheme="first"``, transformers' ``legacy=False``)."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    trained = Tokenizer(models.BPE(unk_token="<unk>"))
+    trained.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True)
+    trained.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=400, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False))
+    model = json.loads(trained.to_str())["model"]
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"<0x{b:02X}>": 3 + b for b in range(256)}}
+    for piece, _ in sorted(model["vocab"].items(), key=lambda kv: kv[1]):
+        vocab.setdefault(piece, len(vocab))
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    if form == "legacy":
+        tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    elif form == "none":
+        tok.normalizer = normalizers.Replace(" ", "▁")
+    else:
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme=form, split=False)
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)])
+    tok.add_special_tokens([AddedToken(t, special=True) for t in ("<unk>", "<s>", "</s>")])
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)])
+    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>").save_pretrained(str(out))
+    return out
+
+
+def _llama_cpp_ids(llama: Any, strings: list[str]) -> list[list[int]]:
+    return [list(llama.tokenize(s.encode(), add_bos=True, special=True)) for s in strings]
+
+
+def test_byte_level_tokenizer_matches_llama_cpp(good_file: Path, tiny_model_dir: Path, tiny_data_dir: Path) -> None:
+    """The fixture's byte-level BPE (GPT-2's ByteLevel pre-tokenizer): written as ``gpt2`` with pre-tokenizer ``gpt-2``
+    (``default`` splits "it's" into "'" and "s", where GPT-2's regex keeps "'s" whole: 58 of 169 strings differed)."""
+    from transformers import AutoTokenizer
+
+    llama_cpp = _llama_cpp()
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    llama = llama_cpp.Llama(model_path=str(good_file), vocab_only=True, verbose=True)
+    assert (llama.metadata["tokenizer.ggml.model"], llama.metadata["tokenizer.ggml.pre"]) == ("gpt2", "gpt-2")
+    strings = _tokenizer_strings(tiny_data_dir)
+    ours = [tok(s)["input_ids"] for s in strings]
+    assert _llama_cpp_ids(llama, strings) == ours
+    assert any(tok.convert_ids_to_tokens(ids).count("'s") for ids in ours)  # the contraction the pre-tokenizer must keep
+    llama.close()
+
+
+@pytest.mark.parametrize("form", ["legacy", "none"])
+def test_byte_fallback_tokenizer_matches_llama_cpp(tmp_path: Path, tiny_data_dir: Path, form: str) -> None:
+    """A byte-fallback BPE (Llama 2 / Mistral's form) is written as llama.cpp's ``llama`` (SentencePiece) tokenizer:
+    pieces, scores = minus the id (the merge order), BYTE types for ``<0xXX>``, and ``add_space_prefix`` from the
+    tokenizer's dummy prefix. llama.cpp gives the Hugging Face ids on every string, characters outside the vocabulary
+    (byte fallback) included, and runs the file (logits within the F32 tolerance)."""
+    from transformers import AutoTokenizer
+
+    llama_cpp = _llama_cpp()
+    strings = _tokenizer_strings(tiny_data_dir)
+    model_dir = _random_model(tmp_path / "m", "llama", _spm_tokenizer(tmp_path / "tok", fixture_texts(tiny_data_dir), form))
+    file = _write_file(model_dir, tmp_path / "m.gguf")
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    ours = [tok(s)["input_ids"] for s in strings]
+    assert any(i in range(3, 259) for ids in ours for i in ids)  # byte-fallback tokens are exercised
+    llama = llama_cpp.Llama(model_path=str(file), logits_all=True, n_ctx=256, n_batch=256, n_threads=1, verbose=True, type_k=0, type_v=0)
+    assert llama.metadata["tokenizer.ggml.model"] == "llama"
+    assert llama.metadata["tokenizer.ggml.add_space_prefix"] == ("true" if form == "legacy" else "false")
+    assert _llama_cpp_ids(llama, strings) == ours
+    llama.close()
+    loaded = _load(model_dir)
+    ids = ours[0]
+    with torch.no_grad():
+        expected = loaded.model(input_ids=torch.tensor([ids])).logits[0].numpy()
+    assert float(np.abs(_llama_cpp_logits(file, ids) - expected).max()) <= _bound("f32", expected)
+
+
+def test_metaspace_first_tokenizer_differs_from_llama_cpp_only_as_sentencepiece_does(tmp_path: Path, tiny_data_dir: Path) -> None:
+    """transformers' ``legacy=False`` form (``Metaspace(prepend_scheme="first")``) puts the ``▁`` prefix only before the
+    whole input, and not when the input starts with a space; llama.cpp (like SentencePiece's ``add_dummy_prefix``) puts
+    one before every text fragment: at the start, after a special token, and before a leading space too. The ids differ
+    exactly on those strings, and there llama.cpp gives the legacy (SentencePiece) form's ids, on the same pieces."""
+    from transformers import AutoTokenizer
+
+    llama_cpp = _llama_cpp()
+    strings = _tokenizer_strings(tiny_data_dir)
+    texts = fixture_texts(tiny_data_dir)
+    model_dir = _random_model(tmp_path / "m", "llama", _spm_tokenizer(tmp_path / "tok", texts, "first"))
+    file = _write_file(model_dir, tmp_path / "m.gguf")
+    first = AutoTokenizer.from_pretrained(str(model_dir))
+    legacy = AutoTokenizer.from_pretrained(str(_spm_tokenizer(tmp_path / "legacy", texts, "legacy")))
+    llama = llama_cpp.Llama(model_path=str(file), vocab_only=True, verbose=True)
+    theirs = _llama_cpp_ids(llama, strings)
+    llama.close()
+    differ = [s for s, ids in zip(strings, theirs) if ids != first(s)["input_ids"]]
+    assert differ == [" leading space", "   ", "<s> literal", "x</s>y"]
+    assert theirs == [legacy(s)["input_ids"] for s in strings]
+
+
+@pytest.mark.parametrize("preset", ["f32", "q8_0"])
+def test_llama3_rope_scaling_matches_llama_cpp_beyond_the_original_context(tmp_path: Path, tiny_model_dir: Path, preset: str) -> None:
+    """``rope_type = llama3`` (Llama 3.1/3.2's scaling) is written as llama.cpp's ``rope_freqs`` tensor. The config puts
+    all three regimes of the scaling in a 16-wide head (wavelengths 6.3 unscaled, 20 smoothed, 63 and up divided by the
+    factor) and an original context of 32; llama.cpp's logits on 112 positions agree with torch's within TOLERANCE, and at
+    positions 32 and beyond the same model without the scaling is more than 10 bounds away (so the check sees it)."""
+    _llama_cpp()
+    rope = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 4.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 32}
+    model_dir = _random_model(tmp_path / "m", "llama", tiny_model_dir, max_position_embeddings=128, rope_parameters=rope,
+                              initializer_range=0.1)  # larger weights than the default 0.02: attention that depends on position
+    file = _write_file(model_dir, tmp_path / "m.gguf", None if preset == "f32" else preset)
+    loaded, tensors = _rebuilt(model_dir, file)
+    # the factors llama.cpp divides each frequency by are transformers' own: default inverse frequencies / llama3's
+    scaled = loaded.model.model.rotary_emb.inv_freq.double().numpy()
+    factors = (1.0 / 10000.0 ** (np.arange(0, 16, 2) / 16)) / scaled
+    stored = tensors["rope_freqs.weight"].dequantize()
+    assert tensors["rope_freqs.weight"].type_name == "f32" and np.allclose(stored, factors, rtol=1e-6, atol=0)
+    assert stored[0] == 1.0 and 1.0 < stored[1] < 4.0 and (stored[2:] == 4.0).all()
+    ids = [loaded.tokenizer.bos_token_id] + torch.randint(3, len(loaded.tokenizer), (111,), generator=torch.Generator().manual_seed(1)).tolist()
+    with torch.no_grad():
+        ours = loaded.model(input_ids=torch.tensor([ids])).logits[0].numpy()
+    theirs = _llama_cpp_logits(file, ids)
+    bound = _bound(preset, ours)
+    assert float(np.abs(ours - theirs).max()) <= bound
+    import copy
+
+    from transformers import AutoModelForCausalLM
+
+    plain_config = copy.deepcopy(loaded.model.config)
+    plain_config.rope_parameters = {"rope_type": "default", "rope_theta": 10000.0}
+    unscaled = AutoModelForCausalLM.from_config(plain_config)
+    unscaled.load_state_dict(loaded.model.state_dict())
+    with torch.no_grad():
+        plain = unscaled(input_ids=torch.tensor([ids])).logits[0].numpy()
+    assert float(np.abs(plain - ours)[32:].max()) > 10 * bound
 
 
 # --------------------------------------------------------------------------- the backend
@@ -356,6 +587,19 @@ def test_bad_files_are_one_line_errors(tmp_path: Path, good_file: Path, tiny_mod
     text = str(info.value)
     assert "\n" not in text and text.startswith(f"--unlearn-quantized shipped={path}: "), text
     assert __import__("re").search(message, text), text
+
+
+def test_a_bad_target_is_one_line_naming_the_target(tmp_path: Path, good_file: Path, tiny_model_dir: Path) -> None:
+    """The target's files are read by the reader of --unlearn-quantized NAME=DIR (models.read_model_files)."""
+    listed, cut = shutil.copytree(tiny_model_dir, tmp_path / "listed"), shutil.copytree(tiny_model_dir, tmp_path / "cut")
+    (listed / "config.json").write_text("[]")
+    weights = next(cut.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:-100])
+    for target, message in ((listed, "config.json is not a JSON object; re-save the target with model.save_pretrained"),
+                            (cut, "is corrupt or truncated"), (tmp_path / "nowhere", "does not exist")):
+        with pytest.raises(ConfigError, match=message) as info:
+            check_gguf_file("shipped", str(good_file), str(target))
+        assert "\n" not in str(info.value) and str(info.value).startswith(f"--unlearn-target {target}: ")
 
 
 def test_shape_mismatch_names_the_tensor(tmp_path: Path, tiny_model_dir: Path) -> None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import ModelError
+from .errors import ConfigError, ModelError
 from .fs import link_problem, user_path
 from .names import DTYPES
 
@@ -201,6 +201,26 @@ def read_weight_headers(directory: Path) -> dict[str, tuple[int, ...]]:
             if name != "__metadata__":
                 shapes[name] = tuple(meta["shape"])
     return shapes
+
+
+def read_model_files(path: str, where: str, fix: str) -> tuple[Path, dict[str, Any], dict[str, tuple[int, ...]]]:
+    """(directory, config.json, {tensor name: shape}) of a Hugging Face model directory, from its files
+    alone (no torch): the option-time read of ``--unlearn-quantized NAME=DIR`` (:mod:`.quant.checkpoint`)
+    and of the target a ``NAME=FILE.gguf`` is checked against (:mod:`.quant.gguf_header`). Every problem
+    is one :class:`ConfigError` line starting with ``where``: the directory's shape, a truncated or
+    corrupt safetensors file (as for ``--unlearn-model``), an unreadable config.json (ending with ``fix``)."""
+    try:
+        directory = check_model_dir(path)
+        weights = read_weight_headers(directory)
+    except ModelError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    try:
+        config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{where}: cannot read config.json ({exc}); {fix}") from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"{where}: config.json is not a JSON object; {fix}")
+    return directory, config, weights
 
 
 def _vocab_from_files(directory: Path) -> dict[str, int] | None:

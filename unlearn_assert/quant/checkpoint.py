@@ -96,18 +96,10 @@ def read_checkpoint(name: str, path: str, target: str | None = None) -> Checkpoi
     """Validate the artifact ``NAME=DIR`` (no torch; the name's syntax is checked by
     :func:`unlearn_assert.config.parse_artifacts`): the directory, safetensors weights, a supported
     ``quantization_config``, and the target's architecture when given."""
-    from ..models import check_model_dir, read_weight_headers
+    from ..models import read_model_files
 
     where = f"--unlearn-quantized {name}={path}"
-    try:
-        directory = check_model_dir(path)
-        read_weight_headers(directory)  # a truncated upload fails here, as --unlearn-model's weights do
-    except ModelError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
-    try:
-        config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{where}: cannot read config.json ({exc}); re-save the checkpoint") from None
+    directory, config, _ = read_model_files(path, where, "re-save the checkpoint")
     qc = config.get("quantization_config")
     if not isinstance(qc, dict):
         raise ConfigError(f"{where}: config.json has no quantization_config, so this is not a quantized checkpoint; "

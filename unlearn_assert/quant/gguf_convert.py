@@ -16,10 +16,13 @@ architectures (nothing is copied from it); what llama.cpp needs to load and run 
 * the tokenizer: a byte-level BPE ``tokenizer.json`` becomes ``tokenizer.ggml.model = gpt2`` (tokens,
   token types, merges), a BPE with byte fallback (Llama 2 / Mistral's SentencePiece form) becomes
   ``llama`` (tokens, scores = minus the token id, i.e. the merge order, token types with BYTE for
-  ``<0xXX>``); special token ids and ``add_bos`` come from ``gguf.SpecialVocab``. The pre-tokenizer
-  is named from the model family (``qwen2``, ``llama-bpe`` for a 128256-token Llama 3 vocabulary,
-  ``smollm`` for SmolLM's 49152) else ``default``. The gate evaluates with the Hugging Face tokenizer;
-  llama.cpp needs these keys to load the file and tokenizes with them when a user runs it.
+  ``<0xXX>``, and ``add_space_prefix`` from the tokenizer's dummy prefix: a ``Prepend("▁")``
+  normalizer or a ``Metaspace`` pre-tokenizer); special token ids and ``add_bos`` come from
+  ``gguf.SpecialVocab``. The pre-tokenizer is named from the model family (``qwen2``, ``llama-bpe``
+  for a 128256-token Llama 3 vocabulary, ``smollm`` for SmolLM's 49152), else ``gpt-2`` for a bare
+  ``ByteLevel`` pre-tokenizer with GPT-2's regex, else ``default``. The gate evaluates with the
+  Hugging Face tokenizer; llama.cpp needs these keys to load the file and tokenizes with them when a
+  user runs it (``tests/test_quant_gguf.py`` compares its ids with Hugging Face's).
 
 Reading back (:func:`read_quantized`, :func:`load_into`): every tensor of a GGUF file is
 dequantized with ``gguf.quants.dequantize``, un-permuted, and copied into the torch model in place
@@ -123,14 +126,36 @@ def qk_heads(gname: str, hp: Hparams) -> int | None:
 # --------------------------------------------------------------------------- tokenizer
 
 
-def _pre_tokenizer(hp: Hparams, model_type: str) -> str:
+def _pre_tokenizer(hp: Hparams, model_type: str, pre: Any) -> str:
+    """llama.cpp's name for the byte-level BPE's pre-tokenizer regex: the model family's, else
+    ``gpt-2`` for a bare ``ByteLevel`` pre-tokenizer with its regex on (GPT-2's split, which
+    ``default`` is not: it splits ``'s`` into two pieces), else ``default``."""
     if hp.arch in ("qwen2", "qwen3"):
         return "qwen2"
     if hp.vocab == 128256:
         return "llama-bpe"
     if hp.vocab == 49152 and model_type == "llama":
         return "smollm"
+    if isinstance(pre, dict) and pre.get("type") == "ByteLevel" and pre.get("use_regex", True):
+        return "gpt-2"
     return "default"
+
+
+def _space_prefix(data: dict[str, Any]) -> bool:
+    """Whether a byte-fallback BPE puts a ``▁`` before the text (SentencePiece's dummy prefix):
+    a ``Prepend("▁")`` normalizer (Llama 2, Mistral) or a ``Metaspace`` pre-tokenizer whose
+    ``prepend_scheme`` is not ``never``. llama.cpp's ``llama`` tokenizer adds it when
+    ``tokenizer.ggml.add_space_prefix`` is true, which is also its default."""
+    def parts(node: Any, key: str) -> list[dict[str, Any]]:
+        if not isinstance(node, dict):
+            return []
+        return [p for child in node.get(key, []) for p in parts(child, key)] if node.get("type") == "Sequence" else [node]
+
+    normalizers = parts(data.get("normalizer"), "normalizers")
+    if any(n.get("type") == "Prepend" and n.get("prepend") == "\u2581" for n in normalizers):
+        return True
+    pre = parts(data.get("pre_tokenizer"), "pretokenizers")
+    return any(p.get("type") == "Metaspace" and p.get("prepend_scheme", "always") != "never" and p.get("add_prefix_space", True) for p in pre)
 
 
 def _add_tokenizer(writer: gguf.GGUFWriter, directory: Path, hp: Hparams, model_type: str) -> None:
@@ -167,7 +192,9 @@ def _add_tokenizer(writer: gguf.GGUFWriter, directory: Path, hp: Hparams, model_
         else:
             types.append(_TOKEN_NORMAL)
     writer.add_tokenizer_model("llama" if spm else "gpt2")
-    writer.add_tokenizer_pre(_pre_tokenizer(hp, model_type))
+    writer.add_tokenizer_pre(_pre_tokenizer(hp, model_type, data.get("pre_tokenizer")))
+    if spm:
+        writer.add_add_space_prefix(_space_prefix(data))
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     if spm:

@@ -7,13 +7,15 @@ than the check. Only the header is read: magic, version, the key-value metadata 
 as the vocabulary are skipped by their lengths) and the tensor infos; the file size is compared with
 the end of the last tensor, so a truncated download fails here, not an hour into the run.
 
+The target's side is read from its files by :func:`unlearn_assert.models.read_model_files`,
+the reader ``--unlearn-quantized NAME=DIR`` uses too (directory, safetensors headers, config.json).
+
 The name table (:func:`gguf_name`) is the one the converter writes with (``quant/gguf_convert.py``)
 and the reader maps back with; ``tests/test_quant_gguf.py`` checks it against ``gguf.TensorNameMap``.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import struct
@@ -21,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from ..errors import ConfigError, ModelError
+from ..errors import ConfigError
 
 MAGIC = b"GGUF"
 #: ``model_type`` of a Hugging Face config -> llama.cpp architecture (``general.architecture``).
@@ -227,18 +229,10 @@ def read_header(path: str | Path, where: str) -> GgufHeader:
 def expected_tensors(target: str | Path) -> tuple[str, dict[str, tuple[int, ...]], bool]:
     """(llama.cpp architecture, {gguf name: ggml shape}, tied embeddings) for the target directory,
     from its config.json and safetensors headers only."""
-    from ..models import check_model_dir, read_weight_headers
+    from ..models import read_model_files
 
     where = f"--unlearn-target {target}"
-    try:
-        directory = check_model_dir(str(target))
-        weights = read_weight_headers(directory)
-    except ModelError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
-    try:
-        config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{where}: cannot read config.json ({exc})") from None
+    _, config, weights = read_model_files(str(target), where, "re-save the target with model.save_pretrained(DIR)")
     arch = architecture(config, where)
     shapes: dict[str, tuple[int, ...]] = {}
     for name, shape in weights.items():
