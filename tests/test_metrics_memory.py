@@ -4,29 +4,28 @@ the memory budget and batch-size rule are deterministic and respected."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from unlearn_assert.data import MuseData, load_data
+from unlearn_assert.data import MuseData
 from unlearn_assert.metrics import evaluate
 from unlearn_assert.metrics import generation as gen
 from unlearn_assert.metrics import privleak as pl
 from unlearn_assert.metrics.knowmem import knowmem_generations
 from unlearn_assert.metrics.verbmem import verbmem_generations
-from unlearn_assert.models import LoadedModel, load_model
+from unlearn_assert.models import LoadedModel
 
 
 @pytest.fixture(scope="module")
-def loaded(tiny_model_dir: Path) -> LoadedModel:
-    return load_model(tiny_model_dir)
+def loaded(target: LoadedModel) -> LoadedModel:
+    return target
 
 
 @pytest.fixture(scope="module")
-def data(tiny_data_dir: Path) -> MuseData:
-    return load_data(tiny_data_dir)
+def data(tiny_data: MuseData) -> MuseData:
+    return tiny_data
 
 
 def _reference_stats(model: Any, tokenizer: Any, text: str) -> tuple[list[float], list[float]]:
@@ -200,3 +199,26 @@ def test_gqa_attention_on_cpu_copies_no_kv_and_changes_no_bit(loaded: LoadedMode
         ours = gen.ModelIO(model).forward(ids, mask, pos, None, last_only=False)
     assert copies == [] and torch.equal(ours, reference)
     assert sdpa_attention.use_gqa_in_sdpa is not gen._gqa_kernel  # restored after the forward
+
+
+def test_long_texts_run_alone_unpadded_and_score_as_full_logits(loaded: LoadedModel, data: MuseData, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A text of SOLO_TOKENS or more is its own batch with no padding (so no mask: SDPA's causal
+    kernel), and scores exactly as the full-vocabulary reference does."""
+    model, tok = loaded.model, loaded.tokenizer
+    texts = list(data.privleak_forget)[:4]
+    lengths = [len(tok(t)["input_ids"]) for t in texts]
+    monkeypatch.setattr(pl, "SOLO_TOKENS", min(lengths))
+    masks: list[Any] = []
+    handle = model.model.register_forward_pre_hook(lambda m, a, kw: masks.append(kw.get("attention_mask")), with_kwargs=True)
+    try:
+        scores, used = pl.score_texts(model, tok, texts + texts[:1])  # a duplicate would share a padded batch
+    finally:
+        handle.remove()
+    assert used == 1
+    body = [m for m in masks if m is not None and m.shape[-1] > 8]  # not split_head's 8-token probe
+    assert sorted(m.shape[-1] for m in body) == sorted(lengths + lengths[:1]) and all(bool(m.all()) for m in body)
+    for text, score in zip(texts, scores):
+        logprobs, zscores = _reference_stats(model, tok, text)
+        assert score.logprobs == pytest.approx(logprobs, rel=1e-5, abs=2e-5)
+        assert score.zscores == pytest.approx(zscores, rel=1e-5, abs=2e-5)
+    assert scores[-1].logprobs == scores[0].logprobs

@@ -25,9 +25,11 @@ tokens (BOS included) and those are scored; the count is reported. A sliding win
 late tokens with less context than MUSE and need several passes per text; MUSE's own texts fit
 Llama-2's 4096 tokens, so for them nothing changes. zlib uses the whole text, as MUSE.
 
-Texts are scored in batches by tokens (right padding to a width that depends on the text alone,
-see :func:`padded_width`, so no real token sees a pad and no score depends on the batch), without
-ever forming full-vocabulary logits for a whole batch (see :func:`score_texts`).
+Short texts are scored in batches by tokens (right padding to a width that depends on the text
+alone, see :func:`padded_width`, so no real token sees a pad and no score depends on the batch);
+a text of :data:`SOLO_TOKENS` tokens or more runs alone and unpadded, so it needs no mask and SDPA
+takes its causal kernel (see :func:`score_texts`). Full-vocabulary logits are never formed for a
+whole batch.
 """
 
 from __future__ import annotations
@@ -191,6 +193,14 @@ def split_head(model: Any, probe: Sequence[int]) -> tuple[Any, Any] | None:
     return (body, head) if split.shape == full.shape and torch.allclose(split, full, rtol=1e-4, atol=1e-5) else None
 
 
+#: A text at least this long is scored alone, unpadded: its forward is already a large matrix
+#: product, and without padding transformers passes no mask, so SDPA runs its causal kernel, which
+#: skips the upper triangle. A padded batch needs a mask, and SDPA then computes the full square:
+#: measured on SmolLM-135M's shape (one thread), 3 texts of ~1,850 tokens took 17.7 s as one padded
+#: batch and 11.9 s one by one (MUSE's privleak texts are ~1,850 tokens).
+SOLO_TOKENS = 512
+
+
 def padded_width(n: int, window: int | None = None) -> int:
     """The width a text of ``n`` tokens is padded to: ``n`` rounded up to a sixteenth of its
     power of two (at least 16 tokens), at most ``window``.
@@ -206,14 +216,15 @@ def padded_width(n: int, window: int | None = None) -> int:
     return max(n, min(width, window)) if window is not None else width
 
 
-def _row_groups(widths: Sequence[int], tokens: int, cap: int) -> list[tuple[int, int]]:
+def _row_groups(widths: Sequence[int], tokens: int, cap: int, solo: Sequence[bool] | None = None) -> list[tuple[int, int]]:
     """Row ranges [a, b) of texts sorted by width (widest first) that share one padded width and
-    fit ``tokens`` padded tokens (and ``cap`` rows) per forward."""
+    fit ``tokens`` padded tokens (and ``cap`` rows) per forward; a ``solo`` text is a range of its own."""
     out: list[tuple[int, int]] = []
     a = 0
     while a < len(widths):
         b = a + 1
-        while b < len(widths) and widths[b] == widths[a] and b - a < cap and (b + 1 - a) * widths[a] <= tokens:
+        while (b < len(widths) and not (solo and (solo[a] or solo[b])) and widths[b] == widths[a] and b - a < cap
+               and (b + 1 - a) * widths[a] <= tokens):
             b += 1
         out.append((a, b))
         a = b
@@ -292,8 +303,9 @@ def score_texts(
     cap = batch_size if batch_size is not None else MAX_AUTO_BATCH
     pad = pad_token_id(tokenizer)
     plan = plan_scoring(model)
-    # a text too long to share a forward runs alone, unpadded (still independent of the others)
-    widths = [w if 2 * w <= plan.tokens else len(ids) for ids, w in ((ids, padded_width(len(ids), window)) for ids in encoded)]
+    # a long text (or one too long to share a forward) runs alone, unpadded (still independent of the others)
+    alone = [2 * padded_width(len(ids), window) > plan.tokens or len(ids) >= SOLO_TOKENS for ids in encoded]
+    widths = [len(ids) if solo else padded_width(len(ids), window) for ids, solo in zip(encoded, alone)]
     order = sorted(range(len(texts)), key=lambda i: (-widths[i], -len(encoded[i])))
     results: list[TextScore | None] = [None] * len(texts)
     clock = {"forward": 0.0, "scoring": 0.0}
@@ -303,7 +315,7 @@ def score_texts(
         io = ModelIO(split[0] if split is not None else model)
         vocab = ModelShape.of(model).vocab
         work = _Workspace(split[1] if split is not None else None, plan.head_positions, vocab, io.device)
-        for a, b in _row_groups([widths[i] for i in order], plan.tokens, cap):
+        for a, b in _row_groups([widths[i] for i in order], plan.tokens, cap, [alone[i] for i in order]):
             chunk = order[a:b]
             used = max(used, len(chunk))
             width = widths[chunk[0]]
