@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +97,23 @@ def unlearned(tiny_unlearned_dir: Path) -> Any:
     from unlearn_assert.models import load_model
 
     return load_model(tiny_unlearned_dir, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tiny_data_dir: Path) -> Any:
+    """The tiny MUSE data set, loaded once per test module."""
+    from unlearn_assert.data import load_data
+
+    return load_data(tiny_data_dir)
+
+
+def copy_tiny_inputs(root: Path, unlearned: Path, target: Path, data: Path) -> Path:
+    """Private copies of the tiny unlearned model, target and data under ``root`` (as
+    ``unlearned/``, ``target/``, ``data/``), for tests that damage their inputs."""
+    shutil.copytree(unlearned, root / "unlearned")
+    shutil.copytree(target, root / "target")
+    shutil.copytree(data, root / "data")
+    return root
 
 
 @pytest.fixture(scope="session")

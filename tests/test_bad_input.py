@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import copy_tiny_inputs
+
 USAGE = pytest.ExitCode.USAGE_ERROR
 FAILED = pytest.ExitCode.TESTS_FAILED
 
@@ -257,11 +259,7 @@ CASES = [
 
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, tiny_unlearned_dir: Path, tiny_data_dir: Path) -> Path:
-    root = tmp_path_factory.mktemp("pristine")
-    shutil.copytree(tiny_model_dir, root / "target")
-    shutil.copytree(tiny_unlearned_dir, root / "unlearned")
-    shutil.copytree(tiny_data_dir, root / "data")
-    return root
+    return copy_tiny_inputs(tmp_path_factory.mktemp("pristine"), tiny_unlearned_dir, tiny_model_dir, tiny_data_dir)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import struct
 import warnings
 from collections import Counter
@@ -22,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from conftest import copy_tiny_inputs
 
 pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
@@ -39,11 +40,7 @@ ODD_VALUES: tuple[Any, ...] = (None, 0, -1, 3.5, 10**30, True, "x", "", [], {}, 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory: pytest.TempPathFactory, tiny_unlearned_dir: Path, tiny_model_dir: Path, tiny_data_dir: Path) -> Path:
     """Private copies to mutate (each mutation is undone right after its example)."""
-    root = tmp_path_factory.mktemp("mutate")
-    shutil.copytree(tiny_unlearned_dir, root / "unlearned")
-    shutil.copytree(tiny_model_dir, root / "target")
-    shutil.copytree(tiny_data_dir, root / "data")
-    return root
+    return copy_tiny_inputs(tmp_path_factory.mktemp("mutate"), tiny_unlearned_dir, tiny_model_dir, tiny_data_dir)
 
 
 def _json_paths(value: Any, prefix: tuple[Any, ...] = (), limit: int = 3000) -> Iterator[tuple[Any, ...]]:

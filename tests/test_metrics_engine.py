@@ -14,13 +14,13 @@ from typing import Any
 
 import pytest
 
-from unlearn_assert.data import MuseData, load_data
+from unlearn_assert.data import MuseData
 from unlearn_assert.metrics import compute_auc, evaluate
 from unlearn_assert.metrics.generation import greedy_generate
 from unlearn_assert.metrics.knowmem import icl_prefix, knowmem_generations, knowmem_prompt
 from unlearn_assert.metrics.privleak import privleak_scores, score_texts
 from unlearn_assert.metrics.verbmem import verbmem_generations
-from unlearn_assert.models import LoadedModel, load_model
+from unlearn_assert.models import LoadedModel
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,13 +40,13 @@ def one_torch_thread() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def loaded(tiny_model_dir: Path) -> LoadedModel:
-    return load_model(tiny_model_dir)
+def loaded(target: LoadedModel) -> LoadedModel:
+    return target
 
 
 @pytest.fixture(scope="module")
-def data(tiny_data_dir: Path) -> MuseData:
-    return load_data(tiny_data_dir)
+def data(tiny_data: MuseData) -> MuseData:
+    return tiny_data
 
 
 @pytest.fixture(scope="module")
