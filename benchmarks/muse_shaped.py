@@ -21,7 +21,9 @@ prefill (forwards of more than one new token) and decode (one token), inside ``l
 rest ("other": scoring, ROUGE, Python); the ratio naive/ours; the FLOP floor (2 x body params
 per token + 2 x hidden x vocab per computed logit row + 4 x layers x heads x head_dim per attended
 position, with the knowmem ICL prefix counted once) divided by the matmul rate measured on this
-model's own GEMM shapes right before that metric (the floor time), the achieved fraction
+model's own GEMM shapes right before that metric (M = 1,024 rows for the prefill FLOPs, and M = the
+engine's decode batch for the FLOPs of one-token decode steps: with a few rows a GEMM reads every
+weight for few FLOPs, so decode is bound by memory bandwidth; "dec GF/s"), the floor time, the achieved fraction
 floor/actual; and the peak RSS during the metric (Linux VmHWM, reset before each metric) above the
 process's RSS before the model was loaded (``x wts``: this includes whatever the process keeps
 from earlier metrics and the naive run), and weights plus the metric's own transient (peak minus
@@ -235,8 +237,10 @@ def measured(model: Any) -> Iterator[dict[str, Any]]:
 # --------------------------------------------------------------------------- FLOP floor
 
 
-def floor_flops(shape: dict[str, int], tokenizer: Any, data: Any, generated: dict[str, list[int]]) -> dict[str, float]:
-    """FLOPs any implementation must spend per metric (see the module docstring)."""
+def floor_flops(shape: dict[str, int], tokenizer: Any, data: Any, generated: dict[str, list[int]],
+                decode_share: dict[str, float] | None = None) -> dict[str, float]:
+    """FLOPs any implementation must spend per metric (see the module docstring); ``decode_share``
+    (if given) receives, per metric, the share of them spent in one-token decode steps."""
     body, head = 2 * shape["body_params"], 2 * shape["hidden"] * shape["vocab"]
     attn = 4 * shape["layers"] * shape["heads"] * shape["head_dim"]
 
@@ -247,19 +251,24 @@ def floor_flops(shape: dict[str, int], tokenizer: Any, data: Any, generated: dic
         return sum(body + head + attn * (start + t + 1) for t in range(steps))
 
     out: dict[str, float] = {}
+    decoded: dict[str, float] = {"privleak": 0.0}
     prompts = [tokenizer(d.prompt)["input_ids"] for d in data.verbmem_forget]
     out["verbmem_f"] = sum(prefill(len(p)) + decode(len(p), max(g - 1, 0)) for p, g in zip(prompts, generated["verbmem_f"]))
+    decoded["verbmem_f"] = sum(decode(len(p), max(g - 1, 0)) for p, g in zip(prompts, generated["verbmem_f"]))
     for key, qa, icl in (("knowmem_f", data.knowmem_forget_qa, data.knowmem_forget_icl),
                          ("knowmem_r", data.knowmem_retain_qa, data.knowmem_retain_icl)):
         prefix = "".join(f"Question: {p.question}\nAnswer: {p.answer}\n\n" for p in icl)
         shared = len(tokenizer(prefix)["input_ids"]) - 1
-        total = prefill(shared) - head
+        total, steps = prefill(shared) - head, 0.0
         for item, g in zip(qa, generated[key]):
             n = len(tokenizer(prefix + f"Question: {item.question}\nAnswer: ")["input_ids"])
             total += prefill(n - shared, shared) + decode(n, max(g - 1, 0))
-        out[key] = total
+            steps += decode(n, max(g - 1, 0))
+        out[key], decoded[key] = total, steps
     texts = list(data.privleak_forget) + list(data.privleak_holdout)
     out["privleak"] = sum(n * (body + head) + attn * n * (n + 1) / 2 for n in (len(tokenizer(t)["input_ids"]) for t in texts))
+    if decode_share is not None:
+        decode_share.update({m: decoded[m] / out[m] for m in out})
     return out
 
 
@@ -298,7 +307,11 @@ def run(items: int, repeats: int, skip_naive: bool = False, model_name: str = "t
         rate, square = matmul_rate(shape)
         with measured(model) as record:
             ev = evaluate(loaded, data, metrics=[metric])
-        record.update(rate=rate, square_rate=square, value=ev.values[metric], batch_size=ev.extras["batch_size"][metric],
+        batch = ev.extras["batch_size"][metric]
+        # decode multiplies [rows, hidden] by every weight: at a few rows that reads the weights, so its
+        # floor is the GEMM rate at M = the engine's decode batch (bound by memory bandwidth), not at M = 1024
+        decode_rate = matmul_rate(shape, tokens=max(int(batch), 1))[0] if metric != "privleak" else rate
+        record.update(rate=rate, square_rate=square, decode_rate=decode_rate, value=ev.values[metric], batch_size=batch,
                       engine_split=ev.extras.get("time_split", {}).get(metric))
         return record, ev
 
@@ -344,7 +357,8 @@ def run(items: int, repeats: int, skip_naive: bool = False, model_name: str = "t
     # knowmem generations are cut at stop strings; the floor counts the tokens ours decoded
     for metric in ("knowmem_f", "knowmem_r"):
         generated[metric] = [min(g + 1, 32) for g in generated[metric]]
-    flops = floor_flops(shape, tok, data, generated)
+    decode_share: dict[str, float] = {}
+    flops = floor_flops(shape, tok, data, generated, decode_share)
     report: dict[str, Any] = {
         "items": items, "repeats": repeats, "torch_threads": torch.get_num_threads(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(), "load_average": os.getloadavg(),
@@ -352,12 +366,14 @@ def run(items: int, repeats: int, skip_naive: bool = False, model_name: str = "t
         "metrics": {},
     }
     for metric in METRIC_ORDER:
-        row: dict[str, Any] = {"flops": flops[metric]}
+        row: dict[str, Any] = {"flops": flops[metric], "decode_flop_share": decode_share[metric]}
+        decode_rate = results["ours"][metric].get("decode_rate") or results["ours"][metric]["rate"]
         for impl in ("ours", "naive"):
             rec = results[impl].get(metric)
             if rec is None:
                 continue
-            floor_seconds = flops[metric] / rec["rate"]
+            # the same floor for both: prefill FLOPs at the large-M rate, decode FLOPs at the rate for ours' decode batch
+            floor_seconds = flops[metric] * (1 - decode_share[metric]) / rec["rate"] + flops[metric] * decode_share[metric] / decode_rate
             row[impl] = {**rec, "floor_seconds": floor_seconds, "floor_ratio": rec["seconds"] / floor_seconds,
                          "achieved_fraction": floor_seconds / rec["seconds"],
                          "peak_rss_over_runtime_x_weights": (rec["peak_rss"] - rss_runtime) / weight_bytes,
@@ -395,7 +411,7 @@ def format_report(report: dict[str, Any]) -> str:
              f"runtime RSS before loading {report['rss_runtime'] / mb:.0f} MB; "
              f"token lengths {report['lengths']}"]
     head = f"{'metric':10} {'impl':6} {'seconds':>8} {'prefill':>8} {'decode':>8} {'head':>7} {'other':>7} {'GFLOP':>8} " \
-           f"{'GFLOP/s':>8} {'floor s':>8} {'x floor':>8} {'achieved':>8} {'peakRSS-rt':>10} {'x wts':>6} {'W+trans':>7}"
+           f"{'GFLOP/s':>8} {'dec GF/s':>8} {'floor s':>8} {'x floor':>8} {'achieved':>8} {'peakRSS-rt':>10} {'x wts':>6} {'W+trans':>7}"
     lines.append(head)
     for metric, row in report["metrics"].items():
         for impl in ("ours", "naive"):
@@ -405,7 +421,8 @@ def format_report(report: dict[str, Any]) -> str:
             s = rec["split"]
             lines.append(
                 f"{metric:10} {impl:6} {rec['seconds']:8.2f} {s['prefill']:8.2f} {s['decode']:8.2f} {s['head']:7.2f} {s['other']:7.2f} "
-                f"{row['flops'] / 1e9:8.1f} {rec['rate'] / 1e9:8.1f} {rec['floor_seconds']:8.2f} {rec['floor_ratio']:8.2f} "
+                f"{row['flops'] / 1e9:8.1f} {rec['rate'] / 1e9:8.1f} {row['ours'].get('decode_rate', rec['rate']) / 1e9:8.1f} "
+                f"{rec['floor_seconds']:8.2f} {rec['floor_ratio']:8.2f} "
                 f"{rec['achieved_fraction']:8.2f} {(rec['peak_rss'] - report['rss_runtime']) / mb:9.1f}M {rec['peak_rss_over_runtime_x_weights']:6.2f} "
                 f"{rec['weights_plus_transient_x_weights']:7.2f}")
         if "naive_over_ours" in row:

@@ -354,10 +354,13 @@ class ModelShape:
 
     def activation_bytes_per_token(self, keys: int = 0) -> int:
         """Live activations of one query token inside a block (MLP peak: three ``inter`` wide
-        tensors next to the residual stream), plus its attention-score row when the eager kernel
-        materializes scores over ``keys`` positions (SDPA's CPU and GPU kernels do not)."""
+        tensors next to the residual stream), its row of the 4D additive attention mask over ``keys``
+        positions (compute dtype, plus the two boolean temporaries :meth:`ModelIO.attention_mask`
+        builds it from), and its attention-score row when the eager kernel materializes scores
+        (SDPA's CPU and GPU kernels do not)."""
         scores = self.heads * keys * 4 if self.eager_attention else 0
-        return (3 * self.inter + 4 * self.hidden) * self.element_size + scores
+        mask = keys * (self.element_size + 2)
+        return (3 * self.inter + 4 * self.hidden) * self.element_size + scores + mask
 
 
 def memory_budget(model: Any) -> int:
