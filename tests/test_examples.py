@@ -32,8 +32,9 @@ def test_release_ci_example_end_to_end(pytester: pytest.Pytester, tiny_model_dir
     # this "unlearned" model's forgetting is undone by 4-bit RTN: the gate must fail the build
     assert result.ret == pytest.ExitCode.TESTS_FAILED, result.stdout.str()[-3000:]
     # on the fixture's 8 passages the recovery's interval may straddle the budget: then the failure says so (the
-    # summary line is cut at the terminal's width)
-    result.stdout.re_match_lines([r".*test_budget\[rtn-w4g128-verbmem_f\] - Failed: (verbmem_f RECOVERED|undecided: verbmem_f rec)"])
+    # summary line is cut at the terminal's width); where the full-precision drop's interval straddles the floor too
+    # (the tiny models train differently on AVX2-only kernels), the undecided message names the drop first
+    result.stdout.re_match_lines([r".*test_budget\[rtn-w4g128-verbmem_f\] - Failed: (verbmem_f RECOVERED|undecided: verbmem_f (rec|drop))"])
     report = json.loads((pytester.path / "unlearn-report.json").read_text())
     quantizers = {r["quantizer"] for r in report["rows"] if r["model"] == "unlearned"}
     assert quantizers == {"fp", "bnb-fp4", "bnb-nf4", "bnb-int8", "rtn-w4g128", "rtn-w8"}

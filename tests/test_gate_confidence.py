@@ -42,6 +42,15 @@ def _straddled(report: dict[str, Any]) -> tuple[dict[str, Any], float]:
                          + "; ".join(f"{v['item']} {v.get('estimate')} {v.get('ci')}" for v in report["verdicts"]))
 
 
+def _floor_below_the_drop(report: dict[str, Any], check: str) -> str:
+    """"" when the fp item of ``check`` is decided under the default floor, else `` floor=X`` with X half
+    the lower end of the drop's interval (measured: the tiny models' drop differs between CPU kernels)."""
+    gate = next(v for v in report["verdicts"] if v["item"] == f"test_budget[fp-{check}]")
+    if gate["decided"] or not gate.get("ci") or gate["ci"][0] <= 0:
+        return ""
+    return f" floor={round(gate['ci'][0] / 2, 3)}"
+
+
 def test_each_policy_changes_outcomes_exactly_as_defined(pytester: pytest.Pytester, tiny_in_cell_dir: Path,
                                                          tiny_model_dir: Path, tiny_data_dir: Path) -> None:
     args = (tiny_in_cell_dir, tiny_model_dir, tiny_data_dir)
@@ -55,6 +64,9 @@ def test_each_policy_changes_outcomes_exactly_as_defined(pytester: pytest.Pytest
     first.stdout.fnmatch_lines([f"unlearn-assert: warning: verbmem_f's resolution {res['recovery']:.0%} exceeds its 25% "
                                 "recovery budget: n=8 forget passages cannot tell a 25% recovery from none; add forget items"])
 
+    floor = _floor_below_the_drop(report, "verbmem_f")
+    if floor:  # the drop's interval straddles the default floor (as on AVX2-only kernels): a measured floor decides it
+        _, report = _run(pytester, *args, "first-floor", "-k", "verbmem_f", f"--unlearn-budget={floor.strip()}")
     item, budget = _straddled(report)
     q, check = item["quantizer"], item["check"]
     other = "rtn-w4g128" if q == "rtn-w8" else "rtn-w8"
@@ -64,7 +76,7 @@ def test_each_policy_changes_outcomes_exactly_as_defined(pytester: pytest.Pytest
     decided_same = "failed" if far == 0.0 else "passed"
     if far == 1.0:
         assert other_v["ci"][1] is not None and other_v["ci"][1] <= 1.0, other_v
-    expr = f"--unlearn-budget={check}@{q}={budget} {check}@{other}={far}"
+    expr = f"--unlearn-budget={check}@{q}={budget} {check}@{other}={far}{floor}"
     seen = {}
     for policy in ("point", "strict", "lenient"):
         result, rep = _run(pytester, *args, policy, "-k", check, expr, f"--unlearn-verdict={policy}")

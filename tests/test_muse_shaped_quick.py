@@ -1,6 +1,8 @@
-"""The MUSE-shaped benchmark (issue 19) at its --quick size: it runs, and ours and naive agree.
-Speed ratios are printed, not asserted: at 4 items per split on a shared machine they measure the
-neighbours (run ``python benchmarks/muse_shaped.py``)."""
+"""The MUSE-shaped benchmark (issue 19) at its --quick size, in CI: it runs, and ours and the naive
+batch-1 MUSE evaluation agree (identical generations, privleak within float rounding). Speed and
+memory ratios are printed, not asserted: at 4 items per split of a 16 MB model on a shared machine
+they measure the neighbours and the runtime's fixed costs (the measured figures, on SmolLM-135M's
+shape, are in docs/metrics.md and benchmarks/results/issue19-session5-*.txt)."""
 
 from __future__ import annotations
 
@@ -13,14 +15,14 @@ from typing import Any
 
 import pytest
 
-HERE = Path(__file__).resolve().parent
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out = tmp_path_factory.mktemp("muse-shaped") / "report.json"
     env = {**os.environ, "UNLEARN_BENCH_QUICK": "1"}
-    done = subprocess.run([sys.executable, str(HERE / "muse_shaped.py"), "--repeats", "1", "--fixed-mmap-threshold", "--json", str(out)],
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "muse_shaped.py"), "--repeats", "1", "--fixed-mmap-threshold", "--json", str(out)],
                           env=env, capture_output=True, text=True, timeout=1800)
     print(done.stdout)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -38,10 +40,3 @@ def test_muse_shaped_quick_runs_and_agrees(report: dict[str, Any]) -> None:
         else:
             assert agrees["identical_generations"] == agrees["of"] == 4, metric
         assert row["flops"] > 0 and 0 < row["ours"]["achieved_fraction"]
-
-
-@pytest.mark.xfail(strict=True, reason="issue 19 open: for this 16 MB model the activation estimate under-counts transformers' "
-                                       "temporaries; measured weights + transient 2.7-3.7x (benchmarks/results)")
-def test_muse_shaped_memory_within_two_and_a_half_weights(report: dict[str, Any]) -> None:
-    for metric, row in report["metrics"].items():
-        assert row["ours"]["weights_plus_transient_x_weights"] <= 2.5 * 1.05, (metric, row["ours"])
