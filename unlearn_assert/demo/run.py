@@ -7,7 +7,8 @@ small-learning-rate model forgets in full precision, but 4-bit quantization brin
 the forgotten knowledge back, so the default budget fails its 4-bit items; the SURE model forgets
 and stays forgotten under the same quantizers, so its 4-bit recovery items pass. The exit code is 0
 exactly when both happened (see :func:`judge`); every quantizer's recovery is printed and written,
-including those that show none.
+including those that show none, and so is the relearning attack's (:data:`DEMO_ATTACKS`), which
+the exit code does not judge.
 
 The gate runs through :func:`unlearn_assert.engine.gate`, the same engine as the pytest plugin,
 with the default budget, so a warm run (family built, rows in the result cache) loads no model.
@@ -303,7 +304,8 @@ def add_demo_parser(subparsers: Any) -> argparse.ArgumentParser:
         "demo",
         help="build the demo family (once) and show the paper's result: the gate fails a plain unlearned model, passes its SURE variant",
         description="Builds (once, cached) a fictitious-news corpus, a tiny Llama that knows it, a retrain model and "
-        "unlearned models, then gates the plain and the SURE model under 4- and 8-bit quantizers with the default budget. "
+        "unlearned models, then gates the plain and the SURE model under 4- and 8-bit quantizers (and the relearn-forget-50 "
+        "attack, reported) with the default budget. "
         "Writes DIR/<model>.json and DIR/<model>.html. Exit code 0 when the plain model fails the 4-bit budget and the "
         "SURE model passes it.",
     )
