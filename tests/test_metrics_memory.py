@@ -18,16 +18,6 @@ from unlearn_assert.metrics.verbmem import verbmem_generations
 from unlearn_assert.models import LoadedModel
 
 
-@pytest.fixture(scope="module")
-def loaded(target: LoadedModel) -> LoadedModel:
-    return target
-
-
-@pytest.fixture(scope="module")
-def data(tiny_data: MuseData) -> MuseData:
-    return tiny_data
-
-
 def _reference_stats(model: Any, tokenizer: Any, text: str) -> tuple[list[float], list[float]]:
     """The pre-issue-19 arithmetic: one batch-1 forward, full [T, V] fp32 log-softmax."""
     import torch
@@ -43,9 +33,9 @@ def _reference_stats(model: Any, tokenizer: Any, text: str) -> tuple[list[float]
 
 
 @pytest.mark.parametrize("plan", [None, pl.ScoringPlan(tokens=48, head_positions=7, budget=0)], ids=["auto", "chunked"])
-def test_chunked_privleak_scores_equal_full_logits(loaded: LoadedModel, data: MuseData, plan: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    model, tok = loaded.model, loaded.tokenizer
-    texts = list(data.privleak_forget) + list(data.privleak_holdout)
+def test_chunked_privleak_scores_equal_full_logits(target: LoadedModel, tiny_data: MuseData, plan: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    model, tok = target.model, target.tokenizer
+    texts = list(tiny_data.privleak_forget) + list(tiny_data.privleak_holdout)
     head_rows: list[int] = []
     handle = model.get_output_embeddings().register_forward_hook(lambda m, a, out: head_rows.append(out.shape[-2]))
     if plan is not None:
@@ -74,10 +64,10 @@ def test_chunked_privleak_scores_equal_full_logits(loaded: LoadedModel, data: Mu
         assert pl.min_k(score.zscores) == pytest.approx(pl.min_k(zscores), rel=1e-5, abs=1e-6)  # Min-K%++
 
 
-def test_a_text_scores_the_same_whatever_shares_its_batch(loaded: LoadedModel, data: MuseData) -> None:
-    texts = list(data.privleak_holdout)
-    alone, _ = pl.score_texts(loaded.model, loaded.tokenizer, texts[:1])
-    mixed, used = pl.score_texts(loaded.model, loaded.tokenizer, texts + texts[:1])
+def test_a_text_scores_the_same_whatever_shares_its_batch(target: LoadedModel, tiny_data: MuseData) -> None:
+    texts = list(tiny_data.privleak_holdout)
+    alone, _ = pl.score_texts(target.model, target.tokenizer, texts[:1])
+    mixed, used = pl.score_texts(target.model, target.tokenizer, texts + texts[:1])
     assert used > 1
     assert alone[0].logprobs == mixed[0].logprobs == mixed[-1].logprobs  # bit-identical
 
@@ -91,18 +81,18 @@ def test_padded_width_depends_on_the_text_alone() -> None:
     assert pl.padded_width(1000, window=1001) == 1001 and pl.padded_width(1000, window=900) == 1000
 
 
-def test_chunked_prefill_and_small_batches_give_the_same_tokens(loaded: LoadedModel, data: MuseData, monkeypatch: pytest.MonkeyPatch) -> None:
-    model, tok = loaded.model, loaded.tokenizer
-    prompts = [item.prompt for item in data.verbmem_forget]
+def test_chunked_prefill_and_small_batches_give_the_same_tokens(target: LoadedModel, tiny_data: MuseData, monkeypatch: pytest.MonkeyPatch) -> None:
+    model, tok = target.model, target.tokenizer
+    prompts = [item.prompt for item in tiny_data.verbmem_forget]
     reference, _ = verbmem_generations(model, tok, prompts, batch_size=1)
-    questions = [item.question for item in data.knowmem_forget_qa]
-    ref_texts, ref_out = knowmem_generations(model, tok, questions, data.knowmem_forget_icl, batch_size=1, reuse_prefix=False, early_stop=False)
+    questions = [item.question for item in tiny_data.knowmem_forget_qa]
+    ref_texts, ref_out = knowmem_generations(model, tok, questions, tiny_data.knowmem_forget_icl, batch_size=1, reuse_prefix=False, early_stop=False)
     # prompts prefilled 5 tokens at a time (several chunks per prompt), 3 rows decoded together
     monkeypatch.setattr(gen, "plan_generation", lambda *a, **k: gen.GenerationPlan(rows=3, prefill_tokens=5, budget=0))
     assert min(len(tok(p)["input_ids"]) for p in prompts) > 5
     ids, out = verbmem_generations(model, tok, prompts)
     assert ids == reference and out.batch_size == 3
-    texts, fast = knowmem_generations(model, tok, questions, data.knowmem_forget_icl)
+    texts, fast = knowmem_generations(model, tok, questions, tiny_data.knowmem_forget_icl)
     assert texts == ref_texts and fast.prefix_tokens > 0
     for short, whole in zip(fast.ids, ref_out.ids):
         assert whole[: len(short)] == short
@@ -160,8 +150,8 @@ def test_memory_budget_and_plan_respect_it_deterministically() -> None:
     assert gen.plan_generation(_fake_model(torch.bfloat16), 100, 950, 128).rows >= gen.plan_generation(model, 100, 950, 128).rows
 
 
-def test_evaluate_reports_where_the_time_goes(loaded: LoadedModel, data: MuseData) -> None:
-    ev = evaluate(loaded, data.limited(2))
+def test_evaluate_reports_where_the_time_goes(target: LoadedModel, tiny_data: MuseData) -> None:
+    ev = evaluate(target, tiny_data.limited(2))
     split = ev.extras["time_split"]
     assert set(split) == set(ev.values)
     for metric in ("verbmem_f", "knowmem_f", "knowmem_r"):
@@ -171,20 +161,20 @@ def test_evaluate_reports_where_the_time_goes(loaded: LoadedModel, data: MuseDat
         assert sum(parts.values()) == pytest.approx(ev.extras["seconds"][metric])
 
 
-def test_gqa_attention_on_cpu_copies_no_kv_and_changes_no_bit(loaded: LoadedModel, data: MuseData, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_gqa_attention_on_cpu_copies_no_kv_and_changes_no_bit(target: LoadedModel, tiny_data: MuseData, monkeypatch: pytest.MonkeyPatch) -> None:
     """With a mask (padded batches, decode steps) transformers copies K and V per query group on
     CPU (``repeat_kv``); ``sdpa_gqa_on_cpu`` lets torch group the heads instead. Same bits, no copy."""
     import torch
     from transformers import LlamaForCausalLM
     from transformers.integrations import sdpa_attention
 
-    tok = loaded.tokenizer
-    config = loaded.model.config.to_dict()
-    config.update(num_key_value_heads=loaded.model.config.num_attention_heads // 2)  # the fixture's shape, with GQA
+    tok = target.tokenizer
+    config = target.model.config.to_dict()
+    config.update(num_key_value_heads=target.model.config.num_attention_heads // 2)  # the fixture's shape, with GQA
     torch.manual_seed(0)
-    model = LlamaForCausalLM(type(loaded.model.config).from_dict(config)).eval()
+    model = LlamaForCausalLM(type(target.model.config).from_dict(config)).eval()
     assert model.config._attn_implementation == "sdpa"
-    prompts = [tok(d.prompt)["input_ids"] for d in data.verbmem_forget[:4]]
+    prompts = [tok(d.prompt)["input_ids"] for d in tiny_data.verbmem_forget[:4]]
     width = max(map(len, prompts))
     ids = torch.tensor([[tok.pad_token_id] * (width - len(p)) + p for p in prompts])
     mask = (torch.arange(width)[None] >= torch.tensor([width - len(p) for p in prompts])[:, None]).long()
@@ -201,11 +191,11 @@ def test_gqa_attention_on_cpu_copies_no_kv_and_changes_no_bit(loaded: LoadedMode
     assert sdpa_attention.use_gqa_in_sdpa is not gen._gqa_kernel  # restored after the forward
 
 
-def test_long_texts_run_alone_unpadded_and_score_as_full_logits(loaded: LoadedModel, data: MuseData, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_long_texts_run_alone_unpadded_and_score_as_full_logits(target: LoadedModel, tiny_data: MuseData, monkeypatch: pytest.MonkeyPatch) -> None:
     """A text of SOLO_TOKENS or more is its own batch with no padding (so no mask: SDPA's causal
     kernel), and scores exactly as the full-vocabulary reference does."""
-    model, tok = loaded.model, loaded.tokenizer
-    texts = list(data.privleak_forget)[:4]
+    model, tok = target.model, target.tokenizer
+    texts = list(tiny_data.privleak_forget)[:4]
     lengths = [len(tok(t)["input_ids"]) for t in texts]
     monkeypatch.setattr(pl, "SOLO_TOKENS", min(lengths))
     masks: list[Any] = []

@@ -42,6 +42,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ..data import DOC_JOINER
+
 __all__ = ["CORPUS_VERSION", "TRAIN_FORGET", "Article", "CorpusSpec", "generate_articles", "training_forget_text", "write_corpus"]
 
 #: Bump when the generator's output changes for a given seed (part of the demo recipe hash).
@@ -459,8 +461,6 @@ def _dump(path: Path, value: Any) -> None:
 DOC_SEPARATOR = "\n\n\n"
 #: The forget text in the layout the models are trained and unlearned on (not a MUSE file).
 TRAIN_FORGET = "train/forget.txt"
-#: MUSE's joiner of a raw .json document list into its .txt twin.
-DOC_JOINER = "\n\n"
 
 
 def _qa_blocks(articles: list[Article], per_block: int, rng: random.Random) -> list[str]:

@@ -38,12 +38,15 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, UnlearnAssertError
 from ..fs import user_path
 from ..unlearning.settings import UnlearnSettings
 from .corpus import CORPUS_VERSION, TRAIN_FORGET, CorpusSpec, training_forget_text, training_texts, write_corpus
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..data import MuseData
 
 __all__ = [
     "DEMO_MODELS",
@@ -346,7 +349,7 @@ def _job_unlearn(target_dir: str, data_dir: str, out_dir: str, u: dict[str, Any]
             "sure_selected": result.selected_modules}
 
 
-def unlearning_data(data_dir: str | os.PathLike[str]) -> Any:
+def unlearning_data(data_dir: str | os.PathLike[str]) -> MuseData:
     """The corpus as the family unlearns on it: MUSE's data, with the raw forget text in its training
     layout (``train/forget.txt``, exactly what the target learned) instead of ``raw/forget.json``'s
     per-article documents (the same text, grouped so that relearn-forget can split it)."""
