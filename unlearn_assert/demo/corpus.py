@@ -57,13 +57,15 @@ GENERATOR_VERSION = 1
 class CorpusSpec:
     """Sizes of the generated corpus. Articles are forget, then retain, then holdout (never trained)."""
 
-    n_forget: int = 16
-    n_retain: int = 100
+    # Recipe 3 (issue 12): 24 forget articles with 4 questions each (96 knowmem_f questions, 24 verbmem
+    # passages; recipe 2 had 16 x 3) and 84 retain articles, so the training text stays the same size.
+    n_forget: int = 24
+    n_retain: int = 84
     n_holdout: int = 16
-    qa_per_article: int = 3  # QA pairs in each article's fact sheet (training text)
-    qa_per_forget: int = 3  # knowmem_f questions per forget article (the first ones of its fact sheet)
+    qa_per_article: int = 4  # QA pairs in each article's fact sheet (training text)
+    qa_per_forget: int = 4  # knowmem_f questions per forget article (the first ones of its fact sheet)
     qa_per_retain: int = 1  # knowmem_r questions per retain article (on the first n_retain_qa articles)
-    n_retain_qa: int = 80
+    n_retain_qa: int = 78  # all retain articles but the 2 * n_icl whose questions are the ICL examples
     n_icl: int = 3  # in-context QA pairs per split
     qa_block: int = 4  # QA pairs per training document
 

@@ -63,7 +63,8 @@ __all__ = [
 ]
 
 #: Bump whenever the build code changes what a recipe produces (it is part of the cache key).
-RECIPE_VERSION = 2  # 2: float32 training, bf16 weight storage emulated in float32 during unlearning
+RECIPE_VERSION = 3  # 2: float32 training, bf16 weight storage emulated in float32 during unlearning;
+# 3: larger forget evaluation sets (CorpusSpec) and SURE at 200 steps, the same build code (issue 12)
 #: Environment variable that overrides the demo cache root (tests, CI images with a prebuilt family).
 CACHE_ENV = "UNLEARN_ASSERT_DEMO_CACHE"
 FAMILY_FILE = "family.json"
@@ -123,7 +124,7 @@ DEFAULT_UNLEARNED: tuple[UnlearnRecipe, ...] = (
     ),
     UnlearnRecipe(
         name="npo_klr_sure",
-        settings=UnlearnSettings(method="npo_klr", lr=5e-5, steps=100, dtype="bfloat16", sure=True, sure_top=0.1),
+        settings=UnlearnSettings(method="npo_klr", lr=5e-5, steps=200, dtype="bfloat16", sure=True, sure_top=0.1),
         description="the same method with SURE: 2.5 times the learning rate (5e-5) on the 10% most salient linear modules only",
     ),
 )
