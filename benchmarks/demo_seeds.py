@@ -37,7 +37,10 @@ import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from unlearn_assert.demo.family import DemoRecipe
 
 FOUR_BIT = ("bnb-fp4", "rtn-w4", "rtn-w4g64")
 EIGHT_BIT = ("rtn-w8", "bnb-int8")
@@ -51,7 +54,7 @@ def _say(line: str) -> None:
     print(line, flush=True)
 
 
-def parse_recipe(text: str) -> Any:
+def parse_recipe(text: str) -> DemoRecipe:
     """The shipped recipe with ``section.field=value`` overrides (section: ``corpus``, ``lm`` or an unlearned model's name)."""
     from unlearn_assert.demo.family import DEFAULT_RECIPE
 
@@ -74,7 +77,7 @@ def parse_recipe(text: str) -> Any:
     return recipe.validated()
 
 
-def build_target(root: Path, seed: int, reuse: Path | None, recipe: Any) -> tuple[Path, Path]:
+def build_target(root: Path, seed: int, reuse: Path | None, recipe: DemoRecipe) -> tuple[Path, Path]:
     """``root/data`` and ``root/target`` for corpus seed ``seed`` (copied from ``reuse`` for seed 0)."""
     from unlearn_assert.demo.corpus import training_texts, write_corpus
     from unlearn_assert.demo.family import train_demo_tokenizer, train_lm
@@ -93,7 +96,7 @@ def build_target(root: Path, seed: int, reuse: Path | None, recipe: Any) -> tupl
     return data, target
 
 
-def build_unlearned(root: Path, data: Path, target: Path, unlearn_seed: int, recipe: Any) -> dict[str, Path]:
+def build_unlearned(root: Path, data: Path, target: Path, unlearn_seed: int, recipe: DemoRecipe) -> dict[str, Path]:
     from unlearn_assert.demo.family import unlearning_data
     from unlearn_assert.unlearning.trainer import save_unlearned, unlearn
 

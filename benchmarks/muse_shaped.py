@@ -253,8 +253,8 @@ def floor_flops(shape: dict[str, int], tokenizer: Any, data: Any, generated: dic
     out: dict[str, float] = {}
     decoded: dict[str, float] = {"privleak": 0.0}
     prompts = [tokenizer(d.prompt)["input_ids"] for d in data.verbmem_forget]
-    out["verbmem_f"] = sum(prefill(len(p)) + decode(len(p), max(g - 1, 0)) for p, g in zip(prompts, generated["verbmem_f"]))
     decoded["verbmem_f"] = sum(decode(len(p), max(g - 1, 0)) for p, g in zip(prompts, generated["verbmem_f"]))
+    out["verbmem_f"] = sum(prefill(len(p)) for p, _ in zip(prompts, generated["verbmem_f"])) + decoded["verbmem_f"]
     for key, qa, icl in (("knowmem_f", data.knowmem_forget_qa, data.knowmem_forget_icl),
                          ("knowmem_r", data.knowmem_retain_qa, data.knowmem_retain_icl)):
         prefix = "".join(f"Question: {p.question}\nAnswer: {p.answer}\n\n" for p in icl)
@@ -262,9 +262,9 @@ def floor_flops(shape: dict[str, int], tokenizer: Any, data: Any, generated: dic
         total, steps = prefill(shared) - head, 0.0
         for item, g in zip(qa, generated[key]):
             n = len(tokenizer(prefix + f"Question: {item.question}\nAnswer: ")["input_ids"])
-            total += prefill(n - shared, shared) + decode(n, max(g - 1, 0))
+            total += prefill(n - shared, shared)
             steps += decode(n, max(g - 1, 0))
-        out[key], decoded[key] = total, steps
+        out[key], decoded[key] = total + steps, steps
     texts = list(data.privleak_forget) + list(data.privleak_holdout)
     out["privleak"] = sum(n * (body + head) + attn * n * (n + 1) / 2 for n in (len(tokenizer(t)["input_ids"]) for t in texts))
     if decode_share is not None:

@@ -43,8 +43,9 @@ def _straddled(report: dict[str, Any]) -> tuple[dict[str, Any], float]:
 
 
 def _floor_below_the_drop(report: dict[str, Any], check: str) -> str:
-    """"" when the fp item of ``check`` is decided under the default floor, else `` floor=X`` with X half
-    the lower end of the drop's interval (measured: the tiny models' drop differs between CPU kernels)."""
+    """An empty string when the fp item of ``check`` is decided under the default floor, else
+    ``" floor=X"`` with X half the lower end of the drop's interval (measured: the tiny models' drop
+    differs between CPU kernels)."""
     gate = next(v for v in report["verdicts"] if v["item"] == f"test_budget[fp-{check}]")
     if gate["decided"] or not gate.get("ci") or gate["ci"][0] <= 0:
         return ""

@@ -304,8 +304,9 @@ def score_texts(
     pad = pad_token_id(tokenizer)
     plan = plan_scoring(model)
     # a long text (or one too long to share a forward) runs alone, unpadded (still independent of the others)
-    alone = [2 * padded_width(len(ids), window) > plan.tokens or len(ids) >= SOLO_TOKENS for ids in encoded]
-    widths = [len(ids) if solo else padded_width(len(ids), window) for ids, solo in zip(encoded, alone)]
+    padded = [padded_width(len(ids), window) for ids in encoded]
+    alone = [2 * w > plan.tokens or len(ids) >= SOLO_TOKENS for ids, w in zip(encoded, padded)]
+    widths = [len(ids) if solo else w for ids, w, solo in zip(encoded, padded, alone)]
     order = sorted(range(len(texts)), key=lambda i: (-widths[i], -len(encoded[i])))
     results: list[TextScore | None] = [None] * len(texts)
     clock = {"forward": 0.0, "scoring": 0.0}
