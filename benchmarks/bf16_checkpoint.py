@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -66,6 +67,32 @@ def measure(path: Path, dtype: str, data: Any, repeats: int) -> dict[str, Any]:
     return {"seconds": best, "values": values, "samples": samples, "compute_dtype": chosen}
 
 
+def _run(args: argparse.Namespace, tmp: Path) -> tuple[dict[str, dict[str, Any]], str]:
+    """The runs: the model (``--checkpoint`` or muse_shaped's) saved as a bf16 / fp32 pair under ``tmp``, each measured."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from muse_shaped import build_corpus
+
+    from unlearn_assert.data import load_data
+    from unlearn_assert.metrics import evaluate
+    from unlearn_assert.models import load_model, quiet_transformers
+
+    if args.checkpoint is not None:
+        data_dir, model_dir, workload = args.data, args.checkpoint, f"{args.checkpoint} on {args.data}"
+    else:
+        with quiet_transformers():
+            data_dir, model_dir = build_corpus(tmp, args.items, model=args.model)
+        workload = f"muse_shaped {args.model}, {args.items} items per split"
+    with quiet_transformers():
+        bf16_dir, fp32_dir = save_pair(model_dir, tmp)
+    data = load_data(data_dir)
+    evaluate(load_model(fp32_dir), data.limited(1))  # warm-up: lazy imports, allocator, kernels
+    runs = {"fp32 checkpoint, auto": measure(fp32_dir, "auto", data, args.repeats),
+            "bf16 checkpoint, auto": measure(bf16_dir, "auto", data, args.repeats)}
+    if not args.skip_forced:
+        runs["bf16 checkpoint, bfloat16"] = measure(bf16_dir, "bfloat16", data, args.repeats)
+    return runs, workload
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--items", type=int, default=32, help="items per split (default 32)")
@@ -81,31 +108,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--checkpoint and --data go together")
     import torch
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from muse_shaped import build_corpus
-
-    from unlearn_assert.data import load_data
     from unlearn_assert.hardware import compute_info
-    from unlearn_assert.metrics import evaluate
-    from unlearn_assert.models import load_model, quiet_transformers
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     tmp = Path(tempfile.mkdtemp(prefix="bf16-checkpoint-"))
-    if args.checkpoint is not None:
-        data_dir, model_dir, workload = args.data, args.checkpoint, f"{args.checkpoint} on {args.data}"
-    else:
-        with quiet_transformers():
-            data_dir, model_dir = build_corpus(tmp, args.items, model=args.model)
-        workload = f"muse_shaped {args.model}, {args.items} items per split"
-    with quiet_transformers():
-        bf16_dir, fp32_dir = save_pair(model_dir, tmp)
-    data = load_data(data_dir)
-    evaluate(load_model(fp32_dir), data.limited(1))  # warm-up: lazy imports, allocator, kernels
-    runs = {"fp32 checkpoint, auto": measure(fp32_dir, "auto", data, args.repeats),
-            "bf16 checkpoint, auto": measure(bf16_dir, "auto", data, args.repeats)}
-    if not args.skip_forced:
-        runs["bf16 checkpoint, bfloat16"] = measure(bf16_dir, "bfloat16", data, args.repeats)
+    try:
+        runs, workload = _run(args, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # two or three copies of the weights
     base = runs["fp32 checkpoint, auto"]
     report = {"machine": compute_info(), "workload": workload, "threads": torch.get_num_threads(), "runs": runs}
     print(f"{compute_info()}; {workload}; {torch.get_num_threads()} thread(s)")

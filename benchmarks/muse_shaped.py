@@ -39,6 +39,7 @@ import gc
 import json
 import os
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -276,6 +277,15 @@ def floor_flops(shape: dict[str, int], tokenizer: Any, data: Any, generated: dic
 
 
 def run(items: int, repeats: int, skip_naive: bool = False, model_name: str = "tiny") -> dict[str, Any]:
+    """Build the corpus and model in a temporary directory, measure, and remove the directory."""
+    tmp = Path(tempfile.mkdtemp(prefix="muse-shaped-"))
+    try:
+        return _measure(tmp, items, repeats, skip_naive, model_name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # the model (0.5 GB at SmolLM-135M's shape) and the corpus
+
+
+def _measure(tmp: Path, items: int, repeats: int, skip_naive: bool, model_name: str) -> dict[str, Any]:
     import torch
 
     from unlearn_assert.data import load_data
@@ -285,7 +295,6 @@ def run(items: int, repeats: int, skip_naive: bool = False, model_name: str = "t
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from naive_muse import eval_knowmem, eval_privleak, eval_verbmem
 
-    tmp = Path(tempfile.mkdtemp(prefix="muse-shaped-"))
     data_dir, model_dir = build_corpus(tmp, items, model=model_name)
     reset_peak()
     rss_runtime = rss_bytes()
