@@ -199,8 +199,12 @@ def test_an_internal_error_in_an_item_is_one_line_naming_the_row(
     assert "Traceback (most recent call last)" in verbose.stdout.str() and "in _bug" in verbose.stdout.str()
 
 
-def test_an_internal_error_while_checking_options_is_one_line(
-        pytester: pytest.Pytester, tiny_unlearned_dir: Path, tiny_model_dir: Path, tiny_data_dir: Path) -> None:
+def test_an_internal_error_while_checking_options_is_one_line(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch,
+        tiny_unlearned_dir: Path, tiny_model_dir: Path, tiny_data_dir: Path) -> None:
+    # while options are checked pytest's cache is not set up yet, so the traceback goes to the temp dir: this test's own
+    temp = pytester.path / "temp"
+    temp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(temp))
     pytester.makeconftest(CONFIGURE_BUG_CONFTEST)
     result = pytester.runpytest_subprocess(*_args(tiny_unlearned_dir, tiny_model_dir, tiny_data_dir, pytester.path / "cache"))
     lines = [line for line in result.stderr.lines if line.strip()]
@@ -208,3 +212,5 @@ def test_an_internal_error_while_checking_options_is_one_line(
     assert len(lines) == 1, lines
     assert lines[0].startswith("ERROR: unlearn-assert: internal error while checking the options and inputs (KeyError: 'forced internal error')")
     assert "this is a bug in unlearn-assert" in lines[0] and "Traceback" not in result.stdout.str()
+    log = temp / "internal-errors.log"
+    assert f"full traceback in {log}" in lines[0] and "KeyError: 'forced internal error'" in log.read_text()
