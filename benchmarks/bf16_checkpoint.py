@@ -37,18 +37,14 @@ from typing import Any
 def save_pair(model_dir: Path, out: Path) -> tuple[Path, Path]:
     """``out/bf16`` (the model rounded to bf16) and ``out/fp32`` (the exact upcast of those weights)."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    paths = {"bf16": out / "bf16", "fp32": out / "fp32"}
-    model = model.to(torch.bfloat16)
-    model.save_pretrained(str(paths["bf16"]))
-    tokenizer.save_pretrained(str(paths["bf16"]))
-    model = model.to(torch.float32)  # bf16 -> fp32 is exact
-    model.save_pretrained(str(paths["fp32"]))
-    tokenizer.save_pretrained(str(paths["fp32"]))
-    return paths["bf16"], paths["fp32"]
+    from unlearn_assert.models import load_model
+
+    loaded = load_model(model_dir, dtype="float32")
+    for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):  # bf16 first: fp32 is then its exact upcast
+        loaded.model.to(dtype).save_pretrained(str(out / name))
+        loaded.tokenizer.save_pretrained(str(out / name))
+    return out / "bf16", out / "fp32"
 
 
 def measure(path: Path, dtype: str, data: Any, repeats: int) -> dict[str, Any]:

@@ -58,21 +58,20 @@ def parse_recipe(text: str) -> DemoRecipe:
     """The shipped recipe with ``section.field=value`` overrides (section: ``corpus``, ``lm`` or an unlearned model's name)."""
     from unlearn_assert.demo.family import DEFAULT_RECIPE
 
+    def override(obj: Any, name: str, raw: str, what: str) -> Any:
+        if not hasattr(obj, name):
+            raise SystemExit(f"--recipe: {what} has no field {name!r}")
+        return replace(obj, **{name: type(getattr(obj, name))(float(raw))})  # int fields: int(24.0) == 24
+
     recipe = DEFAULT_RECIPE
     for item in filter(None, (part.strip() for part in text.split(","))):
         key, _, raw = item.partition("=")
         section, _, name = key.partition(".")
-        value: Any = float(raw) if any(c in raw for c in ".e") else int(raw)
         if section in ("corpus", "lm"):
-            current = getattr(recipe, section)
-            if not hasattr(current, name):
-                raise SystemExit(f"--recipe: {section} has no field {name!r}")
-            recipe = replace(recipe, **{section: replace(current, **{name: type(getattr(current, name))(value)})})
+            recipe = replace(recipe, **{section: override(getattr(recipe, section), name, raw, section)})
         else:
             u = recipe.unlearn_recipe(section)
-            if not hasattr(u.settings, name):
-                raise SystemExit(f"--recipe: UnlearnSettings has no field {name!r}")
-            new = replace(u, settings=replace(u.settings, **{name: type(getattr(u.settings, name))(value)}))
+            new = replace(u, settings=override(u.settings, name, raw, "UnlearnSettings"))
             recipe = replace(recipe, unlearned=tuple(new if x.name == section else x for x in recipe.unlearned))
     return recipe.validated()
 

@@ -255,7 +255,7 @@ def floor_flops(shape: dict[str, int], tokenizer: Any, data: Any, generated: dic
     decoded: dict[str, float] = {"privleak": 0.0}
     prompts = [tokenizer(d.prompt)["input_ids"] for d in data.verbmem_forget]
     decoded["verbmem_f"] = sum(decode(len(p), max(g - 1, 0)) for p, g in zip(prompts, generated["verbmem_f"]))
-    out["verbmem_f"] = sum(prefill(len(p)) for p, _ in zip(prompts, generated["verbmem_f"])) + decoded["verbmem_f"]
+    out["verbmem_f"] = sum(prefill(len(p)) for p in prompts) + decoded["verbmem_f"]
     for key, qa, icl in (("knowmem_f", data.knowmem_forget_qa, data.knowmem_forget_icl),
                          ("knowmem_r", data.knowmem_retain_qa, data.knowmem_retain_icl)):
         prefix = "".join(f"Question: {p.question}\nAnswer: {p.answer}\n\n" for p in icl)
