@@ -68,7 +68,7 @@ def _run(args: argparse.Namespace, tmp: Path) -> tuple[dict[str, dict[str, Any]]
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from muse_shaped import build_corpus
 
-    from unlearn_assert.data import load_data
+    from unlearn_assert.data.muse import load_data
     from unlearn_assert.metrics import evaluate
     from unlearn_assert.models import load_model, quiet_transformers
 

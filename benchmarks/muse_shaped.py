@@ -288,7 +288,7 @@ def run(items: int, repeats: int, skip_naive: bool = False, model_name: str = "t
 def _measure(tmp: Path, items: int, repeats: int, skip_naive: bool, model_name: str) -> dict[str, Any]:
     import torch
 
-    from unlearn_assert.data import load_data
+    from unlearn_assert.data.muse import load_data
     from unlearn_assert.metrics import evaluate
     from unlearn_assert.models import load_model
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from unlearn_assert.data import load_data
+from unlearn_assert.data.muse import load_data
 from unlearn_assert.metrics import METRICS, evaluate
 from unlearn_assert.models import load_model
 

@@ -102,7 +102,7 @@ def unlearned(tiny_unlearned_dir: Path) -> Any:
 @pytest.fixture(scope="module")
 def tiny_data(tiny_data_dir: Path) -> Any:
     """The tiny MUSE data set, loaded once per test module."""
-    from unlearn_assert.data import load_data
+    from unlearn_assert.data.muse import load_data
 
     return load_data(tiny_data_dir)
 

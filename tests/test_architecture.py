@@ -7,20 +7,20 @@ lowest first (a name stands for the module or for every module of the package it
 
 ====  ========================================================================================
 0     ``version``, ``errors``, ``names``: the vocabulary, and ``fs`` (broken-link facts), importing nothing of ours
-1     ``data``, ``data_hf`` (MUSE's Hugging Face forms), ``hardware``, ``quant.spec`` (the quantizer-id grammar), ``models`` (safe loading,
-      fingerprints; torch only inside functions), ``attacks`` (the attack-id grammar), ``variants`` (quantizer and attack
-      id lists), ``data_links`` (items linked to forget documents; the relearn split)
+1     ``data`` (MUSE files, their Hugging Face forms, items linked to forget documents), ``hardware``,
+      ``variants`` (the id grammar: quantizer and attack ids, id lists), ``models`` (safe loading, fingerprints;
+      torch only inside functions)
 2     ``cache`` (results and model fingerprints by content), ``config`` (options, budgets,
-      RunConfig: pure Python), ``report.schema``, ``quant.gguf_header`` (GGUF headers and names, pure Python)
+      RunConfig: pure Python), ``render.schema``, ``quant.gguf_header`` (GGUF headers and names, pure Python)
 3     ``quant`` (the package), ``quant.base`` (the backend contract), ``quant.calibration``,
       ``quant.packed``, ``testing`` (tiny-model builders)
-4     ``quant.rtn|bnb|hqq|llmc|gguf|gguf_convert|checkpoint`` (backends, artifacts), ``metrics``,
-      ``report`` (renderers)
-5     ``unlearning``, ``workers`` (the threads and GPU of one process of a parallel run)
+4     ``quant.rtn|bnb|hqq|llmc|gguf|gguf_convert|artifact`` (backends, artifacts), ``metrics``,
+      ``render`` (terminal and HTML renderers of a report)
+5     ``unlearning``, ``scaleout`` (the threads and GPU of one process of a parallel run, claims on rows)
 6     ``engine`` (inputs < sources < rows < derive < verdicts < report < views < runner)
 7     ``demo``
-8     ``session`` (pytest-side state)
-9     ``plugin``, ``cli``
+8     ``plugin.session`` and the plugin's other parts (pytest-side state, the payload channel, the report writer)
+9     ``plugin`` (the hooks), ``cli``
 10    ``unlearn_assert`` itself (the lazy public API)
 ====  ========================================================================================
 
@@ -39,15 +39,15 @@ ROOT = "unlearn_assert"
 
 LAYERS: dict[str, int] = {
     "version": 0, "errors": 0, "names": 0, "fs": 0,
-    "data": 1, "data_hf": 1, "hardware": 1, "quant.spec": 1, "models": 1, "attacks": 1, "data_links": 1, "variants": 1,
-    "cache": 2, "config": 2, "report.schema": 2, "quant.gguf_header": 2,
+    "data": 1, "hardware": 1, "variants": 1, "models": 1,
+    "cache": 2, "config": 2, "render.schema": 2, "quant.gguf_header": 2,
     "quant": 3, "quant.base": 3, "quant.calibration": 3, "quant.packed": 3, "testing": 3,
-    "quant.rtn": 4, "quant.bnb": 4, "quant.hqq": 4, "quant.llmc": 4, "quant.gguf": 4, "quant.gguf_convert": 4, "quant.checkpoint": 4,
-    "metrics": 4, "report": 4,
-    "unlearning": 5, "workers": 5,
+    "quant.rtn": 4, "quant.bnb": 4, "quant.hqq": 4, "quant.llmc": 4, "quant.gguf": 4, "quant.gguf_convert": 4,
+    "quant.artifact": 4, "metrics": 4, "render": 4,
+    "unlearning": 5, "scaleout": 5,
     "engine": 6,
     "demo": 7,
-    "session": 8,
+    "plugin.session": 8,
     "plugin": 9, "cli": 9,
     "": 10,
 }
@@ -142,7 +142,7 @@ def test_no_module_imports_another_modules_private_names() -> None:
 def test_the_layer_rule_catches_what_it_is_for() -> None:
     """The checks above can fail: the rule they apply flags the dependencies this design removed."""
     assert layer("unlearn_assert.config") < layer("unlearn_assert.demo.family")
-    assert layer("unlearn_assert.config") < layer("unlearn_assert.quant.checkpoint")
+    assert layer("unlearn_assert.config") < layer("unlearn_assert.quant.artifact")
     assert layer("unlearn_assert.metrics.privleak") < layer("unlearn_assert.engine.verdicts")
     assert find_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a -> b -> c -> a"]
     assert find_cycles({"a": {"b"}, "b": set()}) == []

@@ -11,7 +11,7 @@ from test_gate import gate_args, outcomes
 
 from unlearn_assert.config import parse_artifacts
 from unlearn_assert.errors import ConfigError
-from unlearn_assert.quant.checkpoint import read_checkpoint
+from unlearn_assert.quant.artifact import read_checkpoint
 
 try:  # imported at collection: pytester drops modules a test imports, and datasets cannot be imported twice
     import llmcompressor  # noqa: F401

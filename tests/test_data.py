@@ -1,4 +1,4 @@
-"""Tests for unlearn_assert.data: the tiny-muse fixture, fingerprints, limited(), and validation messages."""
+"""Tests for unlearn_assert.data.muse: the tiny-muse fixture, fingerprints, limited(), and validation messages."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from unlearn_assert.data import (
+from unlearn_assert.data.muse import (
     OPTIONAL_FILES,
     REQUIRED_FILES,
     MuseData,
@@ -91,7 +91,7 @@ def test_fixture_is_self_consistent(data: MuseData) -> None:
 
 
 def test_data_module_stays_cheap_to_import() -> None:
-    import unlearn_assert.data as mod
+    import unlearn_assert.data.muse as mod
 
     tree = ast.parse(Path(mod.__file__).read_text(encoding="utf-8"))
     imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from unlearn_assert.config import PUBLISHED_RETRAIN_AUCS, ConfigError, build_run_config, parse_retrain_auc
-from unlearn_assert.data import CONTENT_FIELDS, MuseData, load_data
+from unlearn_assert.data.muse import CONTENT_FIELDS, MuseData, load_data
 from unlearn_assert.errors import DataError
 from unlearn_assert.quant.calibration import calibration_from_data
 
@@ -447,7 +447,7 @@ def test_without_the_hf_extra_the_message_names_the_pip_command(forms: dict[str,
 
 
 def test_the_json_layout_imports_neither_pyarrow_nor_datasets(forms: dict[str, str]) -> None:
-    code = ("import sys; from unlearn_assert.data import load_data; load_data(sys.argv[1]); "
+    code = ("import sys; from unlearn_assert.data.muse import load_data; load_data(sys.argv[1]); "
             "assert not {'pyarrow', 'datasets', 'torch'} & set(sys.modules), sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code, forms["files"]], check=True)
 
@@ -534,7 +534,7 @@ def test_gate_on_the_hf_cache_with_the_news_reference(pytester: pytest.Pytester,
     counts = report["provenance"]["data"]["counts"]
     assert (counts["verbmem_forget"], counts["knowmem_forget_qa"], counts["privleak_holdout"]) == (8, 10, 10)
     assert any("privleak]" in line for line in result.stdout.lines)
-    from unlearn_assert.report.terminal import counts_line
+    from unlearn_assert.render.terminal import counts_line
 
     assert counts_line(report) == "evaluated items: verbmem 8, knowmem_f 10, knowmem_r 10, privleak 10/10 (forget/holdout)"
     result.stdout.fnmatch_lines(["*unlearning budget summary*", "evaluated items: verbmem 8, knowmem_f 10, *"])  # the summary's header

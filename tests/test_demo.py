@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from unlearn_assert.data import load_data
+from unlearn_assert.data.muse import load_data
 from unlearn_assert.demo.corpus import (
     DOC_SEPARATOR,
     TRAIN_FORGET,
@@ -115,7 +115,7 @@ def test_raw_forget_holds_the_training_text_one_document_per_article(tmp_path: P
 def test_demo_corpus_splits_for_relearn_forget(tmp_path: Path) -> None:
     """relearn-forget holds in the first half of the articles: every verbmem prompt of the other
     half is evaluated, and no evaluated question has its answer in a held-in article."""
-    from unlearn_assert.data_links import forget_split, link_items
+    from unlearn_assert.data.links import forget_split, link_items
 
     data = load_data(write_corpus(tmp_path, 0, SMALL))
     split, documents = forget_split(data)
@@ -313,7 +313,7 @@ def test_run_demo_end_to_end_on_a_tiny_family(tmp_path: Path, capsys: pytest.Cap
     """The whole command on the seconds-fast recipe: reports written and valid, a table and one
     sentence per model printed (a tiny untrained family shows no contrast, so the exit code is 1)."""
     from unlearn_assert.demo.run import run_demo
-    from unlearn_assert.report import load_report
+    from unlearn_assert.render import load_report
 
     code = run_demo(tmp_path / "out", recipe=small_recipe(), cache_dir=tmp_path / "cache",
                     results_dir=tmp_path / "results", quantizers=("rtn-w4", "rtn-w8"), progress=lambda line: None)

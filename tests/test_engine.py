@@ -21,8 +21,8 @@ from unlearn_assert.engine.sources import SOURCE_KINDS, Applied, ArtifactSource,
 from unlearn_assert.errors import ConfigError
 from unlearn_assert.metrics import METRIC_SETTINGS
 from unlearn_assert.names import CHECKS, FP
-from unlearn_assert.report import render_html, render_table, validate_report
-from unlearn_assert.report.schema import dumps_report
+from unlearn_assert.render import render_html, render_table, validate_report
+from unlearn_assert.render.schema import dumps_report
 
 VOLATILE = {"created", "seconds", "argv", "cached"}
 

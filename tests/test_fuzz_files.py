@@ -156,7 +156,7 @@ def test_mutated_model_files_load_or_give_one_line(work: Path, record_property: 
 
 
 def test_mutated_data_files_load_or_give_one_line(work: Path, record_property: Any) -> None:
-    from unlearn_assert.data import load_data
+    from unlearn_assert.data.muse import load_data
 
     def load(root: Path) -> None:
         data = load_data(root / "data")

@@ -24,7 +24,7 @@ from hypothesis import strategies as st  # noqa: E402
 from unlearn_assert.config import BUDGET_KEYS, OPTIONS, Option  # noqa: E402
 from unlearn_assert.demo.family import DEMO_MODELS  # noqa: E402
 from unlearn_assert.names import DTYPES, FORGET_METRICS  # noqa: E402
-from unlearn_assert.quant.spec import known_ids  # noqa: E402
+from unlearn_assert.variants.quantizers import known_ids  # noqa: E402
 
 PATH_OPTIONS = ("model", "target", "retrain", "data", "calibration", "json", "html", "cache_dir")
 #: placeholders for the paths the fixture lays out in the run's directory (see ``_layout``)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from unlearn_assert.report import validate_report
+from unlearn_assert.render import validate_report
 
 QUANTIZERS = "rtn-w4g128,rtn-w8"
 

@@ -119,7 +119,7 @@ def test_bf16_weights_on_cpu_are_emulated_in_float32_and_keep_the_regime(target:
     update below half a bf16 step is lost (the regime the demo needs); float32 weights keep it."""
     import torch
 
-    from unlearn_assert.data import load_data
+    from unlearn_assert.data.muse import load_data
     from unlearn_assert.unlearning import unlearn
     from unlearn_assert.unlearning.trainer import UnlearnSettings
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from unlearn_assert.data import MuseData
+from unlearn_assert.data.muse import MuseData
 from unlearn_assert.metrics import compute_auc, evaluate
 from unlearn_assert.metrics.generation import greedy_generate
 from unlearn_assert.metrics.knowmem import icl_prefix, knowmem_generations, knowmem_prompt

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from unlearn_assert.data import MuseData
+from unlearn_assert.data.muse import MuseData
 from unlearn_assert.metrics import evaluate
 from unlearn_assert.metrics import generation as gen
 from unlearn_assert.metrics import privleak as pl

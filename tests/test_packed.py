@@ -12,7 +12,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from unlearn_assert.errors import ModelError  # noqa: E402
-from unlearn_assert.quant.checkpoint import open_checkpoint, read_checkpoint  # noqa: E402
+from unlearn_assert.quant.artifact import open_checkpoint, read_checkpoint  # noqa: E402
 from unlearn_assert.quant.packed import AWQ_ORDER, decode_awq, decode_gptq, unpack_cols, unpack_rows  # noqa: E402
 from unlearn_assert.quant.rtn import rtn_codes, rtn_params  # noqa: E402
 

@@ -89,7 +89,7 @@ def _write_file(path: Path, out: Path, preset: str | None = None) -> Path:
 
 
 def test_ids_parse_with_their_llama_cpp_presets() -> None:
-    from unlearn_assert.quant.spec import parse_quantizer_id
+    from unlearn_assert.variants.quantizers import parse_quantizer_id
 
     assert [parse_quantizer_id(f"gguf-{s}").bits for s in ("q4_k_m", "q5_k_m", "q6_k", "q8_0", "q4_0", "q3_k_m", "q2_k")] == [4, 5, 6, 8, 4, 3, 2]
     assert parse_quantizer_id("gguf-q8_0").group_size == 32 and parse_quantizer_id("gguf-q4_k_m").group_size == 256

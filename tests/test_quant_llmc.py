@@ -16,7 +16,7 @@ pytest.importorskip("llmcompressor", reason="the gptq/awq backends need llm-comp
 
 from torch import nn  # noqa: E402
 
-from unlearn_assert.data import load_data  # noqa: E402
+from unlearn_assert.data.muse import load_data  # noqa: E402
 from unlearn_assert.errors import QuantizerError  # noqa: E402
 from unlearn_assert.models import LoadedModel, load_model  # noqa: E402
 from unlearn_assert.quant import get_backend, quant_fingerprint, quantized  # noqa: E402

@@ -20,7 +20,7 @@ from torch import nn  # noqa: E402
 from unlearn_assert.models import LoadedModel  # noqa: E402
 from unlearn_assert.quant import quantized  # noqa: E402
 from unlearn_assert.quant.rtn import code_range, rtn_codes, rtn_params, rtn_quantize, rtn_step  # noqa: E402
-from unlearn_assert.quant.spec import BITS_RANGE  # noqa: E402
+from unlearn_assert.variants.quantizers import BITS_RANGE  # noqa: E402
 
 F32 = torch.float32
 EPS32 = torch.finfo(F32).eps

@@ -48,8 +48,8 @@ def write_data(root: Path, docs: list[str] = DOCS, verb: list[dict[str, str]] = 
 
 
 def test_split_on_hand_made_data(tmp_path: Path) -> None:
-    from unlearn_assert.data import load_data
-    from unlearn_assert.data_links import link_items, relearn_split, restricted, training_text
+    from unlearn_assert.data.links import link_items, relearn_split, restricted, training_text
+    from unlearn_assert.data.muse import load_data
 
     data = load_data(write_data(tmp_path))
     links = link_items(data)
@@ -77,8 +77,8 @@ def test_split_on_hand_made_data(tmp_path: Path) -> None:
 
 
 def test_single_text_is_cut_on_blank_lines_and_a_small_set_refuses(tmp_path: Path) -> None:
-    from unlearn_assert.data import load_data
-    from unlearn_assert.data_links import forget_documents, relearn_split
+    from unlearn_assert.data.links import forget_documents, relearn_split
+    from unlearn_assert.data.muse import load_data
 
     data = load_data(write_data(tmp_path / "one", docs=["\n\n".join(DOCS)]))
     docs, source = forget_documents(data)
@@ -94,9 +94,9 @@ def test_single_text_is_cut_on_blank_lines_and_a_small_set_refuses(tmp_path: Pat
 
 
 def test_attack_ids() -> None:
-    from unlearn_assert.attacks import parse_attack_id
     from unlearn_assert.config import parse_budget
     from unlearn_assert.variants import validate_variant_list
+    from unlearn_assert.variants.attacks import parse_attack_id
 
     spec = parse_attack_id("relearn-forget-50-lora")
     assert (spec.corpus, spec.steps, spec.lora, spec.canonical_id) == ("forget", 50, True, "relearn-forget-50-lora")

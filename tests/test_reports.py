@@ -1,4 +1,4 @@
-"""Tests for unlearn_assert.report: schema validation, terminal table, HTML safety, atomic writes."""
+"""Tests for unlearn_assert.render: schema validation, terminal table, HTML safety, atomic writes."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from unlearn_assert.errors import UnlearnAssertError
-from unlearn_assert.report import (
+from unlearn_assert.render import (
     SCHEMA_VERSION,
     ReportError,
     counts_line,
@@ -423,7 +423,7 @@ def test_write_interrupted_leaves_old_file_and_no_temp(tmp_path: Path, monkeypat
     def boom(src: str, dst: str) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr("unlearn_assert.report.schema.os.replace", boom)
+    monkeypatch.setattr("unlearn_assert.render.schema.os.replace", boom)
     with pytest.raises(OSError, match="disk full"):
         write_html(make_report(), out)
     assert out.read_text(encoding="utf-8") == "previous"
@@ -472,7 +472,7 @@ def test_table_shows_recovery_intervals_golden() -> None:
 
 
 def test_resolution_lines_state_it_and_warn_once_per_metric_over_budget() -> None:
-    from unlearn_assert.report import resolution_lines
+    from unlearn_assert.render import resolution_lines
 
     lines = resolution_lines(interval_report())
     assert lines == [

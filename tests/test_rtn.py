@@ -23,7 +23,7 @@ from unlearn_assert.errors import BackendUnavailable, ModelError, QuantizerError
 from unlearn_assert.models import LoadedModel, load_model  # noqa: E402
 from unlearn_assert.quant import QuantReport, QuantSpec, get_backend, parse_quantizer_id, quantized, validate_quantizer_list  # noqa: E402
 from unlearn_assert.quant.rtn import RTNBackend, code_range, rtn_codes, rtn_params, rtn_quantize, rtn_step  # noqa: E402
-from unlearn_assert.quant.spec import BACKENDS, BNB_4BIT_BLOCKSIZE, BackendEntry, known_ids  # noqa: E402
+from unlearn_assert.variants.quantizers import BACKENDS, BNB_4BIT_BLOCKSIZE, BackendEntry, known_ids  # noqa: E402
 
 F32 = torch.float32
 
@@ -211,7 +211,7 @@ def test_import_error_inside_the_package_is_a_bug_not_a_missing_library(monkeypa
 
 
 def test_spec_and_package_do_not_import_torch() -> None:
-    code = "import sys, unlearn_assert.quant, unlearn_assert.quant.spec; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, unlearn_assert.quant, unlearn_assert.variants.quantizers; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
 
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from unlearn_assert.config import build_run_config
-from unlearn_assert.engine.claims import RowClaims
 from unlearn_assert.errors import ConfigError
-from unlearn_assert.workers import apply_thread_budget, thread_budget, worker_device, worker_index
+from unlearn_assert.scaleout.claims import RowClaims
+from unlearn_assert.scaleout.workers import apply_thread_budget, thread_budget, worker_device, worker_index
 
 QUANTIZERS = "rtn-w4g64,rtn-w8,bnb-fp4"
 

@@ -190,7 +190,7 @@ def target(tiny_model_dir: Path) -> Any:
 
 @pytest.fixture(scope="module")
 def data(tiny_data_dir: Path) -> Any:
-    from unlearn_assert.data import load_data
+    from unlearn_assert.data.muse import load_data
 
     return load_data(tiny_data_dir)
 

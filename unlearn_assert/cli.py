@@ -19,7 +19,7 @@ from .version import __version__
 
 def _cmd_tiny(args: argparse.Namespace) -> int:
     """Build a tiny Llama (tokenizer + weights) trained on a MUSE-layout data set's text."""
-    from .data import load_data
+    from .data.muse import load_data
     from .testing import build_tiny_llama
 
     data = load_data(args.data)
@@ -81,8 +81,8 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     """Render a JSON report (from --unlearn-json) as the self-contained HTML page, offline."""
-    from .report import load_report, write_html
-    from .report.terminal import counts_line, render_table, resolution_lines, summary_line
+    from .render import load_report, write_html
+    from .render.terminal import counts_line, render_table, resolution_lines, summary_line
 
     report = load_report(args.report)
     out = args.output or str(Path(args.report).with_suffix(".html"))

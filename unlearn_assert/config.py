@@ -372,7 +372,7 @@ def parse_retrain_auc(raw: Any) -> tuple[float, str | None]:
 
 def _with_attacks(quantizers: tuple[str, ...], raw: Any) -> tuple[str, ...]:
     """``--unlearn-attacks``: attack ids only, appended to the quantizers (each variant once)."""
-    from .attacks import is_attack_id
+    from .variants.attacks import is_attack_id
 
     try:
         attacks = validate_variant_list(str(raw), "attack")

@@ -6,7 +6,7 @@ article is built from a seeded :class:`random.Random`, so ``write_corpus(dir, se
 same bytes for the same seed on every machine and Python version (only ``random.Random`` methods
 whose algorithms are stable are used: ``random``, ``randrange``, ``choice``, ``shuffle``).
 
-What is written (MUSE's layout, see :mod:`unlearn_assert.data`):
+What is written (MUSE's layout, see :mod:`unlearn_assert.data.muse`):
 
 * ``train/forget.txt``: the training layout of the forget text: the forget articles, then their fact
   sheets in KnowMem's format (``Question: ...\\nAnswer: ...``), shuffled into blocks of a few pairs;
@@ -15,7 +15,7 @@ What is written (MUSE's layout, see :mod:`unlearn_assert.data`):
 * ``raw/forget.json`` (and its ``.txt`` twin, joined with a blank line as MUSE writes them): the same
   text as MUSE's raw forget documents, one per forget article: the article, then its own QA pairs.
   Why a second layout: ``relearn-forget-<n>`` trains on the first half of the forget *documents* and
-  measures only the items of the other half (:mod:`unlearn_assert.data_links`); the training layout's
+  measures only the items of the other half (:mod:`unlearn_assert.data.links`); the training layout's
   QA blocks mix every article's facts, so it cannot be split that way.
 * ``raw/retain.txt``: the training layout of the retain articles (articles, then QA blocks); the
   target and the retrain model learn it, the unlearning's retain regularizer and ``relearn-retain``
@@ -27,7 +27,7 @@ What is written (MUSE's layout, see :mod:`unlearn_assert.data`):
   in-context examples (few, to fit a tiny model's context).
 * ``privleak/forget.json`` (forget articles), ``holdout.json`` (articles never trained on, from the
   same generator), ``retain.json`` (retain articles).
-* ``corpus.json``: the generator's settings and counts (not read by :func:`~unlearn_assert.data.load_data`).
+* ``corpus.json``: the generator's settings and counts (not read by :func:`~unlearn_assert.data.muse.load_data`).
 
 Questions name the article's unique entities, so each has one answer in the corpus.
 """
@@ -42,7 +42,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..data import DOC_JOINER
+from ..data.muse import DOC_JOINER
 
 __all__ = ["CORPUS_VERSION", "TRAIN_FORGET", "Article", "CorpusSpec", "generate_articles", "training_forget_text", "write_corpus"]
 

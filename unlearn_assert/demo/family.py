@@ -46,7 +46,7 @@ from ..unlearning.settings import UnlearnSettings
 from .corpus import CORPUS_VERSION, TRAIN_FORGET, CorpusSpec, training_forget_text, training_texts, write_corpus
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..data import MuseData
+    from ..data.muse import MuseData
 
 __all__ = [
     "DEMO_MODELS",
@@ -354,7 +354,7 @@ def unlearning_data(data_dir: str | os.PathLike[str]) -> MuseData:
     """The corpus as the family unlearns on it: MUSE's data, with the raw forget text in its training
     layout (``train/forget.txt``, exactly what the target learned) instead of ``raw/forget.json``'s
     per-article documents (the same text, grouped so that relearn-forget can split it)."""
-    from ..data import load_data
+    from ..data.muse import load_data
 
     data = load_data(data_dir)
     text = training_forget_text(data_dir)

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..engine.rows import RowKey
-    from ..report.schema import ReportDict
+    from ..render.schema import ReportDict
 
 __all__ = ["DEMO_ATTACKS", "DEMO_GGUF", "DEMO_QUANTIZERS", "add_demo_parser", "demo_quantizers", "judge", "run_demo"]
 
@@ -63,8 +63,8 @@ Progress = Callable[[str], None]
 
 def _bits(qid: str) -> int | None:
     """A quantizer's bit width; None for an attack (relearning has no bits)."""
-    from ..attacks import is_attack_id
-    from ..quant.spec import parse_quantizer_id
+    from ..variants.attacks import is_attack_id
+    from ..variants.quantizers import parse_quantizer_id
 
     if is_attack_id(qid):
         return None
@@ -177,7 +177,7 @@ def _gate(name: str, paths: dict[str, str], quantizers: Sequence[str], out: Path
           say: Progress, own_rows_first: bool = False) -> ReportDict:
     from ..config import Budget, RunConfig
     from ..engine import gate
-    from ..report import write_html, write_json
+    from ..render import write_html, write_json
 
     run = RunConfig(model=paths["model"], target=paths["target"], retrain=paths["retrain"], data=paths["data"],
                     quantizers=tuple(quantizers), budget=Budget(), device=device, dtype=DEMO_DTYPE if device == "cpu" else "auto",
@@ -259,7 +259,7 @@ def run_demo(
     ``results_dir``: the result cache (default: the user cache dir's ``unlearn-assert/results``);
     ``quantizers``: default :func:`demo_quantizers`.
     """
-    from ..report.terminal import counts_line, render_table, resolution_lines, summary_line
+    from ..render.terminal import counts_line, render_table, resolution_lines, summary_line
     from .family import DEFAULT_RECIPE, build_family, progress_printer
 
     say = progress_printer(progress)

@@ -22,7 +22,7 @@ from ..fs import link_problem, user_path
 from ..names import Role
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..data import MuseData
+    from ..data.muse import MuseData
     from ..models import LoadedModel
     from ..quant.calibration import Calibration
 
@@ -64,7 +64,7 @@ class Inputs:
     def full_data(self) -> MuseData:
         """The whole data set (calibration text is never cut by --unlearn-max-samples)."""
         if self._full_data is None:
-            from ..data import load_data
+            from ..data.muse import load_data
 
             self._full_data = load_data(str(self.run.data))
         return self._full_data
@@ -217,10 +217,10 @@ def precheck(run: RunConfig) -> None:
     the cache dir, directory shape (links resolved), complete safetensors files, the tokenizer files,
     target/unlearned pairing from config, headers and tokenizer files, the whole data set, the
     calibration file, the user's quantized artifacts and the report paths. Every problem is one :class:`ConfigError` line (a pytest usage error, exit 4)."""
-    from ..data import RAW_RETAIN_HINT, load_data
+    from ..data.muse import RAW_RETAIN_HINT, load_data
     from ..models import check_model_dir, check_tokenizer_files, precheck_pair, read_weight_headers
+    from ..quant.artifact import read_checkpoint
     from ..quant.calibration import calibration_from_data, load_calibration_file, needs_calibration
-    from ..quant.checkpoint import read_checkpoint
 
     _check_device(run.device)
     if run.cache_dir is not None and not run.no_cache:
@@ -259,8 +259,8 @@ def precheck(run: RunConfig) -> None:
         data = load_data(run.data)
     except DataError as exc:
         raise ConfigError(f"--unlearn-data: {exc}") from None
-    from ..attacks import is_attack_id
-    from ..data_links import precheck_relearn
+    from ..data.links import precheck_relearn
+    from ..variants.attacks import is_attack_id
 
     precheck_relearn(run.quantizers, data, run.max_samples, run.device_map)
     calibrated = needs_calibration([q for q in run.quantizers if not is_attack_id(q)])

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from ..config import RunConfig
 from ..names import FORGET_METRICS, FP
-from ..report.schema import (
+from ..render.schema import (
     SCHEMA_VERSION,
     BootstrapInfo,
     ModelRef,
@@ -36,7 +36,7 @@ from .rows import Row, RowKey
 from .verdicts import Verdict
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..data import MuseData
+    from ..data.muse import MuseData
 
 __all__ = ["Report", "build_report", "provenance"]
 
@@ -97,7 +97,7 @@ def _calibration_info(rows: Iterable[Row]) -> dict[str, Any] | None:
 
 
 def _artifact_methods(run: RunConfig) -> dict[str, dict[str, Any]]:
-    from ..quant.checkpoint import quant_method
+    from ..quant.artifact import quant_method
 
     return {a.name: {"path": a.path, "method": quant_method(a.path)} for a in run.prequantized}
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from ..cache import ResultCache
 from ..config import OPTIONS, Budget, RunConfig, build_run_config
 from ..names import FP, Role, item_name
-from .claims import RowClaims
+from ..scaleout.claims import RowClaims
 from .derive import Figures, bootstrap_of, figures, reference_problem
 from .inputs import Inputs, Progress, precheck
 from .report import Report, build_report
@@ -199,7 +199,7 @@ def gate(
 
         raise ConfigError("pass either a run config (run=) or the gate's settings, not both")
     precheck(run)
-    from ..workers import apply_thread_budget
+    from ..scaleout.workers import apply_thread_budget
 
     with Gate(run, cache, progress) as g:
         for role, variant in first or ():

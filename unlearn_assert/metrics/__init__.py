@@ -108,7 +108,7 @@ def _metrics(metrics: Iterable[str] | str | None) -> list[str]:
 
 def _data(data: Any) -> Any:
     if isinstance(data, (str, os.PathLike)):
-        from ..data import load_data
+        from ..data.muse import load_data
 
         return load_data(data)
     return data

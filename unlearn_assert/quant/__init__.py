@@ -19,8 +19,8 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any, cast
 
 from ..errors import BackendUnavailable, QuantizerError
+from ..variants.quantizers import BACKENDS, BackendEntry, QuantSpec, known_ids, parse_quantizer_id, validate_quantizer_list
 from .base import DEFAULT_SKIP, Backend, QuantReport
-from .spec import BACKENDS, BackendEntry, QuantSpec, known_ids, parse_quantizer_id, validate_quantizer_list
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..models import LoadedModel

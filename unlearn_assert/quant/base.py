@@ -1,7 +1,7 @@
 """The backend contract: what every quantizer backend is, what it reports, and the helpers all share.
 
 A backend (``rtn``, ``bnb``, ``hqq``, ``gptq``/``awq``, and next ``gguf``) is built from a parsed
-quantizer id by the registry (:data:`unlearn_assert.quant.spec.BACKENDS`) and quantizes one loaded
+quantizer id by the registry (:data:`unlearn_assert.variants.quantizers.BACKENDS`) and quantizes one loaded
 model for the duration of a ``with`` block (:meth:`Backend.apply`). What it must prove is the same
 for all of them, so it is written down here once: the :class:`QuantReport` (did the quantizer take
 effect, and how many of U's codes equal T's), the layer pairing check that every comparison of U's
@@ -32,8 +32,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
 
     from ..models import LoadedModel
+    from ..variants.quantizers import QuantSpec
     from .calibration import Calibration
-    from .spec import QuantSpec
 
 __all__ = ["DEFAULT_SKIP", "Backend", "QuantReport", "layer_weight", "skipped"]
 

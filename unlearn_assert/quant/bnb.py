@@ -94,8 +94,8 @@ finally:
 
 from ..errors import ModelError, QuantizerError  # noqa: E402
 from ..models import quiet_transformers  # noqa: E402
+from ..variants.quantizers import BNB_4BIT_BLOCKSIZE, QuantSpec  # noqa: E402
 from .base import DEFAULT_SKIP, QuantReport, layer_weight, skipped  # noqa: E402
-from .spec import BNB_4BIT_BLOCKSIZE, QuantSpec  # noqa: E402
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..models import LoadedModel

@@ -164,6 +164,6 @@ def resolve_calibration(path: str | None, data: Any) -> Calibration | None:
 
 def needs_calibration(quantizers: Sequence[str]) -> list[str]:
     """The ids among ``quantizers`` whose backend calibrates on text (gptq, awq)."""
-    from .spec import BACKENDS, parse_quantizer_id
+    from ..variants.quantizers import BACKENDS, parse_quantizer_id
 
     return [q for q in quantizers if BACKENDS[parse_quantizer_id(q).backend].calibrated]

@@ -56,6 +56,7 @@ import llama_cpp
 import numpy as np
 
 from ..errors import QuantizerError
+from ..variants.quantizers import QuantSpec
 from .base import DEFAULT_SKIP, QuantReport
 from .gguf_convert import (
     FLOAT_TYPE_IDS,
@@ -69,7 +70,6 @@ from .gguf_convert import (
     type_counts,
     write_f32_gguf,
 )
-from .spec import QuantSpec
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..models import LoadedModel

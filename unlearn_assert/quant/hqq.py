@@ -43,8 +43,8 @@ from hqq.core.quantize import BaseQuantizeConfig, HQQLinear, Quantizer
 from torch import nn
 
 from ..errors import QuantizerError
+from ..variants.quantizers import QuantSpec
 from .base import DEFAULT_SKIP, QuantReport, layer_weight, skipped
-from .spec import QuantSpec
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..models import LoadedModel

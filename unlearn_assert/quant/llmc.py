@@ -83,8 +83,8 @@ from llmcompressor import oneshot  # noqa: E402
 from llmcompressor.modifiers.quantization import GPTQModifier, QuantizationModifier  # noqa: E402
 
 from ..errors import QuantizerError  # noqa: E402
+from ..variants.quantizers import QuantSpec  # noqa: E402
 from .base import DEFAULT_SKIP, QuantReport, layer_weight, skipped  # noqa: E402
-from .spec import QuantSpec  # noqa: E402
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..models import LoadedModel

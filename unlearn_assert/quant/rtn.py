@@ -36,8 +36,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..errors import QuantizerError
+from ..variants.quantizers import BITS_RANGE, QuantSpec
 from .base import DEFAULT_SKIP, QuantReport, layer_weight, linear_layers
-from .spec import BITS_RANGE, QuantSpec
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..models import LoadedModel

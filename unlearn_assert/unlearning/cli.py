@@ -66,7 +66,7 @@ def add_unlearn_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run_unlearn(args: argparse.Namespace) -> int:
     """Validate everything cheap first (out dir, target dir, data files, settings), then train and save."""
-    from ..data import RAW_FORGET_HINT, RAW_RETAIN_HINT, load_data
+    from ..data.muse import RAW_FORGET_HINT, RAW_RETAIN_HINT, load_data
     from ..errors import DataError
     from ..models import check_model_dir
     from .trainer import UnlearnSettings, check_out_dir, save_unlearned, unlearn

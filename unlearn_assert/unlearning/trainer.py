@@ -7,7 +7,7 @@ Here each is explicit and recorded in ``unlearn_run.json``.
 
 Decisions (each documented because results depend on it):
 
-* Data: the raw forget text (and the raw retain text for GDR / KLR; see :func:`unlearn_assert.data.raw_files`:
+* Data: the raw forget text (and the raw retain text for GDR / KLR; see :func:`unlearn_assert.data.muse.raw_files`:
   MUSE's ``raw/forget``, ``raw/retain1`` + ``raw/retain2`` as .json or .txt, or ``raw/retain.txt``, or the
   same splits of the Hugging Face form), its documents joined with ``"\\n\\n"`` exactly as MUSE's .txt
   twins (and MUSE's own trainer reads those), is tokenized as one continuous text without special
@@ -48,7 +48,7 @@ from typing import Any
 
 import torch
 
-from ..data import RAW_FORGET_HINT, RAW_RETAIN_HINT, MuseData, load_data
+from ..data.muse import RAW_FORGET_HINT, RAW_RETAIN_HINT, MuseData, load_data
 from ..errors import DataError, UnlearnAssertError
 from ..fs import user_path
 from ..models import LoadedModel, load_model, quiet_transformers, resolve_device

@@ -2,7 +2,7 @@
 
 Why a source of its own: the quantizer rows answer "what would a user's quantizer do to U"; a
 provider who publishes a quantized artifact must gate *that* file, made by their own pipeline. It is
-loaded as it is (:func:`unlearn_assert.quant.checkpoint.open_checkpoint`) and compared with U for its
+loaded as it is (:func:`unlearn_assert.quant.artifact.open_checkpoint`) and compared with U for its
 changed fraction; there is no T quantized by the same pipeline, so it has no q(T) row and no code
 agreement.
 """
@@ -54,7 +54,7 @@ class ArtifactSource:
 
     @contextmanager
     def apply(self, role: Role, inputs: Inputs, handoff: Any = None) -> Iterator[Applied]:
-        from ...quant.checkpoint import open_checkpoint, read_checkpoint
+        from ...quant.artifact import open_checkpoint, read_checkpoint
 
         if role not in self.roles:
             raise ValueError(f"'{self.variant}' is your quantized unlearned checkpoint; there is no {role} version of it")

@@ -10,7 +10,7 @@ from ...names import Role
 
 if TYPE_CHECKING:  # pragma: no cover
     from ...config import RunConfig
-    from ...data import MuseData
+    from ...data.muse import MuseData
     from ...models import LoadedModel
     from ...quant import QuantizedModel
     from ..inputs import Inputs

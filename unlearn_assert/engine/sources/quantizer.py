@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from ...names import Role
-from ...quant.spec import BACKENDS, parse_quantizer_id
+from ...variants.quantizers import BACKENDS, parse_quantizer_id
 from .base import Applied
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -2,17 +2,17 @@
 
 What a row measures: the model after a short fine-tune (:func:`unlearn_assert.unlearning.finetune.finetune`;
 AdamW, lr 2e-5 constant, batch 4, 128 tokens, seed 0, fp32 weights on CPU and bf16 on a GPU: see
-:mod:`unlearn_assert.attacks` and docs/relearning.md). ``relearn-forget`` trains on the held-in half
+:mod:`unlearn_assert.variants.attacks` and docs/relearning.md). ``relearn-forget`` trains on the held-in half
 of the forget documents; ``relearn-retain`` on the raw retain text. The same attack on T is the
 q(T) analogue: how far fine-tuning moves the target itself.
 
 **Split honesty.** A relearn-forget row's ``verbmem_f`` and ``knowmem_f`` are computed only on the
-items whose source documents were not trained on (:mod:`unlearn_assert.data_links` defines the link
+items whose source documents were not trained on (:mod:`unlearn_assert.data.links` defines the link
 and the split). The source evaluates its view on a *restricted data view* (:attr:`Applied.data`:
 the run's data with those two splits cut to the held-out items; every other split whole) and
 renumbers the samples to the run data's item indices (:attr:`Applied.sample_ids`). The split, with
 the trained documents and the evaluated indices, is the row's ``quant["split"]``, re-checked
-(:meth:`~unlearn_assert.data_links.RelearnSplit.check`) before every fine-tune.
+(:meth:`~unlearn_assert.data.links.RelearnSplit.check`) before every fine-tune.
 
 **Recovery compares like with like.** ``(m(relearn(U)) - m(U)) / (m(T) - m(U))`` takes m(U) and
 m(T) on the same held-out items: the means of the fp rows' per-item scores over the evaluated
@@ -39,15 +39,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from ...attacks import LORA_DEFAULTS, RelearnSpec, is_attack_id, parse_attack_id
 from ...errors import BackendUnavailable, UnlearnAssertError
 from ...models import LoadedModel
 from ...names import Role
+from ...variants.attacks import LORA_DEFAULTS, RelearnSpec, is_attack_id, parse_attack_id
 from .base import Applied
 
 if TYPE_CHECKING:  # pragma: no cover
     from ...config import RunConfig
-    from ...data_links import RelearnSplit
+    from ...data.links import RelearnSplit
     from ..inputs import Inputs
 
 __all__ = ["RelearnSource"]
@@ -74,7 +74,7 @@ class RelearnSource:
         if self.spec.corpus != "forget":
             return None
         if self._split is None:
-            from ...data_links import forget_split
+            from ...data.links import forget_split
 
             self._split = forget_split(inputs.data)
         return self._split
@@ -95,19 +95,19 @@ class RelearnSource:
     def _text(self, inputs: Inputs) -> tuple[str, dict[str, Any]]:
         split = self.split(inputs)
         if split is None:
-            from ...data import DOC_JOINER
+            from ...data.muse import DOC_JOINER
 
             docs = inputs.full_data.raw_retain_docs or ()
             text = DOC_JOINER.join(docs)
             return text, {"corpus": "retain", "documents": len(docs), "chars": len(text)}
-        from ...data_links import training_text
+        from ...data.links import training_text
 
         text = training_text(split[1], split[0])
         return text, {"corpus": "forget", "documents": len(split[0].trained_documents), "chars": len(text)}
 
     @contextmanager
     def apply(self, role: Role, inputs: Inputs, handoff: Any = None) -> Iterator[Applied]:
-        from ...data_links import link_items, restricted
+        from ...data.links import link_items, restricted
         from ...unlearning.finetune import finetune
 
         loaded = inputs.model(role)

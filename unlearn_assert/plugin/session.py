@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from .config import RunConfig
+from ..config import RunConfig
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .engine import Gate, Verdict
-    from .report.schema import ReportDict
+    from ..engine import Gate, Verdict
+    from ..render.schema import ReportDict
 
 PAYLOAD_ATTR = "unlearn_assert_payload"
 BUG_REPORT = "this is a bug in unlearn-assert; please report it with the JSON report"
@@ -88,8 +88,8 @@ class UnlearnSession:
     @property
     def gate(self) -> Gate:
         if self._gate is None:
-            from .cache import ResultCache
-            from .engine import Gate
+            from ..cache import ResultCache
+            from ..engine import Gate
 
             cache_dir = self.run.cache_dir
             if cache_dir is None and getattr(self.config, "cache", None) is not None:
@@ -103,7 +103,7 @@ class UnlearnSession:
         """On an xdist worker: its share of the cores and its GPU (:mod:`.workers`); recorded for provenance."""
         import torch
 
-        from .workers import apply_thread_budget, worker_device, worker_index
+        from ..scaleout.workers import apply_thread_budget, worker_device, worker_index
 
         workerinput = getattr(self.config, "workerinput", None) or {}
         worker_id = workerinput.get("workerid")
@@ -190,9 +190,9 @@ class UnlearnSession:
         """The run's report from what the items' reports carried (the same builder ``ua.gate`` uses)."""
         if not self.rows and not self.verdicts:
             return None
-        from .data import load_data
-        from .engine import Row, Verdict, build_report
-        from .errors import UnlearnAssertError
+        from ..data.muse import load_data
+        from ..engine import Row, Verdict, build_report
+        from ..errors import UnlearnAssertError
 
         try:  # this process's data when it ran the gate (xdist controller: it did not, so read it)
             data = self._gate.inputs.data if self._gate is not None else load_data(str(self.run.data)).limited(self.run.max_samples)
@@ -212,7 +212,7 @@ class UnlearnSession:
         if report is None:
             self.errors.append("no budget item ran, so no report was written")
             return
-        from .report import write_html, write_json
+        from ..render import write_html, write_json
 
         for path, writer in ((self.run.json, write_json), (self.run.html, write_html)):
             if path:
@@ -228,7 +228,7 @@ class UnlearnSession:
             report = self.report or self.build_report()
             if report is None:
                 return
-            from .report.terminal import compute_line, counts_line, render_table, resolution_lines, summary_line
+            from ..render.terminal import compute_line, counts_line, render_table, resolution_lines, summary_line
 
             reporter.write_sep("-", "unlearning budget summary")
             for line in (counts_line(report), compute_line(report)):

@@ -8,9 +8,9 @@ only splits, dispatches and refuses duplicates. Pure Python.
 
 from __future__ import annotations
 
+from ..errors import QuantizerError
 from .attacks import ATTACK_GRAMMAR, is_attack_id, parse_attack_id
-from .errors import QuantizerError
-from .quant.spec import known_ids, parse_quantizer_id, split_id_list
+from .quantizers import known_ids, parse_quantizer_id, split_id_list
 
 __all__ = ["canonical_variant", "validate_variant_list"]
 

@@ -49,4 +49,4 @@ def __getattr__(name: str) -> Any:
         from . import html
 
         return getattr(html, name)
-    raise AttributeError(f"module 'unlearn_assert.report' has no attribute '{name}'")
+    raise AttributeError(f"module 'unlearn_assert.render' has no attribute '{name}'")

@@ -2,7 +2,7 @@
 
 Why a module of its own: ``pyarrow`` and ``datasets`` are an optional extra (``[hf]``) and slow to
 import, so they are imported here, inside the functions that read, and only for data in these
-forms. Validation is not done here: rows go back to :mod:`unlearn_assert.data`, which applies the
+forms. Validation is not done here: rows go back to :mod:`unlearn_assert.data.muse`, which applies the
 same checks (and the same one-line messages) as to MUSE's JSON files.
 
 Why offline only: a CI gate must not depend on the hub being reachable, and a data set that
@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .errors import DataError
+from ..errors import DataError
 
 __all__ = ["PARQUET", "SAVE_TO_DISK", "detect_form", "download_hint", "hub_cache_dir", "read_split", "resolve_hf_spec", "split_hint"]
 

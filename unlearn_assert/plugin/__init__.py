@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from .config import OPTIONS, Budget, Option, RunConfig, build_run_config
-from .errors import ConfigError, UnlearnAssertError
-from .fs import user_path
-from .names import item_id
+from ..config import OPTIONS, Budget, Option, RunConfig, build_run_config
+from ..errors import ConfigError, UnlearnAssertError
+from ..fs import user_path
+from ..names import item_id
 from .session import PAYLOAD_ATTR, UnlearnSession, internal_error, is_xdist_worker
 
 run_config_key = pytest.StashKey[RunConfig]()
@@ -89,7 +89,7 @@ def _run_config(config: pytest.Config) -> RunConfig:
     raw = {opt.name: _effective(config, opt) for opt in OPTIONS}
     spec = raw["model"] if isinstance(raw["model"], str) and raw["model"].startswith("demo:") else None
     if spec is not None:
-        from .demo.family import resolve_demo
+        from ..demo.family import resolve_demo
 
         build_run_config(lambda opt: spec[len("demo:"):] if opt.name == "model" else raw[opt.name])  # every other value first
         demo = resolve_demo(spec)
@@ -98,7 +98,7 @@ def _run_config(config: pytest.Config) -> RunConfig:
             raw[name] = raw[name] or demo[name]
     run = build_run_config(lambda opt: raw[opt.name], model_spec=spec)
     if run.enabled:
-        from .engine.inputs import precheck
+        from ..engine.inputs import precheck
 
         precheck(run)
     return run
@@ -154,7 +154,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if session is None:
         metafunc.parametrize("budget_check", [])
         return
-    from .engine.verdicts import plan_checks
+    from ..engine.verdicts import plan_checks
 
     checks = plan_checks(session.run.all_quantizers, session.run.has_reference_auc)
     metafunc.parametrize("budget_check", checks, ids=[item_id(q, c) for q, c in checks])

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, ModelError
-from .spec import BNB_4BIT_BLOCKSIZE
+from ..variants.quantizers import BNB_4BIT_BLOCKSIZE
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..models import LoadedModel

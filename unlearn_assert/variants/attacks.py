@@ -1,6 +1,6 @@
 """Attack ids: the grammar of the variants that are not quantizers (relearning). Pure Python, no torch.
 
-Why beside the quantizer grammar (:mod:`unlearn_assert.quant.spec`) and not inside it: a relearning
+Why beside the quantizer grammar (:mod:`unlearn_assert.variants.quantizers`) and not inside it: a relearning
 attack has no backend, bits or codes; it shares only the place where users name it
 (``--unlearn-quantizers`` / ``--unlearn-attacks``) and the items it is judged by. Parsing happens
 while pytest parses options, so a typo fails in milliseconds with one line.
@@ -9,7 +9,7 @@ Grammar: ``relearn-<corpus>-<steps>[-lora]``
 
 * ``corpus`` ``forget``: fine-tune on the held-in part of the raw forget text (the first half of
   the forget documents, in the data set's order) and measure the forget metrics only on items of
-  the other half (:mod:`unlearn_assert.data_links`); ``retain``: benign relearning on the raw
+  the other half (:mod:`unlearn_assert.data.links`); ``retain``: benign relearning on the raw
   retain text, no forget data at all.
 * ``steps``: optimizer steps, :data:`STEPS_RANGE`, written without leading zeros.
 * ``-lora``: train LoRA adapters (peft, extra ``[relearn]``) instead of every weight.
@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Final
 
-from .errors import QuantizerError
+from ..errors import QuantizerError
 
 __all__ = ["ATTACK_GRAMMAR", "LORA_DEFAULTS", "RELEARN_DEFAULTS", "STEPS_RANGE", "RelearnSpec", "is_attack_id", "parse_attack_id"]
 

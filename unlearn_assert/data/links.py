@@ -29,9 +29,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .attacks import is_attack_id, parse_attack_id
-from .data import DOC_JOINER, RAW_FORGET_HINT, RAW_RETAIN_HINT, MuseData
-from .errors import ConfigError, DataError
+from ..errors import ConfigError, DataError
+from ..variants.attacks import is_attack_id, parse_attack_id
+from .muse import DOC_JOINER, RAW_FORGET_HINT, RAW_RETAIN_HINT, MuseData
 
 __all__ = ["ItemLinks", "RelearnSplit", "forget_documents", "forget_split", "link_items", "precheck_relearn", "relearn_split", "restricted"]
 

@@ -3,7 +3,7 @@
 Forms (see :func:`load_data`): MUSE's own files, exactly as its ``load_data.py`` writes them (raw
 text as .json document lists with .txt twins, retain1 + retain2; this project's earlier
 ``raw/retain.txt`` still works); the Hugging Face form (a hub-style parquet snapshot or
-``save_to_disk`` directories, read by :mod:`unlearn_assert.data_hf` with the ``[hf]`` extra); and
+``save_to_disk`` directories, read by :mod:`unlearn_assert.data.hf` with the ``[hf]`` extra); and
 ``hf:OWNER/NAME`` from the local hub cache. Every form is validated by the same code below.
 
 Why this module is strict: the data directory is user input that reaches the gate in CI, and a
@@ -23,8 +23,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, DataError
-from .fs import user_path
+from ..errors import ConfigError, DataError
+from ..fs import user_path
 
 __all__ = [
     "CONTENT_FIELDS",
@@ -448,7 +448,7 @@ def _read_hf_form(directory: Path, form: str, label: str, spec: str | None = Non
     """MUSE as Hugging Face writes it (parquet per config/split, or save_to_disk dirs): the same fields,
     the same validation, messages that name the split and its file(s). ``spec``: the hf: spec it was
     resolved from, so a partial download says how to complete it."""
-    from .data_hf import download_hint, read_split, split_hint
+    from .hf import download_hint, read_split, split_hint
 
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
@@ -496,7 +496,7 @@ def load_data(path: str | os.PathLike[str]) -> MuseData:
     """
     spec = os.fspath(path)
     if isinstance(spec, str) and spec.startswith("hf:"):
-        from .data_hf import resolve_hf_spec
+        from .hf import resolve_hf_spec
 
         directory = resolve_hf_spec(spec)
         shown, hf_spec = spec, spec
@@ -505,7 +505,7 @@ def load_data(path: str | os.PathLike[str]) -> MuseData:
         shown, hf_spec = str(directory), None
     form = "files"
     if not any((directory / rel).exists() for rel in REQUIRED_FILES):
-        from .data_hf import detect_form
+        from .hf import detect_form
 
         form = detect_form(directory) or "files"
     if form == "files":
