@@ -21,12 +21,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from unlearn_assert.config import RunConfig
+from unlearn_assert.config import RunConfig, run_config
 from unlearn_assert.engine import Gate, Row, build_report
 from unlearn_assert.engine import report as report_module
 from unlearn_assert.engine import runner as runner_module
 from unlearn_assert.engine.derive import Bootstrap, clear_memo
-from unlearn_assert.engine.verdicts import evaluate_check, needed_rows
+from unlearn_assert.engine.verdicts import judge_item, needed_rows
 from unlearn_assert.names import FP
 
 MAX_SECONDS = float(os.environ.get("UNLEARN_BENCH_MAX_BOOTSTRAP_SECONDS", "1.0"))
@@ -47,7 +47,7 @@ def _row(role: Any, variant: str, rng: Any, shift: float) -> Row:
                            + [{"id": f"holdout:{i}", "split": "holdout", "score": float(v)} for i, v in enumerate(holdout)])
     values["privleak"] = None
     auc = float(((-holdout[None, :] > -forget[:, None]) + 0.5 * (holdout[None, :] == forget[:, None])).mean())
-    return Row(model=role, quantizer=variant, values=values, samples=samples, auc=auc)
+    return Row(role=role, variant=variant, values=values, samples=samples, auc=auc)
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +60,8 @@ def full_run_rows() -> list[Row]:
 
 
 @pytest.fixture
-def run_config(tmp_path: Any) -> RunConfig:
-    return RunConfig(model="u", target="t", retrain="r", data="d", quantizers=QUANTIZERS, cache_dir=str(tmp_path), no_cache=True)
+def gate_run(tmp_path: Any) -> RunConfig:
+    return run_config(model="u", target="t", retrain="r", data="d", quantizers=QUANTIZERS, cache_dir=str(tmp_path), no_cache=True)
 
 
 def _full_run(run: RunConfig, rows: list[Row]) -> tuple[float, Any]:
@@ -73,7 +73,7 @@ def _full_run(run: RunConfig, rows: list[Row]) -> tuple[float, Any]:
         verdicts = []
         for variant, check in gate.checks():
             needed = needed_rows(variant, check, retrain=True)
-            verdicts.append(evaluate_check(variant, check, gate.figures(needed), run.budget, run.verdict))
+            verdicts.append(judge_item(variant, check, gate.figures(needed), run.budget, run.verdict))
         report = build_report(run, rows, verdicts, data=None, fingerprints={})
     return time.perf_counter() - start, report
 
@@ -93,15 +93,15 @@ def no_bootstrap(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     yield off
 
 
-def test_bootstrap_cost_of_a_full_run(benchmark: Any, full_run_rows: list[Row], run_config: RunConfig, no_bootstrap: Any) -> None:
-    _full_run(run_config, full_run_rows)  # warm-up: lazy imports (torch for the provenance), allocator
+def test_bootstrap_cost_of_a_full_run(benchmark: Any, full_run_rows: list[Row], gate_run: RunConfig, no_bootstrap: Any) -> None:
+    _full_run(gate_run, full_run_rows)  # warm-up: lazy imports (torch for the provenance), allocator
     with no_bootstrap():
-        baseline_report = _full_run(run_config, full_run_rows)[1]
-        baseline = min(_full_run(run_config, full_run_rows)[0] for _ in range(3))
+        baseline_report = _full_run(gate_run, full_run_rows)[1]
+        baseline = min(_full_run(gate_run, full_run_rows)[0] for _ in range(3))
     rounds: list[tuple[float, Any]] = []
 
     def with_bootstrap() -> Any:
-        rounds.append(_full_run(run_config, full_run_rows))
+        rounds.append(_full_run(gate_run, full_run_rows))
         return rounds[-1][1]
 
     report = benchmark.pedantic(with_bootstrap, rounds=3, iterations=1)

@@ -35,7 +35,7 @@ def _run(loaded: Any, qid: str) -> tuple[float, dict[str, Any]]:
 
     start = time.perf_counter()
     with quantized(loaded, qid, target=loaded) as q:
-        report = q.report.to_dict()
+        report = q.details.to_dict()
     return time.perf_counter() - start, report
 
 

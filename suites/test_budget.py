@@ -1,4 +1,4 @@
-"""One test item per (quantizer, check): ``test_budget[rtn-w4g128-knowmem_f]``.
+"""One test item per (variant, check): ``test_budget[rtn-w4g128-knowmem_f]``.
 
 The plugin parametrizes ``budget_check`` from the run config at collection (nothing is loaded
 then); running an item computes only the rows it needs, through the cache.
@@ -15,9 +15,9 @@ from unlearn_assert.plugin import verdict_key
 
 
 def test_budget(request: pytest.FixtureRequest, unlearn_session: Any, budget_check: tuple[str, str]) -> None:
-    quantizer, check = budget_check
+    variant, check = budget_check
     try:
-        verdict = unlearn_session.check(quantizer, check)
+        verdict = unlearn_session.check(variant, check)
     except UnlearnAssertError as exc:  # bad input found only at load time (e.g. NaN weights): one line
         failure = str(exc)
     except Exception as exc:  # none of ours: a bug, one line naming the row (the traceback in a log, or with -v)

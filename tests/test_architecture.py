@@ -47,7 +47,7 @@ LAYERS: dict[str, int] = {
     "unlearning": 5, "scaleout": 5,
     "engine": 6,
     "demo": 7,
-    "plugin.session": 8,
+    "plugin.session": 8, "plugin.channel": 8, "plugin.writer": 8, "plugin.internal": 8,
     "plugin": 9, "cli": 9,
     "": 10,
 }

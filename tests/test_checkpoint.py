@@ -11,7 +11,7 @@ from test_gate import gate_args, outcomes
 
 from unlearn_assert.config import parse_artifacts
 from unlearn_assert.errors import ConfigError
-from unlearn_assert.quant.artifact import read_checkpoint
+from unlearn_assert.quant.artifact import read_artifact
 
 try:  # imported at collection: pytester drops modules a test imports, and datasets cannot be imported twice
     import llmcompressor  # noqa: F401
@@ -116,7 +116,7 @@ def _copy_with_config(src: Path, dst: Path, **changes: object) -> Path:
 
 def _read_entries(entries: list[str], target: Path) -> list[object]:
     """What option time does with --unlearn-quantized entries: the syntax, then each directory."""
-    return [read_checkpoint(a.name, a.path, str(target)) for a in parse_artifacts(entries)]
+    return [read_artifact(a.name, a.path, str(target)) for a in parse_artifacts(entries)]
 
 
 def test_bad_entries_are_one_line_usage_errors(tmp_path: Path, tiny_model_dir: Path) -> None:
@@ -167,12 +167,12 @@ def test_budgets_may_name_checkpoints_and_nothing_is_checked_without_a_model(tmp
     ok = _copy_with_config(tiny_model_dir, tmp_path / "with space" / "ok",
                            quantization_config={"quant_method": "bitsandbytes", "load_in_4bit": True})
     cfg = _config(model=str(tiny_model_dir), quantized=[f"mine={ok}"], budget="recovery@mine=0.1 recovery@rtn-w8=0.2")
-    assert cfg.checkpoint("mine").path == str(ok) and cfg.budget.recovery_for("knowmem_f", "mine") == 0.1
-    assert cfg.all_quantizers == (*cfg.quantizers, "mine")
+    assert cfg.artifact("mine").path == str(ok) and cfg.budget.recovery_for("knowmem_f", "mine") == 0.1
+    assert cfg.variants == (*cfg.variant_ids, "mine")
     with pytest.raises(ConfigError, match="'recovery@other' names no quantizer id and no --unlearn-quantized checkpoint"):
         _config(model=str(tiny_model_dir), quantized=[f"mine={ok}"], budget="recovery@other=0.1")
     # the plugin is off without --unlearn-model: a stale ini entry must not break every pytest run
-    assert _config(quantized=[f"mine={tmp_path / 'missing'}"], calibration=str(tmp_path / "missing.txt")).prequantized == ()
+    assert _config(quantized=[f"mine={tmp_path / 'missing'}"], calibration=str(tmp_path / "missing.txt")).artifacts == ()
 
 
 def test_a_checkpoint_is_hashed_once_per_engine_even_without_the_cache(
@@ -181,15 +181,14 @@ def test_a_checkpoint_is_hashed_once_per_engine_even_without_the_cache(
     """--unlearn-no-cache turns off the on-disk fingerprint cache: the row key and the view of a
     (possibly multi-GB) checkpoint still share one hash."""
     import unlearn_assert.models as models
-    from unlearn_assert.config import RunConfig
+    from unlearn_assert.config import run_config
     from unlearn_assert.engine import Gate
 
     hashed: list[str] = []
     real = models.fingerprint
     monkeypatch.setattr(models, "fingerprint", lambda path: hashed.append(str(Path(path).resolve())) or real(path))
-    run = RunConfig(model=str(tiny_unlearned_dir), target=str(tiny_model_dir), data=str(tiny_data_dir), quantizers=(),
-                    prequantized=parse_artifacts([f"shipped={nf4_dir}"]), no_cache=True,
-                    device="cpu", max_samples=2)
+    run = run_config(model=tiny_unlearned_dir, target=tiny_model_dir, data=tiny_data_dir, quantizers="rtn-w8",
+                     quantized=[f"shipped={nf4_dir}"], no_cache=True, device="cpu", max_samples=2)
     with Gate(run) as g:
         assert g.check("shipped", "knowmem_f").outcome in ("passed", "failed")
         assert g.check("shipped", "utility").outcome in ("passed", "failed")

@@ -500,7 +500,7 @@ def test_published_retrain_aucs_are_muse_constants() -> None:
     assert parse_retrain_auc("muse-news") == (0.4772, "MUSE AUC_RETRAIN[news][forget_holdout_Min-40%] (muse_bench constants.py)")
     assert parse_retrain_auc(" MUSE-Books ")[0] == 0.5393
     assert parse_retrain_auc("0.48") == (0.48, None)
-    for bad in ("muse", "1", "0", "nan", "news"):
+    for bad in ("muse", "0", "1.5", "-0.2", "nan", "news"):
         with pytest.raises(ConfigError) as info:
             parse_retrain_auc(bad)
         assert "muse-news, muse-books" in _one_line(info)

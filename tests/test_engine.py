@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from unlearn_assert.cache import ResultCache, cache_key
-from unlearn_assert.config import QuantizedArtifact, RunConfig
+from unlearn_assert.config import Artifact, RunConfig, run_config
 from unlearn_assert.engine import Gate, Row, gate
 from unlearn_assert.engine.derive import figures
 from unlearn_assert.engine.rows import row_key
@@ -38,7 +38,7 @@ def _strip(obj: Any) -> Any:
 
 def _run(tiny_unlearned_dir: Path, tiny_model_dir: Path, tiny_data_dir: Path, **extra: Any) -> RunConfig:
     settings: dict[str, Any] = {"quantizers": ("rtn-w8",), "device": "cpu", "max_samples": 2, **extra}
-    return RunConfig(model=str(tiny_unlearned_dir), target=str(tiny_model_dir), data=str(tiny_data_dir), **settings)
+    return run_config(model=tiny_unlearned_dir, target=tiny_model_dir, data=tiny_data_dir, **settings)
 
 
 def test_gate_runs_every_item_and_its_report_is_the_plugins_json(
@@ -80,16 +80,15 @@ def test_gate_settings_are_validated_like_options(tiny_unlearned_dir: Path, tiny
         gate(tiny_unlearned_dir, tiny_model_dir, tiny_data_dir, verdict="maybe")
     with pytest.raises(ConfigError, match="--unlearn-confidence: '0.5' is not a supported level"):
         gate(tiny_unlearned_dir, tiny_model_dir, tiny_data_dir, confidence=0.5)
-    from unlearn_assert.engine.runner import _run_config
 
-    assert (_run_config({"verdict": "lenient", "confidence": 0.9}).verdict, _run_config({"confidence": 0.9}).confidence) == (
+    assert (run_config(verdict="lenient", confidence=0.9).verdict, run_config(confidence=0.9).confidence) == (
         "lenient", 0.9)
     with pytest.raises(ConfigError, match="unknown gate setting.*quantiser"):
         gate(tiny_unlearned_dir, tiny_model_dir, tiny_data_dir, quantiser="rtn-w8")
     with pytest.raises(ConfigError, match="--unlearn-data: data path .* does not exist"):  # checked before any model loads
         gate(tiny_unlearned_dir, tiny_model_dir, tiny_data_dir / "missing")
     with pytest.raises(ConfigError, match="either a run config"):
-        gate(tiny_unlearned_dir, run=RunConfig(model="x"))
+        gate(tiny_unlearned_dir, run=run_config(model="x"))
 
 
 def test_quantizer_source_key_parts_and_handoff(tiny_unlearned_dir: Path, tiny_model_dir: Path, tiny_data_dir: Path) -> None:
@@ -98,25 +97,26 @@ def test_quantizer_source_key_parts_and_handoff(tiny_unlearned_dir: Path, tiny_m
         source = g.source("rtn-w8-sym")
         assert isinstance(source, QuantizerSource) and source.roles == ("unlearned", "target")
         target_fp = g.inputs.fingerprint("target")
-        assert source.key_parts("target", g.inputs) == {"quantizer": "rtn-w8"}  # canonical: the same cache entry
-        assert source.key_parts("unlearned", g.inputs) == {"quantizer": "rtn-w8", "target": target_fp}
+        assert source.key_parts("target", g.inputs) == {"variant": "rtn-w8"}  # canonical: the same cache entry
+        assert source.key_parts("unlearned", g.inputs) == {"variant": "rtn-w8", "target": target_fp}
         with source.apply("unlearned", g.inputs) as applied:
-            assert applied.handoff is None and applied.quant["code_agreement"] is not None
-            assert applied.view.report.changed_fraction == applied.quant["changed_fraction"] > 0  # type: ignore[union-attr]
+            assert applied.handoff is None and applied.details["code_agreement"] is not None
+            assert applied.view.details.changed_fraction == applied.details["changed_fraction"] > 0  # type: ignore[union-attr]
         with source.apply("target", g.inputs) as applied:
             assert applied.handoff is None  # RTN re-quantizes T on the fly: nothing to hand on
-            assert applied.quant["code_agreement"] is None  # no target of the target
+            assert applied.details["code_agreement"] is None  # no target of the target
 
 
 def test_artifact_source_exists_for_u_only(tiny_unlearned_dir: Path, tiny_model_dir: Path, tiny_data_dir: Path) -> None:
-    artifact = QuantizedArtifact("mine", str(tiny_unlearned_dir))
-    run = _run(tiny_unlearned_dir, tiny_model_dir, tiny_data_dir, prequantized=(artifact,))
+    run = _run(tiny_unlearned_dir, tiny_model_dir, tiny_data_dir, quantized=[f"mine={tiny_unlearned_dir}"])
+    artifact = run.artifact("mine")
+    assert artifact == Artifact("mine", str(tiny_unlearned_dir))
     source = source_for("mine", run)
     assert isinstance(source, ArtifactSource) and source.roles == ("unlearned",)
     assert isinstance(source_for("rtn-w8", run), QuantizerSource)
     with Gate(run, ResultCache(None, enabled=False)) as g:
         parts = source.key_parts("unlearned", g.inputs)
-        assert parts == {"quantizer": "checkpoint:" + g.inputs.artifact_fingerprint("mine", str(tiny_unlearned_dir))}
+        assert parts == {"variant": "artifact:" + g.inputs.artifact_fingerprint("mine", str(tiny_unlearned_dir))}
         with pytest.raises(ValueError, match="has no target version"):
             g.row("target", "mine")
         with pytest.raises(ValueError, match="no target version of it"):
@@ -138,12 +138,12 @@ class _Identity:
         self.variant = variant
 
     def key_parts(self, role: str, inputs: Any) -> dict[str, Any]:
-        return {"quantizer": "identity"}
+        return {"variant": "identity"}
 
     @contextmanager
     def apply(self, role: str, inputs: Any, handoff: Any = None) -> Iterator[Applied]:
         self.applied.append(role)
-        yield Applied(view=inputs.model(role), quant={"changed_fraction": 0.0})
+        yield Applied(view=inputs.model(role), details={"changed_fraction": 0.0})
 
 
 def test_a_new_kind_of_source_needs_only_a_registry_entry(monkeypatch: pytest.MonkeyPatch, tiny_unlearned_dir: Path,
@@ -152,7 +152,9 @@ def test_a_new_kind_of_source_needs_only_a_registry_entry(monkeypatch: pytest.Mo
     import unlearn_assert.engine.sources as sources
 
     monkeypatch.setattr(sources, "SOURCE_KINDS", (_Identity, *SOURCE_KINDS))
-    run = _run(tiny_unlearned_dir, tiny_model_dir, tiny_data_dir, quantizers=("identity",))
+    # the run names the variant as an artifact would (a validated run holds only names its grammar knows);
+    # the registered kind comes first in SOURCE_KINDS, so it is the one that makes the rows
+    run = _run(tiny_unlearned_dir, tiny_model_dir, tiny_data_dir, quantized=[f"identity={tiny_unlearned_dir}"])
     with Gate(run, ResultCache(None, enabled=False)) as g:
         verdict = g.check("identity", "knowmem_f")
         assert _Identity.applied == ["unlearned"]  # no q(T) row: the kind exists for U only
@@ -169,7 +171,7 @@ def test_rows_round_trip_and_their_key_is_made_of_the_documented_parts(tiny_unle
         row = g.row("unlearned", "rtn-w8")
         assert Row.from_dict(json.loads(json.dumps(row.to_dict()))) == row
         inputs = g.inputs
-        expected = cache_key({"kind": "row", "model": inputs.fingerprint("unlearned"), "quantizer": "rtn-w8",
+        expected = cache_key({"kind": "row", "model": inputs.fingerprint("unlearned"), "variant": "rtn-w8",
                               "data": inputs.data.fingerprint, "metrics": METRIC_SETTINGS, "device": "cpu", "dtype": "auto",
                               "compute_dtype": "float32", "batch_size": None, "target": inputs.fingerprint("target")})
         assert row_key("unlearned", g.source("rtn-w8"), inputs) == expected

@@ -26,7 +26,7 @@ from unlearn_assert.demo.family import DEMO_MODELS  # noqa: E402
 from unlearn_assert.names import DTYPES, FORGET_METRICS  # noqa: E402
 from unlearn_assert.variants.quantizers import known_ids  # noqa: E402
 
-PATH_OPTIONS = ("model", "target", "retrain", "data", "calibration", "json", "html", "cache_dir")
+PATH_OPTIONS = tuple(o.name for o in OPTIONS if o.path)
 #: placeholders for the paths the fixture lays out in the run's directory (see ``_layout``)
 PLACES = ("@unlearned", "@target", "@data", "@calib", "@file", "@dir", "@loop", "@dangling", "@missing", "@devnull", "@link_target", "@out")
 

@@ -236,9 +236,9 @@ def test_user_tests_use_the_fixtures(pytester: pytest.Pytester, tiny_in_cell_dir
             before = {n: m.weight.detach().clone() for n, m in linears.items()}
             q4 = quantized("rtn-w4g128")
             assert q4 is quantized("rtn-w4g128")  # cached for the session
-            assert q4.report.code_agreement == 1.0
+            assert q4.details.code_agreement == 1.0
             q8 = quantized("rtn-w8")  # restores the 4-bit variant first: 8-bit RTN of the original weights
-            assert q8.report.quantizer == "rtn-w8"
+            assert q8.details.quantizer == "rtn-w8"
             for n, w in before.items():
                 assert torch.equal(linears[n].weight, rtn_quantize(w, 8)), n
 

@@ -77,7 +77,7 @@ def test_quantizers_on_the_float32_upcast(bf16_model_dir: Path, monkeypatch: pyt
     ids = u.tokenizer("Question: who", return_tensors="pt")["input_ids"]
     with quantized(u, qid, target=t) as q:
         assert q.dtype == "float32"
-        assert q.report.changed_fraction > 0 and q.report.code_agreement == 1.0
+        assert q.details.changed_fraction > 0 and q.details.code_agreement == 1.0
         with torch.no_grad():
             logits = q.model(input_ids=ids).logits
         assert logits.dtype == torch.float32 and bool(torch.isfinite(logits).all())
@@ -141,11 +141,11 @@ def test_the_row_cache_key_holds_the_compute_dtype(bf16_model_dir: Path, tiny_da
     """``--unlearn-dtype auto`` computes a bf16 checkpoint in bf16 on one CPU and in float32 on
     another: the two results must never share a cache entry (nothing is loaded to tell)."""
     from unlearn_assert.cache import ResultCache
-    from unlearn_assert.config import RunConfig
+    from unlearn_assert.config import run_config
     from unlearn_assert.engine.inputs import Inputs
     from unlearn_assert.engine.rows import row_key
 
-    run = RunConfig(model=str(bf16_model_dir), target=str(bf16_model_dir), data=str(tiny_data_dir), device="cpu")
+    run = run_config(model=bf16_model_dir, target=bf16_model_dir, data=tiny_data_dir, device="cpu")
     keys = {}
     for native in (True, False):
         monkeypatch.setattr(hardware, "native_bf16", lambda native=native: native)
@@ -153,6 +153,6 @@ def test_the_row_cache_key_holds_the_compute_dtype(bf16_model_dir: Path, tiny_da
         keys[native] = (inputs.compute_dtype("unlearned"), row_key("unlearned", None, inputs))
     assert keys[True][0] == "bfloat16" and keys[False][0] == "float32"
     assert keys[True][1] != keys[False][1]
-    explicit = Inputs(RunConfig(model=str(bf16_model_dir), target=str(bf16_model_dir), data=str(tiny_data_dir), device="cpu",
-                                dtype="float32"), ResultCache(None, enabled=False))
+    explicit = Inputs(run_config(model=bf16_model_dir, target=bf16_model_dir, data=tiny_data_dir, device="cpu", dtype="float32"),
+                      ResultCache(None, enabled=False))
     assert explicit.compute_dtype("target") == "float32"  # an explicit dtype always wins

@@ -12,7 +12,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from unlearn_assert.errors import ModelError  # noqa: E402
-from unlearn_assert.quant.artifact import open_checkpoint, read_checkpoint  # noqa: E402
+from unlearn_assert.quant.artifact import open_artifact, read_artifact  # noqa: E402
 from unlearn_assert.quant.packed import AWQ_ORDER, decode_awq, decode_gptq, unpack_cols, unpack_rows  # noqa: E402
 from unlearn_assert.quant.rtn import rtn_codes, rtn_params  # noqa: E402
 
@@ -122,10 +122,10 @@ def _packed_export(src: Path, out: Path, method: str, group: int = 32) -> dict[s
 def test_a_packed_export_of_the_tiny_model_loads_as_its_dense_weights(method: str, tmp_path: Path, tiny_unlearned_dir: Path,
                                                                       tiny_model_dir: Path, unlearned) -> None:
     dense = _packed_export(tiny_unlearned_dir, tmp_path / method, method)
-    info = read_checkpoint("shipped", str(tmp_path / method), str(tiny_model_dir))
+    info = read_artifact("shipped", str(tmp_path / method), str(tiny_model_dir))
     assert (info.method, info.bits, info.group_size) == (method, 4, 32)
     assert info.symmetric is (method == "gptq")  # AWQ stores a zero point (zero_point: true), even when it is 8
-    with open_checkpoint(info, unlearned) as (loaded, report):
+    with open_artifact(info, unlearned) as (loaded, report):
         modules = dict(loaded.model.named_modules())
         for key, w in dense.items():
             assert torch.equal(modules[key[: -len(".weight")]].weight.float(), w.to(modules[key[: -len(".weight")]].weight.dtype).float())

@@ -17,7 +17,7 @@ import pytest
 from unlearn_assert.config import Budget, parse_budget
 from unlearn_assert.engine.derive import Bootstrap, figures, figures_from_values, resolution
 from unlearn_assert.engine.rows import Row
-from unlearn_assert.engine.verdicts import Verdict, evaluate_check, judge
+from unlearn_assert.engine.verdicts import Verdict, judge, judge_item
 from unlearn_assert.errors import UnlearnAssertError
 from unlearn_assert.metrics.stats import (
     Interval,
@@ -140,7 +140,7 @@ def make_row(role: Any, variant: str, vm: list[float], km: list[float], kr: list
         auc = mann_whitney_auc([-v for v in forget], [-v for v in holdout])
     values: dict[str, float | None] = {"verbmem_f": float(np.mean(vm)), "knowmem_f": float(np.mean(km)),
                                        "knowmem_r": float(np.mean(kr)), "privleak": None}
-    return Row(model=role, quantizer=variant, values=values, samples=samples, auc=auc)
+    return Row(role=role, variant=variant, values=values, samples=samples, auc=auc)
 
 
 def test_figures_from_rows_pair_the_items_and_match_the_point_values() -> None:
@@ -213,29 +213,29 @@ def test_each_policy_on_a_straddling_recovery() -> None:
     # recovery (40 - 20) / (60 - 20) = 50%, interval [22%, 114%], budget 60%: the estimate passes
     figs = _fig({"q": 40.0}, (0.22, 1.14))
     budget = parse_budget("recovery=0.6")
-    point, strict, lenient = (evaluate_check("rtn-w4g128", "verbmem_f", figs, budget, p) for p in VERDICT_POLICIES)
+    point, strict, lenient = (judge_item("rtn-w4g128", "verbmem_f", figs, budget, p) for p in VERDICT_POLICIES)
     assert (point.outcome, strict.outcome, lenient.outcome) == ("passed", "failed", "passed")
-    assert point.decided is False and point.ci == (0.22, 1.14) and point.estimate == pytest.approx(0.5)
+    assert point.decided is False and point.ci == (0.22, 1.14) and point.value == pytest.approx(0.5)
     assert point.message.startswith("undecided: verbmem_f recovery 50% [22%, 114%] under rtn-w4g128 straddles the "
                                     "60% budget at n=48 forget passages; add forget items or choose --unlearn-verdict "
                                     "(point: the estimate passes it): quantized 40.0")
     assert "(strict: failed)" in strict.message and "(lenient: passed)" in lenient.message
     # budget 25%: point fails on the estimate, lenient still passes (the interval reaches below 25%)
-    low = [evaluate_check("rtn-w4g128", "verbmem_f", figs, Budget(), p).outcome for p in VERDICT_POLICIES]
+    low = [judge_item("rtn-w4g128", "verbmem_f", figs, Budget(), p).outcome for p in VERDICT_POLICIES]
     assert low == ["failed", "failed", "passed"]
     # a budget above the whole interval: decided, every policy passes, the message shows all three numbers
     inside = _fig({"q": 40.0}, (0.22, 0.95))
-    high = [evaluate_check("rtn-w4g128", "verbmem_f", inside, parse_budget("recovery=1"), p) for p in VERDICT_POLICIES]
+    high = [judge_item("rtn-w4g128", "verbmem_f", inside, parse_budget("recovery=1"), p) for p in VERDICT_POLICIES]
     assert [v.outcome for v in high] == ["passed"] * 3 and all(v.decided for v in high)
     assert high[0].message.startswith("verbmem_f recovered 50% [22%, 95%] of the forgetting under rtn-w4g128 (budget 100%)")
     # ... and one wholly beyond it: every policy fails, in capitals
-    beyond = [evaluate_check("rtn-w4g128", "verbmem_f", inside, parse_budget("recovery=0.1"), p) for p in VERDICT_POLICIES]
+    beyond = [judge_item("rtn-w4g128", "verbmem_f", inside, parse_budget("recovery=0.1"), p) for p in VERDICT_POLICIES]
     assert [v.outcome for v in beyond] == ["failed"] * 3 and "RECOVERED 50% [22%, 95%]" in beyond[0].message
 
 
 def test_without_an_interval_strict_fails_and_the_others_judge_the_estimate() -> None:
     figs = _fig({"q": 24.0}, None)  # recovery 10%
-    verdicts = [evaluate_check("rtn-w4g128", "verbmem_f", figs, Budget(), p) for p in VERDICT_POLICIES]
+    verdicts = [judge_item("rtn-w4g128", "verbmem_f", figs, Budget(), p) for p in VERDICT_POLICIES]
     assert [v.outcome for v in verdicts] == ["passed", "failed", "passed"]
     assert all(v.decided is None and v.ci is None for v in verdicts)
 
@@ -246,19 +246,19 @@ def test_fp_items_need_the_drops_interval_to_exclude_zero() -> None:
               ("unlearned", "rtn-w8"): {"verbmem_f": 50.0, "knowmem_f": 48.0, "knowmem_r": 38.0, "privleak": None}}
     wide = figures_from_values(values, drop_ci={"verbmem_f": Interval(-2.0, 22.0, 0, 1000, 8)})
     for policy in VERDICT_POLICIES:  # the drop (10 points) clears the floor, but its interval includes 0
-        v = evaluate_check(FP, "verbmem_f", wide, Budget(), policy)
+        v = judge_item(FP, "verbmem_f", wide, Budget(), policy)
         assert v.outcome == "failed" and v.decided is True and "its interval includes 0" in v.message, policy
-        q = evaluate_check("rtn-w8", "verbmem_f", wide, Budget(), policy)
+        q = judge_item("rtn-w8", "verbmem_f", wide, Budget(), policy)
         assert q.outcome == "failed" and q.message.endswith("recovery under rtn-w8 is not judged")
     tight = figures_from_values(values, drop_ci={"verbmem_f": Interval(2.0, 18.0, 0, 1000, 8)})  # straddles floor 5
-    assert [evaluate_check(FP, "verbmem_f", tight, Budget(), p).outcome for p in VERDICT_POLICIES] == ["passed", "failed", "passed"]
-    assert evaluate_check(FP, "verbmem_f", tight, Budget()).message.startswith(
+    assert [judge_item(FP, "verbmem_f", tight, Budget(), p).outcome for p in VERDICT_POLICIES] == ["passed", "failed", "passed"]
+    assert judge_item(FP, "verbmem_f", tight, Budget()).message.startswith(
         "undecided: verbmem_f drop 10.0 points [2.0, 18.0] in full precision straddles the 5-point floor at n=8 forget passages")
 
 
 def test_verdicts_round_trip_with_their_interval() -> None:
     figs = _fig({"q": 40.0}, (0.22, math.inf))
-    v = evaluate_check("rtn-w4g128", "verbmem_f", figs, Budget(), "lenient")
+    v = judge_item("rtn-w4g128", "verbmem_f", figs, Budget(), "lenient")
     assert v.ci == (0.22, math.inf) and "[22%, inf]" in v.message
     data = v.to_dict()
     assert data["estimate"] == data["value"] and data["ci"] == [0.22, math.inf] and data["figure"] == "recovery"
@@ -332,7 +332,7 @@ def test_property_strict_passes_are_point_passes_are_lenient_passes(case: tuple[
     figs = figures(rows, option_auc=0.5, bootstrap=Bootstrap(replicates=200))
     for variant in (FP, "rtn-w4g128"):
         for check in CHECKS:
-            point, strict, lenient = (evaluate_check(variant, check, figs, budget, p) for p in VERDICT_POLICIES)
+            point, strict, lenient = (judge_item(variant, check, figs, budget, p) for p in VERDICT_POLICIES)
             assert not strict.passed or point.passed, (variant, check, strict.message)
             assert not point.passed or lenient.passed, (variant, check, point.message)
             if point.decided is not None:
@@ -351,7 +351,7 @@ def test_property_intervals_are_invariant_to_the_order_of_the_items(case: tuple[
         samples = {k: [row.samples[k][i] for i in perm] for k in ("verbmem_f", "knowmem_f", "knowmem_r")}
         forget, holdout = row.samples["privleak"][:m], row.samples["privleak"][m:]
         samples["privleak"] = [forget[i] for i in perm_f] + [holdout[i] for i in perm_h]
-        shuffled.append(Row(model=row.model, quantizer=row.quantizer, values=row.values, samples=samples, auc=row.auc))
+        shuffled.append(Row(role=row.role, variant=row.variant, values=row.values, samples=samples, auc=row.auc))
     a, b = figures(rows, option_auc=0.5), figures(shuffled, option_auc=0.5)
     assert a.drop_ci == b.drop_ci and a.recovery_ci == b.recovery_ci
     assert a.utility_ci == b.utility_ci and a.privleak_ci == b.privleak_ci

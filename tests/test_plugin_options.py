@@ -158,7 +158,7 @@ def test_an_empty_quantizer_list_is_refused_and_an_unset_one_is_the_default(
     from unlearn_assert.config import DEFAULT_QUANTIZERS, build_run_config
     from unlearn_assert.errors import ConfigError
 
-    assert build_run_config(lambda o: None).quantizers == tuple(DEFAULT_QUANTIZERS.split(","))  # unset
+    assert build_run_config(lambda o: None).variant_ids == tuple(DEFAULT_QUANTIZERS.split(","))  # unset
     for empty in ("", "  "):
         with pytest.raises(ConfigError, match="--unlearn-quantizers is empty"):  # library use: set to nothing
             build_run_config(lambda o, e=empty: e if o.name == "quantizers" else None)

@@ -47,7 +47,7 @@ def test_each_id_takes_effect_on_a_copy(unlearned: LoadedModel, target: LoadedMo
     fp_logits = logits(unlearned.model, unlearned.tokenizer)
     linears = [n for n, m in unlearned.model.named_modules() if isinstance(m, nn.Linear)]
     with quantized(unlearned, qid, target=target) as q:
-        report = q.report
+        report = q.details
         assert q.model is not unlearned.model
         assert report.modules == [n for n in linears if n != "lm_head"]
         assert all(isinstance(q.model.get_submodule(n), LAYER[qid]) for n in report.modules)
@@ -68,8 +68,8 @@ def test_code_agreement_with_itself_is_one(tiny_model_dir: Path, target: LoadedM
     twin = load_model(tiny_model_dir, device="cpu")
     for other in (twin, target):
         with quantized(target, qid, target=other) as q:
-            assert q.report.code_agreement == 1.0
-            assert q.report.small_delta_fraction == 1.0 and q.report.same_cell_fraction == 1.0
+            assert q.details.code_agreement == 1.0
+            assert q.details.small_delta_fraction == 1.0 and q.details.same_cell_fraction == 1.0
 
 
 @pytest.mark.parametrize("scheme, book", [("fp4", FP4), ("nf4", NF4)])
@@ -82,7 +82,7 @@ def test_4bit_dequant_is_nearest_codebook_value(unlearned: LoadedModel, scheme: 
     code = torch.tensor(book)
     assert torch.equal(torch.sort(code).values, torch.sort(bnbF.get_4bit_type(scheme, device="cpu")).values)
     with quantized(unlearned, f"bnb-{scheme}") as q:
-        for name in q.report.modules:
+        for name in q.details.modules:
             w = _source_weight(unlearned, name)
             expected = _nearest_codebook(w, book)
             got = dequantized_weight(q.model.get_submodule(name))
@@ -131,7 +131,7 @@ def test_int8_is_rowwise_absmax_and_ignores_the_outlier_threshold(unlearned: Loa
     with quantized(unlearned, "bnb-int8") as q:
         expected = {}
         off = 0
-        for name in q.report.modules:
+        for name in q.details.modules:
             w16 = _source_weight(unlearned, name).half().float()
             rowabsmax = w16.abs().amax(dim=1, keepdim=True)
             codes = torch.round(w16 * (127 / rowabsmax))
@@ -140,15 +140,15 @@ def test_int8_is_rowwise_absmax_and_ignores_the_outlier_threshold(unlearned: Loa
             assert module.state.threshold == 6.0 and torch.equal(module.weight.data.float(), codes), name
             expected[name] = codes * rowabsmax / 127
             assert torch.equal(dequantized_weight(module), expected[name]), name
-        assert off <= 1e-3 * q.report.n_weights
-        layer = q.model.get_submodule(q.report.modules[0])
+        assert off <= 1e-3 * q.details.n_weights
+        layer = q.model.get_submodule(q.details.modules[0])
         x = torch.randn(3, layer.in_features)
         x[:, 0] = 10.0  # an outlier column above the threshold
         with caplog.at_level(logging.WARNING), torch.no_grad():
             layer(x)
             logits(q.model, q.tokenizer)
         assert not [r for r in caplog.records if "MatMul8bitLt" in r.getMessage()]
-        for name in q.report.modules:  # after a forward CB/SCB live in module.state: still the same weight
+        for name in q.details.modules:  # after a forward CB/SCB live in module.state: still the same weight
             assert torch.equal(dequantized_weight(q.model.get_submodule(name)), expected[name]), name
     assert not logging.getLogger("bitsandbytes.autograd._functions").filters
 
@@ -161,22 +161,22 @@ def test_forward_keeps_4bit_weights_and_report_right(unlearned: LoadedModel, tar
     only repack layers with in_features % 64 == 0 and out_features % 32 == 0 (others crash in the
     repack), so the forced part uses such a layer."""
     with quantized(unlearned, qid, target=target) as q:
-        report = q.report.to_dict()
-        before = {n: dequantized_weight(q.model.get_submodule(n)) for n in q.report.modules}
+        report = q.details.to_dict()
+        before = {n: dequantized_weight(q.model.get_submodule(n)) for n in q.details.modules}
         q_logits = logits(q.model, q.tokenizer)
         logits(q.model, q.tokenizer)
-        for name in q.report.modules:
+        for name in q.details.modules:
             module = q.model.get_submodule(name)
             assert not getattr(module.weight.quant_state, "packing_format_for_cpu", False)
             assert module.weight.data.shape == (module.in_features * module.out_features // 2, 1)
             assert torch.equal(dequantized_weight(module), before[name]), name
-        assert q.report.to_dict() == report
+        assert q.details.to_dict() == report
         fp = load_model(unlearned.path, device="cpu")
         for name, w_hat in before.items():
             fp.model.get_submodule(name).weight.data.copy_(w_hat)
         assert torch.allclose(q_logits, logits(fp.model, fp.tokenizer), atol=1e-5, rtol=0)
 
-        name = next(n for n in q.report.modules if before[n].shape[1] % 64 == 0 and before[n].shape[0] % 32 == 0)
+        name = next(n for n in q.details.modules if before[n].shape[1] % 64 == 0 and before[n].shape[0] % 32 == 0)
         module = q.model.get_submodule(name)
         module.support_avx512bf16_for_cpu = True
         if bnbF.has_avx512bf16():  # the real trap
@@ -192,11 +192,11 @@ def test_bf16_model_and_skip_modules(tiny_unlearned_dir: Path) -> None:
     loaded = load_model(tiny_unlearned_dir, device="cpu", dtype="bfloat16")
     before = snapshot(loaded)
     with quantized(loaded, "bnb-nf4", skip_modules=("lm_head", "down_proj")) as q:
-        assert q.report.modules and not any(n.endswith(("down_proj", "lm_head")) for n in q.report.modules)
+        assert q.details.modules and not any(n.endswith(("down_proj", "lm_head")) for n in q.details.modules)
         assert type(q.model.get_submodule("model.layers.0.mlp.down_proj")) is nn.Linear
-        layer = q.model.get_submodule(q.report.modules[0])
+        layer = q.model.get_submodule(q.details.modules[0])
         assert layer.compute_dtype == torch.bfloat16 and dequantized_weight(layer).dtype == torch.bfloat16
-        assert q.report.changed_fraction > 0 and q.report.code_agreement is None
+        assert q.details.changed_fraction > 0 and q.details.code_agreement is None
     assert_bit_identical(loaded, before)
     with pytest.raises(QuantizerError, match="took no effect"):
         with quantized(loaded, "bnb-fp4", skip_modules=("*",)):
@@ -236,10 +236,10 @@ def test_bnb_on_cuda(tiny_model_dir: Path, tiny_unlearned_dir: Path) -> None:
     before = snapshot(u)
     for qid in IDS:
         with quantized(u, qid, target=t) as q:
-            layer = q.model.get_submodule(q.report.modules[0])
+            layer = q.model.get_submodule(q.details.modules[0])
             assert isinstance(layer, LAYER[qid]) and layer.weight.device.type == "cuda"
-            assert q.report.changed_fraction > 0 and 0 < q.report.code_agreement < 1  # type: ignore[operator]
+            assert q.details.changed_fraction > 0 and 0 < q.details.code_agreement < 1  # type: ignore[operator]
             assert not torch.equal(logits(q.model, q.tokenizer), fp_logits)
         with quantized(t, qid, target=t) as q:
-            assert q.report.code_agreement == 1.0
+            assert q.details.code_agreement == 1.0
     assert_bit_identical(u, before)

@@ -486,10 +486,10 @@ def test_backend_reports_llama_cpp_types_codes_and_restores_the_model(wide_pair:
     before = snapshot(u)
     with quantized(t, "gguf-q4_k_m") as qt:
         codes = qt.backend.codes
-        t_report = qt.report
+        t_report = qt.details
     assert codes is not None and t_report.code_agreement is None
     with quantized(u, "gguf-q4_k_m", target=t, target_codes=codes) as q:
-        r = q.report.to_dict()
+        r = q.details.to_dict()
         assert not torch.equal(q.model.model.layers[0].mlp.up_proj.weight, before["model.layers.0.mlp.up_proj.weight"])
     assert_bit_identical(u, before)
     assert r["backend"] == "gguf" and r["preset"] == "q4_k_m"
@@ -499,9 +499,9 @@ def test_backend_reports_llama_cpp_types_codes_and_restores_the_model(wide_pair:
     assert r["small_delta_fraction"] is None and r["seconds_quantize"] > 0
     # T's codes handed on give the same agreement as quantizing T again
     with quantized(u, "gguf-q4_k_m", target=t) as again:
-        assert again.report.code_agreement == r["code_agreement"]
+        assert again.details.code_agreement == r["code_agreement"]
     with quantized(t, "gguf-q4_k_m", target=t) as same:
-        assert same.report.code_agreement == 1.0
+        assert same.details.code_agreement == 1.0
 
 
 def test_code_agreement_counts_codes_on_the_targets_scales() -> None:

@@ -39,12 +39,12 @@ def test_each_id_takes_effect_and_restores(unlearned: LoadedModel, target: Loade
     fp_logits = logits(unlearned.model, unlearned.tokenizer)
     linears = [n for n, m in unlearned.model.named_modules() if isinstance(m, nn.Linear)]
     with quantized(unlearned, qid, target=target) as q:
-        report = q.report
+        report = q.details
         assert report.modules == [n for n in linears if n != "lm_head"]
         assert all(isinstance(q.model.get_submodule(n), HQQLinear) for n in report.modules)
         assert type(q.model.get_submodule("lm_head")) is nn.Linear
         assert not torch.equal(logits(q.model, q.tokenizer), fp_logits)
-        assert q.report.to_dict() == report.to_dict()  # computed before the forward, unchanged by it
+        assert q.details.to_dict() == report.to_dict()  # computed before the forward, unchanged by it
     _assert_restored(unlearned, before)
     assert torch.equal(logits(unlearned.model, unlearned.tokenizer), fp_logits)
     bits, group = int(qid[5]), int(qid.split("g")[1])
@@ -60,15 +60,15 @@ def test_code_agreement_with_itself_is_one(tiny_model_dir: Path, target: LoadedM
     twin = load_model(tiny_model_dir, device="cpu")
     for other in (twin, target):  # a second copy, and the very same (swapped) model
         with quantized(target, qid, target=other) as q:
-            assert q.report.code_agreement == 1.0
-            assert q.report.small_delta_fraction == 1.0 and q.report.same_cell_fraction == 1.0
+            assert q.details.code_agreement == 1.0
+            assert q.details.small_delta_fraction == 1.0 and q.details.same_cell_fraction == 1.0
 
 
 def test_dequant_is_the_affine_grid_of_the_codes(unlearned: LoadedModel) -> None:
     """W_hat = (code - zero) * scale per group of 64 consecutive weights, with codes in [0, 15] that
     are round(w / scale + zero) clamped (hqq rounds in float32 with the reciprocal of the scale)."""
     with quantized(unlearned, "hqq-w4g64") as q:
-        for name in q.report.modules:
+        for name in q.details.modules:
             layer = q.model.get_submodule(name)
             w = q.backend.swapped[name].weight.detach()  # the original module, kept aside during the block
             codes = hqq_codes(layer).reshape(-1, 64)
@@ -83,8 +83,8 @@ def test_restored_when_the_body_raises_and_bf16(tiny_unlearned_dir: Path) -> Non
     before = _snapshot(loaded)
     with pytest.raises(RuntimeError, match="boom"):
         with quantized(loaded, "hqq-w4g64", skip_modules=("lm_head", "down_proj")) as q:
-            assert not any(n.endswith("down_proj") for n in q.report.modules)
-            assert q.model.get_submodule(q.report.modules[0]).dequantize().dtype == torch.bfloat16
+            assert not any(n.endswith("down_proj") for n in q.details.modules)
+            assert q.model.get_submodule(q.details.modules[0]).dequantize().dtype == torch.bfloat16
             raise RuntimeError("boom")
     _assert_restored(loaded, before)
 
@@ -127,7 +127,7 @@ def test_hqq_on_cuda(tiny_model_dir: Path, tiny_unlearned_dir: Path) -> None:
     u = load_model(tiny_unlearned_dir, device="cuda")
     before = _snapshot(u)
     with quantized(u, "hqq-w4g64", target=t) as q:
-        layer = q.model.get_submodule(q.report.modules[0])
+        layer = q.model.get_submodule(q.details.modules[0])
         assert isinstance(layer, HQQLinear) and layer.W_q.device.type == "cuda"
-        assert q.report.changed_fraction > 0 and 0 < q.report.code_agreement < 1  # type: ignore[operator]
+        assert q.details.changed_fraction > 0 and 0 < q.details.code_agreement < 1  # type: ignore[operator]
     _assert_restored(u, before)

@@ -46,7 +46,7 @@ def test_backend_takes_effect_reports_and_leaves_the_source_alone(
         base = unlearned.model(**ids).logits
     with quantized(unlearned, qid, target=target, calibration=calibration) as q:
         assert q.model is not unlearned.model  # a copy: the source is never written to
-        r = q.report
+        r = q.details
         assert (r.backend, r.bits, r.group_size) == (q.spec.backend, q.spec.bits, 32)
         assert r.bits == int(qid.split("-")[1][1])
         assert r.symmetric is qid.startswith("gptq")
@@ -67,9 +67,9 @@ def test_perturbed_model_agrees_less_than_the_target_with_itself(
     unlearned: LoadedModel, target: LoadedModel, calibration: Calibration
 ) -> None:
     with quantized(target, "gptq-w4g32", target=target, calibration=calibration) as q:
-        self_agreement = q.report.code_agreement
+        self_agreement = q.details.code_agreement
     with quantized(unlearned, "gptq-w4g32", target=target, calibration=calibration) as q:
-        other = q.report.code_agreement
+        other = q.details.code_agreement
     assert self_agreement == 1.0  # deterministic: T quantized twice gives the same codes
     assert other is not None and other < 0.99
 
@@ -198,7 +198,7 @@ def test_gptq_and_awq_on_cuda(tiny_model_dir: Path, tiny_unlearned_dir: Path, ca
     for qid in ("gptq-w4g32", "awq-w4g32"):
         with quantized(u, qid, target=t, calibration=calibration) as q:
             assert all(p.device.type == "cuda" for p in q.model.parameters())
-            assert q.report.changed_fraction > 0.5 and 0 < q.report.code_agreement <= 1  # type: ignore[operator]
+            assert q.details.changed_fraction > 0.5 and 0 < q.details.code_agreement <= 1  # type: ignore[operator]
             with torch.no_grad():
                 assert torch.isfinite(q.model(**ids).logits).all()
     assert_bit_identical(u, before)
@@ -244,15 +244,15 @@ def test_target_codes_are_reused_by_the_next_unlearned_row(unlearned: LoadedMode
     import unlearn_assert.quant.llmc as llmc
 
     with quantized(unlearned, "gptq-w4g32", target=target, calibration=calibration) as q:
-        scratch = q.report.code_agreement
+        scratch = q.details.code_agreement
     calls = []
     real = llmc.oneshot
     monkeypatch.setattr(llmc, "oneshot", lambda **kw: (calls.append(kw["model"]), real(**kw))[1])
     with quantized(target, "gptq-w4g32", calibration=calibration) as qt:
         grid = qt.backend.codes
-    assert grid is not None and set(grid) == set(qt.report.modules)
+    assert grid is not None and set(grid) == set(qt.details.modules)
     with quantized(unlearned, "gptq-w4g32", target=target, calibration=calibration, target_codes=grid) as q:
-        reused = q.report.code_agreement
+        reused = q.details.code_agreement
     assert len(calls) == 2 and reused == scratch
 
 

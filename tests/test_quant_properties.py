@@ -354,5 +354,5 @@ def test_skipped_modules_untouched(stack: tuple[int, int, int, torch.dtype], cfg
     with quantized(loaded, qid) as q:
         assert torch.equal(q.model.lm_head.weight, head)
         assert torch.equal(q.model.embed_tokens.weight, embed)
-        assert q.report.modules == linears
-        assert q.report.n_weights == sum(loaded.model.get_submodule(n).weight.numel() for n in linears)
+        assert q.details.modules == linears
+        assert q.details.n_weights == sum(loaded.model.get_submodule(n).weight.numel() for n in linears)

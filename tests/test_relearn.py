@@ -113,14 +113,14 @@ def test_attack_ids() -> None:
 
 
 def test_attacks_option_appends_and_refuses_quantizers() -> None:
-    from unlearn_assert.engine.runner import _run_config
+    from unlearn_assert.config import run_config
 
-    run = _run_config({"model": "m", "target": "t", "data": "d", "quantizers": "rtn-w8", "attacks": "relearn-retain-5"})
-    assert run.quantizers == ("rtn-w8", "relearn-retain-5")
+    run = run_config(model="m", target="t", data="d", quantizers="rtn-w8", attacks="relearn-retain-5")
+    assert run.variant_ids == ("rtn-w8", "relearn-retain-5")
     with pytest.raises(ConfigError, match="--unlearn-attacks: 'rtn-w4' is a quantizer"):
-        _run_config({"model": "m", "target": "t", "data": "d", "attacks": "rtn-w4"})
+        run_config(model="m", target="t", data="d", attacks="rtn-w4")
     with pytest.raises(ConfigError, match="twice"):
-        _run_config({"model": "m", "target": "t", "data": "d", "quantizers": "relearn-retain-5", "attacks": "relearn-retain-5"})
+        run_config(model="m", target="t", data="d", quantizers="relearn-retain-5", attacks="relearn-retain-5")
 
 
 # --------------------------------------------------------------------------- like with like
@@ -132,8 +132,8 @@ def test_recovery_uses_the_fp_values_of_the_evaluated_items() -> None:
 
     def row(role: str, variant: str, scores: list[float], ids: list[int], split: dict | None = None) -> Row:
         samples = {"knowmem_f": [{"id": i, "score": s} for i, s in zip(ids, scores)], "verbmem_f": []}
-        return Row(model=role, quantizer=variant, values={"knowmem_f": sum(scores) / len(scores)}, samples=samples,  # type: ignore[arg-type]
-                   quant=None if split is None else {"split": split})
+        return Row(role=role, variant=variant, values={"knowmem_f": sum(scores) / len(scores)}, samples=samples,  # type: ignore[arg-type]
+                   details=None if split is None else {"split": split})
 
     split = {"evaluated": {"knowmem_f": [2, 3]}}
     rows = [row("target", "fp", [90, 90, 80, 60], [0, 1, 2, 3]), row("unlearned", "fp", [0, 0, 20, 10], [0, 1, 2, 3]),
@@ -191,7 +191,7 @@ def test_lora_leaves_the_model_as_loaded(tiny_unlearned_dir: Path, tiny_model_di
         after = g.inputs.model("unlearned").model.state_dict()
         assert set(after) == set(before) and all(torch.equal(before[k], after[k]) for k in before)
         assert not any("lora" in name for name, _ in g.inputs.model("unlearned").model.named_modules())
-    assert row.ok and row.quant["lora"]["r"] == 8 and 0 < row.quant["trainable_parameters"]
+    assert row.ok and row.details["lora"]["r"] == 8 and 0 < row.details["trainable_parameters"]
     assert row.changed_fraction is not None and row.changed_fraction > 0
 
 

@@ -21,7 +21,7 @@ from torch import nn  # noqa: E402
 import unlearn_assert.quant as quant  # noqa: E402
 from unlearn_assert.errors import BackendUnavailable, ModelError, QuantizerError  # noqa: E402
 from unlearn_assert.models import LoadedModel, load_model  # noqa: E402
-from unlearn_assert.quant import QuantReport, QuantSpec, get_backend, parse_quantizer_id, quantized, validate_quantizer_list  # noqa: E402
+from unlearn_assert.quant import QuantDetails, QuantSpec, get_backend, parse_quantizer_id, quantized, validate_quantizer_list  # noqa: E402
 from unlearn_assert.quant.rtn import RTNBackend, code_range, rtn_codes, rtn_params, rtn_quantize, rtn_step  # noqa: E402
 from unlearn_assert.variants.quantizers import BACKENDS, BNB_4BIT_BLOCKSIZE, BackendEntry, known_ids  # noqa: E402
 
@@ -228,7 +228,7 @@ def test_quantized_restores_bit_exactly(unlearned: LoadedModel, target: LoadedMo
     fp_logits = logits(unlearned.model, unlearned.tokenizer)
     with quantized(unlearned, qid, target=target) as q:
         assert not torch.equal(logits(q.model, q.tokenizer), fp_logits)
-        report = q.report
+        report = q.details
     assert_bit_identical(unlearned, before)
     assert torch.equal(logits(unlearned.model, unlearned.tokenizer), fp_logits)
     assert report.changed_fraction > 0
@@ -252,17 +252,17 @@ def test_code_agreement_with_itself_is_one(tiny_model_dir: Path, target: LoadedM
     twin = load_model(tiny_model_dir, device="cpu")
     for other in (twin, target):  # a second copy, and the very same object
         with quantized(target, "rtn-w4g128", target=other) as q:
-            assert q.report.code_agreement == 1.0
-            assert q.report.small_delta_fraction == 1.0 and q.report.same_cell_fraction == 1.0
+            assert q.details.code_agreement == 1.0
+            assert q.details.small_delta_fraction == 1.0 and q.details.same_cell_fraction == 1.0
 
 
 def test_report_without_target_and_view_attributes(unlearned: LoadedModel) -> None:
     with quantized(unlearned, "rtn-w8-sym") as q:
         assert q.tokenizer is unlearned.tokenizer and q.path == unlearned.path and q.source is unlearned
         assert q.device == unlearned.device and q.dtype == unlearned.dtype and q.info["quantizer"] == "rtn-w8-sym"
-        assert q.report.code_agreement is None and q.report.small_delta_fraction is None
-        data = json.loads(json.dumps(q.report.to_dict()))
-        assert QuantReport.from_dict(data) == q.report
+        assert q.details.code_agreement is None and q.details.small_delta_fraction is None
+        data = json.loads(json.dumps(q.details.to_dict()))
+        assert QuantDetails.from_dict(data) == q.details
         assert data["quantizer"] == "rtn-w8-sym" and data["bits"] == 8 and data["group_size"] is None
         expected = hashlib.sha256(f"{unlearned.fingerprint}:rtn-w8".encode()).hexdigest()
         assert q.fingerprint == expected  # the canonical id: rtn-w8-sym and rtn-w8 are one model
@@ -274,8 +274,8 @@ def test_bf16_model_round_trip(tiny_unlearned_dir: Path) -> None:
     loaded = load_model(tiny_unlearned_dir, device="cpu", dtype="bfloat16")
     before = snapshot(loaded)
     with quantized(loaded, "rtn-w4g64") as q:
-        weight = q.model.get_submodule(q.report.modules[0]).weight
-        assert weight.dtype == torch.bfloat16 and q.report.changed_fraction > 0
+        weight = q.model.get_submodule(q.details.modules[0]).weight
+        assert weight.dtype == torch.bfloat16 and q.details.changed_fraction > 0
     assert_bit_identical(loaded, before)
 
 
@@ -283,9 +283,9 @@ def test_backend_keeps_one_copy_on_cpu(unlearned: LoadedModel) -> None:
     """The only extra weight memory is the saved originals: exactly the quantized weights' bytes, on the CPU."""
     with quantized(unlearned, "rtn-w4g128") as q:
         backend = q.backend
-        weights = [unlearned.model.get_submodule(n).weight for n in q.report.modules]
+        weights = [unlearned.model.get_submodule(n).weight for n in q.details.modules]
         assert backend.saved_bytes == sum(w.numel() * w.element_size() for w in weights)
-        assert set(backend.saved) == set(q.report.modules)
+        assert set(backend.saved) == set(q.details.modules)
         assert all(t.device.type == "cpu" for t in backend.saved.values())
     assert backend.saved_bytes == 0
 
@@ -301,8 +301,8 @@ class _NoOpBackend:
         self.spec = spec
 
     @contextmanager
-    def apply(self, loaded: LoadedModel, **_: Any) -> Iterator[tuple[Any, QuantReport]]:
-        yield loaded.model, QuantReport(self.spec.id, "noop", self.spec.bits, self.spec.group_size, self.spec.symmetric,
+    def apply(self, loaded: LoadedModel, **_: Any) -> Iterator[tuple[Any, QuantDetails]]:
+        yield loaded.model, QuantDetails(self.spec.id, "noop", self.spec.bits, self.spec.group_size, self.spec.symmetric,
                                         modules=["x"], n_weights=10, changed_fraction=0.0)
 
 
@@ -323,7 +323,7 @@ def test_skipping_everything_is_an_error_and_restores(unlearned: LoadedModel) ->
 
 def test_skip_modules_by_suffix(unlearned: LoadedModel) -> None:
     with quantized(unlearned, "rtn-w4g128", skip_modules=("lm_head", "down_proj")) as q:
-        assert q.report.modules and not any(n.endswith(("down_proj", "lm_head")) for n in q.report.modules)
+        assert q.details.modules and not any(n.endswith(("down_proj", "lm_head")) for n in q.details.modules)
         default = hashlib.sha256(f"{unlearned.fingerprint}:rtn-w4g128".encode()).hexdigest()
         assert q.fingerprint != default  # different weights, different cache key
 

@@ -11,7 +11,7 @@ import pytest
 from unlearn_assert.cache import ResultCache, atomic_write_text, cache_key
 from unlearn_assert.config import Budget, parse_budget
 from unlearn_assert.engine.derive import figures_from_values, recovery
-from unlearn_assert.engine.verdicts import evaluate_check, plan_checks
+from unlearn_assert.engine.verdicts import judge_item, plan_checks
 from unlearn_assert.errors import ConfigError
 from unlearn_assert.names import FP, item_name
 
@@ -68,34 +68,34 @@ VALUES = {
 
 
 def test_recovery_verdict_fails_with_all_numbers() -> None:
-    v = evaluate_check("rtn-w4g128", "verbmem_f", figures_from_values(VALUES), Budget())
+    v = judge_item("rtn-w4g128", "verbmem_f", figures_from_values(VALUES), Budget())
     # (44 - 20) / (60 - 20) = 0.6 > 0.25
     assert v.outcome == "failed" and v.value == pytest.approx(0.6)
     for needle in ("60%", "budget 25%", "quantized 44.0", "unlearned 20.0", "target 60.0", "quantized target 59.0"):
         assert needle in v.message
-    assert evaluate_check("rtn-w4g128", "verbmem_f", figures_from_values(VALUES), parse_budget("recovery=0.7")).outcome == "passed"
+    assert judge_item("rtn-w4g128", "verbmem_f", figures_from_values(VALUES), parse_budget("recovery=0.7")).outcome == "passed"
 
 
 def test_floor_failure_has_its_own_message() -> None:
     # knowmem_f dropped only 2 points (< floor 5): unlearning did not work in full precision
-    v = evaluate_check("rtn-w4g128", "knowmem_f", figures_from_values(VALUES), Budget())
+    v = judge_item("rtn-w4g128", "knowmem_f", figures_from_values(VALUES), Budget())
     assert v.outcome == "failed" and "did not work in full precision" in v.message
-    assert evaluate_check(FP, "knowmem_f", figures_from_values(VALUES), Budget()).outcome == "failed"
-    assert evaluate_check(FP, "verbmem_f", figures_from_values(VALUES), Budget()).outcome == "passed"
+    assert judge_item(FP, "knowmem_f", figures_from_values(VALUES), Budget()).outcome == "failed"
+    assert judge_item(FP, "verbmem_f", figures_from_values(VALUES), Budget()).outcome == "passed"
 
 
 def test_utility_and_privleak() -> None:
-    u = evaluate_check("rtn-w4g128", "utility", figures_from_values(VALUES), Budget())  # 30 / 40 = 75% < 90%
+    u = judge_item("rtn-w4g128", "utility", figures_from_values(VALUES), Budget())  # 30 / 40 = 75% < 90%
     assert u.outcome == "failed" and u.value == pytest.approx(0.75)
     # the quantized target's knowmem_r is context (how much the quantizer itself costs), not the reference
     assert u.message == ("knowmem_r under rtn-w4g128 is 75% of the target's (needs >= 90%): 30.0 vs target 40.0 "
                          "(the quantized target: 39.0, 98%)")
     without = {k: v for k, v in VALUES.items() if k != ("target", "rtn-w4g128")}
-    assert evaluate_check("rtn-w4g128", "utility", figures_from_values(without), Budget()).message.endswith("30.0 vs target 40.0")
-    assert evaluate_check(FP, "utility", figures_from_values(VALUES), Budget()).outcome == "passed"  # 38/40 = 95%
-    p = evaluate_check("rtn-w4g128", "privleak", figures_from_values(VALUES), Budget())  # |-40| > 25
+    assert judge_item("rtn-w4g128", "utility", figures_from_values(without), Budget()).message.endswith("30.0 vs target 40.0")
+    assert judge_item(FP, "utility", figures_from_values(VALUES), Budget()).outcome == "passed"  # 38/40 = 95%
+    p = judge_item("rtn-w4g128", "privleak", figures_from_values(VALUES), Budget())  # |-40| > 25
     assert p.outcome == "failed" and "-40.0%" in p.message
-    assert evaluate_check(FP, "privleak", figures_from_values(VALUES), Budget()).outcome == "passed"
+    assert judge_item(FP, "privleak", figures_from_values(VALUES), Budget()).outcome == "passed"
 
 
 def test_cache_roundtrip_atomic_and_damaged(tmp_path: Path) -> None:

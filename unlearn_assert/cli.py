@@ -64,7 +64,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     results = []
     for qid in args.quantizer:
         with quantized(model, qid, target=target, calibration=calibration) as q:
-            report = q.report.to_dict()
+            report = q.details.to_dict()
         results.append(report)
         agreement = report.get("code_agreement")
         print(

@@ -9,8 +9,10 @@ command line, ``[tool.pytest.ini_options]`` or the library API, and every proble
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -35,6 +37,9 @@ class Option:
     metavar: str | None = None
     flag: bool = False  # store_true option; ini value parsed as a boolean
     multi: bool = False  # repeatable option (a list); ini value split on whitespace
+    #: a file or directory: in an ini file it is relative to that file (the plugin resolves it), and an
+    #: empty value is unset
+    path: bool = False
 
     @property
     def cli(self) -> str:
@@ -50,11 +55,11 @@ class Option:
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("model", "Unlearned model to gate: a local Hugging Face directory. Enables the plugin; without it nothing is loaded.", None, "DIR"),
-    Option("target", "Target (original) model the unlearned model was made from.", None, "DIR"),
-    Option("retrain", "Optional model retrained without the forget data (reference for privleak).", None, "DIR"),
+    Option("model", "Unlearned model to gate: a local Hugging Face directory. Enables the plugin; without it nothing is loaded.", None, "DIR", path=True),
+    Option("target", "Target (original) model the unlearned model was made from.", None, "DIR", path=True),
+    Option("retrain", "Optional model retrained without the forget data (reference for privleak).", None, "DIR", path=True),
     Option("data", "MUSE data: a directory in MUSE's layout (verbmem/, knowmem/, privleak/, raw/) or its Hugging Face form "
-           "(parquet or save_to_disk), or hf:OWNER/NAME from the local Hugging Face cache.", None, "DIR"),
+           "(parquet or save_to_disk), or hf:OWNER/NAME from the local Hugging Face cache.", None, "DIR", path=True),
     Option("quantizers", "Comma-separated quantizer ids to apply, e.g. rtn-w4g128,rtn-w8 (attack ids such as relearn-forget-50 "
            "are accepted too).", DEFAULT_QUANTIZERS, "IDS"),
     Option("attacks", "Comma-separated attack ids, gated like quantizers after them: relearn-forget-<steps>, "
@@ -66,11 +71,11 @@ OPTIONS: tuple[Option, ...] = (
            "interval within budget) or lenient (fails only when the whole interval is beyond it).", "point", "POLICY"),
     Option("confidence", "Confidence level of the paired bootstrap intervals: 0.9, 0.95 or 0.99.", 0.95, "LEVEL"),
     Option("calibration", "Calibration text for GPTQ/AWQ: a .txt, .json or .jsonl file (default: the data's "
-           "raw retain text, MUSE's raw/retain1 + raw/retain2 or raw/retain.txt, else privleak/retain.json).", None, "FILE"),
+           "raw retain text, MUSE's raw/retain1 + raw/retain2 or raw/retain.txt, else privleak/retain.json).", None, "FILE", path=True),
     Option("quantized", "A checkpoint you already quantized, NAME=DIR (compressed-tensors, bitsandbytes, GPTQ or AWQ; "
            "repeatable): gated as one more quantizer row named NAME.", None, "NAME=DIR", multi=True),
-    Option("json", "Write the JSON report to this path.", None, "PATH"),
-    Option("html", "Write the self-contained HTML report to this path.", None, "PATH"),
+    Option("json", "Write the JSON report to this path.", None, "PATH", path=True),
+    Option("html", "Write the self-contained HTML report to this path.", None, "PATH", path=True),
     Option("device", "Device to evaluate on: auto, cpu, cuda or cuda:N.", "auto", "DEVICE"),
     Option("devices", "GPU indices for pytest-xdist workers, e.g. 0,1: worker i uses cuda:<the i-th, cyclically> (default with "
            "--unlearn-device=auto and several GPUs: worker i uses GPU i).", None, "IDS"),
@@ -80,9 +85,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("dtype", "Weight dtype to load models in: auto (as saved), float32, bfloat16, float16.", "auto", "DTYPE"),
     Option("batch_size", "Generation batch size, or auto (bounded by memory).", "auto", "N"),
     Option("max_samples", "Evaluate only the first N items of every split (smoke runs).", None, "N"),
-    Option("retrain_auc", "Reference privleak AUC when no retrain model is given: a number (0 < AUC < 1), or muse-news / "
+    Option("retrain_auc", "Reference privleak AUC when no retrain model is given: a number (0 < AUC <= 1), or muse-news / "
            "muse-books for MUSE's published retrain AUCs.", None, "AUC"),
-    Option("cache_dir", "Directory for cached results (default: the pytest cache dir).", None, "DIR"),
+    Option("cache_dir", "Directory for cached results (default: the pytest cache dir).", None, "DIR", path=True),
     Option("no_cache", "Do not read or write cached results.", False, flag=True),
     Option("allow_pickle", "Allow pickle weights (*.bin, *.pt): they can run code when loaded.", False, flag=True),
 )
@@ -102,7 +107,7 @@ _BUDGET_RANGES = {"recovery": (0.0, 1.0), "utility": (0.0, 1.0), "privleak": (0.
 
 @dataclass(frozen=True)
 class Budget:
-    """Thresholds for the verdicts; ``overrides`` maps (key, quantizer or None) to a value, where
+    """Thresholds for the verdicts; ``overrides`` maps (key, variant or None) to a value, where
     key is a budget key or a recovery metric (``knowmem_f@bnb-fp4=0.1``)."""
 
     recovery: float = 0.25
@@ -111,18 +116,18 @@ class Budget:
     floor: float = 5.0
     overrides: tuple[tuple[str, str | None, float], ...] = ()
 
-    def recovery_for(self, metric: str, quantizer: str) -> float:
-        return self._lookup((metric, "recovery"), quantizer, self.recovery)
+    def recovery_for(self, metric: str, variant: str) -> float:
+        return self._lookup((metric, "recovery"), variant, self.recovery)
 
-    def value(self, key: str, quantizer: str | None = None) -> float:
-        return self._lookup((key,), quantizer, getattr(self, key))
+    def value(self, key: str, variant: str | None = None) -> float:
+        return self._lookup((key,), variant, getattr(self, key))
 
-    def _lookup(self, keys: tuple[str, ...], quantizer: str | None, default: float) -> float:
+    def _lookup(self, keys: tuple[str, ...], variant: str | None, default: float) -> float:
         # most specific wins: metric@q, then key@q, then metric, then key
-        for want_q in ((quantizer, None) if quantizer else (None,)):
+        for want in ((variant, None) if variant else (None,)):
             for key in keys:
                 for k, q, v in self.overrides:
-                    if k == key and q == want_q:
+                    if k == key and q == want:
                         return v
         return default
 
@@ -224,16 +229,17 @@ def parse_confidence(raw: Any) -> float:
 
 
 @dataclass(frozen=True)
-class QuantizedArtifact:
-    """One ``--unlearn-quantized NAME=DIR``: a model the user quantized themselves, gated as the row
-    ``NAME``. Only the syntax is checked here; :func:`unlearn_assert.engine.inputs.precheck` reads the
-    directory (format, headers, architecture) before anything loads."""
+class Artifact:
+    """The user's own quantized checkpoint of U, one ``--unlearn-quantized NAME=DIR|FILE.gguf``, gated as the
+    variant ``NAME`` (the one word for it: *artifact*). Only the syntax is checked here;
+    :func:`unlearn_assert.engine.inputs.precheck` reads the directory or file (format, headers, architecture)
+    before anything loads."""
 
     name: str
     path: str
 
 
-def parse_artifacts(values: Any) -> tuple[QuantizedArtifact, ...]:
+def parse_artifacts(values: Any) -> tuple[Artifact, ...]:
     """``NAME=DIR`` entries (a list: one entry per item; or a whitespace-separated string) ->
     artifacts with unique, valid names."""
     if values in (None, "", []):
@@ -241,7 +247,7 @@ def parse_artifacts(values: Any) -> tuple[QuantizedArtifact, ...]:
     # a list (command line, ini) holds one entry per item, paths possibly with spaces; a plain
     # string (library use) is split on whitespace
     items = [str(v) for v in values] if isinstance(values, (list, tuple)) else str(values).split()
-    out: list[QuantizedArtifact] = []
+    out: list[Artifact] = []
     for entry in items:
         if not entry.strip():
             continue
@@ -253,21 +259,30 @@ def parse_artifacts(values: Any) -> tuple[QuantizedArtifact, ...]:
                               "e.g. my-gptq is written my_gptq")
         if any(c.name == name for c in out):
             raise ConfigError(f"--unlearn-quantized: the name '{name}' is given twice; give each checkpoint its own name")
-        out.append(QuantizedArtifact(name=name, path=str(user_path(path))))
+        out.append(Artifact(name=name, path=str(user_path(path))))
     return tuple(out)
+
+
+#: set only while :func:`build_run_config` constructs a RunConfig (see :meth:`RunConfig.__post_init__`)
+_BUILDING: ContextVar[bool] = ContextVar("unlearn_assert_building_run_config", default=False)
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Validated settings of one gate run (from options, ini or the API)."""
+    """Validated settings of one gate run (from options, ini or the API).
+
+    Made only by :func:`build_run_config` (options) or :func:`run_config` (keyword settings), which validate
+    every value once; direct construction and ``dataclasses.replace`` are refused, so every RunConfig in a
+    run is a valid one."""
 
     model: str | None = None
     target: str | None = None
     retrain: str | None = None
     data: str | None = None
-    quantizers: tuple[str, ...] = tuple(DEFAULT_QUANTIZERS.split(","))
+    #: quantizer and attack ids of --unlearn-quantizers / --unlearn-attacks, as written, in order
+    variant_ids: tuple[str, ...] = tuple(DEFAULT_QUANTIZERS.split(","))
     calibration: str | None = None
-    prequantized: tuple[QuantizedArtifact, ...] = ()  # each --unlearn-quantized NAME=DIR, in order
+    artifacts: tuple[Artifact, ...] = ()  # each --unlearn-quantized NAME=DIR, in order
     budget: Budget = field(default_factory=Budget)
     verdict: str = "point"  # --unlearn-verdict: one of names.VERDICT_POLICIES
     confidence: float = 0.95  # --unlearn-confidence: one of names.CONFIDENCES
@@ -287,6 +302,11 @@ class RunConfig:
     #: what the user wrote for --unlearn-model when it was resolved to ``model`` (``demo:NAME``)
     model_spec: str | None = None
 
+    def __post_init__(self) -> None:
+        if not _BUILDING.get():
+            raise TypeError("a RunConfig is made by unlearn_assert.config.run_config(**settings) or build_run_config(), "
+                            "which validate every value; it cannot be constructed directly or with dataclasses.replace")
+
     @property
     def enabled(self) -> bool:
         return self.model is not None
@@ -297,13 +317,14 @@ class RunConfig:
         return self.retrain is not None or self.retrain_auc is not None
 
     @property
-    def all_quantizers(self) -> tuple[str, ...]:
-        """Quantizer ids, then the names of the user's own quantized checkpoints: the rows' order."""
-        return self.quantizers + tuple(c.name for c in self.prequantized)
+    def variants(self) -> tuple[str, ...]:
+        """Every variant the run gates besides fp, in the rows' order: the quantizer and attack ids, then the
+        names of the user's artifacts."""
+        return self.variant_ids + tuple(a.name for a in self.artifacts)
 
-    def checkpoint(self, name: str) -> QuantizedArtifact | None:
-        """The --unlearn-quantized artifact named ``name``, or None when ``name`` is a quantizer id."""
-        return next((c for c in self.prequantized if c.name == name), None)
+    def artifact(self, name: str) -> Artifact | None:
+        """The --unlearn-quantized artifact named ``name``, or None when ``name`` is a quantizer or attack id."""
+        return next((a for a in self.artifacts if a.name == name), None)
 
 
 def _positive_int(opt: Option, raw: Any, allow_auto: bool = False) -> int | None:
@@ -354,8 +375,18 @@ PUBLISHED_RETRAIN_AUCS: dict[str, tuple[float, str]] = {
 }
 
 
+#: The reference AUC privleak divides by, written once for the option, ``ua.evaluate`` and the retrain row:
+#: any AUC above 0 (``privleak = (AUC - AUC_R) / AUC_R``); 1 is a valid, if extreme, AUC.
+REFERENCE_AUC_RANGE = "(0, 1]"
+
+
+def reference_auc_ok(value: float) -> bool:
+    """True when ``value`` can be privleak's reference AUC (:data:`REFERENCE_AUC_RANGE`)."""
+    return 0.0 < value <= 1.0
+
+
 def parse_retrain_auc(raw: Any) -> tuple[float, str | None]:
-    """``--unlearn-retrain-auc``: a number strictly between 0 and 1, or the name of a published reference
+    """``--unlearn-retrain-auc``: an AUC in :data:`REFERENCE_AUC_RANGE`, or the name of a published reference
     (muse-news, muse-books); returns the AUC and, for a name, its human-readable source."""
     text = str(raw).strip()
     if text.lower() in PUBLISHED_RETRAIN_AUCS:
@@ -364,8 +395,8 @@ def parse_retrain_auc(raw: Any) -> tuple[float, str | None]:
         value = float(text)
     except ValueError:
         value = float("nan")
-    if not 0.0 < value < 1.0:
-        raise ConfigError(f"--unlearn-retrain-auc: '{raw}' is not an AUC strictly between 0 and 1 or a published reference; "
+    if not reference_auc_ok(value):
+        raise ConfigError(f"--unlearn-retrain-auc: '{raw}' is not an AUC in {REFERENCE_AUC_RANGE} or a published reference; "
                           f"pass e.g. 0.48, or one of {', '.join(PUBLISHED_RETRAIN_AUCS)}")
     return value, None
 
@@ -393,19 +424,20 @@ def build_run_config(get: Callable[[Option], Any], *, model_spec: str | None = N
     the user wrote as ``model_spec`` so the report can show it."""
     raw = {o.name: get(o) for o in OPTIONS}
     values: dict[str, Any] = {}
-    for name in ("model", "target", "retrain", "data", "json", "html", "cache_dir", "calibration"):
-        v = raw[name]
-        values[name] = str(v) if v not in (None, "") else None
+    for opt in OPTIONS:
+        if opt.path:
+            v = raw[opt.name]
+            values[opt.name] = str(v) if v not in (None, "") else None
     quantizers = DEFAULT_QUANTIZERS if raw["quantizers"] is None else str(raw["quantizers"])  # unset: the default
     if not quantizers.strip():  # set, but to nothing: a quantization gate with nothing to quantize
         raise ConfigError(f"--unlearn-quantizers is empty, so the gate has no quantizer to test; pass ids such as {DEFAULT_QUANTIZERS}, "
                           "or leave the option out for that default")
     try:
-        values["quantizers"] = validate_variant_list(quantizers)
+        values["variant_ids"] = validate_variant_list(quantizers)
     except QuantizerError as exc:
         raise ConfigError(f"--unlearn-quantizers: {exc}") from None
     if raw["attacks"] not in (None, ""):
-        values["quantizers"] = _with_attacks(values["quantizers"], raw["attacks"])
+        values["variant_ids"] = _with_attacks(values["variant_ids"], raw["attacks"])
     values["budget"] = parse_budget(raw["budget"] or "")
     values["verdict"], values["confidence"] = parse_verdict(raw["verdict"]), parse_confidence(raw["confidence"])
     device = str(raw["device"] or "auto").strip()
@@ -432,12 +464,36 @@ def build_run_config(get: Callable[[Option], Any], *, model_spec: str | None = N
         raise ConfigError(f"--unlearn-model: '{values['model']}' must be resolved to the demo family's directories before the run "
                           "config is built; use the pytest plugin or unlearn_assert.demo.family.resolve_demo")
     if values["model"] is not None:  # without --unlearn-model nothing is checked
-        values["prequantized"] = parse_artifacts(raw["quantized"])
+        values["artifacts"] = parse_artifacts(raw["quantized"])
     values["model_spec"] = model_spec
-    cfg = RunConfig(**values)
-    names = {c.name for c in cfg.prequantized}
+    building = _BUILDING.set(True)
+    try:
+        cfg = RunConfig(**values)
+    finally:
+        _BUILDING.reset(building)
+    names = {a.name for a in cfg.artifacts}
     for key, quantizer, _ in cfg.budget.overrides:
         if quantizer is not None and "-" not in quantizer and quantizer not in names:
             raise ConfigError(f"--unlearn-budget: '{key}@{quantizer}' names no quantizer id and no --unlearn-quantized checkpoint; "
                               f"checkpoints: {', '.join(sorted(names)) or 'none'}")
     return cfg
+
+
+def run_config(*, model_spec: str | None = None, **settings: Any) -> RunConfig:
+    """A validated RunConfig from keyword settings, the options' names without ``--unlearn-`` (``model``,
+    ``quantizers``, ``budget``...), each validated as its option is; unset ones take the option's default.
+    Paths may be :class:`os.PathLike`, id lists a string or a sequence of ids."""
+    known = {o.name for o in OPTIONS}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise ConfigError(f"unknown gate setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+
+    def value(opt: Option) -> Any:
+        v = settings.get(opt.name, opt.default)
+        if isinstance(v, os.PathLike):
+            return os.fspath(v)
+        if isinstance(v, (list, tuple)) and not opt.multi:
+            return ",".join(str(x) for x in v)
+        return v
+
+    return build_run_config(value, model_spec=model_spec)

@@ -321,11 +321,12 @@ def progress_printer(progress: Progress | None) -> Progress:
 def _job_train(out_dir: str, data_dir: str, tokenizer_dir: str, lm: dict[str, Any], label: str, forget: bool,
                threads: int | None, say: Progress | None) -> dict[str, Any]:
     """Train the target (``forget=True``) or the retrain model; runs in a worker process or in-process."""
-    import torch
     from transformers import AutoTokenizer
 
+    from ..scaleout.workers import set_torch_threads
+
     if threads:
-        torch.set_num_threads(threads)
+        set_torch_threads(threads)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
     docs = training_texts(data_dir, forget=forget)
     progress = progress_printer(say)
@@ -335,12 +336,11 @@ def _job_train(out_dir: str, data_dir: str, tokenizer_dir: str, lm: dict[str, An
 def _job_unlearn(target_dir: str, data_dir: str, out_dir: str, u: dict[str, Any], threads: int | None,
                  say: Progress | None) -> dict[str, Any]:
     """Make one unlearned model of the family; runs in a worker process or in-process."""
-    import torch
-
+    from ..scaleout.workers import set_torch_threads
     from ..unlearning.trainer import save_unlearned, unlearn
 
     if threads:
-        torch.set_num_threads(threads)
+        set_torch_threads(threads)
     recipe = UnlearnRecipe.from_dict(u)
     progress = progress_printer(say)
     settings = recipe.run_settings(log_every=max(1, (recipe.settings.steps or 1) // 10))
@@ -413,16 +413,13 @@ def build_family(
     def run_jobs(jobs: list[tuple[str, Callable[..., dict[str, Any]], tuple[Any, ...], float]]) -> None:
         """Run (name, function, args, start) jobs, in the pool if there is one; record summaries and times."""
         if pool is None:
-            import torch
+            from ..scaleout.workers import torch_threads
 
-            before = torch.get_num_threads()
-            try:
+            with torch_threads():  # each job sets its own threads; the caller's count comes back after
                 for name, fn, args, t in jobs:
                     summaries[name] = fn(*args, say)
                     timings[name] = time.perf_counter() - t
                     say(f"  {name}: done in {timings[name]:.0f} s")
-            finally:
-                torch.set_num_threads(before)
             return
         futures = {pool.submit(fn, *args, None): (name, t) for name, fn, args, t in jobs}
         from concurrent.futures import as_completed

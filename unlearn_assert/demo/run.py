@@ -175,13 +175,13 @@ def _other_items(verdicts: dict[tuple[str, str], dict[str, Any]], quantizers: li
 
 def _gate(name: str, paths: dict[str, str], quantizers: Sequence[str], out: Path, device: str, cache: Any,
           say: Progress, own_rows_first: bool = False) -> ReportDict:
-    from ..config import Budget, RunConfig
+    from ..config import run_config
     from ..engine import gate
     from ..render import write_html, write_json
 
-    run = RunConfig(model=paths["model"], target=paths["target"], retrain=paths["retrain"], data=paths["data"],
-                    quantizers=tuple(quantizers), budget=Budget(), device=device, dtype=DEMO_DTYPE if device == "cpu" else "auto",
-                    json=str(out / f"{name}.json"), html=str(out / f"{name}.html"), model_spec=f"demo:{name}")
+    run = run_config(model=paths["model"], target=paths["target"], retrain=paths["retrain"], data=paths["data"],
+                     quantizers=tuple(quantizers), device=device, dtype=DEMO_DTYPE if device == "cpu" else "auto",
+                     json=str(out / f"{name}.json"), html=str(out / f"{name}.html"), model_spec=f"demo:{name}")
     # beside another gate of the same family (sharing the result cache, and so each row's claim): its own
     # rows first, then the shared target rows from the far end, so the two processes rarely wait for each other
     own: list[RowKey] = [("unlearned", q) for q in ("fp", *quantizers)]
@@ -196,12 +196,11 @@ def _gate(name: str, paths: dict[str, str], quantizers: Sequence[str], out: Path
 def _gate_worker(name: str, paths: dict[str, str], quantizers: Sequence[str], out: str, device: str,
                  results_dir: str | None, own_rows_first: bool) -> ReportDict:
     """One model's gate in a worker process, on one CPU thread (prints its own progress lines)."""
-    import torch
-
     from ..cache import ResultCache
+    from ..scaleout.workers import set_torch_threads
     from .family import progress_printer
 
-    torch.set_num_threads(1)
+    set_torch_threads(1)
     return _gate(name, paths, quantizers, Path(out), device, ResultCache(results_dir), progress_printer(None), own_rows_first)
 
 
@@ -213,9 +212,8 @@ def _gate_all(models: Sequence[str], quantizers: Sequence[str], out: Path, devic
     or more cores the two models are gated side by side in two processes sharing the result cache
     (the second computes its own rows first, then the target's from the far end, so the shared rows
     are mostly computed once)."""
-    import torch
-
     from ..cache import ResultCache
+    from ..scaleout.workers import torch_threads
     from .family import default_workers, resolve_demo
 
     paths = {name: resolve_demo(name, cache_dir=cache_dir, recipe=recipe, build=False) for name in models}
@@ -230,14 +228,9 @@ def _gate_all(models: Sequence[str], quantizers: Sequence[str], out: Path, devic
                                          None if results_dir is None else str(results_dir), i % 2 == 1)
                        for i, name in enumerate(models)}
             return {name: f.result() for name, f in futures.items()}
-    before = torch.get_num_threads()
-    if device == "cpu":
-        torch.set_num_threads(1)
-    try:
+    with torch_threads(1 if device == "cpu" else None):
         cache = ResultCache(results_dir)
         return {name: _gate(name, paths[name], quantizers, out, device, cache, say) for name in models}
-    finally:
-        torch.set_num_threads(before)
 
 
 def run_demo(

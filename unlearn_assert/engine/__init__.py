@@ -3,7 +3,7 @@
 One job per module, dependencies pointing down the list:
 
 * :mod:`.runner`: :class:`Gate` (which rows an item needs, in order; its verdict) and :func:`gate`;
-* :mod:`.views`: the state behind the ``quantized`` and ``muse`` fixtures;
+* :mod:`.views`: what the fixtures see of a gate (:class:`GateView`: data, models, one variant at a time);
 * :mod:`.report`: where the report is built (:class:`Report`, :func:`build_report`);
 * :mod:`.verdicts`: the items of a run and the pure function that judges one;
 * :mod:`.derive`: privleak against the reference and recovery, computed once from the rows;
@@ -26,5 +26,6 @@ from .rows import Row
 from .runner import Gate, gate
 from .sources import Applied, Source
 from .verdicts import Verdict
+from .views import GateView
 
-__all__ = ["Applied", "Figures", "Gate", "Inputs", "Report", "Row", "Source", "Verdict", "build_report", "gate", "precheck"]
+__all__ = ["Applied", "Figures", "Gate", "GateView", "Inputs", "Report", "Row", "Source", "Verdict", "build_report", "gate", "precheck"]

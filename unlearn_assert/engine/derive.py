@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from ..config import RunConfig
+from ..config import REFERENCE_AUC_RANGE, RunConfig, reference_auc_ok
 from ..errors import UnlearnAssertError
 from ..metrics import DEFAULT_REFERENCE_AUC
 from ..metrics.privleak import privleak
@@ -146,13 +146,14 @@ def reference_auc(retrain_row_auc: float | None, option_auc: float | None, defau
 
 def reference_problem(reference: float, source: str) -> str | None:
     """Why privleak cannot be computed against this reference AUC, or None when it can."""
-    if reference > 0:
+    if reference_auc_ok(reference):
         return None
     if source == "retrain":
         return (f"the retrain model's forget-vs-holdout AUC is {reference:.2f}: it tells every forget text from every "
                 "holdout text, as a model trained on the forget set does, so privleak ((AUC - AUC_R) / AUC_R) is "
                 "undefined; check that --unlearn-retrain names a model trained without the forget data")
-    return f"the reference AUC is {reference:g}, so privleak ((AUC - AUC_R) / AUC_R) is undefined; pass --unlearn-retrain-auc in (0, 1]"
+    return (f"the reference AUC is {reference:g}, outside {REFERENCE_AUC_RANGE}, so privleak ((AUC - AUC_R) / AUC_R) is undefined; "
+            f"pass --unlearn-retrain-auc in {REFERENCE_AUC_RANGE}")
 
 
 def recovery(q_value: float, u_value: float, t_value: float) -> float | None:
@@ -243,7 +244,7 @@ def _paired(metric: str, rows: Sequence[Row], split: str | None = None) -> list[
             continue
         what = metric + (f" {split}" if split else "")
         raise UnlearnAssertError(
-            f"cannot pair the {what} items of {rows[0].model}:{rows[0].quantizer} and {row.model}:{row.quantizer}: "
+            f"cannot pair the {what} items of {rows[0].role}:{rows[0].variant} and {row.role}:{row.variant}: "
             f"they scored different items ({len(first_ids)} vs {len(g[0])}, or in another order); "
             "rerun with --unlearn-no-cache")
     return out
@@ -383,7 +384,7 @@ def _baselines(by_key: Mapping[RowKey, Row]) -> dict[str, dict[str, tuple[float 
     out: dict[str, dict[str, tuple[float | None, float | None]]] = {}
     u_fp, t_fp = by_key.get(("unlearned", FP)), by_key.get(("target", FP))
     for (_role, variant), row in by_key.items():
-        split = (row.quant or {}).get("split") if variant != FP else None
+        split = (row.details or {}).get("split") if variant != FP else None
         if not split or variant in out:
             continue
         out[variant] = {m: (_subset_mean(u_fp, m, ids), _subset_mean(t_fp, m, ids))

@@ -219,7 +219,7 @@ def precheck(run: RunConfig) -> None:
     calibration file, the user's quantized artifacts and the report paths. Every problem is one :class:`ConfigError` line (a pytest usage error, exit 4)."""
     from ..data.muse import RAW_RETAIN_HINT, load_data
     from ..models import check_model_dir, check_tokenizer_files, precheck_pair, read_weight_headers
-    from ..quant.artifact import read_checkpoint
+    from ..quant.artifact import read_artifact
     from ..quant.calibration import calibration_from_data, load_calibration_file, needs_calibration
 
     _check_device(run.device)
@@ -227,13 +227,13 @@ def precheck(run: RunConfig) -> None:
         _check_cache_dir(run.cache_dir)
     if run.calibration is not None:
         load_calibration_file(run.calibration)  # a missing or malformed file is a usage error now
-    for artifact in run.prequantized:
+    for artifact in run.artifacts:
         if artifact.path.lower().endswith(".gguf"):
             from ..quant.gguf_header import check_gguf_file
 
             check_gguf_file(artifact.name, artifact.path, run.target)  # the header only, in milliseconds
         else:
-            read_checkpoint(artifact.name, artifact.path, run.target)
+            read_artifact(artifact.name, artifact.path, run.target)
     for name in ("model", "target", "retrain"):
         value = getattr(run, name)
         if value is None:
@@ -262,8 +262,8 @@ def precheck(run: RunConfig) -> None:
     from ..data.links import precheck_relearn
     from ..variants.attacks import is_attack_id
 
-    precheck_relearn(run.quantizers, data, run.max_samples, run.device_map)
-    calibrated = needs_calibration([q for q in run.quantizers if not is_attack_id(q)])
+    precheck_relearn(run.variant_ids, data, run.max_samples, run.device_map)
+    calibrated = needs_calibration([q for q in run.variant_ids if not is_attack_id(q)])
     if calibrated and run.calibration is None and calibration_from_data(data) is None:
         raise ConfigError(
             f"--unlearn-quantizers: {', '.join(calibrated)} calibrate on text, and data dir '{run.data}' has no raw retain text "

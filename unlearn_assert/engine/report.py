@@ -74,7 +74,7 @@ class Report:
         return not self.failed
 
     def verdict(self, variant: str, check: str) -> Verdict | None:
-        return next((v for v in self.verdicts if v.quantizer == variant and v.check == check), None)
+        return next((v for v in self.verdicts if v.variant == variant and v.check == check), None)
 
     def row(self, model: str, variant: str) -> RowDict | None:
         return next((r for r in self.rows if r["model"] == model and r["quantizer"] == variant), None)
@@ -93,13 +93,13 @@ class Report:
 
 def _calibration_info(rows: Iterable[Row]) -> dict[str, Any] | None:
     """The calibration GPTQ/AWQ rows were computed with, as recorded on the rows (None without them)."""
-    return next((r.quant["calibration"] for r in rows if r.quant is not None and r.quant.get("calibration")), None)
+    return next((r.details["calibration"] for r in rows if r.details is not None and r.details.get("calibration")), None)
 
 
 def _artifact_methods(run: RunConfig) -> dict[str, dict[str, Any]]:
     from ..quant.artifact import quant_method
 
-    return {a.name: {"path": a.path, "method": quant_method(a.path)} for a in run.prequantized}
+    return {a.name: {"path": a.path, "method": quant_method(a.path)} for a in run.artifacts}
 
 
 def provenance(run: RunConfig, fingerprints: dict[str, str], data: MuseData | None, calibration: dict[str, Any] | None = None) -> Provenance:
@@ -130,7 +130,7 @@ def provenance(run: RunConfig, fingerprints: dict[str, str], data: MuseData | No
                  "counts": data.counts() if data is not None else {}},
         "budgets": run.budget.to_dict(),
         "settings": {"device": run.device, "dtype": run.dtype, "batch_size": run.batch_size, "verdict": run.verdict,
-                     "max_samples": run.max_samples, "quantizers": list(run.all_quantizers),
+                     "max_samples": run.max_samples, "quantizers": list(run.variants),
                      "calibration": calibration, "quantized_checkpoints": _artifact_methods(run)},
         "argv": sys.argv[1:],
     })
@@ -139,11 +139,17 @@ def provenance(run: RunConfig, fingerprints: dict[str, str], data: MuseData | No
 def _order(run: RunConfig) -> list[RowKey]:
     """The report's row order: U in full precision and under each variant, T and q(T), then R."""
     order: list[RowKey] = [("unlearned", FP)]
-    order += [("unlearned", q) for q in run.all_quantizers]
+    order += [("unlearned", q) for q in run.variants]
     order.append(("target", FP))
-    order += [("target", q) for q in run.quantizers]
+    order += [("target", q) for q in run.variant_ids]
     order.append(("retrain", FP))
     return order
+
+
+#: What a report row shows of a row besides the derived figures (its per-item records go to the report's
+#: ``samples``, its extras and fingerprint stay in the cache).
+REPORTED_ROW_KEYS = ("model", "quantizer", "code_agreement", "changed_fraction", "small_delta_fraction", "quant", "auc",
+                     "attack_aucs", "dtype", "status", "skip_reason", "cached", "seconds")
 
 
 def _report_row(row: Row, figs: Figures) -> RowDict:
@@ -154,13 +160,9 @@ def _report_row(row: Row, figs: Figures) -> RowDict:
         ci["privleak"] = privleak_ci.as_list()
     elif "privleak" in ci and figs.reference[0] != DEFAULT_REFERENCE_AUC:
         del ci["privleak"]  # the row's own interval is against AUC 0.5, not the run's reference
-    out: dict[str, Any] = {
-        "model": row.model, "quantizer": row.quantizer, "values": dict(figs.values[key]), "ci": ci, "recovery": None,
-        "code_agreement": row.code_agreement, "changed_fraction": row.changed_fraction,
-        "small_delta_fraction": row.small_delta_fraction, "quant": row.quant,
-        "auc": row.auc, "attack_aucs": row.attack_aucs, "dtype": row.dtype, "status": row.status,
-        "skip_reason": row.skip_reason, "cached": row.cached, "seconds": row.seconds,
-    }
+    plain = row.to_dict()  # schema 1's keys (Row.to_dict is where the code's names meet them)
+    out: dict[str, Any] = {k: plain[k] for k in REPORTED_ROW_KEYS}
+    out.update(values=dict(figs.values[key]), ci=ci, recovery=None)
     if key[0] == "unlearned" and key[1] != FP and row.ok:
         out["recovery"] = dict(figs.recovery.get(key[1]) or dict.fromkeys(FORGET_METRICS))
         rec_ci = figs.recovery_ci.get(key[1], {})
@@ -179,7 +181,7 @@ def _resolution(run: RunConfig, figs: Figures) -> dict[str, ResolutionDict]:
     and whether the resolution exceeds that budget (the summary then warns)."""
     out: dict[str, ResolutionDict] = {}
     for m, res in figs.resolution.items():
-        budget = min((run.budget.recovery_for(m, q) for q in run.all_quantizers), default=run.budget.recovery_for(m, FP))
+        budget = min((run.budget.recovery_for(m, q) for q in run.variants), default=run.budget.recovery_for(m, FP))
         out[m] = {"recovery": res.recovery, "drop": res.drop, "drop_ci": res.drop_ci.as_list() if res.drop_ci else None,
                   "n": res.n, "confidence": figs.bootstrap.confidence, "budget": budget,
                   "exceeds_budget": res.recovery is None or res.recovery > budget}
@@ -204,7 +206,7 @@ def build_report(run: RunConfig, rows: Iterable[Row], verdicts: Iterable[Verdict
         if row.samples:
             samples[f"{key[0]}:{key[1]}"] = row.samples
     if fingerprints is None:
-        fingerprints = {row.model: row.fingerprint for row in by_key.values() if row.fingerprint}
+        fingerprints = {row.role: row.fingerprint for row in by_key.values() if row.fingerprint}
     prov = provenance(run, fingerprints, data, _calibration_info(by_key.values()))
     reference: dict[str, Any] = {"auc": figs.reference[0], "source": figs.reference[1]}
     if figs.reference[1] == "option" and run.retrain_auc_source:  # --unlearn-retrain-auc=muse-news: say whose number it is
@@ -219,6 +221,6 @@ def build_report(run: RunConfig, rows: Iterable[Row], verdicts: Iterable[Verdict
 
 
 def _verdict_order(run: RunConfig, v: Verdict) -> tuple[int, str]:
-    variants: Sequence[str] = [FP, *run.all_quantizers]
-    return (variants.index(v.quantizer) if v.quantizer in variants else len(variants), v.item)
+    variants: Sequence[str] = [FP, *run.variants]
+    return (variants.index(v.variant) if v.variant in variants else len(variants), v.item)
 

@@ -33,17 +33,23 @@ RowKey = tuple[Role, str]
 
 @dataclass
 class Row:
-    """The numbers of one (model, variant) cell, as computed (privleak against the reference and
+    """The numbers of one (role, variant) cell, as measured (privleak against the reference and
     recovery are derived from rows later, once: :mod:`.derive`).
 
     ``values``: metric -> value (ROUGE x100; the row's own ``privleak`` is against AUC 0.5 and is
     never reported: the report's comes from ``auc``); ``ci``: metric -> [lo, hi] bootstrap
-    interval; ``auc``: the Min-40% forget-vs-holdout AUC; ``quant``: the source's report (None for
-    ``fp``); ``status`` "skipped" when a backend library is missing (``skip_reason``, ``install``).
+    interval; ``auc``: the Min-40% forget-vs-holdout AUC; ``details``: what the variant's source
+    recorded (a quantizer's :class:`~unlearn_assert.quant.base.QuantDetails`, an attack's training
+    record; None for ``fp``); ``status`` "skipped" when a backend library is missing (``skip_reason``,
+    ``install``).
+
+    The plain-data form (:meth:`to_dict`, the cache entry, the xdist payload and the report's row) keeps
+    schema 1's keys: ``model`` for the role, ``quantizer`` for the variant, ``quant`` for the details
+    (:data:`SCHEMA_KEYS`, the one place the two vocabularies meet).
     """
 
-    model: Role
-    quantizer: str
+    role: Role
+    variant: str
     status: str = "ok"
     skip_reason: str | None = None
     install: str | None = None
@@ -54,7 +60,7 @@ class Row:
     attack_aucs: dict[str, float] | None = None
     extras: dict[str, Any] = field(default_factory=dict)
     samples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
-    quant: dict[str, Any] | None = None
+    details: dict[str, Any] | None = None
     code_agreement: float | None = None
     changed_fraction: float | None = None
     small_delta_fraction: float | None = None
@@ -65,64 +71,73 @@ class Row:
 
     @property
     def key(self) -> RowKey:
-        return (self.model, self.quantizer)
+        return (self.role, self.variant)
 
     @property
     def ok(self) -> bool:
         return self.status == "ok"
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON data (the cache entry and the xdist payload)."""
-        return asdict(self)
+        """Plain JSON data under schema 1's keys (the cache entry and the xdist payload)."""
+        return {SCHEMA_KEYS.get(k, k): v for k, v in asdict(self).items()}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Row:
         """Rebuild a row from :meth:`to_dict` output; unknown keys are ignored."""
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        attrs = {FIELDS.get(k, k): v for k, v in data.items()}
+        return cls(**{k: v for k, v in attrs.items() if k in names})
 
     @classmethod
     def skipped(cls, role: Role, variant: str, exc: BackendUnavailable, seconds: float) -> Row:
-        return cls(model=role, quantizer=variant, status="skipped", skip_reason=str(exc), install=exc.install,
+        return cls(role=role, variant=variant, status="skipped", skip_reason=str(exc), install=exc.install,
                    values=dict.fromkeys(METRICS), seconds=seconds)
 
     @classmethod
-    def from_evaluation(cls, role: Role, variant: str, evaluation: dict[str, Any], quant: dict[str, Any] | None, seconds: float,
-                        dtype: str | None = None) -> Row:
-        """A row from :meth:`unlearn_assert.metrics.Evaluation.to_dict` output and the source's report."""
+    def measured(cls, role: Role, variant: str, evaluation: dict[str, Any], details: dict[str, Any] | None, seconds: float,
+                 dtype: str | None = None) -> Row:
+        """A row from :meth:`unlearn_assert.metrics.Evaluation.to_dict` output and the source's details."""
         extras = evaluation.get("extras", {})
-        quant = quant or None
+        details = details or None
         return cls(
-            model=role, quantizer=variant,
+            role=role, variant=variant,
             values={m: evaluation["values"].get(m) for m in METRICS},
             ci=evaluation.get("ci", {}), auc=extras.get("auc"), attack_aucs=extras.get("attack_aucs"), extras=extras,
-            samples=evaluation.get("samples", {}), quant=quant,
-            code_agreement=quant.get("code_agreement") if quant else None,
-            changed_fraction=quant.get("changed_fraction") if quant else None,
-            small_delta_fraction=quant.get("small_delta_fraction") if quant else None,
+            samples=evaluation.get("samples", {}), details=details,
+            code_agreement=details.get("code_agreement") if details else None,
+            changed_fraction=details.get("changed_fraction") if details else None,
+            small_delta_fraction=details.get("small_delta_fraction") if details else None,
             seconds=seconds, dtype=dtype,
         )
 
 
-def row_key(role: Role, source: Source | None, inputs: Inputs) -> str:
-    """The cache key of the row (role, variant); ``source`` None is the full-precision row."""
+#: Row attribute -> schema 1's key for it (rows in the JSON report, cache entries and xdist payloads).
+SCHEMA_KEYS: dict[str, str] = {"role": "model", "variant": "quantizer", "details": "quant"}
+FIELDS: dict[str, str] = {v: k for k, v in SCHEMA_KEYS.items()}
+
+
+def measurement_key(kind: str, model_fingerprint: str, compute_dtype: str, inputs: Inputs, **parts: Any) -> str:
+    """The cache key of one model measured on the run's data, for a row and for the ``muse`` fixture alike:
+    everything that determines the numbers (the model's content, the data's, the metric settings, the device,
+    the dtype as asked and as computed, the batch size) plus the caller's ``parts``;
+    :func:`unlearn_assert.cache.cache_key` adds the package version. The computed dtype matters because
+    ``--unlearn-dtype auto`` resolves per machine (bf16 where the CPU has it, else float32), and a cache may
+    be shared between machines."""
     from ..metrics import METRIC_SETTINGS
 
     run = inputs.run
-    parts: dict[str, Any] = {
-        "kind": "row",
-        "model": inputs.fingerprint(role),
-        "quantizer": FP if source is None else source.variant,
-        "data": inputs.data.fingerprint,
-        "metrics": METRIC_SETTINGS,
-        "device": run.device,
-        "dtype": run.dtype,
-        "compute_dtype": inputs.compute_dtype(role),
-        "batch_size": run.batch_size,
-    }
+    return cache_key({"kind": kind, "model": model_fingerprint, "data": inputs.data.fingerprint, "metrics": METRIC_SETTINGS,
+                      "device": run.device, "dtype": run.dtype, "compute_dtype": compute_dtype, "batch_size": run.batch_size,
+                      **parts})
+
+
+def row_key(role: Role, source: Source | None, inputs: Inputs) -> str:
+    """The cache key of the row (role, variant); ``source`` None is the full-precision row. The dtype is
+    predicted from the model's config, so a cached row is found without loading the model."""
+    parts: dict[str, Any] = {"variant": FP if source is None else source.variant}
     if source is not None:
         parts.update(source.key_parts(role, inputs))
-    return cache_key(parts)
+    return measurement_key("row", inputs.fingerprint(role), inputs.compute_dtype(role), inputs, **parts)
 
 
 def compute_row(role: Role, source: Source | None, inputs: Inputs, handoff: Any = None) -> tuple[Row, Any]:
@@ -139,7 +154,7 @@ def compute_row(role: Role, source: Source | None, inputs: Inputs, handoff: Any 
     if source is None:
         say(f"evaluate {role} fp")
         evaluation = evaluate(loaded, inputs.data, batch_size=inputs.run.batch_size).to_dict()
-        quant = None
+        details = None
     else:
         say(f"quantize {role} {variant}")
         try:
@@ -148,12 +163,12 @@ def compute_row(role: Role, source: Source | None, inputs: Inputs, handoff: Any 
                 data = inputs.data if applied.data is None else applied.data
                 evaluation = evaluate(applied.view, data, batch_size=inputs.run.batch_size).to_dict()
                 _renumber(evaluation, applied.sample_ids)
-                quant, passed_on, dtype = applied.quant, applied.handoff, applied.view.dtype
+                details, passed_on, dtype = applied.details, applied.handoff, applied.view.dtype
         except BackendUnavailable as exc:
             return Row.skipped(role, variant, exc, time.perf_counter() - start), None
     if role == "retrain":
         inputs.release("retrain")
-    row = Row.from_evaluation(role, variant, evaluation, quant, time.perf_counter() - start, dtype)
+    row = Row.measured(role, variant, evaluation, details, time.perf_counter() - start, dtype)
     say(f"{role} {variant}: " + ", ".join(f"{m} {v:.1f}" for m, v in row.values.items() if v is not None) + f" ({row.seconds:.1f} s)")
     return row, passed_on
 
@@ -170,5 +185,5 @@ def cached_row(data: dict[str, Any], role: Role, variant: str) -> Row:
     (retrain = target, an "unlearned" model that is the target) share an entry: the role is the one
     asked for, not the cached one."""
     row = Row.from_dict(data)
-    row.model, row.quantizer, row.cached = role, variant, True
+    row.role, row.variant, row.cached = role, variant, True
     return row

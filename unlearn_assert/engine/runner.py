@@ -13,10 +13,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from ..cache import ResultCache
-from ..config import OPTIONS, Budget, RunConfig, build_run_config
+from ..config import Budget, RunConfig, run_config
 from ..names import FP, Role, item_name
 from ..scaleout.claims import RowClaims
 from .derive import Figures, bootstrap_of, figures, reference_problem
@@ -24,8 +25,8 @@ from .inputs import Inputs, Progress, precheck
 from .report import Report, build_report
 from .rows import Row, RowKey, cached_row, compute_row, row_key
 from .sources import Source, source_for
-from .verdicts import Verdict, evaluate_check, needed_rows, plan_checks
-from .views import Views
+from .verdicts import Verdict, judge_item, needed_rows, plan_checks
+from .views import GateView
 
 if TYPE_CHECKING:  # pragma: no cover
     import os
@@ -37,10 +38,13 @@ class Gate:
     """Computes and remembers the rows of one run, and judges its items; safe to call in any order.
 
     ``shared``: a directory shared with the other processes of this run (xdist workers), so that each
-    row is computed once per run (:mod:`.claims`): results go to the result cache, or under
+    row is computed once per run (:mod:`unlearn_assert.scaleout.claims`): results go to the result cache, or under
     ``--unlearn-no-cache`` to ``shared`` (this run only). ``device``: where this process loads its
     models, when not ``run.device`` (one GPU per worker). Use a Gate as a context manager (or call
     :meth:`close`): it holds loaded models and a fixture's variant.
+
+    Public state: :attr:`rows` (every row known so far, read-only), :attr:`computing` (the row being
+    computed, for error messages), :attr:`view` (what the fixtures see: :class:`~.views.GateView`).
     """
 
     def __init__(self, run: RunConfig, cache: ResultCache | None = None, progress: Progress | None = None,
@@ -52,13 +56,19 @@ class Gate:
         if not self.cache.enabled and shared is not None:
             self.store, self.claims = ResultCache(Path(shared) / "rows"), RowClaims(Path(shared) / "claims")
         self.inputs = Inputs(run, self.cache, progress, device)
-        self.rows: dict[RowKey, Row] = {}
+        self._rows: dict[RowKey, Row] = {}
         self._sources: dict[str, Source] = {}
         self._handoffs: dict[str, Any] = {}  # variant -> what q(T)'s source handed on to q(U)'s
         self._figures: dict[frozenset[RowKey], Figures] = {}
-        self.views = Views(self.inputs, self.cache, self.source)
+        #: what the fixtures see of this gate
+        self.view = GateView(self.inputs, self.cache, self.source)
         #: the row being computed right now, so that an internal error can say which (None between rows)
         self.computing: RowKey | None = None
+
+    @property
+    def rows(self) -> Mapping[RowKey, Row]:
+        """Every row computed or read from the cache so far, by (role, variant); rows never change."""
+        return MappingProxyType(self._rows)
 
     def __enter__(self) -> Gate:
         return self
@@ -67,7 +77,7 @@ class Gate:
         self.close()
 
     def close(self) -> None:
-        self.views.close()
+        self.view.close()
         self._handoffs.clear()
         self.inputs.close()
 
@@ -80,8 +90,8 @@ class Gate:
 
     def row(self, role: Role, variant: str = FP) -> Row:
         """The row of one model under one variant ("fp" = full precision), from the cache or computed."""
-        if (role, variant) in self.rows:
-            return self.rows[(role, variant)]
+        if (role, variant) in self._rows:
+            return self._rows[(role, variant)]
         self.computing = (role, variant)
         if self.inputs.path(role) is None:
             raise ValueError(f"no {role} model configured")
@@ -98,7 +108,7 @@ class Gate:
                 self.claims.wait(key, lambda: self.store.get(key))
                 row = self._stored(key, role, variant)  # None: its holder stopped without a result; claim it
         row.fingerprint = self.inputs.fingerprint(role)
-        self.rows[(role, variant)] = row
+        self._rows[(role, variant)] = row
         self.computing = None
         return row
 
@@ -112,7 +122,7 @@ class Gate:
     def _compute(self, key: str, role: Role, variant: str, source: Source | None) -> Row:
         held: AbstractContextManager[None] = self.claims.holding(key) if self.claims is not None else nullcontext()
         with held:
-            self.views.close()  # a fixture's variant must not leak into this row
+            self.view.close()  # a fixture's variant must not leak into this row
             row, handoff = compute_row(role, source, self.inputs, self._handoffs.pop(variant, None))
             if role == "target" and handoff is not None:  # U's row under this variant comes next
                 self._handoffs = {variant: handoff}
@@ -124,7 +134,7 @@ class Gate:
 
     def checks(self) -> list[tuple[str, str]]:
         """The run's (variant, check) items, in order."""
-        return plan_checks(self.run.all_quantizers, self.run.has_reference_auc)
+        return plan_checks(self.run.variants, self.run.has_reference_auc)
 
     def check(self, variant: str, check: str, budget: Budget | None = None) -> Verdict:
         """Compute the rows one item needs, then judge it (skipped when a backend is missing)."""
@@ -135,37 +145,27 @@ class Gate:
             if not row.ok:
                 return Verdict(item_name(variant, check), variant, check, "skipped", str(row.skip_reason))
         qt: RowKey = ("target", variant)
-        if variant != FP and qt in self.rows and qt not in needed:  # q(T) computed already: shown beside, as context
+        if variant != FP and qt in self._rows and qt not in needed:  # q(T) computed already: shown beside, as context
             needed.append(qt)
         figs = self.figures(needed)
         if check == "privleak":
             problem = reference_problem(*figs.reference)
             if problem is not None:  # the user asked for the check; it cannot be made: fail, never pass or skip
                 return Verdict(item_name(variant, check), variant, check, "failed", problem)
-        return evaluate_check(variant, check, figs, budget or self.run.budget, self.run.verdict)
+        return judge_item(variant, check, figs, budget or self.run.budget, self.run.verdict)
 
     def figures(self, keys: Sequence[RowKey]) -> Figures:
         """The figures of these rows (an item's: so its intervals are the same on any worker), once
         per set of rows: rows never change once computed, and the bootstrap is the costly part."""
         memo = frozenset(keys)
         if memo not in self._figures:
-            self._figures[memo] = figures([self.rows[k] for k in keys], self.run.retrain_auc, bootstrap_of(self.run))
+            self._figures[memo] = figures([self._rows[k] for k in keys], self.run.retrain_auc, bootstrap_of(self.run))
         return self._figures[memo]
 
-    def report(self, verdicts: Iterable[Verdict], execution: list[dict[str, Any]] | None = None) -> Report:
+    def build_report(self, verdicts: Iterable[Verdict], execution: list[dict[str, Any]] | None = None) -> Report:
         """The report of every row computed so far and ``verdicts``."""
-        return build_report(self.run, self.rows.values(), verdicts, data=self.inputs.data, fingerprints=self.inputs.fingerprints(),
+        return build_report(self.run, self._rows.values(), verdicts, data=self.inputs.data, fingerprints=self.inputs.fingerprints(),
                             execution=execution)
-
-
-def _run_config(settings: Mapping[str, Any]) -> RunConfig:
-    known = {o.name for o in OPTIONS}
-    unknown = sorted(set(settings) - known)
-    if unknown:
-        from ..errors import ConfigError
-
-        raise ConfigError(f"unknown gate setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    return build_run_config(lambda opt: settings.get(opt.name, opt.default))
 
 
 def gate(
@@ -193,19 +193,19 @@ def gate(
     """
     if run is None:
         given = {"model": model, "target": target, "data": data, **settings}
-        run = _run_config({k: (str(v) if k in ("model", "target", "data") and v is not None else v) for k, v in given.items()})
+        run = run_config(**given)
     elif model is not None or target is not None or data is not None or settings:
         from ..errors import ConfigError
 
         raise ConfigError("pass either a run config (run=) or the gate's settings, not both")
     precheck(run)
-    from ..scaleout.workers import apply_thread_budget
+    from ..scaleout.workers import divide_machine
 
-    with Gate(run, cache, progress) as g:
+    device, execution = divide_machine(run.device, run.devices, None)
+    with Gate(run, cache, progress, device=device) as g:
         for role, variant in first or ():
             g.row(role, variant)
         verdicts = [g.check(q, c) for q, c in (checks if checks is not None else g.checks())]
-        for q in run.quantizers:  # the table shows q(T) beside q(U) even where no check needed it
+        for q in run.variant_ids:  # the table shows q(T) beside q(U) even where no check needed it
             g.row("target", q)
-        execution = {"worker": "main", "workers": 1, "threads": apply_thread_budget(1), "device": g.inputs.device}
-        return g.report(verdicts, execution=[execution])
+        return g.build_report(verdicts, execution=[execution])

@@ -1,7 +1,7 @@
 """Budget checks: recovery, utility and privleak, as plain data (no pytest, no torch): which items a
 run has, which rows each needs, and the pure function that judges one item from the figures.
 
-Definitions (DESIGN.md, "Verdicts"): for a forget metric m and quantizer q,
+Definitions (DESIGN.md, "Verdicts"): for a forget metric m and variant q,
 ``recovery = (m(q(U)) - m(U)) / (m(T) - m(U))``, the share of what unlearning removed that comes
 back. If ``m(T) - m(U)`` is below the ``floor`` budget, or its interval does not exclude 0,
 unlearning did not measurably work in full precision: recovery is not judged and that check fails
@@ -31,7 +31,7 @@ from ..names import CHECKS, FORGET_METRICS, FP, ITEM_UNITS, item_name
 from .derive import Figures, Interval
 from .rows import RowKey
 
-__all__ = ["Judgement", "Verdict", "evaluate_check", "judge", "needed_rows", "plan_checks"]
+__all__ = ["Judgement", "Verdict", "judge_item", "judge", "needed_rows", "plan_checks"]
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class Verdict:
     """The outcome of one budget item, e.g. ``test_budget[rtn-w4g128-knowmem_f]``."""
 
     item: str
-    quantizer: str
+    variant: str
     check: str
     outcome: str  # "passed" | "failed" | "skipped"
     message: str
@@ -56,12 +56,9 @@ class Verdict:
     def passed(self) -> bool | None:
         return None if self.outcome == "skipped" else self.outcome == "passed"
 
-    @property
-    def estimate(self) -> float | None:
-        return self.value
-
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
+        """Schema 1's verdict: ``quantizer`` for the variant, and the estimate also as ``estimate``."""
+        out = {("quantizer" if k == "variant" else k): v for k, v in asdict(self).items()}
         out["passed"] = self.passed
         out["estimate"] = self.value
         out["ci"] = None if self.ci is None else list(self.ci)
@@ -71,7 +68,8 @@ class Verdict:
     def from_dict(cls, data: dict[str, Any]) -> Verdict:
         """Rebuild a verdict from :meth:`to_dict` output (an xdist payload); unknown keys are ignored."""
         names = {f.name for f in fields(cls)}
-        kwargs = {k: v for k, v in data.items() if k in names}
+        kwargs = {("variant" if k == "quantizer" else k): v for k, v in data.items()}
+        kwargs = {k: v for k, v in kwargs.items() if k in names}
         if kwargs.get("ci") is not None:
             lo, hi = kwargs["ci"]
             kwargs["ci"] = (float(lo), math.inf if hi is None else float(hi))
@@ -109,10 +107,10 @@ def judge(estimate: float, ci: tuple[float, float] | None, accept: tuple[float, 
     return Judgement(point=point, strict=strict, lenient=lenient, decided=strict == lenient)
 
 
-def plan_checks(quantizers: tuple[str, ...], has_reference_auc: bool) -> list[tuple[str, str]]:
-    """The (quantizer, check) pairs that become test items, in a stable order (xdist needs it)."""
+def plan_checks(variants: tuple[str, ...], has_reference_auc: bool) -> list[tuple[str, str]]:
+    """The (variant, check) pairs that become test items, in a stable order (xdist needs it)."""
     pairs: list[tuple[str, str]] = []
-    for q in (FP, *quantizers):
+    for q in (FP, *variants):
         for check in CHECKS:
             if check == "privleak" and not has_reference_auc:
                 continue
@@ -120,18 +118,18 @@ def plan_checks(quantizers: tuple[str, ...], has_reference_auc: bool) -> list[tu
     return pairs
 
 
-def needed_rows(quantizer: str, check: str, quantized_target: bool = True, retrain: bool = False) -> list[RowKey]:
+def needed_rows(variant: str, check: str, quantized_target: bool = True, retrain: bool = False) -> list[RowKey]:
     """Which (model, variant) rows an item needs, in the order to compute them. q(T) is shown beside
-    recovery as context (not for a variant without a target version, such as the user's own quantized
-    checkpoint: ``quantized_target=False``), and comes first: T's variant may hand its codes to U's.
+    recovery as context (not for a variant without a target version, such as the user's
+    artifact: ``quantized_target=False``), and comes first: T's variant may hand its codes to U's.
     The privleak items need the retrain row (the reference AUC) when there is a retrain model."""
     rows: list[RowKey] = [("target", FP), ("unlearned", FP)]
     if check == "privleak" and retrain:
         rows.append(("retrain", FP))
-    if quantizer != FP:
+    if variant != FP:
         if check in FORGET_METRICS and quantized_target:
-            rows.append(("target", quantizer))
-        rows.append(("unlearned", quantizer))
+            rows.append(("target", variant))
+        rows.append(("unlearned", variant))
     return rows
 
 
@@ -172,13 +170,13 @@ def _outcomes(*parts: Judgement) -> Judgement:
     return Judgement(point=all(j.point for j in parts), strict=strict, lenient=lenient, decided=decided)
 
 
-def _forgetting(quantizer: str, check: str, t: float, u: float, floor: float, figures: Figures,
+def _forgetting(variant: str, check: str, t: float, u: float, floor: float, figures: Figures,
                 budget: Budget, policy: str) -> Verdict:
     """A forget metric's item: in full precision the drop ``m(T) - m(U)`` must reach the floor and
     its interval exclude 0 (the fp item, and the gate in front of every recovery item); under a
     variant, then, its recovery must be within budget."""
-    name = item_name(quantizer, check)
-    where = "in full precision" if quantizer == FP else f"under {quantizer}"
+    name = item_name(variant, check)
+    where = "in full precision" if variant == FP else f"under {variant}"
     removed = t - u
     drop_ci = figures.drop_ci.get(check)
     drop_bounds = _bounds(drop_ci)
@@ -192,17 +190,17 @@ def _forgetting(quantizer: str, check: str, t: float, u: float, floor: float, fi
     rec_ci: Interval | None = None
     rec: float | None = None
     detail = models
-    if quantizer != FP:
-        q = figures.value("unlearned", quantizer, check)
-        rec = figures.recovery.get(quantizer, {}).get(check)
+    if variant != FP:
+        q = figures.value("unlearned", variant, check)
+        rec = figures.recovery.get(variant, {}).get(check)
         if q is None:
-            return Verdict(name, quantizer, check, "skipped", f"{check} was not measured {where}")
-        limit = budget.recovery_for(check, quantizer)
-        qt = figures.value("target", quantizer, check)
+            return Verdict(name, variant, check, "skipped", f"{check} was not measured {where}")
+        limit = budget.recovery_for(check, variant)
+        qt = figures.value("target", variant, check)
         detail = (f"quantized {_fmt(q)}, unlearned {_fmt(u)}, target {_fmt(t)}"
                   + (f", quantized target {_fmt(qt)}" if qt is not None else ""))
         if rec is not None:  # None only when nothing was removed: the fp part fails under every policy
-            rec_ci = figures.recovery_ci.get(quantizer, {}).get(check)
+            rec_ci = figures.recovery_ci.get(variant, {}).get(check)
             rec_j = judge(rec, _bounds(rec_ci), (-math.inf, limit))
             rec_text = f"{rec:.0%}" + ("" if rec_ci is None else f" [{_pct(rec_ci.lo)}, {_pct(rec_ci.hi)}]")
             if rec_j.decided is False:
@@ -217,50 +215,50 @@ def _forgetting(quantizer: str, check: str, t: float, u: float, floor: float, fi
         if removed >= floor and removed > 0:
             why = "; its interval includes 0" if not excludes_zero else f"; {policy}: the interval is not wholly above the floor"
         message = f"unlearning did not work in full precision for {check}: {models}, drop {drop_text} (floor {floor:g}){why}"
-        if quantizer != FP:
+        if variant != FP:
             message += f"; recovery {where} is {'undefined' if removed < floor or removed <= 0 else 'not judged'}"
-    elif quantizer == FP:
+    elif variant == FP:
         message = f"{check} dropped {drop_text} ({models}; floor {floor:g})"
     else:
         assert rec is not None
         verb = "recovered" if ok else "RECOVERED"
         message = f"{check} {verb} {rec_text} of the forgetting {where} (budget {limit:.0%}): {detail}"
     if rec_j is None or not worked:  # the item was judged on the drop
-        return Verdict(name, quantizer, check, "passed" if ok else "failed", message, value=removed, budget=floor,
+        return Verdict(name, variant, check, "passed" if ok else "failed", message, value=removed, budget=floor,
                        ci=drop_bounds, decided=item.decided, n=drop_ci.n if drop_ci else None,
                        degenerate=drop_ci.degenerate if drop_ci else None, policy=policy, figure="drop")
-    return Verdict(name, quantizer, check, "passed" if ok else "failed", message, value=rec, budget=limit,
+    return Verdict(name, variant, check, "passed" if ok else "failed", message, value=rec, budget=limit,
                    ci=_bounds(rec_ci), decided=item.decided, n=rec_ci.n if rec_ci else None,
                    degenerate=rec_ci.degenerate if rec_ci else None, policy=policy, figure="recovery")
 
 
-def evaluate_check(quantizer: str, check: str, figures: Figures, budget: Budget, policy: str = "point") -> Verdict:
+def judge_item(variant: str, check: str, figures: Figures, budget: Budget, policy: str = "point") -> Verdict:
     """Judge one item from the figures (which must hold the rows of :func:`needed_rows`) under the
     verdict ``policy`` (point, strict or lenient)."""
-    name = item_name(quantizer, check)
-    where = "in full precision" if quantizer == FP else f"under {quantizer}"
+    name = item_name(variant, check)
+    where = "in full precision" if variant == FP else f"under {variant}"
     _get = figures.value
     if check in FORGET_METRICS:
-        u, t = figures.baseline(quantizer, check)  # fp values on the items this variant was measured on
+        u, t = figures.baseline(variant, check)  # fp values on the items this variant was measured on
         if t is None or u is None:
-            return Verdict(name, quantizer, check, "skipped", f"{check} was not measured")
-        floor = budget.value("floor", None if quantizer == FP else quantizer)
-        return _forgetting(quantizer, check, t, u, floor, figures, budget, policy)
+            return Verdict(name, variant, check, "skipped", f"{check} was not measured")
+        floor = budget.value("floor", None if variant == FP else variant)
+        return _forgetting(variant, check, t, u, floor, figures, budget, policy)
     if check == "utility":
         t = _get("target", FP, "knowmem_r")
-        m = _get("unlearned", quantizer, "knowmem_r")
+        m = _get("unlearned", variant, "knowmem_r")
         if t is None or m is None:
-            return Verdict(name, quantizer, check, "skipped", f"knowmem_r was not measured {where}")
-        ratio = budget.value("utility", None if quantizer == FP else quantizer)
+            return Verdict(name, variant, check, "skipped", f"knowmem_r was not measured {where}")
+        ratio = budget.value("utility", None if variant == FP else variant)
         if t <= 0:
-            return Verdict(name, quantizer, check, "passed",
+            return Verdict(name, variant, check, "passed",
                            f"target knowmem_r is {_fmt(t)}: there is no retained knowledge to lose", value=None, budget=ratio,
                            policy=policy, figure="utility")
         share = m / t
-        ci = figures.utility_ci.get(quantizer)
+        ci = figures.utility_ci.get(variant)
         j = judge(share, _bounds(ci), (ratio, math.inf))
         ok = j.passed(policy)
-        qt = _get("target", quantizer, "knowmem_r") if quantizer != FP else None
+        qt = _get("target", variant, "knowmem_r") if variant != FP else None
         context = f" (the quantized target: {_fmt(qt)}, {qt / t:.0%})" if qt is not None else ""
         ci_text = "" if ci is None else f" [{_pct(ci.lo)}, {_pct(ci.hi)}]"
         numbers = f"{_fmt(m)} vs target {_fmt(t)}{context}"
@@ -269,15 +267,15 @@ def evaluate_check(quantizer: str, check: str, figures: Figures, budget: Budget,
                                  ci.n, ITEM_UNITS["knowmem_r"], "retain items", policy, ok) + f": {numbers}"
         else:
             message = f"knowmem_r {where} is {share:.0%}{ci_text} of the target's (needs >= {ratio:.0%}): {numbers}"
-        return Verdict(name, quantizer, check, "passed" if ok else "failed", message, value=share, budget=ratio,
+        return Verdict(name, variant, check, "passed" if ok else "failed", message, value=share, budget=ratio,
                        ci=_bounds(ci), decided=j.decided, n=ci.n if ci else None, degenerate=ci.degenerate if ci else None,
                        policy=policy, figure="utility")
     if check == "privleak":
-        p = _get("unlearned", quantizer, "privleak")
+        p = _get("unlearned", variant, "privleak")
         if p is None:
-            return Verdict(name, quantizer, check, "skipped", f"privleak was not measured {where}")
-        bound = budget.value("privleak", None if quantizer == FP else quantizer)
-        ci = figures.privleak_ci.get(("unlearned", quantizer))
+            return Verdict(name, variant, check, "skipped", f"privleak was not measured {where}")
+        bound = budget.value("privleak", None if variant == FP else variant)
+        ci = figures.privleak_ci.get(("unlearned", variant))
         j = judge(p, _bounds(ci), (-bound, bound))
         ok = j.passed(policy)
         ci_text = "" if ci is None else (f" [{ci.lo:+.1f}%, " + ("inf" if math.isinf(ci.hi) else f"{ci.hi:+.1f}%") + "]")
@@ -286,7 +284,7 @@ def evaluate_check(quantizer: str, check: str, figures: Figures, budget: Budget,
                                  ci.n, ITEM_UNITS["privleak"], "forget and holdout texts", policy, ok)
         else:
             message = f"privleak {where} is {p:+.1f}%{ci_text} (budget |privleak| <= {bound:g}%)"
-        return Verdict(name, quantizer, check, "passed" if ok else "failed", message, value=p, budget=bound, ci=_bounds(ci),
+        return Verdict(name, variant, check, "passed" if ok else "failed", message, value=p, budget=bound, ci=_bounds(ci),
                        decided=j.decided, n=ci.n if ci else None, degenerate=ci.degenerate if ci else None, policy=policy,
                        figure="privleak")
     raise ValueError(f"unknown check '{check}'")

@@ -1,9 +1,12 @@
-"""The state behind the ``quantized`` and ``muse`` fixtures: one variant in effect at a time, on an
-:class:`~contextlib.ExitStack`, and user evaluations cached by content.
+"""What a user's test sees of a gate (the fixtures' one public view): the data, the loaded models, one
+variant at a time, and measurements cached by content.
 
-In-place sources (RTN, HQQ) change the loaded model itself, so the previous variant is undone (bit
-for bit) before the next is applied, and before the engine computes a row: never more than one
-extra copy of the weights, and never a row measured on a model a user test left quantized.
+Why one view: the fixtures (``unlearn_data``, ``target_model``, ``quantized``, ``muse``...) need a
+handful of things from the engine, and reaching into its inputs and private state would tie them to
+how the engine is built. In-place sources (RTN, HQQ) change the loaded model itself, so the previous
+variant is undone (bit for bit) before the next is applied, and before the engine computes a row:
+never more than one extra copy of the weights, and never a row measured on a model a user test left
+quantized.
 """
 
 from __future__ import annotations
@@ -12,36 +15,48 @@ from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from typing import TYPE_CHECKING, Any
 
-from ..cache import ResultCache, cache_key
+from ..cache import ResultCache
 from ..names import METRICS, Role
+from .rows import measurement_key
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ..data.muse import MuseData
     from ..metrics import Evaluation
+    from ..models import LoadedModel
     from .inputs import Inputs
     from .sources import Source
 
-__all__ = ["Views"]
+__all__ = ["GateView"]
 
 
-class Views:
-    """The variant a user test holds (``quantized``) and its MUSE evaluations (``muse``)."""
+class GateView:
+    """The fixtures' view of a gate: :attr:`data`, :meth:`model`, :meth:`quantized`, :meth:`measure`."""
 
     def __init__(self, inputs: Inputs, cache: ResultCache, source: Callable[[str], Source]) -> None:
-        self.inputs = inputs
-        self.cache = cache
+        self._inputs = inputs
+        self._cache = cache
         self._source = source
         self._stack = ExitStack()
         self._active: tuple[tuple[Role, str], Any] | None = None
-        self._evaluations: dict[str, Evaluation] = {}
+        self._measured: dict[str, Evaluation] = {}
 
-    def quantized(self, variant: str, model: Role = "unlearned") -> Any:
-        """The ``quantized`` fixture: ``model`` under ``variant``, kept until another one is asked for."""
-        key = (model, variant)
+    @property
+    def data(self) -> MuseData:
+        """The evaluated data (limited by --unlearn-max-samples)."""
+        return self._inputs.data
+
+    def model(self, role: Role) -> LoadedModel:
+        """A model of the run as loaded (once; the unlearned and retrain models checked against the target)."""
+        return self._inputs.model(role)
+
+    def quantized(self, variant: str, role: Role = "unlearned") -> Any:
+        """The ``quantized`` fixture: ``role``'s model under ``variant``, kept until another one is asked for."""
+        key = (role, variant)
         if self._active is not None and self._active[0] == key:
             return self._active[1]
         self.close()
-        self.inputs.progress(f"quantize {model} {variant}")
-        applied = self._stack.enter_context(self._source(variant).apply(model, self.inputs))
+        self._inputs.progress(f"quantize {role} {variant}")
+        applied = self._stack.enter_context(self._source(variant).apply(role, self._inputs))
         self._active = (key, applied.view)
         return applied.view
 
@@ -50,22 +65,21 @@ class Views:
         self._active = None
         self._stack.close()
 
-    def evaluate(self, obj: Any, metrics: Sequence[str] | None = None) -> Evaluation:
-        """The ``muse`` fixture: MUSE metrics of a loaded model or a view, cached by content."""
-        from ..metrics import METRIC_SETTINGS, Evaluation, evaluate
+    def measure(self, obj: Any, metrics: Sequence[str] | None = None) -> Evaluation:
+        """The ``muse`` fixture: MUSE metrics of a loaded model or a view, cached by content (the same key
+        rule as a row's, :func:`~.rows.measurement_key`)."""
+        from ..metrics import Evaluation, evaluate
 
-        run = self.inputs.run
-        data = self.inputs.data
+        run = self._inputs.run
         wanted = tuple(metrics) if metrics else METRICS
-        key = cache_key({"kind": "evaluate", "model": obj.fingerprint, "data": data.fingerprint, "metrics": wanted,
-                         "settings": METRIC_SETTINGS, "device": run.device, "dtype": run.dtype, "batch_size": run.batch_size})
-        if key not in self._evaluations:
-            hit = self.cache.get(key)
+        key = measurement_key("measure", obj.fingerprint, str(obj.dtype), self._inputs, wanted=list(wanted))
+        if key not in self._measured:
+            hit = self._cache.get(key)
             if hit is not None:
-                self._evaluations[key] = Evaluation.from_dict(hit)
+                self._measured[key] = Evaluation.from_dict(hit)
             else:
-                self.inputs.progress(f"evaluate {getattr(obj, 'name', obj.path)}")
-                ev = evaluate(obj, data, metrics=list(wanted), batch_size=run.batch_size)
-                self.cache.put(key, ev.to_dict())
-                self._evaluations[key] = ev
-        return self._evaluations[key]
+                self._inputs.progress(f"evaluate {getattr(obj, 'name', obj.path)}")
+                ev = evaluate(obj, self.data, metrics=list(wanted), batch_size=run.batch_size)
+                self._cache.put(key, ev.to_dict())
+                self._measured[key] = ev
+        return self._measured[key]

@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..config import REFERENCE_AUC_RANGE, reference_auc_ok
 from ..errors import ConfigError, ModelError
 from ..names import METRICS
 from .knowmem import KNOWMEM_MAX_NEW_TOKENS
@@ -134,9 +135,10 @@ def _reference(retrain_auc: float | None, source: str | None) -> tuple[float, st
     try:
         value = float(retrain_auc)
     except (TypeError, ValueError):
-        raise ConfigError(f"retrain AUC must be a number in (0, 1], got {retrain_auc!r}; pass e.g. --unlearn-retrain-auc 0.48") from None
-    if not (0.0 < value <= 1.0):
-        raise ConfigError(f"retrain AUC must be in (0, 1] (privleak divides by it), got {retrain_auc!r}; pass e.g. --unlearn-retrain-auc 0.48")
+        value = float("nan")
+    if not reference_auc_ok(value):
+        raise ConfigError(f"retrain AUC must be a number in {REFERENCE_AUC_RANGE} (privleak divides by it), got {retrain_auc!r}; "
+                          "pass e.g. --unlearn-retrain-auc 0.48")
     return value, source or "option"
 
 

@@ -17,7 +17,9 @@ from ..config import OPTIONS, Budget, Option, RunConfig, build_run_config
 from ..errors import ConfigError, UnlearnAssertError
 from ..fs import user_path
 from ..names import item_id
-from .session import PAYLOAD_ATTR, UnlearnSession, internal_error, is_xdist_worker
+from .channel import PAYLOAD_ATTR
+from .internal import internal_error
+from .session import UnlearnSession, is_xdist_worker
 
 run_config_key = pytest.StashKey[RunConfig]()
 session_key = pytest.StashKey[UnlearnSession]()
@@ -41,7 +43,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
             parser.addini(opt.ini, help=opt.help, type="string", default=opt.default if isinstance(opt.default, str) else "")
 
 
-PATH_OPTIONS = frozenset({"model", "target", "retrain", "data", "json", "html", "cache_dir", "calibration"})
 #: options whose explicitly empty value (``--unlearn-quantizers=``, ``unlearn_quantizers = ""``) is passed on
 #: as empty, for build_run_config to refuse, instead of falling back to the default
 EMPTY_IS_A_VALUE = frozenset({"quantizers"})
@@ -76,7 +77,7 @@ def _effective(config: pytest.Config, opt: Option) -> Any:
             out.append(f"{name}{sep}{_ini_path(config, path)}" if sep and path else str(entry))
         return out or opt.default
     if ini not in (None, "") and not (opt.flag and ini is False):
-        if opt.name in PATH_OPTIONS and not str(ini).startswith(("demo:", "hf:")):
+        if opt.path and not str(ini).startswith(("demo:", "hf:")):
             return _ini_path(config, str(ini))
         return ini
     return opt.default
@@ -156,7 +157,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     from ..engine.verdicts import plan_checks
 
-    checks = plan_checks(session.run.all_quantizers, session.run.has_reference_auc)
+    checks = plan_checks(session.run.variants, session.run.has_reference_auc)
     metafunc.parametrize("budget_check", checks, ids=[item_id(q, c) for q, c in checks])
 
 
@@ -203,16 +204,17 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if unlearn is not None:
         try:
             unlearn.close()
-            unlearn.write_reports()
+            if not is_xdist_worker(session.config):  # only the controller writes
+                unlearn.writer.write()
         except Exception as exc:  # noqa: BLE001 - a bug here must not turn the outcomes into an INTERNALERROR traceback
-            unlearn.errors.append(internal_error(session.config, exc, "while writing the reports"))
+            unlearn.writer.warn(internal_error(session.config, exc, "while writing the reports"))
             session.exitstatus = session.exitstatus or pytest.ExitCode.INTERNAL_ERROR
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     unlearn = _session(config)
     if unlearn is not None and not is_xdist_worker(config):
-        unlearn.terminal_summary(terminalreporter)
+        unlearn.writer.terminal_summary(terminalreporter)
 
 
 # ---------------------------------------------------------------------- fixtures
@@ -248,19 +250,19 @@ def unlearn_budget(request: pytest.FixtureRequest, unlearn_session: UnlearnSessi
 @pytest.fixture(scope="session")
 def unlearn_data(unlearn_session: UnlearnSession) -> Any:
     """The validated MUSE data (limited by --unlearn-max-samples)."""
-    return unlearn_session.gate.inputs.data
+    return unlearn_session.view.data
 
 
 @pytest.fixture(scope="session")
 def target_model(unlearn_session: UnlearnSession) -> Any:
     """The target model (LoadedModel), loaded once per session."""
-    return unlearn_session.gate.inputs.model("target")
+    return unlearn_session.view.model("target")
 
 
 @pytest.fixture(scope="session")
 def unlearned_model(unlearn_session: UnlearnSession) -> Any:
     """The unlearned model (LoadedModel), checked against the target, loaded once per session."""
-    return unlearn_session.gate.inputs.model("unlearned")
+    return unlearn_session.view.model("unlearned")
 
 
 @pytest.fixture(scope="session")
@@ -268,23 +270,23 @@ def retrain_model(unlearn_session: UnlearnSession) -> Any:
     """The retrain model, or a skip when --unlearn-retrain is not given."""
     if unlearn_session.run.retrain is None:
         pytest.skip("needs --unlearn-retrain")
-    return unlearn_session.gate.inputs.model("retrain")
+    return unlearn_session.view.model("retrain")
 
 
 @pytest.fixture(scope="session")
 def quantized(unlearn_session: UnlearnSession) -> Iterator[Callable[..., Any]]:
     """Factory: ``quantized("rtn-w4g128")`` gives the unlearned model under that quantizer (or
-    ``quantized(qid, model="target")``). One variant at a time: asking for another one restores the
+    ``quantized(variant, role="target")``). One variant at a time: asking for another one restores the
     previous variant's weights first; the same id is returned from the session cache."""
-    views = unlearn_session.gate.views
-    yield views.quantized
-    views.close()
+    view = unlearn_session.view
+    yield view.quantized
+    view.close()
 
 
 @pytest.fixture(scope="session")
 def muse(unlearn_session: UnlearnSession) -> Callable[..., Any]:
     """``muse(model_or_view)`` evaluates the MUSE metrics on the run's data, cached by content hash."""
-    return unlearn_session.gate.views.evaluate
+    return unlearn_session.view.measure
 
 
 def pytest_report_header(config: pytest.Config) -> list[str] | None:
@@ -293,7 +295,7 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
         return None
     return [
         f"unlearn-assert: model={run.model} target={run.target} retrain={run.retrain or '-'} data={run.data}",
-        f"unlearn-assert: quantizers={','.join(run.all_quantizers)} budget=recovery<={run.budget.recovery:g} "
+        f"unlearn-assert: quantizers={','.join(run.variants)} budget=recovery<={run.budget.recovery:g} "
         f"utility>={run.budget.utility:g} |privleak|<={run.budget.privleak:g}",
         f"unlearn-assert: verdict={run.verdict} on paired {run.confidence:.0%} intervals",
     ]

@@ -1,7 +1,7 @@
 """Quantize a loaded model for the duration of a ``with`` block, and prove that it took effect.
 
 ``quantized(u, "rtn-w4g128", target=t)`` yields a :class:`QuantizedModel` that the metrics use
-like a :class:`~unlearn_assert.models.LoadedModel`, plus a :class:`QuantReport` with the numbers
+like a :class:`~unlearn_assert.models.LoadedModel`, plus a :class:`QuantDetails` with the numbers
 that show the quantizer really ran (changed fraction) and, given the target, the paper's mechanism
 (code agreement: how many weights of U land on the same code as T's).
 
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from ..errors import BackendUnavailable, QuantizerError
 from ..variants.quantizers import BACKENDS, BackendEntry, QuantSpec, known_ids, parse_quantizer_id, validate_quantizer_list
-from .base import DEFAULT_SKIP, Backend, QuantReport
+from .base import DEFAULT_SKIP, Backend, QuantDetails
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..models import LoadedModel
@@ -31,7 +31,7 @@ __all__ = [
     "DEFAULT_SKIP",
     "Backend",
     "BackendEntry",
-    "QuantReport",
+    "QuantDetails",
     "QuantSpec",
     "QuantizedModel",
     "get_backend",
@@ -55,7 +55,8 @@ class QuantizedModel:
     fingerprint: str
     source: LoadedModel
     spec: QuantSpec
-    report: QuantReport
+    #: what the quantizer did: changed fraction, code agreement with T's codes, bits, group size
+    details: QuantDetails
     backend: Backend
 
     @property
@@ -164,11 +165,11 @@ def quantized(
     _check_placement(loaded, spec)
     backend = get_backend(spec)
     codes = target_codes if backend.takes_target_codes else None
-    with backend.apply(loaded, target=target, skip_modules=skip, calibration=calibration, target_codes=codes) as (model, report):
-        if report.n_weights == 0 or report.changed_fraction == 0:
+    with backend.apply(loaded, target=target, skip_modules=skip, calibration=calibration, target_codes=codes) as (model, details):
+        if details.n_weights == 0 or details.changed_fraction == 0:
             raise QuantizerError(
-                f"quantizer '{spec.id}' took no effect on '{loaded.path}': {report.n_weights} weights in "
-                f"{len(report.modules)} layers, none changed (skip_modules={list(skip)}); check the model and skip_modules"
+                f"quantizer '{spec.id}' took no effect on '{loaded.path}': {details.n_weights} weights in "
+                f"{len(details.modules)} layers, none changed (skip_modules={list(skip)}); check the model and skip_modules"
             )
         yield QuantizedModel(
             model=model,
@@ -177,6 +178,6 @@ def quantized(
             fingerprint=quant_fingerprint(loaded.fingerprint, spec, skip, calibration),
             source=loaded,
             spec=spec,
-            report=report,
+            details=details,
             backend=backend,
         )

@@ -44,7 +44,7 @@ from ..variants.quantizers import BNB_4BIT_BLOCKSIZE
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..models import LoadedModel
-    from .base import QuantReport
+    from .base import QuantDetails
 
 #: quant_method -> (module that must import, pip command)
 SUPPORTED = {
@@ -57,7 +57,7 @@ CONFIG_KEYS = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers")
 
 
 @dataclass(frozen=True)
-class CheckpointInfo:
+class ArtifactInfo:
     """What ``config.json`` says about a quantized checkpoint."""
 
     name: str
@@ -92,7 +92,7 @@ def _describe(method: str, qc: dict[str, Any], where: str) -> tuple[int | None, 
     return weights.get("num_bits"), weights.get("group_size"), bool(weights.get("symmetric", True)), weights.get("strategy")
 
 
-def read_checkpoint(name: str, path: str, target: str | None = None) -> CheckpointInfo:
+def read_artifact(name: str, path: str, target: str | None = None) -> ArtifactInfo:
     """Validate the artifact ``NAME=DIR`` (no torch; the name's syntax is checked by
     :func:`unlearn_assert.config.parse_artifacts`): the directory, safetensors weights, a supported
     ``quantization_config``, and the target's architecture when given."""
@@ -118,12 +118,12 @@ def read_checkpoint(name: str, path: str, target: str | None = None) -> Checkpoi
                 raise ConfigError(f"{where}: its {key} is {config[key]} but the target's is {t_config[key]}; "
                                   "pass a checkpoint made from the unlearned model of this target")
     bits, group, sym, scheme = _describe(method, qc, where)
-    return CheckpointInfo(name=name, path=str(directory), method=method, bits=bits, group_size=group, symmetric=sym, scheme=scheme)
+    return ArtifactInfo(name=name, path=str(directory), method=method, bits=bits, group_size=group, symmetric=sym, scheme=scheme)
 
 
 def quant_method(path: str) -> str | None:
     """The ``quant_method`` a checkpoint's ``config.json`` names (None when it cannot be read): for
-    the report's provenance, after :func:`read_checkpoint` validated the directory; a .gguf file is ``gguf``)."""
+    the report's provenance, after :func:`read_artifact` validated the directory; a .gguf file is ``gguf``)."""
     if path.lower().endswith(".gguf"):
         return "gguf"
     try:
@@ -133,7 +133,7 @@ def quant_method(path: str) -> str | None:
     return str(qc.get("quant_method")) if isinstance(qc, dict) and qc.get("quant_method") else None
 
 
-def _load(info: CheckpointInfo, device: str, dtype: str | None) -> Any:
+def _load(info: ArtifactInfo, device: str, dtype: str | None) -> Any:
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -190,7 +190,7 @@ def _load(info: CheckpointInfo, device: str, dtype: str | None) -> Any:
     return model, str(torch_dtype).removeprefix("torch."), dev
 
 
-def _changed(model: Any, info: CheckpointInfo, source: LoadedModel) -> tuple[list[str], int, int]:
+def _changed(model: Any, info: ArtifactInfo, source: LoadedModel) -> tuple[list[str], int, int]:
     """(quantized layer names, weights in them, weights that differ from the source's); a layer
     identical to the source's was not quantized (it counts in neither)."""
     import torch
@@ -228,13 +228,13 @@ def _changed(model: Any, info: CheckpointInfo, source: LoadedModel) -> tuple[lis
 
 
 @contextmanager
-def open_checkpoint(info: CheckpointInfo, source: LoadedModel, *, device: str | None = None,
-                    dtype: str | None = None, known_fingerprint: str | None = None) -> Iterator[tuple[LoadedModel, QuantReport]]:
-    """Load the artifact for the block; yield (model, report). Only this one extra model is held."""
+def open_artifact(info: ArtifactInfo, source: LoadedModel, *, device: str | None = None,
+                    dtype: str | None = None, known_fingerprint: str | None = None) -> Iterator[tuple[LoadedModel, QuantDetails]]:
+    """Load the artifact for the block; yield (model, details). Only this one extra model is held."""
     import gc
 
     from ..models import LoadedModel, fingerprint, load_tokenizer
-    from .base import QuantReport
+    from .base import QuantDetails
 
     start = time.perf_counter()
     model, dt, dev = _load(info, device or source.device, dtype)
@@ -249,10 +249,10 @@ def open_checkpoint(info: CheckpointInfo, source: LoadedModel, *, device: str | 
             tokenizer = source.tokenizer  # quantization tools often save no tokenizer
         loaded = LoadedModel(model=model, tokenizer=tokenizer, path=info.path, fingerprint=known_fingerprint or fingerprint(info.path), device=dev, dtype=dt,
                              info={**source.info, "quantizer": info.name})
-        report = QuantReport(quantizer=info.name, backend=f"checkpoint:{info.method}", bits=info.bits, group_size=info.group_size,
+        details = QuantDetails(quantizer=info.name, backend=f"checkpoint:{info.method}", bits=info.bits, group_size=info.group_size,
                              symmetric=info.symmetric, modules=names, n_weights=n, changed_fraction=changed / n,
                              seconds=time.perf_counter() - start)
-        yield loaded, report
+        yield loaded, details
     finally:
         del model
         gc.collect()

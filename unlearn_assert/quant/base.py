@@ -3,7 +3,7 @@
 A backend (``rtn``, ``bnb``, ``hqq``, ``gptq``/``awq``, and next ``gguf``) is built from a parsed
 quantizer id by the registry (:data:`unlearn_assert.variants.quantizers.BACKENDS`) and quantizes one loaded
 model for the duration of a ``with`` block (:meth:`Backend.apply`). What it must prove is the same
-for all of them, so it is written down here once: the :class:`QuantReport` (did the quantizer take
+for all of them, so it is written down here once: the :class:`QuantDetails` (did the quantizer take
 effect, and how many of U's codes equal T's), the layer pairing check that every comparison of U's
 layer with T's makes (:func:`layer_weight`), and which modules stay unquantized (:func:`skipped`).
 
@@ -35,14 +35,14 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..variants.quantizers import QuantSpec
     from .calibration import Calibration
 
-__all__ = ["DEFAULT_SKIP", "Backend", "QuantReport", "layer_weight", "skipped"]
+__all__ = ["DEFAULT_SKIP", "Backend", "QuantDetails", "layer_weight", "skipped"]
 
 #: Modules every backend leaves in full precision by default, as bitsandbytes does.
 DEFAULT_SKIP: tuple[str, ...] = ("lm_head",)
 
 
 @dataclass
-class QuantReport:
+class QuantDetails:
     """What a quantizer did, as plain data (``to_dict`` is JSON-ready).
 
     * ``changed_fraction``: share of the quantized weights whose value changed; 0 means the
@@ -75,7 +75,7 @@ class QuantReport:
 
     @classmethod
     def from_counts(cls, spec: QuantSpec, backend: str, modules: list[str], totals: Sequence[int], *,
-                    has_target: bool, seconds: float) -> QuantReport:
+                    has_target: bool, seconds: float) -> QuantDetails:
         """Build a report from per-layer counts summed over layers, as every backend streams them:
         ``totals = [weights, changed, same code as q(T), small delta, same cell on T's grid]``."""
         n = totals[0]
@@ -89,7 +89,7 @@ class QuantReport:
                    small_delta_fraction=frac(3), same_cell_fraction=frac(4), seconds=seconds)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> QuantReport:
+    def from_dict(cls, data: dict[str, Any]) -> QuantDetails:
         """Rebuild a report from :meth:`to_dict` output (e.g. a cache entry); unknown keys are ignored."""
         names = cls.__dataclass_fields__
         return cls(**{k: v for k, v in data.items() if k in names})
@@ -113,7 +113,7 @@ class Backend(Protocol):
     codes: Any
 
     def apply(self, loaded: LoadedModel, *, target: LoadedModel | None = None, skip_modules: Sequence[str] = DEFAULT_SKIP,
-              calibration: Calibration | None = None, target_codes: Any = None) -> AbstractContextManager[tuple[Any, QuantReport]]: ...
+              calibration: Calibration | None = None, target_codes: Any = None) -> AbstractContextManager[tuple[Any, QuantDetails]]: ...
 
 
 def layer_weight(owner: LoadedModel, modules: dict[str, nn.Module], name: str, shape: torch.Size, role: str = "target") -> torch.Tensor:

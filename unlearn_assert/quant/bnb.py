@@ -95,7 +95,7 @@ finally:
 from ..errors import ModelError, QuantizerError  # noqa: E402
 from ..models import quiet_transformers  # noqa: E402
 from ..variants.quantizers import BNB_4BIT_BLOCKSIZE, QuantSpec  # noqa: E402
-from .base import DEFAULT_SKIP, QuantReport, layer_weight, skipped  # noqa: E402
+from .base import DEFAULT_SKIP, QuantDetails, layer_weight, skipped  # noqa: E402
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..models import LoadedModel
@@ -317,7 +317,7 @@ class BnbBackend:
     def apply(
         self, loaded: LoadedModel, *, target: LoadedModel | None = None, skip_modules: Sequence[str] = DEFAULT_SKIP,
         calibration: Calibration | None = None, target_codes: Any = None,
-    ) -> Iterator[tuple[Any, QuantReport]]:
+    ) -> Iterator[tuple[Any, QuantDetails]]:
         """Yield (quantized copy, report); the source model is never modified. The copy is freed on exit.
         ``calibration`` and ``target_codes`` are ignored (see :class:`~.base.Backend`)."""
         global _open_blocks
@@ -351,9 +351,9 @@ class BnbBackend:
                         totals = [a + b for a, b in zip(totals, counts)]
                         names.append(name)
                         del w, t
-            report = QuantReport.from_counts(self.spec, self.name, names, totals,
+            details = QuantDetails.from_counts(self.spec, self.name, names, totals,
                                              has_target=target is not None, seconds=time.perf_counter() - start)
-            yield (model if model is not None else loaded.model), report
+            yield (model if model is not None else loaded.model), details
         finally:
             _open_blocks -= 1
             if _open_blocks == 0:

@@ -57,10 +57,10 @@ import numpy as np
 
 from ..errors import QuantizerError
 from ..variants.quantizers import QuantSpec
-from .base import DEFAULT_SKIP, QuantReport
+from .base import DEFAULT_SKIP, QuantDetails
 from .gguf_convert import (
     FLOAT_TYPE_IDS,
-    GgufReport,
+    GgufDetails,
     QTensor,
     dequantized_weights,
     hparams,
@@ -204,7 +204,7 @@ class GgufBackend:
     def apply(
         self, loaded: LoadedModel, *, target: LoadedModel | None = None, skip_modules: Sequence[str] = DEFAULT_SKIP,
         calibration: Calibration | None = None, target_codes: Any = None,
-    ) -> Iterator[tuple[Any, QuantReport]]:
+    ) -> Iterator[tuple[Any, QuantDetails]]:
         """Put llama.cpp's quantization of ``loaded`` into its model for the block; yield (model, report).
         ``target_codes``: T's quantized tensors from an earlier ``apply`` on T (else T is quantized here)."""
         if tuple(skip_modules) != DEFAULT_SKIP:
@@ -225,13 +225,13 @@ class GgufBackend:
         originals = load_into(model, weights)
         del weights
         try:
-            base = QuantReport.from_counts(self.spec, self.name, names, totals, has_target=target is not None,
+            base = QuantDetails.from_counts(self.spec, self.name, names, totals, has_target=target is not None,
                                            seconds=time.perf_counter() - start)
-            report = GgufReport(**vars(base), preset=self.spec.scheme or "", tensor_types=type_counts(tensors),
+            details = GgufDetails(**vars(base), preset=self.spec.scheme or "", tensor_types=type_counts(tensors),
                                 seconds_convert=t_convert, seconds_quantize=t_quantize)
-            report.small_delta_fraction = report.same_cell_fraction = None
+            details.small_delta_fraction = details.same_cell_fraction = None
             self.codes = tensors if target is None else None
-            yield model, report
+            yield model, details
         finally:
             restore(model, originals)
 

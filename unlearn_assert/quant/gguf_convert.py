@@ -42,7 +42,7 @@ import gguf
 import numpy as np
 
 from ..errors import QuantizerError
-from .base import QuantReport
+from .base import QuantDetails
 from .gguf_header import ARCHITECTURES, PERMUTED_QK, SUPPORTED_TEXT, gguf_name
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -296,8 +296,8 @@ FLOAT_TYPE_IDS = frozenset({int(gguf.GGMLQuantizationType.F32), int(gguf.GGMLQua
 
 
 @dataclass
-class GgufReport(QuantReport):
-    """A :class:`QuantReport` with llama.cpp's choices: the tensor types of the file and the preset."""
+class GgufDetails(QuantDetails):
+    """A :class:`QuantDetails` with llama.cpp's choices: the tensor types of the file and the preset."""
 
     preset: str = ""
     tensor_types: dict[str, int] = field(default_factory=dict)

@@ -44,7 +44,7 @@ from torch import nn
 
 from ..errors import QuantizerError
 from ..variants.quantizers import QuantSpec
-from .base import DEFAULT_SKIP, QuantReport, layer_weight, skipped
+from .base import DEFAULT_SKIP, QuantDetails, layer_weight, skipped
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..models import LoadedModel
@@ -121,7 +121,7 @@ class HqqBackend:
     def apply(
         self, loaded: LoadedModel, *, target: LoadedModel | None = None, skip_modules: Sequence[str] = DEFAULT_SKIP,
         calibration: Calibration | None = None, target_codes: Any = None,
-    ) -> Iterator[tuple[Any, QuantReport]]:
+    ) -> Iterator[tuple[Any, QuantDetails]]:
         """Swap ``HQQLinear`` modules into ``loaded.model`` for the block; yield (model, report).
         ``calibration`` and ``target_codes`` are ignored (see :class:`~.base.Backend`)."""
         start = time.perf_counter()
@@ -149,9 +149,9 @@ class HqqBackend:
                     parent, _, child = name.rpartition(".")
                     setattr(model.get_submodule(parent) if parent else model, child, layer)
                     self.swapped[name] = module
-            report = QuantReport.from_counts(self.spec, self.name, list(self.swapped), totals,
+            details = QuantDetails.from_counts(self.spec, self.name, list(self.swapped), totals,
                                              has_target=target is not None, seconds=time.perf_counter() - start)
-            yield model, report
+            yield model, details
         finally:
             for name, original in self.swapped.items():
                 parent, _, child = name.rpartition(".")

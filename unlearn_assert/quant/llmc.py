@@ -84,7 +84,7 @@ from llmcompressor.modifiers.quantization import GPTQModifier, QuantizationModif
 
 from ..errors import QuantizerError  # noqa: E402
 from ..variants.quantizers import QuantSpec  # noqa: E402
-from .base import DEFAULT_SKIP, QuantReport, layer_weight, skipped  # noqa: E402
+from .base import DEFAULT_SKIP, QuantDetails, layer_weight, skipped  # noqa: E402
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..models import LoadedModel
@@ -263,7 +263,7 @@ class LlmcBackend:
         skip_modules: Sequence[str] = DEFAULT_SKIP,
         calibration: Calibration | None = None,
         target_codes: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
-    ) -> Iterator[tuple[Any, QuantReport]]:
+    ) -> Iterator[tuple[Any, QuantDetails]]:
         """Quantize a copy of ``loaded.model`` for the block; yield (copy, report). Without a
         target the model's own codes stay in ``self.codes`` (for a later U's ``target_codes``)."""
         if calibration is None:
@@ -298,12 +298,12 @@ class LlmcBackend:
                         if self.reports_small_delta:
                             step = t_scale.float().to(w.device).repeat_interleave(self.spec.group_size, dim=1)[:, : w.shape[1]]  # type: ignore[arg-type]
                             totals[3] += int(((w.float() - t_w.float()).abs() < step / 2).sum())
-            report = QuantReport.from_counts(self.spec, self.name, names, totals, has_target=target is not None,
+            details = QuantDetails.from_counts(self.spec, self.name, names, totals, has_target=target is not None,
                                              seconds=time.perf_counter() - start)
-            report.same_cell_fraction = None
+            details.same_cell_fraction = None
             if not self.reports_small_delta:
-                report.small_delta_fraction = None
-            yield model, report
+                details.small_delta_fraction = None
+            yield model, details
         finally:
             del model
             gc.collect()

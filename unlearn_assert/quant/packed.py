@@ -84,7 +84,7 @@ def iter_dense(tensors: dict[str, torch.Tensor], method: str, bits: int, group_s
     every packed layer (``<name>.qweight`` ...) becomes ``<name>.weight`` in ``dtype`` (decoded in
     float32 one layer at a time), every other tensor passes through. ``group_size`` None means one
     group per row (a checkpoint's ``-1``); bits and format were validated with the checkpoint's
-    config (:func:`unlearn_assert.quant.artifact.read_checkpoint`)."""
+    config (:func:`unlearn_assert.quant.artifact.read_artifact`)."""
     layers = sorted(k[: -len(".qweight")] for k in tensors if k.endswith(".qweight"))
     if not layers:
         raise ModelError(f"{where}: no packed layer (<name>.qweight) in the weights; is this really a {method} checkpoint?")

@@ -37,7 +37,7 @@ import torch
 
 from ..errors import QuantizerError
 from ..variants.quantizers import BITS_RANGE, QuantSpec
-from .base import DEFAULT_SKIP, QuantReport, layer_weight, linear_layers
+from .base import DEFAULT_SKIP, QuantDetails, layer_weight, linear_layers
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..models import LoadedModel
@@ -218,7 +218,7 @@ class RTNBackend:
     def apply(
         self, loaded: LoadedModel, *, target: LoadedModel | None = None, skip_modules: Sequence[str] = DEFAULT_SKIP,
         calibration: Calibration | None = None, target_codes: Any = None,
-    ) -> Iterator[tuple[Any, QuantReport]]:
+    ) -> Iterator[tuple[Any, QuantDetails]]:
         """Quantize ``loaded.model`` in place for the duration of the block; yield (model, report).
         ``calibration`` and ``target_codes`` are ignored: RTN needs neither (see :class:`~.base.Backend`)."""
         model = loaded.model
@@ -236,9 +236,9 @@ class RTNBackend:
                     counts = _layer(weight, t_weight, self.spec)
                     totals = [a + (b or 0) for a, b in zip(totals, counts)]
                     names.append(name)
-            report = QuantReport.from_counts(self.spec, self.name, names, totals,
+            details = QuantDetails.from_counts(self.spec, self.name, names, totals,
                                              has_target=target is not None, seconds=time.perf_counter() - start)
-            yield model, report
+            yield model, details
         finally:
             with torch.no_grad():
                 for name, original in self.saved.items():

@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
-__all__ = ["apply_thread_budget", "thread_budget", "worker_device", "worker_index"]
+__all__ = ["apply_thread_budget", "divide_machine", "set_torch_threads", "thread_budget", "torch_threads", "worker_device",
+           "worker_index"]
 
 #: Environment variables with which a user fixes the thread count themselves.
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
@@ -62,11 +65,48 @@ def apply_thread_budget(workers: int) -> dict[str, Any]:
     if workers <= 1 or user is not None:
         return {"intra_op": torch.get_num_threads(), "inter_op": torch.get_num_interop_threads(),
                 "set_by": f"{user}={os.environ[user]}" if user else "torch's default"}
-    budget = thread_budget(workers)
-    torch.set_num_threads(budget)
-    try:
-        torch.set_num_interop_threads(1)
-    except RuntimeError:  # inter-op work already started in this process: it can no longer change
-        pass
+    set_torch_threads(thread_budget(workers), inter_op=1)
     return {"intra_op": torch.get_num_threads(), "inter_op": torch.get_num_interop_threads(),
             "set_by": f"unlearn-assert: {cores()} cores // {workers} workers"}
+
+
+def set_torch_threads(intra_op: int, inter_op: int | None = None) -> int:
+    """Set this process's torch threads (the one place that does); return the intra-op count it had. The
+    inter-op count can change only before inter-op work starts, so a late request leaves it as it is."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(intra_op)
+    if inter_op is not None:
+        try:
+            torch.set_num_interop_threads(inter_op)
+        except RuntimeError:  # inter-op work already started in this process: it can no longer change
+            pass
+    return before
+
+
+@contextmanager
+def torch_threads(intra_op: int | None = None) -> Iterator[None]:
+    """``intra_op`` torch threads for the block (None: as they are), and the count found before it afterwards,
+    whatever the block set."""
+    import torch
+
+    before = torch.get_num_threads()
+    if intra_op is not None:
+        set_torch_threads(intra_op)
+    try:
+        yield
+    finally:
+        set_torch_threads(before)
+
+
+def divide_machine(device: str, devices: tuple[int, ...], workerinput: Mapping[str, Any] | None) -> tuple[str, dict[str, Any]]:
+    """This process's device and threads in a run (``workerinput``: pytest-xdist's, None when serial),
+    and the record of both for the report's provenance."""
+    import torch
+
+    worker_id = (workerinput or {}).get("workerid")
+    workers = int((workerinput or {}).get("workercount", 1) or 1)
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    chosen = worker_device(device, devices, worker_index(worker_id), count)
+    return chosen, {"worker": worker_id or "main", "workers": workers, "threads": apply_thread_budget(workers), "device": chosen}

@@ -26,7 +26,7 @@ is written like this::
         roles = ("unlearned",)                      # a published file of U; there is no q(T) of it
         @classmethod
         def accepts(cls, variant, run):             # the artifact named `variant` is a .gguf file
-            a = run.checkpoint(variant)
+            a = run.artifact(variant)
             return a is not None and a.path.endswith(".gguf")
         def __init__(self, variant, run): ...
         def key_parts(self, role, inputs):          # the file's content, never its path

@@ -2,7 +2,7 @@
 
 Why a source of its own: the quantizer rows answer "what would a user's quantizer do to U"; a
 provider who publishes a quantized artifact must gate *that* file, made by their own pipeline. It is
-loaded as it is (:func:`unlearn_assert.quant.artifact.open_checkpoint`) and compared with U for its
+loaded as it is (:func:`unlearn_assert.quant.artifact.open_artifact`) and compared with U for its
 changed fraction; there is no T quantized by the same pipeline, so it has no q(T) row and no code
 agreement.
 """
@@ -20,15 +20,15 @@ from .base import Applied
 
 if TYPE_CHECKING:  # pragma: no cover
     from ...config import RunConfig
-    from ...quant.base import QuantReport
+    from ...quant.base import QuantDetails
     from ..inputs import Inputs
 
 
 @dataclass
 class ArtifactModel(LoadedModel):
-    """A loaded artifact with the report of what it changed, as the ``quantized`` fixture gives it."""
+    """A loaded artifact with the details of what it changed, as the ``quantized`` fixture gives it."""
 
-    report: QuantReport | None = None
+    details: QuantDetails | None = None
 
 
 class ArtifactSource:
@@ -38,10 +38,10 @@ class ArtifactSource:
 
     @classmethod
     def accepts(cls, variant: str, run: RunConfig) -> bool:
-        return run.checkpoint(variant) is not None
+        return run.artifact(variant) is not None
 
     def __init__(self, variant: str, run: RunConfig) -> None:
-        artifact = run.checkpoint(variant)
+        artifact = run.artifact(variant)
         if artifact is None:  # pragma: no cover - accepts() said otherwise
             raise ValueError(f"'{variant}' is not an --unlearn-quantized artifact")
         self.variant = variant
@@ -50,17 +50,17 @@ class ArtifactSource:
 
     def key_parts(self, role: Role, inputs: Inputs) -> dict[str, Any]:
         """The artifact's content (and through it, the model its changed fraction is measured against)."""
-        return {"quantizer": "checkpoint:" + inputs.artifact_fingerprint(self.variant, self.artifact.path)}
+        return {"variant": "artifact:" + inputs.artifact_fingerprint(self.variant, self.artifact.path)}
 
     @contextmanager
     def apply(self, role: Role, inputs: Inputs, handoff: Any = None) -> Iterator[Applied]:
-        from ...quant.artifact import open_checkpoint, read_checkpoint
+        from ...quant.artifact import open_artifact, read_artifact
 
         if role not in self.roles:
             raise ValueError(f"'{self.variant}' is your quantized unlearned checkpoint; there is no {role} version of it")
-        info = read_checkpoint(self.variant, self.artifact.path)
+        info = read_artifact(self.variant, self.artifact.path)
         run = self.run
-        with open_checkpoint(info, inputs.model("unlearned"), device=inputs.device, dtype=None if run.dtype == "auto" else run.dtype,
-                             known_fingerprint=inputs.artifact_fingerprint(self.variant, self.artifact.path)) as (loaded, report):
-            view = ArtifactModel(**vars(loaded), report=report)
-            yield Applied(view=view, quant=report.to_dict())
+        with open_artifact(info, inputs.model("unlearned"), device=inputs.device, dtype=None if run.dtype == "auto" else run.dtype,
+                          known_fingerprint=inputs.artifact_fingerprint(self.variant, self.artifact.path)) as (loaded, details):
+            view = ArtifactModel(**vars(loaded), details=details)
+            yield Applied(view=view, details=details.to_dict())

@@ -24,8 +24,9 @@ class Applied:
 
     #: what :func:`unlearn_assert.evaluate` measures (a quantized view, or a loaded artifact)
     view: LoadedModel | QuantizedModel
-    #: the row's ``quant`` record: the quantizer's report (``changed_fraction``, ``code_agreement``...)
-    quant: dict[str, Any] = field(default_factory=dict)
+    #: the row's details: what the source did (a quantizer's ``changed_fraction``, ``code_agreement``...;
+    #: an attack's training record)
+    details: dict[str, Any] = field(default_factory=dict)
     #: from ``apply(role="target")`` only: passed back as ``handoff`` to ``apply(role="unlearned")``
     handoff: Any = None
     #: the data to evaluate the view on, when not the run's (relearn-forget: only the held-out items)

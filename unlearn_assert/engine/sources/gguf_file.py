@@ -51,11 +51,11 @@ class GgufFileSource:
 
     @classmethod
     def accepts(cls, variant: str, run: RunConfig) -> bool:
-        artifact = run.checkpoint(variant)
+        artifact = run.artifact(variant)
         return artifact is not None and artifact.path.lower().endswith(".gguf")
 
     def __init__(self, variant: str, run: RunConfig) -> None:
-        artifact = run.checkpoint(variant)
+        artifact = run.artifact(variant)
         if artifact is None:  # pragma: no cover - accepts() said otherwise
             raise ValueError(f"'{variant}' is not an --unlearn-quantized file")
         self.variant = variant
@@ -64,7 +64,7 @@ class GgufFileSource:
 
     def key_parts(self, role: Role, inputs: Inputs) -> dict[str, Any]:
         """The file's content (its changed fraction is measured against U, which is in the key already)."""
-        return {"quantizer": "gguf-file:" + file_sha256(self.path)}
+        return {"variant": "gguf-file:" + file_sha256(self.path)}
 
     @contextmanager
     def apply(self, role: Role, inputs: Inputs, handoff: Any = None) -> Iterator[Applied]:
@@ -100,11 +100,11 @@ class GgufFileSource:
         originals = conv.load_into(model, weights)
         del weights, tensors
         try:
-            report = conv.GgufReport(quantizer=self.variant, backend="gguf-file", bits=None, group_size=None, symmetric=False, modules=names,
+            details = conv.GgufDetails(quantizer=self.variant, backend="gguf-file", bits=None, group_size=None, symmetric=False, modules=names,
                                 n_weights=n, changed_fraction=changed / n if n else 0.0, seconds=time.perf_counter() - start,
                                 preset=str(header.metadata.get("general.file_type", "")), tensor_types=header.types)
             view = ArtifactModel(model=model, tokenizer=loaded.tokenizer, path=self.path, fingerprint=file_sha256(self.path),
-                                 device=loaded.device, dtype=loaded.dtype, info={**loaded.info, "quantizer": self.variant}, report=report)
-            yield Applied(view=view, quant=report.to_dict())
+                                 device=loaded.device, dtype=loaded.dtype, info={**loaded.info, "quantizer": self.variant}, details=details)
+            yield Applied(view=view, details=details.to_dict())
         finally:
             conv.restore(model, originals)

@@ -23,7 +23,7 @@ class QuantizerSource:
 
     @classmethod
     def accepts(cls, variant: str, run: RunConfig) -> bool:
-        return run.checkpoint(variant) is None  # the kinds before it took theirs; the rest were validated as quantizer ids
+        return run.artifact(variant) is None  # the kinds before it took theirs; the rest were validated as quantizer ids
 
     def __init__(self, variant: str, run: RunConfig) -> None:
         self.variant = variant
@@ -33,7 +33,7 @@ class QuantizerSource:
     def key_parts(self, role: Role, inputs: Inputs) -> dict[str, Any]:
         """The canonical id (``rtn-w8-sym`` is ``rtn-w8``), the calibration text of GPTQ/AWQ, and for
         U the target: code agreement depends on it."""
-        parts: dict[str, Any] = {"quantizer": self.spec.canonical_id}
+        parts: dict[str, Any] = {"variant": self.spec.canonical_id}
         calibration = inputs.calibration() if self.calibrated else None
         if calibration is not None:
             parts["calibration"] = calibration.fingerprint
@@ -49,7 +49,7 @@ class QuantizerSource:
         target = inputs.model("target") if role == "unlearned" else None
         calibration = inputs.calibration() if self.calibrated else None
         with quantized(loaded, self.spec, target=target, calibration=calibration, target_codes=handoff) as q:
-            quant = q.report.to_dict()
+            details = q.details.to_dict()
             if calibration is not None:
-                quant["calibration"] = calibration.summary()
-            yield Applied(view=q, quant=quant, handoff=q.backend.codes if role == "target" else None)
+                details["calibration"] = calibration.summary()
+            yield Applied(view=q, details=details, handoff=q.backend.codes if role == "target" else None)

@@ -11,7 +11,7 @@ items whose source documents were not trained on (:mod:`unlearn_assert.data.link
 and the split). The source evaluates its view on a *restricted data view* (:attr:`Applied.data`:
 the run's data with those two splits cut to the held-out items; every other split whole) and
 renumbers the samples to the run data's item indices (:attr:`Applied.sample_ids`). The split, with
-the trained documents and the evaluated indices, is the row's ``quant["split"]``, re-checked
+the trained documents and the evaluated indices, is the row's ``details["split"]``, re-checked
 (:meth:`~unlearn_assert.data.links.RelearnSplit.check`) before every fine-tune.
 
 **Recovery compares like with like.** ``(m(relearn(U)) - m(U)) / (m(T) - m(U))`` takes m(U) and
@@ -62,7 +62,7 @@ class RelearnSource:
 
     @classmethod
     def accepts(cls, variant: str, run: RunConfig) -> bool:
-        return run.checkpoint(variant) is None and is_attack_id(variant)
+        return run.artifact(variant) is None and is_attack_id(variant)
 
     def __init__(self, variant: str, run: RunConfig) -> None:
         self.variant = variant
@@ -87,7 +87,7 @@ class RelearnSource:
     def key_parts(self, role: Role, inputs: Inputs) -> dict[str, Any]:
         """The canonical id, every training setting (they depend on the device: the weights' dtype), and the split."""
         split = self.split(inputs)
-        parts: dict[str, Any] = {"quantizer": self.spec.canonical_id, "attack": self.spec.settings(self._device(inputs))}
+        parts: dict[str, Any] = {"variant": self.spec.canonical_id, "attack": self.spec.settings(self._device(inputs))}
         if split is not None:
             parts["split"] = split[0].fingerprint
         return parts
@@ -134,14 +134,14 @@ class RelearnSource:
             view = LoadedModel(model=model, tokenizer=loaded.tokenizer, path=loaded.path, fingerprint=fingerprint,
                                device=device, dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
                                info={"attack": self.spec.canonical_id})
-            quant: dict[str, Any] = {"attack": "relearn", "id": self.spec.canonical_id, "settings": settings, "trained_on": trained_on,
+            details: dict[str, Any] = {"attack": "relearn", "id": self.spec.canonical_id, "settings": settings, "trained_on": trained_on,
                                      "training": result.to_dict(), "changed_fraction": changed, **extra}
             data, sample_ids = None, None
             if split is not None:
-                quant["split"] = split[0].to_dict()
+                details["split"] = split[0].to_dict()
                 data = restricted(inputs.data, split[0])
                 sample_ids = {m: list(ids) for m, ids in split[0].evaluated.items()}
-            yield Applied(view=view, quant=quant, data=data, sample_ids=sample_ids)
+            yield Applied(view=view, details=details, data=data, sample_ids=sample_ids)
 
     @contextmanager
     def _copy(self, loaded: LoadedModel, dtype: str) -> Iterator[tuple[Any, Any, dict[str, Any]]]:
