@@ -6,7 +6,8 @@ of its own layer or of a lower one; within a layer the imports must not form a c
 lowest first (a name stands for the module or for every module of the package it names):
 
 ====  ========================================================================================
-0     ``version``, ``errors``, ``names``: the vocabulary, and ``fs`` (broken-link facts), importing nothing of ours
+0     ``version``, ``errors``, ``names``: the vocabulary, ``fs`` (broken-link facts) and ``plain`` (plain data, digests),
+      importing nothing of ours
 1     ``data`` (MUSE files, their Hugging Face forms, items linked to forget documents), ``hardware``,
       ``variants`` (the id grammar: quantizer and attack ids, id lists), ``models`` (safe loading, fingerprints;
       torch only inside functions)
@@ -38,7 +39,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "unlearn_assert"
 ROOT = "unlearn_assert"
 
 LAYERS: dict[str, int] = {
-    "version": 0, "errors": 0, "names": 0, "fs": 0,
+    "version": 0, "errors": 0, "names": 0, "fs": 0, "plain": 0,
     "data": 1, "hardware": 1, "variants": 1, "models": 1,
     "cache": 2, "config": 2, "render.schema": 2, "quant.gguf_header": 2,
     "quant": 3, "quant.base": 3, "quant.calibration": 3, "quant.packed": 3, "testing": 3,

@@ -72,7 +72,7 @@ def make_report() -> dict[str, Any]:
         _row("target", "fp", 56.0, 60.0, 50.0, -98.5),
     ]
     verdicts = [
-        _verdict("fp", "forgetting", "passed", "fp gap verbmem_f 43.7 >= floor 5.0", 43.7, 5.0),
+        _verdict("fp", "verbmem_f", "passed", "verbmem_f dropped 43.7 points (floor 5)", 43.7, 5.0),
         _verdict("rtn-w4g128", "verbmem_f", "passed", "recovery 12.3% <= 25%", 0.1234, 0.25),
         _verdict("rtn-w4g128", "knowmem_f", "failed", "recovery 83.1% > budget 25%:\n quantization restores knowledge",
                  0.8312, 0.25),
@@ -360,7 +360,7 @@ def test_html_has_charts_tables_and_verdicts() -> None:
     assert "ROUGE-L F1 x100" in page and "privleak (%)" in page
     # failed verdicts are listed before passed ones
     verdicts = page[page.index('<ul class="verdicts">'):]
-    assert verdicts.index("test_budget[rtn-w4g128-knowmem_f]") < verdicts.index("test_budget[fp-forgetting]")
+    assert verdicts.index("test_budget[rtn-w4g128-knowmem_f]") < verdicts.index("test_budget[fp-verbmem_f]")
     assert verdicts.index("test_budget[rtn-w4g128-privleak]") < verdicts.index("test_budget[rtn-w8-knowmem_f]")
     # summary table: same verdict column as the terminal one; skipped row spans the metric columns
     summary = page[page.index('<table class="summary">'):page.index("</table>")]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 import sys
@@ -21,7 +20,8 @@ from torch import nn  # noqa: E402
 import unlearn_assert.quant as quant  # noqa: E402
 from unlearn_assert.errors import BackendUnavailable, ModelError, QuantizerError  # noqa: E402
 from unlearn_assert.models import LoadedModel, load_model  # noqa: E402
-from unlearn_assert.quant import QuantDetails, QuantSpec, get_backend, parse_quantizer_id, quantized, validate_quantizer_list  # noqa: E402
+from unlearn_assert.plain import digest  # noqa: E402
+from unlearn_assert.quant import QuantDetails, QuantSpec, get_backend, parse_quantizer_id, quantized  # noqa: E402
 from unlearn_assert.quant.rtn import RTNBackend, code_range, rtn_codes, rtn_params, rtn_quantize, rtn_step  # noqa: E402
 from unlearn_assert.variants.quantizers import BACKENDS, BNB_4BIT_BLOCKSIZE, BackendEntry, known_ids  # noqa: E402
 
@@ -181,14 +181,16 @@ def test_registering_a_backend_is_one_line(monkeypatch: pytest.MonkeyPatch) -> N
             parse_quantizer_id(bad)
 
 
-def test_validate_quantizer_list() -> None:
-    assert validate_quantizer_list("rtn-w4g128, rtn-w8") == ("rtn-w4g128", "rtn-w8")
-    assert validate_quantizer_list(" rtn-w4g128\n rtn-w3g64,rtn-w8 ") == ("rtn-w4g128", "rtn-w3g64", "rtn-w8")
+def test_validate_variant_list() -> None:
+    from unlearn_assert.variants import validate_variant_list
+
+    assert validate_variant_list("rtn-w4g128, rtn-w8") == ("rtn-w4g128", "rtn-w8")
+    assert validate_variant_list(" rtn-w4g128\n rtn-w3g64,rtn-w8 ") == ("rtn-w4g128", "rtn-w3g64", "rtn-w8")
     for text, match in [("", "no quantizers"), ("  ", "no quantizers"), ("rtn-w8,,rtn-w4g128", "empty entry"),
                         ("rtn-w8,", "empty entry"), ("rtn-w8 rtn-w8", "twice"), ("rtn-w8, rtn-w8-sym", "twice"),
                         ("rtn-w8, nope", "unknown quantizer 'nope'")]:
         with pytest.raises(QuantizerError, match=match):
-            validate_quantizer_list(text)
+            validate_variant_list(text)
 
 
 def test_get_backend() -> None:
@@ -264,7 +266,7 @@ def test_report_without_target_and_view_attributes(unlearned: LoadedModel) -> No
         data = json.loads(json.dumps(q.details.to_dict()))
         assert QuantDetails.from_dict(data) == q.details
         assert data["quantizer"] == "rtn-w8-sym" and data["bits"] == 8 and data["group_size"] is None
-        expected = hashlib.sha256(f"{unlearned.fingerprint}:rtn-w8".encode()).hexdigest()
+        expected = digest({"model": unlearned.fingerprint, "quantizer": "rtn-w8"})
         assert q.fingerprint == expected  # the canonical id: rtn-w8-sym and rtn-w8 are one model
     with quantized(unlearned, "rtn-w4g128") as q4:
         assert q4.fingerprint != expected
@@ -324,7 +326,7 @@ def test_skipping_everything_is_an_error_and_restores(unlearned: LoadedModel) ->
 def test_skip_modules_by_suffix(unlearned: LoadedModel) -> None:
     with quantized(unlearned, "rtn-w4g128", skip_modules=("lm_head", "down_proj")) as q:
         assert q.details.modules and not any(n.endswith(("down_proj", "lm_head")) for n in q.details.modules)
-        default = hashlib.sha256(f"{unlearned.fingerprint}:rtn-w4g128".encode()).hexdigest()
+        default = digest({"model": unlearned.fingerprint, "quantizer": "rtn-w4g128"})
         assert q.fingerprint != default  # different weights, different cache key
 
 

@@ -10,7 +10,6 @@ copied checkpoint hits the cache and a changed byte misses it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -19,6 +18,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from .plain import Digest, digest
 from .version import __version__
 
 # Bump when a change to the metrics or quantizers changes numbers without changing the version.
@@ -33,11 +33,7 @@ def default_cache_dir() -> Path:
 
 def cache_key(parts: Mapping[str, Any]) -> str:
     """sha256 of the canonical JSON of ``parts`` plus the package version and cache format."""
-    payload = dict(parts)
-    payload["unlearn_assert"] = __version__
-    payload["cache_format"] = CACHE_FORMAT
-    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
+    return digest({**parts, "unlearn_assert": __version__, "cache_format": CACHE_FORMAT})
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
@@ -119,30 +115,33 @@ class ResultCache:
 
 
 class FingerprintCache:
-    """Remembers a model directory's content fingerprint by the (name, size, mtime_ns) of its files,
-    so that an unchanged 15 GB checkpoint is not re-hashed on every CI run. Any change to any file's
-    size or modification time forces a full re-hash."""
+    """Remembers the content fingerprint of a model directory (or of one file, a GGUF) by the (name, size,
+    mtime_ns) of its files, so that an unchanged 15 GB checkpoint is not re-hashed on every CI run. Any
+    change to any file's size or modification time forces a full re-hash. With the result cache off
+    (``--unlearn-no-cache``) it still remembers within the process."""
 
     def __init__(self, cache: ResultCache) -> None:
         self.cache = cache
+        self._known: dict[str, str] = {}
 
     @staticmethod
-    def _stat_signature(directory: Path) -> list[tuple[str, int, int]]:
-        out = []
-        for p in sorted(directory.iterdir()):
-            if p.is_file():
-                st = p.stat()
-                out.append((p.name, st.st_size, st.st_mtime_ns))
-        return out
+    def _stat_signature(path: Path) -> list[tuple[str, int, int]]:
+        files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file())
+        return [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
 
-    def fingerprint(self, directory: str | os.PathLike[str]) -> str:
+    def fingerprint(self, path: str | os.PathLike[str]) -> str:
+        """A model directory's fingerprint (:func:`unlearn_assert.models.fingerprint`), or a file's sha256."""
         from .models import fingerprint
 
-        path = Path(directory).resolve()
-        key = cache_key({"kind": "fingerprint", "path": str(path), "files": self._stat_signature(path)})
+        where = Path(path).resolve()
+        key = cache_key({"kind": "fingerprint", "path": str(where), "files": self._stat_signature(where)})
+        if key in self._known:
+            return self._known[key]
         hit = self.cache.get(key)
         if hit is not None and isinstance(hit.get("sha256"), str):
-            return str(hit["sha256"])
-        value = fingerprint(path)
-        self.cache.put(key, {"sha256": value})
+            value = str(hit["sha256"])
+        else:
+            value = Digest().file(where).hexdigest() if where.is_file() else fingerprint(where)
+            self.cache.put(key, {"sha256": value})
+        self._known[key] = value
         return value

@@ -8,7 +8,6 @@ every way a directory can be wrong into one line that says what to do about it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import struct
@@ -22,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import ConfigError, ModelError
 from .fs import link_problem, user_path
 from .names import DTYPES
+from .plain import Digest
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -40,7 +40,6 @@ TOKENIZER_FILES = (
     "chat_template.jinja",
 )
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
-_CHUNK = 1 << 20
 
 
 @dataclass
@@ -205,7 +204,7 @@ def read_weight_headers(directory: Path) -> dict[str, tuple[int, ...]]:
 
 def read_model_files(path: str, where: str, fix: str) -> tuple[Path, dict[str, Any], dict[str, tuple[int, ...]]]:
     """(directory, config.json, {tensor name: shape}) of a Hugging Face model directory, from its files
-    alone (no torch): the option-time read of ``--unlearn-quantized NAME=DIR`` (:mod:`.quant.checkpoint`)
+    alone (no torch): the option-time read of ``--unlearn-quantized NAME=DIR`` (:mod:`.quant.artifact`)
     and of the target a ``NAME=FILE.gguf`` is checked against (:mod:`.quant.gguf_header`). Every problem
     is one :class:`ConfigError` line starting with ``where``: the directory's shape, a truncated or
     corrupt safetensors file (as for ``--unlearn-model``), an unreadable config.json (ending with ``fix``)."""
@@ -282,14 +281,10 @@ def fingerprint(path: str | os.PathLike[str]) -> str:
     directory = Path(path)
     names = [n for n in CONFIG_FILES + TOKENIZER_FILES if (directory / n).is_file()]
     names += [p.name for p in weight_files(directory) or _pickle_files(directory)]
-    digest = hashlib.sha256()
+    content = Digest()
     for name in sorted(set(names)):
-        digest.update(name.encode() + b"\0")
-        with (directory / name).open("rb") as fh:
-            while chunk := fh.read(_CHUNK):
-                digest.update(chunk)
-        digest.update(b"\0")
-    return digest.hexdigest()
+        content.text(name).data(b"\0").file(directory / name).data(b"\0")
+    return content.hexdigest()
 
 
 # --------------------------------------------------------------------------- loading

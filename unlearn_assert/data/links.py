@@ -22,21 +22,18 @@ text repeated back. MUSE's layout does not link items to documents, so the link 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..errors import ConfigError, DataError
+from ..plain import digest
 from ..variants.attacks import is_attack_id, parse_attack_id
 from .muse import DOC_JOINER, RAW_FORGET_HINT, RAW_RETAIN_HINT, MuseData
 
 __all__ = ["ItemLinks", "RelearnSplit", "forget_documents", "forget_split", "link_items", "precheck_relearn", "relearn_split", "restricted"]
 
-#: The forget metrics a relearn-forget row restricts, and the MuseData split each is computed on.
-SPLIT_FIELDS: dict[str, str] = {"verbmem_f": "verbmem_forget", "knowmem_f": "knowmem_forget_qa"}
 _WORD = re.compile(r"\w+")
 
 
@@ -114,7 +111,7 @@ class RelearnSplit:
 
     @property
     def fingerprint(self) -> str:
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+        return digest(self.to_dict())
 
     def check(self, links: ItemLinks) -> None:
         """Fail loudly if an evaluated item is linked to a trained document, or is unlinked (a bug, never bad input)."""
@@ -201,5 +198,5 @@ def restricted(data: MuseData, split: RelearnSplit) -> MuseData:
     its fingerprint names the cut."""
     verb = tuple(data.verbmem_forget[i] for i in split.evaluated["verbmem_f"])
     qa = tuple(data.knowmem_forget_qa[i] for i in split.evaluated["knowmem_f"])
-    digest = hashlib.sha256(f"{data.fingerprint}:relearn-split:{split.fingerprint}".encode()).hexdigest()
-    return replace(data, fingerprint=digest, verbmem_forget=verb, knowmem_forget_qa=qa)
+    cut = digest({"data": data.fingerprint, "relearn_split": split.fingerprint})
+    return replace(data, fingerprint=cut, verbmem_forget=verb, knowmem_forget_qa=qa)

@@ -15,7 +15,6 @@ no transformers. Why it only reads: the directory may be shared, read-only or a 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -25,6 +24,7 @@ from typing import Any
 
 from ..errors import ConfigError, DataError
 from ..fs import user_path
+from ..plain import Digest, digest
 
 __all__ = [
     "CONTENT_FIELDS",
@@ -55,8 +55,6 @@ RAW_RETAIN = "raw/retain.txt"
 RAW_FORGET_JSON = "raw/forget.json"
 RAW_RETAIN_JSON = "raw/retain.json"
 RAW_RETAIN_PARTS = ("raw/retain1", "raw/retain2")  # MUSE's order: retain1 then retain2
-#: recognised as part of MUSE's layout but never read (no metric, unlearning or calibration uses it)
-RAW_HOLDOUT = ("raw/holdout.json", "raw/holdout.txt")
 #: the joiner of MUSE's .txt twins (load_data.py: write_text("\n\n".join(raw), ...))
 DOC_JOINER = "\n\n"
 
@@ -169,7 +167,7 @@ class MuseData:
             privleak_forget=self.privleak_forget[:n],
             privleak_holdout=self.privleak_holdout[:n],
             privleak_retain=None if self.privleak_retain is None else self.privleak_retain[:n],
-            fingerprint=hashlib.sha256(f"{self.fingerprint}:max={n}".encode()).hexdigest(),
+            fingerprint=digest({"data": self.fingerprint, "max_samples": n}),
         )
 
     @property
@@ -213,19 +211,18 @@ def content_fingerprint(values: Mapping[str, Any]) -> str:
     one, so no two different data sets produce the same stream. Paths, file names, JSON formatting,
     extra keys/columns and the form are deliberately left out: they do not change what is measured.
     """
-    digest = hashlib.sha256(f"{_FINGERPRINT_VERSION}\0".encode())
+    content = Digest().text(f"{_FINGERPRINT_VERSION}\0")
     for name in CONTENT_FIELDS:
         split = values.get(name)
         if split is None:
-            digest.update(f"{name}:absent;".encode())
+            content.text(f"{name}:absent;")
             continue
-        digest.update(f"{name}:{len(split)}:".encode())
+        content.text(f"{name}:{len(split)}:")
         for item in split:
             for text in _item_strings(item):
                 data = text.encode("utf-8")
-                digest.update(f"{len(data)}:".encode())
-                digest.update(data)
-    return digest.hexdigest()
+                content.text(f"{len(data)}:").data(data)
+    return content.hexdigest()
 
 
 def data_fingerprint(path: str | os.PathLike[str]) -> str:

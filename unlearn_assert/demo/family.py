@@ -28,7 +28,6 @@ Nothing here imports torch at module level: config.py resolves ``demo:NAME`` laz
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -42,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, UnlearnAssertError
 from ..fs import user_path
+from ..plain import digest
 from ..unlearning.settings import UnlearnSettings
 from .corpus import CORPUS_VERSION, TRAIN_FORGET, CorpusSpec, training_forget_text, training_texts, write_corpus
 
@@ -147,8 +147,7 @@ class DemoRecipe:
 
     def key(self) -> str:
         """First 16 hex digits of the sha256 of the canonical JSON of the recipe (version included)."""
-        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        return digest(self.to_dict())[:16]
 
     @property
     def names(self) -> tuple[str, ...]:

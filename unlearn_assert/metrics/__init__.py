@@ -13,7 +13,6 @@ with :func:`compute_auc` on the retrain model (source "retrain"), or takes it fr
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections.abc import Iterable, Iterator
@@ -24,6 +23,7 @@ from typing import Any
 from ..config import REFERENCE_AUC_RANGE, reference_auc_ok
 from ..errors import ConfigError, ModelError
 from ..names import METRICS
+from ..plain import plain
 from .knowmem import KNOWMEM_MAX_NEW_TOKENS
 from .privleak import MIN_K_RATIO
 from .verbmem import VERBMEM_MAX_NEW_TOKENS
@@ -62,10 +62,10 @@ class Evaluation:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON data: dicts, lists, str, int, float, bool, None (non-finite floats -> None)."""
         return {
-            "values": _plain(self.values),
-            "ci": _plain({k: list(v) for k, v in self.ci.items()}),
-            "samples": _plain(self.samples),
-            "extras": _plain(self.extras),
+            "values": plain(self.values),
+            "ci": plain({k: list(v) for k, v in self.ci.items()}),
+            "samples": plain(self.samples),
+            "extras": plain(self.extras),
         }
 
     @classmethod
@@ -77,21 +77,6 @@ class Evaluation:
             samples=dict(data.get("samples", {})),
             extras=dict(data.get("extras", {})),
         )
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, bool) or value is None or isinstance(value, str):
-        return value
-    if isinstance(value, int) or hasattr(value, "__index__"):  # numpy integers too
-        return int(value)
-    if isinstance(value, float) or hasattr(value, "__float__"):
-        number = float(value)
-        return number if math.isfinite(number) else None
-    return str(value)
 
 
 # --------------------------------------------------------------------------- argument checks

@@ -11,7 +11,6 @@ backends are imported only when one of their quantizers is used (see :data:`BACK
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,7 +18,8 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any, cast
 
 from ..errors import BackendUnavailable, QuantizerError
-from ..variants.quantizers import BACKENDS, BackendEntry, QuantSpec, known_ids, parse_quantizer_id, validate_quantizer_list
+from ..plain import digest
+from ..variants.quantizers import BACKENDS, BackendEntry, QuantSpec, known_ids, parse_quantizer_id
 from .base import DEFAULT_SKIP, Backend, QuantDetails
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -38,7 +38,6 @@ __all__ = [
     "known_ids",
     "parse_quantizer_id",
     "quantized",
-    "validate_quantizer_list",
 ]
 
 @dataclass
@@ -123,18 +122,18 @@ def _check_placement(loaded: LoadedModel, spec: QuantSpec) -> None:
 
 def quant_fingerprint(source_fingerprint: str, spec: QuantSpec, skip_modules: Sequence[str] = DEFAULT_SKIP,
                       calibration: Calibration | None = None) -> str:
-    """sha256 of source fingerprint + ":" + quantizer: a cache key for results on the quantized model.
+    """The fingerprint of the quantized model: the source's and the quantizer's, a cache key for its results.
 
     The canonical id is used (``rtn-w8-sym`` is ``rtn-w8``); non-default ``skip_modules`` change
     the weights, so they are part of the key, and so does the calibration text of a calibrated
     backend (GPTQ, AWQ). The target only changes the report, not the model.
     """
-    text = f"{source_fingerprint}:{spec.canonical_id}"
+    parts: dict[str, Any] = {"model": source_fingerprint, "quantizer": spec.canonical_id}
     if tuple(skip_modules) != DEFAULT_SKIP:
-        text += f":skip={','.join(skip_modules)}"
+        parts["skip"] = list(skip_modules)
     if calibration is not None and BACKENDS[spec.backend].calibrated:
-        text += f":calibration={calibration.fingerprint}"
-    return hashlib.sha256(text.encode()).hexdigest()
+        parts["calibration"] = calibration.fingerprint
+    return digest(parts)
 
 
 @contextmanager

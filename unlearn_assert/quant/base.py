@@ -1,6 +1,6 @@
 """The backend contract: what every quantizer backend is, what it reports, and the helpers all share.
 
-A backend (``rtn``, ``bnb``, ``hqq``, ``gptq``/``awq``, and next ``gguf``) is built from a parsed
+A backend (``rtn``, ``bnb``, ``hqq``, ``gptq``/``awq``, ``gguf``) is built from a parsed
 quantizer id by the registry (:data:`unlearn_assert.variants.quantizers.BACKENDS`) and quantizes one loaded
 model for the duration of a ``with`` block (:meth:`Backend.apply`). What it must prove is the same
 for all of them, so it is written down here once: the :class:`QuantDetails` (did the quantizer take

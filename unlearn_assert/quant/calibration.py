@@ -25,7 +25,6 @@ Why these rules:
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..fs import user_path
+from ..plain import Digest, digest
 
 #: At most this many calibration windows (GPTQ's paper: 128).
 N_SAMPLES = 128
@@ -56,10 +56,8 @@ class Calibration:
 
     @property
     def fingerprint(self) -> str:
-        h = hashlib.sha256(f"calibration:v1:{self.n_samples}:{self.seq_len}:{len(self.texts)}".encode())
-        for text in self.texts:
-            h.update(hashlib.sha256(text.encode()).digest())
-        return h.hexdigest()
+        texts = [Digest().text(text).hexdigest() for text in self.texts]
+        return digest({"calibration": 2, "n_samples": self.n_samples, "seq_len": self.seq_len, "texts": texts})
 
     def summary(self) -> dict[str, Any]:
         """What the report records: where the text came from, how it was sampled, its hash."""

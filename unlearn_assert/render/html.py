@@ -22,7 +22,8 @@ from markupsafe import Markup, escape
 
 from ..cache import atomic_write_text
 from ..names import FORGET_METRICS, METRICS
-from .schema import ReportDict, RowDict, json_safe
+from ..plain import plain
+from .schema import ReportDict, RowDict
 from .terminal import (
     HEADERS,
     fmt_num,
@@ -67,7 +68,7 @@ def _environment() -> jinja2.Environment:
 def embed_json(report: Mapping[str, Any]) -> Markup:
     """The report as JSON that is safe inside ``<script type="application/json">``: ``<``, ``>`` and
     ``&`` only occur inside JSON strings, where their \\u escapes decode to the same text."""
-    text = json.dumps(json_safe(report), ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    text = json.dumps(plain(report), ensure_ascii=False, allow_nan=False, separators=(",", ":"))
     text = text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
     return Markup(text)
 
@@ -279,7 +280,7 @@ def provenance_items(report: ReportDict) -> list[tuple[str, str]]:
         if isinstance(v, list):
             return ", ".join(map(str, v))
         if isinstance(v, dict):  # calibration, quantized checkpoints
-            return json.dumps(json_safe(v), ensure_ascii=False) if v else "-"
+            return json.dumps(plain(v), ensure_ascii=False) if v else "-"
         return "-" if v is None else str(v)
 
     items.append(("settings", "; ".join(f"{k}: {setting(v)}" for k, v in settings.items()) or "-"))
@@ -287,7 +288,7 @@ def provenance_items(report: ReportDict) -> list[tuple[str, str]]:
              "budgets", "settings"}
     for key, value in prov.items():  # fields added later still show up, as compact JSON
         if key not in shown:
-            items.append((key, value if isinstance(value, str) else json.dumps(json_safe(value), ensure_ascii=False)))
+            items.append((key, value if isinstance(value, str) else json.dumps(plain(value), ensure_ascii=False)))
     return items
 
 

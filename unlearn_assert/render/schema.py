@@ -1,6 +1,6 @@
 """The JSON report, schema_version 1: typed shape, validation, loading and atomic writing.
 
-The report is one plain-data dict (``unlearn_assert.gate.Report.to_dict()``); every renderer (terminal, HTML) and every
+The report is one plain-data dict (``unlearn_assert.engine.Report.to_dict()``); every renderer (terminal, HTML) and every
 outside tool reads only this dict, so its shape is written down here once. Keys listed as required
 in ``DESIGN.md`` ("JSON report") are checked by :func:`validate_report`; the others are optional so
 that older or partial reports still render. Adding keys is free; renaming or removing one needs a
@@ -12,7 +12,6 @@ Pure Python on purpose (no torch): ``unlearn-assert report`` must work on a mach
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any, Literal, TypedDict, cast
 from ..cache import atomic_write_text
 from ..errors import UnlearnAssertError
 from ..names import FORGET_METRICS, METRICS, OUTCOMES, ROLES, ROW_STATUSES, VERDICT_POLICIES
+from ..plain import plain
 
 SCHEMA_VERSION = 1
 #: What a verdict's estimate, ci and budget are about (``VerdictDict.figure``).
@@ -126,12 +126,6 @@ class QuantInfo(TypedDict, total=False):
     n_weights: int  # number of quantized weights
 
 
-class AttackAucs(TypedDict, total=False):
-    loss: float  # ROC AUC of the loss attack (forget=0, holdout=1; MUSE orientation)
-    zlib: float  # ROC AUC of the zlib-normalised loss attack
-    # "mink++": float  -- ROC AUC of Min-K%++ (not an identifier, so not a TypedDict field)
-
-
 class RecoveryValues(TypedDict):
     verbmem_f: float | None  # (m(q(U)) - m(U)) / (m(T) - m(U)) as a fraction: 0.83 = 83% came back
     knowmem_f: float | None  # same for knowmem_f; None when the denominator is below the floor
@@ -185,8 +179,8 @@ class _VerdictRequired(TypedDict):
 
 
 class VerdictDict(_VerdictRequired, total=False):
-    quantizer: str  # quantizer id, or "fp" for the full-precision "forgetting" check
-    check: str  # "verbmem_f", "knowmem_f", "utility", "privleak" or "forgetting"
+    quantizer: str  # the variant: a quantizer or attack id, an artifact's name, or "fp" (full precision)
+    check: str  # "verbmem_f", "knowmem_f", "utility" or "privleak" (names.CHECKS)
     outcome: Literal["passed", "failed", "skipped"]  # the pytest outcome
     value: float | None  # the checked quantity (recovery fraction, utility ratio, privleak %, fp drop in points)
     budget: float | None  # the bound it was checked against, same unit as value (for privleak: |value| <= budget)
@@ -451,21 +445,9 @@ def load_report(path: str | os.PathLike[str]) -> ReportDict:
         raise ReportError(f"{p}: {exc}") from None
 
 
-def json_safe(obj: Any) -> Any:
-    """A copy of ``obj`` with NaN/inf floats replaced by None: strict JSON that every parser (and a
-    browser's JSON.parse) accepts; the report never needs to distinguish NaN from missing."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    return obj
-
-
 def dumps_report(report: Mapping[str, Any]) -> str:
     """The report as strict, human-readable JSON (UTF-8 text, 2-space indent, trailing newline)."""
-    return json.dumps(json_safe(report), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+    return json.dumps(plain(report), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
 
 
 def write_json(report: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:

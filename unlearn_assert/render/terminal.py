@@ -267,7 +267,7 @@ def compute_line(report: ReportDict) -> str | None:
 
 def summary_line(report: ReportDict) -> str:
     """One line for the end of a run, e.g. "unlearn-assert: 3 of 12 budget checks failed
-    (rtn-w4g128: knowmem_f, verbmem_f; fp: forgetting)"."""
+    (rtn-w4g128: knowmem_f, verbmem_f; fp: knowmem_f)"."""
     verdicts = report.get("verdicts", [])
     if not verdicts:
         return "unlearn-assert: no budget checks ran"

@@ -2,8 +2,9 @@
 
 Why one list: every variant (``rtn-w4g64``, ``relearn-forget-50``) becomes the same rows, items and
 budget keys, so ``--unlearn-quantizers`` accepts both (and ``--unlearn-attacks`` is its alias for
-attacks). Each id is parsed by its own grammar (:mod:`.quant.spec`, :mod:`.attacks`); this module
-only splits, dispatches and refuses duplicates. Pure Python.
+attacks). Each id is parsed by its own grammar (:mod:`.quantizers`, :mod:`.attacks`); this package's
+``__init__`` only splits, dispatches and refuses duplicates. Pure Python: the plugin parses ids while
+pytest parses options, so a typo fails in milliseconds.
 """
 
 from __future__ import annotations

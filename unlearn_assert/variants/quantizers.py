@@ -238,8 +238,3 @@ def split_id_list(text: str, canonical: Callable[[str], str], what: str, example
             seen[key] = vid
             ids.append(vid)
     return tuple(ids)
-
-
-def validate_quantizer_list(text: str) -> tuple[str, ...]:
-    """Quantizer ids from an option value (see :func:`split_id_list`)."""
-    return split_id_list(text, lambda qid: parse_quantizer_id(qid).canonical_id, "quantizer", ", ".join(known_ids()[:2]))

@@ -54,7 +54,8 @@ class Source(Protocol):
 
 
 class SourceKind(Source, Protocol):
-    """A kind of source, as :data:`SOURCE_KINDS` holds it: it says which variants are its own."""
+    """A kind of source, as :data:`~unlearn_assert.engine.sources.SOURCE_KINDS` holds it: it says which variants
+    are its own."""
 
     @classmethod
     def accepts(cls, variant: str, run: RunConfig) -> bool: ...

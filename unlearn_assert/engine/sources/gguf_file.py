@@ -11,8 +11,6 @@ the report has the changed fraction against ``--unlearn-model`` and the file's t
 
 from __future__ import annotations
 
-import hashlib
-import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,20 +26,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..inputs import Inputs
 
 GGUF_INSTALL = "pip install 'unlearn-assert[gguf]'"
-_SHA: dict[tuple[str, int, int], str] = {}
-
-
-def file_sha256(path: str) -> str:
-    """sha256 of the file's bytes, once per (path, size, mtime) in this process (a file is GBs)."""
-    st = os.stat(path)
-    key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
-    if key not in _SHA:
-        digest = hashlib.sha256()
-        with open(path, "rb") as fh:
-            while chunk := fh.read(1 << 20):
-                digest.update(chunk)
-        _SHA[key] = digest.hexdigest()
-    return _SHA[key]
 
 
 class GgufFileSource:
@@ -64,7 +48,7 @@ class GgufFileSource:
 
     def key_parts(self, role: Role, inputs: Inputs) -> dict[str, Any]:
         """The file's content (its changed fraction is measured against U, which is in the key already)."""
-        return {"variant": "gguf-file:" + file_sha256(self.path)}
+        return {"variant": "gguf-file:" + inputs.artifact_fingerprint(self.variant, self.path)}
 
     @contextmanager
     def apply(self, role: Role, inputs: Inputs, handoff: Any = None) -> Iterator[Applied]:
@@ -103,7 +87,7 @@ class GgufFileSource:
             details = conv.GgufDetails(quantizer=self.variant, backend="gguf-file", bits=None, group_size=None, symmetric=False, modules=names,
                                 n_weights=n, changed_fraction=changed / n if n else 0.0, seconds=time.perf_counter() - start,
                                 preset=str(header.metadata.get("general.file_type", "")), tensor_types=header.types)
-            view = ArtifactModel(model=model, tokenizer=loaded.tokenizer, path=self.path, fingerprint=file_sha256(self.path),
+            view = ArtifactModel(model=model, tokenizer=loaded.tokenizer, path=self.path, fingerprint=inputs.artifact_fingerprint(self.variant, self.path),
                                  device=loaded.device, dtype=loaded.dtype, info={**loaded.info, "quantizer": self.variant}, details=details)
             yield Applied(view=view, details=details.to_dict())
         finally:

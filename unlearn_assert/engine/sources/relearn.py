@@ -33,8 +33,6 @@ from __future__ import annotations
 
 import copy
 import gc
-import hashlib
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -42,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 from ...errors import BackendUnavailable, UnlearnAssertError
 from ...models import LoadedModel
 from ...names import Role
+from ...plain import digest
 from ...variants.attacks import LORA_DEFAULTS, RelearnSpec, is_attack_id, parse_attack_id
 from .base import Applied
 
@@ -119,8 +118,8 @@ class RelearnSource:
             for note in split[0].notes:
                 inputs.progress(f"{self.variant}: {note}")
         text, trained_on = self._text(inputs)
-        fingerprint = hashlib.sha256(json.dumps([loaded.fingerprint, self.spec.canonical_id, settings,
-                                                 split[0].fingerprint if split else None], sort_keys=True).encode()).hexdigest()
+        fingerprint = digest({"model": loaded.fingerprint, "attack": self.spec.canonical_id, "settings": settings,
+                              "split": split[0].fingerprint if split else None})
         train = dict(steps=self.spec.steps, lr=settings["lr"], batch_size=settings["batch_size"], max_length=settings["max_length"],
                      seed=settings["seed"], device=device, weight_decay=settings["weight_decay"], what=f"{trained_on['corpus']} text",
                      progress=inputs.progress)
