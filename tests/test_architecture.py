@@ -17,7 +17,8 @@ lowest first (a name stands for the module or for every module of the package it
       ``quant.packed``, ``testing`` (tiny-model builders)
 4     ``quant.rtn|bnb|hqq|llmc|gguf|gguf_convert|artifact`` (backends, artifacts), ``metrics``,
       ``render`` (terminal and HTML renderers of a report)
-5     ``unlearning``, ``scaleout`` (the threads and GPU of one process of a parallel run, claims on rows)
+5     ``unlearning``, ``scaleout`` (the threads and GPU of one process of a parallel run, claims on rows),
+      ``benchmark`` (what a row measures: MUSE and the other benchmarks; its ``registry`` of names is layer 1)
 6     ``engine`` (inputs < sources < rows < derive < verdicts < report < views < runner)
 7     ``demo``
 8     ``plugin.session`` and the plugin's other parts (pytest-side state, the payload channel, the report writer)
@@ -45,7 +46,7 @@ LAYERS: dict[str, int] = {
     "quant": 3, "quant.base": 3, "quant.calibration": 3, "quant.packed": 3, "testing": 3,
     "quant.rtn": 4, "quant.bnb": 4, "quant.hqq": 4, "quant.llmc": 4, "quant.gguf": 4, "quant.gguf_convert": 4,
     "quant.artifact": 4, "metrics": 4, "render": 4,
-    "unlearning": 5, "scaleout": 5,
+    "unlearning": 5, "scaleout": 5, "benchmark": 5, "benchmark.registry": 1,
     "engine": 6,
     "demo": 7,
     "plugin.session": 8, "plugin.channel": 8, "plugin.writer": 8, "plugin.internal": 8,

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
+from unlearn_assert.benchmark.muse import reference_problem
 from unlearn_assert.config import REFERENCE_AUC_RANGE, ConfigError, parse_retrain_auc, reference_auc_ok
-from unlearn_assert.engine.derive import reference_problem
 
 
 def test_the_reference_auc_range_is_one_rule_for_the_option_the_library_and_the_report(target: Any, tiny_data: Any) -> None:

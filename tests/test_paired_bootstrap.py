@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from unlearn_assert.benchmark.muse import MuseBenchmark
 from unlearn_assert.config import Budget, parse_budget
 from unlearn_assert.engine.derive import Bootstrap, figures, figures_from_values, resolution
 from unlearn_assert.engine.rows import Row
@@ -147,18 +148,18 @@ def test_figures_from_rows_pair_the_items_and_match_the_point_values() -> None:
     t = make_row("target", FP, [60.0, 80.0, 70.0], [50.0, 40.0, 60.0], [40.0, 50.0, 30.0], [1.0, 2.0], [3.0, 4.0])
     u = make_row("unlearned", FP, [10.0, 30.0, 20.0], [10.0, 20.0, 15.0], [40.0, 45.0, 35.0], [2.0, 3.0], [3.0, 1.0])
     q = make_row("unlearned", "rtn-w4g128", [50.0, 60.0, 55.0], [20.0, 30.0, 25.0], [30.0, 40.0, 20.0], [1.0, 3.0], [2.0, 4.0])
-    figs = figures([t, u, q], option_auc=None)
+    figs = figures([t, u, q], MuseBenchmark())
     assert figs.recovery["rtn-w4g128"]["verbmem_f"] == pytest.approx((55 - 20) / (70 - 20))
     rec = figs.recovery_ci["rtn-w4g128"]["verbmem_f"]
     assert rec == paired_recovery_ci([50.0, 60.0, 55.0], [10.0, 30.0, 20.0], [60.0, 80.0, 70.0], key="verbmem_f",
                                      estimate=figs.recovery["rtn-w4g128"]["verbmem_f"])
     assert rec.lo <= 0.7 <= rec.hi and rec.n == 3
     assert figs.drop_ci["knowmem_f"].lo <= 35.0 <= figs.drop_ci["knowmem_f"].hi
-    assert figs.utility["rtn-w4g128"] == pytest.approx(30 / 40) and "rtn-w4g128" in figs.utility_ci
+    assert figs.utility["rtn-w4g128"]["knowmem_r"] == pytest.approx(30 / 40) and "rtn-w4g128" in figs.utility_ci
     assert figs.n == {"verbmem_f": 3, "knowmem_f": 3, "knowmem_r": 3, "privleak": 4}
-    assert set(figs.privleak_ci) == {("unlearned", FP), ("unlearned", "rtn-w4g128")}  # U's rows: the judged ones
+    assert set(figs.privacy_ci["privleak"]) == {("unlearned", FP), ("unlearned", "rtn-w4g128")}  # U's rows: the judged ones
     # no intervals without replicates, and the same point figures
-    bare = figures([t, u, q], option_auc=None, bootstrap=Bootstrap(replicates=0))
+    bare = figures([t, u, q], MuseBenchmark(), bootstrap=Bootstrap(replicates=0))
     assert not bare.recovery_ci and not bare.drop_ci and bare.recovery == figs.recovery
     # the resolution: half the width of the drop's interval over the drop
     res = figs.resolution["verbmem_f"]
@@ -171,16 +172,16 @@ def test_privleak_is_paired_with_the_retrain_model_and_has_no_interval_when_unde
     t = make_row("target", FP, [60.0, 80.0], [50.0, 40.0], [40.0, 50.0], [1.0, 2.0, 3.0], [3.0, 4.0, 2.5])
     u = make_row("unlearned", FP, [10.0, 30.0], [10.0, 20.0], [40.0, 45.0], [2.0, 3.0, 1.0], [3.0, 1.0, 2.0])
     r = make_row("retrain", FP, [10.0, 20.0], [5.0, 5.0], [40.0, 40.0], [2.0, 2.5, 3.0], [2.0, 3.0, 2.6])
-    figs = figures([t, u, r], option_auc=None)
-    assert figs.reference == (r.auc, "retrain")
-    assert figs.privleak_ci[("unlearned", FP)] == paired_privleak_ci(
+    figs = figures([t, u, r], MuseBenchmark())
+    assert figs.reference["privleak"] == (r.auc, "retrain")
+    assert figs.privacy_ci["privleak"][("unlearned", FP)] == paired_privleak_ci(
         [2.0, 3.0, 1.0], [3.0, 1.0, 2.0], reference_forget=[2.0, 2.5, 3.0], reference_holdout=[2.0, 3.0, 2.6],
         estimate=figs.values[("unlearned", FP)]["privleak"])
     # a "retrain" model that tells every forget text from every holdout text: AUC_R = 0, privleak undefined
     leaky = make_row("retrain", FP, [10.0, 20.0], [5.0, 5.0], [40.0, 40.0], [1.0, 1.0, 1.0], [5.0, 5.0, 5.0])
-    figs = figures([t, u, leaky], option_auc=None)
-    assert figs.reference == (0.0, "retrain") and figs.values[("unlearned", FP)]["privleak"] is None
-    assert figs.privleak_ci == {}
+    figs = figures([t, u, leaky], MuseBenchmark())
+    assert figs.reference["privleak"] == (0.0, "retrain") and figs.values[("unlearned", FP)]["privleak"] is None
+    assert figs.privacy_ci == {}
 
 
 def test_rows_that_scored_other_items_are_not_paired() -> None:
@@ -188,12 +189,12 @@ def test_rows_that_scored_other_items_are_not_paired() -> None:
     that lacks an item of the first cannot be paired with it, and that is an error, never a guess."""
     t = make_row("target", FP, [60.0, 80.0], [50.0, 40.0], [40.0, 50.0])
     u = make_row("unlearned", FP, [10.0, 30.0], [10.0, 20.0], [40.0, 45.0])
-    in_order = figures([t, u], option_auc=None).drop_ci["verbmem_f"]
+    in_order = figures([t, u], MuseBenchmark()).drop_ci["verbmem_f"]
     u.samples["verbmem_f"] = [{"id": 1, "score": 30.0}, {"id": 0, "score": 10.0}]  # another order
-    assert figures([t, u], option_auc=None).drop_ci["verbmem_f"] == in_order
+    assert figures([t, u], MuseBenchmark()).drop_ci["verbmem_f"] == in_order
     u.samples["verbmem_f"] = [{"id": 1, "score": 30.0}, {"id": 5, "score": 10.0}]  # other items
     with pytest.raises(UnlearnAssertError, match="cannot pair the verbmem_f items of target:fp and unlearned:fp"):
-        figures([t, u], option_auc=None)
+        figures([t, u], MuseBenchmark())
 
 
 def _fig(estimates: dict[str, float], interval: tuple[float, float] | None) -> Any:
@@ -329,7 +330,7 @@ def gate_rows(draw: Any) -> tuple[list[Row], Budget]:
 @given(gate_rows())
 def test_property_strict_passes_are_point_passes_are_lenient_passes(case: tuple[list[Row], Budget]) -> None:
     rows, budget = case
-    figs = figures(rows, option_auc=0.5, bootstrap=Bootstrap(replicates=200))
+    figs = figures(rows, MuseBenchmark(retrain_auc=0.5), bootstrap=Bootstrap(replicates=200))
     for variant in (FP, "rtn-w4g128"):
         for check in CHECKS:
             point, strict, lenient = (judge_item(variant, check, figs, budget, p) for p in VERDICT_POLICIES)
@@ -352,9 +353,9 @@ def test_property_intervals_are_invariant_to_the_order_of_the_items(case: tuple[
         forget, holdout = row.samples["privleak"][:m], row.samples["privleak"][m:]
         samples["privleak"] = [forget[i] for i in perm_f] + [holdout[i] for i in perm_h]
         shuffled.append(Row(role=row.role, variant=row.variant, values=row.values, samples=samples, auc=row.auc))
-    a, b = figures(rows, option_auc=0.5), figures(shuffled, option_auc=0.5)
+    a, b = figures(rows, MuseBenchmark(retrain_auc=0.5)), figures(shuffled, MuseBenchmark(retrain_auc=0.5))
     assert a.drop_ci == b.drop_ci and a.recovery_ci == b.recovery_ci
-    assert a.utility_ci == b.utility_ci and a.privleak_ci == b.privleak_ci
+    assert a.utility_ci == b.utility_ci and a.privacy_ci == b.privacy_ci
 
 
 def test_judge_is_monotone_in_the_policies() -> None:

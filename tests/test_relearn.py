@@ -127,6 +127,7 @@ def test_attacks_option_appends_and_refuses_quantizers() -> None:
 
 
 def test_recovery_uses_the_fp_values_of_the_evaluated_items() -> None:
+    from unlearn_assert.benchmark.muse import MuseBenchmark
     from unlearn_assert.engine.derive import figures
     from unlearn_assert.engine.rows import Row
 
@@ -138,7 +139,7 @@ def test_recovery_uses_the_fp_values_of_the_evaluated_items() -> None:
     split = {"evaluated": {"knowmem_f": [2, 3]}}
     rows = [row("target", "fp", [90, 90, 80, 60], [0, 1, 2, 3]), row("unlearned", "fp", [0, 0, 20, 10], [0, 1, 2, 3]),
             row("unlearned", "relearn-forget-5", [50, 35], [2, 3], split), row("target", "relearn-forget-5", [80, 60], [2, 3], split)]
-    figs = figures(rows, None)
+    figs = figures(rows, MuseBenchmark())
     assert figs.baseline("relearn-forget-5", "knowmem_f") == (15.0, 70.0)  # U and T on items 2 and 3 only
     assert figs.recovery["relearn-forget-5"]["knowmem_f"] == pytest.approx((42.5 - 15.0) / (70.0 - 15.0))
     assert figs.baseline("rtn-w8", "knowmem_f") == (7.5, 80.0)  # whole-set variants keep the whole-set fp values

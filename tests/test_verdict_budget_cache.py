@@ -34,7 +34,7 @@ def test_quantizer_specific_key_beats_metric_key() -> None:
 
 @pytest.mark.parametrize(
     "text", ["recovery=-0.1", "recovery=1.5", "utility=2", "privleak=-1", "floor=101", "recovery=nan", "recovery=inf",
-             "bogus=1", "recovery", "knowmem_r=0.5", "knowmem_f@bad-id=0.1", "=0.2"],
+             "bogus=1", "recovery", "knowmem_x=0.5", "knowmem_f@bad-id=0.1", "=0.2"],
 )
 def test_nonsense_budgets_are_rejected(text: str) -> None:
     with pytest.raises(ConfigError) as info:
@@ -42,11 +42,26 @@ def test_nonsense_budgets_are_rejected(text: str) -> None:
     assert "\n" not in str(info.value)
 
 
+def test_a_metric_name_is_a_budget_key_of_its_kind() -> None:
+    """Budget keys accept metric names (issue 27): a forget metric's is its recovery budget, a utility metric's
+    its ratio, with the same precedence as before (metric@variant, key@variant, metric, key)."""
+    budget = parse_budget("utility=0.8 knowmem_r=0.7 knowmem_r@rtn-w8=0.6 recovery=0.3 knowmem_f=0.2")
+    assert budget.value_of(("knowmem_r", "utility"), "rtn-w8") == 0.6
+    assert budget.value_of(("knowmem_r", "utility"), "bnb-nf4") == 0.7
+    assert budget.value_of(("utility",), "bnb-nf4") == 0.8
+    assert budget.recovery_for("knowmem_f", "rtn-w8") == 0.2 and budget.recovery_for("verbmem_f", "rtn-w8") == 0.3
+
+
 def test_plan_checks_is_stable_and_privleak_needs_reference() -> None:
-    without = plan_checks(("rtn-w4g128", "rtn-w8"), has_reference_auc=False)
+    from unlearn_assert.benchmark import judged_metrics
+    from unlearn_assert.benchmark.muse import MuseBenchmark
+
+    without = plan_checks(("rtn-w4g128", "rtn-w8"), judged_metrics(MuseBenchmark()))
     assert ("fp", "privleak") not in without and ("rtn-w8", "privleak") not in without
     assert without[:3] == [("fp", "verbmem_f"), ("fp", "knowmem_f"), ("fp", "utility")]
-    with_ref = plan_checks(("rtn-w4g128",), has_reference_auc=True)
+    with_ref = plan_checks(("rtn-w4g128",), judged_metrics(MuseBenchmark(retrain_auc=0.5)))
+    assert plan_checks(("rtn-w8",), judged_metrics(MuseBenchmark(has_retrain=True))) == plan_checks(
+        ("rtn-w8",), judged_metrics(MuseBenchmark(retrain_auc=0.4)))
     assert ("rtn-w4g128", "privleak") in with_ref
     assert item_name("rtn-w4g128", "knowmem_f") == "test_budget[rtn-w4g128-knowmem_f]"
 
@@ -125,7 +140,7 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path: Path) -> None:
 
 def test_privleak_is_undefined_against_a_zero_reference_auc() -> None:
     """(AUC - AUC_R) / AUC_R has nothing to divide by at AUC_R = 0: None, and a reason naming the fix."""
-    from unlearn_assert.engine.derive import reference_problem
+    from unlearn_assert.benchmark.muse import reference_problem
     from unlearn_assert.metrics.privleak import privleak
 
     assert privleak(0.25, 0.5) == -50.0 and privleak(None, 0.5) is None

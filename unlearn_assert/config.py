@@ -16,9 +16,10 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from .benchmark.registry import AUTO, BENCHMARKS, all_metric_names
 from .errors import ConfigError, QuantizerError
 from .fs import user_path
-from .names import ARTIFACT_NAME_RE, CONFIDENCES, DTYPES, FORGET_METRICS, FP, VERDICT_POLICIES
+from .names import ARTIFACT_NAME_RE, CONFIDENCES, DTYPES, FP, VERDICT_POLICIES
 from .variants import validate_variant_list
 
 DEFAULT_QUANTIZERS = "rtn-w4g128,rtn-w8"
@@ -60,6 +61,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("retrain", "Optional model retrained without the forget data (reference for privleak).", None, "DIR", path=True),
     Option("data", "MUSE data: a directory in MUSE's layout (verbmem/, knowmem/, privleak/, raw/) or its Hugging Face form "
            "(parquet or save_to_disk), or hf:OWNER/NAME from the local Hugging Face cache.", None, "DIR", path=True),
+    Option("benchmark", "What the data measures: auto (detected from the data's layout, named in the header), or one of "
+           "the registered benchmarks (muse).", "auto", "NAME"),
     Option("quantizers", "Comma-separated quantizer ids to apply, e.g. rtn-w4g128,rtn-w8 (attack ids such as relearn-forget-50 "
            "are accepted too).", DEFAULT_QUANTIZERS, "IDS"),
     Option("attacks", "Comma-separated attack ids, gated like quantizers after them: relearn-forget-<steps>, "
@@ -117,19 +120,24 @@ class Budget:
     overrides: tuple[tuple[str, str | None, float], ...] = ()
 
     def recovery_for(self, metric: str, variant: str) -> float:
-        return self._lookup((metric, "recovery"), variant, self.recovery)
+        return self.value_of((metric, "recovery"), variant)
 
     def value(self, key: str, variant: str | None = None) -> float:
-        return self._lookup((key,), variant, getattr(self, key))
+        return self.value_of((key,), variant)
 
-    def _lookup(self, keys: tuple[str, ...], variant: str | None, default: float) -> float:
-        # most specific wins: metric@q, then key@q, then metric, then key
+    def value_of(self, keys: tuple[str, ...], variant: str | None, default: float | None = None) -> float:
+        """The budget of ``keys`` (most specific first: a metric, then its budget key) for ``variant``: the most
+        specific override wins (metric@variant, key@variant, metric, key), else the first key's base value
+        (recovery, utility, privleak, floor), else ``default``."""
         for want in ((variant, None) if variant else (None,)):
             for key in keys:
                 for k, q, v in self.overrides:
                     if k == key and q == want:
                         return v
-        return default
+        base = next((getattr(self, key) for key in keys if key in BUDGET_KEYS), default)
+        if base is None:
+            raise KeyError(f"no budget for {'/'.join(keys)}")
+        return float(base)
 
     def with_overrides(self, extra: str | Mapping[str, Any], where: str = "unlearn_budget marker") -> Budget:
         """This budget with ``extra`` (a budget expression or mapping) taking precedence."""
@@ -180,7 +188,8 @@ def parse_budget(text: str | Mapping[str, Any] | None, where: str = "--unlearn-b
             items.append((k.strip(), v.strip()))
     base: dict[str, float] = {}
     overrides: list[tuple[str, str | None, float]] = []
-    known = sorted(BUDGET_KEYS) + list(FORGET_METRICS)
+    metrics = all_metric_names()
+    known = sorted(BUDGET_KEYS) + [m for m in metrics if m not in BUDGET_KEYS]
     for key, raw in items:
         name, _, quantizer = key.partition("@")
         if name not in known:
@@ -195,11 +204,19 @@ def parse_budget(text: str | Mapping[str, Any] | None, where: str = "--unlearn-b
                 except QuantizerError as exc:
                     raise ConfigError(f"{where}: in '{key}': {exc}") from None
             overrides.append((name, quantizer, value))
-        elif name in FORGET_METRICS:
+        elif name not in BUDGET_KEYS:  # a metric's own budget: an override of its kind's key
             overrides.append((name, None, value))
         else:
             base[name] = value
     return Budget(**base, overrides=tuple(overrides))
+
+
+def parse_benchmark(raw: Any) -> str:
+    """``--unlearn-benchmark``: auto (default) or a registered benchmark's name."""
+    name = str(raw if raw not in (None, "") else AUTO).strip().lower()
+    if name != AUTO and name not in BENCHMARKS:
+        raise ConfigError(f"--unlearn-benchmark: '{raw}' is not a benchmark; use {AUTO} or one of {', '.join(BENCHMARKS)}")
+    return name
 
 
 def parse_verdict(raw: Any) -> str:
@@ -279,6 +296,8 @@ class RunConfig:
     target: str | None = None
     retrain: str | None = None
     data: str | None = None
+    #: ``--unlearn-benchmark``: ``auto`` or a name of :data:`unlearn_assert.benchmark.registry.BENCHMARKS`
+    benchmark: str = AUTO
     #: quantizer and attack ids of --unlearn-quantizers / --unlearn-attacks, as written, in order
     variant_ids: tuple[str, ...] = tuple(DEFAULT_QUANTIZERS.split(","))
     calibration: str | None = None
@@ -310,11 +329,6 @@ class RunConfig:
     @property
     def enabled(self) -> bool:
         return self.model is not None
-
-    @property
-    def has_reference_auc(self) -> bool:
-        """A privleak reference exists (retrain model or --unlearn-retrain-auc): privleak items run."""
-        return self.retrain is not None or self.retrain_auc is not None
 
     @property
     def variants(self) -> tuple[str, ...]:
@@ -438,6 +452,7 @@ def build_run_config(get: Callable[[Option], Any], *, model_spec: str | None = N
         raise ConfigError(f"--unlearn-quantizers: {exc}") from None
     if raw["attacks"] not in (None, ""):
         values["variant_ids"] = _with_attacks(values["variant_ids"], raw["attacks"])
+    values["benchmark"] = parse_benchmark(raw["benchmark"])
     values["budget"] = parse_budget(raw["budget"] or "")
     values["verdict"], values["confidence"] = parse_verdict(raw["verdict"]), parse_confidence(raw["confidence"])
     device = str(raw["device"] or "auto").strip()

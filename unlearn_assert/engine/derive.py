@@ -1,21 +1,24 @@
-"""The figures a gate is judged and reported on, derived from the rows once: every row's privleak
-against the reference AUC, every variant's recovery and utility, and their paired intervals.
+"""The figures a gate is judged and reported on, derived from the rows once: every row's privacy metrics
+against their reference, every variant's recovery and utility, and their paired intervals.
 
-Definitions (DESIGN.md, "Metric definitions" and "Verdicts"):
+Definitions (DESIGN.md, "Metric definitions" and "Verdicts"), for the metrics of the run's benchmark
+(:mod:`unlearn_assert.benchmark`; MUSE's are ``verbmem_f``, ``knowmem_f``, ``knowmem_r``, ``privleak``):
 
-* ``privleak = (AUC - AUC_R) / AUC_R * 100`` (:func:`unlearn_assert.metrics.privleak.privleak`, the
+* a privacy metric is made by its benchmark's rule (:class:`~unlearn_assert.benchmark.base.Privacy`):
+  MUSE's ``privleak = (AUC - AUC_R) / AUC_R * 100`` (:func:`unlearn_assert.metrics.privleak.privleak`, the
   formula's one home), AUC_R from the retrain model's row, else ``--unlearn-retrain-auc``, else 0.5;
 * ``recovery = (m(q(U)) - m(U)) / (m(T) - m(U))`` for a forget metric m: the share of what
-  unlearning removed that comes back under the variant; None when nothing was removed;
-* ``utility = knowmem_r(variant of U) / knowmem_r(T)``; None when T retains nothing;
+  unlearning removed that comes back under the variant; None when nothing was removed (for a metric
+  that grows as the model forgets, "removed" is ``m(U) - m(T)``; the ratio is the same formula);
+* ``utility = m(variant of U) / m(T)`` for a utility metric m; None when T retains nothing;
 * a paired bootstrap interval of every judged figure (:mod:`unlearn_assert.metrics.stats`): the
-  same resampled items for U, T and the variant (and R, whose AUC is recomputed on the resampled
-  texts, for privleak), from the per-item scores in the rows' ``samples`` (the data's order, the
-  same in every row: checked); ``replicates=0`` computes no interval;
+  same resampled items for U, T and the variant (and R for a privacy metric against it), from the
+  per-item scores in the rows' ``samples`` (the data's order, the same in every row: checked);
+  ``replicates=0`` computes no interval;
 * the *resolution* of each forget metric (:class:`Resolution`): the smallest recovery its forget
   set can tell from zero, from the interval of the full-precision drop.
 * like with like: a variant measured on part of the forget items (relearn-forget: the held-out
-  items, listed in its row's ``quant["split"]["evaluated"]``) is compared with m(U) and m(T) on the
+  items, listed in its row's ``details["split"]["evaluated"]``) is compared with m(U) and m(T) on the
   same items, the means of the fp rows' per-item scores there (:attr:`Figures.baselines`).
 
 The verdicts (:mod:`.verdicts`) and the report (:mod:`.report`) both read a :class:`Figures`, so the
@@ -29,12 +32,12 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..config import REFERENCE_AUC_RANGE, RunConfig, reference_auc_ok
+from ..benchmark import clear_memos as clear_benchmark_memos
+from ..benchmark.base import MetricSpec, Privacy
+from ..config import RunConfig
 from ..errors import UnlearnAssertError
-from ..metrics import DEFAULT_REFERENCE_AUC
-from ..metrics.privleak import privleak
 from ..metrics.stats import (
     LEVEL,
     N_RESAMPLES,
@@ -42,15 +45,17 @@ from ..metrics.stats import (
     Interval,
     clear_draws,
     paired_difference_ci,
-    paired_privleak_ci,
     paired_ratio_ci,
     paired_recovery_ci,
 )
-from ..names import FORGET_METRICS, FP, Role
+from ..names import FP, Role
 from .rows import Row, RowKey
 
-__all__ = ["DEFAULT_REFERENCE_AUC", "Bootstrap", "Figures", "Interval", "Resolution", "bootstrap_of", "clear_memo", "figures",
-           "figures_from_values", "recovery", "reference_auc", "reference_problem", "resolution"]
+if TYPE_CHECKING:  # pragma: no cover
+    from ..benchmark.base import Benchmark
+
+__all__ = ["Bootstrap", "Figures", "Interval", "Resolution", "bootstrap_of", "clear_memo", "figures", "figures_from_values",
+           "recovery", "resolution"]
 
 #: metric -> value (None: not measured or undefined)
 Values = Mapping[str, float | None]
@@ -89,39 +94,50 @@ class Resolution:
 
 @dataclass(frozen=True)
 class Figures:
-    """Every judged number of a gate: ``values[(role, variant)]`` (privleak against ``reference``),
-    ``recovery[variant][forget metric]`` and ``utility[variant]`` for each variant of U (``utility``
-    also for "fp"), the reference AUC with its source, and their intervals: ``drop_ci[metric]`` (of
-    ``m(T) - m(U)``), ``recovery_ci[variant][metric]``, ``utility_ci[variant]``,
-    ``privleak_ci[("unlearned", variant)]`` (absent where undefined or not computed), ``resolution[metric]``
-    and ``n[metric]`` (items per split; privleak: forget + holdout texts)."""
+    """Every judged number of a gate, for the metrics of ``specs``: ``values[(role, variant)]`` (privacy metrics
+    against their ``reference[metric]``, a ``(value, source)``), ``recovery[variant][forget metric]`` and
+    ``utility[variant][utility metric]`` for each variant of U (``utility`` also for "fp"), and their
+    intervals: ``drop_ci[metric]`` (of the full-precision drop), ``recovery_ci[variant][metric]``,
+    ``utility_ci[variant][metric]``, ``privacy_ci[metric][("unlearned", variant)]`` (absent where undefined or
+    not computed), ``resolution[metric]`` and ``n[metric]`` (items per split; privleak: forget + holdout texts)."""
 
     values: Mapping[RowKey, Values]
     recovery: Mapping[str, Mapping[str, float | None]]
-    reference: tuple[float, str]
-    utility: Mapping[str, float | None] = field(default_factory=dict)
+    reference: Mapping[str, tuple[float | None, str]] = field(default_factory=dict)
+    utility: Mapping[str, Mapping[str, float | None]] = field(default_factory=dict)
     drop_ci: Mapping[str, Interval] = field(default_factory=dict)
     recovery_ci: Mapping[str, Mapping[str, Interval]] = field(default_factory=dict)
-    utility_ci: Mapping[str, Interval] = field(default_factory=dict)
-    privleak_ci: Mapping[RowKey, Interval] = field(default_factory=dict)
+    utility_ci: Mapping[str, Mapping[str, Interval]] = field(default_factory=dict)
+    privacy_ci: Mapping[str, Mapping[RowKey, Interval]] = field(default_factory=dict)
     resolution: Mapping[str, Resolution] = field(default_factory=dict)
     n: Mapping[str, int] = field(default_factory=dict)
     bootstrap: Bootstrap = field(default_factory=Bootstrap)
     #: variant -> forget metric -> (m(U), m(T)) in full precision on the items that variant was measured on
     baselines: Mapping[str, Mapping[str, tuple[float | None, float | None]]] = field(default_factory=dict)
+    #: the benchmark's metrics these figures are of (a check name finds its metric here)
+    specs: tuple[MetricSpec, ...] = ()
+    #: privacy metric -> how it is referenced and judged
+    rules: Mapping[str, Privacy] = field(default_factory=dict)
 
     def value(self, role: Role, variant: str, metric: str) -> float | None:
         row = self.values.get((role, variant))
         return None if row is None else row.get(metric)
 
+    def spec(self, check: str) -> MetricSpec | None:
+        """The metric an item ``check`` judges (``utility`` is MUSE's knowmem_r)."""
+        return next((m for m in self.specs if m.item == check), None)
+
     def interval(self, variant: str, check: str) -> Interval | None:
-        """The interval an item is judged on: the drop (fp forget items), recovery, utility or privleak."""
-        if check in FORGET_METRICS:
-            return self.drop_ci.get(check) if variant == FP else self.recovery_ci.get(variant, {}).get(check)
-        if check == "utility":
-            return self.utility_ci.get(variant)
-        if check == "privleak":
-            return self.privleak_ci.get(("unlearned", variant))
+        """The interval an item is judged on: the drop (fp forget items), recovery, utility or privacy."""
+        spec = self.spec(check)
+        if spec is None:
+            return None
+        if spec.role == "forget":
+            return self.drop_ci.get(spec.name) if variant == FP else self.recovery_ci.get(variant, {}).get(spec.name)
+        if spec.role == "utility":
+            return self.utility_ci.get(variant, {}).get(spec.name)
+        if spec.role == "privacy":
+            return self.privacy_ci.get(spec.name, {}).get(("unlearned", variant))
         return None
 
     def baseline(self, variant: str, metric: str) -> tuple[float | None, float | None]:
@@ -135,56 +151,44 @@ def bootstrap_of(run: RunConfig) -> Bootstrap:
     return Bootstrap(confidence=run.confidence)
 
 
-def reference_auc(retrain_row_auc: float | None, option_auc: float | None, default: float = DEFAULT_REFERENCE_AUC) -> tuple[float, str]:
-    """MUSE's AUC_R and where it came from: the retrain model's AUC, else --unlearn-retrain-auc, else 0.5."""
-    if retrain_row_auc is not None:
-        return float(retrain_row_auc), "retrain"
-    if option_auc is not None:
-        return float(option_auc), "option"
-    return default, "default"
+def removed(spec: MetricSpec, t_value: float, u_value: float) -> float:
+    """What unlearning removed of ``spec`` in points: ``m(T) - m(U)``, or ``m(U) - m(T)`` for a metric that grows
+    as the model forgets."""
+    return t_value - u_value if spec.higher_remembers else u_value - t_value
 
 
-def reference_problem(reference: float, source: str) -> str | None:
-    """Why privleak cannot be computed against this reference AUC, or None when it can."""
-    if reference_auc_ok(reference):
-        return None
-    if source == "retrain":
-        return (f"the retrain model's forget-vs-holdout AUC is {reference:.2f}: it tells every forget text from every "
-                "holdout text, as a model trained on the forget set does, so privleak ((AUC - AUC_R) / AUC_R) is "
-                "undefined; check that --unlearn-retrain names a model trained without the forget data")
-    return (f"the reference AUC is {reference:g}, outside {REFERENCE_AUC_RANGE}, so privleak ((AUC - AUC_R) / AUC_R) is undefined; "
-            f"pass --unlearn-retrain-auc in {REFERENCE_AUC_RANGE}")
-
-
-def recovery(q_value: float, u_value: float, t_value: float) -> float | None:
+def recovery(q_value: float, u_value: float, t_value: float, spec: MetricSpec | None = None) -> float | None:
     """Share of the forgetting that came back; None when there was no forgetting to come back."""
-    removed = t_value - u_value
-    if removed <= 0:
+    gone = t_value - u_value if spec is None else removed(spec, t_value, u_value)
+    if gone <= 0:
         return None
-    return (q_value - u_value) / removed
+    return (q_value - u_value) / (t_value - u_value)
 
 
-def _recoveries(values: Mapping[RowKey, Values], variants: Iterable[str],
+def _recoveries(values: Mapping[RowKey, Values], variants: Iterable[str], forget: Sequence[MetricSpec],
                 baselines: Mapping[str, Mapping[str, tuple[float | None, float | None]]] | None = None) -> dict[str, dict[str, float | None]]:
     t_fp, u_fp = values.get(("target", FP), {}), values.get(("unlearned", FP), {})
     out: dict[str, dict[str, float | None]] = {}
     for variant in variants:
         q = values.get(("unlearned", variant), {})
         rec: dict[str, float | None] = {}
-        for m in FORGET_METRICS:
+        for spec in forget:
+            m = spec.name
             um, tm = (baselines or {}).get(variant, {}).get(m) or (u_fp.get(m), t_fp.get(m))
             qm = q.get(m)
-            rec[m] = None if qm is None or um is None or tm is None else recovery(qm, um, tm)
+            rec[m] = None if qm is None or um is None or tm is None else recovery(qm, um, tm, spec)
         out[variant] = rec
     return out
 
 
-def _utilities(values: Mapping[RowKey, Values], variants: Iterable[str]) -> dict[str, float | None]:
-    t = values.get(("target", FP), {}).get("knowmem_r")
-    out: dict[str, float | None] = {}
+def _utilities(values: Mapping[RowKey, Values], variants: Iterable[str], utility: Sequence[MetricSpec]) -> dict[str, dict[str, float | None]]:
+    out: dict[str, dict[str, float | None]] = {}
     for variant in variants:
-        m = values.get(("unlearned", variant), {}).get("knowmem_r")
-        out[variant] = None if m is None or t is None or t <= 0 else m / t
+        out[variant] = {}
+        for spec in utility:
+            t = values.get(("target", FP), {}).get(spec.name)
+            m = values.get(("unlearned", variant), {}).get(spec.name)
+            out[variant][spec.name] = None if m is None or t is None or t <= 0 else m / t
     return out
 
 
@@ -268,18 +272,11 @@ def _ratio(num: tuple[float, ...], den: tuple[float, ...], key: str, estimate: f
     return paired_ratio_ci(num, den, key=key, estimate=estimate, **_opts(boot))
 
 
-@lru_cache(maxsize=1024)
-def _privleak(forget: tuple[float, ...], holdout: tuple[float, ...], reference: float | None,
-              ref_forget: tuple[float, ...] | None, ref_holdout: tuple[float, ...] | None, estimate: float | None,
-              boot: Bootstrap) -> Interval | None:
-    return paired_privleak_ci(forget, holdout, reference=reference, reference_forget=ref_forget, reference_holdout=ref_holdout,
-                              key="privleak", estimate=estimate, **_opts(boot))
-
-
 def clear_memo() -> None:
     """Forget every memoized interval, draw and per-item score list: a fresh process, for benchmarks."""
-    for memo in (_difference, _recovery, _ratio, _privleak):
+    for memo in (_difference, _recovery, _ratio):
         memo.cache_clear()
+    clear_benchmark_memos()
     clear_draws()
     _SCORES.clear()
 
@@ -288,83 +285,105 @@ def _opts(boot: Bootstrap) -> dict[str, Any]:
     return {"seed": boot.seed, "n_resamples": boot.replicates, "confidence": boot.confidence}
 
 
+def _oriented(scores: Sequence[tuple[float, ...]], spec: MetricSpec) -> list[tuple[float, ...]]:
+    """Per-item scores in the direction of "remembers more": negated for a metric that grows as the model
+    forgets, so a drop is positive and a recovery keeps its formula."""
+    return list(scores) if spec.higher_remembers else [tuple(-x for x in col) for col in scores]
+
+
 def _intervals(by_key: Mapping[RowKey, Row], values: Mapping[RowKey, Values], rec: Mapping[str, Mapping[str, float | None]],
-               utility: Mapping[str, float | None], reference: tuple[float, str], variants: Sequence[str],
+               utility: Mapping[str, Mapping[str, float | None]], specs: Sequence[MetricSpec], variants: Sequence[str],
                boot: Bootstrap) -> dict[str, Any]:
-    """Every interval the rows allow (see :class:`Figures`), each from the rows it is made of only.
-    privleak's are computed for U's rows, the judged ones (a reference row's own interval is not)."""
+    """Every forget and utility interval the rows allow (see :class:`Figures`), each from the rows it is made of only."""
     u_fp, t_fp = by_key.get(("unlearned", FP)), by_key.get(("target", FP))
     drop_ci: dict[str, Interval] = {}
     recovery_ci: dict[str, dict[str, Interval]] = {}
-    utility_ci: dict[str, Interval] = {}
-    privleak_ci: dict[RowKey, Interval] = {}
+    utility_ci: dict[str, dict[str, Interval]] = {}
     n: dict[str, int] = {}
-    if u_fp is not None and t_fp is not None:
-        for m in FORGET_METRICS:
-            pair = _paired(m, [t_fp, u_fp])
-            if pair is None:
-                continue
-            t, u = pair
-            n[m] = len(t)
-            tv, uv = values[("target", FP)].get(m), values[("unlearned", FP)].get(m)
-            drop_ci[m] = _difference(t, u, m, None if tv is None or uv is None else tv - uv, boot)
-            for variant in variants:
-                q_row = by_key.get(("unlearned", variant))
-                scores = _paired(m, [q_row, u_fp, t_fp]) if q_row is not None else None
-                if scores is not None and rec.get(variant, {}).get(m) is not None:
-                    recovery_ci.setdefault(variant, {})[m] = _recovery(*scores, m, rec[variant][m], boot)
+    if u_fp is None or t_fp is None:
+        return {"drop_ci": drop_ci, "recovery_ci": recovery_ci, "utility_ci": utility_ci, "n": n}
+    for spec in (s for s in specs if s.role == "forget"):
+        m = spec.name
+        pair = _paired(m, [t_fp, u_fp])
+        if pair is None:
+            continue
+        t, u = _oriented(pair, spec)
+        n[m] = len(t)
+        tv, uv = values[("target", FP)].get(m), values[("unlearned", FP)].get(m)
+        drop_ci[m] = _difference(t, u, m, None if tv is None or uv is None else removed(spec, tv, uv), boot)
+        for variant in variants:
+            q_row = by_key.get(("unlearned", variant))
+            scores = _paired(m, [q_row, u_fp, t_fp]) if q_row is not None else None
+            if scores is not None and rec.get(variant, {}).get(m) is not None:
+                q, uu, tt = _oriented(scores, spec)
+                recovery_ci.setdefault(variant, {})[m] = _recovery(q, uu, tt, m, rec[variant][m], boot)
+    for spec in (s for s in specs if s.role == "utility"):
+        m = spec.name
         for variant in (FP, *variants):
             q_row = by_key.get(("unlearned", variant))
-            scores = _paired("knowmem_r", [q_row, t_fp]) if q_row is not None else None
+            scores = _paired(m, [q_row, t_fp]) if q_row is not None else None
             if scores is not None:
-                n["knowmem_r"] = len(scores[0])
-                if utility.get(variant) is not None:
-                    utility_ci[variant] = _ratio(scores[0], scores[1], "knowmem_r", utility[variant], boot)
-    retrain = by_key.get(("retrain", FP)) if reference[1] == "retrain" else None
-    for key, row in by_key.items():
-        if key[0] != "unlearned" or values[key].get("privleak") is None:  # undefined (AUC_R <= 0): no interval either
-            continue
-        rows = [row] if retrain is None else [row, retrain]
-        forget, holdout = _paired("privleak", rows, "forget"), _paired("privleak", rows, "holdout")
-        if forget is None or holdout is None:
-            continue
-        n["privleak"] = len(forget[0]) + len(holdout[0])
-        ci = _privleak(forget[0], holdout[0], None if retrain is not None else reference[0],
-                       forget[1] if retrain is not None else None, holdout[1] if retrain is not None else None,
-                       values[key].get("privleak"), boot)
-        if ci is not None:
-            privleak_ci[key] = ci
-    return {"drop_ci": drop_ci, "recovery_ci": recovery_ci, "utility_ci": utility_ci, "privleak_ci": privleak_ci, "n": n}
+                n[m] = len(scores[0])
+                estimate = utility.get(variant, {}).get(m)
+                if estimate is not None:
+                    utility_ci.setdefault(variant, {})[m] = _ratio(scores[0], scores[1], m, estimate, boot)
+    return {"drop_ci": drop_ci, "recovery_ci": recovery_ci, "utility_ci": utility_ci, "n": n}
 
 
-def figures(rows: Iterable[Row], option_auc: float | None, bootstrap: Bootstrap | None = None) -> Figures:
-    """The figures of a set of rows: privleak of every row against the reference (the retrain row's
-    AUC when there is one, else ``option_auc``, else 0.5), recovery and utility of every computed
-    variant of U, and the paired bootstrap intervals of them all (``bootstrap``: B, seed, confidence)."""
+def _privacy(by_key: Mapping[RowKey, Row], values: dict[RowKey, dict[str, float | None]], benchmark: Benchmark,
+             boot: Bootstrap) -> tuple[dict[str, tuple[float | None, str]], dict[str, dict[RowKey, Interval]], dict[str, int]]:
+    """Each privacy metric of every row against its reference (into ``values``), and the paired intervals of
+    U's rows (the judged ones; a reference row's own interval is not)."""
+    references: dict[str, tuple[float | None, str]] = {}
+    intervals: dict[str, dict[RowKey, Interval]] = {}
+    n: dict[str, int] = {}
+    for spec in (s for s in benchmark.metrics if s.role == "privacy"):
+        rule = benchmark.privacy(spec.name)
+        reference = rule.reference(by_key)
+        references[spec.name] = reference
+        reference_row = by_key.get(("retrain", FP)) if reference[1] == "retrain" else None
+        for key, row in by_key.items():
+            values[key][spec.name] = rule.value(row, reference[0], reference_row)
+        if boot.replicates <= 0:
+            continue
+        for key, row in by_key.items():
+            estimate = values[key].get(spec.name)
+            if key[0] != "unlearned" or estimate is None:  # undefined (no reference): no interval either
+                continue
+            ci = rule.interval(row, reference_row, reference[0], estimate, boot, _paired)
+            if ci is not None:
+                intervals.setdefault(spec.name, {})[key] = ci
+                n[spec.name] = ci.n
+    return references, intervals, n
+
+
+def figures(rows: Iterable[Row], benchmark: Benchmark, bootstrap: Bootstrap | None = None) -> Figures:
+    """The figures of a set of rows for ``benchmark``'s metrics: every privacy metric of every row against its
+    reference, recovery and utility of every computed variant of U, and the paired bootstrap intervals of them
+    all (``bootstrap``: B, seed, confidence)."""
     boot = bootstrap or Bootstrap()
+    specs = tuple(benchmark.metrics)
+    forget = [s for s in specs if s.role == "forget"]
     by_key = {row.key: row for row in rows}
-    retrain = by_key.get(("retrain", FP))
-    reference = reference_auc(retrain.auc if retrain is not None else None, option_auc)
-    values: dict[RowKey, Values] = {}
-    for key, row in by_key.items():
-        vals = dict(row.values)
-        vals["privleak"] = privleak(row.auc, reference[0])
-        values[key] = vals
+    values: dict[RowKey, dict[str, float | None]] = {key: dict(row.values) for key, row in by_key.items()}
+    references, privacy_ci, privacy_n = _privacy(by_key, values, benchmark, boot)
     variants = [variant for (role, variant), row in by_key.items() if role == "unlearned" and variant != FP and row.ok]
-    baselines = _baselines(by_key)
-    rec = _recoveries(values, variants, baselines)
-    utility = _utilities(values, [FP, *variants])
+    baselines = _baselines(by_key, forget)
+    rec = _recoveries(values, variants, forget, baselines)
+    utility = _utilities(values, [FP, *variants], [s for s in specs if s.role == "utility"])
     extra: dict[str, Any] = {}
     if boot.replicates > 0:
-        extra = _intervals(by_key, values, rec, utility, reference, variants, boot)
+        extra = _intervals(by_key, values, rec, utility, specs, variants, boot)
+        extra["n"].update(privacy_n)
     res: dict[str, Resolution] = {}
     if ("target", FP) in values and ("unlearned", FP) in values:
-        for m in FORGET_METRICS:
-            tv, uv = values[("target", FP)].get(m), values[("unlearned", FP)].get(m)
-            drop = None if tv is None or uv is None else tv - uv
-            res[m] = resolution(m, drop, extra.get("drop_ci", {}).get(m), extra.get("n", {}).get(m, 0))
-    return Figures(values=values, recovery=rec, reference=reference, utility=utility, resolution=res, bootstrap=boot,
-                   baselines=baselines, **extra)
+        for spec in forget:
+            tv, uv = values[("target", FP)].get(spec.name), values[("unlearned", FP)].get(spec.name)
+            drop = None if tv is None or uv is None else removed(spec, tv, uv)
+            res[spec.name] = resolution(spec.name, drop, extra.get("drop_ci", {}).get(spec.name), extra.get("n", {}).get(spec.name, 0))
+    rules = {s.name: benchmark.privacy(s.name) for s in specs if s.role == "privacy"}
+    return Figures(values=values, recovery=rec, reference=references, utility=utility, privacy_ci=privacy_ci, resolution=res,
+                   bootstrap=boot, baselines=baselines, specs=specs, rules=rules, **extra)
 
 
 def _subset_mean(row: Row | None, metric: str, ids: Iterable[int]) -> float | None:
@@ -378,24 +397,33 @@ def _subset_mean(row: Row | None, metric: str, ids: Iterable[int]) -> float | No
     return sum(float(s) for s in picked if s is not None) / len(picked)
 
 
-def _baselines(by_key: Mapping[RowKey, Row]) -> dict[str, dict[str, tuple[float | None, float | None]]]:
+def _baselines(by_key: Mapping[RowKey, Row], forget: Sequence[MetricSpec]) -> dict[str, dict[str, tuple[float | None, float | None]]]:
     """For each variant whose rows were measured on part of the forget items, m(U) and m(T) in full
     precision on those items (see the module docstring)."""
     out: dict[str, dict[str, tuple[float | None, float | None]]] = {}
+    names = {s.name for s in forget}
     u_fp, t_fp = by_key.get(("unlearned", FP)), by_key.get(("target", FP))
     for (_role, variant), row in by_key.items():
         split = (row.details or {}).get("split") if variant != FP else None
         if not split or variant in out:
             continue
         out[variant] = {m: (_subset_mean(u_fp, m, ids), _subset_mean(t_fp, m, ids))
-                        for m, ids in split.get("evaluated", {}).items() if m in FORGET_METRICS}
+                        for m, ids in split.get("evaluated", {}).items() if m in names}
     return out
 
 
-def figures_from_values(values: Mapping[RowKey, Values], reference: tuple[float, str] = (DEFAULT_REFERENCE_AUC, "default"),
-                        **intervals: Any) -> Figures:
-    """Figures from metric values given directly (privleak already a percentage): hand-computed
-    cases; ``intervals`` (``drop_ci=``, ``recovery_ci=``, ...) are given directly too."""
+def figures_from_values(values: Mapping[RowKey, Values], specs: Sequence[MetricSpec] | None = None,
+                        reference: Mapping[str, tuple[float | None, str]] | None = None, **intervals: Any) -> Figures:
+    """Figures from metric values given directly (privacy metrics already against their reference):
+    hand-computed cases. ``specs``: the benchmark's metrics (MUSE's by default); ``intervals`` (``drop_ci=``,
+    ``recovery_ci=``, ...) are given directly too."""
+    from ..benchmark.muse import DEFAULT_REFERENCE_AUC, MUSE_METRICS, MuseBenchmark
+
+    specs = tuple(specs or MUSE_METRICS)
+    rules = {s.name: MuseBenchmark().privacy(s.name) for s in specs if s.role == "privacy" and s.name == "privleak"}
     variants = [variant for role, variant in values if role == "unlearned" and variant != FP]
-    return Figures(values=dict(values), recovery=_recoveries(values, variants), reference=reference,
-                   utility=_utilities(values, [FP, *variants]), **intervals)
+    forget = [s for s in specs if s.role == "forget"]
+    references = dict(reference or {s.name: (DEFAULT_REFERENCE_AUC, "default") for s in specs if s.role == "privacy"})
+    return Figures(values=dict(values), recovery=_recoveries(values, variants, forget), reference=references,
+                   utility=_utilities(values, [FP, *variants], [s for s in specs if s.role == "utility"]), specs=specs, rules=rules,
+                   **intervals)

@@ -13,7 +13,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..cache import FingerprintCache, ResultCache
 from ..config import OPTION_BY_NAME, RunConfig
@@ -22,7 +22,7 @@ from ..fs import link_problem, user_path
 from ..names import Role
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..data.muse import MuseData
+    from ..benchmark.base import Benchmark
     from ..models import LoadedModel
     from ..quant.calibration import Calibration
 
@@ -51,8 +51,9 @@ class Inputs:
         self._fps: dict[str, str] = {}
         self._dtypes: dict[str, str] = {}
         self._models: dict[Role, LoadedModel] = {}
-        self._full_data: MuseData | None = None
-        self._data: MuseData | None = None
+        self._benchmark: Benchmark | None = None
+        self._full_data: Any = None
+        self._data: Any = None
         self._calibration: Calibration | None = None
 
     def path(self, role: Role) -> str | None:
@@ -61,16 +62,23 @@ class Inputs:
     # ------------------------------------------------------------------ data
 
     @property
-    def full_data(self) -> MuseData:
+    def benchmark(self) -> Benchmark:
+        """What the rows measure: the run's benchmark (``--unlearn-benchmark``, or detected from the data)."""
+        if self._benchmark is None:
+            from ..benchmark import benchmark_for
+
+            self._benchmark = benchmark_for(self.run)
+        return self._benchmark
+
+    @property
+    def full_data(self) -> Any:
         """The whole data set (calibration text is never cut by --unlearn-max-samples)."""
         if self._full_data is None:
-            from ..data.muse import load_data
-
-            self._full_data = load_data(str(self.run.data))
+            self._full_data = self.benchmark.load(str(self.run.data))
         return self._full_data
 
     @property
-    def data(self) -> MuseData:
+    def data(self) -> Any:
         """The evaluated data: the first --unlearn-max-samples items of every split."""
         if self._data is None:
             self._data = self.full_data.limited(self.run.max_samples)
@@ -217,7 +225,7 @@ def precheck(run: RunConfig) -> None:
     the cache dir, directory shape (links resolved), complete safetensors files, the tokenizer files,
     target/unlearned pairing from config, headers and tokenizer files, the whole data set, the
     calibration file, the user's quantized artifacts and the report paths. Every problem is one :class:`ConfigError` line (a pytest usage error, exit 4)."""
-    from ..data.muse import RAW_RETAIN_HINT, load_data
+    from ..data.muse import RAW_RETAIN_HINT
     from ..models import check_model_dir, check_tokenizer_files, precheck_pair, read_weight_headers
     from ..quant.artifact import read_artifact
     from ..quant.calibration import calibration_from_data, load_calibration_file, needs_calibration
@@ -254,9 +262,12 @@ def precheck(run: RunConfig) -> None:
             except ModelError as exc:
                 raise ConfigError(f"{OPTION_BY_NAME[name].cli}: {exc}") from None
     if run.data is None:
-        raise ConfigError("--unlearn-data is required with --unlearn-model; pass a MUSE-layout data directory (or hf:OWNER/NAME)")
+        raise ConfigError("--unlearn-data is required with --unlearn-model; pass a data directory in a layout the gate "
+                          "reads (MUSE's, or hf:OWNER/NAME)")
+    from ..benchmark import benchmark_for
+
     try:
-        data = load_data(run.data)
+        data: Any = benchmark_for(run).load(run.data)
     except DataError as exc:
         raise ConfigError(f"--unlearn-data: {exc}") from None
     from ..data.links import precheck_relearn

@@ -19,7 +19,7 @@ from importlib import metadata
 from typing import TYPE_CHECKING, Any, cast
 
 from ..config import RunConfig
-from ..names import FORGET_METRICS, FP
+from ..names import FP
 from ..render.schema import (
     SCHEMA_VERSION,
     BootstrapInfo,
@@ -31,12 +31,12 @@ from ..render.schema import (
     VerdictDict,
 )
 from ..version import __version__
-from .derive import DEFAULT_REFERENCE_AUC, Figures, bootstrap_of, figures
+from .derive import Figures, bootstrap_of, figures
 from .rows import Row, RowKey
 from .verdicts import Verdict
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..data.muse import MuseData
+    from ..benchmark.base import Benchmark
 
 __all__ = ["Report", "build_report", "provenance"]
 
@@ -102,7 +102,7 @@ def _artifact_methods(run: RunConfig) -> dict[str, dict[str, Any]]:
     return {a.name: {"path": a.path, "method": quant_method(a.path)} for a in run.artifacts}
 
 
-def provenance(run: RunConfig, fingerprints: dict[str, str], data: MuseData | None, calibration: dict[str, Any] | None = None) -> Provenance:
+def provenance(run: RunConfig, fingerprints: dict[str, str], data: Any, calibration: dict[str, Any] | None = None) -> Provenance:
     """What the numbers depend on: versions, machine, inputs (with content hashes), budgets, settings."""
     import torch
 
@@ -155,24 +155,29 @@ REPORTED_ROW_KEYS = ("model", "quantizer", "code_agreement", "changed_fraction",
 def _report_row(row: Row, figs: Figures) -> RowDict:
     key = row.key
     ci: dict[str, list[float | None]] = {k: list(v) for k, v in row.ci.items()}
-    privleak_ci = figs.privleak_ci.get(key)
-    if privleak_ci is not None:  # U's rows: against the run's reference, paired with R
-        ci["privleak"] = privleak_ci.as_list()
-    elif "privleak" in ci and figs.reference[0] != DEFAULT_REFERENCE_AUC:
-        del ci["privleak"]  # the row's own interval is against AUC 0.5, not the run's reference
+    for metric, rule in figs.rules.items():
+        privacy_ci = figs.privacy_ci.get(metric, {}).get(key)
+        if privacy_ci is not None:  # U's rows: against the run's reference, paired with R
+            ci[metric] = privacy_ci.as_list()
+        elif metric in ci and figs.reference[metric][0] != rule.own_reference:
+            del ci[metric]  # the row's own interval is against its own default reference, not the run's
     plain = row.to_dict()  # schema 1's keys (Row.to_dict is where the code's names meet them)
     out: dict[str, Any] = {k: plain[k] for k in REPORTED_ROW_KEYS}
     out.update(values=dict(figs.values[key]), ci=ci, recovery=None)
+    forget = [s.name for s in figs.specs if s.role == "forget"]
     if key[0] == "unlearned" and key[1] != FP and row.ok:
-        out["recovery"] = dict(figs.recovery.get(key[1]) or dict.fromkeys(FORGET_METRICS))
+        out["recovery"] = dict(figs.recovery.get(key[1]) or dict.fromkeys(forget))
         rec_ci = figs.recovery_ci.get(key[1], {})
-        out["recovery_ci"] = {m: rec_ci[m].as_list() if m in rec_ci else None for m in FORGET_METRICS}
-        out["recovery_degenerate"] = {m: rec_ci[m].degenerate if m in rec_ci else None for m in FORGET_METRICS}
-    if key[0] == "unlearned" and row.ok:
-        util = figs.utility_ci.get(key[1])
-        out["utility"] = figs.utility.get(key[1])
+        out["recovery_ci"] = {m: rec_ci[m].as_list() if m in rec_ci else None for m in forget}
+        out["recovery_degenerate"] = {m: rec_ci[m].degenerate if m in rec_ci else None for m in forget}
+    utility = [s.name for s in figs.specs if s.role == "utility"]
+    if key[0] == "unlearned" and row.ok and utility:  # the benchmark's utility metric (the first, when it has several)
+        util = figs.utility_ci.get(key[1], {}).get(utility[0])
+        out["utility"] = figs.utility.get(key[1], {}).get(utility[0])
         out["utility_ci"] = util.as_list() if util is not None else None
         out["utility_degenerate"] = util.degenerate if util is not None else None
+        if len(utility) > 1:
+            out["utilities"] = {m: figs.utility.get(key[1], {}).get(m) for m in utility}
     return cast(RowDict, out)
 
 
@@ -188,13 +193,19 @@ def _resolution(run: RunConfig, figs: Figures) -> dict[str, ResolutionDict]:
     return out
 
 
-def build_report(run: RunConfig, rows: Iterable[Row], verdicts: Iterable[Verdict], *, data: MuseData | None,
-                 fingerprints: dict[str, str] | None = None, execution: list[dict[str, Any]] | None = None) -> Report:
+def build_report(run: RunConfig, rows: Iterable[Row], verdicts: Iterable[Verdict], *, data: Any,
+                 fingerprints: dict[str, str] | None = None, execution: list[dict[str, Any]] | None = None,
+                 benchmark: Benchmark | None = None) -> Report:
     """The report of ``rows`` and ``verdicts`` (in any order; they are sorted here). ``fingerprints``
     by role default to those the rows carry; ``execution``: how each process of the run used the
-    machine (xdist workers: threads, device), recorded in the provenance."""
+    machine (xdist workers: threads, device), recorded in the provenance; ``benchmark``: the run's
+    (detected from the run when not given)."""
+    if benchmark is None:
+        from ..benchmark import benchmark_for
+
+        benchmark = benchmark_for(run)
     by_key = {row.key: row for row in rows}
-    figs = figures(by_key.values(), run.retrain_auc, bootstrap_of(run))
+    figs = figures(by_key.values(), benchmark, bootstrap_of(run))
     order = _order(run)
     out_rows: list[RowDict] = []
     samples: dict[str, dict[str, list[dict[str, Any]]]] = {}
@@ -208,10 +219,11 @@ def build_report(run: RunConfig, rows: Iterable[Row], verdicts: Iterable[Verdict
     if fingerprints is None:
         fingerprints = {row.role: row.fingerprint for row in by_key.values() if row.fingerprint}
     prov = provenance(run, fingerprints, data, _calibration_info(by_key.values()))
-    reference: dict[str, Any] = {"auc": figs.reference[0], "source": figs.reference[1]}
-    if figs.reference[1] == "option" and run.retrain_auc_source:  # --unlearn-retrain-auc=muse-news: say whose number it is
-        reference["published"] = run.retrain_auc_source
-    prov["privleak_reference"] = reference
+    for metric, rule in figs.rules.items():
+        prov[f"{metric}_reference"] = rule.reference_record(*figs.reference[metric])  # type: ignore[literal-required]
+    if benchmark.name != "muse":  # absent means MUSE: every report made before there were other benchmarks
+        prov["benchmark"] = {"name": benchmark.name, "metrics": [m.to_dict() for m in benchmark.metrics],
+                             "settings": dict(benchmark.settings)}
     if execution:
         prov["execution"] = execution
     prov["bootstrap"] = cast(BootstrapInfo, figs.bootstrap.to_dict())

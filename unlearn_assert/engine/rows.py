@@ -14,12 +14,13 @@ the controller on test reports.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 from ..cache import cache_key
 from ..errors import BackendUnavailable
-from ..names import FP, METRICS, Role
+from ..names import FP, Role
 
 if TYPE_CHECKING:  # pragma: no cover
     from .inputs import Inputs
@@ -89,19 +90,20 @@ class Row:
         return cls(**{k: v for k, v in attrs.items() if k in names})
 
     @classmethod
-    def skipped(cls, role: Role, variant: str, exc: BackendUnavailable, seconds: float) -> Row:
+    def skipped(cls, role: Role, variant: str, exc: BackendUnavailable, seconds: float, metrics: Sequence[str]) -> Row:
         return cls(role=role, variant=variant, status="skipped", skip_reason=str(exc), install=exc.install,
-                   values=dict.fromkeys(METRICS), seconds=seconds)
+                   values=dict.fromkeys(metrics), seconds=seconds)
 
     @classmethod
     def measured(cls, role: Role, variant: str, evaluation: dict[str, Any], details: dict[str, Any] | None, seconds: float,
-                 dtype: str | None = None) -> Row:
-        """A row from :meth:`unlearn_assert.metrics.Evaluation.to_dict` output and the source's details."""
+                 dtype: str | None, metrics: Sequence[str]) -> Row:
+        """A row from :meth:`unlearn_assert.metrics.Evaluation.to_dict` output and the source's details; ``metrics``:
+        the benchmark's metric names, the row's values in that order."""
         extras = evaluation.get("extras", {})
         details = details or None
         return cls(
             role=role, variant=variant,
-            values={m: evaluation["values"].get(m) for m in METRICS},
+            values={m: evaluation["values"].get(m) for m in metrics},
             ci=evaluation.get("ci", {}), auc=extras.get("auc"), attack_aucs=extras.get("attack_aucs"), extras=extras,
             samples=evaluation.get("samples", {}), details=details,
             code_agreement=details.get("code_agreement") if details else None,
@@ -123,10 +125,8 @@ def measurement_key(kind: str, model_fingerprint: str, compute_dtype: str, input
     :func:`unlearn_assert.cache.cache_key` adds the package version. The computed dtype matters because
     ``--unlearn-dtype auto`` resolves per machine (bf16 where the CPU has it, else float32), and a cache may
     be shared between machines."""
-    from ..metrics import METRIC_SETTINGS
-
     run = inputs.run
-    return cache_key({"kind": kind, "model": model_fingerprint, "data": inputs.data.fingerprint, "metrics": METRIC_SETTINGS,
+    return cache_key({"kind": kind, "model": model_fingerprint, "data": inputs.data.fingerprint, "metrics": inputs.benchmark.settings,
                       "device": run.device, "dtype": run.dtype, "compute_dtype": compute_dtype, "batch_size": run.batch_size,
                       **parts})
 
@@ -143,8 +143,8 @@ def row_key(role: Role, source: Source | None, inputs: Inputs) -> str:
 def compute_row(role: Role, source: Source | None, inputs: Inputs, handoff: Any = None) -> tuple[Row, Any]:
     """Evaluate ``role`` under ``source`` (None: full precision); return the row and what the
     variant hands on (see :class:`~.sources.Applied`). A missing backend library gives a skipped row."""
-    from ..metrics import evaluate
-
+    benchmark = inputs.benchmark
+    names = [m.name for m in benchmark.metrics]
     say = inputs.progress
     start = time.perf_counter()
     variant = FP if source is None else source.variant
@@ -153,7 +153,7 @@ def compute_row(role: Role, source: Source | None, inputs: Inputs, handoff: Any 
     dtype = loaded.dtype
     if source is None:
         say(f"evaluate {role} fp")
-        evaluation = evaluate(loaded, inputs.data, batch_size=inputs.run.batch_size).to_dict()
+        evaluation = benchmark.measure(loaded, inputs.data, batch_size=inputs.run.batch_size, progress=say).to_dict()
         details = None
     else:
         say(f"quantize {role} {variant}")
@@ -161,14 +161,14 @@ def compute_row(role: Role, source: Source | None, inputs: Inputs, handoff: Any 
             with source.apply(role, inputs, handoff) as applied:
                 say(f"evaluate {role} {variant}")
                 data = inputs.data if applied.data is None else applied.data
-                evaluation = evaluate(applied.view, data, batch_size=inputs.run.batch_size).to_dict()
+                evaluation = benchmark.measure(applied.view, data, batch_size=inputs.run.batch_size, progress=say).to_dict()
                 _renumber(evaluation, applied.sample_ids)
                 details, passed_on, dtype = applied.details, applied.handoff, applied.view.dtype
         except BackendUnavailable as exc:
-            return Row.skipped(role, variant, exc, time.perf_counter() - start), None
+            return Row.skipped(role, variant, exc, time.perf_counter() - start, names), None
     if role == "retrain":
         inputs.release("retrain")
-    row = Row.measured(role, variant, evaluation, details, time.perf_counter() - start, dtype)
+    row = Row.measured(role, variant, evaluation, details, time.perf_counter() - start, dtype, names)
     say(f"{role} {variant}: " + ", ".join(f"{m} {v:.1f}" for m, v in row.values.items() if v is not None) + f" ({row.seconds:.1f} s)")
     return row, passed_on
 

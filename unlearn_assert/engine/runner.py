@@ -16,11 +16,12 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+from ..benchmark import judged_metrics
 from ..cache import ResultCache
 from ..config import Budget, RunConfig, run_config
 from ..names import FP, Role, item_name
 from ..scaleout.claims import RowClaims
-from .derive import Figures, bootstrap_of, figures, reference_problem
+from .derive import Figures, bootstrap_of, figures
 from .inputs import Inputs, Progress, precheck
 from .report import Report, build_report
 from .rows import Row, RowKey, cached_row, compute_row, row_key
@@ -134,12 +135,15 @@ class Gate:
 
     def checks(self) -> list[tuple[str, str]]:
         """The run's (variant, check) items, in order."""
-        return plan_checks(self.run.variants, self.run.has_reference_auc)
+        return plan_checks(self.run.variants, judged_metrics(self.inputs.benchmark))
 
     def check(self, variant: str, check: str, budget: Budget | None = None) -> Verdict:
         """Compute the rows one item needs, then judge it (skipped when a backend is missing)."""
+        spec = next((m for m in self.inputs.benchmark.metrics if m.item == check), None)
+        if spec is None:
+            raise ValueError(f"'{check}' is no item of the {self.inputs.benchmark.name} benchmark")
         has_target = variant == FP or "target" in self.source(variant).roles
-        needed = needed_rows(variant, check, quantized_target=has_target, retrain=self.run.retrain is not None)
+        needed = needed_rows(variant, spec.role, quantized_target=has_target, retrain=self.run.retrain is not None)
         for role, q in needed:
             row = self.row(role, q)
             if not row.ok:
@@ -148,8 +152,8 @@ class Gate:
         if variant != FP and qt in self._rows and qt not in needed:  # q(T) computed already: shown beside, as context
             needed.append(qt)
         figs = self.figures(needed)
-        if check == "privleak":
-            problem = reference_problem(*figs.reference)
+        if spec.role == "privacy":
+            problem = figs.rules[spec.name].problem(*figs.reference[spec.name])
             if problem is not None:  # the user asked for the check; it cannot be made: fail, never pass or skip
                 return Verdict(item_name(variant, check), variant, check, "failed", problem)
         return judge_item(variant, check, figs, budget or self.run.budget, self.run.verdict)
@@ -159,13 +163,13 @@ class Gate:
         per set of rows: rows never change once computed, and the bootstrap is the costly part."""
         memo = frozenset(keys)
         if memo not in self._figures:
-            self._figures[memo] = figures([self._rows[k] for k in keys], self.run.retrain_auc, bootstrap_of(self.run))
+            self._figures[memo] = figures([self._rows[k] for k in keys], self.inputs.benchmark, bootstrap_of(self.run))
         return self._figures[memo]
 
     def build_report(self, verdicts: Iterable[Verdict], execution: list[dict[str, Any]] | None = None) -> Report:
         """The report of every row computed so far and ``verdicts``."""
         return build_report(self.run, self._rows.values(), verdicts, data=self.inputs.data, fingerprints=self.inputs.fingerprints(),
-                            execution=execution)
+                            execution=execution, benchmark=self.inputs.benchmark)
 
 
 def gate(

@@ -23,12 +23,15 @@ items also require, under every policy, that the drop's interval exclude 0.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from ..benchmark.base import MetricRole, MetricSpec
 from ..config import Budget
-from ..names import CHECKS, FORGET_METRICS, FP, ITEM_UNITS, item_name
+from ..names import FP, item_name
 from .derive import Figures, Interval
+from .derive import removed as removed_points
 from .rows import RowKey
 
 __all__ = ["Judgement", "Verdict", "judge_item", "judge", "needed_rows", "plan_checks"]
@@ -107,27 +110,23 @@ def judge(estimate: float, ci: tuple[float, float] | None, accept: tuple[float, 
     return Judgement(point=point, strict=strict, lenient=lenient, decided=strict == lenient)
 
 
-def plan_checks(variants: tuple[str, ...], has_reference_auc: bool) -> list[tuple[str, str]]:
-    """The (variant, check) pairs that become test items, in a stable order (xdist needs it)."""
-    pairs: list[tuple[str, str]] = []
-    for q in (FP, *variants):
-        for check in CHECKS:
-            if check == "privleak" and not has_reference_auc:
-                continue
-            pairs.append((q, check))
-    return pairs
+def plan_checks(variants: tuple[str, ...], judged: Sequence[MetricSpec]) -> list[tuple[str, str]]:
+    """The (variant, check) pairs that become test items, in a stable order (xdist needs it): every
+    ``judged`` metric (the benchmark's forget, utility and privacy metrics that can be judged in this
+    run: a privacy metric needs its reference) for full precision and each variant."""
+    return [(q, spec.item) for q in (FP, *variants) for spec in judged if spec.item is not None]
 
 
-def needed_rows(variant: str, check: str, quantized_target: bool = True, retrain: bool = False) -> list[RowKey]:
-    """Which (model, variant) rows an item needs, in the order to compute them. q(T) is shown beside
-    recovery as context (not for a variant without a target version, such as the user's
+def needed_rows(variant: str, role: MetricRole, quantized_target: bool = True, retrain: bool = False) -> list[RowKey]:
+    """Which (role, variant) rows an item on a metric of ``role`` needs, in the order to compute them. q(T) is
+    shown beside recovery as context (not for a variant without a target version, such as the user's
     artifact: ``quantized_target=False``), and comes first: T's variant may hand its codes to U's.
-    The privleak items need the retrain row (the reference AUC) when there is a retrain model."""
+    A privacy item needs the retrain row (its reference) when there is a retrain model."""
     rows: list[RowKey] = [("target", FP), ("unlearned", FP)]
-    if check == "privleak" and retrain:
+    if role == "privacy" and retrain:
         rows.append(("retrain", FP))
     if variant != FP:
-        if check in FORGET_METRICS and quantized_target:
+        if role == "forget" and quantized_target:
             rows.append(("target", variant))
         rows.append(("unlearned", variant))
     return rows
@@ -170,21 +169,22 @@ def _outcomes(*parts: Judgement) -> Judgement:
     return Judgement(point=all(j.point for j in parts), strict=strict, lenient=lenient, decided=decided)
 
 
-def _forgetting(variant: str, check: str, t: float, u: float, floor: float, figures: Figures,
+def _forgetting(variant: str, spec: MetricSpec, t: float, u: float, floor: float, figures: Figures,
                 budget: Budget, policy: str) -> Verdict:
-    """A forget metric's item: in full precision the drop ``m(T) - m(U)`` must reach the floor and
-    its interval exclude 0 (the fp item, and the gate in front of every recovery item); under a
-    variant, then, its recovery must be within budget."""
+    """A forget metric's item: in full precision the drop ``m(T) - m(U)`` (``m(U) - m(T)`` for a metric that
+    grows as the model forgets) must reach the floor and its interval exclude 0 (the fp item, and the gate in
+    front of every recovery item); under a variant, then, its recovery must be within budget."""
+    check = spec.name
     name = item_name(variant, check)
     where = "in full precision" if variant == FP else f"under {variant}"
-    removed = t - u
+    removed = removed_points(spec, t, u)
     drop_ci = figures.drop_ci.get(check)
     drop_bounds = _bounds(drop_ci)
     excludes_zero = drop_bounds is None or drop_bounds[0] > 0
     fp_j = judge(removed, drop_bounds, (floor, math.inf)).also(removed > 0 and excludes_zero)
     drop_text = f"{removed:.1f} points" + ("" if drop_bounds is None else f" [{drop_bounds[0]:.1f}, {drop_bounds[1]:.1f}]")
     models = f"target {_fmt(t)}, unlearned {_fmt(u)}"
-    unit, n = ITEM_UNITS[check], drop_ci.n if drop_ci else 0
+    unit, n = spec.items, drop_ci.n if drop_ci else 0
     straddles = [f"{check} drop {drop_text} in full precision straddles the {floor:g}-point floor"] if fp_j.decided is False else []
     rec_j: Judgement | None = None
     rec_ci: Interval | None = None
@@ -218,7 +218,7 @@ def _forgetting(variant: str, check: str, t: float, u: float, floor: float, figu
         if variant != FP:
             message += f"; recovery {where} is {'undefined' if removed < floor or removed <= 0 else 'not judged'}"
     elif variant == FP:
-        message = f"{check} dropped {drop_text} ({models}; floor {floor:g})"
+        message = f"{check} {'dropped' if spec.higher_remembers else 'rose'} {drop_text} ({models}; floor {floor:g})"
     else:
         assert rec is not None
         verb = "recovered" if ok else "RECOVERED"
@@ -235,56 +235,72 @@ def _forgetting(variant: str, check: str, t: float, u: float, floor: float, figu
 def judge_item(variant: str, check: str, figures: Figures, budget: Budget, policy: str = "point") -> Verdict:
     """Judge one item from the figures (which must hold the rows of :func:`needed_rows`) under the
     verdict ``policy`` (point, strict or lenient)."""
+    spec = figures.spec(check)
+    if spec is None:
+        raise ValueError(f"unknown check '{check}'")
+    name = item_name(variant, check)
+    at = None if variant == FP else variant
+    if spec.role == "forget":
+        u, t = figures.baseline(variant, spec.name)  # fp values on the items this variant was measured on
+        if t is None or u is None:
+            return Verdict(name, variant, check, "skipped", f"{spec.name} was not measured")
+        return _forgetting(variant, spec, t, u, budget.value("floor", at), figures, budget, policy)
+    if spec.role == "utility":
+        return _utility(variant, check, spec, figures, budget.value_of((spec.name, "utility"), at), policy)
+    if spec.role == "privacy":
+        return _privacy(variant, check, spec, figures, budget, policy)
+    raise ValueError(f"'{check}' is a reported metric; it has no item")
+
+
+def _utility(variant: str, check: str, spec: MetricSpec, figures: Figures, ratio: float, policy: str) -> Verdict:
+    """A utility metric's item: ``m(variant of U) >= ratio * m(T)``."""
     name = item_name(variant, check)
     where = "in full precision" if variant == FP else f"under {variant}"
-    _get = figures.value
-    if check in FORGET_METRICS:
-        u, t = figures.baseline(variant, check)  # fp values on the items this variant was measured on
-        if t is None or u is None:
-            return Verdict(name, variant, check, "skipped", f"{check} was not measured")
-        floor = budget.value("floor", None if variant == FP else variant)
-        return _forgetting(variant, check, t, u, floor, figures, budget, policy)
-    if check == "utility":
-        t = _get("target", FP, "knowmem_r")
-        m = _get("unlearned", variant, "knowmem_r")
-        if t is None or m is None:
-            return Verdict(name, variant, check, "skipped", f"knowmem_r was not measured {where}")
-        ratio = budget.value("utility", None if variant == FP else variant)
-        if t <= 0:
-            return Verdict(name, variant, check, "passed",
-                           f"target knowmem_r is {_fmt(t)}: there is no retained knowledge to lose", value=None, budget=ratio,
-                           policy=policy, figure="utility")
-        share = m / t
-        ci = figures.utility_ci.get(variant)
-        j = judge(share, _bounds(ci), (ratio, math.inf))
-        ok = j.passed(policy)
-        qt = _get("target", variant, "knowmem_r") if variant != FP else None
-        context = f" (the quantized target: {_fmt(qt)}, {qt / t:.0%})" if qt is not None else ""
-        ci_text = "" if ci is None else f" [{_pct(ci.lo)}, {_pct(ci.hi)}]"
-        numbers = f"{_fmt(m)} vs target {_fmt(t)}{context}"
-        if j.decided is False and ci is not None:
-            message = _undecided(f"knowmem_r {share:.0%}{ci_text} of the target's {where} straddles the {ratio:.0%} budget",
-                                 ci.n, ITEM_UNITS["knowmem_r"], "retain items", policy, ok) + f": {numbers}"
-        else:
-            message = f"knowmem_r {where} is {share:.0%}{ci_text} of the target's (needs >= {ratio:.0%}): {numbers}"
-        return Verdict(name, variant, check, "passed" if ok else "failed", message, value=share, budget=ratio,
-                       ci=_bounds(ci), decided=j.decided, n=ci.n if ci else None, degenerate=ci.degenerate if ci else None,
+    m_name = spec.name
+    t = figures.value("target", FP, m_name)
+    m = figures.value("unlearned", variant, m_name)
+    if t is None or m is None:
+        return Verdict(name, variant, check, "skipped", f"{m_name} was not measured {where}")
+    if t <= 0:
+        return Verdict(name, variant, check, "passed",
+                       f"target {m_name} is {_fmt(t)}: there is no retained knowledge to lose", value=None, budget=ratio,
                        policy=policy, figure="utility")
-    if check == "privleak":
-        p = _get("unlearned", variant, "privleak")
-        if p is None:
-            return Verdict(name, variant, check, "skipped", f"privleak was not measured {where}")
-        bound = budget.value("privleak", None if variant == FP else variant)
-        ci = figures.privleak_ci.get(("unlearned", variant))
-        j = judge(p, _bounds(ci), (-bound, bound))
-        ok = j.passed(policy)
-        ci_text = "" if ci is None else (f" [{ci.lo:+.1f}%, " + ("inf" if math.isinf(ci.hi) else f"{ci.hi:+.1f}%") + "]")
-        if j.decided is False and ci is not None:
-            message = _undecided(f"privleak {p:+.1f}%{ci_text} {where} straddles the |privleak| <= {bound:g}% budget",
-                                 ci.n, ITEM_UNITS["privleak"], "forget and holdout texts", policy, ok)
-        else:
-            message = f"privleak {where} is {p:+.1f}%{ci_text} (budget |privleak| <= {bound:g}%)"
-        return Verdict(name, variant, check, "passed" if ok else "failed", message, value=p, budget=bound, ci=_bounds(ci),
-                       decided=j.decided, n=ci.n if ci else None, degenerate=ci.degenerate if ci else None, policy=policy,
-                       figure="privleak")
-    raise ValueError(f"unknown check '{check}'")
+    share = m / t
+    ci = figures.utility_ci.get(variant, {}).get(m_name)
+    j = judge(share, _bounds(ci), (ratio, math.inf))
+    ok = j.passed(policy)
+    qt = figures.value("target", variant, m_name) if variant != FP else None
+    context = f" (the quantized target: {_fmt(qt)}, {qt / t:.0%})" if qt is not None else ""
+    ci_text = "" if ci is None else f" [{_pct(ci.lo)}, {_pct(ci.hi)}]"
+    numbers = f"{_fmt(m)} vs target {_fmt(t)}{context}"
+    if j.decided is False and ci is not None:
+        message = _undecided(f"{m_name} {share:.0%}{ci_text} of the target's {where} straddles the {ratio:.0%} budget",
+                             ci.n, spec.items, "retain items", policy, ok) + f": {numbers}"
+    else:
+        message = f"{m_name} {where} is {share:.0%}{ci_text} of the target's (needs >= {ratio:.0%}): {numbers}"
+    return Verdict(name, variant, check, "passed" if ok else "failed", message, value=share, budget=ratio,
+                   ci=_bounds(ci), decided=j.decided, n=ci.n if ci else None, degenerate=ci.degenerate if ci else None,
+                   policy=policy, figure="utility")
+
+
+def _privacy(variant: str, check: str, spec: MetricSpec, figures: Figures, budget: Budget, policy: str) -> Verdict:
+    """A privacy metric's item: its value against its reference within the budget's accepted range."""
+    name = item_name(variant, check)
+    where = "in full precision" if variant == FP else f"under {variant}"
+    rule = figures.rules[spec.name]
+    p = figures.value("unlearned", variant, spec.name)
+    if p is None:
+        return Verdict(name, variant, check, "skipped", f"{spec.name} was not measured {where}")
+    bound = budget.value_of((spec.name, rule.budget_key), None if variant == FP else variant, rule.default_budget)
+    ci = figures.privacy_ci.get(spec.name, {}).get(("unlearned", variant))
+    j = judge(p, _bounds(ci), rule.accept(bound))
+    ok = j.passed(policy)
+    ci_text = "" if ci is None else rule.interval_text(ci)
+    if j.decided is False and ci is not None:
+        message = _undecided(f"{spec.name} {rule.describe(p)}{ci_text} {where} straddles the {rule.budget_text(bound)} budget",
+                             ci.n, spec.items, spec.items, policy, ok)
+    else:
+        message = f"{spec.name} {where} is {rule.describe(p)}{ci_text} (budget {rule.budget_text(bound)})"
+    return Verdict(name, variant, check, "passed" if ok else "failed", message, value=p, budget=bound, ci=_bounds(ci),
+                   decided=j.decided, n=ci.n if ci else None, degenerate=ci.degenerate if ci else None, policy=policy,
+                   figure=spec.name)

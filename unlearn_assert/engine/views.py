@@ -20,7 +20,6 @@ from ..names import METRICS, Role
 from .rows import measurement_key
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..data.muse import MuseData
     from ..metrics import Evaluation
     from ..models import LoadedModel
     from .inputs import Inputs
@@ -41,7 +40,7 @@ class GateView:
         self._measured: dict[str, Evaluation] = {}
 
     @property
-    def data(self) -> MuseData:
+    def data(self) -> Any:
         """The evaluated data (limited by --unlearn-max-samples)."""
         return self._inputs.data
 

@@ -155,9 +155,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if session is None:
         metafunc.parametrize("budget_check", [])
         return
+    from ..benchmark import benchmark_for, judged_metrics
     from ..engine.verdicts import plan_checks
 
-    checks = plan_checks(session.run.variants, session.run.has_reference_auc)
+    checks = plan_checks(session.run.variants, judged_metrics(benchmark_for(session.run)))
     metafunc.parametrize("budget_check", checks, ids=[item_id(q, c) for q, c in checks])
 
 

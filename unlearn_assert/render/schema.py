@@ -117,6 +117,9 @@ class Provenance(_ProvenanceRequired, total=False):
     # how each process of the run used the machine: [{"worker": "gw0" | "main", "workers": N, "device": "cuda:1",
     # "threads": {"intra_op": 1, "inter_op": 1, "set_by": "unlearn-assert: 2 cores // 2 workers"}}]
     execution: list[dict[str, Any]]
+    # what the rows measure, for every benchmark but MUSE (absent: MUSE, as in every report made before there were
+    # others): {"name": "tofu", "metrics": [{"name", "role", "check", "items", "unit", "short", ...}], "settings": {...}}
+    benchmark: dict[str, Any]
 
 
 class QuantInfo(TypedDict, total=False):
