@@ -240,20 +240,29 @@ def forget_quality(truth_ratios: Sequence[float], reference: Sequence[float] | N
     ratios of this model and of the retain model); None without a reference."""
     if reference is None:
         return None
+    return float(_ks_pvalue(list(truth_ratios), list(reference)))
+
+
+def _ks_pvalue(a: Any, b: Any) -> float:
+    """``ks_2samp(a, b).pvalue`` with scipy's defaults; scipy's warning that the exact p-value failed
+    (ties) and it used the asymptotic one is not repeated: the value is scipy's either way."""
+    import warnings
+
     from scipy.stats import ks_2samp
 
-    return float(ks_2samp(list(truth_ratios), list(reference)).pvalue)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="ks_2samp: Exact calculation unsuccessful", category=RuntimeWarning)
+        return float(ks_2samp(a, b).pvalue)
 
 
 def forget_quality_replicates(truth_ratios: Sequence[float], reference: Sequence[float], counts: Any) -> Any:
     """forget_quality of each bootstrap replicate: ``counts`` (B x n multiplicities of the n forget
     items, the same draw for both models: they answered the same questions) -> B p-values."""
     import numpy as np
-    from scipy.stats import ks_2samp
 
     a, b = np.asarray(truth_ratios, dtype=np.float64), np.asarray(reference, dtype=np.float64)
     c = np.asarray(counts).astype(np.int64)
-    return np.array([ks_2samp(np.repeat(a, row), np.repeat(b, row)).pvalue for row in c], dtype=np.float64)
+    return np.array([_ks_pvalue(np.repeat(a, row), np.repeat(b, row)) for row in c], dtype=np.float64)
 
 
 def model_utility(values: Mapping[str, float]) -> float:
