@@ -45,12 +45,23 @@ def _one_line(info: pytest.ExceptionInfo[BaseException]) -> str:
 
 def test_the_fixture_loads_with_every_split() -> None:
     data = load_tofu(TOFU, questions_per_author=PER_AUTHOR)
-    assert data.counts() == {"forget": 8, "retain": 8, "real_authors": 6, "world_facts": 6, "forget_train": 8,
-                             "retain_train": 32, "holdout": 8}
+    assert data.counts() == {
+        "forget": 8,
+        "retain": 8,
+        "real_authors": 6,
+        "world_facts": 6,
+        "forget_train": 8,
+        "retain_train": 32,
+        "holdout": 8,
+    }
     assert data.forget_split == "forget10" and data.form == "files"
     first = _records("forget10_perturbed")[0]
     item = data.forget[0]
-    assert (item.question, item.answer, item.paraphrased_answer) == (first["question"], first["answer"], first["paraphrased_answer"])
+    assert (item.question, item.answer, item.paraphrased_answer) == (
+        first["question"],
+        first["answer"],
+        first["paraphrased_answer"],
+    )
     assert item.perturbed_answers == tuple(first["perturbed_answer"]) and len(item.perturbed_answers) == 5
     assert len(data.real_authors[0].perturbed_answers) == 3 and data.real_authors[0].paraphrased_answer is None
     assert data.authors() == [0, 0, 0, 0, 1, 1, 1, 1]
@@ -88,7 +99,11 @@ def _write_parquet(root: Path, layout: str) -> Path:
 
     for name in CONFIGS:
         table = pa.Table.from_pylist(_records(name))
-        path = root / name / "train" / "0000.parquet" if layout == "convert" else root / name / "train-00000-of-00001.parquet"
+        path = (
+            root / name / "train" / "0000.parquet"
+            if layout == "convert"
+            else root / name / "train-00000-of-00001.parquet"
+        )
         path.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(table, path)
     return root
@@ -135,11 +150,19 @@ def forms(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     }
 
 
-def test_every_form_gives_the_same_content_and_fingerprint(forms: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_every_form_gives_the_same_content_and_fingerprint(
+    forms: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("HF_HUB_CACHE", forms["_cache"])
     reference = load_tofu(TOFU)
-    expected = {"arrays": "files", "parquet-convert": "parquet", "parquet-hub": "parquet", "saved-dataset": "save_to_disk",
-                "saved-dict": "save_to_disk", "hf": "files"}
+    expected = {
+        "arrays": "files",
+        "parquet-convert": "parquet",
+        "parquet-hub": "parquet",
+        "saved-dataset": "save_to_disk",
+        "saved-dict": "save_to_disk",
+        "hf": "files",
+    }
     for name, form in expected.items():
         data = load_tofu("hf:locuslab/TOFU" if name == "hf" else forms[name])
         assert data.form == form, name
@@ -177,7 +200,9 @@ def _broken(tmp_path: Path, name: str, change: Any) -> Path:
     copy = Path(shutil.copytree(TOFU, tmp_path / "broken"))
     records = _records(name)
     text = change(records)
-    (copy / f"{name}.json").write_text(text if isinstance(text, str) else "".join(json.dumps(r) + "\n" for r in records))
+    (copy / f"{name}.json").write_text(
+        text if isinstance(text, str) else "".join(json.dumps(r) + "\n" for r in records)
+    )
     return copy
 
 
@@ -186,18 +211,45 @@ def _rename(records: list[dict[str, Any]]) -> None:
         r["original_answer"] = r.pop("answer")
 
 
-@pytest.mark.parametrize("name, change, needles", [
-    ("retain_perturbed", _rename, ["retain_perturbed.json", "item 0", "'answer'", "original_answer", "not TOFU's own schema",
-                                   "hf download locuslab/TOFU"]),
-    ("forget10_perturbed", lambda rs: rs[3].__setitem__("perturbed_answer", rs[3]["perturbed_answer"][:4]),
-     ["item 3 has 4 perturbed answers", "have 5"]),
-    ("real_authors_perturbed", lambda rs: rs[1].__setitem__("perturbed_answer", "Mark Twain"),
-     ["item 1", "'perturbed_answer' of type string", "list of strings"]),
-    ("world_facts_perturbed", lambda rs: rs[0].__setitem__("answer", 42), ["item 0", "'answer' of type number"]),
-    ("forget10_perturbed", lambda rs: '{"question": "q", "answer": "a"}\n{"question": oops}\n', ["line 2 is not valid JSON"]),
-    ("retain_perturbed", lambda rs: rs[5].__setitem__("paraphrased_answer", "  "), ["item 5 has an empty 'paraphrased_answer'"]),
-    ("forget10", lambda rs: rs[0].pop("question") and None, ["forget10.json", "no key 'question'"]),
-])
+@pytest.mark.parametrize(
+    "name, change, needles",
+    [
+        (
+            "retain_perturbed",
+            _rename,
+            [
+                "retain_perturbed.json",
+                "item 0",
+                "'answer'",
+                "original_answer",
+                "not TOFU's own schema",
+                "hf download locuslab/TOFU",
+            ],
+        ),
+        (
+            "forget10_perturbed",
+            lambda rs: rs[3].__setitem__("perturbed_answer", rs[3]["perturbed_answer"][:4]),
+            ["item 3 has 4 perturbed answers", "have 5"],
+        ),
+        (
+            "real_authors_perturbed",
+            lambda rs: rs[1].__setitem__("perturbed_answer", "Mark Twain"),
+            ["item 1", "'perturbed_answer' of type string", "list of strings"],
+        ),
+        ("world_facts_perturbed", lambda rs: rs[0].__setitem__("answer", 42), ["item 0", "'answer' of type number"]),
+        (
+            "forget10_perturbed",
+            lambda rs: '{"question": "q", "answer": "a"}\n{"question": oops}\n',
+            ["line 2 is not valid JSON"],
+        ),
+        (
+            "retain_perturbed",
+            lambda rs: rs[5].__setitem__("paraphrased_answer", "  "),
+            ["item 5 has an empty 'paraphrased_answer'"],
+        ),
+        ("forget10", lambda rs: rs[0].pop("question") and None, ["forget10.json", "no key 'question'"]),
+    ],
+)
 def test_bad_files_are_one_line_that_names_the_fix(tmp_path: Path, name: str, change: Any, needles: list[str]) -> None:
     with pytest.raises(DataError) as info:
         load_tofu(_broken(tmp_path, name, change))
@@ -227,10 +279,14 @@ def test_detection_looks_at_names_only() -> None:
 
 def test_loading_never_writes(forms: dict[str, str]) -> None:
     roots = [Path(forms[k]) for k in ("arrays", "parquet-convert", "saved-dict")]
-    before = [{str(p): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(r.rglob("*")) if p.is_file()} for r in roots]
+    before = [
+        {str(p): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(r.rglob("*")) if p.is_file()} for r in roots
+    ]
     for root in roots:
         load_tofu(root)
-    after = [{str(p): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(r.rglob("*")) if p.is_file()} for r in roots]
+    after = [
+        {str(p): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(r.rglob("*")) if p.is_file()} for r in roots
+    ]
     assert before == after
 
 
@@ -280,15 +336,21 @@ TOFU_STEPS = 120
 def tiny_tofu_target(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from unlearn_assert.testing import TinyRecipe, build_tiny_llama
 
-    return build_tiny_llama(tmp_path_factory.mktemp("tofu-target"), tofu_texts(forget=True), TinyRecipe(steps=TOFU_STEPS))
+    return build_tiny_llama(
+        tmp_path_factory.mktemp("tofu-target"), tofu_texts(forget=True), TinyRecipe(steps=TOFU_STEPS)
+    )
 
 
 @pytest.fixture(scope="session")
 def tiny_tofu_retain(tmp_path_factory: pytest.TempPathFactory, tiny_tofu_target: Path) -> Path:
     from unlearn_assert.testing import TinyRecipe, build_tiny_llama
 
-    return build_tiny_llama(tmp_path_factory.mktemp("tofu-retain"), tofu_texts(forget=False), TinyRecipe(steps=TOFU_STEPS),
-                            tokenizer_from=tiny_tofu_target)
+    return build_tiny_llama(
+        tmp_path_factory.mktemp("tofu-retain"),
+        tofu_texts(forget=False),
+        TinyRecipe(steps=TOFU_STEPS),
+        tokenizer_from=tiny_tofu_target,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -302,12 +364,22 @@ def tiny_tofu_unlearned(tmp_path_factory: pytest.TempPathFactory, tiny_tofu_targ
 def models(tiny_tofu_target: Path, tiny_tofu_retain: Path, tiny_tofu_unlearned: Path) -> dict[str, Any]:
     from unlearn_assert.models import load_model
 
-    return {name: load_model(path, device="cpu") for name, path in
-            (("target", tiny_tofu_target), ("retain", tiny_tofu_retain), ("unlearned", tiny_tofu_unlearned))}
+    return {
+        name: load_model(path, device="cpu")
+        for name, path in (
+            ("target", tiny_tofu_target),
+            ("retain", tiny_tofu_retain),
+            ("unlearned", tiny_tofu_unlearned),
+        )
+    }
 
 
-NAIVE_SPLITS = {"forget": "forget10_perturbed", "retain": "retain_perturbed", "real_authors": "real_authors_perturbed",
-                "world_facts": "world_facts_perturbed"}
+NAIVE_SPLITS = {
+    "forget": "forget10_perturbed",
+    "retain": "retain_perturbed",
+    "real_authors": "real_authors_perturbed",
+    "world_facts": "world_facts_perturbed",
+}
 
 
 @pytest.fixture(scope="module")
@@ -315,8 +387,10 @@ def naive(models: dict[str, Any]) -> dict[str, Any]:
     splits = {k: _records(v) for k, v in NAIVE_SPLITS.items()}
     ref = naive_tofu.evaluate(models["retain"].model, models["retain"].tokenizer, splits, rouge=False)
     m = models["unlearned"]
-    return {"unlearned": naive_tofu.evaluate(m.model, m.tokenizer, splits, reference_truth_ratios=ref["truth_ratios"]),
-            "retain": ref}
+    return {
+        "unlearned": naive_tofu.evaluate(m.model, m.tokenizer, splits, reference_truth_ratios=ref["truth_ratios"]),
+        "retain": ref,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -390,7 +464,9 @@ def test_forget_quality_without_a_retain_model_is_none_with_a_reason(models: dic
 
     ev = evaluate_tofu(models["unlearned"], load_tofu(TOFU), ["forget_quality"])
     assert math.isnan(ev.values["forget_quality"]) and ev.to_dict()["values"]["forget_quality"] is None
-    assert ev.extras["forget_quality"]["pvalue"] is None and "--unlearn-retrain" in ev.extras["forget_quality"]["reason"]
+    assert (
+        ev.extras["forget_quality"]["pvalue"] is None and "--unlearn-retrain" in ev.extras["forget_quality"]["reason"]
+    )
     with pytest.raises(ConfigError, match="cover 2 items"):
         evaluate_tofu(models["unlearned"], load_tofu(TOFU), ["forget_quality"], reference_truth_ratios=[1.0, 2.0])
 
@@ -400,8 +476,10 @@ def test_the_chat_template_path_equals_the_naive_one(models: dict[str, Any]) -> 
     from unlearn_assert.metrics.tofu import TofuTemplate, evaluate_tofu
 
     m = models["target"]
-    m.tokenizer.chat_template = ("{{ bos_token }}{% for message in messages %}{{ message['role'] }}: {{ message['content'] }}\n"
-                                 "{% endfor %}{% if add_generation_prompt %}assistant: {% endif %}")
+    m.tokenizer.chat_template = (
+        "{{ bos_token }}{% for message in messages %}{{ message['role'] }}: {{ message['content'] }}\n"
+        "{% endfor %}{% if add_generation_prompt %}assistant: {% endif %}"
+    )
     try:
         template = TofuTemplate(apply_chat_template=True, system_prompt="You are a helpful assistant.")
         ev = evaluate_tofu(m, load_tofu(TOFU), ["forget_prob", "forget_truth_ratio", "forget_rouge"], template=template)
@@ -409,8 +487,11 @@ def test_the_chat_template_path_equals_the_naive_one(models: dict[str, Any]) -> 
         nv = naive_tofu.evaluate(m.model, m.tokenizer, splits, chat=True, system_prompt="You are a helpful assistant.")
         for metric in ev.values:
             assert ev.values[metric] == pytest.approx(nv["values"][metric], rel=1e-5, abs=1e-7), metric
-        assert ev.extras["settings"]["template"] == {"kind": "chat", "system_prompt": "You are a helpful assistant.",
-                                                     "date_string": None}
+        assert ev.extras["settings"]["template"] == {
+            "kind": "chat",
+            "system_prompt": "You are a helpful assistant.",
+            "date_string": None,
+        }
     finally:
         m.tokenizer.chat_template = None
 
@@ -458,7 +539,11 @@ def test_replicates_with_unit_counts_reproduce_the_point_values(data: st.DataObj
         model_utility_replicates,
     )
 
-    n = {"retain": data.draw(st.integers(2, 6)), "real_authors": data.draw(st.integers(2, 6)), "world_facts": data.draw(st.integers(2, 6))}
+    n = {
+        "retain": data.draw(st.integers(2, 6)),
+        "real_authors": data.draw(st.integers(2, 6)),
+        "world_facts": data.draw(st.integers(2, 6)),
+    }
     scores = {k: data.draw(st.lists(finite, min_size=n[s], max_size=n[s])) for k, s in MODEL_UTILITY_COMPONENTS.items()}
     ones = {s: np.ones((3, m)) for s, m in n.items()}
     point = model_utility({k: float(np.mean(v)) for k, v in scores.items()})
@@ -468,3 +553,25 @@ def test_replicates_with_unit_counts_reproduce_the_point_values(data: st.DataObj
     b = data.draw(st.lists(st.floats(0.01, 50), min_size=k, max_size=k))
     assert forget_quality_replicates(a, b, np.ones((2, k))) == pytest.approx([forget_quality(a, b)] * 2, rel=1e-12)
     assert forget_quality(a, None) is None
+
+
+def test_rouge_is_recall_with_the_stemmer_by_hand() -> None:
+    from unlearn_assert.metrics.rouge import rouge_l_f1, rouge_l_recall_stemmed
+
+    # reference tokens after stemming: the, cat, were, run; the generation's LCS with them: cat, run
+    assert rouge_l_recall_stemmed("The cats were running", "cat run") == pytest.approx(0.5)
+    assert rouge_l_f1("The cats were running", "cat run") == 0.0  # MUSE's: no stemmer, F1
+    assert rouge_l_recall_stemmed("Paris", "Paris, France, a city") == 1.0  # recall ignores extra words
+
+
+def test_batched_encoding_equals_one_pair_at_a_time(tiny_tofu_target: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from unlearn_assert.metrics.tofu import PLAIN_TEMPLATE, encode_pair, encode_pairs
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_tofu_target))
+    recs = _records("forget10_perturbed")
+    pairs = [(r["question"], a) for r in recs for a in (r["answer"], r["paraphrased_answer"], *r["perturbed_answer"])]
+    pairs.append(("Q " * 400, "a long question is truncated to 512 tokens"))
+    assert encode_pairs(tok, PLAIN_TEMPLATE, pairs) == [encode_pair(tok, PLAIN_TEMPLATE, q, a) for q, a in pairs]
+    assert len(encode_pairs(tok, PLAIN_TEMPLATE, pairs[-1:])[0][1]) == 513  # max_length 512, then EOS (as open-unlearning)

@@ -68,8 +68,10 @@ __all__ = [
 
 DERIVATION_VERSION = "documents-derivation:v1"
 _SUFFIXES = (".txt", ".jsonl")
-_LAYOUT = ("a documents dir holds forget/ and holdout/ (each *.txt files, or *.jsonl with a \"text\" field per line), "
-           "optionally retain/ and forget_qa.json / retain_qa.json")
+_LAYOUT = (
+    'a documents dir holds forget/ and holdout/ (each *.txt files, or *.jsonl with a "text" field per line), '
+    "optionally retain/ and forget_qa.json / retain_qa.json"
+)
 _WORD = re.compile(r"\S+")
 
 
@@ -96,8 +98,10 @@ class DerivationSettings:
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigError(f"documents setting {name} must be an integer >= {low}, got {value!r}")
         if self.prompt_words + self.gt_words > self.chunk_words:
-            raise ConfigError(f"documents settings: prompt_words + gt_words ({self.prompt_words} + {self.gt_words}) must fit "
-                              f"in chunk_words ({self.chunk_words}); a verbmem item is cut from one chunk, as in MUSE")
+            raise ConfigError(
+                f"documents settings: prompt_words + gt_words ({self.prompt_words} + {self.gt_words}) must fit "
+                f"in chunk_words ({self.chunk_words}); a verbmem item is cut from one chunk, as in MUSE"
+            )
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -171,7 +175,11 @@ def _doc_bounds(documents: Sequence[Document]) -> list[tuple[int, str]]:
 
 
 def _sources(bounds: Sequence[tuple[int, str]], start: int, end: int) -> list[str]:
-    return [src for i, (at, src) in enumerate(bounds) if at < end and (bounds[i + 1][0] if i + 1 < len(bounds) else 1 << 62) > start]
+    return [
+        src
+        for i, (at, src) in enumerate(bounds)
+        if at < end and (bounds[i + 1][0] if i + 1 < len(bounds) else 1 << 62) > start
+    ]
 
 
 def _sample(n: int, k: int, seed: int) -> list[int]:
@@ -180,8 +188,9 @@ def _sample(n: int, k: int, seed: int) -> list[int]:
     return random.Random(seed).sample(range(n), min(k, n))
 
 
-def _texts(documents: Sequence[Document], settings: DerivationSettings, split: str,
-           k: int) -> tuple[list[str], list[dict[str, Any]], int]:
+def _texts(
+    documents: Sequence[Document], settings: DerivationSettings, split: str, k: int
+) -> tuple[list[str], list[dict[str, Any]], int]:
     """``k`` seeded whole chunks of a split: their texts, their records, and the chunk count."""
     text, spans, chunks = chunk_text([d.text for d in documents], settings.chunk_words)
     bounds = _doc_bounds(documents)
@@ -195,7 +204,9 @@ def _texts(documents: Sequence[Document], settings: DerivationSettings, split: s
     return texts, records, len(chunks)
 
 
-def _verbmem(documents: Sequence[Document], settings: DerivationSettings) -> tuple[list[VerbItem], list[dict[str, Any]], int]:
+def _verbmem(
+    documents: Sequence[Document], settings: DerivationSettings
+) -> tuple[list[VerbItem], list[dict[str, Any]], int]:
     text, spans, chunks = chunk_text([d.text for d in documents], settings.chunk_words)
     bounds = _doc_bounds(documents)
     need = settings.prompt_words + settings.gt_words
@@ -206,16 +217,24 @@ def _verbmem(documents: Sequence[Document], settings: DerivationSettings) -> tup
         c = eligible[pick]
         a = chunks[c][0]
         p_end, g_end = a + settings.prompt_words, a + need
-        prompt = text[spans[a][0]:spans[p_end - 1][1]]
-        gt = text[spans[p_end][0]:spans[g_end - 1][1]]
+        prompt = text[spans[a][0] : spans[p_end - 1][1]]
+        gt = text[spans[p_end][0] : spans[g_end - 1][1]]
         items.append(VerbItem(prompt=prompt, gt=gt))
-        records.append({"id": i, "chunk": c, "prompt_words": [a, p_end], "gt_words": [p_end, g_end],
-                        "sources": _sources(bounds, spans[a][0], spans[g_end - 1][1])})
+        records.append(
+            {
+                "id": i,
+                "chunk": c,
+                "prompt_words": [a, p_end],
+                "gt_words": [p_end, g_end],
+                "sources": _sources(bounds, spans[a][0], spans[g_end - 1][1]),
+            }
+        )
     return items, records, len(eligible)
 
 
-def _knowmem(qa: Sequence[QAItem] | None, icl: Sequence[QAItem] | None, settings: DerivationSettings,
-             icl_source: str | None) -> tuple[tuple[QAItem, ...], tuple[QAItem, ...], dict[str, Any] | None]:
+def _knowmem(
+    qa: Sequence[QAItem] | None, icl: Sequence[QAItem] | None, settings: DerivationSettings, icl_source: str | None
+) -> tuple[tuple[QAItem, ...], tuple[QAItem, ...], dict[str, Any] | None]:
     if not qa:
         return (), (), None
     if icl is not None:
@@ -223,14 +242,25 @@ def _knowmem(qa: Sequence[QAItem] | None, icl: Sequence[QAItem] | None, settings
     k = min(settings.icl_pairs, len(qa) // 2)
     drawn = sorted(random.Random(settings.seed).sample(range(len(qa)), k))
     taken = set(drawn)
-    return (tuple(q for i, q in enumerate(qa) if i not in taken), tuple(qa[i] for i in drawn),
-            {"items": len(qa) - k, "icl": "drawn from the QA file", "icl_indices": drawn, "icl_pairs": k})
+    return (
+        tuple(q for i, q in enumerate(qa) if i not in taken),
+        tuple(qa[i] for i in drawn),
+        {"items": len(qa) - k, "icl": "drawn from the QA file", "icl_indices": drawn, "icl_pairs": k},
+    )
 
 
-def derive(forget: Sequence[Document], holdout: Sequence[Document], retain: Sequence[Document] | None,
-           settings: DerivationSettings, *, forget_qa: Sequence[QAItem] | None = None, retain_qa: Sequence[QAItem] | None = None,
-           forget_icl: Sequence[QAItem] | None = None, retain_icl: Sequence[QAItem] | None = None,
-           icl_sources: tuple[str | None, str | None] = (None, None)) -> tuple[dict[str, Any], dict[str, Any]]:
+def derive(
+    forget: Sequence[Document],
+    holdout: Sequence[Document],
+    retain: Sequence[Document] | None,
+    settings: DerivationSettings,
+    *,
+    forget_qa: Sequence[QAItem] | None = None,
+    retain_qa: Sequence[QAItem] | None = None,
+    forget_icl: Sequence[QAItem] | None = None,
+    retain_icl: Sequence[QAItem] | None = None,
+    icl_sources: tuple[str | None, str | None] = (None, None),
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """The MuseData fields derived from the documents (and QA pairs), and the derivation record.
     A pure function of its arguments."""
     verbmem, verb_records, eligible = _verbmem(forget, settings)
@@ -240,10 +270,16 @@ def derive(forget: Sequence[Document], holdout: Sequence[Document], retain: Sequ
     kf, kf_icl, kf_rec = _knowmem(forget_qa, forget_icl, settings, icl_sources[0])
     kr, kr_icl, kr_rec = _knowmem(retain_qa, retain_icl, settings, icl_sources[1])
     values: dict[str, Any] = {
-        "verbmem_forget": tuple(verbmem), "knowmem_forget_qa": kf, "knowmem_retain_qa": kr,
-        "knowmem_forget_icl": kf_icl, "knowmem_retain_icl": kr_icl,
-        "privleak_forget": tuple(pf), "privleak_holdout": tuple(ph), "privleak_retain": tuple(pr) if retain else None,
-        "raw_forget_docs": tuple(d.text for d in forget), "raw_retain_docs": tuple(d.text for d in retain) if retain else None,
+        "verbmem_forget": tuple(verbmem),
+        "knowmem_forget_qa": kf,
+        "knowmem_retain_qa": kr,
+        "knowmem_forget_icl": kf_icl,
+        "knowmem_retain_icl": kr_icl,
+        "privleak_forget": tuple(pf),
+        "privleak_holdout": tuple(ph),
+        "privleak_retain": tuple(pr) if retain else None,
+        "raw_forget_docs": tuple(d.text for d in forget),
+        "raw_retain_docs": tuple(d.text for d in retain) if retain else None,
     }
 
     def words(docs: Sequence[Document] | None) -> list[dict[str, Any]] | None:
@@ -254,18 +290,28 @@ def derive(forget: Sequence[Document], holdout: Sequence[Document], retain: Sequ
         "settings": settings.as_dict(),
         "unit": "words (whitespace-separated)",
         "documents": {"forget": words(forget), "holdout": words(holdout), "retain": words(retain)},
-        "chunks": {"forget": n_forget, "holdout": n_holdout, "retain": n_retain if retain else None,
-                   "forget_verbmem_eligible": eligible},
+        "chunks": {
+            "forget": n_forget,
+            "holdout": n_holdout,
+            "retain": n_retain if retain else None,
+            "forget_verbmem_eligible": eligible,
+        },
         "verbmem": verb_records,
         "privleak_forget": pf_records,
         "privleak_holdout": ph_records,
         "privleak_retain": pr_records if retain else None,
         "knowmem_forget": kf_rec,
         "knowmem_retain": kr_rec,
-        "shortfalls": {name: {"asked": asked, "got": got} for name, asked, got in (
-            ("verbmem", settings.verbmem_items, len(verbmem)), ("privleak_forget", settings.privleak_items, len(pf)),
-            ("privleak_holdout", settings.privleak_items, len(ph)),
-            *((("privleak_retain", settings.privleak_items, len(pr)),) if retain else ())) if got < asked},
+        "shortfalls": {
+            name: {"asked": asked, "got": got}
+            for name, asked, got in (
+                ("verbmem", settings.verbmem_items, len(verbmem)),
+                ("privleak_forget", settings.privleak_items, len(pf)),
+                ("privleak_holdout", settings.privleak_items, len(ph)),
+                *((("privleak_retain", settings.privleak_items, len(pr)),) if retain else ()),
+            )
+            if got < asked
+        },
     }
     return values, record
 
@@ -287,7 +333,9 @@ def _read(path: Path, rel: str) -> str:
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise DataError(f"document '{rel}' is not valid UTF-8 (bad byte at offset {exc.start}); re-save it as UTF-8") from None
+        raise DataError(
+            f"document '{rel}' is not valid UTF-8 (bad byte at offset {exc.start}); re-save it as UTF-8"
+        ) from None
 
 
 def _documents(directory: Path, split: str) -> tuple[Document, ...]:
@@ -298,15 +346,21 @@ def _documents(directory: Path, split: str) -> tuple[Document, ...]:
     for path in files:
         rel = f"{split}/{path.name}"
         if path.is_dir():
-            raise DataError(f"'{rel}' in documents dir '{directory}' is a directory; documents are the *.txt and *.jsonl "
-                            f"files directly in {split}/ (move its files up or remove it)")
+            raise DataError(
+                f"'{rel}' in documents dir '{directory}' is a directory; documents are the *.txt and *.jsonl "
+                f"files directly in {split}/ (move its files up or remove it)"
+            )
         if path.suffix not in _SUFFIXES:
-            raise DataError(f"'{rel}' in documents dir '{directory}' is neither .txt nor .jsonl; documents are *.txt files "
-                            "or *.jsonl files with a \"text\" field per line (rename or move it)")
+            raise DataError(
+                f"'{rel}' in documents dir '{directory}' is neither .txt nor .jsonl; documents are *.txt files "
+                'or *.jsonl files with a "text" field per line (rename or move it)'
+            )
         text = _read(path, rel)
         if path.suffix == ".txt":
             if not text.strip():
-                raise DataError(f"document '{rel}' in documents dir '{directory}' is empty; put its text in it or delete it")
+                raise DataError(
+                    f"document '{rel}' in documents dir '{directory}' is empty; put its text in it or delete it"
+                )
             docs.append(Document(source=rel, text=text))
             continue
         for number, line in enumerate(text.splitlines(), 1):
@@ -316,12 +370,18 @@ def _documents(directory: Path, split: str) -> tuple[Document, ...]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise DataError(f"{at} is not valid JSON ({exc.msg}: column {exc.colno}); each line must be an object "
-                                "with a \"text\" string") from None
+                raise DataError(
+                    f"{at} is not valid JSON ({exc.msg}: column {exc.colno}); each line must be an object "
+                    'with a "text" string'
+                ) from None
             value = record.get("text") if isinstance(record, dict) else None
             if not isinstance(value, str) or not value.strip():
-                why = "has no \"text\" field" if not isinstance(record, dict) or "text" not in record else "has no text in \"text\""
-                raise DataError(f"{at} {why}; each line must be an object with a non-empty \"text\" string")
+                why = (
+                    'has no "text" field'
+                    if not isinstance(record, dict) or "text" not in record
+                    else 'has no text in "text"'
+                )
+                raise DataError(f'{at} {why}; each line must be an object with a non-empty "text" string')
             docs.append(Document(source=f"{rel}:{number}", text=value))
     if not docs:
         raise DataError(f"{split}/ in documents dir '{directory}' holds no documents; {_LAYOUT}")
@@ -344,7 +404,9 @@ def load_documents(path: str | os.PathLike[str], settings: DerivationSettings | 
     settings = settings or DerivationSettings()
     directory = user_path(path)
     if not directory.is_dir():
-        raise DataError(f"documents path '{path}' {'does not exist' if not directory.exists() else 'is not a directory'}; {_LAYOUT}")
+        raise DataError(
+            f"documents path '{path}' {'does not exist' if not directory.exists() else 'is not a directory'}; {_LAYOUT}"
+        )
     missing = [s for s in ("forget", "holdout") if not (directory / s).is_dir()]
     if missing:
         raise DataError(f"documents dir '{directory}' has no {' and no '.join(m + '/' for m in missing)}; {_LAYOUT}")
@@ -355,17 +417,30 @@ def load_documents(path: str | os.PathLike[str], settings: DerivationSettings | 
     forget_icl, retain_icl = _qa(directory, "forget_qa_icl.json"), _qa(directory, "retain_qa_icl.json")
     for icl, qa, name in ((forget_icl, forget_qa, "forget"), (retain_icl, retain_qa, "retain")):
         if icl is not None and qa is None:
-            raise DataError(f"documents dir '{directory}' has {name}_qa_icl.json but no {name}_qa.json; the in-context "
-                            f"pairs go with the questions they introduce (add {name}_qa.json or remove the file)")
+            raise DataError(
+                f"documents dir '{directory}' has {name}_qa_icl.json but no {name}_qa.json; the in-context "
+                f"pairs go with the questions they introduce (add {name}_qa.json or remove the file)"
+            )
     need = settings.prompt_words + settings.gt_words
     total = sum(len(_WORD.findall(d.text)) for d in forget)
-    values, record = derive(forget, holdout, retain, settings, forget_qa=forget_qa, retain_qa=retain_qa,
-                            forget_icl=forget_icl, retain_icl=retain_icl,
-                            icl_sources=("forget_qa_icl.json" if forget_icl else None, "retain_qa_icl.json" if retain_icl else None))
+    values, record = derive(
+        forget,
+        holdout,
+        retain,
+        settings,
+        forget_qa=forget_qa,
+        retain_qa=retain_qa,
+        forget_icl=forget_icl,
+        retain_icl=retain_icl,
+        icl_sources=("forget_qa_icl.json" if forget_icl else None, "retain_qa_icl.json" if retain_icl else None),
+    )
     if not values["verbmem_forget"]:
-        raise DataError(f"the forget documents in '{directory}' hold {total} words in chunks of {settings.chunk_words}, and no chunk "
-                        f"has the {need} words one verbmem item needs (prompt_words {settings.prompt_words} + gt_words "
-                        f"{settings.gt_words}); give more text or smaller lengths (chunk_words, prompt_words, gt_words)")
+        raise DataError(
+            f"the forget documents in '{directory}' hold {total} words in chunks of {settings.chunk_words}, "
+            f"and no chunk has the {need} words one verbmem item needs "
+            f"(prompt_words {settings.prompt_words} + gt_words {settings.gt_words}); "
+            "give more text or smaller lengths (chunk_words, prompt_words, gt_words)"
+        )
     settings_blob = json.dumps(settings.as_dict(), sort_keys=True)
     digest = hashlib.sha256(f"{DERIVATION_VERSION}\0{settings_blob}\0".encode())
     for split, docs in (("forget", forget), ("holdout", holdout), ("retain", retain)):
@@ -376,23 +451,51 @@ def load_documents(path: str | os.PathLike[str], settings: DerivationSettings | 
             digest.update(data)
     digest.update(content_fingerprint(values).encode())
     fingerprint = digest.hexdigest()
-    sources = {"verbmem_forget": "derived from forget/", "privleak_forget": "derived from forget/",
-               "privleak_holdout": "derived from holdout/", "raw_forget_docs": "forget/"}
+    sources = {
+        "verbmem_forget": "derived from forget/",
+        "privleak_forget": "derived from forget/",
+        "privleak_holdout": "derived from holdout/",
+        "raw_forget_docs": "forget/",
+    }
     if retain is not None:
         sources.update(privleak_retain="derived from retain/", raw_retain_docs="retain/")
     if forget_qa:
-        sources.update(knowmem_forget_qa="forget_qa.json", knowmem_forget_icl="forget_qa_icl.json" if forget_icl else "forget_qa.json")
+        sources.update(
+            knowmem_forget_qa="forget_qa.json",
+            knowmem_forget_icl="forget_qa_icl.json" if forget_icl else "forget_qa.json",
+        )
     if retain_qa:
-        sources.update(knowmem_retain_qa="retain_qa.json", knowmem_retain_icl="retain_qa_icl.json" if retain_icl else "retain_qa.json")
+        sources.update(
+            knowmem_retain_qa="retain_qa.json",
+            knowmem_retain_icl="retain_qa_icl.json" if retain_icl else "retain_qa.json",
+        )
     forget_docs, retain_docs = values["raw_forget_docs"], values["raw_retain_docs"]
     muse = MuseData(
-        path=str(directory), verbmem_forget=values["verbmem_forget"], knowmem_forget_qa=values["knowmem_forget_qa"],
-        knowmem_retain_qa=values["knowmem_retain_qa"], knowmem_forget_icl=values["knowmem_forget_icl"],
-        knowmem_retain_icl=values["knowmem_retain_icl"], privleak_forget=values["privleak_forget"],
-        privleak_holdout=values["privleak_holdout"], privleak_retain=values["privleak_retain"],
-        raw_forget=DOC_JOINER.join(forget_docs), raw_retain=None if retain_docs is None else DOC_JOINER.join(retain_docs),
-        fingerprint=fingerprint, raw_forget_docs=forget_docs, raw_retain_docs=retain_docs, form="documents",
-        location=str(directory), sources=sources,
+        path=str(directory),
+        verbmem_forget=values["verbmem_forget"],
+        knowmem_forget_qa=values["knowmem_forget_qa"],
+        knowmem_retain_qa=values["knowmem_retain_qa"],
+        knowmem_forget_icl=values["knowmem_forget_icl"],
+        knowmem_retain_icl=values["knowmem_retain_icl"],
+        privleak_forget=values["privleak_forget"],
+        privleak_holdout=values["privleak_holdout"],
+        privleak_retain=values["privleak_retain"],
+        raw_forget=DOC_JOINER.join(forget_docs),
+        raw_retain=None if retain_docs is None else DOC_JOINER.join(retain_docs),
+        fingerprint=fingerprint,
+        raw_forget_docs=forget_docs,
+        raw_retain_docs=retain_docs,
+        form="documents",
+        location=str(directory),
+        sources=sources,
     )
-    return DocumentsData(path=str(directory), forget=forget, holdout=holdout, retain=retain, settings=settings, muse=muse,
-                         derivation=record, fingerprint=fingerprint)
+    return DocumentsData(
+        path=str(directory),
+        forget=forget,
+        holdout=holdout,
+        retain=retain,
+        settings=settings,
+        muse=muse,
+        derivation=record,
+        fingerprint=fingerprint,
+    )

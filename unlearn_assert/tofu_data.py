@@ -68,8 +68,10 @@ _QA_KEYS = ("question", "answer")
 _FINGERPRINT_VERSION = "tofu-data:v1"
 _EXTENSIONS = (".json", ".jsonl")
 _REPO = "locuslab/TOFU"
-_SCHEMA_FIX = (f"use the files as {_REPO} ships them (hf download {_REPO} --repo-type dataset); "
-               "copies that rename TOFU's keys are not read")
+_SCHEMA_FIX = (
+    f"use the files as {_REPO} ships them (hf download {_REPO} --repo-type dataset); "
+    "copies that rename TOFU's keys are not read"
+)
 
 
 def evaluated_configs(forget_split: str = DEFAULT_FORGET_SPLIT) -> tuple[str, ...]:
@@ -79,8 +81,10 @@ def evaluated_configs(forget_split: str = DEFAULT_FORGET_SPLIT) -> tuple[str, ..
 
 def _check_split(forget_split: str) -> str:
     if forget_split not in FORGET_SPLITS:
-        raise ConfigError(f"unknown TOFU forget split {forget_split!r}; choose one of {', '.join(FORGET_SPLITS)} "
-                          f"(default {DEFAULT_FORGET_SPLIT})")
+        raise ConfigError(
+            f"unknown TOFU forget split {forget_split!r}; choose one of {', '.join(FORGET_SPLITS)} "
+            f"(default {DEFAULT_FORGET_SPLIT})"
+        )
     return forget_split
 
 
@@ -127,8 +131,12 @@ class TofuData:
 
     def splits(self) -> dict[str, tuple[TofuItem, ...]]:
         """The evaluated splits by their short names (``forget``, ``retain``, ``real_authors``, ``world_facts``)."""
-        return {"forget": self.forget, "retain": self.retain, "real_authors": self.real_authors,
-                "world_facts": self.world_facts}
+        return {
+            "forget": self.forget,
+            "retain": self.retain,
+            "real_authors": self.real_authors,
+            "world_facts": self.world_facts,
+        }
 
     def counts(self) -> dict[str, int]:
         out = {name: len(items) for name, items in self.splits().items()}
@@ -149,14 +157,21 @@ class TofuData:
         if max_samples is None:
             return self
         if isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 1:
-            raise ConfigError(f"max_samples must be a positive integer or None, got {max_samples!r}; "
-                              "pass e.g. --unlearn-max-samples 32")
+            raise ConfigError(
+                f"max_samples must be a positive integer or None, got {max_samples!r}; "
+                "pass e.g. --unlearn-max-samples 32"
+            )
         if all(len(items) <= max_samples for items in self.splits().values()):
             return self
         n = max_samples
-        return replace(self, forget=self.forget[:n], retain=self.retain[:n], real_authors=self.real_authors[:n],
-                       world_facts=self.world_facts[:n],
-                       fingerprint=hashlib.sha256(f"{self.fingerprint}:max={n}".encode()).hexdigest())
+        return replace(
+            self,
+            forget=self.forget[:n],
+            retain=self.retain[:n],
+            real_authors=self.real_authors[:n],
+            world_facts=self.world_facts[:n],
+            fingerprint=hashlib.sha256(f"{self.fingerprint}:max={n}".encode()).hexdigest(),
+        )
 
 
 # --------------------------------------------------------------------------- fingerprint
@@ -164,8 +179,14 @@ class TofuData:
 
 def _strings(item: Any) -> list[str | None]:
     if isinstance(item, TofuItem):
-        return [item.question, item.answer, item.paraphrased_answer, item.paraphrased_question, str(len(item.perturbed_answers)),
-                *item.perturbed_answers]
+        return [
+            item.question,
+            item.answer,
+            item.paraphrased_answer,
+            item.paraphrased_question,
+            str(len(item.perturbed_answers)),
+            *item.perturbed_answers,
+        ]
     return [item.question, item.answer]
 
 
@@ -256,8 +277,10 @@ def _read_records_file(directory: Path, rel: str, where: str) -> list[Any]:
         try:
             value = json.loads(stripped)
         except json.JSONDecodeError as exc:
-            raise DataError(f"{where} is not valid JSON ({exc.msg}: line {exc.lineno} column {exc.colno}); "
-                            "it must be a JSON array of records or JSON lines") from None
+            raise DataError(
+                f"{where} is not valid JSON ({exc.msg}: line {exc.lineno} column {exc.colno}); "
+                "it must be a JSON array of records or JSON lines"
+            ) from None
         return list(value)
     records: list[Any] = []
     for number, line in enumerate(text.splitlines(), 1):
@@ -266,8 +289,10 @@ def _read_records_file(directory: Path, rel: str, where: str) -> list[Any]:
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError as exc:
-            raise DataError(f"{where}, line {number} is not valid JSON ({exc.msg}: column {exc.colno}); "
-                            "TOFU's files hold one JSON record per line") from None
+            raise DataError(
+                f"{where}, line {number} is not valid JSON ({exc.msg}: column {exc.colno}); "
+                "TOFU's files hold one JSON record per line"
+            ) from None
     return records
 
 
@@ -288,8 +313,10 @@ def _read_config(directory: Path, config: str, label: str) -> tuple[list[Any], s
     if form is None:
         cdir = directory / config
         if cdir.is_dir():
-            raise DataError(f"{_where(config, config + '/', label)} holds neither parquet files nor a datasets "
-                            "save_to_disk directory (state.json or dataset_dict.json); write it again or remove it")
+            raise DataError(
+                f"{_where(config, config + '/', label)} holds neither parquet files nor a datasets "
+                "save_to_disk directory (state.json or dataset_dict.json); write it again or remove it"
+            )
         return None
     if form == "files":
         rel = next(f"{config}{ext}" for ext in _EXTENSIONS if (directory / f"{config}{ext}").is_file())
@@ -308,7 +335,9 @@ def _read_config(directory: Path, config: str, label: str) -> tuple[list[Any], s
             try:
                 rows.extend(pq.read_table(directory / rel).to_pylist())
             except (OSError, pa.ArrowException) as exc:
-                raise DataError(f"cannot read {where}: {type(exc).__name__}: {exc}; re-download or re-write the file") from None
+                raise DataError(
+                    f"cannot read {where}: {type(exc).__name__}: {exc}; re-download or re-write the file"
+                ) from None
         return rows, where, " + ".join(rels)
     cdir = directory / config
     where = _where(config, f"{config}/", label)
@@ -321,8 +350,10 @@ def _read_config(directory: Path, config: str, label: str) -> tuple[list[Any], s
         raise DataError(f"cannot read {where}: {type(exc).__name__}: {exc}; write it again with save_to_disk") from None
     if isinstance(ds, datasets.DatasetDict):
         if "train" not in ds and len(ds) != 1:
-            raise DataError(f"{where} holds a DatasetDict with splits {', '.join(ds)}; TOFU's configs have one "
-                            "split, 'train' (save load_dataset('locuslab/TOFU', CONFIG) as it comes)")
+            raise DataError(
+                f"{where} holds a DatasetDict with splits {', '.join(ds)}; TOFU's configs have one "
+                "split, 'train' (save load_dataset('locuslab/TOFU', CONFIG) as it comes)"
+            )
         ds = ds["train"] if "train" in ds else next(iter(ds.values()))
     return list(ds.to_list()), where, f"{config}/"
 
@@ -356,27 +387,42 @@ def _validated(records: Sequence[Any], keys: tuple[str, ...], where: str, config
             raise DataError(f"{at} is a JSON {_json_type(record)}, expected an object with {wanted}; {_SCHEMA_FIX}")
         missing = [k for k in keys if k not in record]
         if missing:
-            raise DataError(f"{at} has no key {', '.join(repr(k) for k in missing)} (its keys: {', '.join(map(str, record)) or 'none'}); "
-                            f"TOFU's {config} records have {wanted}: not TOFU's own schema; {_SCHEMA_FIX}")
+            raise DataError(
+                f"{at} has no key {', '.join(repr(k) for k in missing)} "
+                f"(its keys: {', '.join(map(str, record)) or 'none'}); "
+                f"TOFU's {config} records have {wanted}: not TOFU's own schema; {_SCHEMA_FIX}"
+            )
         question, answer = _string(record["question"], "question", at), _string(record["answer"], "answer", at)
         if "perturbed_answer" not in keys:
             out.append(QAItem(question=question, answer=answer))
             continue
         wrong = record["perturbed_answer"]
         if not isinstance(wrong, list) or not wrong:
-            raise DataError(f"{at} has 'perturbed_answer' of type {_json_type(wrong)}{' (empty)' if wrong == [] else ''}, "
-                            f"expected a non-empty list of strings; {_SCHEMA_FIX}")
+            raise DataError(
+                f"{at} has 'perturbed_answer' of type {_json_type(wrong)}{' (empty)' if wrong == [] else ''}, "
+                f"expected a non-empty list of strings; {_SCHEMA_FIX}"
+            )
         wrong_answers = tuple(_string(w, f"perturbed_answer[{j}]", at) for j, w in enumerate(wrong))
         if count is not None and len(wrong_answers) != count:
-            raise DataError(f"{at} has {len(wrong_answers)} perturbed answers where the items before have {count}; "
-                            f"every record of a TOFU split has the same number (open-unlearning batches them by position); {_SCHEMA_FIX}")
+            raise DataError(
+                f"{at} has {len(wrong_answers)} perturbed answers where the items before have {count}; "
+                "every record of a TOFU split has the same number (open-unlearning batches them by position); "
+                f"{_SCHEMA_FIX}"
+            )
         count = len(wrong_answers)
         para = _string(record["paraphrased_answer"], "paraphrased_answer", at) if "paraphrased_answer" in keys else None
         para_q = record.get("paraphrased_question")
         if para_q is not None:
             para_q = _string(para_q, "paraphrased_question", at)
-        out.append(TofuItem(question=question, answer=answer, perturbed_answers=wrong_answers,
-                            paraphrased_answer=para, paraphrased_question=para_q))
+        out.append(
+            TofuItem(
+                question=question,
+                answer=answer,
+                perturbed_answers=wrong_answers,
+                paraphrased_answer=para,
+                paraphrased_question=para_q,
+            )
+        )
     return tuple(out)
 
 
@@ -406,8 +452,12 @@ def _resolve_hf(spec: str) -> Path:
 # --------------------------------------------------------------------------- loading
 
 
-def load_tofu(path: str | os.PathLike[str], forget_split: str = DEFAULT_FORGET_SPLIT, *,
-              questions_per_author: int = QUESTIONS_PER_AUTHOR) -> TofuData:
+def load_tofu(
+    path: str | os.PathLike[str],
+    forget_split: str = DEFAULT_FORGET_SPLIT,
+    *,
+    questions_per_author: int = QUESTIONS_PER_AUTHOR,
+) -> TofuData:
     """Read and validate TOFU data (read-only); every problem is one DataError line.
 
     ``path``: a directory with TOFU's files, its parquet conversion or save_to_disk directories, or
@@ -424,12 +474,17 @@ def load_tofu(path: str | os.PathLike[str], forget_split: str = DEFAULT_FORGET_S
         directory = user_path(path)
         if not directory.is_dir():
             state = "does not exist" if not directory.exists() else "is not a directory"
-            raise DataError(f"TOFU data path '{path}' {state}; pass a directory with {forget_split}_perturbed.json, "
-                            f"{RETAIN}.json, {REAL_AUTHORS}.json and {WORLD_FACTS}.json (or hf:{_REPO})")
+            raise DataError(
+                f"TOFU data path '{path}' {state}; pass a directory with {forget_split}_perturbed.json, "
+                f"{RETAIN}.json, {REAL_AUTHORS}.json and {WORLD_FACTS}.json (or hf:{_REPO})"
+            )
         shown = str(directory)
     form = detect_tofu(directory) or "files"
-    label = f"data dir '{directory}' (TOFU{'' if form == 'files' else ' in ' + form + ' form'}" + \
-        ("" if shown == str(directory) else f", from {shown}") + ")"
+    label = (
+        f"data dir '{directory}' (TOFU{'' if form == 'files' else ' in ' + form + ' form'}"
+        + ("" if shown == str(directory) else f", from {shown}")
+        + ")"
+    )
     configs = {
         "forget": (f"{forget_split}_perturbed", _FULL_KEYS, True),
         "retain": (RETAIN, _FULL_KEYS, True),
@@ -454,16 +509,27 @@ def load_tofu(path: str | os.PathLike[str], forget_split: str = DEFAULT_FORGET_S
         sources[name] = source
     if missing:
         present = sorted(s for s in FORGET_SPLITS if _config_form(directory, f"{s}_perturbed"))
-        other = f" (this directory has {', '.join(present)}: choose it with the forget split setting)" if present else ""
-        raise DataError(f"{label} is missing TOFU split(s) {', '.join(missing)}{other}; a TOFU data dir holds "
-                        f"<forget>_perturbed, {RETAIN}, {REAL_AUTHORS} and {WORLD_FACTS} as .json files (JSON lines), "
-                        f"parquet or save_to_disk, as {_REPO} ships them")
+        other = (
+            f" (this directory has {', '.join(present)}: choose it with the forget split setting)" if present else ""
+        )
+        raise DataError(
+            f"{label} is missing TOFU split(s) {', '.join(missing)}{other}; a TOFU data dir holds "
+            f"<forget>_perturbed, {RETAIN}, {REAL_AUTHORS} and {WORLD_FACTS} as .json files (JSON lines), "
+            f"parquet or save_to_disk, as {_REPO} ships them"
+        )
     return TofuData(
-        path=shown, forget_split=forget_split,
-        forget=values["forget"] or (), retain=values["retain"] or (), real_authors=values["real_authors"] or (),
+        path=shown,
+        forget_split=forget_split,
+        forget=values["forget"] or (),
+        retain=values["retain"] or (),
+        real_authors=values["real_authors"] or (),
         world_facts=values["world_facts"] or (),
-        forget_train=values["forget_train"], retain_train=values["retain_train"], holdout=values["holdout"],
-        fingerprint=content_fingerprint(forget_split, values), questions_per_author=questions_per_author,
-        form=form, location=str(directory), sources=sources,
+        forget_train=values["forget_train"],
+        retain_train=values["retain_train"],
+        holdout=values["holdout"],
+        fingerprint=content_fingerprint(forget_split, values),
+        questions_per_author=questions_per_author,
+        form=form,
+        location=str(directory),
+        sources=sources,
     )
-

@@ -78,6 +78,7 @@ __all__ = [
     "TOFU_METRICS",
     "TofuTemplate",
     "encode_pair",
+    "encode_pairs",
     "evaluate_tofu",
     "forget_quality",
     "forget_quality_replicates",
@@ -97,34 +98,64 @@ MAX_NEW_TOKENS = 200
 
 #: Every metric, in report order.
 TOFU_METRICS: tuple[str, ...] = (
-    "forget_prob", "forget_rouge", "forget_truth_ratio", "forget_quality", "model_utility",
-    "retain_prob", "retain_rouge", "retain_truth_ratio",
-    "ra_prob", "ra_prob_normalised", "ra_rouge", "ra_truth_ratio",
-    "wf_prob", "wf_prob_normalised", "wf_rouge", "wf_truth_ratio",
+    "forget_prob",
+    "forget_rouge",
+    "forget_truth_ratio",
+    "forget_quality",
+    "model_utility",
+    "retain_prob",
+    "retain_rouge",
+    "retain_truth_ratio",
+    "ra_prob",
+    "ra_prob_normalised",
+    "ra_rouge",
+    "ra_truth_ratio",
+    "wf_prob",
+    "wf_prob_normalised",
+    "wf_rouge",
+    "wf_truth_ratio",
 )
 #: The name each metric has in open-unlearning's TOFU report (``configs/eval/tofu_metrics/``).
 OPEN_UNLEARNING_KEYS: dict[str, str] = {
-    "forget_prob": "forget_Q_A_Prob", "forget_rouge": "forget_Q_A_ROUGE", "forget_truth_ratio": "forget_truth_ratio",
-    "forget_quality": "forget_quality", "model_utility": "model_utility",
-    "retain_prob": "retain_Q_A_Prob", "retain_rouge": "retain_Q_A_ROUGE", "retain_truth_ratio": "retain_Truth_Ratio",
-    "ra_prob": "ra_Q_A_Prob", "ra_prob_normalised": "ra_Q_A_Prob_normalised", "ra_rouge": "ra_Q_A_ROUGE",
+    "forget_prob": "forget_Q_A_Prob",
+    "forget_rouge": "forget_Q_A_ROUGE",
+    "forget_truth_ratio": "forget_truth_ratio",
+    "forget_quality": "forget_quality",
+    "model_utility": "model_utility",
+    "retain_prob": "retain_Q_A_Prob",
+    "retain_rouge": "retain_Q_A_ROUGE",
+    "retain_truth_ratio": "retain_Truth_Ratio",
+    "ra_prob": "ra_Q_A_Prob",
+    "ra_prob_normalised": "ra_Q_A_Prob_normalised",
+    "ra_rouge": "ra_Q_A_ROUGE",
     "ra_truth_ratio": "ra_Truth_Ratio",
-    "wf_prob": "wf_Q_A_Prob", "wf_prob_normalised": "wf_Q_A_Prob_normalised", "wf_rouge": "wf_Q_A_ROUGE",
+    "wf_prob": "wf_Q_A_Prob",
+    "wf_prob_normalised": "wf_Q_A_Prob_normalised",
+    "wf_rouge": "wf_Q_A_ROUGE",
     "wf_truth_ratio": "wf_Truth_Ratio",
 }
 #: The nine values whose harmonic mean is model_utility, and the split each one's items come from.
 MODEL_UTILITY_COMPONENTS: dict[str, str] = {
-    "retain_prob": "retain", "retain_rouge": "retain", "retain_truth_ratio": "retain",
-    "ra_prob_normalised": "real_authors", "ra_rouge": "real_authors", "ra_truth_ratio": "real_authors",
-    "wf_prob_normalised": "world_facts", "wf_rouge": "world_facts", "wf_truth_ratio": "world_facts",
+    "retain_prob": "retain",
+    "retain_rouge": "retain",
+    "retain_truth_ratio": "retain",
+    "ra_prob_normalised": "real_authors",
+    "ra_rouge": "real_authors",
+    "ra_truth_ratio": "real_authors",
+    "wf_prob_normalised": "world_facts",
+    "wf_rouge": "world_facts",
+    "wf_truth_ratio": "world_facts",
 }
 #: The metrics a recovery check applies to.
 FORGET_METRICS: tuple[str, ...] = ("forget_prob", "forget_rouge", "forget_truth_ratio")
 #: Proposed role of each metric in a gate (see the Benchmark contract): forget metrics by recovery,
 #: utility by the ratio to the target, privacy against an absolute budget with a retain model.
 METRIC_ROLES: dict[str, str] = {m: "reported" for m in TOFU_METRICS} | {
-    "forget_prob": "forget", "forget_rouge": "forget", "forget_truth_ratio": "forget",
-    "model_utility": "utility", "forget_quality": "privacy",
+    "forget_prob": "forget",
+    "forget_rouge": "forget",
+    "forget_truth_ratio": "forget",
+    "model_utility": "utility",
+    "forget_quality": "privacy",
 }
 #: Forget metrics that rise when the model forgets (the others fall): the forget truth ratio is
 #: near 0 for a model that prefers the correct answer and near 1 for one that cannot tell them apart.
@@ -160,8 +191,14 @@ class TofuTemplate:
         """A JSON record of the template (for provenance and the cache key)."""
         if self.apply_chat_template:
             return {"kind": "chat", "system_prompt": self.system_prompt, "date_string": self.date_string}
-        return {"kind": "plain", **{k: v for k, v in asdict(self).items() if k not in ("apply_chat_template", "system_prompt",
-                                                                                        "date_string")}}
+        return {
+            "kind": "plain",
+            **{
+                k: v
+                for k, v in asdict(self).items()
+                if k not in ("apply_chat_template", "system_prompt", "date_string")
+            },
+        }
 
 
 #: open-unlearning's template for a model without a chat template.
@@ -178,8 +215,10 @@ def resolve_template(tokenizer: Any, template: str | TofuTemplate = "auto") -> T
     has_chat = bool(getattr(tokenizer, "chat_template", None))
     if template == "chat":
         if not has_chat:
-            raise ConfigError("the TOFU template 'chat' needs a tokenizer with a chat template, and this one has none; "
-                              "use 'plain' (open-unlearning's 'Question: ... Answer: ' prompt) or 'auto'")
+            raise ConfigError(
+                "the TOFU template 'chat' needs a tokenizer with a chat template, and this one has none; "
+                "use 'plain' (open-unlearning's 'Question: ... Answer: ' prompt) or 'auto'"
+            )
         return TofuTemplate(apply_chat_template=True)
     if template == "auto":
         return TofuTemplate(apply_chat_template=True) if has_chat else PLAIN_TEMPLATE
@@ -192,34 +231,80 @@ def _ids(value: Any) -> list[int]:
     return [int(v) for v in value]
 
 
-def encode_pair(tokenizer: Any, template: TofuTemplate, question: str, answer: str,
-                max_length: int = MAX_LENGTH) -> tuple[list[int], list[int]]:
+def encode_pair(
+    tokenizer: Any, template: TofuTemplate, question: str, answer: str, max_length: int = MAX_LENGTH
+) -> tuple[list[int], list[int]]:
     """``(prompt_ids, full_ids)`` exactly as ``preprocess_chat_instance`` builds them (no few-shot):
     the answer's labels are ``full_ids[len(prompt_ids):]``, EOS included."""
     eos = tokenizer.eos_token_id
     if template.apply_chat_template:
-        chat: list[dict[str, str]] = [{"role": "system", "content": template.system_prompt}] if template.system_prompt else []
+        chat: list[dict[str, str]] = (
+            [{"role": "system", "content": template.system_prompt}] if template.system_prompt else []
+        )
         chat += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
         extra = {"date_string": template.date_string} if template.date_string is not None else {}
-        full = _ids(tokenizer.apply_chat_template(chat, tokenize=True, add_generation_prompt=False, return_dict=False, **extra))
-        prompt = _ids(tokenizer.apply_chat_template(chat[:-1], tokenize=True, add_generation_prompt=True, return_dict=False,
-                                                    **extra))
+        full = _ids(
+            tokenizer.apply_chat_template(chat, tokenize=True, add_generation_prompt=False, return_dict=False, **extra)
+        )
+        prompt = _ids(
+            tokenizer.apply_chat_template(
+                chat[:-1], tokenize=True, add_generation_prompt=True, return_dict=False, **extra
+            )
+        )
     else:
-        wrapped = (template.system_prompt_with_special_tokens or "") + template.user_start_tag + question + \
-            template.user_end_tag + template.asst_start_tag
-        full = _ids(tokenizer(wrapped + answer, add_special_tokens=True, max_length=max_length, truncation=True)["input_ids"])
+        wrapped = (
+            (template.system_prompt_with_special_tokens or "")
+            + template.user_start_tag
+            + question
+            + template.user_end_tag
+            + template.asst_start_tag
+        )
+        full = _ids(
+            tokenizer(wrapped + answer, add_special_tokens=True, max_length=max_length, truncation=True)["input_ids"]
+        )
         prompt = _ids(tokenizer(wrapped, add_special_tokens=True, max_length=max_length, truncation=True)["input_ids"])
     if not full or full[-1] != eos:
         full = full + [eos]
     return prompt, full
 
 
-def tofu_settings(template: TofuTemplate, *, question_key: str = "question", forget_split: str | None = None,
-                  max_length: int = MAX_LENGTH) -> dict[str, Any]:
+def encode_pairs(
+    tokenizer: Any, template: TofuTemplate, pairs: Sequence[tuple[str, str]], max_length: int = MAX_LENGTH
+) -> list[tuple[list[int], list[int]]]:
+    """:func:`encode_pair` for many (question, answer) pairs: the plain template's texts are tokenized
+    in two batched tokenizer calls (each distinct prompt once), with the same ids as one by one."""
+    if template.apply_chat_template or not pairs:
+        return [encode_pair(tokenizer, template, q, a, max_length) for q, a in pairs]
+    head = (template.system_prompt_with_special_tokens or "") + template.user_start_tag
+    tail = template.user_end_tag + template.asst_start_tag
+    wrapped = [head + q + tail for q, _ in pairs]
+    distinct = list(dict.fromkeys(wrapped))
+    kwargs = {"add_special_tokens": True, "max_length": max_length, "truncation": True}
+    prompt_ids = dict(zip(distinct, (_ids(x) for x in tokenizer(distinct, **kwargs)["input_ids"])))
+    fulls = [_ids(x) for x in tokenizer([w + a for w, (_, a) in zip(wrapped, pairs)], **kwargs)["input_ids"]]
+    eos = tokenizer.eos_token_id
+    return [(prompt_ids[w], f if f and f[-1] == eos else f + [eos]) for w, f in zip(wrapped, fulls)]
+
+
+def tofu_settings(
+    template: TofuTemplate,
+    *,
+    question_key: str = "question",
+    forget_split: str | None = None,
+    max_length: int = MAX_LENGTH,
+) -> dict[str, Any]:
     """The settings that change TOFU numbers (part of every cached result's key)."""
-    return {"benchmark": "tofu", "template": template.describe(), "question_key": question_key, "forget_split": forget_split,
-            "max_length": max_length, "max_new_tokens": MAX_NEW_TOKENS, "rouge": "rougeL-recall-stem",
-            "truth_ratio": "forget: mean(min(TR,1/TR)); others: mean(max(0,1-TR))", "reference": "open-unlearning@d3d7cf9"}
+    return {
+        "benchmark": "tofu",
+        "template": template.describe(),
+        "question_key": question_key,
+        "forget_split": forget_split,
+        "max_length": max_length,
+        "max_new_tokens": MAX_NEW_TOKENS,
+        "rouge": "rougeL-recall-stem",
+        "truth_ratio": "forget: mean(min(TR,1/TR)); others: mean(max(0,1-TR))",
+        "reference": "open-unlearning@d3d7cf9",
+    }
 
 
 # --------------------------------------------------------------------------- aggregates
@@ -316,15 +401,29 @@ def _question(item: Any, question_key: str) -> str:
     return str(item.question)
 
 
-def _losses(model: Any, tokenizer: Any, seqs: _Sequences, batch_size: int | None,
-            max_length: int | None, timings: dict[str, float]) -> tuple[list[float], int, int]:
+def _losses(
+    model: Any,
+    tokenizer: Any,
+    seqs: _Sequences,
+    batch_size: int | None,
+    max_length: int | None,
+    timings: dict[str, float],
+) -> tuple[list[float], int, int]:
     """Mean answer-token loss of every sequence (NaN when it has no answer token, as open-unlearning's
     0/0), the largest batch, and how many sequences the context window truncated."""
     from .generation import pad_token_id
     from .privleak import score_ids
 
-    scores, used = score_ids(model, seqs.encoded, pad_id=pad_token_id(tokenizer), first=seqs.first, moments=False,
-                             batch_size=batch_size, max_length=max_length, timings=timings)
+    scores, used = score_ids(
+        model,
+        seqs.encoded,
+        pad_id=pad_token_id(tokenizer),
+        first=seqs.first,
+        moments=False,
+        batch_size=batch_size,
+        max_length=max_length,
+        timings=timings,
+    )
     out: list[float] = []
     for score, first in zip(scores, seqs.first):
         n = len(score.logprobs)
@@ -332,8 +431,14 @@ def _losses(model: Any, tokenizer: Any, seqs: _Sequences, batch_size: int | None
     return out, used, sum(s.truncated for s in scores)
 
 
-def _generate(model: Any, tokenizer: Any, prompts: list[list[int]], fulls: list[list[int]], batch_size: int | None,
-              timings: dict[str, float]) -> tuple[list[str], list[str], int, int]:
+def _generate(
+    model: Any,
+    tokenizer: Any,
+    prompts: list[list[int]],
+    fulls: list[list[int]],
+    batch_size: int | None,
+    timings: dict[str, float],
+) -> tuple[list[str], list[str], int, int]:
     """Greedy answers (decoded, cut at the decoded EOS, stripped) and references for ROUGE."""
     from .generation import greedy_generate
     from .rouge import decode
@@ -348,7 +453,9 @@ def _generate(model: Any, tokenizer: Any, prompts: list[list[int]], fulls: list[
         if eos_text and eos_text in text:
             text = text.split(eos_text)[0]
         generations.append(text.strip())
-    references = [decode(tokenizer, full).replace(decode(tokenizer, prompt), "").strip() for prompt, full in zip(prompts, fulls)]
+    references = [
+        decode(tokenizer, full).replace(decode(tokenizer, prompt), "").strip() for prompt, full in zip(prompts, fulls)
+    ]
     return generations, references, out.batch_size, out.over_context
 
 
@@ -359,8 +466,11 @@ def _needed(chosen: Iterable[str]) -> tuple[set[str], set[str], set[str]]:
         want |= set(MODEL_UTILITY_COMPONENTS)
     if "forget_quality" in want:
         want.add("forget_truth_ratio")
-    split_of = {m: next(s for s in _SPLITS if m.startswith(_PREFIX[s] + "_")) for m in TOFU_METRICS
-                if m not in ("forget_quality", "model_utility")}
+    split_of = {
+        m: next(s for s in _SPLITS if m.startswith(_PREFIX[s] + "_"))
+        for m in TOFU_METRICS
+        if m not in ("forget_quality", "model_utility")
+    }
     forced = {split_of[m] for m in want if m in split_of and not m.endswith("_rouge")}
     generated = {split_of[m] for m in want if m.endswith("_rouge")}
     return want, forced, generated
@@ -372,8 +482,10 @@ def _metrics(metrics: Iterable[str] | str | None) -> list[str]:
     chosen = [metrics] if isinstance(metrics, str) else list(metrics)
     unknown = [m for m in chosen if m not in TOFU_METRICS]
     if unknown or not chosen:
-        raise ConfigError(f"unknown TOFU metric(s) {', '.join(map(repr, unknown)) or '(none given)'}; "
-                          f"choose from {', '.join(TOFU_METRICS)}")
+        raise ConfigError(
+            f"unknown TOFU metric(s) {', '.join(map(repr, unknown)) or '(none given)'}; "
+            f"choose from {', '.join(TOFU_METRICS)}"
+        )
     return [m for m in TOFU_METRICS if m in chosen]
 
 
@@ -406,7 +518,7 @@ def evaluate_tofu(
     from . import Evaluation, _eval_mode, _model
     from .generation import ignored_generation_settings, resolve_batch_size
     from .rouge import excerpt, rouge_l_recall_stemmed
-    from .stats import bootstrap_mean_ci, rng_for
+    from .stats import bootstrap_mean_ci, resample_counts
 
     if question_key not in ("question", "paraphrased_question"):
         raise ConfigError(f"unknown TOFU question key {question_key!r}; use question or paraphrased_question")
@@ -419,12 +531,21 @@ def evaluate_tofu(
     splits = data.splits()
     timings: dict[str, dict[str, float]] = {"teacher_forced": {}, "generation": {}}
     extras: dict[str, Any] = {
-        "benchmark": "tofu", "settings": tofu_settings(tmpl, question_key=question_key, forget_split=data.forget_split),
-        "n": {s: len(splits[s]) for s in _SPLITS}, "batch_size": {}, "seconds": {}, "time_split": timings, "seed": seed,
-        "max_samples": max_samples, "generation_config_ignored": ignored_generation_settings(hf),
-        "model_fingerprint": getattr(model, "fingerprint", None), "data_fingerprint": getattr(data, "fingerprint", None),
-        "aggregates": {"model_utility": {"kind": "hmean", "components": dict(MODEL_UTILITY_COMPONENTS)},
-                       "forget_quality": {"kind": "ks_2samp", "of": "forget_truth_ratio", "field": "truth_ratio"}},
+        "benchmark": "tofu",
+        "settings": tofu_settings(tmpl, question_key=question_key, forget_split=data.forget_split),
+        "n": {s: len(splits[s]) for s in _SPLITS},
+        "batch_size": {},
+        "seconds": {},
+        "time_split": timings,
+        "seed": seed,
+        "max_samples": max_samples,
+        "generation_config_ignored": ignored_generation_settings(hf),
+        "model_fingerprint": getattr(model, "fingerprint", None),
+        "data_fingerprint": getattr(data, "fingerprint", None),
+        "aggregates": {
+            "model_utility": {"kind": "hmean", "components": dict(MODEL_UTILITY_COMPONENTS)},
+            "forget_quality": {"kind": "ks_2samp", "of": "forget_truth_ratio", "field": "truth_ratio"},
+        },
         "open_unlearning_keys": {m: OPEN_UNLEARNING_KEYS[m] for m in chosen},
     }
     values: dict[str, float] = {}
@@ -443,22 +564,34 @@ def evaluate_tofu(
         for split in _SPLITS:
             if split not in forced:
                 continue
-            rows = []
+            pairs: list[tuple[str, str]] = []
             for item in splits[split]:
                 q = qtext(split, item)
-                row: dict[str, Any] = {"answer": seqs.add(*encode_pair(tokenizer, tmpl, q, item.answer))}
-                row["wrong"] = [seqs.add(*encode_pair(tokenizer, tmpl, q, w)) for w in item.perturbed_answers]
+                pairs += [(q, item.answer), *((q, w) for w in item.perturbed_answers)]
                 if item.paraphrased_answer is not None:
-                    row["para"] = seqs.add(*encode_pair(tokenizer, tmpl, q, item.paraphrased_answer))
+                    pairs.append((q, item.paraphrased_answer))
+            encoded = iter(encode_pairs(tokenizer, tmpl, pairs))
+            rows = []
+            for item in splits[split]:
+                row: dict[str, Any] = {"answer": seqs.add(*next(encoded))}
+                row["wrong"] = [seqs.add(*next(encoded)) for _ in item.perturbed_answers]
+                if item.paraphrased_answer is not None:
+                    row["para"] = seqs.add(*next(encoded))
                 rows.append(row)
             plan[split] = rows
-        losses, used, truncated = _losses(hf, tokenizer, seqs, bs, max_length, timings["teacher_forced"]) if seqs.encoded else ([], 0, 0)
+        losses, used, truncated = (
+            _losses(hf, tokenizer, seqs, bs, max_length, timings["teacher_forced"]) if seqs.encoded else ([], 0, 0)
+        )
         extras["batch_size"]["teacher_forced"] = used
         extras["teacher_forced"] = {"sequences": len(seqs.encoded), "truncated": truncated}
         for split, rows in plan.items():
             p = _PREFIX[split]
             items = splits[split]
-            prob, norm, trs, tr_scores, recs = [], [], [], [], {k: [] for k in ("prob", "norm", "tr")}
+            prob: list[float] = []
+            norm: list[float] = []
+            trs: list[float] = []
+            tr_scores: list[float] = []
+            recs: dict[str, list[dict[str, Any]]] = {k: [] for k in ("prob", "norm", "tr")}
             for i, (row, item) in enumerate(zip(rows, items)):
                 a_loss = losses[row["answer"]]
                 wrong = [losses[j] for j in row["wrong"]]
@@ -473,10 +606,21 @@ def evaluate_tofu(
                 q = excerpt(qtext(split, item))
                 recs["prob"].append({"id": i, "score": pa, "question": q, "avg_loss": a_loss})
                 recs["norm"].append({"id": i, "score": norm[-1], "question": q, "prob": pa, "wrong_probs": pw})
-                recs["tr"].append({"id": i, "score": tr_scores[-1], "truth_ratio": tr, "question": q,
-                                   "correct_prob": p_correct, "wrong_prob": p_wrong})
-            for metric, scores, records in ((f"{p}_prob", prob, recs["prob"]), (f"{p}_truth_ratio", tr_scores, recs["tr"]),
-                                            (f"{p}_prob_normalised", norm, recs["norm"])):
+                recs["tr"].append(
+                    {
+                        "id": i,
+                        "score": tr_scores[-1],
+                        "truth_ratio": tr,
+                        "question": q,
+                        "correct_prob": p_correct,
+                        "wrong_prob": p_wrong,
+                    }
+                )
+            for metric, scores, records in (
+                (f"{p}_prob", prob, recs["prob"]),
+                (f"{p}_truth_ratio", tr_scores, recs["tr"]),
+                (f"{p}_prob_normalised", norm, recs["norm"]),
+            ):
                 if metric in OPEN_UNLEARNING_KEYS and metric in want:
                     values[metric] = _mean(scores)
                     samples[metric] = records
@@ -493,8 +637,8 @@ def evaluate_tofu(
         for split in _SPLITS:
             if split not in generated:
                 continue
-            for i, item in enumerate(splits[split]):
-                prompt, full = encode_pair(tokenizer, tmpl, qtext(split, item), item.answer)
+            pairs = [(qtext(split, item), item.answer) for item in splits[split]]
+            for i, (prompt, full) in enumerate(encode_pairs(tokenizer, tmpl, pairs)):
                 prompts.append(prompt)
                 fulls.append(full)
                 owners.append((split, i))
@@ -505,8 +649,15 @@ def evaluate_tofu(
             by_split: dict[str, list[dict[str, Any]]] = {}
             for (split, i), gen, ref in zip(owners, gens, refs):
                 item = splits[split][i]
-                by_split.setdefault(split, []).append({"id": i, "score": rouge_l_recall_stemmed(ref, gen),
-                                                       "prompt": excerpt(qtext(split, item)), "generation": gen, "reference": ref})
+                by_split.setdefault(split, []).append(
+                    {
+                        "id": i,
+                        "score": rouge_l_recall_stemmed(ref, gen),
+                        "prompt": excerpt(qtext(split, item)),
+                        "generation": gen,
+                        "reference": ref,
+                    }
+                )
             for split, records in by_split.items():
                 metric = f"{_PREFIX[split]}_rouge"
                 samples[metric] = records
@@ -517,52 +668,75 @@ def evaluate_tofu(
     # ---- aggregates
     if "forget_quality" in want:
         trs = per_item.get("forget_truth_ratio_raw", [])
-        ref = None if reference_truth_ratios is None else [float(x) for x in reference_truth_ratios]
-        if ref is not None and len(ref) != len(trs):
-            raise ConfigError(f"the retain model's forget truth ratios cover {len(ref)} items, this model's {len(trs)}; "
-                              "evaluate both on the same TOFU forget split (and --unlearn-max-samples)")
-        fq = forget_quality(trs, ref)
+        reference = None if reference_truth_ratios is None else [float(x) for x in reference_truth_ratios]
+        if reference is not None and len(reference) != len(trs):
+            raise ConfigError(
+                f"the retain model's forget truth ratios cover {len(reference)} items, this model's {len(trs)}; "
+                "evaluate both on the same TOFU forget split (and --unlearn-max-samples)"
+            )
+        fq = forget_quality(trs, reference)
         values["forget_quality"] = float("nan") if fq is None else fq
-        samples["forget_quality"] = [{"id": i, "score": tr, "reference": None if ref is None else ref[i]} for i, tr in enumerate(trs)]
-        extras["forget_quality"] = {"pvalue": fq, "reason": None if fq is not None else
-                                    "no retain model: forget_quality is the KS-test p-value against a model retrained "
-                                    "without the forget set (--unlearn-retrain)"}
-        if ref is not None and trs:
-            rng = rng_for(seed, "forget_quality")
-            counts = _counts(rng, len(trs))
-            ci["forget_quality"] = _percentiles(forget_quality_replicates(trs, ref, counts))
+        samples["forget_quality"] = [
+            {"id": i, "score": tr, "reference": None if reference is None else reference[i]} for i, tr in enumerate(trs)
+        ]
+        extras["forget_quality"] = {
+            "pvalue": fq,
+            "reason": None
+            if fq is not None
+            else "no retain model: forget_quality is the KS-test p-value against a model retrained "
+            "without the forget set (--unlearn-retrain)",
+        }
+        if reference is not None and trs:
+            counts = resample_counts(len(trs), seed=seed, key="forget_quality")
+            ci["forget_quality"] = _percentiles(forget_quality_replicates(trs, reference, counts))
     if "model_utility" in want:
         values["model_utility"] = model_utility(values)
-        draws = {s: _counts(rng_for(seed, f"model_utility:{s}"), len(splits[s])) for s in ("retain", "real_authors", "world_facts")}
-        ci["model_utility"] = _percentiles(model_utility_replicates({k: per_item[k] for k in MODEL_UTILITY_COMPONENTS}, draws))
+        draws = {
+            s: resample_counts(len(splits[s]), seed=seed, key=f"model_utility:{s}")
+            for s in ("retain", "real_authors", "world_facts")
+        }
+        ci["model_utility"] = _percentiles(
+            model_utility_replicates({k: per_item[k] for k in MODEL_UTILITY_COMPONENTS}, draws)
+        )
     for metric, scores in per_item.items():
         if metric in values and metric not in ci:
             ci[metric] = bootstrap_mean_ci(scores, seed=seed, key=metric, scale=1.0)
     ordered = [m for m in TOFU_METRICS if m in values]
-    return Evaluation(values={m: values[m] for m in ordered if m in chosen},
-                      ci={m: ci[m] for m in ordered if m in chosen and m in ci},
-                      samples={m: samples[m] for m in ordered if m in chosen and m in samples}, extras=extras)
+    return Evaluation(
+        values={m: values[m] for m in ordered if m in chosen},
+        ci={m: ci[m] for m in ordered if m in chosen and m in ci},
+        samples={m: samples[m] for m in ordered if m in chosen and m in samples},
+        extras=extras,
+    )
 
 
-def reference_truth_ratios(model: Any, data: Any, *, batch_size: int | str | None = None, max_samples: int | None = None,
-                           template: str | TofuTemplate = "auto", question_key: str = "question",
-                           max_length: int | None = None) -> list[float]:
+def reference_truth_ratios(
+    model: Any,
+    data: Any,
+    *,
+    batch_size: int | str | None = None,
+    max_samples: int | None = None,
+    template: str | TofuTemplate = "auto",
+    question_key: str = "question",
+    max_length: int | None = None,
+) -> list[float]:
     """The retain model's per-item forget truth ratios (raw TR), for ``evaluate_tofu(...,
     reference_truth_ratios=...)``: evaluate the retain model with this, as privleak's compute_auc."""
-    ev = evaluate_tofu(model, data, ["forget_truth_ratio"], batch_size=batch_size, max_samples=max_samples, template=template,
-                       question_key=question_key, max_length=max_length)
+    ev = evaluate_tofu(
+        model,
+        data,
+        ["forget_truth_ratio"],
+        batch_size=batch_size,
+        max_samples=max_samples,
+        template=template,
+        question_key=question_key,
+        max_length=max_length,
+    )
     return [float(r["truth_ratio"]) for r in ev.samples["forget_truth_ratio"]]
 
 
 def _mean(values: Sequence[float]) -> float:
     return math.fsum(values) / len(values) if values else float("nan")
-
-
-def _counts(rng: Any, n: int, replicates: int = 1000) -> Any:
-    import numpy as np
-
-    idx = rng.integers(0, n, size=(replicates, n))
-    return np.stack([np.bincount(row, minlength=n) for row in idx])
 
 
 def _percentiles(reps: Any) -> tuple[float, float]:
