@@ -9,7 +9,8 @@ lowest first (a name stands for the module or for every module of the package it
 0     ``version``, ``errors``, ``names``: the vocabulary, and ``fs`` (broken-link facts), importing nothing of ours
 1     ``data``, ``data_hf`` (MUSE's Hugging Face forms), ``hardware``, ``quant.spec`` (the quantizer-id grammar), ``models`` (safe loading,
       fingerprints; torch only inside functions), ``attacks`` (the attack-id grammar), ``variants`` (quantizer and attack
-      id lists), ``data_links`` (items linked to forget documents; the relearn split)
+      id lists), ``data_links`` (items linked to forget documents; the relearn split), ``tofu_data`` (TOFU's data
+      forms), ``documents_data`` (a provider's own documents; MUSE's sets derived from them)
 2     ``cache`` (results and model fingerprints by content), ``config`` (options, budgets,
       RunConfig: pure Python), ``report.schema``, ``quant.gguf_header`` (GGUF headers and names, pure Python)
 3     ``quant`` (the package), ``quant.base`` (the backend contract), ``quant.calibration``,
@@ -39,7 +40,7 @@ ROOT = "unlearn_assert"
 
 LAYERS: dict[str, int] = {
     "version": 0, "errors": 0, "names": 0, "fs": 0,
-    "data": 1, "data_hf": 1, "hardware": 1, "quant.spec": 1, "models": 1, "attacks": 1, "data_links": 1, "variants": 1,
+    "data": 1, "data_hf": 1, "tofu_data": 1, "documents_data": 1, "hardware": 1, "quant.spec": 1, "models": 1, "attacks": 1, "data_links": 1, "variants": 1,
     "cache": 2, "config": 2, "report.schema": 2, "quant.gguf_header": 2,
     "quant": 3, "quant.base": 3, "quant.calibration": 3, "quant.packed": 3, "testing": 3,
     "quant.rtn": 4, "quant.bnb": 4, "quant.hqq": 4, "quant.llmc": 4, "quant.gguf": 4, "quant.gguf_convert": 4, "quant.checkpoint": 4,

@@ -176,7 +176,7 @@ def test_muse_metrics_run_unchanged_on_derived_data(tiny_model_dir: Path) -> Non
         (lambda d: (d / "forget" / "article_01.txt").write_bytes(b"caf\xe9"), ["not valid UTF-8"]),
         (
             lambda d: (d / "retain_qa.json").write_text('[{"question": "q"}]'),
-            ["retain_qa.json", "missing key 'answer'"],
+            ["retain_qa.json", "item 0 has no text in 'answer'"],
         ),
         (
             lambda d: (

@@ -574,4 +574,5 @@ def test_batched_encoding_equals_one_pair_at_a_time(tiny_tofu_target: Path) -> N
     pairs = [(r["question"], a) for r in recs for a in (r["answer"], r["paraphrased_answer"], *r["perturbed_answer"])]
     pairs.append(("Q " * 400, "a long question is truncated to 512 tokens"))
     assert encode_pairs(tok, PLAIN_TEMPLATE, pairs) == [encode_pair(tok, PLAIN_TEMPLATE, q, a) for q, a in pairs]
-    assert len(encode_pairs(tok, PLAIN_TEMPLATE, pairs[-1:])[0][1]) == 513  # max_length 512, then EOS (as open-unlearning)
+    # max_length 512, then EOS appended, as open-unlearning does
+    assert len(encode_pairs(tok, PLAIN_TEMPLATE, pairs[-1:])[0][1]) == 513

@@ -389,13 +389,29 @@ def _documents(directory: Path, split: str) -> tuple[Document, ...]:
 
 
 def _qa(directory: Path, name: str) -> tuple[QAItem, ...] | None:
-    from .data import _read_json_list, _validated, _where
-
+    """``name`` (a JSON list of {"question", "answer"}) when present, validated."""
     if not (directory / name).is_file():
         return None
-    expected = "objects with non-empty string fields 'question' and 'answer'"
-    items = _read_json_list(directory, name, expected)
-    return tuple(_validated("qa", items, _where(name, directory)))
+    where = f"'{name}' in documents dir '{directory}'"
+    want = 'a JSON list of {"question": ..., "answer": ...} objects with non-empty strings'
+    try:
+        value = json.loads(_read(directory / name, name))
+    except json.JSONDecodeError as exc:
+        raise DataError(
+            f"{where} is not valid JSON ({exc.msg}: line {exc.lineno} column {exc.colno}); it must be {want}"
+        ) from None
+    if not isinstance(value, list) or not value:
+        raise DataError(f"{where} must be {want} (with at least one pair); fix it or remove the file")
+    out: list[QAItem] = []
+    for index, item in enumerate(value):
+        fields = [item.get(k) if isinstance(item, dict) else None for k in ("question", "answer")]
+        missing = [k for k, v in zip(("question", "answer"), fields) if not isinstance(v, str) or not v.strip()]
+        if missing:
+            raise DataError(
+                f"{where}, item {index} has no text in {' and '.join(repr(k) for k in missing)}; it must be {want}"
+            )
+        out.append(QAItem(question=str(fields[0]), answer=str(fields[1])))
+    return tuple(out)
 
 
 def load_documents(path: str | os.PathLike[str], settings: DerivationSettings | None = None) -> DocumentsData:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -327,8 +328,6 @@ def _read_config(directory: Path, config: str, label: str) -> tuple[list[Any], s
         if not rels:
             return None
         where = _where(config, ", ".join(rels), label)
-        from .data_hf import _pyarrow
-
         pa, pq = _pyarrow(label)
         rows: list[Any] = []
         for rel in rels:
@@ -341,8 +340,6 @@ def _read_config(directory: Path, config: str, label: str) -> tuple[list[Any], s
         return rows, where, " + ".join(rels)
     cdir = directory / config
     where = _where(config, f"{config}/", label)
-    from .data_hf import _datasets
-
     datasets = _datasets(label)
     try:
         ds = datasets.load_from_disk(str(cdir))
@@ -361,10 +358,41 @@ def _read_config(directory: Path, config: str, label: str) -> tuple[list[Any], s
 # --------------------------------------------------------------------------- validation
 
 
-def _json_type(value: Any) -> str:
-    from .data import _json_type as kind
+def _pyarrow(label: str) -> Any:
+    try:
+        import pyarrow as pa  # type: ignore[import-untyped]
+        import pyarrow.parquet as pq  # type: ignore[import-untyped]
+    except ImportError:
+        from .data_hf import INSTALL
 
-    return kind(value)
+        raise DataError(f"{label} needs pyarrow to read parquet files, which is not installed; {INSTALL}") from None
+    return pa, pq
+
+
+def _datasets(label: str) -> Any:
+    try:
+        import datasets  # type: ignore[import-untyped]
+    except ImportError:
+        from .data_hf import INSTALL
+
+        raise DataError(
+            f"{label} needs the datasets library to read save_to_disk directories, which is not installed; {INSTALL}"
+        ) from None
+    return datasets
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "list"
+    return "object" if isinstance(value, dict) else type(value).__name__
 
 
 def _string(value: Any, key: str, at: str) -> str:
@@ -431,10 +459,10 @@ def _validated(records: Sequence[Any], keys: tuple[str, ...], where: str, config
 
 def _resolve_hf(spec: str) -> Path:
     """``hf:OWNER/NAME[@REVISION]`` -> the cached snapshot directory; never touches the network."""
-    from .data_hf import _REPO_RE, download_hint, hub_cache_dir
+    from .data_hf import download_hint, hub_cache_dir
 
     repo, _, revision = spec[3:].strip().partition("@")
-    if not _REPO_RE.match(repo):
+    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$", repo):
         raise DataError(f"data spec '{spec}' is not hf:OWNER/NAME[@REVISION]; pass e.g. hf:{_REPO}")
     revision = revision or "main"
     cache = hub_cache_dir()

@@ -59,7 +59,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -515,7 +516,7 @@ def evaluate_tofu(
     "paraphrased_question" (open-unlearning's ``eval.tofu.question_key``; forget and retain splits).
     ``max_length``: the scoring context window override (default: the model config's).
     """
-    from . import Evaluation, _eval_mode, _model
+    from . import Evaluation
     from .generation import ignored_generation_settings, resolve_batch_size
     from .rouge import excerpt, rouge_l_recall_stemmed
     from .stats import bootstrap_mean_ci, resample_counts
@@ -733,6 +734,31 @@ def reference_truth_ratios(
         max_length=max_length,
     )
     return [float(r["truth_ratio"]) for r in ev.samples["forget_truth_ratio"]]
+
+
+def _model(model: Any) -> tuple[Any, Any]:
+    from ..errors import ModelError
+
+    hf, tokenizer = getattr(model, "model", None), getattr(model, "tokenizer", None)
+    if hf is None or tokenizer is None:
+        raise ModelError(
+            f"evaluate_tofu() needs a loaded model (with .model and .tokenizer), got {type(model).__name__}; "
+            "load one with unlearn_assert.load_model(DIR) or pass a quantized view"
+        )
+    return hf, tokenizer
+
+
+@contextmanager
+def _eval_mode(model: Any) -> Iterator[None]:
+    """Dropout off while evaluating, the caller's mode restored after (as MUSE's ``evaluate``)."""
+    training = bool(getattr(model, "training", False))
+    if training:
+        model.eval()
+    try:
+        yield
+    finally:
+        if training:
+            model.train()
 
 
 def _mean(values: Sequence[float]) -> float:
