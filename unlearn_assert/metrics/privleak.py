@@ -57,6 +57,7 @@ __all__ = [
     "privleak",
     "privleak_scores",
     "roc_auc",
+    "score_ids",
     "score_texts",
     "split_head",
 ]
@@ -250,8 +251,9 @@ class _Workspace:
         self.logits = torch.empty((positions, vocab), dtype=torch.float32, device=device)
         self.logp = torch.empty((positions, vocab), dtype=torch.float32, device=device)
 
-    def stats(self, head: Any, hidden: Any, targets: Any) -> tuple[Any, Any]:
-        """Log-probs of ``targets`` and their Min-K%++ z-scores under fp32 ``log_softmax(head(hidden))``."""
+    def stats(self, head: Any, hidden: Any, targets: Any, moments: bool = True) -> tuple[Any, Any]:
+        """Log-probs of ``targets`` and their Min-K%++ z-scores under fp32 ``log_softmax(head(hidden))``
+        (no z-scores, None, without ``moments``: teacher-forced losses need only the log-probs)."""
         import torch
 
         n = hidden.shape[0]
@@ -262,6 +264,8 @@ class _Workspace:
             logits.copy_(head(hidden))
         torch.log_softmax(logits, dim=-1, out=logp)
         token_lp = logp.gather(-1, targets[:, None])[:, 0]
+        if not moments:
+            return token_lp, None
         weighted = torch.exp(logp, out=logits).mul_(logp)  # p * log p, then p * log p * log p, in place
         mu = weighted.sum(-1)
         second = weighted.mul_(logp).sum(-1)
@@ -279,36 +283,58 @@ def score_texts(
     timings: dict[str, float] | None = None,
 ) -> tuple[list[TextScore], int]:
     """Token statistics for ``texts`` (one causal pass each, batched by tokens), and the largest
-    number of texts scored together.
+    number of texts scored together: ``tokenizer(text)`` (BOS included), then :func:`score_ids`.
+    ``timings`` (if given) receives seconds spent in the body (``forward``) and in ``lm_head`` +
+    statistics (``scoring``)."""
+    if not texts:
+        return [], batch_size or 1
+    encoded = [list(ids) for ids in tokenizer(list(texts))["input_ids"]]
+    return score_ids(model, encoded, pad_id=pad_token_id(tokenizer), batch_size=batch_size, max_length=max_length,
+                     timings=timings)
+
+
+def score_ids(
+    model: Any,
+    encoded: Sequence[Sequence[int]],
+    *,
+    pad_id: int,
+    first: Sequence[int] | None = None,
+    moments: bool = True,
+    batch_size: int | None = None,
+    max_length: int | None = None,
+    timings: dict[str, float] | None = None,
+) -> tuple[list[TextScore], int]:
+    """Token statistics for tokenized sequences (one causal pass each, batched by tokens), and the
+    largest number of sequences scored together.
 
     No ``[B, T, V]`` tensor is formed: the decoder body runs once per batch (or per chunk of a
-    text too long for the budget, over a pre-sized KV cache), and ``lm_head`` plus the fp32
+    sequence too long for the budget, over a pre-sized KV cache), and ``lm_head`` plus the fp32
     log-softmax run per chunk of :attr:`ScoringPlan.head_positions` positions. Per position the
     arithmetic is the one of a full forward followed by ``log_softmax(logits.float())``.
-    ``batch_size`` caps the texts per forward (the token budget still applies). ``timings`` (if
-    given) receives seconds spent in the body (``forward``) and in ``lm_head`` + statistics
-    (``scoring``).
+    ``first[i]`` (default 1): the index of sequence i's first token to score, so ``logprobs`` holds
+    tokens ``first[i]..n-1`` and no head is computed for the positions before (a teacher-forced
+    answer after its question). ``moments=False`` skips the Min-K%++ z-scores (``zscores`` empty).
+    ``batch_size`` caps the sequences per forward (the token budget still applies). Sequences longer
+    than the context window (``max_length`` or the config's) are truncated to it (``truncated``).
     """
     import time
 
     import torch
 
-    if not texts:
+    if not encoded:
         return [], batch_size or 1
     window = context_length(model, max_length)
-    encoded = [list(ids) for ids in tokenizer(list(texts))["input_ids"]]
     truncated = [window is not None and len(ids) > window for ids in encoded]
-    if window is not None:
-        encoded = [ids[:window] for ids in encoded]
+    encoded = [list(ids[:window]) if window is not None else list(ids) for ids in encoded]
+    starts = [1] * len(encoded) if first is None else [max(int(f), 1) for f in first]
     cap = batch_size if batch_size is not None else MAX_AUTO_BATCH
-    pad = pad_token_id(tokenizer)
     plan = plan_scoring(model)
     # a long text (or one too long to share a forward) runs alone, unpadded (still independent of the others)
     padded = [padded_width(len(ids), window) for ids in encoded]
     alone = [2 * w > plan.tokens or len(ids) >= SOLO_TOKENS for ids, w in zip(encoded, padded)]
     widths = [len(ids) if solo else w for ids, w, solo in zip(encoded, padded, alone)]
-    order = sorted(range(len(texts)), key=lambda i: (-widths[i], -len(encoded[i])))
-    results: list[TextScore | None] = [None] * len(texts)
+    order = sorted(range(len(encoded)), key=lambda i: (-widths[i], -len(encoded[i])))
+    results: list[TextScore | None] = [None] * len(encoded)
     clock = {"forward": 0.0, "scoring": 0.0}
     used = 0
     with torch.inference_mode():
@@ -320,7 +346,7 @@ def score_texts(
             chunk = order[a:b]
             used = max(used, len(chunk))
             width = widths[chunk[0]]
-            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+            ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
             mask = torch.zeros((len(chunk), width), dtype=torch.long)
             for row, i in enumerate(chunk):
                 ids[row, : len(encoded[i])] = torch.tensor(encoded[i], dtype=torch.long)
@@ -343,18 +369,18 @@ def score_texts(
                 begin = time.perf_counter()
                 for row, i in enumerate(chunk):
                     n = min(len(encoded[i]) - 1, e) - s  # positions s.. that predict a real next token
-                    for q in range(0, max(n, 0), plan.head_positions):
+                    # from the position that predicts token starts[i] (0 for every MUSE text)
+                    for q in range(max(starts[i] - 1 - s, 0), max(n, 0), plan.head_positions):
                         r = min(q + plan.head_positions, n)
                         target = ids[row, s + q + 1 : s + r + 1].to(io.device)
-                        if split is not None:
-                            stats[row].append(work.stats(split[1], out[row, q:r], target))
-                        else:  # the rows of full logits: the "head" is the identity
-                            stats[row].append(work.stats(lambda x: x, out[row, q:r], target))
+                        head = split[1] if split is not None else (lambda x: x)  # full logits: the identity
+                        extra = () if moments else (False,)
+                        stats[row].append(work.stats(head, out[row, q:r], target, *extra))
                 clock["scoring"] += time.perf_counter() - begin
                 del out
             for row, i in enumerate(chunk):
                 lp = [x.cpu() for x, _ in stats[row]]
-                zs = [z.cpu() for _, z in stats[row]]
+                zs = [z.cpu() for _, z in stats[row] if z is not None]
                 results[i] = TextScore(
                     logprobs=torch.cat(lp).tolist() if lp else [],
                     zscores=torch.cat(zs).tolist() if zs else [],

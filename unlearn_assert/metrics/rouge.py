@@ -36,6 +36,7 @@ __all__ = [
     "decode",
     "excerpt",
     "rouge_l_f1",
+    "rouge_l_recall_stemmed",
 ]
 
 #: MUSE's stop strings for KnowMem answers, in MUSE's order (the order does not change the result).
@@ -71,6 +72,20 @@ def rouge_l_f1(reference: str, generation: str) -> float:
     has no token, so an empty generation scores 0.0 rather than raising.
     """
     return float(_scorer().score(reference, generation)["rougeL"].fmeasure)
+
+
+@lru_cache(maxsize=1)
+def _stemming_scorer() -> Any:
+    """open-unlearning's scorer (``eval_text_similarity``): rouge1 and rougeL, Porter stemmer on."""
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=True)
+
+
+def rouge_l_recall_stemmed(reference: str, generation: str) -> float:
+    """ROUGE-L recall in [0, 1] of ``generation`` against ``reference`` with the stemmer on: TOFU's
+    ROUGE as open-unlearning computes it (``scorer.score(gt, gen)["rougeL"].recall``), not MUSE's."""
+    return float(_stemming_scorer().score(reference, generation)["rougeL"].recall)
 
 
 def clean_up_tokenization(text: str) -> str:
