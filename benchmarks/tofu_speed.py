@@ -182,9 +182,9 @@ def build_model(out: Path, items: list[dict[str, Any]], model: str) -> Path:
 def run(model_name: str, items: int, gen_items: int) -> dict[str, Any]:
     import torch
 
+    from unlearn_assert.data.tofu import TofuData, TofuItem
     from unlearn_assert.metrics.tofu import evaluate_tofu
     from unlearn_assert.models import load_model
-    from unlearn_assert.tofu_data import TofuData, TofuItem
 
     records = tofu_items(items)
     with tempfile.TemporaryDirectory(prefix="tofu-speed-") as tmp:

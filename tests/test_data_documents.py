@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from unlearn_assert.documents_data import (
+from unlearn_assert.data.documents import (
     DerivationSettings,
     Document,
     chunk_text,

@@ -17,8 +17,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from unlearn_assert.data.tofu import FORGET_SPLITS, detect_tofu, load_tofu
 from unlearn_assert.errors import ConfigError, DataError
-from unlearn_assert.tofu_data import FORGET_SPLITS, detect_tofu, load_tofu
 
 REPO = Path(__file__).resolve().parents[1]
 TOFU = REPO / "fixtures" / "tiny-tofu"

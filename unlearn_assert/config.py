@@ -16,7 +16,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from .benchmark.registry import AUTO, BENCHMARKS, all_metric_names
+from .benchmark.registry import AUTO, BENCHMARKS, TOFU_FORGET_SPLITS, all_metric_names
 from .errors import ConfigError, QuantizerError
 from .fs import user_path
 from .names import ARTIFACT_NAME_RE, CONFIDENCES, DTYPES, FP, VERDICT_POLICIES
@@ -61,8 +61,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("retrain", "Optional model retrained without the forget data (reference for privleak).", None, "DIR", path=True),
     Option("data", "MUSE data: a directory in MUSE's layout (verbmem/, knowmem/, privleak/, raw/) or its Hugging Face form "
            "(parquet or save_to_disk), or hf:OWNER/NAME from the local Hugging Face cache.", None, "DIR", path=True),
-    Option("benchmark", "What the data measures: auto (detected from the data's layout, named in the header), or one of "
-           "the registered benchmarks (muse).", "auto", "NAME"),
+    Option("benchmark", "What the data measures: auto (detected from the data's layout, named in the header), muse, tofu "
+           "or documents (a provider's own forget/ and holdout/ documents).", "auto", "NAME"),
+    Option("forget_split", "TOFU's forget split: forget01, forget05 or forget10.", "forget10", "SPLIT"),
+    Option("documents", "How MUSE-style items are derived from your own documents, as KEY=VALUE pairs: seed, chunk_words, "
+           "prompt_words, gt_words, verbmem_items, privleak_items, icl_pairs (words; defaults are MUSE-News' medians).",
+           "", "EXPR"),
     Option("quantizers", "Comma-separated quantizer ids to apply, e.g. rtn-w4g128,rtn-w8 (attack ids such as relearn-forget-50 "
            "are accepted too).", DEFAULT_QUANTIZERS, "IDS"),
     Option("attacks", "Comma-separated attack ids, gated like quantizers after them: relearn-forget-<steps>, "
@@ -219,6 +223,38 @@ def parse_benchmark(raw: Any) -> str:
     return name
 
 
+def parse_forget_split(raw: Any) -> str:
+    """``--unlearn-forget-split``: one of TOFU's forget splits (forget10 by default)."""
+    split = str(raw if raw not in (None, "") else "forget10").strip().lower()
+    if split not in TOFU_FORGET_SPLITS:
+        raise ConfigError(f"--unlearn-forget-split: '{raw}' is not a TOFU forget split; use one of {', '.join(TOFU_FORGET_SPLITS)}")
+    return split
+
+
+def parse_documents(raw: Any) -> tuple[tuple[str, int], ...]:
+    """``--unlearn-documents 'seed=1 prompt_words=300'``: the derivation settings of a documents dir, each a known
+    key with a whole number, checked together (a prompt and its reference must fit in a chunk)."""
+    from .data.documents import DerivationSettings
+
+    if raw in (None, ""):
+        return ()
+    known = [f.name for f in fields(DerivationSettings)]
+    pairs: list[tuple[str, int]] = []
+    for token in re.split(r"[\s,;]+", str(raw).strip()):
+        if not token:
+            continue
+        key, sep, value = token.partition("=")
+        if not sep or key not in known:
+            raise ConfigError(f"--unlearn-documents: '{token}' is not KEY=VALUE with a key of {', '.join(known)}; "
+                              "write e.g. --unlearn-documents 'seed=1 prompt_words=300'")
+        try:
+            pairs.append((key, int(value)))
+        except ValueError:
+            raise ConfigError(f"--unlearn-documents: '{token}': {key} must be a whole number") from None
+    DerivationSettings(**dict(pairs))  # one line for values that do not fit together
+    return tuple(pairs)
+
+
 def parse_verdict(raw: Any) -> str:
     """``--unlearn-verdict``: point (default), strict or lenient."""
     policy = str(raw if raw not in (None, "") else "point").strip().lower()
@@ -298,6 +334,10 @@ class RunConfig:
     data: str | None = None
     #: ``--unlearn-benchmark``: ``auto`` or a name of :data:`unlearn_assert.benchmark.registry.BENCHMARKS`
     benchmark: str = AUTO
+    #: ``--unlearn-forget-split``: TOFU's forget split
+    forget_split: str = "forget10"
+    #: ``--unlearn-documents``: the derivation settings of a documents dir, as (key, value) pairs
+    documents: tuple[tuple[str, int], ...] = ()
     #: quantizer and attack ids of --unlearn-quantizers / --unlearn-attacks, as written, in order
     variant_ids: tuple[str, ...] = tuple(DEFAULT_QUANTIZERS.split(","))
     calibration: str | None = None
@@ -453,6 +493,8 @@ def build_run_config(get: Callable[[Option], Any], *, model_spec: str | None = N
     if raw["attacks"] not in (None, ""):
         values["variant_ids"] = _with_attacks(values["variant_ids"], raw["attacks"])
     values["benchmark"] = parse_benchmark(raw["benchmark"])
+    values["forget_split"] = parse_forget_split(raw["forget_split"])
+    values["documents"] = parse_documents(raw["documents"])
     values["budget"] = parse_budget(raw["budget"] or "")
     values["verdict"], values["confidence"] = parse_verdict(raw["verdict"]), parse_confidence(raw["confidence"])
     device = str(raw["device"] or "auto").strip()

@@ -59,6 +59,9 @@ class MetricSpec:
     check: str | None = None
     higher_remembers: bool = True
     floor_value: float | None = None
+    #: how the value is made of the per-item scores: "mean" (the paired bootstrap resamples them generically),
+    #: or another statistic whose interval the benchmark computes (:meth:`Benchmark.interval`)
+    aggregate: str = "mean"
 
     @property
     def item(self) -> str | None:
@@ -175,4 +178,14 @@ class Benchmark(Protocol):
 
     def privacy(self, metric: str) -> Privacy:
         """How the privacy metric ``metric`` is referenced, computed and judged."""
+        ...
+
+    def interval(self, spec: MetricSpec, rows: Sequence[Any], estimate: float | None, boot: Any,
+                 paired: Callable[..., Any]) -> Interval | None:
+        """The paired interval of a utility ratio ``rows[0] / rows[1]`` of a metric that is not an item mean
+        (``spec.aggregate``); ``paired(metric, rows)`` gives the rows' per-item scores item for item."""
+        ...
+
+    def record(self, data: Any) -> dict[str, Any]:
+        """What the report records of the data beyond its counts (how items were derived, a chosen split)."""
         ...

@@ -113,6 +113,13 @@ class MuseBenchmark:
 
         return evaluate(model, data, metrics=metrics, batch_size=batch_size)
 
+    def interval(self, spec: MetricSpec, rows: Sequence[Any], estimate: float | None, boot: Any,
+                 paired: Callable[..., Any]) -> Interval | None:
+        return None  # every MUSE metric is an item mean: the engine's paired bootstrap covers them
+
+    def record(self, data: Any) -> dict[str, Any]:
+        return {}
+
     def privacy(self, metric: str) -> Privleak:
         if metric != "privleak":
             raise KeyError(metric)

@@ -5,17 +5,25 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["AUTO", "BENCHMARKS", "METRIC_NAMES", "all_metric_names"]
+__all__ = ["AUTO", "BENCHMARKS", "METRIC_NAMES", "TOFU_FORGET_SPLITS", "all_metric_names"]
 
 #: ``--unlearn-benchmark auto``: the first benchmark whose layout the data directory is in
 AUTO: Final = "auto"
 #: name -> "module:Class", most specific layout first (``auto`` tries them in this order).
 BENCHMARKS: dict[str, str] = {
+    "tofu": "unlearn_assert.benchmark.tofu:TofuBenchmark",
+    "documents": "unlearn_assert.benchmark.documents:DocumentsBenchmark",
     "muse": "unlearn_assert.benchmark.muse:MuseBenchmark",
 }
+#: TOFU's forget splits (``--unlearn-forget-split``); forget10 is open-unlearning's default
+TOFU_FORGET_SPLITS: tuple[str, ...] = ("forget01", "forget05", "forget10")
 #: each benchmark's metric names (what budget keys may name; the benchmark's own specs are the truth, and a
 #: test checks the two agree)
 METRIC_NAMES: dict[str, tuple[str, ...]] = {
+    "tofu": ("forget_prob", "forget_rouge", "forget_truth_ratio", "model_utility", "forget_quality", "retain_prob",
+             "retain_rouge", "retain_truth_ratio", "ra_prob_normalised", "ra_rouge", "ra_truth_ratio", "wf_prob_normalised",
+             "wf_rouge", "wf_truth_ratio"),
+    "documents": ("verbmem_f", "knowmem_f", "knowmem_r", "privleak"),
     "muse": ("verbmem_f", "knowmem_f", "knowmem_r", "privleak"),
 }
 

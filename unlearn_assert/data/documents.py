@@ -41,7 +41,6 @@ same items (tested).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -51,9 +50,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .data import DOC_JOINER, MuseData, QAItem, VerbItem, content_fingerprint
-from .errors import ConfigError, DataError
-from .fs import user_path
+from ..errors import ConfigError, DataError
+from ..fs import user_path
+from ..plain import Digest
+from .muse import DOC_JOINER, MuseData, QAItem, VerbItem, content_fingerprint
 
 __all__ = [
     "DERIVATION_VERSION",
@@ -319,6 +319,18 @@ def derive(
 # --------------------------------------------------------------------------- reading
 
 
+def metrics_of(path: str | os.PathLike[str]) -> tuple[str, ...]:
+    """The MUSE metrics a documents dir supports, from its file names alone (no text is read): verbmem_f and
+    privleak always, knowmem_f with ``forget_qa.json``, knowmem_r with ``retain_qa.json``."""
+    directory = Path(os.fspath(path)).expanduser()
+    out = ["verbmem_f"]
+    if (directory / "forget_qa.json").is_file():
+        out.append("knowmem_f")
+    if (directory / "retain_qa.json").is_file():
+        out.append("knowmem_r")
+    return (*out, "privleak")
+
+
 def detect_documents(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` is a documents dir (forget/ and holdout/ directories; names only, cheap)."""
     directory = Path(os.fspath(path))
@@ -458,15 +470,14 @@ def load_documents(path: str | os.PathLike[str], settings: DerivationSettings | 
             "give more text or smaller lengths (chunk_words, prompt_words, gt_words)"
         )
     settings_blob = json.dumps(settings.as_dict(), sort_keys=True)
-    digest = hashlib.sha256(f"{DERIVATION_VERSION}\0{settings_blob}\0".encode())
+    content = Digest().text(f"{DERIVATION_VERSION}\0{settings_blob}\0")
     for split, docs in (("forget", forget), ("holdout", holdout), ("retain", retain)):
-        digest.update(f"{split}:{'absent' if docs is None else len(docs)};".encode())
+        content.text(f"{split}:{'absent' if docs is None else len(docs)};")
         for doc in docs or ():
             data = doc.text.encode("utf-8")
-            digest.update(f"{len(data)}:".encode())
-            digest.update(data)
-    digest.update(content_fingerprint(values).encode())
-    fingerprint = digest.hexdigest()
+            content.text(f"{len(data)}:").data(data)
+    content.text(content_fingerprint(values))
+    fingerprint = content.hexdigest()
     sources = {
         "verbmem_forget": "derived from forget/",
         "privleak_forget": "derived from forget/",

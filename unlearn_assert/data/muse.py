@@ -147,7 +147,7 @@ class MuseData:
         The ICL demonstrations and raw text are kept whole: they shape every prompt / the training
         text, they are not samples. The fingerprint depends on the content actually kept: when no
         split is cut, ``self`` is returned unchanged (same fingerprint, so the cache still hits);
-        otherwise it is ``sha256(fingerprint + ":max=N")``.
+        otherwise it is a digest of the fingerprint and N.
         """
         if max_samples is None:
             return self

@@ -28,7 +28,6 @@ Why cheap: no torch, no transformers; pyarrow and datasets only for those forms.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -37,9 +36,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .data import QAItem
-from .errors import ConfigError, DataError
-from .fs import user_path
+from ..errors import ConfigError, DataError
+from ..fs import user_path
+from ..plain import Digest, digest
+from .muse import QAItem
 
 __all__ = [
     "DEFAULT_FORGET_SPLIT",
@@ -154,7 +154,7 @@ class TofuData:
 
     def limited(self, max_samples: int | None) -> TofuData:
         """At most ``max_samples`` items of every evaluated split; the fingerprint then becomes
-        ``sha256(fingerprint + ":max=N")`` (unchanged when nothing is cut, so the cache still hits)."""
+        a digest of the fingerprint and N (unchanged when nothing is cut, so the cache still hits)."""
         if max_samples is None:
             return self
         if isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 1:
@@ -171,7 +171,7 @@ class TofuData:
             retain=self.retain[:n],
             real_authors=self.real_authors[:n],
             world_facts=self.world_facts[:n],
-            fingerprint=hashlib.sha256(f"{self.fingerprint}:max={n}".encode()).hexdigest(),
+            fingerprint=digest({"data": self.fingerprint, "max_samples": n}),
         )
 
 
@@ -195,22 +195,21 @@ def content_fingerprint(forget_split: str, values: Mapping[str, Sequence[Any] | 
     """sha256 over the forget split's name and every split's items (length-prefixed UTF-8, absent
     optional fields and splits marked), in a fixed order. Paths, file formats, JSON layout and extra
     keys do not enter: the same data in any form hits the same cache entries."""
-    digest = hashlib.sha256(f"{_FINGERPRINT_VERSION}\0{forget_split}\0".encode())
+    content = Digest().text(f"{_FINGERPRINT_VERSION}\0{forget_split}\0")
     for name in ("forget", "retain", "real_authors", "world_facts", "forget_train", "retain_train", "holdout"):
         items = values.get(name)
         if items is None:
-            digest.update(f"{name}:absent;".encode())
+            content.text(f"{name}:absent;")
             continue
-        digest.update(f"{name}:{len(items)}:".encode())
+        content.text(f"{name}:{len(items)}:")
         for item in items:
             for text in _strings(item):
                 if text is None:
-                    digest.update(b"-;")
+                    content.data(b"-;")
                     continue
                 data = text.encode("utf-8")
-                digest.update(f"{len(data)}:".encode())
-                digest.update(data)
-    return digest.hexdigest()
+                content.text(f"{len(data)}:").data(data)
+    return content.hexdigest()
 
 
 # --------------------------------------------------------------------------- detection
@@ -363,7 +362,7 @@ def _pyarrow(label: str) -> Any:
         import pyarrow as pa  # type: ignore[import-untyped]
         import pyarrow.parquet as pq  # type: ignore[import-untyped]
     except ImportError:
-        from .data_hf import INSTALL
+        from .hf import INSTALL
 
         raise DataError(f"{label} needs pyarrow to read parquet files, which is not installed; {INSTALL}") from None
     return pa, pq
@@ -373,7 +372,7 @@ def _datasets(label: str) -> Any:
     try:
         import datasets  # type: ignore[import-untyped]
     except ImportError:
-        from .data_hf import INSTALL
+        from .hf import INSTALL
 
         raise DataError(
             f"{label} needs the datasets library to read save_to_disk directories, which is not installed; {INSTALL}"
@@ -459,7 +458,7 @@ def _validated(records: Sequence[Any], keys: tuple[str, ...], where: str, config
 
 def _resolve_hf(spec: str) -> Path:
     """``hf:OWNER/NAME[@REVISION]`` -> the cached snapshot directory; never touches the network."""
-    from .data_hf import download_hint, hub_cache_dir
+    from .hf import download_hint, hub_cache_dir
 
     repo, _, revision = spec[3:].strip().partition("@")
     if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$", repo):

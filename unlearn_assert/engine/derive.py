@@ -292,9 +292,10 @@ def _oriented(scores: Sequence[tuple[float, ...]], spec: MetricSpec) -> list[tup
 
 
 def _intervals(by_key: Mapping[RowKey, Row], values: Mapping[RowKey, Values], rec: Mapping[str, Mapping[str, float | None]],
-               utility: Mapping[str, Mapping[str, float | None]], specs: Sequence[MetricSpec], variants: Sequence[str],
+               utility: Mapping[str, Mapping[str, float | None]], benchmark: Benchmark, variants: Sequence[str],
                boot: Bootstrap) -> dict[str, Any]:
     """Every forget and utility interval the rows allow (see :class:`Figures`), each from the rows it is made of only."""
+    specs = benchmark.metrics
     u_fp, t_fp = by_key.get(("unlearned", FP)), by_key.get(("target", FP))
     drop_ci: dict[str, Interval] = {}
     recovery_ci: dict[str, dict[str, Interval]] = {}
@@ -321,10 +322,18 @@ def _intervals(by_key: Mapping[RowKey, Row], values: Mapping[RowKey, Values], re
         m = spec.name
         for variant in (FP, *variants):
             q_row = by_key.get(("unlearned", variant))
-            scores = _paired(m, [q_row, t_fp]) if q_row is not None else None
+            estimate = utility.get(variant, {}).get(m)
+            if q_row is None:
+                continue
+            if spec.aggregate != "mean":  # a statistic of several splits' items: the benchmark resamples it
+                ci = benchmark.interval(spec, [q_row, t_fp], estimate, boot, _paired) if estimate is not None else None
+                if ci is not None:
+                    n[m] = ci.n
+                    utility_ci.setdefault(variant, {})[m] = ci
+                continue
+            scores = _paired(m, [q_row, t_fp])
             if scores is not None:
                 n[m] = len(scores[0])
-                estimate = utility.get(variant, {}).get(m)
                 if estimate is not None:
                     utility_ci.setdefault(variant, {})[m] = _ratio(scores[0], scores[1], m, estimate, boot)
     return {"drop_ci": drop_ci, "recovery_ci": recovery_ci, "utility_ci": utility_ci, "n": n}
@@ -373,7 +382,7 @@ def figures(rows: Iterable[Row], benchmark: Benchmark, bootstrap: Bootstrap | No
     utility = _utilities(values, [FP, *variants], [s for s in specs if s.role == "utility"])
     extra: dict[str, Any] = {}
     if boot.replicates > 0:
-        extra = _intervals(by_key, values, rec, utility, specs, variants, boot)
+        extra = _intervals(by_key, values, rec, utility, benchmark, variants, boot)
         extra["n"].update(privacy_n)
     res: dict[str, Resolution] = {}
     if ("target", FP) in values and ("unlearned", FP) in values:

@@ -223,7 +223,7 @@ def build_report(run: RunConfig, rows: Iterable[Row], verdicts: Iterable[Verdict
         prov[f"{metric}_reference"] = rule.reference_record(*figs.reference[metric])  # type: ignore[literal-required]
     if benchmark.name != "muse":  # absent means MUSE: every report made before there were other benchmarks
         prov["benchmark"] = {"name": benchmark.name, "metrics": [m.to_dict() for m in benchmark.metrics],
-                             "settings": dict(benchmark.settings)}
+                             "settings": dict(benchmark.settings), **benchmark.record(data)}
     if execution:
         prov["execution"] = execution
     prov["bootstrap"] = cast(BootstrapInfo, figs.bootstrap.to_dict())

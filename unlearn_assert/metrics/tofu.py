@@ -776,7 +776,7 @@ def _tofu_data(data: Any) -> Any:
     import os
 
     if isinstance(data, (str, os.PathLike)):
-        from ..tofu_data import load_tofu
+        from ..data.tofu import load_tofu
 
         return load_tofu(data)
     return data
