@@ -20,10 +20,11 @@ from unlearn_assert.engine.rows import row_key
 from unlearn_assert.engine.sources import SOURCE_KINDS, Applied, ArtifactSource, QuantizerSource, source_for
 from unlearn_assert.errors import ConfigError
 from unlearn_assert.metrics import METRIC_SETTINGS
-from unlearn_assert.names import CHECKS, FP
+from unlearn_assert.names import FP
 from unlearn_assert.render import render_html, render_table, validate_report
 from unlearn_assert.render.schema import dumps_report
 
+CHECKS = ("verbmem_f", "knowmem_f", "utility", "privleak")  # MUSE's items, in item order
 VOLATILE = {"created", "seconds", "argv", "cached"}
 
 

@@ -21,9 +21,10 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
+from unlearn_assert.benchmark.registry import all_metric_names  # noqa: E402
 from unlearn_assert.config import BUDGET_KEYS, OPTIONS, Option  # noqa: E402
 from unlearn_assert.demo.family import DEMO_MODELS  # noqa: E402
-from unlearn_assert.names import DTYPES, FORGET_METRICS  # noqa: E402
+from unlearn_assert.names import DTYPES  # noqa: E402
 from unlearn_assert.variants.quantizers import known_ids  # noqa: E402
 
 PATH_OPTIONS = tuple(o.name for o in OPTIONS if o.path)
@@ -52,7 +53,7 @@ def _joined(items: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
 
 
 budget_token = st.one_of(
-    st.tuples(st.sampled_from([*BUDGET_KEYS, *FORGET_METRICS, "forgetfulness", "", "recovery@"]),
+    st.tuples(st.sampled_from([*BUDGET_KEYS, *all_metric_names(), "forgetfulness", "", "recovery@"]),
               st.one_of(st.just(""), quantizer_ids.map(lambda q: "@" + q)), st.sampled_from(["=", "==", ":", ""]), numbers).map("".join),
     text,
 )

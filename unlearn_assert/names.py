@@ -18,27 +18,15 @@ FP: Final = "fp"
 Role = Literal["unlearned", "target", "retrain"]
 ROLES: Final[tuple[Role, ...]] = ("unlearned", "target", "retrain")
 
-#: MUSE's metric keys, in report order.
+#: MUSE's metric keys, in report order (what :func:`unlearn_assert.metrics.evaluate` computes; a benchmark's
+#: metrics and their roles are :mod:`unlearn_assert.benchmark`'s).
 METRICS: Final = ("verbmem_f", "knowmem_f", "knowmem_r", "privleak")
-#: The metrics unlearning is meant to lower: each has a recovery fraction and a budget item.
-FORGET_METRICS: Final = ("verbmem_f", "knowmem_f")
-
-#: The budget checks, one test item per (variant, check), in item order.
-CHECKS: Final = ("verbmem_f", "knowmem_f", "utility", "privleak")
 
 #: How an item is judged (``--unlearn-verdict``): ``point`` on the estimate, ``strict`` on the whole
 #: interval within budget, ``lenient`` failing only when the whole interval is beyond it.
 VERDICT_POLICIES: Final = ("point", "strict", "lenient")
 #: Confidence levels of the paired bootstrap intervals (``--unlearn-confidence``).
 CONFIDENCES: Final = (0.9, 0.95, 0.99)
-
-#: What the items of a metric's split are, as messages count them ("n=48 forget questions").
-ITEM_UNITS: Final = {
-    "verbmem_f": "forget passages",
-    "knowmem_f": "forget questions",
-    "knowmem_r": "retain questions",
-    "privleak": "forget and holdout texts",
-}
 
 #: Outcomes of a budget item (pytest's), and the status of a row.
 OUTCOMES: Final = ("passed", "failed", "skipped")

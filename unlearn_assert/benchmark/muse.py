@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from ..config import REFERENCE_AUC_RANGE, reference_auc_ok
 from ..metrics import DEFAULT_REFERENCE_AUC
 from ..names import FP
+from ..render.schema import MUSE_METRICS as SCHEMA_MUSE_METRICS
 from .base import MetricSpec
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -31,13 +32,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["DEFAULT_REFERENCE_AUC", "MUSE_METRICS", "MuseBenchmark", "Privleak", "reference_problem"]
 
-#: MUSE's metrics, in report order.
-MUSE_METRICS: tuple[MetricSpec, ...] = (
-    MetricSpec("verbmem_f", "forget", items="forget passages", short="vm"),
-    MetricSpec("knowmem_f", "forget", items="forget questions", short="km"),
-    MetricSpec("knowmem_r", "utility", items="retain questions", short="kr", check="utility"),
-    MetricSpec("privleak", "privacy", items="forget and holdout texts", unit="%", short="pl"),
-)
+#: MUSE's metrics, in report order (the report schema's definition of what a report without a benchmark holds).
+MUSE_METRICS: tuple[MetricSpec, ...] = tuple(MetricSpec(**spec) for spec in SCHEMA_MUSE_METRICS)
 
 
 def reference_problem(reference: float | None, source: str) -> str | None:

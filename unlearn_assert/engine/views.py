@@ -16,7 +16,7 @@ from contextlib import ExitStack
 from typing import TYPE_CHECKING, Any
 
 from ..cache import ResultCache
-from ..names import METRICS, Role
+from ..names import Role
 from .rows import measurement_key
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -65,12 +65,13 @@ class GateView:
         self._stack.close()
 
     def measure(self, obj: Any, metrics: Sequence[str] | None = None) -> Evaluation:
-        """The ``muse`` fixture: MUSE metrics of a loaded model or a view, cached by content (the same key
-        rule as a row's, :func:`~.rows.measurement_key`)."""
-        from ..metrics import Evaluation, evaluate
+        """The ``muse`` fixture: the run's benchmark's metrics (MUSE's on MUSE data) of a loaded model or a view,
+        cached by content (the same key rule as a row's, :func:`~.rows.measurement_key`)."""
+        from ..metrics import Evaluation
 
         run = self._inputs.run
-        wanted = tuple(metrics) if metrics else METRICS
+        benchmark = self._inputs.benchmark
+        wanted = tuple(metrics) if metrics else tuple(m.name for m in benchmark.metrics)
         key = measurement_key("measure", obj.fingerprint, str(obj.dtype), self._inputs, wanted=list(wanted))
         if key not in self._measured:
             hit = self._cache.get(key)
@@ -78,7 +79,7 @@ class GateView:
                 self._measured[key] = Evaluation.from_dict(hit)
             else:
                 self._inputs.progress(f"evaluate {getattr(obj, 'name', obj.path)}")
-                ev = evaluate(obj, self.data, metrics=list(wanted), batch_size=run.batch_size)
+                ev = benchmark.measure(obj, self.data, metrics=list(wanted), batch_size=run.batch_size)
                 self._cache.put(key, ev.to_dict())
                 self._measured[key] = ev
         return self._measured[key]

@@ -21,12 +21,13 @@ import jinja2
 from markupsafe import Markup, escape
 
 from ..cache import atomic_write_text
-from ..names import FORGET_METRICS, METRICS
 from ..plain import plain
-from .schema import ReportDict, RowDict
+from .schema import ReportDict, RowDict, report_metrics
 from .terminal import (
-    HEADERS,
+    LEAD_HEADERS,
+    TAIL_HEADERS,
     fmt_num,
+    metric_columns,
     one_line,
     ordered_rows,
     quantizer_order,
@@ -39,12 +40,6 @@ from .terminal import (
 TEMPLATE_DIR = Path(__file__).with_name("templates")
 MAX_SAMPLES_SHOWN = 50  # per (row, metric): enough to eyeball, small enough to keep the file light
 PROMPT_EXCERPT = 300  # characters; the end of a prompt is what the generation continues
-Y_LABELS = {
-    "verbmem_f": "ROUGE-L F1 x100",
-    "knowmem_f": "ROUGE-L F1 x100",
-    "knowmem_r": "ROUGE-L F1 x100",
-    "privleak": "privleak (%)",
-}
 _REF_STYLES = {"target": ("#c0392b", "6 3"), "retrain": ("#27ae60", "2 3"), "budget": ("#8e44ad", "4 2")}
 #: An error bar: (lo, hi) on the chart's scale; hi None = unbounded above (drawn to the top, open).
 ErrorBar = tuple[float, float | None]
@@ -210,7 +205,7 @@ def recovery_charts(report: ReportDict) -> list[dict[str, Any]]:
         return []
     budget: Any = (report.get("provenance", {}).get("budgets") or {}).get("recovery")
     charts = []
-    for metric in FORGET_METRICS:
+    for metric in (m["name"] for m in report_metrics(report) if m.get("role") == "forget"):
         bars: list[tuple[str, float | None]] = []
         errors: list[ErrorBar | None] = []
         for r in rows:
@@ -229,7 +224,8 @@ def metric_charts(report: ReportDict) -> list[dict[str, Any]]:
     rows = ordered_rows(report)
     unlearned = [r for r in rows if r["model"] == "unlearned"]
     charts = []
-    for metric in METRICS:
+    units = {m["name"]: str(m.get("unit", "")) for m in report_metrics(report)}
+    for metric in metric_columns(report):
         bars: list[tuple[str, float | None]] = [
             (r["quantizer"], None if r.get("status") == "skipped" else _metric(r, metric)) for r in unlearned]
         errors = [None if r.get("status") == "skipped" else _error(dict(r.get("ci") or {}).get(metric)) for r in unlearned]
@@ -240,7 +236,8 @@ def metric_charts(report: ReportDict) -> list[dict[str, Any]]:
             value = _metric(ref, metric) if ref else None
             if value is not None and math.isfinite(value):
                 refs.append((f"{role} fp", float(value), role))
-        charts.append({"metric": metric, "svg": bar_chart_svg(metric, bars, refs, Y_LABELS[metric], errors)})
+        label = f"{metric} (%)" if units.get(metric) == "%" else units.get(metric, metric)
+        charts.append({"metric": metric, "svg": bar_chart_svg(metric, bars, refs, label, errors)})
     return charts
 
 
@@ -348,7 +345,8 @@ def sample_sections(report: ReportDict) -> list[dict[str, Any]]:
     sections = []
     for key in sorted(samples, key=key_rank):
         per_metric = samples[key]
-        metric_order = [m for m in METRICS if m in per_metric] + [m for m in per_metric if m not in METRICS]
+        known = [m["name"] for m in report_metrics(report)]
+        metric_order = [m for m in known if m in per_metric] + [m for m in per_metric if m not in known]
         for metric in metric_order:
             records = per_metric[metric]
             scores = [float(r["score"]) for r in records if isinstance(r.get("score"), (int, float))]
@@ -380,7 +378,7 @@ def render_html(report: ReportDict) -> str:
         summary=summary_line(report),
         any_failed=any(verdict_outcome(v) == "failed" for v in verdicts),
         provenance=provenance_items(report),
-        headers=HEADERS,
+        headers=(*LEAD_HEADERS, *metric_columns(report), *TAIL_HEADERS),
         table=table_rows(report),
         verdicts=sorted_verdicts(report),
         resolution=[line for line, _ in resolution_lines(report)],

@@ -19,10 +19,25 @@ from typing import Any, Literal, TypedDict, cast
 
 from ..cache import atomic_write_text
 from ..errors import UnlearnAssertError
-from ..names import FORGET_METRICS, METRICS, OUTCOMES, ROLES, ROW_STATUSES, VERDICT_POLICIES
+from ..names import OUTCOMES, ROLES, ROW_STATUSES, VERDICT_POLICIES
 from ..plain import plain
 
 SCHEMA_VERSION = 1
+#: What the rows of a report without ``provenance.benchmark`` measure: MUSE's metrics (every report made
+#: before there were other benchmarks). The engine's MUSE benchmark is built from this list.
+MUSE_METRICS: tuple[dict[str, Any], ...] = (
+    {"name": "verbmem_f", "role": "forget", "items": "forget passages", "unit": "ROUGE-L F1 x100", "short": "vm"},
+    {"name": "knowmem_f", "role": "forget", "items": "forget questions", "unit": "ROUGE-L F1 x100", "short": "km"},
+    {"name": "knowmem_r", "role": "utility", "items": "retain questions", "unit": "ROUGE-L F1 x100", "short": "kr",
+     "check": "utility"},
+    {"name": "privleak", "role": "privacy", "items": "forget and holdout texts", "unit": "%", "short": "pl"},
+)
+
+
+def report_metrics(report: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The metrics a report's rows hold, in column order: its ``provenance.benchmark.metrics``, else MUSE's."""
+    benchmark = (report.get("provenance") or {}).get("benchmark") or {}
+    return [dict(m) for m in (benchmark.get("metrics") or MUSE_METRICS)]
 #: What a verdict's estimate, ci and budget are about (``VerdictDict.figure``).
 FIGURES = ("drop", "recovery", "utility", "privleak")
 
@@ -183,7 +198,7 @@ class _VerdictRequired(TypedDict):
 
 class VerdictDict(_VerdictRequired, total=False):
     quantizer: str  # the variant: a quantizer or attack id, an artifact's name, or "fp" (full precision)
-    check: str  # "verbmem_f", "knowmem_f", "utility" or "privleak" (names.CHECKS)
+    check: str  # the metric judged: "verbmem_f", "knowmem_f", "utility" (knowmem_r) or "privleak" for MUSE
     outcome: Literal["passed", "failed", "skipped"]  # the pytest outcome
     value: float | None  # the checked quantity (recovery fraction, utility ratio, privleak %, fp drop in points)
     budget: float | None  # the bound it was checked against, same unit as value (for privleak: |value| <= budget)
@@ -324,7 +339,7 @@ def _validate_provenance(prov: Mapping[str, Any]) -> None:
             raise ReportError(f"malformed unlearn-assert report: {w}.settings.quantizers should be an array of strings")
 
 
-def _validate_row(row: Any, i: int) -> None:
+def _validate_row(row: Any, i: int, metrics: list[dict[str, Any]]) -> None:
     w = f"rows[{i}]"
     if not isinstance(row, dict):
         raise ReportError(f"malformed unlearn-assert report: {w} should be an object, got {type(row).__name__}")
@@ -334,11 +349,11 @@ def _validate_row(row: Any, i: int) -> None:
     if status is not None:
         _check_choice(status, ROW_STATUSES, f"{w}.status")
     values = _check(row, "values", dict, w)
-    for metric in METRICS:
+    for metric in (m["name"] for m in metrics):
         _check(values, metric, _NUMBER, f"{w}.values", required=status != "skipped", nullable=True)
     recovery = _check(row, "recovery", dict, w, nullable=True)
     if recovery is not None:
-        for metric in FORGET_METRICS:
+        for metric in (m["name"] for m in metrics if m.get("role") == "forget"):
             _check(recovery, metric, _NUMBER, f"{w}.recovery", required=False, nullable=True)
     for key in ("code_agreement", "changed_fraction"):
         _check(row, key, _NUMBER, w, nullable=True)
@@ -358,7 +373,7 @@ def _validate_row(row: Any, i: int) -> None:
     _check(row, "cached", bool, w, required=False)
 
 
-def _validate_verdict(v: Any, i: int) -> None:
+def _validate_verdict(v: Any, i: int, metrics: list[dict[str, Any]]) -> None:
     w = f"verdicts[{i}]"
     if not isinstance(v, dict):
         raise ReportError(f"malformed unlearn-assert report: {w} should be an object, got {type(v).__name__}")
@@ -379,7 +394,7 @@ def _validate_verdict(v: Any, i: int) -> None:
     _check(v, "degenerate", int, w, required=False, nullable=True)
     figure = _check(v, "figure", str, w, required=False, nullable=True)
     if figure is not None:
-        _check_choice(figure, FIGURES, f"{w}.figure")
+        _check_choice(figure, FIGURES + tuple(m["name"] for m in metrics if m.get("role") == "privacy"), f"{w}.figure")
     policy = _check(v, "policy", str, w, required=False, nullable=True)
     if policy is not None:
         _check_choice(policy, VERDICT_POLICIES, f"{w}.policy")
@@ -406,10 +421,11 @@ def validate_report(obj: Any) -> ReportDict:
                           f"schema_version {SCHEMA_VERSION}; {hint}")
     _check(obj, "created", str, "report", required=False)
     _validate_provenance(_check(obj, "provenance", dict, "report"))
+    metrics = report_metrics(obj)
     for i, row in enumerate(_check(obj, "rows", list, "report")):
-        _validate_row(row, i)
+        _validate_row(row, i, metrics)
     for i, verdict in enumerate(_check(obj, "verdicts", list, "report")):
-        _validate_verdict(verdict, i)
+        _validate_verdict(verdict, i, metrics)
     _validate_resolution(_check(obj, "resolution", dict, "report", required=False) or {})
     for key, per_metric in _check(obj, "samples", dict, "report").items():
         if not isinstance(per_metric, dict):

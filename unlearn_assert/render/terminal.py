@@ -13,11 +13,12 @@ from typing import Any, cast
 
 from tabulate import tabulate
 
-from ..names import ITEM_UNITS, ROLES
-from .schema import ReportDict, RowDict, VerdictDict
+from ..names import ROLES
+from .schema import ReportDict, RowDict, VerdictDict, report_metrics
 
-HEADERS = ("model", "quantizer", "verbmem_f", "knowmem_f", "knowmem_r", "privleak", "recovery", "code agr.", "verdict")
-COLALIGN = ("left", "left", "right", "right", "right", "right", "left", "right", "left")
+#: the table's columns around the metric columns (which come from the report: :func:`metric_columns`)
+LEAD_HEADERS = ("model", "quantizer")
+TAIL_HEADERS = ("recovery", "code agr.", "verdict")
 SKIP_REASON_WIDTH = 40  # the reason shares the left-aligned recovery column; the HTML shows it whole
 _ANSI = {"PASS": "\x1b[32m", "FAIL": "\x1b[1;31m", "SKIP": "\x1b[33m"}
 _RESET = "\x1b[0m"
@@ -28,7 +29,7 @@ class TableRow:
     """One line of the summary table: display cells plus what the HTML view needs to style it."""
 
     row: RowDict
-    cells: tuple[str, ...]  # one string per HEADERS entry
+    cells: tuple[str, ...]  # one string per column (LEAD_HEADERS, the metric columns, TAIL_HEADERS)
     verdict: str  # "PASS", "FAIL", "SKIP" (unlearned rows) or "-" (reference rows, no checks)
     skip_reason: str | None  # full reason when the row was skipped, else None
 
@@ -60,6 +61,14 @@ def fmt_pct(fraction: Any, decimals: int = 1) -> str:
     return fmt_num(float(fraction) * 100, decimals) + "%"
 
 
+def fmt_value(x: Any, unit: str = "") -> str:
+    """A metric value in its table cell: one decimal; a p-value (tiny, and read on a log scale) in three
+    significant digits."""
+    if x is not None and "p-value" in unit:
+        return f"{float(x):.3g}"
+    return fmt_num(x)
+
+
 def fmt_bounds(bounds: Sequence[Any] | None, scale: float = 100.0) -> str:
     """An interval compactly, in whole percent without the sign: "[22,114]"; an unbounded end "inf"."""
     if not bounds or len(bounds) != 2 or bounds[0] is None:
@@ -74,13 +83,26 @@ def fmt_bounds(bounds: Sequence[Any] | None, scale: float = 100.0) -> str:
     return f"[{end(bounds[0])},{end(bounds[1])}]"
 
 
-def fmt_recovery(recovery: Mapping[str, Any] | None, ci: Mapping[str, Any] | None = None) -> str:
+def metric_columns(report: Mapping[str, Any]) -> list[str]:
+    """The metric columns of the table: every metric the report's benchmark judges (MUSE: verbmem_f,
+    knowmem_f, knowmem_r, privleak); reported-only metrics stay in the JSON and HTML."""
+    return [m["name"] for m in report_metrics(report) if m.get("role") != "reported"]
+
+
+def _forget_shorts(report: Mapping[str, Any] | None) -> list[tuple[str, str]]:
+    metrics = report_metrics(report or {})
+    return [(str(m.get("short") or m["name"]), m["name"]) for m in metrics if m.get("role") == "forget"]
+
+
+def fmt_recovery(recovery: Mapping[str, Any] | None, ci: Mapping[str, Any] | None = None,
+                 report: Mapping[str, Any] | None = None) -> str:
     """Recovery fractions compactly, e.g. "vm 12% / km 83%" (whole percent: a budget-sized signal),
-    each with its paired interval when the row has one: "vm 12% [3,20] / km 61% [22,114]"."""
+    each with its paired interval when the row has one: "vm 12% [3,20] / km 61% [22,114]". The metrics and
+    their short names are the report's benchmark's (MUSE's without one)."""
     if not recovery:
         return "-"
     parts = []
-    for short, metric in (("vm", "verbmem_f"), ("km", "knowmem_f")):
+    for short, metric in _forget_shorts(report):
         bounds = fmt_bounds((ci or {}).get(metric)) if recovery.get(metric) is not None else ""
         parts.append(f"{short} {fmt_pct(recovery.get(metric), 0)}" + (f" {bounds}" if bounds else ""))
     return " / ".join(parts)
@@ -95,8 +117,9 @@ def resolution_lines(report: ReportDict) -> list[tuple[str, bool]]:
         return []
     level = next((float(r["confidence"]) for r in resolution.values() if r.get("confidence")), 0.95)
     parts, warnings = [], []
+    units = {m["name"]: m.get("items", "items") for m in report_metrics(report)}
     for metric, res in resolution.items():
-        unit = ITEM_UNITS.get(metric, "items")
+        unit = units.get(metric, "items")
         n = res.get("n")
         rec = res.get("recovery")
         parts.append(f"{metric} {fmt_pct(rec, 0) if rec is not None else 'undefined (no drop)'} (n={n} {unit})")
@@ -180,6 +203,8 @@ def _compact(reason: str, width: int = SKIP_REASON_WIDTH) -> str:
 def table_rows(report: ReportDict) -> list[TableRow]:
     """The summary table as display strings, in display order (shared by terminal and HTML)."""
     verdicts = report.get("verdicts", [])
+    columns = metric_columns(report)
+    units = {m["name"]: str(m.get("unit", "")) for m in report_metrics(report)}
     out: list[TableRow] = []
     for row in ordered_rows(report):
         values = row.get("values") or {}
@@ -188,12 +213,11 @@ def table_rows(report: ReportDict) -> list[TableRow]:
         if row.get("status") == "skipped":
             skip_reason = one_line(row.get("skip_reason") or "") or "no reason given"
             # in the left-aligned recovery column, so the right-aligned number columns stay narrow
-            metric_cells = ("", "", "", "", "skipped: " + _compact(skip_reason), "")
+            metric_cells = (*("" for _ in columns), "skipped: " + _compact(skip_reason), "")
         else:
             metric_cells = (
-                fmt_num(values.get("verbmem_f")), fmt_num(values.get("knowmem_f")),
-                fmt_num(values.get("knowmem_r")), fmt_num(values.get("privleak")),
-                fmt_recovery(row.get("recovery"), row.get("recovery_ci")), fmt_pct(row.get("code_agreement")),
+                *(fmt_value(values.get(m), units.get(m, "")) for m in columns),
+                fmt_recovery(row.get("recovery"), row.get("recovery_ci"), report), fmt_pct(row.get("code_agreement")),
             )
         cells = (row["model"], row["quantizer"], *metric_cells, verdict)
         out.append(TableRow(row=row, cells=cells, verdict=verdict, skip_reason=skip_reason))
@@ -211,7 +235,10 @@ def render_table(report: ReportDict, *, color: bool = False) -> str:
         if color and tr.verdict in _ANSI:
             cells[-1] = f"{_ANSI[tr.verdict]}{tr.verdict}{_RESET}"
         body.append(cells)
-    return tabulate(body, headers=HEADERS, tablefmt="simple", colalign=COLALIGN, disable_numparse=True)
+    columns = metric_columns(report)
+    headers = (*LEAD_HEADERS, *columns, *TAIL_HEADERS)
+    align = ("left", "left", *("right" for _ in columns), "left", "right", "left")
+    return tabulate(body, headers=headers, tablefmt="simple", colalign=align, disable_numparse=True)
 
 
 def render_failures(report: ReportDict) -> list[str]:
@@ -237,7 +264,8 @@ def counts_line(report: ReportDict) -> str | None:
     provenance = report.get("provenance") or {}
     counts = (provenance.get("data") or {}).get("counts") or {}
     parts = []
-    for label, keys in COUNT_LABELS:
+    labels = COUNT_LABELS if not provenance.get("benchmark") else tuple((k, (k,)) for k in counts)
+    for label, keys in labels:
         values = [counts.get(k) for k in keys]
         if any(v is not None for v in values):
             suffix = " (forget/holdout)" if len(keys) > 1 else ""
