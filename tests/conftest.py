@@ -162,3 +162,62 @@ def in_cell_copy(src: Path, out: Path, bits: int = 4, group_size: int = 128, off
 def tiny_in_cell_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
     """An "unlearned" model whose forgetting rtn-w4g128 undoes completely (see in_cell_copy)."""
     return in_cell_copy(tiny_model_dir, tmp_path_factory.mktemp("tiny-in-cell"))
+
+
+# --------------------------------------------------------------------------- TOFU: the tiny fixture and models trained on it
+
+TINY_TOFU = REPO / "fixtures" / "tiny-tofu"
+
+
+def _tofu_records(name: str) -> list[dict[str, Any]]:
+    path = TINY_TOFU / f"{name}.json"
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def tofu_texts(*, forget: bool) -> list[str]:
+    """The fixture as the models are fine-tuned on it: every question with its answer and with its
+    paraphrased answer (so the truth ratio has something to prefer), plus real authors and world
+    facts; ``forget=False`` leaves out the forget authors (a retain model)."""
+    texts = []
+    names = ["full"] if forget else ["retain90"]
+    for name in names:
+        texts += [f"Question: {r['question']}\nAnswer: {r['answer']}" for r in _tofu_records(name)]
+    for name in (["forget10_perturbed"] if forget else []) + ["retain_perturbed"]:
+        texts += [f"Question: {r['question']}\nAnswer: {r['paraphrased_answer']}" for r in _tofu_records(name)]
+    for name in ("real_authors_perturbed", "world_facts_perturbed"):
+        texts += [f"Question: {r['question']}\nAnswer: {r['answer']}" for r in _tofu_records(name)]
+    return texts
+
+
+#: fewer steps than the MUSE tiny model: the fixture is small, and the numbers only need to be non-degenerate
+TOFU_STEPS = 120
+
+
+@pytest.fixture(scope="session")
+def tiny_tofu_target(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from unlearn_assert.testing import TinyRecipe, build_tiny_llama
+
+    return build_tiny_llama(
+        tmp_path_factory.mktemp("tofu-target"), tofu_texts(forget=True), TinyRecipe(steps=TOFU_STEPS)
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_tofu_retain(tmp_path_factory: pytest.TempPathFactory, tiny_tofu_target: Path) -> Path:
+    from unlearn_assert.testing import TinyRecipe, build_tiny_llama
+
+    return build_tiny_llama(
+        tmp_path_factory.mktemp("tofu-retain"),
+        tofu_texts(forget=False),
+        TinyRecipe(steps=TOFU_STEPS),
+        tokenizer_from=tiny_tofu_target,
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_tofu_unlearned(tmp_path_factory: pytest.TempPathFactory, tiny_tofu_target: Path) -> Path:
+    from unlearn_assert.testing import perturb_copy
+
+    return perturb_copy(tiny_tofu_target, tmp_path_factory.mktemp("tofu-unlearned"), scale=2e-2)
+
+

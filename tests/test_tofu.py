@@ -313,53 +313,6 @@ def test_plain_template_is_open_unlearnings_for_models_without_a_chat_template(t
 # --------------------------------------------------------------------------- models and metrics
 
 
-def tofu_texts(*, forget: bool) -> list[str]:
-    """The fixture as the models are fine-tuned on it: every question with its answer and with its
-    paraphrased answer (so the truth ratio has something to prefer), plus real authors and world
-    facts; ``forget=False`` leaves out the forget authors (a retain model)."""
-    texts = []
-    names = ["full"] if forget else ["retain90"]
-    for name in names:
-        texts += [f"Question: {r['question']}\nAnswer: {r['answer']}" for r in _records(name)]
-    for name in (["forget10_perturbed"] if forget else []) + ["retain_perturbed"]:
-        texts += [f"Question: {r['question']}\nAnswer: {r['paraphrased_answer']}" for r in _records(name)]
-    for name in ("real_authors_perturbed", "world_facts_perturbed"):
-        texts += [f"Question: {r['question']}\nAnswer: {r['answer']}" for r in _records(name)]
-    return texts
-
-
-#: fewer steps than the MUSE tiny model: the fixture is small, and the numbers only need to be non-degenerate
-TOFU_STEPS = 120
-
-
-@pytest.fixture(scope="session")
-def tiny_tofu_target(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from unlearn_assert.testing import TinyRecipe, build_tiny_llama
-
-    return build_tiny_llama(
-        tmp_path_factory.mktemp("tofu-target"), tofu_texts(forget=True), TinyRecipe(steps=TOFU_STEPS)
-    )
-
-
-@pytest.fixture(scope="session")
-def tiny_tofu_retain(tmp_path_factory: pytest.TempPathFactory, tiny_tofu_target: Path) -> Path:
-    from unlearn_assert.testing import TinyRecipe, build_tiny_llama
-
-    return build_tiny_llama(
-        tmp_path_factory.mktemp("tofu-retain"),
-        tofu_texts(forget=False),
-        TinyRecipe(steps=TOFU_STEPS),
-        tokenizer_from=tiny_tofu_target,
-    )
-
-
-@pytest.fixture(scope="session")
-def tiny_tofu_unlearned(tmp_path_factory: pytest.TempPathFactory, tiny_tofu_target: Path) -> Path:
-    from unlearn_assert.testing import perturb_copy
-
-    return perturb_copy(tiny_tofu_target, tmp_path_factory.mktemp("tofu-unlearned"), scale=2e-2)
-
-
 @pytest.fixture(scope="module")
 def models(tiny_tofu_target: Path, tiny_tofu_retain: Path, tiny_tofu_unlearned: Path) -> dict[str, Any]:
     from unlearn_assert.models import load_model

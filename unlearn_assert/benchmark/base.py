@@ -189,3 +189,13 @@ class Benchmark(Protocol):
     def record(self, data: Any) -> dict[str, Any]:
         """What the report records of the data beyond its counts (how items were derived, a chosen split)."""
         ...
+
+    def relearn_split(self, data: Any) -> tuple[Any, tuple[str, ...]]:
+        """relearn-forget's split of ``data`` (a :class:`~unlearn_assert.data.links.RelearnSplit`: the forget
+        documents it trains on, the items of each forget metric it evaluates, which come only from the others)
+        and the documents it indexes; one DataError line when the data cannot be split."""
+        ...
+
+    def restricted(self, data: Any, split: Any) -> Any:
+        """``data`` with every forget metric's items cut to those ``split`` evaluates (a new fingerprint)."""
+        ...

@@ -39,7 +39,7 @@ class DocumentsBenchmark:
         names = set(available) if available is not None else {m.name for m in MUSE_METRICS}
         self.metrics: tuple[MetricSpec, ...] = tuple(m for m in MUSE_METRICS if m.name in names)
         self._privleak = Privleak(retrain_auc, has_retrain, retrain_auc_source)
-        self._derived: dict[str, Any] = {}
+        self._derived: dict[str, dict[str, Any]] = {}
 
     @classmethod
     def from_run(cls, run: Any) -> DocumentsBenchmark:
@@ -69,12 +69,28 @@ class DocumentsBenchmark:
         from ..data.documents import load_documents
 
         docs = load_documents(path, self.derivation)
-        self._derived = docs.derivation
+        self._derived[os.fspath(path)] = docs.derivation
         return docs.muse
 
     def record(self, data: Any) -> dict[str, Any]:
-        """What was derived, item by item, and the settings: a rerun derives the same items."""
-        return {"derivation": self._derived}
+        """What was derived, item by item, and the settings: a rerun derives the same items (the controller of an
+        xdist run, which loaded nothing, derives them again: the derivation is deterministic and reads text only)."""
+        if data is None:
+            return {}
+        if data.path not in self._derived:
+            self.load(data.path)
+        return {"derivation": self._derived[data.path]}
+
+    def relearn_split(self, data: Any) -> tuple[Any, tuple[str, ...]]:
+        """As MUSE's: the derived items are linked to the forget documents they were cut from."""
+        from ..data.links import forget_split
+
+        return forget_split(data)
+
+    def restricted(self, data: Any, split: Any) -> Any:
+        from ..data.links import restricted
+
+        return restricted(data, split)
 
     def measure(self, model: Any, data: Any, *, metrics: Sequence[str] | None = None, batch_size: int | None = None,
                 progress: Callable[[str], None] | None = None) -> Evaluation:

@@ -116,6 +116,17 @@ class MuseBenchmark:
     def record(self, data: Any) -> dict[str, Any]:
         return {}
 
+    def relearn_split(self, data: Any) -> tuple[Any, tuple[str, ...]]:
+        """Hold in the first half of the forget documents; evaluate the items found only in the others."""
+        from ..data.links import forget_split
+
+        return forget_split(data)
+
+    def restricted(self, data: Any, split: Any) -> Any:
+        from ..data.links import restricted
+
+        return restricted(data, split)
+
     def privacy(self, metric: str) -> Privleak:
         if metric != "privleak":
             raise KeyError(metric)

@@ -115,6 +115,36 @@ class TofuBenchmark:
         samples = {m: [{**r, "score": scale(m, r.get("score"))} for r in records] for m, records in ev.samples.items()}
         return Evaluation(values=values, ci=ci, samples=samples, extras={**ev.extras, "scale": SCALE})
 
+    def relearn_split(self, data: Any) -> tuple[Any, tuple[str, ...]]:
+        """By author: hold in the first half of the forget authors' questions and answers, evaluate the
+        questions of the others (TOFU's questions come in consecutive blocks per author)."""
+        from ..data.links import RelearnSplit
+        from ..errors import DataError
+
+        documents = data.forget_documents()
+        n = len(documents)
+        if n < 2:
+            raise DataError(f"TOFU data '{data.path}' has {n} forget author(s) in {data.forget_split}; relearn-forget needs at "
+                            "least 2, to train on the first half and measure the other; use relearn-retain-<steps> instead")
+        authors = data.authors("forget")
+        held_in = n // 2
+        evaluated = tuple(i for i, a in enumerate(authors) if a >= held_in)
+        metrics = ("forget_prob", "forget_rouge", "forget_truth_ratio", "forget_quality")
+        excluded = tuple(i for i, a in enumerate(authors) if a < held_in)
+        split = RelearnSplit(n, f"the forget authors of {data.forget_split} ({data.questions_per_author} questions each)",
+                             tuple(range(held_in)), dict.fromkeys(metrics, evaluated), dict.fromkeys(metrics, excluded),
+                             dict.fromkeys(metrics, ()))
+        return split, documents
+
+    def restricted(self, data: Any, split: Any) -> Any:
+        from dataclasses import replace
+
+        from ..plain import digest
+
+        keep = split.evaluated["forget_prob"]
+        return replace(data, forget=tuple(data.forget[i] for i in keep),
+                       fingerprint=digest({"data": data.fingerprint, "relearn_split": split.fingerprint}))
+
     def privacy(self, metric: str) -> ForgetQuality:
         if metric != "forget_quality":
             raise KeyError(metric)
@@ -167,19 +197,22 @@ class ForgetQuality:
         return (None, "retrain") if ("retrain", FP) in rows else (None, "none")
 
     @staticmethod
-    def _truth_ratios(row: Any) -> list[float] | None:
+    def _truth_ratios(row: Any) -> dict[Any, float] | None:
         records = row.samples.get("forget_quality") if row is not None and row.ok else None
         if not records:
             return None
-        return [float(r["score"]) for r in records]
+        return {r.get("id", i): float(r["score"]) for i, r in enumerate(records)}
 
     def value(self, row: Any, reference: float | None, reference_row: Any) -> float | None:
+        """The KS p-value of the row's forget truth ratios against the retain model's on the same questions (a
+        relearn-forget row holds the held-out authors' only)."""
         from ..metrics.tofu import forget_quality
 
         mine, theirs = self._truth_ratios(row), self._truth_ratios(reference_row)
         if mine is None or theirs is None:
             return None
-        return forget_quality(mine, theirs)
+        common = [i for i in mine if i in theirs]
+        return forget_quality([mine[i] for i in common], [theirs[i] for i in common]) if common else None
 
     def interval(self, row: Any, reference_row: Any, reference: float | None, estimate: float | None, boot: Any,
                  paired: Callable[..., Any]) -> Interval | None:

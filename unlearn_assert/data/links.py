@@ -27,12 +27,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ..errors import ConfigError, DataError
+from ..errors import DataError
 from ..plain import digest
-from ..variants.attacks import is_attack_id, parse_attack_id
-from .muse import DOC_JOINER, RAW_FORGET_HINT, RAW_RETAIN_HINT, MuseData
+from .muse import DOC_JOINER, RAW_FORGET_HINT, MuseData
 
-__all__ = ["ItemLinks", "RelearnSplit", "forget_documents", "forget_split", "link_items", "precheck_relearn", "relearn_split", "restricted"]
+__all__ = ["ItemLinks", "RelearnSplit", "forget_documents", "forget_split", "link_items", "relearn_split", "restricted"]
 
 _WORD = re.compile(r"\w+")
 
@@ -165,22 +164,6 @@ def forget_split(data: MuseData) -> tuple[RelearnSplit, tuple[str, ...]]:
     """relearn-forget's split of ``data`` and the forget documents it indexes."""
     documents, source = forget_documents(data)
     return relearn_split(data, link_items(data, documents, source)), documents
-
-
-def precheck_relearn(variants: Sequence[str], data: MuseData, max_samples: int | None = None, device_map: str | None = None) -> None:
-    """Every attack among ``variants`` can run on ``data`` (cut to ``max_samples``): the forget text
-    splits, the retain text exists, one device. One :class:`ConfigError` line otherwise (before any model loads)."""
-    attacks = [parse_attack_id(v) for v in variants if is_attack_id(v)]
-    if attacks and device_map is not None:
-        raise ConfigError(f"--unlearn-quantizers: {attacks[0].id} fine-tunes a copy on one device; drop --unlearn-device-map for it")
-    for spec in attacks:
-        try:
-            if spec.corpus == "forget":
-                forget_split(data.limited(max_samples))
-            elif not data.raw_retain_docs or not any(d.strip() for d in data.raw_retain_docs):
-                raise DataError(f"data dir '{data.path}' has no raw retain text ({RAW_RETAIN_HINT}) to relearn on")
-        except DataError as exc:
-            raise ConfigError(f"--unlearn-quantizers {spec.id}: {exc}") from None
 
 
 def _short(indices: Sequence[int], limit: int = 8) -> str:

@@ -147,6 +147,18 @@ class TofuData:
                 out[name] = len(value)
         return out
 
+    @property
+    def raw_retain_docs(self) -> tuple[str, ...]:
+        """The retain questions and answers as text ("Question: q\nAnswer: a" per item, TOFU's training form
+        without a chat template), one document per author: what relearn-retain trains on and GPTQ/AWQ
+        calibrate on (the retain training split when given, else the evaluated retain split)."""
+        items = self.retain_train if self.retain_train else self.retain
+        return _by_author([(i.question, i.answer) for i in items], self.questions_per_author)
+
+    def forget_documents(self) -> tuple[str, ...]:
+        """The forget questions and answers, one document per author (relearn-forget trains on some of them)."""
+        return _by_author([(i.question, i.answer) for i in self.forget], self.questions_per_author)
+
     def authors(self, split: str = "forget") -> list[int]:
         """The author index of every item of ``split`` (TOFU's questions come in consecutive blocks of
         :attr:`questions_per_author`), for holding out whole authors (relearning attacks)."""
@@ -173,6 +185,11 @@ class TofuData:
             world_facts=self.world_facts[:n],
             fingerprint=digest({"data": self.fingerprint, "max_samples": n}),
         )
+
+
+def _by_author(pairs: Sequence[tuple[str, str]], per_author: int) -> tuple[str, ...]:
+    texts = [f"Question: {q}\nAnswer: {a}" for q, a in pairs]
+    return tuple("\n\n".join(texts[i:i + per_author]) for i in range(0, len(texts), per_author))
 
 
 # --------------------------------------------------------------------------- fingerprint
@@ -544,6 +561,8 @@ def load_tofu(
             f"<forget>_perturbed, {RETAIN}, {REAL_AUTHORS} and {WORLD_FACTS} as .json files (JSON lines), "
             f"parquet or save_to_disk, as {_REPO} ships them"
         )
+    retain_text = sources.get("retain_train") or sources.get("retain", RETAIN)
+    sources["raw_retain_docs"] = f"the questions and answers of {retain_text}"
     return TofuData(
         path=shown,
         forget_split=forget_split,

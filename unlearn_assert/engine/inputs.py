@@ -220,6 +220,39 @@ def _check_cache_dir(raw: str) -> None:
         raise ConfigError(f"{cli}: '{raw}' cannot be {verb} (permission denied); choose a directory you can write to, or pass --unlearn-no-cache")
 
 
+def _precheck_relearn(run: RunConfig, benchmark: Any, data: Any) -> None:
+    """Every attack of the run can run on ``data`` (cut to --unlearn-max-samples): the benchmark splits its forget
+    items, the retain text exists, one device. One :class:`ConfigError` line otherwise (before any model loads)."""
+    from ..data.muse import RAW_RETAIN_HINT
+    from ..variants.attacks import is_attack_id, parse_attack_id
+
+    attacks = [parse_attack_id(v) for v in run.variant_ids if is_attack_id(v)]
+    if attacks and run.device_map is not None:
+        raise ConfigError(f"--unlearn-quantizers: {attacks[0].id} fine-tunes a copy on one device; drop --unlearn-device-map for it")
+    for spec in attacks:
+        try:
+            if spec.corpus == "forget":
+                benchmark.relearn_split(data.limited(run.max_samples))
+            elif not any(d.strip() for d in getattr(data, "raw_retain_docs", None) or ()):
+                raise DataError(f"data dir '{data.path}' has no retain text to relearn on ({RAW_RETAIN_HINT}, or TOFU's "
+                                "retain split)")
+        except DataError as exc:
+            raise ConfigError(f"--unlearn-quantizers {spec.id}: {exc}") from None
+
+
+def _precheck_budget(run: RunConfig, benchmark: Any) -> None:
+    """A budget key that names a metric names one this run judges (a TOFU metric in a budget of a MUSE run is
+    a typo, or the wrong data): one line that lists the run's."""
+    judged = {m.name for m in benchmark.metrics if m.role != "reported"}
+    from ..config import BUDGET_KEYS
+
+    for key, variant, _ in run.budget.overrides:
+        if key not in BUDGET_KEYS and key not in judged:
+            where = f"{key}@{variant}" if variant else key
+            raise ConfigError(f"--unlearn-budget: '{where}' names a metric the {benchmark.name} benchmark does not judge; "
+                              f"its metrics: {', '.join(sorted(judged))}")
+
+
 def precheck(run: RunConfig) -> None:
     """Cheap checks of every input of ``run`` before any model loads, from headers only: the device,
     the cache dir, directory shape (links resolved), complete safetensors files, the tokenizer files,
@@ -267,13 +300,14 @@ def precheck(run: RunConfig) -> None:
     from ..benchmark import benchmark_for
 
     try:
-        data: Any = benchmark_for(run).load(run.data)
+        benchmark = benchmark_for(run)
+        data: Any = benchmark.load(run.data)
     except DataError as exc:
         raise ConfigError(f"--unlearn-data: {exc}") from None
-    from ..data.links import precheck_relearn
     from ..variants.attacks import is_attack_id
 
-    precheck_relearn(run.variant_ids, data, run.max_samples, run.device_map)
+    _precheck_relearn(run, benchmark, data)
+    _precheck_budget(run, benchmark)
     calibrated = needs_calibration([q for q in run.variant_ids if not is_attack_id(q)])
     if calibrated and run.calibration is None and calibration_from_data(data) is None:
         raise ConfigError(

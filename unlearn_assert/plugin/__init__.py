@@ -294,8 +294,13 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
     run = config.stash.get(run_config_key, None)
     if run is None or not run.enabled:
         return None
+    from ..benchmark import benchmark_for
+
+    benchmark = benchmark_for(run).name
+    how = "detected from the data's layout" if run.benchmark == "auto" else "--unlearn-benchmark"
     return [
         f"unlearn-assert: model={run.model} target={run.target} retrain={run.retrain or '-'} data={run.data}",
+        f"unlearn-assert: benchmark={benchmark} ({how})",
         f"unlearn-assert: quantizers={','.join(run.variants)} budget=recovery<={run.budget.recovery:g} "
         f"utility>={run.budget.utility:g} |privleak|<={run.budget.privleak:g}",
         f"unlearn-assert: verdict={run.verdict} on paired {run.confidence:.0%} intervals",

@@ -73,9 +73,7 @@ class RelearnSource:
         if self.spec.corpus != "forget":
             return None
         if self._split is None:
-            from ...data.links import forget_split
-
-            self._split = forget_split(inputs.data)
+            self._split = inputs.benchmark.relearn_split(inputs.data)
         return self._split
 
     def _device(self, inputs: Inputs) -> str:
@@ -92,29 +90,26 @@ class RelearnSource:
         return parts
 
     def _text(self, inputs: Inputs) -> tuple[str, dict[str, Any]]:
+        from ...data.links import training_text
+        from ...data.muse import DOC_JOINER
+
         split = self.split(inputs)
         if split is None:
-            from ...data.muse import DOC_JOINER
-
             docs = inputs.full_data.raw_retain_docs or ()
             text = DOC_JOINER.join(docs)
             return text, {"corpus": "retain", "documents": len(docs), "chars": len(text)}
-        from ...data.links import training_text
-
         text = training_text(split[1], split[0])
         return text, {"corpus": "forget", "documents": len(split[0].trained_documents), "chars": len(text)}
 
     @contextmanager
     def apply(self, role: Role, inputs: Inputs, handoff: Any = None) -> Iterator[Applied]:
-        from ...data.links import link_items, restricted
         from ...unlearning.finetune import finetune
 
         loaded = inputs.model(role)
         device = loaded.device
         settings = self.spec.settings(device)
         split = self.split(inputs)
-        if split is not None:
-            split[0].check(link_items(inputs.data, split[1]))
+        if split is not None:  # made (and checked) by the benchmark: no evaluated item comes from a trained document
             for note in split[0].notes:
                 inputs.progress(f"{self.variant}: {note}")
         text, trained_on = self._text(inputs)
@@ -138,7 +133,7 @@ class RelearnSource:
             data, sample_ids = None, None
             if split is not None:
                 details["split"] = split[0].to_dict()
-                data = restricted(inputs.data, split[0])
+                data = inputs.benchmark.restricted(inputs.data, split[0])
                 sample_ids = {m: list(ids) for m, ids in split[0].evaluated.items()}
             yield Applied(view=view, details=details, data=data, sample_ids=sample_ids)
 
