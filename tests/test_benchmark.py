@@ -128,7 +128,7 @@ class _Lengths:
         values, samples = {}, {}
         for metric, split in (("forget_top1", "forget"), ("retain_top1", "retain")):
             scores = []
-            for i, text in enumerate(data.texts[split]):
+            for text in data.texts[split]:
                 ids = model.tokenizer(text, return_tensors="pt")["input_ids"]
                 with torch.no_grad():
                     logits = model.model(ids).logits[0, :-1]
