@@ -11,10 +11,11 @@ lowest first (a name stands for the module or for every module of the package it
       fingerprints; torch only inside functions), ``attacks`` (the attack-id grammar), ``variants`` (quantizer and attack
       id lists), ``data_links`` (items linked to forget documents; the relearn split)
 2     ``cache`` (results and model fingerprints by content), ``config`` (options, budgets,
-      RunConfig: pure Python), ``report.schema``, ``quant.gguf_header`` (GGUF headers and names, pure Python)
+      RunConfig: pure Python), ``report.schema``, ``quant.gguf_header`` (GGUF headers and names, pure Python),
+      ``quant.llama_cpp_source`` (where llama.cpp's converter is), ``quant.support`` (families a backend refuses)
 3     ``quant`` (the package), ``quant.base`` (the backend contract), ``quant.calibration``,
       ``quant.packed``, ``testing`` (tiny-model builders)
-4     ``quant.rtn|bnb|hqq|llmc|gguf|gguf_convert|checkpoint`` (backends, artifacts), ``metrics``,
+4     ``quant.rtn|bnb|hqq|llmc|gguf|gguf_convert|llama_cpp|checkpoint`` (backends, artifacts), ``metrics``,
       ``report`` (renderers)
 5     ``unlearning``, ``workers`` (the threads and GPU of one process of a parallel run)
 6     ``engine`` (inputs < sources < rows < derive < verdicts < report < views < runner)
@@ -40,9 +41,9 @@ ROOT = "unlearn_assert"
 LAYERS: dict[str, int] = {
     "version": 0, "errors": 0, "names": 0, "fs": 0,
     "data": 1, "data_hf": 1, "hardware": 1, "quant.spec": 1, "models": 1, "attacks": 1, "data_links": 1, "variants": 1,
-    "cache": 2, "config": 2, "report.schema": 2, "quant.gguf_header": 2,
+    "cache": 2, "config": 2, "report.schema": 2, "quant.gguf_header": 2, "quant.llama_cpp_source": 2, "quant.support": 2,
     "quant": 3, "quant.base": 3, "quant.calibration": 3, "quant.packed": 3, "testing": 3,
-    "quant.rtn": 4, "quant.bnb": 4, "quant.hqq": 4, "quant.llmc": 4, "quant.gguf": 4, "quant.gguf_convert": 4, "quant.checkpoint": 4,
+    "quant.rtn": 4, "quant.bnb": 4, "quant.hqq": 4, "quant.llmc": 4, "quant.gguf": 4, "quant.gguf_convert": 4, "quant.llama_cpp": 4, "quant.checkpoint": 4,
     "metrics": 4, "report": 4,
     "unlearning": 5, "workers": 5,
     "engine": 6,

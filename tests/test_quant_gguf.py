@@ -70,13 +70,20 @@ def _load(path: Path) -> Any:
     return ua.load_model(str(path), device="cpu", dtype="float32")
 
 
-def _write_file(path: Path, out: Path, preset: str | None = None) -> Path:
-    """``path`` as a GGUF file: F32, or quantized by llama.cpp with ``preset``."""
-    from unlearn_assert.quant.gguf_convert import write_f32_gguf
+def _converter() -> Any:
+    _llama_cpp()
+    from unlearn_assert.quant.llama_cpp import Converter
+    from unlearn_assert.quant.llama_cpp_source import find_converter
 
-    loaded = _load(path)
+    if find_converter()[0] is None:
+        pytest.skip(find_converter()[1])
+    return Converter.shared()
+
+
+def _write_file(path: Path, out: Path, preset: str | None = None) -> Path:
+    """``path`` as a GGUF file converted by llama.cpp's own converter: F32, or quantized by llama.cpp with ``preset``."""
     f32 = out.with_suffix(".f32.gguf") if preset else out
-    write_f32_gguf(loaded.model, loaded.model.config, loaded.path, f32)
+    _converter().convert(path, f32)
     if preset:
         from unlearn_assert.quant.gguf import llama_quantize
 
@@ -151,21 +158,24 @@ def test_type_table_matches_gguf() -> None:
     ("qwen3", {"head_dim": 32}),                      # q_norm/k_norm, head_dim != hidden / heads
 ])
 def test_f32_round_trip_is_exact(tmp_path: Path, tiny_model_dir: Path, model_type: str, overrides: dict[str, Any]) -> None:
-    from unlearn_assert.quant.gguf_convert import dequantized_weights, hparams, read_quantized, write_f32_gguf
+    """llama.cpp's converter writes F32 tensors that transformers' GGUF tables map back onto the model bit for bit."""
+    from unlearn_assert.quant.gguf_convert import read_quantized
+    from unlearn_assert.quant.llama_cpp import tensor_map, to_torch
 
     loaded = _load(_random_model(tmp_path / "m", model_type, tiny_model_dir, **overrides))
-    plan = write_f32_gguf(loaded.model, loaded.model.config, loaded.path, tmp_path / "m.gguf")
-    tied = overrides.get("tie_word_embeddings", False)
-    assert ("output.weight" in plan) is not tied
+    _write_file(Path(loaded.path), tmp_path / "m.gguf")
     header = read_header(tmp_path / "m.gguf", "x")
-    assert header.architecture == {"mistral": "llama"}.get(model_type, model_type) and header.types == {"f32": len(plan)}
-    weights = dequantized_weights(read_quantized(tmp_path / "m.gguf"), plan, hparams(loaded.model.config))
+    tensors = read_quantized(tmp_path / "m.gguf")
+    plan, processor = tensor_map(loaded.model, header.architecture, set(tensors))
+    tied = overrides.get("tie_word_embeddings", False)
+    assert ("output.weight" in plan) is not tied and ("output.weight" in tensors) is not tied
+    assert header.architecture == {"mistral": "llama"}.get(model_type, model_type) and header.types == {"f32": len(tensors)}
     state = loaded.model.state_dict()
-    assert weights.keys() == set(plan.values())
-    for name, value in weights.items():
-        assert np.array_equal(value, state[name].numpy()), name
+    assert set(plan.values()) == set(state) - ({"lm_head.weight"} if tied else set())  # every weight, once
+    for g, name in plan.items():
+        assert np.array_equal(to_torch(processor, g, tensors[g].dequantize()), state[name].numpy()), name
     if model_type == "llama":  # Q really is stored permuted (else the round trip above proves nothing about the layout)
-        raw = read_quantized(tmp_path / "m.gguf")["blk.0.attn_q.weight"].dequantize()
+        raw = tensors["blk.0.attn_q.weight"].dequantize()
         assert not np.array_equal(raw, state["model.layers.0.self_attn.q_proj.weight"].numpy())
 
 
@@ -199,13 +209,15 @@ def _llama_cpp_logits(file: Path, ids: list[int]) -> np.ndarray:
 
 
 def _rebuilt(path: Path, file: Path) -> tuple[Any, dict[str, Any]]:
-    """The model at ``path`` with the weights of the GGUF ``file`` dequantized into it; and the file's tensors."""
-    from unlearn_assert.quant.gguf_convert import dequantized_weights, hparams, load_into, read_quantized, tensor_plan
+    """The model at ``path`` with the weights of the GGUF ``file`` dequantized into it (mapped back by transformers'
+    GGUF tables, as the backend does); and the file's tensors."""
+    from unlearn_assert.quant.gguf_convert import load_into, read_quantized
+    from unlearn_assert.quant.llama_cpp import tensor_map, to_torch
 
     loaded = _load(path)
-    hp = hparams(loaded.model.config)
     tensors = read_quantized(file)
-    load_into(loaded.model, dequantized_weights(tensors, tensor_plan(loaded.model, hp), hp))
+    plan, processor = tensor_map(loaded.model, read_header(file, "x").architecture, set(tensors))
+    load_into(loaded.model, {h: to_torch(processor, g, tensors[g].dequantize()) for g, h in plan.items()})
     return loaded, tensors
 
 

@@ -253,13 +253,16 @@ def precheck(run: RunConfig) -> None:
                 precheck_pair(str(run.target), value, role=role)
             except ModelError as exc:
                 raise ConfigError(f"{OPTION_BY_NAME[name].cli}: {exc}") from None
+    from ..attacks import is_attack_id
+    from ..quant.support import check_families
+
+    check_families([q for q in run.quantizers if not is_attack_id(q)], str(run.target))  # a family a backend cannot gate
     if run.data is None:
         raise ConfigError("--unlearn-data is required with --unlearn-model; pass a MUSE-layout data directory (or hf:OWNER/NAME)")
     try:
         data = load_data(run.data)
     except DataError as exc:
         raise ConfigError(f"--unlearn-data: {exc}") from None
-    from ..attacks import is_attack_id
     from ..data_links import precheck_relearn
 
     precheck_relearn(run.quantizers, data, run.max_samples, run.device_map)
