@@ -53,13 +53,15 @@ def train_spm_tokenizer(out: Path, texts: list[str], vocab_size: int = 512) -> P
     from transformers import AutoTokenizer
 
     buf = io.BytesIO()
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(texts), model_writer=buf, vocab_size=vocab_size, model_type="bpe",
-                                   byte_fallback=True, pad_id=0, eos_id=1, bos_id=2, unk_id=3, character_coverage=1.0,
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(texts), model_writer=buf, vocab_size=vocab_size,
+                                   model_type="bpe", byte_fallback=True, pad_id=0, eos_id=1, bos_id=2, unk_id=3,
+                                   character_coverage=1.0,
                                    split_digits=True, num_threads=1, minloglevel=2)
     out.mkdir(parents=True, exist_ok=True)
     (out / "tokenizer.model").write_bytes(buf.getvalue())
-    (out / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "GemmaTokenizer", "bos_token": "<s>", "eos_token": "</s>",
-                                                           "unk_token": "<unk>", "pad_token": "<pad>", "add_bos_token": True}))
+    special = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>",
+               "add_bos_token": True}
+    (out / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "GemmaTokenizer", **special}))
     AutoTokenizer.from_pretrained(str(out)).save_pretrained(str(out))
     return out
 
@@ -83,8 +85,9 @@ def build_family(out: Path, name: str, tokenizers: dict[str, Path], *, tied: boo
 
     fam = FAMILIES[name]
     tok = AutoTokenizer.from_pretrained(str(tokenizers[fam.tokenizer]))
-    settings: dict[str, Any] = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                                    num_key_value_heads=2, max_position_embeddings=512, bos_token_id=tok.bos_token_id,
+    settings: dict[str, Any] = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                                    bos_token_id=tok.bos_token_id,
                                     eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
                                     tie_word_embeddings=fam.tied if tied is None else tied)
     settings.update(fam.config)
@@ -110,7 +113,7 @@ def build_family(out: Path, name: str, tokenizers: dict[str, Path], *, tied: boo
 
 
 def unlearned_copy(src: Path, out: Path) -> Path:
-    """``src`` with seeded noise on its matrices (the matrix's "unlearned" model), tokenizer files copied as they are."""
+    """``src`` with seeded noise on its matrices (the matrix's "unlearned" model), tokenizer files copied as is."""
     import shutil
 
     from transformers import AutoModelForCausalLM

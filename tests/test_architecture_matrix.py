@@ -116,7 +116,7 @@ def test_every_backend_quantizes_the_other_tie_form(name: str, family_models: An
                 assert ("lm_head.weight" in q.report.modules) is not tied, (name, q.report.modules)
 
 
-# --------------------------------------------------------------------------- what the matrix found (each failed before its fix)
+# ------------------------------------------------------------- what the matrix found (each failed before its fix)
 
 
 def test_bnb_accepts_tied_embeddings(family_models: Any) -> None:
@@ -169,8 +169,9 @@ def test_awq_runs_on_olmo2(family_models: Any, tiny_data_dir: Path) -> None:
 # --------------------------------------------------------------------------- refusals at option time
 
 
-def test_a_family_a_backend_cannot_gate_is_one_line_at_option_time(pytester: pytest.Pytester, tmp_path: Path, tokenizers: dict[str, Path],
-                                                                   tiny_data_dir: Path) -> None:
+def test_a_family_a_backend_cannot_gate_is_one_line_at_option_time(
+    pytester: pytest.Pytester, tmp_path: Path, tokenizers: dict[str, Path], tiny_data_dir: Path
+) -> None:
     """GPT-2 keeps its projections in transformers' Conv1D, which rtn/bnb/hqq/gptq/awq do not quantize: the
     options are refused with one line naming the family and the backend (exit 4), before any model loads."""
     from test_gate import gate_args
@@ -186,7 +187,8 @@ def test_a_family_a_backend_cannot_gate_is_one_line_at_option_time(pytester: pyt
     result = pytester.runpytest_subprocess(*args)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     lines = [line for line in result.stderr.lines if "--unlearn-quantizers:" in line]
-    assert len(lines) == 1 and "rtn-w4g32 cannot quantize the GPT-2 family gpt2 (GPT2LMHeadModel)" in lines[0], result.stderr.str()
+    assert len(lines) == 1, result.stderr.str()
+    assert "rtn-w4g32 cannot quantize the GPT-2 family gpt2 (GPT2LMHeadModel)" in lines[0], lines[0]
     assert "loaded" not in result.stdout.str()
 
 
@@ -198,12 +200,14 @@ def test_gguf_refuses_an_architecture_llama_cpp_does_not_convert(tmp_path: Path)
     with pytest.raises(ConfigError) as info:
         check_families(["rtn-w8", "gguf-q8_0"], tmp_path)
     text = str(info.value)
-    assert "\n" not in text and text.startswith("--unlearn-quantizers: gguf-q8_0 cannot quantize the brand_new (BrandNewForCausalLM) family: "
-                                                "llama.cpp's convert_hf_to_gguf.py (llama.cpp ")
-    # Gemma 2's converter reads only a SentencePiece tokenizer.model, which transformers 5's save_pretrained does not write
+    assert "\n" not in text
+    assert text.startswith("--unlearn-quantizers: gguf-q8_0 cannot quantize the brand_new (BrandNewForCausalLM) "
+                           "family: llama.cpp's convert_hf_to_gguf.py (llama.cpp ")
+    # Gemma 2's converter reads only a SentencePiece tokenizer.model (transformers 5 does not save one)
     (tmp_path / "config.json").write_text('{"model_type": "gemma2", "architectures": ["Gemma2ForCausalLM"]}')
-    with pytest.raises(ConfigError, match=r"gguf-q4_k_m cannot convert this Gemma 2 model gemma2 \(Gemma2ForCausalLM\): llama.cpp's "
-                                          r"converter reads its tokenizer only from a SentencePiece tokenizer.model, which '.*' lacks"):
+    message = (r"gguf-q4_k_m cannot convert this Gemma 2 model gemma2 \(Gemma2ForCausalLM\): llama.cpp's converter "
+               r"reads its tokenizer only from a SentencePiece tokenizer.model, which '.*' lacks")
+    with pytest.raises(ConfigError, match=message):
         check_families(MATRIX_IDS, tmp_path)
 
 
@@ -219,7 +223,8 @@ def test_no_family_of_the_matrix_is_refused(family_models: Any) -> None:
 
 #: see tests/test_quant_gguf.py: F32 differs by float summation order only; Q8_0 also by llama.cpp's 8-bit activations
 TOLERANCE = {"f32": (1e-4, 1e-5), "q8_0": (0.0, 0.03)}
-GREEDY_TEXT = "Question: who wrote the report?\nAnswer: The report was written by Mara Lind at the harbour office in the spring of 2019."
+GREEDY_TEXT = ("Question: who wrote the report?\nAnswer: The report was written by Mara Lind at the harbour office "
+               "in the spring of 2019.")
 
 
 @pytest.fixture(scope="session")
@@ -256,7 +261,8 @@ def peaked_families(tmp_path_factory: pytest.TempPathFactory, tokenizers: dict[s
 
 @pytest.mark.parametrize("preset", ["f32", "q8_0"])
 @pytest.mark.parametrize("name", sorted(FAMILIES))
-def test_llama_cpp_runs_each_familys_file_as_the_rebuilt_torch_model(name: str, preset: str, peaked_families: Any, tmp_path: Path) -> None:
+def test_llama_cpp_runs_each_familys_file_as_the_rebuilt_torch_model(name: str, preset: str, peaked_families: Any,
+                                                                    tmp_path: Path) -> None:
     """llama.cpp (its own kernels, KV cache and greedy sampler) and the torch model rebuilt from the same file give
     the same 16 greedy tokens, with llama.cpp's logits within TOLERANCE at every step and torch's top-1 margin above
     twice the bound (so the equality follows from the tolerance, not from luck)."""
@@ -289,7 +295,8 @@ def test_llama_cpp_runs_each_familys_file_as_the_rebuilt_torch_model(name: str, 
             seq.append(int(step.argmax()))
     ours = seq[len(prompt):]
     assert loaded.tokenizer.decode(ours).strip().startswith("The report was written")  # the model learnt its text
-    llama = llama_cpp.Llama(model_path=str(file), logits_all=True, n_ctx=256, n_threads=1, verbose=True, type_k=0, type_v=0)
+    llama = llama_cpp.Llama(model_path=str(file), logits_all=True, n_ctx=256, n_threads=1, verbose=True,
+                            type_k=0, type_v=0)  # F32 K/V cache
     theirs: list[int] = []
     for token in llama.generate(prompt, top_k=1, temp=0.0, repeat_penalty=1.0):
         theirs.append(int(token))

@@ -117,10 +117,13 @@ def test_without_llama_cpp_the_backend_is_unavailable_with_the_pip_command(monke
 def test_the_demo_table_has_a_gguf_row_when_the_extra_is_installed(monkeypatch: pytest.MonkeyPatch) -> None:
     from unlearn_assert.demo.run import DEMO_ATTACKS, DEMO_QUANTIZERS, demo_quantizers
 
-    _llama_cpp()
+    _converter()
     assert demo_quantizers() == (*DEMO_QUANTIZERS, "gguf-q4_k_m", *DEMO_ATTACKS)
     import importlib.util
 
+    with monkeypatch.context() as m:  # without llama.cpp's converter set up there is no gguf row either
+        m.setenv("UNLEARN_LLAMA_CPP", "/nowhere")
+        assert demo_quantizers() == DEMO_QUANTIZERS + DEMO_ATTACKS
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llama_cpp" else object())
     assert demo_quantizers() == DEMO_QUANTIZERS + DEMO_ATTACKS
 

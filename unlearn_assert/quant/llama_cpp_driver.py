@@ -75,7 +75,8 @@ def main(argv: list[str]) -> int:
     try:
         state = _setup(root)
     except Exception as exc:  # a broken or foreign checkout: say so on the first request
-        failure = {"ok": False, "error": f"cannot import llama.cpp's converter from {root} ({type(exc).__name__}: {exc})"}
+        error = f"cannot import llama.cpp's converter from {root} ({type(exc).__name__}: {exc})"
+        failure = {"ok": False, "error": error}
         for _ in sys.stdin:
             answer.write(json.dumps(failure) + "\n")
             answer.flush()
