@@ -9,7 +9,8 @@ layout (pad 0, eos 1, bos 2, unk 3, byte fallback) for Gemma2 and Gemma3, whose 
 Sizes: 64 wide, 128 in the MLP, 2 layers, 4 heads of 16 (2 KV heads); every group size the matrix uses
 (32, 64) divides every input width. Norms and biases are moved off their init (so a mix-up of a norm, a
 ``1 + w`` shift or a bias shows), Gemma and Mistral use a sliding window of 16 tokens, shorter than the
-prompts, and Gemma3 one sliding and one full-attention layer, as its real layer pattern mixes them.
+prompts, and Gemma3 has 6 layers, its real pattern of 5 sliding-window layers then one full-attention layer
+(llama.cpp runs Gemma 3 with that fixed pattern: a model with other ``layer_types`` is not what it would run).
 """
 
 from __future__ import annotations
@@ -39,8 +40,9 @@ FAMILIES: dict[str, Family] = {
     "qwen2": Family("qwen2", True),
     "qwen3": Family("qwen3", False, config={"head_dim": 16}),
     "gemma2": Family("gemma2", True, "spm", {"head_dim": 16, "sliding_window": 16, "query_pre_attn_scalar": 16}),
+    # Gemma 3's own layer pattern (5 sliding, then 1 full): llama.cpp runs Gemma 3 with that fixed pattern
     "gemma3": Family("gemma3_text", True, "spm", {"head_dim": 16, "sliding_window": 16, "query_pre_attn_scalar": 16,
-                                                  "layer_types": ["sliding_attention", "full_attention"]}),
+                                                  "num_hidden_layers": 6}),
     "phi3": Family("phi3", False),
     "olmo2": Family("olmo2", False),
 }

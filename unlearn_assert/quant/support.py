@@ -12,7 +12,8 @@ backend on Llama, Mistral, Qwen2, Qwen3, Gemma2, Gemma3, Phi3 and OLMo2, tied an
 * gguf converts with llama.cpp's ``convert_hf_to_gguf.py``: an architecture outside its table
   (``conversion/__init__.py``'s ``TEXT_MODEL_MAP``, read by :mod:`.llama_cpp_source`) is refused, naming
   the llama.cpp version; so is a Gemma, Gemma 2 or Phi-3 directory without the SentencePiece
-  ``tokenizer.model`` their converters read (:data:`SENTENCEPIECE_ONLY`). Without the converter set up
+  ``tokenizer.model`` their converters read (:data:`SENTENCEPIECE_ONLY`), and an untied Gemma or Gemma 2,
+  whose converters drop ``lm_head`` (:data:`TIED_ONLY`). Without the converter set up
   nothing is refused here: the gguf items skip with the setup command, as for a missing library.
 """
 
@@ -35,6 +36,9 @@ LINEAR_BACKENDS = ("rtn", "bnb", "hqq", "gptq", "awq")
 #: ``tokenizer.model`` (their ``set_vocab``); transformers 5's ``save_pretrained`` writes tokenizer.json only.
 #: Phi-3 also converts from a BPE tokenizer.json whose tokenizer_config.json names GPT2Tokenizer (Phi-4's form).
 SENTENCEPIECE_ONLY = {"gemma": "Gemma", "gemma2": "Gemma 2", "phi3": "Phi-3"}
+#: model_type -> family name, for families whose llama.cpp converter drops ``lm_head.weight`` (it assumes the
+#: output is tied to the embeddings, as Gemma ships): an untied model of them is not what llama.cpp would run.
+TIED_ONLY = {"gemma": "Gemma", "gemma2": "Gemma 2"}
 
 
 def _config(target: str | Path) -> dict[str, Any]:
@@ -75,6 +79,10 @@ def refusal(qid: str, config: dict[str, Any], directory: Path | None = None) -> 
             return (f"{qid} cannot quantize the {name} family: llama.cpp's convert_hf_to_gguf.py ({describe(root)}) "
                     f"does not convert {arch or 'a config without architectures'}; "
                     "gate it with rtn-*/bnb-*/hqq-*/gptq-*/awq-* ids")
+        if model_type in TIED_ONLY and config.get("tie_word_embeddings", True) is False:
+            return (f"{qid} cannot convert this {TIED_ONLY[model_type]} model {name}: its output layer is untied "
+                    "(tie_word_embeddings false) and llama.cpp's converter drops lm_head.weight for this family "
+                    "(it runs the embeddings as the output); gate it with rtn-*/bnb-*/hqq-*/gptq-*/awq-* ids")
         spm_only = SENTENCEPIECE_ONLY.get(model_type)
         if (directory is not None and spm_only and not (directory / "tokenizer.model").is_file()
                 and not (model_type == "phi3" and _tokenizer_class(directory) == "GPT2Tokenizer")):
