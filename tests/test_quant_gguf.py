@@ -402,53 +402,40 @@ def test_byte_level_tokenizer_matches_llama_cpp(good_file: Path, tiny_model_dir:
     llama.close()
 
 
-@pytest.mark.parametrize("form", ["legacy", "none"])
-def test_byte_fallback_tokenizer_matches_llama_cpp(tmp_path: Path, tiny_data_dir: Path, form: str) -> None:
-    """A byte-fallback BPE (Llama 2 / Mistral's form) is written as llama.cpp's ``llama`` (SentencePiece) tokenizer:
-    pieces, scores = minus the id (the merge order), BYTE types for ``<0xXX>``, and ``add_space_prefix`` from the
-    tokenizer's dummy prefix. llama.cpp gives the Hugging Face ids on every string, characters outside the vocabulary
-    (byte fallback) included, and runs the file (logits within the F32 tolerance)."""
-    from transformers import AutoTokenizer
-
-    llama_cpp = _llama_cpp()
-    strings = _tokenizer_strings(tiny_data_dir)
-    model_dir = _random_model(tmp_path / "m", "llama", _spm_tokenizer(tmp_path / "tok", fixture_texts(tiny_data_dir), form))
-    file = _write_file(model_dir, tmp_path / "m.gguf")
-    tok = AutoTokenizer.from_pretrained(str(model_dir))
-    ours = [tok(s)["input_ids"] for s in strings]
-    assert any(i in range(3, 259) for ids in ours for i in ids)  # byte-fallback tokens are exercised
-    llama = llama_cpp.Llama(model_path=str(file), logits_all=True, n_ctx=256, n_batch=256, n_threads=1, verbose=True, type_k=0, type_v=0)
-    assert llama.metadata["tokenizer.ggml.model"] == "llama"
-    assert llama.metadata["tokenizer.ggml.add_space_prefix"] == ("true" if form == "legacy" else "false")
-    assert _llama_cpp_ids(llama, strings) == ours
-    llama.close()
-    loaded = _load(model_dir)
-    ids = ours[0]
-    with torch.no_grad():
-        expected = loaded.model(input_ids=torch.tensor([ids])).logits[0].numpy()
-    assert float(np.abs(_llama_cpp_logits(file, ids) - expected).max()) <= _bound("f32", expected)
-
-
-def test_metaspace_first_tokenizer_differs_from_llama_cpp_only_as_sentencepiece_does(tmp_path: Path, tiny_data_dir: Path) -> None:
-    """transformers' ``legacy=False`` form (``Metaspace(prepend_scheme="first")``) puts the ``▁`` prefix only before the
-    whole input, and not when the input starts with a space; llama.cpp (like SentencePiece's ``add_dummy_prefix``) puts
-    one before every text fragment: at the start, after a special token, and before a leading space too. The ids differ
-    exactly on those strings, and there llama.cpp gives the legacy (SentencePiece) form's ids, on the same pieces."""
+@pytest.mark.parametrize("form", ["legacy", "none", "first"])
+def test_byte_fallback_tokenizer_json_is_not_tokenized_as_transformers_does(tmp_path: Path, tiny_data_dir: Path,
+                                                                             form: str) -> None:
+    """A known difference of llama.cpp's converter, not of the gate (which tokenizes with transformers): a byte-fallback
+    BPE saved as ``tokenizer.json`` only (Llama 2 / Mistral's form as transformers 5 saves it, without
+    ``tokenizer.model``) is written through ``LlamaHfVocab`` as llama.cpp's ``llama`` tokenizer with no
+    ``add_space_prefix`` (llama.cpp then always puts the dummy prefix), and llama.cpp's ids differ from transformers'
+    on part of the strings, for every prefix form (measured: 67 of 169, 53 of them another number of tokens). This
+    project's own converter wrote scores in merge order and ``add_space_prefix`` from the tokenizer and matched on all
+    169 (legacy and no-prefix forms). With the ``tokenizer.model`` real checkpoints ship, llama.cpp reads SentencePiece
+    itself. The weights are right: the file runs as the torch model (logits within the F32 tolerance)."""
     from transformers import AutoTokenizer
 
     llama_cpp = _llama_cpp()
     strings = _tokenizer_strings(tiny_data_dir)
     texts = fixture_texts(tiny_data_dir)
-    model_dir = _random_model(tmp_path / "m", "llama", _spm_tokenizer(tmp_path / "tok", texts, "first"))
+    model_dir = _random_model(tmp_path / "m", "llama", _spm_tokenizer(tmp_path / "tok", texts, form))
     file = _write_file(model_dir, tmp_path / "m.gguf")
-    first = AutoTokenizer.from_pretrained(str(model_dir))
-    legacy = AutoTokenizer.from_pretrained(str(_spm_tokenizer(tmp_path / "legacy", texts, "legacy")))
-    llama = llama_cpp.Llama(model_path=str(file), vocab_only=True, verbose=True)
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    legacy = tok if form == "legacy" else AutoTokenizer.from_pretrained(str(_spm_tokenizer(tmp_path / "legacy", texts, "legacy")))
+    llama = llama_cpp.Llama(model_path=str(file), logits_all=True, n_ctx=256, n_batch=256, n_threads=1, verbose=True, type_k=0, type_v=0)
+    assert llama.metadata["tokenizer.ggml.model"] == "llama" and "tokenizer.ggml.add_space_prefix" not in llama.metadata
     theirs = _llama_cpp_ids(llama, strings)
     llama.close()
-    differ = [s for s, ids in zip(strings, theirs) if ids != first(s)["input_ids"]]
-    assert differ == [" leading space", "   ", "<s> literal", "x</s>y"]
-    assert theirs == [legacy(s)["input_ids"] for s in strings]
+    expected = [legacy(s)["input_ids"] for s in strings]
+    assert any(i in range(3, 259) for ids in expected for i in ids)  # byte-fallback tokens are exercised
+    # measured: 67 of the 169 strings get other ids than the legacy form's (53 another number of tokens), for every form
+    differ = [s for s, a, b in zip(strings, theirs, expected) if a != b]
+    assert 0 < len(differ) < len(strings) and "a" not in differ
+    loaded = _load(model_dir)
+    ids = expected[0]
+    with torch.no_grad():
+        ours = loaded.model(input_ids=torch.tensor([ids])).logits[0].numpy()
+    assert float(np.abs(_llama_cpp_logits(file, ids) - ours).max()) <= _bound("f32", ours)
 
 
 @pytest.mark.parametrize("preset", ["f32", "q8_0"])
