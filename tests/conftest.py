@@ -16,6 +16,21 @@ import pytest
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+def _export_llama_cpp_converter() -> None:
+    """Name the set-up llama.cpp converter in the environment: pytester's subprocesses run with another
+    HOME, where the default location (~/.cache/unlearn-assert/llama.cpp/...) would be empty."""
+    try:
+        from unlearn_assert.quant.llama_cpp_source import ENV, find_converter
+    except ImportError:  # pragma: no cover
+        return
+    root, _ = find_converter()
+    if root is not None:
+        os.environ.setdefault(ENV, str(root))
+
+
+_export_llama_cpp_converter()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _one_torch_thread() -> None:
     """Two shared cores (and two xdist workers): one intra-op thread per process avoids the

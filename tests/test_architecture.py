@@ -12,10 +12,11 @@ lowest first (a name stands for the module or for every module of the package it
       ``variants`` (the id grammar: quantizer and attack ids, id lists), ``models`` (safe loading, fingerprints;
       torch only inside functions)
 2     ``cache`` (results and model fingerprints by content), ``config`` (options, budgets,
-      RunConfig: pure Python), ``render.schema``, ``quant.gguf_header`` (GGUF headers and names, pure Python)
+      RunConfig: pure Python), ``render.schema``, ``quant.gguf_header`` (GGUF headers and names, pure Python),
+      ``quant.llama_cpp_source`` (where llama.cpp's converter is), ``quant.support`` (families a backend refuses)
 3     ``quant`` (the package), ``quant.base`` (the backend contract), ``quant.calibration``,
       ``quant.packed``, ``testing`` (tiny-model builders)
-4     ``quant.rtn|bnb|hqq|llmc|gguf|gguf_convert|artifact`` (backends, artifacts), ``metrics``,
+4     ``quant.rtn|bnb|hqq|llmc|gguf|gguf_convert|llama_cpp|artifact`` (backends, artifacts), ``metrics``,
       ``render`` (terminal and HTML renderers of a report)
 5     ``unlearning``, ``scaleout`` (the threads and GPU of one process of a parallel run, claims on rows),
       ``benchmark`` (what a row measures: MUSE and the other benchmarks; its ``registry`` of names is layer 1)
@@ -42,10 +43,10 @@ ROOT = "unlearn_assert"
 LAYERS: dict[str, int] = {
     "version": 0, "errors": 0, "names": 0, "fs": 0, "plain": 0,
     "data": 1, "hardware": 1, "variants": 1, "models": 1,
-    "cache": 2, "config": 2, "render.schema": 2, "quant.gguf_header": 2,
+    "cache": 2, "config": 2, "render.schema": 2, "quant.gguf_header": 2, "quant.llama_cpp_source": 2, "quant.support": 2,
     "quant": 3, "quant.base": 3, "quant.calibration": 3, "quant.packed": 3, "testing": 3,
     "quant.rtn": 4, "quant.bnb": 4, "quant.hqq": 4, "quant.llmc": 4, "quant.gguf": 4, "quant.gguf_convert": 4,
-    "quant.artifact": 4, "metrics": 4, "render": 4,
+    "quant.artifact": 4, "quant.llama_cpp": 4, "metrics": 4, "render": 4,
     "unlearning": 5, "scaleout": 5, "benchmark": 5, "benchmark.registry": 1,
     "engine": 6,
     "demo": 7,

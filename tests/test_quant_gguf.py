@@ -70,13 +70,20 @@ def _load(path: Path) -> Any:
     return ua.load_model(str(path), device="cpu", dtype="float32")
 
 
-def _write_file(path: Path, out: Path, preset: str | None = None) -> Path:
-    """``path`` as a GGUF file: F32, or quantized by llama.cpp with ``preset``."""
-    from unlearn_assert.quant.gguf_convert import write_f32_gguf
+def _converter() -> Any:
+    _llama_cpp()
+    from unlearn_assert.quant.llama_cpp import Converter
+    from unlearn_assert.quant.llama_cpp_source import find_converter
 
-    loaded = _load(path)
+    if find_converter()[0] is None:
+        pytest.skip(find_converter()[1])
+    return Converter.shared()
+
+
+def _write_file(path: Path, out: Path, preset: str | None = None) -> Path:
+    """``path`` as a GGUF file converted by llama.cpp's own converter: F32, or quantized by llama.cpp with ``preset``."""
     f32 = out.with_suffix(".f32.gguf") if preset else out
-    write_f32_gguf(loaded.model, loaded.model.config, loaded.path, f32)
+    _converter().convert(path, f32)
     if preset:
         from unlearn_assert.quant.gguf import llama_quantize
 
@@ -110,10 +117,13 @@ def test_without_llama_cpp_the_backend_is_unavailable_with_the_pip_command(monke
 def test_the_demo_table_has_a_gguf_row_when_the_extra_is_installed(monkeypatch: pytest.MonkeyPatch) -> None:
     from unlearn_assert.demo.run import DEMO_ATTACKS, DEMO_QUANTIZERS, demo_quantizers
 
-    _llama_cpp()
+    _converter()
     assert demo_quantizers() == (*DEMO_QUANTIZERS, "gguf-q4_k_m", *DEMO_ATTACKS)
     import importlib.util
 
+    with monkeypatch.context() as m:  # without llama.cpp's converter set up there is no gguf row either
+        m.setenv("UNLEARN_LLAMA_CPP", "/nowhere")
+        assert demo_quantizers() == DEMO_QUANTIZERS + DEMO_ATTACKS
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llama_cpp" else object())
     assert demo_quantizers() == DEMO_QUANTIZERS + DEMO_ATTACKS
 
@@ -151,21 +161,24 @@ def test_type_table_matches_gguf() -> None:
     ("qwen3", {"head_dim": 32}),                      # q_norm/k_norm, head_dim != hidden / heads
 ])
 def test_f32_round_trip_is_exact(tmp_path: Path, tiny_model_dir: Path, model_type: str, overrides: dict[str, Any]) -> None:
-    from unlearn_assert.quant.gguf_convert import dequantized_weights, hparams, read_quantized, write_f32_gguf
+    """llama.cpp's converter writes F32 tensors that transformers' GGUF tables map back onto the model bit for bit."""
+    from unlearn_assert.quant.gguf_convert import read_quantized
+    from unlearn_assert.quant.llama_cpp import tensor_map, to_torch
 
     loaded = _load(_random_model(tmp_path / "m", model_type, tiny_model_dir, **overrides))
-    plan = write_f32_gguf(loaded.model, loaded.model.config, loaded.path, tmp_path / "m.gguf")
-    tied = overrides.get("tie_word_embeddings", False)
-    assert ("output.weight" in plan) is not tied
+    _write_file(Path(loaded.path), tmp_path / "m.gguf")
     header = read_header(tmp_path / "m.gguf", "x")
-    assert header.architecture == {"mistral": "llama"}.get(model_type, model_type) and header.types == {"f32": len(plan)}
-    weights = dequantized_weights(read_quantized(tmp_path / "m.gguf"), plan, hparams(loaded.model.config))
+    tensors = read_quantized(tmp_path / "m.gguf")
+    plan, processor = tensor_map(loaded.model, header.architecture, set(tensors))
+    tied = overrides.get("tie_word_embeddings", False)
+    assert ("output.weight" in plan) is not tied and ("output.weight" in tensors) is not tied
+    assert header.architecture == {"mistral": "llama"}.get(model_type, model_type) and header.types == {"f32": len(tensors)}
     state = loaded.model.state_dict()
-    assert weights.keys() == set(plan.values())
-    for name, value in weights.items():
-        assert np.array_equal(value, state[name].numpy()), name
+    assert set(plan.values()) == set(state) - ({"lm_head.weight"} if tied else set())  # every weight, once
+    for g, name in plan.items():
+        assert np.array_equal(to_torch(processor, g, tensors[g].dequantize()), state[name].numpy()), name
     if model_type == "llama":  # Q really is stored permuted (else the round trip above proves nothing about the layout)
-        raw = read_quantized(tmp_path / "m.gguf")["blk.0.attn_q.weight"].dequantize()
+        raw = tensors["blk.0.attn_q.weight"].dequantize()
         assert not np.array_equal(raw, state["model.layers.0.self_attn.q_proj.weight"].numpy())
 
 
@@ -199,13 +212,15 @@ def _llama_cpp_logits(file: Path, ids: list[int]) -> np.ndarray:
 
 
 def _rebuilt(path: Path, file: Path) -> tuple[Any, dict[str, Any]]:
-    """The model at ``path`` with the weights of the GGUF ``file`` dequantized into it; and the file's tensors."""
-    from unlearn_assert.quant.gguf_convert import dequantized_weights, hparams, load_into, read_quantized, tensor_plan
+    """The model at ``path`` with the weights of the GGUF ``file`` dequantized into it (mapped back by transformers'
+    GGUF tables, as the backend does); and the file's tensors."""
+    from unlearn_assert.quant.gguf_convert import load_into, read_quantized
+    from unlearn_assert.quant.llama_cpp import tensor_map, to_torch
 
     loaded = _load(path)
-    hp = hparams(loaded.model.config)
     tensors = read_quantized(file)
-    load_into(loaded.model, dequantized_weights(tensors, tensor_plan(loaded.model, hp), hp))
+    plan, processor = tensor_map(loaded.model, read_header(file, "x").architecture, set(tensors))
+    load_into(loaded.model, {h: to_torch(processor, g, tensors[g].dequantize()) for g, h in plan.items()})
     return loaded, tensors
 
 
@@ -387,53 +402,40 @@ def test_byte_level_tokenizer_matches_llama_cpp(good_file: Path, tiny_model_dir:
     llama.close()
 
 
-@pytest.mark.parametrize("form", ["legacy", "none"])
-def test_byte_fallback_tokenizer_matches_llama_cpp(tmp_path: Path, tiny_data_dir: Path, form: str) -> None:
-    """A byte-fallback BPE (Llama 2 / Mistral's form) is written as llama.cpp's ``llama`` (SentencePiece) tokenizer:
-    pieces, scores = minus the id (the merge order), BYTE types for ``<0xXX>``, and ``add_space_prefix`` from the
-    tokenizer's dummy prefix. llama.cpp gives the Hugging Face ids on every string, characters outside the vocabulary
-    (byte fallback) included, and runs the file (logits within the F32 tolerance)."""
-    from transformers import AutoTokenizer
-
-    llama_cpp = _llama_cpp()
-    strings = _tokenizer_strings(tiny_data_dir)
-    model_dir = _random_model(tmp_path / "m", "llama", _spm_tokenizer(tmp_path / "tok", fixture_texts(tiny_data_dir), form))
-    file = _write_file(model_dir, tmp_path / "m.gguf")
-    tok = AutoTokenizer.from_pretrained(str(model_dir))
-    ours = [tok(s)["input_ids"] for s in strings]
-    assert any(i in range(3, 259) for ids in ours for i in ids)  # byte-fallback tokens are exercised
-    llama = llama_cpp.Llama(model_path=str(file), logits_all=True, n_ctx=256, n_batch=256, n_threads=1, verbose=True, type_k=0, type_v=0)
-    assert llama.metadata["tokenizer.ggml.model"] == "llama"
-    assert llama.metadata["tokenizer.ggml.add_space_prefix"] == ("true" if form == "legacy" else "false")
-    assert _llama_cpp_ids(llama, strings) == ours
-    llama.close()
-    loaded = _load(model_dir)
-    ids = ours[0]
-    with torch.no_grad():
-        expected = loaded.model(input_ids=torch.tensor([ids])).logits[0].numpy()
-    assert float(np.abs(_llama_cpp_logits(file, ids) - expected).max()) <= _bound("f32", expected)
-
-
-def test_metaspace_first_tokenizer_differs_from_llama_cpp_only_as_sentencepiece_does(tmp_path: Path, tiny_data_dir: Path) -> None:
-    """transformers' ``legacy=False`` form (``Metaspace(prepend_scheme="first")``) puts the ``▁`` prefix only before the
-    whole input, and not when the input starts with a space; llama.cpp (like SentencePiece's ``add_dummy_prefix``) puts
-    one before every text fragment: at the start, after a special token, and before a leading space too. The ids differ
-    exactly on those strings, and there llama.cpp gives the legacy (SentencePiece) form's ids, on the same pieces."""
+@pytest.mark.parametrize("form", ["legacy", "none", "first"])
+def test_byte_fallback_tokenizer_json_is_not_tokenized_as_transformers_does(tmp_path: Path, tiny_data_dir: Path,
+                                                                             form: str) -> None:
+    """A known difference of llama.cpp's converter, not of the gate (which tokenizes with transformers): a byte-fallback
+    BPE saved as ``tokenizer.json`` only (Llama 2 / Mistral's form as transformers 5 saves it, without
+    ``tokenizer.model``) is written through ``LlamaHfVocab`` as llama.cpp's ``llama`` tokenizer with no
+    ``add_space_prefix`` (llama.cpp then always puts the dummy prefix), and llama.cpp's ids differ from transformers'
+    on part of the strings, for every prefix form (measured: 67 of 169, 53 of them another number of tokens). This
+    project's own converter wrote scores in merge order and ``add_space_prefix`` from the tokenizer and matched on all
+    169 (legacy and no-prefix forms). With the ``tokenizer.model`` real checkpoints ship, llama.cpp reads SentencePiece
+    itself. The weights are right: the file runs as the torch model (logits within the F32 tolerance)."""
     from transformers import AutoTokenizer
 
     llama_cpp = _llama_cpp()
     strings = _tokenizer_strings(tiny_data_dir)
     texts = fixture_texts(tiny_data_dir)
-    model_dir = _random_model(tmp_path / "m", "llama", _spm_tokenizer(tmp_path / "tok", texts, "first"))
+    model_dir = _random_model(tmp_path / "m", "llama", _spm_tokenizer(tmp_path / "tok", texts, form))
     file = _write_file(model_dir, tmp_path / "m.gguf")
-    first = AutoTokenizer.from_pretrained(str(model_dir))
-    legacy = AutoTokenizer.from_pretrained(str(_spm_tokenizer(tmp_path / "legacy", texts, "legacy")))
-    llama = llama_cpp.Llama(model_path=str(file), vocab_only=True, verbose=True)
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    legacy = tok if form == "legacy" else AutoTokenizer.from_pretrained(str(_spm_tokenizer(tmp_path / "legacy", texts, "legacy")))
+    llama = llama_cpp.Llama(model_path=str(file), logits_all=True, n_ctx=256, n_batch=256, n_threads=1, verbose=True, type_k=0, type_v=0)
+    assert llama.metadata["tokenizer.ggml.model"] == "llama" and "tokenizer.ggml.add_space_prefix" not in llama.metadata
     theirs = _llama_cpp_ids(llama, strings)
     llama.close()
-    differ = [s for s, ids in zip(strings, theirs) if ids != first(s)["input_ids"]]
-    assert differ == [" leading space", "   ", "<s> literal", "x</s>y"]
-    assert theirs == [legacy(s)["input_ids"] for s in strings]
+    expected = [legacy(s)["input_ids"] for s in strings]
+    assert any(i in range(3, 259) for ids in expected for i in ids)  # byte-fallback tokens are exercised
+    # measured: 67 of the 169 strings get other ids than the legacy form's (53 another number of tokens), for every form
+    differ = [s for s, a, b in zip(strings, theirs, expected) if a != b]
+    assert 0 < len(differ) < len(strings) and "a" not in differ
+    loaded = _load(model_dir)
+    ids = expected[0]
+    with torch.no_grad():
+        ours = loaded.model(input_ids=torch.tensor([ids])).logits[0].numpy()
+    assert float(np.abs(_llama_cpp_logits(file, ids) - ours).max()) <= _bound("f32", ours)
 
 
 @pytest.mark.parametrize("preset", ["f32", "q8_0"])

@@ -135,6 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .demo.run import add_demo_parser
 
     add_demo_parser(sub)
+
+    from .quant.llama_cpp_source import add_parser as add_llama_cpp_parser
+
+    add_llama_cpp_parser(sub)
     return parser
 
 

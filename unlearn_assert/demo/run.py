@@ -46,11 +46,13 @@ DEMO_GGUF = "gguf-q4_k_m"
 
 
 def demo_quantizers() -> tuple[str, ...]:
-    """:data:`DEMO_QUANTIZERS`, plus :data:`DEMO_GGUF` when gguf and llama-cpp-python are importable,
-    then :data:`DEMO_ATTACKS`."""
+    """:data:`DEMO_QUANTIZERS`, plus :data:`DEMO_GGUF` when gguf and llama-cpp-python are importable and
+    llama.cpp's converter is set up (``unlearn-assert llama-cpp-converter``), then :data:`DEMO_ATTACKS`."""
     from importlib.util import find_spec
 
-    has_gguf = find_spec("gguf") is not None and find_spec("llama_cpp") is not None
+    from ..quant.llama_cpp_source import find_converter
+
+    has_gguf = find_spec("gguf") is not None and find_spec("llama_cpp") is not None and find_converter()[0] is not None
     return DEMO_QUANTIZERS + ((DEMO_GGUF,) if has_gguf else ()) + DEMO_ATTACKS
 
 

@@ -294,6 +294,10 @@ def precheck(run: RunConfig) -> None:
                 precheck_pair(str(run.target), value, role=role)
             except ModelError as exc:
                 raise ConfigError(f"{OPTION_BY_NAME[name].cli}: {exc}") from None
+    from ..quant.support import check_families
+    from ..variants.attacks import is_attack_id
+
+    check_families([q for q in run.variant_ids if not is_attack_id(q)], str(run.target))  # a family a backend cannot gate
     if run.data is None:
         raise ConfigError("--unlearn-data is required with --unlearn-model; pass a data directory in a layout the gate "
                           "reads (MUSE's, or hf:OWNER/NAME)")
@@ -304,7 +308,6 @@ def precheck(run: RunConfig) -> None:
         data: Any = benchmark.load(run.data)
     except DataError as exc:
         raise ConfigError(f"--unlearn-data: {exc}") from None
-    from ..variants.attacks import is_attack_id
 
     _precheck_relearn(run, benchmark, data)
     _precheck_budget(run, benchmark)

@@ -301,9 +301,14 @@ class BnbBackend:
 
     @staticmethod
     def _check_unquantized(model: Any, source: Any, path: str) -> None:
-        """Every parameter outside the bnb layers must be the source's, bit for bit."""
+        """Every parameter outside the bnb layers must be the source's, bit for bit.
+
+        The source's names include every alias of a shared parameter (``remove_duplicate=False``):
+        with tied embeddings ``named_parameters()`` lists the one tensor once, as
+        ``model.embed_tokens.weight``, while the copy is walked module by module and meets it as
+        ``lm_head.weight`` too, which then had no counterpart (a false "differs" alarm)."""
         bnb_types = (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)
-        source_params = dict(source.named_parameters())
+        source_params = dict(source.named_parameters(remove_duplicate=False))
         for mod_name, module in model.named_modules():
             if isinstance(module, bnb_types):
                 continue

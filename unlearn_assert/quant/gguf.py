@@ -6,11 +6,13 @@ k-quants (super-blocks of 256 weights, 6-bit block scales and mins, a searched s
 type mix inside one preset) round differently from rtn and bitsandbytes, so they are gated as they
 are, by llama.cpp's own code:
 
-1. the loaded model is written as an F32 GGUF file in a temporary directory
-   (:mod:`.gguf_convert`; never in the model's directory);
+1. the model's directory is converted to an F32 GGUF file in a temporary directory by llama.cpp's own
+   ``convert_hf_to_gguf.py`` (:mod:`.llama_cpp`; never in the model's directory), and the file is
+   checked to map back onto the model exactly (:func:`.llama_cpp.check_round_trip`);
 2. ``llama_model_quantize`` (llama-cpp-python's binding of the library behind ``llama-quantize``)
    quantizes it with the preset, on the run's thread budget;
-3. the result is read back with ``gguf.GGUFReader``, dequantized with ``gguf.quants.dequantize``
+3. the result is read back with ``gguf.GGUFReader``, dequantized with ``gguf.quants.dequantize``,
+   mapped to the torch parameters by transformers' GGUF loader tables (:func:`.llama_cpp.tensor_map`)
    and copied into the torch model in place for the ``with`` block (the originals are put back).
 
 llama.cpp picks each tensor's type itself (the preset's mix, and per-tensor fallbacks for rows that
@@ -48,6 +50,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -58,18 +61,9 @@ import numpy as np
 from ..errors import QuantizerError
 from ..variants.quantizers import QuantSpec
 from .base import DEFAULT_SKIP, QuantDetails
-from .gguf_convert import (
-    FLOAT_TYPE_IDS,
-    GgufDetails,
-    QTensor,
-    dequantized_weights,
-    hparams,
-    load_into,
-    read_quantized,
-    restore,
-    type_counts,
-    write_f32_gguf,
-)
+from .gguf_convert import FLOAT_TYPE_IDS, GgufDetails, QTensor, load_into, read_quantized, restore, type_counts
+from .gguf_header import read_header
+from .llama_cpp import Converter, check_round_trip, tensor_map, to_torch
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..models import LoadedModel
@@ -128,18 +122,38 @@ def llama_quantize(src: Path, dst: Path, scheme: str, threads: int) -> None:
                              f"{lines[-1] if lines else 'no message'}); check the model's shapes")
 
 
-def convert_and_quantize(loaded: LoadedModel, scheme: str, directory: Path, threads: int) -> tuple[dict[str, QTensor], dict[str, str], float, float]:
-    """(quantized tensors, tensor plan, seconds converting, seconds quantizing) for one model."""
+@dataclass
+class Converted:
+    """One model converted by llama.cpp and quantized: the file's tensors and how they map back."""
+
+    tensors: dict[str, QTensor]
+    plan: dict[str, str]  # GGUF tensor name -> state-dict name, the model's weights only
+    processor: Any  # transformers' TensorProcessor of the architecture (GGUF values -> torch values)
+    originals: dict[str, np.ndarray]  # the F32 file's tensors (the model's weights in llama.cpp's layout)
+    seconds_convert: float
+    seconds_quantize: float
+    fallback_pre: str | None  # the pre-tokenizer written where llama.cpp did not recognise the tokenizer
+
+
+def convert_and_quantize(loaded: LoadedModel, scheme: str, directory: Path, threads: int) -> Converted:
+    """llama.cpp's conversion of ``loaded``'s directory, checked against the model, then its quantization."""
     start = time.perf_counter()
     f32 = directory / "model-f32.gguf"
-    plan = write_f32_gguf(loaded.model, loaded.model.config, loaded.path, f32)
+    answer = Converter.shared().convert(loaded.path, f32)
     converted = time.perf_counter()
+    f32_tensors = read_quantized(f32)
+    arch = read_header(f32, str(f32)).architecture
+    plan, processor = tensor_map(loaded.model, arch, set(f32_tensors))
+    originals = {g: f32_tensors[g].dequantize() for g in plan}
+    del f32_tensors
+    check_round_trip(loaded.model, plan, processor, originals, f"'{loaded.path}'")
+    mapped = time.perf_counter()
     out = directory / f"model-{scheme}.gguf"
     llama_quantize(f32, out, scheme, threads)
     f32.unlink()
     tensors = read_quantized(out)
     out.unlink()
-    return tensors, plan, converted - start, time.perf_counter() - converted
+    return Converted(tensors, plan, processor, originals, converted - start, time.perf_counter() - mapped, answer.get("fallback_pre"))
 
 
 def code_agreement(u: QTensor, t: QTensor) -> int:
@@ -193,7 +207,7 @@ class GgufBackend:
         self.spec = spec
         self.codes: dict[str, QTensor] | None = None
 
-    def _quantize(self, loaded: LoadedModel) -> tuple[dict[str, QTensor], dict[str, str], float, float]:
+    def _quantize(self, loaded: LoadedModel) -> Converted:
         import torch
 
         assert self.spec.scheme is not None
@@ -212,34 +226,22 @@ class GgufBackend:
                                  "drop skip_modules for gguf-* ids")
         start = time.perf_counter()
         model = loaded.model
-        hp = hparams(model.config)
-        tensors, plan, t_convert, t_quantize = self._quantize(loaded)
+        mine = self._quantize(loaded)
         t_tensors: dict[str, QTensor] | None = target_codes
         if target is not None and t_tensors is None:
-            t_tensors = self._quantize(target)[0]
-        weights = dequantized_weights(tensors, plan, hp)
-        state = model.state_dict()
-        originals_np = {g: _stored_layout(state[name], g, hp) for g, name in plan.items()}
-        names, totals = compare(tensors, originals_np, plan, t_tensors)
-        del originals_np
+            t_tensors = self._quantize(target).tensors
+        weights = {name: to_torch(mine.processor, g, mine.tensors[g].dequantize()) for g, name in mine.plan.items()}
+        names, totals = compare(mine.tensors, mine.originals, mine.plan, t_tensors)
         originals = load_into(model, weights)
         del weights
         try:
             base = QuantDetails.from_counts(self.spec, self.name, names, totals, has_target=target is not None,
                                            seconds=time.perf_counter() - start)
-            details = GgufDetails(**vars(base), preset=self.spec.scheme or "", tensor_types=type_counts(tensors),
-                                seconds_convert=t_convert, seconds_quantize=t_quantize)
+            details = GgufDetails(**vars(base), preset=self.spec.scheme or "", tensor_types=type_counts(mine.tensors),
+                                  seconds_convert=mine.seconds_convert, seconds_quantize=mine.seconds_quantize,
+                                  converter=Converter.shared().source, tokenizer_pre_fallback=mine.fallback_pre)
             details.small_delta_fraction = details.same_cell_fraction = None
-            self.codes = tensors if target is None else None
+            self.codes = mine.tensors if target is None else None
             yield model, details
         finally:
             restore(model, originals)
-
-
-def _stored_layout(value: Any, gname: str, hp: Any) -> np.ndarray:
-    """A torch tensor as llama.cpp stores it (float32, Q/K rows permuted for ``llama``)."""
-    from .gguf_convert import permute_qk, qk_heads
-
-    w = value.detach().to("cpu").float().numpy()
-    heads = qk_heads(gname, hp)
-    return permute_qk(w, heads) if heads else w

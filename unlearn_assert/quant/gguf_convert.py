@@ -1,39 +1,17 @@
-"""Hugging Face Llama-family model <-> GGUF file, with the ``gguf`` package (writer, reader, dequantize).
+"""GGUF tensors <-> a Hugging Face Llama-family model, with the ``gguf`` package (reader, dequantize), and
+the report type of the ``gguf-*`` rows.
 
-Written for this project after reading what llama.cpp's ``convert_hf_to_gguf.py`` writes for these
-architectures (nothing is copied from it); what llama.cpp needs to load and run the file:
-
-* metadata: ``general.architecture`` (``llama`` for Llama, Mistral and SmolLM; ``qwen2``; ``qwen3``),
-  context length, embedding length, block count, feed-forward length, head counts, RMS-norm epsilon,
-  RoPE base and dimension count, key/value length when ``head_dim != hidden / heads`` (Qwen3), the
-  vocabulary size, ``general.file_type`` = ALL_F32, and for Llama 3's RoPE scaling the
-  ``rope_freqs`` tensor (the per-frequency factors, computed as transformers computes them);
-* tensors: llama.cpp's names (:func:`unlearn_assert.quant.gguf_header.gguf_name`), stored as F32
-  (exact for f32, bf16 and f16 checkpoints). For ``llama``, Q and K rows are permuted from Hugging
-  Face's rotate-half layout to llama.cpp's interleaved RoPE pairs (``(heads, 2, d/2) -> (heads, d/2, 2)``
-  per weight row block); qwen2/qwen3 run NEOX RoPE and are stored as they are. Tied embeddings
-  write no ``output.weight`` (llama.cpp then reuses ``token_embd``);
-* the tokenizer: a byte-level BPE ``tokenizer.json`` becomes ``tokenizer.ggml.model = gpt2`` (tokens,
-  token types, merges), a BPE with byte fallback (Llama 2 / Mistral's SentencePiece form) becomes
-  ``llama`` (tokens, scores = minus the token id, i.e. the merge order, token types with BYTE for
-  ``<0xXX>``, and ``add_space_prefix`` from the tokenizer's dummy prefix: a ``Prepend("▁")``
-  normalizer or a ``Metaspace`` pre-tokenizer); special token ids and ``add_bos`` come from
-  ``gguf.SpecialVocab``. The pre-tokenizer is named from the model family (``qwen2``, ``llama-bpe``
-  for a 128256-token Llama 3 vocabulary, ``smollm`` for SmolLM's 49152), else ``gpt-2`` for a bare
-  ``ByteLevel`` pre-tokenizer with GPT-2's regex, else ``default``. The gate evaluates with the
-  Hugging Face tokenizer; llama.cpp needs these keys to load the file and tokenizes with them when a
-  user runs it (``tests/test_quant_gguf.py`` compares its ids with Hugging Face's).
-
-Reading back (:func:`read_quantized`, :func:`load_into`): every tensor of a GGUF file is
-dequantized with ``gguf.quants.dequantize``, un-permuted, and copied into the torch model in place
-(the originals are kept and put back on exit).
+Models are converted *to* GGUF by llama.cpp's own ``convert_hf_to_gguf.py`` (:mod:`.llama_cpp`; this
+module's hand-written writer is gone). What stays here is reading: :func:`read_quantized` copies every
+tensor of a file out of its memory map, :func:`load_into` / :func:`restore` put dequantized weights into
+a torch model for a ``with`` block and back. For a user's own ``.gguf`` file of a Llama-family model
+(``--unlearn-quantized NAME=FILE.gguf``, :mod:`unlearn_assert.engine.sources.gguf_file`) the names are
+:func:`unlearn_assert.quant.gguf_header.gguf_name`'s table and Q/K rows are un-permuted from llama.cpp's
+interleaved RoPE pairs (``llama`` only; qwen2/qwen3 run NEOX RoPE and are stored as they are).
 """
 
 from __future__ import annotations
 
-import json
-import logging
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -49,7 +27,6 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
     from torch import nn
 
-_TOKEN_NORMAL, _TOKEN_UNKNOWN, _TOKEN_CONTROL, _TOKEN_USER, _TOKEN_BYTE = 1, 2, 3, 4, 6
 _ROPE_OK = ("default", "linear", "llama3")
 
 
@@ -123,107 +100,7 @@ def qk_heads(gname: str, hp: Hparams) -> int | None:
     return None
 
 
-# --------------------------------------------------------------------------- tokenizer
-
-
-def _pre_tokenizer(hp: Hparams, model_type: str, pre: Any) -> str:
-    """llama.cpp's name for the byte-level BPE's pre-tokenizer regex: the model family's, else
-    ``gpt-2`` for a bare ``ByteLevel`` pre-tokenizer with its regex on (GPT-2's split, which
-    ``default`` is not: it splits ``'s`` into two pieces), else ``default``."""
-    if hp.arch in ("qwen2", "qwen3"):
-        return "qwen2"
-    if hp.vocab == 128256:
-        return "llama-bpe"
-    if hp.vocab == 49152 and model_type == "llama":
-        return "smollm"
-    if isinstance(pre, dict) and pre.get("type") == "ByteLevel" and pre.get("use_regex", True):
-        return "gpt-2"
-    return "default"
-
-
-def _space_prefix(data: dict[str, Any]) -> bool:
-    """Whether a byte-fallback BPE puts a ``▁`` before the text (SentencePiece's dummy prefix):
-    a ``Prepend("▁")`` normalizer (Llama 2, Mistral) or a ``Metaspace`` pre-tokenizer whose
-    ``prepend_scheme`` is not ``never``. llama.cpp's ``llama`` tokenizer adds it when
-    ``tokenizer.ggml.add_space_prefix`` is true, which is also its default."""
-    def parts(node: Any, key: str) -> list[dict[str, Any]]:
-        if not isinstance(node, dict):
-            return []
-        return [p for child in node.get(key, []) for p in parts(child, key)] if node.get("type") == "Sequence" else [node]
-
-    normalizers = parts(data.get("normalizer"), "normalizers")
-    if any(n.get("type") == "Prepend" and n.get("prepend") == "\u2581" for n in normalizers):
-        return True
-    pre = parts(data.get("pre_tokenizer"), "pretokenizers")
-    return any(p.get("type") == "Metaspace" and p.get("prepend_scheme", "always") != "never" and p.get("add_prefix_space", True) for p in pre)
-
-
-def _add_tokenizer(writer: gguf.GGUFWriter, directory: Path, hp: Hparams, model_type: str) -> None:
-    file = directory / "tokenizer.json"
-    if not file.is_file():
-        raise QuantizerError(f"GGUF conversion needs '{file}' (a fast tokenizer); re-save the tokenizer with tokenizer.save_pretrained(DIR)")
-    data = json.loads(file.read_text(encoding="utf-8"))
-    model = data.get("model") or {}
-    if model.get("type") != "BPE":
-        raise QuantizerError(f"GGUF conversion supports BPE tokenizers (tokenizer.json), not '{model.get('type')}'; supported: {SUPPORTED_TEXT}")
-    vocab: dict[str, int] = dict(model.get("vocab") or {})
-    added = {t["content"]: t for t in data.get("added_tokens", [])}
-    for text, tok in added.items():
-        vocab[text] = tok["id"]
-    spm = bool(model.get("byte_fallback"))
-    by_id = {i: t for t, i in vocab.items()}
-    n = max(hp.vocab, max(by_id, default=-1) + 1)
-    unk = model.get("unk_token")
-    tokens: list[str] = []
-    types: list[int] = []
-    for i in range(n):
-        text = by_id.get(i)
-        if text is None:
-            tokens.append(f"[PAD{i}]")
-            types.append(_TOKEN_USER)
-            continue
-        tokens.append(text)
-        if text in added:
-            types.append(_TOKEN_CONTROL if added[text].get("special") else _TOKEN_USER)
-        elif spm and text == unk:
-            types.append(_TOKEN_UNKNOWN)
-        elif spm and len(text) == 6 and text.startswith("<0x") and text.endswith(">"):
-            types.append(_TOKEN_BYTE)
-        else:
-            types.append(_TOKEN_NORMAL)
-    writer.add_tokenizer_model("llama" if spm else "gpt2")
-    writer.add_tokenizer_pre(_pre_tokenizer(hp, model_type, data.get("pre_tokenizer")))
-    if spm:
-        writer.add_add_space_prefix(_space_prefix(data))
-    writer.add_token_list(tokens)
-    writer.add_token_types(types)
-    if spm:
-        writer.add_token_scores([-float(i) for i in range(n)])
-    logging.getLogger("gguf.vocab").setLevel(logging.ERROR)  # "Unknown separator token" of a pair template, irrelevant here
-    gguf.SpecialVocab(directory, load_merges=not spm, n_vocab=n).add_to_gguf(writer, quiet=True)
-
-
-# --------------------------------------------------------------------------- writing
-
-
-def _rope_factors(hp: Hparams) -> np.ndarray:
-    """Llama 3's per-frequency RoPE factors (``rope_type = llama3``), as transformers applies them."""
-    rope = hp.rope
-    factor = float(rope.get("factor", 8.0))
-    low, high = float(rope.get("low_freq_factor", 1.0)), float(rope.get("high_freq_factor", 4.0))
-    old = float(rope.get("original_max_position_embeddings", 8192))
-    freqs = 1.0 / (hp.rope_theta ** (np.arange(0, hp.head_dim, 2, dtype=np.float64) / hp.head_dim))
-    out = []
-    for f in freqs:
-        wavelen = 2 * math.pi / f
-        if wavelen < old / high:
-            out.append(1.0)
-        elif wavelen > old / low:
-            out.append(factor)
-        else:
-            smooth = (old / wavelen - low) / (high - low)
-            out.append(1.0 / ((1 - smooth) / factor + smooth))
-    return np.asarray(out, dtype=np.float32)
+# --------------------------------------------------------------------------- names
 
 
 def tensor_plan(model: nn.Module, hp: Hparams) -> dict[str, str]:
@@ -249,47 +126,6 @@ def _is_tied(model: nn.Module) -> bool:
     return emb is not None and out is not None and emb.weight is out.weight
 
 
-def write_f32_gguf(model: nn.Module, config: Any, tokenizer_dir: str | Path, path: str | Path) -> dict[str, str]:
-    """Write ``model`` as an F32 GGUF file that llama.cpp loads; return the tensor plan."""
-    import torch
-
-    hp = hparams(config)
-    plan = tensor_plan(model, hp)
-    state = model.state_dict()
-    writer = gguf.GGUFWriter(str(path), hp.arch)
-    writer.add_name(str(_cfg(config, "_name_or_path", "") or "unlearn-assert"))
-    writer.add_context_length(hp.context)
-    writer.add_embedding_length(hp.hidden)
-    writer.add_block_count(hp.n_layers)
-    writer.add_feed_forward_length(hp.ffn)
-    writer.add_head_count(hp.n_head)
-    writer.add_head_count_kv(hp.n_head_kv)
-    writer.add_layer_norm_rms_eps(hp.eps)
-    writer.add_rope_freq_base(hp.rope_theta)
-    writer.add_rope_dimension_count(hp.head_dim)
-    if hp.head_dim != hp.hidden // hp.n_head:
-        writer.add_key_length(hp.head_dim)
-        writer.add_value_length(hp.head_dim)
-    if hp.rope["rope_type"] == "linear":
-        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
-        writer.add_rope_scaling_factor(float(hp.rope.get("factor", 1.0)))
-    writer.add_vocab_size(hp.vocab)
-    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
-    _add_tokenizer(writer, Path(tokenizer_dir), hp, str(_cfg(config, "model_type", "")))
-    if hp.rope["rope_type"] == "llama3":
-        writer.add_tensor("rope_freqs.weight", _rope_factors(hp))
-    with torch.no_grad():
-        for g, name in plan.items():
-            w = state[name].detach().to("cpu", torch.float32).numpy()
-            heads = qk_heads(g, hp)
-            writer.add_tensor(g, np.ascontiguousarray(permute_qk(w, heads) if heads else w))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return plan
-
-
 # --------------------------------------------------------------------------- reading
 
 FLOAT_TYPE_IDS = frozenset({int(gguf.GGMLQuantizationType.F32), int(gguf.GGMLQuantizationType.F16), int(gguf.GGMLQuantizationType.BF16)})
@@ -303,6 +139,10 @@ class GgufDetails(QuantDetails):
     tensor_types: dict[str, int] = field(default_factory=dict)
     seconds_convert: float = 0.0
     seconds_quantize: float = 0.0
+    #: which llama.cpp converted the model ("llama.cpp 0c1e57098 (llama-cpp-python 0.3.36)")
+    converter: str = ""
+    #: the pre-tokenizer name written where llama.cpp did not recognise the model's BPE tokenizer (else None)
+    tokenizer_pre_fallback: str | None = None
 
 
 

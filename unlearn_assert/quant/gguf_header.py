@@ -10,8 +10,9 @@ the end of the last tensor, so a truncated download fails here, not an hour into
 The target's side is read from its files by :func:`unlearn_assert.models.read_model_files`,
 the reader ``--unlearn-quantized NAME=DIR`` uses too (directory, safetensors headers, config.json).
 
-The name table (:func:`gguf_name`) is the one the converter writes with (``quant/gguf_convert.py``)
-and the reader maps back with; ``tests/test_quant_gguf.py`` checks it against ``gguf.TensorNameMap``.
+The name table (:func:`gguf_name`) is what a user's Llama-family file is read back with
+(``quant/gguf_convert.py``; the ``gguf-*`` quantizers convert with llama.cpp's own converter and map back
+with transformers' tables, :mod:`.llama_cpp`); ``tests/test_quant_gguf.py`` checks it against ``gguf.TensorNameMap``.
 """
 
 from __future__ import annotations

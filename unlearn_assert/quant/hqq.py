@@ -140,7 +140,9 @@ class HqqBackend:
                 for name, module in todo.items():
                     w = module.weight.detach()
                     t = None if target_modules is None else layer_weight(target, target_modules, name, w.shape)  # type: ignore[arg-type]
-                    bias = None if module.bias is None else module.bias.detach().clone()
+                    # a Parameter: hqq 0.2.8's from_weights assigns the bias to an nn.Linear, which refuses a
+                    # plain tensor (TypeError on every biased layer: Qwen2's q/k/v projections)
+                    bias = None if module.bias is None else nn.Parameter(module.bias.detach().clone(), requires_grad=False)
                     layer = HQQLinear.from_weights(
                         w.clone(), bias, quant_config=self.quant_config, compute_dtype=dtype, device=device, del_orig=True
                     )

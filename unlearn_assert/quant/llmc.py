@@ -176,6 +176,8 @@ class LlmcBackend:
     reports_small_delta = False
     #: after ``apply`` without a target: {layer: (codes int8, scale)} of that model, on the CPU
     codes: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
+    #: the model class being calibrated (set before the recipe is built; AWQ's mappings depend on it)
+    architecture = ""
 
     def __init__(self, spec: QuantSpec) -> None:
         if spec.backend != self.name or spec.bits is None or spec.group_size is None:
@@ -232,6 +234,7 @@ class LlmcBackend:
         if not names:
             raise QuantizerError(f"quantizer '{self.spec.id}' found no linear layer in '{loaded.path}' outside skip_modules={list(skip)}")
         model.eval()
+        self.architecture = type(model).__name__
         self._calibrate(model, loaded.tokenizer, calibration, names)
         return model, names
 
@@ -327,10 +330,18 @@ class AwqBackend(LlmcBackend):
 
     name = "awq"
 
+    #: architectures llm-compressor 0.14's AWQ registry lacks, -> the registered one with the same layer
+    #: structure. Without an entry AWQ falls back to Llama's mappings (input_layernorm -> q/k/v), which
+    #: fail on OLMo2's post-norm blocks; OLMo3 is OLMo2 plus sliding-window attention (v -> o, up -> down).
+    MAPPING_ALIASES = {"Olmo2ForCausalLM": "Olmo3ForCausalLM"}
+
     def recipe(self, targets: list[str]) -> Any:
         from llmcompressor.modifiers.transform.awq import AWQModifier
+        from llmcompressor.modifiers.transform.awq.mappings import AWQ_MAPPING_REGISTRY
 
-        return [AWQModifier(), QuantizationModifier(config_groups={"group_0": _scheme(self.spec, targets)}, ignore=[])]
+        alias = self.MAPPING_ALIASES.get(self.architecture)
+        awq = AWQModifier(mappings=AWQ_MAPPING_REGISTRY[alias]) if alias else AWQModifier()
+        return [awq, QuantizationModifier(config_groups={"group_0": _scheme(self.spec, targets)}, ignore=[])]
 
     @contextmanager
     def _library_fixes(self) -> Iterator[None]:
