@@ -150,6 +150,18 @@ def test_privleak_stratified_with_a_fixed_reference_and_with_the_retrain_model()
     assert paired_privleak_ci(forget, holdout) is None
 
 
+def test_a_pseudo_item_never_carries_a_mean_out_of_the_scores_range() -> None:
+    """A model that retains almost nothing (one partial answer of ten): q(U)'s downward pseudo-item
+    sits at 2.2 - (3 + 25) / 2 < 0, and a heavy weight on it would make a replicate's utility
+    negative, which no ratio of ROUGE scores can be; the replicate's mean is clipped to the range."""
+    t, q = [0.0] * 8 + [25.0, 0.0], [0.0] * 8 + [22.0, 0.0]
+    assert pseudo_items(np.array([q, t]), 0, 1)[1, 0] < 0
+    ci = paired_ratio_ci(q, t, key="knowmem_r")
+    assert ci.lo == 0.0 and ci.lo <= 0.88 <= ci.hi and ci.degenerate == 0
+    one = paired_ratio_ci(q, t, key="k", counts=[[1.0] * 10], pseudo=[[0.0, 100.0]])  # the pseudo-item outweighs all
+    assert (one.lo, one.hi) == (0.0, pytest.approx(0.88))  # widened to the estimate, which it contains
+
+
 def test_percentile_interval_is_outward_and_contains_the_estimate() -> None:
     values = np.arange(1000, dtype=float)  # 0..999
     ci = percentile_interval(values, 500.0, 0.95)

@@ -364,19 +364,21 @@ def pseudo_items(cols: Any, moving: int, base: int) -> Any:
     as the items' means are kept, the pseudo-items widen the interval without moving its centre."""
     import numpy as np
 
-    span = float(cols.max() - cols.min())
+    lo, hi = float(cols.min()), float(cols.max())
     diff = cols[moving] - cols[base]
     up, down = diff[diff > 0], -diff[diff < 0]
     items = np.repeat(cols.mean(axis=1)[None, :], 2, axis=0)
-    items[0, moving] += (float(up.sum()) + span) / (up.size + 1)
-    items[1, moving] -= (float(down.sum()) + span) / (down.size + 1)
+    items[0, moving] += (float(up.sum()) + hi - lo) / (up.size + 1)
+    items[1, moving] -= (float(down.sum()) + hi - lo) / (down.size + 1)
     return items
 
 
 def _with_pseudo(cols: Any, weights: Any, moving: int, base: int, pseudo: Any, *, seed: int, key: str,
                  prior: float) -> list[Any]:
     """The replicate means of the columns with the figure's pseudo-items: weights ``Gamma(prior)``
-    (seeded), or the fixed (B x 2) ``pseudo``."""
+    (seeded), or the fixed (B x 2) ``pseudo``. A heavy pseudo-item can carry the moving column's
+    mean beyond the scores' range (below the smallest score, e.g. a negative utility, when the
+    scores are near 0): such a mean is clipped to the range, where a real one must lie."""
     import numpy as np
 
     b = weights.shape[0]
@@ -386,7 +388,9 @@ def _with_pseudo(cols: Any, weights: Any, moving: int, base: int, pseudo: Any, *
             raise ValueError(f"pseudo must have one row per replicate and 2 columns, got shape {g.shape}")
     else:
         g = prior_weights(2, seed=seed, key=key, n_resamples=b, prior=prior)
-    return _pseudo_means(cols, weights, pseudo_items(cols, moving, base), g)
+    means = _pseudo_means(cols, weights, pseudo_items(cols, moving, base), g)
+    means[moving] = np.clip(means[moving], cols.min(), cols.max())
+    return means
 
 
 def _with_n(interval: Interval, n: int) -> Interval:
