@@ -14,6 +14,7 @@ the controller on test reports.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
@@ -138,7 +139,8 @@ def compute_row(role: Role, source: Source | None, inputs: Inputs, handoff: Any 
     dtype = loaded.dtype
     if source is None:
         say(f"evaluate {role} fp")
-        evaluation = evaluate(loaded, inputs.data, batch_size=inputs.run.batch_size).to_dict()
+        evaluation = evaluate(loaded, inputs.data, batch_size=inputs.run.batch_size,
+                              progress=_within(say, role, variant)).to_dict()
         quant = None
     else:
         say(f"quantize {role} {variant}")
@@ -146,7 +148,8 @@ def compute_row(role: Role, source: Source | None, inputs: Inputs, handoff: Any 
             with source.apply(role, inputs, handoff) as applied:
                 say(f"evaluate {role} {variant}")
                 data = inputs.data if applied.data is None else applied.data
-                evaluation = evaluate(applied.view, data, batch_size=inputs.run.batch_size).to_dict()
+                evaluation = evaluate(applied.view, data, batch_size=inputs.run.batch_size,
+                                      progress=_within(say, role, variant)).to_dict()
                 _renumber(evaluation, applied.sample_ids)
                 quant, passed_on, dtype = applied.quant, applied.handoff, applied.view.dtype
         except BackendUnavailable as exc:
@@ -156,6 +159,11 @@ def compute_row(role: Role, source: Source | None, inputs: Inputs, handoff: Any 
     row = Row.from_evaluation(role, variant, evaluation, quant, time.perf_counter() - start, dtype)
     say(f"{role} {variant}: " + ", ".join(f"{m} {v:.1f}" for m, v in row.values.items() if v is not None) + f" ({row.seconds:.1f} s)")
     return row, passed_on
+
+
+def _within(say: Callable[[str], None], role: Role, variant: str) -> Callable[[str], None]:
+    """The progress lines of a row's metrics, named after the row: ``unlearned fp verbmem_f: 37/100 ...``."""
+    return lambda line: say(f"{role} {variant} {line}")
 
 
 def _renumber(evaluation: dict[str, Any], sample_ids: dict[str, list[int]] | None) -> None:

@@ -64,8 +64,10 @@ class Views:
             if hit is not None:
                 self._evaluations[key] = Evaluation.from_dict(hit)
             else:
-                self.inputs.progress(f"evaluate {getattr(obj, 'name', obj.path)}")
-                ev = evaluate(obj, data, metrics=list(wanted), batch_size=run.batch_size)
+                name = getattr(obj, 'name', obj.path)
+                self.inputs.progress(f"evaluate {name}")
+                ev = evaluate(obj, data, metrics=list(wanted), batch_size=run.batch_size,
+                              progress=lambda line: self.inputs.progress(f"{name} {line}"))
                 self.cache.put(key, ev.to_dict())
                 self._evaluations[key] = ev
         return self._evaluations[key]

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .generation import MAX_AUTO_BATCH, ModelIO, ModelShape, context_window, memory_budget, pad_token_id, presized_cache
+from .progress import Meter
 from .rouge import excerpt
 
 __all__ = [
@@ -277,6 +278,7 @@ def score_texts(
     batch_size: int | None = None,
     max_length: int | None = None,
     timings: dict[str, float] | None = None,
+    meter: Meter | None = None,
 ) -> tuple[list[TextScore], int]:
     """Token statistics for ``texts`` (one causal pass each, batched by tokens), and the largest
     number of texts scored together.
@@ -287,7 +289,7 @@ def score_texts(
     arithmetic is the one of a full forward followed by ``log_softmax(logits.float())``.
     ``batch_size`` caps the texts per forward (the token budget still applies). ``timings`` (if
     given) receives seconds spent in the body (``forward``) and in ``lm_head`` + statistics
-    (``scoring``).
+    (``scoring``). ``meter``: told the texts done after every forward (progress lines).
     """
     import time
 
@@ -352,6 +354,8 @@ def score_texts(
                             stats[row].append(work.stats(lambda x: x, out[row, q:r], target))
                 clock["scoring"] += time.perf_counter() - begin
                 del out
+                if meter is not None:  # the group's texts count as done in proportion to their positions
+                    meter.update(a + len(chunk) * e / width)
             for row, i in enumerate(chunk):
                 lp = [x.cpu() for x, _ in stats[row]]
                 zs = [z.cpu() for _, z in stats[row]]
@@ -375,11 +379,14 @@ def privleak_scores(
     *,
     batch_size: int | None = None,
     max_length: int | None = None,
+    meter: Meter | None = None,
 ) -> PrivleakScores:
-    """Score forget and holdout texts and compute every attack's AUC (MUSE orientation)."""
+    """Score forget and holdout texts and compute every attack's AUC (MUSE orientation);
+    ``meter``: progress lines."""
     texts = list(forget) + list(holdout)
     timings: dict[str, float] = {}
-    scores, used = score_texts(model, tokenizer, texts, batch_size=batch_size, max_length=max_length, timings=timings)
+    scores, used = score_texts(model, tokenizer, texts, batch_size=batch_size, max_length=max_length, timings=timings,
+                               meter=meter)
     values = [attack_values(s, t) for s, t in zip(scores, texts)]
     forget_values, holdout_values = values[: len(forget)], values[len(forget):]
     aucs = {a: roc_auc([v[a] for v in forget_values], [v[a] for v in holdout_values]) for a in ATTACKS}
