@@ -143,3 +143,19 @@ def test_the_gate_prints_progress_lines_named_after_the_row(pytester: pytest.Pyt
         "unlearn-assert: target fp verbmem_f: */8 forget passages, * elapsed, about * left",
         "unlearn-assert: unlearned fp privleak: */* forget and holdout texts, * elapsed, about * left",
     ])
+
+
+def test_relearning_step_lines_carry_the_remainder(tiny_model_dir: Path) -> None:
+    """A short relearning run keeps its step lines (every 25 steps and the last), now with the
+    expected remainder."""
+    import unlearn_assert as ua
+    from unlearn_assert.unlearning.finetune import finetune
+
+    loaded = ua.load_model(tiny_model_dir)
+    for p in loaded.model.parameters():
+        p.requires_grad_(True)
+    lines: list[str] = []
+    finetune(loaded.model, loaded.tokenizer, "The quick brown fox jumps over the lazy dog. " * 8, steps=3, lr=1e-4,
+             batch_size=1, max_length=16, seed=0, device="cpu", progress=lines.append)
+    assert len(lines) == 1, lines
+    assert re.fullmatch(r"relearn step 3/3: loss \d+\.\d{4} \(\d+\.\d s, about 0 s left\)", lines[0]), lines
