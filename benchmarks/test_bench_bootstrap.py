@@ -81,16 +81,26 @@ def _full_run(run: RunConfig, rows: list[Row]) -> tuple[float, Any]:
 @pytest.fixture
 def no_bootstrap(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """Switch the bootstrap off (point figures only) inside the block: the baseline."""
+    yield _with_bootstrap(monkeypatch, Bootstrap(replicates=0))
+
+
+@pytest.fixture
+def plain_bootstrap(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """The bootstrap before issue 31 (multinomial resamples, no pseudo-items) inside the block."""
+    yield _with_bootstrap(monkeypatch, Bootstrap(prior=0.0))
+
+
+def _with_bootstrap(monkeypatch: pytest.MonkeyPatch, boot: Bootstrap) -> Any:
     from contextlib import contextmanager
 
     @contextmanager
-    def off() -> Iterator[None]:
+    def within() -> Iterator[None]:
         with monkeypatch.context() as m:
-            m.setattr(runner_module, "bootstrap_of", lambda run: Bootstrap(replicates=0))
-            m.setattr(report_module, "bootstrap_of", lambda run: Bootstrap(replicates=0))
+            m.setattr(runner_module, "bootstrap_of", lambda run: boot)
+            m.setattr(report_module, "bootstrap_of", lambda run: boot)
             yield
 
-    yield off
+    return within
 
 
 def test_bootstrap_cost_of_a_full_run(benchmark: Any, full_run_rows: list[Row], gate_run: RunConfig, no_bootstrap: Any) -> None:
@@ -123,3 +133,31 @@ def test_bootstrap_cost_of_a_full_run(benchmark: Any, full_run_rows: list[Row], 
           f"({seconds / baseline:.1f}x the baseline)")
     if MAX_SECONDS > 0:
         assert added < MAX_SECONDS, f"the bootstrap adds {added:.2f}s to a full run (limit {MAX_SECONDS:g}s)"
+
+
+def test_pseudo_items_cost_against_the_plain_bootstrap(full_run_rows: list[Row], run_config: RunConfig,
+                                                       no_bootstrap: Any, plain_bootstrap: Any) -> None:
+    """Issue 31's interval (Bayesian weights, two pseudo-items per figure) against the plain
+    bootstrap of before, in the same process, interleaved round by round (the machine is shared:
+    the best of 5 rounds each). Reported: what each adds to a run of point figures only, and the
+    ratio of the two additions; it must stay under 1.5 (``UNLEARN_BENCH_MAX_PRIOR_RATIO``)."""
+    limit = float(os.environ.get("UNLEARN_BENCH_MAX_PRIOR_RATIO", "1.5"))
+    _full_run(run_config, full_run_rows)  # warm-up
+    point, plain, pseudo = [], [], []
+    for _ in range(5):
+        with no_bootstrap():
+            point.append(_full_run(run_config, full_run_rows)[0])
+        with plain_bootstrap():
+            seconds, report = _full_run(run_config, full_run_rows)
+            plain.append(seconds)
+        assert report.to_dict()["provenance"]["bootstrap"]["prior"] == 0.0
+        seconds, report = _full_run(run_config, full_run_rows)
+        pseudo.append(seconds)
+        assert report.to_dict()["provenance"]["bootstrap"]["prior"] == 1.0
+    base, old, new = min(point), min(plain), min(pseudo)
+    ratio = (new - base) / (old - base)
+    print(f"\nfull run ({len(full_run_rows)} rows, {N}-item splits), best of 5: point figures only {base:.3f}s, "
+          f"plain bootstrap {old:.3f}s (+{old - base:.3f}s), with pseudo-items {new:.3f}s (+{new - base:.3f}s): "
+          f"the new interval costs {ratio:.2f}x the old one's addition; load average {os.getloadavg()[0]:.1f}")
+    if limit > 0:
+        assert ratio < limit, f"the pseudo-items make the bootstrap {ratio:.2f}x as costly (limit {limit:g})"

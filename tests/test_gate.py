@@ -101,7 +101,7 @@ def test_gate_catches_recovery_under_4bit(gate_run: pytest.RunResult, pytester: 
         rec_ci = rows[("unlearned", q)]["recovery_ci"]["verbmem_f"]
         assert rec_ci[0] <= rows[("unlearned", q)]["recovery"]["verbmem_f"] <= rec_ci[1]
         assert len(rows[("unlearned", q)]["utility_ci"]) == 2
-    assert report["provenance"]["bootstrap"] == {"replicates": 1000, "seed": 0, "confidence": 0.95}
+    assert report["provenance"]["bootstrap"] == {"replicates": 1000, "seed": 0, "confidence": 0.95, "prior": 1.0}
     assert all(v["ci"] is not None and isinstance(v["decided"], bool) and v["estimate"] == v["value"] and "budget" in v
                for v in report["verdicts"] if v["outcome"] != "skipped" and v["estimate"] is not None)
     assert report["resolution"]["verbmem_f"]["n"] == 8

@@ -29,7 +29,10 @@ from unlearn_assert.metrics.stats import (
     paired_ratio_ci,
     paired_recovery_ci,
     percentile_interval,
+    prior_weights,
+    pseudo_items,
     resample_counts,
+    resample_weights,
 )
 from unlearn_assert.names import FP, VERDICT_POLICIES
 
@@ -46,35 +49,90 @@ THREE = np.array([[2.0, 0.0], [1.0, 1.0], [0.0, 2.0]])
 # --------------------------------------------------------------------------- hand-computed
 
 
-def test_identical_items_give_a_point_interval() -> None:
-    ci = paired_recovery_ci([30.0] * 5, [10.0] * 5, [50.0] * 5, key="knowmem_f")
-    assert ci == Interval(0.5, 0.5, degenerate=0, replicates=1000, n=5)
+def test_identical_items_no_longer_give_a_point_interval() -> None:
+    """Five identical items (recovery 0.5 on each) proved nothing about a sixth: the plain bootstrap
+    (``prior=0``) printed [0.5, 0.5]. With the pseudo-items, by hand: the span is 10..50 (40), q - u
+    is 20 on every item, so q(U)'s pseudo-item moves up by (5 * 20 + 40) / 6 and down by 40 (no item
+    went down) from the average item (30, 10, 50); every replicate's drop stays 40 and its recovery
+    is ``0.5 + (70/3 g1 - 40 g2) / (40 (W + g1 + g2))`` for item weights summing to W."""
+    q, u, t = [30.0] * 5, [10.0] * 5, [50.0] * 5
+    plain = paired_recovery_ci(q, u, t, key="knowmem_f", prior=0)
+    assert plain == Interval(0.5, 0.5, degenerate=0, replicates=1000, n=5)
+    assert pseudo_items(np.array([q, u, t]), 0, 1).tolist() == [[30 + 70 / 3, 10.0, 50.0], [-10.0, 10.0, 50.0]]
+    ci = paired_recovery_ci(q, u, t, key="knowmem_f")
+    w, g = resample_weights(5, seed=0, key="knowmem_f"), prior_weights(2, seed=0, key="knowmem_f")
+    reps = 0.5 + (70 / 3 * g[:, 0] - 40 * g[:, 1]) / (40 * (w.sum(axis=1) + g.sum(axis=1)))
+    by_hand = percentile_interval(reps, 0.5)
+    assert (ci.lo, ci.hi, ci.degenerate, ci.n) == pytest.approx((by_hand.lo, by_hand.hi, 0, 5), rel=1e-12)
+    assert ci.lo < 0.2 and ci.hi > 0.6
 
 
 def test_recovery_on_a_fixed_resample() -> None:
     # replicate means (q, u, t): (20, 10, 30) -> 0.5; (30, 10, 40) -> 2/3; (40, 10, 50) -> 0.75.
     # At 90%: outward order statistics at 5% and 95% of 3 replicates: positions floor(0.1) = 0, ceil(1.9) = 2.
-    ci = paired_recovery_ci([20.0, 40.0], [10.0, 10.0], [30.0, 50.0], key="k", counts=THREE, confidence=0.9)
+    ci = paired_recovery_ci([20.0, 40.0], [10.0, 10.0], [30.0, 50.0], key="k", counts=THREE, confidence=0.9, prior=0)
     assert (ci.lo, ci.hi, ci.degenerate, ci.replicates, ci.n) == (0.5, 0.75, 0, 3, 2)
+    # pseudo-items: the average item (30, 10, 40) with q moved up by (10 + 30 + 40) / 3 (both items went up;
+    # the span is 10..50) and down by 40 (none went down), weighted (1, 0), (0, 0), (0, 1). Replicate sums
+    # (q, u, t): (40 + 30 + 80/3, 30, 100) -> 20/21; (60, 20, 80) -> 2/3; (80 - 10, 30, 140) -> 4/11
+    ci = paired_recovery_ci([20.0, 40.0], [10.0, 10.0], [30.0, 50.0], key="k", counts=THREE, confidence=0.9,
+                            pseudo=[[1.0, 0.0], [0.0, 0.0], [0.0, 1.0]])
+    assert (ci.lo, ci.hi) == (pytest.approx(4 / 11), pytest.approx(20 / 21))
+    assert (ci.degenerate, ci.replicates, ci.n) == (0, 3, 2)
 
 
 def test_degenerate_replicates_are_counted_and_ranked_at_infinity() -> None:
     # drops m(T) - m(U) per replicate: 10, -5, -20: two replicates have nothing to recover from
-    ci = paired_recovery_ci([5.0, 5.0], [0.0, 20.0], [10.0, 0.0], key="k", counts=THREE, confidence=0.9)
+    ci = paired_recovery_ci([5.0, 5.0], [0.0, 20.0], [10.0, 0.0], key="k", counts=THREE, confidence=0.9, prior=0)
     assert ci.degenerate == 2 and ci.lo == 0.5 and math.isinf(ci.hi)
     # by hand, for random resamples of these two items: P(drop <= 0) = P(not both item 0) = 3/4
-    many = paired_recovery_ci([5.0, 5.0], [0.0, 20.0], [10.0, 0.0], key="k", n_resamples=20000)
+    many = paired_recovery_ci([5.0, 5.0], [0.0, 20.0], [10.0, 0.0], key="k", n_resamples=20000, prior=0)
     assert many.degenerate / many.replicates == pytest.approx(0.75, abs=0.015)
-    # utility: mean(den) <= 0 is degenerate too (and ranks above every budget)
-    ratio = paired_ratio_ci([1.0, 1.0], [0.0, 2.0], key="k", counts=THREE, confidence=0.9)  # replicates: deg, 1, 0.5
+    # with Bayesian bootstrap weights w0, w1 ~ Exp(1) and the pseudo-items at the mean drop (-5): the drop
+    # 10 w0 - 20 w1 - 5 (g1 + g2) is positive only when w0 > 2 w1 + (g1 + g2) / 2, with probability
+    # 1/3 * 2/3 * 2/3 = 4/27 (P(w0 > x) = exp(-x); E exp(-2 w1) = 1/3; E exp(-g / 2) = 2/3 for g ~ Exp(1))
+    bayes = paired_recovery_ci([5.0, 5.0], [0.0, 20.0], [10.0, 0.0], key="k", n_resamples=20000)
+    assert bayes.degenerate / bayes.replicates == pytest.approx(1 - 4 / 27, abs=0.015)
+    # replicates: degenerate, 1, 0.5
+    ratio = paired_ratio_ci([1.0, 1.0], [0.0, 2.0], key="k", counts=THREE, confidence=0.9, prior=0)
     assert (ratio.lo, ratio.hi, ratio.degenerate) == (0.5, math.inf, 1)
+    # pseudo-items: the average item (1, 1) with num moved up by (1 + 2) / 2 and down by (1 + 2) / 2 (one
+    # item each way; the span is 0..2), weighted (0, 0), (1, 0), (0, 1). Replicate sums (num, den):
+    # (2, 0) -> degenerate; (2 + 2.5, 2 + 1) -> 1.5; (2 - 0.5, 4 + 1) -> 0.3
+    ratio = paired_ratio_ci([1.0, 1.0], [0.0, 2.0], key="k", counts=THREE, confidence=0.9,
+                            pseudo=[[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    assert (ratio.lo, ratio.hi, ratio.degenerate) == (pytest.approx(0.3), math.inf, 1)
 
 
 def test_difference_on_a_fixed_resample() -> None:
     # per-item drops 10 and 30: replicates 10, 20, 30
-    ci = paired_difference_ci([50.0, 60.0], [40.0, 30.0], key="k", counts=THREE, confidence=0.9)
+    ci = paired_difference_ci([50.0, 60.0], [40.0, 30.0], key="k", counts=THREE, confidence=0.9, prior=0)
     assert (ci.lo, ci.hi) == (10.0, 30.0)
-    assert paired_difference_ci([50.0, 60.0], [40.0, 30.0], key="k", counts=THREE[1:2]).lo == 20.0  # one replicate
+    one = paired_difference_ci([50.0, 60.0], [40.0, 30.0], key="k", counts=THREE[1:2], prior=0)  # one replicate
+    assert one.lo == 20.0
+    # pseudo-items: the average item (55, 35) with a moved up by (10 + 30 + 30) / 3 and down by 30 (the span is
+    # 30..60), weighted (1, 0), (0, 0), (0, 1): (100 + 55 + 70/3 - 80 - 35) / 3 = 190/9; 20; (120 + 25 - 60 - 35) / 3
+    ci = paired_difference_ci([50.0, 60.0], [40.0, 30.0], key="k", counts=THREE, confidence=0.9,
+                              pseudo=[[1.0, 0.0], [0.0, 0.0], [0.0, 1.0]])
+    assert (ci.lo, ci.hi) == (pytest.approx(50 / 3), pytest.approx(190 / 9))
+
+
+def test_nothing_changed_gives_the_rule_of_three_not_zero_width() -> None:
+    """No sampled item changed between U and q(U) (the demo's ``km 0% [0,0]``): the plain bootstrap
+    claims certainty; with the pseudo-items the share of changed items is bounded as Clopper-Pearson
+    bounds it (3.7/n at 97.5% when nothing changed), so recovery is about +-3.7/n * span / drop."""
+    n = 100
+    t = [100.0] * 60 + [0.0] * 40
+    u = [100.0] * 24 + [0.0] * 76  # 36 items forgotten: a 36-point drop
+    plain = paired_recovery_ci(u, u, t, key="knowmem_f", prior=0)
+    assert (plain.lo, plain.hi) == (0.0, 0.0)
+    ci = paired_recovery_ci(u, u, t, key="knowmem_f")
+    bound = 3.7 / n * 100.0 / 36.0  # about 0.10
+    assert -1.3 * bound < ci.lo < -0.6 * bound and 0.6 * bound < ci.hi < 1.3 * bound, ci
+    drop = paired_difference_ci(u, u, key="knowmem_f")  # two models that agree on every sampled item
+    assert -4.5 < drop.lo < -2.5 and 2.5 < drop.hi < 4.5, drop  # about +-3.7/n of the 100-point span
+    with pytest.raises(ValueError, match="one row per replicate and 2 columns"):
+        paired_difference_ci(u, u, key="k", counts=THREE, pseudo=[[1.0, 0.0]])
 
 
 def test_privleak_stratified_with_a_fixed_reference_and_with_the_retrain_model() -> None:
@@ -93,6 +151,18 @@ def test_privleak_stratified_with_a_fixed_reference_and_with_the_retrain_model()
     assert mann_whitney_auc([-1.0, -3.0], [-2.0, -4.0]) == 0.25
     assert paired_privleak_ci(forget, holdout, reference=0.0) is None  # privleak is undefined against AUC_R = 0
     assert paired_privleak_ci(forget, holdout) is None
+
+
+def test_a_pseudo_item_never_carries_a_mean_out_of_the_scores_range() -> None:
+    """A model that retains almost nothing (one partial answer of ten): q(U)'s downward pseudo-item
+    sits at 2.2 - (3 + 25) / 2 < 0, and a heavy weight on it would make a replicate's utility
+    negative, which no ratio of ROUGE scores can be; the replicate's mean is clipped to the range."""
+    t, q = [0.0] * 8 + [25.0, 0.0], [0.0] * 8 + [22.0, 0.0]
+    assert pseudo_items(np.array([q, t]), 0, 1)[1, 0] < 0
+    ci = paired_ratio_ci(q, t, key="knowmem_r")
+    assert ci.lo == 0.0 and ci.lo <= 0.88 <= ci.hi and ci.degenerate == 0
+    one = paired_ratio_ci(q, t, key="k", counts=[[1.0] * 10], pseudo=[[0.0, 100.0]])  # the pseudo-item outweighs all
+    assert (one.lo, one.hi) == (0.0, pytest.approx(0.88))  # widened to the estimate, which it contains
 
 
 def test_percentile_interval_is_outward_and_contains_the_estimate() -> None:
@@ -156,6 +226,9 @@ def test_figures_from_rows_pair_the_items_and_match_the_point_values() -> None:
     assert rec == paired_recovery_ci([50.0, 60.0, 55.0], [10.0, 30.0, 20.0], [60.0, 80.0, 70.0], key="verbmem_f",
                                      estimate=figs.recovery["rtn-w4g128"]["verbmem_f"])
     assert rec.lo <= 0.7 <= rec.hi and rec.n == 3
+    plain = figures([t, u, q], option_auc=None, bootstrap=Bootstrap(prior=0.0)).recovery_ci["rtn-w4g128"]["verbmem_f"]
+    assert plain == paired_recovery_ci([50.0, 60.0, 55.0], [10.0, 30.0, 20.0], [60.0, 80.0, 70.0], key="verbmem_f",
+                                       estimate=figs.recovery["rtn-w4g128"]["verbmem_f"], prior=0) != rec
     assert figs.drop_ci["knowmem_f"].lo <= 35.0 <= figs.drop_ci["knowmem_f"].hi
     assert figs.utility["rtn-w4g128"]["knowmem_r"] == pytest.approx(30 / 40) and "rtn-w4g128" in figs.utility_ci
     assert figs.n == {"verbmem_f": 3, "knowmem_f": 3, "knowmem_r": 3, "privleak": 4}

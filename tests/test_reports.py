@@ -493,6 +493,7 @@ def test_validate_accepts_interval_fields_and_rejects_malformed_ones() -> None:
         (("verdicts", 2, "decided"), "yes", r"verdicts\[2\]\.decided should be true/false or null"),
         (("verdicts", 2, "policy"), "maybe", r"verdicts\[2\]\.policy is 'maybe'"),
         (("provenance", "bootstrap", "replicates"), 1.5, r"provenance\.bootstrap\.replicates should be an integer"),
+        (("provenance", "bootstrap", "prior"), "one", r"provenance\.bootstrap\.prior should be a number"),
         (("resolution", "knowmem_f", "exceeds_budget"), None, r"resolution\.knowmem_f\.exceeds_budget should be true/false"),
     ]:
         bad = copy.deepcopy(report)

@@ -97,7 +97,7 @@ class DocumentsBenchmark:
         from ..metrics import evaluate
 
         chosen = [m.name for m in self.metrics if metrics is None or m.name in metrics]
-        return evaluate(model, data, metrics=chosen, batch_size=batch_size)
+        return evaluate(model, data, metrics=chosen, batch_size=batch_size, progress=progress)
 
     def privacy(self, metric: str) -> Privleak:
         if metric != "privleak":

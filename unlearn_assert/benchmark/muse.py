@@ -107,7 +107,7 @@ class MuseBenchmark:
                 progress: Callable[[str], None] | None = None) -> Evaluation:
         from ..metrics import evaluate
 
-        return evaluate(model, data, metrics=metrics, batch_size=batch_size)
+        return evaluate(model, data, metrics=metrics, batch_size=batch_size, progress=progress)
 
     def interval(self, spec: MetricSpec, rows: Sequence[Any], estimate: float | None, boot: Any,
                  paired: Callable[..., Any]) -> Interval | None:

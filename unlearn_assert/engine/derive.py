@@ -42,6 +42,7 @@ from ..metrics.stats import (
     LEVEL,
     N_RESAMPLES,
     PAIRED_SEED,
+    PRIOR,
     Interval,
     clear_draws,
     paired_difference_ci,
@@ -63,14 +64,17 @@ Values = Mapping[str, float | None]
 
 @dataclass(frozen=True)
 class Bootstrap:
-    """How the intervals were drawn: ``replicates`` (B; 0 = no intervals), ``seed``, ``confidence``."""
+    """How the intervals were drawn: ``replicates`` (B; 0 = no intervals), ``seed``, ``confidence``,
+    and ``prior``, the weight of the pseudo-items of the drop, recovery and utility (0: the plain
+    bootstrap used before issue 31; :mod:`unlearn_assert.metrics.stats`)."""
 
     replicates: int = N_RESAMPLES
     seed: int = PAIRED_SEED
     confidence: float = LEVEL
+    prior: float = PRIOR
 
     def to_dict(self) -> dict[str, Any]:
-        return {"replicates": self.replicates, "seed": self.seed, "confidence": self.confidence}
+        return {"replicates": self.replicates, "seed": self.seed, "confidence": self.confidence, "prior": self.prior}
 
 
 @dataclass(frozen=True)
@@ -258,18 +262,18 @@ def _paired(metric: str, rows: Sequence[Row], split: str | None = None) -> list[
 # (every item of a gate derives the figures of its own rows, and the report those of all rows).
 @lru_cache(maxsize=2048)
 def _difference(a: tuple[float, ...], b: tuple[float, ...], key: str, estimate: float | None, boot: Bootstrap) -> Interval:
-    return paired_difference_ci(a, b, key=key, estimate=estimate, **_opts(boot))
+    return paired_difference_ci(a, b, key=key, estimate=estimate, **_paired_opts(boot))
 
 
 @lru_cache(maxsize=2048)
 def _recovery(q: tuple[float, ...], u: tuple[float, ...], t: tuple[float, ...], key: str, estimate: float | None,
               boot: Bootstrap) -> Interval:
-    return paired_recovery_ci(q, u, t, key=key, estimate=estimate, **_opts(boot))
+    return paired_recovery_ci(q, u, t, key=key, estimate=estimate, **_paired_opts(boot))
 
 
 @lru_cache(maxsize=2048)
 def _ratio(num: tuple[float, ...], den: tuple[float, ...], key: str, estimate: float | None, boot: Bootstrap) -> Interval:
-    return paired_ratio_ci(num, den, key=key, estimate=estimate, **_opts(boot))
+    return paired_ratio_ci(num, den, key=key, estimate=estimate, **_paired_opts(boot))
 
 
 def clear_memo() -> None:
@@ -283,6 +287,11 @@ def clear_memo() -> None:
 
 def _opts(boot: Bootstrap) -> dict[str, Any]:
     return {"seed": boot.seed, "n_resamples": boot.replicates, "confidence": boot.confidence}
+
+
+def _paired_opts(boot: Bootstrap) -> dict[str, Any]:
+    """The options of the figures that have pseudo-items (all but the privacy metrics')."""
+    return {**_opts(boot), "prior": boot.prior}
 
 
 def _oriented(scores: Sequence[tuple[float, ...]], spec: MetricSpec) -> list[tuple[float, ...]]:

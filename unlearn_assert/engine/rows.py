@@ -14,7 +14,7 @@ the controller on test reports.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
@@ -153,7 +153,8 @@ def compute_row(role: Role, source: Source | None, inputs: Inputs, handoff: Any 
     dtype = loaded.dtype
     if source is None:
         say(f"evaluate {role} fp")
-        evaluation = benchmark.measure(loaded, inputs.data, batch_size=inputs.run.batch_size, progress=say).to_dict()
+        evaluation = benchmark.measure(loaded, inputs.data, batch_size=inputs.run.batch_size,
+                                       progress=_within(say, role, variant)).to_dict()
         details = None
     else:
         say(f"quantize {role} {variant}")
@@ -161,7 +162,8 @@ def compute_row(role: Role, source: Source | None, inputs: Inputs, handoff: Any 
             with source.apply(role, inputs, handoff) as applied:
                 say(f"evaluate {role} {variant}")
                 data = inputs.data if applied.data is None else applied.data
-                evaluation = benchmark.measure(applied.view, data, batch_size=inputs.run.batch_size, progress=say).to_dict()
+                evaluation = benchmark.measure(applied.view, data, batch_size=inputs.run.batch_size,
+                                               progress=_within(say, role, variant)).to_dict()
                 _renumber(evaluation, applied.sample_ids)
                 details, passed_on, dtype = applied.details, applied.handoff, applied.view.dtype
         except BackendUnavailable as exc:
@@ -171,6 +173,11 @@ def compute_row(role: Role, source: Source | None, inputs: Inputs, handoff: Any 
     row = Row.measured(role, variant, evaluation, details, time.perf_counter() - start, dtype, names)
     say(f"{role} {variant}: " + ", ".join(f"{m} {v:.1f}" for m, v in row.values.items() if v is not None) + f" ({row.seconds:.1f} s)")
     return row, passed_on
+
+
+def _within(say: Callable[[str], None], role: Role, variant: str) -> Callable[[str], None]:
+    """The progress lines of a row's metrics, named after the row: ``unlearned fp verbmem_f: 37/100 ...``."""
+    return lambda line: say(f"{role} {variant} {line}")
 
 
 def _renumber(evaluation: dict[str, Any], sample_ids: dict[str, list[int]] | None) -> None:

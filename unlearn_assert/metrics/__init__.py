@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +24,7 @@ from ..config import REFERENCE_AUC_RANGE, reference_auc_ok
 from ..errors import ConfigError, ModelError
 from ..names import METRICS
 from ..plain import plain
+from ..render.schema import MUSE_METRICS as MUSE_METRIC_SPECS
 from .knowmem import KNOWMEM_MAX_NEW_TOKENS
 from .privleak import MIN_K_RATIO
 from .verbmem import VERBMEM_MAX_NEW_TOKENS
@@ -33,6 +34,8 @@ __all__ = ["AUC_SOURCES", "DEFAULT_REFERENCE_AUC", "METRICS", "METRIC_SETTINGS",
 #: The settings that change metric numbers (MUSE's definitions); part of every cached result's key.
 METRIC_SETTINGS: dict[str, Any] = {"verbmem_new_tokens": VERBMEM_MAX_NEW_TOKENS, "knowmem_new_tokens": KNOWMEM_MAX_NEW_TOKENS,
                                    "privleak": f"min-{round(MIN_K_RATIO * 100)}%", "rouge": "rougeL-f1-nostem"}
+#: What each metric's items are, as progress lines count them ("37/100 forget passages").
+ITEM_NOUNS: dict[str, str] = {m["name"]: m["items"] for m in MUSE_METRIC_SPECS}
 #: Where the reference (retrain) AUC came from.
 AUC_SOURCES: tuple[str, ...] = ("retrain", "option", "default")
 #: The reference AUC without a retrain model or option: a model that cannot tell forget from holdout.
@@ -110,6 +113,15 @@ def _model(model: Any) -> tuple[Any, Any]:
     return hf, tokenizer
 
 
+def _items(data: Any, metric: str) -> int:
+    """How many items a metric evaluates (privleak: forget and holdout texts), for progress lines."""
+    if metric == "privleak":
+        return len(data.privleak_forget) + len(data.privleak_holdout)
+    if metric == "verbmem_f":
+        return len(data.verbmem_forget)
+    return len(data.knowmem_forget_qa if metric == "knowmem_f" else data.knowmem_retain_qa)
+
+
 def _reference(retrain_auc: float | None, source: str | None) -> tuple[float, str]:
     if source is not None and source not in AUC_SOURCES:
         raise ConfigError(f"unknown retrain AUC source {source!r}; use one of {', '.join(AUC_SOURCES)}")
@@ -175,6 +187,8 @@ def evaluate(
     seed: int = 0,
     *,
     max_length: int | None = None,
+    progress: Callable[[str], None] | None = None,
+    clock: Callable[[], float] | None = None,
 ) -> Evaluation:
     """Compute MUSE metrics for ``model`` (a LoadedModel or quantized view) on ``data`` (a MuseData
     or a MUSE-layout directory).
@@ -184,10 +198,14 @@ def evaluate(
     split. ``retrain_auc``/``retrain_auc_source``: the reference AUC for privleak and where it came
     from ("retrain" or "option"; 0.5 and "default" when absent). ``seed``: bootstrap seed.
     ``max_length``: privleak's context window override (default: the model config's).
+    ``progress``: receives a line on a metric that runs longer than 30 s, at most one per 30 s: the
+    items done, the time so far and the expected remainder (:mod:`.progress`; ``clock``: seconds,
+    ``time.monotonic`` by default, injectable for tests).
     """
     from .generation import ignored_generation_settings, resolve_batch_size
     from .knowmem import knowmem
     from .privleak import privleak, privleak_scores
+    from .progress import Meter
     from .stats import bootstrap_auc_ci, bootstrap_mean_ci
     from .verbmem import verbmem_f
 
@@ -208,8 +226,10 @@ def evaluate(
     with _eval_mode(hf):
         for metric in chosen:
             start = time.perf_counter()
+            meter = Meter(progress, metric, _items(data, metric), ITEM_NOUNS[metric], clock=clock)
             if metric == "privleak":
-                scores = privleak_scores(hf, tokenizer, data.privleak_forget, data.privleak_holdout, batch_size=bs, max_length=max_length)
+                scores = privleak_scores(hf, tokenizer, data.privleak_forget, data.privleak_holdout, batch_size=bs,
+                                         max_length=max_length, meter=meter)
                 values[metric] = privleak(scores.auc, reference)
                 forget_member = [-v["min_40"] for v in scores.forget]
                 holdout_member = [-v["min_40"] for v in scores.holdout]
@@ -224,12 +244,12 @@ def evaluate(
                 split_seconds = dict(scores.extras["seconds_split"])
             else:
                 if metric == "verbmem_f":
-                    result = verbmem_f(hf, tokenizer, data.verbmem_forget, batch_size=bs)
+                    result = verbmem_f(hf, tokenizer, data.verbmem_forget, batch_size=bs, meter=meter)
                     extras["n"]["verbmem_forget"] = len(data.verbmem_forget)
                 else:
                     split = "forget" if metric == "knowmem_f" else "retain"
                     qa, icl = getattr(data, f"knowmem_{split}_qa"), getattr(data, f"knowmem_{split}_icl")
-                    result = knowmem(hf, tokenizer, qa, icl, batch_size=bs)
+                    result = knowmem(hf, tokenizer, qa, icl, batch_size=bs, meter=meter)
                     extras["n"][f"knowmem_{split}_qa"] = len(qa)
                     extras["prefix_cache"][metric] = {
                         "prefix_tokens": result.extras["prefix_tokens"],

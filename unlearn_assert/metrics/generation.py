@@ -55,6 +55,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from ..errors import ConfigError
+from .progress import Meter
 
 __all__ = [
     "CPU_BUDGET_FACTOR",
@@ -604,11 +605,13 @@ def _run_batch(
     prefix_cache: Any = None,
     prefix_len: int = 0,
     stop: Callable[[list[int]], bool] | None = None,
+    on_step: Callable[[float], None] | None = None,
 ) -> tuple[list[list[int]], int]:
     """Greedy-decode one batch (rows longest first). Layout per row of the pre-sized cache:
     [cached prefix][left padding][own tokens][new tokens]. Prompts are prefilled a few rows at a
     time (at most ``prefill_tokens`` padded tokens per forward; a longer prompt alone, in chunks),
-    then all rows decode together, one in-place cache write per step."""
+    then all rows decode together, one in-place cache write per step. ``on_step(share)`` is called
+    after every forward with the share of the batch's decoding done (progress lines)."""
     import time
 
     import torch
@@ -641,6 +644,8 @@ def _run_batch(
             attn = io.attention_mask(mask[a:b, : offset + end], offset + c, end - c)
             logits = io.forward(ids[:, c:end], attn, positions[a:b, offset + c: offset + end], cache, last_only=True)
             passes += 1
+            if on_step is not None:
+                on_step(0.0)
         first.append(logits)
     logits = torch.cat(first) if len(first) > 1 else first[0]
     timer.prefill += time.perf_counter() - begin
@@ -675,8 +680,19 @@ def _run_batch(
         passes += 1
         length += 1
         next_pos = next_pos + 1
+        if on_step is not None:
+            on_step((step + 1) / max_new_tokens)
     timer.decode += time.perf_counter() - begin
     return out, passes
+
+
+def _progress(meter: Meter, before: int, rows: int) -> Callable[[float], None]:
+    """A batch's ``on_step``: its rows count as done in proportion to its decode steps."""
+
+    def on_step(share: float) -> None:
+        meter.update(before + rows * share)
+
+    return on_step
 
 
 def greedy_generate(
@@ -688,6 +704,7 @@ def greedy_generate(
     batch_size: int | None = None,
     prefix_ids: Sequence[int] | None = None,
     stop: Callable[[list[int]], bool] | None = None,
+    meter: Meter | None = None,
 ) -> Generated:
     """Greedy continuations of tokenized ``prompts`` (ids as ``tokenizer(prompt)`` gives them).
 
@@ -696,7 +713,8 @@ def greedy_generate(
     each new token (EOS always stops). ``batch_size=None`` picks the rows per batch from the memory
     budget (:func:`plan_generation`). Prompts are batched longest first in length buckets
     (:func:`length_buckets`; the largest batch runs first so an out-of-memory error comes early);
-    results keep the input order.
+    results keep the input order. ``meter``: told the prompts done after every forward (a batch's
+    rows count as done in proportion to its decode steps), for progress lines.
     """
     import time
 
@@ -713,7 +731,7 @@ def greedy_generate(
     rows_per_batch = batch_size if batch_size is not None else plan.rows
     timer = _Timer()
     results: list[list[int]] = [[] for _ in range(n)]
-    passes, used = 0, 0
+    passes, used, done = 0, 0, 0
     with torch.inference_mode():
         groups: list[tuple[list[int], int, Any]] = []
         shared = sorted(set(range(n)) - set(fallbacks))
@@ -723,6 +741,8 @@ def greedy_generate(
             ids = torch.tensor([list(prefix_ids or [])[:prefix_len]], dtype=torch.long)
             io.forward(ids, torch.ones_like(ids), torch.arange(prefix_len)[None], cache, last_only=True)
             timer.prefill += time.perf_counter() - begin
+            if meter is not None:
+                meter.update()
             passes += 1
             groups.append((shared, prefix_len, cache))
         if fallbacks:
@@ -732,8 +752,12 @@ def greedy_generate(
             own = [len(p) - offset for p in prompts]
             for chunk in length_buckets(order, own, rows_per_batch):
                 rows = [list(prompts[i])[offset:] for i in chunk]
+                on_step = None if meter is None else _progress(meter, done, len(chunk))
                 outs, count = _run_batch(io, rows, max_new_tokens, pad_id=pad, eos=eos, prefill_tokens=plan.prefill_tokens,
-                                         timer=timer, prefix_cache=cache, prefix_len=offset, stop=stop)
+                                         timer=timer, prefix_cache=cache, prefix_len=offset, stop=stop, on_step=on_step)
+                done += len(chunk)
+                if meter is not None:
+                    meter.update(done)
                 passes += count
                 used = max(used, len(chunk))
                 for i, generated in zip(chunk, outs):

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .generation import Generated, greedy_generate
+from .progress import Meter
 from .rouge import KNOWMEM_STOP_STRINGS, contains_stop_string, cut_at_stop_strings, decode, rouge_l_f1
 from .stats import MetricResult
 
@@ -53,6 +54,7 @@ def knowmem_generations(
     max_new_tokens: int = KNOWMEM_MAX_NEW_TOKENS,
     reuse_prefix: bool = True,
     early_stop: bool = True,
+    meter: Meter | None = None,
 ) -> tuple[list[str], Generated]:
     """Cut answer texts for ``questions`` and the raw generation record.
 
@@ -76,6 +78,7 @@ def knowmem_generations(
         batch_size=batch_size,
         prefix_ids=prefix_ids,
         stop=stop if early_stop else None,
+        meter=meter,
     )
     texts = [cut_at_stop_strings(decode(tokenizer, ids), KNOWMEM_STOP_STRINGS) for ids in out.ids]
     return texts, out
@@ -90,11 +93,12 @@ def knowmem(
     batch_size: int | None = None,
     max_new_tokens: int = KNOWMEM_MAX_NEW_TOKENS,
     reuse_prefix: bool = True,
+    meter: Meter | None = None,
 ) -> MetricResult:
-    """``knowmem_f`` / ``knowmem_r`` over ``qa`` with the split's ``icl`` pairs."""
+    """``knowmem_f`` / ``knowmem_r`` over ``qa`` with the split's ``icl`` pairs (``meter``: progress lines)."""
     texts, out = knowmem_generations(
         model, tokenizer, [item.question for item in qa], icl,
-        batch_size=batch_size, max_new_tokens=max_new_tokens, reuse_prefix=reuse_prefix,
+        batch_size=batch_size, max_new_tokens=max_new_tokens, reuse_prefix=reuse_prefix, meter=meter,
     )
     scores: list[float] = []
     samples: list[dict[str, Any]] = []

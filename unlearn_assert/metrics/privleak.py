@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .generation import MAX_AUTO_BATCH, ModelIO, ModelShape, context_window, memory_budget, pad_token_id, presized_cache
+from .progress import Meter
 from .rouge import excerpt
 
 __all__ = [
@@ -281,6 +282,7 @@ def score_texts(
     batch_size: int | None = None,
     max_length: int | None = None,
     timings: dict[str, float] | None = None,
+    meter: Meter | None = None,
 ) -> tuple[list[TextScore], int]:
     """Token statistics for ``texts`` (one causal pass each, batched by tokens), and the largest
     number of texts scored together: ``tokenizer(text)`` (BOS included), then :func:`score_ids`.
@@ -290,7 +292,7 @@ def score_texts(
         return [], batch_size or 1
     encoded = [list(ids) for ids in tokenizer(list(texts))["input_ids"]]
     return score_ids(model, encoded, pad_id=pad_token_id(tokenizer), batch_size=batch_size, max_length=max_length,
-                     timings=timings)
+                     timings=timings, meter=meter)
 
 
 def score_ids(
@@ -303,6 +305,7 @@ def score_ids(
     batch_size: int | None = None,
     max_length: int | None = None,
     timings: dict[str, float] | None = None,
+    meter: Meter | None = None,
 ) -> tuple[list[TextScore], int]:
     """Token statistics for tokenized sequences (one causal pass each, batched by tokens), and the
     largest number of sequences scored together.
@@ -316,6 +319,8 @@ def score_ids(
     answer after its question). ``moments=False`` skips the Min-K%++ z-scores (``zscores`` empty).
     ``batch_size`` caps the sequences per forward (the token budget still applies). Sequences longer
     than the context window (``max_length`` or the config's) are truncated to it (``truncated``).
+    ``timings`` (if given) receives seconds spent in the body (``forward``) and in ``lm_head`` +
+    statistics (``scoring``). ``meter``: told the sequences done after every forward (progress lines).
     """
     import time
 
@@ -378,6 +383,8 @@ def score_ids(
                         stats[row].append(work.stats(head, out[row, q:r], target, *extra))
                 clock["scoring"] += time.perf_counter() - begin
                 del out
+                if meter is not None:  # the group's texts count as done in proportion to their positions
+                    meter.update(a + len(chunk) * e / width)
             for row, i in enumerate(chunk):
                 lp = [x.cpu() for x, _ in stats[row]]
                 zs = [z.cpu() for _, z in stats[row] if z is not None]
@@ -401,11 +408,14 @@ def privleak_scores(
     *,
     batch_size: int | None = None,
     max_length: int | None = None,
+    meter: Meter | None = None,
 ) -> PrivleakScores:
-    """Score forget and holdout texts and compute every attack's AUC (MUSE orientation)."""
+    """Score forget and holdout texts and compute every attack's AUC (MUSE orientation);
+    ``meter``: progress lines."""
     texts = list(forget) + list(holdout)
     timings: dict[str, float] = {}
-    scores, used = score_texts(model, tokenizer, texts, batch_size=batch_size, max_length=max_length, timings=timings)
+    scores, used = score_texts(model, tokenizer, texts, batch_size=batch_size, max_length=max_length, timings=timings,
+                               meter=meter)
     values = [attack_values(s, t) for s, t in zip(scores, texts)]
     forget_values, holdout_values = values[: len(forget)], values[len(forget):]
     aucs = {a: roc_auc([v[a] for v in forget_values], [v[a] for v in holdout_values]) for a in ATTACKS}

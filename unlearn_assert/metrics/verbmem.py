@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .generation import Generated, greedy_generate
+from .progress import Meter
 from .rouge import decode, excerpt, rouge_l_f1
 from .stats import MetricResult
 
@@ -43,10 +44,11 @@ def verbmem_generations(
     *,
     batch_size: int | None = None,
     max_new_tokens: int = VERBMEM_MAX_NEW_TOKENS,
+    meter: Meter | None = None,
 ) -> tuple[list[list[int]], Generated]:
     """Greedy continuation ids for each prompt, and the generation record (batch size used...)."""
     encoded = [list(ids) for ids in tokenizer(list(prompts))["input_ids"]] if prompts else []
-    out = greedy_generate(model, tokenizer, encoded, max_new_tokens, batch_size=batch_size)
+    out = greedy_generate(model, tokenizer, encoded, max_new_tokens, batch_size=batch_size, meter=meter)
     return out.ids, out
 
 
@@ -57,10 +59,13 @@ def verbmem_f(
     *,
     batch_size: int | None = None,
     max_new_tokens: int = VERBMEM_MAX_NEW_TOKENS,
+    meter: Meter | None = None,
 ) -> MetricResult:
-    """``verbmem_f`` over ``items`` (objects with ``.prompt`` and ``.gt``), with per-sample records."""
+    """``verbmem_f`` over ``items`` (objects with ``.prompt`` and ``.gt``), with per-sample records.
+    ``meter``: progress lines (:mod:`.progress`)."""
     prompts = [item.prompt for item in items]
-    ids, out = verbmem_generations(model, tokenizer, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens)
+    ids, out = verbmem_generations(model, tokenizer, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                                   meter=meter)
     scores: list[float] = []
     samples: list[dict[str, Any]] = []
     for index, (item, generated) in enumerate(zip(items, ids)):

@@ -103,13 +103,17 @@ class Calibration(TypedDict):
     fingerprint: str  # sha256 of the documents and settings (part of GPTQ/AWQ cache keys)
 
 
-class BootstrapInfo(TypedDict):
+class _BootstrapRequired(TypedDict):
     """How every interval of the report was drawn (``metrics/stats.py``, "paired bootstrap"): one
-    resample of item indices per replicate, shared by U, T, the variant (and R for privleak)."""
+    weighing of the items per replicate, shared by U, T, the variant (and R for privleak)."""
 
     replicates: int  # B, the number of bootstrap replicates (1000)
     seed: int  # the seed of the draw: the same intervals on every run and xdist worker
     confidence: float  # two-sided level of every interval: 0.9, 0.95 or 0.99 (--unlearn-confidence)
+
+
+class BootstrapInfo(_BootstrapRequired, total=False):
+    prior: float  # weight of each pseudo-item of the drop, recovery and utility: 1 (absent before issue 31: none)
 
 
 class _ProvenanceRequired(TypedDict):
@@ -332,6 +336,7 @@ def _validate_provenance(prov: Mapping[str, Any]) -> None:
         _check(boot, "replicates", int, f"{w}.bootstrap")
         _check(boot, "seed", int, f"{w}.bootstrap")
         _check(boot, "confidence", _NUMBER, f"{w}.bootstrap")
+        _check(boot, "prior", _NUMBER, f"{w}.bootstrap", required=False)
     settings = _check(prov, "settings", dict, w, required=False)
     if settings is not None:
         quantizers = _check(settings, "quantizers", list, f"{w}.settings", required=False)

@@ -53,7 +53,9 @@ def add_unlearn_parser(subparsers: Any) -> argparse.ArgumentParser:
                         "(default: float32)")
     p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (default: 0.0)")
     p.add_argument("--device", default="cpu", help="device (default: cpu)")
-    p.add_argument("--log-every", type=int, default=10, help="print one progress line every N steps (default: 10)")
+    p.add_argument("--log-every", type=int, default=10,
+                   help="print one progress line every N steps, at most one per 30 s once the run is expected to take "
+                   "longer (default: 10)")
     p.add_argument("--sure", action="store_true", help="SURE: update only the most salient linear modules (default rule: --sure-top 0.1)")
     rule = p.add_mutually_exclusive_group()
     rule.add_argument("--sure-top", type=float, help="fraction of linear modules to update, by saliency (e.g. 0.1)")

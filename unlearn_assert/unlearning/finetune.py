@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from ..errors import DataError, UnlearnAssertError
+from ..metrics.progress import StepLog
 from .losses import nll_loss, shift_for_lm
 from .trainer import BatchCycler, chunk_text
 
@@ -61,6 +62,7 @@ def finetune(model: Any, tokenizer: Any, text: str, *, steps: int, lr: float, ba
     model.eval()  # no dropout: the same id gives the same model
     start = time.perf_counter()
     first = last = float("nan")
+    log = StepLog(steps, 25)
     try:
         for step in range(1, steps + 1):
             ids, mask = chunks.batch(cycler.next(), device)
@@ -74,8 +76,9 @@ def finetune(model: Any, tokenizer: Any, text: str, *, steps: int, lr: float, ba
             optimizer.zero_grad(set_to_none=True)
             first = value if step == 1 else first
             last = value
-            if step % 25 == 0 or step == steps:
-                say(f"relearn step {step}/{steps}: loss {value:.4f} ({time.perf_counter() - start:.1f} s)")
+            if log.due(step):  # every 25 steps, at most one line per 30 s in a long run, and the last
+                elapsed = time.perf_counter() - start
+                say(f"relearn step {step}/{steps}: loss {value:.4f} ({elapsed:.1f} s, {log.left(step)})")
     finally:
         del optimizer
         if was_training:

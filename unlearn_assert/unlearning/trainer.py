@@ -51,6 +51,7 @@ import torch
 from ..data.muse import RAW_FORGET_HINT, RAW_RETAIN_HINT, MuseData, load_data
 from ..errors import DataError, UnlearnAssertError
 from ..fs import user_path
+from ..metrics.progress import StepLog
 from ..models import LoadedModel, load_model, quiet_transformers, resolve_device
 from .losses import LossInputs, Method, forget_loss, method_loss, parse_method, shift_for_lm
 from .settings import UnlearnSettings
@@ -225,7 +226,9 @@ def unlearn(
 ) -> UnlearnResult:
     """Unlearn ``data``'s raw forget text from ``target`` with ``settings``; returns the model in memory.
 
-    ``progress`` receives one line per ``settings.log_every`` steps (and a few setup lines).
+    ``progress`` receives one line per ``settings.log_every`` steps, at most one per 30 s once the run
+    is expected to take longer (:class:`~unlearn_assert.metrics.progress.StepLog`), the last step's,
+    and a few setup lines.
     """
     s = (settings or UnlearnSettings()).validated()
     method: Method = parse_method(s.method)
@@ -284,6 +287,7 @@ def unlearn(
     retain_cycler = BatchCycler(len(retain), s.batch_size, s.seed + 1) if retain is not None else None
     curve: list[dict[str, Any]] = []
     start = time.perf_counter()
+    log = StepLog(steps, s.log_every)
     for step in range(1, steps + 1):
         f_in = _forward(model, ref, forget.batch(forget_cycler.next(), s.device), method.forget == "npo")
         r_in = None
@@ -306,9 +310,10 @@ def unlearn(
             "seconds": round(time.perf_counter() - start, 4),
         }
         curve.append(record)
-        if step % s.log_every == 0 or step == steps:
+        if log.due(step):
             retain_txt = "" if record["retain_loss"] is None else f"  retain {record['retain_loss']:.4f}"
-            say(f"step {step}/{steps}  forget {record['forget_loss']:.4f}{retain_txt}  total {total:.4f}  ({record['seconds']:.1f}s)")
+            say(f"step {step}/{steps}  forget {record['forget_loss']:.4f}{retain_txt}  total {total:.4f}  "
+                f"({record['seconds']:.1f}s, {log.left(step)})")
 
     model.eval()
     if compute != s.dtype:  # exact: every weight holds a bf16 value
