@@ -12,7 +12,9 @@ A task is named as the user has it: an lm-eval task, group or tag name (``mmlu``
 refer to), an inline config dict, or a WMDP-form data file (:mod:`.wmdp`).
 
 Building lm-eval's index of its ~15,000 built-in task files takes seconds to tens of seconds, so it
-is built only when a name or a YAML needs it, and once per process for the same include folders.
+is built only for a spec that needs it (a built-in task name, or a group config that names other
+tasks), once per process for the same include folders; a WMDP-form file, a task YAML and a name
+in the user's include folders are built without it.
 """
 
 from __future__ import annotations
@@ -133,15 +135,35 @@ def _include_dirs(include_path: str | Path | Sequence[str | Path] | None) -> tup
     return tuple(dirs)
 
 
-def _classify(spec: TaskSpec) -> tuple[str, str | dict[str, Any], dict[str, Any] | None, bool]:
-    """(label, what TaskManager.load takes, the WMDP-form config or None, whether the built-in index is needed)."""
+#: which task index a spec needs: none (a config of its own), the user's folders, or lm-eval's built-in tasks too
+_OWN, _NAME, _BUILTIN = "own", "name", "builtin"
+
+
+def _is_group_yaml(path: Path) -> bool:
+    """A group YAML names other tasks, which only lm-eval's index resolves."""
+    try:
+        from lm_eval.tasks._index import Kind, TaskIndex
+
+        entry = TaskIndex.entry_from_path(path)
+        return entry is None or entry.kind is Kind.GROUP
+    except Exception:  # an lm-eval without this helper, or a YAML it cannot read: let the full index build it
+        return True
+
+
+def _classify(spec: TaskSpec) -> tuple[str, str | dict[str, Any], dict[str, Any] | None, str]:
+    """(label, what TaskManager.load takes, the WMDP-form config or None, the index it needs)."""
     if isinstance(spec, WmdpForm):
         config = wmdp_task_config(spec)
-        return spec.path, config, config, False
+        return spec.path, config, config, _OWN
     if isinstance(spec, dict):
         if "task" not in spec and "group" not in spec:
             raise ConfigError(f"an inline lm-eval config needs a 'task' (or 'group') key; got keys {sorted(spec)}")
-        return f"inline:{spec.get('task') or spec.get('group')}", dict(spec), None, "group" in spec
+        return (
+            f"inline:{spec.get('task') or spec.get('group')}",
+            dict(spec),
+            None,
+            _BUILTIN if "group" in spec else _OWN,
+        )
     text = str(spec).strip()
     if not text:
         raise ConfigError(
@@ -150,13 +172,13 @@ def _classify(spec: TaskSpec) -> tuple[str, str | dict[str, Any], dict[str, Any]
     suffix = Path(text).suffix.lower()
     if suffix in SUFFIXES:
         config = wmdp_task_config(WmdpForm(text))
-        return text, config, config, False
+        return text, config, config, _OWN
     if suffix in _YAML:
         path = user_path(text)
         if not path.is_file():
             raise ConfigError(f"lm-eval task YAML '{text}' does not exist; pass the path of a task config file")
-        return text, str(path.resolve()), None, True
-    return text, text, None, True
+        return text, str(path.resolve()), None, _BUILTIN if _is_group_yaml(path) else _OWN
+    return text, text, None, _NAME
 
 
 def _unknown(name: str, manager: Any) -> ConfigError:
@@ -204,11 +226,13 @@ def load_tasks(
     items = [specs] if isinstance(specs, (str, Path, WmdpForm, dict)) else list(specs)
     if not items:
         raise ConfigError("no lm-eval task given; name one (e.g. mmlu), a task YAML or a WMDP-form file")
-    classified = [_classify(s) for s in items]
     include = _include_dirs(include_path)
-    manager = _manager(any(c[3] for c in classified) or bool(include), include)
+    classified = [_classify(s) for s in items]
+    own = _manager(False, include)  # the user's folders alone: milliseconds; lm-eval's index only when a spec needs it
     entries: list[TaskEntry] = []
-    for label, spec, config, _ in classified:
+    for label, spec, config, needs in classified:
+        found = needs == _OWN or (needs == _NAME and bool(include) and str(spec) in own.all_tasks)
+        manager = own if found else _manager(True, include)
         try:
             loaded = manager.load(spec)
         except KeyError:
@@ -241,4 +265,4 @@ def load_tasks(
                     f"lm-eval task '{leaf}' is part of both '{seen[leaf]}' and '{entry.spec}'; name each task once"
                 )
             seen[leaf] = entry.spec
-    return LoadedTasks(entries=tuple(entries), manager=manager)
+    return LoadedTasks(entries=tuple(entries), manager=own)
