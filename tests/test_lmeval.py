@@ -486,6 +486,32 @@ def test_backend_relearn_is_the_engines_relearn_source(
     assert [i.loglikelihoods for i in relearned.items] != [i.loglikelihoods for i in fp.items]
 
 
+def test_backend_your_gguf_file_is_the_gguf_quantizers_model(
+    tmp_path: Path, tiny_model_dir: Path, wmdp_dir: Path
+) -> None:
+    """The artifact source through the backend: the user's llama.cpp q8_0 file of the model (quantized=NAME=FILE)
+    scores exactly as the quantizer id gguf-q8_0, which runs llama.cpp's own quantizer on the same weights."""
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed: pip install 'unlearn-assert[gguf]'")
+    from unlearn_assert.lmeval.backend import UnlearnAssertLM
+    from unlearn_assert.lmeval.evaluate import evaluate
+    from unlearn_assert.lmeval.tasks import load_tasks
+    from unlearn_assert.models import load_model
+    from unlearn_assert.quant.gguf import llama_quantize
+    from unlearn_assert.quant.gguf_convert import write_f32_gguf
+
+    loaded = load_model(tiny_model_dir)
+    write_f32_gguf(loaded.model, loaded.model.config, loaded.path, tmp_path / "f32.gguf")
+    llama_quantize(tmp_path / "f32.gguf", tmp_path / "mine.gguf", "q8_0", 1)
+    del loaded
+    tasks = load_tasks([WmdpForm(str(wmdp_dir / "forget.jsonl"), subject="biology")])
+    results = []
+    for args in ({"quantized": f"mine={tmp_path / 'mine.gguf'}"}, {"variant": "gguf-q8_0"}):
+        with UnlearnAssertLM(pretrained=str(tiny_model_dir), device="cpu", no_cache=True, batch_size=4, **args) as lm:
+            [result] = evaluate(lm, tasks)
+            results.append((lm.unlearn_info["variant"], [i.loglikelihoods for i in result.items]))
+    assert [v for v, _ in results] == ["mine", "gguf-q8_0"] and results[0][1] == results[1][1]
+
+
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
