@@ -338,6 +338,42 @@ def test_per_item_records_and_aggregate(target: Any, wmdp_dir: Path) -> None:
         evaluate(target, tasks, device="cpu", log_samples=False)
 
 
+def test_a_group_of_your_tasks_by_name_in_your_folder(tmp_path: Path, target: Any, wmdp_dir: Path) -> None:
+    """A group (as mmlu is one): named from the include folder without lm-eval's built-in index; its items are its
+    members' items, its aggregate lm-eval's size-weighted mean, all equal to simple_evaluate on the same folder."""
+    import yaml
+    from lm_eval.tasks import TaskManager
+
+    from unlearn_assert.lmeval.evaluate import evaluate
+    from unlearn_assert.lmeval.tasks import _manager, load_tasks
+    from unlearn_assert.lmeval.wmdp import wmdp_task_config
+
+    folder = tmp_path / "my_tasks"
+    folder.mkdir()
+    for name, file in (("part_forget", "forget.jsonl"), ("part_utility", "utility.jsonl")):
+        config = wmdp_task_config(WmdpForm(str(wmdp_dir / file), name=name, subject="biology"))
+        (folder / f"{name}.yaml").write_text(yaml.safe_dump(config))
+    (folder / "both.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "group": "both",
+                "task": ["part_forget", "part_utility"],
+                "aggregate_metric_list": [{"metric": "acc", "aggregation": "mean", "weight_by_size": True}],
+            }
+        )
+    )
+    _manager.cache_clear()
+    [ours] = evaluate(target, load_tasks(["both"], include_path=folder), batch_size=4)
+    assert _manager.cache_info().currsize == 1  # only the folder's index was built
+    plain = _plain(target, ["both"], TaskManager(include_path=str(folder), include_defaults=False))
+    assert (ours.name, sorted(ours.subtasks)) == ("both", ["part_forget", "part_utility"])
+    assert [i.task for i in ours.items] == ["part_forget"] * 10 + ["part_utility"] * 10
+    expected = _lls(plain["samples"]["part_forget"]) + _lls(plain["samples"]["part_utility"])
+    assert [i.loglikelihoods for i in ours.items] == expected
+    assert ours.value("acc") == plain["results"]["both"]["acc,none"]
+    assert ours.value("acc") == pytest.approx(sum(ours.scores("acc")) / 20, abs=1e-12)
+
+
 def test_the_fingerprint_follows_the_content_not_the_path(tmp_path: Path, wmdp_dir: Path) -> None:
     from unlearn_assert.lmeval.tasks import load_tasks
 
