@@ -475,7 +475,7 @@ def test_backend_rtn_through_lm_evals_python_api(tiny_model_dir: Path, target: A
     assert results["results"]["wmdp_form_forget"]["acc,none"] == expected.value("acc")
     info = results["config"]["unlearn_assert"]
     assert (info["variant"], info["role"], info["pretrained"]) == ("rtn-w4g128", "target", str(tiny_model_dir))
-    assert info["quant"]["changed_fraction"] > 0
+    assert info["details"]["changed_fraction"] > 0
     [plain_fp] = evaluate(target, [config], batch_size=4)
     assert [i.loglikelihoods for i in plain_fp.items] != [i.loglikelihoods for i in expected.items]  # it did quantize
 
@@ -494,7 +494,7 @@ def test_backend_fp_equals_lm_evals_own_hf_backend_on_the_path(tiny_model_dir: P
         pretrained=str(tiny_model_dir), dtype="float32", device="cpu", no_cache=True, batch_size=4
     ) as lm:
         [ours] = evaluate(lm, tasks)
-        assert lm.unlearn_info["variant"] == "fp" and lm.unlearn_info["quant"] == {}
+        assert lm.unlearn_info["variant"] == "fp" and lm.unlearn_info["details"] == {}
     theirs_lm = HFLM(pretrained=str(tiny_model_dir), device="cpu", dtype="float32", batch_size=4)
     [theirs] = evaluate(theirs_lm, tasks)
     assert [i.loglikelihoods for i in ours.items] == [i.loglikelihoods for i in theirs.items]
@@ -517,7 +517,7 @@ def test_backend_relearn_is_the_engines_relearn_source(
         batch_size=4,
     ) as lm:
         [relearned] = evaluate(lm, tasks)
-        assert (lm.unlearn_info["quant"]["attack"], lm.unlearn_info["quant"]["id"]) == ("relearn", "relearn-forget-2")
+        assert (lm.unlearn_info["details"]["attack"], lm.unlearn_info["details"]["id"]) == ("relearn", "relearn-forget-2")
     [fp] = evaluate(target, tasks, batch_size=4)
     assert [i.loglikelihoods for i in relearned.items] != [i.loglikelihoods for i in fp.items]
 

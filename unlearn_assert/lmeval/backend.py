@@ -135,7 +135,7 @@ class _BackendInputs(Inputs):
 
 def _precheck(run: RunConfig, variant: str) -> None:
     """What can be checked from files before anything loads, one line each (as the gate's precheck)."""
-    from ..attacks import is_attack_id
+    from ..variants.attacks import is_attack_id
     from ..models import check_model_dir, check_tokenizer_files, precheck_pair, read_weight_headers
 
     for name in ("model", "target"):
@@ -144,16 +144,16 @@ def _precheck(run: RunConfig, variant: str) -> None:
         check_tokenizer_files(directory)
     if run.target != run.model:
         precheck_pair(str(run.target), str(run.model), role="unlearned")
-    artifact = run.checkpoint(variant)
+    artifact = run.artifact(variant)
     if artifact is not None:
         if artifact.path.lower().endswith(".gguf"):
             from ..quant.gguf_header import check_gguf_file
 
             check_gguf_file(artifact.name, artifact.path, run.target)
         else:
-            from ..quant.checkpoint import read_checkpoint
+            from ..quant.artifact import read_artifact
 
-            read_checkpoint(artifact.name, artifact.path, run.target)
+            read_artifact(artifact.name, artifact.path, run.target)
         return
     if is_attack_id(variant) and run.data is None:
         raise ConfigError(
@@ -243,8 +243,8 @@ class UnlearnAssertLM(HFLM):  # type: ignore[misc]  # lm-eval is untyped
 
         try:
             run = build_run_config(get)
-            if name != FP and run.checkpoint(name) is None:
-                name = run.quantizers[0]  # the canonical spelling
+            if name != FP and run.artifact(name) is None:
+                name = run.variant_ids[0]  # the canonical spelling
             _precheck(run, name)
         except ConfigError as exc:
             raise _as_model_args(exc) from None
@@ -258,7 +258,7 @@ class UnlearnAssertLM(HFLM):  # type: ignore[misc]  # lm-eval is untyped
         )
         self._stack.callback(inputs.close)
         role: Role = "unlearned"
-        quant: dict[str, Any] = {}
+        details: dict[str, Any] = {}
         try:
             if name == FP:
                 view: Any = inputs.model("unlearned")
@@ -267,7 +267,7 @@ class UnlearnAssertLM(HFLM):  # type: ignore[misc]  # lm-eval is untyped
                 if "target" in source.roles and (target is None or "unlearned" not in source.roles):
                     role = "target"  # no separate target: the model itself, without code agreement
                 applied = self._stack.enter_context(source.apply(role, inputs))
-                view, quant = applied.view, applied.quant
+                view, details = applied.view, applied.details
             with _keep_ties(view.model), _quiet():
                 super().__init__(
                     pretrained=view.model,
@@ -290,7 +290,7 @@ class UnlearnAssertLM(HFLM):  # type: ignore[misc]  # lm-eval is untyped
             "fingerprint": view.fingerprint,
             "dtype": view.dtype,
             "device": str(view.device),
-            "quant": quant,
+            "details": details,
         }
 
     def get_model_info(self) -> dict[str, Any]:
