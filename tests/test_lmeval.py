@@ -517,7 +517,8 @@ def test_backend_relearn_is_the_engines_relearn_source(
         batch_size=4,
     ) as lm:
         [relearned] = evaluate(lm, tasks)
-        assert (lm.unlearn_info["details"]["attack"], lm.unlearn_info["details"]["id"]) == ("relearn", "relearn-forget-2")
+        details = lm.unlearn_info["details"]
+        assert (details["attack"], details["id"]) == ("relearn", "relearn-forget-2")
     [fp] = evaluate(target, tasks, batch_size=4)
     assert [i.loglikelihoods for i in relearned.items] != [i.loglikelihoods for i in fp.items]
 

@@ -135,8 +135,8 @@ class _BackendInputs(Inputs):
 
 def _precheck(run: RunConfig, variant: str) -> None:
     """What can be checked from files before anything loads, one line each (as the gate's precheck)."""
-    from ..variants.attacks import is_attack_id
     from ..models import check_model_dir, check_tokenizer_files, precheck_pair, read_weight_headers
+    from ..variants.attacks import is_attack_id
 
     for name in ("model", "target"):
         directory = check_model_dir(str(getattr(run, name)), allow_pickle=run.allow_pickle)
