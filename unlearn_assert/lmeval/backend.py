@@ -46,7 +46,7 @@ from ..engine.inputs import Inputs
 from ..errors import ConfigError
 from ..names import FP, Role
 from . import MODEL_NAME
-from .evaluate import _keep_ties, _quiet
+from .evaluate import keep_ties, quiet_lm_eval
 
 __all__ = ["UnlearnAssertLM"]
 
@@ -268,7 +268,7 @@ class UnlearnAssertLM(HFLM):  # type: ignore[misc]  # lm-eval is untyped
                     role = "target"  # no separate target: the model itself, without code agreement
                 applied = self._stack.enter_context(source.apply(role, inputs))
                 view, details = applied.view, applied.details
-            with _keep_ties(view.model), _quiet():
+            with keep_ties(view.model), quiet_lm_eval():
                 super().__init__(
                     pretrained=view.model,
                     tokenizer=view.tokenizer,

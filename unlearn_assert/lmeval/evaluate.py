@@ -13,7 +13,7 @@ dispatched over several devices takes its inputs there, as transformers' hooks e
 ``device``, ``parallelize`` and the quantization options are ignored (the model is used as it is, so a
 bnb / HQQ / dequantized view runs in the modules it has); the data-parallel setup is skipped (one
 process). It calls ``model.eval()`` and ``model.tie_weights()``. Re-tying is skipped here
-(:func:`_keep_ties`): on a model loaded by transformers it is a no-op, and on anything else it would
+(:func:`keep_ties`): on a model loaded by transformers it is a no-op, and on anything else it would
 change the caller's model, which other rows still measure, not only the copy lm-eval scores.
 
 **Speed.** HFLM batches (``batch_size``; "auto" searches the largest that fits) and, with its default
@@ -34,7 +34,7 @@ from ..errors import ConfigError
 from . import require_lm_eval
 from .tasks import LoadedTasks, TaskEntry, TaskSpec, load_tasks
 
-__all__ = ["ItemResult", "TaskResult", "evaluate", "hflm"]
+__all__ = ["ItemResult", "TaskResult", "evaluate", "hflm", "keep_ties", "quiet_lm_eval"]
 
 #: simple_evaluate's arguments that evaluate() sets itself
 _OWN = frozenset(
@@ -135,7 +135,7 @@ class TaskResult:
 
 
 @contextmanager
-def _keep_ties(module: Any) -> Iterator[None]:
+def keep_ties(module: Any) -> Iterator[None]:
     """Shadow ``module.tie_weights`` for the block (see the module docstring)."""
     if not callable(getattr(module, "tie_weights", None)):
         yield
@@ -148,7 +148,7 @@ def _keep_ties(module: Any) -> Iterator[None]:
 
 
 @contextmanager
-def _quiet(name: str = "lm_eval") -> Iterator[None]:
+def quiet_lm_eval(name: str = "lm_eval") -> Iterator[None]:
     """lm-eval's warnings about an already loaded model ("many arguments may be ignored"), which we pass on purpose."""
     log = logging.getLogger(name)
     level = log.level
@@ -174,7 +174,7 @@ def hflm(model: Any, *, batch_size: int | str = 1, max_batch_size: int = 64, **h
         import copy
 
         tokenizer = copy.deepcopy(tokenizer)
-    with _keep_ties(module), _quiet():
+    with keep_ties(module), quiet_lm_eval():
         return HFLM(
             pretrained=module, tokenizer=tokenizer, batch_size=batch_size, max_batch_size=max_batch_size, **hf_args
         )
