@@ -23,9 +23,11 @@ given the question (WMDP's and MMLU's " A" ... " D"): one forward per question, 
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +36,7 @@ from ..errors import ConfigError
 from . import require_lm_eval
 from .tasks import LoadedTasks, TaskEntry, TaskSpec, load_tasks
 
-__all__ = ["ItemResult", "TaskResult", "evaluate", "hflm", "keep_ties", "quiet_lm_eval"]
+__all__ = ["ItemResult", "TaskResult", "evaluate", "hflm", "keep_ties", "quiet_lm_eval", "quiet_run"]
 
 #: simple_evaluate's arguments that evaluate() sets itself
 _OWN = frozenset(
@@ -107,22 +109,23 @@ class TaskResult:
 
     def scores(self, metric: str = "acc", filter: str | None = None) -> list[float]:
         """Per-item ``metric`` in :attr:`items` order (one filter: ``none`` or the task's only one)."""
-        return [i.score(metric) for i in self._filtered(filter)]
+        return [i.score(metric) for i in self.filtered(filter)]
 
     def item_ids(self, filter: str | None = None) -> list[str]:
         """``task/doc_id`` of every item, in :meth:`scores` order."""
-        return [f"{i.task}/{i.doc_id}" for i in self._filtered(filter)]
+        return [f"{i.task}/{i.doc_id}" for i in self.filtered(filter)]
 
     def chance(self, filter: str | None = None) -> float:
         """The accuracy of guessing: the mean of 1/(number of choices) over the items (0.25 with four)."""
-        items = self._filtered(filter)
+        items = self.filtered(filter)
         if not items or any(i.n_choices == 0 for i in items):
             raise ConfigError(
                 f"lm-eval task '{self.name}' is not multiple choice; chance accuracy is defined for choices only"
             )
         return sum(1.0 / i.n_choices for i in items) / len(items)
 
-    def _filtered(self, filter: str | None) -> list[ItemResult]:
+    def filtered(self, filter: str | None = None) -> list[ItemResult]:
+        """The items of one filter (``none``, or the task's only one), in :attr:`items` order."""
         names = self.filters()
         want = (
             filter
@@ -157,6 +160,45 @@ def quiet_lm_eval(name: str = "lm_eval") -> Iterator[None]:
         yield
     finally:
         log.setLevel(level)
+
+
+@contextmanager
+def quiet_run(lm: Any) -> Iterator[None]:
+    """lm-eval's ``simple_evaluate`` without its progress bars and its environment probes, for the block.
+
+    Its model's request methods take ``disable_tqdm``, which its evaluator never passes: they are called with it.
+    Its tasks' request builders call ``tqdm`` with no switch (and tqdm reads ``TQDM_DISABLE`` only when imported):
+    the name they call is a disabled tqdm. Its results record ``git describe`` of the working directory (a
+    subprocess that prints "fatal: not a git repository" outside one) and torch's ``collect_env`` report (2.6-2.9 s
+    of subprocesses per call, measured here): both are skipped, so those two entries of its results are empty.
+    Nothing that changes a number is touched."""
+    import lm_eval.api.task as task_module
+    import lm_eval.evaluator as evaluator_module
+
+    shadowed = []
+    for name in ("loglikelihood", "loglikelihood_rolling", "generate_until"):
+        method = getattr(lm, name, None)
+        if callable(method) and "disable_tqdm" in inspect.signature(method).parameters:
+            setattr(lm, name, functools.partial(method, disable_tqdm=True))
+            shadowed.append(name)
+    saved = (task_module.tqdm, evaluator_module.get_git_commit_hash, evaluator_module.add_env_info)
+    task_module.tqdm = functools.partial(saved[0], disable=True)
+    evaluator_module.get_git_commit_hash = _no_git_hash
+    evaluator_module.add_env_info = _no_env_info
+    try:
+        yield
+    finally:
+        task_module.tqdm, evaluator_module.get_git_commit_hash, evaluator_module.add_env_info = saved
+        for name in shadowed:
+            delattr(lm, name)
+
+
+def _no_git_hash() -> None:
+    return None
+
+
+def _no_env_info(storage: dict[str, Any]) -> None:
+    return None
 
 
 def hflm(model: Any, *, batch_size: int | str = 1, max_batch_size: int = 64, **hf_args: Any) -> Any:
@@ -233,6 +275,7 @@ def evaluate(
     batch_size: int | str = 1,
     max_batch_size: int = 64,
     hf_args: Mapping[str, Any] | None = None,
+    quiet: bool = False,
     **evaluate_args: Any,
 ) -> list[TaskResult]:
     """Evaluate ``model`` (see the module docstring) on ``tasks`` with lm-eval; one :class:`TaskResult`
@@ -242,7 +285,9 @@ def evaluate(
     models of a run), or specs that are built now. ``evaluate_args`` go to ``simple_evaluate``
     unchanged (``num_fewshot``, ``limit``, ``apply_chat_template``, ``bootstrap_iters``, the seeds...);
     lm-eval's defaults apply otherwise. ``model`` may also be an lm-eval ``LM`` already built
-    (an ``UnlearnAssertLM``, or an ``HFLM`` for comparison); then ``batch_size`` and ``hf_args`` are its own."""
+    (an ``UnlearnAssertLM``, or an ``HFLM`` for comparison); then ``batch_size`` and ``hf_args`` are its own.
+    ``quiet=True`` (what a gate does; it prints its own progress lines) runs lm-eval without its progress bars and
+    its environment probes (:func:`quiet_run`); the numbers are the same."""
     require_lm_eval()
     import lm_eval
     from lm_eval.api.model import LM
@@ -258,9 +303,10 @@ def evaluate(
         if isinstance(model, LM)
         else hflm(model, batch_size=batch_size, max_batch_size=max_batch_size, **dict(hf_args or {}))
     )
-    results = lm_eval.simple_evaluate(
-        model=lm, tasks=loaded.objects, task_manager=loaded.manager, log_samples=True, **evaluate_args
-    )
+    with quiet_run(lm) if quiet else nullcontext():
+        results = lm_eval.simple_evaluate(
+            model=lm, tasks=loaded.objects, task_manager=loaded.manager, log_samples=True, **evaluate_args
+        )
     if results is None:  # only a non-zero rank of a distributed run gets None; we never start one
         raise RuntimeError("lm-eval returned no results (not rank 0)")
     settings = {"lm_eval": lm_eval.__version__, "batch_size": getattr(lm, "batch_size", batch_size), **evaluate_args}

@@ -20,9 +20,9 @@ in the user's include folders are built without it.
 from __future__ import annotations
 
 import difflib
-import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -30,10 +30,11 @@ from typing import Any
 
 from ..errors import ConfigError, DataError
 from ..fs import user_path
+from ..plain import Digest
 from . import require_lm_eval
 from .wmdp import SUFFIXES, WmdpForm, wmdp_task_config
 
-__all__ = ["LoadedTasks", "TaskEntry", "TaskSpec", "load_tasks", "task_manager"]
+__all__ = ["LoadedTasks", "TaskEntry", "TaskSpec", "hub_offline", "load_tasks", "task_manager"]
 
 #: what names a task: an lm-eval name, a YAML path, a WMDP-form file, or an inline lm-eval config
 TaskSpec = str | Path | WmdpForm | dict[str, Any]
@@ -75,7 +76,7 @@ class TaskEntry:
         if self._fingerprint is None:
             import lm_eval
 
-            digest = hashlib.sha256(f"lm_eval {lm_eval.__version__}\n".encode())
+            digest = Digest().text(f"lm_eval {lm_eval.__version__}\n")
             for name, task in sorted(self.leaf_tasks().items()):
                 config = task.dump_config()
                 config.pop(
@@ -83,10 +84,9 @@ class TaskEntry:
                 )  # run metadata (model args), and the data file's hash, which the docs below cover
                 if isinstance(config.get("dataset_kwargs"), dict):
                     config["dataset_kwargs"] = {k: v for k, v in config["dataset_kwargs"].items() if k != "data_files"}
-                digest.update(json.dumps({"task": name, "config": config}, sort_keys=True, default=str).encode())
+                digest.text(json.dumps({"task": name, "config": config}, sort_keys=True, default=str))
                 for doc in task.eval_docs:
-                    digest.update(json.dumps(doc, sort_keys=True, default=str).encode())
-                    digest.update(b"\n")
+                    digest.text(json.dumps(doc, sort_keys=True, default=str)).data(b"\n")
             self._fingerprint = digest.hexdigest()
         return self._fingerprint
 
@@ -102,6 +102,23 @@ class LoadedTasks:
     @property
     def objects(self) -> list[Any]:
         return [obj for entry in self.entries for obj in entry.objects]
+
+
+@contextmanager
+def hub_offline() -> Iterator[None]:
+    """The Hugging Face hub off for the block: ``datasets`` and ``huggingface_hub`` read their local caches only.
+    They read HF_HUB_OFFLINE / HF_DATASETS_OFFLINE when imported, so their module constants (what they check at
+    each call) are set, and restored afterwards."""
+    import datasets.config
+    import huggingface_hub.constants
+
+    dc, hc = datasets.config, huggingface_hub.constants
+    saved = (dc.HF_HUB_OFFLINE, dc.HF_DATASETS_OFFLINE, hc.HF_HUB_OFFLINE)
+    dc.HF_HUB_OFFLINE = dc.HF_DATASETS_OFFLINE = hc.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        dc.HF_HUB_OFFLINE, dc.HF_DATASETS_OFFLINE, hc.HF_HUB_OFFLINE = saved
 
 
 @lru_cache(maxsize=8)
@@ -217,11 +234,18 @@ def _roots(loaded: dict[str, Any]) -> tuple[Any, ...]:
 
 
 def load_tasks(
-    specs: Sequence[TaskSpec] | TaskSpec, include_path: str | Path | Sequence[str | Path] | None = None
+    specs: Sequence[TaskSpec] | TaskSpec,
+    include_path: str | Path | Sequence[str | Path] | None = None,
+    *,
+    offline: bool = False,
 ) -> LoadedTasks:
     """Build every task of ``specs`` through lm-eval's ``TaskManager`` (reading its data), before any
     model is loaded. An unknown name, a broken YAML or data that is not on this machine is one line
-    (:class:`ConfigError` / :class:`DataError`) naming the task and the fix."""
+    (:class:`ConfigError` / :class:`DataError`) naming the task and the fix. ``offline``: read the data from the
+    local Hugging Face cache only, even where the hub is reachable (:func:`hub_offline`; what a gate does)."""
+    if offline:
+        with hub_offline():
+            return load_tasks(specs, include_path)
     require_lm_eval()
     items = [specs] if isinstance(specs, (str, Path, WmdpForm, dict)) else list(specs)
     if not items:

@@ -22,7 +22,6 @@ the record and the fix. Pure Python (pyarrow only for a .parquet file).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import string
@@ -32,6 +31,7 @@ from typing import Any
 
 from ..errors import DataError
 from ..fs import link_problem, user_path
+from ..plain import Digest
 
 __all__ = ["SUFFIXES", "WmdpForm", "WmdpLayout", "detect_layout", "read_records", "wmdp_task_config", "write_task_yaml"]
 
@@ -172,11 +172,7 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
 
 def file_sha256(path: str | Path) -> str:
     """The file's content hash: what the task's numbers depend on (never its path)."""
-    digest = hashlib.sha256()
-    with open(user_path(path), "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return Digest().file(user_path(path)).hexdigest()
 
 
 def _task_name(path: Path) -> str:
