@@ -15,9 +15,10 @@ Two item sets of the same questions (random words, 40-90 tokens; four choices of
 
 Reported, per set:
 
-* seconds of :func:`unlearn_assert.lmeval.evaluate.evaluate` (``ours``) and of ``lm_eval.simple_evaluate``
+* seconds of :func:`unlearn_assert.lmeval.evaluate.evaluate` (``ours``), of the same with ``quiet=True`` as a
+  gate row runs it (``gate``: no progress bars, no git and environment probes) and of ``lm_eval.simple_evaluate``
   on ``HFLM(pretrained=model)`` with the same task objects and batch size (``plain``), best of
-  ``--repeats`` after an untimed run of each, alternating which goes first; their ratio; whether every
+  ``--repeats`` after an untimed run of each, in rotated order; the ratios; whether every
   per-item log-likelihood and acc is equal;
 * what the model computed (a forward pre-hook): sequences and tokens per question. lm-eval's
   ``logits_cache`` groups requests by context + continuation[:-1], so one-token choices share one
@@ -194,27 +195,39 @@ def _ours(loaded: Loaded, tasks: Any, batch_size: int) -> Any:
     return evaluate(loaded, tasks, batch_size=batch_size)
 
 
+def _gate(loaded: Loaded, tasks: Any, batch_size: int) -> Any:
+    """As a gate row runs lm-eval: quietly (no progress bars, no git / environment probes in lm-eval's results)."""
+    from unlearn_assert.lmeval.evaluate import evaluate
+
+    return evaluate(loaded, tasks, batch_size=batch_size, quiet=True)
+
+
 def _against_plain(loaded: Loaded, tasks: Any, name: str, batch_size: int, repeats: int, items: int) -> dict[str, Any]:
-    """ours and plain after one untimed run of each (first-call costs), then alternately in swapped order;
+    """ours, the gate's quiet run and plain after one untimed run of each (first-call costs), then in rotated order;
     best of ``repeats``. Their outputs compared, and what the model computed."""
-    runs = (("plain", _plain), ("ours", _ours))
+    runs = (("plain", _plain), ("ours", _ours), ("gate", _gate))
     outputs: dict[str, Any] = {label: fn(loaded, tasks, batch_size) for label, fn in runs}
-    best = {"ours": float("inf"), "plain": float("inf")}
+    best = {label: float("inf") for label, _ in runs}
     for repeat in range(repeats):
-        for label, fn in runs if repeat % 2 else runs[::-1]:
+        for label, fn in runs[repeat % 3 :] + runs[: repeat % 3]:
             start = time.perf_counter()
             outputs[label] = fn(loaded, tasks, batch_size)
             best[label] = min(best[label], time.perf_counter() - start)
     samples = sorted(outputs["plain"]["samples"][name], key=lambda s: s["doc_id"])
-    mine = outputs["ours"][0]
     lls = [tuple(r[0] for r in s["filtered_resps"]) for s in samples]
-    equal = lls == [i.loglikelihoods for i in mine.items] and [s["acc"] for s in samples] == mine.scores("acc")
+    equal = all(
+        lls == [i.loglikelihoods for i in mine.items] and [s["acc"] for s in samples] == mine.scores("acc")
+        for mine in (outputs["ours"][0], outputs["gate"][0])
+    )
+    mine = outputs["ours"][0]
     with RowCounter(loaded.model) as counter:
         _plain(loaded, tasks, batch_size)
     return {
         "ours_s": best["ours"],
         "plain_s": best["plain"],
         "ratio_plain_over_ours": best["plain"] / best["ours"],
+        "gate_s": best["gate"],
+        "ratio_plain_over_gate": best["plain"] / best["gate"],
         "identical": equal,
         "forward_sequences_per_item": counter.rows / items,
         "forward_tokens_per_item": counter.tokens / items,
@@ -309,7 +322,8 @@ def format_report(r: dict[str, Any]) -> str:
         if "ours_s" in e:
             lines.append(
                 f"{name}: ours {e['ours_s']:.2f} s, plain simple_evaluate {e['plain_s']:.2f} s "
-                f"(plain/ours {e['ratio_plain_over_ours']:.3f}); identical {e['identical']}; "
+                f"(plain/ours {e['ratio_plain_over_ours']:.3f}), gate (quiet) {e['gate_s']:.2f} s "
+                f"(plain/gate {e['ratio_plain_over_gate']:.3f}); identical {e['identical']}; "
                 f"forward {e['forward_sequences_per_item']:.2f} sequences, "
                 f"{e['forward_tokens_per_item']:.0f} tokens per item"
             )

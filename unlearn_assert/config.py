@@ -64,8 +64,9 @@ OPTIONS: tuple[Option, ...] = (
            "questions in WMDP's form (a directory with forget.jsonl|.json|.parquet and optionally utility.*), "
            "an lm-eval task as lm-eval:NAME (lm-eval:wmdp_bio, from the local cache) or a task YAML, scored by "
            "lm-eval.", None, "DIR", path=True),
-    Option("benchmark", "What the data measures: auto (detected from the data's layout, named in the header), muse, tofu "
-           "or documents (a provider's own forget/ and holdout/ documents).", "auto", "NAME"),
+    Option("benchmark", "What the data measures: auto (detected from the data's layout, named in the header), muse, tofu, "
+           "documents (a provider's own forget/ and holdout/ documents) or mc (multiple-choice questions scored by "
+           "lm-eval).", "auto", "NAME"),
     Option("forget_split", "TOFU's forget split: forget01, forget05 or forget10.", "forget10", "SPLIT"),
     Option("documents", "How MUSE-style items are derived from your own documents, as KEY=VALUE pairs: seed, chunk_words, "
            "prompt_words, gt_words, verbmem_items, privleak_items, icl_pairs (words; defaults are MUSE-News' medians).",

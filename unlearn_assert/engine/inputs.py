@@ -261,6 +261,9 @@ def precheck(run: RunConfig) -> None:
                 precheck_pair(str(run.target), value, role=role)
             except ModelError as exc:
                 raise ConfigError(f"{OPTION_BY_NAME[name].cli}: {exc}") from None
+    if run.lm_eval_include is not None and not user_path(run.lm_eval_include).is_dir():
+        raise ConfigError(f"--unlearn-lm-eval-include: '{run.lm_eval_include}' is not a directory; pass the folder that "
+                          "holds your lm-eval task YAMLs")
     if run.data is None:
         raise ConfigError("--unlearn-data is required with --unlearn-model; pass a data directory in a layout the gate "
                           "reads (MUSE's, or hf:OWNER/NAME)")

@@ -6,8 +6,8 @@ log-likelihood scoring, its ``acc`` / ``acc_norm``), so this package runs lm-eva
 
 * :mod:`.wmdp`: WMDP-form files (``question``, ``choices``, ``answer``) and the task config that scores
   them as WMDP's own lm-eval task does;
-* :mod:`.tasks`: :func:`load_tasks` builds tasks (names, YAMLs, WMDP-form files) before any model loads;
-* :mod:`.evaluate`: :func:`evaluate` runs ``simple_evaluate`` on an already loaded model (ours, a
+* :mod:`.tasks`: :func:`.tasks.load_tasks` builds tasks (names, YAMLs, WMDP-form files) before any model loads;
+* :mod:`.evaluate`: :func:`.evaluate.evaluate` runs ``simple_evaluate`` on an already loaded model (ours, a
   quantized or relearned view) and returns lm-eval's per-item results and aggregates;
 * :mod:`.backend`: the lm-eval model backend ``unlearn-assert``
   (``--model unlearn-assert --model_args pretrained=DIR,variant=rtn-w4g128``), registered by
