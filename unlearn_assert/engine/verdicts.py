@@ -8,9 +8,9 @@ unlearning did not measurably work in full precision: recovery is not judged and
 with its own message. A metric with a "nothing known" value (:attr:`MetricSpec.floor_value`: a
 multiple-choice accuracy's chance) can drop only down to it: the floor is capped at ``m(T) - chance``
 (an unlearned model at chance has forgotten all the set can show), a target not above chance fails
-the item (there is nothing to forget), and the messages say where U stands against chance. Utility: ``knowmem_r(q(U)) >= utility * knowmem_r(T)``. Privleak:
-``|privleak(q(U))| <= privleak`` budget, checked only when a reference AUC exists (a retrain model
-or ``--unlearn-retrain-auc``).
+the item (there is nothing to forget), and the messages say where U stands against chance.
+Utility: ``knowmem_r(q(U)) >= utility * knowmem_r(T)``. Privleak: ``|privleak(q(U))| <= privleak``
+budget, checked only when a reference AUC exists (a retrain model or ``--unlearn-retrain-auc``).
 
 Every judged figure has an estimate and a paired bootstrap interval (:mod:`.derive`); the budget
 accepts a set of values A (``recovery <= b``, ``utility >= b``, ``|privleak| <= b``, ``drop >=
