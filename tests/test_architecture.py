@@ -17,11 +17,12 @@ lowest first (a name stands for the module or for every module of the package it
 3     ``quant`` (the package), ``quant.base`` (the backend contract), ``quant.calibration``,
       ``quant.packed``, ``testing`` (tiny-model builders)
 4     ``quant.rtn|bnb|hqq|llmc|gguf|gguf_convert|llama_cpp|artifact`` (backends, artifacts), ``metrics``,
-      ``render`` (terminal and HTML renderers of a report)
+      ``render`` (terminal and HTML renderers of a report), ``lmeval`` (lm-evaluation-harness as the scorer:
+      WMDP-form tasks, building tasks, evaluating a loaded model; lm-eval imported inside functions)
 5     ``unlearning``, ``scaleout`` (the threads and GPU of one process of a parallel run, claims on rows),
       ``benchmark`` (what a row measures: MUSE and the other benchmarks; its ``registry`` of names is layer 1)
 6     ``engine`` (inputs < sources < rows < derive < verdicts < report < views < runner)
-7     ``demo``
+7     ``demo``, ``lmeval.backend`` (the lm-eval model backend over the engine's sources)
 8     ``plugin.session`` and the plugin's other parts (pytest-side state, the payload channel, the report writer)
 9     ``plugin`` (the hooks), ``cli``
 10    ``unlearn_assert`` itself (the lazy public API)
@@ -46,10 +47,10 @@ LAYERS: dict[str, int] = {
     "cache": 2, "config": 2, "render.schema": 2, "quant.gguf_header": 2, "quant.llama_cpp_source": 2, "quant.support": 2,
     "quant": 3, "quant.base": 3, "quant.calibration": 3, "quant.packed": 3, "testing": 3,
     "quant.rtn": 4, "quant.bnb": 4, "quant.hqq": 4, "quant.llmc": 4, "quant.gguf": 4, "quant.gguf_convert": 4,
-    "quant.artifact": 4, "quant.llama_cpp": 4, "metrics": 4, "render": 4,
+    "quant.artifact": 4, "quant.llama_cpp": 4, "metrics": 4, "render": 4, "lmeval": 4,
     "unlearning": 5, "scaleout": 5, "benchmark": 5, "benchmark.registry": 1,
     "engine": 6,
-    "demo": 7,
+    "demo": 7, "lmeval.backend": 7,
     "plugin.session": 8, "plugin.channel": 8, "plugin.writer": 8, "plugin.internal": 8,
     "plugin": 9, "cli": 9,
     "": 10,

@@ -39,7 +39,7 @@ def test_every_path_option_is_marked_once() -> None:
     from unlearn_assert.config import OPTIONS
 
     paths = {o.name for o in OPTIONS if o.path}
-    assert paths == {"model", "target", "retrain", "data", "json", "html", "cache_dir", "calibration"}
+    assert paths == {"model", "target", "retrain", "data", "json", "html", "cache_dir", "calibration", "lm_eval_include"}
 
 
 def test_a_run_config_exists_only_validated() -> None:

@@ -76,6 +76,10 @@ VALUES: dict[str, st.SearchStrategy[Any]] = {
                           .map("".join), max_size=3),
     "no_cache": st.booleans(),
     "allow_pickle": st.booleans(),
+    # names that config refuses, and files that do not exist: what lm-eval would build (a name it must look up in its
+    # index of ~15,000 task files, tens of seconds) is the lm-eval tests' business
+    "utility_tasks": _joined(st.sampled_from(["utility", "knowmem_r", "@missing.yaml", "@missing.jsonl", "@file", "a b.yaml",
+                                              "forget_acc.yaml", "lm-eval:"]) | text.map(lambda t: t + ".yaml")),
 }
 INI_BOOLS = st.sampled_from(["true", "false", "1", "0", "yes", "off", "maybe", ""])
 
@@ -94,6 +98,7 @@ VALID: dict[str, st.SearchStrategy[Any]] = {
     "attacks": st.just(""),
     "max_samples": st.sampled_from(["1", "3", "1000"]), "retrain_auc": st.sampled_from(["0.5", "muse-news", "muse-books"]),
     "quantized": st.just([]), "no_cache": st.booleans(), "allow_pickle": st.booleans(),
+    "utility_tasks": st.just(""), "lm_eval_include": st.sampled_from(["", "@dir"]),
 }
 
 

@@ -100,6 +100,13 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_lm_eval(args: argparse.Namespace) -> int:
+    """lm-evaluation-harness's own command line with the ``unlearn-assert`` model backend registered."""
+    from .lmeval.cli import run_lm_eval
+
+    return run_lm_eval(args.args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="unlearn-assert", description="Does LLM unlearning survive quantization?")
     parser.add_argument("--version", action="version", version=f"unlearn-assert {__version__}")
@@ -128,6 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("-o", "--output", help="HTML path (default: the report path with .html)")
     rep.set_defaults(func=_cmd_report)
 
+    lmeval = sub.add_parser("lm-eval", add_help=False,
+                            help="lm-evaluation-harness's command line with the unlearn-assert backend: lm-eval ARGS... (e.g. run "
+                                 "--model unlearn-assert --model_args pretrained=DIR,variant=rtn-w4g128 --tasks mmlu)")
+    lmeval.add_argument("args", nargs=argparse.REMAINDER, help="lm-eval's own arguments, passed unchanged")
+    lmeval.set_defaults(func=_cmd_lm_eval)
+
     from .unlearning.cli import add_unlearn_parser
 
     add_unlearn_parser(sub)
@@ -144,7 +157,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    raw = list(sys.argv[1:] if argv is None else argv)
+    if raw[:1] == ["lm-eval"]:  # lm-eval's arguments pass unchanged (argparse would take their options for ours)
+        args = argparse.Namespace(func=_cmd_lm_eval, args=raw[1:])
+    else:
+        args = parser.parse_args(raw)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

@@ -60,19 +60,31 @@ OPTIONS: tuple[Option, ...] = (
     Option("target", "Target (original) model the unlearned model was made from.", None, "DIR", path=True),
     Option("retrain", "Optional model retrained without the forget data (reference for privleak).", None, "DIR", path=True),
     Option("data", "MUSE data: a directory in MUSE's layout (verbmem/, knowmem/, privleak/, raw/) or its Hugging Face form "
-           "(parquet or save_to_disk), or hf:OWNER/NAME from the local Hugging Face cache.", None, "DIR", path=True),
-    Option("benchmark", "What the data measures: auto (detected from the data's layout, named in the header), muse, tofu "
-           "or documents (a provider's own forget/ and holdout/ documents).", "auto", "NAME"),
+           "(parquet or save_to_disk), or hf:OWNER/NAME from the local Hugging Face cache; or multiple-choice "
+           "questions in WMDP's form (a directory with forget.jsonl|.json|.parquet and optionally utility.*), "
+           "an lm-eval task as lm-eval:NAME (lm-eval:wmdp_bio, from the local cache) or a task YAML, scored by "
+           "lm-eval.", None, "DIR", path=True),
+    Option("benchmark", "What the data measures: auto (detected from the data's layout, named in the header), muse, tofu, "
+           "documents (a provider's own forget/ and holdout/ documents) or mc (multiple-choice questions scored by "
+           "lm-eval).", "auto", "NAME"),
     Option("forget_split", "TOFU's forget split: forget01, forget05 or forget10.", "forget10", "SPLIT"),
     Option("documents", "How MUSE-style items are derived from your own documents, as KEY=VALUE pairs: seed, chunk_words, "
            "prompt_words, gt_words, verbmem_items, privleak_items, icl_pairs (words; defaults are MUSE-News' medians).",
            "", "EXPR"),
+    Option("utility_tasks", "lm-eval tasks measured as more utility checks beside the benchmark's own, "
+           "comma-separated: task, group or tag names (mmlu, arc_easy; their data must be in the local Hugging "
+           "Face cache), task YAML paths or WMDP-form files. Each is judged by its accuracy's ratio to the "
+           "target's; its budget key is its name (arc_easy=0.95; a YAML or file: its file name without the "
+           "suffix). Needs the [lmeval] extra.", None, "TASKS"),
+    Option("lm_eval_include", "A folder of your own lm-eval task YAMLs (lm-eval's --include_path), for the names in "
+           "--unlearn-utility-tasks and --unlearn-data=lm-eval:NAME.", None, "DIR", path=True),
     Option("quantizers", "Comma-separated quantizer ids to apply, e.g. rtn-w4g128,rtn-w8 (attack ids such as relearn-forget-50 "
            "are accepted too).", DEFAULT_QUANTIZERS, "IDS"),
     Option("attacks", "Comma-separated attack ids, gated like quantizers after them: relearn-forget-<steps>, "
            "relearn-retain-<steps>, optionally -lora (e.g. relearn-forget-50).", None, "IDS"),
-    Option("budget", "Budget as KEY=VALUE pairs; keys recovery, utility, privleak, floor, verbmem_f, knowmem_f, "
-           "each optionally KEY@QUANTIZER, e.g. 'recovery=0.2 knowmem_f@bnb-fp4=0.1'. "
+    Option("budget", "Budget as KEY=VALUE pairs; keys recovery, utility, privleak, floor, or a metric's name "
+           "(verbmem_f, knowmem_f, forget_acc, a --unlearn-utility-tasks task such as arc_easy), each optionally "
+           "KEY@QUANTIZER, e.g. 'recovery=0.2 knowmem_f@bnb-fp4=0.1 arc_easy=0.95'. "
            "Default: recovery=0.25 utility=0.9 privleak=25 floor=5.", "", "EXPR"),
     Option("verdict", "How an item is judged against its budget: point (the estimate), strict (the whole "
            "interval within budget) or lenient (fails only when the whole interval is beyond it).", "point", "POLICY"),
@@ -122,6 +134,8 @@ class Budget:
     privleak: float = 25.0
     floor: float = 5.0
     overrides: tuple[tuple[str, str | None, float], ...] = ()
+    #: metric names a budget key may name beyond the benchmarks' own (the run's --unlearn-utility-tasks)
+    metrics: tuple[str, ...] = field(default=(), compare=False, repr=False)
 
     def recovery_for(self, metric: str, variant: str) -> float:
         return self.value_of((metric, "recovery"), variant)
@@ -145,13 +159,14 @@ class Budget:
 
     def with_overrides(self, extra: str | Mapping[str, Any], where: str = "unlearn_budget marker") -> Budget:
         """This budget with ``extra`` (a budget expression or mapping) taking precedence."""
-        parsed = parse_budget(extra, where)
+        parsed = parse_budget(extra, where, metrics=self.metrics)
         explicit = _explicit_keys(extra)
         base = {k: getattr(parsed, k) for k in BUDGET_KEYS if k in explicit}
         return replace(self, **base, overrides=parsed.overrides + self.overrides)
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "overrides"}
+        skip = ("overrides", "metrics")
+        out: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
         out["overrides"] = [{"key": k, "quantizer": q, "value": v} for k, q, v in self.overrides]
         return out
 
@@ -174,10 +189,12 @@ def _budget_number(key: str, raw: str, where: str) -> float:
     return value
 
 
-def parse_budget(text: str | Mapping[str, Any] | None, where: str = "--unlearn-budget") -> Budget:
-    """Parse ``'recovery=0.25 utility=0.9 knowmem_f@bnb-fp4=0.1'`` (or a mapping of the same)."""
+def parse_budget(text: str | Mapping[str, Any] | None, where: str = "--unlearn-budget", *,
+                 metrics: tuple[str, ...] = ()) -> Budget:
+    """Parse ``'recovery=0.25 utility=0.9 knowmem_f@bnb-fp4=0.1'`` (or a mapping of the same). ``metrics``: metric
+    names a key may name beyond the benchmarks' own (the run's lm-eval utility tasks)."""
     if text is None or text == "":
-        return Budget()
+        return Budget(metrics=metrics)
     items: list[tuple[str, str]]
     if isinstance(text, Mapping):
         items = [(str(k), str(v)) for k, v in text.items()]
@@ -192,8 +209,7 @@ def parse_budget(text: str | Mapping[str, Any] | None, where: str = "--unlearn-b
             items.append((k.strip(), v.strip()))
     base: dict[str, float] = {}
     overrides: list[tuple[str, str | None, float]] = []
-    metrics = all_metric_names()
-    known = sorted(BUDGET_KEYS) + [m for m in metrics if m not in BUDGET_KEYS]
+    known = sorted(BUDGET_KEYS) + [m for m in dict.fromkeys(all_metric_names() + metrics) if m not in BUDGET_KEYS]
     for key, raw in items:
         name, _, quantizer = key.partition("@")
         if name not in known:
@@ -212,7 +228,52 @@ def parse_budget(text: str | Mapping[str, Any] | None, where: str = "--unlearn-b
             overrides.append((name, None, value))
         else:
             base[name] = value
-    return Budget(**base, overrides=tuple(overrides))
+    return Budget(**base, overrides=tuple(overrides), metrics=metrics)
+
+
+#: an lm-eval task, group or tag name as --unlearn-utility-tasks takes it (and a metric name made of a file name)
+TASK_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
+#: what --unlearn-data=lm-eval:NAME and --unlearn-utility-tasks=lm-eval:NAME start with
+LM_EVAL_PREFIX = "lm-eval:"
+_TASK_FILES = (".yaml", ".yml", ".jsonl", ".json", ".parquet")
+
+
+def utility_task_metric(spec: str) -> str:
+    """The metric (and budget key, and item check) name of one --unlearn-utility-tasks entry: a task name itself, a
+    task YAML's or WMDP-form file's name without its suffix (known without reading the file)."""
+    text = spec.removeprefix(LM_EVAL_PREFIX)
+    lower = text.lower()
+    if lower.endswith(_TASK_FILES):
+        return os.path.basename(text).rsplit(".", 1)[0]
+    return text
+
+
+def parse_utility_tasks(raw: Any) -> tuple[str, ...]:
+    """``--unlearn-utility-tasks mmlu,arc_easy,tasks/legal.yaml``: each entry once, each named by a metric name that
+    no benchmark's metric and no budget key has (the name is its budget key and its items' check)."""
+    cli = "--unlearn-utility-tasks"
+    if raw in (None, ""):
+        return ()
+    items = [str(v) for v in raw] if isinstance(raw, (list, tuple)) else str(raw).split(",")
+    specs = tuple(s.strip() for s in items if s.strip())
+    taken = {m: "a metric of the benchmarks" for m in all_metric_names()} | {k: "a budget key" for k in BUDGET_KEYS}
+    seen: dict[str, str] = {}
+    for spec in specs:
+        name = utility_task_metric(spec)
+        is_file = spec.lower().endswith(_TASK_FILES)
+        if not TASK_NAME_RE.fullmatch(name):
+            what = "the file name" if is_file else "the task name"
+            raise ConfigError(f"{cli}: '{spec}': {what} '{name}' must be letters, digits, '_', '.' or '-' "
+                              "(it names the task's budget key and items); rename it")
+        if name in taken:
+            fix = "rename the file" if is_file else "name it through a task YAML of another file name"
+            raise ConfigError(f"{cli}: '{spec}' would be named '{name}', which is {taken[name]}; {fix}")
+        if seen.get(name) == spec:
+            raise ConfigError(f"{cli}: '{spec}' is given twice; name each task once")
+        if name in seen:
+            raise ConfigError(f"{cli}: '{seen[name]}' and '{spec}' are both named '{name}'; name each task once")
+        seen[name] = spec
+    return specs
 
 
 def parse_benchmark(raw: Any) -> str:
@@ -338,6 +399,10 @@ class RunConfig:
     forget_split: str = "forget10"
     #: ``--unlearn-documents``: the derivation settings of a documents dir, as (key, value) pairs
     documents: tuple[tuple[str, int], ...] = ()
+    #: ``--unlearn-utility-tasks``: lm-eval task specs measured as more utility metrics (names, YAML paths, files)
+    utility_tasks: tuple[str, ...] = ()
+    #: ``--unlearn-lm-eval-include``: the folder of the user's lm-eval task YAMLs
+    lm_eval_include: str | None = None
     #: quantizer and attack ids of --unlearn-quantizers / --unlearn-attacks, as written, in order
     variant_ids: tuple[str, ...] = tuple(DEFAULT_QUANTIZERS.split(","))
     calibration: str | None = None
@@ -495,7 +560,9 @@ def build_run_config(get: Callable[[Option], Any], *, model_spec: str | None = N
     values["benchmark"] = parse_benchmark(raw["benchmark"])
     values["forget_split"] = parse_forget_split(raw["forget_split"])
     values["documents"] = parse_documents(raw["documents"])
-    values["budget"] = parse_budget(raw["budget"] or "")
+    values["utility_tasks"] = parse_utility_tasks(raw["utility_tasks"])
+    task_metrics = tuple(utility_task_metric(t) for t in values["utility_tasks"])
+    values["budget"] = parse_budget(raw["budget"] or "", metrics=task_metrics)
     values["verdict"], values["confidence"] = parse_verdict(raw["verdict"]), parse_confidence(raw["confidence"])
     device = str(raw["device"] or "auto").strip()
     if not DEVICES_RE.match(device):

@@ -35,9 +35,16 @@ def detect_benchmark(path: str) -> str:
 
 
 def benchmark_for(run: RunConfig) -> Benchmark:
-    """The run's benchmark, configured from its settings (``--unlearn-benchmark``, and each benchmark's own)."""
+    """The run's benchmark, configured from its settings (``--unlearn-benchmark``, and each benchmark's own); with
+    ``--unlearn-utility-tasks``, wrapped to measure those lm-eval tasks as more utility metrics
+    (:mod:`.utility_tasks`)."""
     name = run.benchmark if run.benchmark != AUTO else detect_benchmark(str(run.data))
-    return benchmark_class(name).from_run(run)  # type: ignore[no-any-return]
+    benchmark: Benchmark = benchmark_class(name).from_run(run)
+    if run.utility_tasks:
+        from .utility_tasks import WithUtilityTasks
+
+        return WithUtilityTasks.around(benchmark, run)  # type: ignore[return-value]
+    return benchmark
 
 
 def judged_metrics(benchmark: Benchmark) -> tuple[MetricSpec, ...]:

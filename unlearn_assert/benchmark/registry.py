@@ -13,6 +13,7 @@ AUTO: Final = "auto"
 BENCHMARKS: dict[str, str] = {
     "tofu": "unlearn_assert.benchmark.tofu:TofuBenchmark",
     "documents": "unlearn_assert.benchmark.documents:DocumentsBenchmark",
+    "mc": "unlearn_assert.benchmark.mc:McBenchmark",
     "muse": "unlearn_assert.benchmark.muse:MuseBenchmark",
 }
 #: TOFU's forget splits (``--unlearn-forget-split``); forget10 is open-unlearning's default
@@ -24,6 +25,7 @@ METRIC_NAMES: dict[str, tuple[str, ...]] = {
              "retain_rouge", "retain_truth_ratio", "ra_prob_normalised", "ra_rouge", "ra_truth_ratio", "wf_prob_normalised",
              "wf_rouge", "wf_truth_ratio"),
     "documents": ("verbmem_f", "knowmem_f", "knowmem_r", "privleak"),
+    "mc": ("forget_acc", "utility_acc", "forget_acc_norm", "utility_acc_norm"),
     "muse": ("verbmem_f", "knowmem_f", "knowmem_r", "privleak"),
 }
 

@@ -298,6 +298,9 @@ def precheck(run: RunConfig) -> None:
     from ..variants.attacks import is_attack_id
 
     check_families([q for q in run.variant_ids if not is_attack_id(q)], str(run.target))  # a family a backend cannot gate
+    if run.lm_eval_include is not None and not user_path(run.lm_eval_include).is_dir():
+        raise ConfigError(f"--unlearn-lm-eval-include: '{run.lm_eval_include}' is not a directory; pass the folder that "
+                          "holds your lm-eval task YAMLs")
     if run.data is None:
         raise ConfigError("--unlearn-data is required with --unlearn-model; pass a data directory in a layout the gate "
                           "reads (MUSE's, or hf:OWNER/NAME)")

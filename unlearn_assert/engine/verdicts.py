@@ -5,9 +5,12 @@ Definitions (DESIGN.md, "Verdicts"): for a forget metric m and variant q,
 ``recovery = (m(q(U)) - m(U)) / (m(T) - m(U))``, the share of what unlearning removed that comes
 back. If ``m(T) - m(U)`` is below the ``floor`` budget, or its interval does not exclude 0,
 unlearning did not measurably work in full precision: recovery is not judged and that check fails
-with its own message. Utility: ``knowmem_r(q(U)) >= utility * knowmem_r(T)``. Privleak:
-``|privleak(q(U))| <= privleak`` budget, checked only when a reference AUC exists (a retrain model
-or ``--unlearn-retrain-auc``).
+with its own message. A metric with a "nothing known" value (:attr:`MetricSpec.floor_value`: a
+multiple-choice accuracy's chance) can drop only down to it: the floor is capped at ``m(T) - chance``
+(an unlearned model at chance has forgotten all the set can show), a target not above chance fails
+the item (there is nothing to forget), and the messages say where U stands against chance.
+Utility: ``knowmem_r(q(U)) >= utility * knowmem_r(T)``. Privleak: ``|privleak(q(U))| <= privleak``
+budget, checked only when a reference AUC exists (a retrain model or ``--unlearn-retrain-auc``).
 
 Every judged figure has an estimate and a paired bootstrap interval (:mod:`.derive`); the budget
 accepts a set of values A (``recovery <= b``, ``utility >= b``, ``|privleak| <= b``, ``drop >=
@@ -169,6 +172,25 @@ def _outcomes(*parts: Judgement) -> Judgement:
     return Judgement(point=all(j.point for j in parts), strict=strict, lenient=lenient, decided=decided)
 
 
+def _floor_text(floor: float, chance: float | None, capped: bool, noun: bool = False) -> str:
+    """The floor in words ("floor 5", or as a noun "the 5-point floor"); when the target is less than a floor above
+    chance, the floor is what forgetting down to chance removes, and the words say so."""
+    cap = f", capped at what forgetting down to chance ({chance:.1f}) removes" if capped and chance is not None else ""
+    number = f"{floor:.1f}" if cap else f"{floor:g}"
+    return f"the {number}-point floor{cap}" if noun else f"floor {number}{cap}"
+
+
+def _chance_text(spec: MetricSpec, u: float, chance: float | None, drop_ci: Interval | None) -> str:
+    """Chance beside the models' values, and whether the unlearned model is at it (within the forget set's noise,
+    the half-width of the drop's interval): a forget accuracy at chance is full forgetting."""
+    if chance is None:
+        return ""
+    above = removed_points(spec, u, chance)  # how far U is from chance, towards remembering
+    noise = 0.0 if drop_ci is None or math.isinf(drop_ci.hi) else (drop_ci.hi - drop_ci.lo) / 2
+    at = "; the unlearned model is at chance: full forgetting" if above <= noise else ""
+    return f", chance {chance:.1f}{at}"
+
+
 def _forgetting(variant: str, spec: MetricSpec, t: float, u: float, floor: float, figures: Figures,
                 budget: Budget, policy: str) -> Verdict:
     """A forget metric's item: in full precision the drop ``m(T) - m(U)`` (``m(U) - m(T)`` for a metric that
@@ -180,12 +202,25 @@ def _forgetting(variant: str, spec: MetricSpec, t: float, u: float, floor: float
     removed = removed_points(spec, t, u)
     drop_ci = figures.drop_ci.get(check)
     drop_bounds = _bounds(drop_ci)
+    chance = spec.floor_value
+    capped = False
+    if chance is not None:  # a metric with a "nothing known" value (chance): forgetting can remove only down to it
+        reachable = removed_points(spec, t, chance)
+        if reachable <= 0:
+            return Verdict(name, variant, check, "failed",
+                           f"unlearning cannot be shown for {check}: the target's {_fmt(t)} is not above chance "
+                           f"({_fmt(chance)}), so the forget set shows no knowledge for unlearning to remove; check the "
+                           "target and the forget questions", value=removed, budget=floor, ci=drop_bounds, policy=policy,
+                           figure="drop")
+        capped, floor = reachable < floor, min(floor, reachable)
+    floor_text = _floor_text(floor, chance, capped)
     excludes_zero = drop_bounds is None or drop_bounds[0] > 0
     fp_j = judge(removed, drop_bounds, (floor, math.inf)).also(removed > 0 and excludes_zero)
     drop_text = f"{removed:.1f} points" + ("" if drop_bounds is None else f" [{drop_bounds[0]:.1f}, {drop_bounds[1]:.1f}]")
-    models = f"target {_fmt(t)}, unlearned {_fmt(u)}"
+    models = f"target {_fmt(t)}, unlearned {_fmt(u)}" + _chance_text(spec, u, chance, drop_ci)
     unit, n = spec.items, drop_ci.n if drop_ci else 0
-    straddles = [f"{check} drop {drop_text} in full precision straddles the {floor:g}-point floor"] if fp_j.decided is False else []
+    straddles = [f"{check} drop {drop_text} in full precision straddles {_floor_text(floor, chance, capped, noun=True)}"
+                 ] if fp_j.decided is False else []
     rec_j: Judgement | None = None
     rec_ci: Interval | None = None
     rec: float | None = None
@@ -214,11 +249,11 @@ def _forgetting(variant: str, spec: MetricSpec, t: float, u: float, floor: float
         why = ""
         if removed >= floor and removed > 0:
             why = "; its interval includes 0" if not excludes_zero else f"; {policy}: the interval is not wholly above the floor"
-        message = f"unlearning did not work in full precision for {check}: {models}, drop {drop_text} (floor {floor:g}){why}"
+        message = f"unlearning did not work in full precision for {check}: {models}, drop {drop_text} ({floor_text}){why}"
         if variant != FP:
             message += f"; recovery {where} is {'undefined' if removed < floor or removed <= 0 else 'not judged'}"
     elif variant == FP:
-        message = f"{check} {'dropped' if spec.higher_remembers else 'rose'} {drop_text} ({models}; floor {floor:g})"
+        message = f"{check} {'dropped' if spec.higher_remembers else 'rose'} {drop_text} ({models}; {floor_text})"
     else:
         assert rec is not None
         verb = "recovered" if ok else "RECOVERED"

@@ -77,7 +77,7 @@ def _effective(config: pytest.Config, opt: Option) -> Any:
             out.append(f"{name}{sep}{_ini_path(config, path)}" if sep and path else str(entry))
         return out or opt.default
     if ini not in (None, "") and not (opt.flag and ini is False):
-        if opt.path and not str(ini).startswith(("demo:", "hf:")):
+        if opt.path and not str(ini).startswith(("demo:", "hf:", "lm-eval:")):
             return _ini_path(config, str(ini))
         return ini
     return opt.default

@@ -115,11 +115,14 @@ class UnlearnSession:
         self.inbox.receive(getattr(report, PAYLOAD_ATTR, None))
 
     def _data(self) -> MuseData | None:
-        """The data for the report: this process's when it ran the gate (an xdist controller did not: read it)."""
-        from ..data.muse import load_data
+        """The data for the report: this process's when it ran the gate (an xdist controller did not: read it, as the
+        run's benchmark reads it)."""
+        from ..benchmark import benchmark_for
         from ..errors import UnlearnAssertError
 
         try:
-            return self._gate.view.data if self._gate is not None else load_data(str(self.run.data)).limited(self.run.max_samples)
+            if self._gate is not None:
+                return self._gate.view.data
+            return benchmark_for(self.run).load(str(self.run.data)).limited(self.run.max_samples)
         except UnlearnAssertError:  # the data error was already reported by the items
             return None
