@@ -76,6 +76,8 @@ class TextScore:
     zscores: list[float]
     n_tokens: int
     truncated: bool
+    #: its length before the context window cut it (``n_tokens`` when nothing was cut)
+    source_tokens: int = 0
 
 
 @dataclass
@@ -303,6 +305,7 @@ def score_ids(
     batch_size: int | None = None,
     max_length: int | None = None,
     timings: dict[str, float] | None = None,
+    keep_end: bool = False,
 ) -> tuple[list[TextScore], int]:
     """Token statistics for tokenized sequences (one causal pass each, batched by tokens), and the
     largest number of sequences scored together.
@@ -315,7 +318,9 @@ def score_ids(
     tokens ``first[i]..n-1`` and no head is computed for the positions before (a teacher-forced
     answer after its question). ``moments=False`` skips the Min-K%++ z-scores (``zscores`` empty).
     ``batch_size`` caps the sequences per forward (the token budget still applies). Sequences longer
-    than the context window (``max_length`` or the config's) are truncated to it (``truncated``).
+    than the context window (``max_length`` or the config's) are truncated to it (``truncated``): to their
+    first ``window`` tokens, or with ``keep_end`` to their last ones (lm-evaluation-harness's loglikelihood
+    keeps the continuation and drops the start of the context), ``first`` moving with the cut.
     """
     import time
 
@@ -324,9 +329,14 @@ def score_ids(
     if not encoded:
         return [], batch_size or 1
     window = context_length(model, max_length)
+    sources = [len(ids) for ids in encoded]
     truncated = [window is not None and len(ids) > window for ids in encoded]
-    encoded = [list(ids[:window]) if window is not None else list(ids) for ids in encoded]
     starts = [1] * len(encoded) if first is None else [max(int(f), 1) for f in first]
+    if keep_end and window is not None:
+        starts = [max(s - (n - window), 1) if cut else s for s, n, cut in zip(starts, sources, truncated)]
+        encoded = [list(ids[-window:]) if cut else list(ids) for ids, cut in zip(encoded, truncated)]
+    else:
+        encoded = [list(ids[:window]) if window is not None else list(ids) for ids in encoded]
     cap = batch_size if batch_size is not None else MAX_AUTO_BATCH
     plan = plan_scoring(model)
     # a long text (or one too long to share a forward) runs alone, unpadded (still independent of the others)
@@ -386,6 +396,7 @@ def score_ids(
                     zscores=torch.cat(zs).tolist() if zs else [],
                     n_tokens=len(encoded[i]),
                     truncated=truncated[i],
+                    source_tokens=sources[i],
                 )
     if timings is not None:
         for key, value in clock.items():
@@ -423,6 +434,8 @@ def privleak_scores(
                     "attacks": {k: (v if math.isfinite(v) else None) for k, v in value.items()},
                     "tokens": scores[offset + index].n_tokens,
                     "truncated": scores[offset + index].truncated,
+                    **({"truncation": {"tokens": scores[offset + index].source_tokens, "kept": scores[offset + index].n_tokens,
+                                       "keep": "start"}} if scores[offset + index].truncated else {}),
                 }
             )
     extras = {
