@@ -65,8 +65,8 @@ def test_tokenizer_json_counts_what_the_metrics_tokenize(tiny_model_dir: Path, t
     files, real = FileTokenizer(tiny_model_dir), load_tokenizer(tiny_model_dir)
     data = load_data(tiny_data_dir)
     counted = muse_contexts(data, files)
-    assert counted == muse_contexts(data, real) and len(counted) == sum(
-        len(getattr(data, s)) for s in ("verbmem_forget", "knowmem_forget_qa", "knowmem_retain_qa", "privleak_forget", "privleak_holdout"))
+    splits = ("verbmem_forget", "knowmem_forget_qa", "knowmem_retain_qa", "privleak_forget", "privleak_holdout")
+    assert counted == muse_contexts(data, real) and len(counted) == sum(len(getattr(data, s)) for s in splits)
     assert [c.new_tokens for c in counted if c.split == "verbmem_forget"][0] == 128
     assert {c.keep for c in counted if c.split.startswith("privleak")} == {"start"}
     tofu = TofuBenchmark()
@@ -102,8 +102,9 @@ def test_the_120k_token_prompt_is_one_line_before_anything_loads(tiny_unlearned_
     assert message.startswith("--unlearn-data: verbmem_forget item 0 is ")
     tokens = int(message.split(" is ")[1].split(" tokens")[0].replace(",", ""))
     assert tokens >= LONG_TOKENS
-    assert f"the 128 tokens generated after it" in message and f"context window of {window:,} tokens" in message
-    assert "max_position_embeddings in" in message and f"--unlearn-overlong=truncate to keep its last {window - 128:,} tokens" in message
+    assert "the 128 tokens generated after it" in message and f"context window of {window:,} tokens" in message
+    assert "max_position_embeddings in" in message
+    assert f"--unlearn-overlong=truncate to keep its last {window - 128:,} tokens" in message
     assert seconds < 30, f"the option-time check took {seconds:.1f} s"  # a fraction of a second on a quiet machine
 
 
@@ -130,7 +131,8 @@ def test_every_kind_of_sequence_is_checked(tmp_path: Path, tiny_unlearned_dir: P
     assert "(1 more too long: privleak_holdout item 2)" in str(info.value)
 
 
-def test_a_tofu_item_beyond_the_window_is_refused(tmp_path: Path, tiny_unlearned_dir: Path, tiny_model_dir: Path) -> None:
+def test_a_tofu_item_beyond_the_window_is_refused(tmp_path: Path, tiny_unlearned_dir: Path,
+                                                  tiny_model_dir: Path) -> None:
     from unlearn_assert.engine.inputs import precheck
 
     data = tmp_path / "tofu"
@@ -147,8 +149,9 @@ def test_a_tofu_item_beyond_the_window_is_refused(tmp_path: Path, tiny_unlearned
 def test_the_gate_exits_with_a_usage_error_and_loads_nothing(pytester: pytest.Pytester, tiny_unlearned_dir: Path,
                                                              tiny_model_dir: Path, long_data: Path) -> None:
     start = time.perf_counter()
-    result = pytester.runpytest_subprocess(f"--unlearn-model={tiny_unlearned_dir}", f"--unlearn-target={tiny_model_dir}",
-                                           f"--unlearn-data={long_data}", "--unlearn-max-samples=2", "-p", "no:randomly")
+    result = pytester.runpytest_subprocess(f"--unlearn-model={tiny_unlearned_dir}",
+                                           f"--unlearn-target={tiny_model_dir}", f"--unlearn-data={long_data}",
+                                           "--unlearn-max-samples=2", "-p", "no:randomly")
     seconds = time.perf_counter() - start
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     errors = [line for line in result.stderr.lines if line.startswith("ERROR:")]
@@ -194,7 +197,8 @@ def test_left_truncation_is_lm_evals(unlearned: Any) -> None:
     long, short = ids[: window + 40], ids[:60]
     out = greedy_generate(unlearned.model, unlearned.tokenizer, [short, long], 8, truncate=True)
     alone = greedy_generate(unlearned.model, unlearned.tokenizer, [short, long[-(window - 8):]], 8)
-    assert out.ids == alone.ids and out.truncated == {1: window + 40} and out.kept == window - 8 and out.over_context == 0
+    assert out.ids == alone.ids and out.truncated == {1: window + 40}
+    assert out.kept == window - 8 and out.over_context == 0
     assert left_truncate([[1, 2, 3, 4, 5]], 6, 3) == ([[3, 4, 5]], {0: 5}, 3)
     assert left_truncate([[1, 2]], None, 3) == ([[1, 2]], {}, None)
     with pytest.raises(ConfigError, match="cannot hold the 8 tokens"):

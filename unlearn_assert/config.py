@@ -92,9 +92,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("dtype", "Weight dtype to load models in: auto (as saved), float32, bfloat16, float16.", "auto", "DTYPE"),
     Option("batch_size", "Generation batch size, or auto (bounded by memory).", "auto", "N"),
     Option("max_samples", "Evaluate only the first N items of every split (smoke runs).", None, "N"),
-    Option("overlong", "An item longer than the model's context window (its prompt plus the tokens generated after it): "
-           "error (one line before anything loads, naming the item) or truncate (as MUSE and lm-eval: a prompt keeps "
-           "its end, next to the continuation; a scored text its first tokens; recorded per item in the report).",
+    Option("overlong", "An item longer than the model's context window (its prompt plus the tokens generated after "
+           "it): error (one line before anything loads, naming the item) or truncate (as MUSE and lm-eval: a prompt "
+           "keeps its end, next to the continuation; a scored text its first tokens; recorded per item in the report).",
            "error", "MODE"),
     Option("retrain_auc", "Reference privleak AUC when no retrain model is given: a number (0 < AUC <= 1), or muse-news / "
            "muse-books for MUSE's published retrain AUCs.", None, "AUC"),
@@ -267,8 +267,8 @@ def parse_overlong(raw: Any) -> str:
     """``--unlearn-overlong``: error (default) or truncate."""
     mode = str(raw if raw not in (None, "") else "error").strip().lower()
     if mode not in OVERLONG_MODES:
-        raise ConfigError(f"--unlearn-overlong: '{raw}' is not a mode; use error (refuse an item beyond the context window) "
-                          "or truncate (cut it as MUSE and lm-eval do)")
+        raise ConfigError(f"--unlearn-overlong: '{raw}' is not a mode; use error (refuse an item beyond the context "
+                          "window) or truncate (cut it as MUSE and lm-eval do)")
     return mode
 
 

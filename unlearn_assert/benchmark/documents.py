@@ -57,7 +57,8 @@ class DocumentsBenchmark:
     def settings(self) -> Mapping[str, Any]:
         from ..metrics import METRIC_SETTINGS
 
-        return truncation_setting({**METRIC_SETTINGS, "benchmark": "documents", "derivation": self.derivation.as_dict()}, self.overlong)
+        settings = {**METRIC_SETTINGS, "benchmark": "documents", "derivation": self.derivation.as_dict()}
+        return truncation_setting(settings, self.overlong)
 
     @classmethod
     def detect(cls, path: str) -> bool:

@@ -83,10 +83,12 @@ def muse_contexts(data: MuseData, tokenizer: Any, metrics: Sequence[str] | None 
             prompts = [knowmem_prompt(prefix, qa.question) for qa in getattr(data, f"knowmem_{split}_qa")]
             groups.append((f"knowmem_{split}_qa", prompts, KNOWMEM_MAX_NEW_TOKENS, "end"))
     if "privleak" in chosen:
-        groups += [("privleak_forget", list(data.privleak_forget), 0, "start"), ("privleak_holdout", list(data.privleak_holdout), 0, "start")]
+        groups += [("privleak_forget", list(data.privleak_forget), 0, "start"),
+                   ("privleak_holdout", list(data.privleak_holdout), 0, "start")]
     texts = [text for _, group, _, _ in groups for text in group]
     lengths = iter([len(ids) for ids in tokenizer(texts)["input_ids"]] if texts else [])
-    return [Context(split, i, next(lengths), new, keep) for split, group, new, keep in groups for i in range(len(group))]
+    return [Context(split, i, next(lengths), new, keep) for split, group, new, keep in groups
+            for i in range(len(group))]
 
 
 #: memoized intervals (:func:`unlearn_assert.benchmark.clear_memos` forgets them)
@@ -99,8 +101,8 @@ class MuseBenchmark:
     name = "muse"
     metrics = MUSE_METRICS
 
-    def __init__(self, retrain_auc: float | None = None, has_retrain: bool = False, retrain_auc_source: str | None = None,
-                 overlong: str = "error") -> None:
+    def __init__(self, retrain_auc: float | None = None, has_retrain: bool = False,
+                 retrain_auc_source: str | None = None, overlong: str = "error") -> None:
         self.retrain_auc = retrain_auc
         self.has_retrain = has_retrain
         self.retrain_auc_source = retrain_auc_source
@@ -111,8 +113,8 @@ class MuseBenchmark:
     def from_run(cls, run: Any) -> MuseBenchmark:
         """MUSE with the run's ``--unlearn-retrain-auc`` (and whose number it is), whether it has a retrain model, and
         ``--unlearn-overlong``."""
-        return cls(retrain_auc=run.retrain_auc, has_retrain=run.retrain is not None, retrain_auc_source=run.retrain_auc_source,
-                   overlong=run.overlong)
+        return cls(retrain_auc=run.retrain_auc, has_retrain=run.retrain is not None,
+                   retrain_auc_source=run.retrain_auc_source, overlong=run.overlong)
 
     @property
     def settings(self) -> Mapping[str, Any]:

@@ -75,7 +75,8 @@ class TofuBenchmark:
 
     @classmethod
     def from_run(cls, run: Any) -> TofuBenchmark:
-        return cls(forget_split=run.forget_split or "forget10", has_retrain=run.retrain is not None, overlong=run.overlong)
+        return cls(forget_split=run.forget_split or "forget10", has_retrain=run.retrain is not None,
+                   overlong=run.overlong)
 
     @property
     def settings(self) -> Mapping[str, Any]:
@@ -84,7 +85,8 @@ class TofuBenchmark:
         return {"benchmark": "tofu", "forget_split": self.forget_split, "template": "auto", "question_key": "question",
                 "max_length": MAX_LENGTH, "max_new_tokens": MAX_NEW_TOKENS, "rouge": "rougeL-recall-stem",
                 "truth_ratio": "forget: mean(min(TR,1/TR)); others: mean(max(0,1-TR))", "scale": SCALE,
-                "reference": "open-unlearning@d3d7cf9", **({"overlong": "truncate"} if self.overlong == "truncate" else {})}
+                "reference": "open-unlearning@d3d7cf9",
+                **({"overlong": "truncate"} if self.overlong == "truncate" else {})}
 
     @classmethod
     def detect(cls, path: str) -> bool:
@@ -122,7 +124,8 @@ class TofuBenchmark:
         generation prompt with 200 new tokens."""
         from ..metrics.tofu import sequence_lengths
 
-        return [Context(split, item, tokens, new, "end") for split, item, tokens, new in sequence_lengths(tokenizer, data)]
+        return [Context(split, item, tokens, new, "end")
+                for split, item, tokens, new in sequence_lengths(tokenizer, data)]
 
     def privacy(self, metric: str) -> ForgetQuality:
         if metric != "forget_quality":

@@ -24,9 +24,9 @@ from ..names import Role
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..benchmark.base import Benchmark
-    from .footprint import Footprint
     from ..models import LoadedModel
     from ..quant.calibration import Calibration
+    from .footprint import Footprint
 
 __all__ = ["Inputs", "Progress", "precheck"]
 
@@ -230,13 +230,12 @@ def precheck(run: RunConfig, *, windows: bool = True) -> Footprint:
     whose controller checked it does), the calibration file, the user's quantized artifacts and the report
     paths. Every problem is one :class:`ConfigError` line (a pytest usage error, exit 4). Returns what the
     rows will cost (:class:`~.footprint.Footprint`)."""
-    from .footprint import Footprint, row_count
-    from .overlong import check_contexts
-
     from ..data.muse import RAW_RETAIN_HINT
     from ..models import check_model_dir, check_tokenizer_files, precheck_pair, read_weight_headers, weight_files
     from ..quant.artifact import read_artifact
     from ..quant.calibration import calibration_from_data, load_calibration_file, needs_calibration
+    from .footprint import Footprint, row_count
+    from .overlong import check_contexts
 
     _check_device(run.device)
     if run.cache_dir is not None and not run.no_cache:

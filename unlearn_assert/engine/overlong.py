@@ -31,7 +31,8 @@ from ..errors import ConfigError
 if TYPE_CHECKING:  # pragma: no cover
     from ..benchmark.base import Benchmark, Context
 
-__all__ = ["MARGIN", "ContextCheck", "FileTokenizer", "check_contexts", "context_window_of", "counting_tokenizer", "run_window"]
+__all__ = ["MARGIN", "ContextCheck", "FileTokenizer", "check_contexts", "context_window_of", "counting_tokenizer",
+           "run_window"]
 
 #: Tokens either side of the window within which a count from tokenizer.json alone is not trusted to decide
 #: (special tokens transformers adds or drops: one or two per sequence; the rest is headroom).
@@ -164,15 +165,17 @@ def _describe(c: Context) -> str:
 def _problem(c: Context, window: int, where: str) -> str:
     """One line for the first sequence too long."""
     if c.new_tokens:
-        length = (f"is {c.tokens:,} tokens, and with the {c.new_tokens} tokens generated after it that is beyond the model's "
-                  f"context window of {window:,} tokens ({where})")
+        length = (f"is {c.tokens:,} tokens, and with the {c.new_tokens} tokens generated after it that is beyond "
+                  f"the model's context window of {window:,} tokens ({where})")
         if c.new_tokens >= window:
-            return (f"{_describe(c)} {length}; the window cannot even hold the generated tokens, so no truncation helps: "
-                    "use a model with a longer context window")
-        fix = f"or pass --unlearn-overlong=truncate to keep its last {window - c.new_tokens:,} tokens (as MUSE and lm-eval cut a prompt)"
+            return (f"{_describe(c)} {length}; the window cannot even hold the generated tokens, so no truncation "
+                    "helps: use a model with a longer context window")
+        fix = (f"or pass --unlearn-overlong=truncate to keep its last {window - c.new_tokens:,} tokens (as MUSE and "
+               "lm-eval cut a prompt)")
     else:
         length = f"is {c.tokens:,} tokens, beyond the model's context window of {window:,} tokens ({where})"
-        fix = f"or pass --unlearn-overlong=truncate to score its {'first' if c.keep == 'start' else 'last'} {window:,} tokens"
+        end = "first" if c.keep == "start" else "last"
+        fix = f"or pass --unlearn-overlong=truncate to score its {end} {window:,} tokens"
     return f"{_describe(c)} {length}; shorten or remove it, {fix}"
 
 
@@ -185,13 +188,14 @@ def check_contexts(run: RunConfig, benchmark: Benchmark, data: Any) -> ContextCh
     if window is None:
         return ContextCheck(None, tuple(contexts), ())
     if not exact and any(window - MARGIN < c.length <= window + MARGIN for c in contexts):
-        contexts = benchmark.contexts(data, _exact_tokenizer(Path(str(run.target))))  # near the edge: transformers' count decides
+        # near the edge: the count of the tokenizer the metrics use decides
+        contexts = benchmark.contexts(data, _exact_tokenizer(Path(str(run.target))))
     over = tuple(c for c in contexts if c.length > window)
     hopeless = [c for c in over if c.new_tokens >= window]
     if over and (run.overlong == "error" or hopeless):
         first = (hopeless or list(over))[0]
         rest = [c for c in over if c is not first]
-        others = (f" ({len(rest)} more too long: {', '.join(_describe(c) for c in rest[:3])}{', ...' if len(rest) > 3 else ''})"
-                  if rest else "")
+        named = ", ".join(_describe(c) for c in rest[:3]) + (", ..." if len(rest) > 3 else "")
+        others = f" ({len(rest)} more too long: {named})" if rest else ""
         raise ConfigError(f"{OPTION_BY_NAME['data'].cli}: {_problem(first, window, where)}{others}")
     return ContextCheck(window, tuple(contexts), over)

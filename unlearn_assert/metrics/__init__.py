@@ -204,7 +204,8 @@ def evaluate(
     ci: dict[str, tuple[float, float]] = {}
     samples: dict[str, list[dict[str, Any]]] = {}
     extras: dict[str, Any] = {
-        "n": {}, "batch_size": {}, "seconds": {}, "time_split": {}, "prefix_cache": {}, "prefix_fallbacks": 0, "over_context": {}, "truncated": {},
+        "n": {}, "batch_size": {}, "seconds": {}, "time_split": {}, "prefix_cache": {}, "prefix_fallbacks": 0, "over_context": {},
+        "truncated": {},
         "seed": seed, "max_samples": max_samples, "generation_config_ignored": ignored_generation_settings(hf),
         "model_fingerprint": getattr(model, "fingerprint", None), "data_fingerprint": getattr(data, "fingerprint", None),
     }

@@ -107,8 +107,8 @@ def knowmem(
     for index, (item, text) in enumerate(zip(qa, texts)):
         score = rouge_l_f1(item.answer, text)
         scores.append(score)
-        samples.append({"id": index, "prompt": item.question, "generation": text, "reference": item.answer, "score": score * 100.0,
-                        **truncation_record(out, index)})
+        samples.append({"id": index, "prompt": item.question, "generation": text, "reference": item.answer,
+                        "score": score * 100.0, **truncation_record(out, index)})
     value = sum(scores) / len(scores) * 100.0 if scores else float("nan")
     extras = {
         "batch_size": out.batch_size,

@@ -404,6 +404,13 @@ def score_ids(
     return [r for r in results if r is not None], used
 
 
+def _truncation(score: TextScore) -> dict[str, Any]:
+    """A scored text's ``truncation`` record (its first ``n_tokens`` kept) when the window cut it, else ``{}``."""
+    if not score.truncated:
+        return {}
+    return {"truncation": {"tokens": score.source_tokens, "kept": score.n_tokens, "keep": "start"}}
+
+
 def privleak_scores(
     model: Any,
     tokenizer: Any,
@@ -434,8 +441,7 @@ def privleak_scores(
                     "attacks": {k: (v if math.isfinite(v) else None) for k, v in value.items()},
                     "tokens": scores[offset + index].n_tokens,
                     "truncated": scores[offset + index].truncated,
-                    **({"truncation": {"tokens": scores[offset + index].source_tokens, "kept": scores[offset + index].n_tokens,
-                                       "keep": "start"}} if scores[offset + index].truncated else {}),
+                    **_truncation(scores[offset + index]),
                 }
             )
     extras = {

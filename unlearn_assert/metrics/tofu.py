@@ -503,10 +503,11 @@ def sequence_lengths(
     out: list[tuple[str, int, int, int]] = []
     for split, items in data.splits().items():
         pairs: list[tuple[str, str]] = []
-        spans: list[tuple[int, int]] = []  # each item's pairs; its first, (question, answer), gives the generation prompt
+        spans: list[tuple[int, int]] = []  # each item's pairs; the first, (question, answer), has its generation prompt
         for item in items:
             q = _question(item, question_key) if split in ("forget", "retain") else str(item.question)
-            answers = [item.answer, *item.perturbed_answers, *([item.paraphrased_answer] if item.paraphrased_answer is not None else [])]
+            para = [item.paraphrased_answer] if item.paraphrased_answer is not None else []
+            answers = [item.answer, *item.perturbed_answers, *para]
             spans.append((len(pairs), len(pairs) + len(answers)))
             pairs += [(q, a) for a in answers]
         encoded = encode_pairs(tokenizer, tmpl, pairs)
@@ -623,7 +624,9 @@ def evaluate_tofu(
                 rows.append(row)
             plan[split] = rows
         losses, used, cuts = (
-            _losses(hf, tokenizer, seqs, bs, max_length, timings["teacher_forced"], truncate) if seqs.encoded else ([], 0, {})
+            _losses(hf, tokenizer, seqs, bs, max_length, timings["teacher_forced"], truncate)
+            if seqs.encoded
+            else ([], 0, {})
         )
         extras["batch_size"]["teacher_forced"] = used
         extras["teacher_forced"] = {"sequences": len(seqs.encoded), "truncated": len(cuts)}

@@ -85,6 +85,7 @@ def verbmem_f(
             }
         )
     value = sum(scores) / len(scores) * 100.0 if scores else float("nan")
-    extras = {"batch_size": out.batch_size, "n": len(items), "over_context": out.over_context, "truncated": len(out.truncated),
+    extras = {"batch_size": out.batch_size, "n": len(items), "over_context": out.over_context,
+              "truncated": len(out.truncated),
               "seconds_split": {"prefill": out.prefill_seconds, "decode": out.decode_seconds}}
     return MetricResult(value=value, scores=scores, samples=samples, extras=extras)

@@ -33,7 +33,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CROSSOVER_FLOPS", "GROUP", "WORKERINPUT_KEY", "Placement", "decide", "is_suite_item", "make_scheduler", "visible_gpus"]
+__all__ = ["CROSSOVER_FLOPS", "GROUP", "WORKERINPUT_KEY", "Placement", "cuda_visible", "decide", "is_suite_item",
+           "make_scheduler", "visible_gpus"]
 
 #: Forward FLOPs of a run's rows from which spreading them over two CPU workers is faster than one worker
 #: (docs/scale-out.md: measured on 2 cores, between the runs that lose and those that win).
@@ -94,12 +95,16 @@ def visible_gpus(device: str, devices: tuple[int, ...]) -> int:
     if torch is not None:
         return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
     listed = Path("/proc/driver/nvidia/gpus")
-    physical = len(list(listed.iterdir())) if listed.is_dir() else 0
-    mask = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return cuda_visible(len(list(listed.iterdir())) if listed.is_dir() else 0, os.environ.get("CUDA_VISIBLE_DEVICES"))
+
+
+def cuda_visible(physical: int, mask: str | None) -> int:
+    """How many of ``physical`` GPUs ``CUDA_VISIBLE_DEVICES=mask`` lets a process see (None: all of them); CUDA
+    stops reading the list at the first entry that names no device."""
     if mask is None:
         return physical
     allowed = 0
-    for entry in mask.split(","):  # CUDA stops at the first entry that names no device
+    for entry in mask.split(","):
         entry = entry.strip()
         if not entry or entry.startswith("-"):
             break
@@ -113,21 +118,24 @@ def decide(workers: int, user_dist: str, gpus: int, flops: float | None) -> Plac
     gflop = None if flops is None else round(flops / 1e9, 1)
     dist = "load" if user_dist == "no" else user_dist  # xdist's own default for -n alone
     if workers <= 1:
-        return Placement("serial" if workers == 0 else "one worker", "no xdist workers" if workers == 0 else "one xdist worker",
-                         workers, 1, dist if workers else "no", gpus, gflop)
+        if workers == 0:
+            return Placement("serial", "no xdist workers", 0, 1, "no", gpus, gflop)
+        return Placement("one worker", "one xdist worker", workers, 1, dist, gpus, gflop)
     if user_dist not in PLACED + BY_MODULE:
         return Placement("spread", f"your --dist {user_dist} places the items", workers, workers, dist, gpus, gflop)
     if user_dist in BY_MODULE:
-        return Placement("one worker", f"your --dist {user_dist} keeps the built-in suite's module on one worker", workers, 1,
-                         dist, gpus, gflop)
+        return Placement("one worker", f"your --dist {user_dist} keeps the built-in suite's module on one worker",
+                         workers, 1, dist, gpus, gflop)
     if gpus >= workers:
-        return Placement("spread", f"{gpus} GPUs for {workers} workers: one GPU per worker", workers, workers, dist, gpus, gflop)
+        return Placement("spread", f"{gpus} GPUs for {workers} workers: one GPU per worker", workers, workers, dist,
+                         gpus, gflop)
     if flops is not None and flops >= CROSSOVER_FLOPS:
         return Placement("spread", f"rows of {gflop:g} GFLOP reach the crossover of {CROSSOVER_FLOPS / 1e9:g} GFLOP: "
                          "parallel rows win", workers, workers, dist, gpus, gflop)
     size = "an unknown size" if gflop is None else f"{gflop:g} GFLOP"
-    return Placement("one worker", f"rows of {size}, below the crossover of {CROSSOVER_FLOPS / 1e9:g} GFLOP: one more process "
-                     "loading the models costs more than it wins", workers, 1, dist, gpus, gflop, scheduled=True)
+    return Placement("one worker", f"rows of {size}, below the crossover of {CROSSOVER_FLOPS / 1e9:g} GFLOP: one more "
+                     "process loading the models costs more than it wins", workers, 1, dist, gpus, gflop,
+                     scheduled=True)
 
 
 def is_suite_item(nodeid: str) -> bool:

@@ -113,7 +113,8 @@ def divide_machine(device: str, devices: tuple[int, ...], workerinput: Mapping[s
     sharing = int(placement["row_workers"]) if placement else workers
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     chosen = worker_device(device, devices, worker_index(worker_id), count)
-    record = {"worker": worker_id or "main", "workers": workers, "threads": apply_thread_budget(sharing), "device": chosen}
+    record = {"worker": worker_id or "main", "workers": workers, "threads": apply_thread_budget(sharing),
+              "device": chosen}
     if placement:
         record["placement"] = dict(placement)
     return chosen, record
