@@ -71,6 +71,7 @@ VALUES: dict[str, st.SearchStrategy[Any]] = {
     "device_map": st.sampled_from(["auto", "balanced", "sequential", "balanced_low_0", "everywhere", "AUTO", ""]) | text,
     "batch_size": numbers | st.sampled_from(["auto", "AUTO", "many"]) | text,
     "max_samples": numbers | text,
+    "overlong": st.sampled_from(["error", "truncate", "TRUNCATE", "cut", ""]) | text,
     "retrain_auc": numbers | st.sampled_from(["muse-news", "MUSE-BOOKS", "muse", "0.5", "1", "0"]) | text,
     "quantized": st.lists(st.tuples(st.sampled_from(["mine", "my_gptq", "fp", "a-b", ""]) | text, st.sampled_from(["=", ""]), path_value)
                           .map("".join), max_size=3),
@@ -96,7 +97,8 @@ VALID: dict[str, st.SearchStrategy[Any]] = {
     "devices": st.sampled_from(["", "0", "0,1"]), "device_map": st.sampled_from(["", "auto"]),
     "verdict": st.sampled_from(["point", "strict", "lenient"]), "confidence": st.sampled_from(["0.9", "0.95", "0.99"]),
     "attacks": st.just(""),
-    "max_samples": st.sampled_from(["1", "3", "1000"]), "retrain_auc": st.sampled_from(["0.5", "muse-news", "muse-books"]),
+    "max_samples": st.sampled_from(["1", "3", "1000"]), "overlong": st.sampled_from(["error", "truncate"]),
+    "retrain_auc": st.sampled_from(["0.5", "muse-news", "muse-books"]),
     "quantized": st.just([]), "no_cache": st.booleans(), "allow_pickle": st.booleans(),
     "utility_tasks": st.just(""), "lm_eval_include": st.sampled_from(["", "@dir"]),
 }

@@ -1,5 +1,6 @@
 """Scale-out: each row computed once per run under xdist (claims), the workers' thread budget and
-GPU assignment, and the same numbers as a serial run."""
+GPU assignment, where the rows go (one worker for small models, spread for large ones or one GPU per
+worker), and the same numbers as a serial run."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pytest
 from unlearn_assert.config import build_run_config
 from unlearn_assert.errors import ConfigError
 from unlearn_assert.scaleout.claims import RowClaims
+from unlearn_assert.scaleout.placement import CROSSOVER_FLOPS, cuda_visible, decide, is_suite_item, visible_gpus
 from unlearn_assert.scaleout.workers import apply_thread_budget, thread_budget, worker_device, worker_index
 
 QUANTIZERS = "rtn-w4g64,rtn-w8,bnb-fp4"
@@ -58,6 +60,45 @@ def test_devices_option_is_validated_at_parse_time() -> None:
             run(devices=bad)
     with pytest.raises(ConfigError, match="--unlearn-device is 'cpu'; use --unlearn-device=auto or cuda"):
         run(devices="0", device="cpu")
+
+
+def test_small_rows_share_one_worker_and_large_ones_are_spread() -> None:
+    small, large = CROSSOVER_FLOPS / 100, CROSSOVER_FLOPS * 2
+    one = decide(2, "no", 0, small)
+    assert (one.mode, one.row_workers, one.scheduled, one.dist) == ("one worker", 1, True, "load")
+    assert "crossover" in one.reason
+    spread = decide(2, "no", 0, large)
+    assert (spread.mode, spread.row_workers, spread.scheduled) == ("spread", 2, False)
+    assert "parallel rows win" in spread.reason
+    assert decide(4, "no", 1, small).mode == "one worker"  # fewer GPUs than workers: the cost decides
+    gpus = decide(2, "no", 2, small)  # a GPU per worker: spread, as before
+    assert (gpus.mode, gpus.row_workers, gpus.scheduled) == ("spread", 2, False) and "one GPU per worker" in gpus.reason
+    assert decide(2, "loadgroup", 0, small).scheduled  # the user's loadgroup: the suite is one group of it
+    for dist in ("load", "worksteal", "each"):  # given explicitly: theirs
+        theirs = decide(2, dist, 0, small)
+        assert (theirs.mode, theirs.scheduled, theirs.dist) == ("spread", False, dist) and dist in theirs.reason
+    for dist in ("loadscope", "loadfile"):  # one module on one worker already
+        assert (decide(2, dist, 0, large).mode, decide(2, dist, 0, large).row_workers) == ("one worker", 1)
+    assert decide(0, "no", 0, large).mode == "serial" and decide(1, "no", 0, large).row_workers == 1
+    assert decide(2, "no", 0, None).mode == "one worker"  # nothing counted: the cheap choice
+    assert decide(2, "no", 0, small).to_dict()["gflop"] == round(small / 1e9, 1)
+
+
+def test_the_built_in_suite_is_told_apart_by_node_id() -> None:
+    assert is_suite_item("suites/test_budget.py::test_budget[rtn-w8-knowmem_f]")
+    assert is_suite_item("::test_budget[fp-verbmem_f]")  # pytest 9: a module outside the rootdir
+    assert not is_suite_item("tests/test_mine.py::test_budget_is_fine")
+    assert not is_suite_item("tests/test_mine.py::test_budget[x]")
+    assert not is_suite_item("suites/test_budget.py::test_other[x]")
+
+
+def test_gpus_are_counted_without_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert visible_gpus("cpu", ()) == 0 and visible_gpus("auto", (0, 3)) == 2 and visible_gpus("cuda:1", ()) == 1
+    assert cuda_visible(4, None) == 4 and cuda_visible(4, "1,2") == 2 and cuda_visible(4, "") == 0
+    assert cuda_visible(4, "0,-1,2") == 1 and cuda_visible(0, "0,1") == 0 and cuda_visible(2, "0,1,2,3") == 2
+    monkeypatch.delitem(sys.modules, "torch")  # the controller has not imported torch: the driver's list decides
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert visible_gpus("auto", ()) == 0
 
 
 def test_claims_are_exclusive_and_die_with_their_holder(tmp_path: Path) -> None:
@@ -112,28 +153,44 @@ runner.compute_row = _counting
 def test_xdist_computes_each_row_once_with_the_serial_numbers(
         pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, cache: str,
         tiny_unlearned_dir: Path, tiny_model_dir: Path, tiny_data_dir: Path) -> None:
+    """``-n 2`` on the tiny pair puts every row on one worker (the rows are far below the crossover), with all the
+    cores' threads; ``--dist load`` spreads them, each row computed once (claims); both give the serial numbers."""
     pytester.makeconftest(COUNTING_CONFTEST)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # let the workers take their thread budget
     base = [f"--unlearn-model={tiny_unlearned_dir}", f"--unlearn-target={tiny_model_dir}", f"--unlearn-data={tiny_data_dir}",
             f"--unlearn-quantizers={QUANTIZERS}", "--unlearn-max-samples=4", "--unlearn-device=cpu", "-p", "no:randomly"]
+    modes = {"serial": [], "spread": ["-n", "2", "--dist", "load"]}
+    if cache == "no-cache":
+        modes["grouped"] = ["-n", "2"]
     runs = {}
-    for mode in ("serial", "dist"):
+    for mode, extra in modes.items():
         log = pytester.path / f"{mode}.log"
         monkeypatch.setenv("UNLEARN_ROW_LOG", str(log))
-        extra = ["--unlearn-no-cache"] if cache == "no-cache" else [f"--unlearn-cache-dir={pytester.path / mode}"]
-        if mode == "dist":
-            extra += ["-n", "2"]
+        extra = extra + (["--unlearn-no-cache"] if cache == "no-cache"
+                         else [f"--unlearn-cache-dir={pytester.path / mode}"])
         result = pytester.runpytest_subprocess(*base, *extra, f"--unlearn-json={mode}.json")
         assert result.ret in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED), result.stdout.str()[-2000:]
-        computed = log.read_text().split()
-        runs[mode] = (json.loads((pytester.path / f"{mode}.json").read_text()), computed)
-    (serial, serial_rows), (dist, dist_rows) = runs["serial"], runs["dist"]
-    assert sorted(dist_rows) == sorted(serial_rows) and len(set(dist_rows)) == len(dist_rows) == 8  # 2 fp + 3 x (q(T), q(U))
-    assert {(r["model"], r["quantizer"]): r["values"] for r in dist["rows"]} == {(r["model"], r["quantizer"]): r["values"] for r in serial["rows"]}
-    assert [(v["item"], v["outcome"], v["message"]) for v in dist["verdicts"]] == [(v["item"], v["outcome"], v["message"]) for v in serial["verdicts"]]
-    assert all(not r["cached"] for r in dist["rows"])  # each row as computed by the worker that computed it
-    workers = dist["provenance"]["execution"]
-    assert sorted(w["worker"] for w in workers) == ["gw0", "gw1"]
+        runs[mode] = (json.loads((pytester.path / f"{mode}.json").read_text()), log.read_text().split())
+    serial, serial_rows = runs["serial"]
     cores = len(os.sched_getaffinity(0))
-    assert all(w["threads"]["intra_op"] == max(1, cores // 2) and w["threads"]["set_by"].startswith("unlearn-assert") for w in workers)
+    for mode, (report, rows) in runs.items():
+        assert sorted(rows) == sorted(serial_rows) and len(set(rows)) == len(rows) == 8  # 2 fp + 3 x (q(T), q(U))
+        assert {(r["model"], r["quantizer"]): r["values"] for r in report["rows"]} == {
+            (r["model"], r["quantizer"]): r["values"] for r in serial["rows"]}, mode
+        assert [(v["item"], v["outcome"], v["message"]) for v in report["verdicts"]] == [
+            (v["item"], v["outcome"], v["message"]) for v in serial["verdicts"]], mode
+        assert all(not r["cached"] for r in report["rows"])  # each row as computed by the worker that computed it
     assert serial["provenance"]["execution"][0]["worker"] == "main"
+    assert serial["provenance"]["execution"][0]["placement"]["mode"] == "serial"
+    spread = runs["spread"][0]["provenance"]["execution"]
+    assert sorted(w["worker"] for w in spread) == ["gw0", "gw1"]
+    assert all(w["threads"]["intra_op"] == max(1, cores // 2) and w["threads"]["set_by"].startswith("unlearn-assert")
+               for w in spread)
+    assert all(w["placement"]["mode"] == "spread" and "--dist load" in w["placement"]["reason"] for w in spread)
+    if "grouped" in runs:
+        grouped = runs["grouped"][0]["provenance"]["execution"]
+        assert len(grouped) == 1, grouped  # one worker computed every row
+        placement = grouped[0]["placement"]
+        assert placement["mode"] == "one worker" and placement["scheduled"] and placement["row_workers"] == 1
+        assert placement["footprint"]["rows"] == 8 and 0 < placement["gflop"] < CROSSOVER_FLOPS / 1e9
+        assert grouped[0]["threads"]["set_by"] == "torch's default"  # all the cores, as a serial run

@@ -104,6 +104,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("dtype", "Weight dtype to load models in: auto (as saved), float32, bfloat16, float16.", "auto", "DTYPE"),
     Option("batch_size", "Generation batch size, or auto (bounded by memory).", "auto", "N"),
     Option("max_samples", "Evaluate only the first N items of every split (smoke runs).", None, "N"),
+    Option("overlong", "An item longer than the model's context window (its prompt plus the tokens generated after "
+           "it): error (one line before anything loads, naming the item) or truncate (as MUSE and lm-eval: a prompt "
+           "keeps its end, next to the continuation; a scored text its first tokens; recorded per item in the report).",
+           "error", "MODE"),
     Option("retrain_auc", "Reference privleak AUC when no retrain model is given: a number (0 < AUC <= 1), or muse-news / "
            "muse-books for MUSE's published retrain AUCs.", None, "AUC"),
     Option("cache_dir", "Directory for cached results (default: the pytest cache dir).", None, "DIR", path=True),
@@ -316,6 +320,19 @@ def parse_documents(raw: Any) -> tuple[tuple[str, int], ...]:
     return tuple(pairs)
 
 
+#: ``--unlearn-overlong``: what happens to an item beyond the model's context window
+OVERLONG_MODES = ("error", "truncate")
+
+
+def parse_overlong(raw: Any) -> str:
+    """``--unlearn-overlong``: error (default) or truncate."""
+    mode = str(raw if raw not in (None, "") else "error").strip().lower()
+    if mode not in OVERLONG_MODES:
+        raise ConfigError(f"--unlearn-overlong: '{raw}' is not a mode; use error (refuse an item beyond the context "
+                          "window) or truncate (cut it as MUSE and lm-eval do)")
+    return mode
+
+
 def parse_verdict(raw: Any) -> str:
     """``--unlearn-verdict``: point (default), strict or lenient."""
     policy = str(raw if raw not in (None, "") else "point").strip().lower()
@@ -418,6 +435,7 @@ class RunConfig:
     dtype: str = "auto"
     batch_size: int | None = None
     max_samples: int | None = None
+    overlong: str = "error"  # --unlearn-overlong: one of OVERLONG_MODES
     retrain_auc: float | None = None
     retrain_auc_source: str | None = None  # where a named --unlearn-retrain-auc came from (None for a plain number)
     cache_dir: str | None = None
@@ -579,6 +597,7 @@ def build_run_config(get: Callable[[Option], Any], *, model_spec: str | None = N
     values["dtype"] = dtype
     values["batch_size"] = _positive_int(OPTION_BY_NAME["batch_size"], raw["batch_size"], allow_auto=True)
     values["max_samples"] = _positive_int(OPTION_BY_NAME["max_samples"], raw["max_samples"])
+    values["overlong"] = parse_overlong(raw["overlong"])
     auc = raw["retrain_auc"]
     if auc not in (None, ""):
         values["retrain_auc"], values["retrain_auc_source"] = parse_retrain_auc(auc)

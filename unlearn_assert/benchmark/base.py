@@ -15,7 +15,9 @@ contract); a *benchmark* says what it measures. A benchmark owns
   - **privacy**: judged against an absolute budget with a reference model (:class:`Privacy`);
   - **reported**: shown, never judged;
 
-* the settings that change its numbers (:attr:`Benchmark.settings`), which go into every row's cache key.
+* the settings that change its numbers (:attr:`Benchmark.settings`), which go into every row's cache key;
+* the token sequences its metrics feed a model (:meth:`Benchmark.contexts`), so that an item beyond the
+  model's context window is found when the options are read, before any compute.
 
 The engine's checks, verdicts, intervals, report, cache, xdist payloads and fixtures read only this
 contract, so a benchmark is added with one module and one entry in
@@ -32,7 +34,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..metrics import Evaluation
     from ..metrics.stats import Interval
 
-__all__ = ["ROLES", "Benchmark", "BenchmarkData", "MetricRole", "MetricSpec", "Privacy"]
+__all__ = ["ROLES", "Benchmark", "BenchmarkData", "Context", "MetricRole", "MetricSpec", "Privacy"]
 
 MetricRole = Literal["forget", "utility", "privacy", "reported"]
 ROLES: tuple[MetricRole, ...] = ("forget", "utility", "privacy", "reported")
@@ -73,6 +75,29 @@ class MetricSpec:
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "role": self.role, "check": self.item, "items": self.items, "unit": self.unit,
                 "short": self.short or self.name, "higher_remembers": self.higher_remembers, "floor_value": self.floor_value}
+
+
+@dataclass(frozen=True)
+class Context:
+    """One token sequence a metric feeds the model: ``tokens`` (special tokens included, as the metric tokenizes
+    it) plus the ``new_tokens`` generated after it must fit the model's context window.
+
+    ``split`` and ``item`` name it as the report's counts do (``verbmem_forget``, item 0). ``keep``: what
+    ``--unlearn-overlong=truncate`` keeps of a sequence too long: ``"end"`` for a prompt (the tokens next to the
+    continuation, as lm-evaluation-harness truncates a context) or ``"start"`` for a text scored as a whole
+    (its first tokens, as privleak scores a text longer than the window).
+    """
+
+    split: str
+    item: int
+    tokens: int
+    new_tokens: int = 0
+    keep: Literal["end", "start"] = "end"
+
+    @property
+    def length(self) -> int:
+        """Positions it occupies: its tokens and those generated after it."""
+        return self.tokens + self.new_tokens
 
 
 class BenchmarkData(Protocol):
@@ -198,4 +223,10 @@ class Benchmark(Protocol):
 
     def restricted(self, data: Any, split: Any) -> Any:
         """``data`` with every forget metric's items cut to those ``split`` evaluates (a new fingerprint)."""
+        ...
+
+    def contexts(self, data: Any, tokenizer: Any) -> list[Context]:
+        """Every token sequence its metrics feed a model for ``data`` (the evaluated items), with the tokens generated
+        after it. ``tokenizer`` is called as transformers' (``tokenizer(texts)["input_ids"]``, BOS included); the
+        engine checks the lengths against the context window when the options are read."""
         ...

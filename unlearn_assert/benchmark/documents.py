@@ -13,8 +13,8 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .base import MetricSpec
-from .muse import MUSE_METRICS, Privleak
+from .base import Context, MetricSpec
+from .muse import MUSE_METRICS, Privleak, muse_contexts, truncation_setting
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..data.documents import DerivationSettings
@@ -32,7 +32,8 @@ class DocumentsBenchmark:
     name = "documents"
 
     def __init__(self, settings: DerivationSettings | None = None, available: Sequence[str] | None = None,
-                 retrain_auc: float | None = None, has_retrain: bool = False, retrain_auc_source: str | None = None) -> None:
+                 retrain_auc: float | None = None, has_retrain: bool = False, retrain_auc_source: str | None = None,
+                 overlong: str = "error") -> None:
         from ..data.documents import DerivationSettings
 
         self.derivation = settings or DerivationSettings()
@@ -40,6 +41,7 @@ class DocumentsBenchmark:
         self.metrics: tuple[MetricSpec, ...] = tuple(m for m in MUSE_METRICS if m.name in names)
         self._privleak = Privleak(retrain_auc, has_retrain, retrain_auc_source)
         self._derived: dict[str, dict[str, Any]] = {}
+        self.overlong = overlong
 
     @classmethod
     def from_run(cls, run: Any) -> DocumentsBenchmark:
@@ -49,13 +51,14 @@ class DocumentsBenchmark:
 
         settings = DerivationSettings(**dict(run.documents))
         available = metrics_of(run.data) if run.data is not None else None
-        return cls(settings, available, run.retrain_auc, run.retrain is not None, run.retrain_auc_source)
+        return cls(settings, available, run.retrain_auc, run.retrain is not None, run.retrain_auc_source, run.overlong)
 
     @property
     def settings(self) -> Mapping[str, Any]:
         from ..metrics import METRIC_SETTINGS
 
-        return {**METRIC_SETTINGS, "benchmark": "documents", "derivation": self.derivation.as_dict()}
+        settings = {**METRIC_SETTINGS, "benchmark": "documents", "derivation": self.derivation.as_dict()}
+        return truncation_setting(settings, self.overlong)
 
     @classmethod
     def detect(cls, path: str) -> bool:
@@ -97,7 +100,11 @@ class DocumentsBenchmark:
         from ..metrics import evaluate
 
         chosen = [m.name for m in self.metrics if metrics is None or m.name in metrics]
-        return evaluate(model, data, metrics=chosen, batch_size=batch_size, progress=progress)
+        return evaluate(model, data, metrics=chosen, batch_size=batch_size, progress=progress,
+                        truncate=self.overlong == "truncate")
+
+    def contexts(self, data: Any, tokenizer: Any) -> list[Context]:
+        return muse_contexts(data, tokenizer, [m.name for m in self.metrics])
 
     def privacy(self, metric: str) -> Privleak:
         if metric != "privleak":

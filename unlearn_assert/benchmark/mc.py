@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 from ..config import LM_EVAL_PREFIX
 from ..errors import ConfigError, DataError, UnlearnAssertError
 from ..plain import digest
-from .base import MetricSpec
+from .base import Context, MetricSpec
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..lmeval.evaluate import TaskResult
@@ -468,6 +468,12 @@ class McBenchmark:
             samples=samples,
             extras={"lm_eval": lm_eval, "batch_size": self.batch_size, "settings": results[0].settings},
         )
+
+    def contexts(self, data: Any, tokenizer: Any) -> list[Context]:
+        """None to check: lm-eval scores each choice by log-likelihood and cuts a context beyond the window to its
+        end itself (its HFLM), one forward per choice, so a long question costs one truncated pass, never a stall;
+        and its prompts are the task's templates, which only lm-eval renders."""
+        return []
 
     def relearn_split(self, data: Any) -> tuple[Any, tuple[str, ...]]:
         """Multiple-choice data has no documents to relearn from: relearning attacks gate MUSE, TOFU and documents."""

@@ -23,17 +23,24 @@ from ..config import REFERENCE_AUC_RANGE, reference_auc_ok
 from ..metrics import DEFAULT_REFERENCE_AUC
 from ..names import FP
 from ..render.schema import MUSE_METRICS as SCHEMA_MUSE_METRICS
-from .base import MetricSpec
+from .base import Context, MetricSpec
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..data.muse import MuseData
     from ..metrics import Evaluation
     from ..metrics.stats import Interval
 
-__all__ = ["DEFAULT_REFERENCE_AUC", "MUSE_METRICS", "MuseBenchmark", "Privleak", "reference_problem"]
+__all__ = ["DEFAULT_REFERENCE_AUC", "MUSE_METRICS", "MuseBenchmark", "Privleak", "muse_contexts", "reference_problem",
+           "truncation_setting"]
 
 #: MUSE's metrics, in report order (the report schema's definition of what a report without a benchmark holds).
 MUSE_METRICS: tuple[MetricSpec, ...] = tuple(MetricSpec(**spec) for spec in SCHEMA_MUSE_METRICS)
+
+
+def truncation_setting(settings: Mapping[str, Any], overlong: str) -> Mapping[str, Any]:
+    """A benchmark's settings with ``--unlearn-overlong=truncate`` added (a truncated item changes the numbers, so it
+    is part of every row's cache key); unchanged otherwise, so the cache of a run without it still hits."""
+    return {**settings, "overlong": "truncate"} if overlong == "truncate" else settings
 
 
 def reference_problem(reference: float | None, source: str) -> str | None:
@@ -59,6 +66,31 @@ def _privleak_ci(forget: tuple[float, ...], holdout: tuple[float, ...], referenc
                               key="privleak", estimate=estimate, seed=seed, n_resamples=replicates, confidence=confidence)
 
 
+def muse_contexts(data: MuseData, tokenizer: Any, metrics: Sequence[str] | None = None) -> list[Context]:
+    """The sequences MUSE's metrics feed a model (:meth:`~.base.Benchmark.contexts`), tokenized as they tokenize
+    them, in one batched call: verbmem's prompts with 128 new tokens, knowmem's ICL prompts with 32, privleak's
+    texts scored whole. ``metrics``: the metrics computed (all four by default)."""
+    from ..metrics.knowmem import KNOWMEM_MAX_NEW_TOKENS, icl_prefix, knowmem_prompt
+    from ..metrics.verbmem import VERBMEM_MAX_NEW_TOKENS
+
+    chosen = set(metrics) if metrics is not None else {m.name for m in MUSE_METRICS}
+    groups: list[tuple[str, list[str], int, Any]] = []
+    if "verbmem_f" in chosen:
+        groups.append(("verbmem_forget", [item.prompt for item in data.verbmem_forget], VERBMEM_MAX_NEW_TOKENS, "end"))
+    for metric, split in (("knowmem_f", "forget"), ("knowmem_r", "retain")):
+        if metric in chosen:
+            prefix = icl_prefix(getattr(data, f"knowmem_{split}_icl"))
+            prompts = [knowmem_prompt(prefix, qa.question) for qa in getattr(data, f"knowmem_{split}_qa")]
+            groups.append((f"knowmem_{split}_qa", prompts, KNOWMEM_MAX_NEW_TOKENS, "end"))
+    if "privleak" in chosen:
+        groups += [("privleak_forget", list(data.privleak_forget), 0, "start"),
+                   ("privleak_holdout", list(data.privleak_holdout), 0, "start")]
+    texts = [text for _, group, _, _ in groups for text in group]
+    lengths = iter([len(ids) for ids in tokenizer(texts)["input_ids"]] if texts else [])
+    return [Context(split, i, next(lengths), new, keep) for split, group, new, keep in groups
+            for i in range(len(group))]
+
+
 #: memoized intervals (:func:`unlearn_assert.benchmark.clear_memos` forgets them)
 MEMOS = (_privleak_ci,)
 
@@ -69,21 +101,26 @@ class MuseBenchmark:
     name = "muse"
     metrics = MUSE_METRICS
 
-    def __init__(self, retrain_auc: float | None = None, has_retrain: bool = False, retrain_auc_source: str | None = None) -> None:
+    def __init__(self, retrain_auc: float | None = None, has_retrain: bool = False,
+                 retrain_auc_source: str | None = None, overlong: str = "error") -> None:
         self.retrain_auc = retrain_auc
         self.has_retrain = has_retrain
         self.retrain_auc_source = retrain_auc_source
+        #: ``--unlearn-overlong``: "truncate" cuts an item beyond the context window (the metrics record it)
+        self.overlong = overlong
 
     @classmethod
     def from_run(cls, run: Any) -> MuseBenchmark:
-        """MUSE with the run's ``--unlearn-retrain-auc`` (and whose number it is), and whether it has a retrain model."""
-        return cls(retrain_auc=run.retrain_auc, has_retrain=run.retrain is not None, retrain_auc_source=run.retrain_auc_source)
+        """MUSE with the run's ``--unlearn-retrain-auc`` (and whose number it is), whether it has a retrain model, and
+        ``--unlearn-overlong``."""
+        return cls(retrain_auc=run.retrain_auc, has_retrain=run.retrain is not None,
+                   retrain_auc_source=run.retrain_auc_source, overlong=run.overlong)
 
     @property
     def settings(self) -> Mapping[str, Any]:
         from ..metrics import METRIC_SETTINGS
 
-        return METRIC_SETTINGS
+        return truncation_setting(METRIC_SETTINGS, self.overlong)
 
     @classmethod
     def detect(cls, path: str) -> bool:
@@ -107,7 +144,11 @@ class MuseBenchmark:
                 progress: Callable[[str], None] | None = None) -> Evaluation:
         from ..metrics import evaluate
 
-        return evaluate(model, data, metrics=metrics, batch_size=batch_size, progress=progress)
+        return evaluate(model, data, metrics=metrics, batch_size=batch_size, progress=progress,
+                        truncate=self.overlong == "truncate")
+
+    def contexts(self, data: Any, tokenizer: Any) -> list[Context]:
+        return muse_contexts(data, tokenizer)
 
     def interval(self, spec: MetricSpec, rows: Sequence[Any], estimate: float | None, boot: Any,
                  paired: Callable[..., Any]) -> Interval | None:

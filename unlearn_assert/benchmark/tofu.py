@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..names import FP
-from .base import MetricSpec
+from .base import Context, MetricSpec
 from .registry import TOFU_FORGET_SPLITS
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -67,13 +67,16 @@ class TofuBenchmark:
     name = "tofu"
     metrics = TOFU_SPECS
 
-    def __init__(self, forget_split: str = "forget10", has_retrain: bool = False) -> None:
+    def __init__(self, forget_split: str = "forget10", has_retrain: bool = False, overlong: str = "error") -> None:
         self.forget_split = forget_split
         self.has_retrain = has_retrain
+        #: ``--unlearn-overlong``: "truncate" keeps the end of a sequence beyond the context window
+        self.overlong = overlong
 
     @classmethod
     def from_run(cls, run: Any) -> TofuBenchmark:
-        return cls(forget_split=run.forget_split or "forget10", has_retrain=run.retrain is not None)
+        return cls(forget_split=run.forget_split or "forget10", has_retrain=run.retrain is not None,
+                   overlong=run.overlong)
 
     @property
     def settings(self) -> Mapping[str, Any]:
@@ -82,7 +85,8 @@ class TofuBenchmark:
         return {"benchmark": "tofu", "forget_split": self.forget_split, "template": "auto", "question_key": "question",
                 "max_length": MAX_LENGTH, "max_new_tokens": MAX_NEW_TOKENS, "rouge": "rougeL-recall-stem",
                 "truth_ratio": "forget: mean(min(TR,1/TR)); others: mean(max(0,1-TR))", "scale": SCALE,
-                "reference": "open-unlearning@d3d7cf9"}
+                "reference": "open-unlearning@d3d7cf9",
+                **({"overlong": "truncate"} if self.overlong == "truncate" else {})}
 
     @classmethod
     def detect(cls, path: str) -> bool:
@@ -104,7 +108,7 @@ class TofuBenchmark:
         from ..metrics import Evaluation
         from ..metrics.tofu import evaluate_tofu
 
-        ev = evaluate_tofu(model, data, metrics=metrics, batch_size=batch_size)
+        ev = evaluate_tofu(model, data, metrics=metrics, batch_size=batch_size, truncate=self.overlong == "truncate")
         scaled = {m.name for m in TOFU_SPECS if m.name != "forget_quality"}
 
         def scale(name: str, x: Any) -> Any:
@@ -144,6 +148,14 @@ class TofuBenchmark:
         keep = split.evaluated["forget_prob"]
         return replace(data, forget=tuple(data.forget[i] for i in keep),
                        fingerprint=digest({"data": data.fingerprint, "relearn_split": split.fingerprint}))
+
+    def contexts(self, data: Any, tokenizer: Any) -> list[Context]:
+        """Per item its longest question + answer sequence (scored; truncate keeps its end, the answer) and its
+        generation prompt with 200 new tokens."""
+        from ..metrics.tofu import sequence_lengths
+
+        return [Context(split, item, tokens, new, "end")
+                for split, item, tokens, new in sequence_lengths(tokenizer, data)]
 
     def privacy(self, metric: str) -> ForgetQuality:
         if metric != "forget_quality":

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import utility_task_metric
 from ..errors import ConfigError, UnlearnAssertError
-from .base import MetricSpec
+from .base import Context, MetricSpec
 from .mc import SCALE, built_tasks, lm_eval_batch_size, lm_eval_version, scored_metric, task_scores
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -185,6 +185,10 @@ class WithUtilityTasks:
             }
         extras = {**ev.extras, "utility_tasks": lm_eval}
         return Evaluation(values=values, ci=ci, samples=samples, extras=extras)
+
+    def contexts(self, data: Any, tokenizer: Any) -> list[Context]:
+        """The base benchmark's (the utility tasks are lm-eval's, which truncates their contexts itself)."""
+        return self.base.contexts(data, tokenizer)
 
     def relearn_split(self, data: Any) -> tuple[Any, tuple[str, ...]]:
         return self.base.relearn_split(data)

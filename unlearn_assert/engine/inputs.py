@@ -9,6 +9,7 @@ released right after (:meth:`Inputs.release`). Nothing is loaded while every nee
 from __future__ import annotations
 
 import gc
+import math
 import os
 import time
 from collections.abc import Callable
@@ -25,6 +26,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..benchmark.base import Benchmark
     from ..models import LoadedModel
     from ..quant.calibration import Calibration
+    from .footprint import Footprint
 
 __all__ = ["Inputs", "Progress", "precheck"]
 
@@ -253,15 +255,20 @@ def _precheck_budget(run: RunConfig, benchmark: Any) -> None:
                               f"its metrics: {', '.join(sorted(judged))}")
 
 
-def precheck(run: RunConfig) -> None:
+def precheck(run: RunConfig, *, windows: bool = True) -> Footprint:
     """Cheap checks of every input of ``run`` before any model loads, from headers only: the device,
     the cache dir, directory shape (links resolved), complete safetensors files, the tokenizer files,
-    target/unlearned pairing from config, headers and tokenizer files, the whole data set, the
-    calibration file, the user's quantized artifacts and the report paths. Every problem is one :class:`ConfigError` line (a pytest usage error, exit 4)."""
+    target/unlearned pairing from config, headers and tokenizer files, the whole data set, every evaluated
+    item's length against the context window (:mod:`.overlong`; ``windows=False`` skips it, as a process
+    whose controller checked it does), the calibration file, the user's quantized artifacts and the report
+    paths. Every problem is one :class:`ConfigError` line (a pytest usage error, exit 4). Returns what the
+    rows will cost (:class:`~.footprint.Footprint`)."""
     from ..data.muse import RAW_RETAIN_HINT
-    from ..models import check_model_dir, check_tokenizer_files, precheck_pair, read_weight_headers
+    from ..models import check_model_dir, check_tokenizer_files, precheck_pair, read_weight_headers, weight_files
     from ..quant.artifact import read_artifact
     from ..quant.calibration import calibration_from_data, load_calibration_file, needs_calibration
+    from .footprint import Footprint, row_count
+    from .overlong import check_contexts
 
     _check_device(run.device)
     if run.cache_dir is not None and not run.no_cache:
@@ -275,6 +282,7 @@ def precheck(run: RunConfig) -> None:
             check_gguf_file(artifact.name, artifact.path, run.target)  # the header only, in milliseconds
         else:
             read_artifact(artifact.name, artifact.path, run.target)
+    params = weight_bytes = 0
     for name in ("model", "target", "retrain"):
         value = getattr(run, name)
         if value is None:
@@ -283,7 +291,10 @@ def precheck(run: RunConfig) -> None:
             continue
         try:
             directory = check_model_dir(value, allow_pickle=run.allow_pickle)
-            read_weight_headers(directory)
+            shapes = read_weight_headers(directory)
+            if name == "target":
+                params = sum(math.prod(shape) for shape in shapes.values())
+                weight_bytes = sum(f.stat().st_size for f in weight_files(directory))
             check_tokenizer_files(directory)
         except ModelError as exc:
             raise ConfigError(f"{OPTION_BY_NAME[name].cli}: {exc}") from None
@@ -311,6 +322,7 @@ def precheck(run: RunConfig) -> None:
         data: Any = benchmark.load(run.data)
     except DataError as exc:
         raise ConfigError(f"--unlearn-data: {exc}") from None
+    tokens = check_contexts(run, benchmark, data.limited(run.max_samples)).tokens if windows else None
 
     _precheck_relearn(run, benchmark, data)
     _precheck_budget(run, benchmark)
@@ -324,3 +336,4 @@ def precheck(run: RunConfig) -> None:
         value = getattr(run, name)
         if value is not None:
             _writable_file(name, value)
+    return Footprint(params=params, weight_bytes=weight_bytes, rows=row_count(run), tokens=tokens)

@@ -130,7 +130,7 @@ def provenance(run: RunConfig, fingerprints: dict[str, str], data: Any, calibrat
                  "counts": data.counts() if data is not None else {}},
         "budgets": run.budget.to_dict(),
         "settings": {"device": run.device, "dtype": run.dtype, "batch_size": run.batch_size, "verdict": run.verdict,
-                     "max_samples": run.max_samples, "quantizers": list(run.variants),
+                     "max_samples": run.max_samples, "overlong": run.overlong, "quantizers": list(run.variants),
                      "calibration": calibration, "quantized_checkpoints": _artifact_methods(run)},
         "argv": sys.argv[1:],
     })

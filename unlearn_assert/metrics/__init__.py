@@ -189,6 +189,7 @@ def evaluate(
     max_length: int | None = None,
     progress: Callable[[str], None] | None = None,
     clock: Callable[[], float] | None = None,
+    truncate: bool = False,
 ) -> Evaluation:
     """Compute MUSE metrics for ``model`` (a LoadedModel or quantized view) on ``data`` (a MuseData
     or a MUSE-layout directory).
@@ -197,7 +198,9 @@ def evaluate(
     (None/"auto" = the largest that fits memory, up to 64). ``max_samples``: first N items of every
     split. ``retrain_auc``/``retrain_auc_source``: the reference AUC for privleak and where it came
     from ("retrain" or "option"; 0.5 and "default" when absent). ``seed``: bootstrap seed.
-    ``max_length``: privleak's context window override (default: the model config's).
+    ``max_length``: privleak's context window override (default: the model config's). ``truncate``: a
+    verbmem or knowmem prompt beyond the context window keeps its end (privleak's texts are cut to the
+    window either way); each cut item's record carries ``truncation``, ``extras["truncated"]`` counts them.
     ``progress``: receives a line on a metric that runs longer than 30 s, at most one per 30 s: the
     items done, the time so far and the expected remainder (:mod:`.progress`; ``clock``: seconds,
     ``time.monotonic`` by default, injectable for tests).
@@ -220,6 +223,7 @@ def evaluate(
     samples: dict[str, list[dict[str, Any]]] = {}
     extras: dict[str, Any] = {
         "n": {}, "batch_size": {}, "seconds": {}, "time_split": {}, "prefix_cache": {}, "prefix_fallbacks": 0, "over_context": {},
+        "truncated": {},
         "seed": seed, "max_samples": max_samples, "generation_config_ignored": ignored_generation_settings(hf),
         "model_fingerprint": getattr(model, "fingerprint", None), "data_fingerprint": getattr(data, "fingerprint", None),
     }
@@ -241,15 +245,17 @@ def evaluate(
                               privleak_context=scores.extras["context"])
                 extras["n"].update(privleak_forget=len(data.privleak_forget), privleak_holdout=len(data.privleak_holdout))
                 extras["batch_size"][metric] = scores.extras["batch_size"]
+                extras["truncated"][metric] = scores.extras["truncated"]
                 split_seconds = dict(scores.extras["seconds_split"])
             else:
                 if metric == "verbmem_f":
-                    result = verbmem_f(hf, tokenizer, data.verbmem_forget, batch_size=bs, meter=meter)
+                    result = verbmem_f(hf, tokenizer, data.verbmem_forget, batch_size=bs, meter=meter,
+                                       truncate=truncate)
                     extras["n"]["verbmem_forget"] = len(data.verbmem_forget)
                 else:
                     split = "forget" if metric == "knowmem_f" else "retain"
                     qa, icl = getattr(data, f"knowmem_{split}_qa"), getattr(data, f"knowmem_{split}_icl")
-                    result = knowmem(hf, tokenizer, qa, icl, batch_size=bs, meter=meter)
+                    result = knowmem(hf, tokenizer, qa, icl, batch_size=bs, meter=meter, truncate=truncate)
                     extras["n"][f"knowmem_{split}_qa"] = len(qa)
                     extras["prefix_cache"][metric] = {
                         "prefix_tokens": result.extras["prefix_tokens"],
@@ -262,6 +268,7 @@ def evaluate(
                 samples[metric] = result.samples
                 extras["batch_size"][metric] = result.extras["batch_size"]
                 extras["over_context"][metric] = result.extras["over_context"]
+                extras["truncated"][metric] = result.extras["truncated"]
                 split_seconds = dict(result.extras["seconds_split"])
             extras["seconds"][metric] = time.perf_counter() - start
             # where the time went: forwards (prefill/decode, or privleak's body forward) and the

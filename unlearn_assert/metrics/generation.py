@@ -21,9 +21,13 @@ Exactness, and what it rests on:
   it, and the remaining prefix tokens are fed with the question. Prompts that disagree earlier
   than :data:`PREFIX_SLACK` tokens before the end of the prefix take the full-prompt path and are
   counted as fallbacks. Causal attention makes the cached keys/values those of the full prompt.
-* Prompts are never truncated (MUSE does not truncate them either); prompts whose length plus
+* Prompts are not truncated (MUSE does not truncate them either); prompts whose length plus
   ``max_new_tokens`` exceeds the model's context window are counted (``over_context``) so a
-  report can say that those numbers rest on positions the model was not trained for.
+  report can say that those numbers rest on positions the model was not trained for. The gate
+  refuses such an item before it loads anything (``--unlearn-overlong=error``), or asks for
+  ``truncate=True`` (``--unlearn-overlong=truncate``): a prompt too long keeps its last
+  ``window - max_new_tokens`` tokens, as lm-evaluation-harness cuts a context (``left_truncate_len``),
+  so the continuation follows the text it continues; :attr:`Generated.truncated` says which.
 * Batching changes matrix shapes and where padding sits, so logits can differ in the last float
   bits between batch sizes, and a greedy token flips where the top two logits are that close.
   Measured on the tiny Llama (100 VerbMem prompts x 128 tokens, 60 KnowMem questions): in fp32
@@ -51,13 +55,14 @@ import inspect
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 from ..errors import ConfigError
 from .progress import Meter
 
 __all__ = [
+    "CONTEXT_WINDOW_KEYS",
     "CPU_BUDGET_FACTOR",
     "MAX_AUTO_BATCH",
     "MIN_BUDGET",
@@ -72,12 +77,14 @@ __all__ = [
     "eos_token_ids",
     "ignored_generation_settings",
     "greedy_generate",
+    "left_truncate",
     "length_buckets",
     "memory_budget",
     "plan_generation",
     "plan_prefix",
     "presized_cache",
     "resolve_batch_size",
+    "truncation_record",
 ]
 
 #: Upper bound of the automatic batch size: beyond it the per-step overhead is already amortized.
@@ -99,6 +106,9 @@ class Generated:
     over_context: int = 0
     prefill_seconds: float = 0.0
     decode_seconds: float = 0.0
+    #: prompt index -> its length before ``truncate=True`` cut it to :attr:`kept` tokens
+    truncated: dict[int, int] = field(default_factory=dict)
+    kept: int | None = None
 
 
 def _gqa_kernel(attention_mask: Any, key: Any, value: Any) -> bool:
@@ -262,10 +272,15 @@ def ignored_generation_settings(model: Any) -> list[str]:
     return sorted(name for name, inactive in _PROCESSORS.items() if getattr(config, name, inactive) not in (inactive, None, [], 0))
 
 
+#: The config keys that give a model's context window, the first one set wins (also read from config.json
+#: when the options are checked, :mod:`unlearn_assert.engine.overlong`).
+CONTEXT_WINDOW_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+
+
 def context_window(model: Any) -> int | None:
     """The model's context window from its config (None when the config does not say)."""
     cfg = getattr(model, "config", None)
-    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+    for name in CONTEXT_WINDOW_KEYS:
         value = getattr(cfg, name, None)
         if isinstance(value, int) and value > 1:
             return value
@@ -705,6 +720,7 @@ def greedy_generate(
     prefix_ids: Sequence[int] | None = None,
     stop: Callable[[list[int]], bool] | None = None,
     meter: Meter | None = None,
+    truncate: bool = False,
 ) -> Generated:
     """Greedy continuations of tokenized ``prompts`` (ids as ``tokenizer(prompt)`` gives them).
 
@@ -714,7 +730,9 @@ def greedy_generate(
     budget (:func:`plan_generation`). Prompts are batched longest first in length buckets
     (:func:`length_buckets`; the largest batch runs first so an out-of-memory error comes early);
     results keep the input order. ``meter``: told the prompts done after every forward (a batch's
-    rows count as done in proportion to its decode steps), for progress lines.
+    rows count as done in proportion to its decode steps), for progress lines. ``truncate``: a prompt whose
+    length plus ``max_new_tokens`` exceeds the context window keeps its last ``window - max_new_tokens`` tokens
+    (see the module docstring).
     """
     import time
 
@@ -723,6 +741,7 @@ def greedy_generate(
     n = len(prompts)
     if n == 0 or max_new_tokens <= 0:
         return Generated(ids=[[] for _ in range(n)], batch_size=batch_size or 1)
+    prompts, truncated, kept = left_truncate(prompts, context_window(model) if truncate else None, max_new_tokens)
     io = ModelIO(model)
     eos, pad = eos_token_ids(model, tokenizer), pad_token_id(tokenizer)
     prefix_len, fallbacks = (0, list(range(n))) if prefix_ids is None else plan_prefix(prefix_ids, prompts)
@@ -768,4 +787,30 @@ def greedy_generate(
     return Generated(
         ids=results, batch_size=batch_size if batch_size is not None else used, prefix_tokens=prefix_len, fallbacks=n_fallbacks,
         forward_passes=passes, over_context=over, prefill_seconds=timer.prefill, decode_seconds=timer.decode,
+        truncated=truncated, kept=kept,
     )
+
+
+def truncation_record(out: Generated, index: int) -> dict[str, Any]:
+    """``{"truncation": {"tokens": N, "kept": K, "keep": "end"}}`` for a prompt that ``truncate=True`` cut (the
+    per-item record the report carries), else ``{}``."""
+    if index not in out.truncated:
+        return {}
+    return {"truncation": {"tokens": out.truncated[index], "kept": out.kept, "keep": "end"}}
+
+
+def left_truncate(prompts: Sequence[Sequence[int]], window: int | None,
+                  new_tokens: int) -> tuple[Sequence[Sequence[int]], dict[int, int], int | None]:
+    """``prompts`` with each one longer than ``window - new_tokens`` cut to its last ``window - new_tokens``
+    tokens (lm-evaluation-harness's ``left_truncate_len``: the BOS of a cut prompt goes too), the original
+    lengths of those cut, and the length kept (None without a window: nothing is cut)."""
+    if window is None:
+        return prompts, {}, None
+    room = window - new_tokens
+    if room < 1:
+        raise ConfigError(f"the model's context window of {window} tokens cannot hold the {new_tokens} tokens a metric "
+                          "generates; use a model with a longer context window")
+    truncated = {i: len(p) for i, p in enumerate(prompts) if len(p) > room}
+    if not truncated:
+        return prompts, {}, room
+    return [list(p)[-room:] if i in truncated else p for i, p in enumerate(prompts)], truncated, room

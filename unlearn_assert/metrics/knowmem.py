@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .generation import Generated, greedy_generate
+from .generation import Generated, greedy_generate, truncation_record
 from .progress import Meter
 from .rouge import KNOWMEM_STOP_STRINGS, contains_stop_string, cut_at_stop_strings, decode, rouge_l_f1
 from .stats import MetricResult
@@ -55,12 +55,15 @@ def knowmem_generations(
     reuse_prefix: bool = True,
     early_stop: bool = True,
     meter: Meter | None = None,
+    truncate: bool = False,
 ) -> tuple[list[str], Generated]:
     """Cut answer texts for ``questions`` and the raw generation record.
 
     ``reuse_prefix=False`` feeds every full prompt from scratch and ``early_stop=False`` always
     decodes ``max_new_tokens`` (or to EOS): both exist so the tests can compare the fast path with
-    the naive one inside the same engine.
+    the naive one inside the same engine. ``truncate``: a prompt beyond the context window keeps its end
+    (:func:`.generation.left_truncate`; it then no longer starts with the ICL prefix, so it takes the
+    full-prompt path).
     """
     prefix = icl_prefix(icl)
     prompts = [knowmem_prompt(prefix, q) for q in questions]
@@ -79,6 +82,7 @@ def knowmem_generations(
         prefix_ids=prefix_ids,
         stop=stop if early_stop else None,
         meter=meter,
+        truncate=truncate,
     )
     texts = [cut_at_stop_strings(decode(tokenizer, ids), KNOWMEM_STOP_STRINGS) for ids in out.ids]
     return texts, out
@@ -94,18 +98,22 @@ def knowmem(
     max_new_tokens: int = KNOWMEM_MAX_NEW_TOKENS,
     reuse_prefix: bool = True,
     meter: Meter | None = None,
+    truncate: bool = False,
 ) -> MetricResult:
-    """``knowmem_f`` / ``knowmem_r`` over ``qa`` with the split's ``icl`` pairs (``meter``: progress lines)."""
+    """``knowmem_f`` / ``knowmem_r`` over ``qa`` with the split's ``icl`` pairs (``meter``: progress lines; a
+    prompt cut by ``truncate`` carries ``truncation`` in its record)."""
     texts, out = knowmem_generations(
         model, tokenizer, [item.question for item in qa], icl,
         batch_size=batch_size, max_new_tokens=max_new_tokens, reuse_prefix=reuse_prefix, meter=meter,
+        truncate=truncate,
     )
     scores: list[float] = []
     samples: list[dict[str, Any]] = []
     for index, (item, text) in enumerate(zip(qa, texts)):
         score = rouge_l_f1(item.answer, text)
         scores.append(score)
-        samples.append({"id": index, "prompt": item.question, "generation": text, "reference": item.answer, "score": score * 100.0})
+        samples.append({"id": index, "prompt": item.question, "generation": text, "reference": item.answer,
+                        "score": score * 100.0, **truncation_record(out, index)})
     value = sum(scores) / len(scores) * 100.0 if scores else float("nan")
     extras = {
         "batch_size": out.batch_size,
@@ -115,6 +123,7 @@ def knowmem(
         "prefix_fallbacks": out.fallbacks,
         "forward_passes": out.forward_passes,
         "over_context": out.over_context,
+        "truncated": len(out.truncated),
         "seconds_split": {"prefill": out.prefill_seconds, "decode": out.decode_seconds},
     }
     return MetricResult(value=value, scores=scores, samples=samples, extras=extras)

@@ -77,6 +77,8 @@ class TextScore:
     zscores: list[float]
     n_tokens: int
     truncated: bool
+    #: its length before the context window cut it (``n_tokens`` when nothing was cut)
+    source_tokens: int = 0
 
 
 @dataclass
@@ -306,6 +308,7 @@ def score_ids(
     max_length: int | None = None,
     timings: dict[str, float] | None = None,
     meter: Meter | None = None,
+    keep_end: bool = False,
 ) -> tuple[list[TextScore], int]:
     """Token statistics for tokenized sequences (one causal pass each, batched by tokens), and the
     largest number of sequences scored together.
@@ -318,7 +321,9 @@ def score_ids(
     tokens ``first[i]..n-1`` and no head is computed for the positions before (a teacher-forced
     answer after its question). ``moments=False`` skips the Min-K%++ z-scores (``zscores`` empty).
     ``batch_size`` caps the sequences per forward (the token budget still applies). Sequences longer
-    than the context window (``max_length`` or the config's) are truncated to it (``truncated``).
+    than the context window (``max_length`` or the config's) are truncated to it (``truncated``): to their
+    first ``window`` tokens, or with ``keep_end`` to their last ones (lm-evaluation-harness's loglikelihood
+    keeps the continuation and drops the start of the context), ``first`` moving with the cut.
     ``timings`` (if given) receives seconds spent in the body (``forward``) and in ``lm_head`` +
     statistics (``scoring``). ``meter``: told the sequences done after every forward (progress lines).
     """
@@ -329,9 +334,14 @@ def score_ids(
     if not encoded:
         return [], batch_size or 1
     window = context_length(model, max_length)
+    sources = [len(ids) for ids in encoded]
     truncated = [window is not None and len(ids) > window for ids in encoded]
-    encoded = [list(ids[:window]) if window is not None else list(ids) for ids in encoded]
     starts = [1] * len(encoded) if first is None else [max(int(f), 1) for f in first]
+    if keep_end and window is not None:
+        starts = [max(s - (n - window), 1) if cut else s for s, n, cut in zip(starts, sources, truncated)]
+        encoded = [list(ids[-window:]) if cut else list(ids) for ids, cut in zip(encoded, truncated)]
+    else:
+        encoded = [list(ids[:window]) if window is not None else list(ids) for ids in encoded]
     cap = batch_size if batch_size is not None else MAX_AUTO_BATCH
     plan = plan_scoring(model)
     # a long text (or one too long to share a forward) runs alone, unpadded (still independent of the others)
@@ -393,11 +403,19 @@ def score_ids(
                     zscores=torch.cat(zs).tolist() if zs else [],
                     n_tokens=len(encoded[i]),
                     truncated=truncated[i],
+                    source_tokens=sources[i],
                 )
     if timings is not None:
         for key, value in clock.items():
             timings[key] = timings.get(key, 0.0) + value
     return [r for r in results if r is not None], used
+
+
+def _truncation(score: TextScore) -> dict[str, Any]:
+    """A scored text's ``truncation`` record (its first ``n_tokens`` kept) when the window cut it, else ``{}``."""
+    if not score.truncated:
+        return {}
+    return {"truncation": {"tokens": score.source_tokens, "kept": score.n_tokens, "keep": "start"}}
 
 
 def privleak_scores(
@@ -433,6 +451,7 @@ def privleak_scores(
                     "attacks": {k: (v if math.isfinite(v) else None) for k, v in value.items()},
                     "tokens": scores[offset + index].n_tokens,
                     "truncated": scores[offset + index].truncated,
+                    **_truncation(scores[offset + index]),
                 }
             )
     extras = {

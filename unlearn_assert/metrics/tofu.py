@@ -87,6 +87,7 @@ __all__ = [
     "model_utility_replicates",
     "reference_truth_ratios",
     "resolve_template",
+    "sequence_lengths",
     "tofu_settings",
 ]
 
@@ -409,9 +410,11 @@ def _losses(
     batch_size: int | None,
     max_length: int | None,
     timings: dict[str, float],
-) -> tuple[list[float], int, int]:
+    keep_end: bool = False,
+) -> tuple[list[float], int, dict[int, tuple[int, int]]]:
     """Mean answer-token loss of every sequence (NaN when it has no answer token, as open-unlearning's
-    0/0), the largest batch, and how many sequences the context window truncated."""
+    0/0), the largest batch, and the sequences the context window truncated (index -> (tokens, kept);
+    ``keep_end``: their ends are kept, the answer with them)."""
     from .generation import pad_token_id
     from .privleak import score_ids
 
@@ -424,12 +427,13 @@ def _losses(
         batch_size=batch_size,
         max_length=max_length,
         timings=timings,
+        keep_end=keep_end,
     )
     out: list[float] = []
     for score, first in zip(scores, seqs.first):
         n = len(score.logprobs)
         out.append(-math.fsum(score.logprobs) / n if n and first >= 1 else float("nan"))
-    return out, used, sum(s.truncated for s in scores)
+    return out, used, {i: (s.source_tokens, s.n_tokens) for i, s in enumerate(scores) if s.truncated}
 
 
 def _generate(
@@ -439,12 +443,13 @@ def _generate(
     fulls: list[list[int]],
     batch_size: int | None,
     timings: dict[str, float],
-) -> tuple[list[str], list[str], int, int]:
-    """Greedy answers (decoded, cut at the decoded EOS, stripped) and references for ROUGE."""
+    truncate: bool = False,
+) -> tuple[list[str], list[str], Any]:
+    """Greedy answers (decoded, cut at the decoded EOS, stripped), references for ROUGE, and the generation record."""
     from .generation import greedy_generate
     from .rouge import decode
 
-    out = greedy_generate(model, tokenizer, prompts, MAX_NEW_TOKENS, batch_size=batch_size)
+    out = greedy_generate(model, tokenizer, prompts, MAX_NEW_TOKENS, batch_size=batch_size, truncate=truncate)
     timings["prefill"] = timings.get("prefill", 0.0) + out.prefill_seconds
     timings["decode"] = timings.get("decode", 0.0) + out.decode_seconds
     eos_text = tokenizer.decode([tokenizer.eos_token_id]) if tokenizer.eos_token_id is not None else ""
@@ -457,7 +462,17 @@ def _generate(
     references = [
         decode(tokenizer, full).replace(decode(tokenizer, prompt), "").strip() for prompt, full in zip(prompts, fulls)
     ]
-    return generations, references, out.batch_size, out.over_context
+    return generations, references, out
+
+
+def _item_truncation(cuts: Mapping[int, tuple[int, int]], sequences: Sequence[int], keep: str) -> dict[str, Any]:
+    """An item's ``truncation`` record when the context window cut one of its sequences (its answer, a perturbed
+    or the paraphrased one): the longest one's tokens, the tokens kept, which end, and how many were cut."""
+    cut = [cuts[j] for j in dict.fromkeys(sequences) if j in cuts]
+    if not cut:
+        return {}
+    longest = max(cut)
+    return {"truncation": {"tokens": longest[0], "kept": longest[1], "keep": keep, "sequences": len(cut)}}
 
 
 def _needed(chosen: Iterable[str]) -> tuple[set[str], set[str], set[str]]:
@@ -475,6 +490,30 @@ def _needed(chosen: Iterable[str]) -> tuple[set[str], set[str], set[str]]:
     forced = {split_of[m] for m in want if m in split_of and not m.endswith("_rouge")}
     generated = {split_of[m] for m in want if m.endswith("_rouge")}
     return want, forced, generated
+
+
+def sequence_lengths(
+    tokenizer: Any, data: Any, *, template: str | TofuTemplate = "auto", question_key: str = "question"
+) -> list[tuple[str, int, int, int]]:
+    """``(split, item, tokens, new_tokens)`` of every sequence :func:`evaluate_tofu` feeds a model, tokenized as it
+    tokenizes them: per item its longest question + answer sequence (answer, perturbed or paraphrased answer, EOS
+    appended; scored, no new tokens), then its generation prompt with :data:`MAX_NEW_TOKENS`. For the option-time
+    check of the context window."""
+    tmpl = resolve_template(tokenizer, template)
+    out: list[tuple[str, int, int, int]] = []
+    for split, items in data.splits().items():
+        pairs: list[tuple[str, str]] = []
+        spans: list[tuple[int, int]] = []  # each item's pairs; the first, (question, answer), has its generation prompt
+        for item in items:
+            q = _question(item, question_key) if split in ("forget", "retain") else str(item.question)
+            para = [item.paraphrased_answer] if item.paraphrased_answer is not None else []
+            answers = [item.answer, *item.perturbed_answers, *para]
+            spans.append((len(pairs), len(pairs) + len(answers)))
+            pairs += [(q, a) for a in answers]
+        encoded = encode_pairs(tokenizer, tmpl, pairs)
+        out += [(split, i, max(len(full) for _, full in encoded[a:b]), 0) for i, (a, b) in enumerate(spans)]
+        out += [(split, i, len(encoded[a][0]), MAX_NEW_TOKENS) for i, (a, _) in enumerate(spans)]
+    return out
 
 
 def _metrics(metrics: Iterable[str] | str | None) -> list[str]:
@@ -502,6 +541,7 @@ def evaluate_tofu(
     question_key: str = "question",
     reference_truth_ratios: Sequence[float] | None = None,
     max_length: int | None = None,
+    truncate: bool = False,
 ) -> Any:
     """TOFU's metrics for ``model`` (a LoadedModel or quantized view) on ``data`` (a TofuData or a
     TOFU directory), as an :class:`~unlearn_assert.metrics.Evaluation`.
@@ -514,10 +554,13 @@ def evaluate_tofu(
     retain model's per-item forget truth ratios (:func:`reference_truth_ratios`). ``template``: "auto",
     "plain", "chat" or a :class:`TofuTemplate`. ``question_key``: "question" or
     "paraphrased_question" (open-unlearning's ``eval.tofu.question_key``; forget and retain splits).
-    ``max_length``: the scoring context window override (default: the model config's).
+    ``max_length``: the scoring context window override (default: the model config's). ``truncate``: a
+    sequence beyond the context window keeps its end (a question + answer its answer, as lm-evaluation-harness
+    scores a continuation; a generation prompt its last ``window - 200`` tokens) instead of its start; an item
+    with a cut sequence carries ``truncation`` in its records.
     """
     from . import Evaluation
-    from .generation import ignored_generation_settings, resolve_batch_size
+    from .generation import ignored_generation_settings, resolve_batch_size, truncation_record
     from .rouge import excerpt, rouge_l_recall_stemmed
     from .stats import bootstrap_mean_ci, resample_counts
 
@@ -580,11 +623,13 @@ def evaluate_tofu(
                     row["para"] = seqs.add(*next(encoded))
                 rows.append(row)
             plan[split] = rows
-        losses, used, truncated = (
-            _losses(hf, tokenizer, seqs, bs, max_length, timings["teacher_forced"]) if seqs.encoded else ([], 0, 0)
+        losses, used, cuts = (
+            _losses(hf, tokenizer, seqs, bs, max_length, timings["teacher_forced"], truncate)
+            if seqs.encoded
+            else ([], 0, {})
         )
         extras["batch_size"]["teacher_forced"] = used
-        extras["teacher_forced"] = {"sequences": len(seqs.encoded), "truncated": truncated}
+        extras["teacher_forced"] = {"sequences": len(seqs.encoded), "truncated": len(cuts)}
         for split, rows in plan.items():
             p = _PREFIX[split]
             items = splits[split]
@@ -605,8 +650,10 @@ def evaluate_tofu(
                 trs.append(tr)
                 tr_scores.append(min(tr, 1.0 / (tr + EPS)) if split == "forget" else max(0.0, 1.0 - tr))
                 q = excerpt(qtext(split, item))
-                recs["prob"].append({"id": i, "score": pa, "question": q, "avg_loss": a_loss})
-                recs["norm"].append({"id": i, "score": norm[-1], "question": q, "prob": pa, "wrong_probs": pw})
+                cut = _item_truncation(cuts, [row["answer"], *row["wrong"], *([row["para"]] if "para" in row else [])],
+                                       "end" if truncate else "start")
+                recs["prob"].append({"id": i, "score": pa, "question": q, "avg_loss": a_loss, **cut})
+                recs["norm"].append({"id": i, "score": norm[-1], "question": q, "prob": pa, "wrong_probs": pw, **cut})
                 recs["tr"].append(
                     {
                         "id": i,
@@ -615,6 +662,7 @@ def evaluate_tofu(
                         "question": q,
                         "correct_prob": p_correct,
                         "wrong_prob": p_wrong,
+                        **cut,
                     }
                 )
             for metric, scores, records in (
@@ -644,11 +692,12 @@ def evaluate_tofu(
                 fulls.append(full)
                 owners.append((split, i))
         if prompts:
-            gens, refs, gen_bs, over = _generate(hf, tokenizer, prompts, fulls, bs, timings["generation"])
-            extras["batch_size"]["generation"] = gen_bs
-            extras["over_context"] = over
+            gens, refs, generated_out = _generate(hf, tokenizer, prompts, fulls, bs, timings["generation"], truncate)
+            extras["batch_size"]["generation"] = generated_out.batch_size
+            extras["over_context"] = generated_out.over_context
+            extras["generation_truncated"] = len(generated_out.truncated)
             by_split: dict[str, list[dict[str, Any]]] = {}
-            for (split, i), gen, ref in zip(owners, gens, refs):
+            for index, ((split, i), gen, ref) in enumerate(zip(owners, gens, refs)):
                 item = splits[split][i]
                 by_split.setdefault(split, []).append(
                     {
@@ -657,6 +706,7 @@ def evaluate_tofu(
                         "prompt": excerpt(qtext(split, item)),
                         "generation": gen,
                         "reference": ref,
+                        **truncation_record(generated_out, index),
                     }
                 )
             for split, records in by_split.items():

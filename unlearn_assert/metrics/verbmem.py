@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .generation import Generated, greedy_generate
+from .generation import Generated, greedy_generate, truncation_record
 from .progress import Meter
 from .rouge import decode, excerpt, rouge_l_f1
 from .stats import MetricResult
@@ -45,10 +45,13 @@ def verbmem_generations(
     batch_size: int | None = None,
     max_new_tokens: int = VERBMEM_MAX_NEW_TOKENS,
     meter: Meter | None = None,
+    truncate: bool = False,
 ) -> tuple[list[list[int]], Generated]:
-    """Greedy continuation ids for each prompt, and the generation record (batch size used...)."""
+    """Greedy continuation ids for each prompt, and the generation record (batch size used...).
+    ``truncate``: a prompt beyond the context window keeps its end (:func:`.generation.left_truncate`)."""
     encoded = [list(ids) for ids in tokenizer(list(prompts))["input_ids"]] if prompts else []
-    out = greedy_generate(model, tokenizer, encoded, max_new_tokens, batch_size=batch_size, meter=meter)
+    out = greedy_generate(model, tokenizer, encoded, max_new_tokens, batch_size=batch_size, meter=meter,
+                          truncate=truncate)
     return out.ids, out
 
 
@@ -60,12 +63,14 @@ def verbmem_f(
     batch_size: int | None = None,
     max_new_tokens: int = VERBMEM_MAX_NEW_TOKENS,
     meter: Meter | None = None,
+    truncate: bool = False,
 ) -> MetricResult:
-    """``verbmem_f`` over ``items`` (objects with ``.prompt`` and ``.gt``), with per-sample records.
-    ``meter``: progress lines (:mod:`.progress`)."""
+    """``verbmem_f`` over ``items`` (objects with ``.prompt`` and ``.gt``), with per-sample records (a prompt
+    cut by ``truncate`` carries ``truncation``: its tokens, those kept, and which end). ``meter``: progress
+    lines (:mod:`.progress`)."""
     prompts = [item.prompt for item in items]
     ids, out = verbmem_generations(model, tokenizer, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                                   meter=meter)
+                                   meter=meter, truncate=truncate)
     scores: list[float] = []
     samples: list[dict[str, Any]] = []
     for index, (item, generated) in enumerate(zip(items, ids)):
@@ -81,9 +86,11 @@ def verbmem_f(
                 "reference": reference,
                 "score": score * 100.0,
                 "new_tokens": len(generated),
+                **truncation_record(out, index),
             }
         )
     value = sum(scores) / len(scores) * 100.0 if scores else float("nan")
     extras = {"batch_size": out.batch_size, "n": len(items), "over_context": out.over_context,
+              "truncated": len(out.truncated),
               "seconds_split": {"prefill": out.prefill_seconds, "decode": out.decode_seconds}}
     return MetricResult(value=value, scores=scores, samples=samples, extras=extras)

@@ -24,6 +24,8 @@ from .session import UnlearnSession, is_xdist_worker
 run_config_key = pytest.StashKey[RunConfig]()
 session_key = pytest.StashKey[UnlearnSession]()
 verdict_key = pytest.StashKey[Any]()
+#: the ``--dist`` the user gave ("no": none), read before pytest-xdist turns ``-n`` alone into ``load``
+user_dist_key = pytest.StashKey[str]()
 SUITE_MODULE = "test_budget.py"
 
 
@@ -83,10 +85,18 @@ def _effective(config: pytest.Config, opt: Option) -> Any:
     return opt.default
 
 
-def _run_config(config: pytest.Config) -> RunConfig:
-    """The validated run config of this pytest run; with ``--unlearn-model``, every input is also
-    checked from its files (nothing loads). ``demo:NAME`` is resolved to the demo family's
-    directories first (building the family once, minutes, then cached), so config.py stays pure."""
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> None:
+    """Remember the ``--dist`` the user gave before pytest-xdist fills in its default (see :func:`_placement`)."""
+    dist = getattr(config.option, "dist", "no") or "no"
+    config.stash[user_dist_key] = "load" if getattr(config.option, "distload", False) else str(dist)
+
+
+def _run_config(config: pytest.Config) -> tuple[RunConfig, Any]:
+    """The validated run config of this pytest run and what its rows cost (a Footprint; None without
+    ``--unlearn-model``); with ``--unlearn-model``, every input is also checked from its files (nothing
+    loads; an xdist worker leaves the item lengths to its controller). ``demo:NAME`` is resolved to the demo
+    family's directories first (building the family once, minutes, then cached), so config.py stays pure."""
     raw = {opt.name: _effective(config, opt) for opt in OPTIONS}
     spec = raw["model"] if isinstance(raw["model"], str) and raw["model"].startswith("demo:") else None
     if spec is not None:
@@ -98,11 +108,25 @@ def _run_config(config: pytest.Config) -> RunConfig:
         for name in ("target", "retrain", "data"):
             raw[name] = raw[name] or demo[name]
     run = build_run_config(lambda opt: raw[opt.name], model_spec=spec)
-    if run.enabled:
-        from ..engine.inputs import precheck
+    if not run.enabled:
+        return run, None
+    from ..engine.inputs import precheck
 
-        precheck(run)
-    return run
+    return run, precheck(run, windows=not is_xdist_worker(config))
+
+
+def _placement(config: pytest.Config, run: RunConfig, footprint: Any) -> dict[str, Any]:
+    """Where this run computes its rows (:mod:`unlearn_assert.scaleout.placement`): a worker reads the
+    controller's decision; the controller (or a serial run) makes it."""
+    from ..scaleout.placement import WORKERINPUT_KEY, decide, visible_gpus
+
+    if is_xdist_worker(config):
+        return dict(getattr(config, "workerinput", {}).get(WORKERINPUT_KEY) or {})
+    dist = str(getattr(config.option, "dist", "no") or "no")
+    workers = len(getattr(config.option, "tx", None) or []) if dist != "no" else 0
+    placement = decide(workers, config.stash.get(user_dist_key, dist), visible_gpus(run.device, run.devices),
+                       footprint.flops if footprint is not None else None)
+    return {**placement.to_dict(), "footprint": footprint.to_dict() if footprint is not None else None}
 
 
 @pytest.hookimpl(trylast=True)
@@ -110,7 +134,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "unlearn_budget(**budget): override the unlearning budget for this test")
     config.addinivalue_line("markers", "gpu: needs a CUDA device (skipped without one)")
     try:
-        run = _run_config(config)
+        run, footprint = _run_config(config)
     except UnlearnAssertError as exc:
         raise pytest.UsageError(str(exc)) from None
     except pytest.UsageError:  # pytest's own, already one line
@@ -121,6 +145,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if not run.enabled:
         return
     session = UnlearnSession(config, run)
+    session.placement = _placement(config, run, footprint)
     config.stash[session_key] = session
     if not is_xdist_worker(config):
         config.pluginmanager.register(_Receiver(session), "unlearn-assert-receiver")
@@ -160,6 +185,27 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
     checks = plan_checks(session.run.variants, judged_metrics(benchmark_for(session.run)))
     metafunc.parametrize("budget_check", checks, ids=[item_id(q, c) for q, c in checks])
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """xdist controller: give each worker the run's placement before it starts."""
+    from ..scaleout.placement import WORKERINPUT_KEY
+
+    session = _session(node.config)
+    if session is not None and session.placement:
+        node.workerinput[WORKERINPUT_KEY] = session.placement
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """xdist controller: the built-in suite on one worker when the placement says so (None: xdist's own)."""
+    session = _session(config)
+    if session is None or not session.placement.get("scheduled"):
+        return None
+    from ..scaleout.placement import make_scheduler
+
+    return make_scheduler(config, log)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

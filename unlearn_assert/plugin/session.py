@@ -42,6 +42,8 @@ class UnlearnSession:
         self.shared_dir: Path | None = None
         #: how this process uses the machine (threads, device), sent to the controller once
         self.execution: dict[str, Any] | None = None
+        #: where the run computes its rows (the controller's decision, :mod:`unlearn_assert.scaleout.placement`)
+        self.placement: dict[str, Any] = {}
         #: problems that change no outcome (a cache entry not written), sent to the controller's summary
         self.warnings: list[str] = []
         self.outbox = Outbox()
@@ -60,7 +62,9 @@ class UnlearnSession:
             cache_dir = self.run.cache_dir
             if cache_dir is None and getattr(self.config, "cache", None) is not None:
                 cache_dir = str(self.config.cache.mkdir("unlearn-assert"))
-            device, self.execution = divide_machine(self.run.device, self.run.devices, getattr(self.config, "workerinput", None))
+            workerinput = getattr(self.config, "workerinput", None)
+            placement = self.placement or None
+            device, self.execution = divide_machine(self.run.device, self.run.devices, workerinput, placement)
             cache = ResultCache(cache_dir, enabled=not self.run.no_cache, on_write_error=self.warn)
             self._gate = Gate(self.run, cache, progress=self.progress, shared=self.shared_dir, device=device)
         return self._gate

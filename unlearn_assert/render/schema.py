@@ -91,6 +91,7 @@ class Settings(TypedDict, total=False):
     dtype: str  # "float32", "bfloat16", ... (after resolving "auto")
     batch_size: int | None  # generation batch size; None = automatic
     max_samples: int | None  # per-split cap on items; None = all
+    overlong: Literal["error", "truncate"]  # --unlearn-overlong: what an item beyond the context window got
     quantizers: list[str]  # quantizer ids in the order the user gave them (the table's row order)
     calibration: Calibration | None  # GPTQ/AWQ calibration text; None when no quantizer calibrates
 
@@ -235,6 +236,9 @@ class SampleRecord(TypedDict, total=False):
     generation: str  # the model's greedy continuation, after cutting
     reference: str  # the ground truth it was scored against
     score: float  # ROUGE-L F1 x100 of generation vs reference
+    # the item was beyond the model's context window and cut (--unlearn-overlong=truncate; a privleak text is cut to
+    # the window either way): {"tokens": its length, "kept": tokens kept, "keep": "end" (a prompt) | "start" (a text)}
+    truncation: dict[str, Any]
 
 
 class _ReportRequired(TypedDict):

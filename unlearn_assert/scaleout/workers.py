@@ -100,13 +100,21 @@ def torch_threads(intra_op: int | None = None) -> Iterator[None]:
         set_torch_threads(before)
 
 
-def divide_machine(device: str, devices: tuple[int, ...], workerinput: Mapping[str, Any] | None) -> tuple[str, dict[str, Any]]:
+def divide_machine(device: str, devices: tuple[int, ...], workerinput: Mapping[str, Any] | None,
+                   placement: Mapping[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
     """This process's device and threads in a run (``workerinput``: pytest-xdist's, None when serial),
-    and the record of both for the report's provenance."""
+    and the record of both for the report's provenance. ``placement``: the run's
+    :class:`~.placement.Placement` as a dict: the cores are divided among the processes that compute rows
+    (all of them on one worker when the rows are small), and the record carries it."""
     import torch
 
     worker_id = (workerinput or {}).get("workerid")
     workers = int((workerinput or {}).get("workercount", 1) or 1)
+    sharing = int(placement["row_workers"]) if placement else workers
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     chosen = worker_device(device, devices, worker_index(worker_id), count)
-    return chosen, {"worker": worker_id or "main", "workers": workers, "threads": apply_thread_budget(workers), "device": chosen}
+    record = {"worker": worker_id or "main", "workers": workers, "threads": apply_thread_budget(sharing),
+              "device": chosen}
+    if placement:
+        record["placement"] = dict(placement)
+    return chosen, record
