@@ -1,0 +1,140 @@
+"""The command a failing gate points at: quantization-aware unlearning against the quantizers that failed.
+
+Why: a user whose 4-bit recovery items fail asks "how do I fix my model?". The pytest summary
+answers with one runnable ``unlearn-assert unlearn`` command: the quantizers whose recovery items
+failed (4 bits or fewer) go into ``--quant-aware``, and the rest of the recipe is the one the
+unlearned model was made with, when ``unlearn-assert unlearn`` made it (its ``unlearn_run.json``),
+else :data:`DEFAULT_RECIPE`. A failing quantizer that cannot be simulated exactly (GPTQ, AWQ, HQQ)
+is trained against the round-to-nearest grid of the same bits and group, and the line says so.
+
+Torch-free: the summary is rendered on the pytest controller, which may never have imported torch.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from .quant_aware_ids import is_quant_aware_id
+from .settings import UnlearnSettings
+
+__all__ = ["DEFAULT_RECIPE", "low_bit", "previous_settings", "remediation_command"]
+
+#: The recipe named when the unlearned model has no unlearn_run.json: the demo's plain recipe
+#: (NPO + KLR, constant lr 2e-5, bf16 weights) run for a number of epochs instead of steps, so it
+#: scales with the user's forget set. See docs/quant-aware.md for what it was measured against.
+DEFAULT_RECIPE: dict[str, Any] = {"method": "npo_klr", "epochs": 30, "lr": 2e-5, "dtype": "bfloat16"}
+#: UnlearnSettings fields and their CLI flags, in the order the command lists them.
+_FLAGS = (
+    ("lr", "--lr"),
+    ("batch_size", "--batch-size"),
+    ("max_length", "--max-length"),
+    ("alpha", "--alpha"),
+    ("beta", "--beta"),
+    ("seed", "--seed"),
+    ("dtype", "--dtype"),
+    ("weight_decay", "--weight-decay"),
+    ("sure_batches", "--sure-batches"),
+)
+_DEFAULTS = UnlearnSettings()
+
+
+def _bits(qid: str) -> tuple[int | None, Any]:
+    from ..errors import UnlearnAssertError
+    from ..quant.spec import parse_quantizer_id
+
+    try:
+        spec = parse_quantizer_id(qid)
+    except UnlearnAssertError:  # an attack id or a user's artifact name: not a quantizer
+        return None, None
+    return spec.bits, spec
+
+
+def low_bit(qid: str) -> bool:
+    """A quantizer id of 4 bits or fewer (attacks and artifact names are not quantizers)."""
+    bits, _ = _bits(qid)
+    return bits is not None and bits <= 4
+
+
+def _simulated(qid: str) -> str:
+    """``qid`` itself, or the rtn grid of its bits and group when it cannot be simulated exactly."""
+    if is_quant_aware_id(qid):
+        return qid
+    _, spec = _bits(qid)
+    return (
+        f"rtn-w{spec.bits}" + (f"g{spec.group_size}" if spec.group_size else "") + ("" if spec.symmetric else "-asym")
+    )
+
+
+def previous_settings(model_dir: str | None) -> dict[str, Any] | None:
+    """The ``settings`` of ``model_dir/unlearn_run.json`` (a model ``unlearn-assert unlearn`` made), else None."""
+    if not model_dir:
+        return None
+    try:
+        settings = json.loads((Path(model_dir) / "unlearn_run.json").read_text()).get("settings")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return settings if isinstance(settings, dict) and settings.get("method") else None
+
+
+def _number(x: Any) -> str:
+    return f"{x:g}" if isinstance(x, float) else str(x)
+
+
+def remediation_command(
+    failing: list[str], *, target: str, data: str, model: str | None, previous: Mapping[str, Any] | None = None
+) -> tuple[str, list[str]]:
+    """(the ``unlearn-assert unlearn`` command, the failing ids that were replaced by an rtn grid)."""
+    simulated: list[str] = []
+    replaced = []
+    for q in failing:
+        s = _simulated(q)
+        if s != q:
+            replaced.append(q)
+        if s not in simulated:
+            simulated.append(s)
+    recipe: dict[str, Any] = dict(previous) if previous else dict(DEFAULT_RECIPE)
+    for q in recipe.get("quant_aware") or ():
+        if q not in simulated:
+            simulated.append(q)
+    out = f"{model.rstrip('/')}-quant-aware" if model and not model.startswith("demo:") else "unlearned-quant-aware"
+    parts = [
+        "unlearn-assert",
+        "unlearn",
+        "--method",
+        str(recipe.get("method", "npo_klr")),
+        "--quant-aware",
+        ",".join(simulated),
+        "--target",
+        target,
+        "--data",
+        data,
+        "--out",
+        out,
+    ]
+    parts += (
+        ["--epochs", str(recipe["epochs"])] if recipe.get("epochs") else ["--steps", str(recipe.get("steps") or 100)]
+    )
+    for field, flag in _FLAGS:
+        value = recipe.get(field)
+        if (
+            value is not None
+            and value != getattr(_DEFAULTS, field)
+            and not (field == "sure_batches" and not recipe.get("sure"))
+        ):
+            parts += [flag, _number(value)]
+    if recipe.get("sure"):
+        parts.append("--sure")
+        if recipe.get("sure_threshold") is not None:
+            parts += ["--sure-threshold", _number(recipe["sure_threshold"])]
+        elif recipe.get("sure_top") not in (None, 0.1):
+            parts += ["--sure-top", _number(recipe["sure_top"])]
+        if recipe.get("sure_lm_head"):
+            parts.append("--sure-lm-head")
+    weight = recipe.get("quant_aware_weight")
+    if weight not in (None, 1.0):
+        parts += ["--quant-aware-weight", _number(weight)]
+    return " ".join(shlex.quote(p) for p in parts), replaced
