@@ -196,13 +196,18 @@ def _cell(v: dict[str, Any]) -> str:
 
 def markdown(summary: dict[str, Any], quantizers: tuple[str, ...], meta: dict[str, Any]) -> str:
     names = list(summary["models"])
+    c = meta["compute"] if isinstance(meta["compute"], dict) else {}
+    compute = (
+        f"{c.get('cpu_capability')}, {'native' if c.get('native_bf16') else 'no native'} bf16" if c else meta["compute"]
+    )
     lines = [
-        f"Family `{meta['family_key']}` ({meta['family']}), kernels: {meta['kernels']} ({meta['compute']}), "
+        f"Family `{meta['family_key']}` ({meta['family']}), kernels: {meta['kernels']} ({compute}), "
         f"seed {meta['seed']}, default budget, float32 evaluation. Measured {meta['date']}.",
         "",
     ]
     lines += [
-        "| model | trained against | fp knowmem_f | fp verbmem_f | knowmem_r (of T) | privleak | fp items | s/step (x plain) | full run (est.) |",
+        "| model | trained against | fp knowmem_f | fp verbmem_f | knowmem_r (of T) | privleak | fp items "
+        "| s/step (x plain) | full run (est.) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     t = next(iter(summary["models"].values()))["target_fp"]
@@ -216,9 +221,11 @@ def markdown(summary: dict[str, Any], quantizers: tuple[str, ...], meta: dict[st
             "SURE" if summary["settings"][name].get("sure") else "-"
         )
         lines.append(
-            f"| {name} | {qa} | {fp['knowmem_f']:.1f} | {fp['verbmem_f']:.1f} | {fp['knowmem_r']:.1f} ({_pct(s['utility_fp'])}) | "
-            f"{fp['privleak']:+.1f} | {'pass' if not failed else 'FAIL ' + ', '.join(failed)} | "
-            f"{timing.get('seconds_per_step', '-')} ({timing.get('x_plain', '-')}x) | {timing.get('full_run_seconds', '-')} s |"
+            f"| {name} | {qa} | {fp['knowmem_f']:.1f} | {fp['verbmem_f']:.1f} | {fp['knowmem_r']:.1f} "
+            f"({_pct(s['utility_fp'])}) | {fp['privleak']:+.1f} | "
+            f"{'pass' if not failed else 'FAIL ' + ', '.join(failed)} | "
+            f"{timing.get('seconds_per_step', '-')} ({timing.get('x_plain', '-')}x) | "
+            f"{timing.get('full_run_seconds', '-')} s |"
         )
     lines += ["", "| variant | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for q in quantizers:
@@ -245,7 +252,13 @@ def main(argv: list[str] | None = None) -> int:
         help="the family's plain model (default: npo_klr); QA models start from its settings",
     )
     parser.add_argument("--sure", default="npo_klr_sure", help="the family's SURE model (default: npo_klr_sure)")
+    parser.add_argument("--render-only", action="store_true", help="only write DIR/table.md again from DIR/table.json")
     args = parser.parse_args(argv)
+    if args.render_only:
+        done = json.loads((args.out / "table.json").read_text())
+        (args.out / "table.md").write_text(markdown(done, tuple(done["meta"]["quantizers"]), done["meta"]))
+        _say((args.out / "table.md").read_text())
+        return 0
     import torch
 
     from unlearn_assert.demo.run import demo_quantizers

@@ -67,12 +67,13 @@ def test_failing_4bit_recovery_items_name_the_command_with_those_quantizers() ->
     assert line is not None and "\n" not in line
     assert line.startswith(
         "unlearn-assert: to make forgetting hold under rtn-w4g64, bnb-nf4, unlearn again with quantization-aware "
-        "training (the demo's plain recipe): unlearn-assert unlearn --method npo_klr --quant-aware rtn-w4g64,bnb-nf4 "
+        "training (the recipe measured in docs/quant-aware.md): unlearn-assert unlearn --method npo_klr "
+        "--quant-aware rtn-w4g64,bnb-nf4 "
     )
     args = _parse(line)
     assert args.quant_aware == ("rtn-w4g64", "bnb-nf4") and args.method == "npo_klr"
     assert args.target == "/m/target dir" and args.data == "/d/news" and args.out == "/m/unlearned-quant-aware"
-    assert args.epochs == 30 and args.lr == 2e-5 and args.dtype == "bfloat16"
+    assert args.epochs == 15 and args.lr == 5e-5 and args.dtype == "bfloat16"
 
 
 def test_no_line_when_no_low_bit_recovery_item_failed() -> None:
@@ -114,7 +115,8 @@ def test_the_models_own_recipe_is_kept_and_calibrated_quantizers_map_to_their_rt
         _verdict("awq-w4g128", "knowmem_f", "failed"),
     ]
     line = remediation_line(_report(verdicts, ["gptq-w4g128", "gguf-q4_k_m", "awq-w4g128"], model="x"), str(model))  # type: ignore[arg-type]
-    assert line is not None and "(its own recipe; gptq-w4g128, awq-w4g128 cannot be simulated exactly" in line
+    assert line is not None and "(the model's own recipe; gptq-w4g128, awq-w4g128 cannot be simulated exactly" in line
+    assert "lr raised" not in line  # float32 weights keep small updates
     args = _parse(line)
     assert args.quant_aware == (
         "rtn-w4g128",
@@ -132,6 +134,18 @@ def test_the_models_own_recipe_is_kept_and_calibrated_quantizers_map_to_their_rt
     )
     assert args.sure and args.sure_top == 0.2 and args.quant_aware_weight == 0.5 and args.dtype == "float32"
     assert args.out == f"{model}-quant-aware"
+
+
+def test_a_bf16_recipe_with_a_small_learning_rate_gets_the_measured_one(tmp_path: Path) -> None:
+    """The demo's plain model (bf16 weights, lr 2e-5, 400 steps): at that lr bf16 storage rounds the
+    updates away, so the line keeps its steps but names lr 5e-5 and says why."""
+    (tmp_path / "unlearn_run.json").write_text(
+        json.dumps({"settings": {"method": "npo_klr", "lr": 2e-5, "steps": 400, "dtype": "bfloat16"}})
+    )
+    line = remediation_line(_report([_verdict("rtn-w4g64", "knowmem_f", "failed")], ["rtn-w4g64"]), str(tmp_path))  # type: ignore[arg-type]
+    assert line is not None and "lr raised from 2e-05 to 5e-05: bf16 weights round smaller updates away" in line
+    args = _parse(line)
+    assert (args.lr, args.steps, args.dtype, args.quant_aware) == (5e-5, 400, "bfloat16", ("rtn-w4g64",))
 
 
 def test_pytest_summary_ends_with_the_command(

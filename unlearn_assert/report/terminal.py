@@ -306,9 +306,7 @@ def remediation_line(report: ReportDict, model_dir: str | None = None) -> str | 
     data = (provenance.get("data") or {}).get("path") or "DATA_DIR"
     model = model_dir or (models.get("unlearned") or {}).get("path")
     previous = previous_settings(model)
-    command, replaced = remediation_command(failing, target=target, data=data, model=model, previous=previous)
-    recipe = "its own recipe" if previous else "the demo's plain recipe"
-    note = (f"; {', '.join(replaced)} cannot be simulated exactly, so it trains against the rtn grid of the same bits "
-            "and group") if replaced else ""
+    command, notes = remediation_command(failing, target=target, data=data, model=model, previous=previous)
+    recipe = "the model's own recipe" if previous else "the recipe measured in docs/quant-aware.md"
     return (f"unlearn-assert: to make forgetting hold under {', '.join(failing)}, unlearn again with "
-            f"quantization-aware training ({recipe}{note}): {command}")
+            f"quantization-aware training ({'; '.join([recipe, *notes])}): {command}")
