@@ -116,6 +116,9 @@ class UnlearnRecipe:
         return cls(name=data["name"], settings=UnlearnSettings(**data["settings"]), description=data.get("description", ""))
 
 
+#: UnlearnSettings fields added after recipe version 3, with their defaults (left out of the recipe key when default).
+_LATER_SETTINGS: dict[str, Any] = {"quant_aware": (), "quant_aware_weight": 1.0}
+
 DEFAULT_UNLEARNED: tuple[UnlearnRecipe, ...] = (
     UnlearnRecipe(
         name="npo_klr",
@@ -143,6 +146,10 @@ class DemoRecipe:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["corpus_version"] = CORPUS_VERSION
+        for u in out["unlearned"]:  # settings added after recipe v3 appear only when used, so older keys stay valid
+            for name, default in _LATER_SETTINGS.items():
+                if u["settings"].get(name) == default:
+                    del u["settings"][name]
         return out
 
     def key(self) -> str:

@@ -72,7 +72,14 @@ class ReportWriter:
             report = self.build()
             if report is None:
                 return
-            from ..render.terminal import compute_line, counts_line, render_table, resolution_lines, summary_line
+            from ..render.terminal import (
+                compute_line,
+                counts_line,
+                remediation_line,
+                render_table,
+                resolution_lines,
+                summary_line,
+            )
 
             reporter.write_sep("-", "unlearning budget summary")
             for line in (counts_line(report), compute_line(report)):
@@ -85,6 +92,9 @@ class ReportWriter:
             reporter.write_line(summary_line(report))
             for path in self.written:
                 reporter.write_line(f"unlearn-assert: wrote {path}")
+            fix = remediation_line(report, self.run.model)
+            if fix:  # last: the command that addresses the failing 4-bit recovery items
+                reporter.write_line(fix, yellow=True)
         except Exception as exc:  # noqa: BLE001 - report, never raise from the summary
             self.warn(f"could not render the summary: {type(exc).__name__}: {exc}")
         finally:  # the warnings show even when there is no table

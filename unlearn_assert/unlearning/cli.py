@@ -26,6 +26,20 @@ def _method(value: str) -> str:
     return key
 
 
+def _quant_aware(value: str) -> tuple[str, ...]:
+    from ..errors import ConfigError
+    from .quant_aware_ids import check_quant_aware_ids
+
+    try:
+        ids = check_quant_aware_ids(value)
+    except ConfigError as exc:
+        message = str(exc).removeprefix("--quant-aware: ").removeprefix("--quant-aware ")
+        raise argparse.ArgumentTypeError(message) from None
+    if not ids:
+        raise argparse.ArgumentTypeError("give one or more quantizer ids, e.g. --quant-aware rtn-w4g64")
+    return ids
+
+
 def add_unlearn_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``unlearn`` subcommand to an ``add_subparsers()`` object; its ``func`` is run_unlearn."""
     p = subparsers.add_parser(
@@ -62,6 +76,12 @@ def add_unlearn_parser(subparsers: Any) -> argparse.ArgumentParser:
     rule.add_argument("--sure-threshold", type=float, help="update the linear modules whose saliency exceeds this value")
     p.add_argument("--sure-batches", type=int, default=4, help="forget batches for the saliency gradients (default: 4)")
     p.add_argument("--sure-lm-head", action="store_true", help="let SURE select lm_head too (never when tied to the embedding)")
+    p.add_argument("--quant-aware", type=_quant_aware, default=(), metavar="Q[,Q...]",
+                   help="quantization-aware unlearning: the loss also on the model fake-quantized by each Q (exact "
+                        "simulation, straight-through gradients); Q is rtn-*, bnb-fp4, bnb-nf4 or gguf-* (combinable "
+                        "with every method and --sure)")
+    p.add_argument("--quant-aware-weight", type=float, default=1.0,
+                   help="weight of the mean quantized loss against the full-precision loss (default: 1.0)")
     p.set_defaults(func=run_unlearn)
     return p
 
@@ -94,6 +114,8 @@ def run_unlearn(args: argparse.Namespace) -> int:
         sure_batches=args.sure_batches,
         sure_lm_head=args.sure_lm_head,
         log_every=args.log_every,
+        quant_aware=args.quant_aware,
+        quant_aware_weight=args.quant_aware_weight,
     ).validated()
     data = load_data(args.data)  # the whole data set is validated before the model is loaded
     if data.raw_forget is None:

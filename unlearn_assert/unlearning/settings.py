@@ -17,6 +17,8 @@ class UnlearnSettings:
     """Every knob of an unlearning run (all recorded in unlearn_run.json).
 
     Exactly one of ``steps`` / ``epochs``. ``sure=True`` without a rule means ``sure_top=0.1``.
+    ``quant_aware``: quantizer ids whose fake-quantized forward also carries the objectives
+    (:mod:`.quant_aware`), weighted ``quant_aware_weight`` against the full-precision loss.
     """
 
     method: str = "npo_klr"
@@ -37,6 +39,8 @@ class UnlearnSettings:
     sure_batches: int = 4
     sure_lm_head: bool = False
     log_every: int = 10
+    quant_aware: tuple[str, ...] = ()
+    quant_aware_weight: float = 1.0
 
     def validated(self) -> UnlearnSettings:
         """A normalized copy (method lower-case, SURE default rule); bad values are one-line ConfigErrors."""
@@ -68,4 +72,9 @@ class UnlearnSettings:
             top = 0.1
         if top is not None and not 0.0 < top <= 1.0:
             raise ConfigError(f"sure_top must be in (0, 1], got {top}; e.g. 0.1 selects the top 10% of linear modules")
-        return replace(self, method=method, sure_top=top)
+        from .quant_aware_ids import check_quant_aware_ids
+
+        quant_aware = check_quant_aware_ids(self.quant_aware)
+        if not (self.quant_aware_weight > 0 and math.isfinite(self.quant_aware_weight)):
+            raise ConfigError(f"quant_aware_weight must be a positive number, got {self.quant_aware_weight!r}")
+        return replace(self, method=method, sure_top=top, quant_aware=quant_aware)

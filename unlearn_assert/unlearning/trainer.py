@@ -146,6 +146,8 @@ class UnlearnResult:
     seconds: float
     notes: list[str] = field(default_factory=list)
     compute_dtype: str = ""
+    #: --quant-aware: per quantizer, the tensors simulated and their kinds (None without it)
+    quant_aware: dict[str, Any] | None = None
 
     @property
     def selected_modules(self) -> list[dict[str, Any]]:
@@ -173,6 +175,7 @@ class UnlearnResult:
             "selected_modules": self.selected_modules,
             "curve": self.curve,
             "notes": self.notes,
+            **({} if self.quant_aware is None else {"quant_aware": self.quant_aware}),
         }
 
 
@@ -282,6 +285,13 @@ def unlearn(
         for p in params:
             p.requires_grad_(True)
 
+    qa = None
+    if s.quant_aware:
+        from .quant_aware import QuantAware
+
+        qa = QuantAware.for_model(s.quant_aware, model, target_info["path"], s.quant_aware_weight)
+        say(f"quantization-aware: the {method.name} loss also under {', '.join(s.quant_aware)} "
+            f"(straight-through, weight {s.quant_aware_weight:g})")
     optimizer = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
     forget_cycler = BatchCycler(len(forget), s.batch_size, s.seed)
     retain_cycler = BatchCycler(len(retain), s.batch_size, s.seed + 1) if retain is not None else None
@@ -289,30 +299,45 @@ def unlearn(
     start = time.perf_counter()
     log = StepLog(steps, s.log_every)
     for step in range(1, steps + 1):
-        f_in = _forward(model, ref, forget.batch(forget_cycler.next(), s.device), method.forget == "npo")
-        r_in = None
+        f_batch = forget.batch(forget_cycler.next(), s.device)
+        f_in = _forward(model, ref, f_batch, method.forget == "npo")
+        r_in = r_batch = None
         if retain is not None and retain_cycler is not None:
-            r_in = _forward(model, ref, retain.batch(retain_cycler.next(), s.device), method.retain == "klr")
+            r_batch = retain.batch(retain_cycler.next(), s.device)
+            r_in = _forward(model, ref, r_batch, method.retain == "klr")
         parts = method_loss(method, f_in, r_in, alpha=s.alpha, beta=s.beta)
         total = float(parts.total.detach())
         if not math.isfinite(total):
             raise UnlearnAssertError(f"the {method.name} loss became {total} at step {step}; lower the learning rate (--lr)")
         parts.total.backward()
+        quantized = None
+        if qa is not None:  # the same batches and reference logits, on each fake-quantized model
+            refs = (f_in.ref_logits, None if r_in is None else r_in.ref_logits)
+            del f_in, r_in
+            quantized = qa.backward(model, method, f_batch, r_batch, *refs, alpha=s.alpha, beta=s.beta, step=step)
+            del refs
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if compute != s.dtype:
             round_to_bf16_(params)
-        record = {
+        record: dict[str, Any] = {
             "step": step,
             "forget_loss": float(parts.forget.detach()),
             "retain_loss": None if parts.retain is None else float(parts.retain.detach()),
             "total": total,
             "seconds": round(time.perf_counter() - start, 4),
         }
+        if quantized is not None:
+            mean_q = sum(float(q["total"] or 0.0) for q in quantized.values()) / len(quantized)
+            record["quantized"] = quantized
+            record["objective"] = total + s.quant_aware_weight * mean_q
         curve.append(record)
         if log.due(step):
             retain_txt = "" if record["retain_loss"] is None else f"  retain {record['retain_loss']:.4f}"
-            say(f"step {step}/{steps}  forget {record['forget_loss']:.4f}{retain_txt}  total {total:.4f}  "
+            q_txt = "".join(f"  [{q}: forget {v['forget_loss']:.4f}"
+                            + ("" if v["retain_loss"] is None else f" retain {v['retain_loss']:.4f}") + "]"
+                            for q, v in (quantized or {}).items())
+            say(f"step {step}/{steps}  forget {record['forget_loss']:.4f}{retain_txt}  total {total:.4f}{q_txt}  "
                 f"({record['seconds']:.1f}s, {log.left(step)})")
 
     model.eval()
@@ -336,6 +361,7 @@ def unlearn(
         seconds=round(time.perf_counter() - start, 3),
         notes=notes,
         compute_dtype=compute,
+        quant_aware=None if qa is None else qa.describe(),
     )
 
 

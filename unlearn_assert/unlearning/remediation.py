@@ -1,0 +1,154 @@
+"""The command a failing gate points at: quantization-aware unlearning against the quantizers that failed.
+
+Why: a user whose 4-bit recovery items fail asks "how do I fix my model?". The pytest summary
+answers with one runnable ``unlearn-assert unlearn`` command: the quantizers whose recovery items
+failed (4 bits or fewer) go into ``--quant-aware``, and the rest of the recipe is the one the
+unlearned model was made with, when ``unlearn-assert unlearn`` made it (its ``unlearn_run.json``),
+else :data:`DEFAULT_RECIPE`. Two changes, each stated in the line: a failing quantizer that cannot be
+simulated exactly (GPTQ, AWQ, HQQ) is trained against the round-to-nearest grid of the same bits and
+group; and a recipe that stores bf16 weights with a learning rate below :data:`DEFAULT_RECIPE`'s gets
+that learning rate, because bf16 storage rounds smaller AdamW updates away, so the quantized loss
+cannot move the weights (measured in docs/quant-aware.md: at lr 2e-5 the quantization-aware model
+recovered as much under rtn-w4g64 as the plain one).
+
+Torch-free: the summary is rendered on the pytest controller, which may never have imported torch.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from .quant_aware_ids import is_quant_aware_id
+from .settings import UnlearnSettings
+
+__all__ = ["DEFAULT_RECIPE", "low_bit", "previous_settings", "remediation_command"]
+
+#: The recipe named when the unlearned model has no unlearn_run.json: the quantization-aware recipe
+#: measured on the demo family (docs/quant-aware.md: NPO + KLR, constant lr 5e-5, bf16 weights,
+#: 200 steps of 14 per epoch), given in epochs so that it scales with the user's forget set.
+DEFAULT_RECIPE: dict[str, Any] = {"method": "npo_klr", "epochs": 15, "lr": 5e-5, "dtype": "bfloat16"}
+#: UnlearnSettings fields and their CLI flags, in the order the command lists them.
+_FLAGS = (
+    ("lr", "--lr"),
+    ("batch_size", "--batch-size"),
+    ("max_length", "--max-length"),
+    ("alpha", "--alpha"),
+    ("beta", "--beta"),
+    ("seed", "--seed"),
+    ("dtype", "--dtype"),
+    ("weight_decay", "--weight-decay"),
+    ("sure_batches", "--sure-batches"),
+)
+_DEFAULTS = UnlearnSettings()
+
+
+def _bits(qid: str) -> tuple[int | None, Any]:
+    from ..errors import UnlearnAssertError
+    from ..variants.quantizers import parse_quantizer_id
+
+    try:
+        spec = parse_quantizer_id(qid)
+    except UnlearnAssertError:  # an attack id or a user's artifact name: not a quantizer
+        return None, None
+    return spec.bits, spec
+
+
+def low_bit(qid: str) -> bool:
+    """A quantizer id of 4 bits or fewer (attacks and artifact names are not quantizers)."""
+    bits, _ = _bits(qid)
+    return bits is not None and bits <= 4
+
+
+def _simulated(qid: str) -> str:
+    """``qid`` itself, or the rtn grid of its bits and group when it cannot be simulated exactly."""
+    if is_quant_aware_id(qid):
+        return qid
+    _, spec = _bits(qid)
+    return (
+        f"rtn-w{spec.bits}" + (f"g{spec.group_size}" if spec.group_size else "") + ("" if spec.symmetric else "-asym")
+    )
+
+
+def previous_settings(model_dir: str | None) -> dict[str, Any] | None:
+    """The ``settings`` of ``model_dir/unlearn_run.json`` (a model ``unlearn-assert unlearn`` made), else None."""
+    if not model_dir:
+        return None
+    try:
+        settings = json.loads((Path(model_dir) / "unlearn_run.json").read_text()).get("settings")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return settings if isinstance(settings, dict) and settings.get("method") else None
+
+
+def _number(x: Any) -> str:
+    return f"{x:g}" if isinstance(x, float) else str(x)
+
+
+def remediation_command(
+    failing: list[str], *, target: str, data: str, model: str | None, previous: Mapping[str, Any] | None = None
+) -> tuple[str, list[str]]:
+    """(the ``unlearn-assert unlearn`` command, what it changed in the recipe, one phrase each)."""
+    simulated: list[str] = []
+    replaced = []
+    for q in failing:
+        s = _simulated(q)
+        if s != q:
+            replaced.append(q)
+        if s not in simulated:
+            simulated.append(s)
+    notes = []
+    if replaced:
+        notes.append(f"{', '.join(replaced)} cannot be simulated exactly, so it trains against the rtn grid "
+                     "of the same bits and group")
+    recipe: dict[str, Any] = dict(previous) if previous else dict(DEFAULT_RECIPE)
+    if recipe.get("dtype") == "bfloat16" and float(recipe.get("lr") or 0.0) < DEFAULT_RECIPE["lr"]:
+        notes.append(
+            f"lr raised from {_number(float(recipe.get('lr') or 0.0))} to {_number(DEFAULT_RECIPE['lr'])}: "
+            "bf16 weights round smaller updates away"
+        )
+        recipe["lr"] = DEFAULT_RECIPE["lr"]
+    for q in recipe.get("quant_aware") or ():
+        if q not in simulated:
+            simulated.append(q)
+    out = f"{model.rstrip('/')}-quant-aware" if model and not model.startswith("demo:") else "unlearned-quant-aware"
+    parts = [
+        "unlearn-assert",
+        "unlearn",
+        "--method",
+        str(recipe.get("method", "npo_klr")),
+        "--quant-aware",
+        ",".join(simulated),
+        "--target",
+        target,
+        "--data",
+        data,
+        "--out",
+        out,
+    ]
+    parts += (
+        ["--epochs", str(recipe["epochs"])] if recipe.get("epochs") else ["--steps", str(recipe.get("steps") or 100)]
+    )
+    for field, flag in _FLAGS:
+        value = recipe.get(field)
+        if (
+            value is not None
+            and value != getattr(_DEFAULTS, field)
+            and not (field == "sure_batches" and not recipe.get("sure"))
+        ):
+            parts += [flag, _number(value)]
+    if recipe.get("sure"):
+        parts.append("--sure")
+        if recipe.get("sure_threshold") is not None:
+            parts += ["--sure-threshold", _number(recipe["sure_threshold"])]
+        elif recipe.get("sure_top") not in (None, 0.1):
+            parts += ["--sure-top", _number(recipe["sure_top"])]
+        if recipe.get("sure_lm_head"):
+            parts.append("--sure-lm-head")
+    weight = recipe.get("quant_aware_weight")
+    if weight not in (None, 1.0):
+        parts += ["--quant-aware-weight", _number(weight)]
+    return " ".join(shlex.quote(p) for p in parts), notes
