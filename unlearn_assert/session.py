@@ -228,6 +228,7 @@ class UnlearnSession:
             report = self.report or self.build_report()
             if report is None:
                 return
+            from .report import terminal
             from .report.terminal import compute_line, counts_line, render_table, resolution_lines, summary_line
 
             reporter.write_sep("-", "unlearning budget summary")
@@ -238,6 +239,9 @@ class UnlearnSession:
                 reporter.write_line(line, yellow=warning)
             for line in render_table(report).splitlines():
                 reporter.write_line(line)
+            note = terminal.privleak_note(report)
+            if note:
+                reporter.write_line(note)
             reporter.write_line(summary_line(report))
             for path in self.written:
                 reporter.write_line(f"unlearn-assert: wrote {path}")

@@ -13,7 +13,7 @@ from typing import Any, cast
 
 from tabulate import tabulate
 
-from ..names import ITEM_UNITS, ROLES
+from ..names import CHECKS, ITEM_UNITS, ROLES
 from .schema import ReportDict, RowDict, VerdictDict
 
 HEADERS = ("model", "quantizer", "verbmem_f", "knowmem_f", "knowmem_r", "privleak", "recovery", "code agr.", "verdict")
@@ -31,6 +31,7 @@ class TableRow:
     cells: tuple[str, ...]  # one string per HEADERS entry
     verdict: str  # "PASS", "FAIL", "SKIP" (unlearned rows) or "-" (reference rows, no checks)
     skip_reason: str | None  # full reason when the row was skipped, else None
+    failed: tuple[str, ...] = ()  # the checks that failed on this row, short names (CHECK_SHORT), in CHECKS order
 
     @property
     def skipped(self) -> bool:
@@ -112,6 +113,28 @@ def resolution_lines(report: ReportDict) -> list[tuple[str, bool]]:
     return [(head, False), *((w, True) for w in warnings)]
 
 
+#: |privleak| at or beyond this (percent) reads as "every forget text told apart": AUC 0 (or 2 AUC_R), the metric's end.
+PRIVLEAK_EXTREME = 99.5
+
+
+def privleak_note(report: ReportDict) -> str | None:
+    """What privleak's -100% means, in words, when an unlearned row shows it (it reads like a broken
+    number, and is MUSE's convention for a model that still knows which texts it was trained on);
+    None when no unlearned row is at that end."""
+    rows = [r for r in report.get("rows", []) if r.get("model") == "unlearned" and r.get("status") != "skipped"]
+    values = [(r.get("values") or {}).get("privleak") for r in rows]
+    if not any(v is not None and float(v) <= -PRIVLEAK_EXTREME for v in values):
+        return None
+    ref: Mapping[str, Any] = dict(cast(Any, report.get("provenance", {})).get("privleak_reference") or {})
+    auc, source = ref.get("auc"), ref.get("source")
+    whose = {"retrain": "the retrain model's", "option": "the given reference", "default": "the default reference"}.get(
+        str(source), "the reference")
+    ref_text = f"{whose} AUC ({float(auc):.2f})" if isinstance(auc, (int, float)) else f"{whose} AUC"
+    return ("unlearn-assert: privleak -100% means the unlearned model still tells every forget text from every holdout "
+            "text by its loss (forget-vs-holdout AUC 0): it still shows which texts it was trained on. privleak is "
+            f"(AUC - AUC_R) / AUC_R with AUC_R {ref_text}, so 0% is retrain-like and |privleak| <= the budget passes.")
+
+
 def _item_parts(item: str) -> tuple[str | None, str | None]:
     """("rtn-w4g128", "knowmem_f") from "test_budget[rtn-w4g128-knowmem_f]"; check names hold no "-"."""
     if "[" not in item or not item.endswith("]"):
@@ -172,6 +195,24 @@ def aggregate_verdict(verdicts: Sequence[VerdictDict], quantizer: str) -> str:
     return "SKIP" if all(o == "skipped" for o in outcomes) else "PASS"
 
 
+#: Short names of the checks in the table's verdict cell ("FAIL: km, privleak"); vm / km as in the recovery column.
+CHECK_SHORT: Mapping[str, str] = {"verbmem_f": "vm", "knowmem_f": "km", "utility": "utility", "privleak": "privleak"}
+
+
+def failed_checks(verdicts: Sequence[VerdictDict], quantizer: str) -> tuple[str, ...]:
+    """The checks of one quantizer's row that failed, short names in CHECKS order: a FAIL row names
+    what failed, so a reader never takes a privleak failure for a recovery failure."""
+    failed = {verdict_check(v) for v in verdicts
+              if verdict_quantizer(v) == quantizer and verdict_outcome(v) == "failed"}
+    order = {c: i for i, c in enumerate(CHECKS)}
+    return tuple(CHECK_SHORT.get(c, c) for c in sorted(failed, key=lambda c: (order.get(c, len(order)), c)))
+
+
+def verdict_cell(verdict: str, failed: Sequence[str]) -> str:
+    """"FAIL: km, privleak" for a failing row, else the verdict itself."""
+    return f"{verdict}: {', '.join(failed)}" if verdict == "FAIL" and failed else verdict
+
+
 def _compact(reason: str, width: int = SKIP_REASON_WIDTH) -> str:
     reason = one_line(reason) or "no reason given"
     return reason if len(reason) <= width else reason[: width - 3].rstrip() + "..."
@@ -195,8 +236,9 @@ def table_rows(report: ReportDict) -> list[TableRow]:
                 fmt_num(values.get("knowmem_r")), fmt_num(values.get("privleak")),
                 fmt_recovery(row.get("recovery"), row.get("recovery_ci")), fmt_pct(row.get("code_agreement")),
             )
-        cells = (row["model"], row["quantizer"], *metric_cells, verdict)
-        out.append(TableRow(row=row, cells=cells, verdict=verdict, skip_reason=skip_reason))
+        failed = failed_checks(verdicts, row["quantizer"]) if verdict == "FAIL" else ()
+        cells = (row["model"], row["quantizer"], *metric_cells, verdict_cell(verdict, failed))
+        out.append(TableRow(row=row, cells=cells, verdict=verdict, skip_reason=skip_reason, failed=failed))
     return out
 
 
@@ -209,7 +251,7 @@ def render_table(report: ReportDict, *, color: bool = False) -> str:
     for tr in table_rows(report):
         cells = list(tr.cells)
         if color and tr.verdict in _ANSI:
-            cells[-1] = f"{_ANSI[tr.verdict]}{tr.verdict}{_RESET}"
+            cells[-1] = f"{_ANSI[tr.verdict]}{tr.verdict}{_RESET}" + cells[-1][len(tr.verdict):]
         body.append(cells)
     return tabulate(body, headers=HEADERS, tablefmt="simple", colalign=COLALIGN, disable_numparse=True)
 
