@@ -139,6 +139,23 @@ def test_the_family_unlearns_on_the_training_layout(tmp_path: Path) -> None:
     assert data.raw_retain == load_data(root).raw_retain
 
 
+def test_forget_topics_split_the_corpus_by_subject(tmp_path: Path) -> None:
+    """forget_topics: forget and holdout articles come from those topics only, retain articles from
+    the others, with the counts asked for; the mixed default is unchanged."""
+    from unlearn_assert.demo.corpus import _splits
+
+    spec = replace(SMALL, n_forget=9, n_holdout=4, forget_topics="court+science")
+    forget, retain, holdout = _splits(0, spec)
+    assert (len(forget), len(retain), len(holdout)) == (9, SMALL.n_retain, 4)
+    assert {a.topic for a in forget + holdout} == {"court", "science"}
+    assert not {a.topic for a in retain} & {"court", "science"} and len({a.topic for a in retain}) == 6
+    data = load_data(write_corpus(tmp_path, 0, spec))
+    assert data.counts()["verbmem_forget"] == 9 and data.counts()["privleak_holdout"] == 4
+    assert build_corpus(0, SMALL) == build_corpus(0, replace(SMALL, forget_topics=""))
+    with pytest.raises(ValueError, match="forget_topics"):
+        replace(SMALL, forget_topics="court+nope").validated()
+
+
 def test_corpus_spec_is_validated() -> None:
     with pytest.raises(ValueError, match="n_forget"):
         CorpusSpec(n_forget=0).validated()
