@@ -1,4 +1,4 @@
-"""Issue 12's seed x kernel cells for the shipped demo recipe: does the contrast hold at other seeds?
+"""The demo's seed x kernel cells (issues 12 and 26): does the contrast hold at other seeds?
 
 Run (one process per kernel path, one thread each; the kernel path is the environment's)::
 
@@ -9,17 +9,19 @@ A cell ``S:U`` is corpus seed S (it fixes the corpus and the target, model seed 
 seed U (the batch order of both unlearned models on that target). Each cell builds what it lacks
 with the family's own code (``write_corpus``, ``train_demo_tokenizer``, ``train_lm``, the recipe's
 ``UnlearnSettings`` with ``seed=U``, ``unlearning_data``), gates the plain and the SURE model with
-``unlearn_assert.gate`` (default budget, float32, no retrain model: no criterion needs privleak), and
-prints one row of issue 12's criteria:
+``unlearn_assert.gate`` under the demo's quantizers (default budget, float32, no retrain model: no
+criterion needs privleak), and prints one row of issue 26's criteria, read with the demo's own
+:mod:`unlearn_assert.demo.claims` (the gate's verdicts and paired intervals):
 
-* the plain model forgets visibly: knowmem_f or verbmem_f drops by at least the floor (5 points);
-* its best 4-bit recovery (bnb-fp4, rtn-w4, rtn-w4g64) of a metric that dropped is >= 35% (>= 50%
-  in two thirds of the cells); its 8-bit recovery (rtn-w8, bnb-int8) <= 15%;
-* the SURE model's 4-bit recovery <= 15%, with knowmem_r >= 70% of the target's;
+* ``large_drop``: the plain model's full-precision drop is >= 20 points on a forget metric whose
+  resolution is <= 25% (item 1);
+* ``plain_decided``: the plain model's recovery of a judged metric lies above the budget with its
+  whole interval under bnb-fp4, bnb-nf4 or gguf-q4_k_m (item 2);
+* ``sure_strict``: every judged 4-bit recovery item of the SURE model lies within the budget with its
+  whole interval; ``sure_utility``: it keeps >= 90% of the target's knowmem_r in full precision;
 
-and what ``unlearn-assert demo`` would conclude from the same reports (``demo_exit_0``: its
-``judge`` on both models, which reads the gate's verdicts, paired intervals included: a forget
-metric whose full-precision drop has an interval that includes 0 is not judged for recovery).
+and ``demo_exit_0``: what ``unlearn-assert demo`` would conclude from the same two reports (its
+``judge`` on both models: exactly the last three criteria).
 
 ``--reuse FAMILY_DIR`` takes corpus seed 0's data and target from a built demo family (the same
 build). ``--recipe corpus.n_forget=24,npo_klr_sure.steps=150,lm.epochs=20`` measures a candidate
@@ -42,12 +44,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # pragma: no cover
     from unlearn_assert.demo.family import DemoRecipe
 
-FOUR_BIT = ("bnb-fp4", "rtn-w4", "rtn-w4g64")
-EIGHT_BIT = ("rtn-w8", "bnb-int8")
-#: gated too, so that the demo's judge sees every 4-bit quantizer the demo gates (not in the criteria, as in session 5)
-JUDGED_TOO = ("bnb-nf4",)
 FORGET = ("knowmem_f", "verbmem_f")
-FLOOR = 5.0
+#: the plain model's full-precision drop that issue 26 asks for, in points, on a metric with a resolution <= the budget
+LARGE_DROP = 20.0
 
 
 def _say(line: str) -> None:
@@ -61,7 +60,9 @@ def parse_recipe(text: str) -> DemoRecipe:
     def override(obj: Any, name: str, raw: str, what: str) -> Any:
         if not hasattr(obj, name):
             raise SystemExit(f"--recipe: {what} has no field {name!r}")
-        return replace(obj, **{name: type(getattr(obj, name))(float(raw))})  # int fields: int(24.0) == 24
+        kind = type(getattr(obj, name))
+        value = raw if kind is str else kind(float(raw))  # int fields: int(24.0) == 24
+        return replace(obj, **{name: value})
 
     recipe = DEFAULT_RECIPE
     for item in filter(None, (part.strip() for part in text.split(","))):
@@ -116,30 +117,32 @@ def _row(report: dict[str, Any], model: str, quantizer: str) -> dict[str, Any]:
 
 
 def criteria(plain: dict[str, Any], sure: dict[str, Any]) -> dict[str, Any]:
-    """Issue 12's item-3 criteria for one cell, from the two gate reports."""
-    t = _row(plain, "target", "fp")["values"]
+    """Issue 26's criteria for one cell, from the two gate reports (see the module docstring)."""
+    from unlearn_assert.demo.claims import assess
 
-    def summary(report: dict[str, Any]) -> dict[str, Any]:
+    def summary(report: dict[str, Any], is_sure: bool) -> dict[str, Any]:
+        a = assess(report, sure=is_sure)
         u = _row(report, "unlearned", "fp")["values"]
-        dropped = [m for m in FORGET if t[m] - u[m] >= FLOOR]
+        four = {f"{q} {m}": [round(r, 3) if (r := (_row(report, "unlearned", q).get("recovery") or {}).get(m)) is not None
+                             else None, _row(report, "unlearned", q).get("recovery_ci", {}).get(m)]
+                for q in a.four_bit for m in FORGET}
+        return {"u": {m: round(u[m], 1) for m in (*FORGET, "knowmem_r")},
+                "drop": {m: round(t - uu, 1) for m, (t, uu, _) in a.drops.items()},
+                "resolution": {m: None if r is None else round(r, 3) for m, r in a.resolution.items()},
+                "judged": list(a.judged), "four_bit": four, "utility": None if a.utility is None else round(a.utility, 3),
+                "decided": [f"{f.quantizer} {f.metric} {f.estimate:.0%} {f.interval()}" for f in a.decided_failures],
+                "worst": None if a.worst is None else f"{a.worst.quantizer} {a.worst.metric} {a.worst.estimate:.0%} {a.worst.interval()}",
+                "ok": a.ok, "reasons": list(a.reasons)}
 
-        def best(quantizers: tuple[str, ...]) -> tuple[float | None, str]:
-            found = [((_row(report, "unlearned", q).get("recovery") or {}).get(m), f"{q} {m}") for q in quantizers for m in dropped]
-            found = [(r, where) for r, where in found if r is not None]
-            return max(found) if found else (None, "-")
-
-        return {"u": {m: round(u[m], 1) for m in (*FORGET, "knowmem_r")}, "dropped": dropped,
-                "best4": best(FOUR_BIT), "best8": best(EIGHT_BIT), "kr_of_t": u["knowmem_r"] / t["knowmem_r"]}
-
-    p, s = summary(plain), summary(sure)
+    p, s = summary(plain, False), summary(sure, True)
+    t = _row(plain, "target", "fp")["values"]
+    plain_a, sure_a = assess(plain, sure=False), assess(sure, sure=True)
     return {
         "target": {m: round(t[m], 1) for m in (*FORGET, "knowmem_r")}, "plain": p, "sure": s,
-        "plain_forgets": bool(p["dropped"]),
-        "plain_4bit_35": p["best4"][0] is not None and p["best4"][0] >= 0.35,
-        "plain_4bit_50": p["best4"][0] is not None and p["best4"][0] >= 0.50,
-        "plain_8bit_15": p["best8"][0] is None or p["best8"][0] <= 0.15,
-        "sure_4bit_15": bool(s["dropped"]) and (s["best4"][0] is None or s["best4"][0] <= 0.15),
-        "sure_kr_70": s["kr_of_t"] >= 0.70,
+        "large_drop": any(p["drop"].get(m, 0) >= LARGE_DROP for m in plain_a.judged),
+        "plain_decided": bool(plain_a.decided_failures),
+        "sure_strict": bool(sure_a.judged) and not sure_a.not_strict and sure_a.worst is not None,
+        "sure_utility": sure_a.utility is not None and sure_a.utility >= 0.9,
     }
 
 
@@ -156,10 +159,11 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     import unlearn_assert as ua
-    from unlearn_assert.demo.run import judge
+    from unlearn_assert.demo.run import DEMO_ATTACKS, demo_quantizers, judge
     from unlearn_assert.hardware import compute_info
 
     torch.set_num_threads(1)
+    quantizers = [q for q in demo_quantizers() if q not in DEMO_ATTACKS]  # the demo's, without the relearn attack
     kernels = "avx2" if os.environ.get("ATEN_CPU_CAPABILITY") == "avx2" else "default"
     args.out.mkdir(parents=True, exist_ok=True)
     _say(f"kernels {kernels}: {compute_info()}")
@@ -169,23 +173,24 @@ def main(argv: list[str] | None = None) -> int:
         root = args.out / f"corpus{seed}"
         data, target = build_target(root, seed, args.reuse, recipe)
         models = build_unlearned(root, data, target, useed, recipe)
-        reports = {name: ua.gate(str(path), str(target), str(data), quantizers=",".join(FOUR_BIT + JUDGED_TOO + EIGHT_BIT), dtype="float32",
+        reports = {name: ua.gate(str(path), str(target), str(data), quantizers=",".join(quantizers), dtype="float32",
                                  retrain_auc=0.5, cache_dir=str(args.out / "cache")).to_dict()
                    for name, path in models.items()}
-        c = criteria(reports["npo_klr"], reports["npo_klr_sure"])
-        # what `unlearn-assert demo` would conclude from these reports (its exit code): the gate's own
-        # verdicts, paired intervals included, where the criteria above read point estimates
-        c["demo_judge"] = {name: list(judge(report, sure=name.endswith("_sure"))) for name, report in reports.items()}
+        plain_name, sure_name = (next(u.name for u in recipe.unlearned if u.sure is flag) for flag in (False, True))
+        c = criteria(reports[plain_name], reports[sure_name])
+        # what `unlearn-assert demo` would conclude from these reports (its exit code)
+        c["demo_judge"] = {name: list(judge(report, sure=recipe.unlearn_recipe(name).sure)) for name, report in reports.items()}
         c["demo_exit_0"] = all(ok for ok, _ in c["demo_judge"].values())
-        c.update(kernels=kernels, recipe=args.recipe, recipe_key=recipe.key(), corpus_seed=seed, unlearn_seed=useed, seconds=round(time.perf_counter() - start, 1))
+        c.update(kernels=kernels, recipe=args.recipe, recipe_key=recipe.key(), corpus_seed=seed, unlearn_seed=useed,
+                 quantizers=list(quantizers), seconds=round(time.perf_counter() - start, 1))
         with (args.out / "cells.jsonl").open("a") as f:
             f.write(json.dumps(c) + "\n")
         p, s, t = c["plain"], c["sure"], c["target"]
         _say(f"CELL {kernels} {seed}/{useed}: plain km {t['knowmem_f']} -> {p['u']['knowmem_f']}, vm {t['verbmem_f']} -> "
-             f"{p['u']['verbmem_f']}; best 4-bit {p['best4']}; 8-bit max {p['best8']}; SURE km {s['u']['knowmem_f']}, vm "
-             f"{s['u']['verbmem_f']}, max 4-bit {s['best4']}, kr of T {s['kr_of_t']:.0%}; not met: "
-             + (", ".join(k for k in ("plain_forgets", "plain_4bit_35", "plain_4bit_50", "plain_8bit_15", "sure_4bit_15", "sure_kr_70")
-                          if not c[k]) or "none") + f"; demo exit {0 if c['demo_exit_0'] else 1} ({c['seconds']} s)")
+             f"{p['u']['verbmem_f']} (resolution {p['resolution']}); decided {p['decided']}; SURE km {s['u']['knowmem_f']}, "
+             f"vm {s['u']['verbmem_f']}, worst 4-bit {s['worst']}, kr of T {s['utility']}; not met: "
+             + (", ".join(k for k in ("large_drop", "plain_decided", "sure_strict", "sure_utility") if not c[k]) or "none")
+             + f"; demo exit {0 if c['demo_exit_0'] else 1} ({c['seconds']} s)")
     return 0
 
 

@@ -139,6 +139,23 @@ def test_the_family_unlearns_on_the_training_layout(tmp_path: Path) -> None:
     assert data.raw_retain == load_data(root).raw_retain
 
 
+def test_forget_topics_split_the_corpus_by_subject(tmp_path: Path) -> None:
+    """forget_topics: forget and holdout articles come from those topics only, retain articles from
+    the others, with the counts asked for; the mixed default is unchanged."""
+    from unlearn_assert.demo.corpus import _splits
+
+    spec = replace(SMALL, n_forget=9, n_holdout=4, forget_topics="court+science")
+    forget, retain, holdout = _splits(0, spec)
+    assert (len(forget), len(retain), len(holdout)) == (9, SMALL.n_retain, 4)
+    assert {a.topic for a in forget + holdout} == {"court", "science"}
+    assert not {a.topic for a in retain} & {"court", "science"} and len({a.topic for a in retain}) == 6
+    data = load_data(write_corpus(tmp_path, 0, spec))
+    assert data.counts()["verbmem_forget"] == 9 and data.counts()["privleak_holdout"] == 4
+    assert build_corpus(0, SMALL) == build_corpus(0, replace(SMALL, forget_topics=""))
+    with pytest.raises(ValueError, match="forget_topics"):
+        replace(SMALL, forget_topics="court+nope").validated()
+
+
 def test_corpus_spec_is_validated() -> None:
     with pytest.raises(ValueError, match="n_forget"):
         CorpusSpec(n_forget=0).validated()
@@ -237,64 +254,6 @@ def test_interrupted_build_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Mo
 
 
 # --------------------------------------------------------------------------- demo verdicts and CLI
-
-
-def _report(t: dict[str, float], u: dict[str, float], rec: dict[str, dict[str, float]], passed: dict[tuple[str, str], bool]) -> dict:
-    quantizers = list(rec)
-    rows = [{"model": "target", "quantizer": "fp", "values": t, "recovery": None},
-            {"model": "unlearned", "quantizer": "fp", "values": u, "recovery": None}]
-    rows += [{"model": "unlearned", "quantizer": q, "values": u, "recovery": r} for q, r in rec.items()]
-    verdicts = [{"item": f"test_budget[{q}-{c}]", "quantizer": q, "check": c, "passed": p, "message": "",
-                 "outcome": "passed" if p else "failed"} for (q, c), p in passed.items()]
-    return {"provenance": {"settings": {"quantizers": quantizers}}, "rows": rows, "verdicts": verdicts}
-
-
-def test_judge_plain_and_sure() -> None:
-    from unlearn_assert.demo.run import judge
-
-    t = {"knowmem_f": 60.0, "verbmem_f": 90.0, "knowmem_r": 50.0}
-    u = {"knowmem_f": 30.0, "verbmem_f": 88.0, "knowmem_r": 48.0}
-    rec = {"rtn-w4": {"knowmem_f": 0.8, "verbmem_f": 0.1}, "rtn-w8": {"knowmem_f": 0.0, "verbmem_f": 0.0}}
-    fp = {("fp", "knowmem_f"): True, ("fp", "verbmem_f"): False}
-    plain = _report(t, u, rec, {**fp, ("rtn-w4", "knowmem_f"): False, ("rtn-w8", "knowmem_f"): True})
-    ok, sentence = judge(plain, sure=False)
-    assert ok and "80%" in sentence and "rtn-w4" in sentence and "fails" in sentence
-    assert not judge(plain, sure=True)[0]
-    calm = _report(t, u, {q: {"knowmem_f": 0.05, "verbmem_f": 0.0} for q in rec},
-                   {**fp, ("rtn-w4", "knowmem_f"): True, ("rtn-w4", "verbmem_f"): True, ("rtn-w8", "knowmem_f"): True})
-    ok, sentence = judge(calm, sure=True)
-    assert ok and "96% of the target's knowmem_r" in sentence
-    assert not judge(calm, sure=False)[0]
-    nothing = _report(t, t, rec, {("fp", "knowmem_f"): False, ("fp", "verbmem_f"): False})
-    assert not judge(nothing, sure=False)[0] and "did not measurably work" in judge(nothing, sure=False)[1]
-
-
-def test_judge_names_the_utility_and_privleak_items_it_does_not_judge() -> None:
-    """"Every recovery item passes" must never read as "the model passes": the failing utility and
-    privleak items are named in the same sentence, and they do not change the demo's verdict."""
-    from unlearn_assert.demo.run import judge
-
-    t = {"knowmem_f": 60.0, "verbmem_f": 90.0, "knowmem_r": 50.0}
-    u = {"knowmem_f": 30.0, "verbmem_f": 88.0, "knowmem_r": 47.0, "privleak": -100.0}
-    rec = {"rtn-w4": {"knowmem_f": 0.05, "verbmem_f": 0.0}, "rtn-w8": {"knowmem_f": 0.0, "verbmem_f": 0.0}}
-    passed = {("fp", "knowmem_f"): True, ("fp", "verbmem_f"): False, ("rtn-w4", "knowmem_f"): True,
-              ("rtn-w4", "verbmem_f"): True, ("rtn-w8", "knowmem_f"): True,
-              ("fp", "utility"): True, ("rtn-w4", "utility"): False, ("rtn-w8", "utility"): True,
-              ("fp", "privleak"): False, ("rtn-w4", "privleak"): False, ("rtn-w8", "privleak"): False}
-    report = _report(t, u, rec, passed)
-    report["provenance"]["budgets"] = {"recovery": 0.25, "utility": 0.9, "privleak": 25.0}
-    ok, sentence = judge(report, sure=True)
-    assert ok
-    assert "94% of the target's knowmem_r in full precision" in sentence
-    assert "utility items (>= 90% of the target's) fail under rtn-w4 and pass elsewhere" in sentence
-    assert "privleak is -100% in full precision" in sentence and "privleak items fail everywhere" in sentence
-    everywhere = {**passed, ("fp", "utility"): False, ("rtn-w8", "utility"): False,
-                  ("fp", "privleak"): True, ("rtn-w4", "privleak"): True, ("rtn-w8", "privleak"): True}
-    report = _report(t, u, rec, everywhere)
-    ok, sentence = judge(report, sure=True)
-    assert ok and "utility items (>= 90% of the target's) fail everywhere" in sentence and "privleak items pass" in sentence
-    no_reference = {k: v for k, v in passed.items() if k[1] != "privleak"}
-    assert "privleak" not in judge(_report(t, u, rec, no_reference), sure=True)[1]
 
 
 def test_demo_parser() -> None:

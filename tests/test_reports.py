@@ -225,7 +225,9 @@ def test_table_row_order_and_verdicts() -> None:
         ("unlearned", "fp"), ("unlearned", "rtn-w4g128"), ("unlearned", "rtn-w8"), ("unlearned", "bnb-fp4"),
         ("target", "fp"), ("target", "rtn-w4g128"), ("retrain", "fp"),
     ]
-    assert [cells[-1] for cells in body] == ["PASS", "FAIL", "PASS", "SKIP", "-", "-", "-"]
+    # a failing row names its failing checks (short names), so privleak never reads as a recovery failure
+    assert [" ".join(cells[-3:]) if "FAIL:" in cells else cells[-1] for cells in body] == [
+        "PASS", "FAIL: km, privleak", "PASS", "SKIP", "-", "-", "-"]
     q4 = lines[3]
     assert "16.6" in q4 and "53.3" in q4 and "-60.4" in q4 and "vm 12% / km 83%" in q4 and "93.1%" in q4
     skipped = lines[5]
@@ -304,9 +306,9 @@ def tiny_report() -> dict[str, Any]:
 def test_terminal_table_golden() -> None:
     expected = (
         "model      quantizer      verbmem_f    knowmem_f    knowmem_r    privleak  recovery         code agr.  verdict\n"
-        "---------  -----------  -----------  -----------  -----------  ----------  -------------  -----------  ---------\n"
+        "---------  -----------  -----------  -----------  -----------  ----------  -------------  -----------  ------------------\n"
         "unlearned  fp                  12.3         20.5         48.0         1.0  -                        -  PASS\n"
-        "unlearned  rtn-w4g128          16.6         53.3         47.0       -60.4  vm 12% / km -        93.1%  FAIL\n"
+        "unlearned  rtn-w4g128          16.6         53.3         47.0       -60.4  vm 12% / km -        93.1%  FAIL: km, privleak\n"
         "target     fp                  56.0         60.0         50.0           -  -                        -  -"
     )
     assert render_table(tiny_report()) == expected
@@ -364,8 +366,8 @@ def test_html_has_charts_tables_and_verdicts() -> None:
     assert verdicts.index("test_budget[rtn-w4g128-privleak]") < verdicts.index("test_budget[rtn-w8-knowmem_f]")
     # summary table: same verdict column as the terminal one; skipped row spans the metric columns
     summary = page[page.index('<table class="summary">'):page.index("</table>")]
-    assert [htmllib.unescape(v) for v in re.findall(r'<td class="(?:PASS|FAIL|SKIP)">(\w+)</td>', summary)] == [
-        "PASS", "FAIL", "PASS", "SKIP"]
+    assert [htmllib.unescape(v) for v in re.findall(r'<td class="(?:PASS|FAIL|SKIP)">([^<]+)</td>', summary)] == [
+        "PASS", "FAIL: km, privleak", "PASS", "SKIP"]
     assert 'colspan="6">skipped: bitsandbytes is not installed: pip install' in summary
     # samples: collapsed, capped at 50 per (row, metric)
     assert page.count("<details>") == 3
@@ -463,9 +465,9 @@ def interval_report() -> dict[str, Any]:
 def test_table_shows_recovery_intervals_golden() -> None:
     expected = (
         "model      quantizer      verbmem_f    knowmem_f    knowmem_r    privleak  recovery                           code agr.  verdict\n"
-        "---------  -----------  -----------  -----------  -----------  ----------  -------------------------------  -----------  ---------\n"
+        "---------  -----------  -----------  -----------  -----------  ----------  -------------------------------  -----------  ------------------\n"
         "unlearned  fp                  12.3         20.5         48.0         1.0  -                                          -  PASS\n"
-        "unlearned  rtn-w4g128          16.6         53.3         47.0       -60.4  vm 12% [2,30] / km 61% [22,inf]        93.1%  FAIL\n"
+        "unlearned  rtn-w4g128          16.6         53.3         47.0       -60.4  vm 12% [2,30] / km 61% [22,inf]        93.1%  FAIL: km, privleak\n"
         "target     fp                  56.0         60.0         50.0           -  -                                          -  -"
     )
     assert render_table(interval_report()) == expected
@@ -518,3 +520,46 @@ def test_html_draws_error_bars_and_lists_each_items_interval() -> None:
             in htmllib.unescape(verdicts))
     assert "estimate 12%, interval [2%, 30%], budget 25%, undecided (n=100)" in htmllib.unescape(verdicts)
     assert '<p class="resolution warn">unlearn-assert: warning: knowmem_f' in page
+
+
+# --------------------------------------------------------------------------- readability (issue 26)
+
+
+def test_privleak_note_explains_minus_100_only_where_it_appears() -> None:
+    from unlearn_assert.render.terminal import privleak_note
+
+    report = make_report()
+    assert privleak_note(report) is None  # -60.4 is an ordinary value; the target's -98.5 is not an unlearned row
+    report["rows"][5]["values"]["privleak"] = -100.0
+    report["provenance"]["privleak_reference"] = {"auc": 0.59, "source": "retrain"}
+    note = privleak_note(report)
+    assert note is not None and "privleak -100%" in note and "the retrain model's AUC (0.59)" in note
+    assert "0% is retrain-like" in note and "\n" not in note
+    report["rows"][5]["status"] = "skipped"  # a skipped row's stale values say nothing
+    assert privleak_note(report) is None
+    rows = [*make_report()["rows"][:5], _row("unlearned", "rtn-w4g128", 16.55, 53.26, 47.0, -100.0)]
+    page = render_html({**make_report(), "rows": rows})
+    assert "privleak -100% means" in htmllib.unescape(page)
+
+
+def test_recovery_chart_clips_far_values_and_marks_them() -> None:
+    """A -267%..86% interval and a 327% bar must not stretch the axis: it stays within -50..150 (the
+    25% budget line readable), the bar and the interval's cut end are drawn to the edge and labelled."""
+    report = interval_report()
+    q = report["rows"][1]
+    q["recovery"] = {"verbmem_f": 3.27, "knowmem_f": -0.1}
+    q["recovery_ci"] = {"verbmem_f": [1.5, 5.0], "knowmem_f": [-2.67, 0.86]}
+    page = render_html(report)
+    km = re.search(r'<figure id="chart-recovery-knowmem_f">(.*?)</figure>', page, re.S)
+    vm = re.search(r'<figure id="chart-recovery-verbmem_f">(.*?)</figure>', page, re.S)
+    assert km is not None and vm is not None
+    ticks = [float(t) for t in re.findall(r'<text class="tick"[^>]*>(-?[\d.]+)</text>', km.group(1))]
+    assert min(ticks) >= -50 and max(ticks) <= 150 and 25 >= min(ticks)
+    assert "\u2193-267" in km.group(1) and "interval [-267.0, 86.0]" in km.group(1) and "beyond the axis" in km.group(1)
+    vm_ticks = [float(t) for t in re.findall(r'<text class="tick"[^>]*>(-?[\d.]+)</text>', vm.group(1))]
+    assert max(vm_ticks) <= 150 and 'class="bar clipped"' in vm.group(1) and "\u25b2" in vm.group(1)
+    assert ">327.0</text>" in vm.group(1)  # the true value is printed
+    # nothing beyond the axis: no clip marks at all
+    calm = render_html(interval_report())
+    chart = re.search(r'<figure id="chart-recovery-verbmem_f">(.*?)</figure>', calm, re.S)
+    assert chart is not None and "beyond the axis" not in chart.group(1) and "clipped" not in chart.group(1)

@@ -82,7 +82,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     """Render a JSON report (from --unlearn-json) as the self-contained HTML page, offline."""
     from .render import load_report, write_html
-    from .render.terminal import counts_line, render_table, resolution_lines, summary_line
+    from .render.terminal import counts_line, privleak_note, render_table, resolution_lines, summary_line
 
     report = load_report(args.report)
     out = args.output or str(Path(args.report).with_suffix(".html"))
@@ -95,6 +95,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
     for line, _ in resolution_lines(report):
         print(line)
     print(render_table(report))
+    note = privleak_note(report)
+    if note:
+        print(note)
     print(summary_line(report))
     print(f"wrote {out}")
     return 0

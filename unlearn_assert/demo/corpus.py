@@ -35,6 +35,7 @@ Questions name the article's unique entities, so each has one answer in the corp
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 from collections.abc import Callable
@@ -68,11 +69,24 @@ class CorpusSpec:
     n_retain_qa: int = 78  # all retain articles but the 2 * n_icl whose questions are the ICL examples
     n_icl: int = 3  # in-context QA pairs per split
     qa_block: int = 4  # QA pairs per training document
+    #: Topics (of TOPICS, joined by "+") that the forget and holdout articles are drawn from; the retain
+    #: articles then come from the other topics. Empty: every split mixes all topics (recipes 1-3).
+    forget_topics: str = ""
+
+    def topics(self) -> tuple[str, ...]:
+        """The forget topics, in the order given (empty: all topics mixed)."""
+        return tuple(t.strip() for t in self.forget_topics.split("+") if t.strip())
 
     def validated(self) -> CorpusSpec:
         for name, value in asdict(self).items():
+            if name == "forget_topics":
+                continue
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"CorpusSpec.{name} must be a positive integer, got {value!r}")
+        unknown = [t for t in self.topics() if t not in TOPICS]
+        if unknown or len(set(self.topics())) >= len(TOPICS):
+            raise ValueError(f"CorpusSpec.forget_topics: {self.forget_topics!r} must name some, not all, of "
+                             f"{', '.join(TOPICS)}")
         if max(self.qa_per_forget, self.qa_per_retain) > self.qa_per_article or self.qa_per_article > 4:
             raise ValueError("CorpusSpec: qa_per_forget / qa_per_retain must not exceed qa_per_article (at most 4)")
         if self.n_retain < self.n_icl * 2 + 1:
@@ -475,13 +489,29 @@ def _qa_blocks(articles: list[Article], per_block: int, rng: random.Random) -> l
             for i in range(0, len(pairs), per_block)]
 
 
+def _splits(seed: int, spec: CorpusSpec) -> tuple[list[Article], list[Article], list[Article]]:
+    """Forget, retain and holdout articles. Mixed topics: the first articles of one generated stream
+    in that order. With ``forget_topics``: forget and holdout articles are the stream's first ones of
+    those topics, retain articles its first ones of the other topics (why: a forget set about a few
+    subjects, as an unlearning request usually is, which the retain set does not share)."""
+    total = spec.n_forget + spec.n_retain + spec.n_holdout
+    chosen = spec.topics()
+    if not chosen:
+        articles = [a.trimmed(spec.qa_per_article) for a in generate_articles(seed, total)]
+        return articles[: spec.n_forget], articles[spec.n_forget : spec.n_forget + spec.n_retain], articles[spec.n_forget + spec.n_retain :]
+    # topics are cycled, so each stretch of len(TOPICS) articles holds each topic once
+    count = len(TOPICS) * (1 + max(math.ceil((spec.n_forget + spec.n_holdout) / len(chosen)),
+                                   math.ceil(spec.n_retain / (len(TOPICS) - len(chosen)))))
+    articles = [a.trimmed(spec.qa_per_article) for a in generate_articles(seed, count)]
+    inside = [a for a in articles if a.topic in chosen]
+    outside = [a for a in articles if a.topic not in chosen]
+    return inside[: spec.n_forget], outside[: spec.n_retain], inside[spec.n_forget : spec.n_forget + spec.n_holdout]
+
+
 def build_corpus(seed: int, spec: CorpusSpec = CorpusSpec()) -> dict[str, Any]:
     """The corpus as plain data: ``{relative path: JSON value or text}`` plus ``corpus.json``."""
     spec = spec.validated()
-    articles = [a.trimmed(spec.qa_per_article) for a in generate_articles(seed, spec.n_forget + spec.n_retain + spec.n_holdout)]
-    forget = articles[: spec.n_forget]
-    retain = articles[spec.n_forget : spec.n_forget + spec.n_retain]
-    holdout = articles[spec.n_forget + spec.n_retain :]
+    forget, retain, holdout = _splits(seed, spec)
     block_rng = random.Random(f"unlearn-assert-demo-qa-blocks:{GENERATOR_VERSION}:{seed}")
 
     forget_qa = [pair for a in forget for pair in a.qa[: spec.qa_per_forget]]

@@ -25,6 +25,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .claims import judge  # the demo's verdict lives with its headline and table (claims.py); re-exported here
+
 if TYPE_CHECKING:  # pragma: no cover
     from ..engine.rows import RowKey
     from ..render.schema import ReportDict
@@ -61,118 +63,6 @@ DEFAULT_OUT = "demo-report"
 #: then do not depend on whether this CPU has native bf16 (``auto`` would pick bf16 where it has).
 DEMO_DTYPE = "float32"
 Progress = Callable[[str], None]
-
-
-def _bits(qid: str) -> int | None:
-    """A quantizer's bit width; None for an attack (relearning has no bits)."""
-    from ..variants.attacks import is_attack_id
-    from ..variants.quantizers import parse_quantizer_id
-
-    if is_attack_id(qid):
-        return None
-
-    return parse_quantizer_id(qid).bits
-
-
-def _verdicts(report: Mapping[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
-    return {(v.get("quantizer", ""), v.get("check", "")): v for v in report.get("verdicts", [])}
-
-
-def _row(report: Mapping[str, Any], model: str, quantizer: str) -> dict[str, Any] | None:
-    for row in report.get("rows", []):
-        if row.get("model") == model and row.get("quantizer") == quantizer:
-            return row
-    return None
-
-
-def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.0%}"
-
-
-def judge(report: Mapping[str, Any], *, sure: bool) -> tuple[bool, str]:
-    """Did this model show what the demo expects of it? Returns (ok, one plain sentence).
-
-    * plain model: some forget metric dropped in full precision by at least the budget's floor
-      (its ``fp`` item passed), and some 4-bit quantizer's recovery item for such a metric failed
-      on the recovery budget (not on the floor);
-    * SURE model: some forget metric dropped in full precision, and every recovery item
-      (verbmem_f, knowmem_f) of every 4-bit quantizer passed.
-    Skipped items (a backend not installed) count neither way. Utility and privleak items are
-    reported in the sentence (:func:`_other_items`), not judged: the demo is about recovery under
-    quantization.
-    """
-    verdicts = _verdicts(report)
-    prov = report.get("provenance", {})
-    quantizers = list(prov.get("settings", {}).get("quantizers", []))
-    budgets = prov.get("budgets", {})
-    four = [q for q in quantizers if _bits(q) == 4 and q != DEMO_GGUF]
-    t_fp = (_row(report, "target", "fp") or {}).get("values", {})
-    u_fp = (_row(report, "unlearned", "fp") or {}).get("values", {})
-    forgot = [m for m in ("knowmem_f", "verbmem_f") if (verdicts.get(("fp", m)) or {}).get("passed") is True]
-
-    def rec(q: str, metric: str) -> float | None:
-        return ((_row(report, "unlearned", q) or {}).get("recovery") or {}).get(metric)
-
-    def passed(q: str, check: str) -> bool | None:
-        return (verdicts.get((q, check)) or {}).get("passed")
-
-    table = ", ".join(f"{q} {_pct(rec(q, 'knowmem_f'))} / {_pct(rec(q, 'verbmem_f'))}" for q in quantizers)
-    recovered = f"recovery of knowmem_f / verbmem_f: {table}"
-
-    if not forgot:
-        drops = ", ".join(f"{m} {t_fp.get(m, float('nan')):.1f} -> {u_fp.get(m, float('nan')):.1f}" for m in ("knowmem_f", "verbmem_f"))
-        return False, f"unlearning did not measurably work in full precision ({drops}), so there is no recovery to measure."
-    main = max(forgot, key=lambda m: (t_fp.get(m, 0) - u_fp.get(m, 0)) / max(t_fp.get(m, 1e-9), 1e-9))
-    drop = (f"{main} fell from {t_fp[main]:.1f} to {u_fp[main]:.1f} in full precision ({u_fp[main] / t_fp[main]:.0%} of the target's)"
-            if t_fp.get(main) else f"{main} fell to {u_fp.get(main)}")
-    limit = f"{budgets['recovery']:.0%}" if isinstance(budgets.get("recovery"), (int, float)) else "the budget"
-    if not sure:
-        failing = [q for q in four if any(passed(q, m) is False and rec(q, m) is not None for m in forgot)]
-        if failing:
-            ranked = sorted(((q, m) for q in failing for m in forgot if rec(q, m) is not None),
-                            key=lambda t: (t[1] == main, rec(*t) or 0.0), reverse=True)
-            best = ranked[0]
-            return True, (f"{drop}, but 4-bit quantization brings it back ({_pct(rec(*best))} of the {best[1]} drop under {best[0]}; "
-                          f"{recovered}); the default budget (recovery <= {limit}) fails it under {', '.join(failing)}."
-                          + _other_items(verdicts, quantizers, t_fp, u_fp, budgets))
-        return False, (f"{drop}, and no 4-bit quantizer brought more than {limit} back ({recovered}); "
-                       f"the demo expected this model to fail.")
-    bad = [f"{q} {m}" for q in four for m in ("knowmem_f", "verbmem_f") if passed(q, m) is False]
-    if bad:
-        return False, f"{drop}, but under 4-bit quantization it failed the budget ({', '.join(bad)}; {recovered}); the demo expected SURE to pass."
-    return True, (f"{drop}, and it stays forgotten under quantization ({recovered}); every 4-bit recovery item passes."
-                  + _other_items(verdicts, quantizers, t_fp, u_fp, budgets))
-
-def _other_items(verdicts: dict[tuple[str, str], dict[str, Any]], quantizers: list[str], t_fp: dict[str, Any],
-                 u_fp: dict[str, Any], budgets: dict[str, Any]) -> str:
-    """The utility and privleak items in one or two plain sentences: not judged by the demo, but
-    never hidden (a reader must not take "every recovery item passes" for "the model passes")."""
-    rows = ["fp", *quantizers]
-
-    def failing(check: str) -> list[str]:
-        return [q for q in rows if (verdicts.get((q, check)) or {}).get("passed") is False]
-
-    out = ""
-    kr_t, kr_u = t_fp.get("knowmem_r"), u_fp.get("knowmem_r")
-    if kr_t and kr_u is not None:
-        bad = failing("utility")
-        ratio = budgets.get("utility", 0.9)
-        out += f" It keeps {kr_u / kr_t:.0%} of the target's knowmem_r in full precision; "
-        if not bad:
-            out += f"its utility items (>= {ratio:.0%} of the target's) pass."
-        elif len(bad) == len(rows):
-            out += f"its utility items (>= {ratio:.0%} of the target's) fail everywhere."
-        else:
-            out += f"its utility items (>= {ratio:.0%} of the target's) fail under {', '.join(bad)} and pass elsewhere."
-    checked = [q for q in rows if (q, "privleak") in verdicts]
-    if checked and u_fp.get("privleak") is not None:
-        bad = failing("privleak")
-        bound = budgets.get("privleak", 25.0)
-        state = ("pass" if not bad else "fail everywhere" if len(bad) == len(checked)
-                 else f"fail under {', '.join(bad)}")
-        out += (f" Its privleak is {u_fp['privleak']:+.0f}% in full precision (retrain-like is 0; budget +-{bound:g}%), "
-                f"so its privleak items {state}.")
-    return out
 
 
 def _gate(name: str, paths: dict[str, str], quantizers: Sequence[str], out: Path, device: str, cache: Any,
@@ -254,7 +144,6 @@ def run_demo(
     ``results_dir``: the result cache (default: the user cache dir's ``unlearn-assert/results``);
     ``quantizers``: default :func:`demo_quantizers`.
     """
-    from ..render.terminal import counts_line, render_table, resolution_lines, summary_line
     from .family import DEFAULT_RECIPE, build_family, progress_printer
 
     say = progress_printer(progress)
@@ -270,27 +159,41 @@ def run_demo(
     build_family(recipe, cache_dir, progress=say, rebuild=rebuild)
     quantizers = demo_quantizers() if quantizers is None else quantizers
     reports = _gate_all(models, quantizers, out, device, results_dir, cache_dir, recipe, say)
-    results: list[tuple[str, bool, str]] = []
-    for name in models:
-        report = reports[name]
-        u = recipe.unlearn_recipe(name)
-        print(f"\n== demo:{name}: {u.description}", flush=True)
-        print(counts_line(report) or "", flush=True)
-        for line, _ in resolution_lines(report):
-            print(line, flush=True)
-        print(render_table(report), flush=True)
-        print(summary_line(report), flush=True)
-        ok, sentence = judge(report, sure=u.sure)
-        results.append((name, ok, sentence))
-    print(flush=True)
-    for name, _, sentence in results:
-        print(f"demo:{name}: {sentence}", flush=True)
-    written = ", ".join(str(out / f"{n}.{ext}") for n in models for ext in ("json", "html"))
-    print(f"wrote {written} ({time.perf_counter() - start:.0f} s)", flush=True)
-    expected = all(ok for _, ok, _ in results)
-    if not expected:
-        print("the demo did NOT show the expected contrast (see the sentences above)", flush=True)
+    print_outcome(reports, recipe, out, time.perf_counter() - start)
+    expected = all(judge(reports[name], sure=recipe.unlearn_recipe(name).sure)[0] for name in models)
     return 0 if expected else 1
+
+
+def print_outcome(reports: Mapping[str, ReportDict], recipe: Any, out: Path, seconds: float) -> None:
+    """What the demo prints once the gates ran, readable on one screen: one headline per model (what it
+    forgot, what came back under which quantizer, pass or fail against the budget), then per model the
+    resolution line and a compact table with each check's verdict, then what privleak's -100% means,
+    where the reports are, and the demo's conclusion (the same verdicts as the exit code)."""
+    from ..render.terminal import privleak_note, resolution_lines
+    from .claims import demo_table, headline
+
+    models = list(reports)
+    sure = {name: recipe.unlearn_recipe(name).sure for name in models}
+    print("\n== unlearn-assert demo: does unlearning survive 4-bit quantization? ==", flush=True)
+    for name in models:
+        print("\n".join(headline(reports[name], sure=sure[name], name=name)), flush=True)
+    for name in models:
+        print(f"\n-- demo:{name}: {recipe.unlearn_recipe(name).description}", flush=True)
+        for line, _ in resolution_lines(reports[name]):
+            print(line.removeprefix("unlearn-assert: "), flush=True)
+        print(demo_table(reports[name], sure=sure[name]), flush=True)
+    print("\n(values: unlearned model, q(T) = the target under the same quantizer; vm / km / utility / privleak: the "
+          "gate's verdict of each check; * = the items the demo judges, the others are reported)", flush=True)
+    note = next((n for n in (privleak_note(reports[name]) for name in models) if n), None)
+    if note:
+        print(note.removeprefix("unlearn-assert: ") + " The demo does not judge privleak (docs/demo-regime.md, "
+              "section 5).", flush=True)
+    written = ", ".join(str(out / f"{n}.{ext}") for n in models for ext in ("json", "html"))
+    print(f"wrote {written} ({seconds:.0f} s)", flush=True)
+    shown = all(judge(reports[name], sure=sure[name])[0] for name in models)
+    print("demo: the gate fails the plain model under 4-bit quantization and passes the SURE model: the contrast "
+          "showed (exit 0)" if shown else "demo: the expected contrast did NOT show (see the headlines above; exit 1)",
+          flush=True)
 
 
 def add_demo_parser(subparsers: Any) -> argparse.ArgumentParser:

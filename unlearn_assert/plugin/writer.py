@@ -75,6 +75,7 @@ class ReportWriter:
             from ..render.terminal import (
                 compute_line,
                 counts_line,
+                privleak_note,
                 remediation_line,
                 render_table,
                 resolution_lines,
@@ -89,6 +90,9 @@ class ReportWriter:
                 reporter.write_line(line, yellow=yellow)
             for line in render_table(report).splitlines():
                 reporter.write_line(line)
+            note = privleak_note(report)
+            if note:  # MUSE's -100% reads like a broken number: say what it means
+                reporter.write_line(note)
             reporter.write_line(summary_line(report))
             for path in self.written:
                 reporter.write_line(f"unlearn-assert: wrote {path}")

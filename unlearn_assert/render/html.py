@@ -30,6 +30,7 @@ from .terminal import (
     metric_columns,
     one_line,
     ordered_rows,
+    privleak_note,
     quantizer_order,
     resolution_lines,
     summary_line,
@@ -41,6 +42,11 @@ TEMPLATE_DIR = Path(__file__).with_name("templates")
 MAX_SAMPLES_SHOWN = 50  # per (row, metric): enough to eyeball, small enough to keep the file light
 PROMPT_EXCERPT = 300  # characters; the end of a prompt is what the generation continues
 _REF_STYLES = {"target": ("#c0392b", "6 3"), "retrain": ("#27ae60", "2 3"), "budget": ("#8e44ad", "4 2")}
+#: The recovery charts' axis (percent) at most: -50% to 150% keeps a 25% budget line readable; what
+#: lies beyond is clipped and marked (a 1000% interval end on a 20-point drop is noise, not a scale).
+RECOVERY_AXIS = (-50.0, 150.0)
+#: Marks of a clipped bar (a triangle at the edge it passes) and of a clipped interval end (an arrow and its value).
+UP, DOWN, ARROW_UP, ARROW_DOWN = "\u25b2", "\u25bc", "\u2191", "\u2193"
 #: An error bar: (lo, hi) on the chart's scale; hi None = unbounded above (drawn to the top, open).
 ErrorBar = tuple[float, float | None]
 
@@ -104,10 +110,15 @@ def bar_chart_svg(
     refs: Sequence[tuple[str, float, str]],
     y_label: str,
     errors: Sequence[ErrorBar | None] | None = None,
+    clip: tuple[float, float] | None = None,
 ) -> Markup:
     """A bar per (label, value) plus horizontal reference lines (label, value, role) with a legend,
     and an error bar per bar where ``errors`` gives one (its interval; an unbounded end is drawn to
     the top of the plot without a cap, marked "inf").
+
+    ``clip = (lo, hi)`` limits the axis to at most that range (reference lines always stay inside):
+    a bar or interval end beyond it is drawn to the plot's edge, without a cap, and marked with an
+    arrow and its value, so that a few huge values cannot squeeze the budget line into a hair.
 
     Every string is escaped here because the result is inserted into the template as Markup.
     """
@@ -115,13 +126,22 @@ def bar_chart_svg(
     left, right, top, bottom = 60, 170, 30, 70
     pw, ph = width - left - right, height - top - bottom
     errs: list[ErrorBar | None] = list(errors) if errors is not None else [None] * len(bars)
-    finite = [v for _, v in bars if v is not None and math.isfinite(v)] + [v for _, v, _ in refs if math.isfinite(v)]
+    ref_values = [v for _, v, _ in refs if math.isfinite(v)]
+    finite = [v for _, v in bars if v is not None and math.isfinite(v)] + ref_values
     finite += [x for e in errs if e is not None for x in e if x is not None and math.isfinite(x)]
-    ticks = nice_ticks(min(finite, default=0.0), max(finite, default=1.0))
+    data_lo, data_hi = min(finite, default=0.0), max(finite, default=1.0)
+    if clip is not None:
+        data_lo = max(data_lo, min(clip[0], *ref_values))
+        data_hi = min(data_hi, max(clip[1], *ref_values))
+    ticks = nice_ticks(data_lo, data_hi)
     lo, hi = ticks[0], ticks[-1]
+    clipped = False
 
     def y(v: float) -> float:
-        return top + ph * (hi - v) / (hi - lo)
+        return top + ph * (hi - min(max(v, lo), hi)) / (hi - lo)
+
+    def beyond(v: float) -> bool:
+        return v > hi or v < lo
 
     out = [f'<svg class="chart" viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" '
            f'aria-label="{escape(title)}">', f'<title>{escape(title)}</title>',
@@ -145,24 +165,39 @@ def bar_chart_svg(
         else:
             y0, y1 = sorted((y(0), y(value)))
             cls = "bar fp" if i == 0 and label == "fp" else "bar"
+            bar_clipped = beyond(value)
+            clipped = clipped or bar_clipped
+            cls += " clipped" if bar_clipped else ""
+            note = " (beyond the axis: clipped)" if bar_clipped else ""
             out.append(f'<rect class="{cls}" x="{bx:.1f}" y="{y0:.1f}" width="{bw:.1f}" height="{max(y1 - y0, 0.5):.1f}">'
-                       f'<title>{escape(label)}: {fmt_num(value)}</title></rect>')
+                       f'<title>{escape(label)}: {fmt_num(value)}{note}</title></rect>')
             vy = y(value) - 4 if value >= 0 else y(value) + 12
+            if bar_clipped:  # the true value, inside the plot beside an arrow at the edge it passes
+                up = value > hi
+                out.append(f'<text class="clip-mark" x="{mid:.1f}" y="{(top + 11) if up else (top + ph - 3):.1f}" '
+                           f'text-anchor="middle">{UP if up else DOWN}</text>')
+                vy = top + 22 if up else top + ph - 14
             err = errs[i] if i < len(errs) else None
             if err is not None and math.isfinite(err[0]):
                 err_hi = err[1]
                 open_top = err_hi is None or not math.isfinite(err_hi)
+                lo_cut, hi_cut = err[0] < lo, open_top or (err_hi is not None and err_hi > hi)
+                clipped = clipped or lo_cut or (hi_cut and not open_top)
                 y_lo, y_hi = y(err[0]), (top if err_hi is None or open_top else y(err_hi))
                 cap = bw / 4
                 hi_text = "inf" if open_top else fmt_num(err[1])
+                cap_line = f'<line x1="{mid - cap:.1f}" x2="{mid + cap:.1f}" y1="{{0:.1f}}" y2="{{0:.1f}}"/>'
                 out.append(f'<g class="err"><title>{escape(label)}: interval [{fmt_num(err[0])}, {hi_text}]</title>'
                            f'<line x1="{mid:.1f}" x2="{mid:.1f}" y1="{y_lo:.1f}" y2="{y_hi:.1f}"/>'
-                           f'<line x1="{mid - cap:.1f}" x2="{mid + cap:.1f}" y1="{y_lo:.1f}" y2="{y_lo:.1f}"/>'
-                           + ("" if open_top else f'<line x1="{mid - cap:.1f}" x2="{mid + cap:.1f}" y1="{y_hi:.1f}" y2="{y_hi:.1f}"/>')
-                           + "</g>")
-                if open_top:
-                    out.append(f'<text class="err-open" x="{mid + 3:.1f}" y="{top + 9}">inf</text>')
-                vy = min(vy, y_hi - 4) if value >= 0 else vy
+                           + ("" if lo_cut else cap_line.format(y_lo)) + ("" if hi_cut else cap_line.format(y_hi)) + "</g>")
+                if hi_cut:  # an open or clipped upper end: its value at the top edge
+                    text = "inf" if open_top else ARROW_UP + fmt_num(err_hi, 0)
+                    out.append(f'<text class="err-open" x="{mid + 3:.1f}" y="{top + 9}">{text}</text>')
+                if lo_cut:
+                    text = ARROW_DOWN + fmt_num(err[0], 0)
+                    out.append(f'<text class="err-open" x="{mid + 3:.1f}" y="{top + ph - 2:.1f}">{text}</text>')
+                if not bar_clipped:
+                    vy = min(vy, y_hi - 4) if value >= 0 else vy
             out.append(f'<text class="bar-value" x="{mid:.1f}" y="{vy:.1f}" text-anchor="middle">{fmt_num(value)}</text>')
         ly = top + ph + 14
         out.append(f'<text class="bar-label" x="{mid:.1f}" y="{ly}" text-anchor="end" '
@@ -179,6 +214,10 @@ def bar_chart_svg(
         out.append(f'<text class="legend" x="{lx + 28}" y="{yy + 4}">{escape(label)} ({fmt_num(value)})</text>')
     if not refs:
         out.append(f'<text class="legend" x="{lx}" y="{legend_y + 4}">no reference rows</text>')
+    if clipped:
+        ny = legend_y + 18 * max(len(refs), 1) + 6
+        out.append(f'<text class="legend clip-note" x="{lx}" y="{ny}">{UP}{ARROW_UP} beyond the axis</text>'
+                   f'<text class="legend clip-note" x="{lx}" y="{ny + 14}">(clipped; value shown)</text>')
     out.append("</svg>")
     return Markup("\n".join(out))
 
@@ -214,7 +253,8 @@ def recovery_charts(report: ReportDict) -> list[dict[str, Any]]:
             errors.append(_error(dict(r.get("recovery_ci") or {}).get(metric), 100.0))
         refs = [("recovery budget", float(budget) * 100, "budget")] if _finite(budget) else []
         charts.append({"metric": f"recovery-{metric}",
-                       "svg": bar_chart_svg(f"{metric} recovery (paired interval)", bars, refs, "recovery (%)", errors)})
+                       "svg": bar_chart_svg(f"{metric} recovery (paired interval)", bars, refs, "recovery (%)", errors,
+                                            clip=RECOVERY_AXIS)})
     return charts
 
 
@@ -382,6 +422,7 @@ def render_html(report: ReportDict) -> str:
         table=table_rows(report),
         verdicts=sorted_verdicts(report),
         resolution=[line for line, _ in resolution_lines(report)],
+        notes=[line for line in (privleak_note(report),) if line],
         charts=metric_charts(report) + recovery_charts(report),
         samples=sample_sections(report),
         max_samples=MAX_SAMPLES_SHOWN,

@@ -32,6 +32,7 @@ class TableRow:
     cells: tuple[str, ...]  # one string per column (LEAD_HEADERS, the metric columns, TAIL_HEADERS)
     verdict: str  # "PASS", "FAIL", "SKIP" (unlearned rows) or "-" (reference rows, no checks)
     skip_reason: str | None  # full reason when the row was skipped, else None
+    failed: tuple[str, ...] = ()  # the checks that failed on this row, short names, in the report's metric order
 
     @property
     def skipped(self) -> bool:
@@ -135,6 +136,28 @@ def resolution_lines(report: ReportDict) -> list[tuple[str, bool]]:
     return [(head, False), *((w, True) for w in warnings)]
 
 
+#: |privleak| at or beyond this (percent) reads as "every forget text told apart": AUC 0 (or 2 AUC_R), the metric's end.
+PRIVLEAK_EXTREME = 99.5
+
+
+def privleak_note(report: ReportDict) -> str | None:
+    """What privleak's -100% means, in words, when an unlearned row shows it (it reads like a broken
+    number, and is MUSE's convention for a model that still knows which texts it was trained on);
+    None when no unlearned row is at that end."""
+    rows = [r for r in report.get("rows", []) if r.get("model") == "unlearned" and r.get("status") != "skipped"]
+    values = [(r.get("values") or {}).get("privleak") for r in rows]
+    if not any(v is not None and float(v) <= -PRIVLEAK_EXTREME for v in values):
+        return None
+    ref: Mapping[str, Any] = dict(cast(Any, report.get("provenance", {})).get("privleak_reference") or {})
+    auc, source = ref.get("auc"), ref.get("source")
+    whose = {"retrain": "the retrain model's", "option": "the given reference", "default": "the default reference"}.get(
+        str(source), "the reference")
+    ref_text = f"{whose} AUC ({float(auc):.2f})" if isinstance(auc, (int, float)) else f"{whose} AUC"
+    return ("unlearn-assert: privleak -100% means the unlearned model still tells every forget text from every holdout "
+            "text by its loss (forget-vs-holdout AUC 0): it still shows which texts it was trained on. privleak is "
+            f"(AUC - AUC_R) / AUC_R with AUC_R {ref_text}, so 0% is retrain-like and |privleak| <= the budget passes.")
+
+
 def _item_parts(item: str) -> tuple[str | None, str | None]:
     """("rtn-w4g128", "knowmem_f") from "test_budget[rtn-w4g128-knowmem_f]"; check names hold no "-"."""
     if "[" not in item or not item.endswith("]"):
@@ -195,6 +218,23 @@ def aggregate_verdict(verdicts: Sequence[VerdictDict], quantizer: str) -> str:
     return "SKIP" if all(o == "skipped" for o in outcomes) else "PASS"
 
 
+def failed_checks(report: ReportDict, quantizer: str) -> tuple[str, ...]:
+    """The checks of one quantizer's row that failed (a forget metric by its short name: vm, km) in the report's
+    metric order, ``utility`` last: a FAIL row names what failed, so a reader never takes a privleak failure for a
+    recovery failure."""
+    failed = {verdict_check(v) for v in report.get("verdicts", [])
+              if verdict_quantizer(v) == quantizer and verdict_outcome(v) == "failed"}
+    metrics = report_metrics(report)
+    order = {str(m["name"]): i for i, m in enumerate(metrics)}
+    short = {str(m["name"]): str(m.get("short") or m["name"]) for m in metrics if m.get("role") == "forget"}
+    return tuple(short.get(c, c) for c in sorted(failed, key=lambda c: (order.get(c, len(order)), c)))
+
+
+def verdict_cell(verdict: str, failed: Sequence[str]) -> str:
+    """"FAIL: km, privleak" for a failing row, else the verdict itself."""
+    return f"{verdict}: {', '.join(failed)}" if verdict == "FAIL" and failed else verdict
+
+
 def _compact(reason: str, width: int = SKIP_REASON_WIDTH) -> str:
     reason = one_line(reason) or "no reason given"
     return reason if len(reason) <= width else reason[: width - 3].rstrip() + "..."
@@ -219,8 +259,9 @@ def table_rows(report: ReportDict) -> list[TableRow]:
                 *(fmt_value(values.get(m), units.get(m, "")) for m in columns),
                 fmt_recovery(row.get("recovery"), row.get("recovery_ci"), report), fmt_pct(row.get("code_agreement")),
             )
-        cells = (row["model"], row["quantizer"], *metric_cells, verdict)
-        out.append(TableRow(row=row, cells=cells, verdict=verdict, skip_reason=skip_reason))
+        failed = failed_checks(report, row["quantizer"]) if verdict == "FAIL" else ()
+        cells = (row["model"], row["quantizer"], *metric_cells, verdict_cell(verdict, failed))
+        out.append(TableRow(row=row, cells=cells, verdict=verdict, skip_reason=skip_reason, failed=failed))
     return out
 
 
@@ -233,7 +274,7 @@ def render_table(report: ReportDict, *, color: bool = False) -> str:
     for tr in table_rows(report):
         cells = list(tr.cells)
         if color and tr.verdict in _ANSI:
-            cells[-1] = f"{_ANSI[tr.verdict]}{tr.verdict}{_RESET}"
+            cells[-1] = f"{_ANSI[tr.verdict]}{tr.verdict}{_RESET}" + cells[-1][len(tr.verdict):]
         body.append(cells)
     columns = metric_columns(report)
     headers = (*LEAD_HEADERS, *columns, *TAIL_HEADERS)
