@@ -272,7 +272,7 @@ def test_the_engine_runs_gptq_once_per_model_for_a_recovery_item(tiny_model_dir:
         verdict = g.check("gptq-w4g32", "knowmem_f")
         assert verdict.outcome in ("passed", "failed")  # computed, not skipped
         assert len(calls) == 2  # q(T) for the target row, q(U) for the unlearned row; T's codes handed over
-        quant = g.rows[("unlearned", "gptq-w4g32")].quant
+        quant = g.rows[("unlearned", "gptq-w4g32")].details
         assert quant is not None and quant["code_agreement"] is not None
         assert quant["calibration"]["source"].startswith("raw/retain.txt of ")
         assert g._handoffs == {}  # popped by the unlearned row

@@ -28,7 +28,7 @@ def test_wheel_in_fresh_venv(tmp_path: Path, tiny_model_dir: Path, tiny_in_cell_
     import zipfile
 
     names = zipfile.ZipFile(wheel).namelist()
-    assert "unlearn_assert/suites/test_budget.py" in names and "unlearn_assert/report/templates/report.html.j2" in names
+    assert "unlearn_assert/suites/test_budget.py" in names and "unlearn_assert/render/templates/report.html.j2" in names
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)
     py = env_dir / "bin" / "python"
