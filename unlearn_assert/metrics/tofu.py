@@ -529,6 +529,158 @@ def _metrics(metrics: Iterable[str] | str | None) -> list[str]:
     return [m for m in TOFU_METRICS if m in chosen]
 
 
+@dataclass
+class _Results:
+    """What :func:`evaluate_tofu`'s passes fill in: values, per-item records, intervals, per-item scores."""
+
+    values: dict[str, float]
+    samples: dict[str, list[dict[str, Any]]]
+    ci: dict[str, tuple[float, float]]
+    per_item: dict[str, list[float]]
+
+    def add(self, metric: str, scores: list[float], records: list[dict[str, Any]]) -> None:
+        self.values[metric] = _mean(scores)
+        self.samples[metric] = records
+        self.per_item[metric] = scores
+
+
+def _teacher_forced(hf: Any, tokenizer: Any, tmpl: TofuTemplate, splits: dict[str, Any], forced: set[str],
+                    want: set[str], qtext: Any, bs: int | None, max_length: int | None, truncate: bool,
+                    extras: dict[str, Any], out: _Results) -> None:
+    """Probability, normalised probability and truth ratio: every answer of every split in ``forced`` (correct,
+    perturbed and paraphrased) scored in one batched teacher-forced pass."""
+    seqs = _Sequences([], [], {})
+    plan: dict[str, list[dict[str, Any]]] = {}
+    for split in _SPLITS:
+        if split not in forced:
+            continue
+        pairs: list[tuple[str, str]] = []
+        for item in splits[split]:
+            q = qtext(split, item)
+            pairs += [(q, item.answer), *((q, w) for w in item.perturbed_answers)]
+            if item.paraphrased_answer is not None:
+                pairs.append((q, item.paraphrased_answer))
+        encoded = iter(encode_pairs(tokenizer, tmpl, pairs))
+        rows = []
+        for item in splits[split]:
+            row: dict[str, Any] = {"answer": seqs.add(*next(encoded))}
+            row["wrong"] = [seqs.add(*next(encoded)) for _ in item.perturbed_answers]
+            if item.paraphrased_answer is not None:
+                row["para"] = seqs.add(*next(encoded))
+            rows.append(row)
+        plan[split] = rows
+    timings = extras["time_split"]["teacher_forced"]
+    losses, used, cuts = _losses(hf, tokenizer, seqs, bs, max_length, timings, truncate) if seqs.encoded else ([], 0, {})
+    extras["batch_size"]["teacher_forced"] = used
+    extras["teacher_forced"] = {"sequences": len(seqs.encoded), "truncated": len(cuts)}
+    for split, rows in plan.items():
+        _score_split(split, rows, splits[split], losses, cuts, want, qtext, truncate, out)
+
+
+def _score_split(split: str, rows: list[dict[str, Any]], items: Sequence[Any], losses: Sequence[float],
+                 cuts: dict[int, Any], want: set[str], qtext: Any, truncate: bool, out: _Results) -> None:
+    """One split's teacher-forced metrics from the pass's losses (``rows``: each item's sequence indices)."""
+    from .rouge import excerpt
+
+    p = _PREFIX[split]
+    prob: list[float] = []
+    norm: list[float] = []
+    trs: list[float] = []
+    tr_scores: list[float] = []
+    recs: dict[str, list[dict[str, Any]]] = {k: [] for k in ("prob", "norm", "tr")}
+    for i, (row, item) in enumerate(zip(rows, items)):
+        a_loss = losses[row["answer"]]
+        wrong = [losses[j] for j in row["wrong"]]
+        pa = math.exp(-a_loss)
+        prob.append(pa)
+        pw = [math.exp(-w) for w in wrong]
+        norm.append(pa / (pa + math.fsum(pw) + EPS))
+        correct_loss = losses[row["para"]] if split in ("forget", "retain") else a_loss
+        tr, p_correct, p_wrong = _truth_ratio(correct_loss, wrong)
+        trs.append(tr)
+        tr_scores.append(min(tr, 1.0 / (tr + EPS)) if split == "forget" else max(0.0, 1.0 - tr))
+        q = excerpt(qtext(split, item))
+        cut = _item_truncation(cuts, [row["answer"], *row["wrong"], *([row["para"]] if "para" in row else [])],
+                               "end" if truncate else "start")
+        recs["prob"].append({"id": i, "score": pa, "question": q, "avg_loss": a_loss, **cut})
+        recs["norm"].append({"id": i, "score": norm[-1], "question": q, "prob": pa, "wrong_probs": pw, **cut})
+        recs["tr"].append({"id": i, "score": tr_scores[-1], "truth_ratio": tr, "question": q,
+                           "correct_prob": p_correct, "wrong_prob": p_wrong, **cut})
+    for metric, scores, records in (
+        (f"{p}_prob", prob, recs["prob"]),
+        (f"{p}_truth_ratio", tr_scores, recs["tr"]),
+        (f"{p}_prob_normalised", norm, recs["norm"]),
+    ):
+        if metric in OPEN_UNLEARNING_KEYS and metric in want:
+            out.add(metric, scores, records)
+    if split == "forget":
+        out.per_item["forget_truth_ratio_raw"] = trs
+
+
+def _rouge(hf: Any, tokenizer: Any, tmpl: TofuTemplate, splits: dict[str, Any], generated: set[str],
+           qtext: Any, bs: int | None, truncate: bool, extras: dict[str, Any], out: _Results) -> None:
+    """ROUGE-L recall of greedy answers: every split in ``generated`` in one batched decode."""
+    from .generation import truncation_record
+    from .rouge import excerpt, rouge_l_recall_stemmed
+
+    prompts: list[list[int]] = []
+    fulls: list[list[int]] = []
+    owners: list[tuple[str, int]] = []
+    for split in _SPLITS:
+        if split not in generated:
+            continue
+        pairs = [(qtext(split, item), item.answer) for item in splits[split]]
+        for i, (prompt, full) in enumerate(encode_pairs(tokenizer, tmpl, pairs)):
+            prompts.append(prompt)
+            fulls.append(full)
+            owners.append((split, i))
+    if not prompts:
+        return
+    gens, refs, generated_out = _generate(hf, tokenizer, prompts, fulls, bs, extras["time_split"]["generation"],
+                                          truncate)
+    extras["batch_size"]["generation"] = generated_out.batch_size
+    extras["over_context"] = generated_out.over_context
+    extras["generation_truncated"] = len(generated_out.truncated)
+    by_split: dict[str, list[dict[str, Any]]] = {}
+    for index, ((split, i), gen, ref) in enumerate(zip(owners, gens, refs)):
+        item = splits[split][i]
+        by_split.setdefault(split, []).append({
+            "id": i,
+            "score": rouge_l_recall_stemmed(ref, gen),
+            "prompt": excerpt(qtext(split, item)),
+            "generation": gen,
+            "reference": ref,
+            **truncation_record(generated_out, index),
+        })
+    for split, records in by_split.items():
+        out.add(f"{_PREFIX[split]}_rouge", [r["score"] for r in records], records)
+
+
+def _forget_quality(reference_ratios: Sequence[float] | None, seed: int, extras: dict[str, Any],
+                    out: _Results) -> None:
+    """forget_quality: the KS test of the forget truth ratios against the retain model's, and its interval."""
+    from .stats import resample_counts
+
+    trs = out.per_item.get("forget_truth_ratio_raw", [])
+    reference = None if reference_ratios is None else [float(x) for x in reference_ratios]
+    if reference is not None and len(reference) != len(trs):
+        raise ConfigError(
+            f"the retain model's forget truth ratios cover {len(reference)} items, this model's {len(trs)}; "
+            "evaluate both on the same TOFU forget split (and --unlearn-max-samples)"
+        )
+    fq = forget_quality(trs, reference)
+    out.values["forget_quality"] = float("nan") if fq is None else fq
+    out.samples["forget_quality"] = [
+        {"id": i, "score": tr, "reference": None if reference is None else reference[i]} for i, tr in enumerate(trs)
+    ]
+    reason = (None if fq is not None else "no retain model: forget_quality is the KS-test p-value against a model "
+              "retrained without the forget set (--unlearn-retrain)")
+    extras["forget_quality"] = {"pvalue": fq, "reason": reason}
+    if reference is not None and trs:
+        counts = resample_counts(len(trs), seed=seed, key="forget_quality")
+        out.ci["forget_quality"] = _percentiles(forget_quality_replicates(trs, reference, counts))
+
+
 def evaluate_tofu(
     model: Any,
     data: Any,
@@ -560,8 +712,7 @@ def evaluate_tofu(
     with a cut sequence carries ``truncation`` in its records.
     """
     from . import Evaluation
-    from .generation import ignored_generation_settings, resolve_batch_size, truncation_record
-    from .rouge import excerpt, rouge_l_recall_stemmed
+    from .generation import ignored_generation_settings, resolve_batch_size
     from .stats import bootstrap_mean_ci, resample_counts
 
     if question_key not in ("question", "paraphrased_question"):
@@ -600,146 +751,16 @@ def evaluate_tofu(
     def qtext(split: str, item: Any) -> str:
         return _question(item, question_key) if split in ("forget", "retain") else str(item.question)
 
+    results = _Results(values, samples, ci, per_item)
     with _eval_mode(hf):
-        # ---- teacher-forced: every answer of every chosen split, one batched pass
         start = time.perf_counter()
-        seqs = _Sequences([], [], {})
-        plan: dict[str, list[dict[str, Any]]] = {}
-        for split in _SPLITS:
-            if split not in forced:
-                continue
-            pairs: list[tuple[str, str]] = []
-            for item in splits[split]:
-                q = qtext(split, item)
-                pairs += [(q, item.answer), *((q, w) for w in item.perturbed_answers)]
-                if item.paraphrased_answer is not None:
-                    pairs.append((q, item.paraphrased_answer))
-            encoded = iter(encode_pairs(tokenizer, tmpl, pairs))
-            rows = []
-            for item in splits[split]:
-                row: dict[str, Any] = {"answer": seqs.add(*next(encoded))}
-                row["wrong"] = [seqs.add(*next(encoded)) for _ in item.perturbed_answers]
-                if item.paraphrased_answer is not None:
-                    row["para"] = seqs.add(*next(encoded))
-                rows.append(row)
-            plan[split] = rows
-        losses, used, cuts = (
-            _losses(hf, tokenizer, seqs, bs, max_length, timings["teacher_forced"], truncate)
-            if seqs.encoded
-            else ([], 0, {})
-        )
-        extras["batch_size"]["teacher_forced"] = used
-        extras["teacher_forced"] = {"sequences": len(seqs.encoded), "truncated": len(cuts)}
-        for split, rows in plan.items():
-            p = _PREFIX[split]
-            items = splits[split]
-            prob: list[float] = []
-            norm: list[float] = []
-            trs: list[float] = []
-            tr_scores: list[float] = []
-            recs: dict[str, list[dict[str, Any]]] = {k: [] for k in ("prob", "norm", "tr")}
-            for i, (row, item) in enumerate(zip(rows, items)):
-                a_loss = losses[row["answer"]]
-                wrong = [losses[j] for j in row["wrong"]]
-                pa = math.exp(-a_loss)
-                prob.append(pa)
-                pw = [math.exp(-w) for w in wrong]
-                norm.append(pa / (pa + math.fsum(pw) + EPS))
-                correct_loss = losses[row["para"]] if split in ("forget", "retain") else a_loss
-                tr, p_correct, p_wrong = _truth_ratio(correct_loss, wrong)
-                trs.append(tr)
-                tr_scores.append(min(tr, 1.0 / (tr + EPS)) if split == "forget" else max(0.0, 1.0 - tr))
-                q = excerpt(qtext(split, item))
-                cut = _item_truncation(cuts, [row["answer"], *row["wrong"], *([row["para"]] if "para" in row else [])],
-                                       "end" if truncate else "start")
-                recs["prob"].append({"id": i, "score": pa, "question": q, "avg_loss": a_loss, **cut})
-                recs["norm"].append({"id": i, "score": norm[-1], "question": q, "prob": pa, "wrong_probs": pw, **cut})
-                recs["tr"].append(
-                    {
-                        "id": i,
-                        "score": tr_scores[-1],
-                        "truth_ratio": tr,
-                        "question": q,
-                        "correct_prob": p_correct,
-                        "wrong_prob": p_wrong,
-                        **cut,
-                    }
-                )
-            for metric, scores, records in (
-                (f"{p}_prob", prob, recs["prob"]),
-                (f"{p}_truth_ratio", tr_scores, recs["tr"]),
-                (f"{p}_prob_normalised", norm, recs["norm"]),
-            ):
-                if metric in OPEN_UNLEARNING_KEYS and metric in want:
-                    values[metric] = _mean(scores)
-                    samples[metric] = records
-                    per_item[metric] = scores
-            if split == "forget":
-                per_item["forget_truth_ratio_raw"] = trs
+        _teacher_forced(hf, tokenizer, tmpl, splits, forced, want, qtext, bs, max_length, truncate, extras, results)
         extras["seconds"]["teacher_forced"] = time.perf_counter() - start
-
-        # ---- generation for ROUGE, all chosen splits in one batched decode
         start = time.perf_counter()
-        prompts: list[list[int]] = []
-        fulls: list[list[int]] = []
-        owners: list[tuple[str, int]] = []
-        for split in _SPLITS:
-            if split not in generated:
-                continue
-            pairs = [(qtext(split, item), item.answer) for item in splits[split]]
-            for i, (prompt, full) in enumerate(encode_pairs(tokenizer, tmpl, pairs)):
-                prompts.append(prompt)
-                fulls.append(full)
-                owners.append((split, i))
-        if prompts:
-            gens, refs, generated_out = _generate(hf, tokenizer, prompts, fulls, bs, timings["generation"], truncate)
-            extras["batch_size"]["generation"] = generated_out.batch_size
-            extras["over_context"] = generated_out.over_context
-            extras["generation_truncated"] = len(generated_out.truncated)
-            by_split: dict[str, list[dict[str, Any]]] = {}
-            for index, ((split, i), gen, ref) in enumerate(zip(owners, gens, refs)):
-                item = splits[split][i]
-                by_split.setdefault(split, []).append(
-                    {
-                        "id": i,
-                        "score": rouge_l_recall_stemmed(ref, gen),
-                        "prompt": excerpt(qtext(split, item)),
-                        "generation": gen,
-                        "reference": ref,
-                        **truncation_record(generated_out, index),
-                    }
-                )
-            for split, records in by_split.items():
-                metric = f"{_PREFIX[split]}_rouge"
-                samples[metric] = records
-                per_item[metric] = [r["score"] for r in records]
-                values[metric] = _mean(per_item[metric])
+        _rouge(hf, tokenizer, tmpl, splits, generated, qtext, bs, truncate, extras, results)
         extras["seconds"]["generation"] = time.perf_counter() - start
-
-    # ---- aggregates
     if "forget_quality" in want:
-        trs = per_item.get("forget_truth_ratio_raw", [])
-        reference = None if reference_truth_ratios is None else [float(x) for x in reference_truth_ratios]
-        if reference is not None and len(reference) != len(trs):
-            raise ConfigError(
-                f"the retain model's forget truth ratios cover {len(reference)} items, this model's {len(trs)}; "
-                "evaluate both on the same TOFU forget split (and --unlearn-max-samples)"
-            )
-        fq = forget_quality(trs, reference)
-        values["forget_quality"] = float("nan") if fq is None else fq
-        samples["forget_quality"] = [
-            {"id": i, "score": tr, "reference": None if reference is None else reference[i]} for i, tr in enumerate(trs)
-        ]
-        extras["forget_quality"] = {
-            "pvalue": fq,
-            "reason": None
-            if fq is not None
-            else "no retain model: forget_quality is the KS-test p-value against a model retrained "
-            "without the forget set (--unlearn-retrain)",
-        }
-        if reference is not None and trs:
-            counts = resample_counts(len(trs), seed=seed, key="forget_quality")
-            ci["forget_quality"] = _percentiles(forget_quality_replicates(trs, reference, counts))
+        _forget_quality(reference_truth_ratios, seed, extras, results)
     if "model_utility" in want:
         values["model_utility"] = model_utility(values)
         draws = {
