@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from unlearn_assert.benchmark import benchmark_for, detect_benchmark, judged_metrics
-from unlearn_assert.benchmark.base import MetricSpec
+from unlearn_assert.benchmark.base import Context, MetricSpec
 from unlearn_assert.benchmark.registry import BENCHMARKS, METRIC_NAMES
 from unlearn_assert.config import ConfigError, run_config
 from unlearn_assert.errors import DataError
@@ -137,6 +137,11 @@ class _Lengths:
             values[metric] = sum(scores) / len(scores)
         return Evaluation(values=values, ci={}, samples=samples, extras={})
 
+    def contexts(self, data: Any, tokenizer: Any) -> list[Context]:
+        """Each text scored whole: its tokens, nothing generated (its start kept when cut)."""
+        return [Context(split, i, len(ids), 0, "start") for split in ("forget", "retain")
+                for i, ids in enumerate(tokenizer(list(data.texts[split]))["input_ids"])]
+
     def privacy(self, metric: str) -> Any:
         raise KeyError(metric)
 
@@ -236,4 +241,4 @@ def test_a_layout_nobody_reads_is_one_line_at_option_time(pytester: pytest.Pytes
     result = pytester.runpytest_subprocess(f"--unlearn-model={tiny_unlearned_dir}", f"--unlearn-target={tiny_model_dir}",
                                            f"--unlearn-data={data}")
     assert result.ret == 4
-    result.stderr.fnmatch_lines(["*--unlearn-data: data dir '*empty' is in no layout unlearn-assert reads (tofu, documents, muse)*"])
+    result.stderr.fnmatch_lines(["*--unlearn-data: data dir '*empty' is in no layout unlearn-assert reads (tofu, documents, mc, muse)*"])

@@ -1,7 +1,7 @@
 """The demo's verdict, headline and table agree with the gate's report (issue 26).
 
 The reports here are made by the gate's own code from fabricated per-item scores: ``figures`` (the
-paired bootstrap), ``evaluate_check`` (the verdicts) and ``build_report``, exactly as a gate makes
+paired bootstrap), ``judge_item`` (the verdicts) and ``build_report``, exactly as a gate makes
 them, so the demo's reading is checked against the gate's real intervals, not hand-typed ones.
 """
 
@@ -13,12 +13,14 @@ from typing import Any
 
 import pytest
 
-from unlearn_assert.config import Budget, RunConfig
+from unlearn_assert.benchmark import judged_metrics
+from unlearn_assert.benchmark.muse import MuseBenchmark
+from unlearn_assert.config import Budget, run_config
 from unlearn_assert.demo.claims import USER_QUANTIZERS, assess, demo_table, headline, judge
 from unlearn_assert.engine.derive import figures
 from unlearn_assert.engine.report import build_report
 from unlearn_assert.engine.rows import Row
-from unlearn_assert.engine.verdicts import evaluate_check, plan_checks
+from unlearn_assert.engine.verdicts import judge_item, plan_checks
 from unlearn_assert.render.schema import validate_report
 
 QUANTIZERS = ("bnb-fp4", "rtn-w4g64", "bnb-nf4", "rtn-w8")
@@ -28,7 +30,7 @@ def _row(role: str, quantizer: str, scores: dict[str, list[float]]) -> Row:
     samples = {m: [{"id": i, "score": s} for i, s in enumerate(v)] for m, v in scores.items()}
     values: dict[str, float | None] = {m: sum(v) / len(v) for m, v in scores.items()}
     values.setdefault("privleak", None)
-    return Row(model=role, quantizer=quantizer, values=values, samples=samples)  # type: ignore[arg-type]
+    return Row(role=role, variant=quantizer, values=values, samples=samples)  # type: ignore[arg-type]
 
 
 def gate_report(back: dict[str, float], *, n_vm: int = 64, n_km: int = 64, vm_drop: float = 40.0,
@@ -49,10 +51,11 @@ def gate_report(back: dict[str, float], *, n_vm: int = 64, n_km: int = 64, vm_dr
                   for a, b in zip(u[m], t[m])] for m in ("verbmem_f", "knowmem_f")}
         qu["knowmem_r"] = list(u["knowmem_r"])
         rows += [_row("unlearned", q, qu), _row("target", q, t)]
-    figs = figures(rows, None)
-    verdicts = [evaluate_check(q, c, figs, Budget(), "point") for q, c in plan_checks(QUANTIZERS, False)]
-    run = RunConfig(model="u", target="t", data="d", quantizers=QUANTIZERS)
-    report = build_report(run, rows, verdicts, data=None).to_dict()
+    benchmark = MuseBenchmark()  # no retrain model: privleak is not judged
+    figs = figures(rows, benchmark)
+    verdicts = [judge_item(q, c, figs, Budget(), "point") for q, c in plan_checks(QUANTIZERS, judged_metrics(benchmark))]
+    run = run_config(model="u", target="t", data="d", quantizers=QUANTIZERS, benchmark="muse")
+    report = build_report(run, rows, verdicts, data=None, benchmark=benchmark).to_dict()
     return dict(validate_report(report))
 
 
@@ -89,7 +92,7 @@ def test_plain_fails_decided_under_a_user_quantizer_and_the_headline_says_so() -
 def test_an_undecided_recovery_is_not_the_demo_failure() -> None:
     """A point estimate above the budget whose interval reaches below it fails under the default
     policy but is not decided: the plain model's claim needs the whole interval above."""
-    report = gate_report({"bnb-fp4": 0.4}, n_vm=12, vm_drop=25.0, seed=2)
+    report = gate_report({"bnb-fp4": 0.4}, n_vm=24, vm_drop=25.0, seed=0)
     est, (lo, _) = _rec(report, "bnb-fp4", "verbmem_f")
     assert est > 0.25 >= lo
     a = assess(report, sure=False)

@@ -147,7 +147,7 @@ def test_every_name_and_path_in_the_package_prose_exists() -> None:
                     ref = here_ + ref[len(installed):] if ref.startswith(installed) else ref
                 if not (REPO / ref).exists() and not any((REPO / ref).parent.glob(Path(ref).name)):
                     missing.append(f"{rel}:{line}: {ref}")
-    assert missing == []
+    assert missing == [], "\n".join(missing)
 
 
 def test_the_check_can_fail() -> None:

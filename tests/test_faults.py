@@ -170,7 +170,7 @@ runner.compute_row = _bug
 CONFIGURE_BUG_CONFTEST = """
 import unlearn_assert.engine.inputs as inputs
 
-def _bug(run):
+def _bug(run, **kwargs):
     raise KeyError("forced internal error")
 
 inputs.precheck = _bug

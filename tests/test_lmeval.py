@@ -532,14 +532,11 @@ def test_backend_your_gguf_file_is_the_gguf_quantizers_model(
     from unlearn_assert.lmeval.backend import UnlearnAssertLM
     from unlearn_assert.lmeval.evaluate import evaluate
     from unlearn_assert.lmeval.tasks import load_tasks
-    from unlearn_assert.models import load_model
     from unlearn_assert.quant.gguf import llama_quantize
-    from unlearn_assert.quant.gguf_convert import write_f32_gguf
+    from unlearn_assert.quant.llama_cpp import Converter
 
-    loaded = load_model(tiny_model_dir)
-    write_f32_gguf(loaded.model, loaded.model.config, loaded.path, tmp_path / "f32.gguf")
+    Converter.shared().convert(str(tiny_model_dir), tmp_path / "f32.gguf")  # as a user makes the file
     llama_quantize(tmp_path / "f32.gguf", tmp_path / "mine.gguf", "q8_0", 1)
-    del loaded
     tasks = load_tasks([WmdpForm(str(wmdp_dir / "forget.jsonl"), subject="biology")])
     results = []
     for args in ({"quantized": f"mine={tmp_path / 'mine.gguf'}"}, {"variant": "gguf-q8_0"}):

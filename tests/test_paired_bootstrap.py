@@ -226,7 +226,7 @@ def test_figures_from_rows_pair_the_items_and_match_the_point_values() -> None:
     assert rec == paired_recovery_ci([50.0, 60.0, 55.0], [10.0, 30.0, 20.0], [60.0, 80.0, 70.0], key="verbmem_f",
                                      estimate=figs.recovery["rtn-w4g128"]["verbmem_f"])
     assert rec.lo <= 0.7 <= rec.hi and rec.n == 3
-    plain = figures([t, u, q], option_auc=None, bootstrap=Bootstrap(prior=0.0)).recovery_ci["rtn-w4g128"]["verbmem_f"]
+    plain = figures([t, u, q], MuseBenchmark(), Bootstrap(prior=0.0)).recovery_ci["rtn-w4g128"]["verbmem_f"]
     assert plain == paired_recovery_ci([50.0, 60.0, 55.0], [10.0, 30.0, 20.0], [60.0, 80.0, 70.0], key="verbmem_f",
                                        estimate=figs.recovery["rtn-w4g128"]["verbmem_f"], prior=0) != rec
     assert figs.drop_ci["knowmem_f"].lo <= 35.0 <= figs.drop_ci["knowmem_f"].hi

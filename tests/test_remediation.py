@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from unlearn_assert.render.terminal import remediation_line
+from unlearn_assert.unlearning.remediation import remediation_line
 
 
 def _verdict(quantizer: str, check: str, outcome: str) -> dict[str, Any]:

@@ -8,6 +8,7 @@ data directory, most specific first; a layout none accepts is one line that list
 from __future__ import annotations
 
 from importlib import import_module
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import DataError
@@ -26,7 +27,11 @@ def benchmark_class(name: str) -> Any:
 
 
 def detect_benchmark(path: str) -> str:
-    """The name of the benchmark whose layout ``path`` is in (one DataError line when none's is)."""
+    """The name of the benchmark whose layout ``path`` is in (one DataError line when none's is, or when a local
+    path does not exist)."""
+    if ":" not in path.split("/")[0] and not Path(path).expanduser().exists():  # not hf:..., lm-eval:..., a file
+        raise DataError(f"data path '{path}' does not exist; pass a data directory (MUSE's, TOFU's, a documents or "
+                        "multiple-choice layout), hf:OWNER/NAME or lm-eval:TASK")
     for name in BENCHMARKS:
         if benchmark_class(name).detect(path):
             return name

@@ -33,7 +33,7 @@ Two differences from MUSE's script, both recorded: MUSE completes the last, part
 start of the text; here a partial last chunk is kept when it holds half a chunk or is the only one,
 so no text appears twice. And where a split has fewer chunks than items asked for, all are taken.
 
-The result is a :class:`~unlearn_assert.data.MuseData`, so MUSE's metric code runs on it unchanged,
+The result is a :class:`~unlearn_assert.data.muse.MuseData`, so MUSE's metric code runs on it unchanged,
 plus :attr:`DocumentsData.derivation`: a JSON record of every derived item (which chunk, which words
 of which documents) for the report. A rerun with the same documents, seed and settings derives the
 same items (tested).

@@ -48,9 +48,9 @@ the nine values retain {prob, rouge, truth_ratio}, real authors {prob_normalised
 world facts {prob_normalised, rouge, truth_ratio}.
 
 How it runs: every (prompt, answer) sequence of every split is scored teacher-forced in one batched
-pass of :func:`..privleak.score_ids` (batched by padded width, ``lm_head`` only from the answer's first
+pass of :func:`.privleak.score_ids` (batched by padded width, ``lm_head`` only from the answer's first
 token, no full-vocabulary logits for a whole batch, no per-token Python loop); identical sequences are
-scored once. Generation for ROUGE goes through :func:`..generation.greedy_generate` (batched, left
+scored once. Generation for ROUGE goes through :func:`.generation.greedy_generate` (batched, left
 padding, KV cache). Losses are fp32 ``log_softmax`` sums in float64 (open-unlearning: the model
 dtype's cross-entropy), so numbers agree to float rounding, not bit for bit.
 """

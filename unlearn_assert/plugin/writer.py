@@ -76,7 +76,6 @@ class ReportWriter:
                 compute_line,
                 counts_line,
                 privleak_note,
-                remediation_line,
                 render_table,
                 resolution_lines,
                 summary_line,
@@ -96,6 +95,8 @@ class ReportWriter:
             reporter.write_line(summary_line(report))
             for path in self.written:
                 reporter.write_line(f"unlearn-assert: wrote {path}")
+            from ..unlearning.remediation import remediation_line
+
             fix = remediation_line(report, self.run.model)
             if fix:  # last: the command that addresses the failing 4-bit recovery items
                 reporter.write_line(fix, yellow=True)

@@ -354,28 +354,3 @@ def summary_line(report: ReportDict) -> str:
     groups = "; ".join(f"{q}: {', '.join(checks)}"
                        for q, checks in sorted(failed_by_q.items(), key=lambda kv: qrank.get(kv[0], len(qrank))))
     return f"unlearn-assert: {n_failed} of {len(verdicts)} budget checks failed ({groups}){skipped}"
-
-
-def remediation_line(report: ReportDict, model_dir: str | None = None) -> str | None:
-    """When recovery items of a quantizer of 4 bits or fewer failed: one line naming the
-    ``unlearn-assert unlearn --quant-aware`` command that trains against exactly those quantizers
-    (the recipe of ``model_dir``'s unlearn_run.json when ``unlearn-assert unlearn`` made it); else None."""
-    from ..unlearning.remediation import low_bit, previous_settings, remediation_command
-
-    forget = {m["name"] for m in report_metrics(report) if m.get("role") == "forget"}
-    failed = {str(verdict_quantizer(v)) for v in report.get("verdicts", [])
-              if verdict_outcome(v) == "failed" and verdict_check(v) in forget
-              and low_bit(str(verdict_quantizer(v)))}
-    failing = [q for q in quantizer_order(report) if q in failed]
-    if not failing:
-        return None
-    provenance: dict[str, Any] = dict(cast(Any, report.get("provenance")) or {})
-    models: dict[str, Any] = dict(provenance.get("models") or {})
-    target = (models.get("target") or {}).get("path") or "TARGET_DIR"
-    data = (provenance.get("data") or {}).get("path") or "DATA_DIR"
-    model = model_dir or (models.get("unlearned") or {}).get("path")
-    previous = previous_settings(model)
-    command, notes = remediation_command(failing, target=target, data=data, model=model, previous=previous)
-    recipe = "the model's own recipe" if previous else "the recipe measured in docs/quant-aware.md"
-    return (f"unlearn-assert: to make forgetting hold under {', '.join(failing)}, unlearn again with "
-            f"quantization-aware training ({'; '.join([recipe, *notes])}): {command}")

@@ -20,12 +20,15 @@ import json
 import shlex
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .quant_aware_ids import is_quant_aware_id
 from .settings import UnlearnSettings
 
-__all__ = ["DEFAULT_RECIPE", "low_bit", "previous_settings", "remediation_command"]
+if TYPE_CHECKING:  # pragma: no cover
+    from ..render.schema import ReportDict
+
+__all__ = ["DEFAULT_RECIPE", "low_bit", "previous_settings", "remediation_command", "remediation_line"]
 
 #: The recipe named when the unlearned model has no unlearn_run.json: the quantization-aware recipe
 #: measured on the demo family (docs/quant-aware.md: NPO + KLR, constant lr 5e-5, bf16 weights,
@@ -152,3 +155,29 @@ def remediation_command(
     if weight not in (None, 1.0):
         parts += ["--quant-aware-weight", _number(weight)]
     return " ".join(shlex.quote(p) for p in parts), notes
+
+
+def remediation_line(report: ReportDict, model_dir: str | None = None) -> str | None:
+    """When recovery items of a quantizer of 4 bits or fewer failed: one line naming the
+    ``unlearn-assert unlearn --quant-aware`` command that trains against exactly those quantizers
+    (the recipe of ``model_dir``'s unlearn_run.json when ``unlearn-assert unlearn`` made it); else None."""
+    from ..render.schema import report_metrics
+    from ..render.terminal import quantizer_order, verdict_check, verdict_outcome, verdict_quantizer
+
+    forget = {m["name"] for m in report_metrics(report) if m.get("role") == "forget"}
+    failed = {str(verdict_quantizer(v)) for v in report.get("verdicts", [])
+              if verdict_outcome(v) == "failed" and verdict_check(v) in forget
+              and low_bit(str(verdict_quantizer(v)))}
+    failing = [q for q in quantizer_order(report) if q in failed]
+    if not failing:
+        return None
+    provenance: dict[str, Any] = dict(cast(Any, report.get("provenance")) or {})
+    models: dict[str, Any] = dict(provenance.get("models") or {})
+    target = (models.get("target") or {}).get("path") or "TARGET_DIR"
+    data = (provenance.get("data") or {}).get("path") or "DATA_DIR"
+    model = model_dir or (models.get("unlearned") or {}).get("path")
+    previous = previous_settings(model)
+    command, notes = remediation_command(failing, target=target, data=data, model=model, previous=previous)
+    recipe = "the model's own recipe" if previous else "the recipe measured in docs/quant-aware.md"
+    return (f"unlearn-assert: to make forgetting hold under {', '.join(failing)}, unlearn again with "
+            f"quantization-aware training ({'; '.join([recipe, *notes])}): {command}")
