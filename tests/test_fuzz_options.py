@@ -77,6 +77,11 @@ VALUES: dict[str, st.SearchStrategy[Any]] = {
                           .map("".join), max_size=3),
     "no_cache": st.booleans(),
     "allow_pickle": st.booleans(),
+    # mc is left out: it builds lm-eval tasks (the lm-eval tests' business, as below)
+    "benchmark": st.sampled_from(["auto", "muse", "tofu", "documents", "MUSE", "wmdp", "mc ", ""]) | text,
+    "forget_split": st.sampled_from(["forget01", "forget05", "forget10", "forget11", "FORGET10", ""]) | text,
+    "documents": st.sampled_from(["", "seed=1", "chunk_words=50 gt_words=20", "seed=x", "words=3", "chunk_words=0",
+                                  "seed"]) | text,
     # names that config refuses, and files that do not exist: what lm-eval would build (a name it must look up in its
     # index of ~15,000 task files, tens of seconds) is the lm-eval tests' business
     "utility_tasks": _joined(st.sampled_from(["utility", "knowmem_r", "@missing.yaml", "@missing.jsonl", "@file", "a b.yaml",
@@ -101,6 +106,7 @@ VALID: dict[str, st.SearchStrategy[Any]] = {
     "retrain_auc": st.sampled_from(["0.5", "muse-news", "muse-books"]),
     "quantized": st.just([]), "no_cache": st.booleans(), "allow_pickle": st.booleans(),
     "utility_tasks": st.just(""), "lm_eval_include": st.sampled_from(["", "@dir"]),
+    "benchmark": st.sampled_from(["auto", "muse"]), "forget_split": st.just("forget10"), "documents": st.just(""),
 }
 
 

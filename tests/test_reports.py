@@ -411,8 +411,12 @@ def test_write_failure_leaves_no_partial_file(tmp_path: Path) -> None:
     out = tmp_path / "report.json"
     out.write_text("previous", encoding="utf-8")
     bad = copy.deepcopy(make_report())
-    bad["rows"][0]["values"]["verbmem_f"] = object()  # not JSON-serialisable
-    with pytest.raises(TypeError):
+    class Unprintable:
+        def __str__(self) -> str:
+            raise RuntimeError("cannot be written")
+
+    bad["rows"][0]["values"]["verbmem_f"] = Unprintable()  # fails while the JSON is made
+    with pytest.raises(RuntimeError, match="cannot be written"):
         write_json(bad, out)
     assert out.read_text(encoding="utf-8") == "previous"
     assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
