@@ -22,7 +22,7 @@ The user's ``--dist`` wins: only xdist's default (``-n`` without ``--dist``) and
 this way; ``loadscope`` and ``loadfile`` keep the built-in suite (one module) on one worker by themselves;
 ``load``, ``worksteal`` and ``each`` given explicitly are left as they are. Items of your own tests that use
 the gate's fixtures are scheduled as your ``--dist`` says. ``provenance.execution`` records the decision and
-its numbers (``placement``). The crossover and how it was measured: ``docs/scale-out.md``.
+its numbers (``placement``). ``benchmarks/xdist_crossover.py`` times serial against ``-n 2`` at several sizes.
 """
 
 from __future__ import annotations
@@ -36,8 +36,9 @@ from typing import Any
 __all__ = ["CROSSOVER_FLOPS", "GROUP", "WORKERINPUT_KEY", "Placement", "cuda_visible", "decide", "is_suite_item",
            "make_scheduler", "visible_gpus"]
 
-#: Forward FLOPs of a run's rows from which spreading them over two CPU workers is faster than one worker
-#: (docs/scale-out.md: measured on 2 cores, between the runs that lose and those that win).
+#: Forward FLOPs of a run's rows from which spreading them over two CPU workers is faster than one worker: set
+#: between the two runs measured above (the tiny pair loses with spreading, the 135M model wins); where exactly
+#: spreading starts to win between them is not measured yet (``benchmarks/xdist_crossover.py`` does it).
 CROSSOVER_FLOPS = 2.0e12
 #: The work unit the built-in suite's items share when they run on one worker.
 GROUP = "unlearn-assert"
