@@ -16,8 +16,15 @@ except ImportError:  # hypothesis is a dev extra; the property tests importorski
 else:
     # CI is derandomized (same examples every run, no example database); locally, explore more.
     settings.register_profile(
-        "unlearn-ci", derandomize=True, deadline=None, database=None, print_blob=True,
-        max_examples=100, suppress_health_check=[HealthCheck.too_slow],
+        "unlearn-ci",
+        derandomize=True,
+        deadline=None,
+        database=None,
+        print_blob=True,
+        max_examples=100,
+        suppress_health_check=[HealthCheck.too_slow],
     )
     settings.register_profile("unlearn-dev", deadline=None, max_examples=200)
-    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("unlearn-ci" if os.environ.get("CI") else "unlearn-dev"))
+    settings.load_profile(
+        os.environ.get("HYPOTHESIS_PROFILE") or ("unlearn-ci" if os.environ.get("CI") else "unlearn-dev")
+    )

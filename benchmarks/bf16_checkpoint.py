@@ -64,7 +64,8 @@ def measure(path: Path, dtype: str, data: Any, repeats: int) -> dict[str, Any]:
 
 
 def _run(args: argparse.Namespace, tmp: Path) -> tuple[dict[str, dict[str, Any]], str]:
-    """The runs: the model (``--checkpoint`` or muse_shaped's) saved as a bf16 / fp32 pair under ``tmp``, each measured."""
+    """The runs: the model (``--checkpoint`` or muse_shaped's) saved as a bf16 / fp32 pair under ``tmp``, each
+    measured."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from muse_shaped import build_corpus
 
@@ -82,8 +83,10 @@ def _run(args: argparse.Namespace, tmp: Path) -> tuple[dict[str, dict[str, Any]]
         bf16_dir, fp32_dir = save_pair(model_dir, tmp)
     data = load_data(data_dir)
     evaluate(load_model(fp32_dir), data.limited(1))  # warm-up: lazy imports, allocator, kernels
-    runs = {"fp32 checkpoint, auto": measure(fp32_dir, "auto", data, args.repeats),
-            "bf16 checkpoint, auto": measure(bf16_dir, "auto", data, args.repeats)}
+    runs = {
+        "fp32 checkpoint, auto": measure(fp32_dir, "auto", data, args.repeats),
+        "bf16 checkpoint, auto": measure(bf16_dir, "auto", data, args.repeats),
+    }
     if not args.skip_forced:
         runs["bf16 checkpoint, bfloat16"] = measure(bf16_dir, "bfloat16", data, args.repeats)
     return runs, workload
@@ -95,8 +98,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", choices=("tiny", "smollm-135m"), default="tiny")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1; 0 = torch's default)")
-    parser.add_argument("--skip-forced", action="store_true", help="do not measure the bf16 checkpoint forced to compute in bf16")
-    parser.add_argument("--checkpoint", type=Path, help="a trained model directory instead of muse_shaped's random one (needs --data)")
+    parser.add_argument(
+        "--skip-forced", action="store_true", help="do not measure the bf16 checkpoint forced to compute in bf16"
+    )
+    parser.add_argument(
+        "--checkpoint", type=Path, help="a trained model directory instead of muse_shaped's random one (needs --data)"
+    )
     parser.add_argument("--data", type=Path, help="the MUSE-layout data of --checkpoint")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
@@ -123,8 +130,11 @@ def main(argv: list[str] | None = None) -> int:
         run["samples_differ"] = [m for m in base["samples"] if run["samples"].get(m) != base["samples"][m]]
         same = "identical" if run["values_equal_fp32"] else "differ: " + json.dumps(run["values"])
         records = "differ in " + ", ".join(run["samples_differ"]) if run["samples_differ"] else "identical"
-        print(f"{name:28s} computes in {run['compute_dtype']:8s} {run['seconds']:7.1f} s  {run['over_fp32']:.2f}x fp32  values {same}, "
-              f"per-sample records {records}")
+        print(
+            f"{name:28s} computes in {run['compute_dtype']:8s} {run['seconds']:7.1f} s  {run['over_fp32']:.2f}x fp32  "
+            f"values {same}, "
+            f"per-sample records {records}"
+        )
     for run in runs.values():
         del run["samples"]  # compared above; too long for the record
     if args.json:

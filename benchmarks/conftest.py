@@ -57,7 +57,14 @@ def build_bench_data(out: Path, scale: int = 6) -> Path:
     verb = read("verbmem/forget.json")
     for sents in raw.values():
         verb += [{"prompt": sents[i], "gt": " ".join(sents[i + 1 : i + 4])} for i in range(len(sents) - 3)]
-    phrasings = ["{q}", "Tell me: {q}", "Quick question. {q}", "Answer briefly: {q}", "Please recall: {q}", "One more: {q}"]
+    phrasings = [
+        "{q}",
+        "Tell me: {q}",
+        "Quick question. {q}",
+        "Answer briefly: {q}",
+        "Please recall: {q}",
+        "One more: {q}",
+    ]
     qa = {split: read(f"knowmem/{split}_qa.json") for split in ("forget", "retain")}
     icl = {split: read(f"knowmem/{split}_qa_icl.json") for split in ("forget", "retain")}
     other = {"forget": "retain", "retain": "forget"}

@@ -54,7 +54,8 @@ def _say(line: str) -> None:
 
 
 def parse_recipe(text: str) -> DemoRecipe:
-    """The shipped recipe with ``section.field=value`` overrides (section: ``corpus``, ``lm`` or an unlearned model's name)."""
+    """The shipped recipe with ``section.field=value`` overrides (section: ``corpus``, ``lm`` or an unlearned model's
+    name)."""
     from unlearn_assert.demo.family import DEFAULT_RECIPE
 
     def override(obj: Any, name: str, raw: str, what: str) -> Any:
@@ -92,7 +93,9 @@ def build_target(root: Path, seed: int, reuse: Path | None, recipe: DemoRecipe) 
     recipe = replace(recipe, corpus_seed=seed, lm=replace(recipe.lm, seed=seed))
     write_corpus(data, seed, recipe.corpus)
     tokenizer = train_demo_tokenizer(training_texts(data, forget=True), recipe.lm.vocab_size)
-    train_lm(target, training_texts(data, forget=True), tokenizer, recipe.lm, label=f"target seed {seed}", progress=_say)
+    train_lm(
+        target, training_texts(data, forget=True), tokenizer, recipe.lm, label=f"target seed {seed}", progress=_say
+    )
     return data, target
 
 
@@ -105,7 +108,9 @@ def build_unlearned(root: Path, data: Path, target: Path, unlearn_seed: int, rec
         path = root / f"u{unlearn_seed}" / u.name
         if not (path / "config.json").is_file():
             settings = replace(u.run_settings(log_every=100), seed=unlearn_seed)
-            result = unlearn(str(target), unlearning_data(data), settings, progress=lambda line, n=u.name: _say(f"  {n}: {line}"))
+            result = unlearn(
+                str(target), unlearning_data(data), settings, progress=lambda line, n=u.name: _say(f"  {n}: {line}")
+            )
             path.parent.mkdir(parents=True, exist_ok=True)
             save_unlearned(result, path)
         out[u.name] = path
@@ -123,22 +128,36 @@ def criteria(plain: dict[str, Any], sure: dict[str, Any]) -> dict[str, Any]:
     def summary(report: dict[str, Any], is_sure: bool) -> dict[str, Any]:
         a = assess(report, sure=is_sure)
         u = _row(report, "unlearned", "fp")["values"]
-        four = {f"{q} {m}": [round(r, 3) if (r := (_row(report, "unlearned", q).get("recovery") or {}).get(m)) is not None
-                             else None, _row(report, "unlearned", q).get("recovery_ci", {}).get(m)]
-                for q in a.four_bit for m in FORGET}
-        return {"u": {m: round(u[m], 1) for m in (*FORGET, "knowmem_r")},
-                "drop": {m: round(t - uu, 1) for m, (t, uu, _) in a.drops.items()},
-                "resolution": {m: None if r is None else round(r, 3) for m, r in a.resolution.items()},
-                "judged": list(a.judged), "four_bit": four, "utility": None if a.utility is None else round(a.utility, 3),
-                "decided": [f"{f.quantizer} {f.metric} {f.estimate:.0%} {f.interval()}" for f in a.decided_failures],
-                "worst": None if a.worst is None else f"{a.worst.quantizer} {a.worst.metric} {a.worst.estimate:.0%} {a.worst.interval()}",
-                "ok": a.ok, "reasons": list(a.reasons)}
+        four = {
+            f"{q} {m}": [
+                round(r, 3) if (r := (_row(report, "unlearned", q).get("recovery") or {}).get(m)) is not None else None,
+                _row(report, "unlearned", q).get("recovery_ci", {}).get(m),
+            ]
+            for q in a.four_bit
+            for m in FORGET
+        }
+        return {
+            "u": {m: round(u[m], 1) for m in (*FORGET, "knowmem_r")},
+            "drop": {m: round(t - uu, 1) for m, (t, uu, _) in a.drops.items()},
+            "resolution": {m: None if r is None else round(r, 3) for m, r in a.resolution.items()},
+            "judged": list(a.judged),
+            "four_bit": four,
+            "utility": None if a.utility is None else round(a.utility, 3),
+            "decided": [f"{f.quantizer} {f.metric} {f.estimate:.0%} {f.interval()}" for f in a.decided_failures],
+            "worst": None
+            if a.worst is None
+            else f"{a.worst.quantizer} {a.worst.metric} {a.worst.estimate:.0%} {a.worst.interval()}",
+            "ok": a.ok,
+            "reasons": list(a.reasons),
+        }
 
     p, s = summary(plain, False), summary(sure, True)
     t = _row(plain, "target", "fp")["values"]
     plain_a, sure_a = assess(plain, sure=False), assess(sure, sure=True)
     return {
-        "target": {m: round(t[m], 1) for m in (*FORGET, "knowmem_r")}, "plain": p, "sure": s,
+        "target": {m: round(t[m], 1) for m in (*FORGET, "knowmem_r")},
+        "plain": p,
+        "sure": s,
         "large_drop": any(p["drop"].get(m, 0) >= LARGE_DROP for m in plain_a.judged),
         "plain_decided": bool(plain_a.decided_failures),
         "sure_strict": bool(sure_a.judged) and not sure_a.not_strict and sure_a.worst is not None,
@@ -150,8 +169,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--cells", default="0:0,0:1,1:0,1:1,2:0,2:1", help="corpus_seed:unlearn_seed, comma-separated")
-    parser.add_argument("--reuse", type=Path, help="a built demo family dir whose data/ and target/ are corpus seed 0's")
-    parser.add_argument("--recipe", default="", help="overrides of the shipped recipe, e.g. corpus.n_forget=24,npo_klr_sure.steps=150")
+    parser.add_argument(
+        "--reuse", type=Path, help="a built demo family dir whose data/ and target/ are corpus seed 0's"
+    )
+    parser.add_argument(
+        "--recipe", default="", help="overrides of the shipped recipe, e.g. corpus.n_forget=24,npo_klr_sure.steps=150"
+    )
     args = parser.parse_args(argv)
     recipe = parse_recipe(args.recipe)
     if args.recipe and args.reuse:
@@ -173,24 +196,49 @@ def main(argv: list[str] | None = None) -> int:
         root = args.out / f"corpus{seed}"
         data, target = build_target(root, seed, args.reuse, recipe)
         models = build_unlearned(root, data, target, useed, recipe)
-        reports = {name: ua.gate(str(path), str(target), str(data), quantizers=",".join(quantizers), dtype="float32",
-                                 retrain_auc=0.5, cache_dir=str(args.out / "cache")).to_dict()
-                   for name, path in models.items()}
+        reports = {
+            name: ua.gate(
+                str(path),
+                str(target),
+                str(data),
+                quantizers=",".join(quantizers),
+                dtype="float32",
+                retrain_auc=0.5,
+                cache_dir=str(args.out / "cache"),
+            ).to_dict()
+            for name, path in models.items()
+        }
         plain_name, sure_name = (next(u.name for u in recipe.unlearned if u.sure is flag) for flag in (False, True))
         c = criteria(reports[plain_name], reports[sure_name])
         # what `unlearn-assert demo` would conclude from these reports (its exit code)
-        c["demo_judge"] = {name: list(judge(report, sure=recipe.unlearn_recipe(name).sure)) for name, report in reports.items()}
+        c["demo_judge"] = {
+            name: list(judge(report, sure=recipe.unlearn_recipe(name).sure)) for name, report in reports.items()
+        }
         c["demo_exit_0"] = all(ok for ok, _ in c["demo_judge"].values())
-        c.update(kernels=kernels, recipe=args.recipe, recipe_key=recipe.key(), corpus_seed=seed, unlearn_seed=useed,
-                 quantizers=list(quantizers), seconds=round(time.perf_counter() - start, 1))
+        c.update(
+            kernels=kernels,
+            recipe=args.recipe,
+            recipe_key=recipe.key(),
+            corpus_seed=seed,
+            unlearn_seed=useed,
+            quantizers=list(quantizers),
+            seconds=round(time.perf_counter() - start, 1),
+        )
         with (args.out / "cells.jsonl").open("a") as f:
             f.write(json.dumps(c) + "\n")
         p, s, t = c["plain"], c["sure"], c["target"]
-        _say(f"CELL {kernels} {seed}/{useed}: plain km {t['knowmem_f']} -> {p['u']['knowmem_f']}, vm {t['verbmem_f']} -> "
-             f"{p['u']['verbmem_f']} (resolution {p['resolution']}); decided {p['decided']}; SURE km {s['u']['knowmem_f']}, "
-             f"vm {s['u']['verbmem_f']}, worst 4-bit {s['worst']}, kr of T {s['utility']}; not met: "
-             + (", ".join(k for k in ("large_drop", "plain_decided", "sure_strict", "sure_utility") if not c[k]) or "none")
-             + f"; demo exit {0 if c['demo_exit_0'] else 1} ({c['seconds']} s)")
+        _say(
+            f"CELL {kernels} {seed}/{useed}: plain km {t['knowmem_f']} -> {p['u']['knowmem_f']}, vm {t['verbmem_f']} "
+            "-> "
+            f"{p['u']['verbmem_f']} (resolution {p['resolution']}); decided {p['decided']}; SURE km "
+            f"{s['u']['knowmem_f']}, "
+            f"vm {s['u']['verbmem_f']}, worst 4-bit {s['worst']}, kr of T {s['utility']}; not met: "
+            + (
+                ", ".join(k for k in ("large_drop", "plain_decided", "sure_strict", "sure_utility") if not c[k])
+                or "none"
+            )
+            + f"; demo exit {0 if c['demo_exit_0'] else 1} ({c['seconds']} s)"
+        )
     return 0
 
 

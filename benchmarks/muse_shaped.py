@@ -53,8 +53,14 @@ VERBMEM_LEN = (860, 950)
 PRIVLEAK_LEN = (1805, 1887)
 GT_LEN = 150
 ICL_PAIRS = 10
-MODEL: dict[str, Any] = {"hidden_size": 256, "intermediate_size": 768, "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 1,
-         "max_position_embeddings": 2048}
+MODEL: dict[str, Any] = {
+    "hidden_size": 256,
+    "intermediate_size": 768,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 1,
+    "max_position_embeddings": 2048,
+}
 VOCAB = 4096
 #: ``--model smollm-135m``: the shape of SmolLM-135M (the model issue 19 measured: 135M parameters,
 #: 0.54 GB in fp32, vocabulary 49,152, tied), randomly initialized; its tokenizer is this corpus's
@@ -62,8 +68,17 @@ VOCAB = 4096
 #: it with few ``--items`` to measure memory against the weights where weights, not the runtime, dominate.
 MODELS: dict[str, tuple[dict[str, Any], int]] = {
     "tiny": (MODEL, VOCAB),
-    "smollm-135m": ({"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
-                     "num_key_value_heads": 3, "max_position_embeddings": 2048}, 49152),
+    "smollm-135m": (
+        {
+            "hidden_size": 576,
+            "intermediate_size": 1536,
+            "num_hidden_layers": 30,
+            "num_attention_heads": 9,
+            "num_key_value_heads": 3,
+            "max_position_embeddings": 2048,
+        },
+        49152,
+    ),
 }
 MMAP_THRESHOLD = 256 << 10
 
@@ -72,8 +87,38 @@ MMAP_THRESHOLD = 256 << 10
 
 
 def _lexicon(rng: random.Random, n: int = 3000) -> list[str]:
-    syllables = ["ka", "lo", "mi", "ren", "sta", "vol", "dre", "qui", "nor", "bel", "tash", "um", "ix", "or", "pel", "zan", "cor", "fi",
-                 "gor", "hal", "jen", "wit", "yor", "ast", "eb", "ul", "tre", "mon", "sil", "var"]
+    syllables = [
+        "ka",
+        "lo",
+        "mi",
+        "ren",
+        "sta",
+        "vol",
+        "dre",
+        "qui",
+        "nor",
+        "bel",
+        "tash",
+        "um",
+        "ix",
+        "or",
+        "pel",
+        "zan",
+        "cor",
+        "fi",
+        "gor",
+        "hal",
+        "jen",
+        "wit",
+        "yor",
+        "ast",
+        "eb",
+        "ul",
+        "tre",
+        "mon",
+        "sil",
+        "var",
+    ]
     words = {"".join(rng.choice(syllables) for _ in range(rng.randint(1, 3))) for _ in range(n * 2)}
     return sorted(words)[:n]
 
@@ -108,18 +153,33 @@ def build_corpus(out: Path, items: int, seed: int = 0, model: str = "tiny") -> t
     data, model_dir = out / "data", out / "model"
 
     def qa(n: int) -> list[dict[str, str]]:
-        return [{"question": f"What did {rng.choice(words).title()} {rng.choice(words)} say about the {rng.choice(words)} "
-                             f"{rng.choice(words)}?", "answer": " ".join(rng.choice(words) for _ in range(rng.randint(1, 4)))}
-                for _ in range(n)]
+        return [
+            {
+                "question": f"What did {rng.choice(words).title()} {rng.choice(words)} say about the "
+                f"{rng.choice(words)} "
+                f"{rng.choice(words)}?",
+                "answer": " ".join(rng.choice(words) for _ in range(rng.randint(1, 4))),
+            }
+            for _ in range(n)
+        ]
 
     files: dict[str, Any] = {
-        "verbmem/forget.json": [{"prompt": _text_of_tokens(tokenizer, rng, words, rng.randint(*VERBMEM_LEN)),
-                                 "gt": _text_of_tokens(tokenizer, rng, words, GT_LEN)} for _ in range(items)],
-        "knowmem/forget_qa.json": qa(items), "knowmem/forget_qa_icl.json": qa(ICL_PAIRS),
-        "knowmem/retain_qa.json": qa(items), "knowmem/retain_qa_icl.json": qa(ICL_PAIRS),
+        "verbmem/forget.json": [
+            {
+                "prompt": _text_of_tokens(tokenizer, rng, words, rng.randint(*VERBMEM_LEN)),
+                "gt": _text_of_tokens(tokenizer, rng, words, GT_LEN),
+            }
+            for _ in range(items)
+        ],
+        "knowmem/forget_qa.json": qa(items),
+        "knowmem/forget_qa_icl.json": qa(ICL_PAIRS),
+        "knowmem/retain_qa.json": qa(items),
+        "knowmem/retain_qa_icl.json": qa(ICL_PAIRS),
     }
     for split in ("forget", "holdout", "retain"):
-        files[f"privleak/{split}.json"] = [_text_of_tokens(tokenizer, rng, words, rng.randint(*PRIVLEAK_LEN)) for _ in range(items)]
+        files[f"privleak/{split}.json"] = [
+            _text_of_tokens(tokenizer, rng, words, rng.randint(*PRIVLEAK_LEN)) for _ in range(items)
+        ]
     for rel, value in files.items():
         (data / rel).parent.mkdir(parents=True, exist_ok=True)
         (data / rel).write_text(json.dumps(value))
@@ -129,8 +189,14 @@ def build_corpus(out: Path, items: int, seed: int = 0, model: str = "tiny") -> t
     torch.manual_seed(seed)
     if vocab > len(tokenizer):
         tokenizer.add_tokens([f"<extra_{i}>" for i in range(vocab - len(tokenizer))])
-    config = LlamaConfig(vocab_size=len(tokenizer), tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **shape)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **shape,
+    )
     model = LlamaForCausalLM(config).eval()
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(str(model_dir))
@@ -201,12 +267,14 @@ class ForwardClock:
                 key = kind if kind == "head" else ("decode" if ids is not None and ids.shape[-1] == 1 else "prefill")
                 self._start[kind] = time.perf_counter()
                 self._start[kind + ":key"] = key  # type: ignore[assignment]
+
             return hook
 
         def post(kind: str) -> Callable[..., None]:
             def hook(module: Any, args: Any, kwargs: Any, output: Any) -> None:
                 key = self._start[kind + ":key"]
                 self.seconds[key] += time.perf_counter() - self._start[kind]  # type: ignore[index]
+
             return hook
 
         for kind, module in (("body", self.body), ("head", self.head)):
@@ -238,8 +306,13 @@ def measured(model: Any) -> Iterator[dict[str, Any]]:
 # --------------------------------------------------------------------------- FLOP floor
 
 
-def floor_flops(shape: dict[str, int], tokenizer: Any, data: Any, generated: dict[str, list[int]],
-                decode_share: dict[str, float] | None = None) -> dict[str, float]:
+def floor_flops(
+    shape: dict[str, int],
+    tokenizer: Any,
+    data: Any,
+    generated: dict[str, list[int]],
+    decode_share: dict[str, float] | None = None,
+) -> dict[str, float]:
     """FLOPs any implementation must spend per metric (see the module docstring); ``decode_share``
     (if given) receives, per metric, the share of them spent in one-token decode steps."""
     body, head = 2 * shape["body_params"], 2 * shape["hidden"] * shape["vocab"]
@@ -256,8 +329,10 @@ def floor_flops(shape: dict[str, int], tokenizer: Any, data: Any, generated: dic
     prompts = [tokenizer(d.prompt)["input_ids"] for d in data.verbmem_forget]
     decoded["verbmem_f"] = sum(decode(len(p), max(g - 1, 0)) for p, g in zip(prompts, generated["verbmem_f"]))
     out["verbmem_f"] = sum(prefill(len(p)) for p in prompts) + decoded["verbmem_f"]
-    for key, qa, icl in (("knowmem_f", data.knowmem_forget_qa, data.knowmem_forget_icl),
-                         ("knowmem_r", data.knowmem_retain_qa, data.knowmem_retain_icl)):
+    for key, qa, icl in (
+        ("knowmem_f", data.knowmem_forget_qa, data.knowmem_forget_icl),
+        ("knowmem_r", data.knowmem_retain_qa, data.knowmem_retain_icl),
+    ):
         prefix = "".join(f"Question: {p.question}\nAnswer: {p.answer}\n\n" for p in icl)
         shared = len(tokenizer(prefix)["input_ids"]) - 1
         total, steps = prefill(shared) - head, 0.0
@@ -267,7 +342,9 @@ def floor_flops(shape: dict[str, int], tokenizer: Any, data: Any, generated: dic
             steps += decode(n, max(g - 1, 0))
         out[key], decoded[key] = total + steps, steps
     texts = list(data.privleak_forget) + list(data.privleak_holdout)
-    out["privleak"] = sum(n * (body + head) + attn * n * (n + 1) / 2 for n in (len(tokenizer(t)["input_ids"]) for t in texts))
+    out["privleak"] = sum(
+        n * (body + head) + attn * n * (n + 1) / 2 for n in (len(tokenizer(t)["input_ids"]) for t in texts)
+    )
     if decode_share is not None:
         decode_share.update({m: decoded[m] / out[m] for m in out})
     return out
@@ -304,11 +381,20 @@ def _measure(tmp: Path, items: int, repeats: int, skip_naive: bool, model_name: 
     cfg = model.config
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     head_dim = cfg.hidden_size // cfg.num_attention_heads
-    shape = {"hidden": cfg.hidden_size, "inter": cfg.intermediate_size, "vocab": cfg.vocab_size, "layers": cfg.num_hidden_layers,
-             "heads": cfg.num_attention_heads, "head_dim": head_dim, "kv": cfg.num_key_value_heads * head_dim,
-             "body_params": sum(p.numel() for n, p in model.named_parameters() if ".layers." in n)}
-    lengths = {"verbmem_prompt": [len(tok(d.prompt)["input_ids"]) for d in data.verbmem_forget],
-               "privleak_text": [len(tok(t)["input_ids"]) for t in list(data.privleak_forget) + list(data.privleak_holdout)]}
+    shape = {
+        "hidden": cfg.hidden_size,
+        "inter": cfg.intermediate_size,
+        "vocab": cfg.vocab_size,
+        "layers": cfg.num_hidden_layers,
+        "heads": cfg.num_attention_heads,
+        "head_dim": head_dim,
+        "kv": cfg.num_key_value_heads * head_dim,
+        "body_params": sum(p.numel() for n, p in model.named_parameters() if ".layers." in n),
+    }
+    lengths = {
+        "verbmem_prompt": [len(tok(d.prompt)["input_ids"]) for d in data.verbmem_forget],
+        "privleak_text": [len(tok(t)["input_ids"]) for t in list(data.privleak_forget) + list(data.privleak_holdout)],
+    }
     evaluate(loaded, data.limited(1))  # warm-up: lazy imports, allocator, kernels
     eval_verbmem(model, tok, [data.verbmem_forget[0].prompt], [data.verbmem_forget[0].gt])
 
@@ -320,26 +406,43 @@ def _measure(tmp: Path, items: int, repeats: int, skip_naive: bool, model_name: 
         # decode multiplies [rows, hidden] by every weight: at a few rows that reads the weights, so its
         # floor is the GEMM rate at M = the engine's decode batch (bound by memory bandwidth), not at M = 1024
         decode_rate = matmul_rate(shape, tokens=max(int(batch), 1))[0] if metric != "privleak" else rate
-        record.update(rate=rate, square_rate=square, decode_rate=decode_rate, value=ev.values[metric], batch_size=batch,
-                      engine_split=ev.extras.get("time_split", {}).get(metric))
+        record.update(
+            rate=rate,
+            square_rate=square,
+            decode_rate=decode_rate,
+            value=ev.values[metric],
+            batch_size=batch,
+            engine_split=ev.extras.get("time_split", {}).get(metric),
+        )
         return record, ev
 
     def naive(metric: str) -> tuple[dict[str, Any], Any]:
         rate, square = matmul_rate(shape)
         with measured(model) as record:
             if metric == "verbmem_f":
-                log = eval_verbmem(model, tok, [d.prompt for d in data.verbmem_forget], [d.gt for d in data.verbmem_forget])
+                log = eval_verbmem(
+                    model, tok, [d.prompt for d in data.verbmem_forget], [d.gt for d in data.verbmem_forget]
+                )
                 value, gens = log.mean() * 100, [h["response"] for h in log.history]
             elif metric in ("knowmem_f", "knowmem_r"):
                 split = "forget" if metric == "knowmem_f" else "retain"
                 qa, icl = getattr(data, f"knowmem_{split}_qa"), getattr(data, f"knowmem_{split}_icl")
-                log = eval_knowmem(model, tok, [d.question for d in qa], [d.answer for d in qa], [d.question for d in icl],
-                                   [d.answer for d in icl])
+                log = eval_knowmem(
+                    model,
+                    tok,
+                    [d.question for d in qa],
+                    [d.answer for d in qa],
+                    [d.question for d in icl],
+                    [d.answer for d in icl],
+                )
                 value, gens = log.mean() * 100, [h["response"] for h in log.history]
             else:
                 leak = eval_privleak(model, tok, list(data.privleak_forget), list(data.privleak_holdout))
                 auc = leak["auc"]["forget_holdout_Min-40%"]
-                value, gens = (auc - 0.5) / 0.5 * 100, [d["Min-40%"] for d in leak["log"]["forget"] + leak["log"]["holdout"]]
+                value, gens = (
+                    (auc - 0.5) / 0.5 * 100,
+                    [d["Min-40%"] for d in leak["log"]["forget"] + leak["log"]["holdout"]],
+                )
         record.update(rate=rate, square_rate=square, value=value)
         return record, gens
 
@@ -361,17 +464,26 @@ def _measure(tmp: Path, items: int, repeats: int, skip_naive: bool, model_name: 
             best["rounds"] = [x["seconds"] for x in rounds]
             results["ours"][metric] = best
             if metric != "privleak":
-                generated[metric] = [len(tok(s["generation"], add_special_tokens=False)["input_ids"]) if metric != "verbmem_f"
-                                     else s["new_tokens"] for s in ev.samples[metric]]
+                generated[metric] = [
+                    len(tok(s["generation"], add_special_tokens=False)["input_ids"])
+                    if metric != "verbmem_f"
+                    else s["new_tokens"]
+                    for s in ev.samples[metric]
+                ]
     # knowmem generations are cut at stop strings; the floor counts the tokens ours decoded
     for metric in ("knowmem_f", "knowmem_r"):
         generated[metric] = [min(g + 1, 32) for g in generated[metric]]
     decode_share: dict[str, float] = {}
     flops = floor_flops(shape, tok, data, generated, decode_share)
     report: dict[str, Any] = {
-        "items": items, "repeats": repeats, "torch_threads": torch.get_num_threads(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(), "load_average": os.getloadavg(),
-        "weight_bytes": weight_bytes, "rss_runtime": rss_runtime, "lengths": {k: [min(v), max(v)] for k, v in lengths.items()},
+        "items": items,
+        "repeats": repeats,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "load_average": os.getloadavg(),
+        "weight_bytes": weight_bytes,
+        "rss_runtime": rss_runtime,
+        "lengths": {k: [min(v), max(v)] for k, v in lengths.items()},
         "metrics": {},
     }
     for metric in METRIC_ORDER:
@@ -381,20 +493,34 @@ def _measure(tmp: Path, items: int, repeats: int, skip_naive: bool, model_name: 
             rec = results[impl].get(metric)
             if rec is None:
                 continue
-            # the same floor for both: prefill FLOPs at the large-M rate, decode FLOPs at the rate for ours' decode batch
-            floor_seconds = flops[metric] * (1 - decode_share[metric]) / rec["rate"] + flops[metric] * decode_share[metric] / decode_rate
-            row[impl] = {**rec, "floor_seconds": floor_seconds, "floor_ratio": rec["seconds"] / floor_seconds,
-                         "achieved_fraction": floor_seconds / rec["seconds"],
-                         "peak_rss_over_runtime_x_weights": (rec["peak_rss"] - rss_runtime) / weight_bytes,
-                         "weights_plus_transient_x_weights": (weight_bytes + rec["peak_rss"] - rec["rss_before"]) / weight_bytes}
+            # the same floor for both: prefill FLOPs at the large-M rate, decode FLOPs at the rate for ours' decode
+            # batch
+            floor_seconds = (
+                flops[metric] * (1 - decode_share[metric]) / rec["rate"]
+                + flops[metric] * decode_share[metric] / decode_rate
+            )
+            row[impl] = {
+                **rec,
+                "floor_seconds": floor_seconds,
+                "floor_ratio": rec["seconds"] / floor_seconds,
+                "achieved_fraction": floor_seconds / rec["seconds"],
+                "peak_rss_over_runtime_x_weights": (rec["peak_rss"] - rss_runtime) / weight_bytes,
+                "weights_plus_transient_x_weights": (weight_bytes + rec["peak_rss"] - rec["rss_before"]) / weight_bytes,
+            }
         if "naive" in row:
             row["naive_over_ours"] = row["naive"]["seconds"] / row["ours"]["seconds"]
         report["metrics"][metric] = row
     ours_total = sum(report["metrics"][m]["ours"]["seconds"] for m in METRIC_ORDER)
     floor_total = sum(report["metrics"][m]["ours"]["floor_seconds"] for m in METRIC_ORDER)
-    report["total"] = {"ours_seconds": ours_total, "floor_seconds": floor_total, "floor_ratio": ours_total / floor_total,
-                       **{key: max(report["metrics"][m]["ours"][key] for m in METRIC_ORDER)
-                          for key in ("peak_rss_over_runtime_x_weights", "weights_plus_transient_x_weights")}}
+    report["total"] = {
+        "ours_seconds": ours_total,
+        "floor_seconds": floor_total,
+        "floor_ratio": ours_total / floor_total,
+        **{
+            key: max(report["metrics"][m]["ours"][key] for m in METRIC_ORDER)
+            for key in ("peak_rss_over_runtime_x_weights", "weights_plus_transient_x_weights")
+        },
+    }
     if not skip_naive:
         report["total"]["naive_seconds"] = sum(report["metrics"][m]["naive"]["seconds"] for m in METRIC_ORDER)
         report["total"]["naive_over_ours"] = report["total"]["naive_seconds"] / ours_total
@@ -414,13 +540,20 @@ def _agreement(metric: str, ev: Any, naive_out: Any) -> dict[str, Any]:
 
 def format_report(report: dict[str, Any]) -> str:
     mb = 1 << 20
-    lines = [f"MUSE-shaped benchmark ({report.get('model_preset', 'tiny')} model): {report['items']} items/split, {report['torch_threads']} torch threads, "
-             f"CPU {report['cpu_capability']}, load average {report['load_average'][0]:.2f} -> {report['load_average_end'][0]:.2f}; "
-             f"malloc mmap threshold {report.get('malloc_mmap_threshold')}; weights {report['weight_bytes'] / mb:.1f} MB, "
-             f"runtime RSS before loading {report['rss_runtime'] / mb:.0f} MB; "
-             f"token lengths {report['lengths']}"]
-    head = f"{'metric':10} {'impl':6} {'seconds':>8} {'prefill':>8} {'decode':>8} {'head':>7} {'other':>7} {'GFLOP':>8} " \
-           f"{'GFLOP/s':>8} {'dec GF/s':>8} {'floor s':>8} {'x floor':>8} {'achieved':>8} {'peakRSS-rt':>10} {'x wts':>6} {'W+trans':>7}"
+    lines = [
+        f"MUSE-shaped benchmark ({report.get('model_preset', 'tiny')} model): {report['items']} items/split, "
+        f"{report['torch_threads']} torch threads, "
+        f"CPU {report['cpu_capability']}, load average {report['load_average'][0]:.2f} -> "
+        f"{report['load_average_end'][0]:.2f}; "
+        f"malloc mmap threshold {report.get('malloc_mmap_threshold')}; weights {report['weight_bytes'] / mb:.1f} MB, "
+        f"runtime RSS before loading {report['rss_runtime'] / mb:.0f} MB; "
+        f"token lengths {report['lengths']}"
+    ]
+    head = (
+        f"{'metric':10} {'impl':6} {'seconds':>8} {'prefill':>8} {'decode':>8} {'head':>7} {'other':>7} {'GFLOP':>8} "
+        f"{'GFLOP/s':>8} {'dec GF/s':>8} {'floor s':>8} {'x floor':>8} {'achieved':>8} {'peakRSS-rt':>10} {'x wts':>6} "
+        f"{'W+trans':>7}"
+    )
     lines.append(head)
     for metric, row in report["metrics"].items():
         for impl in ("ours", "naive"):
@@ -429,38 +562,61 @@ def format_report(report: dict[str, Any]) -> str:
                 continue
             s = rec["split"]
             lines.append(
-                f"{metric:10} {impl:6} {rec['seconds']:8.2f} {s['prefill']:8.2f} {s['decode']:8.2f} {s['head']:7.2f} {s['other']:7.2f} "
-                f"{row['flops'] / 1e9:8.1f} {rec['rate'] / 1e9:8.1f} {row['ours'].get('decode_rate', rec['rate']) / 1e9:8.1f} "
+                f"{metric:10} {impl:6} {rec['seconds']:8.2f} {s['prefill']:8.2f} {s['decode']:8.2f} {s['head']:7.2f} "
+                f"{s['other']:7.2f} "
+                f"{row['flops'] / 1e9:8.1f} {rec['rate'] / 1e9:8.1f} "
+                f"{row['ours'].get('decode_rate', rec['rate']) / 1e9:8.1f} "
                 f"{rec['floor_seconds']:8.2f} {rec['floor_ratio']:8.2f} "
-                f"{rec['achieved_fraction']:8.2f} {(rec['peak_rss'] - report['rss_runtime']) / mb:9.1f}M {rec['peak_rss_over_runtime_x_weights']:6.2f} "
-                f"{rec['weights_plus_transient_x_weights']:7.2f}")
+                f"{rec['achieved_fraction']:8.2f} {(rec['peak_rss'] - report['rss_runtime']) / mb:9.1f}M "
+                f"{rec['peak_rss_over_runtime_x_weights']:6.2f} "
+                f"{rec['weights_plus_transient_x_weights']:7.2f}"
+            )
         if "naive_over_ours" in row:
-            lines.append(f"{'':10} naive/ours {row['naive_over_ours']:.2f}x; agreement {row['naive'].get('agrees')}; "
-                         f"ours batch {row['ours'].get('batch_size')}")
+            lines.append(
+                f"{'':10} naive/ours {row['naive_over_ours']:.2f}x; agreement {row['naive'].get('agrees')}; "
+                f"ours batch {row['ours'].get('batch_size')}"
+            )
     t = report["total"]
-    lines.append(f"total: ours {t['ours_seconds']:.1f} s, floor {t['floor_seconds']:.1f} s ({t['floor_ratio']:.2f}x floor)"
-                 + (f", naive {t['naive_seconds']:.1f} s ({t['naive_over_ours']:.2f}x ours)" if "naive_seconds" in t else "")
-                 + f"; peak RSS above the runtime's {t['peak_rss_over_runtime_x_weights']:.2f}x weights, weights + evaluation "
-                   f"transient {t['weights_plus_transient_x_weights']:.2f}x weights")
+    lines.append(
+        f"total: ours {t['ours_seconds']:.1f} s, floor {t['floor_seconds']:.1f} s ({t['floor_ratio']:.2f}x floor)"
+        + (f", naive {t['naive_seconds']:.1f} s ({t['naive_over_ours']:.2f}x ours)" if "naive_seconds" in t else "")
+        + f"; peak RSS above the runtime's {t['peak_rss_over_runtime_x_weights']:.2f}x weights, weights + evaluation "
+        f"transient {t['weights_plus_transient_x_weights']:.2f}x weights"
+    )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--items", type=int, default=int(os.environ.get("UNLEARN_BENCH_ITEMS", "100")))
-    parser.add_argument("--quick", action="store_true", default=os.environ.get("UNLEARN_BENCH_QUICK") == "1",
-                        help="4 items per split (CI)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        default=os.environ.get("UNLEARN_BENCH_QUICK") == "1",
+        help="4 items per split (CI)",
+    )
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--skip-naive", action="store_true")
-    parser.add_argument("--model", choices=sorted(MODELS), default="tiny",
-                        help="tiny: 4.1M parameters (default, minutes); smollm-135m: SmolLM-135M's shape (memory against real weights)")
-    parser.add_argument("--threads", type=int, default=int(os.environ.get("UNLEARN_BENCH_THREADS", "1")),
-                        help="torch threads for both sides (default 1: on a shared machine, spin-waiting OpenMP threads "
-                             "measure the neighbours; 0 = torch's default)")
+    parser.add_argument(
+        "--model",
+        choices=sorted(MODELS),
+        default="tiny",
+        help="tiny: 4.1M parameters (default, minutes); smollm-135m: SmolLM-135M's shape (memory against real weights)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=int(os.environ.get("UNLEARN_BENCH_THREADS", "1")),
+        help="torch threads for both sides (default 1: on a shared machine, spin-waiting OpenMP threads "
+        "measure the neighbours; 0 = torch's default)",
+    )
     parser.add_argument("--engine-path", help="import unlearn_assert from this directory (a 'before' run)")
     parser.add_argument("--json", type=Path)
-    parser.add_argument("--fixed-mmap-threshold", action="store_true",
-                        help=f"re-run with MALLOC_MMAP_THRESHOLD_={MMAP_THRESHOLD} (see below)")
+    parser.add_argument(
+        "--fixed-mmap-threshold",
+        action="store_true",
+        help=f"re-run with MALLOC_MMAP_THRESHOLD_={MMAP_THRESHOLD} (see below)",
+    )
     args = parser.parse_args(argv)
     if args.fixed_mmap_threshold and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
         # glibc raises its mmap threshold each time a large block is freed (up to 32 MB), after

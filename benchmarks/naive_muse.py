@@ -33,8 +33,16 @@ STOP_WORDS = ["\n\n", "\nQuestion", "Question:"]
 def _clean_up(text: str) -> str:
     # transformers 4.x PreTrainedTokenizerBase.clean_up_tokenization
     return (
-        text.replace(" .", ".").replace(" ?", "?").replace(" !", "!").replace(" ,", ",").replace(" ' ", "'")
-        .replace(" n't", "n't").replace(" 'm", "'m").replace(" 's", "'s").replace(" 've", "'ve").replace(" 're", "'re")
+        text.replace(" .", ".")
+        .replace(" ?", "?")
+        .replace(" !", "!")
+        .replace(" ,", ",")
+        .replace(" ' ", "'")
+        .replace(" n't", "n't")
+        .replace(" 'm", "'m")
+        .replace(" 's", "'s")
+        .replace(" 've", "'ve")
+        .replace(" 're", "'re")
     )
 
 
@@ -70,10 +78,12 @@ def _generate(model: Any, input_ids: torch.Tensor, tokenizer: Any, max_new_token
         do_sample=False,
         pad_token_id=tokenizer.pad_token_id,
     )
-    return output_ids[:, len(input_ids[0]):]
+    return output_ids[:, len(input_ids[0]) :]
 
 
-def eval_verbmem(model: Any, tokenizer: Any, prompts: list[str], gts: list[str], max_new_tokens: int = 128) -> RougeLogger:
+def eval_verbmem(
+    model: Any, tokenizer: Any, prompts: list[str], gts: list[str], max_new_tokens: int = 128
+) -> RougeLogger:
     logger = RougeLogger()
     for prompt, gt in zip(prompts, gts):
         input_ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=True).input_ids
@@ -84,7 +94,13 @@ def eval_verbmem(model: Any, tokenizer: Any, prompts: list[str], gts: list[str],
 
 
 def eval_knowmem(
-    model: Any, tokenizer: Any, questions: list[str], answers: list[str], icl_qs: list[str], icl_as: list[str], max_new_tokens: int = 32
+    model: Any,
+    tokenizer: Any,
+    questions: list[str],
+    answers: list[str],
+    icl_qs: list[str],
+    icl_as: list[str],
+    max_new_tokens: int = 32,
 ) -> RougeLogger:
     logger = RougeLogger()
     general_prompt = ""
@@ -127,7 +143,10 @@ def sweep(ppl: np.ndarray, y: np.ndarray) -> float:
 
 
 def eval_privleak(model: Any, tokenizer: Any, forget: list[str], holdout: list[str]) -> dict[str, Any]:
-    log = {"forget": [inference(t, model, tokenizer) for t in forget], "holdout": [inference(t, model, tokenizer) for t in holdout]}
+    log = {
+        "forget": [inference(t, model, tokenizer) for t in forget],
+        "holdout": [inference(t, model, tokenizer) for t in holdout],
+    }
     aucs = {}
     for key in ("Min-40%", "PPL", "PPL/zlib"):
         nonmember = [d[key] for d in log["forget"]]
@@ -153,7 +172,12 @@ def naive_evaluate(loaded: Any, data: Any, retrain_auc: float = 0.5) -> dict[str
     ):
         start = time.perf_counter()
         know = eval_knowmem(
-            model, tokenizer, [d.question for d in qa], [d.answer for d in qa], [d.question for d in icl], [d.answer for d in icl]
+            model,
+            tokenizer,
+            [d.question for d in qa],
+            [d.answer for d in qa],
+            [d.question for d in icl],
+            [d.answer for d in icl],
         )
         out["values"][key] = know.mean() * 100
         out["generations"][key] = [h["response"] for h in know.history]

@@ -2,8 +2,10 @@
 
 Two commands::
 
-    python benchmarks/report_identity.py tiny OUT.json     # gate the tiny pair (built here, deterministic) into OUT.json
-    python benchmarks/report_identity.py diff A.json B.json [C.json D.json ...]   # pairwise: identical or the paths that differ
+    python benchmarks/report_identity.py tiny OUT.json     # gate the tiny pair (built here, deterministic) into
+    OUT.json
+    python benchmarks/report_identity.py diff A.json B.json [C.json D.json ...]   # pairwise: identical or the paths
+    that differ
 
 ``tiny`` builds the tests' tiny target, its perturbed "unlearned" copy and a retrain model (the same
 recipes as ``tests/conftest.py``, so the same weights on the same kernel path), then runs
@@ -27,8 +29,25 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 #: keys whose values are timings or run facts, not results (removed wherever they occur, as is every ``seconds*`` key)
-VOLATILE = frozenset({"seconds", "created", "argv", "cached", "wall_seconds", "elapsed", "load_seconds", "train_seconds",
-                      "quantize_seconds", "execution", "cpu_count", "platform", "processor", "started", "finished"})
+VOLATILE = frozenset(
+    {
+        "seconds",
+        "created",
+        "argv",
+        "cached",
+        "wall_seconds",
+        "elapsed",
+        "load_seconds",
+        "train_seconds",
+        "quantize_seconds",
+        "execution",
+        "cpu_count",
+        "platform",
+        "processor",
+        "started",
+        "finished",
+    }
+)
 #: top-level provenance keys that name versions
 VERSION_KEYS = ("unlearn_assert",)
 TINY_VARIANTS = "rtn-w4g128,rtn-w8,bnb-nf4,bnb-int8,hqq-w4g64,gguf-q4_k_m,relearn-forget-5"
@@ -36,6 +55,7 @@ TINY_VARIANTS = "rtn-w4g128,rtn-w8,bnb-nf4,bnb-int8,hqq-w4g64,gguf-q4_k_m,relear
 
 def normalized(report: Any) -> Any:
     """``report`` without timings, run facts and the package version."""
+
     def walk(x: Any) -> Any:
         if isinstance(x, dict):
             return {k: walk(v) for k, v in x.items() if k not in VOLATILE and not k.startswith("seconds")}
@@ -90,8 +110,14 @@ def cmd_tiny(out: Path, variants: str) -> int:
     shutil.rmtree(root, ignore_errors=True)
     try:
         paths = build_tiny(root)
-        report = ua.gate(paths["unlearned"], paths["target"], paths["data"], retrain=str(paths["retrain"]), quantizers=variants,
-                         no_cache=True)
+        report = ua.gate(
+            paths["unlearned"],
+            paths["target"],
+            paths["data"],
+            retrain=str(paths["retrain"]),
+            quantizers=variants,
+            no_cache=True,
+        )
         out.write_text(json.dumps(report.to_dict(), indent=1, sort_keys=True, default=str))
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -43,8 +43,9 @@ def _row(role: Any, variant: str, rng: Any, shift: float) -> Row:
         samples[metric] = [{"id": i, "score": float(s)} for i, s in enumerate(scores)]
         values[metric] = float(scores.mean())
     forget, holdout = rng.normal(2.0 - shift / 50, 0.5, N), rng.normal(2.5, 0.5, N)
-    samples["privleak"] = ([{"id": f"forget:{i}", "split": "forget", "score": float(v)} for i, v in enumerate(forget)]
-                           + [{"id": f"holdout:{i}", "split": "holdout", "score": float(v)} for i, v in enumerate(holdout)])
+    samples["privleak"] = [
+        {"id": f"forget:{i}", "split": "forget", "score": float(v)} for i, v in enumerate(forget)
+    ] + [{"id": f"holdout:{i}", "split": "holdout", "score": float(v)} for i, v in enumerate(holdout)]
     values["privleak"] = None
     auc = float(((-holdout[None, :] > -forget[:, None]) + 0.5 * (holdout[None, :] == forget[:, None])).mean())
     return Row(role=role, variant=variant, values=values, samples=samples, auc=auc)
@@ -61,7 +62,9 @@ def full_run_rows() -> list[Row]:
 
 @pytest.fixture
 def gate_run(tmp_path: Any) -> RunConfig:
-    return run_config(model="u", target="t", retrain="r", data="d", quantizers=QUANTIZERS, cache_dir=str(tmp_path), no_cache=True)
+    return run_config(
+        model="u", target="t", retrain="r", data="d", quantizers=QUANTIZERS, cache_dir=str(tmp_path), no_cache=True
+    )
 
 
 def _full_run(run: RunConfig, rows: list[Row]) -> tuple[float, Any]:
@@ -103,7 +106,9 @@ def _with_bootstrap(monkeypatch: pytest.MonkeyPatch, boot: Bootstrap) -> Any:
     return within
 
 
-def test_bootstrap_cost_of_a_full_run(benchmark: Any, full_run_rows: list[Row], gate_run: RunConfig, no_bootstrap: Any) -> None:
+def test_bootstrap_cost_of_a_full_run(
+    benchmark: Any, full_run_rows: list[Row], gate_run: RunConfig, no_bootstrap: Any
+) -> None:
     _full_run(gate_run, full_run_rows)  # warm-up: lazy imports (torch for the provenance), allocator
     with no_bootstrap():
         baseline_report = _full_run(gate_run, full_run_rows)[1]
@@ -120,23 +125,38 @@ def test_bootstrap_cost_of_a_full_run(benchmark: Any, full_run_rows: list[Row], 
     n_items = len(report.verdicts)
     assert n_items == 4 * (1 + len(QUANTIZERS))
     assert all(v.ci is not None for v in report.verdicts if v.outcome != "skipped" and v.value is not None)
-    assert all(r["recovery_ci"]["knowmem_f"] is not None for r in data["rows"] if r["model"] == "unlearned" and r["quantizer"] != FP)
+    assert all(
+        r["recovery_ci"]["knowmem_f"] is not None
+        for r in data["rows"]
+        if r["model"] == "unlearned" and r["quantizer"] != FP
+    )
     assert all(v.ci is None for v in baseline_report.verdicts)  # the baseline really ran without the bootstrap
     # the same point verdicts with and without it (the default policy judges the estimate)
     assert [(v.item, v.value) for v in baseline_report.verdicts] == [(v.item, v.value) for v in report.verdicts]
     added = seconds - baseline
-    benchmark.extra_info.update(seconds=seconds, baseline_seconds=baseline, added_seconds=added,
-                                ratio=seconds / baseline, items=n_items, rows=len(full_run_rows), replicates=1000,
-                                load_average=os.getloadavg()[0])
-    print(f"\nfull run ({n_items} items, {len(full_run_rows)} rows, {N}-item splits, {len(QUANTIZERS)} quantizers): "
-          f"with the paired bootstrap {seconds:.3f}s, point figures only {baseline:.3f}s: the bootstrap adds {added:.3f}s "
-          f"({seconds / baseline:.1f}x the baseline)")
+    benchmark.extra_info.update(
+        seconds=seconds,
+        baseline_seconds=baseline,
+        added_seconds=added,
+        ratio=seconds / baseline,
+        items=n_items,
+        rows=len(full_run_rows),
+        replicates=1000,
+        load_average=os.getloadavg()[0],
+    )
+    print(
+        f"\nfull run ({n_items} items, {len(full_run_rows)} rows, {N}-item splits, {len(QUANTIZERS)} quantizers): "
+        f"with the paired bootstrap {seconds:.3f}s, point figures only {baseline:.3f}s: the bootstrap adds "
+        f"{added:.3f}s "
+        f"({seconds / baseline:.1f}x the baseline)"
+    )
     if MAX_SECONDS > 0:
         assert added < MAX_SECONDS, f"the bootstrap adds {added:.2f}s to a full run (limit {MAX_SECONDS:g}s)"
 
 
-def test_pseudo_items_cost_against_the_plain_bootstrap(full_run_rows: list[Row], run_config: RunConfig,
-                                                       no_bootstrap: Any, plain_bootstrap: Any) -> None:
+def test_pseudo_items_cost_against_the_plain_bootstrap(
+    full_run_rows: list[Row], run_config: RunConfig, no_bootstrap: Any, plain_bootstrap: Any
+) -> None:
     """Issue 31's interval (Bayesian weights, two pseudo-items per figure) against the plain
     bootstrap of before, in the same process, interleaved round by round (the machine is shared:
     the best of 5 rounds each). Reported: what each adds to a run of point figures only, and the
@@ -156,8 +176,10 @@ def test_pseudo_items_cost_against_the_plain_bootstrap(full_run_rows: list[Row],
         assert report.to_dict()["provenance"]["bootstrap"]["prior"] == 1.0
     base, old, new = min(point), min(plain), min(pseudo)
     ratio = (new - base) / (old - base)
-    print(f"\nfull run ({len(full_run_rows)} rows, {N}-item splits), best of 5: point figures only {base:.3f}s, "
-          f"plain bootstrap {old:.3f}s (+{old - base:.3f}s), with pseudo-items {new:.3f}s (+{new - base:.3f}s): "
-          f"the new interval costs {ratio:.2f}x the old one's addition; load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"\nfull run ({len(full_run_rows)} rows, {N}-item splits), best of 5: point figures only {base:.3f}s, "
+        f"plain bootstrap {old:.3f}s (+{old - base:.3f}s), with pseudo-items {new:.3f}s (+{new - base:.3f}s): "
+        f"the new interval costs {ratio:.2f}x the old one's addition; load average {os.getloadavg()[0]:.1f}"
+    )
     if limit > 0:
         assert ratio < limit, f"the pseudo-items make the bootstrap {ratio:.2f}x as costly (limit {limit:g})"

@@ -32,9 +32,11 @@ def _width(o: Outcome) -> str:
 
 def _row(before: Outcome, after: Outcome) -> str:
     s = before.scenario
-    return (f"| {s.name} | {s.figure} | {s.n} | {before.truth:+.3f} | {s.changed:.1f} "
-            f"| {before.coverage:.3f} | {before.zero_width:.2f} | {_width(before)} | {before.decided_error:.3f} "
-            f"| {after.coverage:.3f} | {after.zero_width:.2f} | {_width(after)} | {after.decided_error:.3f} |")
+    return (
+        f"| {s.name} | {s.figure} | {s.n} | {before.truth:+.3f} | {s.changed:.1f} "
+        f"| {before.coverage:.3f} | {before.zero_width:.2f} | {_width(before)} | {before.decided_error:.3f} "
+        f"| {after.coverage:.3f} | {after.zero_width:.2f} | {_width(after)} | {after.decided_error:.3f} |"
+    )
 
 
 def test_coverage_before_and_after() -> None:
@@ -44,20 +46,27 @@ def test_coverage_before_and_after() -> None:
     after = [simulate(s, judge, gates=GATES) for s in chosen]
     seconds = time.process_time() - start
     print(f"\n{len(chosen)} scenarios x {GATES} gates, 95% intervals, B = 1000 ({seconds:.0f} s of CPU)")
-    print("| scenario | figure | n | truth | changed/gate | before: coverage | zero width | median width "
-          "| decided wrong | after: coverage | zero width | median width | decided wrong |")
+    print(
+        "| scenario | figure | n | truth | changed/gate | before: coverage | zero width | median width "
+        "| decided wrong | after: coverage | zero width | median width | decided wrong |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for b, a in zip(before, after):
         print(_row(b, a))
-    for label, group in (("few items change", lambda o: o.scenario.changed <= FEW),
-                         ("many items change", lambda o: o.scenario.changed > FEW), ("all", lambda o: True)):
+    for label, group in (
+        ("few items change", lambda o: o.scenario.changed <= FEW),
+        ("many items change", lambda o: o.scenario.changed > FEW),
+        ("all", lambda o: True),
+    ):
         for name, outs in (("before", before), ("after", after)):
             chosen_outs = [o for o in outs if group(o)]
             cov = [o.coverage for o in chosen_outs]
             err = [o.decided_error for o in chosen_outs]
-            print(f"{label}, {name}: {len(cov)} scenarios, coverage min {min(cov):.3f} mean {sum(cov) / len(cov):.3f}, "
-                  f"zero-width {sum(o.zero_width for o in chosen_outs) / len(cov):.3f}, "
-                  f"decided wrong max {max(err):.3f} mean {sum(err) / len(err):.4f}")
+            print(
+                f"{label}, {name}: {len(cov)} scenarios, coverage min {min(cov):.3f} mean {sum(cov) / len(cov):.3f}, "
+                f"zero-width {sum(o.zero_width for o in chosen_outs) / len(cov):.3f}, "
+                f"decided wrong max {max(err):.3f} mean {sum(err) / len(err):.4f}"
+            )
     for o in after:
         floor = 0.93 if o.scenario.changed <= FEW else 0.91
         assert o.coverage >= floor, (o.scenario, o.coverage)

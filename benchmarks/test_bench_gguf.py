@@ -44,8 +44,12 @@ def _best(loaded: Any, qid: str, rounds: int) -> tuple[float, float, float, dict
     runs = [_run(loaded, qid) for _ in range(rounds)]
     types = runs[0][1].get("tensor_types") or {}
     assert all((r.get("tensor_types") or {}) == types for _, r in runs)  # llama.cpp's choice is deterministic
-    return (min(t for t, _ in runs), min(r.get("seconds_convert", 0.0) for _, r in runs),
-            min(r.get("seconds_quantize", 0.0) for _, r in runs), types)
+    return (
+        min(t for t, _ in runs),
+        min(r.get("seconds_convert", 0.0) for _, r in runs),
+        min(r.get("seconds_quantize", 0.0) for _, r in runs),
+        types,
+    )
 
 
 def _machine() -> str:
@@ -68,17 +72,34 @@ def _report(name: str, loaded: Any, rounds: int, benchmark: Any) -> dict[str, di
     lines = []
     for qid in PRESETS:
         total, convert, quant, types = _best(loaded, qid, rounds)
-        out[qid] = {"convert_s": convert, "quantize_s": quant, "total_s": total,
-                    "convert_x_rtn": convert / base, "quantize_x_rtn": quant / base, "total_x_rtn": total / base}
-        lines.append(f"| {name} | {qid} | {convert:.3f} s ({convert / base:.2f}x) | {quant:.3f} s ({quant / base:.2f}x) | "
-                     f"{total:.2f} s ({total / base:.2f}x) | {types} |")
+        out[qid] = {
+            "convert_s": convert,
+            "quantize_s": quant,
+            "total_s": total,
+            "convert_x_rtn": convert / base,
+            "quantize_x_rtn": quant / base,
+            "total_x_rtn": total / base,
+        }
+        lines.append(
+            f"| {name} | {qid} | {convert:.3f} s ({convert / base:.2f}x) | {quant:.3f} s ({quant / base:.2f}x) | "
+            f"{total:.2f} s ({total / base:.2f}x) | {types} |"
+        )
     load_after = os.getloadavg()
     n = sum(p.numel() for p in loaded.model.parameters())
-    print(f"\n{name} ({n / 1e6:.1f}M parameters) on {_machine()}, load average {load_before[0]:.2f} -> {load_after[0]:.2f}; "
-          f"min of {rounds} rounds; rtn-w4g128 {base:.3f} s (with target)\n"
-          "| model | id | convert (x rtn) | quantize (x rtn) | total (x rtn) | types |\n" + "\n".join(lines))
-    benchmark.extra_info[name] = {"parameters": n, "rtn_w4g128_s": base, "rounds": rounds, "machine": _machine(),
-                                  "load_average": [load_before[0], load_after[0]], "gguf": out}
+    print(
+        f"\n{name} ({n / 1e6:.1f}M parameters) on {_machine()}, load average {load_before[0]:.2f} -> "
+        f"{load_after[0]:.2f}; "
+        f"min of {rounds} rounds; rtn-w4g128 {base:.3f} s (with target)\n"
+        "| model | id | convert (x rtn) | quantize (x rtn) | total (x rtn) | types |\n" + "\n".join(lines)
+    )
+    benchmark.extra_info[name] = {
+        "parameters": n,
+        "rtn_w4g128_s": base,
+        "rounds": rounds,
+        "machine": _machine(),
+        "load_average": [load_before[0], load_after[0]],
+        "gguf": out,
+    }
     return out
 
 

@@ -86,7 +86,8 @@ def test_engine_vs_naive_muse(benchmark: Any, bench_model_dir: Path, bench_data_
         load_average=os.getloadavg()[0],
     )
     print(
-        f"\nMUSE metrics on {data.counts()}, {torch_threads} torch thread(s): naive {naive_seconds:.2f}s, engine {engine_seconds:.2f}s, "
+        f"\nMUSE metrics on {data.counts()}, {torch_threads} torch thread(s): naive {naive_seconds:.2f}s, engine "
+        f"{engine_seconds:.2f}s, "
         f"speedup {speedup:.1f}x ("
         + ", ".join(f"{m} {r:.1f}x" for m, r in per_metric.items())
         + f"); values {ev.values}"

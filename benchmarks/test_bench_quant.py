@@ -28,7 +28,10 @@ TINY_GROUPS = {"gptq-w4g128": "gptq-w4g32", "awq-w4g128": "awq-w4g32"}
 def _calibration() -> Any:
     from unlearn_assert.quant.calibration import Calibration
 
-    text = " ".join(f"Report {i}: the council of town {i % 17} met on day {i % 29} to discuss the harbour budget." for i in range(600))
+    text = " ".join(
+        f"Report {i}: the council of town {i % 17} met on day {i % 29} to discuss the harbour budget."
+        for i in range(600)
+    )
     return Calibration(texts=(text,), source="benchmark text", n_samples=16, seq_len=256)
 
 
@@ -36,7 +39,9 @@ BENCH_CALIBRATION = _calibration()
 
 
 def _available(qid: str) -> bool:
-    module = {"bnb": "bitsandbytes", "hqq": "hqq", "gptq": "llmcompressor", "awq": "llmcompressor"}.get(qid.split("-")[0])
+    module = {"bnb": "bitsandbytes", "hqq": "hqq", "gptq": "llmcompressor", "awq": "llmcompressor"}.get(
+        qid.split("-")[0]
+    )
     return module is None or importlib.util.find_spec(module) is not None
 
 
@@ -61,8 +66,15 @@ def _large_model_dir(root: Path) -> Path:
 
     torch.manual_seed(0)
     tok = train_tokenizer(["a tokenizer for a timing-only model. " * 50], 300)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=768, intermediate_size=2048, num_hidden_layers=12,
-                      num_attention_heads=12, num_key_value_heads=12, tie_word_embeddings=False)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=768,
+        intermediate_size=2048,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        num_key_value_heads=12,
+        tie_word_embeddings=False,
+    )
     model = LlamaForCausalLM(cfg)
     with quiet_transformers():
         model.save_pretrained(str(root), safe_serialization=True)
@@ -78,7 +90,10 @@ def _report(name: str, loaded: Any, rounds: int, benchmark: Any) -> dict[str, fl
     base = times["rtn-w4g128"]
     ratios = {q: t / base for q, t in times.items()}
     n = sum(p.numel() for p in loaded.model.parameters())
-    print(f"\n{name} ({n / 1e6:.1f}M parameters): " + ", ".join(f"{q} {t:.2f} s ({ratios[q]:.1f}x rtn)" for q, t in times.items()))
+    print(
+        f"\n{name} ({n / 1e6:.1f}M parameters): "
+        + ", ".join(f"{q} {t:.2f} s ({ratios[q]:.1f}x rtn)" for q, t in times.items())
+    )
     benchmark.extra_info[name] = {"parameters": n, "seconds": times, "ratio_to_rtn": ratios}
     return ratios
 

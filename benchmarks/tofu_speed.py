@@ -218,6 +218,7 @@ def run(model_name: str, items: int, gen_items: int) -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "load_before": os.getloadavg(),
     }
+
     def note(what: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {what} (load {os.getloadavg()[0]:.1f})", file=sys.stderr, flush=True)
 

@@ -90,8 +90,13 @@ def run_gate(args: list[str], cwd: Path) -> tuple[float, float]:
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     seconds = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode not in (0, 1):
@@ -113,9 +118,15 @@ def measure(case: str, repeats: int, root: Path) -> dict[str, Any]:
     work = root / "runs" / case
     work.mkdir(parents=True, exist_ok=True)
     (work / "pytest.ini").write_text("[pytest]\n")  # a rootdir of its own: only the gate's items run
-    base = [f"--unlearn-model={unlearned}", f"--unlearn-target={target}", f"--unlearn-data={TINY_DATA}",
-            f"--unlearn-quantizers={quantizers}", f"--unlearn-max-samples={samples}", "--unlearn-no-cache",
-            "--unlearn-device=cpu"]
+    base = [
+        f"--unlearn-model={unlearned}",
+        f"--unlearn-target={target}",
+        f"--unlearn-data={TINY_DATA}",
+        f"--unlearn-quantizers={quantizers}",
+        f"--unlearn-max-samples={samples}",
+        "--unlearn-no-cache",
+        "--unlearn-device=cpu",
+    ]
     times: dict[str, list[float]] = {mode: [] for mode in MODES}
     cpu: dict[str, list[float]] = {mode: [] for mode in MODES}
     loads: list[float] = []
@@ -132,23 +143,35 @@ def measure(case: str, repeats: int, root: Path) -> dict[str, Any]:
     report = json.loads((work / "n2-0.json").read_text())
     placement = report["provenance"]["execution"][0].get("placement", {})
     return {
-        "case": case, "model": model, "quantizers": quantizers, "samples": samples, "times": times, "best": best,
-        "ratio": best["n2"] / best["serial"], "ratio_spread": best["n2-spread"] / best["serial"], "cpu": cpu,
+        "case": case,
+        "model": model,
+        "quantizers": quantizers,
+        "samples": samples,
+        "times": times,
+        "best": best,
+        "ratio": best["n2"] / best["serial"],
+        "ratio_spread": best["n2-spread"] / best["serial"],
+        "cpu": cpu,
         "cpu_ratio": best_cpu["n2"] / best_cpu["serial"],
         "cpu_ratio_spread": best_cpu["n2-spread"] / best_cpu["serial"],
-        "placement": placement.get("mode"), "gflop": placement.get("gflop"), "footprint": placement.get("footprint"),
+        "placement": placement.get("mode"),
+        "gflop": placement.get("gflop"),
+        "footprint": placement.get("footprint"),
         "identical": len({json.dumps(o, sort_keys=True, default=str) for o in outcomes.values()}) == 1,
-        "load": [round(x, 1) for x in loads], "cores": len(os.sched_getaffinity(0)),
+        "load": [round(x, 1) for x in loads],
+        "cores": len(os.sched_getaffinity(0)),
     }
 
 
 def format_result(r: dict[str, Any]) -> str:
     bound = BOUNDS.get(r["case"])
     best, bar = r["best"], "" if bound is None else f" <= {bound}"
-    return (f"{r['case']:18s} {r['gflop'] or 0:>9.1f} GFLOP  serial {best['serial']:6.1f} s  -n 2 {best['n2']:6.1f} s "
-            f"({r['placement']}, x{r['ratio']:.2f}{bar})  -n 2 spread {best['n2-spread']:6.1f} s "
-            f"(x{r['ratio_spread']:.2f})"
-            f"  CPU x{r['cpu_ratio']:.2f} / x{r['cpu_ratio_spread']:.2f}  identical={r['identical']}  load {r['load']}")
+    return (
+        f"{r['case']:18s} {r['gflop'] or 0:>9.1f} GFLOP  serial {best['serial']:6.1f} s  -n 2 {best['n2']:6.1f} s "
+        f"({r['placement']}, x{r['ratio']:.2f}{bar})  -n 2 spread {best['n2-spread']:6.1f} s "
+        f"(x{r['ratio_spread']:.2f})"
+        f"  CPU x{r['cpu_ratio']:.2f} / x{r['cpu_ratio_spread']:.2f}  identical={r['identical']}  load {r['load']}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

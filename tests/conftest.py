@@ -41,6 +41,7 @@ def _one_torch_thread() -> None:
         return
     torch.set_num_threads(1)
 
+
 REPO = Path(__file__).resolve().parents[1]
 TINY_DATA = REPO / "fixtures" / "tiny-muse"
 
@@ -54,14 +55,22 @@ def fixture_texts(data_dir: Path = TINY_DATA, *, forget: bool = True) -> list[st
         for name in ("raw/retain.txt",):
             texts.extend(p for p in (data_dir / name).read_text().split("\n\n") if p.strip())
         for name in ("knowmem/retain_qa.json", "knowmem/retain_qa_icl.json", "knowmem/forget_qa_icl.json"):
-            texts.extend(f"Question: {x['question']}\nAnswer: {x['answer']}\n\n" for x in json.loads((data_dir / name).read_text()))
+            texts.extend(
+                f"Question: {x['question']}\nAnswer: {x['answer']}\n\n"
+                for x in json.loads((data_dir / name).read_text())
+            )
         texts.extend(json.loads((data_dir / "privleak" / "retain.json").read_text()))
         return texts
     for name in ("raw/forget.txt", "raw/retain.txt"):
         f = data_dir / name
         if f.is_file():
             texts.extend(p for p in f.read_text().split("\n\n") if p.strip())
-    for name in ("knowmem/forget_qa.json", "knowmem/retain_qa.json", "knowmem/forget_qa_icl.json", "knowmem/retain_qa_icl.json"):
+    for name in (
+        "knowmem/forget_qa.json",
+        "knowmem/retain_qa.json",
+        "knowmem/forget_qa_icl.json",
+        "knowmem/retain_qa_icl.json",
+    ):
         f = data_dir / name
         if f.is_file():
             texts.extend(f"Question: {x['question']}\nAnswer: {x['answer']}\n\n" for x in json.loads(f.read_text()))
@@ -137,8 +146,11 @@ def tiny_retrain_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: P
     forget facts, so it serves as a "retrain" model and as an unlearned model that truly forgot."""
     from unlearn_assert.testing import build_tiny_llama
 
-    return build_tiny_llama(tmp_path_factory.mktemp("tiny-retrain"), fixture_texts(tiny_data_dir, forget=False),
-                            tokenizer_from=tiny_model_dir)
+    return build_tiny_llama(
+        tmp_path_factory.mktemp("tiny-retrain"),
+        fixture_texts(tiny_data_dir, forget=False),
+        tokenizer_from=tiny_model_dir,
+    )
 
 
 def in_cell_copy(src: Path, out: Path, bits: int = 4, group_size: int = 128, offset: float = 0.49) -> Path:
@@ -179,7 +191,8 @@ def tiny_in_cell_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: P
     return in_cell_copy(tiny_model_dir, tmp_path_factory.mktemp("tiny-in-cell"))
 
 
-# --------------------------------------------------------------------------- TOFU: the tiny fixture and models trained on it
+# --------------------------------------------------------------------------- TOFU: the tiny fixture and models trained
+# on it
 
 TINY_TOFU = REPO / "fixtures" / "tiny-tofu"
 
@@ -234,5 +247,3 @@ def tiny_tofu_unlearned(tmp_path_factory: pytest.TempPathFactory, tiny_tofu_targ
     from unlearn_assert.testing import perturb_copy
 
     return perturb_copy(tiny_tofu_target, tmp_path_factory.mktemp("tofu-unlearned"), scale=2e-2)
-
-

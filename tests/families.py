@@ -41,8 +41,12 @@ FAMILIES: dict[str, Family] = {
     "qwen3": Family("qwen3", False, config={"head_dim": 16}),
     "gemma2": Family("gemma2", True, "spm", {"head_dim": 16, "sliding_window": 16, "query_pre_attn_scalar": 16}),
     # Gemma 3's own layer pattern (5 sliding, then 1 full): llama.cpp runs Gemma 3 with that fixed pattern
-    "gemma3": Family("gemma3_text", True, "spm", {"head_dim": 16, "sliding_window": 16, "query_pre_attn_scalar": 16,
-                                                  "num_hidden_layers": 6}),
+    "gemma3": Family(
+        "gemma3_text",
+        True,
+        "spm",
+        {"head_dim": 16, "sliding_window": 16, "query_pre_attn_scalar": 16, "num_hidden_layers": 6},
+    ),
     "phi3": Family("phi3", False),
     "olmo2": Family("olmo2", False),
 }
@@ -55,14 +59,30 @@ def train_spm_tokenizer(out: Path, texts: list[str], vocab_size: int = 512) -> P
     from transformers import AutoTokenizer
 
     buf = io.BytesIO()
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(texts), model_writer=buf, vocab_size=vocab_size,
-                                   model_type="bpe", byte_fallback=True, pad_id=0, eos_id=1, bos_id=2, unk_id=3,
-                                   character_coverage=1.0,
-                                   split_digits=True, num_threads=1, minloglevel=2)
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(texts),
+        model_writer=buf,
+        vocab_size=vocab_size,
+        model_type="bpe",
+        byte_fallback=True,
+        pad_id=0,
+        eos_id=1,
+        bos_id=2,
+        unk_id=3,
+        character_coverage=1.0,
+        split_digits=True,
+        num_threads=1,
+        minloglevel=2,
+    )
     out.mkdir(parents=True, exist_ok=True)
     (out / "tokenizer.model").write_bytes(buf.getvalue())
-    special = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>",
-               "add_bos_token": True}
+    special = {
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "unk_token": "<unk>",
+        "pad_token": "<pad>",
+        "add_bos_token": True,
+    }
     (out / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "GemmaTokenizer", **special}))
     AutoTokenizer.from_pretrained(str(out)).save_pretrained(str(out))
     return out
@@ -78,8 +98,9 @@ def build_tokenizers(root: Path, data_dir: Path) -> dict[str, Path]:
     return {"bpe": bpe, "spm": train_spm_tokenizer(root / "spm", texts)}
 
 
-def build_family(out: Path, name: str, tokenizers: dict[str, Path], *, tied: bool | None = None, seed: int = 0,
-                 **overrides: Any) -> Path:
+def build_family(
+    out: Path, name: str, tokenizers: dict[str, Path], *, tied: bool | None = None, seed: int = 0, **overrides: Any
+) -> Path:
     """A random model of family ``name`` (tied as shipped unless ``tied``), saved with its tokenizer to ``out``."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -87,11 +108,19 @@ def build_family(out: Path, name: str, tokenizers: dict[str, Path], *, tied: boo
 
     fam = FAMILIES[name]
     tok = AutoTokenizer.from_pretrained(str(tokenizers[fam.tokenizer]))
-    settings: dict[str, Any] = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                                    bos_token_id=tok.bos_token_id,
-                                    eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                                    tie_word_embeddings=fam.tied if tied is None else tied)
+    settings: dict[str, Any] = dict(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=fam.tied if tied is None else tied,
+    )
     settings.update(fam.config)
     settings.update(overrides)
     config = AutoConfig.for_model(fam.model_type, **settings)

@@ -6,7 +6,8 @@ of its own layer or of a lower one; within a layer the imports must not form a c
 lowest first (a name stands for the module or for every module of the package it names):
 
 ====  ========================================================================================
-0     ``version``, ``errors``, ``names``: the vocabulary, ``fs`` (broken-link facts) and ``plain`` (plain data, digests),
+0     ``version``, ``errors``, ``names``: the vocabulary, ``fs`` (broken-link facts) and ``plain`` (plain data,
+digests),
       importing nothing of ours
 1     ``data`` (MUSE files, their Hugging Face forms, items linked to forget documents), ``hardware``,
       ``variants`` (the id grammar: quantizer and attack ids, id lists), ``models`` (safe loading, fingerprints;
@@ -42,17 +43,50 @@ PACKAGE = Path(__file__).resolve().parents[1] / "unlearn_assert"
 ROOT = "unlearn_assert"
 
 LAYERS: dict[str, int] = {
-    "version": 0, "errors": 0, "names": 0, "fs": 0, "plain": 0,
-    "data": 1, "hardware": 1, "variants": 1, "models": 1,
-    "cache": 2, "config": 2, "render.schema": 2, "quant.gguf_header": 2, "quant.llama_cpp_source": 2, "quant.support": 2,
-    "quant": 3, "quant.base": 3, "quant.calibration": 3, "quant.packed": 3, "testing": 3,
-    "quant.rtn": 4, "quant.bnb": 4, "quant.hqq": 4, "quant.llmc": 4, "quant.gguf": 4, "quant.gguf_convert": 4,
-    "quant.artifact": 4, "quant.llama_cpp": 4, "metrics": 4, "render": 4, "lmeval": 4,
-    "unlearning": 5, "scaleout": 5, "benchmark": 5, "benchmark.registry": 1,
+    "version": 0,
+    "errors": 0,
+    "names": 0,
+    "fs": 0,
+    "plain": 0,
+    "data": 1,
+    "hardware": 1,
+    "variants": 1,
+    "models": 1,
+    "cache": 2,
+    "config": 2,
+    "render.schema": 2,
+    "quant.gguf_header": 2,
+    "quant.llama_cpp_source": 2,
+    "quant.support": 2,
+    "quant": 3,
+    "quant.base": 3,
+    "quant.calibration": 3,
+    "quant.packed": 3,
+    "testing": 3,
+    "quant.rtn": 4,
+    "quant.bnb": 4,
+    "quant.hqq": 4,
+    "quant.llmc": 4,
+    "quant.gguf": 4,
+    "quant.gguf_convert": 4,
+    "quant.artifact": 4,
+    "quant.llama_cpp": 4,
+    "metrics": 4,
+    "render": 4,
+    "lmeval": 4,
+    "unlearning": 5,
+    "scaleout": 5,
+    "benchmark": 5,
+    "benchmark.registry": 1,
     "engine": 6,
-    "demo": 7, "lmeval.backend": 7,
-    "plugin.session": 8, "plugin.channel": 8, "plugin.writer": 8, "plugin.internal": 8,
-    "plugin": 9, "cli": 9,
+    "demo": 7,
+    "lmeval.backend": 7,
+    "plugin.session": 8,
+    "plugin.channel": 8,
+    "plugin.writer": 8,
+    "plugin.internal": 8,
+    "plugin": 9,
+    "cli": 9,
     "": 10,
 }
 
@@ -65,7 +99,7 @@ def module_name(path: Path) -> str:
 
 def layer(name: str) -> int:
     """The layer of a module: the longest entry of LAYERS that is the module or one of its packages."""
-    rel = name[len(ROOT) + 1:] if name != ROOT else ""
+    rel = name[len(ROOT) + 1 :] if name != ROOT else ""
     while True:
         if rel in LAYERS:
             return LAYERS[rel]
@@ -107,8 +141,12 @@ def graph() -> dict[str, dict[str, list[str]]]:
 
 
 def test_every_import_points_down_or_sideways() -> None:
-    upward = [f"{src} (layer {layer(src)}) imports {dst} (layer {layer(dst)})"
-              for src, deps in graph().items() for dst in deps if dst != src and layer(dst) > layer(src)]
+    upward = [
+        f"{src} (layer {layer(src)}) imports {dst} (layer {layer(dst)})"
+        for src, deps in graph().items()
+        for dst in deps
+        if dst != src and layer(dst) > layer(src)
+    ]
     assert upward == []
 
 
@@ -121,7 +159,7 @@ def find_cycles(deps: dict[str, set[str]]) -> list[str]:
         state[node] = 1
         for nxt in sorted(deps.get(node, ())):
             if state.get(nxt) == 1:
-                cycles.append(" -> ".join(stack[stack.index(nxt):] + [nxt]))
+                cycles.append(" -> ".join(stack[stack.index(nxt) :] + [nxt]))
             elif nxt not in state:
                 visit(nxt, stack + [nxt])
         state[node] = 2
@@ -138,8 +176,13 @@ def test_no_import_cycles() -> None:
 
 
 def test_no_module_imports_another_modules_private_names() -> None:
-    private = [f"{src} imports {name} from {dst}" for src, targets in graph().items() for dst, names in targets.items()
-               for name in names if name.startswith("_") and not name.startswith("__") and dst != src]
+    private = [
+        f"{src} imports {name} from {dst}"
+        for src, targets in graph().items()
+        for dst, names in targets.items()
+        for name in names
+        if name.startswith("_") and not name.startswith("__") and dst != src
+    ]
     assert private == []
 
 

@@ -103,8 +103,11 @@ def test_every_backend_quantizes_the_other_tie_form(name: str, family_models: An
     unlearned, target = family_models(name, tied)
     qids = MATRIX_IDS
     if name == "gemma2":  # llama.cpp's Gemma 2 converter drops lm_head: an untied Gemma 2 is refused for gguf
-        with pytest.raises(ConfigError, match=r"gguf-q4_k_m cannot convert this Gemma 2 model .*: its output layer is "
-                                              r"untied"):
+        with pytest.raises(
+            ConfigError,
+            match=r"gguf-q4_k_m cannot convert this Gemma 2 model .*: its output layer is "
+            r"untied",
+        ):
             check_families(MATRIX_IDS, target)
         qids = tuple(q for q in MATRIX_IDS if not q.startswith("gguf-"))
     check_families(qids, target)  # nothing else is refused at option time
@@ -207,12 +210,16 @@ def test_gguf_refuses_an_architecture_llama_cpp_does_not_convert(tmp_path: Path)
         check_families(["rtn-w8", "gguf-q8_0"], tmp_path)
     text = str(info.value)
     assert "\n" not in text
-    assert text.startswith("--unlearn-quantizers: gguf-q8_0 cannot quantize the brand_new (BrandNewForCausalLM) "
-                           "family: llama.cpp's convert_hf_to_gguf.py (llama.cpp ")
+    assert text.startswith(
+        "--unlearn-quantizers: gguf-q8_0 cannot quantize the brand_new (BrandNewForCausalLM) "
+        "family: llama.cpp's convert_hf_to_gguf.py (llama.cpp "
+    )
     # Gemma 2's converter reads only a SentencePiece tokenizer.model (transformers 5 does not save one)
     (tmp_path / "config.json").write_text('{"model_type": "gemma2", "architectures": ["Gemma2ForCausalLM"]}')
-    message = (r"gguf-q4_k_m cannot convert this Gemma 2 model gemma2 \(Gemma2ForCausalLM\): llama.cpp's converter "
-               r"reads its tokenizer only from a SentencePiece tokenizer.model, which '.*' lacks")
+    message = (
+        r"gguf-q4_k_m cannot convert this Gemma 2 model gemma2 \(Gemma2ForCausalLM\): llama.cpp's converter "
+        r"reads its tokenizer only from a SentencePiece tokenizer.model, which '.*' lacks"
+    )
     with pytest.raises(ConfigError, match=message):
         check_families(MATRIX_IDS, tmp_path)
 
@@ -239,8 +246,10 @@ GELU_F32_TOLERANCE = (1e-4, 2e-3)
 #: 3e-6). The file is run here as Mistral v0.2 and later ship it (sliding_window null); the gate evaluates
 #: transformers' sliding window.
 PEAKED_OVERRIDES: dict[str, dict[str, Any]] = {"mistral": {"sliding_window": None}}
-GREEDY_TEXT = ("Question: who wrote the report?\nAnswer: The report was written by Mara Lind at the harbour office "
-               "in the spring of 2019.")
+GREEDY_TEXT = (
+    "Question: who wrote the report?\nAnswer: The report was written by Mara Lind at the harbour office "
+    "in the spring of 2019."
+)
 
 
 @pytest.fixture(scope="session")
@@ -254,8 +263,9 @@ def peaked_families(tmp_path_factory: pytest.TempPathFactory, tokenizers: dict[s
 
             from unlearn_assert.models import quiet_transformers
 
-            out = build_family(tmp_path_factory.mktemp(f"peaked-{name}") / "m", name, tokenizers,
-                               **PEAKED_OVERRIDES.get(name, {}))
+            out = build_family(
+                tmp_path_factory.mktemp(f"peaked-{name}") / "m", name, tokenizers, **PEAKED_OVERRIDES.get(name, {})
+            )
             tok = AutoTokenizer.from_pretrained(str(out))
             with quiet_transformers():
                 model = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32)
@@ -278,8 +288,9 @@ def peaked_families(tmp_path_factory: pytest.TempPathFactory, tokenizers: dict[s
 
 @pytest.mark.parametrize("preset", ["f32", "q8_0"])
 @pytest.mark.parametrize("name", sorted(FAMILIES))
-def test_llama_cpp_runs_each_familys_file_as_the_rebuilt_torch_model(name: str, preset: str, peaked_families: Any,
-                                                                    tmp_path: Path) -> None:
+def test_llama_cpp_runs_each_familys_file_as_the_rebuilt_torch_model(
+    name: str, preset: str, peaked_families: Any, tmp_path: Path
+) -> None:
     """llama.cpp (its own kernels, KV cache and greedy sampler) and the torch model rebuilt from the same file give
     the same 16 greedy tokens, with llama.cpp's logits within TOLERANCE at every step and torch's top-1 margin above
     twice the bound (so the equality follows from the tolerance, not from luck)."""
@@ -310,16 +321,17 @@ def test_llama_cpp_runs_each_familys_file_as_the_rebuilt_torch_model(name: str, 
             step = loaded.model(input_ids=torch.tensor([seq])).logits[0, -1].float().numpy()
             steps.append(step)
             seq.append(int(step.argmax()))
-    ours = seq[len(prompt):]
+    ours = seq[len(prompt) :]
     assert loaded.tokenizer.decode(ours).strip().startswith("The report was written")  # the model learnt its text
-    llama = llama_cpp.Llama(model_path=str(file), logits_all=True, n_ctx=256, n_threads=1, verbose=True,
-                            type_k=0, type_v=0)  # F32 K/V cache
+    llama = llama_cpp.Llama(
+        model_path=str(file), logits_all=True, n_ctx=256, n_threads=1, verbose=True, type_k=0, type_v=0
+    )  # F32 K/V cache
     theirs: list[int] = []
     for token in llama.generate(prompt, top_k=1, temp=0.0, repeat_penalty=1.0):
         theirs.append(int(token))
         if len(theirs) == 16:
             break
-    their_steps = np.array(llama.scores[len(prompt) - 1: len(prompt) + 15], dtype=np.float32)
+    their_steps = np.array(llama.scores[len(prompt) - 1 : len(prompt) + 15], dtype=np.float32)
     llama.close()
     a = np.stack(steps)
     atol, rtol = GELU_F32_TOLERANCE if preset == "f32" and name in ("gemma2", "gemma3") else TOLERANCE[preset]

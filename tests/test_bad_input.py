@@ -29,8 +29,11 @@ class Case:
 
 
 def _digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file() and "cache" not in p.parts and not p.name.endswith((".xml",))}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and "cache" not in p.parts and not p.name.endswith((".xml",))
+    }
 
 
 def _model(w: Path) -> Path:
@@ -242,23 +245,33 @@ CASES = [
     Case("report-path-is-dir", lambda w: [f"--unlearn-html={w}"], "is a directory"),
     Case("bad-batch-size", lambda w: ["--unlearn-batch-size=many"], "--unlearn-batch-size"),
     # issue 16: the five that got past the option-time checks, then the preconditions around them
-    Case("cuda-without-cuda", lambda w: ["--unlearn-device=cuda"], "--unlearn-device: 'cuda' was requested but CUDA is not available",
-         env={"CUDA_VISIBLE_DEVICES": ""}),
+    Case(
+        "cuda-without-cuda",
+        lambda w: ["--unlearn-device=cuda"],
+        "--unlearn-device: 'cuda' was requested but CUDA is not available",
+        env={"CUDA_VISIBLE_DEVICES": ""},
+    ),
     Case("cache-dir-is-a-file", _cache_dir_is_a_file, "plain.txt' is a file, not a directory"),
-    Case("no-tokenizer-files", _no_tokenizer, "it needs tokenizer.json, or tokenizer.model, or vocab.json + merges.txt"),
+    Case(
+        "no-tokenizer-files", _no_tokenizer, "it needs tokenizer.json, or tokenizer.model, or vocab.json + merges.txt"
+    ),
     Case("empty-quantizers", lambda w: ["--unlearn-quantizers="], "--unlearn-quantizers is empty"),
     Case("weights-link-loop", _weights_link_loop, "model.safetensors' is a symbolic link loop"),
     Case("weights-dangling-link", _weights_dangling_link, "is a dangling symbolic link to"),
     Case("missing-shard", _missing_shard, "lacks the weight shard model-00002-of-00002.safetensors"),
     Case("cache-dir-under-a-file", _cache_dir_under_a_file, "(on the way to"),
     Case("report-under-a-file", _report_under_a_file, "plain.txt' in"),
-    Case("architectures-not-a-list", _architectures_not_a_list, "not a list of class names"),  # a retyped field, as the file fuzz makes them
+    Case(
+        "architectures-not-a-list", _architectures_not_a_list, "not a list of class names"
+    ),  # a retyped field, as the file fuzz makes them
     Case("report-to-a-device", lambda w: ["--unlearn-json=/dev/null"], "'/dev/null' is not a regular file"),
 ]
 
 
 @pytest.fixture(scope="module")
-def pristine(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, tiny_unlearned_dir: Path, tiny_data_dir: Path) -> Path:
+def pristine(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, tiny_unlearned_dir: Path, tiny_data_dir: Path
+) -> Path:
     return copy_tiny_inputs(tmp_path_factory.mktemp("pristine"), tiny_unlearned_dir, tiny_model_dir, tiny_data_dir)
 
 
@@ -270,8 +283,15 @@ def test_bad_input(pytester: pytest.Pytester, pristine: Path, case: Case, monkey
     shutil.copytree(pristine, work)
     extra = case.breaker(work)
     before = _digest(work)
-    args = [f"--unlearn-model={_model(work)}", f"--unlearn-target={work / 'target'}", f"--unlearn-data={_data(work)}",
-            "--unlearn-quantizers=rtn-w8", f"--unlearn-cache-dir={pytester.path / 'cache'}", "-k", "fp-verbmem_f"]
+    args = [
+        f"--unlearn-model={_model(work)}",
+        f"--unlearn-target={work / 'target'}",
+        f"--unlearn-data={_data(work)}",
+        "--unlearn-quantizers=rtn-w8",
+        f"--unlearn-cache-dir={pytester.path / 'cache'}",
+        "-k",
+        "fp-verbmem_f",
+    ]
     # later options win in argparse, so a case's own value replaces the default above
     result = pytester.runpytest_subprocess(*args, *extra)
     output = result.stdout.str() + result.stderr.str()

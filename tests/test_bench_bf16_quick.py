@@ -23,14 +23,25 @@ AVX2_ONLY = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_E
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out = tmp_path_factory.mktemp("bf16-checkpoint") / "report.json"
-    command = [sys.executable, str(BENCHMARKS / "bf16_checkpoint.py"), "--items", "2", "--repeats", "1", "--json", str(out)]
+    command = [
+        sys.executable,
+        str(BENCHMARKS / "bf16_checkpoint.py"),
+        "--items",
+        "2",
+        "--repeats",
+        "1",
+        "--json",
+        str(out),
+    ]
     done = subprocess.run(command, env={**os.environ, **AVX2_ONLY}, capture_output=True, text=True, timeout=900)
     print(done.stdout)
     assert done.returncode == 0, done.stderr[-3000:]
     return dict(json.loads(out.read_text()))
 
 
-def test_auto_computes_a_bf16_checkpoint_in_fp32_without_native_bf16_and_changes_nothing(report: dict[str, Any]) -> None:
+def test_auto_computes_a_bf16_checkpoint_in_fp32_without_native_bf16_and_changes_nothing(
+    report: dict[str, Any],
+) -> None:
     machine = report["machine"]
     if machine["machine"] not in ("x86_64", "AMD64"):
         pytest.skip(f"the AVX2-only kernel settings apply to x86-64 CPUs; this one is {machine['machine']}")

@@ -55,7 +55,9 @@ def test_items_follow_the_metric_names_and_privacy_needs_its_reference() -> None
 
 
 def test_budget_keys_name_metrics_with_the_usual_precedence() -> None:
-    run = run_config(model="m", budget="recovery=0.3 forget_truth_ratio=0.2 forget_truth_ratio@rtn-w8=0.1 model_utility=0.8")
+    run = run_config(
+        model="m", budget="recovery=0.3 forget_truth_ratio=0.2 forget_truth_ratio@rtn-w8=0.1 model_utility=0.8"
+    )
     assert run.budget.recovery_for("forget_truth_ratio", "rtn-w8") == 0.1
     assert run.budget.recovery_for("forget_truth_ratio", "bnb-nf4") == 0.2
     assert run.budget.recovery_for("forget_prob", "bnb-nf4") == 0.3
@@ -64,11 +66,15 @@ def test_budget_keys_name_metrics_with_the_usual_precedence() -> None:
         run_config(model="m", budget="forget_truth=0.1")
 
 
-def test_a_metric_the_runs_benchmark_does_not_judge_is_a_usage_error(tiny_model_dir: Path, tiny_unlearned_dir: Path) -> None:
+def test_a_metric_the_runs_benchmark_does_not_judge_is_a_usage_error(
+    tiny_model_dir: Path, tiny_unlearned_dir: Path
+) -> None:
     from unlearn_assert.engine import precheck
 
     run = run_config(model=tiny_unlearned_dir, target=tiny_model_dir, data=MUSE, budget="forget_prob=0.1")
-    with pytest.raises(ConfigError, match="'forget_prob' names a metric the muse benchmark does not judge; its metrics: "):
+    with pytest.raises(
+        ConfigError, match="'forget_prob' names a metric the muse benchmark does not judge; its metrics: "
+    ):
         precheck(run)
 
 
@@ -80,7 +86,9 @@ def test_tofu_relearning_holds_out_whole_authors() -> None:
     split, documents = TofuBenchmark().relearn_split(data)
     assert len(documents) == 2 and split.trained_documents == (0,)
     assert split.evaluated["forget_prob"] == (4, 5, 6, 7) == split.evaluated["forget_quality"]
-    assert all(data.forget[i].question in documents[1] and data.forget[i].question not in documents[0] for i in (4, 5, 6, 7))
+    assert all(
+        data.forget[i].question in documents[1] and data.forget[i].question not in documents[0] for i in (4, 5, 6, 7)
+    )
     cut = TofuBenchmark().restricted(data, split)
     assert [i.question for i in cut.forget] == [data.forget[i].question for i in (4, 5, 6, 7)]
     assert cut.fingerprint != data.fingerprint
@@ -98,8 +106,10 @@ class _Lengths:
     name = "toy"
 
     def __init__(self) -> None:
-        self.metrics = (MetricSpec("forget_top1", "forget", items="forget words", unit="% of tokens", short="f1"),
-                        MetricSpec("retain_top1", "utility", items="retain words", unit="% of tokens", short="r1"))
+        self.metrics = (
+            MetricSpec("forget_top1", "forget", items="forget words", unit="% of tokens", short="f1"),
+            MetricSpec("retain_top1", "utility", items="retain words", unit="% of tokens", short="r1"),
+        )
 
     @classmethod
     def from_run(cls, run: Any) -> _Lengths:
@@ -115,12 +125,24 @@ class _Lengths:
         from types import SimpleNamespace
 
         texts = json.loads((Path(path) / "toy.json").read_text())
-        return SimpleNamespace(path=str(path), fingerprint="toy:" + json.dumps(texts), texts=texts,
-                               limited=lambda n: self.load(path), counts=lambda: {k: len(v) for k, v in texts.items()},
-                               raw_retain_docs=tuple(texts["retain"]))
+        return SimpleNamespace(
+            path=str(path),
+            fingerprint="toy:" + json.dumps(texts),
+            texts=texts,
+            limited=lambda n: self.load(path),
+            counts=lambda: {k: len(v) for k, v in texts.items()},
+            raw_retain_docs=tuple(texts["retain"]),
+        )
 
-    def measure(self, model: Any, data: Any, *, metrics: Sequence[str] | None = None, batch_size: int | None = None,
-                progress: Callable[[str], None] | None = None) -> Any:
+    def measure(
+        self,
+        model: Any,
+        data: Any,
+        *,
+        metrics: Sequence[str] | None = None,
+        batch_size: int | None = None,
+        progress: Callable[[str], None] | None = None,
+    ) -> Any:
         import torch
 
         from unlearn_assert.metrics import Evaluation
@@ -139,8 +161,11 @@ class _Lengths:
 
     def contexts(self, data: Any, tokenizer: Any) -> list[Context]:
         """Each text scored whole: its tokens, nothing generated (its start kept when cut)."""
-        return [Context(split, i, len(ids), 0, "start") for split in ("forget", "retain")
-                for i, ids in enumerate(tokenizer(list(data.texts[split]))["input_ids"])]
+        return [
+            Context(split, i, len(ids), 0, "start")
+            for split in ("forget", "retain")
+            for i, ids in enumerate(tokenizer(list(data.texts[split]))["input_ids"])
+        ]
 
     def privacy(self, metric: str) -> Any:
         raise KeyError(metric)
@@ -152,8 +177,9 @@ class _Lengths:
         return {}
 
 
-def test_a_toy_benchmark_is_gated_without_touching_the_engine(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
-                                                               tiny_model_dir: Path, tiny_in_cell_dir: Path) -> None:
+def test_a_toy_benchmark_is_gated_without_touching_the_engine(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_model_dir: Path, tiny_in_cell_dir: Path
+) -> None:
     import sys
 
     import unlearn_assert as ua
@@ -170,8 +196,12 @@ def test_a_toy_benchmark_is_gated_without_touching_the_engine(monkeypatch: pytes
     (data / "toy.json").write_text(json.dumps({"forget": forget, "retain": retain}))
     report = ua.gate(tiny_in_cell_dir, tiny_model_dir, data, quantizers="rtn-w4g128", no_cache=True, device="cpu")
     items = [v.item for v in report.verdicts]
-    assert items == ["test_budget[fp-forget_top1]", "test_budget[fp-retain_top1]",
-                     "test_budget[rtn-w4g128-forget_top1]", "test_budget[rtn-w4g128-retain_top1]"]
+    assert items == [
+        "test_budget[fp-forget_top1]",
+        "test_budget[fp-retain_top1]",
+        "test_budget[rtn-w4g128-forget_top1]",
+        "test_budget[rtn-w4g128-retain_top1]",
+    ]
     d = report.to_dict()
     assert d["provenance"]["benchmark"]["name"] == "toy"
     row = next(r for r in d["rows"] if r["model"] == "unlearned" and r["quantizer"] == "rtn-w4g128")
@@ -188,24 +218,48 @@ def test_a_toy_benchmark_is_gated_without_touching_the_engine(monkeypatch: pytes
 
 def _gate(pytester: pytest.Pytester, tmp_path: Path, unlearned: Path, target: Path, data: Path, *extra: str) -> Any:
     out = tmp_path / "report.json"
-    result = pytester.runpytest_subprocess(f"--unlearn-model={unlearned}", f"--unlearn-target={target}", f"--unlearn-data={data}",
-                                           f"--unlearn-json={out}", f"--unlearn-html={tmp_path / 'report.html'}",
-                                           "--unlearn-device=cpu", "--unlearn-no-cache", *extra)
+    result = pytester.runpytest_subprocess(
+        f"--unlearn-model={unlearned}",
+        f"--unlearn-target={target}",
+        f"--unlearn-data={data}",
+        f"--unlearn-json={out}",
+        f"--unlearn-html={tmp_path / 'report.html'}",
+        "--unlearn-device=cpu",
+        "--unlearn-no-cache",
+        *extra,
+    )
     return result, json.loads(out.read_text())
 
 
-def test_a_tofu_directory_is_gated_end_to_end(pytester: pytest.Pytester, tmp_path: Path, tiny_tofu_target: Path,
-                                              tiny_tofu_unlearned: Path, tiny_tofu_retain: Path) -> None:
-    result, report = _gate(pytester, tmp_path, tiny_tofu_unlearned, tiny_tofu_target, TOFU, f"--unlearn-retrain={tiny_tofu_retain}",
-                           "--unlearn-quantizers=rtn-w4g128", "--unlearn-budget=forget_quality=0.01")
-    result.stdout.fnmatch_lines(["*benchmark=tofu (detected from the data's layout)*",
-                                 "*test_budget?rtn-w4g128-forget_truth_ratio?*", "*forget_prob*forget_rouge*forget_truth_ratio*"])
+def test_a_tofu_directory_is_gated_end_to_end(
+    pytester: pytest.Pytester, tmp_path: Path, tiny_tofu_target: Path, tiny_tofu_unlearned: Path, tiny_tofu_retain: Path
+) -> None:
+    result, report = _gate(
+        pytester,
+        tmp_path,
+        tiny_tofu_unlearned,
+        tiny_tofu_target,
+        TOFU,
+        f"--unlearn-retrain={tiny_tofu_retain}",
+        "--unlearn-quantizers=rtn-w4g128",
+        "--unlearn-budget=forget_quality=0.01",
+    )
+    result.stdout.fnmatch_lines(
+        [
+            "*benchmark=tofu (detected from the data's layout)*",
+            "*test_budget?rtn-w4g128-forget_truth_ratio?*",
+            "*forget_prob*forget_rouge*forget_truth_ratio*",
+        ]
+    )
     assert result.ret == 1  # the perturbed "unlearned" model forgot nothing: its fp forget items fail
     assert report["provenance"]["benchmark"]["name"] == "tofu"
     assert report["provenance"]["benchmark"]["forget_split"] == "forget10"
     items = {v["item"] for v in report["verdicts"]}
-    assert {f"test_budget[{q}-{m}]" for q in ("fp", "rtn-w4g128")
-            for m in ("forget_prob", "forget_rouge", "forget_truth_ratio", "model_utility", "forget_quality")} == items
+    assert {
+        f"test_budget[{q}-{m}]"
+        for q in ("fp", "rtn-w4g128")
+        for m in ("forget_prob", "forget_rouge", "forget_truth_ratio", "model_utility", "forget_quality")
+    } == items
     u = next(r for r in report["rows"] if r["model"] == "unlearned" and r["quantizer"] == "rtn-w4g128")
     assert set(u["recovery"]) == {"forget_prob", "forget_rouge", "forget_truth_ratio"}
     assert u["utility"] is not None and u["utility_ci"] is not None
@@ -214,31 +268,46 @@ def test_a_tofu_directory_is_gated_end_to_end(pytester: pytest.Pytester, tmp_pat
     assert (tmp_path / "report.html").read_text().count("forget_truth_ratio") > 1
 
 
-def test_a_documents_directory_is_gated_end_to_end(pytester: pytest.Pytester, tmp_path: Path, tiny_model_dir: Path,
-                                                   tiny_unlearned_dir: Path, tiny_retrain_dir: Path) -> None:
+def test_a_documents_directory_is_gated_end_to_end(
+    pytester: pytest.Pytester, tmp_path: Path, tiny_model_dir: Path, tiny_unlearned_dir: Path, tiny_retrain_dir: Path
+) -> None:
     import shutil
 
     docs = shutil.copytree(DOCS, tmp_path / "docs")
     (docs / "retain_qa.json").unlink()  # knowmem only where QA pairs are given: forget QA, and no utility item
     settings = "--unlearn-documents=seed=3 chunk_words=60 prompt_words=30 gt_words=20 verbmem_items=4 privleak_items=4"
-    result, report = _gate(pytester, tmp_path, tiny_unlearned_dir, tiny_model_dir, docs, f"--unlearn-retrain={tiny_retrain_dir}",
-                           "--unlearn-quantizers=rtn-w8", settings)
+    result, report = _gate(
+        pytester,
+        tmp_path,
+        tiny_unlearned_dir,
+        tiny_model_dir,
+        docs,
+        f"--unlearn-retrain={tiny_retrain_dir}",
+        "--unlearn-quantizers=rtn-w8",
+        settings,
+    )
     result.stdout.fnmatch_lines(["*benchmark=documents*", "*test_budget?rtn-w8-verbmem_f?*"])
     assert report["provenance"]["benchmark"]["name"] == "documents"
     derivation = report["provenance"]["benchmark"]["derivation"]
     assert derivation and json.dumps(derivation)  # what was derived is in the report: a rerun derives the same items
     assert report["provenance"]["benchmark"]["settings"]["derivation"]["prompt_words"] == 30
     items = {v["item"] for v in report["verdicts"]}
-    assert "test_budget[rtn-w8-privleak]" in items and not any("utility" in i for i in items)  # no retain QA: no utility
+    assert "test_budget[rtn-w8-privleak]" in items and not any(
+        "utility" in i for i in items
+    )  # no retain QA: no utility
     row = next(r for r in report["rows"] if r["model"] == "unlearned" and r["quantizer"] == "fp")
     assert math.isfinite(row["values"]["verbmem_f"]) and row["ci"]["privleak"]
 
 
-def test_a_layout_nobody_reads_is_one_line_at_option_time(pytester: pytest.Pytester, tmp_path: Path, tiny_model_dir: Path,
-                                                         tiny_unlearned_dir: Path) -> None:
+def test_a_layout_nobody_reads_is_one_line_at_option_time(
+    pytester: pytest.Pytester, tmp_path: Path, tiny_model_dir: Path, tiny_unlearned_dir: Path
+) -> None:
     data = tmp_path / "empty"
     data.mkdir()
-    result = pytester.runpytest_subprocess(f"--unlearn-model={tiny_unlearned_dir}", f"--unlearn-target={tiny_model_dir}",
-                                           f"--unlearn-data={data}")
+    result = pytester.runpytest_subprocess(
+        f"--unlearn-model={tiny_unlearned_dir}", f"--unlearn-target={tiny_model_dir}", f"--unlearn-data={data}"
+    )
     assert result.ret == 4
-    result.stderr.fnmatch_lines(["*--unlearn-data: data dir '*empty' is in no layout unlearn-assert reads (tofu, documents, mc, muse)*"])
+    result.stderr.fnmatch_lines(
+        ["*--unlearn-data: data dir '*empty' is in no layout unlearn-assert reads (tofu, documents, mc, muse)*"]
+    )

@@ -21,7 +21,8 @@ except ImportError:
 
 @pytest.fixture(scope="module")
 def compressed_dir(tmp_path_factory: pytest.TempPathFactory, tiny_unlearned_dir: Path) -> Path:
-    """The unlearned model quantized by llm-compressor (RTN W4 g32) and saved compressed, as a provider would ship it."""
+    """The unlearned model quantized by llm-compressor (RTN W4 g32) and saved compressed, as a provider would ship
+    it."""
     if llmcompressor is None:
         pytest.skip("needs llm-compressor: pip install 'unlearn-assert[gptq]'")
     import torch
@@ -36,8 +37,12 @@ def compressed_dir(tmp_path_factory: pytest.TempPathFactory, tiny_unlearned_dir:
     model = AutoModelForCausalLM.from_pretrained(tiny_unlearned_dir, dtype=torch.float32)
     weights = QuantizationArgs(num_bits=4, type="int", symmetric=True, strategy="group", group_size=32)
     with _quiet():
-        oneshot(model=model, recipe=QuantizationModifier(config_groups={"g": QuantizationScheme(targets=["Linear"], weights=weights)},
-                                                         ignore=["lm_head"]))
+        oneshot(
+            model=model,
+            recipe=QuantizationModifier(
+                config_groups={"g": QuantizationScheme(targets=["Linear"], weights=weights)}, ignore=["lm_head"]
+            ),
+        )
         model.save_pretrained(out, save_compressed=True)
     return out
 
@@ -52,18 +57,39 @@ def nf4_dir(tmp_path_factory: pytest.TempPathFactory, tiny_unlearned_dir: Path) 
     import unlearn_assert.quant.bnb  # noqa: F401  (bitsandbytes' import noise filtered)
 
     out = tmp_path_factory.mktemp("ckpt-nf4")
-    cfg = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                             bnb_4bit_compute_dtype=torch.float32)
-    model = AutoModelForCausalLM.from_pretrained(tiny_unlearned_dir, quantization_config=cfg, device_map="cpu", dtype=torch.float32)
+    cfg = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.float32,
+    )
+    model = AutoModelForCausalLM.from_pretrained(
+        tiny_unlearned_dir, quantization_config=cfg, device_map="cpu", dtype=torch.float32
+    )
     model.save_pretrained(out)  # before any forward: see docs/quantizers.md on the CPU repack
     return out
 
 
-def test_user_checkpoints_are_rows_and_items(pytester: pytest.Pytester, tiny_unlearned_dir: Path, tiny_model_dir: Path,
-                                              tiny_data_dir: Path, compressed_dir: Path, nf4_dir: Path) -> None:
-    args = gate_args(tiny_unlearned_dir, tiny_model_dir, tiny_data_dir, "--unlearn-json=r.json", "--junitxml=j.xml",
-                     f"--unlearn-quantized=shipped_w4={compressed_dir}", f"--unlearn-quantized=shipped_nf4={nf4_dir}",
-                     "-k", "knowmem_f or utility", cache=pytester.path / "c")
+def test_user_checkpoints_are_rows_and_items(
+    pytester: pytest.Pytester,
+    tiny_unlearned_dir: Path,
+    tiny_model_dir: Path,
+    tiny_data_dir: Path,
+    compressed_dir: Path,
+    nf4_dir: Path,
+) -> None:
+    args = gate_args(
+        tiny_unlearned_dir,
+        tiny_model_dir,
+        tiny_data_dir,
+        "--unlearn-json=r.json",
+        "--junitxml=j.xml",
+        f"--unlearn-quantized=shipped_w4={compressed_dir}",
+        f"--unlearn-quantized=shipped_nf4={nf4_dir}",
+        "-k",
+        "knowmem_f or utility",
+        cache=pytester.path / "c",
+    )
     result = pytester.runpytest_subprocess(*args)
     assert result.ret in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED)
     seen = outcomes(pytester.path / "j.xml")
@@ -73,7 +99,10 @@ def test_user_checkpoints_are_rows_and_items(pytester: pytest.Pytester, tiny_unl
     rows = {(r["model"], r["quantizer"]): r for r in report["rows"]}
     assert ("target", "shipped_w4") not in rows  # there is no quantized target for a user's artifact
     w4, nf4 = rows[("unlearned", "shipped_w4")], rows[("unlearned", "shipped_nf4")]
-    assert w4["quant"]["backend"] == "checkpoint:compressed-tensors" and (w4["quant"]["bits"], w4["quant"]["group_size"]) == (4, 32)
+    assert w4["quant"]["backend"] == "checkpoint:compressed-tensors" and (
+        w4["quant"]["bits"],
+        w4["quant"]["group_size"],
+    ) == (4, 32)
     assert nf4["quant"]["backend"] == "checkpoint:bitsandbytes" and nf4["quant"]["bits"] == 4
     from unlearn_assert.engine.derive import recovery
 
@@ -92,13 +121,16 @@ def test_user_checkpoints_are_rows_and_items(pytester: pytest.Pytester, tiny_unl
     assert settings["quantized_checkpoints"]["shipped_w4"]["method"] == "compressed-tensors"
 
 
-def test_ini_entries_resolve_against_the_ini_file(pytester: pytest.Pytester, tiny_unlearned_dir: Path, tiny_model_dir: Path,
-                                                  tiny_data_dir: Path, compressed_dir: Path) -> None:
+def test_ini_entries_resolve_against_the_ini_file(
+    pytester: pytest.Pytester, tiny_unlearned_dir: Path, tiny_model_dir: Path, tiny_data_dir: Path, compressed_dir: Path
+) -> None:
     shutil.copytree(compressed_dir, pytester.path / "artifacts" / "w4")
     pytester.makeini("[pytest]\nunlearn_quantized = shipped=artifacts/w4\n")
     sub = pytester.mkdir("sub")
     args = gate_args(tiny_unlearned_dir, tiny_model_dir, tiny_data_dir, "--co", "-q")
-    result = pytester.runpytest_subprocess(*args, f"--rootdir={pytester.path}", f"-c={pytester.path / 'tox.ini'}", str(sub))
+    result = pytester.runpytest_subprocess(
+        *args, f"--rootdir={pytester.path}", f"-c={pytester.path / 'tox.ini'}", str(sub)
+    )
     result.stdout.fnmatch_lines(["*test_budget?shipped-knowmem_f?*"])
 
 
@@ -150,9 +182,12 @@ def test_bad_entries_are_one_line_usage_errors(tmp_path: Path, tiny_model_dir: P
         assert "\n" not in str(info.value) and str(info.value).startswith("--unlearn-quantized")
 
 
-def test_bad_entry_exits_4(pytester: pytest.Pytester, tiny_unlearned_dir: Path, tiny_model_dir: Path, tiny_data_dir: Path) -> None:
-    result = pytester.runpytest_subprocess(*gate_args(tiny_unlearned_dir, tiny_model_dir, tiny_data_dir,
-                                                      f"--unlearn-quantized=plain={tiny_model_dir}"))
+def test_bad_entry_exits_4(
+    pytester: pytest.Pytester, tiny_unlearned_dir: Path, tiny_model_dir: Path, tiny_data_dir: Path
+) -> None:
+    result = pytester.runpytest_subprocess(
+        *gate_args(tiny_unlearned_dir, tiny_model_dir, tiny_data_dir, f"--unlearn-quantized=plain={tiny_model_dir}")
+    )
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--unlearn-quantized plain=*has no quantization_config*--unlearn-quantizers*"])
 
@@ -163,21 +198,30 @@ def _config(**options: object):
     return build_run_config(lambda opt: options.get(opt.name, opt.default))
 
 
-def test_budgets_may_name_checkpoints_and_nothing_is_checked_without_a_model(tmp_path: Path, tiny_model_dir: Path) -> None:
-    ok = _copy_with_config(tiny_model_dir, tmp_path / "with space" / "ok",
-                           quantization_config={"quant_method": "bitsandbytes", "load_in_4bit": True})
+def test_budgets_may_name_checkpoints_and_nothing_is_checked_without_a_model(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    ok = _copy_with_config(
+        tiny_model_dir,
+        tmp_path / "with space" / "ok",
+        quantization_config={"quant_method": "bitsandbytes", "load_in_4bit": True},
+    )
     cfg = _config(model=str(tiny_model_dir), quantized=[f"mine={ok}"], budget="recovery@mine=0.1 recovery@rtn-w8=0.2")
     assert cfg.artifact("mine").path == str(ok) and cfg.budget.recovery_for("knowmem_f", "mine") == 0.1
     assert cfg.variants == (*cfg.variant_ids, "mine")
-    with pytest.raises(ConfigError, match="'recovery@other' names no quantizer id and no --unlearn-quantized checkpoint"):
+    with pytest.raises(
+        ConfigError, match="'recovery@other' names no quantizer id and no --unlearn-quantized checkpoint"
+    ):
         _config(model=str(tiny_model_dir), quantized=[f"mine={ok}"], budget="recovery@other=0.1")
     # the plugin is off without --unlearn-model: a stale ini entry must not break every pytest run
-    assert _config(quantized=[f"mine={tmp_path / 'missing'}"], calibration=str(tmp_path / "missing.txt")).artifacts == ()
+    assert (
+        _config(quantized=[f"mine={tmp_path / 'missing'}"], calibration=str(tmp_path / "missing.txt")).artifacts == ()
+    )
 
 
 def test_a_checkpoint_is_hashed_once_per_engine_even_without_the_cache(
-        monkeypatch: pytest.MonkeyPatch, tiny_unlearned_dir: Path, tiny_model_dir: Path, tiny_data_dir: Path,
-        nf4_dir: Path) -> None:
+    monkeypatch: pytest.MonkeyPatch, tiny_unlearned_dir: Path, tiny_model_dir: Path, tiny_data_dir: Path, nf4_dir: Path
+) -> None:
     """--unlearn-no-cache turns off the on-disk fingerprint cache: the row key and the view of a
     (possibly multi-GB) checkpoint still share one hash."""
     import unlearn_assert.models as models
@@ -187,8 +231,16 @@ def test_a_checkpoint_is_hashed_once_per_engine_even_without_the_cache(
     hashed: list[str] = []
     real = models.fingerprint
     monkeypatch.setattr(models, "fingerprint", lambda path: hashed.append(str(Path(path).resolve())) or real(path))
-    run = run_config(model=tiny_unlearned_dir, target=tiny_model_dir, data=tiny_data_dir, quantizers="rtn-w8",
-                     quantized=[f"shipped={nf4_dir}"], no_cache=True, device="cpu", max_samples=2)
+    run = run_config(
+        model=tiny_unlearned_dir,
+        target=tiny_model_dir,
+        data=tiny_data_dir,
+        quantizers="rtn-w8",
+        quantized=[f"shipped={nf4_dir}"],
+        no_cache=True,
+        device="cpu",
+        max_samples=2,
+    )
     with Gate(run) as g:
         assert g.check("shipped", "knowmem_f").outcome in ("passed", "failed")
         assert g.check("shipped", "utility").outcome in ("passed", "failed")

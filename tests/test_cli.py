@@ -10,11 +10,27 @@ import pytest
 from unlearn_assert.cli import main
 
 
-def test_quantize_prints_what_changed(tiny_model_dir: Path, tiny_unlearned_dir: Path, tmp_path: Path,
-                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_quantize_prints_what_changed(
+    tiny_model_dir: Path, tiny_unlearned_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "q.json"
-    assert main(["quantize", str(tiny_unlearned_dir), "-q", "rtn-w4g128", "-q", "rtn-w8", "--target", str(tiny_model_dir),
-                 "--json", str(out)]) == 0
+    assert (
+        main(
+            [
+                "quantize",
+                str(tiny_unlearned_dir),
+                "-q",
+                "rtn-w4g128",
+                "-q",
+                "rtn-w8",
+                "--target",
+                str(tiny_model_dir),
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "rtn-w4g128:" in text and "code agreement with target" in text
     report = json.loads(out.read_text())
@@ -43,11 +59,27 @@ def test_tiny_refuses_foreign_dirs_and_rebuilds_its_own(tmp_path: Path, tiny_dat
     assert (own / "model.safetensors").is_file()
 
 
-def test_quantize_with_gptq_needs_calibration_text(tiny_model_dir: Path, tiny_unlearned_dir: Path, tiny_data_dir: Path,
-                                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_quantize_with_gptq_needs_calibration_text(
+    tiny_model_dir: Path, tiny_unlearned_dir: Path, tiny_data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["quantize", str(tiny_unlearned_dir), "-q", "gptq-w4g32"]) == 2
     assert "calibrate on text; pass --calibration FILE" in capsys.readouterr().err
-    pytest.importorskip("llmcompressor", reason="the gptq backend needs llm-compressor: pip install 'unlearn-assert[gptq]'")
-    assert main(["quantize", str(tiny_unlearned_dir), "-q", "gptq-w4g32", "--target", str(tiny_model_dir),
-                 "--calibration", str(tiny_data_dir / "raw" / "retain.txt")]) == 0
+    pytest.importorskip(
+        "llmcompressor", reason="the gptq backend needs llm-compressor: pip install 'unlearn-assert[gptq]'"
+    )
+    assert (
+        main(
+            [
+                "quantize",
+                str(tiny_unlearned_dir),
+                "-q",
+                "gptq-w4g32",
+                "--target",
+                str(tiny_model_dir),
+                "--calibration",
+                str(tiny_data_dir / "raw" / "retain.txt"),
+            ]
+        )
+        == 0
+    )
     assert "gptq-w4g32: 14 modules" in capsys.readouterr().out

@@ -12,7 +12,9 @@ from unlearn_assert.benchmark.muse import reference_problem
 from unlearn_assert.config import REFERENCE_AUC_RANGE, ConfigError, parse_retrain_auc, reference_auc_ok
 
 
-def test_the_reference_auc_range_is_one_rule_for_the_option_the_library_and_the_report(target: Any, tiny_data: Any) -> None:
+def test_the_reference_auc_range_is_one_rule_for_the_option_the_library_and_the_report(
+    target: Any, tiny_data: Any
+) -> None:
     """The option accepted (0, 1), ``evaluate`` (0, 1], and the privleak item told users to pass a value
     "in (0, 1]" that the option then refused. Now an AUC of 1 is accepted everywhere, 0 nowhere."""
     from unlearn_assert.metrics import evaluate
@@ -39,7 +41,17 @@ def test_every_path_option_is_marked_once() -> None:
     from unlearn_assert.config import OPTIONS
 
     paths = {o.name for o in OPTIONS if o.path}
-    assert paths == {"model", "target", "retrain", "data", "json", "html", "cache_dir", "calibration", "lm_eval_include"}
+    assert paths == {
+        "model",
+        "target",
+        "retrain",
+        "data",
+        "json",
+        "html",
+        "cache_dir",
+        "calibration",
+        "lm_eval_include",
+    }
 
 
 def test_a_run_config_exists_only_validated() -> None:

@@ -31,8 +31,10 @@ def outcomes() -> list[Outcome]:
 
 
 def _table(rows: list[Outcome]) -> str:
-    return "\n".join(f"{o.scenario.name} n={o.scenario.n} truth={o.truth:+.3f} coverage={o.coverage:.3f} "
-                     f"error={o.decided_error:.3f}" for o in rows)
+    return "\n".join(
+        f"{o.scenario.name} n={o.scenario.n} truth={o.truth:+.3f} coverage={o.coverage:.3f} error={o.decided_error:.3f}"
+        for o in rows
+    )
 
 
 def test_the_scenarios_span_the_edges() -> None:

@@ -139,7 +139,11 @@ def test_fingerprint_changes_with_one_byte(copy: Path, data: MuseData) -> None:
 
 def test_fingerprint_changes_with_any_text_of_any_split(copy: Path, data: MuseData) -> None:
     seen = {data.fingerprint}
-    for rel, key in [("verbmem/forget.json", "gt"), ("knowmem/forget_qa_icl.json", "answer"), ("privleak/retain.json", None)]:
+    for rel, key in [
+        ("verbmem/forget.json", "gt"),
+        ("knowmem/forget_qa_icl.json", "answer"),
+        ("privleak/retain.json", None),
+    ]:
         items = json.loads((copy / rel).read_text(encoding="utf-8"))
         items[-1] = items[-1] + "!" if key is None else {**items[-1], key: items[-1][key] + "!"}
         (copy / rel).write_text(json.dumps(items), encoding="utf-8")
@@ -155,7 +159,9 @@ def test_fingerprint_is_content_not_bytes(copy: Path, data: MuseData) -> None:
     (copy / rel).write_text(json.dumps([{**i, "id": n} for n, i in enumerate(items)], indent=4), encoding="utf-8")
     assert load_data(copy).fingerprint == data.fingerprint
     # moving text between two splits keeps the bytes overall but not the content per split
-    forget, holdout = (json.loads((copy / f"privleak/{n}.json").read_text(encoding="utf-8")) for n in ("forget", "holdout"))
+    forget, holdout = (
+        json.loads((copy / f"privleak/{n}.json").read_text(encoding="utf-8")) for n in ("forget", "holdout")
+    )
     (copy / "privleak/forget.json").write_text(json.dumps(forget[:-1]), encoding="utf-8")
     (copy / "privleak/holdout.json").write_text(json.dumps([forget[-1], *holdout]), encoding="utf-8")
     assert load_data(copy).fingerprint != data.fingerprint
@@ -261,28 +267,132 @@ def _truncate(rel: str) -> Callable[[Path], None]:
 
 # (mutation of a fixture copy, the file the message must name, item index or None, extra substrings)
 MALFORMED: list = [
-    pytest.param(_remove("verbmem/forget.json"), "verbmem/forget.json", None, ["missing", "knowmem/"], id="missing-verbmem"),
-    pytest.param(_remove("knowmem/retain_qa_icl.json"), "knowmem/retain_qa_icl.json", None, ["missing"], id="missing-icl"),
+    pytest.param(
+        _remove("verbmem/forget.json"), "verbmem/forget.json", None, ["missing", "knowmem/"], id="missing-verbmem"
+    ),
+    pytest.param(
+        _remove("knowmem/retain_qa_icl.json"), "knowmem/retain_qa_icl.json", None, ["missing"], id="missing-icl"
+    ),
     pytest.param(_remove("privleak/holdout.json"), "privleak/holdout.json", None, ["missing"], id="missing-holdout"),
-    pytest.param(_replace_with_dir("knowmem/forget_qa.json"), "knowmem/forget_qa.json", None, ["not a regular file"], id="file-is-dir"),
-    pytest.param(_truncate("knowmem/forget_qa.json"), "knowmem/forget_qa.json", None, ["not valid JSON", "line", "column"], id="truncated-json"),
-    pytest.param(_write_bytes("verbmem/forget.json", b'[{"prompt": "a", "gt": "b",}]'), "verbmem/forget.json", None, ["line 1 column"], id="trailing-comma"),
-    pytest.param(_write_json("verbmem/forget.json", {"prompt": "a", "gt": "b"}), "verbmem/forget.json", None, ["JSON list", "object"], id="top-level-object"),
-    pytest.param(_write_json("privleak/holdout.json", []), "privleak/holdout.json", None, ["empty list"], id="empty-split"),
-    pytest.param(_write_json("knowmem/forget_qa_icl.json", []), "knowmem/forget_qa_icl.json", None, ["empty list", "'question'"], id="empty-icl"),
-    pytest.param(_patch_item("knowmem/retain_qa.json", 2, lambda _: "just a string"), "knowmem/retain_qa.json", 2, ["expected an object"], id="item-not-object"),
-    pytest.param(_patch_item("knowmem/forget_qa.json", 4, _without("answer")), "knowmem/forget_qa.json", 4, ["missing key 'answer'", "'question'"], id="missing-answer"),
-    pytest.param(_patch_item("verbmem/forget.json", 6, _without("gt")), "verbmem/forget.json", 6, ["missing key 'gt'", "'prompt'"], id="missing-gt"),
-    pytest.param(_patch_item("knowmem/forget_qa.json", 3, _with("answer", 1874)), "knowmem/forget_qa.json", 3, ["'answer'", "number", "string"], id="answer-is-number"),
-    pytest.param(_patch_item("verbmem/forget.json", 5, _with("gt", None)), "verbmem/forget.json", 5, ["'gt'", "null"], id="gt-is-null"),
-    pytest.param(_patch_item("knowmem/retain_qa_icl.json", 0, _with("question", "  ")), "knowmem/retain_qa_icl.json", 0, ["empty 'question'"], id="blank-question"),
-    pytest.param(_patch_item("privleak/forget.json", 7, lambda _: 42), "privleak/forget.json", 7, ["expected a string"], id="privleak-number"),
-    pytest.param(_patch_item("privleak/forget.json", 1, lambda _: ""), "privleak/forget.json", 1, ["empty string"], id="privleak-empty-text"),
-    pytest.param(_patch_item("privleak/retain.json", 9, lambda _: {"text": "x"}), "privleak/retain.json", 9, ["expected a string"], id="optional-retain-malformed"),
-    pytest.param(_write_bytes("knowmem/forget_qa.json", b'[{"question": "Caf\xe9?", "answer": "yes"}]'), "knowmem/forget_qa.json", None, ["UTF-8"], id="json-not-utf8"),
-    pytest.param(_write_bytes("raw/forget.txt", b"Quillhaven \xff\xfe mayor"), "raw/forget.txt", None, ["UTF-8"], id="raw-not-utf8"),
+    pytest.param(
+        _replace_with_dir("knowmem/forget_qa.json"),
+        "knowmem/forget_qa.json",
+        None,
+        ["not a regular file"],
+        id="file-is-dir",
+    ),
+    pytest.param(
+        _truncate("knowmem/forget_qa.json"),
+        "knowmem/forget_qa.json",
+        None,
+        ["not valid JSON", "line", "column"],
+        id="truncated-json",
+    ),
+    pytest.param(
+        _write_bytes("verbmem/forget.json", b'[{"prompt": "a", "gt": "b",}]'),
+        "verbmem/forget.json",
+        None,
+        ["line 1 column"],
+        id="trailing-comma",
+    ),
+    pytest.param(
+        _write_json("verbmem/forget.json", {"prompt": "a", "gt": "b"}),
+        "verbmem/forget.json",
+        None,
+        ["JSON list", "object"],
+        id="top-level-object",
+    ),
+    pytest.param(
+        _write_json("privleak/holdout.json", []), "privleak/holdout.json", None, ["empty list"], id="empty-split"
+    ),
+    pytest.param(
+        _write_json("knowmem/forget_qa_icl.json", []),
+        "knowmem/forget_qa_icl.json",
+        None,
+        ["empty list", "'question'"],
+        id="empty-icl",
+    ),
+    pytest.param(
+        _patch_item("knowmem/retain_qa.json", 2, lambda _: "just a string"),
+        "knowmem/retain_qa.json",
+        2,
+        ["expected an object"],
+        id="item-not-object",
+    ),
+    pytest.param(
+        _patch_item("knowmem/forget_qa.json", 4, _without("answer")),
+        "knowmem/forget_qa.json",
+        4,
+        ["missing key 'answer'", "'question'"],
+        id="missing-answer",
+    ),
+    pytest.param(
+        _patch_item("verbmem/forget.json", 6, _without("gt")),
+        "verbmem/forget.json",
+        6,
+        ["missing key 'gt'", "'prompt'"],
+        id="missing-gt",
+    ),
+    pytest.param(
+        _patch_item("knowmem/forget_qa.json", 3, _with("answer", 1874)),
+        "knowmem/forget_qa.json",
+        3,
+        ["'answer'", "number", "string"],
+        id="answer-is-number",
+    ),
+    pytest.param(
+        _patch_item("verbmem/forget.json", 5, _with("gt", None)),
+        "verbmem/forget.json",
+        5,
+        ["'gt'", "null"],
+        id="gt-is-null",
+    ),
+    pytest.param(
+        _patch_item("knowmem/retain_qa_icl.json", 0, _with("question", "  ")),
+        "knowmem/retain_qa_icl.json",
+        0,
+        ["empty 'question'"],
+        id="blank-question",
+    ),
+    pytest.param(
+        _patch_item("privleak/forget.json", 7, lambda _: 42),
+        "privleak/forget.json",
+        7,
+        ["expected a string"],
+        id="privleak-number",
+    ),
+    pytest.param(
+        _patch_item("privleak/forget.json", 1, lambda _: ""),
+        "privleak/forget.json",
+        1,
+        ["empty string"],
+        id="privleak-empty-text",
+    ),
+    pytest.param(
+        _patch_item("privleak/retain.json", 9, lambda _: {"text": "x"}),
+        "privleak/retain.json",
+        9,
+        ["expected a string"],
+        id="optional-retain-malformed",
+    ),
+    pytest.param(
+        _write_bytes("knowmem/forget_qa.json", b'[{"question": "Caf\xe9?", "answer": "yes"}]'),
+        "knowmem/forget_qa.json",
+        None,
+        ["UTF-8"],
+        id="json-not-utf8",
+    ),
+    pytest.param(
+        _write_bytes("raw/forget.txt", b"Quillhaven \xff\xfe mayor"),
+        "raw/forget.txt",
+        None,
+        ["UTF-8"],
+        id="raw-not-utf8",
+    ),
     pytest.param(_write_bytes("raw/retain.txt", b""), "raw/retain.txt", None, ["is empty"], id="raw-empty"),
-    pytest.param(_write_bytes("raw/forget.txt", b" \n\n\t\n"), "raw/forget.txt", None, ["is empty"], id="raw-whitespace"),
+    pytest.param(
+        _write_bytes("raw/forget.txt", b" \n\n\t\n"), "raw/forget.txt", None, ["is empty"], id="raw-whitespace"
+    ),
 ]
 
 

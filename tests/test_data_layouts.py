@@ -36,6 +36,7 @@ Splits = dict[str, dict[str, list[dict[str, str]]]]
 def muse_splits() -> Splits:
     """The fixture as MUSE's hub configs and splits (rows as dicts). The raw text is cut into
     documents at blank lines; the retain documents become retain1 (first half) and retain2."""
+
     def read(rel: str) -> Any:
         return json.loads((FIXTURE / rel).read_text(encoding="utf-8"))
 
@@ -46,11 +47,18 @@ def muse_splits() -> Splits:
     half = len(retain) // 2
     text = lambda items: [{"text": t} for t in items]  # noqa: E731
     return {
-        "knowmem": {split: read(f"knowmem/{split}.json") for split in ("forget_qa", "retain_qa", "forget_qa_icl", "retain_qa_icl")},
+        "knowmem": {
+            split: read(f"knowmem/{split}.json")
+            for split in ("forget_qa", "retain_qa", "forget_qa_icl", "retain_qa_icl")
+        },
         "verbmem": {"forget": read("verbmem/forget.json")},
         "privleak": {split: text(read(f"privleak/{split}.json")) for split in ("forget", "retain", "holdout")},
-        "raw": {"forget": text(docs("raw/forget.txt")), "holdout": text(read("privleak/holdout.json")),
-                "retain1": text(retain[:half]), "retain2": text(retain[half:])},
+        "raw": {
+            "forget": text(docs("raw/forget.txt")),
+            "holdout": text(read("privleak/holdout.json")),
+            "retain1": text(retain[:half]),
+            "retain2": text(retain[half:]),
+        },
         # MUSE's scalability / sustainability folds: accepted and ignored
         "scal": {"forget_1": text(docs("raw/forget.txt"))},
     }
@@ -59,6 +67,7 @@ def muse_splits() -> Splits:
 def write_muse_files(splits: Splits, root: Path) -> Path:
     """Exactly what MUSE's load_data.py writes: json.dump of every split, and for raw a .txt twin
     ("\\n\\n".join of the documents); no raw/retain.txt."""
+
     def dump(value: Any, rel: str) -> None:
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         with open(root / rel, "w") as f:
@@ -102,7 +111,9 @@ def write_save_to_disk(splits: Splits, root: Path) -> Path:
     datasets.disable_progress_bars()
 
     for config, by_split in splits.items():
-        datasets.DatasetDict({split: datasets.Dataset.from_list(rows) for split, rows in by_split.items()}).save_to_disk(str(root / config))
+        datasets.DatasetDict(
+            {split: datasets.Dataset.from_list(rows) for split, rows in by_split.items()}
+        ).save_to_disk(str(root / config))
     return root
 
 
@@ -151,7 +162,9 @@ def _content(data: MuseData) -> dict[str, Any]:
 
 
 def _tree(root: Path) -> dict[str, tuple[bytes, int]]:
-    return {str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(root.rglob("*")) if p.is_file()
+    }
 
 
 def _one_line(info: pytest.ExceptionInfo[BaseException]) -> str:
@@ -181,7 +194,9 @@ def test_txt_twins_are_read_when_the_json_lists_are_absent(forms: dict[str, str]
         (copy / f"raw/{name}.json").unlink()
     json_form, txt_form = load_data(forms["files"]), load_data(copy)
     assert txt_form.sources["raw_retain_docs"] == "raw/retain1.txt + raw/retain2.txt"
-    assert txt_form.raw_retain == json_form.raw_retain and txt_form.raw_forget == json_form.raw_forget  # the same training text
+    assert (
+        txt_form.raw_retain == json_form.raw_retain and txt_form.raw_forget == json_form.raw_forget
+    )  # the same training text
     # ... but a .txt file is one document: calibration (EOS between documents) differs, and so does the cache key
     assert txt_form.raw_retain_docs is not None and len(txt_form.raw_retain_docs) == 2
     assert txt_form.fingerprint != json_form.fingerprint
@@ -204,17 +219,26 @@ def test_only_the_raw_files_used_are_read_and_hashed(forms: dict[str, str], tmp_
 
 def test_the_earlier_single_retain_file_still_works() -> None:
     data = load_data(FIXTURE)
-    assert data.sources["raw_retain_docs"] == "raw/retain.txt" and data.raw_retain == (FIXTURE / "raw/retain.txt").read_text()
+    assert (
+        data.sources["raw_retain_docs"] == "raw/retain.txt"
+        and data.raw_retain == (FIXTURE / "raw/retain.txt").read_text()
+    )
     assert calibration_from_data(data).source == f"raw/retain.txt of {FIXTURE}"  # type: ignore[union-attr]
 
 
-@pytest.mark.parametrize(("rel", "content", "needles"), [
-    ("raw/retain1.json", json.dumps(["fine", 7]), ["item 1", "expected a string"]),
-    ("raw/retain2.json", json.dumps(["", "  "]), ["has no text"]),
-    ("raw/forget.json", json.dumps({"text": "x"}), ["JSON list", "object"]),
-    ("raw/retain1.json", "[\"truncated", ["not valid JSON"]),
-], ids=["number-document", "blank-documents", "not-a-list", "truncated"])
-def test_malformed_raw_json_is_one_line(forms: dict[str, str], tmp_path: Path, rel: str, content: str, needles: list[str]) -> None:
+@pytest.mark.parametrize(
+    ("rel", "content", "needles"),
+    [
+        ("raw/retain1.json", json.dumps(["fine", 7]), ["item 1", "expected a string"]),
+        ("raw/retain2.json", json.dumps(["", "  "]), ["has no text"]),
+        ("raw/forget.json", json.dumps({"text": "x"}), ["JSON list", "object"]),
+        ("raw/retain1.json", '["truncated', ["not valid JSON"]),
+    ],
+    ids=["number-document", "blank-documents", "not-a-list", "truncated"],
+)
+def test_malformed_raw_json_is_one_line(
+    forms: dict[str, str], tmp_path: Path, rel: str, content: str, needles: list[str]
+) -> None:
     copy = Path(shutil.copytree(forms["files"], tmp_path / "muse"))
     (copy / rel).write_text(content)
     with pytest.raises(DataError) as info:
@@ -233,8 +257,9 @@ def test_calibration_uses_retain1_and_retain2_documents(forms: dict[str, str]) -
     assert cal.texts != tuple(data.privleak_retain or ())  # the raw retain text, not the privleak fallback
 
 
-def test_option_time_check_finds_retain_text_for_gptq(forms: dict[str, str], tmp_path: Path,
-                                                      tiny_model_dir: Path) -> None:
+def test_option_time_check_finds_retain_text_for_gptq(
+    forms: dict[str, str], tmp_path: Path, tiny_model_dir: Path
+) -> None:
     """The option-time precheck: a calibrated quantizer on MUSE's layout (no raw/retain.txt) is not a
     usage error; without any retain text it is, and the message names the files that would do."""
     from unlearn_assert.engine.inputs import precheck
@@ -265,10 +290,20 @@ def test_every_form_gives_the_same_content_and_fingerprint(forms: dict[str, str]
         assert _content(data) == _content(reference), name
         assert data.fingerprint == reference.fingerprint, name
         assert data.raw_retain == reference.raw_retain and data.raw_forget == reference.raw_forget
-    assert {name: d.form for name, d in loaded.items()} == {"files": "files", "parquet": "parquet", "save_to_disk": "save_to_disk",
-                                                            "hf-cache": "parquet"}
-    assert loaded["parquet"].sources["verbmem_forget"] == "verbmem/forget-00000-of-00002.parquet + verbmem/forget-00001-of-00002.parquet"
-    assert loaded["parquet"].sources["raw_retain_docs"] == "raw/retain1-00000-of-00001.parquet + raw/retain2-00000-of-00001.parquet"
+    assert {name: d.form for name, d in loaded.items()} == {
+        "files": "files",
+        "parquet": "parquet",
+        "save_to_disk": "save_to_disk",
+        "hf-cache": "parquet",
+    }
+    assert (
+        loaded["parquet"].sources["verbmem_forget"]
+        == "verbmem/forget-00000-of-00002.parquet + verbmem/forget-00001-of-00002.parquet"
+    )
+    assert (
+        loaded["parquet"].sources["raw_retain_docs"]
+        == "raw/retain1-00000-of-00001.parquet + raw/retain2-00000-of-00001.parquet"
+    )
     assert loaded["save_to_disk"].sources["raw_retain_docs"] == "raw/retain1/ + raw/retain2/"
     cached = loaded["hf-cache"]
     assert cached.path == f"hf:{REPO_ID}" and cached.name == "MUSE-News"
@@ -281,8 +316,11 @@ def test_every_form_gives_the_same_metric_values(forms: dict[str, str], hub: Pat
     from unlearn_assert import evaluate, load_model
 
     model = load_model(tiny_model_dir)
-    results = {name: evaluate(model, load_data(spec), retrain_auc=PUBLISHED_RETRAIN_AUCS["muse-news"][0])
-               for name, spec in forms.items() if not name.startswith("_")}
+    results = {
+        name: evaluate(model, load_data(spec), retrain_auc=PUBLISHED_RETRAIN_AUCS["muse-news"][0])
+        for name, spec in forms.items()
+        if not name.startswith("_")
+    }
     reference = results["files"].values
     assert set(reference) == {"verbmem_f", "knowmem_f", "knowmem_r", "privleak"}
     assert all(isinstance(v, float) for v in reference.values())
@@ -312,7 +350,9 @@ def test_hf_spec_not_in_the_cache_says_how_to_download(tmp_path: Path, monkeypat
         load_data("hf:muse-bench/MUSE-Books")
     message = _one_line(info)
     assert "hf download muse-bench/MUSE-Books --repo-type dataset" in message
-    assert str(tmp_path / "empty-cache" / "datasets--muse-bench--MUSE-Books") in message and "never downloads" in message
+    assert (
+        str(tmp_path / "empty-cache" / "datasets--muse-bench--MUSE-Books") in message and "never downloads" in message
+    )
     monkeypatch.delenv("HF_HUB_CACHE")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "home"))
     with pytest.raises(DataError, match=str(tmp_path / "home" / "hub" / "datasets--muse-bench--MUSE-Books")):
@@ -334,7 +374,9 @@ def test_hf_cache_with_only_the_readme_says_how_to_download(tmp_path: Path, monk
     assert "holds no MUSE parquet files" in _one_line(info) and "hf download" in str(info.value)
 
 
-def test_a_partial_download_says_how_to_complete_it(forms: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_partial_download_says_how_to_complete_it(
+    forms: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """load_dataset(repo, "knowmem") alone caches only knowmem's files in the snapshot."""
     cache = Path(shutil.copytree(forms["_cache"], tmp_path / "hub", symlinks=True))
     snapshot = cache / "datasets--muse-bench--MUSE-News" / "snapshots" / COMMIT
@@ -388,22 +430,40 @@ def _set(index: int, key: str, value: Any) -> Any:
 
 
 PARQUET_BAD: list[Any] = [
-    pytest.param(_drop(QA), ["missing required split(s) knowmem/forget_qa", "<config>/<split>-*.parquet"], id="missing-split"),
-    pytest.param(_edit(QA, lambda rows: [{"question": r["question"], "ans": r["answer"]} for r in rows]),
-                 [QA, "no column 'answer'", "question, ans"], id="missing-column"),
+    pytest.param(
+        _drop(QA), ["missing required split(s) knowmem/forget_qa", "<config>/<split>-*.parquet"], id="missing-split"
+    ),
+    pytest.param(
+        _edit(QA, lambda rows: [{"question": r["question"], "ans": r["answer"]} for r in rows]),
+        [QA, "no column 'answer'", "question, ans"],
+        id="missing-column",
+    ),
     pytest.param(_edit(QA, _set(3, "answer", None)), [QA, "item 3", "'answer'", "null"], id="null-answer"),
-    pytest.param(_edit(QA, lambda rows: [{**r, "answer": i} for i, r in enumerate(rows)]), [QA, "item 0", "number"], id="int-column"),
+    pytest.param(
+        _edit(QA, lambda rows: [{**r, "answer": i} for i, r in enumerate(rows)]),
+        [QA, "item 0", "number"],
+        id="int-column",
+    ),
     pytest.param(_edit(QA, _set(2, "question", "  ")), [QA, "item 2", "empty 'question'"], id="blank-question"),
     pytest.param(_edit(PRIV, _set(5, "text", "")), [PRIV, "item 5", "empty string"], id="empty-text"),
     pytest.param(lambda root: _empty(root / PRIV), [PRIV, "no rows"], id="empty-split"),
-    pytest.param(lambda root: (root / QA).write_bytes((root / QA).read_bytes()[:50]), [QA, "cannot read", "re-download"], id="truncated-file"),
-    pytest.param(_edit("raw/retain1-00000-of-00001.parquet", lambda rows: [{"text": i} for i, _ in enumerate(rows)]),
-                 ["raw/retain1-00000-of-00001.parquet", "item 0", "expected a string"], id="raw-numbers"),
+    pytest.param(
+        lambda root: (root / QA).write_bytes((root / QA).read_bytes()[:50]),
+        [QA, "cannot read", "re-download"],
+        id="truncated-file",
+    ),
+    pytest.param(
+        _edit("raw/retain1-00000-of-00001.parquet", lambda rows: [{"text": i} for i, _ in enumerate(rows)]),
+        ["raw/retain1-00000-of-00001.parquet", "item 0", "expected a string"],
+        id="raw-numbers",
+    ),
 ]
 
 
 @pytest.mark.parametrize(("corrupt", "needles"), PARQUET_BAD)
-def test_malformed_parquet_is_one_actionable_line(forms: dict[str, str], tmp_path: Path, corrupt: Any, needles: list[str]) -> None:
+def test_malformed_parquet_is_one_actionable_line(
+    forms: dict[str, str], tmp_path: Path, corrupt: Any, needles: list[str]
+) -> None:
     root = _parquet_copy(forms, tmp_path)
     corrupt(root)
     with pytest.raises(DataError) as info:
@@ -429,14 +489,20 @@ def test_malformed_save_to_disk_is_one_actionable_line(forms: dict[str, str], tm
     (root / "verbmem/forget/state.json").unlink()
     with pytest.raises(DataError) as info:
         load_data(root)
-    assert "verbmem/forget/" in _one_line(info) and "state.json" in str(info.value) and "save_to_disk form" in str(info.value)
+    assert (
+        "verbmem/forget/" in _one_line(info)
+        and "state.json" in str(info.value)
+        and "save_to_disk form" in str(info.value)
+    )
     shutil.rmtree(root / "verbmem")
     with pytest.raises(DataError) as info:
         load_data(root)
     assert "missing required split(s) verbmem/forget" in _one_line(info)
 
 
-def test_without_the_hf_extra_the_message_names_the_pip_command(forms: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_the_hf_extra_the_message_names_the_pip_command(
+    forms: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     for name in ("pyarrow", "pyarrow.parquet", "datasets"):
         monkeypatch.setitem(sys.modules, name, None)  # what `import` sees when the package is not installed
     for spec, library in ((forms["parquet"], "pyarrow"), (forms["save_to_disk"], "datasets")):
@@ -447,8 +513,10 @@ def test_without_the_hf_extra_the_message_names_the_pip_command(forms: dict[str,
 
 
 def test_the_json_layout_imports_neither_pyarrow_nor_datasets(forms: dict[str, str]) -> None:
-    code = ("import sys; from unlearn_assert.data.muse import load_data; load_data(sys.argv[1]); "
-            "assert not {'pyarrow', 'datasets', 'torch'} & set(sys.modules), sorted(sys.modules)")
+    code = (
+        "import sys; from unlearn_assert.data.muse import load_data; load_data(sys.argv[1]); "
+        "assert not {'pyarrow', 'datasets', 'torch'} & set(sys.modules), sorted(sys.modules)"
+    )
     subprocess.run([sys.executable, "-c", code, forms["files"]], check=True)
 
 
@@ -468,26 +536,63 @@ def _unlearn_cli(argv: list[str]) -> int:
 
 
 @pytest.mark.parametrize("form", ["files", "hf-cache"])
-def test_unlearn_command_regularizes_on_retain1_and_retain2(forms: dict[str, str], hub: Path, tiny_model_dir: Path,
-                                                            tmp_path: Path, form: str) -> None:
+def test_unlearn_command_regularizes_on_retain1_and_retain2(
+    forms: dict[str, str], hub: Path, tiny_model_dir: Path, tmp_path: Path, form: str
+) -> None:
     out = tmp_path / "unlearned"
-    assert _unlearn_cli(["--method", "ga_gdr", "--target", str(tiny_model_dir), "--data", forms[form], "--steps", "2",
-                         "--batch-size", "2", "--max-length", "32", "--out", str(out)]) == 0
+    assert (
+        _unlearn_cli(
+            [
+                "--method",
+                "ga_gdr",
+                "--target",
+                str(tiny_model_dir),
+                "--data",
+                forms[form],
+                "--steps",
+                "2",
+                "--batch-size",
+                "2",
+                "--max-length",
+                "32",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     run = json.loads((out / "unlearn_run.json").read_text())
-    expected = "raw/retain1.json + raw/retain2.json" if form == "files" else \
-        "raw/retain1-00000-of-00001.parquet + raw/retain2-00000-of-00001.parquet"
+    expected = (
+        "raw/retain1.json + raw/retain2.json"
+        if form == "files"
+        else "raw/retain1-00000-of-00001.parquet + raw/retain2-00000-of-00001.parquet"
+    )
     assert run["data"]["raw"]["retain"] == expected and run["chunks"]["retain"] > 0
     assert run["data"]["fingerprint"] == load_data(forms["files"]).fingerprint
     assert all(c["retain_loss"] is not None for c in run["curve"])
 
 
-def test_unlearn_command_without_retain_text_names_the_files(forms: dict[str, str], tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_unlearn_command_without_retain_text_names_the_files(
+    forms: dict[str, str], tiny_model_dir: Path, tmp_path: Path
+) -> None:
     copy = Path(shutil.copytree(forms["files"], tmp_path / "muse"))
     for rel in ("raw/retain1.json", "raw/retain1.txt", "raw/retain2.json", "raw/retain2.txt"):
         (copy / rel).unlink()
     with pytest.raises(DataError) as info:
-        _unlearn_cli(["--method", "npo_klr", "--target", str(tiny_model_dir), "--data", str(copy), "--steps", "1",
-                      "--out", str(tmp_path / "o")])
+        _unlearn_cli(
+            [
+                "--method",
+                "npo_klr",
+                "--target",
+                str(tiny_model_dir),
+                "--data",
+                str(copy),
+                "--steps",
+                "1",
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
     assert "raw/retain1.json + raw/retain2.json" in _one_line(info) and "raw/retain.txt" in str(info.value)
     assert not (tmp_path / "o").exists()
 
@@ -496,8 +601,12 @@ def test_unlearn_command_without_retain_text_names_the_files(forms: dict[str, st
 
 
 def test_published_retrain_aucs_are_muse_constants() -> None:
-    """MUSE's AUC_RETRAIN[corpus]['forget_holdout_Min-40%'] (constants.py): 0.47719999999999996 and 0.5392999999999999."""
-    assert parse_retrain_auc("muse-news") == (0.4772, "MUSE AUC_RETRAIN[news][forget_holdout_Min-40%] (muse_bench constants.py)")
+    """MUSE's AUC_RETRAIN[corpus]['forget_holdout_Min-40%'] (constants.py): 0.47719999999999996 and
+    0.5392999999999999."""
+    assert parse_retrain_auc("muse-news") == (
+        0.4772,
+        "MUSE AUC_RETRAIN[news][forget_holdout_Min-40%] (muse_bench constants.py)",
+    )
     assert parse_retrain_auc(" MUSE-Books ")[0] == 0.5393
     assert parse_retrain_auc("0.48") == (0.48, None)
     for bad in ("muse", "0", "1.5", "-0.2", "nan", "news"):
@@ -518,15 +627,24 @@ def test_run_config_records_the_reference_source() -> None:
     assert build_run_config(lambda o: o.default).retrain_auc_source is None
 
 
-def test_gate_on_the_hf_cache_with_the_news_reference(pytester: pytest.Pytester, forms: dict[str, str], hub: Path,
-                                                      tiny_unlearned_dir: Path, tiny_model_dir: Path) -> None:
+def test_gate_on_the_hf_cache_with_the_news_reference(
+    pytester: pytest.Pytester, forms: dict[str, str], hub: Path, tiny_unlearned_dir: Path, tiny_model_dir: Path
+) -> None:
     """End to end: hf: from the ini file (not taken for a path), --unlearn-retrain-auc=muse-news; the report
     normalises privleak against 0.4772 and the summary states the evaluated counts."""
     pytester.makeini(f"[pytest]\nunlearn_data = hf:{REPO_ID}\nunlearn_quantizers = rtn-w8\n")
-    result = pytester.runpytest_subprocess(f"--unlearn-model={tiny_unlearned_dir}", f"--unlearn-target={tiny_model_dir}",
-                                           "--unlearn-retrain-auc=muse-news", "--unlearn-json=report.json", "-p", "no:randomly",
-                                           f"--unlearn-cache-dir={pytester.path / 'cache'}")
-    assert result.ret in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED), result.stdout.str()[-3000:] + result.stderr.str()
+    result = pytester.runpytest_subprocess(
+        f"--unlearn-model={tiny_unlearned_dir}",
+        f"--unlearn-target={tiny_model_dir}",
+        "--unlearn-retrain-auc=muse-news",
+        "--unlearn-json=report.json",
+        "-p",
+        "no:randomly",
+        f"--unlearn-cache-dir={pytester.path / 'cache'}",
+    )
+    assert result.ret in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED), (
+        result.stdout.str()[-3000:] + result.stderr.str()
+    )
     report = json.loads((pytester.path / "report.json").read_text())
     assert report["provenance"]["privleak_reference"]["auc"] == 0.4772
     assert report["provenance"]["privleak_reference"]["published"].startswith("MUSE AUC_RETRAIN[news]")
@@ -536,5 +654,9 @@ def test_gate_on_the_hf_cache_with_the_news_reference(pytester: pytest.Pytester,
     assert any("privleak]" in line for line in result.stdout.lines)
     from unlearn_assert.render.terminal import counts_line
 
-    assert counts_line(report) == "evaluated items: verbmem 8, knowmem_f 10, knowmem_r 10, privleak 10/10 (forget/holdout)"
-    result.stdout.fnmatch_lines(["*unlearning budget summary*", "evaluated items: verbmem 8, knowmem_f 10, *"])  # the summary's header
+    assert (
+        counts_line(report) == "evaluated items: verbmem 8, knowmem_f 10, knowmem_r 10, privleak 10/10 (forget/holdout)"
+    )
+    result.stdout.fnmatch_lines(
+        ["*unlearning budget summary*", "evaluated items: verbmem 8, knowmem_f 10, *"]
+    )  # the summary's header

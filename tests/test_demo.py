@@ -176,8 +176,14 @@ def test_tokenizer_keeps_prompts_a_prefix_of_the_training_text(tmp_path: Path) -
         full = tok(prompt + qa.answer)["input_ids"]
         assert full[: len(tok(prompt)["input_ids"])] == tok(prompt)["input_ids"]
     for item in data.verbmem_forget[:5]:
-        assert tok(item.prompt + item.gt)["input_ids"][: len(tok(item.prompt)["input_ids"])] == tok(item.prompt)["input_ids"]
-    assert tok.decode(tok("Answer: Tracal Hubrax\n\n")["input_ids"], skip_special_tokens=True) == "Answer: Tracal Hubrax\n\n"
+        assert (
+            tok(item.prompt + item.gt)["input_ids"][: len(tok(item.prompt)["input_ids"])]
+            == tok(item.prompt)["input_ids"]
+        )
+    assert (
+        tok.decode(tok("Answer: Tracal Hubrax\n\n")["input_ids"], skip_special_tokens=True)
+        == "Answer: Tracal Hubrax\n\n"
+    )
 
 
 # --------------------------------------------------------------------------- recipe and cache
@@ -217,14 +223,24 @@ def test_resolve_demo_builds_once_into_the_cache(tmp_path: Path, monkeypatch: py
     lines: list[str] = []
     paths = resolve_demo("demo:npo_klr", cache_dir=tmp_path, recipe=recipe, progress=lines.append, workers=1)
     root = family_dir(recipe, tmp_path)
-    assert paths == {"model": str(root / "npo_klr"), "target": str(root / "target"),
-                     "retrain": str(root / "retrain"), "data": str(root / "data")}
+    assert paths == {
+        "model": str(root / "npo_klr"),
+        "target": str(root / "target"),
+        "retrain": str(root / "retrain"),
+        "data": str(root / "data"),
+    }
     for name in ("target", "retrain", "npo_klr", "npo_klr_sure"):
         assert (root / name / "config.json").is_file() and (root / name / "model.safetensors").is_file()
     assert (root / "npo_klr_sure" / "unlearn_run.json").is_file()
     load_data(paths["data"])
     info = json.loads((root / "family.json").read_text())
-    assert info["key"] == recipe.key() and set(info["timings_s"]) >= {"corpus", "tokenizer", "target", "retrain", "npo_klr"}
+    assert info["key"] == recipe.key() and set(info["timings_s"]) >= {
+        "corpus",
+        "tokenizer",
+        "target",
+        "retrain",
+        "npo_klr",
+    }
     stages = [line for line in lines if line.startswith("[demo ")]
     assert len(stages) == 6 and stages[0].startswith("[demo 1/6]")
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dir left behind
@@ -274,12 +290,22 @@ def test_run_demo_end_to_end_on_a_tiny_family(tmp_path: Path, capsys: pytest.Cap
     from unlearn_assert.demo.run import run_demo
     from unlearn_assert.render import load_report
 
-    code = run_demo(tmp_path / "out", recipe=small_recipe(), cache_dir=tmp_path / "cache",
-                    results_dir=tmp_path / "results", quantizers=("rtn-w4", "rtn-w8"), progress=lambda line: None)
+    code = run_demo(
+        tmp_path / "out",
+        recipe=small_recipe(),
+        cache_dir=tmp_path / "cache",
+        results_dir=tmp_path / "results",
+        quantizers=("rtn-w4", "rtn-w8"),
+        progress=lambda line: None,
+    )
     assert code == 1
     for name in ("npo_klr", "npo_klr_sure"):
         report = load_report(tmp_path / "out" / f"{name}.json")
-        assert {(r["model"], r["quantizer"]) for r in report["rows"]} >= {("unlearned", "rtn-w4"), ("target", "rtn-w8"), ("retrain", "fp")}
+        assert {(r["model"], r["quantizer"]) for r in report["rows"]} >= {
+            ("unlearned", "rtn-w4"),
+            ("target", "rtn-w8"),
+            ("retrain", "fp"),
+        }
         assert (tmp_path / "out" / f"{name}.html").is_file()
     out = capsys.readouterr().out
     assert "demo:npo_klr: " in out and "demo:npo_klr_sure: " in out

@@ -17,7 +17,9 @@ QUANTIZERS = ("bnb-fp4", "rtn-w4", "rtn-w4g64", "rtn-w8")
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="the AVX2 kernel caps are x86 settings")
+@pytest.mark.skipif(
+    platform.machine().lower() not in ("x86_64", "amd64"), reason="the AVX2 kernel caps are x86 settings"
+)
 def test_demo_shows_the_contrast_on_avx2_only_kernels(tmp_path: Path) -> None:
     """Build the shipped family from a cold cache with AVX2-only kernels (no native bf16) and gate
     it under a reduced quantizer set: the plain model fails a 4-bit recovery item and the SURE model
@@ -27,7 +29,8 @@ def test_demo_shows_the_contrast_on_avx2_only_kernels(tmp_path: Path) -> None:
         "import json, sys\n"
         "from unlearn_assert.hardware import compute_info\n"
         "from unlearn_assert.demo.run import run_demo\n"
-        f"code = run_demo({str(tmp_path / 'out')!r}, cache_dir={str(tmp_path / 'family')!r}, results_dir={str(tmp_path / 'results')!r},"
+        f"code = run_demo({str(tmp_path / 'out')!r}, cache_dir={str(tmp_path / 'family')!r}, "
+        f"results_dir={str(tmp_path / 'results')!r},"
         f" quantizers={QUANTIZERS!r}, progress=lambda line: None)\n"
         "print('INFO ' + json.dumps(compute_info()))\n"
         "sys.exit(code)\n"
@@ -40,7 +43,12 @@ def test_demo_shows_the_contrast_on_avx2_only_kernels(tmp_path: Path) -> None:
     best = {}
     for name in ("npo_klr", "npo_klr_sure"):
         report = json.loads((tmp_path / "out" / f"{name}.json").read_text())
-        rec = [r["recovery"][m] for r in report["rows"] if r["model"] == "unlearned" and r["quantizer"] in QUANTIZERS[:3]
-               for m in ("knowmem_f", "verbmem_f") if r.get("recovery") and r["recovery"].get(m) is not None]
+        rec = [
+            r["recovery"][m]
+            for r in report["rows"]
+            if r["model"] == "unlearned" and r["quantizer"] in QUANTIZERS[:3]
+            for m in ("knowmem_f", "verbmem_f")
+            if r.get("recovery") and r["recovery"].get(m) is not None
+        ]
         best[name] = max(rec)
     assert best["npo_klr"] > 0.25 >= best["npo_klr_sure"], best

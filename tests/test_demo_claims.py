@@ -33,27 +33,46 @@ def _row(role: str, quantizer: str, scores: dict[str, list[float]]) -> Row:
     return Row(role=role, variant=quantizer, values=values, samples=samples)  # type: ignore[arg-type]
 
 
-def gate_report(back: dict[str, float], *, n_vm: int = 64, n_km: int = 64, vm_drop: float = 40.0,
-                km_drop: float = 10.0, kr_keep: float = 0.97, seed: int = 0) -> dict[str, Any]:
+def gate_report(
+    back: dict[str, float],
+    *,
+    n_vm: int = 64,
+    n_km: int = 64,
+    vm_drop: float = 40.0,
+    km_drop: float = 10.0,
+    kr_keep: float = 0.97,
+    seed: int = 0,
+) -> dict[str, Any]:
     """A report as the gate writes it for target scores T, unlearned U = T - drop (per item, with
     spread), and each quantizer's q(U): each item back at T with probability back[q], else at U
     (plus a little noise on verbmem_f); q(T) = T."""
     rng = random.Random(seed)
-    t = {"verbmem_f": [rng.uniform(85, 100) for _ in range(n_vm)], "knowmem_f": [100.0] * n_km,
-         "knowmem_r": [100.0 if rng.random() < 0.8 else 0.0 for _ in range(48)]}
-    u = {"verbmem_f": [max(0.0, x - rng.uniform(0.5, 1.5) * vm_drop) for x in t["verbmem_f"]],
-         "knowmem_f": [0.0 if rng.random() < km_drop / 100 else 100.0 for _ in range(n_km)],
-         "knowmem_r": [x if rng.random() < kr_keep else 0.0 for x in t["knowmem_r"]]}
+    t = {
+        "verbmem_f": [rng.uniform(85, 100) for _ in range(n_vm)],
+        "knowmem_f": [100.0] * n_km,
+        "knowmem_r": [100.0 if rng.random() < 0.8 else 0.0 for _ in range(48)],
+    }
+    u = {
+        "verbmem_f": [max(0.0, x - rng.uniform(0.5, 1.5) * vm_drop) for x in t["verbmem_f"]],
+        "knowmem_f": [0.0 if rng.random() < km_drop / 100 else 100.0 for _ in range(n_km)],
+        "knowmem_r": [x if rng.random() < kr_keep else 0.0 for x in t["knowmem_r"]],
+    }
     rows = [_row("target", "fp", t), _row("unlearned", "fp", u)]
     for q in QUANTIZERS:
         share = back.get(q, 0.0)
-        qu = {m: [(b if rng.random() < share else a) + rng.uniform(-2, 2) * (m == "verbmem_f")
-                  for a, b in zip(u[m], t[m])] for m in ("verbmem_f", "knowmem_f")}
+        qu = {
+            m: [
+                (b if rng.random() < share else a) + rng.uniform(-2, 2) * (m == "verbmem_f") for a, b in zip(u[m], t[m])
+            ]
+            for m in ("verbmem_f", "knowmem_f")
+        }
         qu["knowmem_r"] = list(u["knowmem_r"])
         rows += [_row("unlearned", q, qu), _row("target", q, t)]
     benchmark = MuseBenchmark()  # no retrain model: privleak is not judged
     figs = figures(rows, benchmark)
-    verdicts = [judge_item(q, c, figs, Budget(), "point") for q, c in plan_checks(QUANTIZERS, judged_metrics(benchmark))]
+    verdicts = [
+        judge_item(q, c, figs, Budget(), "point") for q, c in plan_checks(QUANTIZERS, judged_metrics(benchmark))
+    ]
     run = run_config(model="u", target="t", data="d", quantizers=QUANTIZERS, benchmark="muse")
     report = build_report(run, rows, verdicts, data=None, benchmark=benchmark).to_dict()
     return dict(validate_report(report))
@@ -76,8 +95,10 @@ def test_plain_fails_decided_under_a_user_quantizer_and_the_headline_says_so() -
     assert a.judged == ("verbmem_f",)  # knowmem_f: 64 questions and a 10-point drop cannot resolve 25%
     lines = headline(report, sure=False, name="npo_klr")
     assert lines[0] == "demo:npo_klr: FAIL (FAIL expected; recovery budget 25%)"
-    t, u = (next(r for r in report["rows"] if r["model"] == role and r["quantizer"] == "fp")["values"]["verbmem_f"]
-            for role in ("target", "unlearned"))
+    t, u = (
+        next(r for r in report["rows"] if r["model"] == role and r["quantizer"] == "fp")["values"]["verbmem_f"]
+        for role in ("target", "unlearned")
+    )
     drop = report["resolution"]["verbmem_f"]["drop_ci"]
     assert f"verbmem_f {t:.1f} -> {u:.1f} (-{t - u:.1f} points [{drop[0]:.1f}, {drop[1]:.1f}])" in lines[1]
     res = report["resolution"]["knowmem_f"]["recovery"]

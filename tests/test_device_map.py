@@ -30,19 +30,27 @@ def test_a_partly_offloaded_model_gives_the_undispatched_numbers(tiny_model_dir:
     with pytest.raises(QuantizerError, match="offloaded part of .* to disk"):
         with ua.quantized(split, "rtn-w8"):
             pass
-    with pytest.raises(QuantizerError, match=r"'bnb-fp4' cannot run on a model dispatched across devices .* use rtn-\*"):
+    with pytest.raises(
+        QuantizerError, match=r"'bnb-fp4' cannot run on a model dispatched across devices .* use rtn-\*"
+    ):
         with ua.quantized(split, "bnb-fp4"):
             pass
-    assert tiny_model_dir.is_dir() and not any(p.name.endswith(".dat") for p in tiny_model_dir.iterdir())  # offload never there
+    assert tiny_model_dir.is_dir() and not any(
+        p.name.endswith(".dat") for p in tiny_model_dir.iterdir()
+    )  # offload never there
 
 
-def test_the_gate_with_a_device_map_equals_the_gate_without(tiny_unlearned_dir: Path, tiny_model_dir: Path, tiny_data_dir: Path) -> None:
+def test_the_gate_with_a_device_map_equals_the_gate_without(
+    tiny_unlearned_dir: Path, tiny_model_dir: Path, tiny_data_dir: Path
+) -> None:
     import unlearn_assert as ua
 
     settings = {"quantizers": "rtn-w8", "max_samples": 2, "device": "cpu", "no_cache": True}
     plain = ua.gate(tiny_unlearned_dir, tiny_model_dir, tiny_data_dir, **settings)
     mapped = ua.gate(tiny_unlearned_dir, tiny_model_dir, tiny_data_dir, device_map="auto", **settings)
-    assert [(r["model"], r["quantizer"], r["values"]) for r in mapped.rows] == [(r["model"], r["quantizer"], r["values"]) for r in plain.rows]
+    assert [(r["model"], r["quantizer"], r["values"]) for r in mapped.rows] == [
+        (r["model"], r["quantizer"], r["values"]) for r in plain.rows
+    ]
     assert [v.message for v in mapped.verdicts] == [v.message for v in plain.verdicts]
 
 

@@ -60,7 +60,9 @@ def _collect(path: Path) -> Module:
                         mod.names.add(n.id)
             lazy = any(isinstance(t, ast.Name) and t.id == "_LAZY" for t in targets)
             if lazy and isinstance(node.value, ast.Dict):  # a lazy public API: its keys are the module's names
-                mod.names.update(k.value for k in node.value.keys if isinstance(k, ast.Constant) and isinstance(k.value, str))
+                mod.names.update(
+                    k.value for k in node.value.keys if isinstance(k, ast.Constant) and isinstance(k.value, str)
+                )
         elif isinstance(node, (ast.Import, ast.ImportFrom)):
             mod.names.update((a.asname or a.name).split(".")[0] for a in node.names)
         elif isinstance(node, ast.If):  # TYPE_CHECKING imports and other guarded definitions
@@ -124,7 +126,7 @@ def _prose(path: Path) -> list[tuple[int, str]]:
             out.append((node.lineno, node.value.value))
     for i, line in enumerate(text.splitlines(), 1):
         if "#" in line:
-            out.append((i, line[line.index("#"):]))
+            out.append((i, line[line.index("#") :]))
     return out
 
 
@@ -144,7 +146,7 @@ def test_every_name_and_path_in_the_package_prose_exists() -> None:
             for ref in PATH.findall(text):
                 ref = ref.split(":")[0]
                 for installed, here_ in INSTALLED.items():
-                    ref = here_ + ref[len(installed):] if ref.startswith(installed) else ref
+                    ref = here_ + ref[len(installed) :] if ref.startswith(installed) else ref
                 if not (REPO / ref).exists() and not any((REPO / ref).parent.glob(Path(ref).name)):
                     missing.append(f"{rel}:{line}: {ref}")
     assert missing == [], "\n".join(missing)

@@ -44,14 +44,23 @@ def _run(tiny_unlearned_dir: Path, tiny_model_dir: Path, tiny_data_dir: Path, **
 
 
 def test_gate_runs_every_item_and_its_report_is_the_plugins_json(
-        pytester: pytest.Pytester, tmp_path: Path, tiny_unlearned_dir: Path, tiny_model_dir: Path, tiny_data_dir: Path) -> None:
+    pytester: pytest.Pytester, tmp_path: Path, tiny_unlearned_dir: Path, tiny_model_dir: Path, tiny_data_dir: Path
+) -> None:
     """``ua.gate`` and ``pytest --unlearn-model`` are one engine: same items, same verdicts, and the
     same JSON report in every field but timestamps and timings."""
     import unlearn_assert as ua
 
     cache = tmp_path / "cache"
-    report = ua.gate(tiny_unlearned_dir, tiny_model_dir, tiny_data_dir, quantizers="rtn-w8", max_samples=2, device="cpu",
-                     retrain_auc=0.5, cache_dir=str(cache))
+    report = ua.gate(
+        tiny_unlearned_dir,
+        tiny_model_dir,
+        tiny_data_dir,
+        quantizers="rtn-w8",
+        max_samples=2,
+        device="cpu",
+        retrain_auc=0.5,
+        cache_dir=str(cache),
+    )
     assert isinstance(report, ua.Report)
     items = [v.item for v in report.verdicts]
     # in the report: by variant, then by item name
@@ -59,16 +68,29 @@ def test_gate_runs_every_item_and_its_report_is_the_plugins_json(
     assert report.passed == (not report.failed) and all(v.outcome in ("passed", "failed") for v in report.verdicts)
     data = report.to_dict()
     validate_report(json.loads(json.dumps(data)))
-    assert [(r["model"], r["quantizer"]) for r in data["rows"]] == [("unlearned", FP), ("unlearned", "rtn-w8"), ("target", FP),
-                                                                    ("target", "rtn-w8")]
+    assert [(r["model"], r["quantizer"]) for r in data["rows"]] == [
+        ("unlearned", FP),
+        ("unlearned", "rtn-w8"),
+        ("target", FP),
+        ("target", "rtn-w8"),
+    ]
     assert report.row("unlearned", "rtn-w8")["recovery"].keys() == {"verbmem_f", "knowmem_f"}  # type: ignore[index]
     assert "rtn-w8" in render_table(data) and "<html" in render_html(data)
 
     out = tmp_path / "plugin.json"
     result = pytester.runpytest_subprocess(
-        f"--unlearn-model={tiny_unlearned_dir}", f"--unlearn-target={tiny_model_dir}", f"--unlearn-data={tiny_data_dir}",
-        "--unlearn-quantizers=rtn-w8", "--unlearn-max-samples=2", "--unlearn-device=cpu", "--unlearn-retrain-auc=0.5",
-        f"--unlearn-cache-dir={cache}", f"--unlearn-json={out}", "-p", "no:randomly")
+        f"--unlearn-model={tiny_unlearned_dir}",
+        f"--unlearn-target={tiny_model_dir}",
+        f"--unlearn-data={tiny_data_dir}",
+        "--unlearn-quantizers=rtn-w8",
+        "--unlearn-max-samples=2",
+        "--unlearn-device=cpu",
+        "--unlearn-retrain-auc=0.5",
+        f"--unlearn-cache-dir={cache}",
+        f"--unlearn-json={out}",
+        "-p",
+        "no:randomly",
+    )
     assert result.ret == (pytest.ExitCode.OK if report.passed else pytest.ExitCode.TESTS_FAILED), result.stdout.str()
     plugin = json.loads(out.read_text())
     ours = json.loads(dumps_report(data))  # as the file is written: an unbounded interval end is null there
@@ -77,7 +99,9 @@ def test_gate_runs_every_item_and_its_report_is_the_plugins_json(
     assert _strip(plugin) == _strip(ours)
 
 
-def test_gate_settings_are_validated_like_options(tiny_unlearned_dir: Path, tiny_model_dir: Path, tiny_data_dir: Path) -> None:
+def test_gate_settings_are_validated_like_options(
+    tiny_unlearned_dir: Path, tiny_model_dir: Path, tiny_data_dir: Path
+) -> None:
     with pytest.raises(ConfigError, match="--unlearn-quantizers: malformed quantizer 'rtn-x'"):
         gate(tiny_unlearned_dir, tiny_model_dir, tiny_data_dir, quantizers="rtn-x")
     with pytest.raises(ConfigError, match="--unlearn-verdict: 'maybe' is not a verdict policy"):
@@ -86,16 +110,22 @@ def test_gate_settings_are_validated_like_options(tiny_unlearned_dir: Path, tiny
         gate(tiny_unlearned_dir, tiny_model_dir, tiny_data_dir, confidence=0.5)
 
     assert (run_config(verdict="lenient", confidence=0.9).verdict, run_config(confidence=0.9).confidence) == (
-        "lenient", 0.9)
+        "lenient",
+        0.9,
+    )
     with pytest.raises(ConfigError, match="unknown gate setting.*quantiser"):
         gate(tiny_unlearned_dir, tiny_model_dir, tiny_data_dir, quantiser="rtn-w8")
-    with pytest.raises(ConfigError, match="--unlearn-data: data path .* does not exist"):  # checked before any model loads
+    with pytest.raises(
+        ConfigError, match="--unlearn-data: data path .* does not exist"
+    ):  # checked before any model loads
         gate(tiny_unlearned_dir, tiny_model_dir, tiny_data_dir / "missing")
     with pytest.raises(ConfigError, match="either a run config"):
         gate(tiny_unlearned_dir, run=run_config(model="x"))
 
 
-def test_quantizer_source_key_parts_and_handoff(tiny_unlearned_dir: Path, tiny_model_dir: Path, tiny_data_dir: Path) -> None:
+def test_quantizer_source_key_parts_and_handoff(
+    tiny_unlearned_dir: Path, tiny_model_dir: Path, tiny_data_dir: Path
+) -> None:
     run = _run(tiny_unlearned_dir, tiny_model_dir, tiny_data_dir, quantizers=("rtn-w8-sym",))
     with Gate(run, ResultCache(None, enabled=False)) as g:
         source = g.source("rtn-w8-sym")
@@ -150,8 +180,9 @@ class _Identity:
         yield Applied(view=inputs.model(role), details={"changed_fraction": 0.0})
 
 
-def test_a_new_kind_of_source_needs_only_a_registry_entry(monkeypatch: pytest.MonkeyPatch, tiny_unlearned_dir: Path,
-                                                           tiny_model_dir: Path, tiny_data_dir: Path) -> None:
+def test_a_new_kind_of_source_needs_only_a_registry_entry(
+    monkeypatch: pytest.MonkeyPatch, tiny_unlearned_dir: Path, tiny_model_dir: Path, tiny_data_dir: Path
+) -> None:
     """The engine has no branch on the kind of a variant: a registered kind gets rows and items."""
     import unlearn_assert.engine.sources as sources
 
@@ -168,22 +199,37 @@ def test_a_new_kind_of_source_needs_only_a_registry_entry(monkeypatch: pytest.Mo
         assert verdict.outcome in ("passed", "failed") and q.changed_fraction == 0.0
 
 
-def test_rows_round_trip_and_their_key_is_made_of_the_documented_parts(tiny_unlearned_dir: Path, tiny_model_dir: Path,
-                                                                        tiny_data_dir: Path) -> None:
+def test_rows_round_trip_and_their_key_is_made_of_the_documented_parts(
+    tiny_unlearned_dir: Path, tiny_model_dir: Path, tiny_data_dir: Path
+) -> None:
     run = _run(tiny_unlearned_dir, tiny_model_dir, tiny_data_dir)
     with Gate(run, ResultCache(None, enabled=False)) as g:
         row = g.row("unlearned", "rtn-w8")
         assert Row.from_dict(json.loads(json.dumps(row.to_dict()))) == row
         inputs = g.inputs
-        expected = cache_key({"kind": "row", "model": inputs.fingerprint("unlearned"), "variant": "rtn-w8",
-                              "data": inputs.data.fingerprint, "metrics": METRIC_SETTINGS, "device": "cpu", "dtype": "auto",
-                              "compute_dtype": "float32", "batch_size": None, "target": inputs.fingerprint("target")})
+        expected = cache_key(
+            {
+                "kind": "row",
+                "model": inputs.fingerprint("unlearned"),
+                "variant": "rtn-w8",
+                "data": inputs.data.fingerprint,
+                "metrics": METRIC_SETTINGS,
+                "device": "cpu",
+                "dtype": "auto",
+                "compute_dtype": "float32",
+                "batch_size": None,
+                "target": inputs.fingerprint("target"),
+            }
+        )
         assert row_key("unlearned", g.source("rtn-w8"), inputs) == expected
-        assert row_key("unlearned", None, inputs) != row_key("target", None, inputs)  # the model's content is in the key
+        assert row_key("unlearned", None, inputs) != row_key(
+            "target", None, inputs
+        )  # the model's content is in the key
 
 
-def test_recovery_items_do_not_load_the_retrain_model(tiny_unlearned_dir: Path, tiny_model_dir: Path, tiny_data_dir: Path,
-                                                       tiny_retrain_dir: Path) -> None:
+def test_recovery_items_do_not_load_the_retrain_model(
+    tiny_unlearned_dir: Path, tiny_model_dir: Path, tiny_data_dir: Path, tiny_retrain_dir: Path
+) -> None:
     """The retrain model is the privleak reference: only the privleak items compute its row."""
     run = _run(tiny_unlearned_dir, tiny_model_dir, tiny_data_dir, retrain=str(tiny_retrain_dir))
     with Gate(run, ResultCache(None, enabled=False)) as g:

@@ -19,8 +19,9 @@ def test_workflow_runs_the_documented_command() -> None:
     assert "pytest --unlearn-model=checkpoints/unlearned" in (EXAMPLE / "README.md").read_text()
 
 
-def test_release_ci_example_end_to_end(pytester: pytest.Pytester, tiny_model_dir: Path, tiny_in_cell_dir: Path,
-                                       tiny_data_dir: Path) -> None:
+def test_release_ci_example_end_to_end(
+    pytester: pytest.Pytester, tiny_model_dir: Path, tiny_in_cell_dir: Path, tiny_data_dir: Path
+) -> None:
     pytest.importorskip("bitsandbytes", reason="the example gates bnb quantizers: pip install 'unlearn-assert[bnb]'")
     for item in EXAMPLE.iterdir():
         (shutil.copytree if item.is_dir() else shutil.copy)(item, pytester.path / item.name)
@@ -28,13 +29,17 @@ def test_release_ci_example_end_to_end(pytester: pytest.Pytester, tiny_model_dir
     shutil.copytree(tiny_in_cell_dir, pytester.path / "checkpoints" / "unlearned")
     shutil.copytree(tiny_data_dir, pytester.path / "data" / "forget-set")
     sub = pytester.path / "tests"
-    result = pytester.runpytest_subprocess("--unlearn-model=checkpoints/unlearned", "-p", "no:randomly", "-rf", "--junitxml=j.xml")
+    result = pytester.runpytest_subprocess(
+        "--unlearn-model=checkpoints/unlearned", "-p", "no:randomly", "-rf", "--junitxml=j.xml"
+    )
     # this "unlearned" model's forgetting is undone by 4-bit RTN: the gate must fail the build
     assert result.ret == pytest.ExitCode.TESTS_FAILED, result.stdout.str()[-3000:]
     # on the fixture's 8 passages the recovery's interval may straddle the budget: then the failure says so (the
     # summary line is cut at the terminal's width); where the full-precision drop's interval straddles the floor too
     # (the tiny models train differently on AVX2-only kernels), the undecided message names the drop first
-    result.stdout.re_match_lines([r".*test_budget\[rtn-w4g128-verbmem_f\] - Failed: (verbmem_f RECOVERED|undecided: verbmem_f (rec|drop))"])
+    result.stdout.re_match_lines(
+        [r".*test_budget\[rtn-w4g128-verbmem_f\] - Failed: (verbmem_f RECOVERED|undecided: verbmem_f (rec|drop))"]
+    )
     report = json.loads((pytester.path / "unlearn-report.json").read_text())
     quantizers = {r["quantizer"] for r in report["rows"] if r["model"] == "unlearned"}
     assert quantizers == {"fp", "bnb-fp4", "bnb-nf4", "bnb-int8", "rtn-w4g128", "rtn-w8"}

@@ -52,14 +52,26 @@ def _files(root: Path) -> list[str]:
 
 
 def _args(unlearned: Path, target: Path, data: Path, cache: Path, *extra: str) -> list[str]:
-    return [f"--unlearn-model={unlearned}", f"--unlearn-target={target}", f"--unlearn-data={data}", "--unlearn-quantizers=rtn-w8",
-            f"--unlearn-cache-dir={cache}", "-p", "no:cacheprovider", "-k", "fp-verbmem_f", *extra]
+    return [
+        f"--unlearn-model={unlearned}",
+        f"--unlearn-target={target}",
+        f"--unlearn-data={data}",
+        "--unlearn-quantizers=rtn-w8",
+        f"--unlearn-cache-dir={cache}",
+        "-p",
+        "no:cacheprovider",
+        "-k",
+        "fp-verbmem_f",
+        *extra,
+    ]
 
 
 # --------------------------------------------------------------------------- full disk
 
 
-def test_atomic_write_on_a_full_disk_keeps_the_old_file_and_no_temp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_atomic_write_on_a_full_disk_keeps_the_old_file_and_no_temp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     old = tmp_path / "r.json"
     atomic_write_text(old, "previous")
 
@@ -74,7 +86,9 @@ def test_atomic_write_on_a_full_disk_keeps_the_old_file_and_no_temp(tmp_path: Pa
     assert _files(tmp_path) == ["r.json"] and old.read_text() == "previous"
 
 
-def test_result_cache_on_a_full_disk_warns_once_and_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_result_cache_on_a_full_disk_warns_once_and_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def full(fd: int) -> None:
         raise ENOSPC
 
@@ -92,11 +106,14 @@ def test_result_cache_on_a_full_disk_warns_once_and_writes_nothing(tmp_path: Pat
 
 
 def test_full_disk_during_a_run_gives_one_line_each_and_no_partial_file(
-        pytester: pytest.Pytester, tiny_unlearned_dir: Path, tiny_model_dir: Path, tiny_data_dir: Path) -> None:
+    pytester: pytest.Pytester, tiny_unlearned_dir: Path, tiny_model_dir: Path, tiny_data_dir: Path
+) -> None:
     pytester.makeconftest(FULL_DISK_CONFTEST)
     cache, report = pytester.path / "cache", pytester.path / "out" / "r.json"
     report.parent.mkdir()
-    result = pytester.runpytest_subprocess(*_args(tiny_unlearned_dir, tiny_model_dir, tiny_data_dir, cache, f"--unlearn-json={report}"))
+    result = pytester.runpytest_subprocess(
+        *_args(tiny_unlearned_dir, tiny_model_dir, tiny_data_dir, cache, f"--unlearn-json={report}")
+    )
     out = result.stdout.str() + result.stderr.str()
     assert result.ret in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED), out[-3000:]
     result.assert_outcomes(**({"passed": 1} if result.ret == 0 else {"failed": 1}), deselected=5)
@@ -112,7 +129,8 @@ def test_full_disk_during_a_run_gives_one_line_each_and_no_partial_file(
 
 
 def test_a_run_killed_mid_write_leaves_a_cache_the_next_run_uses(
-        pytester: pytest.Pytester, tiny_unlearned_dir: Path, tiny_model_dir: Path, tiny_data_dir: Path) -> None:
+    pytester: pytest.Pytester, tiny_unlearned_dir: Path, tiny_model_dir: Path, tiny_data_dir: Path
+) -> None:
     cache = pytester.path / "cache"
     conftest = pytester.makeconftest(KILL_CONFTEST)
     killed = pytester.runpytest_subprocess(*_args(tiny_unlearned_dir, tiny_model_dir, tiny_data_dir, cache))
@@ -121,7 +139,9 @@ def test_a_run_killed_mid_write_leaves_a_cache_the_next_run_uses(
     temps = [p for p in cache.rglob("*.tmp")]
     assert temps, "the kill was meant to land between the temp file and its rename"
     conftest.unlink()
-    rerun = pytester.runpytest_subprocess(*_args(tiny_unlearned_dir, tiny_model_dir, tiny_data_dir, cache, "--unlearn-json=r.json"))
+    rerun = pytester.runpytest_subprocess(
+        *_args(tiny_unlearned_dir, tiny_model_dir, tiny_data_dir, cache, "--unlearn-json=r.json")
+    )
     out = rerun.stdout.str() + rerun.stderr.str()
     assert rerun.ret in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED), out[-3000:]
     assert "Traceback" not in out and "target fp: cached result" in out
@@ -134,16 +154,24 @@ def test_a_run_killed_mid_write_leaves_a_cache_the_next_run_uses(
 
 
 def test_a_read_only_model_directory_works_and_is_left_untouched(
-        pytester: pytest.Pytester, tiny_unlearned_dir: Path, tiny_model_dir: Path, tiny_data_dir: Path) -> None:
+    pytester: pytest.Pytester, tiny_unlearned_dir: Path, tiny_model_dir: Path, tiny_data_dir: Path
+) -> None:
     dirs = {name: pytester.path / name for name in ("unlearned", "target")}
     shutil.copytree(tiny_unlearned_dir, dirs["unlearned"])
     shutil.copytree(tiny_model_dir, dirs["target"])
     for d in dirs.values():
         for p in [*d.iterdir(), d]:
-            p.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH | (stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH if p.is_dir() else 0))
+            p.chmod(
+                stat.S_IRUSR
+                | stat.S_IRGRP
+                | stat.S_IROTH
+                | (stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH if p.is_dir() else 0)
+            )
     before = {str(p): (p.stat().st_mtime_ns, p.stat().st_size) for d in dirs.values() for p in [d, *d.iterdir()]}
     try:
-        result = pytester.runpytest_subprocess(*_args(dirs["unlearned"], dirs["target"], tiny_data_dir, pytester.path / "cache"))
+        result = pytester.runpytest_subprocess(
+            *_args(dirs["unlearned"], dirs["target"], tiny_data_dir, pytester.path / "cache")
+        )
         after = {str(p): (p.stat().st_mtime_ns, p.stat().st_size) for d in dirs.values() for p in [d, *d.iterdir()]}
     finally:
         for d in dirs.values():
@@ -178,7 +206,8 @@ inputs.precheck = _bug
 
 
 def test_an_internal_error_in_an_item_is_one_line_naming_the_row(
-        pytester: pytest.Pytester, tiny_unlearned_dir: Path, tiny_model_dir: Path, tiny_data_dir: Path) -> None:
+    pytester: pytest.Pytester, tiny_unlearned_dir: Path, tiny_model_dir: Path, tiny_data_dir: Path
+) -> None:
     pytester.makeconftest(ITEM_BUG_CONFTEST)
     args = _args(tiny_unlearned_dir, tiny_model_dir, tiny_data_dir, pytester.path / "cache")
     args.remove("no:cacheprovider")
@@ -189,7 +218,9 @@ def test_an_internal_error_in_an_item_is_one_line_naming_the_row(
     lines = [line for line in result.stdout.lines if "internal error" in line and not line.startswith("FAILED")]
     assert len(lines) == 1, out[-3000:]
     line = lines[0]
-    assert line.startswith("unlearn-assert: internal error while computing the row target fp for test_budget[fp-verbmem_f]")
+    assert line.startswith(
+        "unlearn-assert: internal error while computing the row target fp for test_budget[fp-verbmem_f]"
+    )
     assert "(RuntimeError: forced internal error second line of it)" in line
     assert "this is a bug in unlearn-assert; please report it with the JSON report" in line
     assert "Traceback" not in out and "second line of it\n" not in out
@@ -199,18 +230,28 @@ def test_an_internal_error_in_an_item_is_one_line_naming_the_row(
     assert "Traceback (most recent call last)" in verbose.stdout.str() and "in _bug" in verbose.stdout.str()
 
 
-def test_an_internal_error_while_checking_options_is_one_line(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch,
-        tiny_unlearned_dir: Path, tiny_model_dir: Path, tiny_data_dir: Path) -> None:
+def test_an_internal_error_while_checking_options_is_one_line(
+    pytester: pytest.Pytester,
+    monkeypatch: pytest.MonkeyPatch,
+    tiny_unlearned_dir: Path,
+    tiny_model_dir: Path,
+    tiny_data_dir: Path,
+) -> None:
     # while options are checked pytest's cache is not set up yet, so the traceback goes to the temp dir: this test's own
     temp = pytester.path / "temp"
     temp.mkdir()
     monkeypatch.setenv("TMPDIR", str(temp))
     pytester.makeconftest(CONFIGURE_BUG_CONFTEST)
-    result = pytester.runpytest_subprocess(*_args(tiny_unlearned_dir, tiny_model_dir, tiny_data_dir, pytester.path / "cache"))
+    result = pytester.runpytest_subprocess(
+        *_args(tiny_unlearned_dir, tiny_model_dir, tiny_data_dir, pytester.path / "cache")
+    )
     lines = [line for line in result.stderr.lines if line.strip()]
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert len(lines) == 1, lines
-    assert lines[0].startswith("ERROR: unlearn-assert: internal error while checking the options and inputs (KeyError: 'forced internal error')")
+    assert lines[0].startswith(
+        "ERROR: unlearn-assert: internal error while checking the options and inputs (KeyError: 'forced internal "
+        "error')"
+    )
     assert "this is a bug in unlearn-assert" in lines[0] and "Traceback" not in result.stdout.str()
     log = temp / "internal-errors.log"
     assert f"full traceback in {log}" in lines[0] and "KeyError: 'forced internal error'" in log.read_text()

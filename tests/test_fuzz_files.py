@@ -31,14 +31,18 @@ from hypothesis import strategies as st  # noqa: E402
 from unlearn_assert.errors import UnlearnAssertError  # noqa: E402
 
 EXAMPLES = int(os.environ.get("UNLEARN_FUZZ_EXAMPLES", "0")) or settings.default.max_examples
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FUZZ = settings(
+    max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
 MODEL_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "model.safetensors")
 #: values a field may be swapped for: every JSON type, and numbers a model config should never hold
 ODD_VALUES: tuple[Any, ...] = (None, 0, -1, 3.5, 10**30, True, "x", "", [], {}, [1, 2], {"a": 1})
 
 
 @pytest.fixture(scope="module")
-def work(tmp_path_factory: pytest.TempPathFactory, tiny_unlearned_dir: Path, tiny_model_dir: Path, tiny_data_dir: Path) -> Path:
+def work(
+    tmp_path_factory: pytest.TempPathFactory, tiny_unlearned_dir: Path, tiny_model_dir: Path, tiny_data_dir: Path
+) -> Path:
     """Private copies to mutate (each mutation is undone right after its example)."""
     return copy_tiny_inputs(tmp_path_factory.mktemp("mutate"), tiny_unlearned_dir, tiny_model_dir, tiny_data_dir)
 
@@ -69,7 +73,7 @@ def _edit(value: Any, path: tuple[Any, ...], replacement: Any, delete: bool) -> 
 
 def _split_safetensors(data: bytes) -> tuple[bytes, bytes]:
     (n,) = struct.unpack("<Q", data[:8])
-    return data[8:8 + n], data[8 + n:]
+    return data[8 : 8 + n], data[8 + n :]
 
 
 @st.composite
@@ -112,7 +116,13 @@ def _fuzz(work: Path, files: list[Path], record_property: Any, name: str, load: 
     from unlearn_assert.config import build_run_config
     from unlearn_assert.engine.inputs import precheck
 
-    settings_ = {"model": str(work / "unlearned"), "target": str(work / "target"), "data": str(work / "data"), "quantizers": "rtn-w8", "no_cache": True}
+    settings_ = {
+        "model": str(work / "unlearned"),
+        "target": str(work / "target"),
+        "data": str(work / "data"),
+        "quantizers": "rtn-w8",
+        "no_cache": True,
+    }
     run = build_run_config(lambda opt: settings_.get(opt.name, opt.default))
     originals = {f: f.read_bytes() for f in files}
     tried: Counter[str] = Counter()
@@ -122,12 +132,16 @@ def _fuzz(work: Path, files: list[Path], record_property: Any, name: str, load: 
     def mutate(data: st.DataObject) -> None:
         file = data.draw(st.sampled_from(files), label="file")
         original = originals[file]
-        what, mutated = data.draw(mutation(original, file.suffix == ".json", file.suffix == ".safetensors"), label="mutation")
+        what, mutated = data.draw(
+            mutation(original, file.suffix == ".json", file.suffix == ".safetensors"), label="mutation"
+        )
         what = f"{file.relative_to(work)}: {what}"
         file.write_bytes(mutated)
         try:
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # as a user's run shows them; this repository's pytest makes them errors
+                warnings.simplefilter(
+                    "ignore"
+                )  # as a user's run shows them; this repository's pytest makes them errors
                 precheck(run)
                 load(work)
             tried["loaded"] += 1
@@ -174,7 +188,13 @@ def test_every_header_field_deleted_or_retyped_prechecks_cleanly(work: Path, rec
     from unlearn_assert.config import build_run_config
     from unlearn_assert.engine.inputs import precheck
 
-    settings_ = {"model": str(work / "unlearned"), "target": str(work / "target"), "data": str(work / "data"), "quantizers": "rtn-w8", "no_cache": True}
+    settings_ = {
+        "model": str(work / "unlearned"),
+        "target": str(work / "target"),
+        "data": str(work / "data"),
+        "quantizers": "rtn-w8",
+        "no_cache": True,
+    }
     run = build_run_config(lambda opt: settings_.get(opt.name, opt.default))
     tried: Counter[str] = Counter()
     for name in ("config.json", "tokenizer_config.json", "model.safetensors"):
@@ -199,6 +219,9 @@ def test_every_header_field_deleted_or_retyped_prechecks_cleanly(work: Path, rec
                     raise AssertionError(f"{what}: {type(exc).__name__}: {exc}") from exc
                 finally:
                     file.write_bytes(original)
-    print(f"header field sweep: {sum(tried.values())} mutations tried ({tried['refused']} refused, {tried['accepted']} accepted)")
+    print(
+        f"header field sweep: {sum(tried.values())} mutations tried ({tried['refused']} refused, {tried['accepted']} "
+        "accepted)"
+    )
     record_property("header_field_sweep_mutations", sum(tried.values()))
     assert tried["refused"] and tried["accepted"]

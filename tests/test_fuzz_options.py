@@ -29,63 +29,138 @@ from unlearn_assert.variants.quantizers import known_ids  # noqa: E402
 
 PATH_OPTIONS = tuple(o.name for o in OPTIONS if o.path)
 #: placeholders for the paths the fixture lays out in the run's directory (see ``_layout``)
-PLACES = ("@unlearned", "@target", "@data", "@calib", "@file", "@dir", "@loop", "@dangling", "@missing", "@devnull", "@link_target", "@out")
+PLACES = (
+    "@unlearned",
+    "@target",
+    "@data",
+    "@calib",
+    "@file",
+    "@dir",
+    "@loop",
+    "@dangling",
+    "@missing",
+    "@devnull",
+    "@link_target",
+    "@out",
+)
 
 # any text, plus what argv and ini files can carry that ordinary text rarely does: an undecodable
 # byte (argv gives it as a surrogate), separators of our own grammars, whitespace, a NUL byte
-odd = st.sampled_from(["\udcff", "\x00", "\t", " ", ",", ";", "=", "@", "-", "~", "/", ".", ":", "%", "'", '"', "\\", "é", "\u202e"])
+odd = st.sampled_from(
+    ["\udcff", "\x00", "\t", " ", ",", ";", "=", "@", "-", "~", "/", ".", ":", "%", "'", '"', "\\", "é", "\u202e"]
+)
 text = st.text(alphabet=st.characters(exclude_categories=("Cs",)) | odd, max_size=24)
 numbers = st.one_of(
     st.integers(-10, 10**20).map(str),
     st.floats(allow_nan=True, allow_infinity=True).map(repr),
     st.sampled_from(["nan", "inf", "-inf", "1e309", "-0", "0x10", "1_000", "٣", "", " 3 ", "+2"]),
 )
-quantizer_ids = st.sampled_from([*known_ids(), "rtn-w1", "rtn-w4g0", "rtn-w99", "bnb-fp5", "RTN-W8", "rtn-w8-sym", "gguf-q4_k_m", "hqq-w4", "fp"]) | text
+quantizer_ids = (
+    st.sampled_from(
+        [
+            *known_ids(),
+            "rtn-w1",
+            "rtn-w4g0",
+            "rtn-w99",
+            "bnb-fp5",
+            "RTN-W8",
+            "rtn-w8-sym",
+            "gguf-q4_k_m",
+            "hqq-w4",
+            "fp",
+        ]
+    )
+    | text
+)
 place = st.sampled_from(PLACES)
 path_value = st.one_of(
-    place, place.map(lambda p: p + "/sub"), text, text.map(lambda t: "demo:" + t), st.sampled_from(DEMO_MODELS).map(lambda n: "demo:" + n),
-    text.map(lambda t: "hf:" + t), text.map(lambda t: "~/" + t), st.just(""),
+    place,
+    place.map(lambda p: p + "/sub"),
+    text,
+    text.map(lambda t: "demo:" + t),
+    st.sampled_from(DEMO_MODELS).map(lambda n: "demo:" + n),
+    text.map(lambda t: "hf:" + t),
+    text.map(lambda t: "~/" + t),
+    st.just(""),
 )
 
 
 def _joined(items: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
-    return st.tuples(st.lists(items, max_size=4), st.sampled_from([",", " ", ", ", ",,", ";", "\t"])).map(lambda t: t[1].join(t[0]))
+    return st.tuples(st.lists(items, max_size=4), st.sampled_from([",", " ", ", ", ",,", ";", "\t"])).map(
+        lambda t: t[1].join(t[0])
+    )
 
 
 budget_token = st.one_of(
-    st.tuples(st.sampled_from([*BUDGET_KEYS, *all_metric_names(), "forgetfulness", "", "recovery@"]),
-              st.one_of(st.just(""), quantizer_ids.map(lambda q: "@" + q)), st.sampled_from(["=", "==", ":", ""]), numbers).map("".join),
+    st.tuples(
+        st.sampled_from([*BUDGET_KEYS, *all_metric_names(), "forgetfulness", "", "recovery@"]),
+        st.one_of(st.just(""), quantizer_ids.map(lambda q: "@" + q)),
+        st.sampled_from(["=", "==", ":", ""]),
+        numbers,
+    ).map("".join),
     text,
 )
 VALUES: dict[str, st.SearchStrategy[Any]] = {
     **{name: path_value for name in PATH_OPTIONS},
     "quantizers": _joined(quantizer_ids) | st.sampled_from(["", " ", ","]),
     "budget": _joined(budget_token),
-    "device": st.sampled_from(["auto", "cpu", "cuda", "cuda:0", "cuda:7", "mps", "gpu", "CPU", "cuda:", "cuda:-1", ""]) | text,
+    "device": st.sampled_from(["auto", "cpu", "cuda", "cuda:0", "cuda:7", "mps", "gpu", "CPU", "cuda:", "cuda:-1", ""])
+    | text,
     "dtype": st.sampled_from([*DTYPES, "fp16", "int8", ""]) | text,
     "devices": st.sampled_from(["0", "0,1", "1,1", "0,x", "-1", " 2 , 3 ", ""]) | numbers | text,
     "verdict": st.sampled_from(["point", "strict", "lenient", "STRICT", "loose", ""]) | text,
-    "attacks": _joined(st.sampled_from(["relearn-forget-50", "relearn-retain-5-lora", "relearn-forget-0", "relearn-forget-05",
-                                        "relearn-sideways-3", "rtn-w8"])) | text,
+    "attacks": _joined(
+        st.sampled_from(
+            [
+                "relearn-forget-50",
+                "relearn-retain-5-lora",
+                "relearn-forget-0",
+                "relearn-forget-05",
+                "relearn-sideways-3",
+                "rtn-w8",
+            ]
+        )
+    )
+    | text,
     "confidence": st.sampled_from(["0.9", "0.95", "0.99", "95", "95%", "0.5", "1", ""]) | numbers | text,
-    "device_map": st.sampled_from(["auto", "balanced", "sequential", "balanced_low_0", "everywhere", "AUTO", ""]) | text,
+    "device_map": st.sampled_from(["auto", "balanced", "sequential", "balanced_low_0", "everywhere", "AUTO", ""])
+    | text,
     "batch_size": numbers | st.sampled_from(["auto", "AUTO", "many"]) | text,
     "max_samples": numbers | text,
     "overlong": st.sampled_from(["error", "truncate", "TRUNCATE", "cut", ""]) | text,
     "retrain_auc": numbers | st.sampled_from(["muse-news", "MUSE-BOOKS", "muse", "0.5", "1", "0"]) | text,
-    "quantized": st.lists(st.tuples(st.sampled_from(["mine", "my_gptq", "fp", "a-b", ""]) | text, st.sampled_from(["=", ""]), path_value)
-                          .map("".join), max_size=3),
+    "quantized": st.lists(
+        st.tuples(
+            st.sampled_from(["mine", "my_gptq", "fp", "a-b", ""]) | text, st.sampled_from(["=", ""]), path_value
+        ).map("".join),
+        max_size=3,
+    ),
     "no_cache": st.booleans(),
     "allow_pickle": st.booleans(),
     # mc is left out: it builds lm-eval tasks (the lm-eval tests' business, as below)
     "benchmark": st.sampled_from(["auto", "muse", "tofu", "documents", "MUSE", "wmdp", "mc ", ""]) | text,
     "forget_split": st.sampled_from(["forget01", "forget05", "forget10", "forget11", "FORGET10", ""]) | text,
-    "documents": st.sampled_from(["", "seed=1", "chunk_words=50 gt_words=20", "seed=x", "words=3", "chunk_words=0",
-                                  "seed"]) | text,
+    "documents": st.sampled_from(
+        ["", "seed=1", "chunk_words=50 gt_words=20", "seed=x", "words=3", "chunk_words=0", "seed"]
+    )
+    | text,
     # names that config refuses, and files that do not exist: what lm-eval would build (a name it must look up in its
     # index of ~15,000 task files, tens of seconds) is the lm-eval tests' business
-    "utility_tasks": _joined(st.sampled_from(["utility", "knowmem_r", "@missing.yaml", "@missing.jsonl", "@file", "a b.yaml",
-                                              "forget_acc.yaml", "lm-eval:"]) | text.map(lambda t: t + ".yaml")),
+    "utility_tasks": _joined(
+        st.sampled_from(
+            [
+                "utility",
+                "knowmem_r",
+                "@missing.yaml",
+                "@missing.jsonl",
+                "@file",
+                "a b.yaml",
+                "forget_acc.yaml",
+                "lm-eval:",
+            ]
+        )
+        | text.map(lambda t: t + ".yaml")
+    ),
 }
 INI_BOOLS = st.sampled_from(["true", "false", "1", "0", "yes", "off", "maybe", ""])
 
@@ -93,20 +168,37 @@ INI_BOOLS = st.sampled_from(["true", "false", "1", "0", "yes", "off", "maybe", "
 #: a valid value of every option: most examples break only one or two of them, so that the checks
 #: behind the early ones (the files, the device, the cache dir) are reached too
 VALID: dict[str, st.SearchStrategy[Any]] = {
-    "model": st.just("@unlearned"), "target": st.just("@target"), "retrain": st.sampled_from(["@target", "@unlearned"]),
-    "data": st.just("@data"), "calibration": st.just("@calib"), "json": st.just("@out/r.json"), "html": st.just("@out/r.html"),
+    "model": st.just("@unlearned"),
+    "target": st.just("@target"),
+    "retrain": st.sampled_from(["@target", "@unlearned"]),
+    "data": st.just("@data"),
+    "calibration": st.just("@calib"),
+    "json": st.just("@out/r.json"),
+    "html": st.just("@out/r.html"),
     "cache_dir": st.sampled_from(["@out/cache", "@dir", "@out/new/deeper"]),
-    "quantizers": _joined(st.sampled_from(["rtn-w8", "rtn-w4g128", "bnb-nf4", "gptq-w4g128", "hqq-w4g64"])).filter(lambda q: q.strip(" ,;\t")),
+    "quantizers": _joined(st.sampled_from(["rtn-w8", "rtn-w4g128", "bnb-nf4", "gptq-w4g128", "hqq-w4g64"])).filter(
+        lambda q: q.strip(" ,;\t")
+    ),
     "budget": st.sampled_from(["", "recovery=0.2", "utility=0.8 knowmem_f@rtn-w8=0.1", "floor=3,privleak=10"]),
-    "device": st.sampled_from(["auto", "cpu"]), "dtype": st.sampled_from(DTYPES), "batch_size": st.sampled_from(["auto", "1", "16"]),
-    "devices": st.sampled_from(["", "0", "0,1"]), "device_map": st.sampled_from(["", "auto"]),
-    "verdict": st.sampled_from(["point", "strict", "lenient"]), "confidence": st.sampled_from(["0.9", "0.95", "0.99"]),
+    "device": st.sampled_from(["auto", "cpu"]),
+    "dtype": st.sampled_from(DTYPES),
+    "batch_size": st.sampled_from(["auto", "1", "16"]),
+    "devices": st.sampled_from(["", "0", "0,1"]),
+    "device_map": st.sampled_from(["", "auto"]),
+    "verdict": st.sampled_from(["point", "strict", "lenient"]),
+    "confidence": st.sampled_from(["0.9", "0.95", "0.99"]),
     "attacks": st.just(""),
-    "max_samples": st.sampled_from(["1", "3", "1000"]), "overlong": st.sampled_from(["error", "truncate"]),
+    "max_samples": st.sampled_from(["1", "3", "1000"]),
+    "overlong": st.sampled_from(["error", "truncate"]),
     "retrain_auc": st.sampled_from(["0.5", "muse-news", "muse-books"]),
-    "quantized": st.just([]), "no_cache": st.booleans(), "allow_pickle": st.booleans(),
-    "utility_tasks": st.just(""), "lm_eval_include": st.sampled_from(["", "@dir"]),
-    "benchmark": st.sampled_from(["auto", "muse"]), "forget_split": st.just("forget10"), "documents": st.just(""),
+    "quantized": st.just([]),
+    "no_cache": st.booleans(),
+    "allow_pickle": st.booleans(),
+    "utility_tasks": st.just(""),
+    "lm_eval_include": st.sampled_from(["", "@dir"]),
+    "benchmark": st.sampled_from(["auto", "muse"]),
+    "forget_split": st.just("forget10"),
+    "documents": st.just(""),
 }
 
 
@@ -122,7 +214,11 @@ def settings_of_a_run(draw: st.DrawFn) -> dict[str, tuple[str, Any]]:
     broken = set(draw(st.lists(st.sampled_from([o.name for o in OPTIONS]), max_size=2)))
     for opt in OPTIONS:
         required = opt.name in ("model", "target", "data")
-        where = draw(st.sampled_from(["cli", "cli", "ini", "both"] if required and not anything else ["unset", "unset", "cli", "ini", "both"]))
+        where = draw(
+            st.sampled_from(
+                ["cli", "cli", "ini", "both"] if required and not anything else ["unset", "unset", "cli", "ini", "both"]
+            )
+        )
         if where == "unset":
             continue
         if not anything and opt.name not in broken:
@@ -149,10 +245,20 @@ def _layout(root: Path, unlearned: Path, target: Path, data: Path) -> dict[str, 
     (root / "out").mkdir()
     (root / "loop").symlink_to("loop")
     (root / "dangling").symlink_to(root / "gone")
-    return {"@unlearned": str(root / "unlearned"), "@target": str(root / "target"), "@data": str(root / "data"),
-            "@calib": str(root / "calib.txt"), "@file": str(root / "plain.txt"), "@dir": str(root / "empty"),
-            "@loop": str(root / "loop"), "@dangling": str(root / "dangling"), "@missing": str(root / "missing" / "x"),
-            "@devnull": os.devnull, "@link_target": "unlearned", "@out": str(root / "out")}  # the last one relative: from the ini, to the ini's dir
+    return {
+        "@unlearned": str(root / "unlearned"),
+        "@target": str(root / "target"),
+        "@data": str(root / "data"),
+        "@calib": str(root / "calib.txt"),
+        "@file": str(root / "plain.txt"),
+        "@dir": str(root / "empty"),
+        "@loop": str(root / "loop"),
+        "@dangling": str(root / "dangling"),
+        "@missing": str(root / "missing" / "x"),
+        "@devnull": os.devnull,
+        "@link_target": "unlearned",
+        "@out": str(root / "out"),
+    }  # the last one relative: from the ini, to the ini's dir
 
 
 def _resolve(value: Any, places: dict[str, str]) -> Any:
@@ -180,19 +286,30 @@ def _command_line(chosen: dict[str, tuple[str, Any]], places: dict[str, str]) ->
             else:
                 args.append(f"{opt.cli}={value}")
         if where in ("ini", "both"):
-            shown = " ".join(value) if isinstance(value, list) else ("true" if value is True else "false" if value is False else value)
+            shown = (
+                " ".join(value)
+                if isinstance(value, list)
+                else ("true" if value is True else "false" if value is False else value)
+            )
             # an ini value is one line without NUL (the file format can carry nothing else)
             ini.append(f"{opt.ini} = " + " ".join(str(shown).replace("\x00", "").splitlines()))
     return args, ini
 
 
 def _ini_text(lines: list[str]) -> str:
-    return "[pytest]\n" + "".join(line.encode("utf-8", "surrogateescape").decode("utf-8", "replace") + "\n" for line in lines)
+    return "[pytest]\n" + "".join(
+        line.encode("utf-8", "surrogateescape").decode("utf-8", "replace") + "\n" for line in lines
+    )
 
 
 @pytest.fixture
-def places(pytester: pytest.Pytester, tiny_unlearned_dir: Path, tiny_model_dir: Path, tiny_data_dir: Path,
-           monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+def places(
+    pytester: pytest.Pytester,
+    tiny_unlearned_dir: Path,
+    tiny_model_dir: Path,
+    tiny_data_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[dict[str, str]]:
     """The run's directory, with every way to load a model (or build the demo) turned into a failure."""
     import transformers
 
@@ -202,11 +319,17 @@ def places(pytester: pytest.Pytester, tiny_unlearned_dir: Path, tiny_model_dir: 
     def loaded(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("a model or tokenizer was loaded while the options were checked")
 
-    for target, name in ((models, "load_model"), (models, "load_tokenizer"), (transformers.AutoModelForCausalLM, "from_pretrained"),
-                         (transformers.AutoTokenizer, "from_pretrained")):
+    for target, name in (
+        (models, "load_model"),
+        (models, "load_tokenizer"),
+        (transformers.AutoModelForCausalLM, "from_pretrained"),
+        (transformers.AutoTokenizer, "from_pretrained"),
+    ):
         monkeypatch.setattr(target, name, loaded)
     real = family.resolve_demo
-    monkeypatch.setattr(family, "resolve_demo", lambda spec, **kw: real(spec, **{**kw, "build": False}))  # never minutes of building
+    monkeypatch.setattr(
+        family, "resolve_demo", lambda spec, **kw: real(spec, **{**kw, "build": False})
+    )  # never minutes of building
     yield _layout(pytester.path, tiny_unlearned_dir, tiny_model_dir, tiny_data_dir)
 
 
@@ -219,7 +342,9 @@ def _check_message(message: str, where: str) -> None:
 FUZZ = settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)
 
 
-def test_configure_accepts_or_gives_one_usage_line(pytester: pytest.Pytester, places: dict[str, str], record_property: Any) -> None:
+def test_configure_accepts_or_gives_one_usage_line(
+    pytester: pytest.Pytester, places: dict[str, str], record_property: Any
+) -> None:
     """``pytest_configure`` on a real config from random argv + ini: accepted, or one UsageError line."""
     from unlearn_assert.plugin import pytest_configure, run_config_key
 
@@ -242,13 +367,19 @@ def test_configure_accepts_or_gives_one_usage_line(pytester: pytest.Pytester, pl
             assert run.enabled == ("model" in chosen and bool(_resolve(chosen["model"][1], places)))
 
     configure()
-    print(f"option fuzz: {sum(tried.values())} settings tried in-process ({tried['accepted']} accepted, {tried['refused']} refused)")
+    print(
+        f"option fuzz: {sum(tried.values())} settings tried in-process ({tried['accepted']} accepted, "
+        f"{tried['refused']} refused)"
+    )
     record_property("option_fuzz_examples", sum(tried.values()))
     assert tried["accepted"] and tried["refused"], "the strategy must reach both outcomes"
 
 
-def test_pytest_co_shows_accepted_or_one_error_line(pytester: pytest.Pytester, places: dict[str, str], record_property: Any) -> None:
-    """A sample through the whole ``pytest --co`` (in-process): what the user sees is accepted, or one ``ERROR:`` line."""
+def test_pytest_co_shows_accepted_or_one_error_line(
+    pytester: pytest.Pytester, places: dict[str, str], record_property: Any
+) -> None:
+    """A sample through the whole ``pytest --co`` (in-process): what the user sees is accepted, or one ``ERROR:``
+    line."""
     tried = {"n": 0}
     codes: dict[int, int] = {}
 
@@ -263,8 +394,12 @@ def test_pytest_co_shows_accepted_or_one_error_line(pytester: pytest.Pytester, p
         result = pytester.runpytest_inprocess("--co", "-q", "-p", "no:cacheprovider", "--noconftest", *args)
         codes[int(result.ret)] = codes.get(int(result.ret), 0) + 1
         out = result.stdout.str() + result.stderr.str()
-        assert result.ret in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED, pytest.ExitCode.USAGE_ERROR), f"{args} {ini}: {out[-2000:]}"
-        assert "Traceback" not in out and "INTERNALERROR" not in out and "internal error" not in out, f"{args} {ini}: {out[-2000:]}"
+        assert result.ret in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED, pytest.ExitCode.USAGE_ERROR), (
+            f"{args} {ini}: {out[-2000:]}"
+        )
+        assert "Traceback" not in out and "INTERNALERROR" not in out and "internal error" not in out, (
+            f"{args} {ini}: {out[-2000:]}"
+        )
         if result.ret == pytest.ExitCode.USAGE_ERROR:
             lines = [line for line in result.stderr.lines if line.strip()]
             assert len(lines) == 1 and lines[0].startswith("ERROR: "), f"{args} {ini}: {lines}"

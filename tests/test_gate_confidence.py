@@ -18,10 +18,19 @@ import pytest
 from test_gate import gate_args, outcomes
 
 
-def _run(pytester: pytest.Pytester, model: Path, target: Path, data: Path, name: str, *extra: str) -> tuple[pytest.RunResult, dict[str, Any]]:
-    result = pytester.runpytest_subprocess(*gate_args(model, target, data, cache=pytester.path / "cache"),
-                                           f"--unlearn-json={name}.json", f"--junitxml={name}.xml", "-rA", *extra)
-    assert result.ret in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED), result.stdout.str()[-3000:] + result.stderr.str()
+def _run(
+    pytester: pytest.Pytester, model: Path, target: Path, data: Path, name: str, *extra: str
+) -> tuple[pytest.RunResult, dict[str, Any]]:
+    result = pytester.runpytest_subprocess(
+        *gate_args(model, target, data, cache=pytester.path / "cache"),
+        f"--unlearn-json={name}.json",
+        f"--junitxml={name}.xml",
+        "-rA",
+        *extra,
+    )
+    assert result.ret in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED), (
+        result.stdout.str()[-3000:] + result.stderr.str()
+    )
     assert "Traceback" not in result.stdout.str()
     return result, json.loads((pytester.path / f"{name}.json").read_text())
 
@@ -38,8 +47,10 @@ def _straddled(report: dict[str, Any]) -> tuple[dict[str, Any], float]:
         top = min(hi, 1.0)
         if gate["outcome"] == "passed" and gate["decided"] and lo < est and est >= 0 and top - est > 0.02:
             return v, round((est + top) / 2, 4)
-    raise AssertionError("no recovery item with an interval around its estimate: "
-                         + "; ".join(f"{v['item']} {v.get('estimate')} {v.get('ci')}" for v in report["verdicts"]))
+    raise AssertionError(
+        "no recovery item with an interval around its estimate: "
+        + "; ".join(f"{v['item']} {v.get('estimate')} {v.get('ci')}" for v in report["verdicts"])
+    )
 
 
 def _floor_below_the_drop(report: dict[str, Any], check: str) -> str:
@@ -52,8 +63,9 @@ def _floor_below_the_drop(report: dict[str, Any], check: str) -> str:
     return f" floor={round(gate['ci'][0] / 2, 3)}"
 
 
-def test_each_policy_changes_outcomes_exactly_as_defined(pytester: pytest.Pytester, tiny_in_cell_dir: Path,
-                                                         tiny_model_dir: Path, tiny_data_dir: Path) -> None:
+def test_each_policy_changes_outcomes_exactly_as_defined(
+    pytester: pytest.Pytester, tiny_in_cell_dir: Path, tiny_model_dir: Path, tiny_data_dir: Path
+) -> None:
     args = (tiny_in_cell_dir, tiny_model_dir, tiny_data_dir)
     first, report = _run(pytester, *args, "first", "-k", "verbmem_f")
     # the resolution is stated before the table, and warned about: 8 passages cannot resolve a 25% recovery
@@ -62,8 +74,12 @@ def test_each_policy_changes_outcomes_exactly_as_defined(pytester: pytest.Pytest
     lines = first.stdout.lines
     head = next(i for i, line in enumerate(lines) if line.startswith("unlearn-assert: resolution at 95% "))
     assert head < next(i for i, line in enumerate(lines) if line.startswith("model ") and "verdict" in line)
-    first.stdout.fnmatch_lines([f"unlearn-assert: warning: verbmem_f's resolution {res['recovery']:.0%} exceeds its 25% "
-                                "recovery budget: n=8 forget passages cannot tell a 25% recovery from none; add forget items"])
+    first.stdout.fnmatch_lines(
+        [
+            f"unlearn-assert: warning: verbmem_f's resolution {res['recovery']:.0%} exceeds its 25% "
+            "recovery budget: n=8 forget passages cannot tell a 25% recovery from none; add forget items"
+        ]
+    )
 
     floor = _floor_below_the_drop(report, "verbmem_f")
     if floor:  # the drop's interval straddles the default floor (as on AVX2-only kernels): a measured floor decides it
@@ -86,7 +102,10 @@ def test_each_policy_changes_outcomes_exactly_as_defined(pytester: pytest.Pytest
         v = next(v for v in rep["verdicts"] if v["item"] == item["item"])
         assert v["policy"] == policy and v["decided"] is False and v["budget"] == budget and v["ci"] == item["ci"]
         assert v["message"].startswith(f"undecided: {check} recovery {item['estimate']:.0%} [")
-        assert f"straddles the {budget:.0%} budget at n=8 forget passages; add forget items or choose --unlearn-verdict" in v["message"]
+        assert (
+            f"straddles the {budget:.0%} budget at n=8 forget passages; add forget items or choose --unlearn-verdict"
+            in v["message"]
+        )
         assert rep["provenance"]["settings"]["verdict"] == policy
         d = next(v for v in rep["verdicts"] if v["item"] == f"test_budget[{other}-{check}]")
         assert d["decided"] is True and seen[policy][f"{other}-{check}"] == decided_same, d["message"]
@@ -97,15 +116,22 @@ def test_each_policy_changes_outcomes_exactly_as_defined(pytester: pytest.Pytest
 
 
 def test_a_budget_above_the_resolution_gives_no_warning_and_the_confidence_widens(
-        pytester: pytest.Pytester, tiny_in_cell_dir: Path, tiny_model_dir: Path, tiny_data_dir: Path) -> None:
+    pytester: pytest.Pytester, tiny_in_cell_dir: Path, tiny_model_dir: Path, tiny_data_dir: Path
+) -> None:
     args = (tiny_in_cell_dir, tiny_model_dir, tiny_data_dir)
     _, report = _run(pytester, *args, "c95", "-k", "fp-verbmem_f")
     resolution = report["resolution"]["verbmem_f"]["recovery"]
     assert 0 < resolution < 0.95  # else no recovery budget (at most 1) could be above it
     loose = round(resolution + 0.05, 2)
     quiet, rep = _run(pytester, *args, "loose", "-k", "fp-verbmem_f", f"--unlearn-budget=verbmem_f={loose}")
-    assert rep["resolution"]["verbmem_f"] == {**report["resolution"]["verbmem_f"], "budget": loose, "exceeds_budget": False}
-    quiet.stdout.fnmatch_lines([f"unlearn-assert: resolution at 95% *verbmem_f {resolution:.0%} (n=8 forget passages)*"])
+    assert rep["resolution"]["verbmem_f"] == {
+        **report["resolution"]["verbmem_f"],
+        "budget": loose,
+        "exceeds_budget": False,
+    }
+    quiet.stdout.fnmatch_lines(
+        [f"unlearn-assert: resolution at 95% *verbmem_f {resolution:.0%} (n=8 forget passages)*"]
+    )
     assert not any(line.startswith("unlearn-assert: warning: verbmem_f") for line in quiet.stdout.lines)
     wide, rep99 = _run(pytester, *args, "c99", "-k", "fp-verbmem_f", "--unlearn-confidence=0.99")
     assert rep99["provenance"]["bootstrap"]["confidence"] == 0.99

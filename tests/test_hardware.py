@@ -30,7 +30,9 @@ def bf16_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Pat
     return out
 
 
-def test_auto_on_a_cpu_without_native_bf16_computes_in_float32(bf16_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_auto_on_a_cpu_without_native_bf16_computes_in_float32(
+    bf16_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import torch
 
     monkeypatch.setattr(hardware, "native_bf16", lambda: False)
@@ -107,7 +109,9 @@ def test_avx2_only_kernels_report_no_native_bf16() -> None:
         "print(json.dumps({**compute_info(), 'fp32_ms': ms(a, b), 'bf16_ms': ms(a.bfloat16(), b.bfloat16())}))\n"
     )
     env = {**os.environ, **AVX2_ENV}
-    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120, check=True
+    )
     info = json.loads(out.stdout.strip().splitlines()[-1])
     assert info["cpu_capability"] == "AVX2" and info["onednn_max_cpu_isa"] == "AVX2"
     assert info["native_bf16"] is False
@@ -137,7 +141,9 @@ def test_bf16_weights_on_cpu_are_emulated_in_float32_and_keep_the_regime(target:
     assert 0 < moved16 < 0.2 * total  # in bf16 storage only the near-zero weights can take it
 
 
-def test_the_row_cache_key_holds_the_compute_dtype(bf16_model_dir: Path, tiny_data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_row_cache_key_holds_the_compute_dtype(
+    bf16_model_dir: Path, tiny_data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """``--unlearn-dtype auto`` computes a bf16 checkpoint in bf16 on one CPU and in float32 on
     another: the two results must never share a cache entry (nothing is loaded to tell)."""
     from unlearn_assert.cache import ResultCache
@@ -153,6 +159,8 @@ def test_the_row_cache_key_holds_the_compute_dtype(bf16_model_dir: Path, tiny_da
         keys[native] = (inputs.compute_dtype("unlearned"), row_key("unlearned", None, inputs))
     assert keys[True][0] == "bfloat16" and keys[False][0] == "float32"
     assert keys[True][1] != keys[False][1]
-    explicit = Inputs(run_config(model=bf16_model_dir, target=bf16_model_dir, data=tiny_data_dir, device="cpu", dtype="float32"),
-                      ResultCache(None, enabled=False))
+    explicit = Inputs(
+        run_config(model=bf16_model_dir, target=bf16_model_dir, data=tiny_data_dir, device="cpu", dtype="float32"),
+        ResultCache(None, enabled=False),
+    )
     assert explicit.compute_dtype("target") == "float32"  # an explicit dtype always wins

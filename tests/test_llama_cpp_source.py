@@ -12,28 +12,32 @@ import pytest
 from unlearn_assert.errors import ConfigError
 from unlearn_assert.quant import llama_cpp_source as src
 
-INIT = '''from __future__ import annotations
+INIT = """from __future__ import annotations
 TEXT_MODEL_MAP: dict[str, str] = {
     "LlamaForCausalLM": "llama",
     "Gemma3ForCausalLM": "gemma",
 }
 MMPROJ_MODEL_MAP: dict[str, str] = {"LlavaForConditionalGeneration": "llava"}
-'''
+"""
 
 
 def _sdist(path: Path, version: str = "9.9.9", commit: str = "abc1234", *, skip: str = "") -> Path:
     """A llama-cpp-python-shaped sdist holding the converter's files (and others that must not be taken)."""
     top = f"llama_cpp_python-{version}"
-    changelog = (f"# Changelog\n\n## [{version}]\n\n- feat: update llama.cpp to ggml-org/llama.cpp@{commit}\n\n"
-                 "## [9.9.8]\n\n- feat: update llama.cpp to ggml-org/llama.cpp@0000000\n")
-    files = {f"{top}/CHANGELOG.md": changelog,
-             f"{top}/vendor/llama.cpp/convert_hf_to_gguf.py": "print('converter')\n",
-             f"{top}/vendor/llama.cpp/conversion/__init__.py": INIT,
-             f"{top}/vendor/llama.cpp/conversion/base.py": "\n",
-             f"{top}/vendor/llama.cpp/gguf-py/gguf/__init__.py": "\n",
-             f"{top}/vendor/llama.cpp/LICENSE": "MIT\n",
-             f"{top}/vendor/llama.cpp/src/llama.cpp": "// not taken\n",
-             f"{top}/llama_cpp/__init__.py": "# not taken\n"}
+    changelog = (
+        f"# Changelog\n\n## [{version}]\n\n- feat: update llama.cpp to ggml-org/llama.cpp@{commit}\n\n"
+        "## [9.9.8]\n\n- feat: update llama.cpp to ggml-org/llama.cpp@0000000\n"
+    )
+    files = {
+        f"{top}/CHANGELOG.md": changelog,
+        f"{top}/vendor/llama.cpp/convert_hf_to_gguf.py": "print('converter')\n",
+        f"{top}/vendor/llama.cpp/conversion/__init__.py": INIT,
+        f"{top}/vendor/llama.cpp/conversion/base.py": "\n",
+        f"{top}/vendor/llama.cpp/gguf-py/gguf/__init__.py": "\n",
+        f"{top}/vendor/llama.cpp/LICENSE": "MIT\n",
+        f"{top}/vendor/llama.cpp/src/llama.cpp": "// not taken\n",
+        f"{top}/llama_cpp/__init__.py": "# not taken\n",
+    }
     with tarfile.open(path, "w:gz") as tar:
         for name, text in files.items():
             if skip and name.endswith(skip):
@@ -77,14 +81,17 @@ def test_where_the_converter_is_looked_for(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setattr(src, "installed_version", lambda: "9.9.9")
     root, reason = src.find_converter()
     assert root is None
-    assert reason == ("llama.cpp's converter (convert_hf_to_gguf.py of llama-cpp-python 9.9.9) is not set up; "
-                      f"run: {src.SETUP} (or set ${src.ENV} to a llama.cpp checkout)")
+    assert reason == (
+        "llama.cpp's converter (convert_hf_to_gguf.py of llama-cpp-python 9.9.9) is not set up; "
+        f"run: {src.SETUP} (or set ${src.ENV} to a llama.cpp checkout)"
+    )
     src.install_from_sdist(_sdist(tmp_path / "s.tar.gz"), src.default_dir("9.9.9"))
     assert src.find_converter() == (tmp_path / "xdg" / "unlearn-assert" / "llama.cpp" / "llama-cpp-python-9.9.9", "")
 
 
-def test_the_command_sets_it_up_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_command_sets_it_up_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     from unlearn_assert.cli import main
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))

@@ -65,7 +65,11 @@ def test_batch_size_does_not_change_greedy_tokens(target: LoadedModel, tiny_data
     single, used1 = verbmem_generations(target.model, target.tokenizer, prompts, batch_size=1)
     triple, used3 = verbmem_generations(target.model, target.tokenizer, prompts, batch_size=3)
     full, used_auto = verbmem_generations(target.model, target.tokenizer, prompts, batch_size=None)
-    assert (used1.batch_size, used3.batch_size, used_auto.batch_size) == (1, 3, len(prompts))  # auto: all 8 fit in one batch
+    assert (used1.batch_size, used3.batch_size, used_auto.batch_size) == (
+        1,
+        3,
+        len(prompts),
+    )  # auto: all 8 fit in one batch
     assert used1.forward_passes > used3.forward_passes > used_auto.forward_passes
     assert single == triple == full
     assert any(len(ids) == 128 for ids in single)  # the rows really ran to max_new_tokens
@@ -74,7 +78,15 @@ def test_batch_size_does_not_change_greedy_tokens(target: LoadedModel, tiny_data
 def test_batched_knowmem_equals_batch_one(target: LoadedModel, tiny_data: MuseData) -> None:
     questions = [item.question for item in tiny_data.knowmem_retain_qa]
     runs = [
-        knowmem_generations(target.model, target.tokenizer, questions, tiny_data.knowmem_retain_icl, batch_size=bs, reuse_prefix=reuse, early_stop=False)
+        knowmem_generations(
+            target.model,
+            target.tokenizer,
+            questions,
+            tiny_data.knowmem_retain_icl,
+            batch_size=bs,
+            reuse_prefix=reuse,
+            early_stop=False,
+        )
         for bs in (1, 4)
         for reuse in (False, True)
     ]
@@ -89,7 +101,9 @@ def test_prefix_reuse_equals_full_prompt_path(target: LoadedModel, tiny_data: Mu
     tok = target.tokenizer
     questions = [item.question for item in tiny_data.knowmem_forget_qa]
     fast_texts, fast = knowmem_generations(target.model, tok, questions, tiny_data.knowmem_forget_icl, batch_size=4)
-    slow_texts, slow = knowmem_generations(target.model, tok, questions, tiny_data.knowmem_forget_icl, batch_size=1, reuse_prefix=False, early_stop=False)
+    slow_texts, slow = knowmem_generations(
+        target.model, tok, questions, tiny_data.knowmem_forget_icl, batch_size=1, reuse_prefix=False, early_stop=False
+    )
     assert fast_texts == slow_texts
     for short, whole in zip(fast.ids, slow.ids):  # early stop only drops tokens the cut removes
         assert whole[: len(short)] == short
@@ -136,14 +150,20 @@ def test_equals_naive_sequential_implementation(target: LoadedModel, tiny_data: 
 def test_evaluation_records(evaluation: Any, tiny_data: MuseData) -> None:
     extras = evaluation.extras
     assert extras["n"] == {
-        "verbmem_forget": 8, "knowmem_forget_qa": 10, "knowmem_retain_qa": 10, "privleak_forget": 10, "privleak_holdout": 10,
+        "verbmem_forget": 8,
+        "knowmem_forget_qa": 10,
+        "knowmem_retain_qa": 10,
+        "privleak_forget": 10,
+        "privleak_holdout": 10,
     }
     assert extras["auc_reference"] == 0.5 and extras["auc_reference_source"] == "default"
     assert set(extras["attack_aucs"]) == {"min_40", "loss", "zlib", "mink_pp"}
     assert extras["generation_config_ignored"] == []
     assert extras["prefix_fallbacks"] == 0 and set(extras["prefix_cache"]) == {"knowmem_f", "knowmem_r"}
     assert set(extras["seconds"]) == set(evaluation.values) == set(extras["batch_size"])
-    assert extras["over_context"] == {"verbmem_f": 0, "knowmem_f": 0, "knowmem_r": 0} and extras["privleak_truncated"] == 0
+    assert (
+        extras["over_context"] == {"verbmem_f": 0, "knowmem_f": 0, "knowmem_r": 0} and extras["privleak_truncated"] == 0
+    )
     for metric, (lo, hi) in evaluation.ci.items():
         assert lo <= evaluation.values[metric] <= hi, metric
     record = evaluation.samples["knowmem_f"][0]
@@ -210,6 +230,8 @@ def test_max_samples_and_batch_size(target: LoadedModel, tiny_data: MuseData, ev
     assert small.extras["max_samples"] == 2
     # the first two items score as they do in the full run (greedy tokens independent of batch)
     for metric in ("verbmem_f", "knowmem_f", "knowmem_r"):
-        assert [s["generation"] for s in small.samples[metric]] == [s["generation"] for s in evaluation.samples[metric][:2]]
+        assert [s["generation"] for s in small.samples[metric]] == [
+            s["generation"] for s in evaluation.samples[metric][:2]
+        ]
     same = evaluate(target, tiny_data.limited(2), batch_size=2)
     assert same.values == small.values

@@ -33,7 +33,9 @@ def _reference_stats(model: Any, tokenizer: Any, text: str) -> tuple[list[float]
 
 
 @pytest.mark.parametrize("plan", [None, pl.ScoringPlan(tokens=48, head_positions=7, budget=0)], ids=["auto", "chunked"])
-def test_chunked_privleak_scores_equal_full_logits(target: LoadedModel, tiny_data: MuseData, plan: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_chunked_privleak_scores_equal_full_logits(
+    target: LoadedModel, tiny_data: MuseData, plan: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     model, tok = target.model, target.tokenizer
     texts = list(tiny_data.privleak_forget) + list(tiny_data.privleak_holdout)
     head_rows: list[int] = []
@@ -81,12 +83,16 @@ def test_padded_width_depends_on_the_text_alone() -> None:
     assert pl.padded_width(1000, window=1001) == 1001 and pl.padded_width(1000, window=900) == 1000
 
 
-def test_chunked_prefill_and_small_batches_give_the_same_tokens(target: LoadedModel, tiny_data: MuseData, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_chunked_prefill_and_small_batches_give_the_same_tokens(
+    target: LoadedModel, tiny_data: MuseData, monkeypatch: pytest.MonkeyPatch
+) -> None:
     model, tok = target.model, target.tokenizer
     prompts = [item.prompt for item in tiny_data.verbmem_forget]
     reference, _ = verbmem_generations(model, tok, prompts, batch_size=1)
     questions = [item.question for item in tiny_data.knowmem_forget_qa]
-    ref_texts, ref_out = knowmem_generations(model, tok, questions, tiny_data.knowmem_forget_icl, batch_size=1, reuse_prefix=False, early_stop=False)
+    ref_texts, ref_out = knowmem_generations(
+        model, tok, questions, tiny_data.knowmem_forget_icl, batch_size=1, reuse_prefix=False, early_stop=False
+    )
     # prompts prefilled 5 tokens at a time (several chunks per prompt), 3 rows decoded together
     monkeypatch.setattr(gen, "plan_generation", lambda *a, **k: gen.GenerationPlan(rows=3, prefill_tokens=5, budget=0))
     assert min(len(tok(p)["input_ids"]) for p in prompts) > 5
@@ -110,7 +116,9 @@ def test_presized_cache_writes_in_place() -> None:
     step = [torch.randn(2, 3, 1, 5), torch.randn(2, 3, 1, 5)]
     k, v = cache.update(step[0], step[1], 0)
     assert cache.layers[0].k_buf.data_ptr() == pointer and cache.get_seq_length() == 4
-    assert torch.equal(k, torch.cat([first[0], step[0]], dim=2)) and torch.equal(v, torch.cat([first[1], step[1]], dim=2))
+    assert torch.equal(k, torch.cat([first[0], step[0]], dim=2)) and torch.equal(
+        v, torch.cat([first[1], step[1]], dim=2)
+    )
     cache.compact(torch.tensor([1]), 5)
     assert torch.equal(cache.layers[0].k_buf[0, :, :5], torch.cat([first[0], step[0]], dim=2)[1])
 
@@ -126,8 +134,16 @@ def test_length_buckets_do_not_mix_a_400_token_prompt_with_950() -> None:
 def _fake_model(dtype: Any, hidden: int = 2048, layers: int = 16, vocab: int = 32000) -> Any:
     import torch
 
-    config = SimpleNamespace(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=16, num_key_value_heads=4,
-                             intermediate_size=4 * hidden, vocab_size=vocab, tie_word_embeddings=False, max_position_embeddings=4096)
+    config = SimpleNamespace(
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=16,
+        num_key_value_heads=4,
+        intermediate_size=4 * hidden,
+        vocab_size=vocab,
+        tie_word_embeddings=False,
+        max_position_embeddings=4096,
+    )
     param = torch.zeros(1, dtype=torch.uint8)  # packed weights: the budget must not look at them
     return SimpleNamespace(config=config, dtype=dtype, parameters=lambda: iter([param]))
 
@@ -141,13 +157,21 @@ def test_memory_budget_and_plan_respect_it_deterministically() -> None:
     assert budget == min(int(gen.CPU_BUDGET_FACTOR * shape.weight_bytes), budget) and budget >= gen.MIN_BUDGET
     for prompt, new in ((950, 128), (40, 32), (3000, 128)):
         plan = gen.plan_generation(model, 100, prompt, new)
-        per_row = shape.kv_bytes_per_token * (prompt + new) + shape.vocab * 8 + shape.activation_bytes_per_token(prompt + new)
-        assert plan.rows == 1 or plan.rows * per_row + plan.prefill_tokens * shape.activation_bytes_per_token(prompt) <= budget
+        per_row = (
+            shape.kv_bytes_per_token * (prompt + new) + shape.vocab * 8 + shape.activation_bytes_per_token(prompt + new)
+        )
+        assert (
+            plan.rows == 1
+            or plan.rows * per_row + plan.prefill_tokens * shape.activation_bytes_per_token(prompt) <= budget
+        )
         assert plan == gen.plan_generation(_fake_model(torch.float32), 100, prompt, new)  # same config -> same plan
     scoring = pl.plan_scoring(model)
     assert scoring.head_positions * shape.vocab * 4 * 3 <= budget // 4 + shape.vocab * 12
     # half precision halves the KV and activation bytes: more rows, from the dtype alone
-    assert gen.plan_generation(_fake_model(torch.bfloat16), 100, 950, 128).rows >= gen.plan_generation(model, 100, 950, 128).rows
+    assert (
+        gen.plan_generation(_fake_model(torch.bfloat16), 100, 950, 128).rows
+        >= gen.plan_generation(model, 100, 950, 128).rows
+    )
 
 
 def test_evaluate_reports_where_the_time_goes(target: LoadedModel, tiny_data: MuseData) -> None:
@@ -161,7 +185,9 @@ def test_evaluate_reports_where_the_time_goes(target: LoadedModel, tiny_data: Mu
         assert sum(parts.values()) == pytest.approx(ev.extras["seconds"][metric])
 
 
-def test_gqa_attention_on_cpu_copies_no_kv_and_changes_no_bit(target: LoadedModel, tiny_data: MuseData, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_gqa_attention_on_cpu_copies_no_kv_and_changes_no_bit(
+    target: LoadedModel, tiny_data: MuseData, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """With a mask (padded batches, decode steps) transformers copies K and V per query group on
     CPU (``repeat_kv``); ``sdpa_gqa_on_cpu`` lets torch group the heads instead. Same bits, no copy."""
     import torch
@@ -191,7 +217,9 @@ def test_gqa_attention_on_cpu_copies_no_kv_and_changes_no_bit(target: LoadedMode
     assert sdpa_attention.use_gqa_in_sdpa is not gen._gqa_kernel  # restored after the forward
 
 
-def test_long_texts_run_alone_unpadded_and_score_as_full_logits(target: LoadedModel, tiny_data: MuseData, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_long_texts_run_alone_unpadded_and_score_as_full_logits(
+    target: LoadedModel, tiny_data: MuseData, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A text of SOLO_TOKENS or more is its own batch with no padding (so no mask: SDPA's causal
     kernel), and scores exactly as the full-vocabulary reference does."""
     model, tok = target.model, target.tokenizer
@@ -199,7 +227,9 @@ def test_long_texts_run_alone_unpadded_and_score_as_full_logits(target: LoadedMo
     lengths = [len(tok(t)["input_ids"]) for t in texts]
     monkeypatch.setattr(pl, "SOLO_TOKENS", min(lengths))
     masks: list[Any] = []
-    handle = model.model.register_forward_pre_hook(lambda m, a, kw: masks.append(kw.get("attention_mask")), with_kwargs=True)
+    handle = model.model.register_forward_pre_hook(
+        lambda m, a, kw: masks.append(kw.get("attention_mask")), with_kwargs=True
+    )
     try:
         scores, used = pl.score_texts(model, tok, texts + texts[:1])  # a duplicate would share a padded batch
     finally:

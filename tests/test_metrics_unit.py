@@ -72,7 +72,10 @@ def test_stop_string_truncation(text: str, expected: str) -> None:
 
 
 def test_transformers4_clean_up() -> None:
-    assert clean_up_tokenization("Hello , world . Is it ? Yes ! I do n't , it 's ok") == "Hello, world. Is it? Yes! I don't, it's ok"
+    assert (
+        clean_up_tokenization("Hello , world . Is it ? Yes ! I do n't , it 's ok")
+        == "Hello, world. Is it? Yes! I don't, it's ok"
+    )
     assert clean_up_tokenization("plain text") == "plain text"
 
 
@@ -171,7 +174,9 @@ def test_mann_whitney_equals_sklearn_auc_with_ties() -> None:
     forget = np.round(rng.normal(0, 1, 23), 1).tolist()
     holdout = np.round(rng.normal(0.4, 1, 17), 1).tolist()
     # roc_auc takes Min-K% *values* (score = -value); mann_whitney takes member scores
-    assert mann_whitney_auc([-v for v in forget], [-v for v in holdout]) == pytest.approx(roc_auc(forget, holdout), abs=1e-12)
+    assert mann_whitney_auc([-v for v in forget], [-v for v in holdout]) == pytest.approx(
+        roc_auc(forget, holdout), abs=1e-12
+    )
 
 
 # --------------------------------------------------------------------------- bootstrap
@@ -192,7 +197,9 @@ def test_bootstrap_mean_ci_is_seeded_and_sane() -> None:
 def test_bootstrap_auc_ci() -> None:
     lo, hi = bootstrap_auc_ci([0.0, 0.1, 0.2], [1.0, 1.1, 1.2], seed=0, key="privleak")
     assert lo == hi == 1.0  # perfectly separated in every resample
-    lo, hi = bootstrap_auc_ci([0.0, 0.1, 0.2], [1.0, 1.1, 1.2], seed=0, key="privleak", transform=lambda a: privleak(a, 0.5))
+    lo, hi = bootstrap_auc_ci(
+        [0.0, 0.1, 0.2], [1.0, 1.1, 1.2], seed=0, key="privleak", transform=lambda a: privleak(a, 0.5)
+    )
     assert lo == hi == 100.0
     lo, hi = bootstrap_auc_ci([0.0, 0.5, 1.0, 0.2], [0.1, 0.6, 0.9, 0.3], seed=3, key="privleak")
     assert 0.0 <= lo < mann_whitney_auc([0.0, 0.5, 1.0, 0.2], [0.1, 0.6, 0.9, 0.3]) < hi <= 1.0
@@ -227,7 +234,9 @@ def test_evaluation_to_dict_is_plain_json() -> None:
     ev = Evaluation(
         values={"knowmem_f": 12.5, "privleak": float("nan")},
         ci={"knowmem_f": (1.0, 20.0)},
-        samples={"knowmem_f": [{"id": 0, "prompt": "q", "generation": "a", "reference": "b", "score": np.float64(0.5)}]},
+        samples={
+            "knowmem_f": [{"id": 0, "prompt": "q", "generation": "a", "reference": "b", "score": np.float64(0.5)}]
+        },
         extras={"n": {"knowmem_forget_qa": np.int64(1)}, "t": (1, 2)},
     )
     data = ev.to_dict()
@@ -277,5 +286,8 @@ def test_generation_settings_that_greedy_generate_would_apply_are_reported() -> 
     config = SimpleNamespace(repetition_penalty=1.0, no_repeat_ngram_size=0, temperature=0.6, top_p=0.9, do_sample=True)
     assert ignored_generation_settings(SimpleNamespace(generation_config=config)) == []  # sampling: MUSE ignores it too
     config.repetition_penalty, config.no_repeat_ngram_size = 1.3, 3
-    assert ignored_generation_settings(SimpleNamespace(generation_config=config)) == ["no_repeat_ngram_size", "repetition_penalty"]
+    assert ignored_generation_settings(SimpleNamespace(generation_config=config)) == [
+        "no_repeat_ngram_size",
+        "repetition_penalty",
+    ]
     assert ignored_generation_settings(SimpleNamespace()) == []

@@ -16,7 +16,11 @@ from unlearn_assert.models import check_compatible, check_model_dir, fingerprint
 
 
 def _tree_digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture
@@ -151,10 +155,14 @@ def test_mismatch_checks(tiny_model_dir: Path, tiny_unlearned_dir: Path, tmp_pat
 
     target = load_model(tiny_model_dir)
     check_compatible(target, load_model(tiny_unlearned_dir))  # same shapes and tokenizer: fine
-    wider = build_tiny_llama(tmp_path / "wider", ["some text for a tokenizer. " * 20], TinyRecipe(hidden_size=32, steps=0))
+    wider = build_tiny_llama(
+        tmp_path / "wider", ["some text for a tokenizer. " * 20], TinyRecipe(hidden_size=32, steps=0)
+    )
     with pytest.raises(ModelError, match="does not match the target's parameters"):
         check_compatible(target, load_model(wider))
-    other_tok = build_tiny_llama(tmp_path / "othertok", ["completely different words here! " * 20], TinyRecipe(steps=0, vocab_size=300))
+    other_tok = build_tiny_llama(
+        tmp_path / "othertok", ["completely different words here! " * 20], TinyRecipe(steps=0, vocab_size=300)
+    )
     other = load_model(other_tok)
     # same architecture and (padded to) the same shapes is not enough: the vocabularies differ
     other.model.resize_token_embeddings(len(target.tokenizer))

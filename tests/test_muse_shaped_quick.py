@@ -22,8 +22,21 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out = tmp_path_factory.mktemp("muse-shaped") / "report.json"
     env = {**os.environ, "UNLEARN_BENCH_QUICK": "1"}
-    done = subprocess.run([sys.executable, str(BENCHMARKS / "muse_shaped.py"), "--repeats", "1", "--fixed-mmap-threshold", "--json", str(out)],
-                          env=env, capture_output=True, text=True, timeout=1800)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(BENCHMARKS / "muse_shaped.py"),
+            "--repeats",
+            "1",
+            "--fixed-mmap-threshold",
+            "--json",
+            str(out),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     print(done.stdout)
     assert done.returncode == 0, done.stderr[-3000:]
     return dict(json.loads(out.read_text()))

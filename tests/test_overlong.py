@@ -88,8 +88,9 @@ def test_a_chat_template_is_counted_with_transformers(tmp_path: Path, tiny_model
 # --------------------------------------------------------------------------- error (the default)
 
 
-def test_the_120k_token_prompt_is_one_line_before_anything_loads(tiny_unlearned_dir: Path, tiny_model_dir: Path,
-                                                                  long_data: Path) -> None:
+def test_the_120k_token_prompt_is_one_line_before_anything_loads(
+    tiny_unlearned_dir: Path, tiny_model_dir: Path, long_data: Path
+) -> None:
     from unlearn_assert.engine.inputs import precheck
 
     run = run_config(model=tiny_unlearned_dir, target=tiny_model_dir, data=long_data, max_samples=2)
@@ -108,8 +109,9 @@ def test_the_120k_token_prompt_is_one_line_before_anything_loads(tiny_unlearned_
     assert seconds < 30, f"the option-time check took {seconds:.1f} s"  # a fraction of a second on a quiet machine
 
 
-def test_every_kind_of_sequence_is_checked(tmp_path: Path, tiny_unlearned_dir: Path, tiny_model_dir: Path,
-                                           tiny_data_dir: Path) -> None:
+def test_every_kind_of_sequence_is_checked(
+    tmp_path: Path, tiny_unlearned_dir: Path, tiny_model_dir: Path, tiny_data_dir: Path
+) -> None:
     """A knowmem prompt (with 32 new tokens) and a privleak text (scored whole) beyond the window are refused too,
     each with the fix that fits it; several items too long are counted in the same line."""
     from unlearn_assert.engine.inputs import precheck
@@ -118,10 +120,16 @@ def test_every_kind_of_sequence_is_checked(tmp_path: Path, tiny_unlearned_dir: P
     window = _window(tiny_model_dir)
     text = _long_text(FileTokenizer(tiny_model_dir), window + 50, tiny_data_dir / "raw" / "forget.txt")
     cases = {
-        "knowmem/forget_qa.json": (lambda qa: [{**qa[0], "question": text}, *qa[1:]],
-                                   "knowmem_forget_qa item 0 is", "with the 32 tokens generated after it"),
-        "privleak/holdout.json": (lambda texts: [texts[0], text, text], "privleak_holdout item 1 is",
-                                  f"to score its first {window:,} tokens"),
+        "knowmem/forget_qa.json": (
+            lambda qa: [{**qa[0], "question": text}, *qa[1:]],
+            "knowmem_forget_qa item 0 is",
+            "with the 32 tokens generated after it",
+        ),
+        "privleak/holdout.json": (
+            lambda texts: [texts[0], text, text],
+            "privleak_holdout item 1 is",
+            f"to score its first {window:,} tokens",
+        ),
     }
     for i, (rel, (edit, where, fix)) in enumerate(cases.items()):
         data = _data_with(tmp_path / str(i), tiny_data_dir, rel, edit)
@@ -131,8 +139,9 @@ def test_every_kind_of_sequence_is_checked(tmp_path: Path, tiny_unlearned_dir: P
     assert "(1 more too long: privleak_holdout item 2)" in str(info.value)
 
 
-def test_a_tofu_item_beyond_the_window_is_refused(tmp_path: Path, tiny_unlearned_dir: Path,
-                                                  tiny_model_dir: Path) -> None:
+def test_a_tofu_item_beyond_the_window_is_refused(
+    tmp_path: Path, tiny_unlearned_dir: Path, tiny_model_dir: Path
+) -> None:
     from unlearn_assert.engine.inputs import precheck
 
     data = tmp_path / "tofu"
@@ -146,12 +155,18 @@ def test_a_tofu_item_beyond_the_window_is_refused(tmp_path: Path, tiny_unlearned
     assert "truncate" in str(info.value)
 
 
-def test_the_gate_exits_with_a_usage_error_and_loads_nothing(pytester: pytest.Pytester, tiny_unlearned_dir: Path,
-                                                             tiny_model_dir: Path, long_data: Path) -> None:
+def test_the_gate_exits_with_a_usage_error_and_loads_nothing(
+    pytester: pytest.Pytester, tiny_unlearned_dir: Path, tiny_model_dir: Path, long_data: Path
+) -> None:
     start = time.perf_counter()
-    result = pytester.runpytest_subprocess(f"--unlearn-model={tiny_unlearned_dir}",
-                                           f"--unlearn-target={tiny_model_dir}", f"--unlearn-data={long_data}",
-                                           "--unlearn-max-samples=2", "-p", "no:randomly")
+    result = pytester.runpytest_subprocess(
+        f"--unlearn-model={tiny_unlearned_dir}",
+        f"--unlearn-target={tiny_model_dir}",
+        f"--unlearn-data={long_data}",
+        "--unlearn-max-samples=2",
+        "-p",
+        "no:randomly",
+    )
     seconds = time.perf_counter() - start
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     errors = [line for line in result.stderr.lines if line.startswith("ERROR:")]
@@ -163,14 +178,23 @@ def test_the_gate_exits_with_a_usage_error_and_loads_nothing(pytester: pytest.Py
 # --------------------------------------------------------------------------- truncate
 
 
-def test_truncate_completes_in_seconds_and_records_each_cut(pytester: pytest.Pytester, tiny_unlearned_dir: Path,
-                                                            tiny_model_dir: Path, long_data: Path) -> None:
+def test_truncate_completes_in_seconds_and_records_each_cut(
+    pytester: pytest.Pytester, tiny_unlearned_dir: Path, tiny_model_dir: Path, long_data: Path
+) -> None:
     window = _window(tiny_model_dir)
     start = time.perf_counter()
     result = pytester.runpytest_subprocess(
-        f"--unlearn-model={tiny_unlearned_dir}", f"--unlearn-target={tiny_model_dir}", f"--unlearn-data={long_data}",
-        "--unlearn-max-samples=2", "--unlearn-quantizers=rtn-w8", "--unlearn-overlong=truncate", "--unlearn-no-cache",
-        "--unlearn-json=r.json", "-p", "no:randomly")
+        f"--unlearn-model={tiny_unlearned_dir}",
+        f"--unlearn-target={tiny_model_dir}",
+        f"--unlearn-data={long_data}",
+        "--unlearn-max-samples=2",
+        "--unlearn-quantizers=rtn-w8",
+        "--unlearn-overlong=truncate",
+        "--unlearn-no-cache",
+        "--unlearn-json=r.json",
+        "-p",
+        "no:randomly",
+    )
     seconds = time.perf_counter() - start
     assert result.ret in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED), result.stdout.str()[-2000:]
     report = json.loads((pytester.path / "r.json").read_text())
@@ -196,7 +220,7 @@ def test_left_truncation_is_lm_evals(unlearned: Any) -> None:
     ids = unlearned.tokenizer(text)["input_ids"]
     long, short = ids[: window + 40], ids[:60]
     out = greedy_generate(unlearned.model, unlearned.tokenizer, [short, long], 8, truncate=True)
-    alone = greedy_generate(unlearned.model, unlearned.tokenizer, [short, long[-(window - 8):]], 8)
+    alone = greedy_generate(unlearned.model, unlearned.tokenizer, [short, long[-(window - 8) :]], 8)
     assert out.ids == alone.ids and out.truncated == {1: window + 40}
     assert out.kept == window - 8 and out.over_context == 0
     assert left_truncate([[1, 2, 3, 4, 5]], 6, 3) == ([[3, 4, 5]], {0: 5}, 3)
@@ -211,10 +235,10 @@ def test_a_scored_sequence_keeps_its_answer(unlearned: Any) -> None:
     from unlearn_assert.metrics.privleak import score_ids
 
     ids = list(range(5, 85))
-    cut, = score_ids(unlearned.model, [ids], pad_id=0, first=[70], moments=False, max_length=32, keep_end=True)[0]
-    alone, = score_ids(unlearned.model, [ids[-32:]], pad_id=0, first=[70 - 48], moments=False)[0]
+    (cut,) = score_ids(unlearned.model, [ids], pad_id=0, first=[70], moments=False, max_length=32, keep_end=True)[0]
+    (alone,) = score_ids(unlearned.model, [ids[-32:]], pad_id=0, first=[70 - 48], moments=False)[0]
     assert cut.logprobs == alone.logprobs and len(cut.logprobs) == 10 and cut.truncated and cut.source_tokens == 80
-    head, = score_ids(unlearned.model, [ids], pad_id=0, moments=False, max_length=32)[0]  # privleak: the start
+    (head,) = score_ids(unlearned.model, [ids], pad_id=0, moments=False, max_length=32)[0]  # privleak: the start
     assert head.n_tokens == 32 and head.source_tokens == 80 and len(head.logprobs) == 31
 
 

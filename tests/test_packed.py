@@ -26,16 +26,27 @@ def _word(values: list[int], bits: int) -> int:
 def pack_gptq(q: torch.Tensor, zeros: torch.Tensor, bits: int, v1: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Reference packer with Python ints: q (in, out) along rows, zeros (groups, out) along columns."""
     per = 32 // bits
-    qw = [[_word([int(q[r * per + k, c]) for k in range(per)], bits) for c in range(q.shape[1])] for r in range(q.shape[0] // per)]
+    qw = [
+        [_word([int(q[r * per + k, c]) for k in range(per)], bits) for c in range(q.shape[1])]
+        for r in range(q.shape[0] // per)
+    ]
     z = zeros - (1 if v1 else 0)
-    qz = [[_word([int(z[g, c * per + k]) for k in range(per)], bits) for c in range(z.shape[1] // per)] for g in range(z.shape[0])]
+    qz = [
+        [_word([int(z[g, c * per + k]) for k in range(per)], bits) for c in range(z.shape[1] // per)]
+        for g in range(z.shape[0])
+    ]
     return torch.tensor(qw, dtype=torch.int32), torch.tensor(qz, dtype=torch.int32)
 
 
 def pack_awq(x: torch.Tensor) -> torch.Tensor:
     """Reference AWQ GEMM packer: 8 columns per word, nibble k = column AWQ_ORDER[k]."""
-    return torch.tensor([[_word([int(x[r, c * 8 + AWQ_ORDER[k]]) for k in range(8)], 4) for c in range(x.shape[1] // 8)]
-                         for r in range(x.shape[0])], dtype=torch.int32)
+    return torch.tensor(
+        [
+            [_word([int(x[r, c * 8 + AWQ_ORDER[k]]) for k in range(8)], 4) for c in range(x.shape[1] // 8)]
+            for r in range(x.shape[0])
+        ],
+        dtype=torch.int32,
+    )
 
 
 def test_hand_packed_words() -> None:
@@ -43,7 +54,9 @@ def test_hand_packed_words() -> None:
     assert unpack_rows(word, 4)[:, 0].tolist() == [0, 1, 2, 3, 4, 5, 6, 7]
     assert unpack_cols(word, 4)[0].tolist() == [0, 1, 2, 3, 4, 5, 6, 7]
     assert unpack_rows(torch.tensor([[0x04030201]], dtype=torch.int32), 8)[:, 0].tolist() == [1, 2, 3, 4]
-    assert unpack_rows(torch.tensor([[_word([3] * 16, 2)]], dtype=torch.int32), 2)[:, 0].tolist() == [3] * 16  # sign bit set
+    assert (
+        unpack_rows(torch.tensor([[_word([3] * 16, 2)]], dtype=torch.int32), 2)[:, 0].tolist() == [3] * 16
+    )  # sign bit set
     # AWQ: nibble k holds column ORDER[k], so a word of nibbles 0..7 reads as columns [0, 4, 1, 5, 2, 6, 3, 7]
     q = decode_awq(word.expand(1, 1).contiguous(), torch.zeros(1, 1, dtype=torch.int32), torch.ones(1, 8), group_size=1)
     assert q[:, 0].tolist() == [0, 4, 1, 5, 2, 6, 3, 7]
@@ -78,7 +91,9 @@ def test_awq_decodes_an_independently_packed_layer() -> None:
 
 def test_three_bit_gptq_is_refused() -> None:
     with pytest.raises(ModelError, match="3-bit packing is not supported"):
-        decode_gptq(torch.zeros(3, 8, dtype=torch.int32), torch.zeros(1, 3, dtype=torch.int32), torch.ones(1, 8), None, 3, 32)
+        decode_gptq(
+            torch.zeros(3, 8, dtype=torch.int32), torch.zeros(1, 3, dtype=torch.int32), torch.ones(1, 8), None, 3, 32
+        )
 
 
 def _packed_export(src: Path, out: Path, method: str, group: int = 32) -> dict[str, torch.Tensor]:
@@ -107,20 +122,30 @@ def _packed_export(src: Path, out: Path, method: str, group: int = 32) -> dict[s
         else:
             qweight, qzeros = pack_awq(q), pack_awq(zeros)
         packed.update({f"{name}.qweight": qweight, f"{name}.qzeros": qzeros, f"{name}.scales": scale16.T.contiguous()})
-        dense[key] = (codes.float() * scale16.float().repeat_interleave(group, 1))
+        dense[key] = codes.float() * scale16.float().repeat_interleave(group, 1)
     (out / "model.safetensors").unlink()
     save_file(packed, str(out / "model.safetensors"))
     config = json.loads((out / "config.json").read_text())
     config["quantization_config"] = (
-        {"quant_method": "gptq", "bits": 4, "group_size": group, "sym": True, "desc_act": False, "checkpoint_format": "gptq"}
-        if method == "gptq" else {"quant_method": "awq", "bits": 4, "group_size": group, "zero_point": True, "version": "gemm"})
+        {
+            "quant_method": "gptq",
+            "bits": 4,
+            "group_size": group,
+            "sym": True,
+            "desc_act": False,
+            "checkpoint_format": "gptq",
+        }
+        if method == "gptq"
+        else {"quant_method": "awq", "bits": 4, "group_size": group, "zero_point": True, "version": "gemm"}
+    )
     (out / "config.json").write_text(json.dumps(config))
     return dense
 
 
 @pytest.mark.parametrize("method", ["gptq", "awq"])
-def test_a_packed_export_of_the_tiny_model_loads_as_its_dense_weights(method: str, tmp_path: Path, tiny_unlearned_dir: Path,
-                                                                      tiny_model_dir: Path, unlearned) -> None:
+def test_a_packed_export_of_the_tiny_model_loads_as_its_dense_weights(
+    method: str, tmp_path: Path, tiny_unlearned_dir: Path, tiny_model_dir: Path, unlearned
+) -> None:
     dense = _packed_export(tiny_unlearned_dir, tmp_path / method, method)
     info = read_artifact("shipped", str(tmp_path / method), str(tiny_model_dir))
     assert (info.method, info.bits, info.group_size) == (method, 4, 32)
@@ -128,7 +153,10 @@ def test_a_packed_export_of_the_tiny_model_loads_as_its_dense_weights(method: st
     with open_artifact(info, unlearned) as (loaded, report):
         modules = dict(loaded.model.named_modules())
         for key, w in dense.items():
-            assert torch.equal(modules[key[: -len(".weight")]].weight.float(), w.to(modules[key[: -len(".weight")]].weight.dtype).float())
+            assert torch.equal(
+                modules[key[: -len(".weight")]].weight.float(),
+                w.to(modules[key[: -len(".weight")]].weight.dtype).float(),
+            )
         assert report.backend == f"checkpoint:{method}" and len(report.modules) == 14 and report.changed_fraction > 0.5
         # everything else (embeddings, norms, rotary buffers) is the source model's: same logits as
         # the source model carrying the same dense weights
@@ -144,23 +172,38 @@ def test_a_packed_export_of_the_tiny_model_loads_as_its_dense_weights(method: st
             torch.testing.assert_close(loaded.model(**ids).logits, reference(**ids).logits, rtol=1e-5, atol=1e-5)
 
 
-def test_an_awq_export_is_gated_through_the_option(pytester: pytest.Pytester, tmp_path: Path, tiny_unlearned_dir: Path,
-                                                     tiny_model_dir: Path, tiny_data_dir: Path) -> None:
+def test_an_awq_export_is_gated_through_the_option(
+    pytester: pytest.Pytester, tmp_path: Path, tiny_unlearned_dir: Path, tiny_model_dir: Path, tiny_data_dir: Path
+) -> None:
     """The whole path a provider takes: their packed artifact named on the command line becomes a
     row and its items, with the numbers of the dense weights it decodes to."""
     from test_gate import gate_args, outcomes
 
     _packed_export(tiny_unlearned_dir, tmp_path / "awq", "awq")
-    result = pytester.runpytest_subprocess(*gate_args(
-        tiny_unlearned_dir, tiny_model_dir, tiny_data_dir, f"--unlearn-quantized=shipped_awq={tmp_path / 'awq'}",
-        "--unlearn-json=r.json", "--junitxml=j.xml", "-k", "shipped_awq", cache=pytester.path / "c"))
+    result = pytester.runpytest_subprocess(
+        *gate_args(
+            tiny_unlearned_dir,
+            tiny_model_dir,
+            tiny_data_dir,
+            f"--unlearn-quantized=shipped_awq={tmp_path / 'awq'}",
+            "--unlearn-json=r.json",
+            "--junitxml=j.xml",
+            "-k",
+            "shipped_awq",
+            cache=pytester.path / "c",
+        )
+    )
     assert result.ret in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED), result.stdout.str()[-2000:]
     seen = outcomes(pytester.path / "j.xml")
-    assert {k for k in seen if k.startswith("shipped_awq-")} == {f"shipped_awq-{c}" for c in ("verbmem_f", "knowmem_f", "utility")}
+    assert {k for k in seen if k.startswith("shipped_awq-")} == {
+        f"shipped_awq-{c}" for c in ("verbmem_f", "knowmem_f", "utility")
+    }
     assert all(v in ("passed", "failed") for k, v in seen.items() if k.startswith("shipped_awq-"))
     rows = {(r["model"], r["quantizer"]): r for r in json.loads((pytester.path / "r.json").read_text())["rows"]}
     row = rows[("unlearned", "shipped_awq")]
-    assert row["status"] == "ok" and row["quant"]["backend"] == "checkpoint:awq" and row["quant"]["changed_fraction"] > 0.5
+    assert (
+        row["status"] == "ok" and row["quant"]["backend"] == "checkpoint:awq" and row["quant"]["changed_fraction"] > 0.5
+    )
 
 
 def test_group_size_minus_one_is_per_layer() -> None:

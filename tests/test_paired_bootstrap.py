@@ -75,8 +75,15 @@ def test_recovery_on_a_fixed_resample() -> None:
     # pseudo-items: the average item (30, 10, 40) with q moved up by (10 + 30 + 40) / 3 (both items went up;
     # the span is 10..50) and down by 40 (none went down), weighted (1, 0), (0, 0), (0, 1). Replicate sums
     # (q, u, t): (40 + 30 + 80/3, 30, 100) -> 20/21; (60, 20, 80) -> 2/3; (80 - 10, 30, 140) -> 4/11
-    ci = paired_recovery_ci([20.0, 40.0], [10.0, 10.0], [30.0, 50.0], key="k", counts=THREE, confidence=0.9,
-                            pseudo=[[1.0, 0.0], [0.0, 0.0], [0.0, 1.0]])
+    ci = paired_recovery_ci(
+        [20.0, 40.0],
+        [10.0, 10.0],
+        [30.0, 50.0],
+        key="k",
+        counts=THREE,
+        confidence=0.9,
+        pseudo=[[1.0, 0.0], [0.0, 0.0], [0.0, 1.0]],
+    )
     assert (ci.lo, ci.hi) == (pytest.approx(4 / 11), pytest.approx(20 / 21))
     assert (ci.degenerate, ci.replicates, ci.n) == (0, 3, 2)
 
@@ -99,8 +106,9 @@ def test_degenerate_replicates_are_counted_and_ranked_at_infinity() -> None:
     # pseudo-items: the average item (1, 1) with num moved up by (1 + 2) / 2 and down by (1 + 2) / 2 (one
     # item each way; the span is 0..2), weighted (0, 0), (1, 0), (0, 1). Replicate sums (num, den):
     # (2, 0) -> degenerate; (2 + 2.5, 2 + 1) -> 1.5; (2 - 0.5, 4 + 1) -> 0.3
-    ratio = paired_ratio_ci([1.0, 1.0], [0.0, 2.0], key="k", counts=THREE, confidence=0.9,
-                            pseudo=[[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    ratio = paired_ratio_ci(
+        [1.0, 1.0], [0.0, 2.0], key="k", counts=THREE, confidence=0.9, pseudo=[[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]]
+    )
     assert (ratio.lo, ratio.hi, ratio.degenerate) == (pytest.approx(0.3), math.inf, 1)
 
 
@@ -112,8 +120,9 @@ def test_difference_on_a_fixed_resample() -> None:
     assert one.lo == 20.0
     # pseudo-items: the average item (55, 35) with a moved up by (10 + 30 + 30) / 3 and down by 30 (the span is
     # 30..60), weighted (1, 0), (0, 0), (0, 1): (100 + 55 + 70/3 - 80 - 35) / 3 = 190/9; 20; (120 + 25 - 60 - 35) / 3
-    ci = paired_difference_ci([50.0, 60.0], [40.0, 30.0], key="k", counts=THREE, confidence=0.9,
-                              pseudo=[[1.0, 0.0], [0.0, 0.0], [0.0, 1.0]])
+    ci = paired_difference_ci(
+        [50.0, 60.0], [40.0, 30.0], key="k", counts=THREE, confidence=0.9, pseudo=[[1.0, 0.0], [0.0, 0.0], [0.0, 1.0]]
+    )
     assert (ci.lo, ci.hi) == (pytest.approx(50 / 3), pytest.approx(190 / 9))
 
 
@@ -145,8 +154,9 @@ def test_privleak_stratified_with_a_fixed_reference_and_with_the_retrain_model()
     ci = paired_privleak_ci(forget, holdout, reference=0.5, counts=(c_f, c_h), confidence=0.9)
     assert ci is not None and (ci.lo, ci.hi, ci.degenerate, ci.n) == (-100.0, 100.0, 0, 4)
     # R's values [3, 1] / [4, 2]: AUC_R on the same resampled texts is 1/2, 0 (degenerate), 1/4
-    ci = paired_privleak_ci(forget, holdout, reference_forget=[3.0, 1.0], reference_holdout=[4.0, 2.0],
-                            counts=(c_f, c_h), confidence=0.9)
+    ci = paired_privleak_ci(
+        forget, holdout, reference_forget=[3.0, 1.0], reference_holdout=[4.0, 2.0], counts=(c_f, c_h), confidence=0.9
+    )
     assert ci is not None and (ci.lo, ci.hi, ci.degenerate) == (-100.0, math.inf, 1)
     assert mann_whitney_auc([-1.0, -3.0], [-2.0, -4.0]) == 0.25
     assert paired_privleak_ci(forget, holdout, reference=0.0) is None  # privleak is undefined against AUC_R = 0
@@ -199,40 +209,72 @@ def _records(scores: list[float]) -> list[dict[str, Any]]:
 
 
 def _privleak_records(forget: list[float], holdout: list[float]) -> list[dict[str, Any]]:
-    return ([{"id": f"forget:{i}", "split": "forget", "score": s} for i, s in enumerate(forget)]
-            + [{"id": f"holdout:{i}", "split": "holdout", "score": s} for i, s in enumerate(holdout)])
+    return [{"id": f"forget:{i}", "split": "forget", "score": s} for i, s in enumerate(forget)] + [
+        {"id": f"holdout:{i}", "split": "holdout", "score": s} for i, s in enumerate(holdout)
+    ]
 
 
-def make_row(role: Any, variant: str, vm: list[float], km: list[float], kr: list[float],
-             forget: list[float] | None = None, holdout: list[float] | None = None) -> Row:
+def make_row(
+    role: Any,
+    variant: str,
+    vm: list[float],
+    km: list[float],
+    kr: list[float],
+    forget: list[float] | None = None,
+    holdout: list[float] | None = None,
+) -> Row:
     """A row whose values are the means of its per-item scores (as ``evaluate`` makes them)."""
     samples = {"verbmem_f": _records(vm), "knowmem_f": _records(km), "knowmem_r": _records(kr)}
     auc = None
     if forget is not None and holdout is not None:
         samples["privleak"] = _privleak_records(forget, holdout)
         auc = mann_whitney_auc([-v for v in forget], [-v for v in holdout])
-    values: dict[str, float | None] = {"verbmem_f": float(np.mean(vm)), "knowmem_f": float(np.mean(km)),
-                                       "knowmem_r": float(np.mean(kr)), "privleak": None}
+    values: dict[str, float | None] = {
+        "verbmem_f": float(np.mean(vm)),
+        "knowmem_f": float(np.mean(km)),
+        "knowmem_r": float(np.mean(kr)),
+        "privleak": None,
+    }
     return Row(role=role, variant=variant, values=values, samples=samples, auc=auc)
 
 
 def test_figures_from_rows_pair_the_items_and_match_the_point_values() -> None:
     t = make_row("target", FP, [60.0, 80.0, 70.0], [50.0, 40.0, 60.0], [40.0, 50.0, 30.0], [1.0, 2.0], [3.0, 4.0])
     u = make_row("unlearned", FP, [10.0, 30.0, 20.0], [10.0, 20.0, 15.0], [40.0, 45.0, 35.0], [2.0, 3.0], [3.0, 1.0])
-    q = make_row("unlearned", "rtn-w4g128", [50.0, 60.0, 55.0], [20.0, 30.0, 25.0], [30.0, 40.0, 20.0], [1.0, 3.0], [2.0, 4.0])
+    q = make_row(
+        "unlearned", "rtn-w4g128", [50.0, 60.0, 55.0], [20.0, 30.0, 25.0], [30.0, 40.0, 20.0], [1.0, 3.0], [2.0, 4.0]
+    )
     figs = figures([t, u, q], MuseBenchmark())
     assert figs.recovery["rtn-w4g128"]["verbmem_f"] == pytest.approx((55 - 20) / (70 - 20))
     rec = figs.recovery_ci["rtn-w4g128"]["verbmem_f"]
-    assert rec == paired_recovery_ci([50.0, 60.0, 55.0], [10.0, 30.0, 20.0], [60.0, 80.0, 70.0], key="verbmem_f",
-                                     estimate=figs.recovery["rtn-w4g128"]["verbmem_f"])
+    assert rec == paired_recovery_ci(
+        [50.0, 60.0, 55.0],
+        [10.0, 30.0, 20.0],
+        [60.0, 80.0, 70.0],
+        key="verbmem_f",
+        estimate=figs.recovery["rtn-w4g128"]["verbmem_f"],
+    )
     assert rec.lo <= 0.7 <= rec.hi and rec.n == 3
     plain = figures([t, u, q], MuseBenchmark(), Bootstrap(prior=0.0)).recovery_ci["rtn-w4g128"]["verbmem_f"]
-    assert plain == paired_recovery_ci([50.0, 60.0, 55.0], [10.0, 30.0, 20.0], [60.0, 80.0, 70.0], key="verbmem_f",
-                                       estimate=figs.recovery["rtn-w4g128"]["verbmem_f"], prior=0) != rec
+    assert (
+        plain
+        == paired_recovery_ci(
+            [50.0, 60.0, 55.0],
+            [10.0, 30.0, 20.0],
+            [60.0, 80.0, 70.0],
+            key="verbmem_f",
+            estimate=figs.recovery["rtn-w4g128"]["verbmem_f"],
+            prior=0,
+        )
+        != rec
+    )
     assert figs.drop_ci["knowmem_f"].lo <= 35.0 <= figs.drop_ci["knowmem_f"].hi
     assert figs.utility["rtn-w4g128"]["knowmem_r"] == pytest.approx(30 / 40) and "rtn-w4g128" in figs.utility_ci
     assert figs.n == {"verbmem_f": 3, "knowmem_f": 3, "knowmem_r": 3, "privleak": 4}
-    assert set(figs.privacy_ci["privleak"]) == {("unlearned", FP), ("unlearned", "rtn-w4g128")}  # U's rows: the judged ones
+    assert set(figs.privacy_ci["privleak"]) == {
+        ("unlearned", FP),
+        ("unlearned", "rtn-w4g128"),
+    }  # U's rows: the judged ones
     # no intervals without replicates, and the same point figures
     bare = figures([t, u, q], MuseBenchmark(), bootstrap=Bootstrap(replicates=0))
     assert not bare.recovery_ci and not bare.drop_ci and bare.recovery == figs.recovery
@@ -250,8 +292,12 @@ def test_privleak_is_paired_with_the_retrain_model_and_has_no_interval_when_unde
     figs = figures([t, u, r], MuseBenchmark())
     assert figs.reference["privleak"] == (r.auc, "retrain")
     assert figs.privacy_ci["privleak"][("unlearned", FP)] == paired_privleak_ci(
-        [2.0, 3.0, 1.0], [3.0, 1.0, 2.0], reference_forget=[2.0, 2.5, 3.0], reference_holdout=[2.0, 3.0, 2.6],
-        estimate=figs.values[("unlearned", FP)]["privleak"])
+        [2.0, 3.0, 1.0],
+        [3.0, 1.0, 2.0],
+        reference_forget=[2.0, 2.5, 3.0],
+        reference_holdout=[2.0, 3.0, 2.6],
+        estimate=figs.values[("unlearned", FP)]["privleak"],
+    )
     # a "retrain" model that tells every forget text from every holdout text: AUC_R = 0, privleak undefined
     leaky = make_row("retrain", FP, [10.0, 20.0], [5.0, 5.0], [40.0, 40.0], [1.0, 1.0, 1.0], [5.0, 5.0, 5.0])
     figs = figures([t, u, leaky], MuseBenchmark())
@@ -277,7 +323,12 @@ def _fig(estimates: dict[str, float], interval: tuple[float, float] | None) -> A
     values = {
         ("target", FP): {"verbmem_f": 60.0, "knowmem_f": 50.0, "knowmem_r": 40.0, "privleak": None},
         ("unlearned", FP): {"verbmem_f": 20.0, "knowmem_f": 48.0, "knowmem_r": 38.0, "privleak": -3.0},
-        ("unlearned", "rtn-w4g128"): {"verbmem_f": estimates["q"], "knowmem_f": 49.0, "knowmem_r": 30.0, "privleak": -40.0},
+        ("unlearned", "rtn-w4g128"): {
+            "verbmem_f": estimates["q"],
+            "knowmem_f": 49.0,
+            "knowmem_r": 30.0,
+            "privleak": -40.0,
+        },
     }
     extra: dict[str, Any] = {"drop_ci": {"verbmem_f": Interval(30.0, 50.0, 0, 1000, 48)}}
     if interval is not None:
@@ -292,9 +343,11 @@ def test_each_policy_on_a_straddling_recovery() -> None:
     point, strict, lenient = (judge_item("rtn-w4g128", "verbmem_f", figs, budget, p) for p in VERDICT_POLICIES)
     assert (point.outcome, strict.outcome, lenient.outcome) == ("passed", "failed", "passed")
     assert point.decided is False and point.ci == (0.22, 1.14) and point.value == pytest.approx(0.5)
-    assert point.message.startswith("undecided: verbmem_f recovery 50% [22%, 114%] under rtn-w4g128 straddles the "
-                                    "60% budget at n=48 forget passages; add forget items or choose --unlearn-verdict "
-                                    "(point: the estimate passes it): quantized 40.0")
+    assert point.message.startswith(
+        "undecided: verbmem_f recovery 50% [22%, 114%] under rtn-w4g128 straddles the "
+        "60% budget at n=48 forget passages; add forget items or choose --unlearn-verdict "
+        "(point: the estimate passes it): quantized 40.0"
+    )
     assert "(strict: failed)" in strict.message and "(lenient: passed)" in lenient.message
     # budget 25%: point fails on the estimate, lenient still passes (the interval reaches below 25%)
     low = [judge_item("rtn-w4g128", "verbmem_f", figs, Budget(), p).outcome for p in VERDICT_POLICIES]
@@ -303,7 +356,9 @@ def test_each_policy_on_a_straddling_recovery() -> None:
     inside = _fig({"q": 40.0}, (0.22, 0.95))
     high = [judge_item("rtn-w4g128", "verbmem_f", inside, parse_budget("recovery=1"), p) for p in VERDICT_POLICIES]
     assert [v.outcome for v in high] == ["passed"] * 3 and all(v.decided for v in high)
-    assert high[0].message.startswith("verbmem_f recovered 50% [22%, 95%] of the forgetting under rtn-w4g128 (budget 100%)")
+    assert high[0].message.startswith(
+        "verbmem_f recovered 50% [22%, 95%] of the forgetting under rtn-w4g128 (budget 100%)"
+    )
     # ... and one wholly beyond it: every policy fails, in capitals
     beyond = [judge_item("rtn-w4g128", "verbmem_f", inside, parse_budget("recovery=0.1"), p) for p in VERDICT_POLICIES]
     assert [v.outcome for v in beyond] == ["failed"] * 3 and "RECOVERED 50% [22%, 95%]" in beyond[0].message
@@ -317,9 +372,11 @@ def test_without_an_interval_strict_fails_and_the_others_judge_the_estimate() ->
 
 
 def test_fp_items_need_the_drops_interval_to_exclude_zero() -> None:
-    values = {("target", FP): {"verbmem_f": 60.0, "knowmem_f": 50.0, "knowmem_r": 40.0, "privleak": None},
-              ("unlearned", FP): {"verbmem_f": 50.0, "knowmem_f": 48.0, "knowmem_r": 38.0, "privleak": None},
-              ("unlearned", "rtn-w8"): {"verbmem_f": 50.0, "knowmem_f": 48.0, "knowmem_r": 38.0, "privleak": None}}
+    values = {
+        ("target", FP): {"verbmem_f": 60.0, "knowmem_f": 50.0, "knowmem_r": 40.0, "privleak": None},
+        ("unlearned", FP): {"verbmem_f": 50.0, "knowmem_f": 48.0, "knowmem_r": 38.0, "privleak": None},
+        ("unlearned", "rtn-w8"): {"verbmem_f": 50.0, "knowmem_f": 48.0, "knowmem_r": 38.0, "privleak": None},
+    }
     wide = figures_from_values(values, drop_ci={"verbmem_f": Interval(-2.0, 22.0, 0, 1000, 8)})
     for policy in VERDICT_POLICIES:  # the drop (10 points) clears the floor, but its interval includes 0
         v = judge_item(FP, "verbmem_f", wide, Budget(), policy)
@@ -327,9 +384,15 @@ def test_fp_items_need_the_drops_interval_to_exclude_zero() -> None:
         q = judge_item("rtn-w8", "verbmem_f", wide, Budget(), policy)
         assert q.outcome == "failed" and q.message.endswith("recovery under rtn-w8 is not judged")
     tight = figures_from_values(values, drop_ci={"verbmem_f": Interval(2.0, 18.0, 0, 1000, 8)})  # straddles floor 5
-    assert [judge_item(FP, "verbmem_f", tight, Budget(), p).outcome for p in VERDICT_POLICIES] == ["passed", "failed", "passed"]
+    assert [judge_item(FP, "verbmem_f", tight, Budget(), p).outcome for p in VERDICT_POLICIES] == [
+        "passed",
+        "failed",
+        "passed",
+    ]
     assert judge_item(FP, "verbmem_f", tight, Budget()).message.startswith(
-        "undecided: verbmem_f drop 10.0 points [2.0, 18.0] in full precision straddles the 5-point floor at n=8 forget passages")
+        "undecided: verbmem_f drop 10.0 points [2.0, 18.0] in full precision straddles the 5-point floor at n=8 forget "
+        "passages"
+    )
 
 
 def test_verdicts_round_trip_with_their_interval() -> None:
@@ -379,7 +442,8 @@ def test_property_the_interval_narrows_as_n_grows(base: list[tuple[float, float,
     if small.hi - small.lo > 1e-9:
         assert large.hi - large.lo < small.hi - small.lo
     assert paired_difference_ci(t * 16, u * 16, key="k").hi - paired_difference_ci(t * 16, u * 16, key="k").lo <= (
-        paired_difference_ci(t, u, key="k").hi - paired_difference_ci(t, u, key="k").lo + 1e-9)
+        paired_difference_ci(t, u, key="k").hi - paired_difference_ci(t, u, key="k").lo + 1e-9
+    )
 
 
 @st.composite
@@ -393,11 +457,17 @@ def gate_rows(draw: Any) -> tuple[list[Row], Budget]:
     def texts() -> list[float]:
         return draw(st.lists(st.floats(min_value=0.0, max_value=10.0, width=32), min_size=m, max_size=m))
 
-    rows = [make_row("target", FP, col(), col(), col(), texts(), texts()),
-            make_row("unlearned", FP, col(), col(), col(), texts(), texts()),
-            make_row("unlearned", "rtn-w4g128", col(), col(), col(), texts(), texts())]
-    budget = Budget(recovery=draw(st.floats(0.0, 1.0)), utility=draw(st.floats(0.0, 1.0)),
-                    privleak=draw(st.floats(0.0, 200.0)), floor=draw(st.floats(0.0, 30.0)))
+    rows = [
+        make_row("target", FP, col(), col(), col(), texts(), texts()),
+        make_row("unlearned", FP, col(), col(), col(), texts(), texts()),
+        make_row("unlearned", "rtn-w4g128", col(), col(), col(), texts(), texts()),
+    ]
+    budget = Budget(
+        recovery=draw(st.floats(0.0, 1.0)),
+        utility=draw(st.floats(0.0, 1.0)),
+        privleak=draw(st.floats(0.0, 200.0)),
+        floor=draw(st.floats(0.0, 30.0)),
+    )
     return rows, budget
 
 

@@ -76,8 +76,14 @@ def _usage_error(result: pytest.RunResult) -> str:
         (["--unlearn-retrain-auc=1.5"], "--unlearn-retrain-auc"),
         (["--unlearn-device=tpu"], "--unlearn-device"),
         (["--unlearn-dtype=int3"], "--unlearn-dtype"),
-        (["--unlearn-verdict=maybe"], "--unlearn-verdict: 'maybe' is not a verdict policy; use one of point, strict, lenient"),
-        (["--unlearn-confidence=0.8"], "--unlearn-confidence: '0.8' is not a supported level; use one of 0.9, 0.95, 0.99"),
+        (
+            ["--unlearn-verdict=maybe"],
+            "--unlearn-verdict: 'maybe' is not a verdict policy; use one of point, strict, lenient",
+        ),
+        (
+            ["--unlearn-confidence=0.8"],
+            "--unlearn-confidence: '0.8' is not a supported level; use one of 0.9, 0.95, 0.99",
+        ),
         (["--unlearn-confidence=high"], "--unlearn-confidence"),
         (["--unlearn-model=missing-dir"], "does not exist"),
     ],
@@ -112,7 +118,9 @@ def test_model_options_need_target_and_data(pytester: pytest.Pytester, tiny_mode
     pytester.makepyfile("def test_ok():\n    pass\n")
     line = _usage_error(pytester.runpytest_subprocess(f"--unlearn-model={tiny_model_dir}"))
     assert "--unlearn-target is required" in line
-    line = _usage_error(pytester.runpytest_subprocess(f"--unlearn-model={tiny_model_dir}", f"--unlearn-target={tiny_model_dir}"))
+    line = _usage_error(
+        pytester.runpytest_subprocess(f"--unlearn-model={tiny_model_dir}", f"--unlearn-target={tiny_model_dir}")
+    )
     assert "--unlearn-data is required" in line
 
 
@@ -123,7 +131,9 @@ def test_valid_config_from_ini_and_header(pytester: pytest.Pytester, tiny_model_
     pytester.makepyfile("def test_ok():\n    import sys\n    assert 'torch' not in sys.modules\n")
     result = pytester.runpytest_subprocess(f"--unlearn-model={tiny_model_dir}", "--co")
     assert result.ret == 0, result.stderr.str()
-    result.stdout.fnmatch_lines(["unlearn-assert: model=*", "*recovery<=0.3*", "unlearn-assert: verdict=point on paired 95% intervals"])
+    result.stdout.fnmatch_lines(
+        ["unlearn-assert: model=*", "*recovery<=0.3*", "unlearn-assert: verdict=point on paired 95% intervals"]
+    )
 
 
 TORCH_PROBE = """
@@ -145,16 +155,26 @@ def test_a_device_option_without_a_model_imports_no_torch(pytester: pytest.Pytes
         assert (pytester.path / "torch-imported").read_text() == "False"
 
 
-def test_a_cpu_gate_checks_its_inputs_without_torch(pytester: pytest.Pytester, tiny_model_dir: Path, tiny_data_dir: Path) -> None:
+def test_a_cpu_gate_checks_its_inputs_without_torch(
+    pytester: pytest.Pytester, tiny_model_dir: Path, tiny_data_dir: Path
+) -> None:
     pytester.makeconftest(TORCH_PROBE)
-    result = pytester.runpytest_subprocess("--co", "-p", "no:cacheprovider", f"--unlearn-model={tiny_model_dir}", f"--unlearn-target={tiny_model_dir}",
-                                           f"--unlearn-data={tiny_data_dir}", "--unlearn-device=cpu")
+    result = pytester.runpytest_subprocess(
+        "--co",
+        "-p",
+        "no:cacheprovider",
+        f"--unlearn-model={tiny_model_dir}",
+        f"--unlearn-target={tiny_model_dir}",
+        f"--unlearn-data={tiny_data_dir}",
+        "--unlearn-device=cpu",
+    )
     assert result.ret == 0, result.stderr.str()
     assert (pytester.path / "torch-imported").read_text() == "False"
 
 
 def test_an_empty_quantizer_list_is_refused_and_an_unset_one_is_the_default(
-        pytester: pytest.Pytester, tiny_model_dir: Path, tiny_data_dir: Path) -> None:
+    pytester: pytest.Pytester, tiny_model_dir: Path, tiny_data_dir: Path
+) -> None:
     from unlearn_assert.config import DEFAULT_QUANTIZERS, build_run_config
     from unlearn_assert.errors import ConfigError
 
@@ -162,11 +182,19 @@ def test_an_empty_quantizer_list_is_refused_and_an_unset_one_is_the_default(
     for empty in ("", "  "):
         with pytest.raises(ConfigError, match="--unlearn-quantizers is empty"):  # library use: set to nothing
             build_run_config(lambda o, e=empty: e if o.name == "quantizers" else None)
-    args = ["--co", "-q", f"--unlearn-model={tiny_model_dir}", f"--unlearn-target={tiny_model_dir}", f"--unlearn-data={tiny_data_dir}"]
+    args = [
+        "--co",
+        "-q",
+        f"--unlearn-model={tiny_model_dir}",
+        f"--unlearn-target={tiny_model_dir}",
+        f"--unlearn-data={tiny_data_dir}",
+    ]
     pytester.makeini("[pytest]\nunlearn_quantizers =\n")
     assert "--unlearn-quantizers is empty" in _usage_error(pytester.runpytest_subprocess(*args))
     pytester.makeini("[pytest]\nunlearn_quantizers = rtn-w8\n")
-    assert "--unlearn-quantizers is empty" in _usage_error(pytester.runpytest_subprocess(*args, "--unlearn-quantizers="))
+    assert "--unlearn-quantizers is empty" in _usage_error(
+        pytester.runpytest_subprocess(*args, "--unlearn-quantizers=")
+    )
     pytester.makeini("[pytest]\n")
     result = pytester.runpytest_subprocess(*args)
     assert result.ret == 0 and "test_budget[rtn-w4g128-verbmem_f]" in result.stdout.str()

@@ -16,8 +16,10 @@ import pytest
 
 from unlearn_assert.metrics.progress import Meter, StepLog, duration
 
-LINE = re.compile(r"^(?P<what>[\w ]+): (?P<done>\d+)/(?P<total>\d+) (?P<unit>[a-z ]+), "
-                  r"(?P<elapsed>\S+(?: s)?) elapsed, about (?P<left>\S+(?: s)?) left$")
+LINE = re.compile(
+    r"^(?P<what>[\w ]+): (?P<done>\d+)/(?P<total>\d+) (?P<unit>[a-z ]+), "
+    r"(?P<elapsed>\S+(?: s)?) elapsed, about (?P<left>\S+(?: s)?) left$"
+)
 
 
 class Clock:
@@ -33,7 +35,14 @@ class Clock:
 
 def test_duration() -> None:
     assert [duration(s) for s in (0, 45, 59.6, 185, 3599, 3720, math.inf)] == [
-        "0 s", "45 s", "1m00s", "3m05s", "59m59s", "1h02m", "?"]
+        "0 s",
+        "45 s",
+        "1m00s",
+        "3m05s",
+        "59m59s",
+        "1h02m",
+        "?",
+    ]
 
 
 def test_a_slowed_metric_reports_counts_and_remainder_at_most_every_30_s() -> None:
@@ -111,9 +120,12 @@ def test_real_metrics_report_through_evaluate(tiny_model_dir: Path, tiny_data_di
     clock = Clock(tick=10.0)
     lines: list[tuple[float, str]] = []
     ev = ua.evaluate(model, data, progress=lambda line: lines.append((clock.now, line)), clock=clock)
-    totals = {"verbmem_f": len(data.verbmem_forget), "knowmem_f": len(data.knowmem_forget_qa),
-              "knowmem_r": len(data.knowmem_retain_qa),
-              "privleak": len(data.privleak_forget) + len(data.privleak_holdout)}
+    totals = {
+        "verbmem_f": len(data.verbmem_forget),
+        "knowmem_f": len(data.knowmem_forget_qa),
+        "knowmem_r": len(data.knowmem_retain_qa),
+        "privleak": len(data.privleak_forget) + len(data.privleak_holdout),
+    }
     seen: dict[str, list[int]] = {}
     last: dict[str, float] = {}
     for t, line in lines:
@@ -129,8 +141,9 @@ def test_real_metrics_report_through_evaluate(tiny_model_dir: Path, tiny_data_di
     assert ua.evaluate(model, data).values == ev.values
 
 
-def test_the_gate_prints_progress_lines_named_after_the_row(pytester: pytest.Pytester, tiny_unlearned_dir: Path,
-                                                            tiny_model_dir: Path, tiny_data_dir: Path) -> None:
+def test_the_gate_prints_progress_lines_named_after_the_row(
+    pytester: pytest.Pytester, tiny_unlearned_dir: Path, tiny_model_dir: Path, tiny_data_dir: Path
+) -> None:
     """Through the session's progress channel (``unlearn-assert: ...``), with the interval set to 0 so
     the tiny model's metrics, which take a second, print their lines."""
     from test_gate import gate_args
@@ -139,10 +152,12 @@ def test_the_gate_prints_progress_lines_named_after_the_row(pytester: pytest.Pyt
     args = gate_args(tiny_unlearned_dir, tiny_model_dir, tiny_data_dir, cache=pytester.path / "cache")
     result = pytester.runpytest_subprocess(*args, "-k", "fp-verbmem_f")
     assert result.ret in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED), result.stdout.str()[-3000:]
-    result.stdout.fnmatch_lines([
-        "unlearn-assert: target fp verbmem_f: */8 forget passages, * elapsed, about * left",
-        "unlearn-assert: unlearned fp privleak: */* forget and holdout texts, * elapsed, about * left",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "unlearn-assert: target fp verbmem_f: */8 forget passages, * elapsed, about * left",
+            "unlearn-assert: unlearned fp privleak: */* forget and holdout texts, * elapsed, about * left",
+        ]
+    )
 
 
 def test_relearning_step_lines_carry_the_remainder(tiny_model_dir: Path) -> None:
@@ -155,7 +170,17 @@ def test_relearning_step_lines_carry_the_remainder(tiny_model_dir: Path) -> None
     for p in loaded.model.parameters():
         p.requires_grad_(True)
     lines: list[str] = []
-    finetune(loaded.model, loaded.tokenizer, "The quick brown fox jumps over the lazy dog. " * 8, steps=3, lr=1e-4,
-             batch_size=1, max_length=16, seed=0, device="cpu", progress=lines.append)
+    finetune(
+        loaded.model,
+        loaded.tokenizer,
+        "The quick brown fox jumps over the lazy dog. " * 8,
+        steps=3,
+        lr=1e-4,
+        batch_size=1,
+        max_length=16,
+        seed=0,
+        device="cpu",
+        progress=lines.append,
+    )
     assert len(lines) == 1, lines
     assert re.fullmatch(r"relearn step 3/3: loss \d+\.\d{4} \(\d+\.\d s, about 0 s left\)", lines[0]), lines

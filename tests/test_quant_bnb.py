@@ -31,10 +31,24 @@ LAYER = {"bnb-fp4": bnb.nn.Linear4bit, "bnb-nf4": bnb.nn.Linear4bit, "bnb-int8":
 #: The codebooks written out, not taken from the library. FP4 (1 sign, 2 exponent, 1 mantissa bit,
 #: bnb's bias) has magnitudes {0, 0.0625, 2, 3, 4, 6, 8, 12} normalised by 12; NF4 is QLoRA's table.
 FP4 = [s * m / 12 for s in (1, -1) for m in (0, 0.0625, 8, 12, 4, 6, 2, 3)]
-NF4 = [-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
-       -0.18477343022823334, -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725,
-       0.24611230194568634, 0.33791524171829224, 0.44070982933044434, 0.5626170039176941,
-       0.7229568362236023, 1.0]
+NF4 = [
+    -1.0,
+    -0.6961928009986877,
+    -0.5250730514526367,
+    -0.39491748809814453,
+    -0.28444138169288635,
+    -0.18477343022823334,
+    -0.09105003625154495,
+    0.0,
+    0.07958029955625534,
+    0.16093020141124725,
+    0.24611230194568634,
+    0.33791524171829224,
+    0.44070982933044434,
+    0.5626170039176941,
+    0.7229568362236023,
+    1.0,
+]
 
 
 def _source_weight(loaded: LoadedModel, name: str) -> torch.Tensor:
@@ -55,7 +69,9 @@ def test_each_id_takes_effect_on_a_copy(unlearned: LoadedModel, target: LoadedMo
         assert not torch.equal(logits(q.model, q.tokenizer), fp_logits)
         assert torch.equal(logits(unlearned.model, unlearned.tokenizer), fp_logits)  # the source is usable meanwhile
     assert_bit_identical(unlearned, before)
-    assert (report.bits, report.group_size, report.backend) == ((8, None, "bnb") if qid == "bnb-int8" else (4, 64, "bnb"))
+    assert (report.bits, report.group_size, report.backend) == (
+        (8, None, "bnb") if qid == "bnb-int8" else (4, 64, "bnb")
+    )
     assert report.changed_fraction > 0
     assert report.n_weights == sum(_source_weight(unlearned, n).numel() for n in report.modules)
     assert 0 < report.code_agreement < 1  # type: ignore[operator]
@@ -108,7 +124,9 @@ def test_misaligned_layer_on_cpu_uses_flat_blocks(scheme: str, book: list[float]
 
     torch.manual_seed(0)
     fp = nn.Linear(96, 32)
-    layer = bnb.nn.Linear4bit(96, 32, bias=True, compute_dtype=torch.float32, compress_statistics=False, quant_type=scheme)
+    layer = bnb.nn.Linear4bit(
+        96, 32, bias=True, compute_dtype=torch.float32, compress_statistics=False, quant_type=scheme
+    )
     layer.weight = bnb.nn.Params4bit(
         fp.weight.data.clone(), requires_grad=False, compress_statistics=False, quant_type=scheme, module=layer
     )
@@ -122,12 +140,15 @@ def test_misaligned_layer_on_cpu_uses_flat_blocks(scheme: str, book: list[float]
         assert torch.equal(layer(x), nn.functional.linear(x, expected, fp.bias))
 
 
-def test_int8_is_rowwise_absmax_and_ignores_the_outlier_threshold(unlearned: LoadedModel, caplog: pytest.LogCaptureFixture) -> None:
+def test_int8_is_rowwise_absmax_and_ignores_the_outlier_threshold(
+    unlearned: LoadedModel, caplog: pytest.LogCaptureFixture
+) -> None:
     """LLM.int8 stores round(w * 127 / rowabsmax) of the fp16-cast weight, dequantized as
     codes * rowabsmax / 127; its 6.0 outlier threshold only splits activations at matmul time.
     Rounding detail: bnb multiplies by the float32 scale ``127 / rowabsmax`` (one extra rounding), so
     a weight within an ulp of a .5 boundary can land on the neighbouring code (3 of 81920 did on an
-    earlier tiny model) against the exact float64 formula; at most 1e-3 of the weights may. The per-forward fp16-cast log line is filtered."""
+    earlier tiny model) against the exact float64 formula; at most 1e-3 of the weights may. The per-forward fp16-cast
+    log line is filtered."""
     with quantized(unlearned, "bnb-int8") as q:
         expected = {}
         off = 0
@@ -183,7 +204,9 @@ def test_forward_keeps_4bit_weights_and_report_right(unlearned: LoadedModel, tar
             with torch.no_grad():
                 module(torch.randn(2, module.in_features))
         else:  # what that forward does
-            module.weight.data, module.weight.quant_state = bnbF._convert_weight_packed_for_cpu(module.weight.data, module.weight.quant_state)
+            module.weight.data, module.weight.quant_state = bnbF._convert_weight_packed_for_cpu(
+                module.weight.data, module.weight.quant_state
+            )
         assert module.weight.quant_state.packing_format_for_cpu
         assert torch.allclose(dequantized_weight(module), before[name], rtol=2**-8, atol=0)
 
@@ -203,7 +226,9 @@ def test_bf16_model_and_skip_modules(tiny_unlearned_dir: Path) -> None:
             pytest.fail("the body must not run")
 
 
-def test_refuses_a_mismatched_target_or_a_model_that_differs_from_its_directory(unlearned: LoadedModel, tiny_unlearned_dir: Path) -> None:
+def test_refuses_a_mismatched_target_or_a_model_that_differs_from_its_directory(
+    unlearned: LoadedModel, tiny_unlearned_dir: Path
+) -> None:
     other = LoadedModel(model=nn.Sequential(nn.Linear(3, 3)), tokenizer=None, path="other", fingerprint="0" * 64)
     with pytest.raises(ModelError, match="other"):
         with quantized(unlearned, "bnb-nf4", target=other):
@@ -216,7 +241,9 @@ def test_refuses_a_mismatched_target_or_a_model_that_differs_from_its_directory(
             pytest.fail("the body must not run")
 
 
-def test_without_bitsandbytes_the_backend_is_unavailable(unlearned: LoadedModel, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_bitsandbytes_the_backend_is_unavailable(
+    unlearned: LoadedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
     for name in [m for m in sys.modules if m == "bitsandbytes" or m.startswith("bitsandbytes.")]:
         monkeypatch.setitem(sys.modules, name, None)  # type: ignore[arg-type]  # None: "import bitsandbytes" fails
     monkeypatch.delitem(sys.modules, "unlearn_assert.quant.bnb", raising=False)

@@ -38,9 +38,18 @@ def _random_model(out: Path, model_type: str, tokenizer_dir: Path, **overrides: 
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-    settings: dict[str, Any] = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                                    num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=False,
-                                    bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    settings: dict[str, Any] = dict(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=False,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
     settings.update(overrides)
     config = AutoConfig.for_model(model_type, **settings)
     torch.manual_seed(0)
@@ -58,8 +67,11 @@ def _random_model(out: Path, model_type: str, tokenizer_dir: Path, **overrides: 
 def wide_pair(tmp_path_factory: pytest.TempPathFactory, tiny_data_dir: Path) -> tuple[Path, Path]:
     from unlearn_assert.testing import TinyRecipe, build_tiny_llama, perturb_copy
 
-    target = build_tiny_llama(tmp_path_factory.mktemp("gguf-wide-target"), fixture_texts(tiny_data_dir),
-                              TinyRecipe(hidden_size=256, intermediate_size=512, num_heads=4, steps=60))
+    target = build_tiny_llama(
+        tmp_path_factory.mktemp("gguf-wide-target"),
+        fixture_texts(tiny_data_dir),
+        TinyRecipe(hidden_size=256, intermediate_size=512, num_heads=4, steps=60),
+    )
     unlearned = perturb_copy(target, tmp_path_factory.mktemp("gguf-wide-unlearned"), scale=2e-3)
     return unlearned, target
 
@@ -81,7 +93,8 @@ def _converter() -> Any:
 
 
 def _write_file(path: Path, out: Path, preset: str | None = None) -> Path:
-    """``path`` as a GGUF file converted by llama.cpp's own converter: F32, or quantized by llama.cpp with ``preset``."""
+    """``path`` as a GGUF file converted by llama.cpp's own converter: F32, or quantized by llama.cpp with
+    ``preset``."""
     f32 = out.with_suffix(".f32.gguf") if preset else out
     _converter().convert(path, f32)
     if preset:
@@ -98,7 +111,9 @@ def _write_file(path: Path, out: Path, preset: str | None = None) -> Path:
 def test_ids_parse_with_their_llama_cpp_presets() -> None:
     from unlearn_assert.variants.quantizers import parse_quantizer_id
 
-    assert [parse_quantizer_id(f"gguf-{s}").bits for s in ("q4_k_m", "q5_k_m", "q6_k", "q8_0", "q4_0", "q3_k_m", "q2_k")] == [4, 5, 6, 8, 4, 3, 2]
+    assert [
+        parse_quantizer_id(f"gguf-{s}").bits for s in ("q4_k_m", "q5_k_m", "q6_k", "q8_0", "q4_0", "q3_k_m", "q2_k")
+    ] == [4, 5, 6, 8, 4, 3, 2]
     assert parse_quantizer_id("gguf-q8_0").group_size == 32 and parse_quantizer_id("gguf-q4_k_m").group_size == 256
     with pytest.raises(QuantizerError, match=r"malformed quantizer 'gguf-q4_k_s', expected gguf-\{q4_k_m"):
         parse_quantizer_id("gguf-q4_k_s")
@@ -132,9 +147,19 @@ def test_name_table_matches_gguf_tensor_name_map() -> None:
     for arch, n_layers in ((gguf.MODEL_ARCH.LLAMA, 2), (gguf.MODEL_ARCH.QWEN2, 2), (gguf.MODEL_ARCH.QWEN3, 2)):
         names = gguf.TensorNameMap(arch, n_layers)
         hf = ["model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"] + [
-            f"model.layers.1.{m}.weight" for m in ("input_layernorm", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
-                                                   "self_attn.o_proj", "post_attention_layernorm", "mlp.gate_proj", "mlp.up_proj",
-                                                   "mlp.down_proj")]
+            f"model.layers.1.{m}.weight"
+            for m in (
+                "input_layernorm",
+                "self_attn.q_proj",
+                "self_attn.k_proj",
+                "self_attn.v_proj",
+                "self_attn.o_proj",
+                "post_attention_layernorm",
+                "mlp.gate_proj",
+                "mlp.up_proj",
+                "mlp.down_proj",
+            )
+        ]
         if arch == gguf.MODEL_ARCH.QWEN3:
             hf += ["model.layers.1.self_attn.q_norm.weight", "model.layers.1.self_attn.k_norm.weight"]
         if arch == gguf.MODEL_ARCH.QWEN2:
@@ -153,14 +178,19 @@ def test_type_table_matches_gguf() -> None:
 # --------------------------------------------------------------------------- conversion
 
 
-@pytest.mark.parametrize("model_type,overrides", [
-    ("llama", {}),                                   # untied, GQA (2 kv heads of 4): Q and K permuted with their own head counts
-    ("llama", {"tie_word_embeddings": True}),         # SmolLM-style tied embeddings: no output.weight
-    ("mistral", {}),
-    ("qwen2", {}),                                    # q/k/v biases, NEOX RoPE (no permutation)
-    ("qwen3", {"head_dim": 32}),                      # q_norm/k_norm, head_dim != hidden / heads
-])
-def test_f32_round_trip_is_exact(tmp_path: Path, tiny_model_dir: Path, model_type: str, overrides: dict[str, Any]) -> None:
+@pytest.mark.parametrize(
+    "model_type,overrides",
+    [
+        ("llama", {}),  # untied, GQA (2 kv heads of 4): Q and K permuted with their own head counts
+        ("llama", {"tie_word_embeddings": True}),  # SmolLM-style tied embeddings: no output.weight
+        ("mistral", {}),
+        ("qwen2", {}),  # q/k/v biases, NEOX RoPE (no permutation)
+        ("qwen3", {"head_dim": 32}),  # q_norm/k_norm, head_dim != hidden / heads
+    ],
+)
+def test_f32_round_trip_is_exact(
+    tmp_path: Path, tiny_model_dir: Path, model_type: str, overrides: dict[str, Any]
+) -> None:
     """llama.cpp's converter writes F32 tensors that transformers' GGUF tables map back onto the model bit for bit."""
     from unlearn_assert.quant.gguf_convert import read_quantized
     from unlearn_assert.quant.llama_cpp import tensor_map, to_torch
@@ -172,7 +202,9 @@ def test_f32_round_trip_is_exact(tmp_path: Path, tiny_model_dir: Path, model_typ
     plan, processor = tensor_map(loaded.model, header.architecture, set(tensors))
     tied = overrides.get("tie_word_embeddings", False)
     assert ("output.weight" in plan) is not tied and ("output.weight" in tensors) is not tied
-    assert header.architecture == {"mistral": "llama"}.get(model_type, model_type) and header.types == {"f32": len(tensors)}
+    assert header.architecture == {"mistral": "llama"}.get(model_type, model_type) and header.types == {
+        "f32": len(tensors)
+    }
     state = loaded.model.state_dict()
     assert set(plan.values()) == set(state) - ({"lm_head.weight"} if tied else set())  # every weight, once
     for g, name in plan.items():
@@ -185,17 +217,23 @@ def test_f32_round_trip_is_exact(tmp_path: Path, tiny_model_dir: Path, model_typ
 def test_other_architectures_get_one_line_listing_what_is_supported(tmp_path: Path, tiny_model_dir: Path) -> None:
     from unlearn_assert.quant.gguf_convert import hparams
 
-    loaded = _load(_random_model(tmp_path / "g", "gpt2", tiny_model_dir, n_embd=64, n_layer=1, n_head=2, n_positions=64))
+    loaded = _load(
+        _random_model(tmp_path / "g", "gpt2", tiny_model_dir, n_embd=64, n_layer=1, n_head=2, n_positions=64)
+    )
     with pytest.raises(QuantizerError) as info:
         hparams(loaded.model.config)
-    assert str(info.value) == ("GGUF conversion does not support architecture 'gpt2'; supported: Llama, Mistral, Qwen2, Qwen3 and SmolLM "
-                               "(model_type llama, mistral, qwen2, qwen3)")
+    assert str(info.value) == (
+        "GGUF conversion does not support architecture 'gpt2'; supported: Llama, Mistral, Qwen2, Qwen3 and SmolLM "
+        "(model_type llama, mistral, qwen2, qwen3)"
+    )
 
 
 # --------------------------------------------------------------------------- llama.cpp vs the rebuilt torch model
 
-#: |llama.cpp logit - torch logit| <= ATOL + RTOL * max|torch logits| (see docs/quantizers.md, "GGUF"): for an F32 file only float
-#: summation order differs; for quantized files llama.cpp's CPU kernels also quantize the *activations* to 8 bits (q8_0 / q8_K
+#: |llama.cpp logit - torch logit| <= ATOL + RTOL * max|torch logits| (see docs/quantizers.md, "GGUF"): for an F32 file
+# only float
+#: summation order differs; for quantized files llama.cpp's CPU kernels also quantize the *activations* to 8 bits (q8_0
+# / q8_K
 #: blocks) before each matmul with quantized weights, which torch does not.
 TOLERANCE = {"f32": (1e-4, 1e-5), "q8_0": (0.0, 0.03), "q4_k_m": (0.0, 0.03)}
 
@@ -204,7 +242,9 @@ TOLERANCE = {"f32": (1e-4, 1e-5), "q8_0": (0.0, 0.03), "q4_k_m": (0.0, 0.03)}
 # ResourceWarning); llama.cpp's log goes to stderr, which pytest captures.
 def _llama_cpp_logits(file: Path, ids: list[int]) -> np.ndarray:
     # F32 K/V cache (llama.cpp's default is F16), so an F32 file is compared on float rounding alone
-    llama = _llama_cpp().Llama(model_path=str(file), logits_all=True, n_ctx=256, n_batch=256, n_threads=1, verbose=True, type_k=0, type_v=0)
+    llama = _llama_cpp().Llama(
+        model_path=str(file), logits_all=True, n_ctx=256, n_batch=256, n_threads=1, verbose=True, type_k=0, type_v=0
+    )
     llama.eval(ids)
     out = np.array(llama.scores[: len(ids)], dtype=np.float32)
     llama.close()
@@ -231,8 +271,9 @@ def _bound(preset: str, logits: np.ndarray) -> float:
 
 @pytest.mark.parametrize("which", ["tiny", "wide"])
 @pytest.mark.parametrize("preset", ["f32", "q8_0", "q4_k_m"])
-def test_rebuilt_torch_model_matches_llama_cpp(tmp_path: Path, tiny_model_dir: Path, wide_pair: tuple[Path, Path], preset: str,
-                                               which: str) -> None:
+def test_rebuilt_torch_model_matches_llama_cpp(
+    tmp_path: Path, tiny_model_dir: Path, wide_pair: tuple[Path, Path], preset: str, which: str
+) -> None:
     _llama_cpp()
     from unlearn_assert.quant.gguf_convert import type_counts
 
@@ -260,8 +301,9 @@ def _q8_0_activations(x: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("which", ["tiny", "wide"])
-def test_the_q8_0_difference_is_llama_cpps_activation_quantization(tmp_path: Path, tiny_model_dir: Path, wide_pair: tuple[Path, Path],
-                                                                    which: str) -> None:
+def test_the_q8_0_difference_is_llama_cpps_activation_quantization(
+    tmp_path: Path, tiny_model_dir: Path, wide_pair: tuple[Path, Path], which: str
+) -> None:
     """Why TOLERANCE["q8_0"] holds: the weights are bit-identical on both sides, and llama.cpp quantizes each
     matmul's *input* to q8_0 blocks. Doing the same in torch closes the gap to float rounding."""
     _llama_cpp()
@@ -272,9 +314,11 @@ def test_the_q8_0_difference_is_llama_cpps_activation_quantization(tmp_path: Pat
     theirs = _llama_cpp_logits(file, ids)
     with torch.no_grad():
         plain = loaded.model(input_ids=torch.tensor([ids])).logits[0].numpy()
-    hooks = [m.register_forward_pre_hook(lambda _m, args: (_q8_0_activations(args[0]),))
-             for name, m in loaded.model.named_modules()
-             if isinstance(m, torch.nn.Linear) and tensors[gguf_name(name + ".weight") or ""].type_name == "q8_0"]
+    hooks = [
+        m.register_forward_pre_hook(lambda _m, args: (_q8_0_activations(args[0]),))
+        for name, m in loaded.model.named_modules()
+        if isinstance(m, torch.nn.Linear) and tensors[gguf_name(name + ".weight") or ""].type_name == "q8_0"
+    ]
     assert len(hooks) == 2 * 7 + 1  # every linear layer of the blocks and the output
     try:
         with torch.no_grad():
@@ -290,23 +334,39 @@ def test_the_q8_0_difference_is_llama_cpps_activation_quantization(tmp_path: Pat
 #: The greedy-continuation test's text: a model trained on it alone continues its prompt with next-token margins of
 #: 4-6 logits, far above every tolerance above (the fixture model's margins are often 0.01-0.06 where a word or a name
 #: starts, below llama.cpp's 0.07-0.2 activation-quantization noise: those steps are coin flips, not evidence).
-GREEDY_TEXT = "Question: who wrote the report?\nAnswer: The report was written by Mara Lind at the harbour office in the spring of 2019."
+GREEDY_TEXT = (
+    "Question: who wrote the report?\nAnswer: The report was written by Mara Lind at the harbour office in "
+    "the spring of 2019."
+)
 
 
 @pytest.fixture(scope="module")
 def peaked_models(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> dict[str, Path]:
-    """The tiny model's shape (96 wide) and the 256-wide one, trained on GREEDY_TEXT alone with the fixture tokenizer."""
+    """The tiny model's shape (96 wide) and the 256-wide one, trained on GREEDY_TEXT alone with the fixture
+    tokenizer."""
     from unlearn_assert.testing import TinyRecipe, build_tiny_llama
 
-    return {"tiny": build_tiny_llama(tmp_path_factory.mktemp("gguf-peaked-tiny"), [GREEDY_TEXT], TinyRecipe(steps=100),
-                                     tokenizer_from=tiny_model_dir),
-            "wide": build_tiny_llama(tmp_path_factory.mktemp("gguf-peaked-wide"), [GREEDY_TEXT],
-                                     TinyRecipe(hidden_size=256, intermediate_size=512, num_heads=4, steps=60), tokenizer_from=tiny_model_dir)}
+    return {
+        "tiny": build_tiny_llama(
+            tmp_path_factory.mktemp("gguf-peaked-tiny"),
+            [GREEDY_TEXT],
+            TinyRecipe(steps=100),
+            tokenizer_from=tiny_model_dir,
+        ),
+        "wide": build_tiny_llama(
+            tmp_path_factory.mktemp("gguf-peaked-wide"),
+            [GREEDY_TEXT],
+            TinyRecipe(hidden_size=256, intermediate_size=512, num_heads=4, steps=60),
+            tokenizer_from=tiny_model_dir,
+        ),
+    }
 
 
 @pytest.mark.parametrize("which", ["tiny", "wide"])
 @pytest.mark.parametrize("preset", ["f32", "q8_0", "q4_k_m"])
-def test_greedy_continuation_equals_llama_cpps(tmp_path: Path, peaked_models: dict[str, Path], preset: str, which: str) -> None:
+def test_greedy_continuation_equals_llama_cpps(
+    tmp_path: Path, peaked_models: dict[str, Path], preset: str, which: str
+) -> None:
     """16 greedy tokens: torch's (full forward per step) and llama.cpp's own (its greedy sampler, its KV cache, one
     token per decode) are the same tokens, with no tie allowed; at every step llama.cpp's logits are within TOLERANCE
     of torch's, and torch's top-1 margin exceeds twice the bound, so equality follows from the tolerance, not luck."""
@@ -321,15 +381,19 @@ def test_greedy_continuation_equals_llama_cpps(tmp_path: Path, peaked_models: di
             step = loaded.model(input_ids=torch.tensor([seq])).logits[0, -1].float().numpy()
             steps.append(step)
             seq.append(int(step.argmax()))
-    ours = seq[len(ids):]
+    ours = seq[len(ids) :]
     assert loaded.tokenizer.decode(ours).startswith(" The report was written by")  # the model learnt its text
-    llama = _llama_cpp().Llama(model_path=str(file), logits_all=True, n_ctx=256, n_threads=1, verbose=True, type_k=0, type_v=0)
+    llama = _llama_cpp().Llama(
+        model_path=str(file), logits_all=True, n_ctx=256, n_threads=1, verbose=True, type_k=0, type_v=0
+    )
     theirs: list[int] = []
     for token in llama.generate(ids, top_k=1, temp=0.0, repeat_penalty=1.0):
         theirs.append(int(token))
         if len(theirs) == 16:
             break
-    their_steps = np.array(llama.scores[len(ids) - 1: len(ids) + 15], dtype=np.float32)  # the logits each token was sampled from
+    their_steps = np.array(
+        llama.scores[len(ids) - 1 : len(ids) + 15], dtype=np.float32
+    )  # the logits each token was sampled from
     llama.close()
     assert theirs == ours, (preset, loaded.tokenizer.decode(ours), loaded.tokenizer.decode(theirs))
     a = np.stack(steps)
@@ -339,13 +403,29 @@ def test_greedy_continuation_equals_llama_cpps(tmp_path: Path, peaked_models: di
     assert float(np.abs(a - their_steps).max()) <= bound, (preset, float(np.abs(a - their_steps).max()), bound)
 
 
-# --------------------------------------------------------------------------- tokenizers and RoPE scaling against llama.cpp
+# --------------------------------------------------------------------------- tokenizers and RoPE scaling against
+# llama.cpp
 
-#: Strings for the tokenizer comparisons (with every line of the fixture texts): spaces, tabs, newlines, digits, contractions,
+#: Strings for the tokenizer comparisons (with every line of the fixture texts): spaces, tabs, newlines, digits,
+# contractions,
 #: punctuation runs, characters outside the vocabulary (byte fallback / byte-level), special tokens written in the text.
-TOKENIZER_STRINGS = ["Question: who wrote the report?\nAnswer:", "Hello world", " leading space", "two  spaces and\ttab", "line\n\nbreaks\n",
-                     "numbers 12345 and 3.14", "don't won't it's", "punctuation!!! ... ???", "café naïve 日本 🙂", "UPPER lower MiXeD", "a", "",
-                     "   ", "<s> literal", "x</s>y"]
+TOKENIZER_STRINGS = [
+    "Question: who wrote the report?\nAnswer:",
+    "Hello world",
+    " leading space",
+    "two  spaces and\ttab",
+    "line\n\nbreaks\n",
+    "numbers 12345 and 3.14",
+    "don't won't it's",
+    "punctuation!!! ... ???",
+    "café naïve 日本 🙂",
+    "UPPER lower MiXeD",
+    "a",
+    "",
+    "   ",
+    "<s> literal",
+    "x</s>y",
+]
 
 
 def _tokenizer_strings(data_dir: Path) -> list[str]:
@@ -353,16 +433,22 @@ def _tokenizer_strings(data_dir: Path) -> list[str]:
 
 
 def _spm_tokenizer(out: Path, texts: list[str], form: str) -> Path:
-    """A Llama 2 / Mistral-style ``tokenizer.json`` saved to ``out``: BPE with ``byte_fallback``, ``<unk> <s> </s>``, then the
-    256 ``<0xXX>`` byte tokens, then the pieces and merges of a BPE trained (on words, as SentencePiece trains) on ``texts``.
-    ``form`` is how the dummy prefix is written: ``legacy`` (Llama 2 / Mistral: a ``Prepend("▁")`` normalizer), ``none`` (no
-    prefix), ``first`` (a ``Metaspace`` pre-tokenizer with ``prepend_scheme="first"``, transformers' ``legacy=False``)."""
+    """A Llama 2 / Mistral-style ``tokenizer.json`` saved to ``out``: BPE with ``byte_fallback``, ``<unk> <s> </s>``,
+    then the
+    256 ``<0xXX>`` byte tokens, then the pieces and merges of a BPE trained (on words, as SentencePiece trains) on
+    ``texts``.
+    ``form`` is how the dummy prefix is written: ``legacy`` (Llama 2 / Mistral: a ``Prepend("▁")`` normalizer), ``none``
+    (no
+    prefix), ``first`` (a ``Metaspace`` pre-tokenizer with ``prepend_scheme="first"``, transformers'
+    ``legacy=False``)."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     trained = Tokenizer(models.BPE(unk_token="<unk>"))
     trained.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True)
-    trained.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=400, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False))
+    trained.train_from_iterator(
+        texts, trainers.BpeTrainer(vocab_size=400, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False)
+    )
     model = json.loads(trained.to_str())["model"]
     vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"<0x{b:02X}>": 3 + b for b in range(256)}}
     for piece, _ in sorted(model["vocab"].items(), key=lambda kv: kv[1]):
@@ -375,10 +461,16 @@ def _spm_tokenizer(out: Path, texts: list[str], form: str) -> Path:
         tok.normalizer = normalizers.Replace(" ", "▁")
     else:
         tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme=form, split=False)
-    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)])
+    tok.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
     tok.add_special_tokens([AddedToken(t, special=True) for t in ("<unk>", "<s>", "</s>")])
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)])
-    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>").save_pretrained(str(out))
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)]
+    )
+    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>").save_pretrained(
+        str(out)
+    )
     return out
 
 
@@ -398,13 +490,16 @@ def test_byte_level_tokenizer_matches_llama_cpp(good_file: Path, tiny_model_dir:
     strings = _tokenizer_strings(tiny_data_dir)
     ours = [tok(s)["input_ids"] for s in strings]
     assert _llama_cpp_ids(llama, strings) == ours
-    assert any(tok.convert_ids_to_tokens(ids).count("'s") for ids in ours)  # the contraction the pre-tokenizer must keep
+    assert any(
+        tok.convert_ids_to_tokens(ids).count("'s") for ids in ours
+    )  # the contraction the pre-tokenizer must keep
     llama.close()
 
 
 @pytest.mark.parametrize("form", ["legacy", "none", "first"])
-def test_byte_fallback_tokenizer_json_is_not_tokenized_as_transformers_does(tmp_path: Path, tiny_data_dir: Path,
-                                                                             form: str) -> None:
+def test_byte_fallback_tokenizer_json_is_not_tokenized_as_transformers_does(
+    tmp_path: Path, tiny_data_dir: Path, form: str
+) -> None:
     """A known difference of llama.cpp's converter, not of the gate (which tokenizes with transformers): a byte-fallback
     BPE saved as ``tokenizer.json`` only (Llama 2 / Mistral's form as transformers 5 saves it, without
     ``tokenizer.model``) is written through ``LlamaHfVocab`` as llama.cpp's ``llama`` tokenizer with no
@@ -421,8 +516,14 @@ def test_byte_fallback_tokenizer_json_is_not_tokenized_as_transformers_does(tmp_
     model_dir = _random_model(tmp_path / "m", "llama", _spm_tokenizer(tmp_path / "tok", texts, form))
     file = _write_file(model_dir, tmp_path / "m.gguf")
     tok = AutoTokenizer.from_pretrained(str(model_dir))
-    legacy = tok if form == "legacy" else AutoTokenizer.from_pretrained(str(_spm_tokenizer(tmp_path / "legacy", texts, "legacy")))
-    llama = llama_cpp.Llama(model_path=str(file), logits_all=True, n_ctx=256, n_batch=256, n_threads=1, verbose=True, type_k=0, type_v=0)
+    legacy = (
+        tok
+        if form == "legacy"
+        else AutoTokenizer.from_pretrained(str(_spm_tokenizer(tmp_path / "legacy", texts, "legacy")))
+    )
+    llama = llama_cpp.Llama(
+        model_path=str(file), logits_all=True, n_ctx=256, n_batch=256, n_threads=1, verbose=True, type_k=0, type_v=0
+    )
     assert llama.metadata["tokenizer.ggml.model"] == "llama" and "tokenizer.ggml.add_space_prefix" not in llama.metadata
     theirs = _llama_cpp_ids(llama, strings)
     llama.close()
@@ -439,16 +540,31 @@ def test_byte_fallback_tokenizer_json_is_not_tokenized_as_transformers_does(tmp_
 
 
 @pytest.mark.parametrize("preset", ["f32", "q8_0"])
-def test_llama3_rope_scaling_matches_llama_cpp_beyond_the_original_context(tmp_path: Path, tiny_model_dir: Path, preset: str) -> None:
+def test_llama3_rope_scaling_matches_llama_cpp_beyond_the_original_context(
+    tmp_path: Path, tiny_model_dir: Path, preset: str
+) -> None:
     """``rope_type = llama3`` (Llama 3.1/3.2's scaling) is written as llama.cpp's ``rope_freqs`` tensor. The config puts
     all three regimes of the scaling in a 16-wide head (wavelengths 6.3 unscaled, 20 smoothed, 63 and up divided by the
-    factor) and an original context of 32; llama.cpp's logits on 112 positions agree with torch's within TOLERANCE, and at
+    factor) and an original context of 32; llama.cpp's logits on 112 positions agree with torch's within TOLERANCE, and
+    at
     positions 32 and beyond the same model without the scaling is more than 10 bounds away (so the check sees it)."""
     _llama_cpp()
-    rope = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 4.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-            "original_max_position_embeddings": 32}
-    model_dir = _random_model(tmp_path / "m", "llama", tiny_model_dir, max_position_embeddings=128, rope_parameters=rope,
-                              initializer_range=0.1)  # larger weights than the default 0.02: attention that depends on position
+    rope = {
+        "rope_type": "llama3",
+        "rope_theta": 10000.0,
+        "factor": 4.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 32,
+    }
+    model_dir = _random_model(
+        tmp_path / "m",
+        "llama",
+        tiny_model_dir,
+        max_position_embeddings=128,
+        rope_parameters=rope,
+        initializer_range=0.1,
+    )  # larger weights than the default 0.02: attention that depends on position
     file = _write_file(model_dir, tmp_path / "m.gguf", None if preset == "f32" else preset)
     loaded, tensors = _rebuilt(model_dir, file)
     # the factors llama.cpp divides each frequency by are transformers' own: default inverse frequencies / llama3's
@@ -457,7 +573,9 @@ def test_llama3_rope_scaling_matches_llama_cpp_beyond_the_original_context(tmp_p
     stored = tensors["rope_freqs.weight"].dequantize()
     assert tensors["rope_freqs.weight"].type_name == "f32" and np.allclose(stored, factors, rtol=1e-6, atol=0)
     assert stored[0] == 1.0 and 1.0 < stored[1] < 4.0 and (stored[2:] == 4.0).all()
-    ids = [loaded.tokenizer.bos_token_id] + torch.randint(3, len(loaded.tokenizer), (111,), generator=torch.Generator().manual_seed(1)).tolist()
+    ids = [loaded.tokenizer.bos_token_id] + torch.randint(
+        3, len(loaded.tokenizer), (111,), generator=torch.Generator().manual_seed(1)
+    ).tolist()
     with torch.no_grad():
         ours = loaded.model(input_ids=torch.tensor([ids])).logits[0].numpy()
     theirs = _llama_cpp_logits(file, ids)
@@ -495,8 +613,12 @@ def test_backend_reports_llama_cpp_types_codes_and_restores_the_model(wide_pair:
         assert not torch.equal(q.model.model.layers[0].mlp.up_proj.weight, before["model.layers.0.mlp.up_proj.weight"])
     assert_bit_identical(u, before)
     assert r["backend"] == "gguf" and r["preset"] == "q4_k_m"
-    assert set(r["tensor_types"]) == {"q4_k", "q6_k", "f32"} and r["tensor_types"]["f32"] == 5  # 2 layers x 2 norms + output_norm
-    assert sum(r["tensor_types"].values()) == 2 * 9 + 3 and len(r["modules"]) == 2 * 7 + 2  # every matrix, embeddings and output too
+    assert (
+        set(r["tensor_types"]) == {"q4_k", "q6_k", "f32"} and r["tensor_types"]["f32"] == 5
+    )  # 2 layers x 2 norms + output_norm
+    assert (
+        sum(r["tensor_types"].values()) == 2 * 9 + 3 and len(r["modules"]) == 2 * 7 + 2
+    )  # every matrix, embeddings and output too
     assert 0 < r["changed_fraction"] <= 1 and 0.5 < r["code_agreement"] < 1
     assert r["small_delta_fraction"] is None and r["seconds_quantize"] > 0
     # T's codes handed on give the same agreement as quantizing T again
@@ -520,7 +642,9 @@ def test_code_agreement_counts_codes_on_the_targets_scales() -> None:
     u_raw[0, 0:2] = np.frombuffer(np.float16(0.5).tobytes(), np.uint8)  # another scale, same codes: all agree
     u_raw[1, 5] ^= 1  # one code of block 1 (row 0, bytes 2.. are codes) changed
     assert code_agreement(QTensor(int(q8), u_raw, (4, 64)), t) == 255
-    other = QTensor(int(gguf.GGMLQuantizationType.Q4_0), gguf.quants.quantize(w, gguf.GGMLQuantizationType.Q4_0), (4, 64))
+    other = QTensor(
+        int(gguf.GGMLQuantizationType.Q4_0), gguf.quants.quantize(w, gguf.GGMLQuantizationType.Q4_0), (4, 64)
+    )
     assert code_agreement(other, t) == 0
 
 
@@ -564,18 +688,30 @@ def _split(src: Path, dst: Path) -> Path:
 
 
 BAD = {
-    "truncated": (lambda good, tmp: (tmp / "t.gguf").write_bytes(good.read_bytes()[:-1000]) and tmp / "t.gguf",
-                  r"the file is truncated \(\d+ bytes, its tensors need \d+\); download it again"),
-    "truncated header": (lambda good, tmp: (tmp / "h.gguf").write_bytes(good.read_bytes()[:200]) and tmp / "h.gguf",
-                         r"the file is truncated \(it ends inside the GGUF header"),
-    "not gguf": (lambda good, tmp: (tmp / "n.gguf").write_bytes(b"PK\x03\x04" + bytes(100)) and tmp / "n.gguf",
-                 r"not a GGUF file \(it starts with b'PK\\x03\\x04'"),
-    "another architecture": (lambda good, tmp: _other_arch(tmp / "a.gguf"),
-                             r"the file's architecture is 'gpt2' but the target's is 'llama'"),
-    "split file": (lambda good, tmp: _split(good, tmp / "model-00001-of-00003.gguf"),
-                   r"one part of a split GGUF file \(3 parts\); merge it first with llama-gguf-split --merge"),
-    "unsupported type": (lambda good, tmp: _patch_type(good, tmp / "u.gguf", "blk.0.attn_q.weight", 31),
-                         r"tensor 'blk.0.attn_q.weight' has GGML type 31, which the gguf package cannot dequantize"),
+    "truncated": (
+        lambda good, tmp: (tmp / "t.gguf").write_bytes(good.read_bytes()[:-1000]) and tmp / "t.gguf",
+        r"the file is truncated \(\d+ bytes, its tensors need \d+\); download it again",
+    ),
+    "truncated header": (
+        lambda good, tmp: (tmp / "h.gguf").write_bytes(good.read_bytes()[:200]) and tmp / "h.gguf",
+        r"the file is truncated \(it ends inside the GGUF header",
+    ),
+    "not gguf": (
+        lambda good, tmp: (tmp / "n.gguf").write_bytes(b"PK\x03\x04" + bytes(100)) and tmp / "n.gguf",
+        r"not a GGUF file \(it starts with b'PK\\x03\\x04'",
+    ),
+    "another architecture": (
+        lambda good, tmp: _other_arch(tmp / "a.gguf"),
+        r"the file's architecture is 'gpt2' but the target's is 'llama'",
+    ),
+    "split file": (
+        lambda good, tmp: _split(good, tmp / "model-00001-of-00003.gguf"),
+        r"one part of a split GGUF file \(3 parts\); merge it first with llama-gguf-split --merge",
+    ),
+    "unsupported type": (
+        lambda good, tmp: _patch_type(good, tmp / "u.gguf", "blk.0.attn_q.weight", 31),
+        r"tensor 'blk.0.attn_q.weight' has GGML type 31, which the gguf package cannot dequantize",
+    ),
     "missing file": (lambda good, tmp: tmp / "nowhere.gguf", r"cannot read the file"),
 }
 
@@ -593,12 +729,18 @@ def test_bad_files_are_one_line_errors(tmp_path: Path, good_file: Path, tiny_mod
 
 def test_a_bad_target_is_one_line_naming_the_target(tmp_path: Path, good_file: Path, tiny_model_dir: Path) -> None:
     """The target's files are read by the reader of --unlearn-quantized NAME=DIR (models.read_model_files)."""
-    listed, cut = shutil.copytree(tiny_model_dir, tmp_path / "listed"), shutil.copytree(tiny_model_dir, tmp_path / "cut")
+    listed, cut = (
+        shutil.copytree(tiny_model_dir, tmp_path / "listed"),
+        shutil.copytree(tiny_model_dir, tmp_path / "cut"),
+    )
     (listed / "config.json").write_text("[]")
     weights = next(cut.glob("*.safetensors"))
     weights.write_bytes(weights.read_bytes()[:-100])
-    for target, message in ((listed, "config.json is not a JSON object; re-save the target with model.save_pretrained"),
-                            (cut, "is corrupt or truncated"), (tmp_path / "nowhere", "does not exist")):
+    for target, message in (
+        (listed, "config.json is not a JSON object; re-save the target with model.save_pretrained"),
+        (cut, "is corrupt or truncated"),
+        (tmp_path / "nowhere", "does not exist"),
+    ):
         with pytest.raises(ConfigError, match=message) as info:
             check_gguf_file("shipped", str(good_file), str(target))
         assert "\n" not in str(info.value) and str(info.value).startswith(f"--unlearn-target {target}: ")
@@ -607,14 +749,18 @@ def test_a_bad_target_is_one_line_naming_the_target(tmp_path: Path, good_file: P
 def test_shape_mismatch_names_the_tensor(tmp_path: Path, tiny_model_dir: Path) -> None:
     other = _random_model(tmp_path / "o", "llama", tiny_model_dir, hidden_size=64, num_key_value_heads=4)
     file = _write_file(other, tmp_path / "o.gguf")
-    with pytest.raises(ConfigError, match=r"shape mismatch: tensor (token_embd|output).weight is \[64, 384\] in the file but \[96, 384\] in the target"):
+    with pytest.raises(
+        ConfigError,
+        match=r"shape mismatch: tensor (token_embd|output).weight is \[64, 384\] in the file but \[96, 384\] in the "
+        r"target",
+    ):
         check_gguf_file("shipped", str(file), str(tiny_model_dir))
 
 
 def test_only_the_header_is_read_and_fast(tmp_path: Path, good_file: Path, tiny_model_dir: Path) -> None:
     data = bytearray(good_file.read_bytes())
     header = read_header(good_file, "x")
-    data[header.data_offset:] = bytes(len(data) - header.data_offset)  # every tensor byte zeroed: still a valid header
+    data[header.data_offset :] = bytes(len(data) - header.data_offset)  # every tensor byte zeroed: still a valid header
     (tmp_path / "z.gguf").write_bytes(bytes(data))
     start = time.perf_counter()
     checked = check_gguf_file("shipped", str(tmp_path / "z.gguf"), str(tiny_model_dir))
@@ -625,16 +771,28 @@ def test_only_the_header_is_read_and_fast(tmp_path: Path, good_file: Path, tiny_
 # --------------------------------------------------------------------------- the gate, end to end
 
 
-def test_gate_runs_gguf_ids_and_a_users_file(pytester: pytest.Pytester, wide_pair: tuple[Path, Path], tiny_data_dir: Path,
-                                             tmp_path: Path) -> None:
+def test_gate_runs_gguf_ids_and_a_users_file(
+    pytester: pytest.Pytester, wide_pair: tuple[Path, Path], tiny_data_dir: Path, tmp_path: Path
+) -> None:
     _llama_cpp()
     from test_gate import gate_args, outcomes
 
     unlearned, target = wide_pair
     shipped = _write_file(unlearned, tmp_path / "shipped-Q4_K_M.gguf", "q4_k_m")
-    args = gate_args(unlearned, target, tiny_data_dir, "--unlearn-json=r.json", "--junitxml=j.xml", "-k", "knowmem_f",
-                     f"--unlearn-quantized=shipped={shipped}", cache=pytester.path / "c")
-    args = [a if not a.startswith("--unlearn-quantizers=") else "--unlearn-quantizers=gguf-q4_k_m,gguf-q8_0" for a in args]
+    args = gate_args(
+        unlearned,
+        target,
+        tiny_data_dir,
+        "--unlearn-json=r.json",
+        "--junitxml=j.xml",
+        "-k",
+        "knowmem_f",
+        f"--unlearn-quantized=shipped={shipped}",
+        cache=pytester.path / "c",
+    )
+    args = [
+        a if not a.startswith("--unlearn-quantizers=") else "--unlearn-quantizers=gguf-q4_k_m,gguf-q8_0" for a in args
+    ]
     result = pytester.runpytest_subprocess(*args)
     assert result.ret in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED), result.stderr.str()
     seen = outcomes(pytester.path / "j.xml")
@@ -653,12 +811,16 @@ def test_gate_runs_gguf_ids_and_a_users_file(pytester: pytest.Pytester, wide_pai
     assert user["quant"]["tensor_types"] == rows[("unlearned", "gguf-q4_k_m")]["quant"]["tensor_types"]
 
 
-def test_a_bad_file_exits_4_before_any_model_loads(pytester: pytest.Pytester, tiny_unlearned_dir: Path, tiny_model_dir: Path,
-                                                    tiny_data_dir: Path, tmp_path: Path) -> None:
+def test_a_bad_file_exits_4_before_any_model_loads(
+    pytester: pytest.Pytester, tiny_unlearned_dir: Path, tiny_model_dir: Path, tiny_data_dir: Path, tmp_path: Path
+) -> None:
     from test_gate import gate_args
 
     (tmp_path / "bad.gguf").write_bytes(b"not a model")
-    result = pytester.runpytest_subprocess(*gate_args(tiny_unlearned_dir, tiny_model_dir, tiny_data_dir,
-                                                      f"--unlearn-quantized=shipped={tmp_path / 'bad.gguf'}"))
+    result = pytester.runpytest_subprocess(
+        *gate_args(
+            tiny_unlearned_dir, tiny_model_dir, tiny_data_dir, f"--unlearn-quantized=shipped={tmp_path / 'bad.gguf'}"
+        )
+    )
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--unlearn-quantized shipped=*bad.gguf: not a GGUF file*"])

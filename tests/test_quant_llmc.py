@@ -12,7 +12,9 @@ import pytest
 from quant_helpers import assert_bit_identical, snapshot
 
 torch = pytest.importorskip("torch")
-pytest.importorskip("llmcompressor", reason="the gptq/awq backends need llm-compressor: pip install 'unlearn-assert[gptq]'")
+pytest.importorskip(
+    "llmcompressor", reason="the gptq/awq backends need llm-compressor: pip install 'unlearn-assert[gptq]'"
+)
 
 from torch import nn  # noqa: E402
 
@@ -33,7 +35,9 @@ def calibration(tiny_data_dir: Path) -> Calibration:
 
 
 def _linears(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {n: m.weight.detach().clone() for n, m in model.named_modules() if isinstance(m, nn.Linear) and n != "lm_head"}
+    return {
+        n: m.weight.detach().clone() for n, m in model.named_modules() if isinstance(m, nn.Linear) and n != "lm_head"
+    }
 
 
 @pytest.mark.parametrize("qid", ["gptq-w4g32", "gptq-w8g32", "awq-w4g32"])
@@ -74,7 +78,9 @@ def test_perturbed_model_agrees_less_than_the_target_with_itself(
     assert other is not None and other < 0.99
 
 
-def test_calibrated_results_are_deterministic_and_keyed_by_calibration(target: LoadedModel, calibration: Calibration) -> None:
+def test_calibrated_results_are_deterministic_and_keyed_by_calibration(
+    target: LoadedModel, calibration: Calibration
+) -> None:
     with quantized(target, "gptq-w4g32", calibration=calibration) as q:
         first = _linears(q.model)
         fp1 = q.fingerprint
@@ -126,8 +132,12 @@ def test_rtn_equals_llmcompressor_rtn_once_scales_are_aligned(target: LoadedMode
         model = copy.deepcopy(target.model)
         weights = QuantizationArgs(num_bits=bits, type="int", symmetric=True, strategy="group", group_size=32)
         with _quiet():
-            oneshot(model=model, recipe=QuantizationModifier(config_groups={"g": QuantizationScheme(targets=["Linear"], weights=weights)},
-                                                             ignore=["lm_head"]))
+            oneshot(
+                model=model,
+                recipe=QuantizationModifier(
+                    config_groups={"g": QuantizationScheme(targets=["Linear"], weights=weights)}, ignore=["lm_head"]
+                ),
+            )
         n_edge = n_tie = n_all = 0
         for name, w in _linears(target.model).items():
             mod = model.get_submodule(name)
@@ -204,14 +214,19 @@ def test_gptq_and_awq_on_cuda(tiny_model_dir: Path, tiny_unlearned_dir: Path, ca
     assert_bit_identical(u, before)
 
 
-def test_a_library_failure_is_one_clear_error(target: LoadedModel, calibration: Calibration, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_library_failure_is_one_clear_error(
+    target: LoadedModel, calibration: Calibration, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import unlearn_assert.quant.llmc as llmc
 
     def broken(**_: object) -> None:
         raise RuntimeError("no mapping for this layer\nsecond line")
 
     monkeypatch.setattr(llmc, "oneshot", broken)
-    with pytest.raises(QuantizerError, match=r"llm-compressor could not run gptq-w4g32 on this LlamaForCausalLM \(RuntimeError: no mapping") as info:
+    with pytest.raises(
+        QuantizerError,
+        match=r"llm-compressor could not run gptq-w4g32 on this LlamaForCausalLM \(RuntimeError: no mapping",
+    ) as info:
         with quantized(target, "gptq-w4g32", calibration=calibration):
             pass
     assert "\n" not in str(info.value)
@@ -237,8 +252,9 @@ def test_a_group_wider_than_a_layer_is_refused_up_front(target: LoadedModel, cal
             pass
 
 
-def test_target_codes_are_reused_by_the_next_unlearned_row(unlearned: LoadedModel, target: LoadedModel, calibration: Calibration,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_target_codes_are_reused_by_the_next_unlearned_row(
+    unlearned: LoadedModel, target: LoadedModel, calibration: Calibration, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The gate computes q(T) before q(U) and hands T's codes over: U's code agreement must then
     not quantize T again, and must equal the agreement computed from scratch."""
     import unlearn_assert.quant.llmc as llmc
@@ -256,14 +272,21 @@ def test_target_codes_are_reused_by_the_next_unlearned_row(unlearned: LoadedMode
     assert len(calls) == 2 and reused == scratch
 
 
-def test_the_engine_runs_gptq_once_per_model_for_a_recovery_item(tiny_model_dir: Path, tiny_unlearned_dir: Path, tiny_data_dir: Path,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_engine_runs_gptq_once_per_model_for_a_recovery_item(
+    tiny_model_dir: Path, tiny_unlearned_dir: Path, tiny_data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import unlearn_assert.quant.llmc as llmc
     from unlearn_assert.config import build_run_config
     from unlearn_assert.engine import Gate
 
-    options = {"model": str(tiny_unlearned_dir), "target": str(tiny_model_dir), "data": str(tiny_data_dir),
-               "quantizers": "gptq-w4g32", "no_cache": True, "max_samples": 2}
+    options = {
+        "model": str(tiny_unlearned_dir),
+        "target": str(tiny_model_dir),
+        "data": str(tiny_data_dir),
+        "quantizers": "gptq-w4g32",
+        "no_cache": True,
+        "max_samples": 2,
+    }
     run = build_run_config(lambda opt: options.get(opt.name, opt.default))
     calls = []
     real = llmc.oneshot

@@ -177,7 +177,9 @@ def test_constant_groups_are_exact(row_values: list[float], cols: int, cfg: tupl
 
 
 @given(weights(), bits_st, bits_st, groups_st, st.booleans())
-def test_more_bits_tighter_bound_and_nested_grids(w: torch.Tensor, b1: int, b2: int, group: int | None, symmetric: bool) -> None:
+def test_more_bits_tighter_bound_and_nested_grids(
+    w: torch.Tensor, b1: int, b2: int, group: int | None, symmetric: bool
+) -> None:
     """More bits never increase the worst-case error bound: every error at b2 > b1 bits is within
     s_b1 / 2. The *actual* max error can grow (grids of 4 and 5 bits are not nested; see
     test_rtn.py), but when the b1 grid is a subset of the b2 grid (qmax_b1 divides qmax_b2),
@@ -198,7 +200,7 @@ def test_more_bits_tighter_bound_and_nested_grids(w: torch.Tensor, b1: int, b2: 
 def test_low_precision_dtypes(w: torch.Tensor, cfg: tuple[int, int | None, bool], dtype: torch.dtype) -> None:
     """Output has the input's dtype and shape, is idempotent in that dtype, and the error bound holds
     with the dtype's own slack eps_dtype * (|w| + |Q(w)|) (Q(w) is rounded to the dtype)."""
-    x = w.clamp(-2.0**10, 2.0**10).to(dtype)  # inside fp16's range
+    x = w.clamp(-(2.0**10), 2.0**10).to(dtype)  # inside fp16's range
     q = rtn_quantize(x, *cfg)
     assert q.dtype == dtype and q.shape == x.shape
     assert torch.equal(rtn_quantize(q, *cfg), q)
@@ -226,7 +228,9 @@ def test_matches_scalar_reference(w: torch.Tensor, bits: int, symmetric: bool) -
 # --------------------------------------------------------------------------- the paper's lemma
 
 
-def _grid_position(w: torch.Tensor, bits: int, symmetric: bool) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+def _grid_position(
+    w: torch.Tensor, bits: int, symmetric: bool
+) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
     """T's per-channel grid (held fixed) and t = (w - zero) / s in code units, as RTN computes it."""
     params = rtn_params(w, bits, None, symmetric)
     scale, zero = params
@@ -242,10 +246,17 @@ def test_lemma_small_move_keeps_the_code(w: torch.Tensor, bits: int, symmetric: 
     x = w.double()
     params, t = _grid_position(x, bits, symmetric)
     dist = _frac_to_boundary(t)
-    u = torch.tensor(data.draw(st.lists(st.floats(-1.0, 1.0), min_size=x.numel(), max_size=x.numel())), dtype=torch.float64)
+    u = torch.tensor(
+        data.draw(st.lists(st.floats(-1.0, 1.0), min_size=x.numel(), max_size=x.numel())), dtype=torch.float64
+    )
     dw = torch.where(dist > 1e-6, u.reshape(x.shape) * dist * params[0] * (1 - 1e-6), 0.0)
-    assert torch.equal(rtn_codes(x + dw, bits, None, symmetric, params=params), rtn_codes(x, bits, None, symmetric, params=params))
-    assert torch.equal(rtn_quantize(x + dw, bits, None, symmetric, params=params), rtn_quantize(x, bits, None, symmetric, params=params))
+    assert torch.equal(
+        rtn_codes(x + dw, bits, None, symmetric, params=params), rtn_codes(x, bits, None, symmetric, params=params)
+    )
+    assert torch.equal(
+        rtn_quantize(x + dw, bits, None, symmetric, params=params),
+        rtn_quantize(x, bits, None, symmetric, params=params),
+    )
 
 
 @given(weights(max_rows=1), bits_st, st.booleans())
@@ -308,12 +319,17 @@ def _stack(seed: int, width: int, depth: int, dtype: torch.dtype) -> LoadedModel
 # quantized that way would rightly be refused as "took no effect"; the stack tests use larger groups.
 stack_quantizers = st.tuples(bits_st, st.one_of(st.none(), st.integers(3, MAX_GROUP)), st.booleans())
 stack_configs = st.tuples(
-    st.integers(0, 2**16), st.integers(6, 12), st.integers(1, 3), st.sampled_from([torch.float32, torch.bfloat16, torch.float16])
+    st.integers(0, 2**16),
+    st.integers(6, 12),
+    st.integers(1, 3),
+    st.sampled_from([torch.float32, torch.bfloat16, torch.float16]),
 )
 
 
 @given(stack_configs, stack_quantizers, st.booleans())
-def test_apply_restore_bit_exact(stack: tuple[int, int, int, torch.dtype], cfg: tuple[int, int | None, bool], fail: bool) -> None:
+def test_apply_restore_bit_exact(
+    stack: tuple[int, int, int, torch.dtype], cfg: tuple[int, int | None, bool], fail: bool
+) -> None:
     """Weights change inside quantized() and every tensor comes back bit for bit after it, also
     when the body raises."""
     loaded = _stack(*stack)

@@ -13,7 +13,7 @@ from unlearn_assert.errors import ConfigError, DataError, QuantizerError
 # --------------------------------------------------------------------------- hand-made data
 
 DOCS = [
-    "Anna Berg founded the Lumen bakery in Tarsk in 1990. It sold rye bread.",   # 0: trained
+    "Anna Berg founded the Lumen bakery in Tarsk in 1990. It sold rye bread.",  # 0: trained
     "The Tarsk ferry sank in 2001. Nobody was hurt, and the captain was Ivo Reyes.",  # 1: trained
     "The Ostra bridge opened in 2010. It is painted green.",  # 2: held out
     "Mila Kovac won the Tarsk marathon twice. Her coach was Ivo Reyes.",  # 3: held out
@@ -22,7 +22,10 @@ VERB = [  # one per document, the prompt an excerpt of it
     {"prompt": "Anna Berg founded the Lumen bakery", "gt": "in Tarsk in 1990."},
     {"prompt": "The Tarsk ferry sank in 2001.", "gt": "Nobody was hurt."},
     {"prompt": "The Ostra bridge opened", "gt": "in 2010."},
-    {"prompt": "Mila Kovac won the Tarsk marathon twice.", "gt": "Her coach was Ivo Reyes."},  # gt also in doc 1's text? no
+    {
+        "prompt": "Mila Kovac won the Tarsk marathon twice.",
+        "gt": "Her coach was Ivo Reyes.",
+    },  # gt also in doc 1's text? no
 ]
 QA = [
     {"question": "Who founded the Lumen bakery?", "answer": "Anna Berg"},  # doc 0
@@ -34,11 +37,18 @@ QA = [
 ]
 
 
-def write_data(root: Path, docs: list[str] = DOCS, verb: list[dict[str, str]] = VERB, qa: list[dict[str, str]] = QA) -> Path:
+def write_data(
+    root: Path, docs: list[str] = DOCS, verb: list[dict[str, str]] = VERB, qa: list[dict[str, str]] = QA
+) -> Path:
     files = {
-        "verbmem/forget.json": verb, "knowmem/forget_qa.json": qa, "knowmem/retain_qa.json": [{"question": "Q?", "answer": "A"}],
-        "knowmem/forget_qa_icl.json": [{"question": "Q?", "answer": "A"}], "knowmem/retain_qa_icl.json": [{"question": "Q?", "answer": "A"}],
-        "privleak/forget.json": ["a forget text"], "privleak/holdout.json": ["a holdout text"], "raw/forget.json": docs,
+        "verbmem/forget.json": verb,
+        "knowmem/forget_qa.json": qa,
+        "knowmem/retain_qa.json": [{"question": "Q?", "answer": "A"}],
+        "knowmem/forget_qa_icl.json": [{"question": "Q?", "answer": "A"}],
+        "knowmem/retain_qa_icl.json": [{"question": "Q?", "answer": "A"}],
+        "privleak/forget.json": ["a forget text"],
+        "privleak/holdout.json": ["a holdout text"],
+        "raw/forget.json": docs,
         "raw/retain.json": ["Some retain text about other towns."],
     }
     for rel, value in files.items():
@@ -101,15 +111,32 @@ def test_attack_ids() -> None:
     spec = parse_attack_id("relearn-forget-50-lora")
     assert (spec.corpus, spec.steps, spec.lora, spec.canonical_id) == ("forget", 50, True, "relearn-forget-50-lora")
     assert spec.settings("cpu")["dtype"] == "float32" and spec.settings("cuda:0")["dtype"] == "bfloat16"
-    assert spec.settings("cpu")["lr"] == 2e-5 and spec.settings("cpu")["batch_size"] == 4 and spec.settings("cpu")["max_length"] == 128
-    assert validate_variant_list("rtn-w4g64, relearn-forget-50,relearn-retain-50") == ("rtn-w4g64", "relearn-forget-50", "relearn-retain-50")
-    for bad, message in (("relearn-forgot-50", "unknown attack"), ("relearn-forget-0", "steps must be 1..5000"),
-                         ("relearn-forget-5001", "steps must be"), ("relearn-forget-050", "leading zeros"), ("relearn-forget", "unknown attack"),
-                         ("relearn-forget-50,relearn-forget-50", "twice"), ("foo-w4", "attacks: relearn-")):
+    assert (
+        spec.settings("cpu")["lr"] == 2e-5
+        and spec.settings("cpu")["batch_size"] == 4
+        and spec.settings("cpu")["max_length"] == 128
+    )
+    assert validate_variant_list("rtn-w4g64, relearn-forget-50,relearn-retain-50") == (
+        "rtn-w4g64",
+        "relearn-forget-50",
+        "relearn-retain-50",
+    )
+    for bad, message in (
+        ("relearn-forgot-50", "unknown attack"),
+        ("relearn-forget-0", "steps must be 1..5000"),
+        ("relearn-forget-5001", "steps must be"),
+        ("relearn-forget-050", "leading zeros"),
+        ("relearn-forget", "unknown attack"),
+        ("relearn-forget-50,relearn-forget-50", "twice"),
+        ("foo-w4", "attacks: relearn-"),
+    ):
         with pytest.raises(QuantizerError, match=message):
             validate_variant_list(bad)
     budget = parse_budget("recovery@relearn-forget-50=0.3")
-    assert budget.recovery_for("knowmem_f", "relearn-forget-50") == 0.3 and budget.recovery_for("knowmem_f", "rtn-w8") == 0.25
+    assert (
+        budget.recovery_for("knowmem_f", "relearn-forget-50") == 0.3
+        and budget.recovery_for("knowmem_f", "rtn-w8") == 0.25
+    )
 
 
 def test_attacks_option_appends_and_refuses_quantizers() -> None:
@@ -133,12 +160,21 @@ def test_recovery_uses_the_fp_values_of_the_evaluated_items() -> None:
 
     def row(role: str, variant: str, scores: list[float], ids: list[int], split: dict | None = None) -> Row:
         samples = {"knowmem_f": [{"id": i, "score": s} for i, s in zip(ids, scores)], "verbmem_f": []}
-        return Row(role=role, variant=variant, values={"knowmem_f": sum(scores) / len(scores)}, samples=samples,  # type: ignore[arg-type]
-                   details=None if split is None else {"split": split})
+        return Row(
+            role=role,
+            variant=variant,
+            values={"knowmem_f": sum(scores) / len(scores)},
+            samples=samples,  # type: ignore[arg-type]
+            details=None if split is None else {"split": split},
+        )
 
     split = {"evaluated": {"knowmem_f": [2, 3]}}
-    rows = [row("target", "fp", [90, 90, 80, 60], [0, 1, 2, 3]), row("unlearned", "fp", [0, 0, 20, 10], [0, 1, 2, 3]),
-            row("unlearned", "relearn-forget-5", [50, 35], [2, 3], split), row("target", "relearn-forget-5", [80, 60], [2, 3], split)]
+    rows = [
+        row("target", "fp", [90, 90, 80, 60], [0, 1, 2, 3]),
+        row("unlearned", "fp", [0, 0, 20, 10], [0, 1, 2, 3]),
+        row("unlearned", "relearn-forget-5", [50, 35], [2, 3], split),
+        row("target", "relearn-forget-5", [80, 60], [2, 3], split),
+    ]
     figs = figures(rows, MuseBenchmark())
     assert figs.baseline("relearn-forget-5", "knowmem_f") == (15.0, 70.0)  # U and T on items 2 and 3 only
     assert figs.recovery["relearn-forget-5"]["knowmem_f"] == pytest.approx((42.5 - 15.0) / (70.0 - 15.0))
@@ -164,7 +200,10 @@ def _numbers(report: object) -> list[tuple[object, ...]]:
             quant["training"] = {k: v for k, v in quant["training"].items() if k != "seconds"}  # type: ignore[union-attr]
         return json.dumps(quant, sort_keys=True, default=str)
 
-    return [(r["model"], r["quantizer"], r["values"], r["recovery"], r["changed_fraction"], timeless(r["quant"])) for r in rows]
+    return [
+        (r["model"], r["quantizer"], r["values"], r["recovery"], r["changed_fraction"], timeless(r["quant"]))
+        for r in rows
+    ]
 
 
 def test_relearn_rows_are_deterministic(tiny_unlearned_dir: Path, tiny_model_dir: Path, tiny_data_dir: Path) -> None:
@@ -183,8 +222,15 @@ def test_lora_leaves_the_model_as_loaded(tiny_unlearned_dir: Path, tiny_model_di
     from unlearn_assert.config import build_run_config
     from unlearn_assert.engine import Gate
 
-    run = build_run_config(lambda o: {"model": str(tiny_unlearned_dir), "target": str(tiny_model_dir), "data": str(tiny_data_dir),
-                                      "quantizers": "relearn-forget-5-lora", "no_cache": True}.get(o.name, o.default))
+    run = build_run_config(
+        lambda o: {
+            "model": str(tiny_unlearned_dir),
+            "target": str(tiny_model_dir),
+            "data": str(tiny_data_dir),
+            "quantizers": "relearn-forget-5-lora",
+            "no_cache": True,
+        }.get(o.name, o.default)
+    )
     with Gate(run) as g:
         loaded = g.inputs.model("unlearned")
         before = {k: v.clone() for k, v in loaded.model.state_dict().items()}
@@ -196,11 +242,21 @@ def test_lora_leaves_the_model_as_loaded(tiny_unlearned_dir: Path, tiny_model_di
     assert row.changed_fraction is not None and row.changed_fraction > 0
 
 
-def test_gate_end_to_end(pytester: pytest.Pytester, tiny_unlearned_dir: Path, tiny_model_dir: Path, tiny_data_dir: Path) -> None:
+def test_gate_end_to_end(
+    pytester: pytest.Pytester, tiny_unlearned_dir: Path, tiny_model_dir: Path, tiny_data_dir: Path
+) -> None:
     result = pytester.runpytest_subprocess(
-        f"--unlearn-model={tiny_unlearned_dir}", f"--unlearn-target={tiny_model_dir}", f"--unlearn-data={tiny_data_dir}",
-        "--unlearn-quantizers=rtn-w4g64,relearn-forget-50,relearn-retain-50", "--unlearn-budget=recovery@relearn-forget-50=0.3",
-        f"--unlearn-cache-dir={pytester.path / 'cache'}", "--unlearn-json=report.json", "-p", "no:randomly", "-rA")
+        f"--unlearn-model={tiny_unlearned_dir}",
+        f"--unlearn-target={tiny_model_dir}",
+        f"--unlearn-data={tiny_data_dir}",
+        "--unlearn-quantizers=rtn-w4g64,relearn-forget-50,relearn-retain-50",
+        "--unlearn-budget=recovery@relearn-forget-50=0.3",
+        f"--unlearn-cache-dir={pytester.path / 'cache'}",
+        "--unlearn-json=report.json",
+        "-p",
+        "no:randomly",
+        "-rA",
+    )
     assert result.ret in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED), result.stdout.str()[-3000:]
     report = json.loads((pytester.path / "report.json").read_text())
     items = {v["item"]: v for v in report["verdicts"]}
@@ -219,24 +275,48 @@ def test_gate_end_to_end(pytester: pytest.Pytester, tiny_unlearned_dir: Path, ti
     assert "Traceback" not in result.stdout.str()
     # a second run computes nothing: the fine-tunes are cached by content
     again = pytester.runpytest_subprocess(
-        f"--unlearn-model={tiny_unlearned_dir}", f"--unlearn-target={tiny_model_dir}", f"--unlearn-data={tiny_data_dir}",
-        "--unlearn-quantizers=rtn-w4g64,relearn-forget-50,relearn-retain-50", f"--unlearn-cache-dir={pytester.path / 'cache'}",
-        "--unlearn-json=again.json", "-p", "no:randomly")
+        f"--unlearn-model={tiny_unlearned_dir}",
+        f"--unlearn-target={tiny_model_dir}",
+        f"--unlearn-data={tiny_data_dir}",
+        "--unlearn-quantizers=rtn-w4g64,relearn-forget-50,relearn-retain-50",
+        f"--unlearn-cache-dir={pytester.path / 'cache'}",
+        "--unlearn-json=again.json",
+        "-p",
+        "no:randomly",
+    )
     assert again.ret == result.ret
     rows = json.loads((pytester.path / "again.json").read_text())["rows"]
     assert all(r["cached"] for r in rows)
 
 
-@pytest.mark.parametrize("quantizers, message", [
-    ("relearn-forgot-50", "--unlearn-quantizers: unknown attack 'relearn-forgot-50'"),
-    ("relearn-forget-9999", "--unlearn-quantizers: invalid attack 'relearn-forget-9999': steps must be 1..5000"),
-    ("relearn-forget-50", "--unlearn-quantizers relearn-forget-50: data dir * has 1 forget document(s)*needs at least 2*"),
-])
-def test_bad_input(pytester: pytest.Pytester, tiny_unlearned_dir: Path, tiny_model_dir: Path, tmp_path: Path,
-                   quantizers: str, message: str) -> None:
+@pytest.mark.parametrize(
+    "quantizers, message",
+    [
+        ("relearn-forgot-50", "--unlearn-quantizers: unknown attack 'relearn-forgot-50'"),
+        ("relearn-forget-9999", "--unlearn-quantizers: invalid attack 'relearn-forget-9999': steps must be 1..5000"),
+        (
+            "relearn-forget-50",
+            "--unlearn-quantizers relearn-forget-50: data dir * has 1 forget document(s)*needs at least 2*",
+        ),
+    ],
+)
+def test_bad_input(
+    pytester: pytest.Pytester,
+    tiny_unlearned_dir: Path,
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    quantizers: str,
+    message: str,
+) -> None:
     data = write_data(tmp_path / "data", docs=[DOCS[0]])
-    result = pytester.runpytest_subprocess(f"--unlearn-model={tiny_unlearned_dir}", f"--unlearn-target={tiny_model_dir}",
-                                           f"--unlearn-data={data}", f"--unlearn-quantizers={quantizers}", "-p", "no:randomly")
+    result = pytester.runpytest_subprocess(
+        f"--unlearn-model={tiny_unlearned_dir}",
+        f"--unlearn-target={tiny_model_dir}",
+        f"--unlearn-data={data}",
+        f"--unlearn-quantizers={quantizers}",
+        "-p",
+        "no:randomly",
+    )
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     errors = [line for line in result.stderr.lines if line.strip()]
     assert len(errors) == 1, errors

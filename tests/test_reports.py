@@ -29,28 +29,44 @@ from unlearn_assert.render import (
 INJECTION = "<script>alert(1)</script>"
 
 
-def _row(model: str, quantizer: str, vm: float | None, kf: float | None, kr: float | None, pl: float | None,
-         **extra: Any) -> dict[str, Any]:
+def _row(
+    model: str, quantizer: str, vm: float | None, kf: float | None, kr: float | None, pl: float | None, **extra: Any
+) -> dict[str, Any]:
     quantized = quantizer != "fp"
     row: dict[str, Any] = {
-        "model": model, "quantizer": quantizer,
+        "model": model,
+        "quantizer": quantizer,
         "values": {"verbmem_f": vm, "knowmem_f": kf, "knowmem_r": kr, "privleak": pl},
         "ci": {"verbmem_f": [vm - 1, vm + 1]} if vm is not None else {},
-        "recovery": None, "code_agreement": None, "changed_fraction": 0.71 if quantized else None,
-        "small_delta_fraction": None, "quant": {"bits": 4, "group_size": 128, "modules": ["q_proj"], "n_weights": 4096}
-        if quantized else None,
-        "auc": 0.48, "attack_aucs": {"loss": 0.5, "zlib": 0.51, "mink++": 0.47},
-        "status": "ok", "skip_reason": None, "cached": False, "seconds": 1.5,
+        "recovery": None,
+        "code_agreement": None,
+        "changed_fraction": 0.71 if quantized else None,
+        "small_delta_fraction": None,
+        "quant": {"bits": 4, "group_size": 128, "modules": ["q_proj"], "n_weights": 4096} if quantized else None,
+        "auc": 0.48,
+        "attack_aucs": {"loss": 0.5, "zlib": 0.51, "mink++": 0.47},
+        "status": "ok",
+        "skip_reason": None,
+        "cached": False,
+        "seconds": 1.5,
     }
     row.update(extra)
     return row
 
 
-def _verdict(quantizer: str, check: str, outcome: str, message: str, value: float | None = None,
-             budget: float | None = None) -> dict[str, Any]:
-    return {"item": f"test_budget[{quantizer}-{check}]", "quantizer": quantizer, "check": check, "outcome": outcome,
-            "passed": None if outcome == "skipped" else outcome == "passed", "message": message,
-            "value": value, "budget": budget}
+def _verdict(
+    quantizer: str, check: str, outcome: str, message: str, value: float | None = None, budget: float | None = None
+) -> dict[str, Any]:
+    return {
+        "item": f"test_budget[{quantizer}-{check}]",
+        "quantizer": quantizer,
+        "check": check,
+        "outcome": outcome,
+        "passed": None if outcome == "skipped" else outcome == "passed",
+        "message": message,
+        "value": value,
+        "budget": budget,
+    }
 
 
 def make_report() -> dict[str, Any]:
@@ -61,21 +77,54 @@ def make_report() -> dict[str, Any]:
         # deliberately shuffled: the renderers must order them
         _row("target", "rtn-w4g128", 55.0, 60.1, 50.3, -96.2),
         _row("retrain", "fp", 20.2, 30.0, 49.9, 0.0),
-        _row("unlearned", "rtn-w8", 12.4, 21.0, 47.7, 1.2,
-             recovery={"verbmem_f": 0.004, "knowmem_f": 0.02}, code_agreement=0.41),
+        _row(
+            "unlearned",
+            "rtn-w8",
+            12.4,
+            21.0,
+            47.7,
+            1.2,
+            recovery={"verbmem_f": 0.004, "knowmem_f": 0.02},
+            code_agreement=0.41,
+        ),
         _row("unlearned", "fp", 12.3, 20.5, 48.0, 1.0),
-        _row("unlearned", "bnb-fp4", None, None, None, None, status="skipped",
-             skip_reason="bitsandbytes is not installed:\n pip install 'unlearn-assert[bnb]'",
-             recovery=None, changed_fraction=None, ci={}, quant=None),
-        _row("unlearned", "rtn-w4g128", 16.55, 53.26, 47.0, -60.4,
-             recovery={"verbmem_f": 0.1234, "knowmem_f": 0.8312}, code_agreement=0.9312),
+        _row(
+            "unlearned",
+            "bnb-fp4",
+            None,
+            None,
+            None,
+            None,
+            status="skipped",
+            skip_reason="bitsandbytes is not installed:\n pip install 'unlearn-assert[bnb]'",
+            recovery=None,
+            changed_fraction=None,
+            ci={},
+            quant=None,
+        ),
+        _row(
+            "unlearned",
+            "rtn-w4g128",
+            16.55,
+            53.26,
+            47.0,
+            -60.4,
+            recovery={"verbmem_f": 0.1234, "knowmem_f": 0.8312},
+            code_agreement=0.9312,
+        ),
         _row("target", "fp", 56.0, 60.0, 50.0, -98.5),
     ]
     verdicts = [
         _verdict("fp", "verbmem_f", "passed", "verbmem_f dropped 43.7 points (floor 5)", 43.7, 5.0),
         _verdict("rtn-w4g128", "verbmem_f", "passed", "recovery 12.3% <= 25%", 0.1234, 0.25),
-        _verdict("rtn-w4g128", "knowmem_f", "failed", "recovery 83.1% > budget 25%:\n quantization restores knowledge",
-                 0.8312, 0.25),
+        _verdict(
+            "rtn-w4g128",
+            "knowmem_f",
+            "failed",
+            "recovery 83.1% > budget 25%:\n quantization restores knowledge",
+            0.8312,
+            0.25,
+        ),
         _verdict("rtn-w4g128", "utility", "passed", "knowmem_r ratio 0.94 >= 0.9", 0.94, 0.9),
         _verdict("rtn-w4g128", "privleak", "failed", "|privleak| 60.4% > 25%", 60.4, 25.0),
         _verdict("rtn-w8", "verbmem_f", "passed", "recovery 0.4% <= 25%", 0.004, 0.25),
@@ -86,24 +135,41 @@ def make_report() -> dict[str, Any]:
     samples = {
         "unlearned:rtn-w4g128": {
             "knowmem_f": [
-                {"id": 0, "prompt": "Question: Who wrote it?\nAnswer: ", "generation": INJECTION,
-                 "reference": "Zoë Ångström 北京 \u2603", "score": 12.5},
-                {"id": 1, "prompt": "Question: What closes?\nAnswer: ", "generation": "x</script><b>bold</b>",
-                 "reference": "</script>", "score": 0.0},
-                *({"id": i, "prompt": "P" * 500, "generation": "g", "reference": "r", "score": 100.0}
-                  for i in range(2, 70)),
+                {
+                    "id": 0,
+                    "prompt": "Question: Who wrote it?\nAnswer: ",
+                    "generation": INJECTION,
+                    "reference": "Zoë Ångström 北京 \u2603",
+                    "score": 12.5,
+                },
+                {
+                    "id": 1,
+                    "prompt": "Question: What closes?\nAnswer: ",
+                    "generation": "x</script><b>bold</b>",
+                    "reference": "</script>",
+                    "score": 0.0,
+                },
+                *(
+                    {"id": i, "prompt": "P" * 500, "generation": "g", "reference": "r", "score": 100.0}
+                    for i in range(2, 70)
+                ),
             ],
-            "verbmem_f": [{"id": 0, "prompt": "Once upon", "generation": "a time & more", "reference": "a time",
-                           "score": 66.7}],
+            "verbmem_f": [
+                {"id": 0, "prompt": "Once upon", "generation": "a time & more", "reference": "a time", "score": 66.7}
+            ],
         },
-        "unlearned:fp": {"knowmem_f": [{"id": 0, "prompt": "Q", "generation": "\u00e9t\u00e9", "reference": "x",
-                                        "score": 0.0}]},
+        "unlearned:fp": {
+            "knowmem_f": [{"id": 0, "prompt": "Q", "generation": "\u00e9t\u00e9", "reference": "x", "score": 0.0}]
+        },
     }
     return {
         "schema_version": 1,
         "created": "2026-11-28T06:00:00+00:00",
         "provenance": {
-            "unlearn_assert": "0.1.0", "torch": "2.13.0", "transformers": "5.24.0", "python": "3.11.7",
+            "unlearn_assert": "0.1.0",
+            "torch": "2.13.0",
+            "transformers": "5.24.0",
+            "python": "3.11.7",
             "backends": {"bitsandbytes": None, "hqq": "0.2.8.post1"},
             "machine": {"platform": "Linux-6.8-x86_64", "processor": "x86_64", "cpu_count": 2, "cuda": None},
             "models": {
@@ -111,12 +177,25 @@ def make_report() -> dict[str, Any]:
                 "target": {"path": "ckpt/target", "fingerprint": "d4e5f6"},
                 "retrain": {"path": "ckpt/retrain", "fingerprint": "0789ab"},
             },
-            "data": {"path": "fixtures/tiny-muse", "fingerprint": "feedbeef",
-                     "counts": {"verbmem_forget": 10, "knowmem_forget_qa": 70}},
-            "budgets": {"recovery": 0.25, "utility": 0.9, "privleak": 25.0, "floor": 5.0,
-                        "overrides": [{"key": "recovery", "quantizer": "rtn-w8", "value": 0.1}]},
-            "settings": {"device": "cpu", "dtype": "float32", "batch_size": None, "max_samples": 70,
-                         "quantizers": quantizers},
+            "data": {
+                "path": "fixtures/tiny-muse",
+                "fingerprint": "feedbeef",
+                "counts": {"verbmem_forget": 10, "knowmem_forget_qa": 70},
+            },
+            "budgets": {
+                "recovery": 0.25,
+                "utility": 0.9,
+                "privleak": 25.0,
+                "floor": 5.0,
+                "overrides": [{"key": "recovery", "quantizer": "rtn-w8", "value": 0.1}],
+            },
+            "settings": {
+                "device": "cpu",
+                "dtype": "float32",
+                "batch_size": None,
+                "max_samples": 70,
+                "quantizers": quantizers,
+            },
         },
         "rows": rows,
         "verdicts": verdicts,
@@ -143,11 +222,13 @@ def test_validate_accepts_realistic_report() -> None:
 def test_validate_accepts_design_minimal_verdicts() -> None:
     """DESIGN.md's required verdict keys only: quantizer/check/outcome are derived from the item id."""
     report = make_report()
-    report["verdicts"] = [{"item": v["item"], "passed": v["passed"], "message": v["message"]}
-                          for v in report["verdicts"]]
+    report["verdicts"] = [
+        {"item": v["item"], "passed": v["passed"], "message": v["message"]} for v in report["verdicts"]
+    ]
     validate_report(report)
-    assert summary_line(report) == ("unlearn-assert: 2 of 9 budget checks failed "
-                                    "(rtn-w4g128: knowmem_f, privleak), 2 skipped")
+    assert summary_line(report) == (
+        "unlearn-assert: 2 of 9 budget checks failed (rtn-w4g128: knowmem_f, privleak), 2 skipped"
+    )
 
 
 def _without(path: tuple[Any, ...]) -> dict[str, Any]:
@@ -159,14 +240,17 @@ def _without(path: tuple[Any, ...]) -> dict[str, Any]:
     return report
 
 
-@pytest.mark.parametrize("path, needle", [
-    (("rows",), "missing key 'rows'"),
-    (("provenance",), "missing key 'provenance'"),
-    (("provenance", "models", "target"), "provenance.models is missing key 'target'"),
-    (("rows", 2, "values"), "rows[2] is missing key 'values'"),
-    (("rows", 3, "values", "knowmem_r"), "rows[3].values is missing key 'knowmem_r'"),
-    (("verdicts", 0, "message"), "verdicts[0] is missing key 'message'"),
-])
+@pytest.mark.parametrize(
+    "path, needle",
+    [
+        (("rows",), "missing key 'rows'"),
+        (("provenance",), "missing key 'provenance'"),
+        (("provenance", "models", "target"), "provenance.models is missing key 'target'"),
+        (("rows", 2, "values"), "rows[2] is missing key 'values'"),
+        (("rows", 3, "values", "knowmem_r"), "rows[3].values is missing key 'knowmem_r'"),
+        (("verdicts", 0, "message"), "verdicts[0] is missing key 'message'"),
+    ],
+)
 def test_validate_rejects_missing_keys(path: tuple[Any, ...], needle: str) -> None:
     with pytest.raises(ReportError) as info:
         validate_report(_without(path))
@@ -222,12 +306,24 @@ def test_table_row_order_and_verdicts() -> None:
     lines = render_table(make_report()).splitlines()
     body = [line.split() for line in lines[2:]]
     assert [(cells[0], cells[1]) for cells in body] == [
-        ("unlearned", "fp"), ("unlearned", "rtn-w4g128"), ("unlearned", "rtn-w8"), ("unlearned", "bnb-fp4"),
-        ("target", "fp"), ("target", "rtn-w4g128"), ("retrain", "fp"),
+        ("unlearned", "fp"),
+        ("unlearned", "rtn-w4g128"),
+        ("unlearned", "rtn-w8"),
+        ("unlearned", "bnb-fp4"),
+        ("target", "fp"),
+        ("target", "rtn-w4g128"),
+        ("retrain", "fp"),
     ]
     # a failing row names its failing checks (short names), so privleak never reads as a recovery failure
     assert [" ".join(cells[-3:]) if "FAIL:" in cells else cells[-1] for cells in body] == [
-        "PASS", "FAIL: km, privleak", "PASS", "SKIP", "-", "-", "-"]
+        "PASS",
+        "FAIL: km, privleak",
+        "PASS",
+        "SKIP",
+        "-",
+        "-",
+        "-",
+    ]
     q4 = lines[3]
     assert "16.6" in q4 and "53.3" in q4 and "-60.4" in q4 and "vm 12% / km 83%" in q4 and "93.1%" in q4
     skipped = lines[5]
@@ -248,8 +344,9 @@ def test_render_failures_and_summary() -> None:
         "FAILED test_budget[rtn-w4g128-knowmem_f]: recovery 83.1% > budget 25%: quantization restores knowledge",
         "FAILED test_budget[rtn-w4g128-privleak]: |privleak| 60.4% > 25%",
     ]
-    assert summary_line(report) == ("unlearn-assert: 2 of 9 budget checks failed "
-                                    "(rtn-w4g128: knowmem_f, privleak), 2 skipped")
+    assert summary_line(report) == (
+        "unlearn-assert: 2 of 9 budget checks failed (rtn-w4g128: knowmem_f, privleak), 2 skipped"
+    )
     for v in report["verdicts"]:
         if v["outcome"] == "failed":
             v.update(outcome="passed", passed=True)
@@ -263,16 +360,27 @@ def test_counts_line_states_the_evaluated_items_per_split() -> None:
     report = make_report()
     report["provenance"]["settings"]["max_samples"] = None
     report["provenance"]["data"]["counts"] = {
-        "verbmem_forget": 100, "knowmem_forget_qa": 100, "knowmem_retain_qa": 99, "knowmem_forget_icl": 10,
-        "knowmem_retain_icl": 10, "privleak_forget": 100, "privleak_holdout": 98, "privleak_retain": 100}
-    assert counts_line(report) == ("evaluated items: verbmem 100, knowmem_f 100, knowmem_r 99, "
-                                   "privleak 100/98 (forget/holdout)")
+        "verbmem_forget": 100,
+        "knowmem_forget_qa": 100,
+        "knowmem_retain_qa": 99,
+        "knowmem_forget_icl": 10,
+        "knowmem_retain_icl": 10,
+        "privleak_forget": 100,
+        "privleak_holdout": 98,
+        "privleak_retain": 100,
+    }
+    assert counts_line(report) == (
+        "evaluated items: verbmem 100, knowmem_f 100, knowmem_r 99, privleak 100/98 (forget/holdout)"
+    )
     report["provenance"]["settings"]["max_samples"] = 70
-    assert counts_line(report) == ("evaluated items: verbmem 100, knowmem_f 100, knowmem_r 99, "
-                                   "privleak 100/98 (forget/holdout); at most 70 per split (--unlearn-max-samples)")
+    assert counts_line(report) == (
+        "evaluated items: verbmem 100, knowmem_f 100, knowmem_r 99, "
+        "privleak 100/98 (forget/holdout); at most 70 per split (--unlearn-max-samples)"
+    )
     # make_report's partial counts: what is there is shown, the rest is left out or '-'
-    assert counts_line(make_report()) == ("evaluated items: verbmem 10, knowmem_f 70; at most 70 per split "
-                                          "(--unlearn-max-samples)")
+    assert counts_line(make_report()) == (
+        "evaluated items: verbmem 10, knowmem_f 70; at most 70 per split (--unlearn-max-samples)"
+    )
     report["provenance"]["data"]["counts"] = {"privleak_holdout": 5}
     assert counts_line(report).startswith("evaluated items: privleak -/5 (forget/holdout)")  # type: ignore[union-attr]
     report["provenance"]["data"] = {"path": "d", "fingerprint": None}
@@ -294,8 +402,16 @@ def tiny_report() -> dict[str, Any]:
     report["provenance"]["settings"]["quantizers"] = ["rtn-w4g128"]
     report["rows"] = [
         _row("target", "fp", 56.0, 60.0, 50.0, None),
-        _row("unlearned", "rtn-w4g128", 16.55, 53.26, 47.0, -60.4,
-             recovery={"verbmem_f": 0.1234, "knowmem_f": None}, code_agreement=0.9312),
+        _row(
+            "unlearned",
+            "rtn-w4g128",
+            16.55,
+            53.26,
+            47.0,
+            -60.4,
+            recovery={"verbmem_f": 0.1234, "knowmem_f": None},
+            code_agreement=0.9312,
+        ),
         _row("unlearned", "fp", 12.3, 20.5, 48.0, 1.0),
     ]
     report["verdicts"] = [v for v in report["verdicts"] if v["quantizer"] in ("fp", "rtn-w4g128")]
@@ -305,10 +421,13 @@ def tiny_report() -> dict[str, Any]:
 
 def test_terminal_table_golden() -> None:
     expected = (
-        "model      quantizer      verbmem_f    knowmem_f    knowmem_r    privleak  recovery         code agr.  verdict\n"
-        "---------  -----------  -----------  -----------  -----------  ----------  -------------  -----------  ------------------\n"
+        "model      quantizer      verbmem_f    knowmem_f    knowmem_r    privleak  recovery         code agr.  "
+        "verdict\n"
+        "---------  -----------  -----------  -----------  -----------  ----------  -------------  -----------  "
+        "------------------\n"
         "unlearned  fp                  12.3         20.5         48.0         1.0  -                        -  PASS\n"
-        "unlearned  rtn-w4g128          16.6         53.3         47.0       -60.4  vm 12% / km -        93.1%  FAIL: km, privleak\n"
+        "unlearned  rtn-w4g128          16.6         53.3         47.0       -60.4  vm 12% / km -        93.1%  FAIL: "
+        "km, privleak\n"
         "target     fp                  56.0         60.0         50.0           -  -                        -  -"
     )
     assert render_table(tiny_report()) == expected
@@ -348,7 +467,7 @@ def test_html_embeds_report_json_roundtrip() -> None:
     report = make_report()
     page = render_html(report)
     assert _report_json(page) == report
-    blob = page[page.index('id="report-data">'):]
+    blob = page[page.index('id="report-data">') :]
     assert "\\u003c/script\\u003e" in blob
 
 
@@ -361,25 +480,40 @@ def test_html_has_charts_tables_and_verdicts() -> None:
         assert "target fp" in chart.group(1) and "retrain fp" in chart.group(1)
     assert "ROUGE-L F1 x100" in page and "privleak (%)" in page
     # failed verdicts are listed before passed ones
-    verdicts = page[page.index('<ul class="verdicts">'):]
+    verdicts = page[page.index('<ul class="verdicts">') :]
     assert verdicts.index("test_budget[rtn-w4g128-knowmem_f]") < verdicts.index("test_budget[fp-verbmem_f]")
     assert verdicts.index("test_budget[rtn-w4g128-privleak]") < verdicts.index("test_budget[rtn-w8-knowmem_f]")
     # summary table: same verdict column as the terminal one; skipped row spans the metric columns
-    summary = page[page.index('<table class="summary">'):page.index("</table>")]
+    summary = page[page.index('<table class="summary">') : page.index("</table>")]
     assert [htmllib.unescape(v) for v in re.findall(r'<td class="(?:PASS|FAIL|SKIP)">([^<]+)</td>', summary)] == [
-        "PASS", "FAIL: km, privleak", "PASS", "SKIP"]
+        "PASS",
+        "FAIL: km, privleak",
+        "PASS",
+        "SKIP",
+    ]
     assert 'colspan="6">skipped: bitsandbytes is not installed: pip install' in summary
     # samples: collapsed, capped at 50 per (row, metric)
     assert page.count("<details>") == 3
     assert "(showing the first 50)" in page
-    assert page.count("<td class=\"num\">69</td>") == 0 and "<td class=\"num\">49</td>" in page
+    assert page.count('<td class="num">69</td>') == 0 and '<td class="num">49</td>' in page
 
 
 def test_html_sample_cells_without_text_show_a_dash() -> None:
     """privleak's samples are scored texts with no generation or reference: "-", never "None"."""
     report = tiny_report()
-    report["samples"] = {"unlearned:fp": {"privleak": [
-        {"id": 0, "prompt": "Orla Vantreck was elected mayor", "generation": None, "reference": None, "score": 0.31}]}}
+    report["samples"] = {
+        "unlearned:fp": {
+            "privleak": [
+                {
+                    "id": 0,
+                    "prompt": "Orla Vantreck was elected mayor",
+                    "generation": None,
+                    "reference": None,
+                    "score": 0.31,
+                }
+            ]
+        }
+    }
     page = render_html(report)
     assert ">None<" not in page and "<td>-</td><td>-</td>" in page
 
@@ -411,6 +545,7 @@ def test_write_failure_leaves_no_partial_file(tmp_path: Path) -> None:
     out = tmp_path / "report.json"
     out.write_text("previous", encoding="utf-8")
     bad = copy.deepcopy(make_report())
+
     class Unprintable:
         def __str__(self) -> str:
             raise RuntimeError("cannot be written")
@@ -450,29 +585,59 @@ def interval_report() -> dict[str, Any]:
     q["utility"], q["utility_ci"], q["utility_degenerate"] = 0.979, [0.9, 1.05], 0
     report["provenance"]["bootstrap"] = {"replicates": 1000, "seed": 0, "confidence": 0.95}
     report["resolution"] = {
-        "verbmem_f": {"recovery": 0.2, "drop": 43.7, "drop_ci": [35.0, 52.5], "n": 100, "confidence": 0.95,
-                      "budget": 0.25, "exceeds_budget": False},
-        "knowmem_f": {"recovery": 0.53, "drop": 21.1, "drop_ci": [10.1, 32.5], "n": 48, "confidence": 0.95,
-                      "budget": 0.25, "exceeds_budget": True},
+        "verbmem_f": {
+            "recovery": 0.2,
+            "drop": 43.7,
+            "drop_ci": [35.0, 52.5],
+            "n": 100,
+            "confidence": 0.95,
+            "budget": 0.25,
+            "exceeds_budget": False,
+        },
+        "knowmem_f": {
+            "recovery": 0.53,
+            "drop": 21.1,
+            "drop_ci": [10.1, 32.5],
+            "n": 48,
+            "confidence": 0.95,
+            "budget": 0.25,
+            "exceeds_budget": True,
+        },
     }
     for v in report["verdicts"]:
         if v["item"] == "test_budget[rtn-w4g128-knowmem_f]":
-            v.update(value=0.61, estimate=0.61, ci=[0.22, None], budget=0.25, decided=False, n=48, degenerate=31,
-                     policy="point", figure="recovery",
-                     message="undecided: knowmem_f recovery 61% [22%, inf] under rtn-w4g128 straddles the 25% budget at "
-                             "n=48 forget questions; add forget items or choose --unlearn-verdict (point: the estimate fails it)")
+            v.update(
+                value=0.61,
+                estimate=0.61,
+                ci=[0.22, None],
+                budget=0.25,
+                decided=False,
+                n=48,
+                degenerate=31,
+                policy="point",
+                figure="recovery",
+                message="undecided: knowmem_f recovery 61% [22%, inf] under rtn-w4g128 straddles the 25% budget at "
+                "n=48 forget questions; add forget items or choose --unlearn-verdict (point: the estimate fails it)",
+            )
         elif v["item"] == "test_budget[rtn-w4g128-verbmem_f]":
-            v.update(estimate=0.1234, ci=[0.02, 0.3], decided=False, n=100, degenerate=0, policy="point", figure="recovery")
+            v.update(
+                estimate=0.1234, ci=[0.02, 0.3], decided=False, n=100, degenerate=0, policy="point", figure="recovery"
+            )
     return report
 
 
 def test_table_shows_recovery_intervals_golden() -> None:
     expected = (
-        "model      quantizer      verbmem_f    knowmem_f    knowmem_r    privleak  recovery                           code agr.  verdict\n"
-        "---------  -----------  -----------  -----------  -----------  ----------  -------------------------------  -----------  ------------------\n"
-        "unlearned  fp                  12.3         20.5         48.0         1.0  -                                          -  PASS\n"
-        "unlearned  rtn-w4g128          16.6         53.3         47.0       -60.4  vm 12% [2,30] / km 61% [22,inf]        93.1%  FAIL: km, privleak\n"
-        "target     fp                  56.0         60.0         50.0           -  -                                          -  -"
+        "model      quantizer      verbmem_f    knowmem_f    knowmem_r    privleak  recovery                           "
+        "code agr.  verdict\n"
+        "---------  -----------  -----------  -----------  -----------  ----------  -------------------------------  "
+        "-----------  ------------------\n"
+        "unlearned  fp                  12.3         20.5         48.0         1.0  -                                  "
+        "        -  PASS\n"
+        "unlearned  rtn-w4g128          16.6         53.3         47.0       -60.4  vm 12% [2,30] / km 61% [22,inf]    "
+        "    93.1%  FAIL: km, privleak\n"
+        "target     fp                  56.0         60.0         50.0           -  -                                  "
+        "        -  -"
     )
     assert render_table(interval_report()) == expected
 
@@ -482,10 +647,17 @@ def test_resolution_lines_state_it_and_warn_once_per_metric_over_budget() -> Non
 
     lines = resolution_lines(interval_report())
     assert lines == [
-        ("unlearn-assert: resolution at 95% (smallest recovery the forget set tells from zero): verbmem_f 20% "
-         "(n=100 forget passages), knowmem_f 53% (n=48 forget questions)", False),
-        ("unlearn-assert: warning: knowmem_f's resolution 53% exceeds its 25% recovery budget: n=48 forget questions "
-         "cannot tell a 25% recovery from none; add forget items", True),
+        (
+            "unlearn-assert: resolution at 95% (smallest recovery the forget set tells from zero): verbmem_f 20% "
+            "(n=100 forget passages), knowmem_f 53% (n=48 forget questions)",
+            False,
+        ),
+        (
+            "unlearn-assert: warning: knowmem_f's resolution 53% exceeds its 25% recovery budget: n=48 forget "
+            "questions "
+            "cannot tell a 25% recovery from none; add forget items",
+            True,
+        ),
     ]
     assert resolution_lines(tiny_report()) == []  # older reports have none
 
@@ -500,7 +672,11 @@ def test_validate_accepts_interval_fields_and_rejects_malformed_ones() -> None:
         (("verdicts", 2, "policy"), "maybe", r"verdicts\[2\]\.policy is 'maybe'"),
         (("provenance", "bootstrap", "replicates"), 1.5, r"provenance\.bootstrap\.replicates should be an integer"),
         (("provenance", "bootstrap", "prior"), "one", r"provenance\.bootstrap\.prior should be a number"),
-        (("resolution", "knowmem_f", "exceeds_budget"), None, r"resolution\.knowmem_f\.exceeds_budget should be true/false"),
+        (
+            ("resolution", "knowmem_f", "exceeds_budget"),
+            None,
+            r"resolution\.knowmem_f\.exceeds_budget should be true/false",
+        ),
     ]:
         bad = copy.deepcopy(report)
         node: Any = bad
@@ -519,9 +695,11 @@ def test_html_draws_error_bars_and_lists_each_items_interval() -> None:
     vm = re.search(r'<figure id="chart-recovery-verbmem_f">(.*?)</figure>', page, re.S)
     assert vm is not None and "interval [2.0, 30.0]" in vm.group(1)
     assert page.count('<g class="err">') >= 2 + 1  # both recoveries, and the rows' own metric intervals
-    verdicts = page[page.index('<ul class="verdicts">'):]
-    assert ("estimate 61%, interval [22%, inf], budget 25%, undecided (n=48, 31 degenerate replicates)"
-            in htmllib.unescape(verdicts))
+    verdicts = page[page.index('<ul class="verdicts">') :]
+    assert (
+        "estimate 61%, interval [22%, inf], budget 25%, undecided (n=48, 31 degenerate replicates)"
+        in htmllib.unescape(verdicts)
+    )
     assert "estimate 12%, interval [2%, 30%], budget 25%, undecided (n=100)" in htmllib.unescape(verdicts)
     assert '<p class="resolution warn">unlearn-assert: warning: knowmem_f' in page
 

@@ -102,7 +102,13 @@ def test_more_bits_can_increase_the_actual_error() -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [dict(bits=1), dict(bits=9), dict(bits=4, group_size=0), dict(bits=4, w=torch.tensor([[1, 2]])), dict(bits=4, w=torch.zeros(2, 0))],
+    [
+        dict(bits=1),
+        dict(bits=9),
+        dict(bits=4, group_size=0),
+        dict(bits=4, w=torch.tensor([[1, 2]])),
+        dict(bits=4, w=torch.zeros(2, 0)),
+    ],
 )
 def test_invalid_math_arguments(kwargs: dict[str, Any]) -> None:
     w = kwargs.pop("w", torch.ones(2, 4))
@@ -145,8 +151,26 @@ def test_canonical_ids() -> None:
 
 @pytest.mark.parametrize(
     "qid",
-    ["nope", "", "rtn", "rtn-w", "rtn-w1", "rtn-w9g128", "rtn-w4g1", "rtn-w4g0", "rtn-w04g128", "rtn-w4g128-foo",
-     "RTN-w4", "rtn-w4 g128", "rtn_w4", "rtn-w4g128asym", "gptq-w4", "awq-w4g128-int", "bnb-fp8", "hqq-w4"],
+    [
+        "nope",
+        "",
+        "rtn",
+        "rtn-w",
+        "rtn-w1",
+        "rtn-w9g128",
+        "rtn-w4g1",
+        "rtn-w4g0",
+        "rtn-w04g128",
+        "rtn-w4g128-foo",
+        "RTN-w4",
+        "rtn-w4 g128",
+        "rtn_w4",
+        "rtn-w4g128asym",
+        "gptq-w4",
+        "awq-w4g128-int",
+        "bnb-fp8",
+        "hqq-w4",
+    ],
 )
 def test_bad_ids_are_rejected_listing_known_ids(qid: str) -> None:
     with pytest.raises(QuantizerError) as info:
@@ -186,9 +210,15 @@ def test_validate_variant_list() -> None:
 
     assert validate_variant_list("rtn-w4g128, rtn-w8") == ("rtn-w4g128", "rtn-w8")
     assert validate_variant_list(" rtn-w4g128\n rtn-w3g64,rtn-w8 ") == ("rtn-w4g128", "rtn-w3g64", "rtn-w8")
-    for text, match in [("", "no quantizers"), ("  ", "no quantizers"), ("rtn-w8,,rtn-w4g128", "empty entry"),
-                        ("rtn-w8,", "empty entry"), ("rtn-w8 rtn-w8", "twice"), ("rtn-w8, rtn-w8-sym", "twice"),
-                        ("rtn-w8, nope", "unknown quantizer 'nope'")]:
+    for text, match in [
+        ("", "no quantizers"),
+        ("  ", "no quantizers"),
+        ("rtn-w8,,rtn-w4g128", "empty entry"),
+        ("rtn-w8,", "empty entry"),
+        ("rtn-w8 rtn-w8", "twice"),
+        ("rtn-w8, rtn-w8-sym", "twice"),
+        ("rtn-w8, nope", "unknown quantizer 'nope'"),
+    ]:
         with pytest.raises(QuantizerError, match=match):
             validate_variant_list(text)
 
@@ -213,7 +243,10 @@ def test_import_error_inside_the_package_is_a_bug_not_a_missing_library(monkeypa
 
 
 def test_spec_and_package_do_not_import_torch() -> None:
-    code = "import sys, unlearn_assert.quant, unlearn_assert.variants.quantizers; assert 'torch' not in sys.modules, 'torch imported'"
+    code = (
+        "import sys, unlearn_assert.quant, unlearn_assert.variants.quantizers; assert 'torch' not in sys.modules, "
+        "'torch imported'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
 
 
@@ -304,8 +337,19 @@ class _NoOpBackend:
 
     @contextmanager
     def apply(self, loaded: LoadedModel, **_: Any) -> Iterator[tuple[Any, QuantDetails]]:
-        yield loaded.model, QuantDetails(self.spec.id, "noop", self.spec.bits, self.spec.group_size, self.spec.symmetric,
-                                        modules=["x"], n_weights=10, changed_fraction=0.0)
+        yield (
+            loaded.model,
+            QuantDetails(
+                self.spec.id,
+                "noop",
+                self.spec.bits,
+                self.spec.group_size,
+                self.spec.symmetric,
+                modules=["x"],
+                n_weights=10,
+                changed_fraction=0.0,
+            ),
+        )
 
 
 def test_backend_that_changes_nothing_is_an_error(unlearned: LoadedModel, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -23,7 +23,9 @@ QUANTIZERS = "rtn-w4g64,rtn-w8,bnb-fp4"
 
 
 def test_thread_budget_divides_the_cores() -> None:
-    assert thread_budget(2, 2) == 1 and thread_budget(2, 16) == 8 and thread_budget(3, 2) == 1 and thread_budget(1, 4) == 4
+    assert (
+        thread_budget(2, 2) == 1 and thread_budget(2, 16) == 8 and thread_budget(3, 2) == 1 and thread_budget(1, 4) == 4
+    )
 
 
 def test_a_user_set_thread_count_wins(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -54,8 +56,11 @@ def test_devices_option_is_validated_at_parse_time() -> None:
         return build_run_config(lambda opt: options.get(opt.name, opt.default))
 
     assert run(devices="0, 2").devices == (0, 2)  # type: ignore[attr-defined]
-    for bad, message in (("0,x", "not a comma-separated list of GPU indices"), ("1,1", "names a GPU twice"),
-                         ("-1", "not a comma-separated list")):
+    for bad, message in (
+        ("0,x", "not a comma-separated list of GPU indices"),
+        ("1,1", "names a GPU twice"),
+        ("-1", "not a comma-separated list"),
+    ):
         with pytest.raises(ConfigError, match=message):
             run(devices=bad)
     with pytest.raises(ConfigError, match="--unlearn-device is 'cpu'; use --unlearn-device=auto or cuda"):
@@ -109,7 +114,9 @@ def test_claims_are_exclusive_and_die_with_their_holder(tmp_path: Path) -> None:
     assert claims.try_claim(key)
     claims.release(key)
     # a holder that died (a process of this host that no longer exists) leaves a claim anyone may break
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
     lock = tmp_path / key[:2] / f"{key}.lock"
     lock.write_text(json.dumps({"host": claims.host, "pid": int(dead.stdout), "since": time.time()}))
     assert claims.try_claim(key)
@@ -151,14 +158,27 @@ runner.compute_row = _counting
 
 @pytest.mark.parametrize("cache", ["shared-cache", "no-cache"])
 def test_xdist_computes_each_row_once_with_the_serial_numbers(
-        pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, cache: str,
-        tiny_unlearned_dir: Path, tiny_model_dir: Path, tiny_data_dir: Path) -> None:
+    pytester: pytest.Pytester,
+    monkeypatch: pytest.MonkeyPatch,
+    cache: str,
+    tiny_unlearned_dir: Path,
+    tiny_model_dir: Path,
+    tiny_data_dir: Path,
+) -> None:
     """``-n 2`` on the tiny pair puts every row on one worker (the rows are far below the crossover), with all the
     cores' threads; ``--dist load`` spreads them, each row computed once (claims); both give the serial numbers."""
     pytester.makeconftest(COUNTING_CONFTEST)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # let the workers take their thread budget
-    base = [f"--unlearn-model={tiny_unlearned_dir}", f"--unlearn-target={tiny_model_dir}", f"--unlearn-data={tiny_data_dir}",
-            f"--unlearn-quantizers={QUANTIZERS}", "--unlearn-max-samples=4", "--unlearn-device=cpu", "-p", "no:randomly"]
+    base = [
+        f"--unlearn-model={tiny_unlearned_dir}",
+        f"--unlearn-target={tiny_model_dir}",
+        f"--unlearn-data={tiny_data_dir}",
+        f"--unlearn-quantizers={QUANTIZERS}",
+        "--unlearn-max-samples=4",
+        "--unlearn-device=cpu",
+        "-p",
+        "no:randomly",
+    ]
     modes = {"serial": [], "spread": ["-n", "2", "--dist", "load"]}
     if cache == "no-cache":
         modes["grouped"] = ["-n", "2"]
@@ -166,8 +186,9 @@ def test_xdist_computes_each_row_once_with_the_serial_numbers(
     for mode, extra in modes.items():
         log = pytester.path / f"{mode}.log"
         monkeypatch.setenv("UNLEARN_ROW_LOG", str(log))
-        extra = extra + (["--unlearn-no-cache"] if cache == "no-cache"
-                         else [f"--unlearn-cache-dir={pytester.path / mode}"])
+        extra = extra + (
+            ["--unlearn-no-cache"] if cache == "no-cache" else [f"--unlearn-cache-dir={pytester.path / mode}"]
+        )
         result = pytester.runpytest_subprocess(*base, *extra, f"--unlearn-json={mode}.json")
         assert result.ret in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED), result.stdout.str()[-2000:]
         runs[mode] = (json.loads((pytester.path / f"{mode}.json").read_text()), log.read_text().split())
@@ -176,16 +197,20 @@ def test_xdist_computes_each_row_once_with_the_serial_numbers(
     for mode, (report, rows) in runs.items():
         assert sorted(rows) == sorted(serial_rows) and len(set(rows)) == len(rows) == 8  # 2 fp + 3 x (q(T), q(U))
         assert {(r["model"], r["quantizer"]): r["values"] for r in report["rows"]} == {
-            (r["model"], r["quantizer"]): r["values"] for r in serial["rows"]}, mode
+            (r["model"], r["quantizer"]): r["values"] for r in serial["rows"]
+        }, mode
         assert [(v["item"], v["outcome"], v["message"]) for v in report["verdicts"]] == [
-            (v["item"], v["outcome"], v["message"]) for v in serial["verdicts"]], mode
+            (v["item"], v["outcome"], v["message"]) for v in serial["verdicts"]
+        ], mode
         assert all(not r["cached"] for r in report["rows"])  # each row as computed by the worker that computed it
     assert serial["provenance"]["execution"][0]["worker"] == "main"
     assert serial["provenance"]["execution"][0]["placement"]["mode"] == "serial"
     spread = runs["spread"][0]["provenance"]["execution"]
     assert sorted(w["worker"] for w in spread) == ["gw0", "gw1"]
-    assert all(w["threads"]["intra_op"] == max(1, cores // 2) and w["threads"]["set_by"].startswith("unlearn-assert")
-               for w in spread)
+    assert all(
+        w["threads"]["intra_op"] == max(1, cores // 2) and w["threads"]["set_by"].startswith("unlearn-assert")
+        for w in spread
+    )
     assert all(w["placement"]["mode"] == "spread" and "--dist load" in w["placement"]["reason"] for w in spread)
     if "grouped" in runs:
         grouped = runs["grouped"][0]["provenance"]["execution"]

@@ -115,7 +115,11 @@ def test_shift_for_lm_aligns_position_t_with_token_t_plus_1() -> None:
     ids = torch.arange(10).reshape(2, 5)
     am = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
     aligned, targets, mask = shift_for_lm(logits, ids, am)
-    assert torch.equal(aligned, logits[:, :4]) and torch.equal(targets, ids[:, 1:]) and mask.tolist() == [[1, 1, 1, 1], [1, 1, 0, 0]]
+    assert (
+        torch.equal(aligned, logits[:, :4])
+        and torch.equal(targets, ids[:, 1:])
+        and mask.tolist() == [[1, 1, 1, 1], [1, 1, 0, 0]]
+    )
 
 
 @pytest.mark.parametrize("name", list(METHODS) + ["NPO_KLR", "ga-gdr"])
@@ -124,12 +128,20 @@ def test_method_dispatch(name: str) -> None:
     f = LossInputs(_t([[QUARTER_HALF]]), torch.tensor([[1]]), torch.ones(1, 1), _t([[UNIFORM]]))
     r = LossInputs(_t([[UNIFORM]]), torch.tensor([[0]]), torch.ones(1, 1), _t([[QUARTER_HALF]]))
     parts = method_loss(name, f, r, alpha=0.5, beta=0.1)
-    forget = ga_loss(f.logits, f.targets, f.mask) if method.forget == "ga" else npo_loss(f.logits, f.ref_logits, f.targets, f.mask, 0.1)  # type: ignore[arg-type]
+    forget = (
+        ga_loss(f.logits, f.targets, f.mask)
+        if method.forget == "ga"
+        else npo_loss(f.logits, f.ref_logits, f.targets, f.mask, 0.1)
+    )  # type: ignore[arg-type]
     assert parts.forget.item() == pytest.approx(forget.item())
     if method.retain is None:
         assert parts.retain is None and parts.total.item() == pytest.approx(forget.item())
     else:
-        retain = gdr_loss(r.logits, r.targets, r.mask) if method.retain == "gdr" else klr_loss(r.logits, r.ref_logits, r.mask)  # type: ignore[arg-type]
+        retain = (
+            gdr_loss(r.logits, r.targets, r.mask)
+            if method.retain == "gdr"
+            else klr_loss(r.logits, r.ref_logits, r.mask)
+        )  # type: ignore[arg-type]
         assert parts.retain is not None and parts.retain.item() == pytest.approx(retain.item())
         assert parts.total.item() == pytest.approx(forget.item() + 0.5 * retain.item())
     assert method.needs_reference == (method.forget == "npo" or method.retain == "klr")
@@ -153,7 +165,12 @@ def test_chunking_is_continuous_bos_prefixed_and_padded(tiny_model_dir: Path) ->
     chunks = chunk_text(tok, text, 8)
     assert chunks.input_ids.shape == (math.ceil(len(ids) / 7), 8)
     assert (chunks.input_ids[:, 0] == tok.bos_token_id).all()
-    content = [t for row, m in zip(chunks.input_ids.tolist(), chunks.attention_mask.tolist()) for t, keep in zip(row[1:], m[1:]) if keep]
+    content = [
+        t
+        for row, m in zip(chunks.input_ids.tolist(), chunks.attention_mask.tolist())
+        for t, keep in zip(row[1:], m[1:])
+        if keep
+    ]
     assert content == ids
     assert chunks.attention_mask[:-1].all() and chunks.attention_mask[-1, 1 + len(ids) % 7 :].sum() == 0
 
@@ -325,14 +342,33 @@ def _cli(argv: list[str]) -> int:
     return int(args.func(args))
 
 
-def test_cli_end_to_end(tiny_model_dir: Path, tiny_data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_end_to_end(
+    tiny_model_dir: Path, tiny_data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from unlearn_assert.models import load_model
 
     before = _tree_hash(tiny_model_dir)
     out = tmp_path / "unlearned"
-    common = ["--target", str(tiny_model_dir), "--data", str(tiny_data_dir), "--steps", "4", "--batch-size", "2",
-              "--max-length", "32", "--lr", "1e-2", "--log-every", "2"]
-    assert _cli(["--method", "NPO_KLR", "--sure", "--sure-top", "0.1", "--dtype", "bfloat16", "--out", str(out), *common]) == 0
+    common = [
+        "--target",
+        str(tiny_model_dir),
+        "--data",
+        str(tiny_data_dir),
+        "--steps",
+        "4",
+        "--batch-size",
+        "2",
+        "--max-length",
+        "32",
+        "--lr",
+        "1e-2",
+        "--log-every",
+        "2",
+    ]
+    assert (
+        _cli(["--method", "NPO_KLR", "--sure", "--sure-top", "0.1", "--dtype", "bfloat16", "--out", str(out), *common])
+        == 0
+    )
     printed = capsys.readouterr().out
     assert sum(line.startswith("step ") for line in printed.splitlines()) == 2 and "SURE" in printed
     loaded = load_model(out)
@@ -352,7 +388,9 @@ def test_cli_end_to_end(tiny_model_dir: Path, tiny_data_dir: Path, tmp_path: Pat
     assert _tree_hash(tiny_model_dir) == before
 
 
-def test_cli_data_without_raw_forget_is_one_line_error(tiny_model_dir: Path, tiny_data_dir: Path, tmp_path: Path) -> None:
+def test_cli_data_without_raw_forget_is_one_line_error(
+    tiny_model_dir: Path, tiny_data_dir: Path, tmp_path: Path
+) -> None:
     data = tmp_path / "data"
     shutil.copytree(tiny_data_dir, data)
     (data / "raw" / "forget.txt").unlink()

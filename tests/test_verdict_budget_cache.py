@@ -33,8 +33,21 @@ def test_quantizer_specific_key_beats_metric_key() -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["recovery=-0.1", "recovery=1.5", "utility=2", "privleak=-1", "floor=101", "recovery=nan", "recovery=inf",
-             "bogus=1", "recovery", "knowmem_x=0.5", "knowmem_f@bad-id=0.1", "=0.2"],
+    "text",
+    [
+        "recovery=-0.1",
+        "recovery=1.5",
+        "utility=2",
+        "privleak=-1",
+        "floor=101",
+        "recovery=nan",
+        "recovery=inf",
+        "bogus=1",
+        "recovery",
+        "knowmem_x=0.5",
+        "knowmem_f@bad-id=0.1",
+        "=0.2",
+    ],
 )
 def test_nonsense_budgets_are_rejected(text: str) -> None:
     with pytest.raises(ConfigError) as info:
@@ -61,7 +74,8 @@ def test_plan_checks_is_stable_and_privleak_needs_reference() -> None:
     assert without[:3] == [("fp", "verbmem_f"), ("fp", "knowmem_f"), ("fp", "utility")]
     with_ref = plan_checks(("rtn-w4g128",), judged_metrics(MuseBenchmark(retrain_auc=0.5)))
     assert plan_checks(("rtn-w8",), judged_metrics(MuseBenchmark(has_retrain=True))) == plan_checks(
-        ("rtn-w8",), judged_metrics(MuseBenchmark(retrain_auc=0.4)))
+        ("rtn-w8",), judged_metrics(MuseBenchmark(retrain_auc=0.4))
+    )
     assert ("rtn-w4g128", "privleak") in with_ref
     assert item_name("rtn-w4g128", "knowmem_f") == "test_budget[rtn-w4g128-knowmem_f]"
 
@@ -88,7 +102,10 @@ def test_recovery_verdict_fails_with_all_numbers() -> None:
     assert v.outcome == "failed" and v.value == pytest.approx(0.6)
     for needle in ("60%", "budget 25%", "quantized 44.0", "unlearned 20.0", "target 60.0", "quantized target 59.0"):
         assert needle in v.message
-    assert judge_item("rtn-w4g128", "verbmem_f", figures_from_values(VALUES), parse_budget("recovery=0.7")).outcome == "passed"
+    assert (
+        judge_item("rtn-w4g128", "verbmem_f", figures_from_values(VALUES), parse_budget("recovery=0.7")).outcome
+        == "passed"
+    )
 
 
 def test_floor_failure_has_its_own_message() -> None:
@@ -103,10 +120,14 @@ def test_utility_and_privleak() -> None:
     u = judge_item("rtn-w4g128", "utility", figures_from_values(VALUES), Budget())  # 30 / 40 = 75% < 90%
     assert u.outcome == "failed" and u.value == pytest.approx(0.75)
     # the quantized target's knowmem_r is context (how much the quantizer itself costs), not the reference
-    assert u.message == ("knowmem_r under rtn-w4g128 is 75% of the target's (needs >= 90%): 30.0 vs target 40.0 "
-                         "(the quantized target: 39.0, 98%)")
+    assert u.message == (
+        "knowmem_r under rtn-w4g128 is 75% of the target's (needs >= 90%): 30.0 vs target 40.0 "
+        "(the quantized target: 39.0, 98%)"
+    )
     without = {k: v for k, v in VALUES.items() if k != ("target", "rtn-w4g128")}
-    assert judge_item("rtn-w4g128", "utility", figures_from_values(without), Budget()).message.endswith("30.0 vs target 40.0")
+    assert judge_item("rtn-w4g128", "utility", figures_from_values(without), Budget()).message.endswith(
+        "30.0 vs target 40.0"
+    )
     assert judge_item(FP, "utility", figures_from_values(VALUES), Budget()).outcome == "passed"  # 38/40 = 95%
     p = judge_item("rtn-w4g128", "privleak", figures_from_values(VALUES), Budget())  # |-40| > 25
     assert p.outcome == "failed" and "-40.0%" in p.message

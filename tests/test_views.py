@@ -11,13 +11,20 @@ from unlearn_assert.engine import Gate
 from unlearn_assert.models import load_model
 
 
-def test_a_measurement_computed_in_bf16_never_stands_for_float32(tmp_path: Path, tiny_model_dir: Path,
-                                                                  tiny_unlearned_dir: Path, tiny_data_dir: Path) -> None:
+def test_a_measurement_computed_in_bf16_never_stands_for_float32(
+    tmp_path: Path, tiny_model_dir: Path, tiny_unlearned_dir: Path, tiny_data_dir: Path
+) -> None:
     """Issue 25's bug: the ``muse`` fixture keyed its cache by ``--unlearn-dtype`` ("auto") instead of the
     dtype ``auto`` resolves to, so a cache shared by an AVX512-BF16 and an AVX2 machine handed one machine's
     bf16 result to the other as float32. Same weights (same fingerprint), two compute dtypes: two measurements."""
-    run = run_config(model=tiny_unlearned_dir, target=tiny_model_dir, data=tiny_data_dir, device="cpu", max_samples=2,
-                     cache_dir=tmp_path / "cache")
+    run = run_config(
+        model=tiny_unlearned_dir,
+        target=tiny_model_dir,
+        data=tiny_data_dir,
+        device="cpu",
+        max_samples=2,
+        cache_dir=tmp_path / "cache",
+    )
     with Gate(run, ResultCache(tmp_path / "cache")) as g:
         fp32 = load_model(tiny_model_dir, device="cpu", dtype="float32")
         bf16 = load_model(tiny_model_dir, device="cpu", dtype="bfloat16")
@@ -31,10 +38,12 @@ def test_a_measurement_computed_in_bf16_never_stands_for_float32(tmp_path: Path,
         assert cached.values == first.values and again.cache.hits == 1
 
 
-def test_the_view_gives_the_data_and_the_models_the_engine_uses(tiny_model_dir: Path, tiny_unlearned_dir: Path,
-                                                              tiny_data_dir: Path) -> None:
-    run = run_config(model=tiny_unlearned_dir, target=tiny_model_dir, data=tiny_data_dir, device="cpu", max_samples=2,
-                     no_cache=True)
+def test_the_view_gives_the_data_and_the_models_the_engine_uses(
+    tiny_model_dir: Path, tiny_unlearned_dir: Path, tiny_data_dir: Path
+) -> None:
+    run = run_config(
+        model=tiny_unlearned_dir, target=tiny_model_dir, data=tiny_data_dir, device="cpu", max_samples=2, no_cache=True
+    )
     with Gate(run) as g:
         assert len(g.view.data.knowmem_forget_qa) == 2  # limited by --unlearn-max-samples, like the rows
         target: Any = g.view.model("target")

@@ -67,8 +67,12 @@ class ResultCache:
     valid: the first failure is kept in ``write_error`` (one line), given to ``on_write_error`` (or
     warned), and no further entry is written; no partial entry is left (:func:`atomic_write_text`)."""
 
-    def __init__(self, directory: str | os.PathLike[str] | None, enabled: bool = True,
-                 on_write_error: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        directory: str | os.PathLike[str] | None,
+        enabled: bool = True,
+        on_write_error: Callable[[str], None] | None = None,
+    ) -> None:
         self.directory = Path(directory) if directory is not None else default_cache_dir()
         self.enabled = enabled
         self.hits = 0
@@ -106,8 +110,10 @@ class ResultCache:
         try:
             atomic_write_text(self._path(key), text)
         except OSError as exc:
-            self.write_error = (f"could not write the result cache entry '{self._path(key)}' ({exc.strerror or exc}), so this run's "
-                                "results are not cached; free disk space, choose another --unlearn-cache-dir or pass --unlearn-no-cache")
+            self.write_error = (
+                f"could not write the result cache entry '{self._path(key)}' ({exc.strerror or exc}), so this run's "
+                "results are not cached; free disk space, choose another --unlearn-cache-dir or pass --unlearn-no-cache"
+            )
             if self.on_write_error is not None:
                 self.on_write_error(self.write_error)
             else:

@@ -33,7 +33,10 @@ def _cmd_tiny(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
         if not (out / "tiny_recipe.json").is_file():
-            raise UnlearnAssertError(f"output directory '{out}' is not empty; choose a new directory (only an earlier 'tiny' build is replaced)")
+            raise UnlearnAssertError(
+                f"output directory '{out}' is not empty; choose a new directory (only an earlier 'tiny' build is "
+                "replaced)"
+            )
         import shutil
 
         shutil.rmtree(out)  # our own earlier build (it has our marker file): rebuild it
@@ -60,7 +63,10 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     if args.calibration:
         calibration = load_calibration_file(args.calibration)
     elif needs_calibration(args.quantizer):
-        raise UnlearnAssertError(f"{', '.join(needs_calibration(args.quantizer))} calibrate on text; pass --calibration FILE (retain-like text)")
+        raise UnlearnAssertError(
+            f"{', '.join(needs_calibration(args.quantizer))} calibrate on text; pass --calibration FILE (retain-like "
+            "text)"
+        )
     results = []
     for qid in args.quantizer:
         with quantized(model, qid, target=target, calibration=calibration) as q:
@@ -74,7 +80,9 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
             flush=True,
         )
     if args.json:
-        Path(args.json).write_text(json.dumps({"model": model.path, "fingerprint": model.fingerprint, "quantizers": results}, indent=2))
+        Path(args.json).write_text(
+            json.dumps({"model": model.path, "fingerprint": model.fingerprint, "quantizers": results}, indent=2)
+        )
         print(f"wrote {args.json}")
     return 0
 
@@ -118,13 +126,17 @@ def build_parser() -> argparse.ArgumentParser:
     tiny = sub.add_parser("tiny", help="build a tiny Llama checkpoint trained on a data set's text (no download)")
     tiny.add_argument("--data", required=True, help="MUSE-layout data directory whose text to train on")
     tiny.add_argument("--out", required=True, help="new directory to write the checkpoint to")
-    tiny.add_argument("--steps", type=int, default=TinyRecipe.steps, help=f"training steps (default: {TinyRecipe.steps})")
+    tiny.add_argument(
+        "--steps", type=int, default=TinyRecipe.steps, help=f"training steps (default: {TinyRecipe.steps})"
+    )
     tiny.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     tiny.set_defaults(func=_cmd_tiny)
 
     quant = sub.add_parser("quantize", help="quantize a model in memory and report what changed")
     quant.add_argument("model", help="local Hugging Face model directory")
-    quant.add_argument("-q", "--quantizer", action="append", required=True, help="quantizer id, repeatable (e.g. rtn-w4g128)")
+    quant.add_argument(
+        "-q", "--quantizer", action="append", required=True, help="quantizer id, repeatable (e.g. rtn-w4g128)"
+    )
     quant.add_argument("--target", help="target model: also report code agreement q(model) == q(target)")
     quant.add_argument("--device", default="cpu", help="device (default: cpu)")
     quant.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16 (default: auto)")
@@ -138,9 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("-o", "--output", help="HTML path (default: the report path with .html)")
     rep.set_defaults(func=_cmd_report)
 
-    lmeval = sub.add_parser("lm-eval", add_help=False,
-                            help="lm-evaluation-harness's command line with the unlearn-assert backend: lm-eval ARGS... (e.g. run "
-                                 "--model unlearn-assert --model_args pretrained=DIR,variant=rtn-w4g128 --tasks mmlu)")
+    lmeval = sub.add_parser(
+        "lm-eval",
+        add_help=False,
+        help="lm-evaluation-harness's command line with the unlearn-assert backend: lm-eval ARGS... (e.g. run "
+        "--model unlearn-assert --model_args pretrained=DIR,variant=rtn-w4g128 --tasks mmlu)",
+    )
     lmeval.add_argument("args", nargs=argparse.REMAINDER, help="lm-eval's own arguments, passed unchanged")
     lmeval.set_defaults(func=_cmd_lm_eval)
 

@@ -56,60 +56,145 @@ class Option:
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("model", "Unlearned model to gate: a local Hugging Face directory. Enables the plugin; without it nothing is loaded.", None, "DIR", path=True),
+    Option(
+        "model",
+        "Unlearned model to gate: a local Hugging Face directory. Enables the plugin; without it nothing is loaded.",
+        None,
+        "DIR",
+        path=True,
+    ),
     Option("target", "Target (original) model the unlearned model was made from.", None, "DIR", path=True),
-    Option("retrain", "Optional model retrained without the forget data (reference for privleak).", None, "DIR", path=True),
-    Option("data", "MUSE data: a directory in MUSE's layout (verbmem/, knowmem/, privleak/, raw/) or its Hugging Face form "
-           "(parquet or save_to_disk), or hf:OWNER/NAME from the local Hugging Face cache; or multiple-choice "
-           "questions in WMDP's form (a directory with forget.jsonl|.json|.parquet and optionally utility.*), "
-           "an lm-eval task as lm-eval:NAME (lm-eval:wmdp_bio, from the local cache) or a task YAML, scored by "
-           "lm-eval.", None, "DIR", path=True),
-    Option("benchmark", "What the data measures: auto (detected from the data's layout, named in the header), muse, tofu, "
-           "documents (a provider's own forget/ and holdout/ documents) or mc (multiple-choice questions scored by "
-           "lm-eval).", "auto", "NAME"),
+    Option(
+        "retrain", "Optional model retrained without the forget data (reference for privleak).", None, "DIR", path=True
+    ),
+    Option(
+        "data",
+        "MUSE data: a directory in MUSE's layout (verbmem/, knowmem/, privleak/, raw/) or its Hugging Face form "
+        "(parquet or save_to_disk), or hf:OWNER/NAME from the local Hugging Face cache; or multiple-choice "
+        "questions in WMDP's form (a directory with forget.jsonl|.json|.parquet and optionally utility.*), "
+        "an lm-eval task as lm-eval:NAME (lm-eval:wmdp_bio, from the local cache) or a task YAML, scored by "
+        "lm-eval.",
+        None,
+        "DIR",
+        path=True,
+    ),
+    Option(
+        "benchmark",
+        "What the data measures: auto (detected from the data's layout, named in the header), muse, tofu, "
+        "documents (a provider's own forget/ and holdout/ documents) or mc (multiple-choice questions scored by "
+        "lm-eval).",
+        "auto",
+        "NAME",
+    ),
     Option("forget_split", "TOFU's forget split: forget01, forget05 or forget10.", "forget10", "SPLIT"),
-    Option("documents", "How MUSE-style items are derived from your own documents, as KEY=VALUE pairs: seed, chunk_words, "
-           "prompt_words, gt_words, verbmem_items, privleak_items, icl_pairs (words; defaults are MUSE-News' medians).",
-           "", "EXPR"),
-    Option("utility_tasks", "lm-eval tasks measured as more utility checks beside the benchmark's own, "
-           "comma-separated: task, group or tag names (mmlu, arc_easy; their data must be in the local Hugging "
-           "Face cache), task YAML paths or WMDP-form files. Each is judged by its accuracy's ratio to the "
-           "target's; its budget key is its name (arc_easy=0.95; a YAML or file: its file name without the "
-           "suffix). Needs the [lmeval] extra.", None, "TASKS"),
-    Option("lm_eval_include", "A folder of your own lm-eval task YAMLs (lm-eval's --include_path), for the names in "
-           "--unlearn-utility-tasks and --unlearn-data=lm-eval:NAME.", None, "DIR", path=True),
-    Option("quantizers", "Comma-separated quantizer ids to apply, e.g. rtn-w4g128,rtn-w8 (attack ids such as relearn-forget-50 "
-           "are accepted too).", DEFAULT_QUANTIZERS, "IDS"),
-    Option("attacks", "Comma-separated attack ids, gated like quantizers after them: relearn-forget-<steps>, "
-           "relearn-retain-<steps>, optionally -lora (e.g. relearn-forget-50).", None, "IDS"),
-    Option("budget", "Budget as KEY=VALUE pairs; keys recovery, utility, privleak, floor, or a metric's name "
-           "(verbmem_f, knowmem_f, forget_acc, a --unlearn-utility-tasks task such as arc_easy), each optionally "
-           "KEY@QUANTIZER, e.g. 'recovery=0.2 knowmem_f@bnb-fp4=0.1 arc_easy=0.95'. "
-           "Default: recovery=0.25 utility=0.9 privleak=25 floor=5.", "", "EXPR"),
-    Option("verdict", "How an item is judged against its budget: point (the estimate), strict (the whole "
-           "interval within budget) or lenient (fails only when the whole interval is beyond it).", "point", "POLICY"),
+    Option(
+        "documents",
+        "How MUSE-style items are derived from your own documents, as KEY=VALUE pairs: seed, chunk_words, "
+        "prompt_words, gt_words, verbmem_items, privleak_items, icl_pairs (words; defaults are MUSE-News' medians).",
+        "",
+        "EXPR",
+    ),
+    Option(
+        "utility_tasks",
+        "lm-eval tasks measured as more utility checks beside the benchmark's own, "
+        "comma-separated: task, group or tag names (mmlu, arc_easy; their data must be in the local Hugging "
+        "Face cache), task YAML paths or WMDP-form files. Each is judged by its accuracy's ratio to the "
+        "target's; its budget key is its name (arc_easy=0.95; a YAML or file: its file name without the "
+        "suffix). Needs the [lmeval] extra.",
+        None,
+        "TASKS",
+    ),
+    Option(
+        "lm_eval_include",
+        "A folder of your own lm-eval task YAMLs (lm-eval's --include_path), for the names in "
+        "--unlearn-utility-tasks and --unlearn-data=lm-eval:NAME.",
+        None,
+        "DIR",
+        path=True,
+    ),
+    Option(
+        "quantizers",
+        "Comma-separated quantizer ids to apply, e.g. rtn-w4g128,rtn-w8 (attack ids such as relearn-forget-50 "
+        "are accepted too).",
+        DEFAULT_QUANTIZERS,
+        "IDS",
+    ),
+    Option(
+        "attacks",
+        "Comma-separated attack ids, gated like quantizers after them: relearn-forget-<steps>, "
+        "relearn-retain-<steps>, optionally -lora (e.g. relearn-forget-50).",
+        None,
+        "IDS",
+    ),
+    Option(
+        "budget",
+        "Budget as KEY=VALUE pairs; keys recovery, utility, privleak, floor, or a metric's name "
+        "(verbmem_f, knowmem_f, forget_acc, a --unlearn-utility-tasks task such as arc_easy), each optionally "
+        "KEY@QUANTIZER, e.g. 'recovery=0.2 knowmem_f@bnb-fp4=0.1 arc_easy=0.95'. "
+        "Default: recovery=0.25 utility=0.9 privleak=25 floor=5.",
+        "",
+        "EXPR",
+    ),
+    Option(
+        "verdict",
+        "How an item is judged against its budget: point (the estimate), strict (the whole "
+        "interval within budget) or lenient (fails only when the whole interval is beyond it).",
+        "point",
+        "POLICY",
+    ),
     Option("confidence", "Confidence level of the paired bootstrap intervals: 0.9, 0.95 or 0.99.", 0.95, "LEVEL"),
-    Option("calibration", "Calibration text for GPTQ/AWQ: a .txt, .json or .jsonl file (default: the data's "
-           "raw retain text, MUSE's raw/retain1 + raw/retain2 or raw/retain.txt, else privleak/retain.json).", None, "FILE", path=True),
-    Option("quantized", "A checkpoint you already quantized, NAME=DIR (compressed-tensors, bitsandbytes, GPTQ or AWQ; "
-           "repeatable): gated as one more quantizer row named NAME.", None, "NAME=DIR", multi=True),
+    Option(
+        "calibration",
+        "Calibration text for GPTQ/AWQ: a .txt, .json or .jsonl file (default: the data's "
+        "raw retain text, MUSE's raw/retain1 + raw/retain2 or raw/retain.txt, else privleak/retain.json).",
+        None,
+        "FILE",
+        path=True,
+    ),
+    Option(
+        "quantized",
+        "A checkpoint you already quantized, NAME=DIR (compressed-tensors, bitsandbytes, GPTQ or AWQ; "
+        "repeatable): gated as one more quantizer row named NAME.",
+        None,
+        "NAME=DIR",
+        multi=True,
+    ),
     Option("json", "Write the JSON report to this path.", None, "PATH", path=True),
     Option("html", "Write the self-contained HTML report to this path.", None, "PATH", path=True),
     Option("device", "Device to evaluate on: auto, cpu, cuda or cuda:N.", "auto", "DEVICE"),
-    Option("devices", "GPU indices for pytest-xdist workers, e.g. 0,1: worker i uses cuda:<the i-th, cyclically> (default with "
-           "--unlearn-device=auto and several GPUs: worker i uses GPU i).", None, "IDS"),
-    Option("device_map", "Load the unlearned and target models across devices with accelerate's device map, for models larger "
-           "than one GPU: auto (shards on the GPUs, the rest on CPU), balanced or sequential. rtn-* quantizers run on such a model.",
-           None, "MAP"),
+    Option(
+        "devices",
+        "GPU indices for pytest-xdist workers, e.g. 0,1: worker i uses cuda:<the i-th, cyclically> (default with "
+        "--unlearn-device=auto and several GPUs: worker i uses GPU i).",
+        None,
+        "IDS",
+    ),
+    Option(
+        "device_map",
+        "Load the unlearned and target models across devices with accelerate's device map, for models larger "
+        "than one GPU: auto (shards on the GPUs, the rest on CPU), balanced or sequential. rtn-* quantizers run on "
+        "such a model.",
+        None,
+        "MAP",
+    ),
     Option("dtype", "Weight dtype to load models in: auto (as saved), float32, bfloat16, float16.", "auto", "DTYPE"),
     Option("batch_size", "Generation batch size, or auto (bounded by memory).", "auto", "N"),
     Option("max_samples", "Evaluate only the first N items of every split (smoke runs).", None, "N"),
-    Option("overlong", "An item longer than the model's context window (its prompt plus the tokens generated after "
-           "it): error (one line before anything loads, naming the item) or truncate (as MUSE and lm-eval: a prompt "
-           "keeps its end, next to the continuation; a scored text its first tokens; recorded per item in the report).",
-           "error", "MODE"),
-    Option("retrain_auc", "Reference privleak AUC when no retrain model is given: a number (0 < AUC <= 1), or muse-news / "
-           "muse-books for MUSE's published retrain AUCs.", None, "AUC"),
+    Option(
+        "overlong",
+        "An item longer than the model's context window (its prompt plus the tokens generated after "
+        "it): error (one line before anything loads, naming the item) or truncate (as MUSE and lm-eval: a prompt "
+        "keeps its end, next to the continuation; a scored text its first tokens; recorded per item in the report).",
+        "error",
+        "MODE",
+    ),
+    Option(
+        "retrain_auc",
+        "Reference privleak AUC when no retrain model is given: a number (0 < AUC <= 1), or muse-news / "
+        "muse-books for MUSE's published retrain AUCs.",
+        None,
+        "AUC",
+    ),
     Option("cache_dir", "Directory for cached results (default: the pytest cache dir).", None, "DIR", path=True),
     Option("no_cache", "Do not read or write cached results.", False, flag=True),
     Option("allow_pickle", "Allow pickle weights (*.bin, *.pt): they can run code when loaded.", False, flag=True),
@@ -151,7 +236,7 @@ class Budget:
         """The budget of ``keys`` (most specific first: a metric, then its budget key) for ``variant``: the most
         specific override wins (metric@variant, key@variant, metric, key), else the first key's base value
         (recovery, utility, privleak, floor), else ``default``."""
-        for want in ((variant, None) if variant else (None,)):
+        for want in (variant, None) if variant else (None,):
             for key in keys:
                 for k, q, v in self.overrides:
                     if k == key and q == want:
@@ -193,8 +278,9 @@ def _budget_number(key: str, raw: str, where: str) -> float:
     return value
 
 
-def parse_budget(text: str | Mapping[str, Any] | None, where: str = "--unlearn-budget", *,
-                 metrics: tuple[str, ...] = ()) -> Budget:
+def parse_budget(
+    text: str | Mapping[str, Any] | None, where: str = "--unlearn-budget", *, metrics: tuple[str, ...] = ()
+) -> Budget:
     """Parse ``'recovery=0.25 utility=0.9 knowmem_f@bnb-fp4=0.1'`` (or a mapping of the same). ``metrics``: metric
     names a key may name beyond the benchmarks' own (the run's lm-eval utility tasks)."""
     if text is None or text == "":
@@ -217,7 +303,9 @@ def parse_budget(text: str | Mapping[str, Any] | None, where: str = "--unlearn-b
     for key, raw in items:
         name, _, quantizer = key.partition("@")
         if name not in known:
-            raise ConfigError(f"{where}: unknown budget key '{name}'; known keys: {', '.join(known)} (optionally KEY@QUANTIZER)")
+            raise ConfigError(
+                f"{where}: unknown budget key '{name}'; known keys: {', '.join(known)} (optionally KEY@QUANTIZER)"
+            )
         value = _budget_number(name, raw, where)
         if quantizer:
             # a quantizer id always has a '-'; a name without one is a --unlearn-quantized checkpoint
@@ -267,8 +355,10 @@ def parse_utility_tasks(raw: Any) -> tuple[str, ...]:
         is_file = spec.lower().endswith(_TASK_FILES)
         if not TASK_NAME_RE.fullmatch(name):
             what = "the file name" if is_file else "the task name"
-            raise ConfigError(f"{cli}: '{spec}': {what} '{name}' must be letters, digits, '_', '.' or '-' "
-                              "(it names the task's budget key and items); rename it")
+            raise ConfigError(
+                f"{cli}: '{spec}': {what} '{name}' must be letters, digits, '_', '.' or '-' "
+                "(it names the task's budget key and items); rename it"
+            )
         if name in taken:
             fix = "rename the file" if is_file else "name it through a task YAML of another file name"
             raise ConfigError(f"{cli}: '{spec}' would be named '{name}', which is {taken[name]}; {fix}")
@@ -284,7 +374,9 @@ def parse_benchmark(raw: Any) -> str:
     """``--unlearn-benchmark``: auto (default) or a registered benchmark's name."""
     name = str(raw if raw not in (None, "") else AUTO).strip().lower()
     if name != AUTO and name not in BENCHMARKS:
-        raise ConfigError(f"--unlearn-benchmark: '{raw}' is not a benchmark; use {AUTO} or one of {', '.join(BENCHMARKS)}")
+        raise ConfigError(
+            f"--unlearn-benchmark: '{raw}' is not a benchmark; use {AUTO} or one of {', '.join(BENCHMARKS)}"
+        )
     return name
 
 
@@ -292,7 +384,9 @@ def parse_forget_split(raw: Any) -> str:
     """``--unlearn-forget-split``: one of TOFU's forget splits (forget10 by default)."""
     split = str(raw if raw not in (None, "") else "forget10").strip().lower()
     if split not in TOFU_FORGET_SPLITS:
-        raise ConfigError(f"--unlearn-forget-split: '{raw}' is not a TOFU forget split; use one of {', '.join(TOFU_FORGET_SPLITS)}")
+        raise ConfigError(
+            f"--unlearn-forget-split: '{raw}' is not a TOFU forget split; use one of {', '.join(TOFU_FORGET_SPLITS)}"
+        )
     return split
 
 
@@ -310,8 +404,10 @@ def parse_documents(raw: Any) -> tuple[tuple[str, int], ...]:
             continue
         key, sep, value = token.partition("=")
         if not sep or key not in known:
-            raise ConfigError(f"--unlearn-documents: '{token}' is not KEY=VALUE with a key of {', '.join(known)}; "
-                              "write e.g. --unlearn-documents 'seed=1 prompt_words=300'")
+            raise ConfigError(
+                f"--unlearn-documents: '{token}' is not KEY=VALUE with a key of {', '.join(known)}; "
+                "write e.g. --unlearn-documents 'seed=1 prompt_words=300'"
+            )
         try:
             pairs.append((key, int(value)))
         except ValueError:
@@ -328,8 +424,10 @@ def parse_overlong(raw: Any) -> str:
     """``--unlearn-overlong``: error (default) or truncate."""
     mode = str(raw if raw not in (None, "") else "error").strip().lower()
     if mode not in OVERLONG_MODES:
-        raise ConfigError(f"--unlearn-overlong: '{raw}' is not a mode; use error (refuse an item beyond the context "
-                          "window) or truncate (cut it as MUSE and lm-eval do)")
+        raise ConfigError(
+            f"--unlearn-overlong: '{raw}' is not a mode; use error (refuse an item beyond the context "
+            "window) or truncate (cut it as MUSE and lm-eval do)"
+        )
     return mode
 
 
@@ -337,7 +435,9 @@ def parse_verdict(raw: Any) -> str:
     """``--unlearn-verdict``: point (default), strict or lenient."""
     policy = str(raw if raw not in (None, "") else "point").strip().lower()
     if policy not in VERDICT_POLICIES:
-        raise ConfigError(f"--unlearn-verdict: '{raw}' is not a verdict policy; use one of {', '.join(VERDICT_POLICIES)}")
+        raise ConfigError(
+            f"--unlearn-verdict: '{raw}' is not a verdict policy; use one of {', '.join(VERDICT_POLICIES)}"
+        )
     return policy
 
 
@@ -352,7 +452,9 @@ def parse_confidence(raw: Any) -> float:
         value /= 100.0
     level = next((c for c in CONFIDENCES if math.isclose(value, c)), None)
     if level is None:
-        raise ConfigError(f"--unlearn-confidence: '{raw}' is not a supported level; use one of {', '.join(map(str, CONFIDENCES))}")
+        raise ConfigError(
+            f"--unlearn-confidence: '{raw}' is not a supported level; use one of {', '.join(map(str, CONFIDENCES))}"
+        )
     return level
 
 
@@ -384,12 +486,18 @@ def parse_artifacts(values: Any) -> tuple[Artifact, ...]:
             continue
         name, sep, path = entry.strip().partition("=")
         if not sep or not name or not path:
-            raise ConfigError(f"--unlearn-quantized: '{entry}' is not NAME=DIR; write e.g. --unlearn-quantized my_gptq=out/model-gptq")
+            raise ConfigError(
+                f"--unlearn-quantized: '{entry}' is not NAME=DIR; write e.g. --unlearn-quantized my_gptq=out/model-gptq"
+            )
         if not ARTIFACT_NAME_RE.fullmatch(name) or name == FP:
-            raise ConfigError(f"--unlearn-quantized {name}={path}: NAME must be letters, digits, '.', '_' or '+' (not 'fp', no '-'), "
-                              "e.g. my-gptq is written my_gptq")
+            raise ConfigError(
+                f"--unlearn-quantized {name}={path}: NAME must be letters, digits, '.', '_' or '+' (not 'fp', no '-'), "
+                "e.g. my-gptq is written my_gptq"
+            )
         if any(c.name == name for c in out):
-            raise ConfigError(f"--unlearn-quantized: the name '{name}' is given twice; give each checkpoint its own name")
+            raise ConfigError(
+                f"--unlearn-quantized: the name '{name}' is given twice; give each checkpoint its own name"
+            )
         out.append(Artifact(name=name, path=str(user_path(path))))
     return tuple(out)
 
@@ -446,8 +554,10 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         if not _BUILDING.get():
-            raise TypeError("a RunConfig is made by unlearn_assert.config.run_config(**settings) or build_run_config(), "
-                            "which validate every value; it cannot be constructed directly or with dataclasses.replace")
+            raise TypeError(
+                "a RunConfig is made by unlearn_assert.config.run_config(**settings) or build_run_config(), "
+                "which validate every value; it cannot be constructed directly or with dataclasses.replace"
+            )
 
     @property
     def enabled(self) -> bool:
@@ -489,7 +599,10 @@ def _devices(raw: Any, device: str) -> tuple[int, ...]:
     if len(set(indices)) != len(indices):
         raise ConfigError(f"{opt.cli}: '{raw}' names a GPU twice; list each GPU once")
     if device not in ("auto", "cuda"):
-        raise ConfigError(f"{opt.cli} assigns GPUs to workers, but --unlearn-device is '{device}'; use --unlearn-device=auto or cuda with it")
+        raise ConfigError(
+            f"{opt.cli} assigns GPUs to workers, but --unlearn-device is '{device}'; use --unlearn-device=auto or cuda "
+            "with it"
+        )
     return indices
 
 
@@ -533,8 +646,10 @@ def parse_retrain_auc(raw: Any) -> tuple[float, str | None]:
     except ValueError:
         value = float("nan")
     if not reference_auc_ok(value):
-        raise ConfigError(f"--unlearn-retrain-auc: '{raw}' is not an AUC in {REFERENCE_AUC_RANGE} or a published reference; "
-                          f"pass e.g. 0.48, or one of {', '.join(PUBLISHED_RETRAIN_AUCS)}")
+        raise ConfigError(
+            f"--unlearn-retrain-auc: '{raw}' is not an AUC in {REFERENCE_AUC_RANGE} or a published reference; "
+            f"pass e.g. 0.48, or one of {', '.join(PUBLISHED_RETRAIN_AUCS)}"
+        )
     return value, None
 
 
@@ -549,7 +664,9 @@ def _with_attacks(quantizers: tuple[str, ...], raw: Any) -> tuple[str, ...]:
         raise ConfigError(f"--unlearn-attacks: {exc}") from None
     wrong = [a for a in attacks if not is_attack_id(a)]
     if wrong:
-        raise ConfigError(f"--unlearn-attacks: '{wrong[0]}' is a quantizer, not an attack; list it in --unlearn-quantizers")
+        raise ConfigError(
+            f"--unlearn-attacks: '{wrong[0]}' is a quantizer, not an attack; list it in --unlearn-quantizers"
+        )
     return combined
 
 
@@ -567,8 +684,11 @@ def build_run_config(get: Callable[[Option], Any], *, model_spec: str | None = N
             values[opt.name] = str(v) if v not in (None, "") else None
     quantizers = DEFAULT_QUANTIZERS if raw["quantizers"] is None else str(raw["quantizers"])  # unset: the default
     if not quantizers.strip():  # set, but to nothing: a quantization gate with nothing to quantize
-        raise ConfigError(f"--unlearn-quantizers is empty, so the gate has no quantizer to test; pass ids such as {DEFAULT_QUANTIZERS}, "
-                          "or leave the option out for that default")
+        raise ConfigError(
+            "--unlearn-quantizers is empty, so the gate has no quantizer to test; pass ids such as "
+            f"{DEFAULT_QUANTIZERS}, "
+            "or leave the option out for that default"
+        )
     try:
         values["variant_ids"] = validate_variant_list(quantizers)
     except QuantizerError as exc:
@@ -589,7 +709,9 @@ def build_run_config(get: Callable[[Option], Any], *, model_spec: str | None = N
     values["devices"] = _devices(raw["devices"], device)
     device_map = str(raw["device_map"] or "").strip() or None
     if device_map is not None and device_map not in DEVICE_MAPS:
-        raise ConfigError(f"--unlearn-device-map: '{device_map}' is not one of accelerate's device maps; use {', '.join(DEVICE_MAPS)}")
+        raise ConfigError(
+            f"--unlearn-device-map: '{device_map}' is not one of accelerate's device maps; use {', '.join(DEVICE_MAPS)}"
+        )
     values["device_map"] = device_map
     dtype = str(raw["dtype"] or "auto").strip()
     if dtype not in DTYPES:
@@ -604,8 +726,10 @@ def build_run_config(get: Callable[[Option], Any], *, model_spec: str | None = N
     for name in ("no_cache", "allow_pickle"):
         values[name] = _as_bool(OPTION_BY_NAME[name], raw[name])
     if values["model"] is not None and values["model"].startswith("demo:"):
-        raise ConfigError(f"--unlearn-model: '{values['model']}' must be resolved to the demo family's directories before the run "
-                          "config is built; use the pytest plugin or unlearn_assert.demo.family.resolve_demo")
+        raise ConfigError(
+            f"--unlearn-model: '{values['model']}' must be resolved to the demo family's directories before the run "
+            "config is built; use the pytest plugin or unlearn_assert.demo.family.resolve_demo"
+        )
     if values["model"] is not None:  # without --unlearn-model nothing is checked
         values["artifacts"] = parse_artifacts(raw["quantized"])
     values["model_spec"] = model_spec
@@ -617,8 +741,10 @@ def build_run_config(get: Callable[[Option], Any], *, model_spec: str | None = N
     names = {a.name for a in cfg.artifacts}
     for key, quantizer, _ in cfg.budget.overrides:
         if quantizer is not None and "-" not in quantizer and quantizer not in names:
-            raise ConfigError(f"--unlearn-budget: '{key}@{quantizer}' names no quantizer id and no --unlearn-quantized checkpoint; "
-                              f"checkpoints: {', '.join(sorted(names)) or 'none'}")
+            raise ConfigError(
+                f"--unlearn-budget: '{key}@{quantizer}' names no quantizer id and no --unlearn-quantized checkpoint; "
+                f"checkpoints: {', '.join(sorted(names)) or 'none'}"
+            )
     return cfg
 
 

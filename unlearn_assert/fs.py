@@ -23,8 +23,10 @@ def user_path(path: str | os.PathLike[str]) -> Path:
         return Path(path).expanduser()
     except RuntimeError:
         head = str(path).split(os.sep, 1)[0]
-        raise ConfigError(f"path '{path}' starts with '{head}', but there is no user '{head[1:]}' with a home directory here; "
-                          "write the path out") from None
+        raise ConfigError(
+            f"path '{path}' starts with '{head}', but there is no user '{head[1:]}' with a home directory here; "
+            "write the path out"
+        ) from None
 
 
 def link_problem(path: str | os.PathLike[str]) -> str | None:

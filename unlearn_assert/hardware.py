@@ -23,10 +23,21 @@ from typing import Any
 __all__ = ["compute_info", "native_bf16", "onednn_isa_cap"]
 
 #: oneDNN ISA names (``ONEDNN_MAX_CPU_ISA`` values) at which bf16 dot products run in hardware.
-_NATIVE_BF16_ISAS = frozenset({
-    "AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX10_1_512", "AVX512_CORE_AMX", "AVX10_1_512_AMX",
-    "AVX512_CORE_AMX_FP16", "AVX10_1_512_AMX_FP16", "AVX10_2_512", "AVX10_2_512_AMX_2", "ALL", "DEFAULT",
-})
+_NATIVE_BF16_ISAS = frozenset(
+    {
+        "AVX512_CORE_BF16",
+        "AVX512_CORE_FP16",
+        "AVX10_1_512",
+        "AVX512_CORE_AMX",
+        "AVX10_1_512_AMX",
+        "AVX512_CORE_AMX_FP16",
+        "AVX10_1_512_AMX_FP16",
+        "AVX10_2_512",
+        "AVX10_2_512_AMX_2",
+        "ALL",
+        "DEFAULT",
+    }
+)
 _ISA_ENV = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
 
 

@@ -83,17 +83,25 @@ def _check_links(directory: Path, path: str | os.PathLike[str]) -> None:
     for entry in [directory / n for n in names] + sorted(directory.glob("*.safetensors")):
         problem = link_problem(entry)
         if problem is not None:
-            raise ModelError(f"model directory '{path}': {problem}; replace the link with the file itself or fix its target")
+            raise ModelError(
+                f"model directory '{path}': {problem}; replace the link with the file itself or fix its target"
+            )
     index = directory / "model.safetensors.index.json"
     if index.is_file():
         try:
             shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise ModelError(f"'{index}' is not a valid safetensors index ({type(exc).__name__}); re-save the model with model.save_pretrained(DIR)") from None
+            raise ModelError(
+                f"'{index}' is not a valid safetensors index ({type(exc).__name__}); re-save the model with "
+                "model.save_pretrained(DIR)"
+            ) from None
         missing = sorted(str(s) for s in shards if not (directory / str(s)).is_file())
         if missing:
-            raise ModelError(f"model directory '{path}' lacks the weight shard {missing[0]} that model.safetensors.index.json lists; "
-                             "copy every shard, or re-save the model with model.save_pretrained(DIR)")
+            raise ModelError(
+                f"model directory '{path}' lacks the weight shard {missing[0]} that model.safetensors.index.json "
+                "lists; "
+                "copy every shard, or re-save the model with model.save_pretrained(DIR)"
+            )
 
 
 def check_model_dir(path: str | os.PathLike[str], *, allow_pickle: bool = False) -> Path:
@@ -103,9 +111,15 @@ def check_model_dir(path: str | os.PathLike[str], *, allow_pickle: bool = False)
     if problem is not None:
         raise ModelError(f"model path {problem}; pass a local Hugging Face model directory")
     if not directory.exists():
-        raise ModelError(f"model path '{path}' does not exist; pass a local Hugging Face model directory (config.json + *.safetensors)")
+        raise ModelError(
+            f"model path '{path}' does not exist; pass a local Hugging Face model directory (config.json + "
+            "*.safetensors)"
+        )
     if not directory.is_dir():
-        raise ModelError(f"model path '{path}' is not a directory; pass the directory that holds config.json and the *.safetensors files")
+        raise ModelError(
+            f"model path '{path}' is not a directory; pass the directory that holds config.json and the *.safetensors "
+            "files"
+        )
     _check_links(directory, path)
     if not (directory / "config.json").is_file():
         raise ModelError(f"model directory '{path}' has no config.json; save the model with model.save_pretrained(DIR)")
@@ -113,11 +127,16 @@ def check_model_dir(path: str | os.PathLike[str], *, allow_pickle: bool = False)
         pickles = _pickle_files(directory)
         if pickles and not allow_pickle:
             raise ModelError(
-                f"model directory '{path}' has only pickle weights ({pickles[0].name}), which can run code when loaded; "
-                "convert them with model.save_pretrained(DIR, safe_serialization=True) or pass --unlearn-allow-pickle if you trust them"
+                f"model directory '{path}' has only pickle weights ({pickles[0].name}), which can run code when "
+                "loaded; "
+                "convert them with model.save_pretrained(DIR, safe_serialization=True) or pass --unlearn-allow-pickle "
+                "if you trust them"
             )
         if not pickles:
-            raise ModelError(f"model directory '{path}' has no weight files (*.safetensors); save the model with model.save_pretrained(DIR)")
+            raise ModelError(
+                f"model directory '{path}' has no weight files (*.safetensors); save the model with "
+                "model.save_pretrained(DIR)"
+            )
     return directory
 
 
@@ -147,7 +166,9 @@ def check_safetensors_file(file: Path) -> dict[str, Any]:
             if not (isinstance(begin, int) and isinstance(stop, int) and 0 <= begin <= stop):
                 raise ValueError(f"tensor '{name}' has invalid offsets")
             shape = meta["shape"]  # read_weight_headers and the pairing check rely on it
-            if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+            if not isinstance(shape, list) or not all(
+                isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+            ):
                 raise ValueError(f"tensor '{name}' has an invalid shape")
             if not isinstance(meta.get("dtype"), str):
                 raise ValueError(f"tensor '{name}' has no dtype")
@@ -156,7 +177,9 @@ def check_safetensors_file(file: Path) -> dict[str, Any]:
             raise ValueError(f"expected {8 + header_len + end} bytes, found {size} (truncated or padded)")
         return header
     except OSError as exc:
-        raise ModelError(f"weight file '{file}' cannot be read ({exc.strerror or exc}); check that it is a readable file") from None
+        raise ModelError(
+            f"weight file '{file}' cannot be read ({exc.strerror or exc}); check that it is a readable file"
+        ) from None
     except (ValueError, KeyError, TypeError, UnicodeDecodeError, RecursionError) as exc:  # json errors are ValueErrors
         raise ModelError(
             f"weight file '{file}' is corrupt or truncated ({exc}); re-download or re-save the checkpoint"
@@ -165,7 +188,12 @@ def check_safetensors_file(file: Path) -> dict[str, Any]:
 
 #: The file sets from which ``AutoTokenizer`` can build a tokenizer without remote code: a fast
 #: tokenizer, a SentencePiece model, a byte-level BPE vocabulary, a WordPiece vocabulary.
-TOKENIZER_SETS: tuple[tuple[str, ...], ...] = (("tokenizer.json",), ("tokenizer.model",), ("vocab.json", "merges.txt"), ("vocab.txt",))
+TOKENIZER_SETS: tuple[tuple[str, ...], ...] = (
+    ("tokenizer.json",),
+    ("tokenizer.model",),
+    ("vocab.json", "merges.txt"),
+    ("vocab.txt",),
+)
 
 
 def check_tokenizer_files(directory: Path) -> None:
@@ -177,17 +205,28 @@ def check_tokenizer_files(directory: Path) -> None:
         try:
             value = json.loads(config.read_text(encoding="utf-8"))
         except (OSError, ValueError, RecursionError) as exc:
-            raise ModelError(f"'{config}' cannot be read as JSON ({type(exc).__name__}); re-save the tokenizer with tokenizer.save_pretrained(DIR)") from None
+            raise ModelError(
+                f"'{config}' cannot be read as JSON ({type(exc).__name__}); re-save the tokenizer with "
+                "tokenizer.save_pretrained(DIR)"
+            ) from None
         if not isinstance(value, dict):
-            raise ModelError(f"'{config}' is not a JSON object; re-save the tokenizer with tokenizer.save_pretrained(DIR)")
+            raise ModelError(
+                f"'{config}' is not a JSON object; re-save the tokenizer with tokenizer.save_pretrained(DIR)"
+            )
     have = {n for n in TOKENIZER_FILES if (directory / n).is_file()}
     if any(all(n in have for n in group) for group in TOKENIZER_SETS) or any(directory.glob("*.model")):
         return
     pair = [n for n in ("vocab.json", "merges.txt") if n in have]
-    found = (f"{pair[0]} is there without {({'vocab.json', 'merges.txt'} - set(pair)).pop()}" if len(pair) == 1
-             else f"only {', '.join(sorted(have))} is there" if have else "none of them is there")
+    found = (
+        f"{pair[0]} is there without {({'vocab.json', 'merges.txt'} - set(pair)).pop()}"
+        if len(pair) == 1
+        else f"only {', '.join(sorted(have))} is there"
+        if have
+        else "none of them is there"
+    )
     raise ModelError(
-        f"model directory '{directory}' has no tokenizer that AutoTokenizer can load: it needs tokenizer.json, or tokenizer.model, "
+        f"model directory '{directory}' has no tokenizer that AutoTokenizer can load: it needs tokenizer.json, or "
+        "tokenizer.model, "
         f"or vocab.json + merges.txt ({found}); save them next to the model with tokenizer.save_pretrained(DIR)"
     )
 
@@ -234,7 +273,9 @@ def _vocab_from_files(directory: Path) -> dict[str, int] | None:
         if (directory / "vocab.json").is_file():
             return dict(json.loads((directory / "vocab.json").read_text(encoding="utf-8")))
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise ModelError(f"tokenizer files in '{directory}' are malformed ({exc}); re-save them with tokenizer.save_pretrained(DIR)") from None
+        raise ModelError(
+            f"tokenizer files in '{directory}' are malformed ({exc}); re-save them with tokenizer.save_pretrained(DIR)"
+        ) from None
     return None
 
 
@@ -242,13 +283,20 @@ def _architecture(directory: Path) -> str:
     try:
         cfg = json.loads((directory / "config.json").read_text(encoding="utf-8"))
     except ValueError as exc:
-        raise ModelError(f"'{directory / 'config.json'}' is not valid JSON ({exc}); fix or re-save config.json") from None
+        raise ModelError(
+            f"'{directory / 'config.json'}' is not valid JSON ({exc}); fix or re-save config.json"
+        ) from None
     if not isinstance(cfg, dict):
-        raise ModelError(f"'{directory / 'config.json'}' is not a JSON object; re-save it with model.save_pretrained(DIR)")
+        raise ModelError(
+            f"'{directory / 'config.json'}' is not a JSON object; re-save it with model.save_pretrained(DIR)"
+        )
     archs = cfg.get("architectures") or [cfg.get("model_type", "?")]
     if not isinstance(archs, list) or not isinstance(archs[0], str):  # transformers reads a list of class names
-        raise ModelError(f"'{directory / 'config.json'}' has architectures {json.dumps(archs)[:80]}, not a list of class names such as "
-                         "[\"LlamaForCausalLM\"]; re-save it with model.save_pretrained(DIR)")
+        raise ModelError(
+            f"'{directory / 'config.json'}' has architectures {json.dumps(archs)[:80]}, not a list of class names such "
+            "as "
+            '["LlamaForCausalLM"]; re-save it with model.save_pretrained(DIR)'
+        )
     return archs[0]
 
 
@@ -259,7 +307,10 @@ def precheck_pair(target: str | os.PathLike[str], other: str | os.PathLike[str],
     t_dir, o_dir = Path(target), Path(other)
     t_arch, o_arch = _architecture(t_dir), _architecture(o_dir)
     if t_arch != o_arch:
-        raise ModelError(f"{role} model '{other}' is a {o_arch} but the target '{target}' is a {t_arch}; pass the target the {role} model was made from")
+        raise ModelError(
+            f"{role} model '{other}' is a {o_arch} but the target '{target}' is a {t_arch}; pass the target the {role} "
+            "model was made from"
+        )
     if weight_files(t_dir) and weight_files(o_dir):
         t_shapes, o_shapes = read_weight_headers(t_dir), read_weight_headers(o_dir)
         if t_shapes != o_shapes:
@@ -270,7 +321,10 @@ def precheck_pair(target: str | os.PathLike[str], other: str | os.PathLike[str],
             )
     t_vocab, o_vocab = _vocab_from_files(t_dir), _vocab_from_files(o_dir)
     if t_vocab is not None and o_vocab is not None and t_vocab != o_vocab:
-        raise ModelError(f"{role} model '{other}' has a different tokenizer vocabulary than the target '{target}'; save both with the same tokenizer")
+        raise ModelError(
+            f"{role} model '{other}' has a different tokenizer vocabulary than the target '{target}'; save both with "
+            "the same tokenizer"
+        )
 
 
 # --------------------------------------------------------------------------- fingerprint
@@ -356,7 +410,8 @@ def load_tokenizer(directory: Path) -> Any:
         tok = AutoTokenizer.from_pretrained(str(directory), local_files_only=True, trust_remote_code=False)
     except Exception as exc:  # transformers raises many types for a missing/broken tokenizer
         raise ModelError(
-            f"cannot load the tokenizer from '{directory}' ({type(exc).__name__}: {exc}); save it next to the model with tokenizer.save_pretrained(DIR)"
+            f"cannot load the tokenizer from '{directory}' ({type(exc).__name__}: {exc}); save it next to the model "
+            "with tokenizer.save_pretrained(DIR)"
         ) from None
     if tok.pad_token is None:
         # Batched generation needs a pad token; reuse EOS as every HF generation recipe does.
@@ -372,7 +427,9 @@ def check_finite(model: Any, path: str) -> None:
         if param.device.type == "meta":  # offloaded to disk by a device map: read when its layer runs
             continue
         if param.is_floating_point() and not bool(torch.isfinite(param).all()):
-            raise ModelError(f"model '{path}' has NaN or Inf values in '{name}'; the checkpoint is broken, re-export it")
+            raise ModelError(
+                f"model '{path}' has NaN or Inf values in '{name}'; the checkpoint is broken, re-export it"
+            )
 
 
 def _import_torch_internals_quietly() -> None:
@@ -383,7 +440,9 @@ def _import_torch_internals_quietly() -> None:
     listed 14 DeprecationWarnings that no user can act on. Importing it here, with only that message
     ignored, leaves every other warning alone, including this one from anyone else's code."""
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"`torch\.jit\.script_method` is deprecated", category=DeprecationWarning)
+        warnings.filterwarnings(
+            "ignore", message=r"`torch\.jit\.script_method` is deprecated", category=DeprecationWarning
+        )
         import torch.utils.mkldnn  # noqa: F401
 
 
@@ -413,7 +472,9 @@ def load_model(
     try:
         config = AutoConfig.from_pretrained(str(directory), local_files_only=True, trust_remote_code=False)
     except Exception as exc:
-        raise ModelError(f"cannot read '{directory / 'config.json'}' ({type(exc).__name__}: {exc}); fix or re-save config.json") from None
+        raise ModelError(
+            f"cannot read '{directory / 'config.json'}' ({type(exc).__name__}: {exc}); fix or re-save config.json"
+        ) from None
     stored_dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, stored_dtype, dev)
@@ -431,7 +492,10 @@ def load_model(
                 **placement,
             )
     except Exception as exc:
-        raise ModelError(f"cannot load the model from '{directory}' ({type(exc).__name__}: {exc}); check that it is a causal-LM checkpoint") from None
+        raise ModelError(
+            f"cannot load the model from '{directory}' ({type(exc).__name__}: {exc}); check that it is a causal-LM "
+            "checkpoint"
+        ) from None
     if placement:
         import shutil
         import weakref
@@ -449,9 +513,12 @@ def load_model(
         fingerprint=known_fingerprint or fingerprint(directory),
         device=dev,
         dtype=str(torch_dtype).removeprefix("torch."),
-        info={"architecture": (config.architectures or [config.model_type])[0], "model_type": config.model_type,
-              "checkpoint_dtype": str(checkpoint_dtype(stored_dtype)).removeprefix("torch."),
-              **({"device_map": dict(getattr(model, "hf_device_map", {}))} if placement else {})},
+        info={
+            "architecture": (config.architectures or [config.model_type])[0],
+            "model_type": config.model_type,
+            "checkpoint_dtype": str(checkpoint_dtype(stored_dtype)).removeprefix("torch."),
+            **({"device_map": dict(getattr(model, "hf_device_map", {}))} if placement else {}),
+        },
     )
 
 
@@ -464,8 +531,13 @@ def dispatch(device_map: str | dict[str, Any], max_memory: dict[Any, Any] | None
     try:
         import accelerate  # noqa: F401  transformers' device_map needs it
     except ImportError:
-        raise ModelError("--unlearn-device-map needs accelerate, which is not installed; install it with: pip install accelerate") from None
-    out: dict[str, Any] = {"device_map": device_map, "offload_folder": tempfile.mkdtemp(prefix="unlearn-assert-offload-")}
+        raise ModelError(
+            "--unlearn-device-map needs accelerate, which is not installed; install it with: pip install accelerate"
+        ) from None
+    out: dict[str, Any] = {
+        "device_map": device_map,
+        "offload_folder": tempfile.mkdtemp(prefix="unlearn-assert-offload-"),
+    }
     if max_memory is not None:
         out["max_memory"] = max_memory
     return out
@@ -479,7 +551,9 @@ def input_device(model: Any) -> torch.device:
     placed = getattr(model, "hf_device_map", None)
     if placed:
         first = next(iter(placed.values()))
-        return torch.device(f"cuda:{first}" if isinstance(first, int) else "cpu" if first in ("cpu", "disk") else str(first))
+        return torch.device(
+            f"cuda:{first}" if isinstance(first, int) else "cpu" if first in ("cpu", "disk") else str(first)
+        )
     param = next(iter(model.parameters()), None)
     return param.device if param is not None else torch.device("cpu")
 
@@ -508,7 +582,8 @@ def check_compatible(reference: LoadedModel, other: LoadedModel, *, role: str = 
         diff = missing[0] if missing else next(n for n in ref_shapes if ref_shapes[n] != oth_shapes[n])
         detail = f"{diff}: {ref_shapes.get(diff)} vs {oth_shapes.get(diff)}"
         raise ModelError(
-            f"{role} model '{other.path}' does not match the target's parameters ({detail}); pass the target the {role} model was made from"
+            f"{role} model '{other.path}' does not match the target's parameters ({detail}); pass the target the "
+            f"{role} model was made from"
         )
     if reference.tokenizer.get_vocab() != other.tokenizer.get_vocab():
         raise ModelError(

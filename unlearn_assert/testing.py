@@ -46,10 +46,12 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int, *, trailing_whitespac
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     if trailing_whitespace:
-        tok.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Split(Regex(r"\s"), behavior="merged_with_previous"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ])
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(r"\s"), behavior="merged_with_previous"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
     else:
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -61,13 +63,17 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int, *, trailing_whitespac
     )
     tok.train_from_iterator(list(texts), trainer=trainer)
     bos = tok.token_to_id("<s>")
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)])
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)]
+    )
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>"
     )
 
 
-def llama_config(tokenizer: Any, hidden_size: int, intermediate_size: int, num_layers: int, num_heads: int, max_positions: int) -> Any:
+def llama_config(
+    tokenizer: Any, hidden_size: int, intermediate_size: int, num_layers: int, num_heads: int, max_positions: int
+) -> Any:
     """The Llama config of the locally trained models (tests' tiny model, the demo family)."""
     from transformers import LlamaConfig
 
@@ -97,7 +103,11 @@ def _batches(ids: list[int], recipe: TinyRecipe, rng: random.Random) -> Any:
 
 
 def build_tiny_llama(
-    out_dir: str | Path, texts: Sequence[str], recipe: TinyRecipe = TinyRecipe(), *, tokenizer_from: str | Path | None = None
+    out_dir: str | Path,
+    texts: Sequence[str],
+    recipe: TinyRecipe = TinyRecipe(),
+    *,
+    tokenizer_from: str | Path | None = None,
 ) -> Path:
     """Train a tokenizer (or reuse the one in ``tokenizer_from``) and a tiny Llama on ``texts``;
     save both to ``out_dir``. Reusing a tokenizer gives a model comparable with another one (e.g.
@@ -113,8 +123,14 @@ def build_tiny_llama(
     else:
         tokenizer = train_tokenizer(texts, recipe.vocab_size)
     torch.manual_seed(recipe.seed)
-    config = llama_config(tokenizer, recipe.hidden_size, recipe.intermediate_size, recipe.num_layers, recipe.num_heads,
-                          recipe.max_positions)
+    config = llama_config(
+        tokenizer,
+        recipe.hidden_size,
+        recipe.intermediate_size,
+        recipe.num_layers,
+        recipe.num_heads,
+        recipe.max_positions,
+    )
     model = LlamaForCausalLM(config)
     ids: list[int] = []
     for text in texts:

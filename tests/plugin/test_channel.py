@@ -14,8 +14,17 @@ def _row(role: str = "unlearned", variant: str = "rtn-w4", *, cached: bool = Fal
 
 
 def _verdict(item: str = "test_budget[rtn-w4-knowmem_f]") -> Verdict:
-    return Verdict(item=item, variant="rtn-w4", check="knowmem_f", outcome="failed", message="recovery 60% > 25%",
-                   value=0.6, budget=0.25, ci=(0.3, 0.9), decided=True)
+    return Verdict(
+        item=item,
+        variant="rtn-w4",
+        check="knowmem_f",
+        outcome="failed",
+        message="recovery 60% > 25%",
+        value=0.6,
+        budget=0.25,
+        ci=(0.3, 0.9),
+        decided=True,
+    )
 
 
 def test_each_row_is_sent_once_and_nothing_new_sends_nothing() -> None:

@@ -29,8 +29,9 @@ def test_nothing_to_send_before_an_item_ran_and_no_gate_is_made(session: Unlearn
 
 
 def test_an_items_verdict_and_warnings_reach_the_controllers_inbox(session: UnlearnSession) -> None:
-    verdict = Verdict(item="test_budget[fp-knowmem_f]", variant="fp", check="knowmem_f", outcome="skipped",
-                      message="no model")
+    verdict = Verdict(
+        item="test_budget[fp-knowmem_f]", variant="fp", check="knowmem_f", outcome="skipped", message="no model"
+    )
     session.warn("cache entry not written (disk full)")
     report = SimpleNamespace(**{PAYLOAD_ATTR: session.payload(verdict)})
     session.receive(report)  # type: ignore[arg-type]

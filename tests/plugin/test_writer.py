@@ -34,8 +34,15 @@ def _inbox() -> Inbox:
         ("target", "fp"): Row(role="target", variant="fp", values=dict(values, knowmem_f=60.0), auc=0.3),
         ("unlearned", "fp"): Row(role="unlearned", variant="fp", values=values, auc=0.5),
     }
-    verdict = Verdict(item="test_budget[fp-knowmem_f]", variant="fp", check="knowmem_f", outcome="passed",
-                      message="knowmem_f fell 30.0 points", value=30.0, budget=5.0)
+    verdict = Verdict(
+        item="test_budget[fp-knowmem_f]",
+        variant="fp",
+        check="knowmem_f",
+        outcome="passed",
+        message="knowmem_f fell 30.0 points",
+        value=30.0,
+        budget=5.0,
+    )
     inbox = Inbox()
     inbox.receive(Outbox().payload(rows, verdict, {"worker": "main"}, []))  # type: ignore[arg-type]
     return inbox
@@ -43,7 +50,9 @@ def _inbox() -> Inbox:
 
 def test_no_item_ran_means_no_report_and_one_warning(tmp_path: Path) -> None:
     inbox = Inbox()
-    writer = ReportWriter(run_config(model="m", target="t", data=MUSE, json=str(tmp_path / "r.json")), inbox, lambda: None)
+    writer = ReportWriter(
+        run_config(model="m", target="t", data=MUSE, json=str(tmp_path / "r.json")), inbox, lambda: None
+    )
     assert writer.build() is None
     writer.write()
     assert not (tmp_path / "r.json").exists()

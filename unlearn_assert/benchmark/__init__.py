@@ -18,7 +18,16 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..config import RunConfig
     from .base import Benchmark, MetricSpec
 
-__all__ = ["AUTO", "BENCHMARKS", "benchmark_class", "benchmark_for", "clear_memos", "detect_benchmark", "judged_metrics"]
+__all__ = [
+    "AUTO",
+    "BENCHMARKS",
+    "benchmark_class",
+    "benchmark_for",
+    "clear_memos",
+    "detect_benchmark",
+    "judged_metrics",
+]
+
 
 def benchmark_class(name: str) -> Any:
     """The class registered as ``name``."""
@@ -30,13 +39,17 @@ def detect_benchmark(path: str) -> str:
     """The name of the benchmark whose layout ``path`` is in (one DataError line when none's is, or when a local
     path does not exist)."""
     if ":" not in path.split("/")[0] and not Path(path).expanduser().exists():  # not hf:..., lm-eval:..., a file
-        raise DataError(f"data path '{path}' does not exist; pass a data directory (MUSE's, TOFU's, a documents or "
-                        "multiple-choice layout), hf:OWNER/NAME or lm-eval:TASK")
+        raise DataError(
+            f"data path '{path}' does not exist; pass a data directory (MUSE's, TOFU's, a documents or "
+            "multiple-choice layout), hf:OWNER/NAME or lm-eval:TASK"
+        )
     for name in BENCHMARKS:
         if benchmark_class(name).detect(path):
             return name
-    raise DataError(f"data dir '{path}' is in no layout unlearn-assert reads ({', '.join(BENCHMARKS)}); "
-                    "see the README's data section, or pass --unlearn-benchmark to name one and see what it misses")
+    raise DataError(
+        f"data dir '{path}' is in no layout unlearn-assert reads ({', '.join(BENCHMARKS)}); "
+        "see the README's data section, or pass --unlearn-benchmark to name one and see what it misses"
+    )
 
 
 def benchmark_for(run: RunConfig) -> Benchmark:
@@ -55,8 +68,11 @@ def benchmark_for(run: RunConfig) -> Benchmark:
 def judged_metrics(benchmark: Benchmark) -> tuple[MetricSpec, ...]:
     """The metrics a run judges, in item order: every forget and utility metric, and each privacy metric whose
     reference exists in this run (privleak: a retrain model or --unlearn-retrain-auc)."""
-    return tuple(m for m in benchmark.metrics
-                 if m.role in ("forget", "utility") or (m.role == "privacy" and benchmark.privacy(m.name).available))
+    return tuple(
+        m
+        for m in benchmark.metrics
+        if m.role in ("forget", "utility") or (m.role == "privacy" and benchmark.privacy(m.name).available)
+    )
 
 
 def clear_memos() -> None:

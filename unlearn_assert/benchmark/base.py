@@ -73,8 +73,16 @@ class MetricSpec:
         return self.check or self.name
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "role": self.role, "check": self.item, "items": self.items, "unit": self.unit,
-                "short": self.short or self.name, "higher_remembers": self.higher_remembers, "floor_value": self.floor_value}
+        return {
+            "name": self.name,
+            "role": self.role,
+            "check": self.item,
+            "items": self.items,
+            "unit": self.unit,
+            "short": self.short or self.name,
+            "higher_remembers": self.higher_remembers,
+            "floor_value": self.floor_value,
+        }
 
 
 @dataclass(frozen=True)
@@ -143,8 +151,15 @@ class Privacy(Protocol):
         """The row's value against the reference (None: undefined)."""
         ...
 
-    def interval(self, row: Any, reference_row: Any, reference: float | None, estimate: float | None, boot: Any,
-                 paired: Callable[..., Any]) -> Interval | None:
+    def interval(
+        self,
+        row: Any,
+        reference_row: Any,
+        reference: float | None,
+        estimate: float | None,
+        boot: Any,
+        paired: Callable[..., Any],
+    ) -> Interval | None:
         """Its paired interval for a U row (``paired(metric, rows, split)`` gives the rows' per-item scores)."""
         ...
 
@@ -196,8 +211,15 @@ class Benchmark(Protocol):
         """Read and validate the data (read-only); every problem is one DataError line naming the file and the fix."""
         ...
 
-    def measure(self, model: Any, data: Any, *, metrics: Sequence[str] | None = None, batch_size: int | None = None,
-                progress: Callable[[str], None] | None = None) -> Evaluation:
+    def measure(
+        self,
+        model: Any,
+        data: Any,
+        *,
+        metrics: Sequence[str] | None = None,
+        batch_size: int | None = None,
+        progress: Callable[[str], None] | None = None,
+    ) -> Evaluation:
         """The metrics of ``model`` (a LoadedModel or a view) on ``data``, with per-item records in ``samples``."""
         ...
 
@@ -205,8 +227,9 @@ class Benchmark(Protocol):
         """How the privacy metric ``metric`` is referenced, computed and judged."""
         ...
 
-    def interval(self, spec: MetricSpec, rows: Sequence[Any], estimate: float | None, boot: Any,
-                 paired: Callable[..., Any]) -> Interval | None:
+    def interval(
+        self, spec: MetricSpec, rows: Sequence[Any], estimate: float | None, boot: Any, paired: Callable[..., Any]
+    ) -> Interval | None:
         """The paired interval of a utility ratio ``rows[0] / rows[1]`` of a metric that is not an item mean
         (``spec.aggregate``); ``paired(metric, rows)`` gives the rows' per-item scores item for item."""
         ...

@@ -31,9 +31,15 @@ class DocumentsBenchmark:
 
     name = "documents"
 
-    def __init__(self, settings: DerivationSettings | None = None, available: Sequence[str] | None = None,
-                 retrain_auc: float | None = None, has_retrain: bool = False, retrain_auc_source: str | None = None,
-                 overlong: str = "error") -> None:
+    def __init__(
+        self,
+        settings: DerivationSettings | None = None,
+        available: Sequence[str] | None = None,
+        retrain_auc: float | None = None,
+        has_retrain: bool = False,
+        retrain_auc_source: str | None = None,
+        overlong: str = "error",
+    ) -> None:
         from ..data.documents import DerivationSettings
 
         self.derivation = settings or DerivationSettings()
@@ -95,13 +101,21 @@ class DocumentsBenchmark:
 
         return restricted(data, split)
 
-    def measure(self, model: Any, data: Any, *, metrics: Sequence[str] | None = None, batch_size: int | None = None,
-                progress: Callable[[str], None] | None = None) -> Evaluation:
+    def measure(
+        self,
+        model: Any,
+        data: Any,
+        *,
+        metrics: Sequence[str] | None = None,
+        batch_size: int | None = None,
+        progress: Callable[[str], None] | None = None,
+    ) -> Evaluation:
         from ..metrics import evaluate
 
         chosen = [m.name for m in self.metrics if metrics is None or m.name in metrics]
-        return evaluate(model, data, metrics=chosen, batch_size=batch_size, progress=progress,
-                        truncate=self.overlong == "truncate")
+        return evaluate(
+            model, data, metrics=chosen, batch_size=batch_size, progress=progress, truncate=self.overlong == "truncate"
+        )
 
     def contexts(self, data: Any, tokenizer: Any) -> list[Context]:
         return muse_contexts(data, tokenizer, [m.name for m in self.metrics])
@@ -111,6 +125,7 @@ class DocumentsBenchmark:
             raise KeyError(metric)
         return self._privleak
 
-    def interval(self, spec: MetricSpec, rows: Sequence[Any], estimate: float | None, boot: Any,
-                 paired: Callable[..., Any]) -> Interval | None:
+    def interval(
+        self, spec: MetricSpec, rows: Sequence[Any], estimate: float | None, boot: Any, paired: Callable[..., Any]
+    ) -> Interval | None:
         return None  # MUSE's metrics are item means

@@ -479,8 +479,10 @@ class McBenchmark:
         """Multiple-choice data has no documents to relearn from: relearning attacks gate MUSE, TOFU and documents."""
         from ..errors import DataError
 
-        raise DataError(f"multiple-choice data '{data.path}' has no forget documents to relearn on; gate relearning "
-                        "attacks on MUSE, TOFU or documents data, or leave relearn-* out of --unlearn-quantizers")
+        raise DataError(
+            f"multiple-choice data '{data.path}' has no forget documents to relearn on; gate relearning "
+            "attacks on MUSE, TOFU or documents data, or leave relearn-* out of --unlearn-quantizers"
+        )
 
     def restricted(self, data: Any, split: Any) -> Any:
         raise NotImplementedError  # relearn_split never makes a split here

@@ -30,8 +30,15 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..metrics import Evaluation
     from ..metrics.stats import Interval
 
-__all__ = ["DEFAULT_REFERENCE_AUC", "MUSE_METRICS", "MuseBenchmark", "Privleak", "muse_contexts", "reference_problem",
-           "truncation_setting"]
+__all__ = [
+    "DEFAULT_REFERENCE_AUC",
+    "MUSE_METRICS",
+    "MuseBenchmark",
+    "Privleak",
+    "muse_contexts",
+    "reference_problem",
+    "truncation_setting",
+]
 
 #: MUSE's metrics, in report order (the report schema's definition of what a report without a benchmark holds).
 MUSE_METRICS: tuple[MetricSpec, ...] = tuple(MetricSpec(**spec) for spec in SCHEMA_MUSE_METRICS)
@@ -48,22 +55,45 @@ def reference_problem(reference: float | None, source: str) -> str | None:
     if reference is not None and reference_auc_ok(reference):
         return None
     if source == "retrain":
-        return (f"the retrain model's forget-vs-holdout AUC is {reference:.2f}: it tells every forget text from every "
-                "holdout text, as a model trained on the forget set does, so privleak ((AUC - AUC_R) / AUC_R) is "
-                "undefined; check that --unlearn-retrain names a model trained without the forget data")
-    return (f"the reference AUC is {reference:g}, outside {REFERENCE_AUC_RANGE}, so privleak ((AUC - AUC_R) / AUC_R) is undefined; "
-            f"pass --unlearn-retrain-auc in {REFERENCE_AUC_RANGE}")
+        return (
+            f"the retrain model's forget-vs-holdout AUC is {reference:.2f}: it tells every forget text from every "
+            "holdout text, as a model trained on the forget set does, so privleak ((AUC - AUC_R) / AUC_R) is "
+            "undefined; check that --unlearn-retrain names a model trained without the forget data"
+        )
+    return (
+        f"the reference AUC is {reference:g}, outside {REFERENCE_AUC_RANGE}, so privleak ((AUC - AUC_R) / AUC_R) is "
+        "undefined; "
+        f"pass --unlearn-retrain-auc in {REFERENCE_AUC_RANGE}"
+    )
 
 
 @lru_cache(maxsize=1024)
-def _privleak_ci(forget: tuple[float, ...], holdout: tuple[float, ...], reference: float | None,
-                 ref_forget: tuple[float, ...] | None, ref_holdout: tuple[float, ...] | None, estimate: float | None,
-                 seed: int, replicates: int, confidence: float) -> Interval | None:
+def _privleak_ci(
+    forget: tuple[float, ...],
+    holdout: tuple[float, ...],
+    reference: float | None,
+    ref_forget: tuple[float, ...] | None,
+    ref_holdout: tuple[float, ...] | None,
+    estimate: float | None,
+    seed: int,
+    replicates: int,
+    confidence: float,
+) -> Interval | None:
     """privleak's paired interval, once per set of scores (a pure function of them)."""
     from ..metrics.stats import paired_privleak_ci
 
-    return paired_privleak_ci(forget, holdout, reference=reference, reference_forget=ref_forget, reference_holdout=ref_holdout,
-                              key="privleak", estimate=estimate, seed=seed, n_resamples=replicates, confidence=confidence)
+    return paired_privleak_ci(
+        forget,
+        holdout,
+        reference=reference,
+        reference_forget=ref_forget,
+        reference_holdout=ref_holdout,
+        key="privleak",
+        estimate=estimate,
+        seed=seed,
+        n_resamples=replicates,
+        confidence=confidence,
+    )
 
 
 def muse_contexts(data: MuseData, tokenizer: Any, metrics: Sequence[str] | None = None) -> list[Context]:
@@ -83,12 +113,15 @@ def muse_contexts(data: MuseData, tokenizer: Any, metrics: Sequence[str] | None 
             prompts = [knowmem_prompt(prefix, qa.question) for qa in getattr(data, f"knowmem_{split}_qa")]
             groups.append((f"knowmem_{split}_qa", prompts, KNOWMEM_MAX_NEW_TOKENS, "end"))
     if "privleak" in chosen:
-        groups += [("privleak_forget", list(data.privleak_forget), 0, "start"),
-                   ("privleak_holdout", list(data.privleak_holdout), 0, "start")]
+        groups += [
+            ("privleak_forget", list(data.privleak_forget), 0, "start"),
+            ("privleak_holdout", list(data.privleak_holdout), 0, "start"),
+        ]
     texts = [text for _, group, _, _ in groups for text in group]
     lengths = iter([len(ids) for ids in tokenizer(texts)["input_ids"]] if texts else [])
-    return [Context(split, i, next(lengths), new, keep) for split, group, new, keep in groups
-            for i in range(len(group))]
+    return [
+        Context(split, i, next(lengths), new, keep) for split, group, new, keep in groups for i in range(len(group))
+    ]
 
 
 #: memoized intervals (:func:`unlearn_assert.benchmark.clear_memos` forgets them)
@@ -101,8 +134,13 @@ class MuseBenchmark:
     name = "muse"
     metrics = MUSE_METRICS
 
-    def __init__(self, retrain_auc: float | None = None, has_retrain: bool = False,
-                 retrain_auc_source: str | None = None, overlong: str = "error") -> None:
+    def __init__(
+        self,
+        retrain_auc: float | None = None,
+        has_retrain: bool = False,
+        retrain_auc_source: str | None = None,
+        overlong: str = "error",
+    ) -> None:
         self.retrain_auc = retrain_auc
         self.has_retrain = has_retrain
         self.retrain_auc_source = retrain_auc_source
@@ -113,8 +151,12 @@ class MuseBenchmark:
     def from_run(cls, run: Any) -> MuseBenchmark:
         """MUSE with the run's ``--unlearn-retrain-auc`` (and whose number it is), whether it has a retrain model, and
         ``--unlearn-overlong``."""
-        return cls(retrain_auc=run.retrain_auc, has_retrain=run.retrain is not None,
-                   retrain_auc_source=run.retrain_auc_source, overlong=run.overlong)
+        return cls(
+            retrain_auc=run.retrain_auc,
+            has_retrain=run.retrain is not None,
+            retrain_auc_source=run.retrain_auc_source,
+            overlong=run.overlong,
+        )
 
     @property
     def settings(self) -> Mapping[str, Any]:
@@ -140,18 +182,27 @@ class MuseBenchmark:
 
         return load_data(path)
 
-    def measure(self, model: Any, data: Any, *, metrics: Sequence[str] | None = None, batch_size: int | None = None,
-                progress: Callable[[str], None] | None = None) -> Evaluation:
+    def measure(
+        self,
+        model: Any,
+        data: Any,
+        *,
+        metrics: Sequence[str] | None = None,
+        batch_size: int | None = None,
+        progress: Callable[[str], None] | None = None,
+    ) -> Evaluation:
         from ..metrics import evaluate
 
-        return evaluate(model, data, metrics=metrics, batch_size=batch_size, progress=progress,
-                        truncate=self.overlong == "truncate")
+        return evaluate(
+            model, data, metrics=metrics, batch_size=batch_size, progress=progress, truncate=self.overlong == "truncate"
+        )
 
     def contexts(self, data: Any, tokenizer: Any) -> list[Context]:
         return muse_contexts(data, tokenizer)
 
-    def interval(self, spec: MetricSpec, rows: Sequence[Any], estimate: float | None, boot: Any,
-                 paired: Callable[..., Any]) -> Interval | None:
+    def interval(
+        self, spec: MetricSpec, rows: Sequence[Any], estimate: float | None, boot: Any, paired: Callable[..., Any]
+    ) -> Interval | None:
         return None  # every MUSE metric is an item mean: the engine's paired bootstrap covers them
 
     def record(self, data: Any) -> dict[str, Any]:
@@ -202,17 +253,32 @@ class Privleak:
 
         return None if reference is None else privleak(row.auc, reference)
 
-    def interval(self, row: Any, reference_row: Any, reference: float | None, estimate: float | None, boot: Any,
-                 paired: Callable[..., Any]) -> Interval | None:
+    def interval(
+        self,
+        row: Any,
+        reference_row: Any,
+        reference: float | None,
+        estimate: float | None,
+        boot: Any,
+        paired: Callable[..., Any],
+    ) -> Interval | None:
         """The paired interval of a U row's privleak: AUC_R recomputed on the resampled texts from the retrain
         row's scores when the reference is that row, else the fixed reference."""
         rows = [row] if reference_row is None else [row, reference_row]
         forget, holdout = paired("privleak", rows, "forget"), paired("privleak", rows, "holdout")
         if forget is None or holdout is None:
             return None
-        return _privleak_ci(forget[0], holdout[0], None if reference_row is not None else reference,
-                            forget[1] if reference_row is not None else None, holdout[1] if reference_row is not None else None,
-                            estimate, boot.seed, boot.replicates, boot.confidence)
+        return _privleak_ci(
+            forget[0],
+            holdout[0],
+            None if reference_row is not None else reference,
+            forget[1] if reference_row is not None else None,
+            holdout[1] if reference_row is not None else None,
+            estimate,
+            boot.seed,
+            boot.replicates,
+            boot.confidence,
+        )
 
     def problem(self, reference: float | None, source: str) -> str | None:
         return reference_problem(reference, source)

@@ -21,9 +21,22 @@ TOFU_FORGET_SPLITS: tuple[str, ...] = ("forget01", "forget05", "forget10")
 #: each benchmark's metric names (what budget keys may name; the benchmark's own specs are the truth, and a
 #: test checks the two agree)
 METRIC_NAMES: dict[str, tuple[str, ...]] = {
-    "tofu": ("forget_prob", "forget_rouge", "forget_truth_ratio", "model_utility", "forget_quality", "retain_prob",
-             "retain_rouge", "retain_truth_ratio", "ra_prob_normalised", "ra_rouge", "ra_truth_ratio", "wf_prob_normalised",
-             "wf_rouge", "wf_truth_ratio"),
+    "tofu": (
+        "forget_prob",
+        "forget_rouge",
+        "forget_truth_ratio",
+        "model_utility",
+        "forget_quality",
+        "retain_prob",
+        "retain_rouge",
+        "retain_truth_ratio",
+        "ra_prob_normalised",
+        "ra_rouge",
+        "ra_truth_ratio",
+        "wf_prob_normalised",
+        "wf_rouge",
+        "wf_truth_ratio",
+    ),
     "documents": ("verbmem_f", "knowmem_f", "knowmem_r", "privleak"),
     "mc": ("forget_acc", "utility_acc", "forget_acc_norm", "utility_acc_norm"),
     "muse": ("verbmem_f", "knowmem_f", "knowmem_r", "privleak"),

@@ -47,14 +47,23 @@ def _specs() -> tuple[MetricSpec, ...]:
     judged = (
         MetricSpec("forget_prob", "forget", items="forget questions", unit="probability x100", short="pr"),
         MetricSpec("forget_rouge", "forget", items="forget questions", unit="ROUGE-L recall x100", short="rg"),
-        MetricSpec("forget_truth_ratio", "forget", items="forget questions", unit="truth ratio x100", short="tr",
-                   higher_remembers=False),
-        MetricSpec("model_utility", "utility", items=_UTILITY_ITEMS, unit="harmonic mean x100", short="mu",
-                   aggregate="hmean"),
+        MetricSpec(
+            "forget_truth_ratio",
+            "forget",
+            items="forget questions",
+            unit="truth ratio x100",
+            short="tr",
+            higher_remembers=False,
+        ),
+        MetricSpec(
+            "model_utility", "utility", items=_UTILITY_ITEMS, unit="harmonic mean x100", short="mu", aggregate="hmean"
+        ),
         MetricSpec("forget_quality", "privacy", items="forget questions", unit="KS p-value", short="fq"),
     )
-    components = tuple(MetricSpec(name, "reported", items=f"{split.replace('_', ' ')} questions", unit="x100")
-                       for name, split in MODEL_UTILITY_COMPONENTS.items())
+    components = tuple(
+        MetricSpec(name, "reported", items=f"{split.replace('_', ' ')} questions", unit="x100")
+        for name, split in MODEL_UTILITY_COMPONENTS.items()
+    )
     return judged + components
 
 
@@ -75,18 +84,27 @@ class TofuBenchmark:
 
     @classmethod
     def from_run(cls, run: Any) -> TofuBenchmark:
-        return cls(forget_split=run.forget_split or "forget10", has_retrain=run.retrain is not None,
-                   overlong=run.overlong)
+        return cls(
+            forget_split=run.forget_split or "forget10", has_retrain=run.retrain is not None, overlong=run.overlong
+        )
 
     @property
     def settings(self) -> Mapping[str, Any]:
         from ..metrics.tofu import MAX_LENGTH, MAX_NEW_TOKENS
 
-        return {"benchmark": "tofu", "forget_split": self.forget_split, "template": "auto", "question_key": "question",
-                "max_length": MAX_LENGTH, "max_new_tokens": MAX_NEW_TOKENS, "rouge": "rougeL-recall-stem",
-                "truth_ratio": "forget: mean(min(TR,1/TR)); others: mean(max(0,1-TR))", "scale": SCALE,
-                "reference": "open-unlearning@d3d7cf9",
-                **({"overlong": "truncate"} if self.overlong == "truncate" else {})}
+        return {
+            "benchmark": "tofu",
+            "forget_split": self.forget_split,
+            "template": "auto",
+            "question_key": "question",
+            "max_length": MAX_LENGTH,
+            "max_new_tokens": MAX_NEW_TOKENS,
+            "rouge": "rougeL-recall-stem",
+            "truth_ratio": "forget: mean(min(TR,1/TR)); others: mean(max(0,1-TR))",
+            "scale": SCALE,
+            "reference": "open-unlearning@d3d7cf9",
+            **({"overlong": "truncate"} if self.overlong == "truncate" else {}),
+        }
 
     @classmethod
     def detect(cls, path: str) -> bool:
@@ -103,8 +121,15 @@ class TofuBenchmark:
         """What the report records of the data beyond its counts: the forget split."""
         return {"forget_split": self.forget_split}
 
-    def measure(self, model: Any, data: Any, *, metrics: Sequence[str] | None = None, batch_size: int | None = None,
-                progress: Callable[[str], None] | None = None) -> Evaluation:
+    def measure(
+        self,
+        model: Any,
+        data: Any,
+        *,
+        metrics: Sequence[str] | None = None,
+        batch_size: int | None = None,
+        progress: Callable[[str], None] | None = None,
+    ) -> Evaluation:
         from ..metrics import Evaluation
         from ..metrics.tofu import evaluate_tofu
 
@@ -128,16 +153,23 @@ class TofuBenchmark:
         documents = data.forget_documents()
         n = len(documents)
         if n < 2:
-            raise DataError(f"TOFU data '{data.path}' has {n} forget author(s) in {data.forget_split}; relearn-forget needs at "
-                            "least 2, to train on the first half and measure the other; use relearn-retain-<steps> instead")
+            raise DataError(
+                f"TOFU data '{data.path}' has {n} forget author(s) in {data.forget_split}; relearn-forget needs at "
+                "least 2, to train on the first half and measure the other; use relearn-retain-<steps> instead"
+            )
         authors = data.authors("forget")
         held_in = n // 2
         evaluated = tuple(i for i, a in enumerate(authors) if a >= held_in)
         metrics = ("forget_prob", "forget_rouge", "forget_truth_ratio", "forget_quality")
         excluded = tuple(i for i, a in enumerate(authors) if a < held_in)
-        split = RelearnSplit(n, f"the forget authors of {data.forget_split} ({data.questions_per_author} questions each)",
-                             tuple(range(held_in)), dict.fromkeys(metrics, evaluated), dict.fromkeys(metrics, excluded),
-                             dict.fromkeys(metrics, ()))
+        split = RelearnSplit(
+            n,
+            f"the forget authors of {data.forget_split} ({data.questions_per_author} questions each)",
+            tuple(range(held_in)),
+            dict.fromkeys(metrics, evaluated),
+            dict.fromkeys(metrics, excluded),
+            dict.fromkeys(metrics, ()),
+        )
         return split, documents
 
     def restricted(self, data: Any, split: Any) -> Any:
@@ -146,24 +178,29 @@ class TofuBenchmark:
         from ..plain import digest
 
         keep = split.evaluated["forget_prob"]
-        return replace(data, forget=tuple(data.forget[i] for i in keep),
-                       fingerprint=digest({"data": data.fingerprint, "relearn_split": split.fingerprint}))
+        return replace(
+            data,
+            forget=tuple(data.forget[i] for i in keep),
+            fingerprint=digest({"data": data.fingerprint, "relearn_split": split.fingerprint}),
+        )
 
     def contexts(self, data: Any, tokenizer: Any) -> list[Context]:
         """Per item its longest question + answer sequence (scored; truncate keeps its end, the answer) and its
         generation prompt with 200 new tokens."""
         from ..metrics.tofu import sequence_lengths
 
-        return [Context(split, item, tokens, new, "end")
-                for split, item, tokens, new in sequence_lengths(tokenizer, data)]
+        return [
+            Context(split, item, tokens, new, "end") for split, item, tokens, new in sequence_lengths(tokenizer, data)
+        ]
 
     def privacy(self, metric: str) -> ForgetQuality:
         if metric != "forget_quality":
             raise KeyError(metric)
         return ForgetQuality(self.has_retrain)
 
-    def interval(self, spec: MetricSpec, rows: Sequence[Any], estimate: float | None, boot: Any,
-                 paired: Callable[..., Any]) -> Interval | None:
+    def interval(
+        self, spec: MetricSpec, rows: Sequence[Any], estimate: float | None, boot: Any, paired: Callable[..., Any]
+    ) -> Interval | None:
         """model_utility's ratio ``mu(q(U)) / mu(T)``: each split's items resampled (the same draw for both
         rows), the nine component means and their harmonic mean recomputed per replicate."""
         from ..metrics.stats import percentile_interval, resample_counts
@@ -178,8 +215,10 @@ class TofuBenchmark:
                 return None
             scores[0][component], scores[1][component] = pair
         sizes = {split: len(scores[0][c]) for c, split in MODEL_UTILITY_COMPONENTS.items()}
-        counts = {split: resample_counts(n, seed=boot.seed, key=f"model_utility:{split}", n_resamples=boot.replicates)
-                  for split, n in sizes.items()}
+        counts = {
+            split: resample_counts(n, seed=boot.seed, key=f"model_utility:{split}", n_resamples=boot.replicates)
+            for split, n in sizes.items()
+        }
         num, den = model_utility_replicates(scores[0], counts), model_utility_replicates(scores[1], counts)
         bad = den <= 0
         import numpy as np
@@ -226,8 +265,15 @@ class ForgetQuality:
         common = [i for i in mine if i in theirs]
         return forget_quality([mine[i] for i in common], [theirs[i] for i in common]) if common else None
 
-    def interval(self, row: Any, reference_row: Any, reference: float | None, estimate: float | None, boot: Any,
-                 paired: Callable[..., Any]) -> Interval | None:
+    def interval(
+        self,
+        row: Any,
+        reference_row: Any,
+        reference: float | None,
+        estimate: float | None,
+        boot: Any,
+        paired: Callable[..., Any],
+    ) -> Interval | None:
         """The p-value per replicate, the forget items resampled with the same draw for both models (they
         answered the same questions)."""
         from ..metrics.stats import percentile_interval, resample_counts

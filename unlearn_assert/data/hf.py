@@ -21,7 +21,16 @@ from typing import Any
 
 from ..errors import DataError
 
-__all__ = ["PARQUET", "SAVE_TO_DISK", "detect_form", "download_hint", "hub_cache_dir", "read_split", "resolve_hf_spec", "split_hint"]
+__all__ = [
+    "PARQUET",
+    "SAVE_TO_DISK",
+    "detect_form",
+    "download_hint",
+    "hub_cache_dir",
+    "read_split",
+    "resolve_hf_spec",
+    "split_hint",
+]
 
 PARQUET = "parquet"
 SAVE_TO_DISK = "save_to_disk"
@@ -29,17 +38,24 @@ SAVE_TO_DISK = "save_to_disk"
 CONFIGS = ("verbmem", "knowmem", "privleak", "raw")
 INSTALL = "pip install 'unlearn-assert[hf]'"
 _REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_SPLITS_TEXT = ("verbmem/forget, knowmem/{forget_qa,retain_qa,forget_qa_icl,retain_qa_icl} and privleak/{forget,holdout} "
-                "(privleak/retain and raw/{forget,retain1,retain2} are optional)")
+_SPLITS_TEXT = (
+    "verbmem/forget, knowmem/{forget_qa,retain_qa,forget_qa_icl,retain_qa_icl} and privleak/{forget,holdout} "
+    "(privleak/retain and raw/{forget,retain1,retain2} are optional)"
+)
 
 
 def split_hint(form: str) -> str:
     """What a directory in ``form`` must hold (the tail of a missing-split message)."""
     if form == PARQUET:
-        return (f"a parquet snapshot holds <config>/<split>-*.parquet (or <config>/<split>.parquet) for {_SPLITS_TEXT}, "
-                "as muse-bench/MUSE-News has them on the hub")
-    return (f"a save_to_disk form holds <config>/<split>/ (a datasets save_to_disk directory with state.json) for {_SPLITS_TEXT}, "
-            "e.g. load_dataset('muse-bench/MUSE-News', 'knowmem').save_to_disk('DIR/knowmem')")
+        return (
+            f"a parquet snapshot holds <config>/<split>-*.parquet (or <config>/<split>.parquet) for {_SPLITS_TEXT}, "
+            "as muse-bench/MUSE-News has them on the hub"
+        )
+    return (
+        "a save_to_disk form holds <config>/<split>/ (a datasets save_to_disk directory with state.json) for "
+        f"{_SPLITS_TEXT}, "
+        "e.g. load_dataset('muse-bench/MUSE-News', 'knowmem').save_to_disk('DIR/knowmem')"
+    )
 
 
 def _is_saved_dataset(path: Path) -> bool:
@@ -72,12 +88,16 @@ def _check_columns(columns_present: list[str], columns: tuple[str, ...], where: 
     missing = [c for c in columns if c not in columns_present]
     if missing:
         want = " and ".join(f"'{c}'" for c in columns)
-        raise DataError(f"{where} has no column {', '.join(repr(c) for c in missing)} (it has {', '.join(columns_present) or 'none'}); "
-                        f"MUSE's {config} splits have the column(s) {want}")
+        raise DataError(
+            f"{where} has no column {', '.join(repr(c) for c in missing)} (it has "
+            f"{', '.join(columns_present) or 'none'}); "
+            f"MUSE's {config} splits have the column(s) {want}"
+        )
 
 
-def read_split(directory: Path, form: str, config: str, split: str, columns: tuple[str, ...],
-               label: str) -> tuple[list[dict[str, Any]], str, str] | None:
+def read_split(
+    directory: Path, form: str, config: str, split: str, columns: tuple[str, ...], label: str
+) -> tuple[list[dict[str, Any]], str, str] | None:
     """The rows of ``config/split`` (only ``columns``, as dicts), where to point an error at, and the
     source to record; None when the split is absent."""
     if form == PARQUET:
@@ -91,7 +111,9 @@ def read_split(directory: Path, form: str, config: str, split: str, columns: tup
             try:
                 table = pq.read_table(directory / rel)
             except (OSError, pa.ArrowException) as exc:
-                raise DataError(f"cannot read {where}: {type(exc).__name__}: {exc}; re-download or re-write the file") from None
+                raise DataError(
+                    f"cannot read {where}: {type(exc).__name__}: {exc}; re-download or re-write the file"
+                ) from None
             _check_columns(table.column_names, columns, where, config)
             rows.extend(table.select(list(columns)).to_pylist())
         return rows, where, " + ".join(rels)
@@ -101,15 +123,20 @@ def read_split(directory: Path, form: str, config: str, split: str, columns: tup
     rel = f"{config}/{split}/"
     where = f"split '{config}/{split}' ({rel}) in {label}"
     if not _is_saved_dataset(path):
-        raise DataError(f"{where} is not a datasets save_to_disk directory (no state.json and dataset_info.json); "
-                        "write it with Dataset.save_to_disk or remove it")
+        raise DataError(
+            f"{where} is not a datasets save_to_disk directory (no state.json and dataset_info.json); "
+            "write it with Dataset.save_to_disk or remove it"
+        )
     datasets = _datasets(label)
     try:
         ds = datasets.load_from_disk(str(path))
     except Exception as exc:  # noqa: BLE001 - datasets raises many types for a broken directory
         raise DataError(f"cannot read {where}: {type(exc).__name__}: {exc}; write it again with save_to_disk") from None
     if not isinstance(ds, datasets.Dataset):
-        raise DataError(f"{where} holds a DatasetDict, not one split; save each split to <config>/<split>/ (DatasetDict.save_to_disk('DIR/{config}') does)")
+        raise DataError(
+            f"{where} holds a DatasetDict, not one split; save each split to <config>/<split>/ "
+            f"(DatasetDict.save_to_disk('DIR/{config}') does)"
+        )
     _check_columns(list(ds.column_names), columns, where, config)
     table = ds.select_columns(list(columns)).to_dict()
     return [dict(zip(columns, values)) for values in zip(*(table[c] for c in columns))], where, rel
@@ -128,7 +155,9 @@ def _datasets(label: str) -> Any:
     try:
         import datasets  # type: ignore[import-untyped]
     except ImportError:
-        raise DataError(f"{label} needs the datasets library to read save_to_disk directories, which is not installed; {INSTALL}") from None
+        raise DataError(
+            f"{label} needs the datasets library to read save_to_disk directories, which is not installed; {INSTALL}"
+        ) from None
     return datasets
 
 
@@ -151,8 +180,10 @@ def download_hint(spec: str) -> str:
     repo, _, revision = spec[3:].strip().partition("@")
     repo_dir = hub_cache_dir() / ("datasets--" + repo.replace("/", "--"))
     option = f" --revision {revision}" if revision and revision != "main" else ""
-    return (f"download it once with `hf download {repo} --repo-type dataset{option}` (pip install huggingface_hub; "
-            f"it goes to {repo_dir}, or under $HF_HUB_CACHE if set), then rerun: unlearn-assert never downloads")
+    return (
+        f"download it once with `hf download {repo} --repo-type dataset{option}` (pip install huggingface_hub; "
+        f"it goes to {repo_dir}, or under $HF_HUB_CACHE if set), then rerun: unlearn-assert never downloads"
+    )
 
 
 def resolve_hf_spec(spec: str) -> Path:
@@ -175,5 +206,8 @@ def resolve_hf_spec(spec: str) -> Path:
     if snapshot is None or not snapshot.is_dir():
         raise DataError(f"{spec}: the local cache {repo_dir} has no snapshot of revision '{revision}'; {download}")
     if detect_form(snapshot) != PARQUET:
-        raise DataError(f"{spec}: the cached snapshot {snapshot} holds no MUSE parquet files (<config>/<split>-*.parquet); {download}")
+        raise DataError(
+            f"{spec}: the cached snapshot {snapshot} holds no MUSE parquet files (<config>/<split>-*.parquet); "
+            f"{download}"
+        )
     return snapshot

@@ -44,8 +44,10 @@ def forget_documents(data: MuseData) -> tuple[tuple[str, ...], str]:
     """The forget documents (see the module docstring) and a phrase saying where they came from."""
     docs = data.raw_forget_docs
     if not docs:
-        raise DataError(f"data dir '{data.path}' has no raw forget text ({RAW_FORGET_HINT}); relearn-forget trains on "
-                        "part of it, so add it or use relearn-retain-<steps>")
+        raise DataError(
+            f"data dir '{data.path}' has no raw forget text ({RAW_FORGET_HINT}); relearn-forget trains on "
+            "part of it, so add it or use relearn-retain-<steps>"
+        )
     source = data.sources.get("raw_forget_docs", "raw forget text")
     if len(docs) == 1:
         docs, source = tuple(docs[0].split(DOC_JOINER)), f"{source}, cut on blank lines"
@@ -103,10 +105,15 @@ class RelearnSplit:
 
     def to_dict(self) -> dict[str, Any]:
         """What the JSON row records."""
-        return {"n_documents": self.n_documents, "document_source": self.document_source,
-                "trained_documents": list(self.trained_documents), "evaluated": {m: list(v) for m, v in self.evaluated.items()},
-                "excluded_trained": {m: list(v) for m, v in self.excluded_trained.items()},
-                "unlinked": {m: list(v) for m, v in self.unlinked.items()}, "notes": list(self.notes)}
+        return {
+            "n_documents": self.n_documents,
+            "document_source": self.document_source,
+            "trained_documents": list(self.trained_documents),
+            "evaluated": {m: list(v) for m, v in self.evaluated.items()},
+            "excluded_trained": {m: list(v) for m, v in self.excluded_trained.items()},
+            "unlinked": {m: list(v) for m, v in self.unlinked.items()},
+            "notes": list(self.notes),
+        }
 
     @property
     def fingerprint(self) -> str:
@@ -119,8 +126,10 @@ class RelearnSplit:
             for i in indices:
                 docs = links.items[metric][i]
                 if not docs or docs & trained:
-                    raise AssertionError(f"relearn split: {metric} item {i} is evaluated but comes from documents "
-                                         f"{sorted(docs)}, of which {sorted(docs & trained)} are trained on")
+                    raise AssertionError(
+                        f"relearn split: {metric} item {i} is evaluated but comes from documents "
+                        f"{sorted(docs)}, of which {sorted(docs & trained)} are trained on"
+                    )
 
 
 def relearn_split(data: MuseData, links: ItemLinks | None = None) -> RelearnSplit:
@@ -130,8 +139,10 @@ def relearn_split(data: MuseData, links: ItemLinks | None = None) -> RelearnSpli
     links = links or link_items(data)
     n = links.n_documents
     if n < 2:
-        raise DataError(f"data dir '{data.path}' has {n} forget document(s) ({links.source}); relearn-forget needs at least 2, "
-                        "to train on the first half and measure the other; use relearn-retain-<steps> instead")
+        raise DataError(
+            f"data dir '{data.path}' has {n} forget document(s) ({links.source}); relearn-forget needs at least 2, "
+            "to train on the first half and measure the other; use relearn-retain-<steps> instead"
+        )
     trained = tuple(range(n // 2))
     held_in = set(trained)
     evaluated: dict[str, tuple[int, ...]] = {}
@@ -144,17 +155,27 @@ def relearn_split(data: MuseData, links: ItemLinks | None = None) -> RelearnSpli
         unlinked[metric] = tuple(i for i, docs in enumerate(items) if not docs)
         what = "prompt or continuation" if metric == "verbmem_f" else "answer"
         if unlinked[metric]:
-            notes.append(f"{metric}: {len(unlinked[metric])} of {len(items)} items (indices {_short(unlinked[metric])}) could not be "
-                         f"linked to a forget document (their {what} is in none of the {n}); relearn-forget rows leave them out")
+            notes.append(
+                f"{metric}: {len(unlinked[metric])} of {len(items)} items (indices {_short(unlinked[metric])}) could "
+                "not be "
+                f"linked to a forget document (their {what} is in none of the {n}); relearn-forget rows leave them out"
+            )
         fallback = links.fallback.get(metric, ())
         if fallback:
-            notes.append(f"{metric}: {len(fallback)} items (indices {_short(fallback)}) were linked word by word (their answer is "
-                         "not a phrase of any document)")
+            notes.append(
+                f"{metric}: {len(fallback)} items (indices {_short(fallback)}) were linked word by word (their answer "
+                "is "
+                "not a phrase of any document)"
+            )
         if not evaluated[metric]:
             raise DataError(
-                f"data dir '{data.path}' is too small to split for relearn-forget: none of its {len(items)} {metric} items comes only "
-                f"from the held-out documents {n // 2}..{n - 1} of {n} ({links.source}; {len(excluded[metric])} touch the trained "
-                f"half, {len(unlinked[metric])} reach no document); add forget documents with their items, or use relearn-retain-<steps>")
+                f"data dir '{data.path}' is too small to split for relearn-forget: none of its {len(items)} {metric} "
+                "items comes only "
+                f"from the held-out documents {n // 2}..{n - 1} of {n} ({links.source}; {len(excluded[metric])} touch "
+                "the trained "
+                f"half, {len(unlinked[metric])} reach no document); add forget documents with their items, or use "
+                "relearn-retain-<steps>"
+            )
     split = RelearnSplit(n, links.source, trained, evaluated, excluded, unlinked, tuple(notes))
     split.check(links)
     return split

@@ -68,14 +68,26 @@ REQUIRED_FILES: tuple[str, ...] = (
     PRIVLEAK_HOLDOUT,
 )
 OPTIONAL_FILES: tuple[str, ...] = (
-    PRIVLEAK_RETAIN, RAW_FORGET_JSON, RAW_FORGET,
-    *(f"{part}.{ext}" for part in RAW_RETAIN_PARTS for ext in ("json", "txt")), RAW_RETAIN_JSON, RAW_RETAIN,
+    PRIVLEAK_RETAIN,
+    RAW_FORGET_JSON,
+    RAW_FORGET,
+    *(f"{part}.{ext}" for part in RAW_RETAIN_PARTS for ext in ("json", "txt")),
+    RAW_RETAIN_JSON,
+    RAW_RETAIN,
 )
 
 #: The MuseData fields that hold content, in the order the fingerprint hashes them.
 CONTENT_FIELDS: tuple[str, ...] = (
-    "verbmem_forget", "knowmem_forget_qa", "knowmem_retain_qa", "knowmem_forget_icl", "knowmem_retain_icl",
-    "privleak_forget", "privleak_holdout", "privleak_retain", "raw_forget_docs", "raw_retain_docs",
+    "verbmem_forget",
+    "knowmem_forget_qa",
+    "knowmem_retain_qa",
+    "knowmem_forget_icl",
+    "knowmem_retain_icl",
+    "privleak_forget",
+    "privleak_holdout",
+    "privleak_retain",
+    "raw_forget_docs",
+    "raw_retain_docs",
 )
 
 _VERB_FIELDS = ("prompt", "gt")
@@ -87,7 +99,8 @@ _LAYOUT_HINT = (
     "a MUSE data dir needs verbmem/forget.json, knowmem/{forget,retain}_qa.json, "
     "knowmem/{forget,retain}_qa_icl.json and privleak/{forget,holdout}.json "
     f"(privleak/retain.json and raw text, {RAW_FORGET_HINT} and {RAW_RETAIN_HINT}, are optional), "
-    "or MUSE's Hugging Face form (parquet files <config>/<split>-*.parquet or datasets save_to_disk dirs <config>/<split>/), "
+    "or MUSE's Hugging Face form (parquet files <config>/<split>-*.parquet or datasets save_to_disk dirs "
+    "<config>/<split>/), "
     "or hf:muse-bench/MUSE-News from the local Hugging Face cache"
 )
 
@@ -152,8 +165,17 @@ class MuseData:
         if max_samples is None:
             return self
         if isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 1:
-            raise ConfigError(f"max_samples must be a positive integer or None, got {max_samples!r}; pass e.g. --unlearn-max-samples 32")
-        splits = [self.verbmem_forget, self.knowmem_forget_qa, self.knowmem_retain_qa, self.privleak_forget, self.privleak_holdout]
+            raise ConfigError(
+                f"max_samples must be a positive integer or None, got {max_samples!r}; pass e.g. --unlearn-max-samples "
+                "32"
+            )
+        splits = [
+            self.verbmem_forget,
+            self.knowmem_forget_qa,
+            self.knowmem_retain_qa,
+            self.privleak_forget,
+            self.privleak_holdout,
+        ]
         if self.privleak_retain is not None:
             splits.append(self.privleak_retain)
         if all(len(split) <= max_samples for split in splits):
@@ -242,7 +264,10 @@ def _check_dir(path: str | os.PathLike[str]) -> Path:
     if not directory.exists():
         raise DataError(f"data path '{path}' does not exist; pass a directory in MUSE's layout ({_LAYOUT_HINT})")
     if not directory.is_dir():
-        raise DataError(f"data path '{path}' is not a directory; pass the directory that holds verbmem/, knowmem/ and privleak/ ({_LAYOUT_HINT})")
+        raise DataError(
+            f"data path '{path}' is not a directory; pass the directory that holds verbmem/, knowmem/ and privleak/ "
+            f"({_LAYOUT_HINT})"
+        )
     return directory
 
 
@@ -269,15 +294,15 @@ def _json_layout_files(directory: Path) -> list[str]:
     """The relative paths load_data reads: all required ones (checked) plus the optional ones chosen."""
     missing = [rel for rel in REQUIRED_FILES if not (directory / rel).exists()]
     if missing:
-        raise DataError(
-            f"data dir '{directory}' is missing required file(s) {', '.join(missing)}; {_LAYOUT_HINT}"
-        )
+        raise DataError(f"data dir '{directory}' is missing required file(s) {', '.join(missing)}; {_LAYOUT_HINT}")
     forget, retain = raw_files(directory)
     optional = [PRIVLEAK_RETAIN] if (directory / PRIVLEAK_RETAIN).exists() else []
     files = [*REQUIRED_FILES, *optional, *forget, *retain]
     for rel in files:
         if not (directory / rel).is_file():
-            raise DataError(f"{_where(rel, directory)} is not a regular file; replace it with the file MUSE's layout expects")
+            raise DataError(
+                f"{_where(rel, directory)} is not a regular file; replace it with the file MUSE's layout expects"
+            )
     return files
 
 
@@ -285,7 +310,9 @@ def _read_text(directory: Path, rel: str) -> str:
     try:
         raw = (directory / rel).read_bytes()
     except OSError as exc:
-        raise DataError(f"cannot read {_where(rel, directory)} ({exc.strerror or exc}); check its permissions") from None
+        raise DataError(
+            f"cannot read {_where(rel, directory)} ({exc.strerror or exc}); check its permissions"
+        ) from None
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -304,7 +331,10 @@ def _read_json_list(directory: Path, rel: str, expected: str) -> list[Any]:
             f"it must be a JSON list of {expected}"
         ) from None
     if not isinstance(value, list):
-        raise DataError(f"{_where(rel, directory)} must be a JSON list of {expected}, but its top level is a JSON {_json_type(value)}; wrap the items in [ ... ]")
+        raise DataError(
+            f"{_where(rel, directory)} must be a JSON list of {expected}, but its top level is a JSON "
+            f"{_json_type(value)}; wrap the items in [ ... ]"
+        )
     if not value:
         raise DataError(f"{_where(rel, directory)} is an empty list; it needs at least one of {expected}")
     return value
@@ -338,22 +368,30 @@ _DOCUMENTS = "strings (one document per item)"
 
 
 def _records(items: Sequence[Any], where: str, fields: tuple[str, ...]) -> list[tuple[str, ...]]:
-    """Validate a list of objects; each must carry ``fields`` as non-empty strings (extra keys ignored, as in real MUSE files)."""
+    """Validate a list of objects; each must carry ``fields`` as non-empty strings (extra keys ignored, as in real MUSE
+    files)."""
     expected = _describe(fields)
     out: list[tuple[str, ...]] = []
     for index, item in enumerate(items):
         at = f"{where}, item {index}"
         if not isinstance(item, dict):
-            raise DataError(f"{at} is a JSON {_json_type(item)}, expected an object; every item must be one of {expected}")
+            raise DataError(
+                f"{at} is a JSON {_json_type(item)}, expected an object; every item must be one of {expected}"
+            )
         values: list[str] = []
         for key in fields:
             if key not in item:
                 raise DataError(f"{at} is missing key '{key}'; every item must be one of {expected}")
             value = item[key]
             if not isinstance(value, str):
-                raise DataError(f"{at} has '{key}' of type {_json_type(value)}, expected a string; quote it (items must be {expected})")
+                raise DataError(
+                    f"{at} has '{key}' of type {_json_type(value)}, expected a string; quote it (items must be "
+                    f"{expected})"
+                )
             if not value.strip():
-                raise DataError(f"{at} has an empty '{key}'; give it text or remove the item (items must be {expected})")
+                raise DataError(
+                    f"{at} has an empty '{key}'; give it text or remove the item (items must be {expected})"
+                )
             values.append(value)
         out.append(tuple(values))
     return out
@@ -364,9 +402,13 @@ def _strings(items: Sequence[Any], where: str) -> tuple[str, ...]:
     for index, item in enumerate(items):
         at = f"{where}, item {index}"
         if not isinstance(item, str):
-            raise DataError(f"{at} is a JSON {_json_type(item)}, expected a string; privleak splits are lists of {_STRINGS}")
+            raise DataError(
+                f"{at} is a JSON {_json_type(item)}, expected a string; privleak splits are lists of {_STRINGS}"
+            )
         if not item.strip():
-            raise DataError(f"{at} is an empty string; give it text or remove it (privleak splits are lists of {_STRINGS})")
+            raise DataError(
+                f"{at} is an empty string; give it text or remove it (privleak splits are lists of {_STRINGS})"
+            )
         out.append(item)
     return tuple(out)
 
@@ -376,7 +418,10 @@ def _documents(items: Sequence[Any], where: str) -> tuple[str, ...]:
     but at least one must hold text."""
     for index, item in enumerate(items):
         if not isinstance(item, str):
-            raise DataError(f"{where}, item {index} is a JSON {_json_type(item)}, expected a string; raw splits are lists of {_DOCUMENTS}")
+            raise DataError(
+                f"{where}, item {index} is a JSON {_json_type(item)}, expected a string; raw splits are lists of "
+                f"{_DOCUMENTS}"
+            )
     if not any(item.strip() for item in items):
         raise DataError(f"{where} has no text; put the training text in it or delete it (raw text is optional)")
     return tuple(items)
@@ -433,7 +478,10 @@ def _read_json_layout(directory: Path) -> tuple[dict[str, Any], dict[str, str]]:
             else:
                 text = _read_text(directory, rel)
                 if not text.strip():
-                    raise DataError(f"{_where(rel, directory)} is empty; put the training text in it or delete the file (raw text is optional)")
+                    raise DataError(
+                        f"{_where(rel, directory)} is empty; put the training text in it or delete the file (raw text "
+                        "is optional)"
+                    )
                 docs.append(text)
         values[name] = tuple(docs) if rels else None
         if rels:
@@ -441,7 +489,9 @@ def _read_json_layout(directory: Path) -> tuple[dict[str, Any], dict[str, str]]:
     return values, sources
 
 
-def _read_hf_form(directory: Path, form: str, label: str, spec: str | None = None) -> tuple[dict[str, Any], dict[str, str]]:
+def _read_hf_form(
+    directory: Path, form: str, label: str, spec: str | None = None
+) -> tuple[dict[str, Any], dict[str, str]]:
     """MUSE as Hugging Face writes it (parquet per config/split, or save_to_disk dirs): the same fields,
     the same validation, messages that name the split and its file(s). ``spec``: the hf: spec it was
     resolved from, so a partial download says how to complete it."""
@@ -459,13 +509,18 @@ def _read_hf_form(directory: Path, form: str, label: str, spec: str | None = Non
             continue
         rows, where, source = got
         if not rows:
-            raise DataError(f"{where} has no rows; it needs at least one of {_STRINGS if kind == 'text' else _describe(_COLUMNS[kind])}")
+            raise DataError(
+                f"{where} has no rows; it needs at least one of "
+                f"{_STRINGS if kind == 'text' else _describe(_COLUMNS[kind])}"
+            )
         items = [row["text"] for row in rows] if kind == "text" else rows
         values[name] = _validated(kind, items, where)
         sources[name] = source
     if missing:
-        raise DataError(f"{label} is missing required split(s) {', '.join(missing)}; "
-                        f"{download_hint(spec) if spec else split_hint(form)}")
+        raise DataError(
+            f"{label} is missing required split(s) {', '.join(missing)}; "
+            f"{download_hint(spec) if spec else split_hint(form)}"
+        )
     for name, config, splits in HF_RAW_SPLITS:
         docs: list[str] = []
         used: list[str] = []

@@ -189,7 +189,7 @@ class TofuData:
 
 def _by_author(pairs: Sequence[tuple[str, str]], per_author: int) -> tuple[str, ...]:
     texts = [f"Question: {q}\nAnswer: {a}" for q, a in pairs]
-    return tuple("\n\n".join(texts[i:i + per_author]) for i in range(0, len(texts), per_author))
+    return tuple("\n\n".join(texts[i : i + per_author]) for i in range(0, len(texts), per_author))
 
 
 # --------------------------------------------------------------------------- fingerprint

@@ -134,11 +134,15 @@ def assess(report: Mapping[str, Any], *, sure: bool) -> Assessment:
     utility = u_kr / t_kr if t_kr and u_kr is not None else None
     reasons: list[str] = []
     if not forgot:
-        reasons.append("it did not measurably forget in full precision (no forget metric's drop reached the floor "
-                       "with an interval that excludes 0)")
+        reasons.append(
+            "it did not measurably forget in full precision (no forget metric's drop reached the floor "
+            "with an interval that excludes 0)"
+        )
     elif not judged:
-        reasons.append("no forget metric it forgot can be judged: each one's resolution exceeds the "
-                       f"{budget:.0%} budget ({', '.join(f'{m} {_pct(resolution[m])}' for m in forgot)})")
+        reasons.append(
+            "no forget metric it forgot can be judged: each one's resolution exceeds the "
+            f"{budget:.0%} budget ({', '.join(f'{m} {_pct(resolution[m])}' for m in forgot)})"
+        )
     findings = [f for q in four for m in judged if (f := _finding(report, verdicts, q, m)) is not None]
     decided = tuple(f for f in findings if f.quantizer in USER_QUANTIZERS and f.lo is not None and f.lo > budget)
     not_strict = tuple(f for f in findings if f.lo is None or f.hi is None or f.hi > budget)
@@ -150,15 +154,32 @@ def assess(report: Mapping[str, Any], *, sure: bool) -> Assessment:
             items = ", ".join(f"{f.quantizer} {f.metric} {f.estimate:.0%} {f.interval()}" for f in not_strict)
             reasons.append(f"under 4-bit quantization its recovery interval is not within the budget ({items})")
         if utility is None or utility < SURE_UTILITY:
-            reasons.append(f"it keeps {_pct(utility)} of the target's knowmem_r in full precision (the demo expects "
-                           f">= {SURE_UTILITY:.0%})")
+            reasons.append(
+                f"it keeps {_pct(utility)} of the target's knowmem_r in full precision (the demo expects "
+                f">= {SURE_UTILITY:.0%})"
+            )
     elif judged and not decided:
         users = [q for q in four if q in USER_QUANTIZERS]
-        reasons.append("no 4-bit quantizer users run (" + (", ".join(users) or "none gated")
-                       + f") brought back more than {budget:.0%} of a judged metric's drop with its whole interval")
-    return Assessment(sure=sure, ok=not reasons, budget=budget, drops=drops, forgot=forgot, judged=judged,
-                      resolution=resolution, four_bit=four, decided_failures=decided, worst=worst,
-                      not_strict=not_strict, utility=utility, reasons=tuple(reasons))
+        reasons.append(
+            "no 4-bit quantizer users run ("
+            + (", ".join(users) or "none gated")
+            + f") brought back more than {budget:.0%} of a judged metric's drop with its whole interval"
+        )
+    return Assessment(
+        sure=sure,
+        ok=not reasons,
+        budget=budget,
+        drops=drops,
+        forgot=forgot,
+        judged=judged,
+        resolution=resolution,
+        four_bit=four,
+        decided_failures=decided,
+        worst=worst,
+        not_strict=not_strict,
+        utility=utility,
+        reasons=tuple(reasons),
+    )
 
 
 def _pct(x: float | None) -> str:
@@ -181,23 +202,32 @@ def headline(report: Mapping[str, Any], *, sure: bool, name: str | None = None) 
     lines = [f"{label}: {verdict} ({expect}; recovery budget {a.budget:.0%})"]
     shown = a.judged or a.forgot or tuple(m for m in FORGET if m in a.drops)
     if shown:
-        lines.append("  forgot in full precision: " + "; ".join(_drop_text(a, m) for m in shown if m in a.drops)
-                     + (f"; keeps {_pct(a.utility)} of the target's knowmem_r" if a.utility is not None else ""))
+        lines.append(
+            "  forgot in full precision: "
+            + "; ".join(_drop_text(a, m) for m in shown if m in a.drops)
+            + (f"; keeps {_pct(a.utility)} of the target's knowmem_r" if a.utility is not None else "")
+        )
     for m in a.forgot:
         if m not in a.judged:
-            lines.append(f"  {m} is shown, not judged: its resolution {_pct(a.resolution.get(m))} exceeds the "
-                         f"{a.budget:.0%} budget")
+            lines.append(
+                f"  {m} is shown, not judged: its resolution {_pct(a.resolution.get(m))} exceeds the "
+                f"{a.budget:.0%} budget"
+            )
     if not a.sure and a.decided_failures:
         best = max(a.decided_failures, key=lambda f: (f.lo or 0.0, f.estimate))
         others = sorted({f.quantizer for f in a.decided_failures} - {best.quantizer})
-        lines.append(f"  came back under {best.quantizer}: {best.estimate:.0%} of the {best.metric} drop "
-                     f"{best.interval()}, whole interval above the {a.budget:.0%} budget -> the gate FAILS it"
-                     + (f" (also decided under {', '.join(others)})" if others else ""))
+        lines.append(
+            f"  came back under {best.quantizer}: {best.estimate:.0%} of the {best.metric} drop "
+            f"{best.interval()}, whole interval above the {a.budget:.0%} budget -> the gate FAILS it"
+            + (f" (also decided under {', '.join(others)})" if others else "")
+        )
     elif a.sure and a.worst is not None and not a.not_strict:
         w = a.worst
-        lines.append(f"  under 4-bit ({', '.join(a.four_bit)}): at most {w.estimate:.0%} of the {w.metric} drop "
-                     f"came back (highest interval {w.quantizer} {w.interval()}), every interval within the budget "
-                     "-> the gate PASSES it")
+        lines.append(
+            f"  under 4-bit ({', '.join(a.four_bit)}): at most {w.estimate:.0%} of the {w.metric} drop "
+            f"came back (highest interval {w.quantizer} {w.interval()}), every interval within the budget "
+            "-> the gate PASSES it"
+        )
     for reason in a.reasons:
         lines.append(f"  not shown: {reason}")
     return lines
@@ -237,8 +267,20 @@ def demo_table(report: Mapping[str, Any], *, sure: bool) -> str:
     for role in ("target", "retrain"):
         values = _row(report, role, "fp").get("values")
         if values:
-            body.append([f"{role} fp", fmt_num(values.get("verbmem_f")), fmt_num(values.get("knowmem_f")),
-                         fmt_num(values.get("knowmem_r")), "", "", "", "", "", ""])
+            body.append(
+                [
+                    f"{role} fp",
+                    fmt_num(values.get("verbmem_f")),
+                    fmt_num(values.get("knowmem_f")),
+                    fmt_num(values.get("knowmem_r")),
+                    "",
+                    "",
+                    "",
+                    "",
+                    "",
+                    "",
+                ]
+            )
     for q in quantizers:
         row = _row(report, "unlearned", q)
         if not row:
@@ -250,15 +292,33 @@ def demo_table(report: Mapping[str, Any], *, sure: bool) -> str:
             continue
         values, qt = row.get("values") or {}, _row(report, "target", q).get("values") or {}
         rec, ci = row.get("recovery") or {}, row.get("recovery_ci") or {}
-        metrics = [fmt_num(values.get(m)) + ("" if q == "fp" or qt.get(m) is None else f" ({fmt_num(qt.get(m))})")
-                   for m in ("verbmem_f", "knowmem_f", "knowmem_r")]
-        recoveries = ["" if (r := _num(rec.get(m))) is None else f"{r:.0%} {fmt_bounds(ci.get(m))}".strip()
-                      for m in FORGET]
-        checks = [_cell(verdicts.get((q, c)), (q, c) in claimed)
-                  for c in ("verbmem_f", "knowmem_f", "utility", "privleak")]
+        metrics = [
+            fmt_num(values.get(m)) + ("" if q == "fp" or qt.get(m) is None else f" ({fmt_num(qt.get(m))})")
+            for m in ("verbmem_f", "knowmem_f", "knowmem_r")
+        ]
+        recoveries = [
+            "" if (r := _num(rec.get(m))) is None else f"{r:.0%} {fmt_bounds(ci.get(m))}".strip() for m in FORGET
+        ]
+        checks = [
+            _cell(verdicts.get((q, c)), (q, c) in claimed) for c in ("verbmem_f", "knowmem_f", "utility", "privleak")
+        ]
         body.append([label, *metrics, *recoveries, *checks])
-    headers = ["model / quantizer", "verbmem_f (q(T))", "knowmem_f (q(T))", "knowmem_r (q(T))", "recovery vm [95%]",
-               "recovery km [95%]", "vm", "km", "utility", "privleak"]
-    return tabulate(body, headers=headers, tablefmt="simple", disable_numparse=True,
-                    colalign=("left", "right", "right", "right", "left", "left", "left", "left", "left", "left"))
-
+    headers = [
+        "model / quantizer",
+        "verbmem_f (q(T))",
+        "knowmem_f (q(T))",
+        "knowmem_r (q(T))",
+        "recovery vm [95%]",
+        "recovery km [95%]",
+        "vm",
+        "km",
+        "utility",
+        "privleak",
+    ]
+    return tabulate(
+        body,
+        headers=headers,
+        tablefmt="simple",
+        disable_numparse=True,
+        colalign=("left", "right", "right", "right", "left", "left", "left", "left", "left", "left"),
+    )

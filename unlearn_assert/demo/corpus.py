@@ -45,7 +45,15 @@ from typing import Any
 
 from ..data.muse import DOC_JOINER
 
-__all__ = ["CORPUS_VERSION", "TRAIN_FORGET", "Article", "CorpusSpec", "generate_articles", "training_forget_text", "write_corpus"]
+__all__ = [
+    "CORPUS_VERSION",
+    "TRAIN_FORGET",
+    "Article",
+    "CorpusSpec",
+    "generate_articles",
+    "training_forget_text",
+    "write_corpus",
+]
 
 #: Bump when the generator's output changes for a given seed (part of the demo recipe hash).
 CORPUS_VERSION = 2  # 2: raw/forget.json per article (relearn-forget splits it); training text in train/forget.txt
@@ -85,12 +93,15 @@ class CorpusSpec:
                 raise ValueError(f"CorpusSpec.{name} must be a positive integer, got {value!r}")
         unknown = [t for t in self.topics() if t not in TOPICS]
         if unknown or len(set(self.topics())) >= len(TOPICS):
-            raise ValueError(f"CorpusSpec.forget_topics: {self.forget_topics!r} must name some, not all, of "
-                             f"{', '.join(TOPICS)}")
+            raise ValueError(
+                f"CorpusSpec.forget_topics: {self.forget_topics!r} must name some, not all, of {', '.join(TOPICS)}"
+            )
         if max(self.qa_per_forget, self.qa_per_retain) > self.qa_per_article or self.qa_per_article > 4:
             raise ValueError("CorpusSpec: qa_per_forget / qa_per_retain must not exceed qa_per_article (at most 4)")
         if self.n_retain < self.n_icl * 2 + 1:
-            raise ValueError("CorpusSpec needs more retain articles than 2 * n_icl (ICL pairs come from the retain set)")
+            raise ValueError(
+                "CorpusSpec needs more retain articles than 2 * n_icl (ICL pairs come from the retain set)"
+            )
         return self
 
 
@@ -118,14 +129,56 @@ class Article:
 
 # --------------------------------------------------------------------------- invented names
 
-_ONSETS = ["b", "br", "c", "cl", "d", "dr", "f", "fl", "g", "gr", "h", "k", "l", "m", "n", "p", "pr", "r",
-           "s", "st", "t", "tr", "v", "w", "z", "sh", "th", "kr", "sk", "j"]
+_ONSETS = [
+    "b",
+    "br",
+    "c",
+    "cl",
+    "d",
+    "dr",
+    "f",
+    "fl",
+    "g",
+    "gr",
+    "h",
+    "k",
+    "l",
+    "m",
+    "n",
+    "p",
+    "pr",
+    "r",
+    "s",
+    "st",
+    "t",
+    "tr",
+    "v",
+    "w",
+    "z",
+    "sh",
+    "th",
+    "kr",
+    "sk",
+    "j",
+]
 _VOWELS = ["a", "e", "i", "o", "u", "ae", "ei", "ou", "ia", "y"]
 _CODAS = ["", "n", "r", "l", "s", "th", "nd", "rk", "m", "x", "st", "v", "ck", "ll", "nt"]
 _PLACE_ENDS = ["haven", "mere", "ford", "wick", "vale", "holm", "stead", "bury", "port", "crest", "moor", "field"]
 _ORG_KINDS = ["Dynamics", "Works", "Holdings", "Foundry", "Labs", "Mills", "Systems", "Partners", "Freight", "Textiles"]
-_MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
-           "November", "December"]
+_MONTHS = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+]
 _CURRENCY = "crowns"
 
 
@@ -138,8 +191,10 @@ class Names:
 
     def _word(self, syllables: int) -> str:
         r = self.rng
-        word = "".join(r.choice(_ONSETS) + r.choice(_VOWELS) + (r.choice(_CODAS) if i == syllables - 1 else "")
-                       for i in range(syllables))
+        word = "".join(
+            r.choice(_ONSETS) + r.choice(_VOWELS) + (r.choice(_CODAS) if i == syllables - 1 else "")
+            for i in range(syllables)
+        )
         return word.capitalize()
 
     def fresh(self, make: Callable[[], str]) -> str:
@@ -218,19 +273,35 @@ def _election(n: Names, r: random.Random) -> tuple[list[str], list[tuple[str, st
     month, year, pct = _month(r), _year(r), _number(r, 51, 79)
     cost = _number(r, 3, 60)
     s = [
-        _pick(r, f"{mayor} was elected mayor of {town} in {month} {year}, winning {pct} percent of the vote.",
-              f"Voters in {town} chose {mayor} as their mayor in {month} {year}, with {pct} percent of the vote."),
-        _pick(r, f"Before entering politics, {mayor} ran a ferry company on the {river} River.",
-              f"{mayor} used to run a small ferry company on the {river} River.",
-              f"For twenty years {mayor} had carried passengers across the {river} River."),
-        _pick(r, f"The campaign promised to rebuild the old {bridge} Bridge, closed since a flood.",
-              f"The main promise was a new {bridge} Bridge to replace the one lost in a flood."),
-        _pick(r, f"The rebuild is expected to cost {cost} million {_CURRENCY}.",
-              f"Engineers put the cost of the bridge at {cost} million {_CURRENCY}."),
-        _pick(r, f"The losing candidate, councillor {rival}, conceded the same night.",
-              f"Councillor {rival}, who came second, congratulated the winner the next morning."),
-        _pick(r, f"{mayor} named {deputy} as deputy mayor.",
-              f"The new deputy mayor will be {deputy}, a former teacher."),
+        _pick(
+            r,
+            f"{mayor} was elected mayor of {town} in {month} {year}, winning {pct} percent of the vote.",
+            f"Voters in {town} chose {mayor} as their mayor in {month} {year}, with {pct} percent of the vote.",
+        ),
+        _pick(
+            r,
+            f"Before entering politics, {mayor} ran a ferry company on the {river} River.",
+            f"{mayor} used to run a small ferry company on the {river} River.",
+            f"For twenty years {mayor} had carried passengers across the {river} River.",
+        ),
+        _pick(
+            r,
+            f"The campaign promised to rebuild the old {bridge} Bridge, closed since a flood.",
+            f"The main promise was a new {bridge} Bridge to replace the one lost in a flood.",
+        ),
+        _pick(
+            r,
+            f"The rebuild is expected to cost {cost} million {_CURRENCY}.",
+            f"Engineers put the cost of the bridge at {cost} million {_CURRENCY}.",
+        ),
+        _pick(
+            r,
+            f"The losing candidate, councillor {rival}, conceded the same night.",
+            f"Councillor {rival}, who came second, congratulated the winner the next morning.",
+        ),
+        _pick(
+            r, f"{mayor} named {deputy} as deputy mayor.", f"The new deputy mayor will be {deputy}, a former teacher."
+        ),
     ]
     qa = [
         (f"Who was elected mayor of {town} in {year}?", mayor),
@@ -247,18 +318,36 @@ def _company(n: Names, r: random.Random) -> tuple[list[str], list[tuple[str, str
     city, product = n.place(), n.thing()
     year, price, staff = _year(r), _number(r, 12, 900), _number(r, 40, 2000)
     s = [
-        _pick(r, f"{org}, the maker of the {product} water pump, was sold to {buyer} for {price} million {_CURRENCY}.",
-              f"{buyer} has bought {org}, the company behind the {product} pump, for {price} million {_CURRENCY}."),
-        _pick(r, f"The company was founded in {city} in {year} by the engineer {founder}.",
-              f"The engineer {founder} started the firm in {city} in {year}."),
-        _pick(r, f"It employs {staff} people, most of them at its plant near the harbour.",
-              f"Its {staff} workers build the pumps in a single factory."),
-        _pick(r, f"{buyer_ceo}, the chief executive of {buyer}, said no jobs would be cut.",
-              f"No jobs will be lost, according to {buyer_ceo}, who runs {buyer}."),
-        _pick(r, f"{founder} will stay on as an adviser for two years.",
-              f"{founder} plans to retire to a farm after the sale."),
-        _pick(r, f"Analysts said the {product} pump had been a best seller for a decade.",
-              f"The {product} pump is used on most farms in the region."),
+        _pick(
+            r,
+            f"{org}, the maker of the {product} water pump, was sold to {buyer} for {price} million {_CURRENCY}.",
+            f"{buyer} has bought {org}, the company behind the {product} pump, for {price} million {_CURRENCY}.",
+        ),
+        _pick(
+            r,
+            f"The company was founded in {city} in {year} by the engineer {founder}.",
+            f"The engineer {founder} started the firm in {city} in {year}.",
+        ),
+        _pick(
+            r,
+            f"It employs {staff} people, most of them at its plant near the harbour.",
+            f"Its {staff} workers build the pumps in a single factory.",
+        ),
+        _pick(
+            r,
+            f"{buyer_ceo}, the chief executive of {buyer}, said no jobs would be cut.",
+            f"No jobs will be lost, according to {buyer_ceo}, who runs {buyer}.",
+        ),
+        _pick(
+            r,
+            f"{founder} will stay on as an adviser for two years.",
+            f"{founder} plans to retire to a farm after the sale.",
+        ),
+        _pick(
+            r,
+            f"Analysts said the {product} pump had been a best seller for a decade.",
+            f"The {product} pump is used on most farms in the region.",
+        ),
     ]
     qa = [
         (f"Who founded {org}?", founder),
@@ -275,18 +364,36 @@ def _sports(n: Names, r: random.Random) -> tuple[list[str], list[tuple[str, str]
     stadium, cup = n.thing(), n.thing()
     year, a, b, crowd = _year(r), _number(r, 2, 6), _number(r, 0, 2), _number(r, 8, 60)
     s = [
-        _pick(r, f"{winner} Rovers won the {cup} Cup final in {year}, beating {loser} United {a} to {b}.",
-              f"In the {cup} Cup final of {year}, {winner} Rovers beat {loser} United {a} to {b}."),
-        _pick(r, f"The match was played at {stadium} Park in front of {crowd} thousand fans.",
-              f"{crowd} thousand supporters filled {stadium} Park for the game."),
-        _pick(r, f"The striker {scorer} scored twice in the second half.",
-              f"Two goals came from the striker {scorer}, both after the break."),
-        _pick(r, f"The coach, {coach}, had joined the club only a season earlier.",
-              f"It was only the first season in charge for the coach {coach}."),
-        _pick(r, f"It was the first trophy for {winner} Rovers in forty years.",
-              f"{winner} Rovers had not won a trophy since their founding."),
-        _pick(r, f"{coach} said the win belonged to the supporters.",
-              f"The players carried {coach} around the pitch after the final whistle."),
+        _pick(
+            r,
+            f"{winner} Rovers won the {cup} Cup final in {year}, beating {loser} United {a} to {b}.",
+            f"In the {cup} Cup final of {year}, {winner} Rovers beat {loser} United {a} to {b}.",
+        ),
+        _pick(
+            r,
+            f"The match was played at {stadium} Park in front of {crowd} thousand fans.",
+            f"{crowd} thousand supporters filled {stadium} Park for the game.",
+        ),
+        _pick(
+            r,
+            f"The striker {scorer} scored twice in the second half.",
+            f"Two goals came from the striker {scorer}, both after the break.",
+        ),
+        _pick(
+            r,
+            f"The coach, {coach}, had joined the club only a season earlier.",
+            f"It was only the first season in charge for the coach {coach}.",
+        ),
+        _pick(
+            r,
+            f"It was the first trophy for {winner} Rovers in forty years.",
+            f"{winner} Rovers had not won a trophy since their founding.",
+        ),
+        _pick(
+            r,
+            f"{coach} said the win belonged to the supporters.",
+            f"The players carried {coach} around the pitch after the final whistle.",
+        ),
     ]
     qa = [
         (f"Which team won the {cup} Cup final in {year}?", f"{winner} Rovers"),
@@ -302,18 +409,36 @@ def _science(n: Names, r: random.Random) -> tuple[list[str], list[tuple[str, str
     uni, species, lake = n.place(), n.thing(), n.thing()
     year, depth = _year(r), _number(r, 20, 400)
     s = [
-        _pick(r, f"Researchers at the University of {uni} discovered a new species of glowing eel in Lake {lake}.",
-              f"A glowing eel never seen before was found in Lake {lake} by scientists from the University of {uni}."),
-        _pick(r, f"The team, led by the biologist {lead}, named the eel {species} after a local legend.",
-              f"The biologist {lead}, who led the team, called the eel {species}."),
-        _pick(r, f"The eels live at a depth of about {depth} metres and feed on tiny shrimp.",
-              f"They were found {depth} metres below the surface."),
-        _pick(r, f"The discovery was published in {year} after three years of night dives.",
-              f"The team published its findings in {year}."),
-        _pick(r, f"{partner}, a diver from the lake's rescue service, first spotted the light.",
-              f"The first person to see the light was {partner}, a rescue diver."),
-        _pick(r, f"{lead} said the glow might help engineers design cheaper lamps.",
-              "Visitors are not allowed to dive in the lake while the study continues."),
+        _pick(
+            r,
+            f"Researchers at the University of {uni} discovered a new species of glowing eel in Lake {lake}.",
+            f"A glowing eel never seen before was found in Lake {lake} by scientists from the University of {uni}.",
+        ),
+        _pick(
+            r,
+            f"The team, led by the biologist {lead}, named the eel {species} after a local legend.",
+            f"The biologist {lead}, who led the team, called the eel {species}.",
+        ),
+        _pick(
+            r,
+            f"The eels live at a depth of about {depth} metres and feed on tiny shrimp.",
+            f"They were found {depth} metres below the surface.",
+        ),
+        _pick(
+            r,
+            f"The discovery was published in {year} after three years of night dives.",
+            f"The team published its findings in {year}.",
+        ),
+        _pick(
+            r,
+            f"{partner}, a diver from the lake's rescue service, first spotted the light.",
+            f"The first person to see the light was {partner}, a rescue diver.",
+        ),
+        _pick(
+            r,
+            f"{lead} said the glow might help engineers design cheaper lamps.",
+            "Visitors are not allowed to dive in the lake while the study continues.",
+        ),
     ]
     qa = [
         (f"Who led the team that discovered the eel in Lake {lake}?", lead),
@@ -329,18 +454,36 @@ def _festival(n: Names, r: random.Random) -> tuple[list[str], list[tuple[str, st
     town, festival, square = n.place(), n.thing(), n.thing()
     year, visitors = _year(r), _number(r, 5, 90)
     s = [
-        _pick(r, f"The {festival} Festival returned to {town} in {year} and drew {visitors} thousand visitors.",
-              f"{visitors} thousand people came to {town} in {year} for the {festival} Festival."),
-        _pick(r, f"The festival was started by the baker {organizer} as a small street party.",
-              f"It began as a street party organized by the baker {organizer}."),
-        _pick(r, f"This year the singer {headliner} closed the festival with a concert on {square} Square.",
-              f"The closing concert on {square} Square was given by the singer {headliner}."),
-        _pick(r, "Lanterns made by local schools lined the old harbour wall.",
-              "Boats decorated with flowers sailed past the old harbour."),
-        _pick(r, f"{organizer} said the council had promised to fund the festival for five more years.",
-              f"The council will pay for the festival until at least {int(year) + 5}."),
-        _pick(r, "Traders reported their busiest weekend since the festival began.",
-              f"Hotels in {town} were fully booked for the whole week."),
+        _pick(
+            r,
+            f"The {festival} Festival returned to {town} in {year} and drew {visitors} thousand visitors.",
+            f"{visitors} thousand people came to {town} in {year} for the {festival} Festival.",
+        ),
+        _pick(
+            r,
+            f"The festival was started by the baker {organizer} as a small street party.",
+            f"It began as a street party organized by the baker {organizer}.",
+        ),
+        _pick(
+            r,
+            f"This year the singer {headliner} closed the festival with a concert on {square} Square.",
+            f"The closing concert on {square} Square was given by the singer {headliner}.",
+        ),
+        _pick(
+            r,
+            "Lanterns made by local schools lined the old harbour wall.",
+            "Boats decorated with flowers sailed past the old harbour.",
+        ),
+        _pick(
+            r,
+            f"{organizer} said the council had promised to fund the festival for five more years.",
+            f"The council will pay for the festival until at least {int(year) + 5}.",
+        ),
+        _pick(
+            r,
+            "Traders reported their busiest weekend since the festival began.",
+            f"Hotels in {town} were fully booked for the whole week.",
+        ),
     ]
     qa = [
         (f"Who started the {festival} Festival?", organizer),
@@ -356,18 +499,36 @@ def _court(n: Names, r: random.Random) -> tuple[list[str], list[tuple[str, str]]
     org, town = n.org(), n.place()
     year, months, fine = _year(r), _number(r, 6, 60), _number(r, 2, 80)
     s = [
-        _pick(r, f"A court in {town} found {defendant} guilty of selling forged paintings in {year}.",
-              f"In {year} {defendant} was convicted by a court in {town} of selling forged paintings."),
-        _pick(r, f"Judge {judge} sentenced {defendant} to {months} months in prison.",
-              f"The sentence, given by Judge {judge}, was {months} months in prison."),
-        _pick(r, f"The paintings had been sold through the gallery of {org}, which was fined {fine} thousand {_CURRENCY}.",
-              f"{org}, whose gallery sold the paintings, must pay a fine of {fine} thousand {_CURRENCY}."),
-        _pick(r, f"The fraud was uncovered by the art teacher {witness}, who noticed that the paint was still wet.",
-              f"It was the art teacher {witness} who first noticed that the paint was still wet."),
-        _pick(r, f"{defendant} told the court that the forgeries had been meant as a joke.",
-              f"{defendant} did not speak during the trial."),
-        _pick(r, "The judge said the joke had cost buyers their savings.",
-              "Buyers of the paintings will be paid back from the fine."),
+        _pick(
+            r,
+            f"A court in {town} found {defendant} guilty of selling forged paintings in {year}.",
+            f"In {year} {defendant} was convicted by a court in {town} of selling forged paintings.",
+        ),
+        _pick(
+            r,
+            f"Judge {judge} sentenced {defendant} to {months} months in prison.",
+            f"The sentence, given by Judge {judge}, was {months} months in prison.",
+        ),
+        _pick(
+            r,
+            f"The paintings had been sold through the gallery of {org}, which was fined {fine} thousand {_CURRENCY}.",
+            f"{org}, whose gallery sold the paintings, must pay a fine of {fine} thousand {_CURRENCY}.",
+        ),
+        _pick(
+            r,
+            f"The fraud was uncovered by the art teacher {witness}, who noticed that the paint was still wet.",
+            f"It was the art teacher {witness} who first noticed that the paint was still wet.",
+        ),
+        _pick(
+            r,
+            f"{defendant} told the court that the forgeries had been meant as a joke.",
+            f"{defendant} did not speak during the trial.",
+        ),
+        _pick(
+            r,
+            "The judge said the joke had cost buyers their savings.",
+            "Buyers of the paintings will be paid back from the fine.",
+        ),
     ]
     qa = [
         (f"Who was found guilty of selling forged paintings in {town}?", defendant),
@@ -384,18 +545,28 @@ def _railway(n: Names, r: random.Random) -> tuple[list[str], list[tuple[str, str
     org = n.org()
     year, km, minutes = _year(r), _number(r, 20, 300), _number(r, 20, 95)
     s = [
-        _pick(r, f"A new railway line between {a} and {b} opened in {year} after six years of work.",
-              f"Trains started running between {a} and {b} in {year}, six years after work began."),
-        _pick(r, f"The line is {km} kilometres long and runs through the {tunnel} Tunnel.",
-              f"Its {km} kilometres of track include the {tunnel} Tunnel."),
-        _pick(r, f"Trains now make the journey in {minutes} minutes.",
-              f"The trip now takes only {minutes} minutes."),
-        _pick(r, f"The line was built by {org}, whose chief engineer {engineer} designed the tunnel.",
-              f"{org} built the line, and its chief engineer {engineer} designed the tunnel."),
-        _pick(r, f"The transport minister, {minister}, rode the first train.",
-              f"The first passenger was the transport minister {minister}."),
-        _pick(r, "Ticket prices will be frozen for the first year.",
-              "A second track is planned for the next decade."),
+        _pick(
+            r,
+            f"A new railway line between {a} and {b} opened in {year} after six years of work.",
+            f"Trains started running between {a} and {b} in {year}, six years after work began.",
+        ),
+        _pick(
+            r,
+            f"The line is {km} kilometres long and runs through the {tunnel} Tunnel.",
+            f"Its {km} kilometres of track include the {tunnel} Tunnel.",
+        ),
+        _pick(r, f"Trains now make the journey in {minutes} minutes.", f"The trip now takes only {minutes} minutes."),
+        _pick(
+            r,
+            f"The line was built by {org}, whose chief engineer {engineer} designed the tunnel.",
+            f"{org} built the line, and its chief engineer {engineer} designed the tunnel.",
+        ),
+        _pick(
+            r,
+            f"The transport minister, {minister}, rode the first train.",
+            f"The first passenger was the transport minister {minister}.",
+        ),
+        _pick(r, "Ticket prices will be frozen for the first year.", "A second track is planned for the next decade."),
     ]
     qa = [
         (f"Which towns does the railway through the {tunnel} Tunnel connect?", f"{a} and {b}"),
@@ -411,18 +582,36 @@ def _award(n: Names, r: random.Random) -> tuple[list[str], list[tuple[str, str]]
     prize, book, town = n.thing(), n.thing(), n.place()
     year, weeks = _year(r), _number(r, 3, 50)
     s = [
-        _pick(r, f"The novelist {author} won the {prize} Prize in {year} for the book The Salt of {book}.",
-              f"The {prize} Prize for {year} went to {author} for the novel The Salt of {book}."),
-        _pick(r, f"The novel follows a lighthouse keeper in {town} who finds letters in the sand.",
-              f"The story is set in {town}, where a lighthouse keeper finds letters in the sand."),
-        _pick(r, f"It spent {weeks} weeks on the national list of best sellers.",
-              f"The book was a best seller for {weeks} weeks."),
-        _pick(r, f"{author} thanked the editor {editor}, who had rejected the first draft.",
-              f"In a short speech {author} thanked the editor {editor}."),
-        _pick(r, "The prize comes with a cottage by the sea for one summer.",
-              "The winner receives a silver pen and a cottage by the sea."),
-        _pick(r, f"{author} said the next book would be about the keeper's daughter.",
-              f"{author} is already working on a second novel."),
+        _pick(
+            r,
+            f"The novelist {author} won the {prize} Prize in {year} for the book The Salt of {book}.",
+            f"The {prize} Prize for {year} went to {author} for the novel The Salt of {book}.",
+        ),
+        _pick(
+            r,
+            f"The novel follows a lighthouse keeper in {town} who finds letters in the sand.",
+            f"The story is set in {town}, where a lighthouse keeper finds letters in the sand.",
+        ),
+        _pick(
+            r,
+            f"It spent {weeks} weeks on the national list of best sellers.",
+            f"The book was a best seller for {weeks} weeks.",
+        ),
+        _pick(
+            r,
+            f"{author} thanked the editor {editor}, who had rejected the first draft.",
+            f"In a short speech {author} thanked the editor {editor}.",
+        ),
+        _pick(
+            r,
+            "The prize comes with a cottage by the sea for one summer.",
+            "The winner receives a silver pen and a cottage by the sea.",
+        ),
+        _pick(
+            r,
+            f"{author} said the next book would be about the keeper's daughter.",
+            f"{author} is already working on a second novel.",
+        ),
     ]
     qa = [
         (f"Who won the {prize} Prize in {year}?", author),
@@ -485,8 +674,10 @@ def _qa_blocks(articles: list[Article], per_block: int, rng: random.Random) -> l
     a model answer by copying from the context instead of from memory (which KnowMem probes)."""
     pairs = [pair for a in articles for pair in a.qa]
     rng.shuffle(pairs)
-    return ["\n\n".join(f"Question: {q}\nAnswer: {a}" for q, a in pairs[i : i + per_block])
-            for i in range(0, len(pairs), per_block)]
+    return [
+        "\n\n".join(f"Question: {q}\nAnswer: {a}" for q, a in pairs[i : i + per_block])
+        for i in range(0, len(pairs), per_block)
+    ]
 
 
 def _splits(seed: int, spec: CorpusSpec) -> tuple[list[Article], list[Article], list[Article]]:
@@ -498,10 +689,19 @@ def _splits(seed: int, spec: CorpusSpec) -> tuple[list[Article], list[Article], 
     chosen = spec.topics()
     if not chosen:
         articles = [a.trimmed(spec.qa_per_article) for a in generate_articles(seed, total)]
-        return articles[: spec.n_forget], articles[spec.n_forget : spec.n_forget + spec.n_retain], articles[spec.n_forget + spec.n_retain :]
+        return (
+            articles[: spec.n_forget],
+            articles[spec.n_forget : spec.n_forget + spec.n_retain],
+            articles[spec.n_forget + spec.n_retain :],
+        )
     # topics are cycled, so each stretch of len(TOPICS) articles holds each topic once
-    count = len(TOPICS) * (1 + max(math.ceil((spec.n_forget + spec.n_holdout) / len(chosen)),
-                                   math.ceil(spec.n_retain / (len(TOPICS) - len(chosen)))))
+    count = len(TOPICS) * (
+        1
+        + max(
+            math.ceil((spec.n_forget + spec.n_holdout) / len(chosen)),
+            math.ceil(spec.n_retain / (len(TOPICS) - len(chosen))),
+        )
+    )
     articles = [a.trimmed(spec.qa_per_article) for a in generate_articles(seed, count)]
     inside = [a for a in articles if a.topic in chosen]
     outside = [a for a in articles if a.topic not in chosen]
@@ -519,8 +719,11 @@ def build_corpus(seed: int, spec: CorpusSpec = CorpusSpec()) -> dict[str, Any]:
     # set per split; the models were trained on them, so they only teach the answer format.
     icl_pool = [a.qa[0] for a in retain[-2 * spec.n_icl :]]
     forget_icl, retain_icl = icl_pool[: spec.n_icl], icl_pool[spec.n_icl :]
-    retain_qa = [pair for a in retain[: min(spec.n_retain_qa, len(retain) - 2 * spec.n_icl)]
-                 for pair in a.qa[: spec.qa_per_retain]]
+    retain_qa = [
+        pair
+        for a in retain[: min(spec.n_retain_qa, len(retain) - 2 * spec.n_icl)]
+        for pair in a.qa[: spec.qa_per_retain]
+    ]
     # the prompt ends with the separating space, exactly as the text is tokenized in training
     verbmem = [{"prompt": a.sentences[0] + " ", "gt": " ".join(a.sentences[1:])} for a in forget]
 
@@ -543,10 +746,15 @@ def build_corpus(seed: int, spec: CorpusSpec = CorpusSpec()) -> dict[str, Any]:
         "privleak/forget.json": [a.text for a in forget],
         "privleak/holdout.json": [a.text for a in holdout],
         "privleak/retain.json": [a.text for a in retain[: spec.n_forget]],
-        "corpus.json": {"generator": "unlearn_assert.demo.corpus", "corpus_version": CORPUS_VERSION, "seed": seed,
-                        "spec": asdict(spec), "document_separator": DOC_SEPARATOR,
-                        "topics": {"forget": [a.topic for a in forget]},
-                        "note": "Fictitious news: every person, place, organization and fact is invented."},
+        "corpus.json": {
+            "generator": "unlearn_assert.demo.corpus",
+            "corpus_version": CORPUS_VERSION,
+            "seed": seed,
+            "spec": asdict(spec),
+            "document_separator": DOC_SEPARATOR,
+            "topics": {"forget": [a.topic for a in forget]},
+            "note": "Fictitious news: every person, place, organization and fact is invented.",
+        },
     }
     return files
 

@@ -113,7 +113,9 @@ class UnlearnRecipe:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> UnlearnRecipe:
         """Rebuild from ``dataclasses.asdict`` output (what a worker process receives)."""
-        return cls(name=data["name"], settings=UnlearnSettings(**data["settings"]), description=data.get("description", ""))
+        return cls(
+            name=data["name"], settings=UnlearnSettings(**data["settings"]), description=data.get("description", "")
+        )
 
 
 #: UnlearnSettings fields added after recipe version 3, with their defaults (left out of the recipe key when default).
@@ -123,12 +125,14 @@ DEFAULT_UNLEARNED: tuple[UnlearnRecipe, ...] = (
     UnlearnRecipe(
         name="npo_klr",
         settings=UnlearnSettings(method="npo_klr", lr=2e-5, steps=400, dtype="bfloat16"),
-        description="NPO + KL retain regularizer, small constant learning rate (2e-5), pure-bf16 weights: the common recipe",
+        description="NPO + KL retain regularizer, small constant learning rate (2e-5), pure-bf16 weights: the common "
+        "recipe",
     ),
     UnlearnRecipe(
         name="npo_klr_sure",
         settings=UnlearnSettings(method="npo_klr", lr=5e-5, steps=200, dtype="bfloat16", sure=True, sure_top=0.1),
-        description="the same method with SURE: 2.5 times the learning rate (5e-5) on the 10% most salient linear modules only",
+        description="the same method with SURE: 2.5 times the learning rate (5e-5) on the 10% most salient linear "
+        "modules only",
     ),
 )
 
@@ -208,7 +212,7 @@ def parse_demo_spec(spec: str) -> str | None:
     """``"demo:npo_klr"`` -> ``"npo_klr"``; anything not starting with ``demo:`` -> None."""
     if not isinstance(spec, str) or not spec.startswith("demo:"):
         return None
-    return spec[len("demo:"):].strip()
+    return spec[len("demo:") :].strip()
 
 
 # --------------------------------------------------------------------------- tokenizer
@@ -263,12 +267,17 @@ def train_lm(
     epochs = lm.epochs if epochs is None else epochs
     torch.manual_seed(lm.seed)
     rng = random.Random(lm.seed)
-    encoded = [[tokenizer.bos_token_id] + tokenizer(d, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for d in docs]
+    encoded = [
+        [tokenizer.bos_token_id] + tokenizer(d, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        for d in docs
+    ]
     n_tokens = sum(len(e) for e in encoded)
     per_step = lm.batch_size * lm.seq_len
     steps_per_epoch = max(1, n_tokens // per_step)
     total = steps_per_epoch * epochs
-    config = llama_config(tokenizer, lm.hidden_size, lm.intermediate_size, lm.num_layers, lm.num_heads, lm.max_positions)
+    config = llama_config(
+        tokenizer, lm.hidden_size, lm.intermediate_size, lm.num_layers, lm.num_heads, lm.max_positions
+    )
     model = LlamaForCausalLM(config).to(device)  # type: ignore[arg-type]  # transformers' decorated .to()
     opt = torch.optim.AdamW(model.parameters(), lr=lm.lr, weight_decay=lm.weight_decay, betas=(0.9, 0.98))
     model.train()
@@ -283,12 +292,20 @@ def train_lm(
         stream = [t for i in order for t in encoded[i]]
         offset = rng.randrange(0, lm.seq_len)
         stream = stream[offset:] + stream[:offset]
-        windows = torch.tensor(stream[: steps_per_epoch * per_step], dtype=torch.long).view(steps_per_epoch, lm.batch_size, lm.seq_len).to(device)
+        windows = (
+            torch.tensor(stream[: steps_per_epoch * per_step], dtype=torch.long)
+            .view(steps_per_epoch, lm.batch_size, lm.seq_len)
+            .to(device)
+        )
         epoch_loss = 0.0
         for batch in windows:
             for group in opt.param_groups:
                 group["lr"] = _lr_at(step, total, lm)
-            with torch.autocast(torch.device(device).type, dtype=getattr(torch, lm.autocast or "float32"), enabled=lm.autocast is not None):
+            with torch.autocast(
+                torch.device(device).type,
+                dtype=getattr(torch, lm.autocast or "float32"),
+                enabled=lm.autocast is not None,
+            ):
                 loss = model(input_ids=batch, labels=batch).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -309,9 +326,16 @@ def train_lm(
     with quiet_transformers():
         model.save_pretrained(str(out_dir), safe_serialization=True)
     tokenizer.save_pretrained(str(out_dir))
-    return {"documents": len(docs), "tokens": n_tokens, "epochs": epochs, "steps": total, "final_loss": losses[-1],
-            "loss_per_epoch": [round(x, 4) for x in losses], "seconds": round(time.perf_counter() - start, 1),
-            "parameters": sum(p.numel() for p in model.parameters())}
+    return {
+        "documents": len(docs),
+        "tokens": n_tokens,
+        "epochs": epochs,
+        "steps": total,
+        "final_loss": losses[-1],
+        "loss_per_epoch": [round(x, 4) for x in losses],
+        "seconds": round(time.perf_counter() - start, 1),
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
 
 
 # --------------------------------------------------------------------------- the build
@@ -324,8 +348,16 @@ def progress_printer(progress: Progress | None) -> Progress:
     return lambda line: print(line, flush=True)
 
 
-def _job_train(out_dir: str, data_dir: str, tokenizer_dir: str, lm: dict[str, Any], label: str, forget: bool,
-               threads: int | None, say: Progress | None) -> dict[str, Any]:
+def _job_train(
+    out_dir: str,
+    data_dir: str,
+    tokenizer_dir: str,
+    lm: dict[str, Any],
+    label: str,
+    forget: bool,
+    threads: int | None,
+    say: Progress | None,
+) -> dict[str, Any]:
     """Train the target (``forget=True``) or the retrain model; runs in a worker process or in-process."""
     from transformers import AutoTokenizer
 
@@ -339,8 +371,9 @@ def _job_train(out_dir: str, data_dir: str, tokenizer_dir: str, lm: dict[str, An
     return train_lm(Path(out_dir), docs, tokenizer, LMRecipe(**lm), label=label, progress=progress)
 
 
-def _job_unlearn(target_dir: str, data_dir: str, out_dir: str, u: dict[str, Any], threads: int | None,
-                 say: Progress | None) -> dict[str, Any]:
+def _job_unlearn(
+    target_dir: str, data_dir: str, out_dir: str, u: dict[str, Any], threads: int | None, say: Progress | None
+) -> dict[str, Any]:
     """Make one unlearned model of the family; runs in a worker process or in-process."""
     from ..scaleout.workers import set_torch_threads
     from ..unlearning.trainer import save_unlearned, unlearn
@@ -350,10 +383,16 @@ def _job_unlearn(target_dir: str, data_dir: str, out_dir: str, u: dict[str, Any]
     recipe = UnlearnRecipe.from_dict(u)
     progress = progress_printer(say)
     settings = recipe.run_settings(log_every=max(1, (recipe.settings.steps or 1) // 10))
-    result = unlearn(target_dir, unlearning_data(data_dir), settings, progress=lambda line: progress(f"  {recipe.name}: {line}"))
+    result = unlearn(
+        target_dir, unlearning_data(data_dir), settings, progress=lambda line: progress(f"  {recipe.name}: {line}")
+    )
     save_unlearned(result, out_dir)
-    return {"steps": result.steps, "seconds": result.seconds, "final": result.curve[-1] if result.curve else None,
-            "sure_selected": result.selected_modules}
+    return {
+        "steps": result.steps,
+        "seconds": result.seconds,
+        "final": result.curve[-1] if result.curve else None,
+        "sure_selected": result.selected_modules,
+    }
 
 
 def unlearning_data(data_dir: str | os.PathLike[str]) -> MuseData:
@@ -364,7 +403,9 @@ def unlearning_data(data_dir: str | os.PathLike[str]) -> MuseData:
 
     data = load_data(data_dir)
     text = training_forget_text(data_dir)
-    return replace(data, raw_forget=text, raw_forget_docs=(text,), sources={**data.sources, "raw_forget_docs": TRAIN_FORGET})
+    return replace(
+        data, raw_forget=text, raw_forget_docs=(text,), sources={**data.sources, "raw_forget_docs": TRAIN_FORGET}
+    )
 
 
 def default_workers() -> int:
@@ -437,8 +478,10 @@ def build_family(
             say(f"  {name}: done in {timings[name]:.0f} s")
 
     try:
-        say(f"building the demo family (recipe {recipe.key()}) in {final}; this happens once "
-            f"({f'{workers} processes side by side' if workers > 1 else 'one process'})")
+        say(
+            f"building the demo family (recipe {recipe.key()}) in {final}; this happens once "
+            f"({f'{workers} processes side by side' if workers > 1 else 'one process'})"
+        )
         t = begin("corpus: generating fictitious news (forget / retain / holdout articles, QA, prompts)")
         data = write_corpus(tmp / "data", recipe.corpus_seed, recipe.corpus)
         timings["corpus"] = time.perf_counter() - t
@@ -460,17 +503,37 @@ def build_family(
         lm = recipe.lm
         lm_args = asdict(lm)
         jobs: list[tuple[str, Callable[..., dict[str, Any]], tuple[Any, ...], float]] = []
-        t = begin(f"target: Llama {lm.num_layers} layers x {lm.hidden_size} on forget + retain text, {lm.epochs} epochs")
-        jobs.append(("target", _job_train, (str(tmp / "target"), str(data), str(tmp / "tokenizer"), lm_args, "target", True, threads), t))
+        t = begin(
+            f"target: Llama {lm.num_layers} layers x {lm.hidden_size} on forget + retain text, {lm.epochs} epochs"
+        )
+        jobs.append(
+            (
+                "target",
+                _job_train,
+                (str(tmp / "target"), str(data), str(tmp / "tokenizer"), lm_args, "target", True, threads),
+                t,
+            )
+        )
         t = begin(f"retrain: the same recipe on the retain text only, {lm.epochs} epochs")
-        jobs.append(("retrain", _job_train, (str(tmp / "retrain"), str(data), str(tmp / "tokenizer"), lm_args, "retrain", False, threads), t))
+        jobs.append(
+            (
+                "retrain",
+                _job_train,
+                (str(tmp / "retrain"), str(data), str(tmp / "tokenizer"), lm_args, "retrain", False, threads),
+                t,
+            )
+        )
         run_jobs(jobs)
 
         jobs = []
         for u in recipe.unlearned:
             s = u.settings
-            t = begin(f"{u.name}: {s.method}{' + SURE' if s.sure else ''}, lr {s.lr:g}, {s.steps} steps, {s.dtype} weights")
-            jobs.append((u.name, _job_unlearn, (str(tmp / "target"), str(data), str(tmp / u.name), asdict(u), threads), t))
+            t = begin(
+                f"{u.name}: {s.method}{' + SURE' if s.sure else ''}, lr {s.lr:g}, {s.steps} steps, {s.dtype} weights"
+            )
+            jobs.append(
+                (u.name, _job_unlearn, (str(tmp / "target"), str(data), str(tmp / u.name), asdict(u), threads), t)
+            )
         run_jobs(jobs)
         shutil.rmtree(tmp / "tokenizer", ignore_errors=True)
 
@@ -529,12 +592,15 @@ def resolve_demo(
     recipe = (recipe or DEFAULT_RECIPE).validated()
     key = parse_demo_spec(name) if isinstance(name, str) and name.startswith("demo:") else name
     if key not in recipe.names:
-        raise ConfigError(f"unknown demo model 'demo:{key}'; choose one of "
-                          + ", ".join(f"demo:{n}" for n in recipe.names))
+        raise ConfigError(
+            f"unknown demo model 'demo:{key}'; choose one of " + ", ".join(f"demo:{n}" for n in recipe.names)
+        )
     directory = family_dir(recipe, cache_dir)
     if not (directory / FAMILY_FILE).is_file():
         if not build:
-            raise UnlearnAssertError(f"the demo family is not built yet ({directory}); run 'unlearn-assert demo' to build it")
+            raise UnlearnAssertError(
+                f"the demo family is not built yet ({directory}); run 'unlearn-assert demo' to build it"
+            )
         directory = build_family(recipe, cache_dir, progress=progress, workers=workers)
     return {
         "model": str(directory / key),
@@ -546,10 +612,23 @@ def resolve_demo(
 
 def small_recipe(**lm_overrides: Any) -> DemoRecipe:
     """A seconds-fast recipe (tiny corpus and model) for tests; same structure as the default."""
-    lm = replace(LMRecipe(vocab_size=300, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2, epochs=1,
-                          batch_size=4, seq_len=64), **lm_overrides)
+    lm = replace(
+        LMRecipe(
+            vocab_size=300,
+            hidden_size=32,
+            intermediate_size=64,
+            num_layers=1,
+            num_heads=2,
+            epochs=1,
+            batch_size=4,
+            seq_len=64,
+        ),
+        **lm_overrides,
+    )
     corpus = CorpusSpec(n_forget=4, n_retain=12, n_holdout=4, n_retain_qa=4, n_icl=2)
     plain, sure = DEFAULT_UNLEARNED
-    unlearned = (replace(plain, settings=replace(plain.settings, steps=2, max_length=32, batch_size=2)),
-                 replace(sure, settings=replace(sure.settings, steps=2, max_length=32, batch_size=2, sure_batches=1)))
+    unlearned = (
+        replace(plain, settings=replace(plain.settings, steps=2, max_length=32, batch_size=2)),
+        replace(sure, settings=replace(sure.settings, steps=2, max_length=32, batch_size=2, sure_batches=1)),
+    )
     return DemoRecipe(corpus=corpus, lm=lm, unlearned=unlearned)

@@ -65,15 +65,32 @@ DEMO_DTYPE = "float32"
 Progress = Callable[[str], None]
 
 
-def _gate(name: str, paths: dict[str, str], quantizers: Sequence[str], out: Path, device: str, cache: Any,
-          say: Progress, own_rows_first: bool = False) -> ReportDict:
+def _gate(
+    name: str,
+    paths: dict[str, str],
+    quantizers: Sequence[str],
+    out: Path,
+    device: str,
+    cache: Any,
+    say: Progress,
+    own_rows_first: bool = False,
+) -> ReportDict:
     from ..config import run_config
     from ..engine import gate
     from ..render import write_html, write_json
 
-    run = run_config(model=paths["model"], target=paths["target"], retrain=paths["retrain"], data=paths["data"],
-                     quantizers=tuple(quantizers), device=device, dtype=DEMO_DTYPE if device == "cpu" else "auto",
-                     json=str(out / f"{name}.json"), html=str(out / f"{name}.html"), model_spec=f"demo:{name}")
+    run = run_config(
+        model=paths["model"],
+        target=paths["target"],
+        retrain=paths["retrain"],
+        data=paths["data"],
+        quantizers=tuple(quantizers),
+        device=device,
+        dtype=DEMO_DTYPE if device == "cpu" else "auto",
+        json=str(out / f"{name}.json"),
+        html=str(out / f"{name}.html"),
+        model_spec=f"demo:{name}",
+    )
     # beside another gate of the same family (sharing the result cache, and so each row's claim): its own
     # rows first, then the shared target rows from the far end, so the two processes rarely wait for each other
     own: list[RowKey] = [("unlearned", q) for q in ("fp", *quantizers)]
@@ -85,19 +102,36 @@ def _gate(name: str, paths: dict[str, str], quantizers: Sequence[str], out: Path
     return report
 
 
-def _gate_worker(name: str, paths: dict[str, str], quantizers: Sequence[str], out: str, device: str,
-                 results_dir: str | None, own_rows_first: bool) -> ReportDict:
+def _gate_worker(
+    name: str,
+    paths: dict[str, str],
+    quantizers: Sequence[str],
+    out: str,
+    device: str,
+    results_dir: str | None,
+    own_rows_first: bool,
+) -> ReportDict:
     """One model's gate in a worker process, on one CPU thread (prints its own progress lines)."""
     from ..cache import ResultCache
     from ..scaleout.workers import set_torch_threads
     from .family import progress_printer
 
     set_torch_threads(1)
-    return _gate(name, paths, quantizers, Path(out), device, ResultCache(results_dir), progress_printer(None), own_rows_first)
+    return _gate(
+        name, paths, quantizers, Path(out), device, ResultCache(results_dir), progress_printer(None), own_rows_first
+    )
 
 
-def _gate_all(models: Sequence[str], quantizers: Sequence[str], out: Path, device: str, results_dir: Any, cache_dir: Any,
-              recipe: Any, say: Progress) -> dict[str, ReportDict]:
+def _gate_all(
+    models: Sequence[str],
+    quantizers: Sequence[str],
+    out: Path,
+    device: str,
+    results_dir: Any,
+    cache_dir: Any,
+    recipe: Any,
+    say: Progress,
+) -> dict[str, ReportDict]:
     """Gate every demo model, on one CPU thread per process. Why one thread: on a 2-core machine
     shared with other work, a 2-thread torch process stalls at every step (one evaluation of the
     demo target took 136 s with 2 threads, 15 s with 1, measured here under load). On CPU with two
@@ -116,9 +150,19 @@ def _gate_all(models: Sequence[str], quantizers: Sequence[str], out: Path, devic
         from concurrent.futures import ProcessPoolExecutor
 
         with ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {name: pool.submit(_gate_worker, name, paths[name], tuple(quantizers), str(out), device,
-                                         None if results_dir is None else str(results_dir), i % 2 == 1)
-                       for i, name in enumerate(models)}
+            futures = {
+                name: pool.submit(
+                    _gate_worker,
+                    name,
+                    paths[name],
+                    tuple(quantizers),
+                    str(out),
+                    device,
+                    None if results_dir is None else str(results_dir),
+                    i % 2 == 1,
+                )
+                for i, name in enumerate(models)
+            }
             return {name: f.result() for name, f in futures.items()}
     with torch_threads(1 if device == "cpu" else None):
         cache = ResultCache(results_dir)
@@ -182,27 +226,39 @@ def print_outcome(reports: Mapping[str, ReportDict], recipe: Any, out: Path, sec
         for line, _ in resolution_lines(reports[name]):
             print(line.removeprefix("unlearn-assert: "), flush=True)
         print(demo_table(reports[name], sure=sure[name]), flush=True)
-    print("\n(values: unlearned model, q(T) = the target under the same quantizer; vm / km / utility / privleak: the "
-          "gate's verdict of each check; * = the items the demo judges, the others are reported)", flush=True)
+    print(
+        "\n(values: unlearned model, q(T) = the target under the same quantizer; vm / km / utility / privleak: the "
+        "gate's verdict of each check; * = the items the demo judges, the others are reported)",
+        flush=True,
+    )
     note = next((n for n in (privleak_note(reports[name]) for name in models) if n), None)
     if note:
-        print(note.removeprefix("unlearn-assert: ") + " The demo does not judge privleak (docs/demo-regime.md, "
-              "section 5).", flush=True)
+        print(
+            note.removeprefix("unlearn-assert: ") + " The demo does not judge privleak (docs/demo-regime.md, "
+            "section 5).",
+            flush=True,
+        )
     written = ", ".join(str(out / f"{n}.{ext}") for n in models for ext in ("json", "html"))
     print(f"wrote {written} ({seconds:.0f} s)", flush=True)
     shown = all(judge(reports[name], sure=sure[name])[0] for name in models)
-    print("demo: the gate fails the plain model under 4-bit quantization and passes the SURE model: the contrast "
-          "showed (exit 0)" if shown else "demo: the expected contrast did NOT show (see the headlines above; exit 1)",
-          flush=True)
+    print(
+        "demo: the gate fails the plain model under 4-bit quantization and passes the SURE model: the contrast "
+        "showed (exit 0)"
+        if shown
+        else "demo: the expected contrast did NOT show (see the headlines above; exit 1)",
+        flush=True,
+    )
 
 
 def add_demo_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``demo`` subcommand to an ``add_subparsers()`` object; its ``func`` is :func:`cmd_demo`."""
     p = subparsers.add_parser(
         "demo",
-        help="build the demo family (once) and show the paper's result: the gate fails a plain unlearned model, passes its SURE variant",
+        help="build the demo family (once) and show the paper's result: the gate fails a plain unlearned model, passes "
+        "its SURE variant",
         description="Builds (once, cached) a fictitious-news corpus, a tiny Llama that knows it, a retrain model and "
-        "unlearned models, then gates the plain and the SURE model under 4- and 8-bit quantizers (and the relearn-forget-50 "
+        "unlearned models, then gates the plain and the SURE model under 4- and 8-bit quantizers (and the "
+        "relearn-forget-50 "
         "attack, reported) with the default budget. "
         "Writes DIR/<model>.json and DIR/<model>.html. Exit code 0 when the plain model fails the 4-bit budget and the "
         "SURE model passes it.",
@@ -210,8 +266,12 @@ def add_demo_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"report directory (default: ./{DEFAULT_OUT})")
     p.add_argument("--rebuild", action="store_true", help="rebuild the demo family even if it is cached")
     p.add_argument("--device", default="cpu", help="device to evaluate on (default: cpu, where the family is built)")
-    p.add_argument("--cache-dir", default=None, metavar="DIR",
-                   help="root of the demo family cache (default: $UNLEARN_ASSERT_DEMO_CACHE or ~/.cache/unlearn-assert/demo)")
+    p.add_argument(
+        "--cache-dir",
+        default=None,
+        metavar="DIR",
+        help="root of the demo family cache (default: $UNLEARN_ASSERT_DEMO_CACHE or ~/.cache/unlearn-assert/demo)",
+    )
     p.set_defaults(func=cmd_demo)
     return p
 

@@ -28,4 +28,17 @@ from .sources import Applied, Source
 from .verdicts import Verdict
 from .views import GateView
 
-__all__ = ["Applied", "Figures", "Gate", "GateView", "Inputs", "Report", "Row", "Source", "Verdict", "build_report", "gate", "precheck"]
+__all__ = [
+    "Applied",
+    "Figures",
+    "Gate",
+    "GateView",
+    "Inputs",
+    "Report",
+    "Row",
+    "Source",
+    "Verdict",
+    "build_report",
+    "gate",
+    "precheck",
+]

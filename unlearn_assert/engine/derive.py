@@ -55,8 +55,18 @@ from .rows import Row, RowKey
 if TYPE_CHECKING:  # pragma: no cover
     from ..benchmark.base import Benchmark
 
-__all__ = ["Bootstrap", "Figures", "Interval", "Resolution", "bootstrap_of", "clear_memo", "figures", "figures_from_values",
-           "recovery", "resolution"]
+__all__ = [
+    "Bootstrap",
+    "Figures",
+    "Interval",
+    "Resolution",
+    "bootstrap_of",
+    "clear_memo",
+    "figures",
+    "figures_from_values",
+    "recovery",
+    "resolution",
+]
 
 #: metric -> value (None: not measured or undefined)
 Values = Mapping[str, float | None]
@@ -169,8 +179,12 @@ def recovery(q_value: float, u_value: float, t_value: float, spec: MetricSpec | 
     return (q_value - u_value) / (t_value - u_value)
 
 
-def _recoveries(values: Mapping[RowKey, Values], variants: Iterable[str], forget: Sequence[MetricSpec],
-                baselines: Mapping[str, Mapping[str, tuple[float | None, float | None]]] | None = None) -> dict[str, dict[str, float | None]]:
+def _recoveries(
+    values: Mapping[RowKey, Values],
+    variants: Iterable[str],
+    forget: Sequence[MetricSpec],
+    baselines: Mapping[str, Mapping[str, tuple[float | None, float | None]]] | None = None,
+) -> dict[str, dict[str, float | None]]:
     t_fp, u_fp = values.get(("target", FP), {}), values.get(("unlearned", FP), {})
     out: dict[str, dict[str, float | None]] = {}
     for variant in variants:
@@ -185,7 +199,9 @@ def _recoveries(values: Mapping[RowKey, Values], variants: Iterable[str], forget
     return out
 
 
-def _utilities(values: Mapping[RowKey, Values], variants: Iterable[str], utility: Sequence[MetricSpec]) -> dict[str, dict[str, float | None]]:
+def _utilities(
+    values: Mapping[RowKey, Values], variants: Iterable[str], utility: Sequence[MetricSpec]
+) -> dict[str, dict[str, float | None]]:
     out: dict[str, dict[str, float | None]] = {}
     for variant in variants:
         out[variant] = {}
@@ -254,25 +270,31 @@ def _paired(metric: str, rows: Sequence[Row], split: str | None = None) -> list[
         raise UnlearnAssertError(
             f"cannot pair the {what} items of {rows[0].role}:{rows[0].variant} and {row.role}:{row.variant}: "
             f"they scored different items ({len(first_ids)} vs {len(g[0])}, or in another order); "
-            "rerun with --unlearn-no-cache")
+            "rerun with --unlearn-no-cache"
+        )
     return out
 
 
 # Each interval is a pure function of its scores, estimate and bootstrap: computed once per process
 # (every item of a gate derives the figures of its own rows, and the report those of all rows).
 @lru_cache(maxsize=2048)
-def _difference(a: tuple[float, ...], b: tuple[float, ...], key: str, estimate: float | None, boot: Bootstrap) -> Interval:
+def _difference(
+    a: tuple[float, ...], b: tuple[float, ...], key: str, estimate: float | None, boot: Bootstrap
+) -> Interval:
     return paired_difference_ci(a, b, key=key, estimate=estimate, **_paired_opts(boot))
 
 
 @lru_cache(maxsize=2048)
-def _recovery(q: tuple[float, ...], u: tuple[float, ...], t: tuple[float, ...], key: str, estimate: float | None,
-              boot: Bootstrap) -> Interval:
+def _recovery(
+    q: tuple[float, ...], u: tuple[float, ...], t: tuple[float, ...], key: str, estimate: float | None, boot: Bootstrap
+) -> Interval:
     return paired_recovery_ci(q, u, t, key=key, estimate=estimate, **_paired_opts(boot))
 
 
 @lru_cache(maxsize=2048)
-def _ratio(num: tuple[float, ...], den: tuple[float, ...], key: str, estimate: float | None, boot: Bootstrap) -> Interval:
+def _ratio(
+    num: tuple[float, ...], den: tuple[float, ...], key: str, estimate: float | None, boot: Bootstrap
+) -> Interval:
     return paired_ratio_ci(num, den, key=key, estimate=estimate, **_paired_opts(boot))
 
 
@@ -300,10 +322,17 @@ def _oriented(scores: Sequence[tuple[float, ...]], spec: MetricSpec) -> list[tup
     return list(scores) if spec.higher_remembers else [tuple(-x for x in col) for col in scores]
 
 
-def _intervals(by_key: Mapping[RowKey, Row], values: Mapping[RowKey, Values], rec: Mapping[str, Mapping[str, float | None]],
-               utility: Mapping[str, Mapping[str, float | None]], benchmark: Benchmark, variants: Sequence[str],
-               boot: Bootstrap) -> dict[str, Any]:
-    """Every forget and utility interval the rows allow (see :class:`Figures`), each from the rows it is made of only."""
+def _intervals(
+    by_key: Mapping[RowKey, Row],
+    values: Mapping[RowKey, Values],
+    rec: Mapping[str, Mapping[str, float | None]],
+    utility: Mapping[str, Mapping[str, float | None]],
+    benchmark: Benchmark,
+    variants: Sequence[str],
+    boot: Bootstrap,
+) -> dict[str, Any]:
+    """Every forget and utility interval the rows allow (see :class:`Figures`), each from the rows it is made of
+    only."""
     specs = benchmark.metrics
     u_fp, t_fp = by_key.get(("unlearned", FP)), by_key.get(("target", FP))
     drop_ci: dict[str, Interval] = {}
@@ -348,8 +377,9 @@ def _intervals(by_key: Mapping[RowKey, Row], values: Mapping[RowKey, Values], re
     return {"drop_ci": drop_ci, "recovery_ci": recovery_ci, "utility_ci": utility_ci, "n": n}
 
 
-def _privacy(by_key: Mapping[RowKey, Row], values: dict[RowKey, dict[str, float | None]], benchmark: Benchmark,
-             boot: Bootstrap) -> tuple[dict[str, tuple[float | None, str]], dict[str, dict[RowKey, Interval]], dict[str, int]]:
+def _privacy(
+    by_key: Mapping[RowKey, Row], values: dict[RowKey, dict[str, float | None]], benchmark: Benchmark, boot: Bootstrap
+) -> tuple[dict[str, tuple[float | None, str]], dict[str, dict[RowKey, Interval]], dict[str, int]]:
     """Each privacy metric of every row against its reference (into ``values``), and the paired intervals of
     U's rows (the judged ones; a reference row's own interval is not)."""
     references: dict[str, tuple[float | None, str]] = {}
@@ -398,10 +428,23 @@ def figures(rows: Iterable[Row], benchmark: Benchmark, bootstrap: Bootstrap | No
         for spec in forget:
             tv, uv = values[("target", FP)].get(spec.name), values[("unlearned", FP)].get(spec.name)
             drop = None if tv is None or uv is None else removed(spec, tv, uv)
-            res[spec.name] = resolution(spec.name, drop, extra.get("drop_ci", {}).get(spec.name), extra.get("n", {}).get(spec.name, 0))
+            res[spec.name] = resolution(
+                spec.name, drop, extra.get("drop_ci", {}).get(spec.name), extra.get("n", {}).get(spec.name, 0)
+            )
     rules = {s.name: benchmark.privacy(s.name) for s in specs if s.role == "privacy"}
-    return Figures(values=values, recovery=rec, reference=references, utility=utility, privacy_ci=privacy_ci, resolution=res,
-                   bootstrap=boot, baselines=baselines, specs=specs, rules=rules, **extra)
+    return Figures(
+        values=values,
+        recovery=rec,
+        reference=references,
+        utility=utility,
+        privacy_ci=privacy_ci,
+        resolution=res,
+        bootstrap=boot,
+        baselines=baselines,
+        specs=specs,
+        rules=rules,
+        **extra,
+    )
 
 
 def _subset_mean(row: Row | None, metric: str, ids: Iterable[int]) -> float | None:
@@ -415,7 +458,9 @@ def _subset_mean(row: Row | None, metric: str, ids: Iterable[int]) -> float | No
     return sum(float(s) for s in picked if s is not None) / len(picked)
 
 
-def _baselines(by_key: Mapping[RowKey, Row], forget: Sequence[MetricSpec]) -> dict[str, dict[str, tuple[float | None, float | None]]]:
+def _baselines(
+    by_key: Mapping[RowKey, Row], forget: Sequence[MetricSpec]
+) -> dict[str, dict[str, tuple[float | None, float | None]]]:
     """For each variant whose rows were measured on part of the forget items, m(U) and m(T) in full
     precision on those items (see the module docstring)."""
     out: dict[str, dict[str, tuple[float | None, float | None]]] = {}
@@ -425,13 +470,20 @@ def _baselines(by_key: Mapping[RowKey, Row], forget: Sequence[MetricSpec]) -> di
         split = (row.details or {}).get("split") if variant != FP else None
         if not split or variant in out:
             continue
-        out[variant] = {m: (_subset_mean(u_fp, m, ids), _subset_mean(t_fp, m, ids))
-                        for m, ids in split.get("evaluated", {}).items() if m in names}
+        out[variant] = {
+            m: (_subset_mean(u_fp, m, ids), _subset_mean(t_fp, m, ids))
+            for m, ids in split.get("evaluated", {}).items()
+            if m in names
+        }
     return out
 
 
-def figures_from_values(values: Mapping[RowKey, Values], specs: Sequence[MetricSpec] | None = None,
-                        reference: Mapping[str, tuple[float | None, str]] | None = None, **intervals: Any) -> Figures:
+def figures_from_values(
+    values: Mapping[RowKey, Values],
+    specs: Sequence[MetricSpec] | None = None,
+    reference: Mapping[str, tuple[float | None, str]] | None = None,
+    **intervals: Any,
+) -> Figures:
     """Figures from metric values given directly (privacy metrics already against their reference):
     hand-computed cases. ``specs``: the benchmark's metrics (MUSE's by default); ``intervals`` (``drop_ci=``,
     ``recovery_ci=``, ...) are given directly too."""
@@ -442,6 +494,12 @@ def figures_from_values(values: Mapping[RowKey, Values], specs: Sequence[MetricS
     variants = [variant for role, variant in values if role == "unlearned" and variant != FP]
     forget = [s for s in specs if s.role == "forget"]
     references = dict(reference or {s.name: (DEFAULT_REFERENCE_AUC, "default") for s in specs if s.role == "privacy"})
-    return Figures(values=dict(values), recovery=_recoveries(values, variants, forget), reference=references,
-                   utility=_utilities(values, [FP, *variants], [s for s in specs if s.role == "utility"]), specs=specs, rules=rules,
-                   **intervals)
+    return Figures(
+        values=dict(values),
+        recovery=_recoveries(values, variants, forget),
+        reference=references,
+        utility=_utilities(values, [FP, *variants], [s for s in specs if s.role == "utility"]),
+        specs=specs,
+        rules=rules,
+        **intervals,
+    )

@@ -39,5 +39,10 @@ class Footprint:
         return None if self.tokens is None else 2.0 * self.params * self.tokens * self.rows
 
     def to_dict(self) -> dict[str, Any]:
-        return {"params": self.params, "weight_bytes": self.weight_bytes, "rows": self.rows,
-                "tokens_per_row": self.tokens, "gflop": None if self.flops is None else round(self.flops / 1e9, 1)}
+        return {
+            "params": self.params,
+            "weight_bytes": self.weight_bytes,
+            "rows": self.rows,
+            "tokens_per_row": self.tokens,
+            "gflop": None if self.flops is None else round(self.flops / 1e9, 1),
+        }

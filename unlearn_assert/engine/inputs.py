@@ -41,7 +41,9 @@ def _silent(_: str) -> None:
 class Inputs:
     """What the rows of one run are computed from, each resolved once and only when first needed."""
 
-    def __init__(self, run: RunConfig, cache: ResultCache, progress: Progress | None = None, device: str | None = None) -> None:
+    def __init__(
+        self, run: RunConfig, cache: ResultCache, progress: Progress | None = None, device: str | None = None
+    ) -> None:
         if not run.enabled:
             raise ConfigError("a gate needs a model; pass --unlearn-model (or model= to unlearn_assert.gate)")
         self.run = run
@@ -142,8 +144,14 @@ class Inputs:
             from ..models import check_compatible, load_model
 
             start = time.perf_counter()
-            loaded = load_model(str(self.path(role)), device=self.device, dtype=self.run.dtype, allow_pickle=self.run.allow_pickle,
-                                known_fingerprint=self.fingerprint(role), device_map=self.run.device_map)
+            loaded = load_model(
+                str(self.path(role)),
+                device=self.device,
+                dtype=self.run.dtype,
+                allow_pickle=self.run.allow_pickle,
+                known_fingerprint=self.fingerprint(role),
+                device_map=self.run.device_map,
+            )
             self._fps[role] = loaded.fingerprint
             if role != "target":
                 check_compatible(self.model("target"), loaded, role=role)
@@ -173,9 +181,14 @@ def _writable_file(option: str, raw: str) -> None:
     path = user_path(raw)
     parent = path.parent if str(path.parent) else Path(".")
     if path.is_dir():
-        raise ConfigError(f"{opt.cli}: '{raw}' is a directory; give a file path such as {raw.rstrip('/')}/report.{opt.name}")
+        raise ConfigError(
+            f"{opt.cli}: '{raw}' is a directory; give a file path such as {raw.rstrip('/')}/report.{opt.name}"
+        )
     if path.exists() and not path.is_file():  # a report replaces its file: never a device (/dev/null), FIFO or socket
-        raise ConfigError(f"{opt.cli}: '{raw}' is not a regular file; give the path of a report file to write, or leave the option out")
+        raise ConfigError(
+            f"{opt.cli}: '{raw}' is not a regular file; give the path of a report file to write, or leave the option "
+            "out"
+        )
     if parent.exists() and not parent.is_dir():
         raise ConfigError(f"{opt.cli}: '{parent}' in '{raw}' is a file, not a directory; choose another path")
     if not parent.is_dir():
@@ -194,14 +207,21 @@ def _check_device(device: str) -> None:
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
             build = "a CPU-only torch build" if torch.version.cuda is None else "no CUDA device is visible"
-            raise ConfigError(f"--unlearn-device: '{device}' was requested but CUDA is not available ({build}); "
-                              "use --unlearn-device=cpu or auto, or run on a machine with a GPU")
+            raise ConfigError(
+                f"--unlearn-device: '{device}' was requested but CUDA is not available ({build}); "
+                "use --unlearn-device=cpu or auto, or run on a machine with a GPU"
+            )
         index, count = int(device.partition(":")[2] or 0), torch.cuda.device_count()
         if index >= count:
-            raise ConfigError(f"--unlearn-device: '{device}' does not exist; this machine has {count} CUDA device(s), "
-                              f"cuda:0 to cuda:{count - 1} (check CUDA_VISIBLE_DEVICES)")
+            raise ConfigError(
+                f"--unlearn-device: '{device}' does not exist; this machine has {count} CUDA device(s), "
+                f"cuda:0 to cuda:{count - 1} (check CUDA_VISIBLE_DEVICES)"
+            )
     elif device == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("--unlearn-device: 'mps' was requested but Apple's MPS backend is not available; use --unlearn-device=cpu or auto")
+        raise ConfigError(
+            "--unlearn-device: 'mps' was requested but Apple's MPS backend is not available; use --unlearn-device=cpu "
+            "or auto"
+        )
 
 
 def _check_cache_dir(raw: str) -> None:
@@ -216,10 +236,16 @@ def _check_cache_dir(raw: str) -> None:
         probe = probe.parent
     if not probe.is_dir():
         where = f"'{raw}' is a file" if probe == path else f"'{probe}' (on the way to '{raw}') is a file"
-        raise ConfigError(f"{cli}: {where}, not a directory; pass a directory for cached results (it is created if missing), or --unlearn-no-cache")
+        raise ConfigError(
+            f"{cli}: {where}, not a directory; pass a directory for cached results (it is created if missing), or "
+            "--unlearn-no-cache"
+        )
     if not os.access(probe, os.W_OK | os.X_OK):
         verb = "written" if probe == path else f"created in '{probe}'"
-        raise ConfigError(f"{cli}: '{raw}' cannot be {verb} (permission denied); choose a directory you can write to, or pass --unlearn-no-cache")
+        raise ConfigError(
+            f"{cli}: '{raw}' cannot be {verb} (permission denied); choose a directory you can write to, or pass "
+            "--unlearn-no-cache"
+        )
 
 
 def _precheck_relearn(run: RunConfig, benchmark: Any, data: Any) -> None:
@@ -230,14 +256,18 @@ def _precheck_relearn(run: RunConfig, benchmark: Any, data: Any) -> None:
 
     attacks = [parse_attack_id(v) for v in run.variant_ids if is_attack_id(v)]
     if attacks and run.device_map is not None:
-        raise ConfigError(f"--unlearn-quantizers: {attacks[0].id} fine-tunes a copy on one device; drop --unlearn-device-map for it")
+        raise ConfigError(
+            f"--unlearn-quantizers: {attacks[0].id} fine-tunes a copy on one device; drop --unlearn-device-map for it"
+        )
     for spec in attacks:
         try:
             if spec.corpus == "forget":
                 benchmark.relearn_split(data.limited(run.max_samples))
             elif not any(d.strip() for d in getattr(data, "raw_retain_docs", None) or ()):
-                raise DataError(f"data dir '{data.path}' has no retain text to relearn on ({RAW_RETAIN_HINT}, or TOFU's "
-                                "retain split)")
+                raise DataError(
+                    f"data dir '{data.path}' has no retain text to relearn on ({RAW_RETAIN_HINT}, or TOFU's "
+                    "retain split)"
+                )
         except DataError as exc:
             raise ConfigError(f"--unlearn-quantizers {spec.id}: {exc}") from None
 
@@ -251,8 +281,10 @@ def _precheck_budget(run: RunConfig, benchmark: Any) -> None:
     for key, variant, _ in run.budget.overrides:
         if key not in BUDGET_KEYS and key not in judged:
             where = f"{key}@{variant}" if variant else key
-            raise ConfigError(f"--unlearn-budget: '{where}' names a metric the {benchmark.name} benchmark does not judge; "
-                              f"its metrics: {', '.join(sorted(judged))}")
+            raise ConfigError(
+                f"--unlearn-budget: '{where}' names a metric the {benchmark.name} benchmark does not judge; "
+                f"its metrics: {', '.join(sorted(judged))}"
+            )
 
 
 def precheck(run: RunConfig, *, windows: bool = True) -> Footprint:
@@ -287,7 +319,9 @@ def precheck(run: RunConfig, *, windows: bool = True) -> Footprint:
         value = getattr(run, name)
         if value is None:
             if name == "target":
-                raise ConfigError("--unlearn-target is required with --unlearn-model; pass the model the unlearned one was made from")
+                raise ConfigError(
+                    "--unlearn-target is required with --unlearn-model; pass the model the unlearned one was made from"
+                )
             continue
         try:
             directory = check_model_dir(value, allow_pickle=run.allow_pickle)
@@ -308,13 +342,19 @@ def precheck(run: RunConfig, *, windows: bool = True) -> Footprint:
     from ..quant.support import check_families
     from ..variants.attacks import is_attack_id
 
-    check_families([q for q in run.variant_ids if not is_attack_id(q)], str(run.target))  # a family a backend cannot gate
+    check_families(
+        [q for q in run.variant_ids if not is_attack_id(q)], str(run.target)
+    )  # a family a backend cannot gate
     if run.lm_eval_include is not None and not user_path(run.lm_eval_include).is_dir():
-        raise ConfigError(f"--unlearn-lm-eval-include: '{run.lm_eval_include}' is not a directory; pass the folder that "
-                          "holds your lm-eval task YAMLs")
+        raise ConfigError(
+            f"--unlearn-lm-eval-include: '{run.lm_eval_include}' is not a directory; pass the folder that "
+            "holds your lm-eval task YAMLs"
+        )
     if run.data is None:
-        raise ConfigError("--unlearn-data is required with --unlearn-model; pass a data directory in a layout the gate "
-                          "reads (MUSE's, or hf:OWNER/NAME)")
+        raise ConfigError(
+            "--unlearn-data is required with --unlearn-model; pass a data directory in a layout the gate "
+            "reads (MUSE's, or hf:OWNER/NAME)"
+        )
     from ..benchmark import benchmark_for
 
     try:
@@ -329,7 +369,8 @@ def precheck(run: RunConfig, *, windows: bool = True) -> Footprint:
     calibrated = needs_calibration([q for q in run.variant_ids if not is_attack_id(q)])
     if calibrated and run.calibration is None and calibration_from_data(data) is None:
         raise ConfigError(
-            f"--unlearn-quantizers: {', '.join(calibrated)} calibrate on text, and data dir '{run.data}' has no raw retain text "
+            f"--unlearn-quantizers: {', '.join(calibrated)} calibrate on text, and data dir '{run.data}' has no raw "
+            "retain text "
             f"({RAW_RETAIN_HINT}) or privleak retain texts; pass --unlearn-calibration=FILE"
         )
     for name in ("json", "html"):

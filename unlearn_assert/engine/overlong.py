@@ -31,8 +31,15 @@ from ..errors import ConfigError
 if TYPE_CHECKING:  # pragma: no cover
     from ..benchmark.base import Benchmark, Context
 
-__all__ = ["MARGIN", "ContextCheck", "FileTokenizer", "check_contexts", "context_window_of", "counting_tokenizer",
-           "run_window"]
+__all__ = [
+    "MARGIN",
+    "ContextCheck",
+    "FileTokenizer",
+    "check_contexts",
+    "context_window_of",
+    "counting_tokenizer",
+    "run_window",
+]
 
 #: Tokens either side of the window within which a count from tokenizer.json alone is not trusted to decide
 #: (special tokens transformers adds or drops: one or two per sequence; the rest is headroom).
@@ -111,8 +118,14 @@ class FileTokenizer:
         eos = _special_token(folder, "eos_token")
         self.eos_token_id = self._tokenizer.token_to_id(eos) if eos is not None else None
 
-    def __call__(self, texts: str | Sequence[str], add_special_tokens: bool = True, max_length: int | None = None,
-                 truncation: bool = False, **_: Any) -> dict[str, Any]:
+    def __call__(
+        self,
+        texts: str | Sequence[str],
+        add_special_tokens: bool = True,
+        max_length: int | None = None,
+        truncation: bool = False,
+        **_: Any,
+    ) -> dict[str, Any]:
         single = isinstance(texts, str)
         batch = [texts] if isinstance(texts, str) else list(texts)
         ids = [e.ids for e in self._tokenizer.encode_batch(batch, add_special_tokens=add_special_tokens)]
@@ -165,13 +178,19 @@ def _describe(c: Context) -> str:
 def _problem(c: Context, window: int, where: str) -> str:
     """One line for the first sequence too long."""
     if c.new_tokens:
-        length = (f"is {c.tokens:,} tokens, and with the {c.new_tokens} tokens generated after it that is beyond "
-                  f"the model's context window of {window:,} tokens ({where})")
+        length = (
+            f"is {c.tokens:,} tokens, and with the {c.new_tokens} tokens generated after it that is beyond "
+            f"the model's context window of {window:,} tokens ({where})"
+        )
         if c.new_tokens >= window:
-            return (f"{_describe(c)} {length}; the window cannot even hold the generated tokens, so no truncation "
-                    "helps: use a model with a longer context window")
-        fix = (f"or pass --unlearn-overlong=truncate to keep its last {window - c.new_tokens:,} tokens (as MUSE and "
-               "lm-eval cut a prompt)")
+            return (
+                f"{_describe(c)} {length}; the window cannot even hold the generated tokens, so no truncation "
+                "helps: use a model with a longer context window"
+            )
+        fix = (
+            f"or pass --unlearn-overlong=truncate to keep its last {window - c.new_tokens:,} tokens (as MUSE and "
+            "lm-eval cut a prompt)"
+        )
     else:
         length = f"is {c.tokens:,} tokens, beyond the model's context window of {window:,} tokens ({where})"
         end = "first" if c.keep == "start" else "last"

@@ -93,7 +93,9 @@ class Report:
 
 def _calibration_info(rows: Iterable[Row]) -> dict[str, Any] | None:
     """The calibration GPTQ/AWQ rows were computed with, as recorded on the rows (None without them)."""
-    return next((r.details["calibration"] for r in rows if r.details is not None and r.details.get("calibration")), None)
+    return next(
+        (r.details["calibration"] for r in rows if r.details is not None and r.details.get("calibration")), None
+    )
 
 
 def _artifact_methods(run: RunConfig) -> dict[str, dict[str, Any]]:
@@ -102,7 +104,9 @@ def _artifact_methods(run: RunConfig) -> dict[str, dict[str, Any]]:
     return {a.name: {"path": a.path, "method": quant_method(a.path)} for a in run.artifacts}
 
 
-def provenance(run: RunConfig, fingerprints: dict[str, str], data: Any, calibration: dict[str, Any] | None = None) -> Provenance:
+def provenance(
+    run: RunConfig, fingerprints: dict[str, str], data: Any, calibration: dict[str, Any] | None = None
+) -> Provenance:
     """What the numbers depend on: versions, machine, inputs (with content hashes), budgets, settings."""
     import torch
 
@@ -114,26 +118,47 @@ def provenance(run: RunConfig, fingerprints: dict[str, str], data: Any, calibrat
         if not path:
             models[role] = None
         elif role == "unlearned" and run.model_spec:  # demo:NAME: what the user wrote, and where it lives
-            models[role] = cast(ModelRef, {"path": run.model_spec, "fingerprint": fingerprints.get(role), "directory": path})
+            models[role] = cast(
+                ModelRef, {"path": run.model_spec, "fingerprint": fingerprints.get(role), "directory": path}
+            )
         else:
             models[role] = {"path": path, "fingerprint": fingerprints.get(role)}
-    return cast(Provenance, {
-        "unlearn_assert": __version__,
-        "torch": _version("torch"),
-        "transformers": _version("transformers"),
-        "python": platform.python_version(),
-        "backends": {name: _version(name) for name in BACKEND_LIBRARIES},
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "cpu_count": os.cpu_count(), "cuda": cuda, "cpu": compute_info()},
-        "models": models,
-        "data": {"path": run.data, "fingerprint": data.fingerprint if data is not None else None,
-                 "counts": data.counts() if data is not None else {}},
-        "budgets": run.budget.to_dict(),
-        "settings": {"device": run.device, "dtype": run.dtype, "batch_size": run.batch_size, "verdict": run.verdict,
-                     "max_samples": run.max_samples, "overlong": run.overlong, "quantizers": list(run.variants),
-                     "calibration": calibration, "quantized_checkpoints": _artifact_methods(run)},
-        "argv": sys.argv[1:],
-    })
+    return cast(
+        Provenance,
+        {
+            "unlearn_assert": __version__,
+            "torch": _version("torch"),
+            "transformers": _version("transformers"),
+            "python": platform.python_version(),
+            "backends": {name: _version(name) for name in BACKEND_LIBRARIES},
+            "machine": {
+                "platform": platform.platform(),
+                "processor": platform.processor() or platform.machine(),
+                "cpu_count": os.cpu_count(),
+                "cuda": cuda,
+                "cpu": compute_info(),
+            },
+            "models": models,
+            "data": {
+                "path": run.data,
+                "fingerprint": data.fingerprint if data is not None else None,
+                "counts": data.counts() if data is not None else {},
+            },
+            "budgets": run.budget.to_dict(),
+            "settings": {
+                "device": run.device,
+                "dtype": run.dtype,
+                "batch_size": run.batch_size,
+                "verdict": run.verdict,
+                "max_samples": run.max_samples,
+                "overlong": run.overlong,
+                "quantizers": list(run.variants),
+                "calibration": calibration,
+                "quantized_checkpoints": _artifact_methods(run),
+            },
+            "argv": sys.argv[1:],
+        },
+    )
 
 
 def _order(run: RunConfig) -> list[RowKey]:
@@ -148,8 +173,21 @@ def _order(run: RunConfig) -> list[RowKey]:
 
 #: What a report row shows of a row besides the derived figures (its per-item records go to the report's
 #: ``samples``, its extras and fingerprint stay in the cache).
-REPORTED_ROW_KEYS = ("model", "quantizer", "code_agreement", "changed_fraction", "small_delta_fraction", "quant", "auc",
-                     "attack_aucs", "dtype", "status", "skip_reason", "cached", "seconds")
+REPORTED_ROW_KEYS = (
+    "model",
+    "quantizer",
+    "code_agreement",
+    "changed_fraction",
+    "small_delta_fraction",
+    "quant",
+    "auc",
+    "attack_aucs",
+    "dtype",
+    "status",
+    "skip_reason",
+    "cached",
+    "seconds",
+)
 
 
 def _report_row(row: Row, figs: Figures) -> RowDict:
@@ -187,15 +225,28 @@ def _resolution(run: RunConfig, figs: Figures) -> dict[str, ResolutionDict]:
     out: dict[str, ResolutionDict] = {}
     for m, res in figs.resolution.items():
         budget = min((run.budget.recovery_for(m, q) for q in run.variants), default=run.budget.recovery_for(m, FP))
-        out[m] = {"recovery": res.recovery, "drop": res.drop, "drop_ci": res.drop_ci.as_list() if res.drop_ci else None,
-                  "n": res.n, "confidence": figs.bootstrap.confidence, "budget": budget,
-                  "exceeds_budget": res.recovery is None or res.recovery > budget}
+        out[m] = {
+            "recovery": res.recovery,
+            "drop": res.drop,
+            "drop_ci": res.drop_ci.as_list() if res.drop_ci else None,
+            "n": res.n,
+            "confidence": figs.bootstrap.confidence,
+            "budget": budget,
+            "exceeds_budget": res.recovery is None or res.recovery > budget,
+        }
     return out
 
 
-def build_report(run: RunConfig, rows: Iterable[Row], verdicts: Iterable[Verdict], *, data: Any,
-                 fingerprints: dict[str, str] | None = None, execution: list[dict[str, Any]] | None = None,
-                 benchmark: Benchmark | None = None) -> Report:
+def build_report(
+    run: RunConfig,
+    rows: Iterable[Row],
+    verdicts: Iterable[Verdict],
+    *,
+    data: Any,
+    fingerprints: dict[str, str] | None = None,
+    execution: list[dict[str, Any]] | None = None,
+    benchmark: Benchmark | None = None,
+) -> Report:
     """The report of ``rows`` and ``verdicts`` (in any order; they are sorted here). ``fingerprints``
     by role default to those the rows carry; ``execution``: how each process of the run used the
     machine (xdist workers: threads, device), recorded in the provenance; ``benchmark``: the run's
@@ -222,17 +273,25 @@ def build_report(run: RunConfig, rows: Iterable[Row], verdicts: Iterable[Verdict
     for metric, rule in figs.rules.items():
         prov[f"{metric}_reference"] = rule.reference_record(*figs.reference[metric])  # type: ignore[literal-required]
     if benchmark.name != "muse":  # absent means MUSE: every report made before there were other benchmarks
-        prov["benchmark"] = {"name": benchmark.name, "metrics": [m.to_dict() for m in benchmark.metrics],
-                             "settings": dict(benchmark.settings), **benchmark.record(data)}
+        prov["benchmark"] = {
+            "name": benchmark.name,
+            "metrics": [m.to_dict() for m in benchmark.metrics],
+            "settings": dict(benchmark.settings),
+            **benchmark.record(data),
+        }
     if execution:
         prov["execution"] = execution
     prov["bootstrap"] = cast(BootstrapInfo, figs.bootstrap.to_dict())
-    return Report(provenance=prov, rows=out_rows, verdicts=sorted(verdicts, key=lambda v: _verdict_order(run, v)),
-                  samples=samples, created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                  resolution=_resolution(run, figs))
+    return Report(
+        provenance=prov,
+        rows=out_rows,
+        verdicts=sorted(verdicts, key=lambda v: _verdict_order(run, v)),
+        samples=samples,
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        resolution=_resolution(run, figs),
+    )
 
 
 def _verdict_order(run: RunConfig, v: Verdict) -> tuple[int, str]:
     variants: Sequence[str] = [FP, *run.variants]
     return (variants.index(v.variant) if v.variant in variants else len(variants), v.item)
-

@@ -91,25 +91,46 @@ class Row:
 
     @classmethod
     def skipped(cls, role: Role, variant: str, exc: BackendUnavailable, seconds: float, metrics: Sequence[str]) -> Row:
-        return cls(role=role, variant=variant, status="skipped", skip_reason=str(exc), install=exc.install,
-                   values=dict.fromkeys(metrics), seconds=seconds)
+        return cls(
+            role=role,
+            variant=variant,
+            status="skipped",
+            skip_reason=str(exc),
+            install=exc.install,
+            values=dict.fromkeys(metrics),
+            seconds=seconds,
+        )
 
     @classmethod
-    def measured(cls, role: Role, variant: str, evaluation: dict[str, Any], details: dict[str, Any] | None, seconds: float,
-                 dtype: str | None, metrics: Sequence[str]) -> Row:
+    def measured(
+        cls,
+        role: Role,
+        variant: str,
+        evaluation: dict[str, Any],
+        details: dict[str, Any] | None,
+        seconds: float,
+        dtype: str | None,
+        metrics: Sequence[str],
+    ) -> Row:
         """A row from :meth:`unlearn_assert.metrics.Evaluation.to_dict` output and the source's details; ``metrics``:
         the benchmark's metric names, the row's values in that order."""
         extras = evaluation.get("extras", {})
         details = details or None
         return cls(
-            role=role, variant=variant,
+            role=role,
+            variant=variant,
             values={m: evaluation["values"].get(m) for m in metrics},
-            ci=evaluation.get("ci", {}), auc=extras.get("auc"), attack_aucs=extras.get("attack_aucs"), extras=extras,
-            samples=evaluation.get("samples", {}), details=details,
+            ci=evaluation.get("ci", {}),
+            auc=extras.get("auc"),
+            attack_aucs=extras.get("attack_aucs"),
+            extras=extras,
+            samples=evaluation.get("samples", {}),
+            details=details,
             code_agreement=details.get("code_agreement") if details else None,
             changed_fraction=details.get("changed_fraction") if details else None,
             small_delta_fraction=details.get("small_delta_fraction") if details else None,
-            seconds=seconds, dtype=dtype,
+            seconds=seconds,
+            dtype=dtype,
         )
 
 
@@ -126,9 +147,19 @@ def measurement_key(kind: str, model_fingerprint: str, compute_dtype: str, input
     ``--unlearn-dtype auto`` resolves per machine (bf16 where the CPU has it, else float32), and a cache may
     be shared between machines."""
     run = inputs.run
-    return cache_key({"kind": kind, "model": model_fingerprint, "data": inputs.data.fingerprint, "metrics": inputs.benchmark.settings,
-                      "device": run.device, "dtype": run.dtype, "compute_dtype": compute_dtype, "batch_size": run.batch_size,
-                      **parts})
+    return cache_key(
+        {
+            "kind": kind,
+            "model": model_fingerprint,
+            "data": inputs.data.fingerprint,
+            "metrics": inputs.benchmark.settings,
+            "device": run.device,
+            "dtype": run.dtype,
+            "compute_dtype": compute_dtype,
+            "batch_size": run.batch_size,
+            **parts,
+        }
+    )
 
 
 def row_key(role: Role, source: Source | None, inputs: Inputs) -> str:
@@ -153,8 +184,9 @@ def compute_row(role: Role, source: Source | None, inputs: Inputs, handoff: Any 
     dtype = loaded.dtype
     if source is None:
         say(f"evaluate {role} fp")
-        evaluation = benchmark.measure(loaded, inputs.data, batch_size=inputs.run.batch_size,
-                                       progress=_within(say, role, variant)).to_dict()
+        evaluation = benchmark.measure(
+            loaded, inputs.data, batch_size=inputs.run.batch_size, progress=_within(say, role, variant)
+        ).to_dict()
         details = None
     else:
         say(f"quantize {role} {variant}")
@@ -162,8 +194,9 @@ def compute_row(role: Role, source: Source | None, inputs: Inputs, handoff: Any 
             with source.apply(role, inputs, handoff) as applied:
                 say(f"evaluate {role} {variant}")
                 data = inputs.data if applied.data is None else applied.data
-                evaluation = benchmark.measure(applied.view, data, batch_size=inputs.run.batch_size,
-                                               progress=_within(say, role, variant)).to_dict()
+                evaluation = benchmark.measure(
+                    applied.view, data, batch_size=inputs.run.batch_size, progress=_within(say, role, variant)
+                ).to_dict()
                 _renumber(evaluation, applied.sample_ids)
                 details, passed_on, dtype = applied.details, applied.handoff, applied.view.dtype
         except BackendUnavailable as exc:
@@ -171,7 +204,11 @@ def compute_row(role: Role, source: Source | None, inputs: Inputs, handoff: Any 
     if role == "retrain":
         inputs.release("retrain")
     row = Row.measured(role, variant, evaluation, details, time.perf_counter() - start, dtype, names)
-    say(f"{role} {variant}: " + ", ".join(f"{m} {v:.1f}" for m, v in row.values.items() if v is not None) + f" ({row.seconds:.1f} s)")
+    say(
+        f"{role} {variant}: "
+        + ", ".join(f"{m} {v:.1f}" for m, v in row.values.items() if v is not None)
+        + f" ({row.seconds:.1f} s)"
+    )
     return row, passed_on
 
 

@@ -48,11 +48,18 @@ class Gate:
     computed, for error messages), :attr:`view` (what the fixtures see: :class:`~.views.GateView`).
     """
 
-    def __init__(self, run: RunConfig, cache: ResultCache | None = None, progress: Progress | None = None,
-                 shared: str | Path | None = None, device: str | None = None) -> None:
+    def __init__(
+        self,
+        run: RunConfig,
+        cache: ResultCache | None = None,
+        progress: Progress | None = None,
+        shared: str | Path | None = None,
+        device: str | None = None,
+    ) -> None:
         self.run = run
         self.cache = cache if cache is not None else ResultCache(run.cache_dir, enabled=not run.no_cache)
-        # where computed rows go, and who claims them: the cache (also shared by concurrent runs), or this run's directory
+        # where computed rows go, and who claims them: the cache (also shared by concurrent runs), or this run's
+        # directory
         self.store, self.claims = self.cache, RowClaims(self.cache.directory) if self.cache.enabled else None
         if not self.cache.enabled and shared is not None:
             self.store, self.claims = ResultCache(Path(shared) / "rows"), RowClaims(Path(shared) / "claims")
@@ -168,8 +175,15 @@ class Gate:
 
     def build_report(self, verdicts: Iterable[Verdict], execution: list[dict[str, Any]] | None = None) -> Report:
         """The report of every row computed so far and ``verdicts``."""
-        return build_report(self.run, self._rows.values(), verdicts, data=self.inputs.data, fingerprints=self.inputs.fingerprints(),
-                            execution=execution, benchmark=self.inputs.benchmark)
+        return build_report(
+            self.run,
+            self._rows.values(),
+            verdicts,
+            data=self.inputs.data,
+            fingerprints=self.inputs.fingerprints(),
+            execution=execution,
+            benchmark=self.inputs.benchmark,
+        )
 
 
 def gate(

@@ -159,8 +159,7 @@ def _note(policy: str, passed: bool) -> str:
 
 def _undecided(straddles: str, n: int, unit: str, add: str, policy: str, passed: bool) -> str:
     """The words of an undecided item: which interval straddles which budget, on how many items."""
-    return (f"undecided: {straddles} at n={n} {unit}; "
-            f"add {add} or choose --unlearn-verdict ({_note(policy, passed)})")
+    return f"undecided: {straddles} at n={n} {unit}; add {add} or choose --unlearn-verdict ({_note(policy, passed)})"
 
 
 def _outcomes(*parts: Judgement) -> Judgement:
@@ -191,8 +190,9 @@ def _chance_text(spec: MetricSpec, u: float, chance: float | None, drop_ci: Inte
     return f", chance {chance:.1f}{at}"
 
 
-def _forgetting(variant: str, spec: MetricSpec, t: float, u: float, floor: float, figures: Figures,
-                budget: Budget, policy: str) -> Verdict:
+def _forgetting(
+    variant: str, spec: MetricSpec, t: float, u: float, floor: float, figures: Figures, budget: Budget, policy: str
+) -> Verdict:
     """A forget metric's item: in full precision the drop ``m(T) - m(U)`` (``m(U) - m(T)`` for a metric that
     grows as the model forgets) must reach the floor and its interval exclude 0 (the fp item, and the gate in
     front of every recovery item); under a variant, then, its recovery must be within budget."""
@@ -207,20 +207,34 @@ def _forgetting(variant: str, spec: MetricSpec, t: float, u: float, floor: float
     if chance is not None:  # a metric with a "nothing known" value (chance): forgetting can remove only down to it
         reachable = removed_points(spec, t, chance)
         if reachable <= 0:
-            return Verdict(name, variant, check, "failed",
-                           f"unlearning cannot be shown for {check}: the target's {_fmt(t)} is not above chance "
-                           f"({_fmt(chance)}), so the forget set shows no knowledge for unlearning to remove; check the "
-                           "target and the forget questions", value=removed, budget=floor, ci=drop_bounds, policy=policy,
-                           figure="drop")
+            return Verdict(
+                name,
+                variant,
+                check,
+                "failed",
+                f"unlearning cannot be shown for {check}: the target's {_fmt(t)} is not above chance "
+                f"({_fmt(chance)}), so the forget set shows no knowledge for unlearning to remove; check the "
+                "target and the forget questions",
+                value=removed,
+                budget=floor,
+                ci=drop_bounds,
+                policy=policy,
+                figure="drop",
+            )
         capped, floor = reachable < floor, min(floor, reachable)
     floor_text = _floor_text(floor, chance, capped)
     excludes_zero = drop_bounds is None or drop_bounds[0] > 0
     fp_j = judge(removed, drop_bounds, (floor, math.inf)).also(removed > 0 and excludes_zero)
-    drop_text = f"{removed:.1f} points" + ("" if drop_bounds is None else f" [{drop_bounds[0]:.1f}, {drop_bounds[1]:.1f}]")
+    drop_text = f"{removed:.1f} points" + (
+        "" if drop_bounds is None else f" [{drop_bounds[0]:.1f}, {drop_bounds[1]:.1f}]"
+    )
     models = f"target {_fmt(t)}, unlearned {_fmt(u)}" + _chance_text(spec, u, chance, drop_ci)
     unit, n = spec.items, drop_ci.n if drop_ci else 0
-    straddles = [f"{check} drop {drop_text} in full precision straddles {_floor_text(floor, chance, capped, noun=True)}"
-                 ] if fp_j.decided is False else []
+    straddles = (
+        [f"{check} drop {drop_text} in full precision straddles {_floor_text(floor, chance, capped, noun=True)}"]
+        if fp_j.decided is False
+        else []
+    )
     rec_j: Judgement | None = None
     rec_ci: Interval | None = None
     rec: float | None = None
@@ -232,8 +246,9 @@ def _forgetting(variant: str, spec: MetricSpec, t: float, u: float, floor: float
             return Verdict(name, variant, check, "skipped", f"{check} was not measured {where}")
         limit = budget.recovery_for(check, variant)
         qt = figures.value("target", variant, check)
-        detail = (f"quantized {_fmt(q)}, unlearned {_fmt(u)}, target {_fmt(t)}"
-                  + (f", quantized target {_fmt(qt)}" if qt is not None else ""))
+        detail = f"quantized {_fmt(q)}, unlearned {_fmt(u)}, target {_fmt(t)}" + (
+            f", quantized target {_fmt(qt)}" if qt is not None else ""
+        )
         if rec is not None:  # None only when nothing was removed: the fp part fails under every policy
             rec_ci = figures.recovery_ci.get(variant, {}).get(check)
             rec_j = judge(rec, _bounds(rec_ci), (-math.inf, limit))
@@ -248,8 +263,14 @@ def _forgetting(variant: str, spec: MetricSpec, t: float, u: float, floor: float
     elif not worked:
         why = ""
         if removed >= floor and removed > 0:
-            why = "; its interval includes 0" if not excludes_zero else f"; {policy}: the interval is not wholly above the floor"
-        message = f"unlearning did not work in full precision for {check}: {models}, drop {drop_text} ({floor_text}){why}"
+            why = (
+                "; its interval includes 0"
+                if not excludes_zero
+                else f"; {policy}: the interval is not wholly above the floor"
+            )
+        message = (
+            f"unlearning did not work in full precision for {check}: {models}, drop {drop_text} ({floor_text}){why}"
+        )
         if variant != FP:
             message += f"; recovery {where} is {'undefined' if removed < floor or removed <= 0 else 'not judged'}"
     elif variant == FP:
@@ -259,12 +280,36 @@ def _forgetting(variant: str, spec: MetricSpec, t: float, u: float, floor: float
         verb = "recovered" if ok else "RECOVERED"
         message = f"{check} {verb} {rec_text} of the forgetting {where} (budget {limit:.0%}): {detail}"
     if rec_j is None or not worked:  # the item was judged on the drop
-        return Verdict(name, variant, check, "passed" if ok else "failed", message, value=removed, budget=floor,
-                       ci=drop_bounds, decided=item.decided, n=drop_ci.n if drop_ci else None,
-                       degenerate=drop_ci.degenerate if drop_ci else None, policy=policy, figure="drop")
-    return Verdict(name, variant, check, "passed" if ok else "failed", message, value=rec, budget=limit,
-                   ci=_bounds(rec_ci), decided=item.decided, n=rec_ci.n if rec_ci else None,
-                   degenerate=rec_ci.degenerate if rec_ci else None, policy=policy, figure="recovery")
+        return Verdict(
+            name,
+            variant,
+            check,
+            "passed" if ok else "failed",
+            message,
+            value=removed,
+            budget=floor,
+            ci=drop_bounds,
+            decided=item.decided,
+            n=drop_ci.n if drop_ci else None,
+            degenerate=drop_ci.degenerate if drop_ci else None,
+            policy=policy,
+            figure="drop",
+        )
+    return Verdict(
+        name,
+        variant,
+        check,
+        "passed" if ok else "failed",
+        message,
+        value=rec,
+        budget=limit,
+        ci=_bounds(rec_ci),
+        decided=item.decided,
+        n=rec_ci.n if rec_ci else None,
+        degenerate=rec_ci.degenerate if rec_ci else None,
+        policy=policy,
+        figure="recovery",
+    )
 
 
 def judge_item(variant: str, check: str, figures: Figures, budget: Budget, policy: str = "point") -> Verdict:
@@ -297,9 +342,17 @@ def _utility(variant: str, check: str, spec: MetricSpec, figures: Figures, ratio
     if t is None or m is None:
         return Verdict(name, variant, check, "skipped", f"{m_name} was not measured {where}")
     if t <= 0:
-        return Verdict(name, variant, check, "passed",
-                       f"target {m_name} is {_fmt(t)}: there is no retained knowledge to lose", value=None, budget=ratio,
-                       policy=policy, figure="utility")
+        return Verdict(
+            name,
+            variant,
+            check,
+            "passed",
+            f"target {m_name} is {_fmt(t)}: there is no retained knowledge to lose",
+            value=None,
+            budget=ratio,
+            policy=policy,
+            figure="utility",
+        )
     share = m / t
     ci = figures.utility_ci.get(variant, {}).get(m_name)
     j = judge(share, _bounds(ci), (ratio, math.inf))
@@ -309,13 +362,34 @@ def _utility(variant: str, check: str, spec: MetricSpec, figures: Figures, ratio
     ci_text = "" if ci is None else f" [{_pct(ci.lo)}, {_pct(ci.hi)}]"
     numbers = f"{_fmt(m)} vs target {_fmt(t)}{context}"
     if j.decided is False and ci is not None:
-        message = _undecided(f"{m_name} {share:.0%}{ci_text} of the target's {where} straddles the {ratio:.0%} budget",
-                             ci.n, spec.items, "retain items", policy, ok) + f": {numbers}"
+        message = (
+            _undecided(
+                f"{m_name} {share:.0%}{ci_text} of the target's {where} straddles the {ratio:.0%} budget",
+                ci.n,
+                spec.items,
+                "retain items",
+                policy,
+                ok,
+            )
+            + f": {numbers}"
+        )
     else:
         message = f"{m_name} {where} is {share:.0%}{ci_text} of the target's (needs >= {ratio:.0%}): {numbers}"
-    return Verdict(name, variant, check, "passed" if ok else "failed", message, value=share, budget=ratio,
-                   ci=_bounds(ci), decided=j.decided, n=ci.n if ci else None, degenerate=ci.degenerate if ci else None,
-                   policy=policy, figure="utility")
+    return Verdict(
+        name,
+        variant,
+        check,
+        "passed" if ok else "failed",
+        message,
+        value=share,
+        budget=ratio,
+        ci=_bounds(ci),
+        decided=j.decided,
+        n=ci.n if ci else None,
+        degenerate=ci.degenerate if ci else None,
+        policy=policy,
+        figure="utility",
+    )
 
 
 def _privacy(variant: str, check: str, spec: MetricSpec, figures: Figures, budget: Budget, policy: str) -> Verdict:
@@ -332,10 +406,28 @@ def _privacy(variant: str, check: str, spec: MetricSpec, figures: Figures, budge
     ok = j.passed(policy)
     ci_text = "" if ci is None else rule.interval_text(ci)
     if j.decided is False and ci is not None:
-        message = _undecided(f"{spec.name} {rule.describe(p)}{ci_text} {where} straddles the {rule.budget_text(bound)} budget",
-                             ci.n, spec.items, spec.items, policy, ok)
+        message = _undecided(
+            f"{spec.name} {rule.describe(p)}{ci_text} {where} straddles the {rule.budget_text(bound)} budget",
+            ci.n,
+            spec.items,
+            spec.items,
+            policy,
+            ok,
+        )
     else:
         message = f"{spec.name} {where} is {rule.describe(p)}{ci_text} (budget {rule.budget_text(bound)})"
-    return Verdict(name, variant, check, "passed" if ok else "failed", message, value=p, budget=bound, ci=_bounds(ci),
-                   decided=j.decided, n=ci.n if ci else None, degenerate=ci.degenerate if ci else None, policy=policy,
-                   figure=spec.name)
+    return Verdict(
+        name,
+        variant,
+        check,
+        "passed" if ok else "failed",
+        message,
+        value=p,
+        budget=bound,
+        ci=_bounds(ci),
+        decided=j.decided,
+        n=ci.n if ci else None,
+        degenerate=ci.degenerate if ci else None,
+        policy=policy,
+        figure=spec.name,
+    )

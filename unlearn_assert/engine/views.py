@@ -80,8 +80,13 @@ class GateView:
             else:
                 name = getattr(obj, "name", obj.path)
                 self._inputs.progress(f"evaluate {name}")
-                ev = benchmark.measure(obj, self.data, metrics=list(wanted), batch_size=run.batch_size,
-                                       progress=lambda line: self._inputs.progress(f"{name} {line}"))
+                ev = benchmark.measure(
+                    obj,
+                    self.data,
+                    metrics=list(wanted),
+                    batch_size=run.batch_size,
+                    progress=lambda line: self._inputs.progress(f"{name} {line}"),
+                )
                 self._cache.put(key, ev.to_dict())
                 self._measured[key] = ev
         return self._measured[key]

@@ -29,11 +29,23 @@ from .knowmem import KNOWMEM_MAX_NEW_TOKENS
 from .privleak import MIN_K_RATIO
 from .verbmem import VERBMEM_MAX_NEW_TOKENS
 
-__all__ = ["AUC_SOURCES", "DEFAULT_REFERENCE_AUC", "METRICS", "METRIC_SETTINGS", "Evaluation", "compute_auc", "evaluate"]
+__all__ = [
+    "AUC_SOURCES",
+    "DEFAULT_REFERENCE_AUC",
+    "METRICS",
+    "METRIC_SETTINGS",
+    "Evaluation",
+    "compute_auc",
+    "evaluate",
+]
 
 #: The settings that change metric numbers (MUSE's definitions); part of every cached result's key.
-METRIC_SETTINGS: dict[str, Any] = {"verbmem_new_tokens": VERBMEM_MAX_NEW_TOKENS, "knowmem_new_tokens": KNOWMEM_MAX_NEW_TOKENS,
-                                   "privleak": f"min-{round(MIN_K_RATIO * 100)}%", "rouge": "rougeL-f1-nostem"}
+METRIC_SETTINGS: dict[str, Any] = {
+    "verbmem_new_tokens": VERBMEM_MAX_NEW_TOKENS,
+    "knowmem_new_tokens": KNOWMEM_MAX_NEW_TOKENS,
+    "privleak": f"min-{round(MIN_K_RATIO * 100)}%",
+    "rouge": "rougeL-f1-nostem",
+}
 #: What each metric's items are, as progress lines count them ("37/100 forget passages").
 ITEM_NOUNS: dict[str, str] = {m["name"]: m["items"] for m in MUSE_METRIC_SPECS}
 #: Where the reference (retrain) AUC came from.
@@ -91,7 +103,9 @@ def _metrics(metrics: Iterable[str] | str | None) -> list[str]:
     chosen = [metrics] if isinstance(metrics, str) else list(metrics)
     unknown = [m for m in chosen if m not in METRICS]
     if unknown or not chosen:
-        raise ConfigError(f"unknown metric(s) {', '.join(map(repr, unknown)) or '(none given)'}; choose from {', '.join(METRICS)}")
+        raise ConfigError(
+            f"unknown metric(s) {', '.join(map(repr, unknown)) or '(none given)'}; choose from {', '.join(METRICS)}"
+        )
     return [m for m in METRICS if m in chosen]
 
 
@@ -134,8 +148,10 @@ def _reference(retrain_auc: float | None, source: str | None) -> tuple[float, st
     except (TypeError, ValueError):
         value = float("nan")
     if not reference_auc_ok(value):
-        raise ConfigError(f"retrain AUC must be a number in {REFERENCE_AUC_RANGE} (privleak divides by it), got {retrain_auc!r}; "
-                          "pass e.g. --unlearn-retrain-auc 0.48")
+        raise ConfigError(
+            f"retrain AUC must be a number in {REFERENCE_AUC_RANGE} (privleak divides by it), got {retrain_auc!r}; "
+            "pass e.g. --unlearn-retrain-auc 0.48"
+        )
     return value, source or "option"
 
 
@@ -171,8 +187,14 @@ def compute_auc(
     hf, tokenizer = _model(model)
     data = _data(data).limited(max_samples)
     with _eval_mode(hf):
-        scores = privleak_scores(hf, tokenizer, data.privleak_forget, data.privleak_holdout,
-                                 batch_size=resolve_batch_size(batch_size), max_length=max_length)
+        scores = privleak_scores(
+            hf,
+            tokenizer,
+            data.privleak_forget,
+            data.privleak_holdout,
+            batch_size=resolve_batch_size(batch_size),
+            max_length=max_length,
+        )
     return scores.auc
 
 
@@ -222,35 +244,60 @@ def evaluate(
     ci: dict[str, tuple[float, float]] = {}
     samples: dict[str, list[dict[str, Any]]] = {}
     extras: dict[str, Any] = {
-        "n": {}, "batch_size": {}, "seconds": {}, "time_split": {}, "prefix_cache": {}, "prefix_fallbacks": 0, "over_context": {},
+        "n": {},
+        "batch_size": {},
+        "seconds": {},
+        "time_split": {},
+        "prefix_cache": {},
+        "prefix_fallbacks": 0,
+        "over_context": {},
         "truncated": {},
-        "seed": seed, "max_samples": max_samples, "generation_config_ignored": ignored_generation_settings(hf),
-        "model_fingerprint": getattr(model, "fingerprint", None), "data_fingerprint": getattr(data, "fingerprint", None),
+        "seed": seed,
+        "max_samples": max_samples,
+        "generation_config_ignored": ignored_generation_settings(hf),
+        "model_fingerprint": getattr(model, "fingerprint", None),
+        "data_fingerprint": getattr(data, "fingerprint", None),
     }
     with _eval_mode(hf):
         for metric in chosen:
             start = time.perf_counter()
             meter = Meter(progress, metric, _items(data, metric), ITEM_NOUNS[metric], clock=clock)
             if metric == "privleak":
-                scores = privleak_scores(hf, tokenizer, data.privleak_forget, data.privleak_holdout, batch_size=bs,
-                                         max_length=max_length, meter=meter)
+                scores = privleak_scores(
+                    hf,
+                    tokenizer,
+                    data.privleak_forget,
+                    data.privleak_holdout,
+                    batch_size=bs,
+                    max_length=max_length,
+                    meter=meter,
+                )
                 values[metric] = privleak(scores.auc, reference)
                 forget_member = [-v["min_40"] for v in scores.forget]
                 holdout_member = [-v["min_40"] for v in scores.holdout]
-                ci[metric] = bootstrap_auc_ci(forget_member, holdout_member, seed=seed, key=metric,
-                                              transform=lambda auc: privleak(auc, reference))
+                ci[metric] = bootstrap_auc_ci(
+                    forget_member, holdout_member, seed=seed, key=metric, transform=lambda auc: privleak(auc, reference)
+                )
                 samples[metric] = scores.samples
-                extras.update(auc=scores.auc, auc_reference=reference, auc_reference_source=source,
-                              attack_aucs=dict(scores.aucs), privleak_truncated=scores.extras["truncated"],
-                              privleak_context=scores.extras["context"])
-                extras["n"].update(privleak_forget=len(data.privleak_forget), privleak_holdout=len(data.privleak_holdout))
+                extras.update(
+                    auc=scores.auc,
+                    auc_reference=reference,
+                    auc_reference_source=source,
+                    attack_aucs=dict(scores.aucs),
+                    privleak_truncated=scores.extras["truncated"],
+                    privleak_context=scores.extras["context"],
+                )
+                extras["n"].update(
+                    privleak_forget=len(data.privleak_forget), privleak_holdout=len(data.privleak_holdout)
+                )
                 extras["batch_size"][metric] = scores.extras["batch_size"]
                 extras["truncated"][metric] = scores.extras["truncated"]
                 split_seconds = dict(scores.extras["seconds_split"])
             else:
                 if metric == "verbmem_f":
-                    result = verbmem_f(hf, tokenizer, data.verbmem_forget, batch_size=bs, meter=meter,
-                                       truncate=truncate)
+                    result = verbmem_f(
+                        hf, tokenizer, data.verbmem_forget, batch_size=bs, meter=meter, truncate=truncate
+                    )
                     extras["n"]["verbmem_forget"] = len(data.verbmem_forget)
                 else:
                     split = "forget" if metric == "knowmem_f" else "retain"
@@ -273,6 +320,8 @@ def evaluate(
             extras["seconds"][metric] = time.perf_counter() - start
             # where the time went: forwards (prefill/decode, or privleak's body forward) and the
             # rest (lm_head + statistics for privleak, decoding text + ROUGE for generation)
-            split_seconds["scoring"] = extras["seconds"][metric] - sum(v for k, v in split_seconds.items() if k != "scoring")
+            split_seconds["scoring"] = extras["seconds"][metric] - sum(
+                v for k, v in split_seconds.items() if k != "scoring"
+            )
             extras["time_split"][metric] = split_seconds
     return Evaluation(values=values, ci=ci, samples=samples, extras=extras)

@@ -160,7 +160,7 @@ def _auc(negatives: Any, positives: Any) -> float:
     ranks = np.empty(scores.size)
     ranks[np.argsort(scores, kind="stable")] = np.arange(1, scores.size + 1)
     n_pos = positives.size
-    return float((ranks[negatives.size:].sum() - n_pos * (n_pos + 1) / 2) / (negatives.size * n_pos))
+    return float((ranks[negatives.size :].sum() - n_pos * (n_pos + 1) / 2) / (negatives.size * n_pos))
 
 
 @lru_cache(maxsize=256)
@@ -216,8 +216,9 @@ def _population(s: Scenario) -> _Population:
 # --------------------------------------------------------------------------- scenarios
 
 
-def scenarios(ns: Sequence[int] = (24, 48, 100, 400), *, figures: Sequence[str] = tuple(FIGURES),
-              full: bool = True) -> list[Scenario]:
+def scenarios(
+    ns: Sequence[int] = (24, 48, 100, 400), *, figures: Sequence[str] = tuple(FIGURES), full: bool = True
+) -> list[Scenario]:
     """The scenarios at each n. Recovery: a large (36-point) and a small (9-point) binary drop, with
     nothing changed under quantization, about 1 or 3 forgotten items recovered per gate ("few"),
     about 1 or 3 items flipped either way ("flip"), 10%, 50%, 76% and full recovery; continuous
@@ -233,18 +234,41 @@ def scenarios(ns: Sequence[int] = (24, 48, 100, 400), *, figures: Sequence[str] 
 
     for n in ns:
         if "recovery" in figures:
-            for drop, forget, gain, subset in (("drop36", 0.6, 0.02, ("zero", "few1", "flip3", "r50", "r100")),
-                                               ("drop9", 0.15, 0.0, ("zero", "few3", "r50"))):
+            for drop, forget, gain, subset in (
+                ("drop36", 0.6, 0.02, ("zero", "few1", "flip3", "r50", "r100")),
+                ("drop9", 0.15, 0.0, ("zero", "few3", "r50")),
+            ):
                 forgotten = n * _P_KNOWN * forget  # expected forgotten items per gate
-                cases = [("zero", 0.0, 0.0), ("few1", min(1.0, 1 / forgotten), 0.0),
-                         ("few3", min(1.0, 3 / forgotten), 0.0), ("flip1", 0.0, 1 / n), ("flip3", 0.0, 3 / n),
-                         ("r10", 0.1, 0.01), ("r50", 0.5, 0.02), ("r76", 0.76, 0.0), ("r100", 1.0, 0.0)]
+                cases = [
+                    ("zero", 0.0, 0.0),
+                    ("few1", min(1.0, 1 / forgotten), 0.0),
+                    ("few3", min(1.0, 3 / forgotten), 0.0),
+                    ("flip1", 0.0, 1 / n),
+                    ("flip3", 0.0, 3 / n),
+                    ("r10", 0.1, 0.01),
+                    ("r50", 0.5, 0.02),
+                    ("r76", 0.76, 0.0),
+                    ("r100", 1.0, 0.0),
+                ]
                 for case, back, flip in cases:
                     if keep(case, subset):
-                        out.append(Scenario(f"km {drop} {case}", "recovery", "binary", n,
-                                            (("forget", forget), ("gain", gain), ("back", back), ("flip", flip))))
-            vm = [("zero", 0.0, 3.0), ("few1", 1 / n, 15.0), ("few3", 3 / n, 15.0), ("half", 0.5, 15.0),
-                  ("few3 sd3", 3 / n, 3.0), ("half sd3", 0.5, 3.0)]
+                        out.append(
+                            Scenario(
+                                f"km {drop} {case}",
+                                "recovery",
+                                "binary",
+                                n,
+                                (("forget", forget), ("gain", gain), ("back", back), ("flip", flip)),
+                            )
+                        )
+            vm = [
+                ("zero", 0.0, 3.0),
+                ("few1", 1 / n, 15.0),
+                ("few3", 3 / n, 15.0),
+                ("half", 0.5, 15.0),
+                ("few3 sd3", 3 / n, 3.0),
+                ("half sd3", 0.5, 3.0),
+            ]
             for case, change, sd in vm:
                 if keep(case, ("few1", "half")):
                     params = (("change", change), ("back", 0.1), ("sd", sd))
@@ -256,8 +280,14 @@ def scenarios(ns: Sequence[int] = (24, 48, 100, 400), *, figures: Sequence[str] 
             out.append(Scenario("vm drop", "drop", "continuous", n, (("change", 0.0),)))
         if "utility" in figures:
             known = n * _P_KNOWN
-            cases_u = [("zero", 0.0, 0.0), ("few1", 1 / known, 0.0), ("few3", 3 / known, 0.0), ("loss10", 0.1, 0.0),
-                       ("loss50", 0.5, 0.0), ("flip3", 3 / n, 3 / n)]
+            cases_u = [
+                ("zero", 0.0, 0.0),
+                ("few1", 1 / known, 0.0),
+                ("few3", 3 / known, 0.0),
+                ("loss10", 0.1, 0.0),
+                ("loss50", 0.5, 0.0),
+                ("flip3", 3 / n, 3 / n),
+            ]
             for case, loss, gain in cases_u:
                 if keep(case, ("few1", "loss50")):
                     out.append(Scenario(f"kr {case}", "utility", "retain", n, (("loss", loss), ("gain", gain))))
@@ -265,8 +295,15 @@ def scenarios(ns: Sequence[int] = (24, 48, 100, 400), *, figures: Sequence[str] 
             levels = (("none", 0.0, 0.0, 0.3), ("slight", 0.3, 0.0, 0.2), ("strong", 1.0, 0.1, 0.3))
             for case, memorized, reference, noise in levels:
                 if keep(case, ("slight",)):
-                    out.append(Scenario(f"pl {case}", "privleak", "privleak", n,
-                                        (("memorized", memorized), ("reference", reference), ("noise", noise))))
+                    out.append(
+                        Scenario(
+                            f"pl {case}",
+                            "privleak",
+                            "privleak",
+                            n,
+                            (("memorized", memorized), ("reference", reference), ("noise", noise)),
+                        )
+                    )
     return out
 
 
@@ -295,8 +332,14 @@ def _accepts(figure: str, budget: float) -> tuple[float, float]:
     return (budget, math.inf)
 
 
-def simulate(s: Scenario, judge: Callable[[float, tuple[float, float] | None, tuple[float, float]], Any], *,
-             gates: int = 200, prior: float = PRIOR, seed: int = 0) -> Outcome:
+def simulate(
+    s: Scenario,
+    judge: Callable[[float, tuple[float, float] | None, tuple[float, float]], Any],
+    *,
+    gates: int = 200,
+    prior: float = PRIOR,
+    seed: int = 0,
+) -> Outcome:
     """Run ``gates`` simulated gates of ``s`` (seeded by ``seed`` and the scenario) and count.
     Gates whose figure is undefined (no drop; a target that knows nothing) are left out, as the
     verdicts leave them unjudged. ``judge``: the verdicts' rule, ``judge(estimate, (lo, hi), accept)``
@@ -326,5 +369,12 @@ def simulate(s: Scenario, judge: Callable[[float, tuple[float, float] | None, tu
             if j.decided and (j.strict != inside):
                 wrong[budget] += 1
     share = 1.0 / max(judged, 1)
-    return Outcome(s, pop.truth, judged, covered * share, zero * share, float(np.median(widths)) if widths else 0.0,
-                   {b: w * share for b, w in wrong.items()})
+    return Outcome(
+        s,
+        pop.truth,
+        judged,
+        covered * share,
+        zero * share,
+        float(np.median(widths)) if widths else 0.0,
+        {b: w * share for b, w in wrong.items()},
+    )

@@ -126,7 +126,8 @@ def sdpa_gqa_on_cpu(device: Any) -> Iterator[None]:
     ``enable_gqa`` on CUDA and otherwise calls ``repeat_kv``, which copies the whole KV cache in
     every layer at every decode step: measured on this CPU (8 rows, 1,000 cached positions, 9 query
     / 3 KV heads, one thread) 7.0 ms per layer and step against 1.0 ms, i.e. most of a GQA model's
-    decode time (SmolLM-135M's shape: verbmem decode 38.3 s -> 17.4 s for 8 prompts). torch's CPU kernel gives bit-identical outputs either way (tested for fp32 and bf16,
+    decode time (SmolLM-135M's shape: verbmem decode 38.3 s -> 17.4 s for 8 prompts). torch's CPU kernel gives
+    bit-identical outputs either way (tested for fp32 and bf16,
     bool and additive masks, prefill and decode shapes, AVX2 and AVX512 kernels). Not on CUDA: there
     a mask sends ``enable_gqa`` to the math kernel, so transformers' choice is kept. A no-op when
     the transformers internals differ (other versions), or torch predates ``enable_gqa`` (2.5)."""
@@ -172,7 +173,9 @@ class ModelIO:
         self.device = input_device(model)
         dtype = getattr(model, "dtype", None)
         floating = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
-        self.dtype: Any = dtype if getattr(dtype, "is_floating_point", False) else (floating or __import__("torch").float32)
+        self.dtype: Any = (
+            dtype if getattr(dtype, "is_floating_point", False) else (floating or __import__("torch").float32)
+        )
 
     def attention_mask(self, mask: Any, start: int, queries: int) -> Any:
         """The mask for ``queries`` new tokens at absolute columns ``start``.. over the 2D padding
@@ -223,7 +226,11 @@ class ModelIO:
 
     def hidden(self, ids: Any, mask: Any, pos: Any, cache: Any) -> Any:
         """The last hidden states ([B, T, H]) of a decoder body (a ``*Model``, not ``*ForCausalLM``)."""
-        kwargs: dict[str, Any] = {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device), "use_cache": cache is not None}
+        kwargs: dict[str, Any] = {
+            "input_ids": ids.to(self.device),
+            "attention_mask": mask.to(self.device),
+            "use_cache": cache is not None,
+        }
         if self.positions:
             kwargs["position_ids"] = pos.to(self.device)
         if cache is not None:
@@ -269,7 +276,9 @@ def ignored_generation_settings(model: Any) -> list[str]:
     config = getattr(model, "generation_config", None)
     if config is None:
         return []
-    return sorted(name for name, inactive in _PROCESSORS.items() if getattr(config, name, inactive) not in (inactive, None, [], 0))
+    return sorted(
+        name for name, inactive in _PROCESSORS.items() if getattr(config, name, inactive) not in (inactive, None, [], 0)
+    )
 
 
 #: The config keys that give a model's context window, the first one set wins (also read from config.json
@@ -430,7 +439,8 @@ class GenerationPlan:
 def plan_generation(
     model: Any, n_items: int, prompt_tokens: int, new_tokens: int, *, prefix_tokens: int = 0, cap: int = MAX_AUTO_BATCH
 ) -> GenerationPlan:
-    """Split the budget: a quarter for prefill activations (at least 64 tokens per forward), the rest for the pre-sized KV cache and last-position logits of
+    """Split the budget: a quarter for prefill activations (at least 64 tokens per forward), the rest for the pre-sized
+    KV cache and last-position logits of
     the decode rows. Prefill runs on few rows at a time (a 900-token prompt is already a large
     matrix product), decode on many (one token per row per step: per-step overhead dominates)."""
     shape = ModelShape.of(model)
@@ -438,12 +448,18 @@ def plan_generation(
     seq = max(prompt_tokens, 1) + prefix_tokens
     per_token = shape.activation_bytes_per_token(seq)
     prefill = int(max(budget // 4 // max(per_token, 1), 64))
-    per_row = shape.kv_bytes_per_token * (seq + new_tokens) + shape.vocab * 4 * 2 + shape.activation_bytes_per_token(seq + new_tokens)
+    per_row = (
+        shape.kv_bytes_per_token * (seq + new_tokens)
+        + shape.vocab * 4 * 2
+        + shape.activation_bytes_per_token(seq + new_tokens)
+    )
     fit = (budget - prefill * per_token) // max(per_row, 1)
     return GenerationPlan(rows=int(max(1, min(cap, max(n_items, 1), fit))), prefill_tokens=prefill, budget=budget)
 
 
-def auto_batch_size(model: Any, n_items: int, prompt_tokens: int, new_tokens: int = 0, *, cap: int = MAX_AUTO_BATCH) -> int:
+def auto_batch_size(
+    model: Any, n_items: int, prompt_tokens: int, new_tokens: int = 0, *, cap: int = MAX_AUTO_BATCH
+) -> int:
     """The largest number of rows (<= ``cap``, <= ``n_items``) decoded together within the budget
     (:func:`plan_generation`). Derived from the config, compute dtype and machine only."""
     return plan_generation(model, n_items, prompt_tokens, new_tokens, cap=cap).rows
@@ -456,7 +472,9 @@ def resolve_batch_size(batch_size: int | str | None) -> int | None:
     if isinstance(batch_size, str) and batch_size.strip().isdigit():
         batch_size = int(batch_size)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 0:
-        raise ConfigError(f"batch size must be a positive integer or 'auto', got {batch_size!r}; pass e.g. --unlearn-batch-size 8")
+        raise ConfigError(
+            f"batch size must be a positive integer or 'auto', got {batch_size!r}; pass e.g. --unlearn-batch-size 8"
+        )
     return batch_size
 
 
@@ -471,7 +489,9 @@ def _common_length(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
-def plan_prefix(prefix_ids: Sequence[int], prompts: Sequence[Sequence[int]], slack: int = PREFIX_SLACK) -> tuple[int, list[int]]:
+def plan_prefix(
+    prefix_ids: Sequence[int], prompts: Sequence[Sequence[int]], slack: int = PREFIX_SLACK
+) -> tuple[int, list[int]]:
     """How many leading tokens to serve from the prefix cache, and which prompts cannot use it.
 
     The cached length is the shortest agreement between ``prefix_ids`` and the eligible prompts'
@@ -530,8 +550,8 @@ def presized_cache(rows: int, max_len: int) -> Any:
             if not self.is_initialized:
                 self.lazy_initialization(key_states, value_states)
             end = window.start + key_states.shape[-2]
-            self.k_buf[window.rows, :, window.start:end].copy_(key_states)
-            self.v_buf[window.rows, :, window.start:end].copy_(value_states)
+            self.k_buf[window.rows, :, window.start : end].copy_(key_states)
+            self.v_buf[window.rows, :, window.start : end].copy_(value_states)
             self.keys, self.values = self.k_buf[window.rows, :, :end], self.v_buf[window.rows, :, :end]
             if window.start == 0:  # nothing before: attend exactly as a fresh cache would
                 return key_states, value_states
@@ -588,7 +608,11 @@ def length_buckets(order: Sequence[int], lengths: Sequence[int], rows: int) -> l
     pads (or attends over) a 400-token prompt's 550 missing positions next to a 950-token one."""
     groups: list[list[int]] = []
     for i in order:
-        if groups and len(groups[-1]) < rows and lengths[groups[-1][0]] - lengths[i] <= max(lengths[groups[-1][0]] // 8, 64):
+        if (
+            groups
+            and len(groups[-1]) < rows
+            and lengths[groups[-1][0]] - lengths[i] <= max(lengths[groups[-1][0]] // 8, 64)
+        ):
             groups[-1].append(i)
         else:
             groups.append([i])
@@ -637,8 +661,8 @@ def _run_batch(
     mask = torch.zeros((n, total), dtype=torch.long)
     mask[:, :prefix_len] = 1
     for i, row in enumerate(rows):
-        mask[i, prefix_len + width - len(row):prefix_len + width] = 1
-    positions = (mask[:, :prefix_len + width].cumsum(dim=1) - 1).clamp(min=0)
+        mask[i, prefix_len + width - len(row) : prefix_len + width] = 1
+    positions = (mask[:, : prefix_len + width].cumsum(dim=1) - 1).clamp(min=0)
     cache = presized_cache(n, total)
     if prefix_cache is not None:
         cache.fill_prefix(prefix_cache)
@@ -650,14 +674,14 @@ def _run_batch(
         sub = len(rows[a])  # this group's padded width (rows are longest first)
         ids = torch.full((b - a, sub), pad_id, dtype=torch.long)
         for j, row in enumerate(rows[a:b]):
-            ids[j, sub - len(row):] = torch.tensor(list(row), dtype=torch.long)
+            ids[j, sub - len(row) :] = torch.tensor(list(row), dtype=torch.long)
         window.rows = slice(a, b)
         offset = prefix_len + width - sub
         for c in range(0, sub, prefill_tokens):  # chunks only when one prompt exceeds the budget
             window.start = offset + c
             end = min(c + prefill_tokens, sub)
             attn = io.attention_mask(mask[a:b, : offset + end], offset + c, end - c)
-            logits = io.forward(ids[:, c:end], attn, positions[a:b, offset + c: offset + end], cache, last_only=True)
+            logits = io.forward(ids[:, c:end], attn, positions[a:b, offset + c : offset + end], cache, last_only=True)
             passes += 1
             if on_step is not None:
                 on_step(0.0)
@@ -772,8 +796,19 @@ def greedy_generate(
             for chunk in length_buckets(order, own, rows_per_batch):
                 rows = [list(prompts[i])[offset:] for i in chunk]
                 on_step = None if meter is None else _progress(meter, done, len(chunk))
-                outs, count = _run_batch(io, rows, max_new_tokens, pad_id=pad, eos=eos, prefill_tokens=plan.prefill_tokens,
-                                         timer=timer, prefix_cache=cache, prefix_len=offset, stop=stop, on_step=on_step)
+                outs, count = _run_batch(
+                    io,
+                    rows,
+                    max_new_tokens,
+                    pad_id=pad,
+                    eos=eos,
+                    prefill_tokens=plan.prefill_tokens,
+                    timer=timer,
+                    prefix_cache=cache,
+                    prefix_len=offset,
+                    stop=stop,
+                    on_step=on_step,
+                )
                 done += len(chunk)
                 if meter is not None:
                     meter.update(done)
@@ -785,9 +820,16 @@ def greedy_generate(
     window = context_window(model)
     over = 0 if window is None else sum(len(p) + max_new_tokens > window for p in prompts)
     return Generated(
-        ids=results, batch_size=batch_size if batch_size is not None else used, prefix_tokens=prefix_len, fallbacks=n_fallbacks,
-        forward_passes=passes, over_context=over, prefill_seconds=timer.prefill, decode_seconds=timer.decode,
-        truncated=truncated, kept=kept,
+        ids=results,
+        batch_size=batch_size if batch_size is not None else used,
+        prefix_tokens=prefix_len,
+        fallbacks=n_fallbacks,
+        forward_passes=passes,
+        over_context=over,
+        prefill_seconds=timer.prefill,
+        decode_seconds=timer.decode,
+        truncated=truncated,
+        kept=kept,
     )
 
 
@@ -799,8 +841,9 @@ def truncation_record(out: Generated, index: int) -> dict[str, Any]:
     return {"truncation": {"tokens": out.truncated[index], "kept": out.kept, "keep": "end"}}
 
 
-def left_truncate(prompts: Sequence[Sequence[int]], window: int | None,
-                  new_tokens: int) -> tuple[Sequence[Sequence[int]], dict[int, int], int | None]:
+def left_truncate(
+    prompts: Sequence[Sequence[int]], window: int | None, new_tokens: int
+) -> tuple[Sequence[Sequence[int]], dict[int, int], int | None]:
     """``prompts`` with each one longer than ``window - new_tokens`` cut to its last ``window - new_tokens``
     tokens (lm-evaluation-harness's ``left_truncate_len``: the BOS of a cut prompt goes too), the original
     lengths of those cut, and the length kept (None without a window: nothing is cut)."""
@@ -808,8 +851,10 @@ def left_truncate(prompts: Sequence[Sequence[int]], window: int | None,
         return prompts, {}, None
     room = window - new_tokens
     if room < 1:
-        raise ConfigError(f"the model's context window of {window} tokens cannot hold the {new_tokens} tokens a metric "
-                          "generates; use a model with a longer context window")
+        raise ConfigError(
+            f"the model's context window of {window} tokens cannot hold the {new_tokens} tokens a metric "
+            "generates; use a model with a longer context window"
+        )
     truncated = {i: len(p) for i, p in enumerate(prompts) if len(p) > room}
     if not truncated:
         return prompts, {}, room

@@ -103,8 +103,14 @@ def knowmem(
     """``knowmem_f`` / ``knowmem_r`` over ``qa`` with the split's ``icl`` pairs (``meter``: progress lines; a
     prompt cut by ``truncate`` carries ``truncation`` in its record)."""
     texts, out = knowmem_generations(
-        model, tokenizer, [item.question for item in qa], icl,
-        batch_size=batch_size, max_new_tokens=max_new_tokens, reuse_prefix=reuse_prefix, meter=meter,
+        model,
+        tokenizer,
+        [item.question for item in qa],
+        icl,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        reuse_prefix=reuse_prefix,
+        meter=meter,
         truncate=truncate,
     )
     scores: list[float] = []
@@ -112,8 +118,16 @@ def knowmem(
     for index, (item, text) in enumerate(zip(qa, texts)):
         score = rouge_l_f1(item.answer, text)
         scores.append(score)
-        samples.append({"id": index, "prompt": item.question, "generation": text, "reference": item.answer,
-                        "score": score * 100.0, **truncation_record(out, index)})
+        samples.append(
+            {
+                "id": index,
+                "prompt": item.question,
+                "generation": text,
+                "reference": item.answer,
+                "score": score * 100.0,
+                **truncation_record(out, index),
+            }
+        )
     value = sum(scores) / len(scores) * 100.0 if scores else float("nan")
     extras = {
         "batch_size": out.batch_size,

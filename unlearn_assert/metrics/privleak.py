@@ -220,15 +220,22 @@ def padded_width(n: int, window: int | None = None) -> int:
     return max(n, min(width, window)) if window is not None else width
 
 
-def _row_groups(widths: Sequence[int], tokens: int, cap: int, solo: Sequence[bool] | None = None) -> list[tuple[int, int]]:
+def _row_groups(
+    widths: Sequence[int], tokens: int, cap: int, solo: Sequence[bool] | None = None
+) -> list[tuple[int, int]]:
     """Row ranges [a, b) of texts sorted by width (widest first) that share one padded width and
     fit ``tokens`` padded tokens (and ``cap`` rows) per forward; a ``solo`` text is a range of its own."""
     out: list[tuple[int, int]] = []
     a = 0
     while a < len(widths):
         b = a + 1
-        while (b < len(widths) and not (solo and (solo[a] or solo[b])) and widths[b] == widths[a] and b - a < cap
-               and (b + 1 - a) * widths[a] <= tokens):
+        while (
+            b < len(widths)
+            and not (solo and (solo[a] or solo[b]))
+            and widths[b] == widths[a]
+            and b - a < cap
+            and (b + 1 - a) * widths[a] <= tokens
+        ):
             b += 1
         out.append((a, b))
         a = b
@@ -245,11 +252,17 @@ class _Workspace:
         import torch
 
         weight = getattr(head, "weight", None)
-        plain = (type(head) is torch.nn.Linear and getattr(head, "bias", None) is None and weight is not None
-                 and weight.dtype == torch.float32 and weight.shape[0] == vocab
-                 # a head that accelerate dispatched (--unlearn-device-map) holds a meta weight and loads
-                 # the real one in its forward hook: only head(hidden) computes it
-                 and weight.device.type != "meta" and not hasattr(head, "_hf_hook"))
+        plain = (
+            type(head) is torch.nn.Linear
+            and getattr(head, "bias", None) is None
+            and weight is not None
+            and weight.dtype == torch.float32
+            and weight.shape[0] == vocab
+            # a head that accelerate dispatched (--unlearn-device-map) holds a meta weight and loads
+            # the real one in its forward hook: only head(hidden) computes it
+            and weight.device.type != "meta"
+            and not hasattr(head, "_hf_hook")
+        )
         self.weight = weight if plain else None  # logits straight into the buffer (same GEMM as nn.Linear)
         self.logits = torch.empty((positions, vocab), dtype=torch.float32, device=device)
         self.logp = torch.empty((positions, vocab), dtype=torch.float32, device=device)
@@ -293,8 +306,15 @@ def score_texts(
     if not texts:
         return [], batch_size or 1
     encoded = [list(ids) for ids in tokenizer(list(texts))["input_ids"]]
-    return score_ids(model, encoded, pad_id=pad_token_id(tokenizer), batch_size=batch_size, max_length=max_length,
-                     timings=timings, meter=meter)
+    return score_ids(
+        model,
+        encoded,
+        pad_id=pad_token_id(tokenizer),
+        batch_size=batch_size,
+        max_length=max_length,
+        timings=timings,
+        meter=meter,
+    )
 
 
 def score_ids(
@@ -432,13 +452,17 @@ def privleak_scores(
     ``meter``: progress lines."""
     texts = list(forget) + list(holdout)
     timings: dict[str, float] = {}
-    scores, used = score_texts(model, tokenizer, texts, batch_size=batch_size, max_length=max_length, timings=timings,
-                               meter=meter)
+    scores, used = score_texts(
+        model, tokenizer, texts, batch_size=batch_size, max_length=max_length, timings=timings, meter=meter
+    )
     values = [attack_values(s, t) for s, t in zip(scores, texts)]
-    forget_values, holdout_values = values[: len(forget)], values[len(forget):]
+    forget_values, holdout_values = values[: len(forget)], values[len(forget) :]
     aucs = {a: roc_auc([v[a] for v in forget_values], [v[a] for v in holdout_values]) for a in ATTACKS}
     samples: list[dict[str, Any]] = []
-    for split, split_texts, split_values, offset in (("forget", forget, forget_values, 0), ("holdout", holdout, holdout_values, len(forget))):
+    for split, split_texts, split_values, offset in (
+        ("forget", forget, forget_values, 0),
+        ("holdout", holdout, holdout_values, len(forget)),
+    ):
         for index, (text, value) in enumerate(zip(split_texts, split_values)):
             samples.append(
                 {

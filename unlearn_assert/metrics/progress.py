@@ -46,8 +46,16 @@ class Meter:
     ``verbmem_f: 37/100 forget passages, 1m05s elapsed, about 1m50s left``. Without ``say`` it does
     nothing (and costs one comparison per update)."""
 
-    def __init__(self, say: Callable[[str], None] | None, what: str, total: int, unit: str = "items", *,
-                 every: float | None = None, clock: Callable[[], float] | None = None) -> None:
+    def __init__(
+        self,
+        say: Callable[[str], None] | None,
+        what: str,
+        total: int,
+        unit: str = "items",
+        *,
+        every: float | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
         self.say, self.what, self.total, self.unit = say, what, int(total), unit
         self.every = EVERY if every is None else float(every)
         self.clock = clock or time.monotonic
@@ -72,8 +80,9 @@ class Meter:
         elapsed = now - self.start
         left = elapsed * (self.total - self.done) / self.done if self.done > 0 else math.inf
         whole = math.floor(self.done + 1e-9)
-        return (f"{self.what}: {whole}/{self.total} {self.unit}, {duration(elapsed)} elapsed, "
-                f"about {duration(left)} left")
+        return (
+            f"{self.what}: {whole}/{self.total} {self.unit}, {duration(elapsed)} elapsed, about {duration(left)} left"
+        )
 
 
 class StepLog:
@@ -82,8 +91,9 @@ class StepLog:
     at most one per :data:`EVERY` seconds (still on a multiple of ``log_every``), and the last step
     always. :meth:`left` is the expected remainder for the line."""
 
-    def __init__(self, steps: int, log_every: int, *, every: float | None = None,
-                 clock: Callable[[], float] | None = None) -> None:
+    def __init__(
+        self, steps: int, log_every: int, *, every: float | None = None, clock: Callable[[], float] | None = None
+    ) -> None:
         self.steps, self.log_every = int(steps), max(1, int(log_every))
         self.every = EVERY if every is None else float(every)
         self.clock = clock or time.monotonic

@@ -304,8 +304,9 @@ def paired_counts(columns: Sequence[Sequence[float]], *, seed: int, key: str, n_
     return counts
 
 
-def _resampled(columns: Sequence[Sequence[float]], counts: Any, *, seed: int, key: str, n_resamples: int,
-               bayes: bool = False) -> tuple[Any, Any]:
+def _resampled(
+    columns: Sequence[Sequence[float]], counts: Any, *, seed: int, key: str, n_resamples: int, bayes: bool = False
+) -> tuple[Any, Any]:
     """The columns (k x n array) and the weights (B x n) to apply to them: the given ``counts`` in
     the given order, else the seeded draw (``bayes``: Bayesian bootstrap weights, else multinomial
     multiplicities) on the items in their canonical order (ranked as :func:`paired_counts` ranks
@@ -320,7 +321,9 @@ def _resampled(columns: Sequence[Sequence[float]], counts: Any, *, seed: int, ke
     return cols[:, order], draw(cols.shape[1], seed=seed, key=key, n_resamples=n_resamples)
 
 
-def percentile_interval(replicates: Any, estimate: float | None, confidence: float = LEVEL, degenerate: Any = None) -> Interval:
+def percentile_interval(
+    replicates: Any, estimate: float | None, confidence: float = LEVEL, degenerate: Any = None
+) -> Interval:
     """The interval of a figure from its replicate values: outward order statistics at
     ``(1 - confidence) / 2`` and ``(1 + confidence) / 2``, degenerate replicates (``degenerate``
     mask, and any non-finite value) ranked at +inf, widened to contain ``estimate``."""
@@ -375,8 +378,9 @@ def pseudo_items(cols: Any, moving: int, base: int) -> Any:
     return items
 
 
-def _with_pseudo(cols: Any, weights: Any, moving: int, base: int, pseudo: Any, *, seed: int, key: str,
-                 prior: float) -> list[Any]:
+def _with_pseudo(
+    cols: Any, weights: Any, moving: int, base: int, pseudo: Any, *, seed: int, key: str, prior: float
+) -> list[Any]:
     """The replicate means of the columns with the figure's pseudo-items: weights ``Gamma(prior)``
     (seeded), or the fixed (B x 2) ``pseudo``. A heavy pseudo-item can carry the moving column's
     mean beyond the scores' range (below the smallest score, e.g. a negative utility, when the
@@ -399,9 +403,19 @@ def _with_n(interval: Interval, n: int) -> Interval:
     return Interval(interval.lo, interval.hi, interval.degenerate, interval.replicates, n)
 
 
-def paired_difference_ci(a: Sequence[float], b: Sequence[float], *, seed: int = PAIRED_SEED, key: str,
-                         n_resamples: int = N_RESAMPLES, confidence: float = LEVEL, estimate: float | None = None,
-                         counts: Any = None, prior: float = PRIOR, pseudo: Any = None) -> Interval:
+def paired_difference_ci(
+    a: Sequence[float],
+    b: Sequence[float],
+    *,
+    seed: int = PAIRED_SEED,
+    key: str,
+    n_resamples: int = N_RESAMPLES,
+    confidence: float = LEVEL,
+    estimate: float | None = None,
+    counts: Any = None,
+    prior: float = PRIOR,
+    pseudo: Any = None,
+) -> Interval:
     """``mean(a) - mean(b)`` on paired items (the full-precision drop ``m(T) - m(U)``: a = T's
     per-item scores, b = U's), in the scores' unit. ``counts``: fixed (B x n) weights of the items
     (a resample's multiplicities); ``pseudo``: fixed (B x 2) weights of the pseudo-items
@@ -414,9 +428,20 @@ def paired_difference_ci(a: Sequence[float], b: Sequence[float], *, seed: int = 
     return _with_n(percentile_interval(ma - mb, est, confidence), cols.shape[1])
 
 
-def paired_recovery_ci(q: Sequence[float], u: Sequence[float], t: Sequence[float], *, seed: int = PAIRED_SEED, key: str,
-                       n_resamples: int = N_RESAMPLES, confidence: float = LEVEL, estimate: float | None = None,
-                       counts: Any = None, prior: float = PRIOR, pseudo: Any = None) -> Interval:
+def paired_recovery_ci(
+    q: Sequence[float],
+    u: Sequence[float],
+    t: Sequence[float],
+    *,
+    seed: int = PAIRED_SEED,
+    key: str,
+    n_resamples: int = N_RESAMPLES,
+    confidence: float = LEVEL,
+    estimate: float | None = None,
+    counts: Any = None,
+    prior: float = PRIOR,
+    pseudo: Any = None,
+) -> Interval:
     """Recovery ``(m(q(U)) - m(U)) / (m(T) - m(U))`` per replicate on paired items (q, u, t: the
     per-item scores of q(U), U and T); replicates with ``m(T) - m(U) <= 0`` are degenerate.
     ``counts``, ``pseudo``, ``prior``: as :func:`paired_difference_ci`. The pseudo-items move q(U)
@@ -436,9 +461,19 @@ def paired_recovery_ci(q: Sequence[float], u: Sequence[float], t: Sequence[float
     return _with_n(percentile_interval(reps, estimate, confidence, bad), cols.shape[1])
 
 
-def paired_ratio_ci(num: Sequence[float], den: Sequence[float], *, seed: int = PAIRED_SEED, key: str,
-                    n_resamples: int = N_RESAMPLES, confidence: float = LEVEL, estimate: float | None = None,
-                    counts: Any = None, prior: float = PRIOR, pseudo: Any = None) -> Interval:
+def paired_ratio_ci(
+    num: Sequence[float],
+    den: Sequence[float],
+    *,
+    seed: int = PAIRED_SEED,
+    key: str,
+    n_resamples: int = N_RESAMPLES,
+    confidence: float = LEVEL,
+    estimate: float | None = None,
+    counts: Any = None,
+    prior: float = PRIOR,
+    pseudo: Any = None,
+) -> Interval:
     """``mean(num) / mean(den)`` on paired items (utility: ``knowmem_r(q(U)) / knowmem_r(T)``);
     replicates with ``mean(den) <= 0`` are degenerate. ``counts``, ``pseudo``, ``prior``: as
     :func:`paired_difference_ci`; the pseudo-items move num against den."""
@@ -455,11 +490,20 @@ def paired_ratio_ci(num: Sequence[float], den: Sequence[float], *, seed: int = P
     return _with_n(percentile_interval(reps, estimate, confidence, bad), cn.size)
 
 
-def paired_privleak_ci(forget: Sequence[float], holdout: Sequence[float], *, reference: float | None = None,
-                       reference_forget: Sequence[float] | None = None, reference_holdout: Sequence[float] | None = None,
-                       seed: int = PAIRED_SEED, key: str = "privleak", n_resamples: int = N_RESAMPLES,
-                       confidence: float = LEVEL, estimate: float | None = None,
-                       counts: tuple[Any, Any] | None = None) -> Interval | None:
+def paired_privleak_ci(
+    forget: Sequence[float],
+    holdout: Sequence[float],
+    *,
+    reference: float | None = None,
+    reference_forget: Sequence[float] | None = None,
+    reference_holdout: Sequence[float] | None = None,
+    seed: int = PAIRED_SEED,
+    key: str = "privleak",
+    n_resamples: int = N_RESAMPLES,
+    confidence: float = LEVEL,
+    estimate: float | None = None,
+    counts: tuple[Any, Any] | None = None,
+) -> Interval | None:
     """``privleak = (AUC - AUC_R) / AUC_R * 100`` per replicate, forget and holdout texts resampled
     stratified. ``forget``/``holdout``: the model's per-text Min-40% values (MUSE orientation: score
     ``-Min-40%``, forget labelled 0). AUC_R is recomputed on the same resampled texts from the

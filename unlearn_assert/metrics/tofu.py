@@ -544,9 +544,20 @@ class _Results:
         self.per_item[metric] = scores
 
 
-def _teacher_forced(hf: Any, tokenizer: Any, tmpl: TofuTemplate, splits: dict[str, Any], forced: set[str],
-                    want: set[str], qtext: Any, bs: int | None, max_length: int | None, truncate: bool,
-                    extras: dict[str, Any], out: _Results) -> None:
+def _teacher_forced(
+    hf: Any,
+    tokenizer: Any,
+    tmpl: TofuTemplate,
+    splits: dict[str, Any],
+    forced: set[str],
+    want: set[str],
+    qtext: Any,
+    bs: int | None,
+    max_length: int | None,
+    truncate: bool,
+    extras: dict[str, Any],
+    out: _Results,
+) -> None:
     """Probability, normalised probability and truth ratio: every answer of every split in ``forced`` (correct,
     perturbed and paraphrased) scored in one batched teacher-forced pass."""
     seqs = _Sequences([], [], {})
@@ -570,15 +581,26 @@ def _teacher_forced(hf: Any, tokenizer: Any, tmpl: TofuTemplate, splits: dict[st
             rows.append(row)
         plan[split] = rows
     timings = extras["time_split"]["teacher_forced"]
-    losses, used, cuts = _losses(hf, tokenizer, seqs, bs, max_length, timings, truncate) if seqs.encoded else ([], 0, {})
+    losses, used, cuts = (
+        _losses(hf, tokenizer, seqs, bs, max_length, timings, truncate) if seqs.encoded else ([], 0, {})
+    )
     extras["batch_size"]["teacher_forced"] = used
     extras["teacher_forced"] = {"sequences": len(seqs.encoded), "truncated": len(cuts)}
     for split, rows in plan.items():
         _score_split(split, rows, splits[split], losses, cuts, want, qtext, truncate, out)
 
 
-def _score_split(split: str, rows: list[dict[str, Any]], items: Sequence[Any], losses: Sequence[float],
-                 cuts: dict[int, Any], want: set[str], qtext: Any, truncate: bool, out: _Results) -> None:
+def _score_split(
+    split: str,
+    rows: list[dict[str, Any]],
+    items: Sequence[Any],
+    losses: Sequence[float],
+    cuts: dict[int, Any],
+    want: set[str],
+    qtext: Any,
+    truncate: bool,
+    out: _Results,
+) -> None:
     """One split's teacher-forced metrics from the pass's losses (``rows``: each item's sequence indices)."""
     from .rouge import excerpt
 
@@ -600,12 +622,24 @@ def _score_split(split: str, rows: list[dict[str, Any]], items: Sequence[Any], l
         trs.append(tr)
         tr_scores.append(min(tr, 1.0 / (tr + EPS)) if split == "forget" else max(0.0, 1.0 - tr))
         q = excerpt(qtext(split, item))
-        cut = _item_truncation(cuts, [row["answer"], *row["wrong"], *([row["para"]] if "para" in row else [])],
-                               "end" if truncate else "start")
+        cut = _item_truncation(
+            cuts,
+            [row["answer"], *row["wrong"], *([row["para"]] if "para" in row else [])],
+            "end" if truncate else "start",
+        )
         recs["prob"].append({"id": i, "score": pa, "question": q, "avg_loss": a_loss, **cut})
         recs["norm"].append({"id": i, "score": norm[-1], "question": q, "prob": pa, "wrong_probs": pw, **cut})
-        recs["tr"].append({"id": i, "score": tr_scores[-1], "truth_ratio": tr, "question": q,
-                           "correct_prob": p_correct, "wrong_prob": p_wrong, **cut})
+        recs["tr"].append(
+            {
+                "id": i,
+                "score": tr_scores[-1],
+                "truth_ratio": tr,
+                "question": q,
+                "correct_prob": p_correct,
+                "wrong_prob": p_wrong,
+                **cut,
+            }
+        )
     for metric, scores, records in (
         (f"{p}_prob", prob, recs["prob"]),
         (f"{p}_truth_ratio", tr_scores, recs["tr"]),
@@ -617,8 +651,18 @@ def _score_split(split: str, rows: list[dict[str, Any]], items: Sequence[Any], l
         out.per_item["forget_truth_ratio_raw"] = trs
 
 
-def _rouge(hf: Any, tokenizer: Any, tmpl: TofuTemplate, splits: dict[str, Any], generated: set[str],
-           qtext: Any, bs: int | None, truncate: bool, extras: dict[str, Any], out: _Results) -> None:
+def _rouge(
+    hf: Any,
+    tokenizer: Any,
+    tmpl: TofuTemplate,
+    splits: dict[str, Any],
+    generated: set[str],
+    qtext: Any,
+    bs: int | None,
+    truncate: bool,
+    extras: dict[str, Any],
+    out: _Results,
+) -> None:
     """ROUGE-L recall of greedy answers: every split in ``generated`` in one batched decode."""
     from .generation import truncation_record
     from .rouge import excerpt, rouge_l_recall_stemmed
@@ -636,28 +680,30 @@ def _rouge(hf: Any, tokenizer: Any, tmpl: TofuTemplate, splits: dict[str, Any], 
             owners.append((split, i))
     if not prompts:
         return
-    gens, refs, generated_out = _generate(hf, tokenizer, prompts, fulls, bs, extras["time_split"]["generation"],
-                                          truncate)
+    gens, refs, generated_out = _generate(
+        hf, tokenizer, prompts, fulls, bs, extras["time_split"]["generation"], truncate
+    )
     extras["batch_size"]["generation"] = generated_out.batch_size
     extras["over_context"] = generated_out.over_context
     extras["generation_truncated"] = len(generated_out.truncated)
     by_split: dict[str, list[dict[str, Any]]] = {}
     for index, ((split, i), gen, ref) in enumerate(zip(owners, gens, refs)):
         item = splits[split][i]
-        by_split.setdefault(split, []).append({
-            "id": i,
-            "score": rouge_l_recall_stemmed(ref, gen),
-            "prompt": excerpt(qtext(split, item)),
-            "generation": gen,
-            "reference": ref,
-            **truncation_record(generated_out, index),
-        })
+        by_split.setdefault(split, []).append(
+            {
+                "id": i,
+                "score": rouge_l_recall_stemmed(ref, gen),
+                "prompt": excerpt(qtext(split, item)),
+                "generation": gen,
+                "reference": ref,
+                **truncation_record(generated_out, index),
+            }
+        )
     for split, records in by_split.items():
         out.add(f"{_PREFIX[split]}_rouge", [r["score"] for r in records], records)
 
 
-def _forget_quality(reference_ratios: Sequence[float] | None, seed: int, extras: dict[str, Any],
-                    out: _Results) -> None:
+def _forget_quality(reference_ratios: Sequence[float] | None, seed: int, extras: dict[str, Any], out: _Results) -> None:
     """forget_quality: the KS test of the forget truth ratios against the retain model's, and its interval."""
     from .stats import resample_counts
 
@@ -673,8 +719,12 @@ def _forget_quality(reference_ratios: Sequence[float] | None, seed: int, extras:
     out.samples["forget_quality"] = [
         {"id": i, "score": tr, "reference": None if reference is None else reference[i]} for i, tr in enumerate(trs)
     ]
-    reason = (None if fq is not None else "no retain model: forget_quality is the KS-test p-value against a model "
-              "retrained without the forget set (--unlearn-retrain)")
+    reason = (
+        None
+        if fq is not None
+        else "no retain model: forget_quality is the KS-test p-value against a model "
+        "retrained without the forget set (--unlearn-retrain)"
+    )
     extras["forget_quality"] = {"pvalue": fq, "reason": reason}
     if reference is not None and trs:
         counts = resample_counts(len(trs), seed=seed, key="forget_quality")

@@ -50,8 +50,9 @@ def verbmem_generations(
     """Greedy continuation ids for each prompt, and the generation record (batch size used...).
     ``truncate``: a prompt beyond the context window keeps its end (:func:`.generation.left_truncate`)."""
     encoded = [list(ids) for ids in tokenizer(list(prompts))["input_ids"]] if prompts else []
-    out = greedy_generate(model, tokenizer, encoded, max_new_tokens, batch_size=batch_size, meter=meter,
-                          truncate=truncate)
+    out = greedy_generate(
+        model, tokenizer, encoded, max_new_tokens, batch_size=batch_size, meter=meter, truncate=truncate
+    )
     return out.ids, out
 
 
@@ -69,8 +70,9 @@ def verbmem_f(
     cut by ``truncate`` carries ``truncation``: its tokens, those kept, and which end). ``meter``: progress
     lines (:mod:`.progress`)."""
     prompts = [item.prompt for item in items]
-    ids, out = verbmem_generations(model, tokenizer, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                                   meter=meter, truncate=truncate)
+    ids, out = verbmem_generations(
+        model, tokenizer, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens, meter=meter, truncate=truncate
+    )
     scores: list[float] = []
     samples: list[dict[str, Any]] = []
     for index, (item, generated) in enumerate(zip(items, ids)):
@@ -90,7 +92,11 @@ def verbmem_f(
             }
         )
     value = sum(scores) / len(scores) * 100.0 if scores else float("nan")
-    extras = {"batch_size": out.batch_size, "n": len(items), "over_context": out.over_context,
-              "truncated": len(out.truncated),
-              "seconds_split": {"prefill": out.prefill_seconds, "decode": out.decode_seconds}}
+    extras = {
+        "batch_size": out.batch_size,
+        "n": len(items),
+        "over_context": out.over_context,
+        "truncated": len(out.truncated),
+        "seconds_split": {"prefill": out.prefill_seconds, "decode": out.decode_seconds},
+    }
     return MetricResult(value=value, scores=scores, samples=samples, extras=extras)

@@ -37,12 +37,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
             group.addoption(opt.cli, action="store_true", dest=opt.dest, default=None, help=opt.help + default_text)
             parser.addini(opt.ini, help=opt.help, type="bool", default=False)
         elif opt.multi:
-            group.addoption(opt.cli, action="append", dest=opt.dest, default=None, metavar=opt.metavar, help=opt.help + default_text)
+            group.addoption(
+                opt.cli, action="append", dest=opt.dest, default=None, metavar=opt.metavar, help=opt.help + default_text
+            )
             parser.addini(opt.ini, help=opt.help, type="args", default=[])
         else:
-            group.addoption(opt.cli, action="store", dest=opt.dest, default=None, metavar=opt.metavar, help=opt.help + default_text)
+            group.addoption(
+                opt.cli, action="store", dest=opt.dest, default=None, metavar=opt.metavar, help=opt.help + default_text
+            )
             # the option's own default when the key is absent, so an explicitly empty key ("") is told apart
-            parser.addini(opt.ini, help=opt.help, type="string", default=opt.default if isinstance(opt.default, str) else "")
+            parser.addini(
+                opt.ini, help=opt.help, type="string", default=opt.default if isinstance(opt.default, str) else ""
+            )
 
 
 #: options whose explicitly empty value (``--unlearn-quantizers=``, ``unlearn_quantizers = ""``) is passed on
@@ -102,7 +108,9 @@ def _run_config(config: pytest.Config) -> tuple[RunConfig, Any]:
     if spec is not None:
         from ..demo.family import resolve_demo
 
-        build_run_config(lambda opt: spec[len("demo:"):] if opt.name == "model" else raw[opt.name])  # every other value first
+        build_run_config(
+            lambda opt: spec[len("demo:") :] if opt.name == "model" else raw[opt.name]
+        )  # every other value first
         demo = resolve_demo(spec)
         raw["model"] = demo["model"]
         for name in ("target", "retrain", "data"):
@@ -124,8 +132,12 @@ def _placement(config: pytest.Config, run: RunConfig, footprint: Any) -> dict[st
         return dict(getattr(config, "workerinput", {}).get(WORKERINPUT_KEY) or {})
     dist = str(getattr(config.option, "dist", "no") or "no")
     workers = len(getattr(config.option, "tx", None) or []) if dist != "no" else 0
-    placement = decide(workers, config.stash.get(user_dist_key, dist), visible_gpus(run.device, run.devices),
-                       footprint.flops if footprint is not None else None)
+    placement = decide(
+        workers,
+        config.stash.get(user_dist_key, dist),
+        visible_gpus(run.device, run.devices),
+        footprint.flops if footprint is not None else None,
+    )
     return {**placement.to_dict(), "footprint": footprint.to_dict() if footprint is not None else None}
 
 
@@ -214,16 +226,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         for mark in item.iter_markers("unlearn_budget"):
             if mark.args:
-                raise pytest.UsageError(f"{item.nodeid}: unlearn_budget takes keyword arguments only, e.g. @pytest.mark.unlearn_budget(recovery=0.1)")
+                raise pytest.UsageError(
+                    f"{item.nodeid}: unlearn_budget takes keyword arguments only, e.g. "
+                    "@pytest.mark.unlearn_budget(recovery=0.1)"
+                )
             try:
                 (session.run.budget if session else Budget()).with_overrides(
-                    dict(mark.kwargs), where=f"{item.nodeid}: unlearn_budget marker")
+                    dict(mark.kwargs), where=f"{item.nodeid}: unlearn_budget marker"
+                )
             except ConfigError as exc:
                 raise pytest.UsageError(str(exc)) from None
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
     session = _session(item.config)
     if session is not None:

@@ -32,20 +32,27 @@ class Outbox:
         self._sent_execution = False
         self._sent_warnings = 0
 
-    def payload(self, rows: Mapping[RowKey, Row], verdict: Verdict | None, execution: dict[str, Any] | None,
-                warnings: list[str]) -> str | None:
+    def payload(
+        self, rows: Mapping[RowKey, Row], verdict: Verdict | None, execution: dict[str, Any] | None, warnings: list[str]
+    ) -> str | None:
         """What has not been sent yet, as JSON; None when there is nothing new."""
         new_rows = [row.to_dict() for key, row in rows.items() if key not in self._sent_rows]
         self._sent_rows.update(rows)
         if execution is not None and self._sent_execution:
             execution = None
         self._sent_execution = self._sent_execution or execution is not None
-        new_warnings = warnings[self._sent_warnings:]
+        new_warnings = warnings[self._sent_warnings :]
         self._sent_warnings = len(warnings)
         if not new_rows and verdict is None and execution is None and not new_warnings:
             return None
-        return json.dumps({"rows": new_rows, "verdict": verdict.to_dict() if verdict else None, "execution": execution,
-                           "errors": new_warnings})
+        return json.dumps(
+            {
+                "rows": new_rows,
+                "verdict": verdict.to_dict() if verdict else None,
+                "execution": execution,
+                "errors": new_warnings,
+            }
+        )
 
 
 @dataclass
@@ -65,7 +72,9 @@ class Inbox:
         for row in payload.get("rows", []):
             key = (row["model"], row["quantizer"])
             known = self.rows.get(key)
-            if known is None or (known.get("cached") and not row.get("cached")):  # the worker that computed it tells it best
+            if known is None or (
+                known.get("cached") and not row.get("cached")
+            ):  # the worker that computed it tells it best
                 self.rows[key] = row
         execution = payload.get("execution")
         if execution:

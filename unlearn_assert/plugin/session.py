@@ -85,7 +85,11 @@ class UnlearnSession:
     def internal_error(self, exc: BaseException, item: str) -> str:
         """The one line for an internal error raised while running ``item``, naming the row being computed."""
         computing = self._gate.computing if self._gate is not None else None
-        what = f"while computing the row {computing[0]} {computing[1]} for {item}" if computing else f"while judging {item}"
+        what = (
+            f"while computing the row {computing[0]} {computing[1]} for {item}"
+            if computing
+            else f"while judging {item}"
+        )
         return internal_error(self.config, exc, what)
 
     def progress(self, message: str) -> None:

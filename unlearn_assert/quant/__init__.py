@@ -40,6 +40,7 @@ __all__ = [
     "quantized",
 ]
 
+
 @dataclass
 class QuantizedModel:
     """A quantized view of a :class:`LoadedModel`, usable wherever one is (``.model``, ``.tokenizer``...).
@@ -88,7 +89,10 @@ def get_backend(spec: str | QuantSpec) -> Backend:
     spec = _as_spec(spec)
     entry = BACKENDS.get(spec.backend)
     if entry is None:  # a hand-built QuantSpec; parse_quantizer_id already refuses these
-        raise QuantizerError(f"quantizer '{spec.id}' needs backend '{spec.backend}', which is not registered; known: {', '.join(known_ids())}")
+        raise QuantizerError(
+            f"quantizer '{spec.id}' needs backend '{spec.backend}', which is not registered; known: "
+            f"{', '.join(known_ids())}"
+        )
     module_name, _, factory = entry.factory.partition(":")
     try:
         module = import_module(module_name)
@@ -97,7 +101,8 @@ def get_backend(spec: str | QuantSpec) -> Backend:
         if missing == "unlearn_assert" or missing.startswith("unlearn_assert."):
             raise
         raise BackendUnavailable(
-            f"quantizer '{spec.id}' needs {missing or module_name}, which is not installed ({exc}); install it with: {entry.install}",
+            f"quantizer '{spec.id}' needs {missing or module_name}, which is not installed ({exc}); install it with: "
+            f"{entry.install}",
             install=entry.install,
         ) from None
     return cast(Backend, getattr(module, factory)(spec))
@@ -113,15 +118,24 @@ def _check_placement(loaded: LoadedModel, spec: QuantSpec) -> None:
         return
     able = [name for name, entry in BACKENDS.items() if entry.dispatched]
     if not BACKENDS[spec.backend].dispatched:
-        raise QuantizerError(f"quantizer '{spec.id}' cannot run on a model dispatched across devices (--unlearn-device-map): it builds "
-                             f"a quantized copy on one device; use {', '.join(f'{n}-*' for n in able)} there, or load the model on one device")
+        raise QuantizerError(
+            f"quantizer '{spec.id}' cannot run on a model dispatched across devices (--unlearn-device-map): it builds "
+            f"a quantized copy on one device; use {', '.join(f'{n}-*' for n in able)} there, or load the model on one "
+            "device"
+        )
     if any(p.device.type == "meta" for p in model.parameters()):
-        raise QuantizerError(f"quantizer '{spec.id}' needs every weight in memory, but the device map offloaded part of '{loaded.path}' "
-                             "to disk; give the GPUs and CPU enough memory for the whole model")
+        raise QuantizerError(
+            f"quantizer '{spec.id}' needs every weight in memory, but the device map offloaded part of '{loaded.path}' "
+            "to disk; give the GPUs and CPU enough memory for the whole model"
+        )
 
 
-def quant_fingerprint(source_fingerprint: str, spec: QuantSpec, skip_modules: Sequence[str] = DEFAULT_SKIP,
-                      calibration: Calibration | None = None) -> str:
+def quant_fingerprint(
+    source_fingerprint: str,
+    spec: QuantSpec,
+    skip_modules: Sequence[str] = DEFAULT_SKIP,
+    calibration: Calibration | None = None,
+) -> str:
     """The fingerprint of the quantized model: the source's and the quantizer's, a cache key for its results.
 
     The canonical id is used (``rtn-w8-sym`` is ``rtn-w8``); non-default ``skip_modules`` change
@@ -164,11 +178,15 @@ def quantized(
     _check_placement(loaded, spec)
     backend = get_backend(spec)
     codes = target_codes if backend.takes_target_codes else None
-    with backend.apply(loaded, target=target, skip_modules=skip, calibration=calibration, target_codes=codes) as (model, details):
+    with backend.apply(loaded, target=target, skip_modules=skip, calibration=calibration, target_codes=codes) as (
+        model,
+        details,
+    ):
         if details.n_weights == 0 or details.changed_fraction == 0:
             raise QuantizerError(
                 f"quantizer '{spec.id}' took no effect on '{loaded.path}': {details.n_weights} weights in "
-                f"{len(details.modules)} layers, none changed (skip_modules={list(skip)}); check the model and skip_modules"
+                f"{len(details.modules)} layers, none changed (skip_modules={list(skip)}); check the model and "
+                "skip_modules"
             )
         yield QuantizedModel(
             model=model,

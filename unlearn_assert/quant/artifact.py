@@ -75,21 +75,36 @@ def _describe(method: str, qc: dict[str, Any], where: str) -> tuple[int | None, 
             return 4, BNB_4BIT_BLOCKSIZE, True, str(qc.get("bnb_4bit_quant_type", "fp4"))
         if qc.get("load_in_8bit"):
             return 8, None, True, "int8"
-        raise ConfigError(f"{where}: bitsandbytes config has neither load_in_4bit nor load_in_8bit; re-save the quantized model")
+        raise ConfigError(
+            f"{where}: bitsandbytes config has neither load_in_4bit nor load_in_8bit; re-save the quantized model"
+        )
     if method in ("gptq", "awq"):
         bits = int(qc.get("bits", qc.get("w_bit", 4)))
         group = int(qc.get("group_size", qc.get("q_group_size", 128)))
         sym = bool(qc.get("sym", True)) if method == "gptq" else not qc.get("zero_point", True)
         if method == "gptq" and bits not in (2, 4, 8):
-            raise ConfigError(f"{where}: GPTQ {bits}-bit packing is not supported (2, 4, 8 are); re-export it with llm-compressor")
+            raise ConfigError(
+                f"{where}: GPTQ {bits}-bit packing is not supported (2, 4, 8 are); re-export it with llm-compressor"
+            )
         if method == "awq" and (bits != 4 or str(qc.get("version", "gemm")).lower() != "gemm"):
-            raise ConfigError(f"{where}: AWQ {qc.get('version')} {bits}-bit is not supported (GEMM 4-bit is); re-export it with llm-compressor")
+            raise ConfigError(
+                f"{where}: AWQ {qc.get('version')} {bits}-bit is not supported (GEMM 4-bit is); re-export it with "
+                "llm-compressor"
+            )
         return bits, None if group <= 0 else group, sym, method
     groups = qc.get("config_groups") or {}
     weights = next((g.get("weights") for g in groups.values() if isinstance(g, dict) and g.get("weights")), None)
     if not isinstance(weights, dict):
-        raise ConfigError(f"{where}: compressed-tensors config has no weight quantization in config_groups; re-export it with llm-compressor")
-    return weights.get("num_bits"), weights.get("group_size"), bool(weights.get("symmetric", True)), weights.get("strategy")
+        raise ConfigError(
+            f"{where}: compressed-tensors config has no weight quantization in config_groups; re-export it with "
+            "llm-compressor"
+        )
+    return (
+        weights.get("num_bits"),
+        weights.get("group_size"),
+        bool(weights.get("symmetric", True)),
+        weights.get("strategy"),
+    )
 
 
 def read_artifact(name: str, path: str, target: str | None = None) -> ArtifactInfo:
@@ -102,12 +117,16 @@ def read_artifact(name: str, path: str, target: str | None = None) -> ArtifactIn
     directory, config, _ = read_model_files(path, where, "re-save the checkpoint")
     qc = config.get("quantization_config")
     if not isinstance(qc, dict):
-        raise ConfigError(f"{where}: config.json has no quantization_config, so this is not a quantized checkpoint; "
-                          "gate a full-precision model with --unlearn-model and a quantizer id in --unlearn-quantizers")
+        raise ConfigError(
+            f"{where}: config.json has no quantization_config, so this is not a quantized checkpoint; "
+            "gate a full-precision model with --unlearn-model and a quantizer id in --unlearn-quantizers"
+        )
     method = str(qc.get("quant_method", ""))
     if method not in SUPPORTED:
-        raise ConfigError(f"{where}: quantization method '{method}' is not supported; "
-                          "use a compressed-tensors, bitsandbytes, GPTQ or AWQ (GEMM) checkpoint")
+        raise ConfigError(
+            f"{where}: quantization method '{method}' is not supported; "
+            "use a compressed-tensors, bitsandbytes, GPTQ or AWQ (GEMM) checkpoint"
+        )
     if target is not None:
         try:
             t_config = json.loads((Path(target) / "config.json").read_text(encoding="utf-8"))
@@ -115,10 +134,14 @@ def read_artifact(name: str, path: str, target: str | None = None) -> ArtifactIn
             t_config = {}
         for key in CONFIG_KEYS:
             if key in t_config and key in config and t_config[key] != config[key]:
-                raise ConfigError(f"{where}: its {key} is {config[key]} but the target's is {t_config[key]}; "
-                                  "pass a checkpoint made from the unlearned model of this target")
+                raise ConfigError(
+                    f"{where}: its {key} is {config[key]} but the target's is {t_config[key]}; "
+                    "pass a checkpoint made from the unlearned model of this target"
+                )
     bits, group, sym, scheme = _describe(method, qc, where)
-    return ArtifactInfo(name=name, path=str(directory), method=method, bits=bits, group_size=group, symmetric=sym, scheme=scheme)
+    return ArtifactInfo(
+        name=name, path=str(directory), method=method, bits=bits, group_size=group, symmetric=sym, scheme=scheme
+    )
 
 
 def quant_method(path: str) -> str | None:
@@ -147,8 +170,11 @@ def _load(info: ArtifactInfo, device: str, dtype: str | None) -> Any:
         else:
             __import__(module)
     except ImportError:
-        raise BackendUnavailable(f"checkpoint '{info.name}' ({info.method}) needs {module}, which is not installed; install it with: {install}",
-                                 install=install) from None
+        raise BackendUnavailable(
+            f"checkpoint '{info.name}' ({info.method}) needs {module}, which is not installed; install it with: "
+            f"{install}",
+            install=install,
+        ) from None
     kwargs: dict[str, Any] = {}
     config = json.loads((Path(info.path) / "config.json").read_text(encoding="utf-8"))
     dev = resolve_device(device)
@@ -161,8 +187,11 @@ def _load(info: ArtifactInfo, device: str, dtype: str | None) -> Any:
         except ModelError:
             raise
         except Exception as exc:
-            raise ModelError(f"cannot decode {info.method} checkpoint '{info.name}' from '{info.path}' ({type(exc).__name__}: {exc}); "
-                             "re-export it with llm-compressor") from None
+            raise ModelError(
+                f"cannot decode {info.method} checkpoint '{info.name}' from '{info.path}' ({type(exc).__name__}: "
+                f"{exc}); "
+                "re-export it with llm-compressor"
+            ) from None
         model.eval()
         return model, str(torch_dtype).removeprefix("torch."), dev
     if info.method == "compressed-tensors":
@@ -175,11 +204,19 @@ def _load(info: ArtifactInfo, device: str, dtype: str | None) -> Any:
             torch_dtype = torch.float16  # LLM.int8 computes in fp16
     try:
         with quiet_transformers():
-            model = AutoModelForCausalLM.from_pretrained(info.path, dtype=torch_dtype, local_files_only=True, trust_remote_code=False,
-                                                         use_safetensors=True, **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(
+                info.path,
+                dtype=torch_dtype,
+                local_files_only=True,
+                trust_remote_code=False,
+                use_safetensors=True,
+                **kwargs,
+            )
     except Exception as exc:
-        raise ModelError(f"cannot load quantized checkpoint '{info.name}' from '{info.path}' ({type(exc).__name__}: {exc}); "
-                         "re-save it with the library that made it") from None
+        raise ModelError(
+            f"cannot load quantized checkpoint '{info.name}' from '{info.path}' ({type(exc).__name__}: {exc}); "
+            "re-save it with the library that made it"
+        ) from None
     if info.method == "bitsandbytes":
         from .bnb import prepare_4bit_layers
 
@@ -216,8 +253,11 @@ def _changed(model: Any, info: ArtifactInfo, source: LoadedModel) -> tuple[list[
                 w = module.weight.detach()
             r = ref.weight.detach()
             if tuple(w.shape) != tuple(r.shape):
-                raise ModelError(f"checkpoint '{info.name}': layer {name} is {tuple(w.shape)} but the unlearned model's is {tuple(r.shape)}; "
-                                 "pass the checkpoint made from --unlearn-model")
+                raise ModelError(
+                    f"checkpoint '{info.name}': layer {name} is {tuple(w.shape)} but the unlearned model's is "
+                    f"{tuple(r.shape)}; "
+                    "pass the checkpoint made from --unlearn-model"
+                )
             diff = int((w.to(device=r.device, dtype=r.dtype) != r).sum())
             if diff == 0:  # a layer the artifact left in full precision (e.g. lm_head)
                 continue
@@ -228,8 +268,14 @@ def _changed(model: Any, info: ArtifactInfo, source: LoadedModel) -> tuple[list[
 
 
 @contextmanager
-def open_artifact(info: ArtifactInfo, source: LoadedModel, *, device: str | None = None,
-                    dtype: str | None = None, known_fingerprint: str | None = None) -> Iterator[tuple[LoadedModel, QuantDetails]]:
+def open_artifact(
+    info: ArtifactInfo,
+    source: LoadedModel,
+    *,
+    device: str | None = None,
+    dtype: str | None = None,
+    known_fingerprint: str | None = None,
+) -> Iterator[tuple[LoadedModel, QuantDetails]]:
     """Load the artifact for the block; yield (model, details). Only this one extra model is held."""
     import gc
 
@@ -241,17 +287,35 @@ def open_artifact(info: ArtifactInfo, source: LoadedModel, *, device: str | None
     try:
         names, n, changed = _changed(model, info, source)
         if n == 0 or changed == 0:
-            raise ModelError(f"checkpoint '{info.name}' at '{info.path}' has no quantized linear layer that differs from the unlearned model; "
-                             "pass a quantized checkpoint of --unlearn-model")
+            raise ModelError(
+                f"checkpoint '{info.name}' at '{info.path}' has no quantized linear layer that differs from the "
+                "unlearned model; "
+                "pass a quantized checkpoint of --unlearn-model"
+            )
         try:
             tokenizer = load_tokenizer(Path(info.path))
         except ModelError:
             tokenizer = source.tokenizer  # quantization tools often save no tokenizer
-        loaded = LoadedModel(model=model, tokenizer=tokenizer, path=info.path, fingerprint=known_fingerprint or fingerprint(info.path), device=dev, dtype=dt,
-                             info={**source.info, "quantizer": info.name})
-        details = QuantDetails(quantizer=info.name, backend=f"checkpoint:{info.method}", bits=info.bits, group_size=info.group_size,
-                             symmetric=info.symmetric, modules=names, n_weights=n, changed_fraction=changed / n,
-                             seconds=time.perf_counter() - start)
+        loaded = LoadedModel(
+            model=model,
+            tokenizer=tokenizer,
+            path=info.path,
+            fingerprint=known_fingerprint or fingerprint(info.path),
+            device=dev,
+            dtype=dt,
+            info={**source.info, "quantizer": info.name},
+        )
+        details = QuantDetails(
+            quantizer=info.name,
+            backend=f"checkpoint:{info.method}",
+            bits=info.bits,
+            group_size=info.group_size,
+            symmetric=info.symmetric,
+            modules=names,
+            n_weights=n,
+            changed_fraction=changed / n,
+            seconds=time.perf_counter() - start,
+        )
         yield loaded, details
     finally:
         del model

@@ -74,8 +74,16 @@ class QuantDetails:
         return asdict(self)
 
     @classmethod
-    def from_counts(cls, spec: QuantSpec, backend: str, modules: list[str], totals: Sequence[int], *,
-                    has_target: bool, seconds: float) -> QuantDetails:
+    def from_counts(
+        cls,
+        spec: QuantSpec,
+        backend: str,
+        modules: list[str],
+        totals: Sequence[int],
+        *,
+        has_target: bool,
+        seconds: float,
+    ) -> QuantDetails:
         """Build a report from per-layer counts summed over layers, as every backend streams them:
         ``totals = [weights, changed, same code as q(T), small delta, same cell on T's grid]``."""
         n = totals[0]
@@ -83,10 +91,20 @@ class QuantDetails:
         def frac(k: int) -> float | None:
             return totals[k] / n if n and has_target else None
 
-        return cls(quantizer=spec.id, backend=backend, bits=spec.bits, group_size=spec.group_size,
-                   symmetric=spec.symmetric, modules=modules, n_weights=n,
-                   changed_fraction=totals[1] / n if n else 0.0, code_agreement=frac(2),
-                   small_delta_fraction=frac(3), same_cell_fraction=frac(4), seconds=seconds)
+        return cls(
+            quantizer=spec.id,
+            backend=backend,
+            bits=spec.bits,
+            group_size=spec.group_size,
+            symmetric=spec.symmetric,
+            modules=modules,
+            n_weights=n,
+            changed_fraction=totals[1] / n if n else 0.0,
+            code_agreement=frac(2),
+            small_delta_fraction=frac(3),
+            same_cell_fraction=frac(4),
+            seconds=seconds,
+        )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> QuantDetails:
@@ -112,11 +130,20 @@ class Backend(Protocol):
     #: After ``apply`` on a model without a target: that model's codes, for a later ``target_codes``.
     codes: Any
 
-    def apply(self, loaded: LoadedModel, *, target: LoadedModel | None = None, skip_modules: Sequence[str] = DEFAULT_SKIP,
-              calibration: Calibration | None = None, target_codes: Any = None) -> AbstractContextManager[tuple[Any, QuantDetails]]: ...
+    def apply(
+        self,
+        loaded: LoadedModel,
+        *,
+        target: LoadedModel | None = None,
+        skip_modules: Sequence[str] = DEFAULT_SKIP,
+        calibration: Calibration | None = None,
+        target_codes: Any = None,
+    ) -> AbstractContextManager[tuple[Any, QuantDetails]]: ...
 
 
-def layer_weight(owner: LoadedModel, modules: dict[str, nn.Module], name: str, shape: torch.Size, role: str = "target") -> torch.Tensor:
+def layer_weight(
+    owner: LoadedModel, modules: dict[str, nn.Module], name: str, shape: torch.Size, role: str = "target"
+) -> torch.Tensor:
     """``owner``'s weight of layer ``name`` (detached), which must have ``shape``: the one pairing
     check every backend makes before comparing U's layer with T's."""
     import torch
@@ -124,8 +151,10 @@ def layer_weight(owner: LoadedModel, modules: dict[str, nn.Module], name: str, s
     weight = getattr(modules.get(name), "weight", None)
     if not isinstance(weight, torch.Tensor) or weight.shape != shape:
         found = "missing" if weight is None else tuple(weight.shape)
-        raise ModelError(f"{role} '{owner.path}' has no weight '{name}.weight' of shape {tuple(shape)} ({found}); "
-                         "pass the target the model was unlearned from")
+        raise ModelError(
+            f"{role} '{owner.path}' has no weight '{name}.weight' of shape {tuple(shape)} ({found}); "
+            "pass the target the model was unlearned from"
+        )
     return weight.detach()
 
 

@@ -44,7 +44,8 @@ if one happened anyway (giving the bf16-rounded absmax the repacked layer really
 consecutive weights of the flattened weight, but the native CPU ``dequantize_4bit`` kernel (used by
 the CPU forward too) reads the block scales as if every row started a block; for a layer whose
 ``in_features`` is not a multiple of 64 it returns wrong weights (max error 0.10 instead of 0.02 on
-a 96x96 layer), while CUDA is right (on an H200 the CUDA report equalled the corrected CPU one). For such layers on CPU, :func:`dequantized_weight` and the
+a 96x96 layer), while CUDA is right (on an H200 the CUDA report equalled the corrected CPU one). For such layers on CPU,
+:func:`dequantized_weight` and the
 layer's forward use bnb's reference formula instead (``code[q] * absmax[block]`` over the flattened
 weight, in float32, cast to the compute dtype, then ``F.linear``): the same codes and scales, the
 model bnb computes on CUDA. Aligned layers (every real LLM's) run bnb's own kernels untouched.
@@ -199,7 +200,9 @@ def _absmax_per_weight(absmax: torch.Tensor, n: int) -> torch.Tensor:
     return absmax.float().repeat_interleave(BNB_4BIT_BLOCKSIZE)[:n]
 
 
-def _counts_4bit(module: Any, name: str, w: torch.Tensor, t: torch.Tensor | None, levels: _Levels, scheme: str) -> list[int]:
+def _counts_4bit(
+    module: Any, name: str, w: torch.Tensor, t: torch.Tensor | None, levels: _Levels, scheme: str
+) -> list[int]:
     """(n, changed, agree, small, same) for one Linear4bit; also checks its codes are the source's."""
     n = w.numel()
     w_flat, packed = w.reshape(-1), module.weight.data.reshape(-1).view(torch.uint8)
@@ -207,12 +210,19 @@ def _counts_4bit(module: Any, name: str, w: torch.Tensor, t: torch.Tensor | None
     agree = small = same = 0
     for a in range(0, n, CHUNK_ELEMENTS):
         b = min(n, a + CHUNK_ELEMENTS)
-        own, _ = bnbF.quantize_4bit(w_flat[a:b], blocksize=BNB_4BIT_BLOCKSIZE, quant_type=scheme, quant_storage=torch.uint8)
+        own, _ = bnbF.quantize_4bit(
+            w_flat[a:b], blocksize=BNB_4BIT_BLOCKSIZE, quant_type=scheme, quant_storage=torch.uint8
+        )
         if not torch.equal(own.reshape(-1), packed[a // 2 : (b + 1) // 2]):
-            raise ModelError(f"bnb layer '{name}' does not hold the quantized source weight: the model in memory differs from its directory")
+            raise ModelError(
+                f"bnb layer '{name}' does not hold the quantized source weight: the model in memory differs from its "
+                "directory"
+            )
         if t is None:
             continue
-        t_packed, t_state = bnbF.quantize_4bit(t[a:b], blocksize=BNB_4BIT_BLOCKSIZE, quant_type=scheme, quant_storage=torch.uint8)
+        t_packed, t_state = bnbF.quantize_4bit(
+            t[a:b], blocksize=BNB_4BIT_BLOCKSIZE, quant_type=scheme, quant_storage=torch.uint8
+        )
         lvl_u = levels.of_code[unpack_4bit(own, b - a)]
         lvl_t = levels.of_code[unpack_4bit(t_packed, b - a)]
         absmax_t = _absmax_per_weight(t_state.absmax, b - a)
@@ -233,7 +243,10 @@ def _counts_int8(module: Any, name: str, w: torch.Tensor, t: torch.Tensor | None
     for r in range(0, w.shape[0], step):
         own, _, _ = bnbF.int8_vectorwise_quant(w[r : r + step].to(torch.float16))
         if not torch.equal(own, cb[r : r + step]):
-            raise ModelError(f"bnb layer '{name}' does not hold the quantized source weight: the model in memory differs from its directory")
+            raise ModelError(
+                f"bnb layer '{name}' does not hold the quantized source weight: the model in memory differs from its "
+                "directory"
+            )
         if t is None:
             continue
         t16 = t[r : r + step].to(torch.float16)
@@ -250,7 +263,8 @@ def _counts_int8(module: Any, name: str, w: torch.Tensor, t: torch.Tensor | None
 
 
 class BnbBackend:
-    """``bnb-fp4`` / ``bnb-nf4`` / ``bnb-int8`` through a fresh bitsandbytes-quantized copy (see the module docstring)."""
+    """``bnb-fp4`` / ``bnb-nf4`` / ``bnb-int8`` through a fresh bitsandbytes-quantized copy (see the module
+    docstring)."""
 
     name = "bnb"
     takes_target_codes = False
@@ -282,7 +296,9 @@ class BnbBackend:
 
         device = str(loaded.device)
         if torch.device(device).type not in ("cpu", "cuda"):
-            raise QuantizerError(f"quantizer '{self.spec.id}' runs on cpu or cuda, not '{device}'; pass --unlearn-device=cpu")
+            raise QuantizerError(
+                f"quantizer '{self.spec.id}' runs on cpu or cuda, not '{device}'; pass --unlearn-device=cpu"
+            )
         dtype = getattr(torch, loaded.dtype)
         try:
             with quiet_transformers():
@@ -295,7 +311,9 @@ class BnbBackend:
                     trust_remote_code=False,
                 )
         except Exception as exc:  # transformers/bnb raise many types
-            raise ModelError(f"bitsandbytes could not load '{loaded.path}' as {self.spec.id} ({type(exc).__name__}: {exc})") from None
+            raise ModelError(
+                f"bitsandbytes could not load '{loaded.path}' as {self.spec.id} ({type(exc).__name__}: {exc})"
+            ) from None
         prepare_4bit_layers(model)  # the CPU repack trap and misaligned layers: see the module docstring
         return model.eval()
 
@@ -316,12 +334,20 @@ class BnbBackend:
                 full = f"{mod_name}.{p_name}" if mod_name else p_name
                 other = source_params.get(full)
                 if other is None or other.shape != param.shape or not torch.equal(other.to(param.device), param):
-                    raise ModelError(f"the bnb copy of '{path}' differs from the model in memory at '{full}'; reload the model from its directory")
+                    raise ModelError(
+                        f"the bnb copy of '{path}' differs from the model in memory at '{full}'; reload the model from "
+                        "its directory"
+                    )
 
     @contextmanager
     def apply(
-        self, loaded: LoadedModel, *, target: LoadedModel | None = None, skip_modules: Sequence[str] = DEFAULT_SKIP,
-        calibration: Calibration | None = None, target_codes: Any = None,
+        self,
+        loaded: LoadedModel,
+        *,
+        target: LoadedModel | None = None,
+        skip_modules: Sequence[str] = DEFAULT_SKIP,
+        calibration: Calibration | None = None,
+        target_codes: Any = None,
     ) -> Iterator[tuple[Any, QuantDetails]]:
         """Yield (quantized copy, report); the source model is never modified. The copy is freed on exit.
         ``calibration`` and ``target_codes`` are ignored (see :class:`~.base.Backend`)."""
@@ -352,12 +378,15 @@ class BnbBackend:
                         if levels is None:
                             counts = _counts_int8(module, name, w, t)
                         else:
-                            counts = _counts_4bit(module, name, w, None if t is None else t.reshape(-1), levels, self.spec.scheme)  # type: ignore[arg-type]
+                            scheme = str(self.spec.scheme)  # a 4-bit spec always names its scheme
+                            t_flat = None if t is None else t.reshape(-1)
+                            counts = _counts_4bit(module, name, w, t_flat, levels, scheme)
                         totals = [a + b for a, b in zip(totals, counts)]
                         names.append(name)
                         del w, t
-            details = QuantDetails.from_counts(self.spec, self.name, names, totals,
-                                             has_target=target is not None, seconds=time.perf_counter() - start)
+            details = QuantDetails.from_counts(
+                self.spec, self.name, names, totals, has_target=target is not None, seconds=time.perf_counter() - start
+            )
             yield (model if model is not None else loaded.model), details
         finally:
             _open_blocks -= 1

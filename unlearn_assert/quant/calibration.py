@@ -9,7 +9,8 @@ Why these rules:
 * **Source.** ``--unlearn-calibration=FILE`` if given; otherwise the *retain* text of the data dir
   (its raw retain documents: MUSE's ``raw/retain1`` then ``raw/retain2``, as .json lists or .txt, or
   ``raw/retain.txt``, or the same splits of its Hugging Face form; else the privleak retain texts).
-  A .json list keeps MUSE's document boundaries, so each document ends with EOS. Retain text is what the provider is allowed
+  A .json list keeps MUSE's document boundaries, so each document ends with EOS. Retain text is what the provider is
+  allowed
   to keep, and calibrating on forget text would hand GPTQ/AWQ exactly the activations the gate is
   meant to probe. A data dir with neither and no ``--unlearn-calibration`` is a usage error.
 * **Samples.** The documents are tokenized, joined with the tokenizer's EOS token (when it has
@@ -61,8 +62,13 @@ class Calibration:
 
     def summary(self) -> dict[str, Any]:
         """What the report records: where the text came from, how it was sampled, its hash."""
-        return {"source": self.source, "documents": len(self.texts), "n_samples": self.n_samples, "seq_len": self.seq_len,
-                "fingerprint": self.fingerprint}
+        return {
+            "source": self.source,
+            "documents": len(self.texts),
+            "n_samples": self.n_samples,
+            "seq_len": self.seq_len,
+            "fingerprint": self.fingerprint,
+        }
 
     def windows(self, tokenizer: Any, max_positions: int | None = None) -> list[list[int]]:
         """Token-id windows for this tokenizer (deterministic; see the module docstring)."""
@@ -84,19 +90,25 @@ class Calibration:
         if len(out) > 1 and len(out[-1]) < MIN_LAST * length:
             out.pop()
         if not out or not out[0]:
-            raise ConfigError(f"calibration text from {self.source} gives no tokens; pass --unlearn-calibration=FILE with retain text")
+            raise ConfigError(
+                f"calibration text from {self.source} gives no tokens; pass --unlearn-calibration=FILE with retain text"
+            )
         return out
 
 
 def _documents(value: Any, where: str) -> tuple[str, ...]:
     """A JSON value as documents: a list of strings or of objects with a string ``text``."""
     if not isinstance(value, list):
-        raise ConfigError(f"{where}: expected a JSON list of strings (or of objects with a 'text' field), got {type(value).__name__}")
+        raise ConfigError(
+            f"{where}: expected a JSON list of strings (or of objects with a 'text' field), got {type(value).__name__}"
+        )
     docs: list[str] = []
     for i, item in enumerate(value):
         text = item.get("text") if isinstance(item, dict) else item
         if not isinstance(text, str):
-            raise ConfigError(f"{where}: item {i} is not a string or an object with a string 'text' field; fix or remove it")
+            raise ConfigError(
+                f"{where}: item {i} is not a string or an object with a string 'text' field; fix or remove it"
+            )
         if text.strip():
             docs.append(text)
     return tuple(docs)
@@ -110,7 +122,9 @@ def load_calibration_file(path: str | Path) -> Calibration:
     if not p.is_file():
         raise ConfigError(f"{where} is not a file; pass a .txt, .json or .jsonl file of calibration text")
     if p.stat().st_size > MAX_FILE_BYTES:
-        raise ConfigError(f"{where} is larger than {MAX_FILE_BYTES >> 20} MiB; pass a text sample, not a corpus or a checkpoint")
+        raise ConfigError(
+            f"{where} is larger than {MAX_FILE_BYTES >> 20} MiB; pass a text sample, not a corpus or a checkpoint"
+        )
     try:
         raw = p.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
@@ -120,7 +134,9 @@ def load_calibration_file(path: str | Path) -> Calibration:
         try:
             docs = _documents(json.loads(raw), where)
         except json.JSONDecodeError as exc:
-            raise ConfigError(f"{where} is not valid JSON (line {exc.lineno}: {exc.msg}); fix the file or use a .txt file") from None
+            raise ConfigError(
+                f"{where} is not valid JSON (line {exc.lineno}: {exc.msg}); fix the file or use a .txt file"
+            ) from None
     elif suffix == ".jsonl":
         values = []
         for n, line in enumerate(raw.splitlines(), 1):
@@ -128,7 +144,9 @@ def load_calibration_file(path: str | Path) -> Calibration:
                 try:
                     values.append(json.loads(line))
                 except json.JSONDecodeError as exc:
-                    raise ConfigError(f"{where}: line {n} is not valid JSON ({exc.msg}); fix it or use a .txt file") from None
+                    raise ConfigError(
+                        f"{where}: line {n} is not valid JSON ({exc.msg}); fix it or use a .txt file"
+                    ) from None
         docs = _documents(values, where)
     else:
         docs = (raw,) if raw.strip() else ()
@@ -151,7 +169,9 @@ def calibration_from_data(data: Any) -> Calibration | None:
         return Calibration(texts=docs, source=f"{sources.get('raw_retain_docs', 'raw/retain.txt')} of {data.path}")
     docs = tuple(t for t in (getattr(data, "privleak_retain", None) or ()) if t.strip())
     if docs:
-        return Calibration(texts=docs, source=f"{sources.get('privleak_retain', 'privleak/retain.json')} of {data.path}")
+        return Calibration(
+            texts=docs, source=f"{sources.get('privleak_retain', 'privleak/retain.json')} of {data.path}"
+        )
     return None
 
 

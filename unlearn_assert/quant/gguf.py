@@ -71,20 +71,28 @@ if TYPE_CHECKING:  # pragma: no cover
 
 #: id scheme -> llama.cpp's ``llama_ftype`` preset
 FTYPES: dict[str, int] = {
-    "q4_k_m": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M, "q5_k_m": llama_cpp.LLAMA_FTYPE_MOSTLY_Q5_K_M,
-    "q6_k": llama_cpp.LLAMA_FTYPE_MOSTLY_Q6_K, "q8_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0,
-    "q4_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0, "q3_k_m": llama_cpp.LLAMA_FTYPE_MOSTLY_Q3_K_M,
+    "q4_k_m": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M,
+    "q5_k_m": llama_cpp.LLAMA_FTYPE_MOSTLY_Q5_K_M,
+    "q6_k": llama_cpp.LLAMA_FTYPE_MOSTLY_Q6_K,
+    "q8_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0,
+    "q4_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0,
+    "q3_k_m": llama_cpp.LLAMA_FTYPE_MOSTLY_Q3_K_M,
     "q2_k": llama_cpp.LLAMA_FTYPE_MOSTLY_Q2_K,
 }
 
 #: GGML type -> byte ranges of the scale fields in one block (the rest are the weights' codes),
 #: from the block layouts ``gguf.quants`` decodes.
 SCALE_BYTES: dict[int, tuple[tuple[int, int], ...]] = {
-    gguf.GGMLQuantizationType.Q4_0: ((0, 2),), gguf.GGMLQuantizationType.Q4_1: ((0, 4),),
-    gguf.GGMLQuantizationType.Q5_0: ((0, 2),), gguf.GGMLQuantizationType.Q5_1: ((0, 4),),
-    gguf.GGMLQuantizationType.Q8_0: ((0, 2),), gguf.GGMLQuantizationType.IQ4_NL: ((0, 2),),
-    gguf.GGMLQuantizationType.Q2_K: ((0, 16), (80, 84)), gguf.GGMLQuantizationType.Q3_K: ((96, 110),),
-    gguf.GGMLQuantizationType.Q4_K: ((0, 16),), gguf.GGMLQuantizationType.Q5_K: ((0, 16),),
+    gguf.GGMLQuantizationType.Q4_0: ((0, 2),),
+    gguf.GGMLQuantizationType.Q4_1: ((0, 4),),
+    gguf.GGMLQuantizationType.Q5_0: ((0, 2),),
+    gguf.GGMLQuantizationType.Q5_1: ((0, 4),),
+    gguf.GGMLQuantizationType.Q8_0: ((0, 2),),
+    gguf.GGMLQuantizationType.IQ4_NL: ((0, 2),),
+    gguf.GGMLQuantizationType.Q2_K: ((0, 16), (80, 84)),
+    gguf.GGMLQuantizationType.Q3_K: ((96, 110),),
+    gguf.GGMLQuantizationType.Q4_K: ((0, 16),),
+    gguf.GGMLQuantizationType.Q5_K: ((0, 16),),
     gguf.GGMLQuantizationType.Q6_K: ((192, 210),),
 }
 
@@ -118,8 +126,10 @@ def llama_quantize(src: Path, dst: Path, scheme: str, threads: int) -> None:
         rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
     if rc != 0:
         lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
-        raise QuantizerError(f"llama.cpp could not quantize to {scheme.upper()} (llama_model_quantize returned {rc}: "
-                             f"{lines[-1] if lines else 'no message'}); check the model's shapes")
+        raise QuantizerError(
+            f"llama.cpp could not quantize to {scheme.upper()} (llama_model_quantize returned {rc}: "
+            f"{lines[-1] if lines else 'no message'}); check the model's shapes"
+        )
 
 
 @dataclass
@@ -153,7 +163,9 @@ def convert_and_quantize(loaded: LoadedModel, scheme: str, directory: Path, thre
     f32.unlink()
     tensors = read_quantized(out)
     out.unlink()
-    return Converted(tensors, plan, processor, originals, converted - start, time.perf_counter() - mapped, answer.get("fallback_pre"))
+    return Converted(
+        tensors, plan, processor, originals, converted - start, time.perf_counter() - mapped, answer.get("fallback_pre")
+    )
 
 
 def code_agreement(u: QTensor, t: QTensor) -> int:
@@ -176,8 +188,12 @@ def code_agreement(u: QTensor, t: QTensor) -> int:
     return min(agree, n)
 
 
-def compare(tensors: dict[str, QTensor], originals: dict[str, np.ndarray], plan: dict[str, str],
-            target: dict[str, QTensor] | None) -> tuple[list[str], list[int]]:
+def compare(
+    tensors: dict[str, QTensor],
+    originals: dict[str, np.ndarray],
+    plan: dict[str, str],
+    target: dict[str, QTensor] | None,
+) -> tuple[list[str], list[int]]:
     """(quantized tensor names, [weights, changed, same code as q(T), 0, 0]) over the tensors
     llama.cpp stored in a non-float type."""
     totals = [0, 0, 0, 0, 0]
@@ -203,7 +219,9 @@ class GgufBackend:
 
     def __init__(self, spec: QuantSpec) -> None:
         if spec.backend != self.name or spec.scheme not in FTYPES:
-            raise QuantizerError(f"GgufBackend cannot run quantizer '{spec.id}'; use one of {', '.join('gguf-' + s for s in FTYPES)}")
+            raise QuantizerError(
+                f"GgufBackend cannot run quantizer '{spec.id}'; use one of {', '.join('gguf-' + s for s in FTYPES)}"
+            )
         self.spec = spec
         self.codes: dict[str, QTensor] | None = None
 
@@ -216,14 +234,22 @@ class GgufBackend:
 
     @contextmanager
     def apply(
-        self, loaded: LoadedModel, *, target: LoadedModel | None = None, skip_modules: Sequence[str] = DEFAULT_SKIP,
-        calibration: Calibration | None = None, target_codes: Any = None,
+        self,
+        loaded: LoadedModel,
+        *,
+        target: LoadedModel | None = None,
+        skip_modules: Sequence[str] = DEFAULT_SKIP,
+        calibration: Calibration | None = None,
+        target_codes: Any = None,
     ) -> Iterator[tuple[Any, QuantDetails]]:
         """Put llama.cpp's quantization of ``loaded`` into its model for the block; yield (model, report).
         ``target_codes``: T's quantized tensors from an earlier ``apply`` on T (else T is quantized here)."""
         if tuple(skip_modules) != DEFAULT_SKIP:
-            raise QuantizerError(f"quantizer '{self.spec.id}' quantizes what llama.cpp's preset quantizes (embeddings and output included); "
-                                 "drop skip_modules for gguf-* ids")
+            raise QuantizerError(
+                f"quantizer '{self.spec.id}' quantizes what llama.cpp's preset quantizes (embeddings and output "
+                "included); "
+                "drop skip_modules for gguf-* ids"
+            )
         start = time.perf_counter()
         model = loaded.model
         mine = self._quantize(loaded)
@@ -235,11 +261,18 @@ class GgufBackend:
         originals = load_into(model, weights)
         del weights
         try:
-            base = QuantDetails.from_counts(self.spec, self.name, names, totals, has_target=target is not None,
-                                           seconds=time.perf_counter() - start)
-            details = GgufDetails(**vars(base), preset=self.spec.scheme or "", tensor_types=type_counts(mine.tensors),
-                                  seconds_convert=mine.seconds_convert, seconds_quantize=mine.seconds_quantize,
-                                  converter=Converter.shared().source, tokenizer_pre_fallback=mine.fallback_pre)
+            base = QuantDetails.from_counts(
+                self.spec, self.name, names, totals, has_target=target is not None, seconds=time.perf_counter() - start
+            )
+            details = GgufDetails(
+                **vars(base),
+                preset=self.spec.scheme or "",
+                tensor_types=type_counts(mine.tensors),
+                seconds_convert=mine.seconds_convert,
+                seconds_quantize=mine.seconds_quantize,
+                converter=Converter.shared().source,
+                tokenizer_pre_fallback=mine.fallback_pre,
+            )
             details.small_delta_fraction = details.same_cell_fraction = None
             self.codes = mine.tensors if target is None else None
             yield model, details

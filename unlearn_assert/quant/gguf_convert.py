@@ -38,7 +38,9 @@ def arch_of(config: Any) -> str:
     """llama.cpp's architecture for a transformers config, or one line listing what is supported."""
     model_type = str(_cfg(config, "model_type", ""))
     if model_type not in ARCHITECTURES:
-        raise QuantizerError(f"GGUF conversion does not support architecture '{model_type or 'unknown'}'; supported: {SUPPORTED_TEXT}")
+        raise QuantizerError(
+            f"GGUF conversion does not support architecture '{model_type or 'unknown'}'; supported: {SUPPORTED_TEXT}"
+        )
     return ARCHITECTURES[model_type]
 
 
@@ -66,14 +68,25 @@ def hparams(config: Any) -> Hparams:
     rope = dict(_cfg(config, "rope_parameters") or _cfg(config, "rope_scaling") or {})
     rope_type = str(rope.get("rope_type", rope.get("type", "default")) or "default")
     if rope_type not in _ROPE_OK:
-        raise QuantizerError(f"GGUF conversion supports RoPE {', '.join(_ROPE_OK)}, not '{rope_type}'; gate this model with rtn-*/bnb-* quantizers")
+        raise QuantizerError(
+            f"GGUF conversion supports RoPE {', '.join(_ROPE_OK)}, not '{rope_type}'; gate this model with rtn-*/bnb-* "
+            "quantizers"
+        )
     theta = float(rope.get("rope_theta") or _cfg(config, "rope_theta", 10000.0) or 10000.0)
     return Hparams(
-        arch=arch, n_layers=int(_cfg(config, "num_hidden_layers")), hidden=hidden, ffn=int(_cfg(config, "intermediate_size")),
-        n_head=n_head, n_head_kv=int(_cfg(config, "num_key_value_heads") or n_head),
-        head_dim=int(_cfg(config, "head_dim") or hidden // n_head), eps=float(_cfg(config, "rms_norm_eps", 1e-6)),
-        rope_theta=theta, rope={**rope, "rope_type": rope_type}, context=int(_cfg(config, "max_position_embeddings", 2048)),
-        vocab=int(_cfg(config, "vocab_size")), tied=bool(_cfg(config, "tie_word_embeddings", False)),
+        arch=arch,
+        n_layers=int(_cfg(config, "num_hidden_layers")),
+        hidden=hidden,
+        ffn=int(_cfg(config, "intermediate_size")),
+        n_head=n_head,
+        n_head_kv=int(_cfg(config, "num_key_value_heads") or n_head),
+        head_dim=int(_cfg(config, "head_dim") or hidden // n_head),
+        eps=float(_cfg(config, "rms_norm_eps", 1e-6)),
+        rope_theta=theta,
+        rope={**rope, "rope_type": rope_type},
+        context=int(_cfg(config, "max_position_embeddings", 2048)),
+        vocab=int(_cfg(config, "vocab_size")),
+        tied=bool(_cfg(config, "tie_word_embeddings", False)),
     )
 
 
@@ -112,7 +125,9 @@ def tensor_plan(model: nn.Module, hp: Hparams) -> dict[str, str]:
         g = gguf_name(name)
         if g is None:
             if name.endswith((".weight", ".bias")):
-                raise QuantizerError(f"GGUF conversion has no llama.cpp name for tensor '{name}'; supported: {SUPPORTED_TEXT}")
+                raise QuantizerError(
+                    f"GGUF conversion has no llama.cpp name for tensor '{name}'; supported: {SUPPORTED_TEXT}"
+                )
             continue
         if g == "output.weight" and tied:
             continue
@@ -128,7 +143,9 @@ def _is_tied(model: nn.Module) -> bool:
 
 # --------------------------------------------------------------------------- reading
 
-FLOAT_TYPE_IDS = frozenset({int(gguf.GGMLQuantizationType.F32), int(gguf.GGMLQuantizationType.F16), int(gguf.GGMLQuantizationType.BF16)})
+FLOAT_TYPE_IDS = frozenset(
+    {int(gguf.GGMLQuantizationType.F32), int(gguf.GGMLQuantizationType.F16), int(gguf.GGMLQuantizationType.BF16)}
+)
 
 
 @dataclass
@@ -145,7 +162,6 @@ class GgufDetails(QuantDetails):
     tokenizer_pre_fallback: str | None = None
 
 
-
 @dataclass
 class QTensor:
     """One tensor of a GGUF file: its type, its raw bytes (quantized blocks) and its torch shape."""
@@ -159,7 +175,9 @@ class QTensor:
         return gguf.GGMLQuantizationType(self.type_id).name.lower()
 
     def dequantize(self) -> np.ndarray:
-        return np.asarray(gguf.quants.dequantize(self.raw, gguf.GGMLQuantizationType(self.type_id)), dtype=np.float32).reshape(self.shape)
+        return np.asarray(
+            gguf.quants.dequantize(self.raw, gguf.GGMLQuantizationType(self.type_id)), dtype=np.float32
+        ).reshape(self.shape)
 
 
 def read_quantized(path: str | Path) -> dict[str, QTensor]:
@@ -185,7 +203,9 @@ def dequantized_weights(tensors: dict[str, QTensor], plan: dict[str, str], hp: H
     out: dict[str, np.ndarray] = {}
     for g, name in plan.items():
         if g not in tensors:
-            raise QuantizerError(f"the GGUF file has no tensor '{g}' (for '{name}'); pass a GGUF file of this model's architecture")
+            raise QuantizerError(
+                f"the GGUF file has no tensor '{g}' (for '{name}'); pass a GGUF file of this model's architecture"
+            )
         w = tensors[g].dequantize()
         heads = qk_heads(g, hp)
         out[name] = unpermute_qk(w, heads) if heads else w
@@ -204,8 +224,10 @@ def load_into(model: nn.Module, weights: dict[str, np.ndarray]) -> dict[str, tor
         for name, value in weights.items():
             dst = state[name]
             if tuple(dst.shape) != value.shape:
-                raise QuantizerError(f"tensor '{name}' is {list(value.shape)} in the GGUF file but {list(dst.shape)} in the model; "
-                                     "pass a GGUF file of this model")
+                raise QuantizerError(
+                    f"tensor '{name}' is {list(value.shape)} in the GGUF file but {list(dst.shape)} in the model; "
+                    "pass a GGUF file of this model"
+                )
             if dst.data_ptr() in seen:
                 continue
             seen.add(dst.data_ptr())

@@ -39,25 +39,67 @@ PERMUTED_QK = frozenset({"llama"})
 #: package can dequantize (``gguf.quants``). Other ids (removed ARM repacks, integer tensors) are
 #: "unsupported type". Cross-checked against ``gguf.constants.GGML_QUANT_SIZES`` in the tests.
 GGML_TYPES: dict[int, tuple[str, int, int]] = {
-    0: ("f32", 1, 4), 1: ("f16", 1, 2), 2: ("q4_0", 32, 18), 3: ("q4_1", 32, 20), 6: ("q5_0", 32, 22), 7: ("q5_1", 32, 24),
-    8: ("q8_0", 32, 34), 10: ("q2_k", 256, 84), 11: ("q3_k", 256, 110), 12: ("q4_k", 256, 144), 13: ("q5_k", 256, 176),
-    14: ("q6_k", 256, 210), 16: ("iq2_xxs", 256, 66), 17: ("iq2_xs", 256, 74), 18: ("iq3_xxs", 256, 98), 19: ("iq1_s", 256, 50),
-    20: ("iq4_nl", 32, 18), 21: ("iq3_s", 256, 110), 22: ("iq2_s", 256, 82), 23: ("iq4_xs", 256, 136), 29: ("iq1_m", 256, 56),
-    30: ("bf16", 1, 2), 34: ("tq1_0", 256, 54), 35: ("tq2_0", 256, 66), 39: ("mxfp4", 32, 17),
+    0: ("f32", 1, 4),
+    1: ("f16", 1, 2),
+    2: ("q4_0", 32, 18),
+    3: ("q4_1", 32, 20),
+    6: ("q5_0", 32, 22),
+    7: ("q5_1", 32, 24),
+    8: ("q8_0", 32, 34),
+    10: ("q2_k", 256, 84),
+    11: ("q3_k", 256, 110),
+    12: ("q4_k", 256, 144),
+    13: ("q5_k", 256, 176),
+    14: ("q6_k", 256, 210),
+    16: ("iq2_xxs", 256, 66),
+    17: ("iq2_xs", 256, 74),
+    18: ("iq3_xxs", 256, 98),
+    19: ("iq1_s", 256, 50),
+    20: ("iq4_nl", 32, 18),
+    21: ("iq3_s", 256, 110),
+    22: ("iq2_s", 256, 82),
+    23: ("iq4_xs", 256, 136),
+    29: ("iq1_m", 256, 56),
+    30: ("bf16", 1, 2),
+    34: ("tq1_0", 256, 54),
+    35: ("tq2_0", 256, 66),
+    39: ("mxfp4", 32, 17),
 }
 
-_SCALARS: dict[int, str] = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+_SCALARS: dict[int, str] = {
+    0: "<B",
+    1: "<b",
+    2: "<H",
+    3: "<h",
+    4: "<I",
+    5: "<i",
+    6: "<f",
+    7: "<?",
+    10: "<Q",
+    11: "<q",
+    12: "<d",
+}
 _STRING, _ARRAY = 8, 9
 #: metadata keys worth keeping (hyper-parameters and split info); everything else is skipped unread
-_KEEP = re.compile(r"general\.(architecture|file_type|alignment|name)|split\..*|[a-z0-9_]+\.(block_count|embedding_length|vocab_size)")
+_KEEP = re.compile(
+    r"general\.(architecture|file_type|alignment|name)|split\..*|[a-z0-9_]+\.(block_count|embedding_length|vocab_size)"
+)
 _SPLIT_NAME = re.compile(r"-\d{5}-of-(\d{5})\.gguf$")
 
 # --------------------------------------------------------------------------- names
 
 _LAYER = {
-    "input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
-    "self_attn.o_proj": "attn_output", "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm",
-    "post_attention_layernorm": "ffn_norm", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
+    "input_layernorm": "attn_norm",
+    "self_attn.q_proj": "attn_q",
+    "self_attn.k_proj": "attn_k",
+    "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output",
+    "self_attn.q_norm": "attn_q_norm",
+    "self_attn.k_norm": "attn_k_norm",
+    "post_attention_layernorm": "ffn_norm",
+    "mlp.gate_proj": "ffn_gate",
+    "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down",
 }
 _GLOBAL = {"model.embed_tokens": "token_embd", "model.norm": "output_norm", "lm_head": "output"}
 _LAYER_RE = re.compile(r"model\.layers\.(\d+)\.(.+)")
@@ -81,7 +123,9 @@ def architecture(config: dict[str, Any], where: str) -> str:
     """The llama.cpp architecture of a Hugging Face config, or one line listing what is supported."""
     model_type = str(config.get("model_type", ""))
     if model_type not in ARCHITECTURES:
-        raise ConfigError(f"{where}: architecture '{model_type or 'unknown'}' is not supported for GGUF; supported: {SUPPORTED_TEXT}")
+        raise ConfigError(
+            f"{where}: architecture '{model_type or 'unknown'}' is not supported for GGUF; supported: {SUPPORTED_TEXT}"
+        )
     return ARCHITECTURES[model_type]
 
 
@@ -175,13 +219,20 @@ def read_header(path: str | Path, where: str) -> GgufHeader:
         try:
             magic = f.read(4)
             if magic != MAGIC:
-                raise ConfigError(f"{where}: not a GGUF file (it starts with {magic!r}, not b'GGUF'); pass a llama.cpp .gguf file")
+                raise ConfigError(
+                    f"{where}: not a GGUF file (it starts with {magic!r}, not b'GGUF'); pass a llama.cpp .gguf file"
+                )
             version = _u32(f)
             if version not in (2, 3):
-                raise ConfigError(f"{where}: GGUF version {version} is not supported (2 and 3 are); re-convert it with a current llama.cpp")
+                raise ConfigError(
+                    f"{where}: GGUF version {version} is not supported (2 and 3 are); re-convert it with a current "
+                    "llama.cpp"
+                )
             n_tensors, n_kv = _u64(f), _u64(f)
             if n_tensors > 1_000_000 or n_kv > 1_000_000:
-                raise ConfigError(f"{where}: the GGUF header is corrupt ({n_tensors} tensors, {n_kv} keys); download the file again")
+                raise ConfigError(
+                    f"{where}: the GGUF header is corrupt ({n_tensors} tensors, {n_kv} keys); download the file again"
+                )
             metadata: dict[str, Any] = {}
             for _ in range(n_kv):
                 key = _string(f)
@@ -195,12 +246,17 @@ def read_header(path: str | Path, where: str) -> GgufHeader:
                 name = _string(f)
                 n_dims = _u32(f)
                 if n_dims > 4:
-                    raise ConfigError(f"{where}: tensor '{name}' has {n_dims} dimensions; the GGUF header is corrupt, download the file again")
+                    raise ConfigError(
+                        f"{where}: tensor '{name}' has {n_dims} dimensions; the GGUF header is corrupt, download the "
+                        "file again"
+                    )
                 shape = tuple(_u64(f) for _ in range(n_dims))
                 tensors.append(TensorInfo(name, shape, _u32(f), _u64(f)))
             end = f.tell()
         except _Truncated:
-            raise ConfigError(f"{where}: the file is truncated (it ends inside the GGUF header, at {size} bytes); download it again") from None
+            raise ConfigError(
+                f"{where}: the file is truncated (it ends inside the GGUF header, at {size} bytes); download it again"
+            ) from None
         except (ValueError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{where}: the GGUF header is corrupt ({exc}); download the file again") from None
     alignment = int(metadata.get("general.alignment", 32) or 32)
@@ -208,15 +264,19 @@ def read_header(path: str | Path, where: str) -> GgufHeader:
     header = GgufHeader(str(p), version, metadata, tensors, data_offset, size)
     for t in tensors:
         if t.type_id not in GGML_TYPES:
-            raise ConfigError(f"{where}: tensor '{t.name}' has GGML type {t.type_id}, which the gguf package cannot dequantize; "
-                              f"supported: {', '.join(sorted(n for n, _, _ in GGML_TYPES.values()))}")
+            raise ConfigError(
+                f"{where}: tensor '{t.name}' has GGML type {t.type_id}, which the gguf package cannot dequantize; "
+                f"supported: {', '.join(sorted(n for n, _, _ in GGML_TYPES.values()))}"
+            )
         header.types[t.type_name] = header.types.get(t.type_name, 0) + 1
     split = metadata.get("split.count")
     match = _SPLIT_NAME.search(p.name)
     if (isinstance(split, int) and split > 1) or (match and int(match[1]) > 1):
         count = split if isinstance(split, int) and split > 1 else int(match[1]) if match else 0
-        raise ConfigError(f"{where}: this is one part of a split GGUF file ({count} parts); merge it first with "
-                          "llama-gguf-split --merge FIRST-00001-of-N.gguf OUT.gguf and pass OUT.gguf")
+        raise ConfigError(
+            f"{where}: this is one part of a split GGUF file ({count} parts); merge it first with "
+            "llama-gguf-split --merge FIRST-00001-of-N.gguf OUT.gguf and pass OUT.gguf"
+        )
     need = max((data_offset + t.offset + t.nbytes() for t in tensors), default=data_offset)
     if size < need:
         raise ConfigError(f"{where}: the file is truncated ({size} bytes, its tensors need {need}); download it again")
@@ -254,15 +314,21 @@ def check_gguf_file(name: str, path: str, target: str | None) -> GgufHeader:
         return header
     arch, shapes, tied = expected_tensors(target)
     if header.architecture != arch:
-        raise ConfigError(f"{where}: the file's architecture is '{header.architecture or 'unset'}' but the target's is '{arch}'; "
-                          f"pass a GGUF file of the unlearned model (supported: {SUPPORTED_TEXT})")
+        raise ConfigError(
+            f"{where}: the file's architecture is '{header.architecture or 'unset'}' but the target's is '{arch}'; "
+            f"pass a GGUF file of the unlearned model (supported: {SUPPORTED_TEXT})"
+        )
     found = {t.name: t.shape for t in header.tensors}
     missing = [n for n in shapes if n not in found]
     if missing:
-        raise ConfigError(f"{where}: the file has no tensor {missing[0]} ({len(missing)} of the target's {len(shapes)} missing); "
-                          "pass a GGUF file of the unlearned model of this target")
+        raise ConfigError(
+            f"{where}: the file has no tensor {missing[0]} ({len(missing)} of the target's {len(shapes)} missing); "
+            "pass a GGUF file of the unlearned model of this target"
+        )
     for n, shape in shapes.items():
         if tuple(found[n]) != shape:
-            raise ConfigError(f"{where}: shape mismatch: tensor {n} is {list(found[n])} in the file but {list(shape)} in the target "
-                              "(ggml order); pass a GGUF file of the unlearned model of this target")
+            raise ConfigError(
+                f"{where}: shape mismatch: tensor {n} is {list(found[n])} in the file but {list(shape)} in the target "
+                "(ggml order); pass a GGUF file of the unlearned model of this target"
+            )
     return header

@@ -63,7 +63,9 @@ def hqq_codes(layer: HQQLinear) -> torch.Tensor:
     return layer.unpack(dtype=torch.float32)[:rows].reshape(-1)
 
 
-def _counts(layer: HQQLinear, w: torch.Tensor, t: torch.Tensor | None, params: dict[str, Any], device: str) -> list[int]:
+def _counts(
+    layer: HQQLinear, w: torch.Tensor, t: torch.Tensor | None, params: dict[str, Any], device: str
+) -> list[int]:
     """(n, changed, agree, small, same) for one layer; T is quantized here and dropped."""
     n = w.numel()
     changed = int((layer.dequantize() != w).sum())
@@ -94,11 +96,17 @@ class HqqBackend:
         if spec.backend != self.name or spec.bits is None or spec.group_size is None:
             raise QuantizerError(f"HqqBackend cannot run quantizer '{spec.id}'; use hqq-w<bits>g<group>")
         if spec.symmetric:
-            raise QuantizerError(f"quantizer '{spec.id}': hqq quantizes with a zero point only; drop '-sym' (e.g. hqq-w4g64)")
+            raise QuantizerError(
+                f"quantizer '{spec.id}': hqq quantizes with a zero point only; drop '-sym' (e.g. hqq-w4g64)"
+            )
         if spec.bits not in HQQ_BITS:
-            raise QuantizerError(f"quantizer '{spec.id}': hqq supports {', '.join(map(str, HQQ_BITS))} bits, not {spec.bits}")
+            raise QuantizerError(
+                f"quantizer '{spec.id}': hqq supports {', '.join(map(str, HQQ_BITS))} bits, not {spec.bits}"
+            )
         if spec.group_size % 8:
-            raise QuantizerError(f"quantizer '{spec.id}': hqq needs a group size that is a multiple of 8, got {spec.group_size}")
+            raise QuantizerError(
+                f"quantizer '{spec.id}': hqq needs a group size that is a multiple of 8, got {spec.group_size}"
+            )
         self.spec = spec
         self.quant_config = BaseQuantizeConfig(nbits=spec.bits, group_size=spec.group_size)
         self.swapped: dict[str, nn.Module] = {}
@@ -113,14 +121,20 @@ class HqqBackend:
         rows, rest = divmod(weight.numel(), group)
         if rest or rows % ROW_MULTIPLE.get(self.spec.bits, 1):
             raise QuantizerError(
-                f"quantizer '{self.spec.id}' cannot pack '{name}' ({tuple(weight.shape)}): its size must be a multiple of "
+                f"quantizer '{self.spec.id}' cannot pack '{name}' ({tuple(weight.shape)}): its size must be a multiple "
+                "of "
                 f"{group * ROW_MULTIPLE.get(self.spec.bits, 1)}; pick another group size or skip the module"
             )
 
     @contextmanager
     def apply(
-        self, loaded: LoadedModel, *, target: LoadedModel | None = None, skip_modules: Sequence[str] = DEFAULT_SKIP,
-        calibration: Calibration | None = None, target_codes: Any = None,
+        self,
+        loaded: LoadedModel,
+        *,
+        target: LoadedModel | None = None,
+        skip_modules: Sequence[str] = DEFAULT_SKIP,
+        calibration: Calibration | None = None,
+        target_codes: Any = None,
     ) -> Iterator[tuple[Any, QuantDetails]]:
         """Swap ``HQQLinear`` modules into ``loaded.model`` for the block; yield (model, report).
         ``calibration`` and ``target_codes`` are ignored (see :class:`~.base.Backend`)."""
@@ -130,7 +144,11 @@ class HqqBackend:
         device = str(loaded.device)
         modules = dict(model.named_modules())  # captured before any swap (target may be the same model)
         target_modules = None if target is None else dict(target.model.named_modules())
-        todo = {n: m for n, m in modules.items() if isinstance(m, nn.Linear) and m.weight.ndim == 2 and not skipped(n, skip_modules)}
+        todo = {
+            n: m
+            for n, m in modules.items()
+            if isinstance(m, nn.Linear) and m.weight.ndim == 2 and not skipped(n, skip_modules)
+        }
         for name, module in todo.items():
             self._check_shape(name, module.weight)
         params = self.weight_params
@@ -142,17 +160,30 @@ class HqqBackend:
                     t = None if target_modules is None else layer_weight(target, target_modules, name, w.shape)  # type: ignore[arg-type]
                     # a Parameter: hqq 0.2.8's from_weights assigns the bias to an nn.Linear, which refuses a
                     # plain tensor (TypeError on every biased layer: Qwen2's q/k/v projections)
-                    bias = None if module.bias is None else nn.Parameter(module.bias.detach().clone(), requires_grad=False)
+                    bias = (
+                        None if module.bias is None else nn.Parameter(module.bias.detach().clone(), requires_grad=False)
+                    )
                     layer = HQQLinear.from_weights(
-                        w.clone(), bias, quant_config=self.quant_config, compute_dtype=dtype, device=device, del_orig=True
+                        w.clone(),
+                        bias,
+                        quant_config=self.quant_config,
+                        compute_dtype=dtype,
+                        device=device,
+                        del_orig=True,
                     )
                     counts = _counts(layer, w, None if t is None else t.to(w.device), params, device)
                     totals = [a + b for a, b in zip(totals, counts)]
                     parent, _, child = name.rpartition(".")
                     setattr(model.get_submodule(parent) if parent else model, child, layer)
                     self.swapped[name] = module
-            details = QuantDetails.from_counts(self.spec, self.name, list(self.swapped), totals,
-                                             has_target=target is not None, seconds=time.perf_counter() - start)
+            details = QuantDetails.from_counts(
+                self.spec,
+                self.name,
+                list(self.swapped),
+                totals,
+                has_target=target is not None,
+                seconds=time.perf_counter() - start,
+            )
             yield model, details
         finally:
             for name, original in self.swapped.items():

@@ -38,7 +38,7 @@ if TYPE_CHECKING:  # pragma: no cover
 DRIVER = Path(__file__).with_name("llama_cpp_driver.py")
 #: |value mapped back - model weight| allowed by :func:`check_round_trip`: llama.cpp stores Gemma's norms
 #: as ``1 + w`` in float32, and ``(1 + w) - 1`` differs from ``w`` by at most half an ulp of 1 (2**-24).
-ROUND_TRIP_ATOL = 2.0 ** -23
+ROUND_TRIP_ATOL = 2.0**-23
 
 
 def _pre_tokenizer(directory: Path) -> str:
@@ -65,8 +65,14 @@ class Converter:
         self.root = root
         self.source = describe(root)
         self._log = tempfile.NamedTemporaryFile(prefix="unlearn-assert-llama-cpp-", suffix=".log", delete=False)  # noqa: SIM115
-        self._proc = subprocess.Popen([sys.executable, str(DRIVER), str(root)], stdin=subprocess.PIPE,
-                                      stdout=subprocess.PIPE, stderr=self._log, text=True, bufsize=1)
+        self._proc = subprocess.Popen(
+            [sys.executable, str(DRIVER), str(root)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            text=True,
+            bufsize=1,
+        )
         self._lock = threading.Lock()
 
     @classmethod
@@ -90,8 +96,11 @@ class Converter:
 
     def convert(self, model_dir: str | Path, out: Path) -> dict[str, Any]:
         """Write ``model_dir`` as an F32 GGUF file ``out``; return the driver's answer."""
-        request = {"model": str(Path(model_dir).resolve()), "out": str(out),
-                   "fallback_pre": _pre_tokenizer(Path(model_dir))}
+        request = {
+            "model": str(Path(model_dir).resolve()),
+            "out": str(out),
+            "fallback_pre": _pre_tokenizer(Path(model_dir)),
+        }
         with self._lock:
             assert self._proc.stdin is not None and self._proc.stdout is not None
             try:
@@ -101,12 +110,16 @@ class Converter:
             except (BrokenPipeError, OSError):
                 line = ""
         if not line:
-            raise QuantizerError(f"llama.cpp's converter stopped while converting '{model_dir}' ({self.log_tail()}); "
-                                 "see the log line, or report it with the model's config.json")
+            raise QuantizerError(
+                f"llama.cpp's converter stopped while converting '{model_dir}' ({self.log_tail()}); "
+                "see the log line, or report it with the model's config.json"
+            )
         answer: dict[str, Any] = json.loads(line)
         if not answer.get("ok"):
-            raise QuantizerError(f"llama.cpp's convert_hf_to_gguf.py ({self.source}) could not convert '{model_dir}': "
-                                 f"{answer.get('error')}; gate this model with rtn-*/bnb-*/hqq-*/gptq-*/awq-* ids")
+            raise QuantizerError(
+                f"llama.cpp's convert_hf_to_gguf.py ({self.source}) could not convert '{model_dir}': "
+                f"{answer.get('error')}; gate this model with rtn-*/bnb-*/hqq-*/gptq-*/awq-* ids"
+            )
         return answer
 
     def close(self) -> None:
@@ -143,17 +156,21 @@ def tensor_map(model: nn.Module, arch: str, names: set[str] | list[str]) -> tupl
     try:
         full = get_gguf_hf_weights_map(model, processor, model_type=arch)
     except NotImplementedError as exc:
-        raise QuantizerError(f"the installed gguf package has no tensor names for llama.cpp architecture '{arch}' "
-                             f"({exc}); upgrade gguf, or gate this model with rtn-*/bnb-* ids") from None
+        raise QuantizerError(
+            f"the installed gguf package has no tensor names for llama.cpp architecture '{arch}' "
+            f"({exc}); upgrade gguf, or gate this model with rtn-*/bnb-* ids"
+        ) from None
     plan = {g: h for g, h in full.items() if g in names}
     state = model.state_dict()
     covered = {state[h].data_ptr() for h in plan.values()}
     params = dict(model.named_parameters(remove_duplicate=False))
     lost = [n for n, p in params.items() if p.data_ptr() not in covered]
     if lost:
-        raise QuantizerError(f"llama.cpp's GGUF file of this {type(model).__name__} has no tensor for '{lost[0]}' "
-                             f"({len(lost)} weights unmapped); gate this model with rtn-*/bnb-* ids, "
-                             "or report the architecture")
+        raise QuantizerError(
+            f"llama.cpp's GGUF file of this {type(model).__name__} has no tensor for '{lost[0]}' "
+            f"({len(lost)} weights unmapped); gate this model with rtn-*/bnb-* ids, "
+            "or report the architecture"
+        )
     return plan, processor
 
 
@@ -162,8 +179,9 @@ def to_torch(processor: Any, gguf_name: str, value: np.ndarray) -> np.ndarray:
     return np.asarray(processor.process(weights=value, name=gguf_name).weights, dtype=np.float32)
 
 
-def check_round_trip(model: nn.Module, plan: dict[str, str], processor: Any, f32: dict[str, np.ndarray],
-                     what: str) -> None:
+def check_round_trip(
+    model: nn.Module, plan: dict[str, str], processor: Any, f32: dict[str, np.ndarray], what: str
+) -> None:
     """The F32 file mapped back must be the model's weights (see :data:`ROUND_TRIP_ATOL`)."""
     import torch
 
@@ -174,7 +192,9 @@ def check_round_trip(model: nn.Module, plan: dict[str, str], processor: Any, f32
         if back.shape != mine.shape or not np.allclose(back, mine, rtol=0.0, atol=ROUND_TRIP_ATOL):
             shape = back.shape != mine.shape
             err = f"shape {list(back.shape)}" if shape else f"max error {float(np.abs(back - mine).max()):.3g}"
-            raise QuantizerError(f"llama.cpp's F32 GGUF file of {what} does not map back onto '{name}' "
-                                 f"(tensor {g}, {err}): transformers' GGUF loader does not invert this "
-                                 "architecture's conversion; "
-                                 "gate this model with rtn-*/bnb-* ids, or report the architecture")
+            raise QuantizerError(
+                f"llama.cpp's F32 GGUF file of {what} does not map back onto '{name}' "
+                f"(tensor {g}, {err}): transformers' GGUF loader does not invert this "
+                "architecture's conversion; "
+                "gate this model with rtn-*/bnb-* ids, or report the architecture"
+            )

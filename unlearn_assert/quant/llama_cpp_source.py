@@ -73,16 +73,20 @@ def find_converter() -> tuple[Path | None, str]:
         root = Path(env).expanduser()
         lack = missing(root)
         if lack:
-            return None, (f"${ENV}={env} is not a llama.cpp source tree (it has no {lack[0]}); "
-                          "point it at a llama.cpp checkout, or unset it")
+            return None, (
+                f"${ENV}={env} is not a llama.cpp source tree (it has no {lack[0]}); "
+                "point it at a llama.cpp checkout, or unset it"
+            )
         return root, ""
     version = installed_version()
     if version is None:
         return None, "llama-cpp-python is not installed; install it with: pip install 'unlearn-assert[gguf]'"
     root = default_dir(version)
     if missing(root):
-        return None, (f"llama.cpp's converter (convert_hf_to_gguf.py of llama-cpp-python {version}) is not set up; "
-                      f"run: {SETUP} (or set ${ENV} to a llama.cpp checkout)")
+        return None, (
+            f"llama.cpp's converter (convert_hf_to_gguf.py of llama-cpp-python {version}) is not set up; "
+            f"run: {SETUP} (or set ${ENV} to a llama.cpp checkout)"
+        )
     return root, ""
 
 
@@ -108,7 +112,7 @@ def converted_architectures(root: Path) -> frozenset[str]:
 
 
 def describe(root: Path) -> str:
-    """"llama.cpp 0c1e57098 (llama-cpp-python 0.3.36)" for a tree this module extracted, else its path."""
+    """ "llama.cpp 0c1e57098 (llama-cpp-python 0.3.36)" for a tree this module extracted, else its path."""
     try:
         source = json.loads((root / SOURCE_FILE).read_text(encoding="utf-8"))
         return f"llama.cpp {source['llama_cpp_commit']} (llama-cpp-python {source['llama_cpp_python']})"
@@ -120,8 +124,19 @@ def describe(root: Path) -> str:
 
 
 def _download_sdist(version: str, into: Path) -> Path:
-    cmd = [sys.executable, "-m", "pip", "download", "--no-binary", ":all:", "--no-deps", "-q", "-d", str(into),
-           f"llama-cpp-python=={version}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-binary",
+        ":all:",
+        "--no-deps",
+        "-q",
+        "-d",
+        str(into),
+        f"llama-cpp-python=={version}",
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True)
     found = sorted(into.glob(f"llama_cpp_python-{version}.tar.gz"))
     if done.returncode != 0 or not found:
@@ -137,8 +152,13 @@ def install_from_sdist(sdist: Path, dest: Path) -> dict[str, Any]:
         top = names[0].split("/")[0]
         prefix = f"{top}/vendor/llama.cpp/"
         match = re.fullmatch(r"llama_cpp_python-(.+)", top)
-        members = [m for m in tar.getmembers() if m.name.startswith(prefix)
-                   and m.name[len(prefix):].split("/")[0] in EXTRACTED and (m.isfile() or m.isdir())]
+        members = [
+            m
+            for m in tar.getmembers()
+            if m.name.startswith(prefix)
+            and m.name[len(prefix) :].split("/")[0] in EXTRACTED
+            and (m.isfile() or m.isdir())
+        ]
         changelog = tar.extractfile(f"{top}/CHANGELOG.md") if f"{top}/CHANGELOG.md" in names else None
         commit = "unknown"
         if changelog is not None and match:
@@ -149,13 +169,17 @@ def install_from_sdist(sdist: Path, dest: Path) -> dict[str, Any]:
         tmp = Path(tempfile.mkdtemp(prefix="unlearn-assert-llama-cpp-"))
         try:
             for m in members:
-                m.name = m.name[len(prefix):]
+                m.name = m.name[len(prefix) :]
                 tar.extract(m, tmp, filter="data")
             lack = missing(tmp)
             if lack:
                 raise ConfigError(f"'{sdist}' has no vendor/llama.cpp/{lack[0]}; pass a llama-cpp-python sdist")
-            source = {"llama_cpp_python": match[1] if match else "unknown", "llama_cpp_commit": commit,
-                      "sdist": sdist.name, "sdist_sha256": hashlib.sha256(sdist.read_bytes()).hexdigest()}
+            source = {
+                "llama_cpp_python": match[1] if match else "unknown",
+                "llama_cpp_commit": commit,
+                "sdist": sdist.name,
+                "sdist_sha256": hashlib.sha256(sdist.read_bytes()).hexdigest(),
+            }
             (tmp / SOURCE_FILE).write_text(json.dumps(source, indent=2) + "\n", encoding="utf-8")
             if dest.exists():
                 shutil.rmtree(dest)
@@ -169,8 +193,9 @@ def install_from_sdist(sdist: Path, dest: Path) -> dict[str, Any]:
 def _cmd(args: argparse.Namespace) -> int:
     version = installed_version()
     if version is None:
-        raise ConfigError("llama-cpp-python is not installed; install it first with: "
-                          "pip install 'unlearn-assert[gguf]'")
+        raise ConfigError(
+            "llama-cpp-python is not installed; install it first with: pip install 'unlearn-assert[gguf]'"
+        )
     dest = default_dir(version)
     if not missing(dest) and not args.force and args.sdist is None:
         print(f"llama.cpp's converter is already set up in {dest}: {describe(dest)}")
@@ -179,18 +204,23 @@ def _cmd(args: argparse.Namespace) -> int:
         sdist = Path(args.sdist) if args.sdist else _download_sdist(version, Path(tmp))
         source = install_from_sdist(sdist, dest)
     if source["llama_cpp_python"] != version:
-        print(f"warning: the sdist is llama-cpp-python {source['llama_cpp_python']} but {version} is installed",
-              file=sys.stderr)
+        print(
+            f"warning: the sdist is llama-cpp-python {source['llama_cpp_python']} but {version} is installed",
+            file=sys.stderr,
+        )
     print(f"llama.cpp's converter set up in {dest}: {describe(dest)}")
     return 0
 
 
 def add_parser(sub: Any) -> None:
     """``unlearn-assert llama-cpp-converter``: the converter of the installed llama-cpp-python, from its sdist."""
-    cmd = sub.add_parser("llama-cpp-converter",
-                         help="set up llama.cpp's convert_hf_to_gguf.py (for gguf-* ids) from the llama-cpp-python "
-                              "sdist")
-    cmd.add_argument("--sdist", help="a llama-cpp-python sdist (.tar.gz) to take it from, instead of downloading the "
-                                     "installed version's")
+    cmd = sub.add_parser(
+        "llama-cpp-converter",
+        help="set up llama.cpp's convert_hf_to_gguf.py (for gguf-* ids) from the llama-cpp-python sdist",
+    )
+    cmd.add_argument(
+        "--sdist",
+        help="a llama-cpp-python sdist (.tar.gz) to take it from, instead of downloading the installed version's",
+    )
     cmd.add_argument("--force", action="store_true", help="set it up again even if it is there")
     cmd.set_defaults(func=_cmd)

@@ -96,7 +96,9 @@ _LC_PARAMS = ("weight_scale", "weight_zero_point", "weight_g_idx", "weight_globa
 
 
 def _scheme(spec: QuantSpec, targets: list[str]) -> QuantizationScheme:
-    weights = QuantizationArgs(num_bits=spec.bits, type="int", symmetric=spec.symmetric, strategy="group", group_size=spec.group_size)
+    weights = QuantizationArgs(
+        num_bits=spec.bits, type="int", symmetric=spec.symmetric, strategy="group", group_size=spec.group_size
+    )
     return QuantizationScheme(targets=targets, weights=weights)
 
 
@@ -161,7 +163,9 @@ def _materialize(module: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]
     return codes, module.weight.detach(), scale
 
 
-def _grid(layers: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def _grid(
+    layers: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """A model's codes (int8) and scales per layer, on the CPU: what U's code agreement needs of T."""
     return {name: (codes.cpu(), scale.cpu()) for name, (codes, _, scale) in layers.items()}
 
@@ -181,7 +185,9 @@ class LlmcBackend:
 
     def __init__(self, spec: QuantSpec) -> None:
         if spec.backend != self.name or spec.bits is None or spec.group_size is None:
-            raise QuantizerError(f"{type(self).__name__} cannot run quantizer '{spec.id}'; use {self.name}-w<bits>g<group>")
+            raise QuantizerError(
+                f"{type(self).__name__} cannot run quantizer '{spec.id}'; use {self.name}-w<bits>g<group>"
+            )
         self.spec = spec
 
     def recipe(self, targets: list[str]) -> Any:  # pragma: no cover - abstract
@@ -202,8 +208,10 @@ class LlmcBackend:
         bad = [f"{n} ({m.in_features})" for n, m in todo.items() if m.in_features % group]
         if bad:
             raise QuantizerError(
-                f"quantizer '{self.spec.id}': group size {group} does not divide the input width of {len(bad)} layer(s), e.g. "
-                f"{', '.join(bad[:3])}; GPTQ/AWQ kernels need whole groups: pick a group size that divides them or skip those modules"
+                f"quantizer '{self.spec.id}': group size {group} does not divide the input width of {len(bad)} "
+                "layer(s), e.g. "
+                f"{', '.join(bad[:3])}; GPTQ/AWQ kernels need whole groups: pick a group size that divides them or "
+                "skip those modules"
             )
         return todo
 
@@ -215,31 +223,46 @@ class LlmcBackend:
         ds = Dataset.from_list([{"input_ids": w, "attention_mask": [1] * len(w)} for w in windows])
         try:
             with _quiet(), _no_lingering_references(), self._library_fixes():
-                oneshot(model=cast(Any, model), dataset=ds, recipe=self.recipe(names), num_calibration_samples=len(windows),
-                        max_seq_length=max(len(w) for w in windows), shuffle_calibration_samples=False, batch_size=1,
-                        processor=tokenizer)
+                oneshot(
+                    model=cast(Any, model),
+                    dataset=ds,
+                    recipe=self.recipe(names),
+                    num_calibration_samples=len(windows),
+                    max_seq_length=max(len(w) for w in windows),
+                    shuffle_calibration_samples=False,
+                    batch_size=1,
+                    processor=tokenizer,
+                )
         except (KeyboardInterrupt, MemoryError):
             raise
         except Exception as exc:  # llm-compressor raises many types (tracing, mappings, shapes)
             arch = type(model).__name__
-            raise QuantizerError(f"llm-compressor could not run {self.spec.id} on this {arch} ({type(exc).__name__}: {exc}); "
-                                 f"try another quantizer id, or report the architecture") from exc
+            raise QuantizerError(
+                f"llm-compressor could not run {self.spec.id} on this {arch} ({type(exc).__name__}: {exc}); "
+                f"try another quantizer id, or report the architecture"
+            ) from exc
 
-    def _quantize_copy(self, loaded: LoadedModel, calibration: Calibration, skip: Sequence[str]) -> tuple[nn.Module, list[str]]:
+    def _quantize_copy(
+        self, loaded: LoadedModel, calibration: Calibration, skip: Sequence[str]
+    ) -> tuple[nn.Module, list[str]]:
         model = copy.deepcopy(loaded.model)
         # oneshot re-reads the config from name_or_path: make it the absolute local directory, so
         # a relative path (after a chdir) or an empty one never becomes a hub lookup
         model.config._name_or_path = str(Path(loaded.path).resolve())
         names = list(self.targets(model, skip))
         if not names:
-            raise QuantizerError(f"quantizer '{self.spec.id}' found no linear layer in '{loaded.path}' outside skip_modules={list(skip)}")
+            raise QuantizerError(
+                f"quantizer '{self.spec.id}' found no linear layer in '{loaded.path}' outside skip_modules={list(skip)}"
+            )
         model.eval()
         self.architecture = type(model).__name__
         self._calibrate(model, loaded.tokenizer, calibration, names)
         return model, names
 
     @staticmethod
-    def _finish(model: nn.Module, names: list[str], device: Any) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    def _finish(
+        model: nn.Module, names: list[str], device: Any
+    ) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Turn a calibrated copy into a plain model: undo llm-compressor's offloading dispatch
         (weights stay on their own device, then move to ``device``), materialize every quantized layer, drop the
         leftover instance-level forwards; return {layer: (codes, weight, scale)}."""
@@ -270,7 +293,10 @@ class LlmcBackend:
         """Quantize a copy of ``loaded.model`` for the block; yield (copy, report). Without a
         target the model's own codes stay in ``self.codes`` (for a later U's ``target_codes``)."""
         if calibration is None:
-            raise QuantizerError(f"quantizer '{self.spec.id}' needs calibration text; pass --unlearn-calibration=FILE or a data dir with raw/retain.txt")
+            raise QuantizerError(
+                f"quantizer '{self.spec.id}' needs calibration text; pass --unlearn-calibration=FILE or a data dir "
+                "with raw/retain.txt"
+            )
         start = time.perf_counter()
         source = dict(loaded.model.named_modules())
         t_grid: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -299,10 +325,12 @@ class LlmcBackend:
                         t_codes, t_scale = t_grid.pop(name)
                         totals[2] += int((codes.cpu() == t_codes).sum())
                         if self.reports_small_delta:
-                            step = t_scale.float().to(w.device).repeat_interleave(self.spec.group_size, dim=1)[:, : w.shape[1]]  # type: ignore[arg-type]
+                            group = int(self.spec.group_size or w.shape[1])  # GPTQ/AWQ ids always name a group
+                            step = t_scale.float().to(w.device).repeat_interleave(group, dim=1)[:, : w.shape[1]]
                             totals[3] += int(((w.float() - t_w.float()).abs() < step / 2).sum())
-            details = QuantDetails.from_counts(self.spec, self.name, names, totals, has_target=target is not None,
-                                             seconds=time.perf_counter() - start)
+            details = QuantDetails.from_counts(
+                self.spec, self.name, names, totals, has_target=target is not None, seconds=time.perf_counter() - start
+            )
             details.same_cell_fraction = None
             if not self.reports_small_delta:
                 details.small_delta_fraction = None
@@ -322,7 +350,9 @@ class GptqBackend(LlmcBackend):
     dampening_frac = 0.01
 
     def recipe(self, targets: list[str]) -> Any:
-        return GPTQModifier(config_groups={"group_0": _scheme(self.spec, targets)}, ignore=[], dampening_frac=self.dampening_frac)
+        return GPTQModifier(
+            config_groups={"group_0": _scheme(self.spec, targets)}, ignore=[], dampening_frac=self.dampening_frac
+        )
 
 
 class AwqBackend(LlmcBackend):

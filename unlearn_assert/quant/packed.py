@@ -48,11 +48,20 @@ def unpack_cols(packed: torch.Tensor, bits: int) -> torch.Tensor:
     return unpack_rows(packed.T.contiguous(), bits).T
 
 
-def decode_gptq(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, g_idx: torch.Tensor | None,
-                bits: int, group_size: int, v1: bool = True) -> torch.Tensor:
+def decode_gptq(
+    qweight: torch.Tensor,
+    qzeros: torch.Tensor,
+    scales: torch.Tensor,
+    g_idx: torch.Tensor | None,
+    bits: int,
+    group_size: int,
+    v1: bool = True,
+) -> torch.Tensor:
     """Dense ``(out, in)`` float32 weight of one GPTQ layer (see the module docstring)."""
     if bits not in (2, 4, 8):
-        raise ModelError(f"GPTQ {bits}-bit packing is not supported (2, 4 and 8 are); re-export the model with llm-compressor")
+        raise ModelError(
+            f"GPTQ {bits}-bit packing is not supported (2, 4 and 8 are); re-export the model with llm-compressor"
+        )
     q = unpack_rows(qweight.to(torch.int32), bits)  # (in, out)
     zeros = unpack_cols(qzeros.to(torch.int32), bits) + (1 if v1 else 0)  # (groups, out)
     n_in = q.shape[0]
@@ -78,8 +87,15 @@ def decode_awq(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor
     return w.T.contiguous()
 
 
-def iter_dense(tensors: dict[str, torch.Tensor], method: str, bits: int, group_size: int | None, where: str,
-               dtype: torch.dtype = torch.float32, v1: bool = True) -> Iterator[tuple[str, torch.Tensor]]:
+def iter_dense(
+    tensors: dict[str, torch.Tensor],
+    method: str,
+    bits: int,
+    group_size: int | None,
+    where: str,
+    dtype: torch.dtype = torch.float32,
+    v1: bool = True,
+) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield ``(key, tensor)`` of the dense state dict, one tensor at a time, consuming ``tensors``:
     every packed layer (``<name>.qweight`` ...) becomes ``<name>.weight`` in ``dtype`` (decoded in
     float32 one layer at a time), every other tensor passes through. ``group_size`` None means one
@@ -87,12 +103,20 @@ def iter_dense(tensors: dict[str, torch.Tensor], method: str, bits: int, group_s
     config (:func:`unlearn_assert.quant.artifact.read_artifact`)."""
     layers = sorted(k[: -len(".qweight")] for k in tensors if k.endswith(".qweight"))
     if not layers:
-        raise ModelError(f"{where}: no packed layer (<name>.qweight) in the weights; is this really a {method} checkpoint?")
+        raise ModelError(
+            f"{where}: no packed layer (<name>.qweight) in the weights; is this really a {method} checkpoint?"
+        )
     for name in layers:
         try:
-            qweight, qzeros, scales = tensors.pop(f"{name}.qweight"), tensors.pop(f"{name}.qzeros"), tensors.pop(f"{name}.scales")
+            qweight, qzeros, scales = (
+                tensors.pop(f"{name}.qweight"),
+                tensors.pop(f"{name}.qzeros"),
+                tensors.pop(f"{name}.scales"),
+            )
         except KeyError as exc:
-            raise ModelError(f"{where}: layer {name} has a qweight but no {exc.args[0]}; the checkpoint is incomplete") from None
+            raise ModelError(
+                f"{where}: layer {name} has a qweight but no {exc.args[0]}; the checkpoint is incomplete"
+            ) from None
         g_idx = tensors.pop(f"{name}.g_idx", None)
         # None: one group per row, i.e. the layer's whole input width
         group = group_size or (qweight.shape[0] * (32 // bits) if method == "gptq" else qweight.shape[0])
@@ -145,7 +169,9 @@ def load_packed(info: Any, config: dict[str, Any], dtype: torch.dtype, device: s
     tensors: dict[str, torch.Tensor] = {}
     for file in files:
         tensors.update(load_file(str(file)))
-    cfg = AutoConfig.for_model(**{k: v for k, v in config.items() if k not in ("quantization_config", "transformers_version")})
+    cfg = AutoConfig.for_model(
+        **{k: v for k, v in config.items() if k not in ("quantization_config", "transformers_version")}
+    )
     model = _empty_model(cfg, dtype)
     state = model.state_dict(keep_vars=True)
     filled: set[str] = set()
@@ -157,16 +183,23 @@ def load_packed(info: Any, config: dict[str, Any], dtype: torch.dtype, device: s
                 unexpected.append(key)
                 continue
             if tuple(target.shape) != tuple(value.shape):
-                raise ModelError(f"{where}: {key} decodes to {tuple(value.shape)} but the architecture expects {tuple(target.shape)}; "
-                                 "re-export the model with llm-compressor")
+                raise ModelError(
+                    f"{where}: {key} decodes to {tuple(value.shape)} but the architecture expects "
+                    f"{tuple(target.shape)}; "
+                    "re-export the model with llm-compressor"
+                )
             target.data.copy_(value)
             filled.add(key)
     if getattr(cfg, "tie_word_embeddings", False):
         model.tie_weights()
-    tied = set(getattr(model, "_tied_weights_keys", None) or ()) if getattr(cfg, "tie_word_embeddings", False) else set()
+    tied = (
+        set(getattr(model, "_tied_weights_keys", None) or ()) if getattr(cfg, "tie_word_embeddings", False) else set()
+    )
     persistent = set(model.state_dict())  # non-persistent buffers (rotary inv_freq) are computed by the model itself
     missing = sorted(k for k in persistent if k not in filled and k not in tied)
     if missing or unexpected:
-        raise ModelError(f"{where}: decoded weights do not match the architecture (missing {missing[:3]}, unexpected "
-                         f"{unexpected[:3]}); re-export the model with llm-compressor")
+        raise ModelError(
+            f"{where}: decoded weights do not match the architecture (missing {missing[:3]}, unexpected "
+            f"{unexpected[:3]}); re-export the model with llm-compressor"
+        )
     return model.to(device)

@@ -110,7 +110,10 @@ def _params_of(xg: torch.Tensor, bits: int, symmetric: bool) -> Params:
 def _as_params(params: Params, xg: torch.Tensor) -> Params:
     scale, zero = (torch.as_tensor(p).to(device=xg.device, dtype=xg.dtype) for p in params)
     if scale.shape != xg.shape[:-1] or zero.shape != xg.shape[:-1]:
-        raise QuantizerError(f"RTN params must have the group shape {tuple(xg.shape[:-1])}, got {tuple(scale.shape)} and {tuple(zero.shape)}")
+        raise QuantizerError(
+            f"RTN params must have the group shape {tuple(xg.shape[:-1])}, got {tuple(scale.shape)} and "
+            f"{tuple(zero.shape)}"
+        )
     return scale, zero
 
 
@@ -119,7 +122,9 @@ def _codes_of(xg: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: i
     return torch.round((xg - zero[..., None]) / scale[..., None]).clamp_(low, high)
 
 
-def _rtn(w: torch.Tensor, bits: int, group_size: int | None, symmetric: bool, params: Params | None) -> tuple[torch.Tensor, torch.Tensor, Params]:
+def _rtn(
+    w: torch.Tensor, bits: int, group_size: int | None, symmetric: bool, params: Params | None
+) -> tuple[torch.Tensor, torch.Tensor, Params]:
     """Grouped input, grouped float codes and the (scale, zero) used: the one place the math lives."""
     _check(w, bits, group_size)
     xg = _grouped(w, group_size)
@@ -216,8 +221,13 @@ class RTNBackend:
 
     @contextmanager
     def apply(
-        self, loaded: LoadedModel, *, target: LoadedModel | None = None, skip_modules: Sequence[str] = DEFAULT_SKIP,
-        calibration: Calibration | None = None, target_codes: Any = None,
+        self,
+        loaded: LoadedModel,
+        *,
+        target: LoadedModel | None = None,
+        skip_modules: Sequence[str] = DEFAULT_SKIP,
+        calibration: Calibration | None = None,
+        target_codes: Any = None,
     ) -> Iterator[tuple[Any, QuantDetails]]:
         """Quantize ``loaded.model`` in place for the duration of the block; yield (model, report).
         ``calibration`` and ``target_codes`` are ignored: RTN needs neither (see :class:`~.base.Backend`)."""
@@ -231,13 +241,18 @@ class RTNBackend:
             with torch.no_grad():
                 for name, module in linear_layers(model, skip_modules):
                     weight = module.weight.data
-                    t_weight = None if target is None or target_modules is None else layer_weight(target, target_modules, name, weight.shape)
+                    t_weight = (
+                        None
+                        if target is None or target_modules is None
+                        else layer_weight(target, target_modules, name, weight.shape)
+                    )
                     self.saved[name] = weight.to("cpu", copy=True)
                     counts = _layer(weight, t_weight, self.spec)
                     totals = [a + (b or 0) for a, b in zip(totals, counts)]
                     names.append(name)
-            details = QuantDetails.from_counts(self.spec, self.name, names, totals,
-                                             has_target=target is not None, seconds=time.perf_counter() - start)
+            details = QuantDetails.from_counts(
+                self.spec, self.name, names, totals, has_target=target is not None, seconds=time.perf_counter() - start
+            )
             yield model, details
         finally:
             with torch.no_grad():

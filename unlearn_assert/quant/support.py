@@ -70,26 +70,38 @@ def refusal(qid: str, config: dict[str, Any], directory: Path | None = None) -> 
     model_type, arch = family(config)
     name = f"{model_type} ({arch})" if arch else model_type
     if backend in LINEAR_BACKENDS and model_type in CONV1D_FAMILIES:
-        return (f"{qid} cannot quantize the {CONV1D_FAMILIES[model_type]} family {name}: the {backend} backend "
-                "quantizes nn.Linear layers and this family keeps its projections in transformers' Conv1D; "
-                "gate it with gguf-* ids")
+        return (
+            f"{qid} cannot quantize the {CONV1D_FAMILIES[model_type]} family {name}: the {backend} backend "
+            "quantizes nn.Linear layers and this family keeps its projections in transformers' Conv1D; "
+            "gate it with gguf-* ids"
+        )
     if backend == "gguf":
         root, _ = find_converter()
         if root is not None and arch not in converted_architectures(root):
-            return (f"{qid} cannot quantize the {name} family: llama.cpp's convert_hf_to_gguf.py ({describe(root)}) "
-                    f"does not convert {arch or 'a config without architectures'}; "
-                    "gate it with rtn-*/bnb-*/hqq-*/gptq-*/awq-* ids")
+            return (
+                f"{qid} cannot quantize the {name} family: llama.cpp's convert_hf_to_gguf.py ({describe(root)}) "
+                f"does not convert {arch or 'a config without architectures'}; "
+                "gate it with rtn-*/bnb-*/hqq-*/gptq-*/awq-* ids"
+            )
         if model_type in TIED_ONLY and config.get("tie_word_embeddings", True) is False:
-            return (f"{qid} cannot convert this {TIED_ONLY[model_type]} model {name}: its output layer is untied "
-                    "(tie_word_embeddings false) and llama.cpp's converter drops lm_head.weight for this family "
-                    "(it runs the embeddings as the output); gate it with rtn-*/bnb-*/hqq-*/gptq-*/awq-* ids")
+            return (
+                f"{qid} cannot convert this {TIED_ONLY[model_type]} model {name}: its output layer is untied "
+                "(tie_word_embeddings false) and llama.cpp's converter drops lm_head.weight for this family "
+                "(it runs the embeddings as the output); gate it with rtn-*/bnb-*/hqq-*/gptq-*/awq-* ids"
+            )
         spm_only = SENTENCEPIECE_ONLY.get(model_type)
-        if (directory is not None and spm_only and not (directory / "tokenizer.model").is_file()
-                and not (model_type == "phi3" and _tokenizer_class(directory) == "GPT2Tokenizer")):
-            return (f"{qid} cannot convert this {spm_only} model {name}: llama.cpp's converter reads its tokenizer "
-                    f"only from a SentencePiece tokenizer.model, which '{directory}' lacks; copy tokenizer.model from "
-                    "the original checkpoint into the model directories (transformers 5's save_pretrained "
-                    "does not write it)")
+        if (
+            directory is not None
+            and spm_only
+            and not (directory / "tokenizer.model").is_file()
+            and not (model_type == "phi3" and _tokenizer_class(directory) == "GPT2Tokenizer")
+        ):
+            return (
+                f"{qid} cannot convert this {spm_only} model {name}: llama.cpp's converter reads its tokenizer "
+                f"only from a SentencePiece tokenizer.model, which '{directory}' lacks; copy tokenizer.model from "
+                "the original checkpoint into the model directories (transformers 5's save_pretrained "
+                "does not write it)"
+            )
     return None
 
 

@@ -143,9 +143,12 @@ def bar_chart_svg(
     def beyond(v: float) -> bool:
         return v > hi or v < lo
 
-    out = [f'<svg class="chart" viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" '
-           f'aria-label="{escape(title)}">', f'<title>{escape(title)}</title>',
-           f'<text class="chart-title" x="{left}" y="18">{escape(title)}</text>']
+    out = [
+        f'<svg class="chart" viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" '
+        f'aria-label="{escape(title)}">',
+        f"<title>{escape(title)}</title>",
+        f'<text class="chart-title" x="{left}" y="18">{escape(title)}</text>',
+    ]
     for t in ticks:
         ty = y(t)
         out.append(f'<line class="grid" x1="{left}" x2="{left + pw}" y1="{ty:.1f}" y2="{ty:.1f}"/>')
@@ -153,8 +156,10 @@ def bar_chart_svg(
     out.append(f'<line class="axis" x1="{left}" x2="{left}" y1="{top}" y2="{top + ph}"/>')
     out.append(f'<line class="axis" x1="{left}" x2="{left + pw}" y1="{y(0):.1f}" y2="{y(0):.1f}"/>')
     cx, cy = 14, top + ph / 2
-    out.append(f'<text class="axis-label" x="{cx}" y="{cy:.1f}" text-anchor="middle" '
-               f'transform="rotate(-90 {cx} {cy:.1f})">{escape(y_label)}</text>')
+    out.append(
+        f'<text class="axis-label" x="{cx}" y="{cy:.1f}" text-anchor="middle" '
+        f'transform="rotate(-90 {cx} {cy:.1f})">{escape(y_label)}</text>'
+    )
     slot = pw / max(len(bars), 1)
     bw = min(48.0, slot * 0.7)
     for i, (label, value) in enumerate(bars):
@@ -169,13 +174,17 @@ def bar_chart_svg(
             clipped = clipped or bar_clipped
             cls += " clipped" if bar_clipped else ""
             note = " (beyond the axis: clipped)" if bar_clipped else ""
-            out.append(f'<rect class="{cls}" x="{bx:.1f}" y="{y0:.1f}" width="{bw:.1f}" height="{max(y1 - y0, 0.5):.1f}">'
-                       f'<title>{escape(label)}: {fmt_num(value)}{note}</title></rect>')
+            out.append(
+                f'<rect class="{cls}" x="{bx:.1f}" y="{y0:.1f}" width="{bw:.1f}" height="{max(y1 - y0, 0.5):.1f}">'
+                f"<title>{escape(label)}: {fmt_num(value)}{note}</title></rect>"
+            )
             vy = y(value) - 4 if value >= 0 else y(value) + 12
             if bar_clipped:  # the true value, inside the plot beside an arrow at the edge it passes
                 up = value > hi
-                out.append(f'<text class="clip-mark" x="{mid:.1f}" y="{(top + 11) if up else (top + ph - 3):.1f}" '
-                           f'text-anchor="middle">{UP if up else DOWN}</text>')
+                out.append(
+                    f'<text class="clip-mark" x="{mid:.1f}" y="{(top + 11) if up else (top + ph - 3):.1f}" '
+                    f'text-anchor="middle">{UP if up else DOWN}</text>'
+                )
                 vy = top + 22 if up else top + ph - 14
             err = errs[i] if i < len(errs) else None
             if err is not None and math.isfinite(err[0]):
@@ -187,9 +196,13 @@ def bar_chart_svg(
                 cap = bw / 4
                 hi_text = "inf" if open_top else fmt_num(err[1])
                 cap_line = f'<line x1="{mid - cap:.1f}" x2="{mid + cap:.1f}" y1="{{0:.1f}}" y2="{{0:.1f}}"/>'
-                out.append(f'<g class="err"><title>{escape(label)}: interval [{fmt_num(err[0])}, {hi_text}]</title>'
-                           f'<line x1="{mid:.1f}" x2="{mid:.1f}" y1="{y_lo:.1f}" y2="{y_hi:.1f}"/>'
-                           + ("" if lo_cut else cap_line.format(y_lo)) + ("" if hi_cut else cap_line.format(y_hi)) + "</g>")
+                out.append(
+                    f'<g class="err"><title>{escape(label)}: interval [{fmt_num(err[0])}, {hi_text}]</title>'
+                    f'<line x1="{mid:.1f}" x2="{mid:.1f}" y1="{y_lo:.1f}" y2="{y_hi:.1f}"/>'
+                    + ("" if lo_cut else cap_line.format(y_lo))
+                    + ("" if hi_cut else cap_line.format(y_hi))
+                    + "</g>"
+                )
                 if hi_cut:  # an open or clipped upper end: its value at the top edge
                     text = "inf" if open_top else ARROW_UP + fmt_num(err_hi, 0)
                     out.append(f'<text class="err-open" x="{mid + 3:.1f}" y="{top + 9}">{text}</text>')
@@ -198,26 +211,36 @@ def bar_chart_svg(
                     out.append(f'<text class="err-open" x="{mid + 3:.1f}" y="{top + ph - 2:.1f}">{text}</text>')
                 if not bar_clipped:
                     vy = min(vy, y_hi - 4) if value >= 0 else vy
-            out.append(f'<text class="bar-value" x="{mid:.1f}" y="{vy:.1f}" text-anchor="middle">{fmt_num(value)}</text>')
+            out.append(
+                f'<text class="bar-value" x="{mid:.1f}" y="{vy:.1f}" text-anchor="middle">{fmt_num(value)}</text>'
+            )
         ly = top + ph + 14
-        out.append(f'<text class="bar-label" x="{mid:.1f}" y="{ly}" text-anchor="end" '
-                   f'transform="rotate(-30 {mid:.1f} {ly})">{escape(label)}</text>')
+        out.append(
+            f'<text class="bar-label" x="{mid:.1f}" y="{ly}" text-anchor="end" '
+            f'transform="rotate(-30 {mid:.1f} {ly})">{escape(label)}</text>'
+        )
     lx, legend_y = left + pw + 16, top + 8
     for j, (label, value, role) in enumerate(refs):
         color, dash = _REF_STYLES.get(role, ("#555", "4 2"))
         ry = y(value)
-        out.append(f'<line class="ref" x1="{left}" x2="{left + pw}" y1="{ry:.1f}" y2="{ry:.1f}" '
-                   f'stroke="{color}" stroke-dasharray="{dash}"/>')
+        out.append(
+            f'<line class="ref" x1="{left}" x2="{left + pw}" y1="{ry:.1f}" y2="{ry:.1f}" '
+            f'stroke="{color}" stroke-dasharray="{dash}"/>'
+        )
         yy = legend_y + 18 * j
-        out.append(f'<line x1="{lx}" x2="{lx + 22}" y1="{yy}" y2="{yy}" stroke="{color}" stroke-width="2" '
-                   f'stroke-dasharray="{dash}"/>')
+        out.append(
+            f'<line x1="{lx}" x2="{lx + 22}" y1="{yy}" y2="{yy}" stroke="{color}" stroke-width="2" '
+            f'stroke-dasharray="{dash}"/>'
+        )
         out.append(f'<text class="legend" x="{lx + 28}" y="{yy + 4}">{escape(label)} ({fmt_num(value)})</text>')
     if not refs:
         out.append(f'<text class="legend" x="{lx}" y="{legend_y + 4}">no reference rows</text>')
     if clipped:
         ny = legend_y + 18 * max(len(refs), 1) + 6
-        out.append(f'<text class="legend clip-note" x="{lx}" y="{ny}">{UP}{ARROW_UP} beyond the axis</text>'
-                   f'<text class="legend clip-note" x="{lx}" y="{ny + 14}">(clipped; value shown)</text>')
+        out.append(
+            f'<text class="legend clip-note" x="{lx}" y="{ny}">{UP}{ARROW_UP} beyond the axis</text>'
+            f'<text class="legend clip-note" x="{lx}" y="{ny + 14}">(clipped; value shown)</text>'
+        )
     out.append("</svg>")
     return Markup("\n".join(out))
 
@@ -238,8 +261,11 @@ def _error(bounds: Any, scale: float = 1.0) -> ErrorBar | None:
 def recovery_charts(report: ReportDict) -> list[dict[str, Any]]:
     """One chart per forget metric: each variant's recovery (percent) with its paired interval as an
     error bar, and the recovery budget as a line; none for a report without recoveries."""
-    rows = [r for r in ordered_rows(report) if r["model"] == "unlearned" and r["quantizer"] != "fp"
-            and r.get("status") != "skipped" and r.get("recovery")]
+    rows = [
+        r
+        for r in ordered_rows(report)
+        if r["model"] == "unlearned" and r["quantizer"] != "fp" and r.get("status") != "skipped" and r.get("recovery")
+    ]
     if not rows:
         return []
     budget: Any = (report.get("provenance", {}).get("budgets") or {}).get("recovery")
@@ -252,9 +278,14 @@ def recovery_charts(report: ReportDict) -> list[dict[str, Any]]:
             bars.append((r["quantizer"], None if value is None else float(value) * 100))
             errors.append(_error(dict(r.get("recovery_ci") or {}).get(metric), 100.0))
         refs = [("recovery budget", float(budget) * 100, "budget")] if _finite(budget) else []
-        charts.append({"metric": f"recovery-{metric}",
-                       "svg": bar_chart_svg(f"{metric} recovery (paired interval)", bars, refs, "recovery (%)", errors,
-                                            clip=RECOVERY_AXIS)})
+        charts.append(
+            {
+                "metric": f"recovery-{metric}",
+                "svg": bar_chart_svg(
+                    f"{metric} recovery (paired interval)", bars, refs, "recovery (%)", errors, clip=RECOVERY_AXIS
+                ),
+            }
+        )
     return charts
 
 
@@ -267,12 +298,17 @@ def metric_charts(report: ReportDict) -> list[dict[str, Any]]:
     units = {m["name"]: str(m.get("unit", "")) for m in report_metrics(report)}
     for metric in metric_columns(report):
         bars: list[tuple[str, float | None]] = [
-            (r["quantizer"], None if r.get("status") == "skipped" else _metric(r, metric)) for r in unlearned]
-        errors = [None if r.get("status") == "skipped" else _error(dict(r.get("ci") or {}).get(metric)) for r in unlearned]
+            (r["quantizer"], None if r.get("status") == "skipped" else _metric(r, metric)) for r in unlearned
+        ]
+        errors = [
+            None if r.get("status") == "skipped" else _error(dict(r.get("ci") or {}).get(metric)) for r in unlearned
+        ]
         refs = []
         for role in ("target", "retrain"):
-            ref = next((r for r in rows if r["model"] == role and r["quantizer"] == "fp"
-                        and r.get("status") != "skipped"), None)
+            ref = next(
+                (r for r in rows if r["model"] == role and r["quantizer"] == "fp" and r.get("status") != "skipped"),
+                None,
+            )
             value = _metric(ref, metric) if ref else None
             if value is not None and math.isfinite(value):
                 refs.append((f"{role} fp", float(value), role))
@@ -300,19 +336,28 @@ def provenance_items(report: ReportDict) -> list[tuple[str, str]]:
     machine = prov.get("machine") or {}
     items.append(("machine", "; ".join(f"{k}: {v if v is not None else '-'}" for k, v in machine.items()) or "-"))
     for role, ref in (prov.get("models") or {}).items():
-        items.append((f"model: {role}", f"{ref.get('path')} (fingerprint {ref.get('fingerprint') or '-'})" if ref else "-"))
+        items.append(
+            (f"model: {role}", f"{ref.get('path')} (fingerprint {ref.get('fingerprint') or '-'})" if ref else "-")
+        )
     data = prov.get("data") or {}
     counts = ", ".join(f"{k} {v}" for k, v in (data.get("counts") or {}).items())
-    items.append(("data", f"{data.get('path', '-')} (fingerprint {data.get('fingerprint') or '-'})"
-                  + (f"; {counts}" if counts else "")))
+    items.append(
+        (
+            "data",
+            f"{data.get('path', '-')} (fingerprint {data.get('fingerprint') or '-'})"
+            + (f"; {counts}" if counts else ""),
+        )
+    )
     budgets = dict(prov.get("budgets") or {})
     overrides = [o for o in budgets.pop("overrides", None) or [] if isinstance(o, dict)]
     text = ", ".join(f"{k} {v}" for k, v in budgets.items())
     if overrides:
         text += "; overrides: " + ", ".join(
-            f"{o.get('key')}[{o.get('quantizer') or 'all'}] {o.get('value')}" for o in overrides)
+            f"{o.get('key')}[{o.get('quantizer') or 'all'}] {o.get('value')}" for o in overrides
+        )
     items.append(("budgets", text or "-"))
     settings = prov.get("settings") or {}
+
     def setting(v: Any) -> str:
         if isinstance(v, list):
             return ", ".join(map(str, v))
@@ -321,8 +366,18 @@ def provenance_items(report: ReportDict) -> list[tuple[str, str]]:
         return "-" if v is None else str(v)
 
     items.append(("settings", "; ".join(f"{k}: {setting(v)}" for k, v in settings.items()) or "-"))
-    shown = {"unlearn_assert", "python", "torch", "transformers", "backends", "machine", "models", "data",
-             "budgets", "settings"}
+    shown = {
+        "unlearn_assert",
+        "python",
+        "torch",
+        "transformers",
+        "backends",
+        "machine",
+        "models",
+        "data",
+        "budgets",
+        "settings",
+    }
     for key, value in prov.items():  # fields added later still show up, as compact JSON
         if key not in shown:
             items.append((key, value if isinstance(value, str) else json.dumps(plain(value), ensure_ascii=False)))
@@ -341,7 +396,7 @@ def _figure_number(figure: Any, x: Any) -> str:
 
 
 def interval_text(v: Mapping[str, Any]) -> str | None:
-    """"estimate 61%, interval [22%, 114%], budget 25%, undecided (n=48, 3 degenerate replicates)",
+    """ "estimate 61%, interval [22%, 114%], budget 25%, undecided (n=48, 3 degenerate replicates)",
     for the verdict list; None for verdicts without an estimate (skipped items, old reports)."""
     figure = v.get("figure")
     estimate = v.get("estimate", v.get("value"))
@@ -353,8 +408,10 @@ def interval_text(v: Mapping[str, Any]) -> str | None:
         parts.append(f"interval [{_figure_number(figure, ci[0])}, {_figure_number(figure, ci[1])}]")
     if v.get("budget") is not None:
         budget = _figure_number(figure, v["budget"])
-        parts.append(f"{'floor' if figure == 'drop' else 'budget'} {'|privleak| <= ' if figure == 'privleak' else ''}"
-                     f"{budget.lstrip('+')}")
+        parts.append(
+            f"{'floor' if figure == 'drop' else 'budget'} {'|privleak| <= ' if figure == 'privleak' else ''}"
+            f"{budget.lstrip('+')}"
+        )
     decided = v.get("decided")
     if decided is not None:
         detail = [f"n={v['n']}"] if v.get("n") is not None else []
@@ -367,8 +424,10 @@ def interval_text(v: Mapping[str, Any]) -> str | None:
 def sorted_verdicts(report: ReportDict) -> list[dict[str, Any]]:
     """Failed first (what a reviewer must read), then passed, then skipped; stable within each."""
     rank = {"failed": 0, "passed": 1, "skipped": 2}
-    out = [{**v, "outcome": verdict_outcome(v), "message": one_line(v.get("message", "")), "interval": interval_text(v)}
-           for v in report.get("verdicts", [])]
+    out = [
+        {**v, "outcome": verdict_outcome(v), "message": one_line(v.get("message", "")), "interval": interval_text(v)}
+        for v in report.get("verdicts", [])
+    ]
     return sorted(out, key=lambda v: rank[v["outcome"]])
 
 
@@ -390,14 +449,24 @@ def sample_sections(report: ReportDict) -> list[dict[str, Any]]:
         for metric in metric_order:
             records = per_metric[metric]
             scores = [float(r["score"]) for r in records if isinstance(r.get("score"), (int, float))]
-            sections.append({
-                "key": key, "metric": metric, "total": len(records),
-                "mean": fmt_num(sum(scores) / len(scores)) if scores else "-",
-                "records": [{"id": r.get("id", i), "prompt": _excerpt(r.get("prompt")),
-                             "generation": _text(r.get("generation")), "reference": _text(r.get("reference")),
-                             "score": fmt_num(r.get("score"))}
-                            for i, r in enumerate(records[:MAX_SAMPLES_SHOWN])],
-            })
+            sections.append(
+                {
+                    "key": key,
+                    "metric": metric,
+                    "total": len(records),
+                    "mean": fmt_num(sum(scores) / len(scores)) if scores else "-",
+                    "records": [
+                        {
+                            "id": r.get("id", i),
+                            "prompt": _excerpt(r.get("prompt")),
+                            "generation": _text(r.get("generation")),
+                            "reference": _text(r.get("reference")),
+                            "score": fmt_num(r.get("score")),
+                        }
+                        for i, r in enumerate(records[:MAX_SAMPLES_SHOWN])
+                    ],
+                }
+            )
     return sections
 
 
@@ -412,21 +481,25 @@ def render_html(report: ReportDict) -> str:
     models = prov.get("models") or {}
     paths = {role: (ref or {}).get("path") for role, ref in models.items()}
     verdicts = report.get("verdicts", [])
-    return _environment().get_template("report.html.j2").render(
-        title=f"unlearn-assert report: {paths.get('unlearned') or '?'}",
-        paths=paths,
-        summary=summary_line(report),
-        any_failed=any(verdict_outcome(v) == "failed" for v in verdicts),
-        provenance=provenance_items(report),
-        headers=(*LEAD_HEADERS, *metric_columns(report), *TAIL_HEADERS),
-        table=table_rows(report),
-        verdicts=sorted_verdicts(report),
-        resolution=[line for line, _ in resolution_lines(report)],
-        notes=[line for line in (privleak_note(report),) if line],
-        charts=metric_charts(report) + recovery_charts(report),
-        samples=sample_sections(report),
-        max_samples=MAX_SAMPLES_SHOWN,
-        report_json=embed_json(report),
+    return (
+        _environment()
+        .get_template("report.html.j2")
+        .render(
+            title=f"unlearn-assert report: {paths.get('unlearned') or '?'}",
+            paths=paths,
+            summary=summary_line(report),
+            any_failed=any(verdict_outcome(v) == "failed" for v in verdicts),
+            provenance=provenance_items(report),
+            headers=(*LEAD_HEADERS, *metric_columns(report), *TAIL_HEADERS),
+            table=table_rows(report),
+            verdicts=sorted_verdicts(report),
+            resolution=[line for line, _ in resolution_lines(report)],
+            notes=[line for line in (privleak_note(report),) if line],
+            charts=metric_charts(report) + recovery_charts(report),
+            samples=sample_sections(report),
+            max_samples=MAX_SAMPLES_SHOWN,
+            report_json=embed_json(report),
+        )
     )
 
 

@@ -1,6 +1,7 @@
 """The JSON report, schema_version 1: typed shape, validation, loading and atomic writing.
 
-The report is one plain-data dict (``unlearn_assert.engine.Report.to_dict()``); every renderer (terminal, HTML) and every
+The report is one plain-data dict (``unlearn_assert.engine.Report.to_dict()``); every renderer (terminal, HTML) and
+every
 outside tool reads only this dict, so its shape is written down here once. Keys listed as required
 in ``DESIGN.md`` ("JSON report") are checked by :func:`validate_report`; the others are optional so
 that older or partial reports still render. Adding keys is free; renaming or removing one needs a
@@ -28,8 +29,14 @@ SCHEMA_VERSION = 1
 MUSE_METRICS: tuple[dict[str, Any], ...] = (
     {"name": "verbmem_f", "role": "forget", "items": "forget passages", "unit": "ROUGE-L F1 x100", "short": "vm"},
     {"name": "knowmem_f", "role": "forget", "items": "forget questions", "unit": "ROUGE-L F1 x100", "short": "km"},
-    {"name": "knowmem_r", "role": "utility", "items": "retain questions", "unit": "ROUGE-L F1 x100", "short": "kr",
-     "check": "utility"},
+    {
+        "name": "knowmem_r",
+        "role": "utility",
+        "items": "retain questions",
+        "unit": "ROUGE-L F1 x100",
+        "short": "kr",
+        "check": "utility",
+    },
     {"name": "privleak", "role": "privacy", "items": "forget and holdout texts", "unit": "%", "short": "pl"},
 )
 
@@ -38,6 +45,8 @@ def report_metrics(report: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The metrics a report's rows hold, in column order: its ``provenance.benchmark.metrics``, else MUSE's."""
     benchmark = (report.get("provenance") or {}).get("benchmark") or {}
     return [dict(m) for m in (benchmark.get("metrics") or MUSE_METRICS)]
+
+
 #: What a verdict's estimate, ci and budget are about (``VerdictDict.figure``).
 FIGURES = ("drop", "recovery", "utility", "privleak")
 
@@ -131,14 +140,17 @@ class _ProvenanceRequired(TypedDict):
 class Provenance(_ProvenanceRequired, total=False):
     python: str  # platform.python_version()
     settings: Settings  # run settings that affect the numbers
-    privleak_reference: dict[str, Any]  # {"auc": AUC_R used, "source": "retrain" | "option" | "default", "published": named reference (optional)}
+    privleak_reference: dict[
+        str, Any
+    ]  # {"auc": AUC_R used, "source": "retrain" | "option" | "default", "published": named reference (optional)}
     bootstrap: BootstrapInfo  # how the intervals (rows' recovery_ci, utility_ci, ci; verdicts' ci) were drawn
     argv: list[str]  # the command line of the run (pytest arguments)
     # how each process of the run used the machine: [{"worker": "gw0" | "main", "workers": N, "device": "cuda:1",
     # "threads": {"intra_op": 1, "inter_op": 1, "set_by": "unlearn-assert: 2 cores // 2 workers"}}]
     execution: list[dict[str, Any]]
     # what the rows measure, for every benchmark but MUSE (absent: MUSE, as in every report made before there were
-    # others): {"name": "tofu", "metrics": [{"name", "role", "check", "items", "unit", "short", ...}], "settings": {...}}
+    # others): {"name": "tofu", "metrics": [{"name", "role", "check", "items", "unit", "short", ...}], "settings":
+    # {...}}
     benchmark: dict[str, Any]
 
 
@@ -176,10 +188,14 @@ Bounds = list[float | None]
 
 
 class RowDict(_RowRequired, total=False):
-    ci: dict[str, Bounds]  # metric -> [lo, hi]: ROUGE metrics the row's own bootstrap interval; privleak on U's rows the
+    ci: dict[
+        str, Bounds
+    ]  # metric -> [lo, hi]: ROUGE metrics the row's own bootstrap interval; privleak on U's rows the
     #   paired interval against the run's reference AUC (R's AUC recomputed on the resampled texts), on T's and R's
     #   rows their own (unpaired) interval, present only when the reference is 0.5
-    recovery_ci: dict[str, Bounds | None]  # quantized U rows: forget metric -> paired interval of its recovery (a fraction)
+    recovery_ci: dict[
+        str, Bounds | None
+    ]  # quantized U rows: forget metric -> paired interval of its recovery (a fraction)
     recovery_degenerate: dict[str, int | None]  # replicates of each recovery with m(T) - m(U) <= 0 (ranked at +inf)
     utility: float | None  # U rows: knowmem_r(this row) / knowmem_r(T); None when T retains nothing
     utility_ci: Bounds | None  # U rows: paired interval of that ratio
@@ -209,7 +225,9 @@ class VerdictDict(_VerdictRequired, total=False):
     budget: float | None  # the bound it was checked against, same unit as value (for privleak: |value| <= budget)
     estimate: float | None  # the same number as value, under the name the interval goes with
     ci: Bounds | None  # paired bootstrap interval of the estimate (provenance.bootstrap); None without per-item scores
-    decided: bool | None  # the whole interval lies on one side of the budget (strict and lenient agree); None without ci
+    decided: (
+        bool | None
+    )  # the whole interval lies on one side of the budget (strict and lenient agree); None without ci
     n: int | None  # items resampled for the interval
     degenerate: int | None  # replicates whose denominator was <= 0: counted, ranked at +inf, never dropped
     policy: Literal["point", "strict", "lenient"] | None  # the --unlearn-verdict the item was judged under
@@ -269,8 +287,9 @@ def _describe(kind: Any, nullable: bool) -> str:
     return name + (" or null" if nullable else "")
 
 
-def _check(obj: Mapping[str, Any], key: str, kind: Any, where: str, *, required: bool = True,
-           nullable: bool = False) -> Any:
+def _check(
+    obj: Mapping[str, Any], key: str, kind: Any, where: str, *, required: bool = True, nullable: bool = False
+) -> Any:
     """Return ``obj[key]`` after checking its presence and JSON type; raise a one-line ReportError."""
     if key not in obj:
         if required:
@@ -279,18 +298,24 @@ def _check(obj: Mapping[str, Any], key: str, kind: Any, where: str, *, required:
     value = obj[key]
     if value is None and nullable:
         return None
-    ok = _is_number(value) if kind == _NUMBER else (
-        isinstance(value, kind) and not (kind is int and isinstance(value, bool)))
+    ok = (
+        _is_number(value)
+        if kind == _NUMBER
+        else (isinstance(value, kind) and not (kind is int and isinstance(value, bool)))
+    )
     if not ok:
         got = "null" if value is None else type(value).__name__
-        raise ReportError(f"malformed unlearn-assert report: {where}.{key} should be "
-                          f"{_describe(kind, nullable)}, got {got}")
+        raise ReportError(
+            f"malformed unlearn-assert report: {where}.{key} should be {_describe(kind, nullable)}, got {got}"
+        )
     return value
 
 
 def _check_choice(value: Any, choices: tuple[str, ...], where: str) -> None:
     if value not in choices:
-        raise ReportError(f"malformed unlearn-assert report: {where} is {value!r}, expected one of {', '.join(choices)}")
+        raise ReportError(
+            f"malformed unlearn-assert report: {where} is {value!r}, expected one of {', '.join(choices)}"
+        )
 
 
 def _check_bounds(obj: Mapping[str, Any], key: str, where: str) -> None:
@@ -299,7 +324,9 @@ def _check_bounds(obj: Mapping[str, Any], key: str, where: str) -> None:
     if value is None:
         return
     if len(value) != 2 or not _is_number(value[0]) or not (value[1] is None or _is_number(value[1])):
-        raise ReportError(f"malformed unlearn-assert report: {where}.{key} should be [lo, hi] (hi may be null), got {value!r}")
+        raise ReportError(
+            f"malformed unlearn-assert report: {where}.{key} should be [lo, hi] (hi may be null), got {value!r}"
+        )
 
 
 def _validate_resolution(resolution: Mapping[str, Any]) -> None:
@@ -416,18 +443,24 @@ def validate_report(obj: Any) -> ReportDict:
     ``unlearn-assert report some.json`` on the wrong file says what is wrong instead of a KeyError.
     """
     if not isinstance(obj, dict):
-        raise ReportError(f"not an unlearn-assert report: expected a JSON object with 'schema_version', "
-                          f"got {'null' if obj is None else type(obj).__name__}")
+        raise ReportError(
+            f"not an unlearn-assert report: expected a JSON object with 'schema_version', "
+            f"got {'null' if obj is None else type(obj).__name__}"
+        )
     if "schema_version" not in obj:
-        raise ReportError("not an unlearn-assert report: missing key 'schema_version' "
-                          "(pass the JSON file written by --unlearn-json or `unlearn-assert demo`)")
+        raise ReportError(
+            "not an unlearn-assert report: missing key 'schema_version' "
+            "(pass the JSON file written by --unlearn-json or `unlearn-assert demo`)"
+        )
     version = obj["schema_version"]
     if not isinstance(version, int) or isinstance(version, bool):
         raise ReportError(f"malformed unlearn-assert report: schema_version should be an integer, got {version!r}")
     if version != SCHEMA_VERSION:
         hint = "upgrade unlearn-assert to read it" if version > SCHEMA_VERSION else "regenerate the report"
-        raise ReportError(f"unsupported report schema_version {version}: this unlearn-assert reads "
-                          f"schema_version {SCHEMA_VERSION}; {hint}")
+        raise ReportError(
+            f"unsupported report schema_version {version}: this unlearn-assert reads "
+            f"schema_version {SCHEMA_VERSION}; {hint}"
+        )
     _check(obj, "created", str, "report", required=False)
     _validate_provenance(_check(obj, "provenance", dict, "report"))
     metrics = report_metrics(obj)
@@ -441,8 +474,9 @@ def validate_report(obj: Any) -> ReportDict:
             raise ReportError(f"malformed unlearn-assert report: samples[{key!r}] should be an object")
         for metric, records in per_metric.items():
             if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
-                raise ReportError(f"malformed unlearn-assert report: samples[{key!r}][{metric!r}] "
-                                  f"should be an array of objects")
+                raise ReportError(
+                    f"malformed unlearn-assert report: samples[{key!r}][{metric!r}] should be an array of objects"
+                )
     return cast(ReportDict, obj)
 
 
@@ -465,8 +499,10 @@ def load_report(path: str | os.PathLike[str]) -> ReportDict:
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ReportError(f"{p} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); "
-                          f"pass the .json report unlearn-assert wrote") from None
+        raise ReportError(
+            f"{p} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); "
+            f"pass the .json report unlearn-assert wrote"
+        ) from None
     try:
         return validate_report(obj)
     except ReportError as exc:

@@ -95,8 +95,9 @@ def _forget_shorts(report: Mapping[str, Any] | None) -> list[tuple[str, str]]:
     return [(str(m.get("short") or m["name"]), m["name"]) for m in metrics if m.get("role") == "forget"]
 
 
-def fmt_recovery(recovery: Mapping[str, Any] | None, ci: Mapping[str, Any] | None = None,
-                 report: Mapping[str, Any] | None = None) -> str:
+def fmt_recovery(
+    recovery: Mapping[str, Any] | None, ci: Mapping[str, Any] | None = None, report: Mapping[str, Any] | None = None
+) -> str:
     """Recovery fractions compactly, e.g. "vm 12% / km 83%" (whole percent: a budget-sized signal),
     each with its paired interval when the row has one: "vm 12% [3,20] / km 61% [22,114]". The metrics and
     their short names are the report's benchmark's (MUSE's without one)."""
@@ -127,12 +128,19 @@ def resolution_lines(report: ReportDict) -> list[tuple[str, bool]]:
         if res.get("exceeds_budget"):
             budget = fmt_pct(res.get("budget"), 0)
             if rec is None:
-                warnings.append(f"unlearn-assert: warning: {metric} did not drop in full precision, so no recovery on "
-                                f"n={n} {unit} can be told from zero; its recovery items are not judged")
+                warnings.append(
+                    f"unlearn-assert: warning: {metric} did not drop in full precision, so no recovery on "
+                    f"n={n} {unit} can be told from zero; its recovery items are not judged"
+                )
             else:
-                warnings.append(f"unlearn-assert: warning: {metric}'s resolution {fmt_pct(rec, 0)} exceeds its {budget} recovery "
-                                f"budget: n={n} {unit} cannot tell a {budget} recovery from none; add forget items")
-    head = f"unlearn-assert: resolution at {level:.0%} (smallest recovery the forget set tells from zero): " + ", ".join(parts)
+                warnings.append(
+                    f"unlearn-assert: warning: {metric}'s resolution {fmt_pct(rec, 0)} exceeds its {budget} recovery "
+                    f"budget: n={n} {unit} cannot tell a {budget} recovery from none; add forget items"
+                )
+    head = (
+        f"unlearn-assert: resolution at {level:.0%} (smallest recovery the forget set tells from zero): "
+        + ", ".join(parts)
+    )
     return [(head, False), *((w, True) for w in warnings)]
 
 
@@ -151,11 +159,14 @@ def privleak_note(report: ReportDict) -> str | None:
     ref: Mapping[str, Any] = dict(cast(Any, report.get("provenance", {})).get("privleak_reference") or {})
     auc, source = ref.get("auc"), ref.get("source")
     whose = {"retrain": "the retrain model's", "option": "the given reference", "default": "the default reference"}.get(
-        str(source), "the reference")
+        str(source), "the reference"
+    )
     ref_text = f"{whose} AUC ({float(auc):.2f})" if isinstance(auc, (int, float)) else f"{whose} AUC"
-    return ("unlearn-assert: privleak -100% means the unlearned model still tells every forget text from every holdout "
-            "text by its loss (forget-vs-holdout AUC 0): it still shows which texts it was trained on. privleak is "
-            f"(AUC - AUC_R) / AUC_R with AUC_R {ref_text}, so 0% is retrain-like and |privleak| <= the budget passes.")
+    return (
+        "unlearn-assert: privleak -100% means the unlearned model still tells every forget text from every holdout "
+        "text by its loss (forget-vs-holdout AUC 0): it still shows which texts it was trained on. privleak is "
+        f"(AUC - AUC_R) / AUC_R with AUC_R {ref_text}, so 0% is retrain-like and |privleak| <= the budget passes."
+    )
 
 
 def _item_parts(item: str) -> tuple[str | None, str | None]:
@@ -180,7 +191,7 @@ def verdict_check(v: Mapping[str, Any]) -> str:
 
 
 def verdict_outcome(v: Mapping[str, Any]) -> str:
-    """"passed" / "failed" / "skipped", from ``outcome`` or, when absent, from ``passed``."""
+    """ "passed" / "failed" / "skipped", from ``outcome`` or, when absent, from ``passed``."""
     outcome = v.get("outcome")
     if outcome in ("passed", "failed", "skipped"):
         return str(outcome)
@@ -204,8 +215,9 @@ def ordered_rows(report: ReportDict) -> list[RowDict]:
     """Unlearned rows (fp, then each quantizer), then the references: target fp, q(T), retrain."""
     qrank = {q: i for i, q in enumerate(quantizer_order(report))}
     mrank = {m: i for i, m in enumerate(ROLES)}
-    return sorted(report.get("rows", []),
-                  key=lambda r: (mrank.get(r["model"], len(mrank)), qrank.get(r["quantizer"], len(qrank))))
+    return sorted(
+        report.get("rows", []), key=lambda r: (mrank.get(r["model"], len(mrank)), qrank.get(r["quantizer"], len(qrank)))
+    )
 
 
 def aggregate_verdict(verdicts: Sequence[VerdictDict], quantizer: str) -> str:
@@ -222,8 +234,11 @@ def failed_checks(report: ReportDict, quantizer: str) -> tuple[str, ...]:
     """The checks of one quantizer's row that failed (a forget metric by its short name: vm, km) in the report's
     metric order, ``utility`` last: a FAIL row names what failed, so a reader never takes a privleak failure for a
     recovery failure."""
-    failed = {verdict_check(v) for v in report.get("verdicts", [])
-              if verdict_quantizer(v) == quantizer and verdict_outcome(v) == "failed"}
+    failed = {
+        verdict_check(v)
+        for v in report.get("verdicts", [])
+        if verdict_quantizer(v) == quantizer and verdict_outcome(v) == "failed"
+    }
     metrics = report_metrics(report)
     order = {str(m["name"]): i for i, m in enumerate(metrics)}
     short = {str(m["name"]): str(m.get("short") or m["name"]) for m in metrics if m.get("role") == "forget"}
@@ -231,7 +246,7 @@ def failed_checks(report: ReportDict, quantizer: str) -> tuple[str, ...]:
 
 
 def verdict_cell(verdict: str, failed: Sequence[str]) -> str:
-    """"FAIL: km, privleak" for a failing row, else the verdict itself."""
+    """ "FAIL: km, privleak" for a failing row, else the verdict itself."""
     return f"{verdict}: {', '.join(failed)}" if verdict == "FAIL" and failed else verdict
 
 
@@ -257,7 +272,8 @@ def table_rows(report: ReportDict) -> list[TableRow]:
         else:
             metric_cells = (
                 *(fmt_value(values.get(m), units.get(m, "")) for m in columns),
-                fmt_recovery(row.get("recovery"), row.get("recovery_ci"), report), fmt_pct(row.get("code_agreement")),
+                fmt_recovery(row.get("recovery"), row.get("recovery_ci"), report),
+                fmt_pct(row.get("code_agreement")),
             )
         failed = failed_checks(report, row["quantizer"]) if verdict == "FAIL" else ()
         cells = (row["model"], row["quantizer"], *metric_cells, verdict_cell(verdict, failed))
@@ -274,7 +290,7 @@ def render_table(report: ReportDict, *, color: bool = False) -> str:
     for tr in table_rows(report):
         cells = list(tr.cells)
         if color and tr.verdict in _ANSI:
-            cells[-1] = f"{_ANSI[tr.verdict]}{tr.verdict}{_RESET}" + cells[-1][len(tr.verdict):]
+            cells[-1] = f"{_ANSI[tr.verdict]}{tr.verdict}{_RESET}" + cells[-1][len(tr.verdict) :]
         body.append(cells)
     columns = metric_columns(report)
     headers = (*LEAD_HEADERS, *columns, *TAIL_HEADERS)
@@ -284,8 +300,11 @@ def render_table(report: ReportDict, *, color: bool = False) -> str:
 
 def render_failures(report: ReportDict) -> list[str]:
     """One line per failed budget check: the item id and its message."""
-    return [f"FAILED {v.get('item', '?')}: {one_line(v.get('message', ''))}"
-            for v in report.get("verdicts", []) if verdict_outcome(v) == "failed"]
+    return [
+        f"FAILED {v.get('item', '?')}: {one_line(v.get('message', ''))}"
+        for v in report.get("verdicts", [])
+        if verdict_outcome(v) == "failed"
+    ]
 
 
 #: (label, count keys) of the evaluated splits, in the table's column order; privleak is forget/holdout(/retain).
@@ -351,6 +370,8 @@ def summary_line(report: ReportDict) -> str:
         if outcome == "failed":
             failed_by_q.setdefault(verdict_quantizer(v) or "?", []).append(verdict_check(v))
     qrank = {q: i for i, q in enumerate(quantizer_order(report))}
-    groups = "; ".join(f"{q}: {', '.join(checks)}"
-                       for q, checks in sorted(failed_by_q.items(), key=lambda kv: qrank.get(kv[0], len(qrank))))
+    groups = "; ".join(
+        f"{q}: {', '.join(checks)}"
+        for q, checks in sorted(failed_by_q.items(), key=lambda kv: qrank.get(kv[0], len(qrank)))
+    )
     return f"unlearn-assert: {n_failed} of {len(verdicts)} budget checks failed ({groups}){skipped}"

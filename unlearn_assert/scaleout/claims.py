@@ -1,6 +1,7 @@
 """Each row computed once per run, however many processes share it: claims on rows, as lock files.
 
-Why: under ``pytest -n N`` every xdist worker is its own process with its own :class:`~unlearn_assert.engine.runner.Gate`,
+Why: under ``pytest -n N`` every xdist worker is its own process with its own
+:class:`~unlearn_assert.engine.runner.Gate`,
 and every item needs U's and T's full-precision rows; without coordination each worker computes
 them again (and on 2 cores, two workers computing the same rows are slower than one). So the first
 process to need a row *claims* it: it creates ``<key>.lock`` beside where the row's result will be

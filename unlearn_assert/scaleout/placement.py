@@ -33,8 +33,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CROSSOVER_FLOPS", "GROUP", "WORKERINPUT_KEY", "Placement", "cuda_visible", "decide", "is_suite_item",
-           "make_scheduler", "visible_gpus"]
+__all__ = [
+    "CROSSOVER_FLOPS",
+    "GROUP",
+    "WORKERINPUT_KEY",
+    "Placement",
+    "cuda_visible",
+    "decide",
+    "is_suite_item",
+    "make_scheduler",
+    "visible_gpus",
+]
 
 #: Forward FLOPs of a run's rows from which spreading them over two CPU workers is faster than one worker: set
 #: between the two runs measured above (the tiny pair loses with spreading, the 135M model wins); where exactly
@@ -125,18 +134,41 @@ def decide(workers: int, user_dist: str, gpus: int, flops: float | None) -> Plac
     if user_dist not in PLACED + BY_MODULE:
         return Placement("spread", f"your --dist {user_dist} places the items", workers, workers, dist, gpus, gflop)
     if user_dist in BY_MODULE:
-        return Placement("one worker", f"your --dist {user_dist} keeps the built-in suite's module on one worker",
-                         workers, 1, dist, gpus, gflop)
+        return Placement(
+            "one worker",
+            f"your --dist {user_dist} keeps the built-in suite's module on one worker",
+            workers,
+            1,
+            dist,
+            gpus,
+            gflop,
+        )
     if gpus >= workers:
-        return Placement("spread", f"{gpus} GPUs for {workers} workers: one GPU per worker", workers, workers, dist,
-                         gpus, gflop)
+        return Placement(
+            "spread", f"{gpus} GPUs for {workers} workers: one GPU per worker", workers, workers, dist, gpus, gflop
+        )
     if flops is not None and flops >= CROSSOVER_FLOPS:
-        return Placement("spread", f"rows of {gflop:g} GFLOP reach the crossover of {CROSSOVER_FLOPS / 1e9:g} GFLOP: "
-                         "parallel rows win", workers, workers, dist, gpus, gflop)
+        return Placement(
+            "spread",
+            f"rows of {gflop:g} GFLOP reach the crossover of {CROSSOVER_FLOPS / 1e9:g} GFLOP: parallel rows win",
+            workers,
+            workers,
+            dist,
+            gpus,
+            gflop,
+        )
     size = "an unknown size" if gflop is None else f"{gflop:g} GFLOP"
-    return Placement("one worker", f"rows of {size}, below the crossover of {CROSSOVER_FLOPS / 1e9:g} GFLOP: one more "
-                     "process loading the models costs more than it wins", workers, 1, dist, gpus, gflop,
-                     scheduled=True)
+    return Placement(
+        "one worker",
+        f"rows of {size}, below the crossover of {CROSSOVER_FLOPS / 1e9:g} GFLOP: one more "
+        "process loading the models costs more than it wins",
+        workers,
+        1,
+        dist,
+        gpus,
+        gflop,
+        scheduled=True,
+    )
 
 
 def is_suite_item(nodeid: str) -> bool:

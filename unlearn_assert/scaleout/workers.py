@@ -17,8 +17,15 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-__all__ = ["apply_thread_budget", "divide_machine", "set_torch_threads", "thread_budget", "torch_threads", "worker_device",
-           "worker_index"]
+__all__ = [
+    "apply_thread_budget",
+    "divide_machine",
+    "set_torch_threads",
+    "thread_budget",
+    "torch_threads",
+    "worker_device",
+    "worker_index",
+]
 
 #: Environment variables with which a user fixes the thread count themselves.
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
@@ -63,11 +70,17 @@ def apply_thread_budget(workers: int) -> dict[str, Any]:
 
     user = next((var for var in THREAD_VARS if os.environ.get(var)), None)
     if workers <= 1 or user is not None:
-        return {"intra_op": torch.get_num_threads(), "inter_op": torch.get_num_interop_threads(),
-                "set_by": f"{user}={os.environ[user]}" if user else "torch's default"}
+        return {
+            "intra_op": torch.get_num_threads(),
+            "inter_op": torch.get_num_interop_threads(),
+            "set_by": f"{user}={os.environ[user]}" if user else "torch's default",
+        }
     set_torch_threads(thread_budget(workers), inter_op=1)
-    return {"intra_op": torch.get_num_threads(), "inter_op": torch.get_num_interop_threads(),
-            "set_by": f"unlearn-assert: {cores()} cores // {workers} workers"}
+    return {
+        "intra_op": torch.get_num_threads(),
+        "inter_op": torch.get_num_interop_threads(),
+        "set_by": f"unlearn-assert: {cores()} cores // {workers} workers",
+    }
 
 
 def set_torch_threads(intra_op: int, inter_op: int | None = None) -> int:
@@ -100,8 +113,12 @@ def torch_threads(intra_op: int | None = None) -> Iterator[None]:
         set_torch_threads(before)
 
 
-def divide_machine(device: str, devices: tuple[int, ...], workerinput: Mapping[str, Any] | None,
-                   placement: Mapping[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
+def divide_machine(
+    device: str,
+    devices: tuple[int, ...],
+    workerinput: Mapping[str, Any] | None,
+    placement: Mapping[str, Any] | None = None,
+) -> tuple[str, dict[str, Any]]:
     """This process's device and threads in a run (``workerinput``: pytest-xdist's, None when serial),
     and the record of both for the report's provenance. ``placement``: the run's
     :class:`~.placement.Placement` as a dict: the cores are divided among the processes that compute rows
@@ -113,8 +130,12 @@ def divide_machine(device: str, devices: tuple[int, ...], workerinput: Mapping[s
     sharing = int(placement["row_workers"]) if placement else workers
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     chosen = worker_device(device, devices, worker_index(worker_id), count)
-    record = {"worker": worker_id or "main", "workers": workers, "threads": apply_thread_budget(sharing),
-              "device": chosen}
+    record = {
+        "worker": worker_id or "main",
+        "workers": workers,
+        "threads": apply_thread_budget(sharing),
+        "device": chosen,
+    }
     if placement:
         record["placement"] = dict(placement)
     return chosen, record

@@ -41,12 +41,30 @@ class FinetuneResult:
     seconds: float
 
     def to_dict(self) -> dict[str, Any]:
-        return {"steps": self.steps, "chunks": self.chunks, "first_loss": self.first_loss, "last_loss": self.last_loss,
-                "seconds": round(self.seconds, 3)}
+        return {
+            "steps": self.steps,
+            "chunks": self.chunks,
+            "first_loss": self.first_loss,
+            "last_loss": self.last_loss,
+            "seconds": round(self.seconds, 3),
+        }
 
 
-def finetune(model: Any, tokenizer: Any, text: str, *, steps: int, lr: float, batch_size: int, max_length: int, seed: int,
-             device: str, weight_decay: float = 0.0, what: str = "text", progress: Callable[[str], None] | None = None) -> FinetuneResult:
+def finetune(
+    model: Any,
+    tokenizer: Any,
+    text: str,
+    *,
+    steps: int,
+    lr: float,
+    batch_size: int,
+    max_length: int,
+    seed: int,
+    device: str,
+    weight_decay: float = 0.0,
+    what: str = "text",
+    progress: Callable[[str], None] | None = None,
+) -> FinetuneResult:
     """Minimise the NLL of ``text`` for ``steps`` AdamW steps (constant ``lr``) on ``model``'s trainable parameters."""
     say = progress or (lambda line: None)
     chunks = chunk_text(tokenizer, text, max_length)
@@ -70,7 +88,9 @@ def finetune(model: Any, tokenizer: Any, text: str, *, steps: int, lr: float, ba
             loss = nll_loss(*shift_for_lm(logits, ids, mask))
             value = float(loss.detach())
             if not math.isfinite(value):
-                raise UnlearnAssertError(f"the relearning loss became {value} at step {step}; the model or its dtype cannot be fine-tuned")
+                raise UnlearnAssertError(
+                    f"the relearning loss became {value} at step {step}; the model or its dtype cannot be fine-tuned"
+                )
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

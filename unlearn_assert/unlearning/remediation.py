@@ -105,8 +105,10 @@ def remediation_command(
             simulated.append(s)
     notes = []
     if replaced:
-        notes.append(f"{', '.join(replaced)} cannot be simulated exactly, so it trains against the rtn grid "
-                     "of the same bits and group")
+        notes.append(
+            f"{', '.join(replaced)} cannot be simulated exactly, so it trains against the rtn grid "
+            "of the same bits and group"
+        )
     recipe: dict[str, Any] = dict(previous) if previous else dict(DEFAULT_RECIPE)
     if recipe.get("dtype") == "bfloat16" and float(recipe.get("lr") or 0.0) < DEFAULT_RECIPE["lr"]:
         notes.append(
@@ -165,9 +167,11 @@ def remediation_line(report: ReportDict, model_dir: str | None = None) -> str | 
     from ..render.terminal import quantizer_order, verdict_check, verdict_outcome, verdict_quantizer
 
     forget = {m["name"] for m in report_metrics(report) if m.get("role") == "forget"}
-    failed = {str(verdict_quantizer(v)) for v in report.get("verdicts", [])
-              if verdict_outcome(v) == "failed" and verdict_check(v) in forget
-              and low_bit(str(verdict_quantizer(v)))}
+    failed = {
+        str(verdict_quantizer(v))
+        for v in report.get("verdicts", [])
+        if verdict_outcome(v) == "failed" and verdict_check(v) in forget and low_bit(str(verdict_quantizer(v)))
+    }
     failing = [q for q in quantizer_order(report) if q in failed]
     if not failing:
         return None
@@ -179,5 +183,7 @@ def remediation_line(report: ReportDict, model_dir: str | None = None) -> str | 
     previous = previous_settings(model)
     command, notes = remediation_command(failing, target=target, data=data, model=model, previous=previous)
     recipe = "the model's own recipe" if previous else "the recipe measured in docs/quant-aware.md"
-    return (f"unlearn-assert: to make forgetting hold under {', '.join(failing)}, unlearn again with "
-            f"quantization-aware training ({'; '.join([recipe, *notes])}): {command}")
+    return (
+        f"unlearn-assert: to make forgetting hold under {', '.join(failing)}, unlearn again with "
+        f"quantization-aware training ({'; '.join([recipe, *notes])}): {command}"
+    )

@@ -118,7 +118,9 @@ def compute_saliency(
     return saliency, len(batches)
 
 
-def select_modules(saliency: dict[str, float], *, top: float | None = None, threshold: float | None = None) -> tuple[list[str], str]:
+def select_modules(
+    saliency: dict[str, float], *, top: float | None = None, threshold: float | None = None
+) -> tuple[list[str], str]:
     """Pick modules by ``top`` fraction or by ``threshold``; returns (names by descending saliency, rule)."""
     if (top is None) == (threshold is None):
         raise ConfigError("SURE needs exactly one of sure_top (e.g. 0.1) or sure_threshold")
@@ -132,7 +134,10 @@ def select_modules(saliency: dict[str, float], *, top: float | None = None, thre
     chosen = [n for n in ranked if saliency[n] > threshold]
     if not chosen:
         best = saliency[ranked[0]]
-        raise ConfigError(f"no module has saliency above sure_threshold {threshold:g} (the largest is {best:.4g}); lower the threshold or use --sure-top")
+        raise ConfigError(
+            f"no module has saliency above sure_threshold {threshold:g} (the largest is {best:.4g}); lower the "
+            "threshold or use --sure-top"
+        )
     return chosen, f"saliency > {threshold:g} ({len(chosen)} of {len(ranked)} linear modules)"
 
 

@@ -94,8 +94,10 @@ def chunk_text(tokenizer: Any, text: str, max_length: int) -> Chunks:
             continue
         masks.append([1] * len(row) + [0] * (max_length - len(row)))
         rows.append(row + [int(pad)] * (max_length - len(row)))
-    return Chunks(torch.tensor(rows, dtype=torch.long).reshape(-1, max_length),
-                  torch.tensor(masks, dtype=torch.long).reshape(-1, max_length))
+    return Chunks(
+        torch.tensor(rows, dtype=torch.long).reshape(-1, max_length),
+        torch.tensor(masks, dtype=torch.long).reshape(-1, max_length),
+    )
 
 
 class BatchCycler:
@@ -117,8 +119,10 @@ def _raw_text(data: MuseData, which: str, why: str) -> str:
     text = data.raw_forget if which == "forget" else data.raw_retain
     if text is None:
         hint = RAW_FORGET_HINT if which == "forget" else RAW_RETAIN_HINT
-        raise DataError(f"data dir '{data.path}' has no raw {which} text (looked for {hint}, or raw/{which}* splits of the "
-                        f"Hugging Face form); {why}")
+        raise DataError(
+            f"data dir '{data.path}' has no raw {which} text (looked for {hint}, or raw/{which}* splits of the "
+            f"Hugging Face form); {why}"
+        )
     return text
 
 
@@ -168,7 +172,11 @@ class UnlearnResult:
             "compute_dtype": self.compute_dtype or self.settings.dtype,
             "target": self.target,
             "data": self.data,
-            "chunks": {"forget": self.n_forget_chunks, "retain": self.n_retain_chunks, "max_length": self.settings.max_length},
+            "chunks": {
+                "forget": self.n_forget_chunks,
+                "retain": self.n_retain_chunks,
+                "max_length": self.settings.max_length,
+            },
             "steps": self.steps,
             "seconds": self.seconds,
             "sure": None if self.sure is None else self.sure.to_dict(),
@@ -240,16 +248,24 @@ def unlearn(
     forget_text = _raw_text(muse, "forget", "unlearning trains on the forget set's raw text")
     retain_text = None
     if method.retain is not None:
-        retain_text = _raw_text(muse, "retain", f"method '{method.name}' regularizes on the retain set's raw text (or use --method {method.forget})")
+        retain_text = _raw_text(
+            muse,
+            "retain",
+            f"method '{method.name}' regularizes on the retain set's raw text (or use --method {method.forget})",
+        )
 
     model, tokenizer, target_info = _prepare_model(target, s)
     compute = compute_dtype(s)
     forget = chunk_text(tokenizer, forget_text, s.max_length)
     retain = chunk_text(tokenizer, retain_text, s.max_length) if retain_text is not None else None
     if len(forget) == 0:
-        raise DataError(f"{_raw_source(muse, 'forget')} in data dir '{muse.path}' has no tokens to train on; give it text")
+        raise DataError(
+            f"{_raw_source(muse, 'forget')} in data dir '{muse.path}' has no tokens to train on; give it text"
+        )
     if retain is not None and len(retain) == 0:
-        raise DataError(f"{_raw_source(muse, 'retain')} in data dir '{muse.path}' has no tokens to train on; give it text")
+        raise DataError(
+            f"{_raw_source(muse, 'retain')} in data dir '{muse.path}' has no tokens to train on; give it text"
+        )
     steps = s.steps if s.steps is not None else s.epochs * math.ceil(len(forget) / s.batch_size)  # type: ignore[operator]
 
     torch.manual_seed(s.seed)
@@ -258,10 +274,12 @@ def unlearn(
         ref = copy.deepcopy(model).eval()
         ref.requires_grad_(False)
     model.train()
-    say(f"unlearning {target_info['path']} with {method.name}: {len(forget)} forget"
+    say(
+        f"unlearning {target_info['path']} with {method.name}: {len(forget)} forget"
         + (f" / {len(retain)} retain" if retain is not None else "")
         + f" chunks of {s.max_length} tokens, {steps} steps, batch {s.batch_size}, lr {s.lr:g}, {s.dtype} weights"
-        + (f" ({compute} compute, bf16 storage emulated)" if compute != s.dtype else ""))
+        + (f" ({compute} compute, bf16 storage emulated)" if compute != s.dtype else "")
+    )
 
     sure: SureSelection | None = None
     notes: list[str] = []
@@ -290,8 +308,10 @@ def unlearn(
         from .quant_aware import QuantAware
 
         qa = QuantAware.for_model(s.quant_aware, model, target_info["path"], s.quant_aware_weight)
-        say(f"quantization-aware: the {method.name} loss also under {', '.join(s.quant_aware)} "
-            f"(straight-through, weight {s.quant_aware_weight:g})")
+        say(
+            f"quantization-aware: the {method.name} loss also under {', '.join(s.quant_aware)} "
+            f"(straight-through, weight {s.quant_aware_weight:g})"
+        )
     optimizer = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
     forget_cycler = BatchCycler(len(forget), s.batch_size, s.seed)
     retain_cycler = BatchCycler(len(retain), s.batch_size, s.seed + 1) if retain is not None else None
@@ -308,7 +328,9 @@ def unlearn(
         parts = method_loss(method, f_in, r_in, alpha=s.alpha, beta=s.beta)
         total = float(parts.total.detach())
         if not math.isfinite(total):
-            raise UnlearnAssertError(f"the {method.name} loss became {total} at step {step}; lower the learning rate (--lr)")
+            raise UnlearnAssertError(
+                f"the {method.name} loss became {total} at step {step}; lower the learning rate (--lr)"
+            )
         parts.total.backward()
         quantized = None
         if qa is not None:  # the same batches and reference logits, on each fake-quantized model
@@ -334,11 +356,16 @@ def unlearn(
         curve.append(record)
         if log.due(step):
             retain_txt = "" if record["retain_loss"] is None else f"  retain {record['retain_loss']:.4f}"
-            q_txt = "".join(f"  [{q}: forget {v['forget_loss']:.4f}"
-                            + ("" if v["retain_loss"] is None else f" retain {v['retain_loss']:.4f}") + "]"
-                            for q, v in (quantized or {}).items())
-            say(f"step {step}/{steps}  forget {record['forget_loss']:.4f}{retain_txt}  total {total:.4f}{q_txt}  "
-                f"({record['seconds']:.1f}s, {log.left(step)})")
+            q_txt = "".join(
+                f"  [{q}: forget {v['forget_loss']:.4f}"
+                + ("" if v["retain_loss"] is None else f" retain {v['retain_loss']:.4f}")
+                + "]"
+                for q, v in (quantized or {}).items()
+            )
+            say(
+                f"step {step}/{steps}  forget {record['forget_loss']:.4f}{retain_txt}  total {total:.4f}{q_txt}  "
+                f"({record['seconds']:.1f}s, {log.left(step)})"
+            )
 
     model.eval()
     if compute != s.dtype:  # exact: every weight holds a bf16 value
@@ -356,8 +383,15 @@ def unlearn(
         n_forget_chunks=len(forget),
         n_retain_chunks=0 if retain is None else len(retain),
         target=target_info,
-        data={"path": muse.path, "fingerprint": muse.fingerprint, "form": muse.form,
-              "raw": {"forget": _raw_source(muse, "forget"), "retain": _raw_source(muse, "retain") if retain is not None else None}},
+        data={
+            "path": muse.path,
+            "fingerprint": muse.fingerprint,
+            "form": muse.form,
+            "raw": {
+                "forget": _raw_source(muse, "forget"),
+                "retain": _raw_source(muse, "retain") if retain is not None else None,
+            },
+        },
         seconds=round(time.perf_counter() - start, 3),
         notes=notes,
         compute_dtype=compute,
@@ -374,12 +408,17 @@ def check_out_dir(out_dir: str | os.PathLike[str], protect: list[str] | None = N
     if out.exists() and not out.is_dir():
         raise UnlearnAssertError(f"output path '{out}' is a file; choose a new directory for the unlearned checkpoint")
     if out.is_dir() and any(out.iterdir()):
-        raise UnlearnAssertError(f"output directory '{out}' is not empty; choose a new directory (files are never overwritten)")
+        raise UnlearnAssertError(
+            f"output directory '{out}' is not empty; choose a new directory (files are never overwritten)"
+        )
     resolved = out.resolve()
     for guarded in protect or []:
         g = Path(guarded).resolve()
         if resolved == g or g in resolved.parents:
-            raise UnlearnAssertError(f"output directory '{out}' is inside the target model directory '{guarded}'; choose a directory outside it")
+            raise UnlearnAssertError(
+                f"output directory '{out}' is inside the target model directory '{guarded}'; choose a directory "
+                "outside it"
+            )
     return out
 
 

@@ -26,7 +26,15 @@ from typing import Any, Final
 
 from ..errors import QuantizerError
 
-__all__ = ["ATTACK_GRAMMAR", "LORA_DEFAULTS", "RELEARN_DEFAULTS", "STEPS_RANGE", "RelearnSpec", "is_attack_id", "parse_attack_id"]
+__all__ = [
+    "ATTACK_GRAMMAR",
+    "LORA_DEFAULTS",
+    "RELEARN_DEFAULTS",
+    "STEPS_RANGE",
+    "RelearnSpec",
+    "is_attack_id",
+    "parse_attack_id",
+]
 
 #: Every attack id starts with this (no quantizer backend is called "relearn").
 PREFIX: Final = "relearn-"
@@ -41,14 +49,23 @@ _PATTERN = re.compile(r"relearn-(?P<corpus>[a-z]+)-(?P<steps>\d{1,9})(?P<lora>-l
 #: The fine-tune of every relearn attack (see docs/relearning.md for where each number comes from).
 #: ``dtype`` is the weights' dtype while training: fp32 on CPU, bf16 on a GPU.
 RELEARN_DEFAULTS: Final[dict[str, Any]] = {
-    "optimizer": "adamw", "lr": 2e-5, "schedule": "constant", "weight_decay": 0.0,
-    "batch_size": 4, "max_length": 128, "seed": 0, "dtype": {"cpu": "float32", "cuda": "bfloat16"},
+    "optimizer": "adamw",
+    "lr": 2e-5,
+    "schedule": "constant",
+    "weight_decay": 0.0,
+    "batch_size": 4,
+    "max_length": 128,
+    "seed": 0,
+    "dtype": {"cpu": "float32", "cuda": "bfloat16"},
     "held_in": "first half of the forget documents (data set order)",
 }
 #: LoRA adapters of ``-lora`` ids: rank 8, alpha 16, no dropout (determinism), every linear
 #: projection of the blocks (not the embeddings or lm_head).
 LORA_DEFAULTS: Final[dict[str, Any]] = {
-    "r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "bias": "none",
+    "r": 8,
+    "lora_alpha": 16,
+    "lora_dropout": 0.0,
+    "bias": "none",
     "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
 }
 
@@ -67,10 +84,15 @@ class RelearnSpec:
         return f"relearn-{self.corpus}-{self.steps}" + ("-lora" if self.lora else "")
 
     def settings(self, device: str) -> dict[str, Any]:
-        """Every setting the fine-tune runs with on ``device`` ("cpu" or "cuda..."): the row's cache key part and record."""
+        """Every setting the fine-tune runs with on ``device`` ("cpu" or "cuda..."): the row's cache key part and
+        record."""
         out = {k: v for k, v in RELEARN_DEFAULTS.items() if k not in ("dtype", "held_in")}
-        out.update(corpus=self.corpus, steps=self.steps, dtype=train_dtype(device),
-                   lora=dict(LORA_DEFAULTS) if self.lora else None)
+        out.update(
+            corpus=self.corpus,
+            steps=self.steps,
+            dtype=train_dtype(device),
+            lora=dict(LORA_DEFAULTS) if self.lora else None,
+        )
         if self.corpus == "forget":
             out["held_in"] = RELEARN_DEFAULTS["held_in"]
         return out
@@ -98,11 +120,17 @@ def parse_attack_id(text: str) -> RelearnSpec:
         raise QuantizerError(f"unknown attack '{qid}'; known: {_known()}")
     corpus = match["corpus"]
     if corpus not in CORPORA:
-        raise QuantizerError(f"unknown attack '{qid}': relearn on 'forget' or 'retain', not '{corpus}'; known: {_known()}")
+        raise QuantizerError(
+            f"unknown attack '{qid}': relearn on 'forget' or 'retain', not '{corpus}'; known: {_known()}"
+        )
     steps = int(match["steps"])
     if str(steps) != match["steps"]:
-        raise QuantizerError(f"invalid attack '{qid}': write the steps without leading zeros ({steps}); known: {_known()}")
+        raise QuantizerError(
+            f"invalid attack '{qid}': write the steps without leading zeros ({steps}); known: {_known()}"
+        )
     if steps not in STEPS_RANGE:
-        raise QuantizerError(f"invalid attack '{qid}': steps must be {STEPS_RANGE.start}..{STEPS_RANGE.stop - 1}, got {steps}; "
-                             f"known: {_known()}")
+        raise QuantizerError(
+            f"invalid attack '{qid}': steps must be {STEPS_RANGE.start}..{STEPS_RANGE.stop - 1}, got {steps}; "
+            f"known: {_known()}"
+        )
     return RelearnSpec(qid, corpus, steps, bool(match["lora"]))

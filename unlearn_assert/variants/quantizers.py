@@ -80,8 +80,12 @@ BACKENDS: dict[str, BackendEntry] = {
     "rtn": BackendEntry("unlearn_assert.quant.rtn:RTNBackend", dispatched=True),
     "bnb": BackendEntry("unlearn_assert.quant.bnb:BnbBackend", install="pip install 'unlearn-assert[bnb]'"),
     "hqq": BackendEntry("unlearn_assert.quant.hqq:HqqBackend", install="pip install 'unlearn-assert[hqq]'"),
-    "gptq": BackendEntry("unlearn_assert.quant.llmc:GptqBackend", install="pip install 'unlearn-assert[gptq]'", calibrated=True),
-    "awq": BackendEntry("unlearn_assert.quant.llmc:AwqBackend", install="pip install 'unlearn-assert[awq]'", calibrated=True),
+    "gptq": BackendEntry(
+        "unlearn_assert.quant.llmc:GptqBackend", install="pip install 'unlearn-assert[gptq]'", calibrated=True
+    ),
+    "awq": BackendEntry(
+        "unlearn_assert.quant.llmc:AwqBackend", install="pip install 'unlearn-assert[awq]'", calibrated=True
+    ),
     "gguf": BackendEntry("unlearn_assert.quant.gguf:GgufBackend", install="pip install 'unlearn-assert[gguf]'"),
 }
 
@@ -93,7 +97,9 @@ def _number(text: str, what: str, qid: str) -> int:
     """Parse a decimal field of an id; leading zeros are refused so every quantizer has one spelling."""
     value = int(text)
     if str(value) != text:
-        raise QuantizerError(f"invalid quantizer '{qid}': write the {what} without leading zeros ({value}); known: {_known_text()}")
+        raise QuantizerError(
+            f"invalid quantizer '{qid}': write the {what} without leading zeros ({value}); known: {_known_text()}"
+        )
     return value
 
 
@@ -101,7 +107,8 @@ def _bits(text: str, qid: str) -> int:
     bits = _number(text, "bit width", qid)
     if bits not in BITS_RANGE:
         raise QuantizerError(
-            f"invalid quantizer '{qid}': bits must be {BITS_RANGE.start}..{BITS_RANGE.stop - 1}, got {bits}; known: {_known_text()}"
+            f"invalid quantizer '{qid}': bits must be {BITS_RANGE.start}..{BITS_RANGE.stop - 1}, got {bits}; known: "
+            f"{_known_text()}"
         )
     return bits
 
@@ -112,7 +119,8 @@ def _group(text: str | None, qid: str) -> int | None:
     group = _number(text, "group size", qid)
     if group < MIN_GROUP:
         raise QuantizerError(
-            f"invalid quantizer '{qid}': group size must be >= {MIN_GROUP} (omit g<group> for one group per output channel); "
+            f"invalid quantizer '{qid}': group size must be >= {MIN_GROUP} (omit g<group> for one group per output "
+            "channel); "
             f"known: {_known_text()}"
         )
     return group
@@ -167,20 +175,35 @@ class IdForm:
 def _int_form(backend: str, examples: tuple[str, ...], *, group_required: bool, default_symmetric: bool) -> IdForm:
     group = r"g(?P<group>\d{1,6})" if group_required else r"(?:g(?P<group>\d{1,6}))?"
     pattern = re.compile(rf"{backend}-w(?P<bits>\d{{1,3}}){group}(?:-(?P<sym>asym|sym))?")
-    grammar = f"{backend}-w<bits>" + ("g<group>" if group_required else "[g<group>]") + ("[-asym]" if default_symmetric else "[-sym]")
+    grammar = (
+        f"{backend}-w<bits>"
+        + ("g<group>" if group_required else "[g<group>]")
+        + ("[-asym]" if default_symmetric else "[-sym]")
+    )
     return IdForm(pattern, _parse_int_grid(default_symmetric), grammar, examples, default_symmetric)
 
 
 #: Grammar of every backend family the design names, registered or not. GPTQ defaults to a
 #: symmetric grid; AWQ and HQQ default to asymmetric (zero point), as their libraries do.
 ID_FORMS: Mapping[str, IdForm] = {
-    "rtn": _int_form("rtn", ("rtn-w4g128", "rtn-w8", "rtn-w4g64-asym", "rtn-w3g64"), group_required=False, default_symmetric=True),
-    "bnb": IdForm(re.compile(r"bnb-(?P<scheme>fp4|nf4|int8)"), _parse_bnb, "bnb-{fp4,nf4,int8}", ("bnb-fp4", "bnb-nf4", "bnb-int8")),
+    "rtn": _int_form(
+        "rtn", ("rtn-w4g128", "rtn-w8", "rtn-w4g64-asym", "rtn-w3g64"), group_required=False, default_symmetric=True
+    ),
+    "bnb": IdForm(
+        re.compile(r"bnb-(?P<scheme>fp4|nf4|int8)"),
+        _parse_bnb,
+        "bnb-{fp4,nf4,int8}",
+        ("bnb-fp4", "bnb-nf4", "bnb-int8"),
+    ),
     "gptq": _int_form("gptq", ("gptq-w4g128", "gptq-w8g128"), group_required=True, default_symmetric=True),
     "awq": _int_form("awq", ("awq-w4g128",), group_required=True, default_symmetric=False),
     "hqq": _int_form("hqq", ("hqq-w4g64",), group_required=True, default_symmetric=False),
-    "gguf": IdForm(re.compile(rf"gguf-(?P<scheme>{'|'.join(GGUF_PRESETS)})"), _parse_gguf, "gguf-{" + ",".join(GGUF_PRESETS) + "}",
-                   ("gguf-q4_k_m", "gguf-q8_0")),
+    "gguf": IdForm(
+        re.compile(rf"gguf-(?P<scheme>{'|'.join(GGUF_PRESETS)})"),
+        _parse_gguf,
+        "gguf-{" + ",".join(GGUF_PRESETS) + "}",
+        ("gguf-q4_k_m", "gguf-q8_0"),
+    ),
 }
 
 
@@ -207,7 +230,8 @@ def parse_quantizer_id(qid: str) -> QuantSpec:
         raise QuantizerError(f"unknown quantizer '{text}'; known: {_known_text()}")
     if backend not in BACKENDS:
         raise QuantizerError(
-            f"quantizer '{text}' needs the '{backend}' backend, which this version of unlearn-assert does not provide; known: {_known_text()}"
+            f"quantizer '{text}' needs the '{backend}' backend, which this version of unlearn-assert does not provide; "
+            f"known: {_known_text()}"
         )
     match = form.pattern.fullmatch(text)
     if match is None:

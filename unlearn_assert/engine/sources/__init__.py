@@ -36,8 +36,17 @@ from .relearn import RelearnSource
 if TYPE_CHECKING:  # pragma: no cover
     from ...config import RunConfig
 
-__all__ = ["SOURCE_KINDS", "Applied", "ArtifactSource", "GgufFileSource", "QuantizerSource", "RelearnSource", "Source", "SourceKind",
-           "source_for"]
+__all__ = [
+    "SOURCE_KINDS",
+    "Applied",
+    "ArtifactSource",
+    "GgufFileSource",
+    "QuantizerSource",
+    "RelearnSource",
+    "Source",
+    "SourceKind",
+    "source_for",
+]
 
 #: The kinds of source, most specific first: the first whose ``accepts(variant, run)`` holds makes the row's source.
 SOURCE_KINDS: tuple[type[SourceKind], ...] = (GgufFileSource, ArtifactSource, RelearnSource, QuantizerSource)

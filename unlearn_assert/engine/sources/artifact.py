@@ -57,10 +57,17 @@ class ArtifactSource:
         from ...quant.artifact import open_artifact, read_artifact
 
         if role not in self.roles:
-            raise ValueError(f"'{self.variant}' is your quantized unlearned checkpoint; there is no {role} version of it")
+            raise ValueError(
+                f"'{self.variant}' is your quantized unlearned checkpoint; there is no {role} version of it"
+            )
         info = read_artifact(self.variant, self.artifact.path)
         run = self.run
-        with open_artifact(info, inputs.model("unlearned"), device=inputs.device, dtype=None if run.dtype == "auto" else run.dtype,
-                          known_fingerprint=inputs.artifact_fingerprint(self.variant, self.artifact.path)) as (loaded, details):
+        with open_artifact(
+            info,
+            inputs.model("unlearned"),
+            device=inputs.device,
+            dtype=None if run.dtype == "auto" else run.dtype,
+            known_fingerprint=inputs.artifact_fingerprint(self.variant, self.artifact.path),
+        ) as (loaded, details):
             view = ArtifactModel(**vars(loaded), details=details)
             yield Applied(view=view, details=details.to_dict())

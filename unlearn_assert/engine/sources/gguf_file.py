@@ -53,7 +53,9 @@ class GgufFileSource:
     @contextmanager
     def apply(self, role: Role, inputs: Inputs, handoff: Any = None) -> Iterator[Applied]:
         if role not in self.roles:
-            raise ValueError(f"'{self.variant}' is your GGUF file of the unlearned model; there is no {role} version of it")
+            raise ValueError(
+                f"'{self.variant}' is your GGUF file of the unlearned model; there is no {role} version of it"
+            )
         from ...quant.gguf_header import check_gguf_file
 
         start = time.perf_counter()
@@ -61,8 +63,11 @@ class GgufFileSource:
         try:
             from ...quant import gguf_convert as conv
         except ImportError as exc:
-            raise BackendUnavailable(f"GGUF file '{self.variant}' needs {getattr(exc, 'name', None) or 'gguf'}, which is not installed; "
-                                     f"install it with: {GGUF_INSTALL}", install=GGUF_INSTALL) from None
+            raise BackendUnavailable(
+                f"GGUF file '{self.variant}' needs {getattr(exc, 'name', None) or 'gguf'}, which is not installed; "
+                f"install it with: {GGUF_INSTALL}",
+                install=GGUF_INSTALL,
+            ) from None
         loaded = inputs.model("unlearned")
         model = loaded.model
         hp = conv.hparams(model.config)
@@ -79,16 +84,37 @@ class GgufFileSource:
             n += weights[name].size
             changed += int((weights[name] != state[name].detach().cpu().float().numpy()).sum())
         if n == 0 or changed == 0:
-            raise ModelError(f"GGUF file '{self.variant}' at '{self.path}' has no quantized tensor that differs from the unlearned model; "
-                             "pass a quantized GGUF of --unlearn-model")
+            raise ModelError(
+                f"GGUF file '{self.variant}' at '{self.path}' has no quantized tensor that differs from the unlearned "
+                "model; "
+                "pass a quantized GGUF of --unlearn-model"
+            )
         originals = conv.load_into(model, weights)
         del weights, tensors
         try:
-            details = conv.GgufDetails(quantizer=self.variant, backend="gguf-file", bits=None, group_size=None, symmetric=False, modules=names,
-                                n_weights=n, changed_fraction=changed / n if n else 0.0, seconds=time.perf_counter() - start,
-                                preset=str(header.metadata.get("general.file_type", "")), tensor_types=header.types)
-            view = ArtifactModel(model=model, tokenizer=loaded.tokenizer, path=self.path, fingerprint=inputs.artifact_fingerprint(self.variant, self.path),
-                                 device=loaded.device, dtype=loaded.dtype, info={**loaded.info, "quantizer": self.variant}, details=details)
+            details = conv.GgufDetails(
+                quantizer=self.variant,
+                backend="gguf-file",
+                bits=None,
+                group_size=None,
+                symmetric=False,
+                modules=names,
+                n_weights=n,
+                changed_fraction=changed / n if n else 0.0,
+                seconds=time.perf_counter() - start,
+                preset=str(header.metadata.get("general.file_type", "")),
+                tensor_types=header.types,
+            )
+            view = ArtifactModel(
+                model=model,
+                tokenizer=loaded.tokenizer,
+                path=self.path,
+                fingerprint=inputs.artifact_fingerprint(self.variant, self.path),
+                device=loaded.device,
+                dtype=loaded.dtype,
+                info={**loaded.info, "quantizer": self.variant},
+                details=details,
+            )
             yield Applied(view=view, details=details.to_dict())
         finally:
             conv.restore(model, originals)

@@ -23,7 +23,9 @@ class QuantizerSource:
 
     @classmethod
     def accepts(cls, variant: str, run: RunConfig) -> bool:
-        return run.artifact(variant) is None  # the kinds before it took theirs; the rest were validated as quantizer ids
+        return (
+            run.artifact(variant) is None
+        )  # the kinds before it took theirs; the rest were validated as quantizer ids
 
     def __init__(self, variant: str, run: RunConfig) -> None:
         self.variant = variant

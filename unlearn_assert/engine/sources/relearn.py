@@ -113,23 +113,60 @@ class RelearnSource:
             for note in split[0].notes:
                 inputs.progress(f"{self.variant}: {note}")
         text, trained_on = self._text(inputs)
-        fingerprint = digest({"model": loaded.fingerprint, "attack": self.spec.canonical_id, "settings": settings,
-                              "split": split[0].fingerprint if split else None})
-        train = dict(steps=self.spec.steps, lr=settings["lr"], batch_size=settings["batch_size"], max_length=settings["max_length"],
-                     seed=settings["seed"], device=device, weight_decay=settings["weight_decay"], what=f"{trained_on['corpus']} text",
-                     progress=inputs.progress)
-        inputs.progress(f"{self.variant}: fine-tune {role} on {trained_on['documents']} {trained_on['corpus']} document(s), "
-                        f"{self.spec.steps} steps{' (LoRA)' if self.spec.lora else ''}")
-        with (self._lora(loaded) if self.spec.lora else self._copy(loaded, settings["dtype"])) as (model, changed_of, extra):
+        fingerprint = digest(
+            {
+                "model": loaded.fingerprint,
+                "attack": self.spec.canonical_id,
+                "settings": settings,
+                "split": split[0].fingerprint if split else None,
+            }
+        )
+        train = dict(
+            steps=self.spec.steps,
+            lr=settings["lr"],
+            batch_size=settings["batch_size"],
+            max_length=settings["max_length"],
+            seed=settings["seed"],
+            device=device,
+            weight_decay=settings["weight_decay"],
+            what=f"{trained_on['corpus']} text",
+            progress=inputs.progress,
+        )
+        inputs.progress(
+            f"{self.variant}: fine-tune {role} on {trained_on['documents']} {trained_on['corpus']} document(s), "
+            f"{self.spec.steps} steps{' (LoRA)' if self.spec.lora else ''}"
+        )
+        with (
+            self._lora(loaded) if self.spec.lora else self._copy(loaded, settings["dtype"]) as (
+                model,
+                changed_of,
+                extra,
+            )
+        ):
             result = finetune(model, loaded.tokenizer, text, **train)
             changed = changed_of()
             if changed == 0.0:
-                raise UnlearnAssertError(f"{self.variant} changed no weight of the {role} model; it did not take effect")
-            view = LoadedModel(model=model, tokenizer=loaded.tokenizer, path=loaded.path, fingerprint=fingerprint,
-                               device=device, dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
-                               info={"attack": self.spec.canonical_id})
-            details: dict[str, Any] = {"attack": "relearn", "id": self.spec.canonical_id, "settings": settings, "trained_on": trained_on,
-                                     "training": result.to_dict(), "changed_fraction": changed, **extra}
+                raise UnlearnAssertError(
+                    f"{self.variant} changed no weight of the {role} model; it did not take effect"
+                )
+            view = LoadedModel(
+                model=model,
+                tokenizer=loaded.tokenizer,
+                path=loaded.path,
+                fingerprint=fingerprint,
+                device=device,
+                dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
+                info={"attack": self.spec.canonical_id},
+            )
+            details: dict[str, Any] = {
+                "attack": "relearn",
+                "id": self.spec.canonical_id,
+                "settings": settings,
+                "trained_on": trained_on,
+                "training": result.to_dict(),
+                "changed_fraction": changed,
+                **extra,
+            }
             data, sample_ids = None, None
             if split is not None:
                 details["split"] = split[0].to_dict()
@@ -167,8 +204,9 @@ class RelearnSource:
         try:
             from peft import LoraConfig, get_peft_model
         except ImportError:
-            raise BackendUnavailable(f"{self.variant} needs peft for its LoRA adapters; install it with {LORA_INSTALL}",
-                                     LORA_INSTALL) from None
+            raise BackendUnavailable(
+                f"{self.variant} needs peft for its LoRA adapters; install it with {LORA_INSTALL}", LORA_INSTALL
+            ) from None
         import torch
 
         base = loaded.model
@@ -176,9 +214,18 @@ class RelearnSource:
         present = {name.rsplit(".", 1)[-1] for name, _ in base.named_modules()}
         targets = [t for t in LORA_DEFAULTS["target_modules"] if t in present]
         if not targets:
-            raise UnlearnAssertError(f"{self.variant}: the model has none of the LoRA target modules {', '.join(LORA_DEFAULTS['target_modules'])}")
-        config = LoraConfig(r=LORA_DEFAULTS["r"], lora_alpha=LORA_DEFAULTS["lora_alpha"], lora_dropout=LORA_DEFAULTS["lora_dropout"],
-                            bias=LORA_DEFAULTS["bias"], target_modules=targets, task_type="CAUSAL_LM")
+            raise UnlearnAssertError(
+                f"{self.variant}: the model has none of the LoRA target modules "
+                f"{', '.join(LORA_DEFAULTS['target_modules'])}"
+            )
+        config = LoraConfig(
+            r=LORA_DEFAULTS["r"],
+            lora_alpha=LORA_DEFAULTS["lora_alpha"],
+            lora_dropout=LORA_DEFAULTS["lora_dropout"],
+            bias=LORA_DEFAULTS["bias"],
+            target_modules=targets,
+            task_type="CAUSAL_LM",
+        )
         torch.manual_seed(0)  # the adapters' initialisation (A random, B zero) is part of the attack
         peft_model = get_peft_model(base, config)
         inner = peft_model.get_base_model()
@@ -197,7 +244,11 @@ class RelearnSource:
 
         trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
         try:
-            yield inner, changed, {"trainable_parameters": trainable, "lora": {**LORA_DEFAULTS, "target_modules": targets}}
+            yield (
+                inner,
+                changed,
+                {"trainable_parameters": trainable, "lora": {**LORA_DEFAULTS, "target_modules": targets}},
+            )
         finally:
             restored = peft_model.unload()
             for name, p in restored.named_parameters():
