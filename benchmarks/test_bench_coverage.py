@@ -9,7 +9,7 @@ with the plain bootstrap of before (``prior=0``) and with the Bayesian bootstrap
 per method, the coverage of the 95% interval, the share of zero-width intervals, the median width
 (recovery and utility as fractions, the drop and privleak in points; an unbounded end counts as
 10 or 1000) and the worst share of wrong decided verdicts over the budget grid. The assertions are
-the test's (tests/test_coverage.py), with more gates: per scenario at least 93% coverage where few
+the test's (tests/metrics/test_coverage.py), with more gates: per scenario at least 93% coverage where few
 items change and 91% elsewhere (1000 gates: standard error 0.7 points), pooled at least 93%, and
 decided verdicts wrong at most 3.5% per scenario and 2.5% pooled.
 """

@@ -21,7 +21,7 @@ contract); a *benchmark* says what it measures. A benchmark owns
 
 The engine's checks, verdicts, intervals, report, cache, xdist payloads and fixtures read only this
 contract, so a benchmark is added with one module and one entry in
-:data:`unlearn_assert.benchmark.BENCHMARKS`; ``tests/test_benchmark.py`` registers a toy one that way.
+:data:`unlearn_assert.benchmark.BENCHMARKS`; ``tests/benchmark/test_benchmark.py`` registers a toy one that way.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ the reader ``--unlearn-quantized NAME=DIR`` uses too (directory, safetensors hea
 
 The name table (:func:`gguf_name`) is what a user's Llama-family file is read back with
 (``quant/gguf_convert.py``; the ``gguf-*`` quantizers convert with llama.cpp's own converter and map back
-with transformers' tables, :mod:`.llama_cpp`); ``tests/test_quant_gguf.py`` checks it against ``gguf.TensorNameMap``.
+with transformers' tables, :mod:`.llama_cpp`); ``tests/quant/test_gguf.py`` checks it against ``gguf.TensorNameMap``.
 """
 
 from __future__ import annotations

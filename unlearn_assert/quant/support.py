@@ -4,7 +4,7 @@ Pure Python (no torch): the plugin's precheck calls :func:`check_families` while
 so a combination that cannot work is one usage-error line naming the family and the backend before any
 model loads, never an error row an hour into the run.
 
-What is refused, and why (the architecture matrix in ``tests/test_architecture_matrix.py`` runs every
+What is refused, and why (the architecture matrix in ``tests/e2e/test_architecture_matrix.py`` runs every
 backend on Llama, Mistral, Qwen2, Qwen3, Gemma2, Gemma3, Phi3 and OLMo2, tied and untied):
 
 * rtn, bnb, hqq, gptq, awq quantize ``nn.Linear`` layers. GPT-2's projections are transformers'

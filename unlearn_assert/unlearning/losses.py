@@ -2,7 +2,7 @@
 
 Why pure tensor functions: each loss is a formula from a paper, and the easiest way to be sure a
 formula is right is to check it on hand-made logits with values computed by hand (see
-tests/test_unlearning.py). The trainer only runs forward passes and calls these.
+tests/unlearning/test_trainer.py). The trainer only runs forward passes and calls these.
 
 Conventions (why: one alignment step, done once, keeps every formula free of off-by-one shifts):
 

@@ -16,7 +16,7 @@ Each training step, for each quantizer Q of ``--quant-aware``:
 * the objective is ``L_fp + weight * mean_Q L_Q``. Each Q's backward runs before the next Q's
   forward, so at most one extra copy of the weights (the current Q's) is alive at any time.
 
-Exactness (tests/test_quant_aware.py checks every statement bit for bit): ``Q(w)`` is what the
+Exactness (tests/unlearning/test_quant_aware.py checks every statement bit for bit): ``Q(w)`` is what the
 gate's backend dequantizes to for a model holding ``w`` in the same dtype:
 
 * ``rtn-*``: :func:`unlearn_assert.quant.rtn.rtn_quantize` itself, on the layers the rtn backend

@@ -4,7 +4,7 @@ Why a module of its own: the CLI checks ``--quant-aware`` while it parses option
 summary names the remediation command for the quantizers that failed; neither may import torch. A
 quantizer qualifies only when its rounding is simulated *exactly* (the fake-quantized weights are
 bit for bit what the real quantizer dequantizes to; see :mod:`.quant_aware` and
-tests/test_quant_aware.py): every ``rtn-*`` id, bitsandbytes' 4-bit grids ``bnb-fp4`` / ``bnb-nf4``,
+tests/unlearning/test_quant_aware.py): every ``rtn-*`` id, bitsandbytes' 4-bit grids ``bnb-fp4`` / ``bnb-nf4``,
 and every ``gguf-*`` preset (llama.cpp's own quantizer runs in the forward). Calibrated quantizers
 (GPTQ, AWQ), HQQ's optimized zero points and LLM.int8 are refused.
 """

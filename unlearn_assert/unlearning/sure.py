@@ -21,7 +21,7 @@ What is selected, and what is never touched:
 The mask is applied twice, so nothing can leak: the optimizer only receives the selected
 parameters, and every other parameter has ``requires_grad=False`` (no gradient, so no weight decay,
 no momentum, no update of any kind). The published implementation put its mask in a Trainer hook
-that is never called; tests/test_unlearning.py checks that every non-selected parameter is
+that is never called; tests/unlearning/test_trainer.py checks that every non-selected parameter is
 bit-identical after training.
 """
 

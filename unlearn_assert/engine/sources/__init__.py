@@ -19,7 +19,7 @@ codes, minutes of work); the engine computes the q(T) row first and passes that 
 
 **Adding a kind** takes one module with a class that satisfies :class:`~.base.SourceKind` (``roles``,
 ``accepts``, ``key_parts``, ``apply``; :mod:`.gguf_file` is a complete example in about 100 lines) and
-one entry in :data:`SOURCE_KINDS`, most specific first. ``tests/test_engine.py`` registers a toy kind
+one entry in :data:`SOURCE_KINDS`, most specific first. ``tests/engine/test_engine.py`` registers a toy kind
 that way without touching the engine.
 """
 

@@ -247,7 +247,7 @@ def test_spec_and_package_do_not_import_torch() -> None:
         "import sys, unlearn_assert.quant, unlearn_assert.variants.quantizers; assert 'torch' not in sys.modules, "
         "'torch imported'"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])
 
 
 # --------------------------------------------------------------------------- quantized() on the tiny checkpoints

@@ -70,7 +70,7 @@ def test_tokenizer_json_counts_what_the_metrics_tokenize(tiny_model_dir: Path, t
     assert [c.new_tokens for c in counted if c.split == "verbmem_forget"][0] == 128
     assert {c.keep for c in counted if c.split.startswith("privleak")} == {"start"}
     tofu = TofuBenchmark()
-    tofu_data = tofu.load(str(Path(__file__).resolve().parents[1] / "fixtures" / "tiny-tofu"))
+    tofu_data = tofu.load(str(Path(__file__).resolve().parents[2] / "fixtures" / "tiny-tofu"))
     assert tofu.contexts(tofu_data, files) == tofu.contexts(tofu_data, real)
     assert isinstance(counting_tokenizer(tiny_model_dir)[0], FileTokenizer)
 
@@ -145,7 +145,7 @@ def test_a_tofu_item_beyond_the_window_is_refused(
     from unlearn_assert.engine.inputs import precheck
 
     data = tmp_path / "tofu"
-    shutil.copytree(Path(__file__).resolve().parents[1] / "fixtures" / "tiny-tofu", data)
+    shutil.copytree(Path(__file__).resolve().parents[2] / "fixtures" / "tiny-tofu", data)
     for name in ("forget10.json", "forget10_perturbed.json"):  # JSON lines
         items = [json.loads(line) for line in (data / name).read_text().splitlines() if line.strip()]
         items[0]["question"] = "Who wrote it? " * 200
@@ -216,7 +216,7 @@ def test_left_truncation_is_lm_evals(unlearned: Any) -> None:
 
     window = context_window(unlearned.model)
     assert window is not None
-    text = (Path(__file__).resolve().parents[1] / "fixtures" / "tiny-muse" / "raw" / "forget.txt").read_text()
+    text = (Path(__file__).resolve().parents[2] / "fixtures" / "tiny-muse" / "raw" / "forget.txt").read_text()
     ids = unlearned.tokenizer(text)["input_ids"]
     long, short = ids[: window + 40], ids[:60]
     out = greedy_generate(unlearned.model, unlearned.tokenizer, [short, long], 8, truncate=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "release-ci"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "release-ci"
 
 
 def test_workflow_runs_the_documented_command() -> None:

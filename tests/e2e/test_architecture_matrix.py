@@ -6,7 +6,7 @@ random, built from transformers' config classes. Each is gated end to end (``ua.
 rtn, bnb fp4/nf4/int8, hqq, gptq, awq, gguf, ``relearn-forget-2``, the MUSE metrics) in its shipped form
 (tied or not), and quantized by every backend in the other form. Each family's GGUF file, converted by
 llama.cpp's own converter, is run by llama.cpp and by the torch model rebuilt from it: logits within the
-tolerances of ``tests/test_quant_gguf.py`` and the same 16 greedy tokens, for F32 and Q8_0.
+tolerances of ``tests/quant/test_gguf.py`` and the same 16 greedy tokens, for F32 and Q8_0.
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ def test_every_backend_quantizes_the_other_tie_form(name: str, family_models: An
     check_families(qids, target)  # nothing else is refused at option time
     t, u = ua.load_model(str(target), device="cpu"), ua.load_model(str(unlearned), device="cpu")
     assert (t.model.lm_head.weight is t.model.get_input_embeddings().weight) is tied
-    calibration = calibration_from_data(ua.load_data(str(Path(__file__).parents[1] / "fixtures" / "tiny-muse")))
+    calibration = calibration_from_data(ua.load_data(str(Path(__file__).parents[2] / "fixtures" / "tiny-muse")))
     ids = t.tokenizer("Question: who wrote it?\nAnswer:", return_tensors="pt")["input_ids"]
     for qid in qids:
         with quantized(u, qid, target=t, calibration=calibration) as q:
@@ -234,7 +234,7 @@ def test_no_family_of_the_matrix_is_refused(family_models: Any) -> None:
 
 # --------------------------------------------------------------------------- llama.cpp runs each family's file
 
-#: see tests/test_quant_gguf.py: F32 differs by float summation order only; Q8_0 also by llama.cpp's 8-bit activations
+#: see tests/quant/test_gguf.py: F32 differs by float summation order only; Q8_0 also by llama.cpp's 8-bit activations
 TOLERANCE = {"f32": (1e-4, 1e-5), "q8_0": (0.0, 0.03)}
 #: Gemma's GELU: ggml's CPU kernels round its input to f16 and read an f16 table (GGML_GELU_FP16 in ggml-cpu/vec.h),
 #: which torch does not. Measured in F32: Gemma 3 0.00067 (0.007% of the largest logit; 0.00026 with that rounding

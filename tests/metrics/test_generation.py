@@ -22,7 +22,7 @@ from unlearn_assert.metrics.privleak import privleak_scores, score_texts
 from unlearn_assert.metrics.verbmem import verbmem_generations
 from unlearn_assert.models import LoadedModel
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -26,7 +26,7 @@ from unlearn_assert.data.muse import CONTENT_FIELDS, MuseData, load_data
 from unlearn_assert.errors import DataError
 from unlearn_assert.quant.calibration import calibration_from_data
 
-FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "tiny-muse"
+FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "tiny-muse"
 REPO_ID = "muse-bench/MUSE-News"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 

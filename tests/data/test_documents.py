@@ -26,7 +26,7 @@ from unlearn_assert.data.documents import (
 )
 from unlearn_assert.errors import ConfigError, DataError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DOCS = REPO / "fixtures" / "tiny-docs"
 SMALL = DerivationSettings(chunk_words=80, prompt_words=40, gt_words=20, icl_pairs=2)
 

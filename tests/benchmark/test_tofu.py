@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from unlearn_assert.data.tofu import FORGET_SPLITS, detect_tofu, load_tofu
 from unlearn_assert.errors import ConfigError, DataError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TOFU = REPO / "fixtures" / "tiny-tofu"
 sys.path.insert(0, str(REPO / "benchmarks"))
 

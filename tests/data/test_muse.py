@@ -21,7 +21,7 @@ from unlearn_assert.data.muse import (
 )
 from unlearn_assert.errors import ConfigError, DataError
 
-FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "tiny-muse"
+FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "tiny-muse"
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from unlearn_assert.benchmark.registry import BENCHMARKS, METRIC_NAMES
 from unlearn_assert.config import ConfigError, run_config
 from unlearn_assert.errors import DataError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TOFU = REPO / "fixtures" / "tiny-tofu"
 DOCS = REPO / "fixtures" / "tiny-docs"
 MUSE = REPO / "fixtures" / "tiny-muse"
