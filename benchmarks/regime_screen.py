@@ -19,7 +19,7 @@ Run (one thread; the kernel path is the environment's)::
         --results benchmarks/results/issue26-regime-screen.jsonl
 
 ``--unlearn`` takes :class:`~unlearn_assert.unlearning.settings.UnlearnSettings` fields over the demo's plain
-model (``sure=1,sure_top=0.1`` makes a SURE run; SURE runs save only their last step). One JSON line per
+model (``sure=1,sure_top=0.1`` makes a SURE run). One JSON line per
 snapshot goes to ``--results``. Measurement only: it asserts nothing.
 """
 
@@ -87,8 +87,10 @@ def unlearn_with_snapshots(target: Path, data: Path, settings: Any, steps: list[
     """Run one unlearning to ``max(steps)`` and save the model at each of ``steps`` under ``out/step-N``.
 
     How: the bf16-storage emulation rounds every trained weight after each optimizer step
-    (``trainer.round_to_bf16_``); wrapping it sees the weights of each step, in the order of
-    ``model.parameters()``. A SURE run trains a subset of them, so it is saved at its last step only."""
+    (``trainer.round_to_bf16_``); wrapping it sees the trained weights of each step (all of them, or
+    SURE's selection). The returned model holds the same parameter objects (``Module.to`` converts
+    ``.data`` in place), so each snapshot is matched to its parameters by identity. Only runs with bf16
+    weight storage call the rounding; a float32 run is saved at its last step only."""
     import torch
 
     from unlearn_assert.demo.family import unlearning_data
@@ -99,7 +101,7 @@ def unlearn_with_snapshots(target: Path, data: Path, settings: Any, steps: list[
         return done
     last = max(steps)
     s = replace(settings, steps=last, log_every=max(1, last // 8))
-    snaps: dict[int, list[torch.Tensor]] = {}
+    snaps: dict[int, dict[int, torch.Tensor]] = {}
     original = trainer.round_to_bf16_
     count = 0
 
@@ -107,22 +109,24 @@ def unlearn_with_snapshots(target: Path, data: Path, settings: Any, steps: list[
         nonlocal count
         original(params)
         count += 1
-        if count in steps and count != last and not s.sure:
-            snaps[count] = [p.detach().clone() for p in params]
+        if count in steps and count != last:
+            snaps[count] = {id(p): p.detach().clone() for p in params}
 
     trainer.round_to_bf16_ = capture  # type: ignore[assignment]
     try:
         result = trainer.unlearn(str(target), unlearning_data(data), s, progress=lambda line: _say(f"  {line}"))
     finally:
         trainer.round_to_bf16_ = original  # type: ignore[assignment]
-    if s.sure and len(steps) > 1:
-        _say("  a SURE run is saved at its last step only")
+    if s.dtype != "bfloat16" and len(steps) > 1:
+        _say("  a float32 run is saved at its last step only")
+    names = {id(p): name for name, p in result.model.named_parameters()}
     saved: dict[int, Path] = {}
     for k in sorted(snaps):
         model = copy.deepcopy(result.model)
+        own = dict(model.named_parameters())
         with torch.no_grad():
-            for p, v in zip(model.parameters(), snaps[k], strict=True):
-                p.copy_(v.to(p.dtype))
+            for key, v in snaps[k].items():
+                own[names[key]].copy_(v.to(own[names[key]].dtype))
         trainer.save_unlearned(replace(result, model=model, steps=k, curve=result.curve[:k]), out / f"step-{k}")
         saved[k] = out / f"step-{k}"
     trainer.save_unlearned(result, out / f"step-{last}")
