@@ -174,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--corpus", default="", help="CorpusSpec overrides, e.g. n_forget=64")
     parser.add_argument("--lm", default="", help="LMRecipe overrides, e.g. intermediate_size=768,epochs=25")
     parser.add_argument("--unlearn", default="", help="UnlearnSettings overrides, e.g. lr=3e-5")
+    parser.add_argument("--eval-corpus", default="", help="CorpusSpec overrides for the gate's data only (e.g. "
+                        "qa_per_retain=2); the training text must stay the same")
     parser.add_argument("--snapshots", default="200,400", help="steps at which the run is gated")
     parser.add_argument("--quantizers", default=QUANTIZERS)
     parser.add_argument("--results", type=Path, required=True, help="JSON lines, one per snapshot (appended)")
@@ -199,13 +201,23 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     snaps = unlearn_with_snapshots(target, data, settings, steps, args.out / args.label)
     unlearn_s = time.perf_counter() - start
+    eval_data = data
+    if args.eval_corpus:
+        from unlearn_assert.demo.corpus import training_texts, write_corpus
+
+        spec = _overrides(CorpusSpec, corpus, args.eval_corpus).validated()
+        name = "data-" + args.eval_corpus.replace(",", "-").replace("=", "")
+        eval_data = write_corpus(args.out / name, args.seed, spec)
+        if training_texts(eval_data) != training_texts(data):
+            raise SystemExit("--eval-corpus changed the training text; it may change only what is evaluated")
     args.results.parent.mkdir(parents=True, exist_ok=True)
     for k, path in sorted(snaps.items()):
         t0 = time.perf_counter()
-        report = ua.gate(str(path), str(target), str(data), quantizers=args.quantizers, dtype="float32",
+        report = ua.gate(str(path), str(target), str(eval_data), quantizers=args.quantizers, dtype="float32",
                          retrain_auc=0.5, cache_dir=str(args.out / "cache")).to_dict()
         out = summarize(report, settings.sure)
-        out.update(label=args.label, step=k, kernels=kernels, seed=args.seed, corpus=args.corpus, lm=args.lm,
+        out.update(label=args.label, step=k, kernels=kernels, seed=args.seed, corpus=args.corpus,
+                   eval_corpus=args.eval_corpus, lm=args.lm,
                    unlearn=args.unlearn, target_train_s=info.get("summary", {}).get("seconds"),
                    build_s={"target": round(target_s, 1), "unlearn": round(unlearn_s, 1)},
                    gate_s=round(time.perf_counter() - t0, 1), loaded_machine=os.getloadavg()[0])
