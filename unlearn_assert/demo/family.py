@@ -63,8 +63,10 @@ __all__ = [
 ]
 
 #: Bump whenever the build code changes what a recipe produces (it is part of the cache key).
-RECIPE_VERSION = 3  # 2: float32 training, bf16 weight storage emulated in float32 during unlearning;
-# 3: larger forget evaluation sets (CorpusSpec) and SURE at 200 steps, the same build code (issue 12)
+RECIPE_VERSION = 4  # 2: float32 training, bf16 weight storage emulated in float32 during unlearning;
+# 3: larger forget evaluation sets (CorpusSpec) and SURE at 200 steps, the same build code (issue 12);
+# 4: a forget set about two subjects (64 articles), MLP 768, npo_klr at lr 3e-5 x 1200 steps, SURE at lr 1e-4 on the
+# top 5% of modules, 116 knowmem_r questions (issue 26, docs/demo-regime.md)
 #: Environment variable that overrides the demo cache root (tests, CI images with a prebuilt family).
 CACHE_ENV = "UNLEARN_ASSERT_DEMO_CACHE"
 FAMILY_FILE = "family.json"
@@ -77,7 +79,7 @@ class LMRecipe:
 
     vocab_size: int = 1024
     hidden_size: int = 256
-    intermediate_size: int = 688
+    intermediate_size: int = 768  # a multiple of 256, so gguf-q4_k_m stores every tensor as q4_K / q6_K (688: q5_0)
     num_layers: int = 4
     num_heads: int = 4
     max_positions: int = 512
@@ -121,19 +123,28 @@ class UnlearnRecipe:
 #: UnlearnSettings fields added after recipe version 3, with their defaults (left out of the recipe key when default).
 _LATER_SETTINGS: dict[str, Any] = {"quant_aware": (), "quant_aware_weight": 1.0}
 
+# Recipe 4 (issue 26, docs/demo-regime.md): lr 3e-5 is the largest learning rate at which a bf16 weight of
+# 7.8e-3 or more cannot move (half its bf16 step is 3.05e-5), so the plain model changes only small weights,
+# which the smallest cells of a 4-bit grid hold; 1200 steps make its verbmem_f drop large enough to measure
+# (28 points). SURE moves 2 modules at lr 1e-4, far enough that 4-bit grids keep the moves; at lr 5e-5 bnb-fp4
+# brought back 30% of SURE's own drop, and on 3 or 6 modules it kept only 87% of the target's knowmem_r.
 DEFAULT_UNLEARNED: tuple[UnlearnRecipe, ...] = (
     UnlearnRecipe(
         name="npo_klr",
-        settings=UnlearnSettings(method="npo_klr", lr=2e-5, steps=400, dtype="bfloat16"),
-        description="NPO + KL retain regularizer, small constant learning rate (2e-5), pure-bf16 weights: the common "
-        "recipe",
+        settings=UnlearnSettings(method="npo_klr", lr=3e-5, steps=1200, dtype="bfloat16"),
+        description="NPO + KL retain regularizer, small constant learning rate (3e-5), bf16 weights: the common recipe",
     ),
     UnlearnRecipe(
         name="npo_klr_sure",
-        settings=UnlearnSettings(method="npo_klr", lr=5e-5, steps=200, dtype="bfloat16", sure=True, sure_top=0.1),
-        description="the same method with SURE: 2.5 times the learning rate (5e-5) on the 10% most salient linear "
-        "modules only",
+        settings=UnlearnSettings(method="npo_klr", lr=1e-4, steps=200, dtype="bfloat16", sure=True, sure_top=0.05),
+        description="the same method with SURE: a larger learning rate (1e-4) on the 5% most salient linear modules",
     ),
+)
+#: The demo's corpus (recipe 4): 64 forget articles about two subjects (court and science news), so the
+#: verbmem_f drop is measured on 64 passages; 64 retain articles of the six other subjects, two knowmem_r
+#: questions on each of 58 (116: with 58, one question was 2% of the target's knowmem_r).
+DEMO_CORPUS = CorpusSpec(
+    n_forget=64, n_retain=64, n_holdout=16, qa_per_retain=2, n_retain_qa=58, forget_topics="court+science"
 )
 
 
@@ -142,7 +153,7 @@ class DemoRecipe:
     """Everything that determines the demo family; its :meth:`key` names the cache directory."""
 
     corpus_seed: int = 0
-    corpus: CorpusSpec = field(default_factory=CorpusSpec)
+    corpus: CorpusSpec = DEMO_CORPUS
     lm: LMRecipe = field(default_factory=LMRecipe)
     unlearned: tuple[UnlearnRecipe, ...] = DEFAULT_UNLEARNED
     version: int = RECIPE_VERSION
