@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
-from test_gate import gate_args, outcomes
+from gate_helpers import gate_args, outcomes
 
 from conftest import fixture_texts
 

@@ -183,7 +183,7 @@ def test_a_family_a_backend_cannot_gate_is_one_line_at_option_time(
 ) -> None:
     """GPT-2 keeps its projections in transformers' Conv1D, which rtn/bnb/hqq/gptq/awq do not quantize: the
     options are refused with one line naming the family and the backend (exit 4), before any model loads."""
-    from test_gate import gate_args
+    from gate_helpers import gate_args
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
     tok = AutoTokenizer.from_pretrained(str(tokenizers["bpe"]))

@@ -13,41 +13,9 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from gate_helpers import gate_args, outcomes
 
 from unlearn_assert.render import validate_report
-
-QUANTIZERS = "rtn-w4g128,rtn-w8"
-
-
-def gate_args(model: Path, target: Path, data: Path, *extra: str, cache: Path | None = None) -> list[str]:
-    args = [
-        f"--unlearn-model={model}",
-        f"--unlearn-target={target}",
-        f"--unlearn-data={data}",
-        f"--unlearn-quantizers={QUANTIZERS}",
-        "-p",
-        "no:randomly",
-    ]
-    if cache is not None:
-        args.append(f"--unlearn-cache-dir={cache}")
-    return args + list(extra)
-
-
-def outcomes(junit: Path) -> dict[str, str]:
-    """item id -> outcome, from a JUnit XML file (the terminal interleaves progress lines)."""
-    out: dict[str, str] = {}
-    for case in ET.parse(junit).getroot().iter("testcase"):
-        name = case.get("name", "")
-        if name.startswith("test_budget["):
-            state = (
-                "failed"
-                if case.find("failure") is not None
-                else "skipped"
-                if case.find("skipped") is not None
-                else "passed"
-            )
-            out[name[len("test_budget[") : -1]] = state
-    return out
 
 
 def test_collect_only_lists_items_and_loads_nothing(

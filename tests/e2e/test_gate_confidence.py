@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_gate import gate_args, outcomes
+from gate_helpers import gate_args, outcomes
 
 
 def _run(

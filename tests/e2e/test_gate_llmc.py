@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from test_gate import gate_args, outcomes
+from gate_helpers import gate_args, outcomes
 
 IDS = "gptq-w4g32,awq-w4g32,gptq-w8g32"
 

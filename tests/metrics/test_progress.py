@@ -146,7 +146,7 @@ def test_the_gate_prints_progress_lines_named_after_the_row(
 ) -> None:
     """Through the session's progress channel (``unlearn-assert: ...``), with the interval set to 0 so
     the tiny model's metrics, which take a second, print their lines."""
-    from test_gate import gate_args
+    from gate_helpers import gate_args
 
     pytester.makeconftest("import unlearn_assert.metrics.progress as progress\nprogress.EVERY = 0.0\n")
     args = gate_args(tiny_unlearned_dir, tiny_model_dir, tiny_data_dir, cache=pytester.path / "cache")

@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from test_gate import gate_args, outcomes
+from gate_helpers import gate_args, outcomes
 
 from unlearn_assert.config import parse_artifacts
 from unlearn_assert.errors import ConfigError

@@ -775,7 +775,7 @@ def test_gate_runs_gguf_ids_and_a_users_file(
     pytester: pytest.Pytester, wide_pair: tuple[Path, Path], tiny_data_dir: Path, tmp_path: Path
 ) -> None:
     _llama_cpp()
-    from test_gate import gate_args, outcomes
+    from gate_helpers import gate_args, outcomes
 
     unlearned, target = wide_pair
     shipped = _write_file(unlearned, tmp_path / "shipped-Q4_K_M.gguf", "q4_k_m")
@@ -814,7 +814,7 @@ def test_gate_runs_gguf_ids_and_a_users_file(
 def test_a_bad_file_exits_4_before_any_model_loads(
     pytester: pytest.Pytester, tiny_unlearned_dir: Path, tiny_model_dir: Path, tiny_data_dir: Path, tmp_path: Path
 ) -> None:
-    from test_gate import gate_args
+    from gate_helpers import gate_args
 
     (tmp_path / "bad.gguf").write_bytes(b"not a model")
     result = pytester.runpytest_subprocess(

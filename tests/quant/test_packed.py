@@ -177,7 +177,7 @@ def test_an_awq_export_is_gated_through_the_option(
 ) -> None:
     """The whole path a provider takes: their packed artifact named on the command line becomes a
     row and its items, with the numbers of the dense weights it decodes to."""
-    from test_gate import gate_args, outcomes
+    from gate_helpers import gate_args, outcomes
 
     _packed_export(tiny_unlearned_dir, tmp_path / "awq", "awq")
     result = pytester.runpytest_subprocess(

@@ -32,6 +32,7 @@ __all__ = [
     "QAItem",
     "VerbItem",
     "data_fingerprint",
+    "json_type",
     "load_data",
     "raw_files",
     "REQUIRED_FILES",
@@ -333,14 +334,15 @@ def _read_json_list(directory: Path, rel: str, expected: str) -> list[Any]:
     if not isinstance(value, list):
         raise DataError(
             f"{_where(rel, directory)} must be a JSON list of {expected}, but its top level is a JSON "
-            f"{_json_type(value)}; wrap the items in [ ... ]"
+            f"{json_type(value)}; wrap the items in [ ... ]"
         )
     if not value:
         raise DataError(f"{_where(rel, directory)} is an empty list; it needs at least one of {expected}")
     return value
 
 
-def _json_type(value: Any) -> str:
+def json_type(value: Any) -> str:
+    """What a JSON value is, in JSON's words (for one-line data errors)."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -376,7 +378,7 @@ def _records(items: Sequence[Any], where: str, fields: tuple[str, ...]) -> list[
         at = f"{where}, item {index}"
         if not isinstance(item, dict):
             raise DataError(
-                f"{at} is a JSON {_json_type(item)}, expected an object; every item must be one of {expected}"
+                f"{at} is a JSON {json_type(item)}, expected an object; every item must be one of {expected}"
             )
         values: list[str] = []
         for key in fields:
@@ -385,7 +387,7 @@ def _records(items: Sequence[Any], where: str, fields: tuple[str, ...]) -> list[
             value = item[key]
             if not isinstance(value, str):
                 raise DataError(
-                    f"{at} has '{key}' of type {_json_type(value)}, expected a string; quote it (items must be "
+                    f"{at} has '{key}' of type {json_type(value)}, expected a string; quote it (items must be "
                     f"{expected})"
                 )
             if not value.strip():
@@ -403,7 +405,7 @@ def _strings(items: Sequence[Any], where: str) -> tuple[str, ...]:
         at = f"{where}, item {index}"
         if not isinstance(item, str):
             raise DataError(
-                f"{at} is a JSON {_json_type(item)}, expected a string; privleak splits are lists of {_STRINGS}"
+                f"{at} is a JSON {json_type(item)}, expected a string; privleak splits are lists of {_STRINGS}"
             )
         if not item.strip():
             raise DataError(
@@ -419,7 +421,7 @@ def _documents(items: Sequence[Any], where: str) -> tuple[str, ...]:
     for index, item in enumerate(items):
         if not isinstance(item, str):
             raise DataError(
-                f"{where}, item {index} is a JSON {_json_type(item)}, expected a string; raw splits are lists of "
+                f"{where}, item {index} is a JSON {json_type(item)}, expected a string; raw splits are lists of "
                 f"{_DOCUMENTS}"
             )
     if not any(item.strip() for item in items):

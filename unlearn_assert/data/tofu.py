@@ -39,7 +39,7 @@ from typing import Any
 from ..errors import ConfigError, DataError
 from ..fs import user_path
 from ..plain import Digest, digest
-from .muse import QAItem
+from .muse import QAItem, json_type
 
 __all__ = [
     "DEFAULT_FORGET_SPLIT",
@@ -397,23 +397,9 @@ def _datasets(label: str) -> Any:
     return datasets
 
 
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, (int, float)):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "list"
-    return "object" if isinstance(value, dict) else type(value).__name__
-
-
 def _string(value: Any, key: str, at: str) -> str:
     if not isinstance(value, str):
-        raise DataError(f"{at} has '{key}' of type {_json_type(value)}, expected a string; {_SCHEMA_FIX}")
+        raise DataError(f"{at} has '{key}' of type {json_type(value)}, expected a string; {_SCHEMA_FIX}")
     if not value.strip():
         raise DataError(f"{at} has an empty '{key}'; give it text or remove the item")
     return value
@@ -428,7 +414,7 @@ def _validated(records: Sequence[Any], keys: tuple[str, ...], where: str, config
     for index, record in enumerate(records):
         at = f"{where}, item {index}"
         if not isinstance(record, dict):
-            raise DataError(f"{at} is a JSON {_json_type(record)}, expected an object with {wanted}; {_SCHEMA_FIX}")
+            raise DataError(f"{at} is a JSON {json_type(record)}, expected an object with {wanted}; {_SCHEMA_FIX}")
         missing = [k for k in keys if k not in record]
         if missing:
             raise DataError(
@@ -443,7 +429,7 @@ def _validated(records: Sequence[Any], keys: tuple[str, ...], where: str, config
         wrong = record["perturbed_answer"]
         if not isinstance(wrong, list) or not wrong:
             raise DataError(
-                f"{at} has 'perturbed_answer' of type {_json_type(wrong)}{' (empty)' if wrong == [] else ''}, "
+                f"{at} has 'perturbed_answer' of type {json_type(wrong)}{' (empty)' if wrong == [] else ''}, "
                 f"expected a non-empty list of strings; {_SCHEMA_FIX}"
             )
         wrong_answers = tuple(_string(w, f"perturbed_answer[{j}]", at) for j, w in enumerate(wrong))

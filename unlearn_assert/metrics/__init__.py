@@ -15,16 +15,16 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import REFERENCE_AUC_RANGE, reference_auc_ok
-from ..errors import ConfigError, ModelError
+from ..errors import ConfigError
 from ..names import METRICS
 from ..plain import plain
 from ..render.schema import MUSE_METRICS as MUSE_METRIC_SPECS
+from .generation import eval_mode, model_parts
 from .knowmem import KNOWMEM_MAX_NEW_TOKENS
 from .privleak import MIN_K_RATIO
 from .verbmem import VERBMEM_MAX_NEW_TOKENS
@@ -117,16 +117,6 @@ def _data(data: Any) -> Any:
     return data
 
 
-def _model(model: Any) -> tuple[Any, Any]:
-    hf, tokenizer = getattr(model, "model", None), getattr(model, "tokenizer", None)
-    if hf is None or tokenizer is None:
-        raise ModelError(
-            f"evaluate() needs a loaded model (with .model and .tokenizer), got {type(model).__name__}; "
-            "load one with unlearn_assert.load_model(DIR) or pass a quantized view"
-        )
-    return hf, tokenizer
-
-
 def _items(data: Any, metric: str) -> int:
     """How many items a metric evaluates (privleak: forget and holdout texts), for progress lines."""
     if metric == "privleak":
@@ -155,19 +145,6 @@ def _reference(retrain_auc: float | None, source: str | None) -> tuple[float, st
     return value, source or "option"
 
 
-@contextmanager
-def _eval_mode(model: Any) -> Iterator[None]:
-    """Dropout off while evaluating (determinism), and the caller's mode restored after."""
-    training = bool(getattr(model, "training", False))
-    if training:
-        model.eval()
-    try:
-        yield
-    finally:
-        if training:
-            model.train()
-
-
 # --------------------------------------------------------------------------- entry points
 
 
@@ -184,9 +161,9 @@ def compute_auc(
     from .generation import resolve_batch_size
     from .privleak import privleak_scores
 
-    hf, tokenizer = _model(model)
+    hf, tokenizer = model_parts(model, "evaluate")
     data = _data(data).limited(max_samples)
-    with _eval_mode(hf):
+    with eval_mode(hf):
         scores = privleak_scores(
             hf,
             tokenizer,
@@ -235,7 +212,7 @@ def evaluate(
     from .verbmem import verbmem_f
 
     chosen = _metrics(metrics)
-    hf, tokenizer = _model(model)
+    hf, tokenizer = model_parts(model, "evaluate")
     data = _data(data).limited(max_samples)
     bs = resolve_batch_size(batch_size)
     reference, source = _reference(retrain_auc, retrain_auc_source)
@@ -258,7 +235,7 @@ def evaluate(
         "model_fingerprint": getattr(model, "fingerprint", None),
         "data_fingerprint": getattr(data, "fingerprint", None),
     }
-    with _eval_mode(hf):
+    with eval_mode(hf):
         for metric in chosen:
             start = time.perf_counter()
             meter = Meter(progress, metric, _items(data, metric), ITEM_NOUNS[metric], clock=clock)

@@ -859,3 +859,30 @@ def left_truncate(
     if not truncated:
         return prompts, {}, room
     return [list(p)[-room:] if i in truncated else p for i, p in enumerate(prompts)], truncated, room
+
+
+def model_parts(model: Any, caller: str) -> tuple[Any, Any]:
+    """(the torch model, the tokenizer) of a loaded model or quantized view; one ModelError line naming
+    ``caller`` (the public function that was given something else) otherwise."""
+    from ..errors import ModelError
+
+    hf, tokenizer = getattr(model, "model", None), getattr(model, "tokenizer", None)
+    if hf is None or tokenizer is None:
+        raise ModelError(
+            f"{caller}() needs a loaded model (with .model and .tokenizer), got {type(model).__name__}; "
+            "load one with unlearn_assert.load_model(DIR) or pass a quantized view"
+        )
+    return hf, tokenizer
+
+
+@contextmanager
+def eval_mode(model: Any) -> Iterator[None]:
+    """Dropout off while evaluating (determinism, as MUSE's ``evaluate``), the caller's mode restored after."""
+    training = bool(getattr(model, "training", False))
+    if training:
+        model.eval()
+    try:
+        yield
+    finally:
+        if training:
+            model.train()

@@ -59,12 +59,12 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from ..errors import ConfigError
+from .generation import eval_mode, model_parts
 
 __all__ = [
     "EPS",
@@ -768,7 +768,7 @@ def evaluate_tofu(
     if question_key not in ("question", "paraphrased_question"):
         raise ConfigError(f"unknown TOFU question key {question_key!r}; use question or paraphrased_question")
     chosen = _metrics(metrics)
-    hf, tokenizer = _model(model)
+    hf, tokenizer = model_parts(model, "evaluate_tofu")
     data = _tofu_data(data).limited(max_samples)
     bs = resolve_batch_size(batch_size)
     tmpl = resolve_template(tokenizer, template)
@@ -802,7 +802,7 @@ def evaluate_tofu(
         return _question(item, question_key) if split in ("forget", "retain") else str(item.question)
 
     results = _Results(values, samples, ci, per_item)
-    with _eval_mode(hf):
+    with eval_mode(hf):
         start = time.perf_counter()
         _teacher_forced(hf, tokenizer, tmpl, splits, forced, want, qtext, bs, max_length, truncate, extras, results)
         extras["seconds"]["teacher_forced"] = time.perf_counter() - start
@@ -855,31 +855,6 @@ def reference_truth_ratios(
         max_length=max_length,
     )
     return [float(r["truth_ratio"]) for r in ev.samples["forget_truth_ratio"]]
-
-
-def _model(model: Any) -> tuple[Any, Any]:
-    from ..errors import ModelError
-
-    hf, tokenizer = getattr(model, "model", None), getattr(model, "tokenizer", None)
-    if hf is None or tokenizer is None:
-        raise ModelError(
-            f"evaluate_tofu() needs a loaded model (with .model and .tokenizer), got {type(model).__name__}; "
-            "load one with unlearn_assert.load_model(DIR) or pass a quantized view"
-        )
-    return hf, tokenizer
-
-
-@contextmanager
-def _eval_mode(model: Any) -> Iterator[None]:
-    """Dropout off while evaluating, the caller's mode restored after (as MUSE's ``evaluate``)."""
-    training = bool(getattr(model, "training", False))
-    if training:
-        model.eval()
-    try:
-        yield
-    finally:
-        if training:
-            model.train()
 
 
 def _mean(values: Sequence[float]) -> float:
