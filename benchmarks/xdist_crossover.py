@@ -12,6 +12,10 @@ each kept:
 * ``n2``: ``-n 2``, the gate's own placement (one worker for small rows, spread for large ones);
 * ``n2-spread``: ``-n 2 --dist load``, the rows spread over both workers (what ``-n 2`` did before the placement).
 
+The case ``xdist-floor`` times one trivial test serially and under ``-n 2`` in the same environment: the fixed
+cost of xdist itself (a controller and two more interpreters, each importing pytest and every installed plugin,
+e.g. hypothesis's summary hook imports hypothesis, 0.5 s here), which no placement can avoid.
+
 ``OMP_NUM_THREADS`` is removed from the runs' environment, so the processes take their threads as a user's would
 (a serial run torch's default, a worker its share of the cores). The rows' values and the verdicts of every run must
 be identical. The load average is printed with the numbers: on a shared machine it is what makes them noisy, and
@@ -163,7 +167,29 @@ def measure(case: str, repeats: int, root: Path) -> dict[str, Any]:
     }
 
 
+def measure_floor(repeats: int, root: Path) -> dict[str, Any]:
+    """xdist's own cost on this machine and environment: one trivial test, serial against ``-n 2`` (both with every
+    plugin installed here). What ``-n 2`` adds to a gate beyond this is the gate's."""
+    work = root / "runs" / "xdist-floor"
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "pytest.ini").write_text("[pytest]\n")
+    (work / "test_trivial.py").write_text("def test_nothing():\n    pass\n")
+    times: dict[str, list[float]] = {"serial": [], "n2": []}
+    for _ in range(repeats):
+        for mode, extra in (("serial", []), ("n2", ["-n", "2"])):
+            wall, _cpu = run_gate(extra, work)
+            times[mode].append(round(wall, 2))
+    best = {mode: min(t) for mode, t in times.items()}
+    return {"case": "xdist-floor", "times": times, "best": best, "extra": round(best["n2"] - best["serial"], 2)}
+
+
 def format_result(r: dict[str, Any]) -> str:
+    if r["case"] == "xdist-floor":
+        best = r["best"]
+        return (
+            f"{'xdist-floor':18s} one trivial test: serial {best['serial']:.2f} s  -n 2 {best['n2']:.2f} s "
+            f"(xdist's own +{r['extra']:.2f} s)"
+        )
     bound = BOUNDS.get(r["case"])
     best, bar = r["best"], "" if bound is None else f" <= {bound}"
     return (
@@ -176,7 +202,11 @@ def format_result(r: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cases", default=",".join(CASES), help="comma-separated case names: " + ", ".join(CASES))
+    parser.add_argument(
+        "--cases",
+        default=",".join(["xdist-floor", *CASES]),
+        help="comma-separated case names: xdist-floor (xdist's own cost: one trivial test), " + ", ".join(CASES),
+    )
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--json", help="append one JSON line per case to this file")
     parser.add_argument("--models-dir", help="where the model pairs are built (kept between runs); default a temp dir")
@@ -184,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.models_dir) if args.models_dir else Path(tmp)
         for case in args.cases.split(","):
-            result = measure(case, args.repeats, root)
+            result = measure_floor(args.repeats, root) if case == "xdist-floor" else measure(case, args.repeats, root)
             print(format_result(result), flush=True)
             if args.json:
                 with open(args.json, "a", encoding="utf-8") as fh:

@@ -164,3 +164,22 @@ def test_the_row_cache_key_holds_the_compute_dtype(
         ResultCache(None, enabled=False),
     )
     assert explicit.compute_dtype("target") == "float32"  # an explicit dtype always wins
+
+
+def test_a_process_without_torch_reports_the_machine_facts_its_workers_sent() -> None:
+    """An xdist controller never computes a row: its report takes the GPU and CPU facts from the first execution
+    record that carries them instead of importing torch (seconds) for facts about itself; with torch loaded (a
+    serial run) the process's own facts are used."""
+    code = (
+        "import sys\n"
+        "from unlearn_assert.engine.report import _machine\n"
+        "facts = {'cuda': None, 'cpu': {'cpu_capability': 'AVX2', 'threads': 7}}\n"
+        "got = _machine([{'worker': 'gw1', 'threads': {}}, {'worker': 'gw0', 'machine': facts}])\n"
+        "assert got == facts, got\n"
+        "assert 'torch' not in sys.modules\n"
+        "import torch\n"
+        "own = _machine([{'worker': 'gw0', 'machine': facts}])\n"
+        "assert own['cpu']['threads'] == torch.get_num_threads() and own['cpu'] != facts['cpu'], own\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]

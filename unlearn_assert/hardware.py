@@ -20,7 +20,7 @@ import platform
 from functools import lru_cache
 from typing import Any
 
-__all__ = ["compute_info", "native_bf16", "onednn_isa_cap"]
+__all__ = ["MACHINE_KEY", "compute_info", "machine_facts", "native_bf16", "onednn_isa_cap"]
 
 #: oneDNN ISA names (``ONEDNN_MAX_CPU_ISA`` values) at which bf16 dot products run in hardware.
 _NATIVE_BF16_ISAS = frozenset(
@@ -83,6 +83,19 @@ def _info() -> tuple[tuple[str, Any], ...]:
         ("machine", platform.machine()),
         ("threads", torch.get_num_threads()),
     )
+
+
+#: the key of :func:`machine_facts` in a process's execution record (taken out before the report is written)
+MACHINE_KEY = "machine"
+
+
+def machine_facts() -> dict[str, Any]:
+    """What the provenance records of the process that computed the rows: its GPU (None on CPU) and
+    :func:`compute_info`. Imports torch; a process that never imported it (an xdist controller) takes these facts
+    from its workers' execution records instead (:func:`unlearn_assert.engine.report.provenance`)."""
+    import torch
+
+    return {"cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "cpu": compute_info()}
 
 
 def native_bf16() -> bool:

@@ -11,7 +11,7 @@ import pytest
 from unlearn_assert.cache import ResultCache, atomic_write_text, cache_key
 from unlearn_assert.config import Budget, parse_budget
 from unlearn_assert.engine.derive import figures_from_values, recovery
-from unlearn_assert.engine.verdicts import judge_item, plan_checks
+from unlearn_assert.engine.verdicts import judge_item, needed_rows, plan_checks
 from unlearn_assert.errors import ConfigError
 from unlearn_assert.names import FP, item_name
 
@@ -78,6 +78,26 @@ def test_plan_checks_is_stable_and_privleak_needs_reference() -> None:
     )
     assert ("rtn-w4g128", "privleak") in with_ref
     assert item_name("rtn-w4g128", "knowmem_f") == "test_budget[rtn-w4g128-knowmem_f]"
+
+
+def test_an_item_needs_the_same_rows_wherever_it_is_judged() -> None:
+    """q(T) is context for forget and utility items alike, so it is one of their rows: an item's figures and message
+    do not depend on what the process judging it computed before (under xdist, which worker got it)."""
+    for role in ("forget", "utility"):
+        assert needed_rows("rtn-w4", role) == [
+            ("target", "fp"),
+            ("unlearned", "fp"),
+            ("target", "rtn-w4"),
+            ("unlearned", "rtn-w4"),
+        ]
+        assert ("target", "art") not in needed_rows("art", role, quantized_target=False)  # a user's artifact: no q(T)
+        assert needed_rows("fp", role) == [("target", "fp"), ("unlearned", "fp")]
+    assert needed_rows("rtn-w4", "privacy", retrain=True) == [
+        ("target", "fp"),
+        ("unlearned", "fp"),
+        ("retrain", "fp"),
+        ("unlearned", "rtn-w4"),
+    ]
 
 
 def test_recovery_hand_computed() -> None:

@@ -153,6 +153,18 @@ def _counting(role, source, inputs, handoff=None):
     return _real(role, source, inputs, handoff)
 
 runner.compute_row = _counting
+
+
+def _heap_at_exit():  # after pytest's last hook: did the process that computed rows freeze its heap?
+    import gc
+
+    with open(os.environ["UNLEARN_ROW_LOG"] + ".exit", "a") as fh:
+        fh.write(f"{os.environ.get('PYTEST_XDIST_WORKER', 'main')}:{gc.get_freeze_count() > 0}\\n")
+
+
+import atexit
+
+atexit.register(_heap_at_exit)
 """
 
 
@@ -183,6 +195,7 @@ def test_xdist_computes_each_row_once_with_the_serial_numbers(
     if cache == "no-cache":
         modes["grouped"] = ["-n", "2"]
     runs = {}
+    exits: dict[str, dict[str, str]] = {}
     for mode, extra in modes.items():
         log = pytester.path / f"{mode}.log"
         monkeypatch.setenv("UNLEARN_ROW_LOG", str(log))
@@ -192,6 +205,7 @@ def test_xdist_computes_each_row_once_with_the_serial_numbers(
         result = pytester.runpytest_subprocess(*base, *extra, f"--unlearn-json={mode}.json")
         assert result.ret in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED), result.stdout.str()[-2000:]
         runs[mode] = (json.loads((pytester.path / f"{mode}.json").read_text()), log.read_text().split())
+        exits[mode] = dict(line.split(":") for line in Path(f"{log}.exit").read_text().split())
     serial, serial_rows = runs["serial"]
     cores = len(os.sched_getaffinity(0))
     for mode, (report, rows) in runs.items():
@@ -203,6 +217,14 @@ def test_xdist_computes_each_row_once_with_the_serial_numbers(
             (v["item"], v["outcome"], v["message"]) for v in serial["verdicts"]
         ], mode
         assert all(not r["cached"] for r in report["rows"])  # each row as computed by the worker that computed it
+        # the machine facts are those of a process that computed rows (the controller never imports torch for them),
+        # and the record they travelled in is the report's execution entry without them
+        execution = report["provenance"]["execution"]
+        assert all("machine" not in w for w in execution)
+        assert report["provenance"]["machine"]["cpu"]["threads"] in {w["threads"]["intra_op"] for w in execution}
+        # every process that computed rows froze its heap for a fast exit; the others (controller, idle worker) not
+        computed = {w["worker"] for w in execution}
+        assert {who for who, frozen in exits[mode].items() if frozen == "True"} == computed, exits[mode]
     assert serial["provenance"]["execution"][0]["worker"] == "main"
     assert serial["provenance"]["execution"][0]["placement"]["mode"] == "serial"
     spread = runs["spread"][0]["provenance"]["execution"]
@@ -219,3 +241,38 @@ def test_xdist_computes_each_row_once_with_the_serial_numbers(
         assert placement["mode"] == "one worker" and placement["scheduled"] and placement["row_workers"] == 1
         assert placement["footprint"]["rows"] == 8 and 0 < placement["gflop"] < CROSSOVER_FLOPS / 1e9
         assert grouped[0]["threads"]["set_by"] == "torch's default"  # all the cores, as a serial run
+
+
+def test_a_worker_computes_what_no_other_holds_before_waiting(
+    tmp_path: Path, tiny_unlearned_dir: Path, tiny_model_dir: Path, tiny_data_dir: Path
+) -> None:
+    """Two spread workers whose first items both need T and U in full precision: while another process holds T's
+    row, this one computes U's instead of waiting (``Gate.prefetch``), and then reads T's once it is stored."""
+    from unlearn_assert.cache import ResultCache
+    from unlearn_assert.config import run_config
+    from unlearn_assert.engine import Gate
+    from unlearn_assert.engine.rows import row_key
+
+    run = run_config(
+        model=tiny_unlearned_dir,
+        target=tiny_model_dir,
+        data=tiny_data_dir,
+        quantizers=("rtn-w8",),
+        device="cpu",
+        max_samples=2,
+        no_cache=True,
+    )
+    shared = tmp_path / "run"
+    with Gate(run, ResultCache(None, enabled=False), shared=shared) as gate:
+        assert gate.claims is not None
+        other = RowClaims(shared / "claims")  # "another worker" (this process: alive, so its claim holds)
+        target_key = row_key("target", None, gate.inputs)
+        assert other.try_claim(target_key)
+        gate.prefetch([("target", "fp"), ("unlearned", "fp")])
+        assert set(gate.rows) == {("unlearned", "fp")}  # T is held elsewhere: skipped, not waited for
+        with Gate(run, ResultCache(None, enabled=False)) as alone:  # the other worker's result, stored where it goes
+            gate.store.put(target_key, alone.row("target").to_dict())
+        other.release(target_key)
+        verdict = gate.check("fp", "verbmem_f")
+        assert verdict.outcome in ("passed", "failed") and set(gate.rows) == {("unlearned", "fp"), ("target", "fp")}
+        assert gate.rows[("target", "fp")].cached  # read from the store, not computed a second time

@@ -19,6 +19,7 @@ from importlib import metadata
 from typing import TYPE_CHECKING, Any, cast
 
 from ..config import RunConfig
+from ..hardware import MACHINE_KEY
 from ..names import FP
 from ..render.schema import (
     SCHEMA_VERSION,
@@ -104,15 +105,30 @@ def _artifact_methods(run: RunConfig) -> dict[str, dict[str, Any]]:
     return {a.name: {"path": a.path, "method": quant_method(a.path)} for a in run.artifacts}
 
 
+def _machine(execution: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """The GPU and CPU facts of the process that computed the rows: this one's when it imported torch (a serial
+    run), else what the first worker's execution record carries (an xdist controller, which never computes a row,
+    so importing torch here would cost it seconds for facts about the wrong process)."""
+    from ..hardware import machine_facts
+
+    if "torch" not in sys.modules:
+        for record in execution or []:
+            if isinstance(record.get(MACHINE_KEY), dict):
+                return dict(record[MACHINE_KEY])
+    return machine_facts()
+
+
 def provenance(
-    run: RunConfig, fingerprints: dict[str, str], data: Any, calibration: dict[str, Any] | None = None
+    run: RunConfig,
+    fingerprints: dict[str, str],
+    data: Any,
+    calibration: dict[str, Any] | None = None,
+    execution: list[dict[str, Any]] | None = None,
 ) -> Provenance:
-    """What the numbers depend on: versions, machine, inputs (with content hashes), budgets, settings."""
-    import torch
-
-    from ..hardware import compute_info
-
-    cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    """What the numbers depend on: versions, machine, inputs (with content hashes), budgets, settings.
+    ``execution``: the processes' records (:func:`unlearn_assert.scaleout.workers.divide_machine`), read for the
+    machine facts of a process that computed rows."""
+    machine = _machine(execution)
     models: dict[str, ModelRef | None] = {}
     for role, path in (("unlearned", run.model), ("target", run.target), ("retrain", run.retrain)):
         if not path:
@@ -135,8 +151,8 @@ def provenance(
                 "platform": platform.platform(),
                 "processor": platform.processor() or platform.machine(),
                 "cpu_count": os.cpu_count(),
-                "cuda": cuda,
-                "cpu": compute_info(),
+                "cuda": machine.get("cuda"),
+                "cpu": machine.get("cpu"),
             },
             "models": models,
             "data": {
@@ -269,7 +285,7 @@ def build_report(
             samples[f"{key[0]}:{key[1]}"] = row.samples
     if fingerprints is None:
         fingerprints = {row.role: row.fingerprint for row in by_key.values() if row.fingerprint}
-    prov = provenance(run, fingerprints, data, _calibration_info(by_key.values()))
+    prov = provenance(run, fingerprints, data, _calibration_info(by_key.values()), execution)
     for metric, rule in figs.rules.items():
         prov[f"{metric}_reference"] = rule.reference_record(*figs.reference[metric])  # type: ignore[literal-required]
     if benchmark.name != "muse":  # absent means MUSE: every report made before there were other benchmarks
@@ -279,8 +295,8 @@ def build_report(
             "settings": dict(benchmark.settings),
             **benchmark.record(data),
         }
-    if execution:
-        prov["execution"] = execution
+    if execution:  # the machine facts each record carried are in prov["machine"] already
+        prov["execution"] = [{k: v for k, v in record.items() if k != MACHINE_KEY} for record in execution]
     prov["bootstrap"] = cast(BootstrapInfo, figs.bootstrap.to_dict())
     return Report(
         provenance=prov,

@@ -98,6 +98,21 @@ class Gate:
 
     def row(self, role: Role, variant: str = FP) -> Row:
         """The row of one model under one variant ("fp" = full precision), from the cache or computed."""
+        row = self._row(role, variant, wait=True)
+        assert row is not None
+        return row
+
+    def prefetch(self, keys: Sequence[RowKey]) -> None:
+        """Compute those of ``keys`` that no other process of the run is computing, before waiting for any that one
+        is: two spread workers whose first items both need T and U in full precision then compute one each, instead
+        of one computing both while the other waits. Serial and one-worker runs have nothing to wait for."""
+        if self.claims is None:
+            return
+        for role, variant in keys:
+            self._row(role, variant, wait=False)
+
+    def _row(self, role: Role, variant: str, wait: bool) -> Row | None:
+        """:meth:`row`; with ``wait=False``, None instead of waiting for a row another process holds."""
         if (role, variant) in self._rows:
             return self._rows[(role, variant)]
         self.computing = (role, variant)
@@ -111,6 +126,9 @@ class Gate:
         while row is None:  # not stored: compute it, unless another process of the run already is
             if self.claims is None or self.claims.try_claim(key):
                 row = self._compute(key, role, variant, source)
+            elif not wait:
+                self.computing = None
+                return None
             else:
                 self.inputs.progress(f"{role} {variant}: waiting for another worker")
                 self.claims.wait(key, lambda: self.store.get(key))
@@ -151,13 +169,11 @@ class Gate:
             raise ValueError(f"'{check}' is no item of the {self.inputs.benchmark.name} benchmark")
         has_target = variant == FP or "target" in self.source(variant).roles
         needed = needed_rows(variant, spec.role, quantized_target=has_target, retrain=self.run.retrain is not None)
+        self.prefetch(needed)
         for role, q in needed:
             row = self.row(role, q)
             if not row.ok:
                 return Verdict(item_name(variant, check), variant, check, "skipped", str(row.skip_reason))
-        qt: RowKey = ("target", variant)
-        if variant != FP and qt in self._rows and qt not in needed:  # q(T) computed already: shown beside, as context
-            needed.append(qt)
         figs = self.figures(needed)
         if spec.role == "privacy":
             problem = figs.rules[spec.name].problem(*figs.reference[spec.name])

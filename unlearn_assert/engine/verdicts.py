@@ -122,14 +122,16 @@ def plan_checks(variants: tuple[str, ...], judged: Sequence[MetricSpec]) -> list
 
 def needed_rows(variant: str, role: MetricRole, quantized_target: bool = True, retrain: bool = False) -> list[RowKey]:
     """Which (role, variant) rows an item on a metric of ``role`` needs, in the order to compute them. q(T) is
-    shown beside recovery as context (not for a variant without a target version, such as the user's
-    artifact: ``quantized_target=False``), and comes first: T's variant may hand its codes to U's.
-    A privacy item needs the retrain row (its reference) when there is a retrain model."""
+    shown beside a forget or utility item's figure as context (not for a variant without a target version, such as
+    the user's artifact: ``quantized_target=False``), and comes first: T's variant may hand its codes to U's.
+    Always the same rows for the same item, so its figures and its message do not depend on which process judged it
+    or what that process computed before. A privacy item needs the retrain row (its reference) when there is a
+    retrain model."""
     rows: list[RowKey] = [("target", FP), ("unlearned", FP)]
     if role == "privacy" and retrain:
         rows.append(("retrain", FP))
     if variant != FP:
-        if role == "forget" and quantized_target:
+        if role in ("forget", "utility") and quantized_target:
             rows.append(("target", variant))
         rows.append(("unlearned", variant))
     return rows

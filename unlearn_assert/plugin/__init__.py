@@ -276,6 +276,20 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
             session.exitstatus = session.exitstatus or pytest.ExitCode.INTERNAL_ERROR
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Let a process that computed rows exit in a fraction of a second instead of one or two: with torch,
+    transformers and the quantization libraries loaded, the interpreter's last garbage collections at exit walk
+    millions of objects (measured: 1.4 s of a 1.6 s exit, 0.2 s without them). Freezing the heap here, the last
+    hook, leaves those objects to the operating system; what is still referenced is released as usual. Under
+    xdist the controller waits for each worker's exit, so this is on every run's critical path."""
+    session = _session(config)
+    if session is not None and session.computed:
+        import gc
+
+        gc.freeze()
+
+
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     unlearn = _session(config)
     if unlearn is not None and not is_xdist_worker(config):

@@ -105,6 +105,11 @@ class UnlearnSession:
             reporter.ensure_newline()
             reporter.write_line(f"unlearn-assert: {message}")
 
+    @property
+    def computed(self) -> bool:
+        """True once this process made its gate (so it imported torch and loaded models)."""
+        return self._gate is not None
+
     def close(self) -> None:
         if self._gate is not None:
             self._gate.close()

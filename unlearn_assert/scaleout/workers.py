@@ -17,6 +17,8 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
+from ..hardware import MACHINE_KEY, machine_facts
+
 __all__ = [
     "apply_thread_budget",
     "divide_machine",
@@ -138,4 +140,7 @@ def divide_machine(
     }
     if placement:
         record["placement"] = dict(placement)
+    # the machine as this process sees it, for a controller that never imports torch (engine.report.provenance
+    # takes it out of the execution record)
+    record[MACHINE_KEY] = machine_facts()
     return chosen, record
