@@ -181,6 +181,8 @@ def test_xdist_computes_each_row_once_with_the_serial_numbers(
     cores' threads; ``--dist load`` spreads them, each row computed once (claims); both give the serial numbers."""
     pytester.makeconftest(COUNTING_CONFTEST)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # let the workers take their thread budget
+    for name in ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT"):  # this test's own worker's, under -n
+        monkeypatch.delenv(name, raising=False)
     base = [
         f"--unlearn-model={tiny_unlearned_dir}",
         f"--unlearn-target={tiny_model_dir}",

@@ -124,8 +124,15 @@ class Gate:
         key = row_key(role, source, self.inputs)
         row = self._stored(key, role, variant)
         while row is None:  # not stored: compute it, unless another process of the run already is
-            if self.claims is None or self.claims.try_claim(key):
+            if self.claims is None:
                 row = self._compute(key, role, variant, source)
+            elif self.claims.try_claim(key):
+                # another process may have stored it and let go between the look above and the claim
+                row = self._stored(key, role, variant)
+                if row is None:
+                    row = self._compute(key, role, variant, source)
+                else:
+                    self.claims.release(key)
             elif not wait:
                 self.computing = None
                 return None
