@@ -6,10 +6,9 @@ two quick ones; ``UNLEARN_BENCH_REPEATS`` sets the repeats, default 2). Each cas
 ``xdist_crossover.py`` for the runs and the models. The bars:
 
 * the tiny pair, 3 quantizers and 8 samples, and 6 quantizers and 16 samples: the issue asks ``-n 2`` to take at
-  most 1.05x the serial time (the gate's items share one worker; one more process's start is the only extra). That
-  bar is printed; what is asserted is that ``-n 2`` costs at most what xdist itself costs (one trivial test, serial
-  against ``-n 2``, measured in the same run: 1.2-1.7 s here, 12-17% of a 10-second gate) plus 5% of the serial
-  time. docs/scale-out.md has the numbers and why the floor cannot be avoided;
+  most 1.05x the serial time. That bar is printed; what is asserted is that ``-n 2`` costs at most what xdist itself
+  costs (one trivial test, serial against ``-n 2``, measured in the same run: 1.2-1.7 s here, 12-17% of a 10-second
+  gate) plus 5% of the serial time. docs/scale-out.md has the numbers and why that floor cannot be avoided;
 * SmolLM-135M's shape (random weights), 3 quantizers, 6 samples: at most 0.85x serial (the rows are spread).
 
 The values and verdicts of every run must be identical. On a loaded machine the ratios say little: the benchmark
@@ -27,13 +26,15 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from xdist_crossover import BOUNDS, format_result, measure, measure_floor  # noqa: E402
 
+from unlearn_assert.scaleout.placement import CROSSOVER_FLOPS  # noqa: E402
+
 
 @pytest.mark.parametrize("case", list(BOUNDS))
 def test_n2_is_never_slower_than_serial(case: str, tmp_path_factory: pytest.TempPathFactory) -> None:
     result = measure(case, int(os.environ.get("UNLEARN_BENCH_REPEATS", "2")), tmp_path_factory.mktemp(case))
     print("\n" + format_result(result))
     assert result["identical"], "the runs' values or verdicts differ"
-    assert result["placement"] == ("spread" if case.startswith("smollm") else "one worker")
+    assert result["placement"] == ("spread" if result["gflop"] >= CROSSOVER_FLOPS / 1e9 else "one worker")
     best = result["best"]
     if case.startswith("smollm"):
         assert result["ratio"] <= BOUNDS[case], f"-n 2 took {result['ratio']:.2f}x serial (load {result['load']})"

@@ -46,6 +46,7 @@ Q3 = "rtn-w4g64,rtn-w8,bnb-fp4"
 Q6 = "rtn-w4g64,rtn-w8,bnb-fp4,rtn-w4g128,bnb-nf4,hqq-w4g64"
 #: name -> (model, quantizers, samples); the first three are the issue's runs
 CASES: dict[str, tuple[str, str, int]] = {
+    "tiny-1q-4s": ("tiny", "rtn-w8", 4),
     "tiny-3q-8s": ("tiny", Q3, 8),
     "tiny-6q-16s": ("tiny", Q6, 16),
     "smollm135m-3q-6s": ("smollm-30l", Q3, 6),

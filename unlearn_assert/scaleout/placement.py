@@ -1,10 +1,9 @@
 """Where the rows of a ``pytest -n N`` run are computed: all on one worker, or spread over the workers.
 
 Why: users run their whole suite with ``-n auto``, so the gate's items land on every worker, and each worker
-that computes a row first imports torch and the quantization libraries and loads the models. For small models
-that fixed cost is more than the parallel rows win (measured on 2 cores: the tiny test pair, 3 quantizers,
-8 samples, took 20.2 s under ``-n 2`` against 13.9 s serially), while for large ones parallel rows win (a
-135M-parameter model: 110 s against 139 s). So the controller decides once, before any worker starts, from
+that computes a row first imports torch and the quantization libraries and loads the models. For the smallest
+rows that fixed cost is as much as the parallel rows win, at more CPU, while larger rows win with spreading
+(docs/scale-out.md has the measurements). So the controller decides once, before any worker starts, from
 what it read at option time (:class:`unlearn_assert.engine.footprint.Footprint`):
 
 * with at least as many visible GPUs as workers, every worker takes its own GPU and the rows are spread;
@@ -45,10 +44,11 @@ __all__ = [
     "visible_gpus",
 ]
 
-#: Forward FLOPs of a run's rows from which spreading them over two CPU workers is faster than one worker: set
-#: between the two runs measured above (the tiny pair loses with spreading, the 135M model wins); where exactly
-#: spreading starts to win between them is not measured yet (``benchmarks/xdist_crossover.py`` does it).
-CROSSOVER_FLOPS = 2.0e12
+#: Forward FLOPs of a run's rows from which spreading them over two CPU workers is faster than one worker
+#: (docs/scale-out.md, ``benchmarks/xdist_crossover.py``, 2 cores): at 6.3 GFLOP the two tie in wall time (10.2 s
+#: against 10.3 s) and spreading costs 40% more CPU; from 25.1 GFLOP up spreading wins (12.1 s against 13.4 s; 52.6
+#: GFLOP: 14.2 s against 17.2 s; the 135M-parameter run's 14,519 GFLOP: 166 s against 240 s serially).
+CROSSOVER_FLOPS = 2.0e10
 #: The work unit the built-in suite's items share when they run on one worker.
 GROUP = "unlearn-assert"
 #: The built-in suite's test function (``suites/test_budget.py``).
