@@ -164,6 +164,38 @@ def _undecided(straddles: str, n: int, unit: str, add: str, policy: str, passed:
     return f"undecided: {straddles} at n={n} {unit}; add {add} or choose --unlearn-verdict ({_note(policy, passed)})"
 
 
+def _judged(
+    name: str,
+    variant: str,
+    check: str,
+    ok: bool,
+    message: str,
+    figure: str,
+    value: float | None,
+    budget: float | None,
+    ci: Interval | None,
+    decided: bool | None,
+    policy: str,
+) -> Verdict:
+    """A judged item's verdict: the figure it was judged on, its estimate and budget, and its paired interval (its
+    bounds, items resampled and degenerate replicates) with what the interval decided."""
+    return Verdict(
+        name,
+        variant,
+        check,
+        "passed" if ok else "failed",
+        message,
+        value=value,
+        budget=budget,
+        ci=_bounds(ci),
+        decided=decided,
+        n=ci.n if ci else None,
+        degenerate=ci.degenerate if ci else None,
+        policy=policy,
+        figure=figure,
+    )
+
+
 def _outcomes(*parts: Judgement) -> Judgement:
     """An item judged on several figures in turn (the fp drop, then recovery): it passes under a
     policy when every part does; decided when strict and lenient agree on the whole item."""
@@ -282,36 +314,8 @@ def _forgetting(
         verb = "recovered" if ok else "RECOVERED"
         message = f"{check} {verb} {rec_text} of the forgetting {where} (budget {limit:.0%}): {detail}"
     if rec_j is None or not worked:  # the item was judged on the drop
-        return Verdict(
-            name,
-            variant,
-            check,
-            "passed" if ok else "failed",
-            message,
-            value=removed,
-            budget=floor,
-            ci=drop_bounds,
-            decided=item.decided,
-            n=drop_ci.n if drop_ci else None,
-            degenerate=drop_ci.degenerate if drop_ci else None,
-            policy=policy,
-            figure="drop",
-        )
-    return Verdict(
-        name,
-        variant,
-        check,
-        "passed" if ok else "failed",
-        message,
-        value=rec,
-        budget=limit,
-        ci=_bounds(rec_ci),
-        decided=item.decided,
-        n=rec_ci.n if rec_ci else None,
-        degenerate=rec_ci.degenerate if rec_ci else None,
-        policy=policy,
-        figure="recovery",
-    )
+        return _judged(name, variant, check, ok, message, "drop", removed, floor, drop_ci, item.decided, policy)
+    return _judged(name, variant, check, ok, message, "recovery", rec, limit, rec_ci, item.decided, policy)
 
 
 def judge_item(variant: str, check: str, figures: Figures, budget: Budget, policy: str = "point") -> Verdict:
@@ -377,21 +381,7 @@ def _utility(variant: str, check: str, spec: MetricSpec, figures: Figures, ratio
         )
     else:
         message = f"{m_name} {where} is {share:.0%}{ci_text} of the target's (needs >= {ratio:.0%}): {numbers}"
-    return Verdict(
-        name,
-        variant,
-        check,
-        "passed" if ok else "failed",
-        message,
-        value=share,
-        budget=ratio,
-        ci=_bounds(ci),
-        decided=j.decided,
-        n=ci.n if ci else None,
-        degenerate=ci.degenerate if ci else None,
-        policy=policy,
-        figure="utility",
-    )
+    return _judged(name, variant, check, ok, message, "utility", share, ratio, ci, j.decided, policy)
 
 
 def _privacy(variant: str, check: str, spec: MetricSpec, figures: Figures, budget: Budget, policy: str) -> Verdict:
@@ -418,18 +408,4 @@ def _privacy(variant: str, check: str, spec: MetricSpec, figures: Figures, budge
         )
     else:
         message = f"{spec.name} {where} is {rule.describe(p)}{ci_text} (budget {rule.budget_text(bound)})"
-    return Verdict(
-        name,
-        variant,
-        check,
-        "passed" if ok else "failed",
-        message,
-        value=p,
-        budget=bound,
-        ci=_bounds(ci),
-        decided=j.decided,
-        n=ci.n if ci else None,
-        degenerate=ci.degenerate if ci else None,
-        policy=policy,
-        figure=spec.name,
-    )
+    return _judged(name, variant, check, ok, message, spec.name, p, bound, ci, j.decided, policy)
