@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import json
 import random
-import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
 import pytest
+from gate_helpers import outcomes
 
 from unlearn_assert.benchmark.base import MetricSpec
 from unlearn_assert.config import parse_budget
@@ -385,22 +385,6 @@ def test_measured_values_are_lm_evals_own(mc_dir: Path, mc_target_dir: Path) -> 
 
 
 # --------------------------------------------------------------------------- the gate end to end
-
-
-def outcomes(junit: Path) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for case in ET.parse(junit).getroot().iter("testcase"):
-        name = case.get("name", "")
-        if name.startswith("test_budget["):
-            state = (
-                "failed"
-                if case.find("failure") is not None
-                else "skipped"
-                if case.find("skipped") is not None
-                else "passed"
-            )
-            out[name[len("test_budget[") : -1]] = state
-    return out
 
 
 def test_gate_catches_recovered_hazardous_knowledge(

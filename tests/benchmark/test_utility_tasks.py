@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import random
-import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
 import pytest
+from gate_helpers import outcomes
 
 from unlearn_assert.config import parse_budget, parse_utility_tasks, run_config, utility_task_metric
 from unlearn_assert.errors import ConfigError
@@ -177,22 +177,6 @@ def test_a_task_alone_is_measured_without_the_base_benchmark(task_dir: Path, tar
 
 
 # --------------------------------------------------------------------------- beside MUSE, end to end
-
-
-def outcomes(junit: Path) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for case in ET.parse(junit).getroot().iter("testcase"):
-        name = case.get("name", "")
-        if name.startswith("test_budget["):
-            state = (
-                "failed"
-                if case.find("failure") is not None
-                else "skipped"
-                if case.find("skipped") is not None
-                else "passed"
-            )
-            out[name[len("test_budget[") : -1]] = state
-    return out
 
 
 def test_utility_tasks_beside_muse(
