@@ -270,7 +270,12 @@ def test_a_worker_computes_what_no_other_holds_before_waiting(
         other = RowClaims(shared / "claims")  # "another worker" (this process: alive, so its claim holds)
         target_key = row_key("target", None, gate.inputs)
         assert other.try_claim(target_key)
-        gate.prefetch([("target", "fp"), ("unlearned", "fp")])
+        import threading
+
+        worker = threading.Thread(target=gate.prefetch, args=([("target", "fp"), ("unlearned", "fp")],), daemon=True)
+        worker.start()
+        worker.join(timeout=120)  # a prefetch that waited for T's claim would never return: fail, do not hang
+        assert not worker.is_alive(), "prefetch waited for a row another process holds"
         assert set(gate.rows) == {("unlearned", "fp")}  # T is held elsewhere: skipped, not waited for
         with Gate(run, ResultCache(None, enabled=False)) as alone:  # the other worker's result, stored where it goes
             gate.store.put(target_key, alone.row("target").to_dict())
