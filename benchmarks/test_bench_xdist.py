@@ -5,10 +5,10 @@ two quick ones; ``UNLEARN_BENCH_REPEATS`` sets the repeats, default 2). Each cas
 (serial, ``-n 2``, ``-n 2 --dist load``), every row computed (``--unlearn-no-cache``), the best of each kept; see
 ``xdist_crossover.py`` for the runs and the models. The bars:
 
-* the tiny pair, 3 quantizers and 8 samples, and 6 quantizers and 16 samples: the issue asks ``-n 2`` to take at
-  most 1.05x the serial time. That bar is printed; what is asserted is that ``-n 2`` costs at most what xdist itself
-  costs (one trivial test, serial against ``-n 2``, measured in the same run: 1.2-1.7 s here, 12-17% of a 10-second
-  gate) plus 5% of the serial time. docs/scale-out.md has the numbers and why that floor cannot be avoided;
+* the tiny pair, 3 quantizers and 8 samples, and 6 quantizers and 16 samples: ``-n 2`` at most 1.05x the serial
+  time. The runs cache bytecode as Python does by default (``xdist_crossover.BYTECODE_CACHE``); xdist's own cost
+  (one trivial test, serial against ``-n 2``) is measured and printed beside it. docs/scale-out.md has the numbers,
+  and what the same runs cost with ``PYTHONDONTWRITEBYTECODE=1`` and nothing cached;
 * SmolLM-135M's shape (random weights), 3 quantizers, 6 samples: at most 0.85x serial (the rows are spread).
 
 The values and verdicts of every run must be identical. On a loaded machine the ratios say little: the benchmark
@@ -35,14 +35,12 @@ def test_n2_is_never_slower_than_serial(case: str, tmp_path_factory: pytest.Temp
     print("\n" + format_result(result))
     assert result["identical"], "the runs' values or verdicts differ"
     assert result["placement"] == ("spread" if result["gflop"] >= CROSSOVER_FLOPS / 1e9 else "one worker")
-    best = result["best"]
-    if case.startswith("smollm"):
-        assert result["ratio"] <= BOUNDS[case], f"-n 2 took {result['ratio']:.2f}x serial (load {result['load']})"
-        return
-    floor = measure_floor(int(os.environ.get("UNLEARN_BENCH_REPEATS", "2")), tmp_path_factory.mktemp("floor"))
-    met = "met" if result["ratio"] <= BOUNDS[case] else "not met"
-    print(format_result(floor) + f"; the issue's bar x{BOUNDS[case]}: {met}")
-    extra = best["n2"] - best["serial"]
-    assert extra <= floor["extra"] + 0.05 * best["serial"], (
-        f"-n 2 added {extra:.2f} s to a {best['serial']:.1f} s gate; xdist alone adds {floor['extra']:.2f} s here"
+    best, cost = result["best"], ""
+    if not case.startswith("smollm"):  # beside the tiny runs: what xdist alone costs here
+        floor = measure_floor(int(os.environ.get("UNLEARN_BENCH_REPEATS", "2")), tmp_path_factory.mktemp("floor"))
+        print(format_result(floor))
+        cost = f"; xdist alone adds {floor['extra']:.2f} s here"
+    assert result["ratio"] <= BOUNDS[case], (
+        f"-n 2 took {result['ratio']:.2f}x serial ({best['n2']:.1f} s against {best['serial']:.1f} s{cost}; "
+        f"load {result['load']})"
     )

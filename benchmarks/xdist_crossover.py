@@ -17,7 +17,11 @@ cost of xdist itself (a controller and two more interpreters, each importing pyt
 e.g. hypothesis's summary hook imports hypothesis, 0.5 s here), which no placement can avoid.
 
 ``OMP_NUM_THREADS`` is removed from the runs' environment, so the processes take their threads as a user's would
-(a serial run torch's default, a worker its share of the cores). The rows' values and the verdicts of every run must
+(a serial run torch's default, a worker its share of the cores). So is ``PYTHONDONTWRITEBYTECODE``, unless
+``--no-bytecode-cache``: Python caches compiled modules by default, and pytest caches the assertion-rewritten
+modules of the plugins it loads (hypothesis's, every run); with the variable set, as on this project's machine, every
+process compiles all of them again at each start, a fixed cost a ``-n 2`` run pays in three processes. With caching
+on, one untimed serial run per case fills the caches first. The rows' values and the verdicts of every run must
 be identical. The load average is printed with the numbers: on a shared machine it is what makes them noisy, and
 ratios of runs that alternate are what to read.
 
@@ -88,11 +92,16 @@ def build_pair(model: str, root: Path) -> tuple[Path, Path]:
     return unlearned, target
 
 
+#: True: the runs cache bytecode as Python does by default (``PYTHONDONTWRITEBYTECODE`` removed); see the docstring
+BYTECODE_CACHE = True
+
+
 def run_gate(args: list[str], cwd: Path) -> tuple[float, float]:
     """Wall and CPU seconds (user + system, the process and its xdist workers) of one fresh pytest process running
     the gate (its exit code checked: passed or failed items only). CPU seconds say what a run costs whatever else
     the machine runs; wall seconds what a user waits, which only a quiet machine measures."""
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    dropped = ("OMP_NUM_THREADS", "MKL_NUM_THREADS") + (("PYTHONDONTWRITEBYTECODE",) if BYTECODE_CACHE else ())
+    env = {k: v for k, v in os.environ.items() if k not in dropped}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done = subprocess.run(
@@ -136,6 +145,8 @@ def measure(case: str, repeats: int, root: Path) -> dict[str, Any]:
     cpu: dict[str, list[float]] = {mode: [] for mode in MODES}
     loads: list[float] = []
     outcomes: dict[str, Any] = {}
+    if BYTECODE_CACHE:  # fill the bytecode caches (untimed), so that no mode pays for compiling
+        run_gate([*base, "--unlearn-json=warm.json"], work)
     for i in range(repeats):
         for mode, extra in MODES.items():
             loads.append(os.getloadavg()[0])
@@ -165,6 +176,7 @@ def measure(case: str, repeats: int, root: Path) -> dict[str, Any]:
         "identical": len({json.dumps(o, sort_keys=True, default=str) for o in outcomes.values()}) == 1,
         "load": [round(x, 1) for x in loads],
         "cores": len(os.sched_getaffinity(0)),
+        "bytecode_cache": BYTECODE_CACHE,
     }
 
 
@@ -176,12 +188,20 @@ def measure_floor(repeats: int, root: Path) -> dict[str, Any]:
     (work / "pytest.ini").write_text("[pytest]\n")
     (work / "test_trivial.py").write_text("def test_nothing():\n    pass\n")
     times: dict[str, list[float]] = {"serial": [], "n2": []}
+    if BYTECODE_CACHE:
+        run_gate([], work)
     for _ in range(repeats):
         for mode, extra in (("serial", []), ("n2", ["-n", "2"])):
             wall, _cpu = run_gate(extra, work)
             times[mode].append(round(wall, 2))
     best = {mode: min(t) for mode, t in times.items()}
-    return {"case": "xdist-floor", "times": times, "best": best, "extra": round(best["n2"] - best["serial"], 2)}
+    return {
+        "case": "xdist-floor",
+        "times": times,
+        "best": best,
+        "extra": round(best["n2"] - best["serial"], 2),
+        "bytecode_cache": BYTECODE_CACHE,
+    }
 
 
 def format_result(r: dict[str, Any]) -> str:
@@ -189,7 +209,7 @@ def format_result(r: dict[str, Any]) -> str:
         best = r["best"]
         return (
             f"{'xdist-floor':18s} one trivial test: serial {best['serial']:.2f} s  -n 2 {best['n2']:.2f} s "
-            f"(xdist's own +{r['extra']:.2f} s)"
+            f"(xdist's own +{r['extra']:.2f} s)  bytecode cache {'on' if r.get('bytecode_cache') else 'off'}"
         )
     bound = BOUNDS.get(r["case"])
     best, bar = r["best"], "" if bound is None else f" <= {bound}"
@@ -198,6 +218,7 @@ def format_result(r: dict[str, Any]) -> str:
         f"({r['placement']}, x{r['ratio']:.2f}{bar})  -n 2 spread {best['n2-spread']:6.1f} s "
         f"(x{r['ratio_spread']:.2f})"
         f"  CPU x{r['cpu_ratio']:.2f} / x{r['cpu_ratio_spread']:.2f}  identical={r['identical']}  load {r['load']}"
+        f"  bytecode cache {'on' if r.get('bytecode_cache') else 'off'}"
     )
 
 
@@ -211,7 +232,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--json", help="append one JSON line per case to this file")
     parser.add_argument("--models-dir", help="where the model pairs are built (kept between runs); default a temp dir")
+    parser.add_argument(
+        "--no-bytecode-cache",
+        action="store_true",
+        help="keep PYTHONDONTWRITEBYTECODE as the environment sets it (every process compiles every module)",
+    )
     args = parser.parse_args(argv)
+    global BYTECODE_CACHE
+    BYTECODE_CACHE = not args.no_bytecode_cache
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.models_dir) if args.models_dir else Path(tmp)
         for case in args.cases.split(","):
