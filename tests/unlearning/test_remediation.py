@@ -1,5 +1,5 @@
 """The gate points at the fix (issue 29): failing 4-bit recovery items end the summary with one
-``unlearn-assert unlearn --quant-aware ...`` command that the real CLI accepts."""
+``unlearn-assert unlearn --sure --quant-aware ...`` command that the real CLI accepts."""
 
 from __future__ import annotations
 
@@ -66,14 +66,16 @@ def test_failing_4bit_recovery_items_name_the_command_with_those_quantizers() ->
     line = remediation_line(_report(verdicts, quantizers))  # type: ignore[arg-type]
     assert line is not None and "\n" not in line
     assert line.startswith(
-        "unlearn-assert: to make forgetting hold under rtn-w4g64, bnb-nf4, unlearn again with quantization-aware "
-        "training (the recipe measured in docs/quant-aware.md): unlearn-assert unlearn --method npo_klr "
-        "--quant-aware rtn-w4g64,bnb-nf4 "
+        "unlearn-assert: to make forgetting hold under rtn-w4g64, bnb-nf4, unlearn again with SURE and "
+        "quantization-aware training (the recipe measured in docs/quant-aware.md): unlearn-assert unlearn "
+        "--method npo_klr --quant-aware rtn-w4g64,bnb-nf4 "
     )
     args = _parse(line)
     assert args.quant_aware == ("rtn-w4g64", "bnb-nf4") and args.method == "npo_klr"
-    assert args.target == "/m/target dir" and args.data == "/d/news" and args.out == "/m/unlearned-quant-aware"
-    assert args.epochs == 15 and args.lr == 5e-5 and args.dtype == "bfloat16"
+    assert args.target == "/m/target dir" and args.data == "/d/news" and args.out == "/m/unlearned-sure-qa"
+    # SURE as measured on the demo family: the 5% most salient modules, lr 1e-4, 200 steps of 33 per epoch
+    assert args.sure and args.sure_top == 0.05 and args.epochs == 6 and args.steps is None
+    assert args.lr == 1e-4 and args.dtype == "bfloat16"
 
 
 def test_no_line_when_no_low_bit_recovery_item_failed() -> None:
@@ -133,26 +135,55 @@ def test_the_models_own_recipe_is_kept_and_calibrated_quantizers_map_to_their_rt
         3,
     )
     assert args.sure and args.sure_top == 0.2 and args.quant_aware_weight == 0.5 and args.dtype == "float32"
-    assert args.out == f"{model}-quant-aware"
+    assert args.out == f"{model}-sure-qa"
 
 
-def test_a_bf16_recipe_with_a_small_learning_rate_gets_the_measured_one(tmp_path: Path) -> None:
-    """The demo's plain model (bf16 weights, lr 2e-5, 400 steps): at that lr bf16 storage rounds the
-    updates away, so the line keeps its steps but names lr 5e-5 and says why."""
+def test_an_own_recipe_without_sure_gets_sures_measured_settings(tmp_path: Path) -> None:
+    """The demo's plain model (bf16 weights, lr 3e-5, 1200 steps): the line keeps its method, batch and dtype, and
+    names SURE's measured learning rate and length instead of its own, and says so."""
     (tmp_path / "unlearn_run.json").write_text(
-        json.dumps({"settings": {"method": "npo_klr", "lr": 2e-5, "steps": 400, "dtype": "bfloat16"}})
+        json.dumps({"settings": {"method": "npo_gdr", "lr": 3e-5, "steps": 1200, "batch_size": 8, "dtype": "bfloat16"}})
+    )
+    line = remediation_line(_report([_verdict("bnb-fp4", "verbmem_f", "failed")], ["bnb-fp4"]), str(tmp_path))  # type: ignore[arg-type]
+    assert line is not None
+    assert "(the model's own recipe; SURE added as measured: the 5% most salient modules, lr 0.0001, 6 epochs)" in line
+    args = _parse(line)
+    assert (args.method, args.batch_size, args.dtype, args.quant_aware) == ("npo_gdr", 8, "bfloat16", ("bnb-fp4",))
+    assert args.sure and args.sure_top == 0.05 and (args.lr, args.epochs, args.steps) == (1e-4, 6, None)
+
+
+def test_a_larger_own_learning_rate_is_kept_when_sure_is_added(tmp_path: Path) -> None:
+    (tmp_path / "unlearn_run.json").write_text(json.dumps({"settings": {"method": "ga", "lr": 3e-4, "steps": 50}}))
+    args = _parse(
+        str(remediation_line(_report([_verdict("rtn-w4", "knowmem_f", "failed")], ["rtn-w4"]), str(tmp_path)))
+    )  # type: ignore[arg-type]
+    assert args.sure and args.lr == 3e-4 and args.epochs == 6
+
+
+def test_a_sure_recipe_in_bf16_with_a_small_learning_rate_gets_the_measured_floor(tmp_path: Path) -> None:
+    """An own SURE recipe is kept as it is, but at lr 2e-5 bf16 storage rounds the updates away, so the line
+    names lr 5e-5 and says why."""
+    (tmp_path / "unlearn_run.json").write_text(
+        json.dumps({"settings": {"method": "npo_klr", "lr": 2e-5, "steps": 400, "dtype": "bfloat16", "sure": True}})
     )
     line = remediation_line(_report([_verdict("rtn-w4g64", "knowmem_f", "failed")], ["rtn-w4g64"]), str(tmp_path))  # type: ignore[arg-type]
     assert line is not None and "lr raised from 2e-05 to 5e-05: bf16 weights round smaller updates away" in line
+    assert "SURE added" not in line
     args = _parse(line)
-    assert (args.lr, args.steps, args.dtype, args.quant_aware) == (5e-5, 400, "bfloat16", ("rtn-w4g64",))
+    assert (args.lr, args.steps, args.dtype, args.quant_aware, args.sure) == (
+        5e-5,
+        400,
+        "bfloat16",
+        ("rtn-w4g64",),
+        True,
+    )
 
 
 def test_pytest_summary_ends_with_the_command(
     pytester: pytest.Pytester, tiny_in_cell_dir: Path, tiny_model_dir: Path, tiny_data_dir: Path
 ) -> None:
     """The paper's failure built on purpose (rtn-w4g128 rounds the model back to the target): the
-    summary's last line names quantization-aware unlearning against rtn-w4g128, not rtn-w8."""
+    summary's last line names SURE with quantization-aware unlearning against rtn-w4g128, not rtn-w8."""
     result = pytester.runpytest_subprocess(
         f"--unlearn-model={tiny_in_cell_dir}",
         f"--unlearn-target={tiny_model_dir}",
@@ -166,9 +197,10 @@ def test_pytest_summary_ends_with_the_command(
     lines = result.stdout.lines
     summary = next(i for i, line in enumerate(lines) if "unlearning budget summary" in line)
     ours = [line for line in lines[summary:] if line.startswith("unlearn-assert:")]
-    assert ours[-1].startswith("unlearn-assert: to make forgetting hold under rtn-w4g128, unlearn again")
+    assert ours[-1].startswith("unlearn-assert: to make forgetting hold under rtn-w4g128, unlearn again with SURE")
     args = _parse(ours[-1])
     assert (
         args.quant_aware == ("rtn-w4g128",) and args.target == str(tiny_model_dir) and args.data == str(tiny_data_dir)
     )
+    assert args.sure
     assert lines.index(ours[-1]) == lines.index(ours[-2]) + 1 and "budget checks failed" in ours[-2]

@@ -1,15 +1,18 @@
-"""The command a failing gate points at: quantization-aware unlearning against the quantizers that failed.
+"""The command a failing gate points at: SURE with quantization-aware training against the quantizers that failed.
 
 Why: a user whose 4-bit recovery items fail asks "how do I fix my model?". The pytest summary
-answers with one runnable ``unlearn-assert unlearn`` command: the quantizers whose recovery items
-failed (4 bits or fewer) go into ``--quant-aware``, and the rest of the recipe is the one the
-unlearned model was made with, when ``unlearn-assert unlearn`` made it (its ``unlearn_run.json``),
-else :data:`DEFAULT_RECIPE`. Two changes, each stated in the line: a failing quantizer that cannot be
+answers with one runnable ``unlearn-assert unlearn`` command: SURE (a larger learning rate on the most
+salient modules, so that the weights leave their 4-bit cells), with the quantizers whose recovery items
+failed (4 bits or fewer) in ``--quant-aware``. Measured on the demo family (docs/quant-aware.md, recipe 4)
+that command passed every 4-bit recovery item, bnb-fp4 (the format it trained against) included, and
+kept 95% of the target's knowmem_r, where quantization-aware training without SURE failed bnb-fp4 and
+cost utility. The recipe is the unlearned model's own when ``unlearn-assert unlearn`` made it (its
+``unlearn_run.json``), else :data:`DEFAULT_RECIPE`. Changes, each stated in the line: an own recipe
+without SURE gets SURE's measured settings (:data:`SURE_RECIPE`); a failing quantizer that cannot be
 simulated exactly (GPTQ, AWQ, HQQ) is trained against the round-to-nearest grid of the same bits and
-group; and a recipe that stores bf16 weights with a learning rate below :data:`DEFAULT_RECIPE`'s gets
-that learning rate, because bf16 storage rounds smaller AdamW updates away, so the quantized loss
-cannot move the weights (measured in docs/quant-aware.md: at lr 2e-5 the quantization-aware model
-recovered as much under rtn-w4g64 as the plain one).
+group; and a recipe that stores bf16 weights with a learning rate below :data:`BF16_MIN_LR` gets that
+learning rate, because bf16 storage rounds smaller AdamW updates away (measured in docs/quant-aware.md:
+at lr 2e-5 the quantization-aware model recovered as much under rtn-w4g64 as the plain one).
 
 Torch-free: the summary is rendered on the pytest controller, which may never have imported torch.
 """
@@ -28,12 +31,23 @@ from .settings import UnlearnSettings
 if TYPE_CHECKING:  # pragma: no cover
     from ..render.schema import ReportDict
 
-__all__ = ["DEFAULT_RECIPE", "low_bit", "previous_settings", "remediation_command", "remediation_line"]
+__all__ = [
+    "BF16_MIN_LR",
+    "DEFAULT_RECIPE",
+    "SURE_RECIPE",
+    "low_bit",
+    "previous_settings",
+    "remediation_command",
+    "remediation_line",
+]
 
-#: The recipe named when the unlearned model has no unlearn_run.json: the quantization-aware recipe
-#: measured on the demo family (docs/quant-aware.md: NPO + KLR, constant lr 5e-5, bf16 weights,
-#: 200 steps of 14 per epoch), given in epochs so that it scales with the user's forget set.
-DEFAULT_RECIPE: dict[str, Any] = {"method": "npo_klr", "epochs": 15, "lr": 5e-5, "dtype": "bfloat16"}
+#: SURE's settings as measured on the demo family of recipe 4 (docs/quant-aware.md): the 5% most salient modules at
+#: lr 1e-4 for 200 steps of 33 per epoch, given in epochs so that the length scales with the user's forget set.
+SURE_RECIPE: dict[str, Any] = {"sure": True, "sure_top": 0.05, "lr": 1e-4, "epochs": 6}
+#: The recipe named when the unlearned model has no unlearn_run.json: NPO + KLR with bf16 weights and SURE's settings.
+DEFAULT_RECIPE: dict[str, Any] = {"method": "npo_klr", "dtype": "bfloat16", **SURE_RECIPE}
+#: The smallest learning rate whose AdamW updates bf16 weight storage keeps (docs/quant-aware.md, recipe v3).
+BF16_MIN_LR = 5e-5
 #: UnlearnSettings fields and their CLI flags, in the order the command lists them.
 _FLAGS = (
     ("lr", "--lr"),
@@ -110,16 +124,20 @@ def remediation_command(
             "of the same bits and group"
         )
     recipe: dict[str, Any] = dict(previous) if previous else dict(DEFAULT_RECIPE)
-    if recipe.get("dtype") == "bfloat16" and float(recipe.get("lr") or 0.0) < DEFAULT_RECIPE["lr"]:
+    lr = float(recipe.get("lr") or 0.0)
+    if not recipe.get("sure"):  # the model's own recipe without SURE: SURE's measured settings replace its length
+        recipe.update(SURE_RECIPE, steps=None, sure_threshold=None, lr=max(lr, SURE_RECIPE["lr"]))
         notes.append(
-            f"lr raised from {_number(float(recipe.get('lr') or 0.0))} to {_number(DEFAULT_RECIPE['lr'])}: "
-            "bf16 weights round smaller updates away"
+            f"SURE added as measured: the {SURE_RECIPE['sure_top']:.0%} most salient modules, "
+            f"lr {_number(recipe['lr'])}, {SURE_RECIPE['epochs']} epochs"
         )
-        recipe["lr"] = DEFAULT_RECIPE["lr"]
+    elif recipe.get("dtype") == "bfloat16" and lr < BF16_MIN_LR:
+        notes.append(f"lr raised from {_number(lr)} to {_number(BF16_MIN_LR)}: bf16 weights round smaller updates away")
+        recipe["lr"] = BF16_MIN_LR
     for q in recipe.get("quant_aware") or ():
         if q not in simulated:
             simulated.append(q)
-    out = f"{model.rstrip('/')}-quant-aware" if model and not model.startswith("demo:") else "unlearned-quant-aware"
+    out = f"{model.rstrip('/')}-sure-qa" if model and not model.startswith("demo:") else "unlearned-sure-qa"
     parts = [
         "unlearn-assert",
         "unlearn",
@@ -161,7 +179,7 @@ def remediation_command(
 
 def remediation_line(report: ReportDict, model_dir: str | None = None) -> str | None:
     """When recovery items of a quantizer of 4 bits or fewer failed: one line naming the
-    ``unlearn-assert unlearn --quant-aware`` command that trains against exactly those quantizers
+    ``unlearn-assert unlearn --sure --quant-aware`` command that trains against exactly those quantizers
     (the recipe of ``model_dir``'s unlearn_run.json when ``unlearn-assert unlearn`` made it); else None."""
     from ..render.schema import report_metrics
     from ..render.terminal import quantizer_order, verdict_check, verdict_outcome, verdict_quantizer
@@ -184,6 +202,6 @@ def remediation_line(report: ReportDict, model_dir: str | None = None) -> str | 
     command, notes = remediation_command(failing, target=target, data=data, model=model, previous=previous)
     recipe = "the model's own recipe" if previous else "the recipe measured in docs/quant-aware.md"
     return (
-        f"unlearn-assert: to make forgetting hold under {', '.join(failing)}, unlearn again with "
+        f"unlearn-assert: to make forgetting hold under {', '.join(failing)}, unlearn again with SURE and "
         f"quantization-aware training ({'; '.join([recipe, *notes])}): {command}"
     )
