@@ -309,3 +309,60 @@ def test_run_demo_end_to_end_on_a_tiny_family(tmp_path: Path, capsys: pytest.Cap
         assert (tmp_path / "out" / f"{name}.html").is_file()
     out = capsys.readouterr().out
     assert "demo:npo_klr: " in out and "demo:npo_klr_sure: " in out
+
+
+def test_the_demos_follow_up_computes_a_models_rows_on_the_build_directory(tmp_path: Path) -> None:
+    """The job the demo gives a build worker that a finished model set free: that model's gate, on the family's
+    build directory (its models are moved in place only after the job), with the demo's quantizers and results."""
+    from unlearn_assert.demo.run import _follow_up, _rows_ahead
+
+    job = _follow_up(("rtn-w8", "bnb-fp4"), "cpu", tmp_path / "results")
+    assert job is not None
+    fn, args = job("npo_klr_sure", tmp_path / ".key.tmp-1" / "npo_klr_sure")
+    build = tmp_path / ".key.tmp-1"
+    assert fn is _rows_ahead
+    assert args == (
+        "npo_klr_sure",
+        {k: str(build / v) for k, v in {"model": "npo_klr_sure", "target": "target", "retrain": "retrain"}.items()}
+        | {"data": str(build / "data")},
+        ("rtn-w8", "bnb-fp4"),
+        "cpu",
+        str(tmp_path / "results"),
+    )
+
+
+@pytest.mark.slow
+def test_the_sure_models_rows_are_computed_while_the_plain_model_trains(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A cold demo on two workers: SURE's model (2 steps) is built long before the plain one (300 steps), so its
+    gate rows are computed in the freed worker during the build, and the demo's gate of it then reads them all from
+    the result cache, while both gate processes share the plain model's rows."""
+    from unlearn_assert.demo.run import run_demo
+    from unlearn_assert.render import load_report
+
+    recipe = small_recipe()
+    plain, sure = recipe.unlearned
+    recipe = replace(recipe, unlearned=(replace(plain, settings=replace(plain.settings, steps=300)), sure))
+    run_demo(
+        tmp_path / "out",
+        recipe=recipe,
+        cache_dir=tmp_path / "cache",
+        results_dir=tmp_path / "results",
+        quantizers=("rtn-w8",),
+        progress=print,
+    )
+    out = capfd.readouterr().out
+    assert "npo_klr_sure: its worker is free while the others train; computing its gate rows ahead" in out
+    assert (
+        "npo_klr_sure (ahead): evaluate unlearned rtn-w8" in out and "npo_klr_sure (ahead): evaluate target fp" in out
+    )
+    after_build = out[out.index("demo family built in") :]
+    assert "npo_klr_sure: unlearned rtn-w8: cached result" in after_build
+    assert "npo_klr_sure: evaluate" not in after_build  # nothing of SURE's gate is computed twice
+    # the plain model's rows, shared by both gate processes (the second from the far end), each computed once
+    assert after_build.count("evaluate unlearned rtn-w8") == 1 and after_build.count("evaluate unlearned fp") == 1
+    info = json.loads(next((tmp_path / "cache").glob("*/family.json")).read_text())
+    assert info["timings_s"]["npo_klr_sure rows ahead"] > 0
+    report = load_report(tmp_path / "out" / "npo_klr_sure.json")
+    assert {(r["model"], r["quantizer"]) for r in report["rows"]} >= {("unlearned", "rtn-w8"), ("retrain", "fp")}

@@ -425,6 +425,11 @@ def default_workers() -> int:
     return 2 if (os.cpu_count() or 1) >= 2 else 1
 
 
+#: A job for a worker that a built model set free: ``follow_up(name, directory)`` gives ``(function, args)`` to run in
+#: the pool (``function`` must be importable by name: the workers are spawned), or None.
+FollowUp = Callable[[str, Path], "tuple[Callable[..., Any], tuple[Any, ...]] | None"]
+
+
 def build_family(
     recipe: DemoRecipe | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
@@ -432,6 +437,7 @@ def build_family(
     progress: Progress | None = None,
     rebuild: bool = False,
     workers: int | None = None,
+    follow_up: FollowUp | None = None,
 ) -> Path:
     """Build the family for ``recipe`` (if not already cached) and return its directory.
 
@@ -443,6 +449,12 @@ def build_family(
     keep waiting for each other (measured here: 5x). ``workers=1`` runs everything in this process
     (what the tests use; the caller's thread setting is restored). Worker processes print their own
     progress lines to stdout; ``progress`` receives the stage lines.
+
+    ``follow_up``: when an unlearned model is built while another of its stage still trains (SURE's 200 steps
+    beside the plain model's 1200), its worker would idle; the job ``follow_up`` gives for that model runs there
+    instead (the demo computes the model's gate rows into the result cache: :func:`.run.run_demo`). The build
+    waits for those jobs before it moves the family in place (they read its models); one that fails is reported
+    in a line and changes nothing else.
     """
     recipe = (recipe or DEFAULT_RECIPE).validated()
     say = progress_printer(progress)
@@ -461,6 +473,7 @@ def build_family(
     summaries: dict[str, Any] = {}
     t_all = time.perf_counter()
     pool: Any = None
+    ahead: list[tuple[str, Any, float]] = []  # follow-up jobs: (model, future, start)
 
     def begin(text: str) -> float:
         nonlocal stage
@@ -468,8 +481,11 @@ def build_family(
         say(f"[demo {stage}/{n_stages}] {text}")
         return time.perf_counter()
 
-    def run_jobs(jobs: list[tuple[str, Callable[..., dict[str, Any]], tuple[Any, ...], float]]) -> None:
-        """Run (name, function, args, start) jobs, in the pool if there is one; record summaries and times."""
+    def run_jobs(
+        jobs: list[tuple[str, Callable[..., dict[str, Any]], tuple[Any, ...], float]], unlearned: bool = False
+    ) -> None:
+        """Run (name, function, args, start) jobs, in the pool if there is one; record summaries and times.
+        ``unlearned``: jobs of unlearned models, whose freed worker takes ``follow_up``'s job."""
         if pool is None:
             from ..scaleout.workers import torch_threads
 
@@ -482,11 +498,27 @@ def build_family(
         futures = {pool.submit(fn, *args, None): (name, t) for name, fn, args, t in jobs}
         from concurrent.futures import as_completed
 
+        running = set(futures)
         for future in as_completed(futures):
             name, t = futures[future]
             summaries[name] = future.result()
             timings[name] = time.perf_counter() - t
             say(f"  {name}: done in {timings[name]:.0f} s")
+            running.discard(future)
+            job = follow_up(name, tmp / name) if unlearned and running and follow_up is not None else None
+            if job is not None:
+                say(f"  {name}: its worker is free while the others train; computing its gate rows ahead")
+                ahead.append((name, pool.submit(job[0], *job[1]), time.perf_counter()))
+
+    def wait_ahead() -> None:
+        """Wait for the follow-up jobs (they read the models in ``tmp``); a failed one only costs its time."""
+        for name, future, t in ahead:
+            try:
+                future.result()
+            except Exception as exc:  # noqa: BLE001 - an optimisation failed: the gate computes the rows itself
+                say(f"  {name}: computing its rows ahead failed ({type(exc).__name__}: {exc}); the gate will")
+            else:
+                timings[f"{name} rows ahead"] = time.perf_counter() - t
 
     try:
         say(
@@ -545,7 +577,8 @@ def build_family(
             jobs.append(
                 (u.name, _job_unlearn, (str(tmp / "target"), str(data), str(tmp / u.name), asdict(u), threads), t)
             )
-        run_jobs(jobs)
+        run_jobs(jobs, unlearned=True)
+        wait_ahead()
         shutil.rmtree(tmp / "tokenizer", ignore_errors=True)
 
         from ..version import __version__

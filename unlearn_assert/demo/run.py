@@ -65,6 +65,58 @@ DEMO_DTYPE = "float32"
 Progress = Callable[[str], None]
 
 
+def _run(name: str, paths: Mapping[str, str], quantizers: Sequence[str], device: str, out: Path | None) -> Any:
+    """The run config of one model's demo gate (``out`` None: no report files, for :func:`_rows_ahead`). Rows are
+    cached by the content of the models and the data, so rows computed on the family's build directory are found by
+    the gate of the family in place."""
+    from ..config import run_config
+
+    return run_config(
+        model=paths["model"],
+        target=paths["target"],
+        retrain=paths["retrain"],
+        data=paths["data"],
+        quantizers=tuple(quantizers),
+        device=device,
+        dtype=DEMO_DTYPE if device == "cpu" else "auto",
+        json=None if out is None else str(out / f"{name}.json"),
+        html=None if out is None else str(out / f"{name}.html"),
+        model_spec=f"demo:{name}",
+    )
+
+
+def _rows_ahead(
+    name: str, paths: dict[str, str], quantizers: Sequence[str], device: str, results_dir: str | None
+) -> None:
+    """Compute one model's gate rows into the result cache (the target's and the retrain model's too) in a build
+    worker that would otherwise idle: SURE's model is built minutes before the plain one, so its gate, and the
+    rows the plain model's gate shares with it, are done before the build ends (:func:`.family.build_family`'s
+    ``follow_up``). One CPU thread, as every demo process; prints its own progress lines."""
+    from ..cache import ResultCache
+    from ..engine import gate
+    from ..scaleout.workers import set_torch_threads
+    from .family import progress_printer
+
+    set_torch_threads(1)
+    say = progress_printer(None)
+    gate(
+        run=_run(name, paths, quantizers, device, None),
+        cache=ResultCache(results_dir),
+        progress=lambda line: say(f"  {name} (ahead): {line}"),
+    )
+
+
+def _follow_up(quantizers: Sequence[str], device: str, results_dir: Any) -> Callable[[str, Path], Any]:
+    """:func:`.family.build_family`'s ``follow_up`` for the demo: :func:`_rows_ahead` for a model built early."""
+
+    def job(name: str, directory: Path) -> Any:
+        root = directory.parent
+        paths = {"model": str(directory), **{k: str(root / k) for k in ("target", "retrain", "data")}}
+        return _rows_ahead, (name, paths, tuple(quantizers), device, None if results_dir is None else str(results_dir))
+
+    return job
+
+
 def _gate(
     name: str,
     paths: dict[str, str],
@@ -75,22 +127,10 @@ def _gate(
     say: Progress,
     own_rows_first: bool = False,
 ) -> ReportDict:
-    from ..config import run_config
     from ..engine import gate
     from ..render import write_html, write_json
 
-    run = run_config(
-        model=paths["model"],
-        target=paths["target"],
-        retrain=paths["retrain"],
-        data=paths["data"],
-        quantizers=tuple(quantizers),
-        device=device,
-        dtype=DEMO_DTYPE if device == "cpu" else "auto",
-        json=str(out / f"{name}.json"),
-        html=str(out / f"{name}.html"),
-        model_spec=f"demo:{name}",
-    )
+    run = _run(name, paths, quantizers, device, out)
     # beside another gate of the same family (sharing the result cache, and so each row's claim): its own
     # rows first, then the shared target rows from the far end, so the two processes rarely wait for each other
     own: list[RowKey] = [("unlearned", q) for q in ("fp", *quantizers)]
@@ -110,16 +150,29 @@ def _gate_worker(
     device: str,
     results_dir: str | None,
     own_rows_first: bool,
+    helps: tuple[str, dict[str, str]] | None = None,
 ) -> ReportDict:
-    """One model's gate in a worker process, on one CPU thread (prints its own progress lines)."""
+    """One model's gate in a worker process, on one CPU thread (prints its own progress lines). ``helps``: another
+    model of the family, gated in the other worker: once this gate is done, this process computes that model's
+    rows that no process holds yet, from the far end (:meth:`~unlearn_assert.engine.Gate.prefetch`). After a build
+    that computed the SURE model's rows ahead (:func:`_rows_ahead`), its gate takes seconds and the plain model's
+    rows are all that is left: two processes share them instead of one."""
     from ..cache import ResultCache
     from ..scaleout.workers import set_torch_threads
     from .family import progress_printer
 
     set_torch_threads(1)
-    return _gate(
-        name, paths, quantizers, Path(out), device, ResultCache(results_dir), progress_printer(None), own_rows_first
-    )
+    cache, say = ResultCache(results_dir), progress_printer(None)
+    report = _gate(name, paths, quantizers, Path(out), device, cache, say, own_rows_first)
+    if helps is not None:
+        from ..engine import Gate
+
+        other, other_paths = helps
+        rows: list[RowKey] = [("unlearned", q) for q in ("fp", *quantizers)] + [("target", q) for q in quantizers]
+        run = _run(other, other_paths, quantizers, device, None)
+        with Gate(run, cache, lambda line: say(f"  {name} (for {other}): {line}")) as g:
+            g.prefetch(rows[::-1])
+    return report
 
 
 def _gate_all(
@@ -136,8 +189,9 @@ def _gate_all(
     shared with other work, a 2-thread torch process stalls at every step (one evaluation of the
     demo target took 136 s with 2 threads, 15 s with 1, measured here under load). On CPU with two
     or more cores the two models are gated side by side in two processes sharing the result cache
-    (the second computes its own rows first, then the target's from the far end, so the shared rows
-    are mostly computed once)."""
+    (each row computed once: claims): the second computes its own rows first, then the target's from the
+    far end, then what is left of the first model's from the far end (after a cold build its own were
+    computed during the build, :func:`_rows_ahead`, so it goes straight to the first model's)."""
     from ..cache import ResultCache
     from ..scaleout.workers import torch_threads
     from .family import default_workers, resolve_demo
@@ -160,6 +214,7 @@ def _gate_all(
                     device,
                     None if results_dir is None else str(results_dir),
                     i % 2 == 1,
+                    (models[0], paths[models[0]]) if i == 1 else None,
                 )
                 for i, name in enumerate(models)
             }
@@ -200,8 +255,9 @@ def run_demo(
         raise ConfigError(f"unknown demo model(s) {', '.join(unknown)}; choose from {', '.join(recipe.names)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    build_family(recipe, cache_dir, progress=say, rebuild=rebuild)
     quantizers = demo_quantizers() if quantizers is None else quantizers
+    ahead = _follow_up(quantizers, device, results_dir) if device == "cpu" else None
+    build_family(recipe, cache_dir, progress=say, rebuild=rebuild, follow_up=ahead)
     reports = _gate_all(models, quantizers, out, device, results_dir, cache_dir, recipe, say)
     print_outcome(reports, recipe, out, time.perf_counter() - start)
     expected = all(judge(reports[name], sure=recipe.unlearn_recipe(name).sure)[0] for name in models)
