@@ -311,7 +311,7 @@ def test_run_demo_end_to_end_on_a_tiny_family(tmp_path: Path, capsys: pytest.Cap
     assert "demo:npo_klr: " in out and "demo:npo_klr_sure: " in out
 
 
-def test_the_demos_follow_up_computes_a_models_rows_on_the_build_directory(tmp_path: Path) -> None:
+def test_the_demos_follow_up_is_the_models_gate_on_the_build_directory(tmp_path: Path) -> None:
     """The job the demo gives a build worker that a finished model set free: that model's gate, on the family's
     build directory (its models are moved in place only after the job), with the demo's quantizers and results."""
     from unlearn_assert.demo.run import _follow_up, _rows_ahead
@@ -323,8 +323,12 @@ def test_the_demos_follow_up_computes_a_models_rows_on_the_build_directory(tmp_p
     assert fn is _rows_ahead
     assert args == (
         "npo_klr_sure",
-        {k: str(build / v) for k, v in {"model": "npo_klr_sure", "target": "target", "retrain": "retrain"}.items()}
-        | {"data": str(build / "data")},
+        {
+            "model": str(build / "npo_klr_sure"),
+            "target": str(build / "target"),
+            "retrain": str(build / "retrain"),
+            "data": str(build / "data"),
+        },
         ("rtn-w8", "bnb-fp4"),
         "cpu",
         str(tmp_path / "results"),

@@ -59,6 +59,7 @@ __all__ = [
     "family_dir",
     "is_built",
     "parse_demo_spec",
+    "model_paths",
     "resolve_demo",
 ]
 
@@ -646,12 +647,13 @@ def resolve_demo(
                 f"the demo family is not built yet ({directory}); run 'unlearn-assert demo' to build it"
             )
         directory = build_family(recipe, cache_dir, progress=progress, workers=workers)
-    return {
-        "model": str(directory / key),
-        "target": str(directory / "target"),
-        "retrain": str(directory / "retrain"),
-        "data": str(directory / "data"),
-    }
+    return model_paths(directory, key)
+
+
+def model_paths(directory: Path, name: str) -> dict[str, str]:
+    """The ``{"model", "target", "retrain", "data"}`` directories of model ``name`` in a family directory (the
+    built family, or its build directory while it is being built)."""
+    return {"model": str(directory / name), **{k: str(directory / k) for k in ("target", "retrain", "data")}}
 
 
 def small_recipe(**lm_overrides: Any) -> DemoRecipe:

@@ -109,12 +109,19 @@ def _rows_ahead(
 def _follow_up(quantizers: Sequence[str], device: str, results_dir: Any) -> Callable[[str, Path], Any]:
     """:func:`.family.build_family`'s ``follow_up`` for the demo: :func:`_rows_ahead` for a model built early."""
 
+    from .family import model_paths
+
     def job(name: str, directory: Path) -> Any:
-        root = directory.parent
-        paths = {"model": str(directory), **{k: str(root / k) for k in ("target", "retrain", "data")}}
+        paths = model_paths(directory.parent, name)
         return _rows_ahead, (name, paths, tuple(quantizers), device, None if results_dir is None else str(results_dir))
 
     return job
+
+
+def _model_rows(quantizers: Sequence[str]) -> tuple[list[RowKey], list[RowKey]]:
+    """A demo gate's rows: the unlearned model's own (full precision first), and the target's it shares with the
+    other model's gate."""
+    return [("unlearned", q) for q in ("fp", *quantizers)], [("target", q) for q in quantizers]
 
 
 def _gate(
@@ -133,9 +140,8 @@ def _gate(
     run = _run(name, paths, quantizers, device, out)
     # beside another gate of the same family (sharing the result cache, and so each row's claim): its own
     # rows first, then the shared target rows from the far end, so the two processes rarely wait for each other
-    own: list[RowKey] = [("unlearned", q) for q in ("fp", *quantizers)]
-    shared: list[RowKey] = [("target", q) for q in reversed(quantizers)]
-    first = own + shared if own_rows_first else None
+    own, shared = _model_rows(quantizers)
+    first = own + shared[::-1] if own_rows_first else None
     report = gate(run=run, cache=cache, progress=lambda line: say(f"  {name}: {line}"), first=first).to_dict()
     write_json(report, out / f"{name}.json")
     write_html(report, out / f"{name}.html")
@@ -168,10 +174,10 @@ def _gate_worker(
         from ..engine import Gate
 
         other, other_paths = helps
-        rows: list[RowKey] = [("unlearned", q) for q in ("fp", *quantizers)] + [("target", q) for q in quantizers]
+        own, shared = _model_rows(quantizers)
         run = _run(other, other_paths, quantizers, device, None)
         with Gate(run, cache, lambda line: say(f"  {name} (for {other}): {line}")) as g:
-            g.prefetch(rows[::-1])
+            g.prefetch((own + shared)[::-1])
     return report
 
 
