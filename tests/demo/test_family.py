@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -332,7 +333,11 @@ def test_the_demos_follow_up_is_the_models_gate_on_the_build_directory(tmp_path:
         ("rtn-w8", "bnb-fp4"),
         "cpu",
         str(tmp_path / "results"),
+        False,
     )
+    # a later job (the plain model, freed while SURE's rows are still computed) takes its own rows first
+    fn, args = job("npo_klr", build / "npo_klr")
+    assert fn is _rows_ahead and args[0] == "npo_klr" and args[1]["model"] == str(build / "npo_klr") and args[-1]
 
 
 @pytest.mark.slow
@@ -364,9 +369,39 @@ def test_the_sure_models_rows_are_computed_while_the_plain_model_trains(
     after_build = out[out.index("demo family built in") :]
     assert "npo_klr_sure: unlearned rtn-w8: cached result" in after_build
     assert "npo_klr_sure: evaluate" not in after_build  # nothing of SURE's gate is computed twice
-    # the plain model's rows, shared by both gate processes (the second from the far end), each computed once
-    assert after_build.count("evaluate unlearned rtn-w8") == 1 and after_build.count("evaluate unlearned fp") == 1
+    # the plain model's rows, computed once: ahead if SURE's job still ran when it was built, else shared by both
+    # gate processes (the second from the far end)
+    assert out.count("evaluate unlearned rtn-w8") == 2 and out.count("evaluate unlearned fp") == 2
     info = json.loads(next((tmp_path / "cache").glob("*/family.json")).read_text())
     assert info["timings_s"]["npo_klr_sure rows ahead"] > 0
     report = load_report(tmp_path / "out" / "npo_klr_sure.json")
     assert {(r["model"], r["quantizer"]) for r in report["rows"]} >= {("unlearned", "rtn-w8"), ("retrain", "fp")}
+
+
+@pytest.mark.slow
+def test_a_model_built_while_an_earlier_models_rows_are_computed_computes_its_own(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Both unlearned models built at once (2 steps each): the first one done hands its worker its gate rows; the
+    second, done while those are still computed, takes its own rows in the other worker, so after the build both
+    gates only read the result cache (every row computed once, during the build)."""
+    from unlearn_assert.demo.run import run_demo
+
+    run_demo(
+        tmp_path / "out",
+        recipe=small_recipe(),
+        cache_dir=tmp_path / "cache",
+        results_dir=tmp_path / "results",
+        quantizers=("rtn-w8",),
+        progress=print,
+    )
+    out = capfd.readouterr().out
+    assert out.count("its worker is free while the others train") == 1
+    assert re.search(r"npo_klr(_sure)?: its worker is free while npo_klr(_sure)?'s rows are computed", out), out
+    for name in ("npo_klr", "npo_klr_sure"):
+        assert f"{name} (ahead): evaluate unlearned fp" in out
+    after_build = out[out.index("demo family built in") :]
+    assert "evaluate" not in after_build, after_build
+    assert out.count("evaluate unlearned rtn-w8") == 2 and out.count("evaluate target rtn-w8") == 1
+    info = json.loads(next((tmp_path / "cache").glob("*/family.json")).read_text())
+    assert info["timings_s"]["npo_klr rows ahead"] > 0 and info["timings_s"]["npo_klr_sure rows ahead"] > 0

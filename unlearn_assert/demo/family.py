@@ -64,10 +64,11 @@ __all__ = [
 ]
 
 #: Bump whenever the build code changes what a recipe produces (it is part of the cache key).
-RECIPE_VERSION = 4  # 2: float32 training, bf16 weight storage emulated in float32 during unlearning;
+RECIPE_VERSION = 5  # 2: float32 training, bf16 weight storage emulated in float32 during unlearning;
 # 3: larger forget evaluation sets (CorpusSpec) and SURE at 200 steps, the same build code (issue 12);
 # 4: a forget set about two subjects (64 articles), MLP 768, npo_klr at lr 3e-5 x 1200 steps, SURE at lr 1e-4 on the
-# top 5% of modules, 116 knowmem_r questions (issue 26, docs/demo-regime.md)
+# top 5% of modules, 116 knowmem_r questions (issue 26, docs/demo-regime.md);
+# 5: npo_klr with NPO's beta 0.07 for 900 steps, SURE with the retain term weighted 4 (issue 26, session 12)
 #: Environment variable that overrides the demo cache root (tests, CI images with a prebuilt family).
 CACHE_ENV = "UNLEARN_ASSERT_DEMO_CACHE"
 FAMILY_FILE = "family.json"
@@ -124,21 +125,29 @@ class UnlearnRecipe:
 #: UnlearnSettings fields added after recipe version 3, with their defaults (left out of the recipe key when default).
 _LATER_SETTINGS: dict[str, Any] = {"quant_aware": (), "quant_aware_weight": 1.0}
 
-# Recipe 4 (issue 26, docs/demo-regime.md): lr 3e-5 is the largest learning rate at which a bf16 weight of
+# Recipe 5 (issue 26, docs/demo-regime.md): lr 3e-5 is the largest learning rate at which a bf16 weight of
 # 7.8e-3 or more cannot move (half its bf16 step is 3.05e-5), so the plain model changes only small weights,
-# which the smallest cells of a 4-bit grid hold; 1200 steps make its verbmem_f drop large enough to measure
-# (28 points). SURE moves 2 modules at lr 1e-4, far enough that 4-bit grids keep the moves; at lr 5e-5 bnb-fp4
-# brought back 30% of SURE's own drop, and on 3 or 6 modules it kept only 87% of the target's knowmem_r.
+# which the smallest cells of a 4-bit grid hold. NPO's beta 0.07 (the paper's 0.1 in recipe 4) keeps the forget
+# term from saturating: its weight per text, 2 sigmoid(beta log(p/p_ref)), fades once a text's log-ratio is
+# about -3/beta, so at 0.1 the forgetting stopped growing at 26-28 points of verbmem_f (and at 15 on corpus seed
+# 1); at 0.07 it reaches 42-48 points in 600-900 steps, and bnb-fp4 still brings back 55-58% of it (at 0.05 and
+# 0.02 the moves grow past the grids' zero cells and less or none comes back). SURE moves 2 modules at lr 1e-4,
+# far enough that 4-bit grids keep the moves, with the KL retain term weighted 4 (alpha): with 1 it kept only
+# 84.5% of the target's knowmem_r on corpus seed 1's target.
 DEFAULT_UNLEARNED: tuple[UnlearnRecipe, ...] = (
     UnlearnRecipe(
         name="npo_klr",
-        settings=UnlearnSettings(method="npo_klr", lr=3e-5, steps=1200, dtype="bfloat16"),
-        description="NPO + KL retain regularizer, small constant learning rate (3e-5), bf16 weights: the common recipe",
+        settings=UnlearnSettings(method="npo_klr", lr=3e-5, steps=900, beta=0.07, dtype="bfloat16"),
+        description="NPO (beta 0.07) + KL retain regularizer, small constant learning rate (3e-5), bf16 weights: "
+        "the common recipe",
     ),
     UnlearnRecipe(
         name="npo_klr_sure",
-        settings=UnlearnSettings(method="npo_klr", lr=1e-4, steps=200, dtype="bfloat16", sure=True, sure_top=0.05),
-        description="the same method with SURE: a larger learning rate (1e-4) on the 5% most salient linear modules",
+        settings=UnlearnSettings(
+            method="npo_klr", lr=1e-4, steps=200, alpha=4.0, dtype="bfloat16", sure=True, sure_top=0.05
+        ),
+        description="the same method with SURE: a larger learning rate (1e-4) on the 5% most salient linear "
+        "modules, the retain term weighted 4",
     ),
 )
 #: The demo's corpus (recipe 4): 64 forget articles about two subjects (court and science news), so the
@@ -452,8 +461,9 @@ def build_family(
     progress lines to stdout; ``progress`` receives the stage lines.
 
     ``follow_up``: when an unlearned model is built while another of its stage still trains (SURE's 200 steps
-    beside the plain model's 1200), its worker would idle; the job ``follow_up`` gives for that model runs there
-    instead (the demo computes the model's gate rows into the result cache: :func:`.run.run_demo`). The build
+    beside the plain model's 900), or while an earlier model's follow-up still runs, its worker would idle; the
+    job ``follow_up`` gives for that model runs there instead (the demo computes the model's gate rows into the
+    result cache: :func:`.run.run_demo`). The build
     waits for those jobs before it moves the family in place (they read its models); one that fails is reported
     in a line and changes nothing else.
     """
@@ -506,9 +516,13 @@ def build_family(
             timings[name] = time.perf_counter() - t
             say(f"  {name}: done in {timings[name]:.0f} s")
             running.discard(future)
-            job = follow_up(name, tmp / name) if unlearned and running and follow_up is not None else None
+            # a freed worker takes the model's follow-up while the others train, or while an earlier follow-up
+            # still runs (its rows and this one's then share the two workers instead of one)
+            busy = [n for n, f, _ in ahead if not f.done()]
+            job = follow_up(name, tmp / name) if unlearned and (running or busy) and follow_up is not None else None
             if job is not None:
-                say(f"  {name}: its worker is free while the others train; computing its gate rows ahead")
+                why = "the others train" if running else f"{', '.join(busy)}'s rows are computed"
+                say(f"  {name}: its worker is free while {why}; computing its gate rows ahead")
                 ahead.append((name, pool.submit(job[0], *job[1]), time.perf_counter()))
 
     def wait_ahead() -> None:

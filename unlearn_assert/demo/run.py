@@ -86,12 +86,19 @@ def _run(name: str, paths: Mapping[str, str], quantizers: Sequence[str], device:
 
 
 def _rows_ahead(
-    name: str, paths: dict[str, str], quantizers: Sequence[str], device: str, results_dir: str | None
+    name: str,
+    paths: dict[str, str],
+    quantizers: Sequence[str],
+    device: str,
+    results_dir: str | None,
+    own_rows_first: bool = False,
 ) -> None:
     """Compute one model's gate rows into the result cache (the target's and the retrain model's too) in a build
     worker that would otherwise idle: SURE's model is built minutes before the plain one, so its gate, and the
     rows the plain model's gate shares with it, are done before the build ends (:func:`.family.build_family`'s
-    ``follow_up``). One CPU thread, as every demo process; prints its own progress lines."""
+    ``follow_up``); the plain model's worker, once free, computes its own rows beside them (``own_rows_first``:
+    then the shared target rows from the far end, so the two jobs rarely wait for each other's claims). One CPU
+    thread, as every demo process; prints its own progress lines."""
     from ..cache import ResultCache
     from ..engine import gate
     from ..scaleout.workers import set_torch_threads
@@ -99,21 +106,28 @@ def _rows_ahead(
 
     set_torch_threads(1)
     say = progress_printer(None)
+    own, shared = _model_rows(quantizers)
     gate(
         run=_run(name, paths, quantizers, device, None),
         cache=ResultCache(results_dir),
         progress=lambda line: say(f"  {name} (ahead): {line}"),
+        first=own + shared[::-1] if own_rows_first else None,
     )
 
 
 def _follow_up(quantizers: Sequence[str], device: str, results_dir: Any) -> Callable[[str, Path], Any]:
-    """:func:`.family.build_family`'s ``follow_up`` for the demo: :func:`_rows_ahead` for a model built early."""
+    """:func:`.family.build_family`'s ``follow_up`` for the demo: :func:`_rows_ahead` for a model built while
+    others train or an earlier job runs (every job after the first computes its own rows first)."""
 
     from .family import model_paths
 
+    given: list[str] = []
+
     def job(name: str, directory: Path) -> Any:
         paths = model_paths(directory.parent, name)
-        return _rows_ahead, (name, paths, tuple(quantizers), device, None if results_dir is None else str(results_dir))
+        results = None if results_dir is None else str(results_dir)
+        given.append(name)
+        return _rows_ahead, (name, paths, tuple(quantizers), device, results, len(given) > 1)
 
     return job
 
