@@ -463,9 +463,8 @@ def build_family(
     ``follow_up``: when an unlearned model is built while another of its stage still trains (SURE's 200 steps
     beside the plain model's 900), or while an earlier model's follow-up still runs, its worker would idle; the
     job ``follow_up`` gives for that model runs there instead (the demo computes the model's gate rows into the
-    result cache: :func:`.run.run_demo`). The build
-    waits for those jobs before it moves the family in place (they read its models); one that fails is reported
-    in a line and changes nothing else.
+    result cache: :func:`.run.run_demo`). The build waits for those jobs before it moves the family in place
+    (they read its models); one that fails is reported in a line and changes nothing else.
     """
     recipe = (recipe or DEFAULT_RECIPE).validated()
     say = progress_printer(progress)

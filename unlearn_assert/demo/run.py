@@ -106,12 +106,11 @@ def _rows_ahead(
 
     set_torch_threads(1)
     say = progress_printer(None)
-    own, shared = _model_rows(quantizers)
     gate(
         run=_run(name, paths, quantizers, device, None),
         cache=ResultCache(results_dir),
         progress=lambda line: say(f"  {name} (ahead): {line}"),
-        first=own + shared[::-1] if own_rows_first else None,
+        first=_own_rows_first(quantizers) if own_rows_first else None,
     )
 
 
@@ -138,6 +137,14 @@ def _model_rows(quantizers: Sequence[str]) -> tuple[list[RowKey], list[RowKey]]:
     return [("unlearned", q) for q in ("fp", *quantizers)], [("target", q) for q in quantizers]
 
 
+def _own_rows_first(quantizers: Sequence[str]) -> list[RowKey]:
+    """The schedule of a gate that runs beside another of the same family (they share the result cache, and so each
+    row's claim): its own rows first, then the shared target rows from the far end, so they rarely wait for each
+    other."""
+    own, shared = _model_rows(quantizers)
+    return own + shared[::-1]
+
+
 def _gate(
     name: str,
     paths: dict[str, str],
@@ -152,10 +159,7 @@ def _gate(
     from ..render import write_html, write_json
 
     run = _run(name, paths, quantizers, device, out)
-    # beside another gate of the same family (sharing the result cache, and so each row's claim): its own
-    # rows first, then the shared target rows from the far end, so the two processes rarely wait for each other
-    own, shared = _model_rows(quantizers)
-    first = own + shared[::-1] if own_rows_first else None
+    first = _own_rows_first(quantizers) if own_rows_first else None
     report = gate(run=run, cache=cache, progress=lambda line: say(f"  {name}: {line}"), first=first).to_dict()
     write_json(report, out / f"{name}.json")
     write_html(report, out / f"{name}.html")
