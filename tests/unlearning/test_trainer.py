@@ -18,6 +18,7 @@ from unlearn_assert.errors import ConfigError, DataError, UnlearnAssertError
 from unlearn_assert.unlearning import METHODS
 from unlearn_assert.unlearning.losses import (
     LossInputs,
+    RefOutputs,
     ga_loss,
     gdr_loss,
     klr_loss,
@@ -125,14 +126,17 @@ def test_shift_for_lm_aligns_position_t_with_token_t_plus_1() -> None:
 @pytest.mark.parametrize("name", list(METHODS) + ["NPO_KLR", "ga-gdr"])
 def test_method_dispatch(name: str) -> None:
     method = parse_method(name)
-    f = LossInputs(_t([[QUARTER_HALF]]), torch.tensor([[1]]), torch.ones(1, 1), _t([[UNIFORM]]))
-    r = LossInputs(_t([[UNIFORM]]), torch.tensor([[0]]), torch.ones(1, 1), _t([[QUARTER_HALF]]))
+    f_ref, r_ref = _t([[UNIFORM]]), _t([[QUARTER_HALF]])
+    f = LossInputs(_t([[QUARTER_HALF]]), torch.tensor([[1]]), torch.ones(1, 1))
+    r = LossInputs(_t([[UNIFORM]]), torch.tensor([[0]]), torch.ones(1, 1))
+    f = LossInputs(f.logits, f.targets, f.mask, RefOutputs.from_logits(f_ref, f.targets, f.mask))
+    r = LossInputs(r.logits, r.targets, r.mask, RefOutputs.from_logits(r_ref, r.targets, r.mask))
     parts = method_loss(name, f, r, alpha=0.5, beta=0.1)
     forget = (
         ga_loss(f.logits, f.targets, f.mask)
         if method.forget == "ga"
-        else npo_loss(f.logits, f.ref_logits, f.targets, f.mask, 0.1)
-    )  # type: ignore[arg-type]
+        else npo_loss(f.logits, f_ref, f.targets, f.mask, 0.1)
+    )
     assert parts.forget.item() == pytest.approx(forget.item())
     if method.retain is None:
         assert parts.retain is None and parts.total.item() == pytest.approx(forget.item())
@@ -140,8 +144,8 @@ def test_method_dispatch(name: str) -> None:
         retain = (
             gdr_loss(r.logits, r.targets, r.mask)
             if method.retain == "gdr"
-            else klr_loss(r.logits, r.ref_logits, r.mask)
-        )  # type: ignore[arg-type]
+            else klr_loss(r.logits, r_ref, r.mask)
+        )
         assert parts.retain is not None and parts.retain.item() == pytest.approx(retain.item())
         assert parts.total.item() == pytest.approx(forget.item() + 0.5 * retain.item())
     assert method.needs_reference == (method.forget == "npo" or method.retain == "klr")
@@ -257,6 +261,58 @@ def test_same_seed_gives_bit_identical_weights(target: Any, data: Any) -> None:
     assert not all(torch.equal(p, pc[n]) for n, p in a.model.named_parameters())
     assert a.curve[0]["forget_loss"] == pytest.approx(20 * LN2, rel=1e-5)  # NPO at the reference: (2/beta) log 2
     assert a.curve[0]["retain_loss"] == pytest.approx(0.0, abs=1e-6)  # KLR at the reference
+
+
+def test_reference_outputs_are_computed_once_per_chunk_and_change_no_bit(
+    target: Any, data: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reference cache: every chunk's reference outputs come from one forward of that chunk, and the
+    weights are those of a run that runs the reference on every batch (the cache off)."""
+    from unlearn_assert.unlearning import trainer, unlearn
+
+    rows: list[int] = []
+    run = trainer.ReferenceCache._run
+
+    def counting(self: Any, index: torch.Tensor) -> Any:
+        rows.append(len(index))
+        return run(self, index)
+
+    monkeypatch.setattr(trainer.ReferenceCache, "_run", counting)
+    n_forget = len(trainer.chunk_text(target.tokenizer, data.raw_forget, 32))
+    n_retain = len(trainer.chunk_text(target.tokenizer, data.raw_retain, 32))
+    steps = max(n_forget, n_retain) // 2 + 3  # batches of 2: every chunk is drawn, some twice
+    settings = _settings(steps=steps, method="npo_klr", max_length=32)
+    cached = unlearn(target, data, settings)
+    assert sum(rows) == n_forget + n_retain  # each chunk's reference ran once
+    monkeypatch.setattr(trainer.ReferenceCache, "outputs", counting)  # no cache: the whole batch, every step
+    rows.clear()
+    fresh = unlearn(target, data, settings)
+    assert sum(rows) == steps * 2 * 2
+    pf = _params(fresh.model)
+    assert all(torch.equal(p, pf[name]) for name, p in cached.model.named_parameters())
+    assert [c["total"] for c in cached.curve] == [c["total"] for c in fresh.curve]
+
+
+def test_klr_reference_beyond_the_cache_bound_runs_per_batch(
+    target: Any, data: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from unlearn_assert.unlearning import trainer, unlearn
+
+    monkeypatch.setattr(trainer, "REF_CACHE_BYTES", 0)
+    kept: list[bool] = []
+    init = trainer.ReferenceCache.__init__
+
+    def spy(self: Any, *args: Any, **kw: Any) -> None:
+        init(self, *args, **kw)
+        kept.append(self.keep_logp)
+
+    monkeypatch.setattr(trainer.ReferenceCache, "__init__", spy)
+    a = unlearn(target, data, _settings(steps=4, method="ga_klr"))
+    monkeypatch.undo()
+    b = unlearn(target, data, _settings(steps=4, method="ga_klr"))
+    assert kept == [False]  # ga_klr: only the retain side has a reference, and it was not kept
+    pb = _params(b.model)
+    assert all(torch.equal(p, pb[name]) for name, p in a.model.named_parameters())
 
 
 def test_bf16_mode_trains_pure_bf16_weights(target: Any, data: Any) -> None:

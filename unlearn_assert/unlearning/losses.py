@@ -42,13 +42,17 @@ __all__ = [
     "LossInputs",
     "LossParts",
     "Method",
+    "RefOutputs",
     "ga_loss",
     "gdr_loss",
+    "klr_from_logp",
     "klr_loss",
     "method_loss",
     "nll_loss",
+    "npo_from_logprobs",
     "npo_loss",
     "parse_method",
+    "ref_log_softmax",
     "sequence_logprob",
     "shift_for_lm",
     "token_logprobs",
@@ -121,9 +125,14 @@ def npo_loss(
     logits: torch.Tensor, ref_logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, beta: float = 0.1
 ) -> torch.Tensor:
     """NPO on sequence log-likelihood ratios (not on raw logits), as in the paper."""
+    return npo_from_logprobs(sequence_logprob(logits, targets, mask), sequence_logprob(ref_logits, targets, mask), beta)
+
+
+def npo_from_logprobs(seq_logprob: torch.Tensor, ref_seq_logprob: torch.Tensor, beta: float = 0.1) -> torch.Tensor:
+    """NPO from the sequences' summed log-likelihoods under the model and the reference ([B] each)."""
     if beta <= 0:
         raise ConfigError(f"NPO beta must be positive, got {beta}; the paper uses 0.1")
-    ratio = sequence_logprob(logits, targets, mask) - sequence_logprob(ref_logits.detach(), targets, mask)
+    ratio = seq_logprob - ref_seq_logprob.detach()
     return -(2.0 / beta) * F.logsigmoid(-beta * ratio).mean()
 
 
@@ -134,28 +143,64 @@ def gdr_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) ->
 
 def klr_loss(logits: torch.Tensor, ref_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """KL(reference || model) per retain position from log-softmax of both, mean over unmasked positions."""
+    return klr_from_logp(logits, ref_log_softmax(ref_logits), mask)
+
+
+def ref_log_softmax(ref_logits: torch.Tensor) -> torch.Tensor:
+    """The reference's log-distribution per position, in float32 (what KLR compares the model's with)."""
+    return F.log_softmax(ref_logits.detach().float(), dim=-1)
+
+
+def klr_from_logp(logits: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """KLR from the reference's log-distribution per position (:func:`ref_log_softmax`)."""
     logp = F.log_softmax(logits.float(), dim=-1)
-    logp_ref = F.log_softmax(ref_logits.detach().float(), dim=-1)
-    kl = (logp_ref.exp() * (logp_ref - logp)).sum(dim=-1)
+    kl = (ref_logp.exp() * (ref_logp - logp)).sum(dim=-1)
     return _masked_mean(kl, mask)
 
 
 # --------------------------------------------------------------------------- combinations
 
 
+@dataclass(frozen=True)
+class RefOutputs:
+    """What the losses use of the frozen reference model on one batch: NPO the sequences' summed
+    log-likelihoods ([B]), KLR the log-distribution per aligned position ([B, T, V], float32); each
+    None where the method does not need it. Why not the logits: both are functions of one sequence
+    alone, so the trainer can keep them per chunk (NPO's is one number per chunk) instead of running
+    the reference again every time a chunk is drawn."""
+
+    seq_logprob: torch.Tensor | None = None
+    logp: torch.Tensor | None = None
+
+    @classmethod
+    def from_logits(
+        cls, ref_logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, *, npo: bool = True, klr: bool = True
+    ) -> RefOutputs:
+        """From the reference's aligned logits of the batch (``npo`` / ``klr``: which parts to compute)."""
+        ref_logits = ref_logits.detach()
+        return cls(
+            sequence_logprob(ref_logits, targets, mask) if npo else None, ref_log_softmax(ref_logits) if klr else None
+        )
+
+
 @dataclass
 class LossInputs:
-    """Aligned logits, targets and mask of one batch (and the reference's logits, when needed)."""
+    """Aligned logits, targets and mask of one batch (and the reference's outputs, when needed)."""
 
     logits: torch.Tensor
     targets: torch.Tensor
     mask: torch.Tensor
-    ref_logits: torch.Tensor | None = None
+    ref: RefOutputs | None = None
 
-    def ref(self, what: str) -> torch.Tensor:
-        if self.ref_logits is None:
-            raise ValueError(f"{what} needs the reference model's logits (ref_logits)")
-        return self.ref_logits
+    def ref_seq_logprob(self) -> torch.Tensor:
+        if self.ref is None or self.ref.seq_logprob is None:
+            raise ValueError("NPO needs the reference model's sequence log-likelihoods (RefOutputs.seq_logprob)")
+        return self.ref.seq_logprob
+
+    def ref_logp(self) -> torch.Tensor:
+        if self.ref is None or self.ref.logp is None:
+            raise ValueError("KLR needs the reference model's log-distributions (RefOutputs.logp)")
+        return self.ref.logp
 
 
 @dataclass
@@ -172,7 +217,8 @@ def forget_loss(kind: str, batch: LossInputs, beta: float = 0.1) -> torch.Tensor
     if kind == "ga":
         return ga_loss(batch.logits, batch.targets, batch.mask)
     if kind == "npo":
-        return npo_loss(batch.logits, batch.ref("NPO"), batch.targets, batch.mask, beta)
+        seq_logprob = sequence_logprob(batch.logits, batch.targets, batch.mask)
+        return npo_from_logprobs(seq_logprob, batch.ref_seq_logprob(), beta)
     raise ValueError(f"unknown forget loss '{kind}'")
 
 
@@ -181,7 +227,7 @@ def retain_loss(kind: str, batch: LossInputs) -> torch.Tensor:
     if kind == "gdr":
         return gdr_loss(batch.logits, batch.targets, batch.mask)
     if kind == "klr":
-        return klr_loss(batch.logits, batch.ref("KLR"), batch.mask)
+        return klr_from_logp(batch.logits, batch.ref_logp(), batch.mask)
     raise ValueError(f"unknown retain loss '{kind}'")
 
 

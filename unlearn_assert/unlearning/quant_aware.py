@@ -52,7 +52,7 @@ import torch
 from ..errors import QuantizerError, UnlearnAssertError
 from ..quant.base import DEFAULT_SKIP, linear_layers
 from ..variants.quantizers import BNB_4BIT_BLOCKSIZE, QuantSpec, parse_quantizer_id
-from .losses import LossInputs, LossParts, Method, method_loss, shift_for_lm
+from .losses import LossInputs, LossParts, Method, RefOutputs, method_loss, shift_for_lm
 from .quant_aware_ids import check_quant_aware_ids
 
 __all__ = ["QuantAware", "Simulation", "bnb4_dequantized", "build_simulation", "ggml_dequantized", "straight_through"]
@@ -289,7 +289,7 @@ class QuantAware:
         model: Any,
         weights: dict[str, torch.Tensor],
         batch: tuple[torch.Tensor, torch.Tensor],
-        ref_logits: torch.Tensor | None,
+        ref: RefOutputs | None,
     ) -> LossInputs:
         """The model's forward with ``weights`` in place of its own (the module itself is not changed)."""
         ids, mask = batch
@@ -297,7 +297,7 @@ class QuantAware:
             model, weights, args=(), kwargs={"input_ids": ids, "attention_mask": mask, "use_cache": False}
         )
         aligned, targets, target_mask = shift_for_lm(out.logits, ids, mask)
-        return LossInputs(aligned, targets, target_mask, ref_logits)
+        return LossInputs(aligned, targets, target_mask, ref)
 
     def backward(
         self,
@@ -305,8 +305,8 @@ class QuantAware:
         method: Method,
         forget: tuple[torch.Tensor, torch.Tensor],
         retain: tuple[torch.Tensor, torch.Tensor] | None,
-        forget_ref: torch.Tensor | None,
-        retain_ref: torch.Tensor | None,
+        forget_ref: RefOutputs | None,
+        retain_ref: RefOutputs | None,
         *,
         alpha: float,
         beta: float,
