@@ -126,11 +126,15 @@ def test_shift_for_lm_aligns_position_t_with_token_t_plus_1() -> None:
 @pytest.mark.parametrize("name", list(METHODS) + ["NPO_KLR", "ga-gdr"])
 def test_method_dispatch(name: str) -> None:
     method = parse_method(name)
-    f_ref, r_ref = _t([[UNIFORM]]), _t([[QUARTER_HALF]])
-    f = LossInputs(_t([[QUARTER_HALF]]), torch.tensor([[1]]), torch.ones(1, 1))
-    r = LossInputs(_t([[UNIFORM]]), torch.tensor([[0]]), torch.ones(1, 1))
-    f = LossInputs(f.logits, f.targets, f.mask, RefOutputs.from_logits(f_ref, f.targets, f.mask))
-    r = LossInputs(r.logits, r.targets, r.mask, RefOutputs.from_logits(r_ref, r.targets, r.mask))
+    f_ref, r_ref, f_tok, r_tok, one = (
+        _t([[UNIFORM]]),
+        _t([[QUARTER_HALF]]),
+        torch.tensor([[1]]),
+        torch.tensor([[0]]),
+        torch.ones(1, 1),
+    )
+    f = LossInputs(_t([[QUARTER_HALF]]), f_tok, one, RefOutputs.from_logits(f_ref, f_tok, one))
+    r = LossInputs(_t([[UNIFORM]]), r_tok, one, RefOutputs.from_logits(r_ref, r_tok, one))
     parts = method_loss(name, f, r, alpha=0.5, beta=0.1)
     forget = (
         ga_loss(f.logits, f.targets, f.mask)
@@ -141,11 +145,7 @@ def test_method_dispatch(name: str) -> None:
     if method.retain is None:
         assert parts.retain is None and parts.total.item() == pytest.approx(forget.item())
     else:
-        retain = (
-            gdr_loss(r.logits, r.targets, r.mask)
-            if method.retain == "gdr"
-            else klr_loss(r.logits, r_ref, r.mask)
-        )
+        retain = gdr_loss(r.logits, r.targets, r.mask) if method.retain == "gdr" else klr_loss(r.logits, r_ref, r.mask)
         assert parts.retain is not None and parts.retain.item() == pytest.approx(retain.item())
         assert parts.total.item() == pytest.approx(forget.item() + 0.5 * retain.item())
     assert method.needs_reference == (method.forget == "npo" or method.retain == "klr")

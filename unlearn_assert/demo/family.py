@@ -132,9 +132,9 @@ _LATER_SETTINGS: dict[str, Any] = {"quant_aware": (), "quant_aware_weight": 1.0}
 # term from saturating: its weight per text, 2 sigmoid(beta log(p/p_ref)), fades once a text's log-ratio is
 # about -3/beta, so at 0.1 the forgetting stopped growing at 26-28 points of verbmem_f (and at 15 on corpus seed
 # 1); at 0.07 it reaches 42-48 points in 600-900 steps, and bnb-fp4 still brings back 55-58% of it (at 0.05 and
-# 0.02 the moves grow past the grids' zero cells and less or none comes back). Recipe 6 stops at 600 steps (recipe 5:
-# 900): the drop and the contrast hold on every seed cell (docs/demo-regime.md), and the cold demo fits 10 minutes. SURE moves 2 modules at lr 1e-4,
-# far enough that 4-bit grids keep the moves, with the KL retain term weighted 4 (alpha): with 1 it kept only
+# 0.02 the moves grow past the grids' zero cells and less or none comes back). Recipe 6 stops at 600 steps (recipe
+# 5: 900), so that the cold demo fits 10 minutes; docs/demo-regime.md has its seed cells. SURE moves 2 modules at lr
+# 1e-4, far enough that 4-bit grids keep the moves, with the KL retain term weighted 4 (alpha): with 1 it kept only
 # 84.5% of the target's knowmem_r on corpus seed 1's target.
 DEFAULT_UNLEARNED: tuple[UnlearnRecipe, ...] = (
     UnlearnRecipe(

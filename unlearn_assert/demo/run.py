@@ -315,7 +315,7 @@ def print_outcome(reports: Mapping[str, ReportDict], recipe: Any, out: Path, sec
     if note:
         print(
             note.removeprefix("unlearn-assert: ") + " The demo does not judge privleak (docs/demo-regime.md, "
-            "section 5).",
+            '"privleak at this size").',
             flush=True,
         )
     written = ", ".join(str(out / f"{n}.{ext}") for n in models for ext in ("json", "html"))
