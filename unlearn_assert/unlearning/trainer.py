@@ -29,7 +29,8 @@ Decisions (each documented because results depend on it):
   ``"float32"`` trains fp32 weights. The losses are computed from float32 up-cast logits either way.
 * Optimizer: AdamW, constant learning rate, ``weight_decay`` 0.0 by default (as HF's Trainer).
 * Reference model (NPO, KLR): a frozen deep copy of the starting weights in the compute dtype
-  (bf16 values in float32 under the CPU emulation), eval mode, ``requires_grad=False``, run under ``torch.no_grad``.
+  (bf16 values in float32 under the CPU emulation), eval mode, ``requires_grad=False``, run under ``torch.no_grad``,
+  once per chunk: what the losses use of it is kept per chunk (:class:`ReferenceCache`).
 * A target given as a LoadedModel is deep-copied, never modified; a target given as a path is
   loaded and trained in place (saves one copy of the weights).
 """
