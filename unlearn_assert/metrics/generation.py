@@ -32,8 +32,10 @@ Exactness, and what it rests on:
   bits between batch sizes, and a greedy token flips where the top two logits are that close.
   Measured on the tiny Llama (100 VerbMem prompts x 128 tokens, 60 KnowMem questions): in fp32
   batch 1, batch 64 and the prefix path give identical tokens, and the engine's numbers equal
-  one-``generate``-per-prompt MUSE exactly (tests). In bf16, ``batch_size=1`` (prefix cache
-  included) still equals batch-1 ``generate`` exactly, but batch 64 flips a token in ~1 of 5
+  one-``generate``-per-prompt MUSE exactly (tests); ``bnb-int8`` is the exception in any dtype, as
+  LLM.int8 computes in fp16 every feature column in which any row of the batch has an outlier
+  (|x| >= 6), so its tokens depend on the batch's other rows. In bf16, ``batch_size=1`` (prefix
+  cache included) still equals batch-1 ``generate`` exactly, but batch 64 flips a token in ~1 of 5
   VerbMem rows somewhere within 128 tokens (bf16 keeps 8 mantissa bits, so near-ties are
   common): verbmem_f 8.75 -> 8.55 there. That is why the automatic batch size depends only on
   the config, compute dtype and machine (:func:`auto_batch_size`): U, T and q(U) of one
@@ -308,8 +310,8 @@ def pad_token_id(tokenizer: Any) -> int:
 
 #: The smallest budget we plan with (the GPU's floor too): below it the runtime's own overhead (allocator, Python,
 #: torch) dominates anyway, and a small model decodes its 64 rows together instead of a few: per-step overhead is
-#: most of a small model's decode (the demo's 4M-parameter Llama: 1.5x faster per row than at 16 MiB, identical
-#: values, docs/metrics.md).
+#: most of a small model's decode (the demo's 4M-parameter Llama: 1.5x faster per row than at 16 MiB, the same
+#: values but bnb-int8's, whose LLM.int8 picks its outlier columns from the whole batch; docs/metrics.md).
 MIN_BUDGET = 256 << 20
 #: CPU: KV caches, activations and logits may use this many times the weight bytes, so the whole
 #: evaluation stays within 1 + CPU_BUDGET_FACTOR = 2.5x the model's weights (issue 19).
