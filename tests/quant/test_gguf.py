@@ -327,8 +327,15 @@ def test_the_q8_0_difference_is_llama_cpps_activation_quantization(
         for h in hooks:
             h.remove()
     scale = float(np.abs(plain).max())
-    # measured: plain 1.3% (tiny) / 0.30% (wide) of the largest logit, simulated 0.000% / 0.04%
-    assert float(np.abs(simulated - theirs).max()) <= 0.002 * scale < float(np.abs(plain - theirs).max())
+    err, base = np.abs(simulated - theirs), np.abs(plain - theirs)
+    # Measured, as shares of the largest logit (max / mean): default kernels, plain 0.93% / 0.14% (tiny) and
+    # 0.28% / 0.05% (wide), simulated 0.00% / 0.00% and 0.02% / 0.00%; AVX2-only kernels, tiny, plain 0.90% / 0.14%,
+    # simulated 0.45% / 0.03%: torch's AVX2 kernels round an activation differently, and where that lands on a half
+    # step of a q8_0 block one code flips. Either way the simulation removes most of the difference.
+    assert 0.002 * scale < float(base.max())
+    assert float(err.mean()) <= 0.3 * float(base.mean()) and float(err.max()) < float(base.max())
+    if torch.backends.cpu.get_cpu_capability() != "AVX2":  # no flipped code: what is left is float rounding
+        assert float(err.max()) <= 0.002 * scale
 
 
 #: The greedy-continuation test's text: a model trained on it alone continues its prompt with next-token margins of

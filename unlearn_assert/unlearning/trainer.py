@@ -219,11 +219,6 @@ class ReferenceCache:
         self.seq_logprob: torch.Tensor | None = None
         self.logp: torch.Tensor | None = None
 
-    @property
-    def complete(self) -> bool:
-        """Whether a batch can be served without running the reference."""
-        return (not self.klr or self.keep_logp) and bool(self.cached.all())
-
     def _run(self, index: torch.Tensor) -> RefOutputs:
         ids, mask = self.chunks.batch(index, self.device)
         with torch.no_grad():
