@@ -306,11 +306,20 @@ def test_klr_reference_beyond_the_cache_bound_runs_per_batch(
         init(self, *args, **kw)
         kept.append(self.keep_logp)
 
+    rows: list[int] = []
+    run = trainer.ReferenceCache._run
+
+    def counting(self: Any, index: torch.Tensor) -> Any:
+        rows.append(len(index))
+        return run(self, index)
+
     monkeypatch.setattr(trainer.ReferenceCache, "__init__", spy)
+    monkeypatch.setattr(trainer.ReferenceCache, "_run", counting)
     a = unlearn(target, data, _settings(steps=4, method="ga_klr"))
     monkeypatch.undo()
     b = unlearn(target, data, _settings(steps=4, method="ga_klr"))
     assert kept == [False]  # ga_klr: only the retain side has a reference, and it was not kept
+    assert rows == [2, 2, 2, 2]  # so the reference ran on every retain batch (4 steps of 2 chunks)
     pb = _params(b.model)
     assert all(torch.equal(p, pb[name]) for name, p in a.model.named_parameters())
 

@@ -233,11 +233,11 @@ class ReferenceCache:
         missing = index[~self.cached[index]]
         if len(missing):
             out = self._run(missing)
-            if self.npo and out.seq_logprob is not None:
+            if out.seq_logprob is not None:  # NPO's part (from_logits computed what was asked)
                 if self.seq_logprob is None:
                     self.seq_logprob = torch.zeros(len(self.chunks), dtype=out.seq_logprob.dtype, device=self.device)
                 self.seq_logprob[missing.to(self.device)] = out.seq_logprob
-            if self.klr and out.logp is not None:
+            if out.logp is not None:
                 if self.logp is None:
                     shape = (len(self.chunks), *out.logp.shape[1:])
                     self.logp = torch.zeros(shape, dtype=out.logp.dtype, device=self.device)
