@@ -61,7 +61,8 @@ def parse_recipe(text: str) -> DemoRecipe:
     def override(obj: Any, name: str, raw: str, what: str) -> Any:
         if not hasattr(obj, name):
             raise SystemExit(f"--recipe: {what} has no field {name!r}")
-        kind = type(getattr(obj, name))
+        current = getattr(obj, name)
+        kind = int if current is None else type(current)  # an optional count (retain_batch_size) is None by default
         value = raw if kind is str else kind(float(raw))  # int fields: int(24.0) == 24
         return replace(obj, **{name: value})
 

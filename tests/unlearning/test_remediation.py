@@ -96,6 +96,7 @@ def test_the_models_own_recipe_is_kept_and_calibrated_quantizers_map_to_their_rt
         "steps": 120,
         "epochs": None,
         "batch_size": 8,
+        "retain_batch_size": 2,
         "max_length": 128,
         "alpha": 1.0,
         "beta": 0.1,
@@ -135,6 +136,7 @@ def test_the_models_own_recipe_is_kept_and_calibrated_quantizers_map_to_their_rt
         3,
     )
     assert args.sure and args.sure_top == 0.2 and args.quant_aware_weight == 0.5 and args.dtype == "float32"
+    assert args.retain_batch_size == 2
     assert args.out == f"{model}-sure-qa"
 
 

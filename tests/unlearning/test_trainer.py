@@ -324,6 +324,36 @@ def test_klr_reference_beyond_the_cache_bound_runs_per_batch(
     assert all(torch.equal(p, pb[name]) for name, p in a.model.named_parameters())
 
 
+def test_retain_batch_size_sets_the_retain_side_only(target: Any, data: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from unlearn_assert.unlearning import trainer, unlearn
+
+    monkeypatch.setattr(trainer, "REF_CACHE_BYTES", 0)  # the retain reference then runs on every retain batch
+    rows: list[int] = []
+    run = trainer.ReferenceCache._run
+
+    def counting(self: Any, index: torch.Tensor) -> Any:
+        rows.append(len(index))
+        return run(self, index)
+
+    monkeypatch.setattr(trainer.ReferenceCache, "_run", counting)
+    forward = trainer._forward
+    sizes: list[int] = []
+
+    def sized(model: Any, chunks: Any, index: torch.Tensor, *args: Any) -> Any:
+        sizes.append(len(index))
+        return forward(model, chunks, index, *args)
+
+    monkeypatch.setattr(trainer, "_forward", sized)
+    unlearn(target, data, _settings(steps=3, method="ga_klr", batch_size=2, retain_batch_size=1))
+    assert rows == [1, 1, 1]  # the retain reference saw one chunk a step
+    assert sizes == [2, 1, 2, 1, 2, 1]  # forget batches keep batch_size, retain batches take retain_batch_size
+
+
+def test_retain_batch_size_is_validated() -> None:
+    with pytest.raises(ConfigError, match="retain_batch_size must be a positive integer"):
+        _settings(retain_batch_size=0).validated()
+
+
 def test_bf16_mode_trains_pure_bf16_weights(target: Any, data: Any) -> None:
     from unlearn_assert.unlearning import unlearn
 
@@ -431,7 +461,12 @@ def test_cli_end_to_end(
         "2",
     ]
     assert (
-        _cli(["--method", "NPO_KLR", "--sure", "--sure-top", "0.1", "--dtype", "bfloat16", "--out", str(out), *common])
+        _cli(
+            [
+                *("--method", "NPO_KLR", "--sure", "--sure-top", "0.1", "--dtype", "bfloat16"),
+                *("--retain-batch-size", "1", "--out", str(out), *common),
+            ]
+        )
         == 0
     )
     printed = capsys.readouterr().out
@@ -440,6 +475,7 @@ def test_cli_end_to_end(
     assert loaded.info["checkpoint_dtype"] == "bfloat16" and (out / "model.safetensors").is_file()
     run = json.loads((out / "unlearn_run.json").read_text())
     assert run["settings"]["method"] == "npo_klr" and run["settings"]["sure_top"] == 0.1
+    assert run["settings"]["retain_batch_size"] == 1 and run["settings"]["batch_size"] == 2
     assert [c["step"] for c in run["curve"]] == [1, 2, 3, 4]
     assert set(run["curve"][0]) == {"step", "forget_loss", "retain_loss", "total", "seconds"}
     assert len(run["selected_modules"]) == 2 and all(m["saliency"] > 0 for m in run["selected_modules"])

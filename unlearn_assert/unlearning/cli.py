@@ -70,6 +70,12 @@ def add_unlearn_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--lr", type=float, default=1e-5, help="constant AdamW learning rate (default: 1e-5; SURE wants a large one)"
     )
     p.add_argument("--batch-size", type=int, default=4, help="sequences per batch, forget and retain each (default: 4)")
+    p.add_argument(
+        "--retain-batch-size",
+        type=int,
+        default=None,
+        help="retain sequences per step, if not --batch-size (fewer: a cheaper step, a noisier retain term)",
+    )
     p.add_argument("--max-length", type=int, default=128, help="tokens per training chunk, BOS included (default: 128)")
     p.add_argument("--alpha", type=float, default=1.0, help="weight of the retain regularizer (default: 1.0)")
     p.add_argument("--beta", type=float, default=0.1, help="NPO's beta (default: 0.1, as in the paper)")
@@ -138,6 +144,7 @@ def run_unlearn(args: argparse.Namespace) -> int:
         steps=args.steps,
         epochs=args.epochs,
         batch_size=args.batch_size,
+        retain_batch_size=args.retain_batch_size,
         max_length=args.max_length,
         alpha=args.alpha,
         beta=args.beta,

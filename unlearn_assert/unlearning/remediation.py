@@ -52,6 +52,7 @@ BF16_MIN_LR = 5e-5
 _FLAGS = (
     ("lr", "--lr"),
     ("batch_size", "--batch-size"),
+    ("retain_batch_size", "--retain-batch-size"),
     ("max_length", "--max-length"),
     ("alpha", "--alpha"),
     ("beta", "--beta"),

@@ -17,6 +17,8 @@ class UnlearnSettings:
     """Every knob of an unlearning run (all recorded in unlearn_run.json).
 
     Exactly one of ``steps`` / ``epochs``. ``sure=True`` without a rule means ``sure_top=0.1``.
+    ``retain_batch_size``: retain sequences per step (None: ``batch_size``); fewer make a step cheaper
+    (the retain term's forward and backward are about half of it) and its estimate noisier.
     ``quant_aware``: quantizer ids whose fake-quantized forward also carries the objectives
     (:mod:`.quant_aware`), weighted ``quant_aware_weight`` against the full-precision loss.
     """
@@ -26,6 +28,7 @@ class UnlearnSettings:
     steps: int | None = None
     epochs: int | None = None
     batch_size: int = 4
+    retain_batch_size: int | None = None  # None: batch_size
     max_length: int = 128
     alpha: float = 1.0
     beta: float = 0.1
@@ -49,7 +52,7 @@ class UnlearnSettings:
         method = parse_method(self.method).name
         if (self.steps is None) == (self.epochs is None):
             raise ConfigError("give exactly one of steps or epochs (e.g. --steps 100 or --epochs 5)")
-        for name in ("steps", "epochs", "batch_size", "sure_batches", "log_every"):
+        for name in ("steps", "epochs", "batch_size", "retain_batch_size", "sure_batches", "log_every"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")

@@ -323,6 +323,7 @@ def unlearn(
             f"{_raw_source(muse, 'retain')} in data dir '{muse.path}' has no tokens to train on; give it text"
         )
     steps = s.steps if s.steps is not None else s.epochs * math.ceil(len(forget) / s.batch_size)  # type: ignore[operator]
+    retain_batch = s.retain_batch_size or s.batch_size
 
     torch.manual_seed(s.seed)
     ref = None
@@ -338,7 +339,9 @@ def unlearn(
     say(
         f"unlearning {target_info['path']} with {method.name}: {len(forget)} forget"
         + (f" / {len(retain)} retain" if retain is not None else "")
-        + f" chunks of {s.max_length} tokens, {steps} steps, batch {s.batch_size}, lr {s.lr:g}, {s.dtype} weights"
+        + f" chunks of {s.max_length} tokens, {steps} steps, batch {s.batch_size}"
+        + (f" (retain {retain_batch})" if retain is not None and retain_batch != s.batch_size else "")
+        + f", lr {s.lr:g}, {s.dtype} weights"
         + (f" ({compute} compute, bf16 storage emulated)" if compute != s.dtype else "")
     )
 
@@ -375,7 +378,7 @@ def unlearn(
         )
     optimizer = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
     forget_cycler = BatchCycler(len(forget), s.batch_size, s.seed)
-    retain_cycler = BatchCycler(len(retain), s.batch_size, s.seed + 1) if retain is not None else None
+    retain_cycler = BatchCycler(len(retain), retain_batch, s.seed + 1) if retain is not None else None
     curve: list[dict[str, Any]] = []
     start = time.perf_counter()
     log = StepLog(steps, s.log_every)
