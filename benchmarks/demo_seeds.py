@@ -39,7 +39,7 @@ import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_args, get_type_hints
 
 if TYPE_CHECKING:  # pragma: no cover
     from unlearn_assert.demo.family import DemoRecipe
@@ -61,8 +61,9 @@ def parse_recipe(text: str) -> DemoRecipe:
     def override(obj: Any, name: str, raw: str, what: str) -> Any:
         if not hasattr(obj, name):
             raise SystemExit(f"--recipe: {what} has no field {name!r}")
-        current = getattr(obj, name)
-        kind = int if current is None else type(current)  # an optional count (retain_batch_size) is None by default
+        # the field's declared type, not its value's: an optional field (retain_batch_size, sure_threshold) is None
+        hint = get_type_hints(type(obj))[name]
+        kind = next((t for t in get_args(hint) if t is not type(None)), hint)
         value = raw if kind is str else kind(float(raw))  # int fields: int(24.0) == 24
         return replace(obj, **{name: value})
 

@@ -263,12 +263,10 @@ def test_same_seed_gives_bit_identical_weights(target: Any, data: Any) -> None:
     assert a.curve[0]["retain_loss"] == pytest.approx(0.0, abs=1e-6)  # KLR at the reference
 
 
-def test_reference_outputs_are_computed_once_per_chunk_and_change_no_bit(
-    target: Any, data: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The reference cache: every chunk's reference outputs come from one forward of that chunk, and the
-    weights are those of a run that runs the reference on every batch (the cache off)."""
-    from unlearn_assert.unlearning import trainer, unlearn
+def _count_reference_rows() -> tuple[list[int], Any]:
+    """(the chunks of each reference forward, in order; a ReferenceCache method that records them and runs
+    ``ReferenceCache._run``), to patch over ``_run`` (or over ``outputs``, which then never caches)."""
+    from unlearn_assert.unlearning import trainer
 
     rows: list[int] = []
     run = trainer.ReferenceCache._run
@@ -277,6 +275,17 @@ def test_reference_outputs_are_computed_once_per_chunk_and_change_no_bit(
         rows.append(len(index))
         return run(self, index)
 
+    return rows, counting
+
+
+def test_reference_outputs_are_computed_once_per_chunk_and_change_no_bit(
+    target: Any, data: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reference cache: every chunk's reference outputs come from one forward of that chunk, and the
+    weights are those of a run that runs the reference on every batch (the cache off)."""
+    from unlearn_assert.unlearning import trainer, unlearn
+
+    rows, counting = _count_reference_rows()
     monkeypatch.setattr(trainer.ReferenceCache, "_run", counting)
     n_forget = len(trainer.chunk_text(target.tokenizer, data.raw_forget, 32))
     n_retain = len(trainer.chunk_text(target.tokenizer, data.raw_retain, 32))
@@ -306,13 +315,7 @@ def test_klr_reference_beyond_the_cache_bound_runs_per_batch(
         init(self, *args, **kw)
         kept.append(self.keep_logp)
 
-    rows: list[int] = []
-    run = trainer.ReferenceCache._run
-
-    def counting(self: Any, index: torch.Tensor) -> Any:
-        rows.append(len(index))
-        return run(self, index)
-
+    rows, counting = _count_reference_rows()
     monkeypatch.setattr(trainer.ReferenceCache, "__init__", spy)
     monkeypatch.setattr(trainer.ReferenceCache, "_run", counting)
     a = unlearn(target, data, _settings(steps=4, method="ga_klr"))
@@ -328,13 +331,7 @@ def test_retain_batch_size_sets_the_retain_side_only(target: Any, data: Any, mon
     from unlearn_assert.unlearning import trainer, unlearn
 
     monkeypatch.setattr(trainer, "REF_CACHE_BYTES", 0)  # the retain reference then runs on every retain batch
-    rows: list[int] = []
-    run = trainer.ReferenceCache._run
-
-    def counting(self: Any, index: torch.Tensor) -> Any:
-        rows.append(len(index))
-        return run(self, index)
-
+    rows, counting = _count_reference_rows()
     monkeypatch.setattr(trainer.ReferenceCache, "_run", counting)
     forward = trainer._forward
     sizes: list[int] = []

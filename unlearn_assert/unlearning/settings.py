@@ -18,7 +18,7 @@ class UnlearnSettings:
 
     Exactly one of ``steps`` / ``epochs``. ``sure=True`` without a rule means ``sure_top=0.1``.
     ``retain_batch_size``: retain sequences per step (None: ``batch_size``); fewer make a step cheaper
-    (the retain term's forward and backward are about half of it) and its estimate noisier.
+    (the retain term's forward and backward are about 40% of a demo step) and its estimate noisier.
     ``quant_aware``: quantizer ids whose fake-quantized forward also carries the objectives
     (:mod:`.quant_aware`), weighted ``quant_aware_weight`` against the full-precision loss.
     """
